@@ -1,0 +1,54 @@
+"""Build the native core with cffi in API mode.
+
+The cdef is the part of ``csrc/grafos.h`` between the ``cdef-begin`` and
+``cdef-end`` markers; ``...`` constants are filled in by the compiler. The
+compiled module is private: ``grafos._native``.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+
+from cffi import FFI
+
+HERE = pathlib.Path(__file__).resolve().parent
+CSRC = HERE / "csrc"
+SOURCES = ["fabric.c", "ring.c", "hash.c"]
+LAYOUT_CONSTANTS = ["GF_META_KEY_MAX", "GF_META_VAL_MAX", "GF_SLOT_HDR_SIZE",
+                    "GF_RING_HDR_SIZE", "GF_LAYOUT_VERSION", "GF_HDR_SIZE"]
+
+
+def _cdef() -> str:
+    text = (CSRC / "grafos.h").read_text()
+    start = text.index("/* cdef-begin */") + len("/* cdef-begin */")
+    end = text.index("/* cdef-end */")
+    # layout constants Python needs; the compiler fills in their values from layout.h
+    consts = "".join(f"#define {c} ...\n" for c in LAYOUT_CONSTANTS)
+    return text[start:end] + consts
+
+
+def _cflags() -> list[str]:
+    flags = ["-std=gnu11", "-O3", "-fno-strict-aliasing", "-Wall", "-Wextra",
+             "-Wno-unused-parameter"]
+    # GRAFOS_SANITIZE=1 builds the core with ASan+UBSan (see README, "Sanitizers").
+    if os.environ.get("GRAFOS_SANITIZE"):
+        flags += ["-O1", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+    return flags
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef())
+ffibuilder.set_source(
+    "grafos._native",
+    '#include "grafos.h"\n#include "layout.h"\n',
+    sources=[str((CSRC / s).relative_to(HERE)) for s in SOURCES],
+    include_dirs=[str(CSRC.relative_to(HERE))],
+    extra_compile_args=_cflags(),
+    extra_link_args=["-fsanitize=address,undefined"] if os.environ.get("GRAFOS_SANITIZE") else [],
+)
+
+if __name__ == "__main__":
+    if not sys.platform.startswith("linux"):
+        sys.exit("grafos needs Linux (futex, /dev/shm, hole punching)")
+    ffibuilder.compile(verbose=True)

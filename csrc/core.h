@@ -1,0 +1,42 @@
+/* core.h -- process-local state shared by the .c files (never in shared memory). */
+#ifndef GRAFOS_CORE_H
+#define GRAFOS_CORE_H
+#include "grafos.h"
+#include "layout.h"
+
+struct gf_fabric {
+    uint8_t *base;              /* the mapping */
+    uint64_t size;              /* validated total size */
+    int fd;
+    struct gf_fabric_hdr *hdr;
+    struct gf_lease *leases;
+    uint32_t lease_slots;
+    struct gf_meta_entry *meta;
+    uint32_t meta_slots;
+    uint64_t data_off;
+    int64_t stall_ns;           /* bounded wait on an unpublished slot */
+    _Atomic int refs;           /* 1 for the open handle + 1 per open ring */
+    int created;
+};
+
+/* A ring handle copies capacity/stride/slot base once, after checking them
+ * against the lease, so a later scribble on the ring header cannot move it. */
+struct gf_ring {
+    gf_fabric *f;
+    struct gf_ring_hdr *hdr;
+    uint8_t *slots;
+    struct gf_lease *lease;
+    uint64_t lease_id;
+    uint32_t capacity;
+    uint32_t stride;
+    uint32_t room;              /* stride - slot header */
+};
+
+/* error reporting: a thread-local message for the last failure */
+int gf_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int64_t gf_mono_ns(void);
+void gf_fabric_unref(gf_fabric *f);
+int gf_lease_alive(const struct gf_lease *l, uint64_t id, int64_t now_ns);
+void gf_futex_wake_all(_Atomic uint32_t *word);
+int gf_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);
+#endif

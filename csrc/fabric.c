@@ -1,0 +1,810 @@
+/* fabric.c -- the arena: create/attach/validate, the metadata lock, leases and
+ * the allocator, the metadata table. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sched.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include "core.h"
+
+#define DEFAULT_LEASE_SLOTS 1024u
+#define DEFAULT_META_SLOTS  4096u
+#define MAX_LEASE_SLOTS     (1u << 20)
+#define MAX_META_SLOTS      (1u << 22)
+#define MAX_FABRIC_SIZE     (1ULL << 44)
+#define ATTACH_WAIT_NS      2000000000LL   /* how long to wait for a creator to finish */
+#define DEFAULT_STALL_NS    100000000LL    /* bounded wait on an abandoned slot: 100 ms */
+
+/* ---- errors and clocks --------------------------------------------------- */
+static __thread char last_error[512];
+
+const char *gf_last_error(void) { return last_error; }
+
+int gf_fail(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+static int fail_errno(const char *what)
+{
+    return gf_fail(GF_E_IO, "%s: %s", what, strerror(errno));
+}
+
+int64_t gf_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+int64_t gf_mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* ---- futex ------------------------------------------------------------------
+ * Not FUTEX_PRIVATE: the word lives in a mapping other processes share. */
+int gf_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns)
+{
+    struct timespec ts, *tsp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = timeout_ns / 1000000000LL;
+        ts.tv_nsec = timeout_ns % 1000000000LL;
+        tsp = &ts;
+    }
+    return (int)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, expected, tsp, NULL, 0);
+}
+
+void gf_futex_wake_all(_Atomic uint32_t *word)
+{
+    syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, 0x7fffffff, NULL, NULL, 0);
+}
+
+static uint64_t round_page(uint64_t n) { return (n + GF_PAGE - 1) & ~(uint64_t)(GF_PAGE - 1); }
+
+static uint32_t hdr_crc(const struct gf_fabric_hdr *h)
+{
+    return gf_crc32c(~0u, (const uint8_t *)h, offsetof(struct gf_fabric_hdr, hdr_crc)) ^ ~0u;
+}
+
+/* ---- open / create / attach ---------------------------------------------- */
+static void layout(uint32_t lease_slots, uint32_t meta_slots, uint64_t *lease_off,
+                   uint64_t *meta_off, uint64_t *data_off)
+{
+    *lease_off = GF_HDR_SIZE;
+    *meta_off = *lease_off + (uint64_t)lease_slots * sizeof(struct gf_lease);
+    *data_off = round_page(*meta_off + (uint64_t)meta_slots * sizeof(struct gf_meta_entry));
+}
+
+static int format(gf_fabric *f, uint64_t size, uint32_t lease_slots, uint32_t meta_slots)
+{
+    struct gf_fabric_hdr *h = (struct gf_fabric_hdr *)f->base;
+    uint64_t lo, mo, dO;
+    layout(lease_slots, meta_slots, &lo, &mo, &dO);
+    h->magic = GF_MAGIC;
+    h->version = GF_LAYOUT_VERSION;
+    h->hdr_size = GF_HDR_SIZE;
+    h->total_size = size;
+    h->lease_off = lo;
+    h->lease_slots = lease_slots;
+    h->meta_slots = meta_slots;
+    h->meta_off = mo;
+    h->data_off = dO;
+    h->hdr_crc = hdr_crc(h);
+    h->next_lease_id = 1;
+    /* the flag a second process waits for, stored after everything else */
+    st_rel(&h->ready, GF_READY);
+    return GF_OK;
+}
+
+/* Check the header of a mapping of `file_size` bytes. Says precisely why it refuses. */
+static int validate(const struct gf_fabric_hdr *h, uint64_t file_size)
+{
+    if (h->magic != GF_MAGIC)
+        return gf_fail(GF_E_CORRUPT, "not a grafos fabric: bad magic 0x%016llx",
+                       (unsigned long long)h->magic);
+    if (h->version != GF_LAYOUT_VERSION)
+        return gf_fail(GF_E_VERSION, "fabric has layout version %u, this grafos reads version %u",
+                       h->version, GF_LAYOUT_VERSION);
+    uint32_t crc = hdr_crc(h);
+    if (crc != h->hdr_crc)
+        return gf_fail(GF_E_CORRUPT, "fabric header checksum mismatch (stored 0x%08x, computed 0x%08x)",
+                       h->hdr_crc, crc);
+    if (h->hdr_size != GF_HDR_SIZE)
+        return gf_fail(GF_E_CORRUPT, "fabric header size %u, expected %u", h->hdr_size, GF_HDR_SIZE);
+    if (h->total_size != file_size)
+        return gf_fail(GF_E_CORRUPT, "fabric file is %llu bytes but its header says %llu (truncated or grown)",
+                       (unsigned long long)file_size, (unsigned long long)h->total_size);
+    if (h->lease_slots == 0 || h->lease_slots > MAX_LEASE_SLOTS ||
+        h->meta_slots == 0 || h->meta_slots > MAX_META_SLOTS)
+        return gf_fail(GF_E_CORRUPT, "fabric header has impossible table sizes (%u leases, %u metadata)",
+                       h->lease_slots, h->meta_slots);
+    uint64_t lo, mo, dO;
+    layout(h->lease_slots, h->meta_slots, &lo, &mo, &dO);
+    if (h->lease_off != lo || h->meta_off != mo || h->data_off != dO || dO >= h->total_size)
+        return gf_fail(GF_E_CORRUPT, "fabric header offsets are inconsistent");
+    return GF_OK;
+}
+
+static int wait_ready(int fd, uint64_t *size_out)
+{
+    int64_t deadline = gf_mono_ns() + ATTACH_WAIT_NS;
+    for (;;) {
+        struct stat st;
+        if (fstat(fd, &st) < 0)
+            return fail_errno("fstat");
+        if ((uint64_t)st.st_size >= GF_HDR_SIZE) {
+            struct gf_fabric_hdr h;
+            if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h)
+                return fail_errno("read fabric header");
+            if (h.ready == GF_READY) {
+                *size_out = (uint64_t)st.st_size;
+                return GF_OK;
+            }
+            if (h.magic != GF_MAGIC && h.magic != 0)
+                return gf_fail(GF_E_CORRUPT, "not a grafos fabric: bad magic 0x%016llx",
+                               (unsigned long long)h.magic);
+        }
+        if (gf_mono_ns() > deadline) {
+            if ((uint64_t)st.st_size < GF_HDR_SIZE)
+                return gf_fail(GF_E_CORRUPT, "not a grafos fabric: file is %lld bytes, smaller than a header",
+                               (long long)st.st_size);
+            return gf_fail(GF_E_CORRUPT, "fabric was never finished by its creator (not ready after 2 s)");
+        }
+        usleep(1000);
+    }
+}
+
+static int check_owner(int fd, uint32_t flags)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return fail_errno("fstat");
+    if (!S_ISREG(st.st_mode))
+        return gf_fail(GF_E_INVAL, "fabric path is not a regular file");
+    if (flags & GF_OPEN_TRUST_ANY)
+        return GF_OK;
+    if (st.st_uid != geteuid())
+        return gf_fail(GF_E_PERM, "fabric is owned by uid %u, not by this user (uid %u); pass trust_any=True to attach anyway",
+                       (unsigned)st.st_uid, (unsigned)geteuid());
+    if (st.st_mode & S_IWOTH)
+        return gf_fail(GF_E_PERM, "fabric is writable by other users (mode %03o); pass trust_any=True to attach anyway",
+                       (unsigned)(st.st_mode & 0777));
+    return GF_OK;
+}
+
+gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32_t flags,
+                          uint32_t lease_slots, uint32_t meta_slots, int *err)
+{
+    int rc = GF_OK, fd = -1, created = 0;
+    gf_fabric *f = NULL;
+    if (!lease_slots) lease_slots = DEFAULT_LEASE_SLOTS;
+    if (!meta_slots) meta_slots = DEFAULT_META_SLOTS;
+    if (lease_slots > MAX_LEASE_SLOTS || meta_slots > MAX_META_SLOTS) {
+        rc = gf_fail(GF_E_INVAL, "lease_slots must be <= %u and meta_slots <= %u", MAX_LEASE_SLOTS, MAX_META_SLOTS);
+        goto out;
+    }
+    uint64_t lo, mo, dO;
+    layout(lease_slots, meta_slots, &lo, &mo, &dO);
+    if (size) {
+        size = round_page(size);
+        if (size < dO + GF_PAGE || size > MAX_FABRIC_SIZE) {
+            rc = gf_fail(GF_E_INVAL, "fabric size %llu bytes out of range: needs %llu to %llu bytes",
+                         (unsigned long long)size, (unsigned long long)(dO + GF_PAGE),
+                         (unsigned long long)MAX_FABRIC_SIZE);
+            goto out;
+        }
+    }
+
+    if (!path) {
+        if (!size) { rc = gf_fail(GF_E_INVAL, "an in-process fabric needs a size"); goto out; }
+        fd = memfd_create("grafos", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0) { rc = fail_errno("memfd_create"); goto out; }
+        created = 1;
+    } else {
+        if (flags & GF_OPEN_CREATE) {
+            fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+            if (fd >= 0) {
+                created = 1;
+                if (fchmod(fd, mode) < 0) { rc = fail_errno("fchmod"); goto out_unlink; }
+            } else if (errno != EEXIST || (flags & GF_OPEN_EXCL)) {
+                rc = errno == EEXIST ? gf_fail(GF_E_EXISTS, "fabric %s already exists", path)
+                                     : fail_errno(path);
+                goto out;
+            }
+        }
+        if (fd < 0) {
+            fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+            if (fd < 0) {
+                rc = errno == ENOENT ? gf_fail(GF_E_NOTFOUND, "no fabric at %s", path) : fail_errno(path);
+                goto out;
+            }
+        }
+        if (created && !size) { rc = gf_fail(GF_E_INVAL, "creating a fabric needs a size"); goto out_unlink; }
+    }
+
+    if (!created) {
+        if ((rc = check_owner(fd, flags)) < 0 || (rc = wait_ready(fd, &size)) < 0)
+            goto out;
+        if (size < GF_HDR_SIZE + GF_PAGE || size > MAX_FABRIC_SIZE) {
+            rc = gf_fail(GF_E_CORRUPT, "fabric file size %llu is out of range", (unsigned long long)size);
+            goto out;
+        }
+    } else if (ftruncate(fd, (off_t)size) < 0) {
+        rc = fail_errno("ftruncate");
+        goto out_unlink;
+    }
+    if (!path)  /* nobody else can shrink an in-process fabric under us */
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
+
+    uint8_t *base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) { rc = fail_errno("mmap"); goto out_unlink; }
+    f = calloc(1, sizeof *f);
+    if (!f) { munmap(base, size); rc = gf_fail(GF_E_FULL, "out of memory"); goto out_unlink; }
+    f->base = base;
+    f->size = size;
+    f->fd = fd;
+    f->hdr = (struct gf_fabric_hdr *)base;
+    f->created = created;
+    f->stall_ns = DEFAULT_STALL_NS;
+    atomic_init(&f->refs, 1);
+    if (created)
+        format(f, size, lease_slots, meta_slots);
+    else if ((rc = validate(f->hdr, size)) < 0) {
+        munmap(base, size);
+        free(f);
+        f = NULL;
+        goto out;
+    }
+    /* from here on only the validated copies are used */
+    f->leases = (struct gf_lease *)(base + f->hdr->lease_off);
+    f->lease_slots = f->hdr->lease_slots;
+    f->meta = (struct gf_meta_entry *)(base + f->hdr->meta_off);
+    f->meta_slots = f->hdr->meta_slots;
+    f->data_off = f->hdr->data_off;
+    *err = GF_OK;
+    return f;
+
+out_unlink:
+    if (created && path)
+        unlink(path);
+out:
+    if (fd >= 0)
+        close(fd);
+    *err = rc;
+    return NULL;
+}
+
+void gf_fabric_unref(gf_fabric *f)
+{
+    if (atomic_fetch_sub(&f->refs, 1) == 1) {
+        munmap(f->base, f->size);
+        close(f->fd);
+        free(f);
+    }
+}
+
+void gf_fabric_close(gf_fabric *f)
+{
+    if (!f)
+        return;
+    /* a lock held by this process dies with the handle, as it would with the process */
+    uint32_t me = (uint32_t)getpid();
+    if (ld_acq(&f->hdr->lock) == me) {
+        st_rel(&f->hdr->lock, 0);
+        gf_futex_wake_all(&f->hdr->lock);
+    }
+    gf_fabric_unref(f);
+}
+
+void gf_fabric_set_stall(gf_fabric *f, int64_t stall_ns)
+{
+    f->stall_ns = stall_ns > 0 ? stall_ns : DEFAULT_STALL_NS;
+}
+
+/* ---- the metadata lock --------------------------------------------------------
+ * The lock word holds the holder's pid. A waiter that finds the holder gone
+ * (no such process, or a zombie) takes the lock over, so a SIGKILLed holder
+ * never leaves the bus locked. The data path never takes this lock. */
+static int pid_dead(uint32_t pid)
+{
+    if ((int32_t)pid <= 0)
+        return 1;       /* garbage: no process can hold it */
+    if (kill((pid_t)pid, 0) < 0 && errno == ESRCH)
+        return 1;
+    char p[64], buf[512];
+    snprintf(p, sizeof p, "/proc/%u/stat", pid);
+    FILE *fp = fopen(p, "re");
+    if (!fp)
+        return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, fp);
+    fclose(fp);
+    buf[n] = 0;
+    char *rp = strrchr(buf, ')');
+    return rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X');
+}
+
+static void repair(gf_fabric *f);
+
+int gf_lock(gf_fabric *f, int64_t timeout_ns)
+{
+    uint32_t me = (uint32_t)getpid();
+    int64_t deadline = gf_mono_ns() + (timeout_ns < 0 ? (int64_t)1 << 62 : timeout_ns);
+    for (int spins = 0;; spins++) {
+        uint32_t cur = 0;
+        if (cas(&f->hdr->lock, &cur, me))
+            return GF_OK;
+        if (cur == me)
+            return gf_fail(GF_E_INVAL, "metadata lock is already held by this process");
+        if (pid_dead(cur)) {
+            if (cas(&f->hdr->lock, &cur, me)) {
+                faa(&f->hdr->lock_recoveries, 1);
+                repair(f);
+                return GF_RECOVERED;
+            }
+            continue;
+        }
+        if (gf_mono_ns() > deadline)
+            return gf_fail(GF_E_TIMEOUT, "metadata lock held by live pid %u for longer than %lld ms",
+                           cur, (long long)(timeout_ns / 1000000));
+        if (spins < 64)
+            sched_yield();
+        else
+            gf_futex_wait(&f->hdr->lock, cur, 1000000);
+    }
+}
+
+int gf_unlock(gf_fabric *f)
+{
+    uint32_t me = (uint32_t)getpid();
+    if (ld_acq(&f->hdr->lock) != me)
+        return gf_fail(GF_E_NOLOCK, "metadata lock is not held by this process");
+    st_rel(&f->hdr->lock, 0);
+    gf_futex_wake_all(&f->hdr->lock);
+    return GF_OK;
+}
+
+int gf_lock_held(gf_fabric *f) { return ld_acq(&f->hdr->lock) == (uint32_t)getpid(); }
+
+#define REQUIRE_LOCK(f) \
+    do { if (!gf_lock_held(f)) return gf_fail(GF_E_NOLOCK, "%s needs the metadata lock", __func__); } while (0)
+
+/* ---- leases ------------------------------------------------------------------- */
+static int lease_bounds_ok(const gf_fabric *f, uint64_t off, uint64_t size)
+{
+    return off >= f->data_off && size > 0 && off <= f->size && size <= f->size - off &&
+           (off % GF_PAGE) == 0;
+}
+
+int gf_lease_alive(const struct gf_lease *l, uint64_t id, int64_t now_ns)
+{
+    return ld_acq(&l->id) == id && ld_acq(&l->expires_ns) > now_ns;
+}
+
+static void punch(gf_fabric *f, uint64_t off, uint64_t len)
+{
+    /* Give the pages back: a hole reads as zeros and costs no memory. */
+    if (fallocate(f->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) == 0)
+        return;
+    if (madvise(f->base + off, len, MADV_REMOVE) == 0)
+        return;
+    memset(f->base + off, 0, len);
+}
+
+static void lease_free(gf_fabric *f, struct gf_lease *l)
+{
+    uint64_t off = l->offset, size = l->size;
+    /* dead to readers first, then the memory goes */
+    st_rel(&l->expires_ns, 0);
+    st_rel(&l->id, 0);
+    if (lease_bounds_ok(f, off, size))
+        punch(f, off, size);
+}
+
+static void fill_info(const gf_fabric *f, uint32_t i, const struct gf_lease *l, uint64_t id,
+                      gf_lease_info *out)
+{
+    out->index = i;
+    out->id = id;
+    out->generation = l->generation;
+    out->offset = l->offset;
+    out->size = l->size;
+    out->expires_ns = ld_acq(&l->expires_ns);
+    out->created_ns = l->created_ns;
+    out->owner_tag = l->owner_tag;
+    (void)f;
+}
+
+int64_t gf_reap(gf_fabric *f, int64_t now_ns, uint64_t *bytes_out)
+{
+    REQUIRE_LOCK(f);
+    int64_t n = 0;
+    uint64_t bytes = 0;
+    for (uint32_t i = 0; i < f->lease_slots; i++) {
+        struct gf_lease *l = &f->leases[i];
+        if (ld_acq(&l->id) != 0 && ld_acq(&l->expires_ns) <= now_ns) {
+            bytes += lease_bounds_ok(f, l->offset, l->size) ? l->size : 0;
+            lease_free(f, l);
+            n++;
+        }
+    }
+    if (bytes_out)
+        *bytes_out = bytes;
+    return n;
+}
+
+struct span { uint64_t off, end; };
+
+static int span_cmp(const void *a, const void *b)
+{
+    const struct span *x = a, *y = b;
+    return x->off < y->off ? -1 : x->off > y->off;
+}
+
+int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t owner_tag,
+                     int64_t now_ns, gf_lease_info *out)
+{
+    REQUIRE_LOCK(f);
+    if (size == 0 || size > f->size)
+        return gf_fail(GF_E_INVAL, "lease size %llu bytes is out of range (1 to %llu)",
+                       (unsigned long long)size, (unsigned long long)f->size);
+    if (expires_ns <= now_ns)
+        return gf_fail(GF_E_INVAL, "lease expiry is not in the future (expires %lld ns, now %lld ns)",
+                       (long long)expires_ns, (long long)now_ns);
+    gf_reap(f, now_ns, NULL);
+    uint64_t need = round_page(size);
+    struct span *sp = malloc(sizeof *sp * (f->lease_slots + 1));
+    if (!sp)
+        return gf_fail(GF_E_FULL, "out of memory");
+    uint32_t ns = 0, free_idx = UINT32_MAX;
+    for (uint32_t i = 0; i < f->lease_slots; i++) {
+        struct gf_lease *l = &f->leases[i];
+        if (ld_acq(&l->id) == 0) {
+            if (free_idx == UINT32_MAX)
+                free_idx = i;
+            continue;
+        }
+        if (!lease_bounds_ok(f, l->offset, l->size)) {
+            /* a damaged entry cannot be used by anyone (readers check the same bounds) */
+            st_rel(&l->id, 0);
+            if (free_idx == UINT32_MAX)
+                free_idx = i;
+            continue;
+        }
+        sp[ns].off = l->offset;
+        sp[ns].end = l->offset + l->size;
+        ns++;
+    }
+    if (free_idx == UINT32_MAX) {
+        free(sp);
+        return gf_fail(GF_E_FULL, "lease table is full (%u leases)", f->lease_slots);
+    }
+    qsort(sp, ns, sizeof *sp, span_cmp);
+    uint64_t cursor = f->data_off, at = UINT64_MAX;
+    for (uint32_t i = 0; i <= ns; i++) {
+        uint64_t next = i < ns ? sp[i].off : f->size;
+        if (next > cursor && next - cursor >= need) { at = cursor; break; }
+        if (i < ns && sp[i].end > cursor)
+            cursor = sp[i].end;
+    }
+    free(sp);
+    if (at == UINT64_MAX)
+        return gf_fail(GF_E_FULL, "fabric is full: no free region of %llu bytes in a %llu-byte arena",
+                       (unsigned long long)need, (unsigned long long)(f->size - f->data_off));
+    struct gf_lease *l = &f->leases[free_idx];
+    uint64_t id = f->hdr->next_lease_id++;
+    if (id == 0)
+        id = f->hdr->next_lease_id++;
+    punch(f, at, need);     /* nothing of an old tenant reaches the new one */
+    l->offset = at;
+    l->size = need;
+    l->owner_tag = owner_tag;
+    l->created_ns = now_ns;
+    l->generation++;
+    st_rel(&l->expires_ns, expires_ns);
+    st_rel(&l->id, id);
+    fill_info(f, free_idx, l, id, out);
+    faa(&f->hdr->meta_epoch, 1);
+    return GF_OK;
+}
+
+static struct gf_lease *lease_at(gf_fabric *f, uint32_t index, uint64_t id, int *rc)
+{
+    if (index >= f->lease_slots || id == 0) {
+        *rc = gf_fail(GF_E_NOTFOUND, "lease %u/%llu does not exist", index, (unsigned long long)id);
+        return NULL;
+    }
+    struct gf_lease *l = &f->leases[index];
+    if (ld_acq(&l->id) != id) {
+        *rc = gf_fail(GF_E_EXPIRED, "lease %llu is gone (expired and reclaimed, or released)",
+                      (unsigned long long)id);
+        return NULL;
+    }
+    if (!lease_bounds_ok(f, l->offset, l->size)) {
+        *rc = gf_fail(GF_E_CORRUPT, "lease %llu has a region outside the fabric", (unsigned long long)id);
+        return NULL;
+    }
+    *rc = GF_OK;
+    return l;
+}
+
+int gf_lease_renew(gf_fabric *f, uint32_t index, uint64_t id, int64_t expires_ns, int64_t now_ns)
+{
+    REQUIRE_LOCK(f);
+    int rc;
+    struct gf_lease *l = lease_at(f, index, id, &rc);
+    if (!l)
+        return rc;
+    int64_t cur = ld_acq(&l->expires_ns);
+    if (cur <= now_ns)   /* a dead lease stays dead: renewing cannot resurrect it */
+        return gf_fail(GF_E_EXPIRED, "lease %llu expired %.3f s ago and cannot be renewed",
+                       (unsigned long long)id, (double)(now_ns - cur) / 1e9);
+    if (expires_ns <= now_ns)
+        return gf_fail(GF_E_INVAL, "new expiry is not in the future");
+    st_rel(&l->expires_ns, expires_ns);
+    return GF_OK;
+}
+
+int gf_lease_release(gf_fabric *f, uint32_t index, uint64_t id)
+{
+    REQUIRE_LOCK(f);
+    int rc;
+    struct gf_lease *l = lease_at(f, index, id, &rc);
+    if (!l)
+        return rc;
+    lease_free(f, l);
+    faa(&f->hdr->meta_epoch, 1);
+    return GF_OK;
+}
+
+int gf_lease_get(gf_fabric *f, uint32_t index, uint64_t id, gf_lease_info *out)
+{
+    int rc;
+    struct gf_lease *l = lease_at(f, index, id, &rc);
+    if (!l)
+        return rc;
+    fill_info(f, index, l, id, out);
+    if (ld_acq(&l->id) != id)
+        return gf_fail(GF_E_EXPIRED, "lease %llu was reclaimed while being read", (unsigned long long)id);
+    return GF_OK;
+}
+
+int gf_lease_list(gf_fabric *f, gf_lease_info *out, uint32_t max, uint32_t *count)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < f->lease_slots && n < max; i++) {
+        struct gf_lease *l = &f->leases[i];
+        uint64_t id = ld_acq(&l->id);
+        if (id == 0 || !lease_bounds_ok(f, l->offset, l->size))
+            continue;
+        fill_info(f, i, l, id, &out[n]);
+        if (ld_acq(&l->id) == id)
+            n++;
+    }
+    *count = n;
+    return GF_OK;
+}
+
+static int lease_io(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, uint64_t len,
+                    int64_t now_ns, struct gf_lease **lo)
+{
+    int rc;
+    struct gf_lease *l = lease_at(f, index, id, &rc);
+    if (!l)
+        return rc;
+    if (ld_acq(&l->expires_ns) <= now_ns)
+        return gf_fail(GF_E_EXPIRED, "lease %llu has expired", (unsigned long long)id);
+    if (off > l->size || len > l->size - off)
+        return gf_fail(GF_E_INVAL, "range [%llu, %llu) is outside the lease's %llu bytes",
+                       (unsigned long long)off, (unsigned long long)(off + len),
+                       (unsigned long long)l->size);
+    *lo = l;
+    return GF_OK;
+}
+
+int gf_lease_write(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, const uint8_t *buf,
+                   uint64_t len, int64_t now_ns)
+{
+    struct gf_lease *l = NULL;
+    int rc = lease_io(f, index, id, off, len, now_ns, &l);
+    if (rc < 0)
+        return rc;
+    memcpy(f->base + l->offset + off, buf, len);
+    return GF_OK;
+}
+
+int gf_lease_read(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, uint8_t *buf,
+                  uint64_t len, int64_t now_ns)
+{
+    struct gf_lease *l = NULL;
+    int rc = lease_io(f, index, id, off, len, now_ns, &l);
+    if (rc < 0)
+        return rc;
+    uint64_t base_off = l->offset;
+    memcpy(buf, f->base + base_off + off, len);
+    if (!gf_lease_alive(l, id, now_ns))
+        return gf_fail(GF_E_EXPIRED, "lease %llu was reclaimed during the read", (unsigned long long)id);
+    return GF_OK;
+}
+
+/* ---- metadata table ------------------------------------------------------------ */
+static uint32_t entry_crc(const struct gf_meta_entry *e)
+{
+    uint32_t c = gf_crc32c(~0u, e->key, e->key_len);
+    return gf_crc32c(c, e->val, e->val_len) ^ ~0u;
+}
+
+static int entry_sane(const struct gf_meta_entry *e)
+{
+    return e->key_len <= GF_META_KEY_MAX && e->val_len <= GF_META_VAL_MAX;
+}
+
+/* Returns the slot holding key (found=1) or the first reusable slot on its probe path. */
+static int64_t meta_find(gf_fabric *f, const char *key, uint32_t klen, uint32_t h, int *found)
+{
+    int64_t reuse = -1;
+    *found = 0;
+    for (uint32_t k = 0; k < f->meta_slots; k++) {
+        uint32_t i = (h + k) % f->meta_slots;
+        struct gf_meta_entry *e = &f->meta[i];
+        if (e->state == GF_META_EMPTY)
+            return reuse >= 0 ? reuse : i;
+        if (e->state != GF_META_USED) {   /* tombstone, or garbage treated as one */
+            if (reuse < 0) reuse = i;
+            continue;
+        }
+        if (e->hash == h && e->key_len == klen && entry_sane(e) && memcmp(e->key, key, klen) == 0) {
+            *found = 1;
+            return i;
+        }
+    }
+    return reuse;
+}
+
+static int check_key(uint32_t klen, uint32_t vlen)
+{
+    if (klen == 0 || klen > GF_META_KEY_MAX)
+        return gf_fail(GF_E_INVAL, "metadata key of %u bytes (1 to %d allowed)", klen, GF_META_KEY_MAX);
+    if (vlen > GF_META_VAL_MAX)
+        return gf_fail(GF_E_INVAL, "metadata value of %u bytes (at most %d)", vlen, GF_META_VAL_MAX);
+    return GF_OK;
+}
+
+int gf_meta_get(gf_fabric *f, const char *key, uint32_t klen, uint8_t *val, uint32_t cap, uint32_t *vlen)
+{
+    REQUIRE_LOCK(f);
+    int rc = check_key(klen, 0), found;
+    if (rc < 0)
+        return rc;
+    uint32_t h = gf_murmur2((const uint8_t *)key, klen);
+    int64_t i = meta_find(f, key, klen, h, &found);
+    if (!found)
+        return GF_E_NOTFOUND;
+    struct gf_meta_entry *e = &f->meta[i];
+    if (entry_crc(e) != e->crc)
+        return gf_fail(GF_E_CORRUPT, "metadata entry %.*s failed its checksum", (int)klen, key);
+    if (e->val_len > cap)
+        return gf_fail(GF_E_BUFFER, "metadata value of %u bytes does not fit a %u-byte buffer", e->val_len, cap);
+    memcpy(val, e->val, e->val_len);
+    *vlen = e->val_len;
+    return GF_OK;
+}
+
+int gf_meta_put(gf_fabric *f, const char *key, uint32_t klen, const uint8_t *val, uint32_t vlen)
+{
+    REQUIRE_LOCK(f);
+    int rc = check_key(klen, vlen), found;
+    if (rc < 0)
+        return rc;
+    uint32_t h = gf_murmur2((const uint8_t *)key, klen);
+    int64_t i = meta_find(f, key, klen, h, &found);
+    if (i < 0)
+        return gf_fail(GF_E_FULL, "metadata table is full (%u entries)", f->meta_slots);
+    struct gf_meta_entry *e = &f->meta[i];
+    e->hash = h;
+    e->key_len = (uint16_t)klen;
+    e->val_len = (uint16_t)vlen;
+    memcpy(e->key, key, klen);
+    memcpy(e->val, val, vlen);
+    e->crc = entry_crc(e);
+    e->state = GF_META_USED;
+    faa(&f->hdr->meta_epoch, 1);
+    return GF_OK;
+}
+
+int gf_meta_del(gf_fabric *f, const char *key, uint32_t klen)
+{
+    REQUIRE_LOCK(f);
+    int rc = check_key(klen, 0), found;
+    if (rc < 0)
+        return rc;
+    uint32_t h = gf_murmur2((const uint8_t *)key, klen);
+    int64_t i = meta_find(f, key, klen, h, &found);
+    if (!found)
+        return GF_E_NOTFOUND;
+    f->meta[i].state = GF_META_TOMB;
+    faa(&f->hdr->meta_epoch, 1);
+    return GF_OK;
+}
+
+int gf_meta_next(gf_fabric *f, uint32_t *cursor, const char *prefix, uint32_t plen,
+                 uint8_t *key, uint32_t *klen, uint8_t *val, uint32_t *vlen)
+{
+    REQUIRE_LOCK(f);
+    for (uint32_t i = *cursor; i < f->meta_slots; i++) {
+        struct gf_meta_entry *e = &f->meta[i];
+        if (e->state != GF_META_USED || !entry_sane(e) || e->key_len < plen ||
+            memcmp(e->key, prefix, plen) != 0 || entry_crc(e) != e->crc)
+            continue;
+        memcpy(key, e->key, e->key_len);
+        *klen = e->key_len;
+        memcpy(val, e->val, e->val_len);
+        *vlen = e->val_len;
+        *cursor = i + 1;
+        return 1;
+    }
+    *cursor = f->meta_slots;
+    return 0;
+}
+
+uint64_t gf_meta_epoch(gf_fabric *f) { return ld_acq(&f->hdr->meta_epoch); }
+
+/* After taking the lock from a dead holder: whatever it was half-way through
+ * must not be trusted. Entries that fail their checks become tombstones. */
+static void repair(gf_fabric *f)
+{
+    for (uint32_t i = 0; i < f->meta_slots; i++) {
+        struct gf_meta_entry *e = &f->meta[i];
+        if (e->state == GF_META_EMPTY || e->state == GF_META_TOMB)
+            continue;
+        if (e->state != GF_META_USED || !entry_sane(e) || entry_crc(e) != e->crc)
+            e->state = GF_META_TOMB;
+    }
+    for (uint32_t i = 0; i < f->lease_slots; i++) {
+        struct gf_lease *l = &f->leases[i];
+        if (ld_acq(&l->id) != 0 && !lease_bounds_ok(f, l->offset, l->size))
+            st_rel(&l->id, 0);
+    }
+    faa(&f->hdr->meta_epoch, 1);
+}
+
+int gf_fabric_info_get(gf_fabric *f, gf_fabric_info *out)
+{
+    struct stat st;
+    memset(out, 0, sizeof *out);
+    out->total_size = f->size;
+    out->data_off = f->data_off;
+    out->data_size = f->size - f->data_off;
+    out->lease_slots = f->lease_slots;
+    out->meta_slots = f->meta_slots;
+    out->version = GF_LAYOUT_VERSION;
+    out->created = (uint32_t)f->created;
+    out->lock_recoveries = ld_acq(&f->hdr->lock_recoveries);
+    out->meta_epoch = ld_acq(&f->hdr->meta_epoch);
+    out->stall_ns = f->stall_ns;
+    for (uint32_t i = 0; i < f->lease_slots; i++) {
+        struct gf_lease *l = &f->leases[i];
+        if (ld_acq(&l->id) != 0 && lease_bounds_ok(f, l->offset, l->size)) {
+            out->leases_live++;
+            out->bytes_leased += l->size;
+        }
+    }
+    out->blocks = fstat(f->fd, &st) == 0 ? (int64_t)st.st_blocks : -1;
+    return GF_OK;
+}

@@ -1,0 +1,186 @@
+/* grafos.h -- the native core's public API.
+ *
+ * build_ffi.py feeds the part between the cdef markers to cffi's cdef, so it
+ * stays in the C subset cffi parses: no #if, no _Atomic, `...` for values the
+ * compiler fills in. The shared-memory layout lives in layout.h.
+ */
+#ifndef GRAFOS_H
+#define GRAFOS_H
+#include <stdint.h>
+
+/* cdef-begin */
+
+/* Return codes. Python maps each to one exception class (grafos/_check.py). */
+#define GF_OK            0
+#define GF_RECOVERED     1    /* gf_lock: taken over from a dead holder */
+#define GF_E_INVAL      -1    /* bad argument */
+#define GF_E_FULL       -2    /* no room: arena, lease table or metadata table */
+#define GF_E_EXPIRED    -3    /* lease expired or gone */
+#define GF_E_TOOBIG     -4    /* message larger than a slot's room */
+#define GF_E_CORRUPT    -5    /* shared memory failed validation */
+#define GF_E_NOTFOUND   -6
+#define GF_E_EXISTS     -7
+#define GF_E_IO         -8    /* a system call failed; message has errno text */
+#define GF_E_VERSION    -9    /* fabric of another layout version */
+#define GF_E_TIMEOUT   -10
+#define GF_E_NOLOCK    -11    /* metadata call without holding the lock */
+#define GF_E_ABANDONED -12    /* our slot was reclaimed after the bounded wait */
+#define GF_E_PERM      -13    /* ownership/permission check refused the fabric */
+#define GF_E_BUFFER    -14    /* caller's buffer too small for one message */
+
+/* gf_fabric_open flags */
+#define GF_OPEN_CREATE     1  /* create if missing */
+#define GF_OPEN_EXCL       2  /* fail if it exists */
+#define GF_OPEN_TRUST_ANY  4  /* accept a fabric owned by another user / writable by others */
+
+/* Partitioners */
+#define GF_PART_KEYHASH    0
+#define GF_PART_ROUNDROBIN 1
+
+/* Message flags */
+#define GF_MSG_HAS_KEY     1
+
+typedef struct gf_fabric gf_fabric;
+typedef struct gf_ring gf_ring;
+
+typedef struct {
+    uint64_t total_size;
+    uint64_t data_off;
+    uint64_t data_size;
+    uint32_t lease_slots;
+    uint32_t meta_slots;
+    uint32_t version;
+    uint32_t created;         /* this open created the fabric */
+    uint64_t lock_recoveries; /* times the metadata lock was taken from a dead holder */
+    uint64_t meta_epoch;
+    uint64_t leases_live;
+    uint64_t bytes_leased;
+    int64_t blocks;           /* st_blocks of the backing file (512-byte units) */
+    int64_t stall_ns;
+} gf_fabric_info;
+
+typedef struct {
+    uint32_t index;
+    uint32_t generation;
+    uint64_t id;
+    uint64_t offset;
+    uint64_t size;
+    int64_t expires_ns;
+    int64_t created_ns;
+    uint64_t owner_tag;
+} gf_lease_info;
+
+/* One message in a read batch; the bytes are at buf[pos..pos+key_len+hdr_len+val_len):
+ * key, then the encoded headers, then the value. */
+typedef struct {
+    uint64_t offset;
+    int64_t ts_ns;
+    uint32_t pos;
+    uint32_t key_len;
+    uint32_t hdr_len;
+    uint32_t val_len;
+    uint32_t key_hash;
+    uint32_t flags;
+    uint32_t partition;   /* index into the rings array of gf_poll */
+    uint32_t reserved;
+} gf_msg_meta;
+
+/* A reader's position in one ring, owned by the reader (process-local). */
+typedef struct {
+    uint64_t pos;          /* next offset to read */
+    int64_t stall_since;   /* monotonic ns when pos was first seen unpublished, 0 if not */
+    uint64_t lost;         /* messages overwritten before this reader got to them */
+    uint64_t abandoned;    /* slots skipped after the bounded wait */
+    uint64_t corrupt;      /* slots skipped for a bad checksum or impossible lengths */
+    uint32_t expired;      /* 1 if the ring's lease was dead at the last read */
+    uint32_t reserved;
+} gf_cursor;
+
+typedef struct {
+    uint64_t tail;         /* next offset to be claimed */
+    uint64_t earliest;     /* oldest offset still in the ring */
+    uint64_t lost;         /* offsets overwritten so far: max(0, tail - capacity) */
+    uint64_t abandoned;    /* slots marked abandoned */
+    uint32_t capacity;
+    uint32_t stride;
+    int64_t expires_ns;
+    uint64_t lease_id;
+    uint32_t alive;
+    uint32_t reserved;
+} gf_ring_state;
+
+const char *gf_last_error(void);
+int64_t gf_now_ns(void);
+
+/* Fabric */
+gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32_t flags,
+                          uint32_t lease_slots, uint32_t meta_slots, int *err);
+void gf_fabric_close(gf_fabric *f);
+int gf_fabric_info_get(gf_fabric *f, gf_fabric_info *out);
+void gf_fabric_set_stall(gf_fabric *f, int64_t stall_ns);
+
+/* Metadata lock: robust against a dead holder. */
+int gf_lock(gf_fabric *f, int64_t timeout_ns);
+int gf_unlock(gf_fabric *f);
+int gf_lock_held(gf_fabric *f);
+
+/* Leases (mutators need the lock) */
+int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t owner_tag,
+                     int64_t now_ns, gf_lease_info *out);
+int gf_lease_renew(gf_fabric *f, uint32_t index, uint64_t id, int64_t expires_ns, int64_t now_ns);
+int gf_lease_release(gf_fabric *f, uint32_t index, uint64_t id);
+int gf_lease_get(gf_fabric *f, uint32_t index, uint64_t id, gf_lease_info *out);
+int gf_lease_list(gf_fabric *f, gf_lease_info *out, uint32_t max, uint32_t *count);
+int64_t gf_reap(gf_fabric *f, int64_t now_ns, uint64_t *bytes_out);
+int gf_lease_write(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off,
+                   const uint8_t *buf, uint64_t len, int64_t now_ns);
+int gf_lease_read(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off,
+                  uint8_t *buf, uint64_t len, int64_t now_ns);
+
+/* Metadata table (needs the lock) */
+int gf_meta_get(gf_fabric *f, const char *key, uint32_t klen, uint8_t *val, uint32_t cap,
+                uint32_t *vlen);
+int gf_meta_put(gf_fabric *f, const char *key, uint32_t klen, const uint8_t *val, uint32_t vlen);
+int gf_meta_del(gf_fabric *f, const char *key, uint32_t klen);
+int gf_meta_next(gf_fabric *f, uint32_t *cursor, const char *prefix, uint32_t plen,
+                 uint8_t *key, uint32_t *klen, uint8_t *val, uint32_t *vlen);
+uint64_t gf_meta_epoch(gf_fabric *f);
+
+/* Rings */
+uint64_t gf_ring_region_size(uint32_t capacity, uint32_t stride);
+int gf_ring_init(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, uint32_t capacity,
+                 uint32_t stride, int64_t now_ns);
+gf_ring *gf_ring_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, int *err);
+void gf_ring_close(gf_ring *r);
+int gf_ring_state_get(gf_ring *r, int64_t now_ns, gf_ring_state *out);
+uint32_t gf_ring_room(gf_ring *r);
+int64_t gf_ring_append(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
+                       const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
+                       int64_t ts_ns);
+int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
+                             const uint32_t *key_lens, const uint8_t *vals,
+                             const uint32_t *val_lens, int64_t ts_ns);
+int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
+                const uint8_t *key, uint32_t klen, uint32_t has_key,
+                const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
+                int64_t ts_ns);
+int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, uint32_t count,
+                      const uint8_t *keys, const uint32_t *key_lens,
+                      const uint8_t *vals, const uint32_t *val_lens, int64_t ts_ns,
+                      uint32_t *out_parts, uint64_t *out_offsets);
+int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start,
+                uint32_t max_msgs, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
+                int64_t now_ns, int64_t timeout_ns, int64_t spin_ns);
+
+/* Hashing */
+uint32_t gf_murmur2(const uint8_t *data, uint32_t len);
+int32_t gf_kafka_partition(const uint8_t *key, uint32_t len, uint32_t num_partitions);
+uint32_t gf_crc32c(uint32_t crc, const uint8_t *data, uint64_t len);
+void gf_memcpy_bench(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t reps);
+
+/* Test hooks: hold the metadata lock, or leave a slot half-written, as a killed process would. */
+int64_t gf_test_claim_slot(gf_ring *r);
+
+/* cdef-end */
+
+#endif

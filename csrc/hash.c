@@ -1,0 +1,137 @@
+/* hash.c -- Kafka's murmur2 (keyed partitioning) and CRC32C (slot checksums). */
+#include <string.h>
+#include "core.h"
+
+/* Kafka's org.apache.kafka.common.utils.Utils.murmur2: MurmurHash2, seed
+ * 0x9747b28c, little-endian 4-byte blocks. Java's int arithmetic wraps the
+ * same way uint32_t does, and its >>> is our unsigned >>. */
+uint32_t gf_murmur2(const uint8_t *data, uint32_t len)
+{
+    const uint32_t m = 0x5bd1e995u;
+    const int r = 24;
+    uint32_t h = 0x9747b28cu ^ len;
+    uint32_t n4 = len / 4;
+    for (uint32_t i = 0; i < n4; i++) {
+        uint32_t k;
+        memcpy(&k, data + 4 * i, 4);   /* little-endian hosts only (x86-64, aarch64) */
+        k *= m;
+        k ^= k >> r;
+        k *= m;
+        h *= m;
+        h ^= k;
+    }
+    const uint8_t *t = data + (len & ~3u);
+    switch (len & 3) {
+    case 3: h ^= (uint32_t)t[2] << 16; /* fall through */
+    case 2: h ^= (uint32_t)t[1] << 8;  /* fall through */
+    case 1: h ^= (uint32_t)t[0]; h *= m;
+    }
+    h ^= h >> 13;
+    h *= m;
+    h ^= h >> 15;
+    return h;
+}
+
+int32_t gf_kafka_partition(const uint8_t *key, uint32_t len, uint32_t num_partitions)
+{
+    if (num_partitions == 0)
+        return GF_E_INVAL;
+    return (int32_t)((gf_murmur2(key, len) & 0x7fffffffu) % num_partitions);
+}
+
+/* ---- CRC32C (Castagnoli) ---------------------------------------------------
+ * SSE4.2's crc32 instruction where the CPU has it, a table otherwise. */
+static uint32_t crc_table[8][256];
+static int crc_hw = -1;
+
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = (c & 1) ? (c >> 1) ^ 0x82f63b78u : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int t = 1; t < 8; t++)
+            crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    crc_hw = __builtin_cpu_supports("sse4.2");
+#else
+    crc_hw = 0;
+#endif
+}
+
+static uint32_t crc_sw(uint32_t c, const uint8_t *p, uint64_t n)
+{
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, p, 8);
+        w ^= c;
+        c = crc_table[7][w & 0xff] ^ crc_table[6][(w >> 8) & 0xff] ^
+            crc_table[5][(w >> 16) & 0xff] ^ crc_table[4][(w >> 24) & 0xff] ^
+            crc_table[3][(w >> 32) & 0xff] ^ crc_table[2][(w >> 40) & 0xff] ^
+            crc_table[1][(w >> 48) & 0xff] ^ crc_table[0][w >> 56];
+        p += 8;
+        n -= 8;
+    }
+    while (n--)
+        c = (c >> 8) ^ crc_table[0][(c ^ *p++) & 0xff];
+    return c;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static uint32_t crc_hw_run(uint32_t c, const uint8_t *p, uint64_t n)
+{
+    uint64_t c64 = c;
+    /* three independent streams hide the instruction's 3-cycle latency */
+    while (n >= 24) {
+        uint64_t a, b, d;
+        memcpy(&a, p, 8);
+        memcpy(&b, p + 8, 8);
+        memcpy(&d, p + 16, 8);
+        c64 = __builtin_ia32_crc32di(c64, a);
+        c64 = __builtin_ia32_crc32di(c64, b);
+        c64 = __builtin_ia32_crc32di(c64, d);
+        p += 24;
+        n -= 24;
+    }
+    while (n >= 8) {
+        uint64_t a;
+        memcpy(&a, p, 8);
+        c64 = __builtin_ia32_crc32di(c64, a);
+        p += 8;
+        n -= 8;
+    }
+    c = (uint32_t)c64;
+    while (n--)
+        c = __builtin_ia32_crc32qi(c, *p++);
+    return c;
+}
+#endif
+
+/* Raw update: no pre/post inversion, so calls chain. gf_crc32c(~0, ...) ^ ~0 is
+ * the standard CRC32C of a buffer. */
+uint32_t gf_crc32c(uint32_t crc, const uint8_t *data, uint64_t len)
+{
+    if (__builtin_expect(crc_hw < 0, 0))
+        crc_init();
+#if defined(__x86_64__)
+    if (crc_hw)
+        return crc_hw_run(crc, data, len);
+#endif
+    return crc_sw(crc, data, len);
+}
+
+__attribute__((constructor)) static void gf_hash_ctor(void) { crc_init(); }
+
+/* The physical limit the benchmarks compare against. */
+void gf_memcpy_bench(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t reps)
+{
+    for (uint32_t i = 0; i < reps; i++) {
+        memcpy(dst, src, len);
+        __asm__ __volatile__("" : : "r"(dst) : "memory");
+    }
+}

@@ -1,0 +1,165 @@
+/* layout.h -- everything that lives in the shared mapping, and nothing else.
+ *
+ * A fabric is one mapping:
+ *
+ *   0            4096                 lease_off + 64*L      meta_off + 256*M        total_size
+ *   | fabric hdr | lease table (L x 64 B) | metadata table (M x 256 B) | data area (leased regions) |
+ *
+ * Every field here may have been written by another process, a bug or a damaged
+ * file. Readers copy what they need into process-local structs after checking it
+ * against the mapping; the data path never re-reads a size from shared memory.
+ */
+#ifndef GRAFOS_LAYOUT_H
+#define GRAFOS_LAYOUT_H
+#include <stdint.h>
+#include <stddef.h>
+#include <stdatomic.h>
+
+#define GF_MAGIC          0x314f4641524721ULL  /* "!GRAFO1\0" little-endian */
+#define GF_LAYOUT_VERSION 1u
+#define GF_READY          0x52454459u          /* "YDER": written last at creation */
+#define GF_HDR_SIZE       4096u
+#define GF_PAGE           4096u
+#define GF_LINE           64u
+
+/* ---- fabric header ---------------------------------------------------- */
+struct gf_fabric_hdr {
+    /* line 0: identity, immutable after creation, covered by hdr_crc */
+    uint64_t magic;            /*  0 */
+    uint32_t version;          /*  8 */
+    uint32_t hdr_size;         /* 12 */
+    uint64_t total_size;       /* 16 */
+    uint64_t lease_off;        /* 24 */
+    uint32_t lease_slots;      /* 32 */
+    uint32_t meta_slots;       /* 36 */
+    uint64_t meta_off;         /* 40 */
+    uint64_t data_off;         /* 48 */
+    uint32_t hdr_crc;          /* 56: crc32c of bytes [0, 56) */
+    _Atomic uint32_t ready;    /* 60: GF_READY, stored with release after all else */
+    /* line 1: the metadata lock. Holder's pid, 0 when free. */
+    _Atomic uint32_t lock;     /* 64 */
+    uint32_t pad1;
+    _Atomic uint64_t lock_recoveries;  /* 72 */
+    uint8_t pad1b[GF_LINE - 16];
+    /* line 2: counters changed under the lock */
+    uint64_t next_lease_id;    /* 128 */
+    _Atomic uint64_t meta_epoch;  /* 136: bumped by every metadata change */
+    uint8_t pad2[GF_LINE - 16];
+    /* line 3: wake-ups. Consumers that sleep bump `waiters`; producers look at it
+     * (one shared-line load) and only then pay for a futex wake. */
+    _Atomic uint32_t wake;     /* 192 */
+    _Atomic uint32_t waiters;  /* 196 */
+    uint8_t pad3[GF_LINE - 8];
+};
+_Static_assert(offsetof(struct gf_fabric_hdr, hdr_crc) == 56, "hdr_crc");
+_Static_assert(offsetof(struct gf_fabric_hdr, lock) == 64, "lock line");
+_Static_assert(offsetof(struct gf_fabric_hdr, next_lease_id) == 128, "counter line");
+_Static_assert(offsetof(struct gf_fabric_hdr, wake) == 192, "wake line");
+_Static_assert(sizeof(struct gf_fabric_hdr) == 256, "fabric hdr");
+
+/* ---- lease table entry --------------------------------------------------
+ * id == 0 means free. A lease is alive while expires_ns > now; readers test
+ * that without the lock, so the pair (id, expires_ns) is what they trust,
+ * and ids are never reused within a fabric (ABA-free). */
+struct gf_lease {
+    _Atomic int64_t expires_ns; /*  0 */
+    _Atomic uint64_t id;        /*  8 */
+    uint64_t offset;            /* 16: from the fabric base, page aligned */
+    uint64_t size;              /* 24: page multiple */
+    uint64_t owner_tag;         /* 32 */
+    int64_t created_ns;         /* 40 */
+    uint32_t generation;        /* 48: times this entry was reused */
+    uint32_t pad;
+    uint64_t pad2;
+};
+_Static_assert(sizeof(struct gf_lease) == 64, "lease entry");
+
+/* ---- metadata table entry ----------------------------------------------
+ * Open addressing on hash(key), linear probing, tombstones. Small values
+ * only (topic configs, lease refs, group claims, offsets). */
+#define GF_META_EMPTY 0u
+#define GF_META_USED  1u
+#define GF_META_TOMB  2u
+#define GF_META_KEY_MAX 96
+#define GF_META_VAL_MAX 144
+struct gf_meta_entry {
+    uint32_t state;             /*  0 */
+    uint32_t hash;              /*  4 */
+    uint16_t key_len;           /*  8 */
+    uint16_t val_len;           /* 10 */
+    uint32_t crc;               /* 12: crc32c of key and value */
+    uint8_t key[GF_META_KEY_MAX];   /* 16 */
+    uint8_t val[GF_META_VAL_MAX];   /* 112 */
+};
+_Static_assert(offsetof(struct gf_meta_entry, key) == 16, "meta key");
+_Static_assert(sizeof(struct gf_meta_entry) == 256, "meta entry");
+
+/* ---- partition ring ------------------------------------------------------
+ * A ring is a lease region: a 256-byte header then `capacity` slots of
+ * `stride` bytes. Offset n lives in slot n % capacity. */
+#define GF_RING_MAGIC 0x474e495246475221ULL  /* "!RGFRING" */
+#define GF_RING_HDR_SIZE 256u
+struct gf_ring_hdr {
+    /* line 0: immutable after init */
+    uint64_t magic;             /*  0 */
+    uint64_t lease_id;          /*  8: the lease this ring was formatted for */
+    uint32_t capacity;          /* 16 */
+    uint32_t stride;            /* 20 */
+    int64_t created_ns;         /* 24 */
+    uint32_t crc;               /* 32: crc32c of bytes [0, 32) */
+    uint8_t pad0[GF_LINE - 36];
+    /* line 1: producers' claim cursor, alone on its line */
+    _Atomic uint64_t tail;      /* 64 */
+    uint8_t pad1[GF_LINE - 8];
+    /* line 2: rarely written counters */
+    _Atomic uint64_t abandoned; /* 128 */
+    uint8_t pad2[GF_LINE - 8];
+    uint8_t pad3[GF_LINE];
+};
+_Static_assert(offsetof(struct gf_ring_hdr, tail) == 64, "tail line");
+_Static_assert(offsetof(struct gf_ring_hdr, abandoned) == 128, "counter line");
+_Static_assert(sizeof(struct gf_ring_hdr) == GF_RING_HDR_SIZE, "ring hdr");
+
+/* ---- slot ----------------------------------------------------------------
+ *
+ *   0               8               16      20      24      28      32      36      40
+ *   +---------------+---------------+-------+-------+-------+-------+-------+-------+--- - -
+ *   | seq           | ts_ns         |key_len|val_len|hdr_len|keyhash| flags | crc   | key | headers | value
+ *   +---------------+---------------+-------+-------+-------+-------+-------+-------+--- - -
+ *
+ * seq is the slot's publication word (per-slot, as in the Disruptor: there is
+ * no shared "published" cursor that a dead producer could wedge):
+ *   0            never written
+ *   2n + 1       offset n is being written
+ *   2n + 2       offset n is published
+ *   bit 63 set   offset n was abandoned by its writer; readers skip it
+ * crc is crc32c over offset n, bytes [8, 36) and the payload, so a slot that
+ * holds another offset's bytes, or a torn write, never passes. */
+#define GF_SEQ_ABANDONED (1ULL << 63)
+#define GF_SLOT_HDR_SIZE 40u
+struct gf_slot {
+    _Atomic uint64_t seq;       /*  0 */
+    int64_t ts_ns;              /*  8 */
+    uint32_t key_len;           /* 16 */
+    uint32_t val_len;           /* 20 */
+    uint32_t hdr_len;           /* 24 */
+    uint32_t key_hash;          /* 28 */
+    uint32_t flags;             /* 32 */
+    uint32_t crc;               /* 36 */
+};
+_Static_assert(offsetof(struct gf_slot, crc) == 36, "slot crc");
+_Static_assert(sizeof(struct gf_slot) == GF_SLOT_HDR_SIZE, "slot hdr");
+
+/* ---- memory ordering helpers ---------------------------------------------- */
+#define ld_acq(p)        atomic_load_explicit((p), memory_order_acquire)
+#define ld_rlx(p)        atomic_load_explicit((p), memory_order_relaxed)
+#define st_rel(p, v)     atomic_store_explicit((p), (v), memory_order_release)
+#define st_rlx(p, v)     atomic_store_explicit((p), (v), memory_order_relaxed)
+#define cas(p, e, v)     atomic_compare_exchange_strong_explicit((p), (e), (v), \
+                             memory_order_acq_rel, memory_order_acquire)
+#define faa(p, v)        atomic_fetch_add_explicit((p), (v), memory_order_acq_rel)
+#define fence_acq()      atomic_thread_fence(memory_order_acquire)
+#define fence_rel()      atomic_thread_fence(memory_order_release)
+#define fence_full()     atomic_thread_fence(memory_order_seq_cst)
+
+#endif

@@ -1,0 +1,554 @@
+/* ring.c -- partition rings: slot writes with per-slot publication, reads that
+ * validate before and after the copy, multi-partition poll with futex wake-ups. */
+#define _GNU_SOURCE
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include "core.h"
+
+#define MAX_STRIDE   (16u << 20)
+#define MAX_CAPACITY (1u << 30)
+#define MAX_OFFSET   (1ULL << 48)   /* gf_send packs (partition << 48 | offset) */
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline struct gf_slot *slot_at(const gf_ring *r, uint64_t n)
+{
+    return (struct gf_slot *)(r->slots + (n % r->capacity) * (uint64_t)r->stride);
+}
+
+static uint32_t ring_hdr_crc(const struct gf_ring_hdr *h)
+{
+    return gf_crc32c(~0u, (const uint8_t *)h, offsetof(struct gf_ring_hdr, crc)) ^ ~0u;
+}
+
+uint64_t gf_ring_region_size(uint32_t capacity, uint32_t stride)
+{
+    return GF_RING_HDR_SIZE + (uint64_t)capacity * stride;
+}
+
+static int check_geometry(uint32_t capacity, uint32_t stride)
+{
+    if (capacity == 0 || capacity > MAX_CAPACITY)
+        return gf_fail(GF_E_INVAL, "partition capacity %u out of range (1 to %u slots)", capacity, MAX_CAPACITY);
+    if (stride < GF_SLOT_HDR_SIZE + 8 || stride > MAX_STRIDE || stride % 8)
+        return gf_fail(GF_E_INVAL, "partition stride %u invalid: a multiple of 8 from %u to %u bytes (the slot header alone is %u)",
+                       stride, GF_SLOT_HDR_SIZE + 8, MAX_STRIDE, GF_SLOT_HDR_SIZE);
+    return GF_OK;
+}
+
+int gf_ring_init(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, uint32_t capacity,
+                 uint32_t stride, int64_t now_ns)
+{
+    int rc = check_geometry(capacity, stride);
+    if (rc < 0)
+        return rc;
+    gf_lease_info li;
+    if ((rc = gf_lease_get(f, lease_index, lease_id, &li)) < 0)
+        return rc;
+    if (gf_ring_region_size(capacity, stride) > li.size)
+        return gf_fail(GF_E_INVAL, "a ring of %u x %u bytes needs %llu bytes, the lease has %llu",
+                       capacity, stride, (unsigned long long)gf_ring_region_size(capacity, stride),
+                       (unsigned long long)li.size);
+    struct gf_ring_hdr *h = (struct gf_ring_hdr *)(f->base + li.offset);
+    memset(h, 0, sizeof *h);
+    h->magic = GF_RING_MAGIC;
+    h->lease_id = lease_id;
+    h->capacity = capacity;
+    h->stride = stride;
+    h->created_ns = now_ns;
+    h->crc = ring_hdr_crc(h);
+    return GF_OK;
+}
+
+gf_ring *gf_ring_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, int *err)
+{
+    gf_lease_info li;
+    int rc = gf_lease_get(f, lease_index, lease_id, &li);
+    if (rc < 0) { *err = rc; return NULL; }
+    if (li.size < GF_RING_HDR_SIZE) {
+        *err = gf_fail(GF_E_CORRUPT, "lease %llu is too small to hold a ring", (unsigned long long)lease_id);
+        return NULL;
+    }
+    struct gf_ring_hdr *h = (struct gf_ring_hdr *)(f->base + li.offset);
+    /* copy, then check the copy: the shared header may change under us */
+    struct gf_ring_hdr c;
+    memcpy(&c, h, offsetof(struct gf_ring_hdr, tail));
+    if (c.magic != GF_RING_MAGIC || c.lease_id != lease_id || c.crc != ring_hdr_crc(&c)) {
+        *err = gf_fail(GF_E_CORRUPT, "lease %llu does not hold a valid ring header", (unsigned long long)lease_id);
+        return NULL;
+    }
+    if (check_geometry(c.capacity, c.stride) < 0 ||
+        gf_ring_region_size(c.capacity, c.stride) > li.size) {
+        *err = gf_fail(GF_E_CORRUPT, "ring in lease %llu has impossible geometry (%u x %u in %llu bytes)",
+                       (unsigned long long)lease_id, c.capacity, c.stride, (unsigned long long)li.size);
+        return NULL;
+    }
+    gf_ring *r = calloc(1, sizeof *r);
+    if (!r) { *err = gf_fail(GF_E_FULL, "out of memory"); return NULL; }
+    r->f = f;
+    r->hdr = h;
+    r->slots = (uint8_t *)h + GF_RING_HDR_SIZE;
+    r->lease = &f->leases[lease_index];
+    r->lease_id = lease_id;
+    r->capacity = c.capacity;
+    r->stride = c.stride;
+    r->room = c.stride - GF_SLOT_HDR_SIZE;
+    atomic_fetch_add(&f->refs, 1);
+    *err = GF_OK;
+    return r;
+}
+
+void gf_ring_close(gf_ring *r)
+{
+    if (!r)
+        return;
+    gf_fabric_unref(r->f);
+    free(r);
+}
+
+uint32_t gf_ring_room(gf_ring *r) { return r->room; }
+
+int gf_ring_state_get(gf_ring *r, int64_t now_ns, gf_ring_state *out)
+{
+    if (!now_ns)
+        now_ns = gf_now_ns();
+    memset(out, 0, sizeof *out);
+    out->capacity = r->capacity;
+    out->stride = r->stride;
+    out->lease_id = r->lease_id;
+    out->alive = (uint32_t)gf_lease_alive(r->lease, r->lease_id, now_ns);
+    out->expires_ns = out->alive ? ld_acq(&r->lease->expires_ns) : 0;
+    if (ld_acq(&r->lease->id) != r->lease_id)   /* reclaimed: the region is not ours to read */
+        return GF_OK;
+    uint64_t tail = ld_acq(&r->hdr->tail);
+    if (tail >= MAX_OFFSET)
+        return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)tail);
+    out->tail = tail;
+    out->lost = tail > r->capacity ? tail - r->capacity : 0;
+    out->earliest = out->lost;
+    out->abandoned = ld_acq(&r->hdr->abandoned);
+    return GF_OK;
+}
+
+/* ---- writing ------------------------------------------------------------------ */
+
+static inline void wake_readers(gf_fabric *f)
+{
+    /* Dekker with gf_poll: our publish (a seq_cst CAS) is ordered before this
+     * load; a sleeper bumps `waiters` before its last look at the slots. */
+    if (__builtin_expect(atomic_load(&f->hdr->waiters) != 0, 0)) {
+        faa(&f->hdr->wake, 1);
+        gf_futex_wake_all(&f->hdr->wake);
+    }
+}
+
+/* Write offset n. Returns GF_OK, or GF_E_ABANDONED if a reader gave up on us
+ * (we took longer than the bounded wait) and the slot is no longer ours. */
+static int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t klen, uint32_t flags,
+                        uint32_t key_hash, const uint8_t *hdrs, uint32_t hlen,
+                        const uint8_t *val, uint32_t vlen, int64_t ts)
+{
+    struct gf_slot *s = slot_at(r, n);
+    const uint64_t writing = 2 * n + 1;
+    uint64_t cur = ld_acq(&s->seq);
+    int64_t t0 = 0;
+    for (;;) {
+        uint64_t c = cur & ~GF_SEQ_ABANDONED;
+        if (c >= writing)
+            return GF_OK;   /* lapped before we started: the ring already overwrote n */
+        if ((c & 1) && !(cur & GF_SEQ_ABANDONED)) {
+            /* the previous lap's writer is still in this slot: wait, boundedly */
+            int64_t now = gf_mono_ns();
+            if (!t0)
+                t0 = now;
+            if (now - t0 < r->f->stall_ns) {
+                sched_yield();
+                cur = ld_acq(&s->seq);
+                continue;
+            }
+        }
+        if (cas(&s->seq, &cur, writing))
+            break;
+    }
+    fence_rel();   /* seqlock: the odd seq is visible before any byte below */
+    uint8_t *p = (uint8_t *)s + GF_SLOT_HDR_SIZE;
+    s->ts_ns = ts;
+    s->key_len = klen;
+    s->val_len = vlen;
+    s->hdr_len = hlen;
+    s->key_hash = key_hash;
+    s->flags = flags;
+    if (klen) memcpy(p, key, klen);
+    if (hlen) memcpy(p + klen, hdrs, hlen);
+    if (vlen) memcpy(p + klen + hlen, val, vlen);
+    uint32_t crc = gf_crc32c(~0u, (const uint8_t *)&n, 8);
+    crc = gf_crc32c(crc, (const uint8_t *)s + 8, 28);
+    crc = gf_crc32c(crc, p, (uint64_t)klen + hlen + vlen);
+    s->crc = crc ^ ~0u;
+    uint64_t expect = writing;
+    if (!atomic_compare_exchange_strong(&s->seq, &expect, writing + 1))
+        return gf_fail(GF_E_ABANDONED, "offset %llu was reclaimed by a reader after the bounded wait",
+                       (unsigned long long)n);
+    return GF_OK;
+}
+
+static inline int check_msg(const gf_ring *r, uint32_t klen, uint32_t hlen, uint32_t vlen)
+{
+    uint64_t total = (uint64_t)klen + hlen + vlen;
+    if (__builtin_expect(total > r->room, 0))
+        return gf_fail(GF_E_TOOBIG, "message of %llu bytes (key %u + headers %u + value %u) does not fit the slot's room of %u bytes",
+                       (unsigned long long)total, klen, hlen, vlen, r->room);
+    return GF_OK;
+}
+
+static inline int check_alive(const gf_ring *r, int64_t now)
+{
+    if (__builtin_expect(!gf_lease_alive(r->lease, r->lease_id, now), 0))
+        return gf_fail(GF_E_EXPIRED, "partition lease %llu has expired", (unsigned long long)r->lease_id);
+    return GF_OK;
+}
+
+static inline int64_t claim(gf_ring *r, uint64_t count)
+{
+    uint64_t n = faa(&r->hdr->tail, count);
+    if (__builtin_expect(n >= MAX_OFFSET, 0))
+        return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)n);
+    return (int64_t)n;
+}
+
+static int64_t append_one(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
+                          uint32_t key_hash, const uint8_t *hdrs, uint32_t hlen,
+                          const uint8_t *val, uint32_t vlen, int64_t ts)
+{
+    int rc;
+    if ((rc = check_msg(r, klen, hlen, vlen)) < 0 || (rc = check_alive(r, ts)) < 0)
+        return rc;
+    int64_t n = claim(r, 1);
+    if (n < 0)
+        return n;
+    rc = slot_publish(r, (uint64_t)n, key, klen, has_key ? GF_MSG_HAS_KEY : 0u, key_hash, hdrs, hlen,
+                      val, vlen, ts);
+    wake_readers(r->f);
+    return rc < 0 ? rc : n;
+}
+
+int64_t gf_ring_append(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
+                       const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
+                       int64_t ts_ns)
+{
+    if (!ts_ns)
+        ts_ns = gf_now_ns();
+    uint32_t h = has_key ? gf_murmur2(key, klen) : 0;
+    return append_one(r, key, klen, has_key, h, hdrs, hlen, val, vlen, ts_ns);
+}
+
+int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
+                const uint8_t *key, uint32_t klen, uint32_t has_key,
+                const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
+                int64_t ts_ns)
+{
+    if (n == 0)
+        return gf_fail(GF_E_INVAL, "topic has no partitions");
+    if (!ts_ns)
+        ts_ns = gf_now_ns();
+    uint32_t h = has_key ? gf_murmur2(key, klen) : 0;
+    uint32_t p;
+    if (mode == GF_PART_KEYHASH && has_key)
+        p = (h & 0x7fffffffu) % n;
+    else
+        p = (uint32_t)(__atomic_fetch_add(rr, 1, __ATOMIC_RELAXED) % n);
+    gf_ring *r = rings[p];
+    if (!r)
+        return gf_fail(GF_E_INVAL, "partition %u is not open", p);
+    int64_t off = append_one(r, key, klen, has_key, h, hdrs, hlen, val, vlen, ts_ns);
+    return off < 0 ? off : ((int64_t)p << 48) | off;
+}
+
+int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
+                             const uint32_t *key_lens, const uint8_t *vals,
+                             const uint32_t *val_lens, int64_t ts_ns)
+{
+    int rc;
+    if (count == 0)
+        return gf_fail(GF_E_INVAL, "empty batch");
+    if (!ts_ns)
+        ts_ns = gf_now_ns();
+    /* all or nothing: check every message before claiming any offset */
+    for (uint32_t i = 0; i < count; i++)
+        if ((rc = check_msg(r, keys ? key_lens[i] : 0u, 0, val_lens[i])) < 0)
+            return gf_fail(GF_E_TOOBIG, "batch message %u: %s", i, gf_last_error());
+    if ((rc = check_alive(r, ts_ns)) < 0)
+        return rc;
+    int64_t first = claim(r, count);
+    if (first < 0)
+        return first;
+    uint32_t abandoned = 0;
+    const uint8_t *kp = keys, *vp = vals;
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t kl = keys ? key_lens[i] : 0u, vl = val_lens[i];
+        uint32_t h = keys ? gf_murmur2(kp, kl) : 0;
+        if (slot_publish(r, (uint64_t)first + i, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns) < 0)
+            abandoned++;
+        kp += kl;
+        vp += vl;
+    }
+    wake_readers(r->f);
+    if (abandoned)
+        return gf_fail(GF_E_ABANDONED, "%u of %u batch messages were reclaimed by readers after the bounded wait",
+                       abandoned, count);
+    return first;
+}
+
+int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, uint32_t count,
+                      const uint8_t *keys, const uint32_t *key_lens,
+                      const uint8_t *vals, const uint32_t *val_lens, int64_t ts_ns,
+                      uint32_t *out_parts, uint64_t *out_offsets)
+{
+    if (n == 0 || count == 0)
+        return gf_fail(GF_E_INVAL, n ? "empty batch" : "topic has no partitions");
+    if (!ts_ns)
+        ts_ns = gf_now_ns();
+    for (uint32_t p = 0; p < n; p++)
+        if (!rings[p])
+            return gf_fail(GF_E_INVAL, "partition %u is not open", p);
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t kl = keys ? key_lens[i] : 0u;
+        int rc = check_msg(rings[0], kl, 0, val_lens[i]);
+        for (uint32_t p = 1; rc == GF_OK && p < n; p++)
+            rc = check_msg(rings[p], kl, 0, val_lens[i]);
+        if (rc < 0)
+            return gf_fail(GF_E_TOOBIG, "batch message %u: %s", i, gf_last_error());
+    }
+    for (uint32_t p = 0; p < n; p++) {
+        int rc = check_alive(rings[p], ts_ns);
+        if (rc < 0)
+            return rc;
+    }
+    const uint8_t *kp = keys, *vp = vals;
+    uint32_t abandoned = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t kl = keys ? key_lens[i] : 0u, vl = val_lens[i];
+        uint32_t h = keys ? gf_murmur2(kp, kl) : 0;
+        uint32_t p = (mode == GF_PART_KEYHASH && keys) ? (h & 0x7fffffffu) % n
+                   : (uint32_t)(__atomic_fetch_add(rr, 1, __ATOMIC_RELAXED) % n);
+        int64_t off = claim(rings[p], 1);
+        if (off < 0)
+            return off;
+        if (slot_publish(rings[p], (uint64_t)off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns) < 0)
+            abandoned++;
+        out_parts[i] = p;
+        out_offsets[i] = (uint64_t)off;
+        kp += kl;
+        vp += vl;
+    }
+    wake_readers(rings[0]->f);
+    if (abandoned)
+        return gf_fail(GF_E_ABANDONED, "%u of %u batch messages were reclaimed by readers after the bounded wait",
+                       abandoned, count);
+    return count;
+}
+
+int64_t gf_test_claim_slot(gf_ring *r)
+{
+    int64_t n = claim(r, 1);
+    if (n < 0)
+        return n;
+    struct gf_slot *s = slot_at(r, (uint64_t)n);
+    st_rel(&s->seq, 2 * (uint64_t)n + 1);
+    return n;
+}
+
+/* ---- reading ------------------------------------------------------------------- */
+
+/* Read up to `max` messages of one ring from cursor c. *stalled is set to the
+ * monotonic deadline of a slot we are waiting on (an unfinished write). */
+static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max, gf_msg_meta *meta,
+                          uint8_t *buf, uint64_t buf_size, uint64_t *used, int64_t now,
+                          int64_t *stalled, int *err)
+{
+    if (!gf_lease_alive(r->lease, r->lease_id, now)) {
+        c->expired = 1;
+        return 0;
+    }
+    c->expired = 0;
+    const uint64_t cap = r->capacity;
+    uint64_t tail = ld_acq(&r->hdr->tail);
+    if (tail >= MAX_OFFSET) {
+        *err = gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)tail);
+        return 0;
+    }
+    uint64_t pos = c->pos, used0 = *used, pos0 = c->pos;
+    if (tail > cap && pos < tail - cap) {
+        c->lost += tail - cap - pos;
+        pos = tail - cap;
+        c->stall_since = 0;
+    }
+    uint32_t got = 0;
+    while (got < max && pos < tail) {
+        struct gf_slot *s = slot_at(r, pos);
+        const uint64_t want = 2 * pos + 2;
+        uint64_t seq = ld_acq(&s->seq);
+        if (seq == want) {
+            struct gf_slot h;
+            memcpy((uint8_t *)&h + 8, (uint8_t *)s + 8, GF_SLOT_HDR_SIZE - 8);
+            uint64_t total = (uint64_t)h.key_len + h.hdr_len + h.val_len;
+            int fits = total <= r->room;
+            if (fits && *used + total > buf_size) {
+                if (got == 0 && *used == 0)
+                    *err = gf_fail(GF_E_BUFFER, "a %llu-byte message does not fit the %llu-byte read buffer",
+                                   (unsigned long long)total, (unsigned long long)buf_size);
+                break;
+            }
+            if (fits)
+                memcpy(buf + *used, (uint8_t *)s + GF_SLOT_HDR_SIZE, total);
+            fence_acq();   /* seqlock: bytes copied above are validated by the re-read below */
+            if (ld_rlx(&s->seq) != want)
+                goto lapped;
+            if (!fits) {     /* published with impossible lengths: hostile or damaged */
+                c->corrupt++;
+                pos++;
+                continue;
+            }
+            uint32_t crc = gf_crc32c(~0u, (const uint8_t *)&pos, 8);
+            crc = gf_crc32c(crc, (const uint8_t *)&h + 8, 28);
+            crc = gf_crc32c(crc, buf + *used, total) ^ ~0u;
+            if (crc != h.crc) {
+                c->corrupt++;
+                pos++;
+                continue;
+            }
+            gf_msg_meta *m = &meta[got];
+            m->offset = pos;
+            m->ts_ns = h.ts_ns;
+            m->pos = (uint32_t)*used;
+            m->key_len = h.key_len;
+            m->hdr_len = h.hdr_len;
+            m->val_len = h.val_len;
+            m->key_hash = h.key_hash;
+            m->flags = h.flags;
+            m->partition = part;
+            m->reserved = 0;
+            *used += total;
+            got++;
+            pos++;
+            c->stall_since = 0;
+            continue;
+        }
+        if (seq == (want | GF_SEQ_ABANDONED)) {
+            c->abandoned++;
+            pos++;
+            c->stall_since = 0;
+            continue;
+        }
+        if ((seq & ~GF_SEQ_ABANDONED) > want) {
+        lapped:
+            /* overwritten before or while we read it: the reader learns how many it lost */
+            tail = ld_acq(&r->hdr->tail);
+            uint64_t np = tail > cap ? tail - cap : pos + 1;
+            if (np <= pos)
+                np = pos + 1;
+            c->lost += np - pos;
+            pos = np;
+            c->stall_since = 0;
+            if (tail >= MAX_OFFSET)
+                break;
+            continue;
+        }
+        /* claimed but not yet published: a writer is busy, or died. */
+        int64_t mono = gf_mono_ns();
+        if (!c->stall_since || c->pos != pos) {
+            c->stall_since = mono;
+            c->pos = pos;
+        }
+        if (mono - c->stall_since >= r->f->stall_ns) {
+            if (atomic_compare_exchange_strong(&s->seq, &seq, want | GF_SEQ_ABANDONED)) {
+                faa(&r->hdr->abandoned, 1);
+                c->abandoned++;
+                pos++;
+                c->stall_since = 0;
+            }
+            continue;
+        }
+        int64_t deadline = c->stall_since + r->f->stall_ns;
+        if (!*stalled || deadline < *stalled)
+            *stalled = deadline;
+        break;
+    }
+    /* The region was reclaimed and handed to someone else mid-read: nothing we
+     * copied can be trusted. (Expiry alone leaves the bytes valid.) */
+    if (ld_acq(&r->lease->id) != r->lease_id) {
+        *used = used0;
+        c->pos = pos0;
+        c->expired = 1;
+        return 0;
+    }
+    c->pos = pos;
+    return got;
+}
+
+static uint32_t poll_once(gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start, uint32_t max,
+                          gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size, int64_t now,
+                          int64_t *stalled, int *err)
+{
+    uint64_t used = 0;
+    uint32_t got = 0;
+    for (uint32_t k = 0; k < n && got < max && *err == GF_OK; k++) {
+        uint32_t i = (start + k) % n;
+        if (rings[i])
+            got += ring_read(rings[i], &cursors[i], i, max - got, meta + got, buf, buf_size, &used,
+                             now ? now : gf_now_ns(), stalled, err);
+    }
+    return got;
+}
+
+int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start,
+                uint32_t max_msgs, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
+                int64_t now_ns, int64_t timeout_ns, int64_t spin_ns)
+{
+    if (n == 0 || max_msgs == 0)
+        return 0;
+    if (buf_size > UINT32_MAX)
+        buf_size = UINT32_MAX;
+    int err = GF_OK;
+    int64_t stalled = 0;
+    uint32_t got = poll_once(rings, cursors, n, start, max_msgs, meta, buf, buf_size, now_ns, &stalled, &err);
+    if (got || err || timeout_ns == 0)
+        return err ? (int64_t)err : (int64_t)got;
+    const int64_t t0 = gf_mono_ns();
+    const int64_t deadline = timeout_ns < 0 ? INT64_MAX : t0 + timeout_ns;
+    /* a short spin catches the next message without a sleep/wake round trip */
+    while (spin_ns > 0 && gf_mono_ns() - t0 < spin_ns) {
+        for (int i = 0; i < 64; i++)
+            cpu_relax();
+        stalled = 0;
+        got = poll_once(rings, cursors, n, start, max_msgs, meta, buf, buf_size, now_ns, &stalled, &err);
+        if (got || err)
+            return err ? (int64_t)err : (int64_t)got;
+    }
+    for (;;) {
+        atomic_fetch_add(&f->hdr->waiters, 1);   /* seq_cst: before our last look */
+        uint32_t w = atomic_load(&f->hdr->wake);
+        stalled = 0;
+        got = poll_once(rings, cursors, n, start, max_msgs, meta, buf, buf_size, now_ns, &stalled, &err);
+        int64_t mono = gf_mono_ns();
+        if (got || err || mono >= deadline) {
+            atomic_fetch_sub(&f->hdr->waiters, 1);
+            return err ? (int64_t)err : (int64_t)got;
+        }
+        int64_t sleep = deadline - mono;
+        if (stalled && stalled - mono < sleep)
+            sleep = stalled > mono ? stalled - mono : 0;
+        if (sleep > 50000000)   /* wake at least every 50 ms: leases may expire, writers may die */
+            sleep = 50000000;
+        gf_futex_wait(&f->hdr->wake, w, sleep);
+        atomic_fetch_sub(&f->hdr->waiters, 1);
+    }
+}

@@ -1,0 +1,20 @@
+"""grafos: a message bus that forgets on a schedule.
+
+Topics and partitions live in leased shared memory: a partition's lease TTL
+is its retention. See README.md for the walkthrough.
+"""
+from __future__ import annotations
+
+import sys
+
+from .errors import UnsupportedPlatform
+
+if not sys.platform.startswith("linux"):
+    raise UnsupportedPlatform(
+        f"grafos needs Linux (futex, /dev/shm, hole punching); this is {sys.platform}")
+
+from .errors import GrafosError  # noqa: E402
+from .fabric import Fabric, MemLease  # noqa: E402
+
+__all__ = ["Fabric", "MemLease", "GrafosError"]
+__version__ = "0.1.0"

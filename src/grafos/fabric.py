@@ -1,0 +1,353 @@
+"""The fabric: one mmap'd arena holding a lease table, a metadata table and
+leased regions. Three kinds, one code path:
+
+* ``Fabric()`` -- in-process (a memfd; nothing to clean up),
+* ``Fabric.open("orders-bus", size=...)`` -- named shared memory under
+  ``/dev/shm`` that other processes attach to by name,
+* ``Fabric.open(path="/some/dir/bus.grafos", size=...)`` -- a file that
+  outlives the processes.
+
+A :class:`MemLease` is a region with an absolute expiry. Once that time has
+passed the lease is dead for every reader at once; whoever next allocates,
+attaches or calls :meth:`Fabric.reap` returns its pages to the OS.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator
+
+from . import _validate
+from ._check import check, raise_for
+from ._clock import now_ns, to_ns
+from ._native import ffi, lib
+from .errors import InvalidArgument, LeaseExpired, NotFound
+
+DEFAULT_SIZE = 256 << 20          #: default arena size: sparse, untouched pages cost nothing
+SHM_DIR = "/dev/shm"
+SHM_PREFIX = "grafos."
+LOCK_TIMEOUT = 5.0                #: seconds to wait for the metadata lock held by a live process
+
+
+def shm_path(name: str) -> str:
+    """Where the named fabric ``name`` lives."""
+    return os.path.join(SHM_DIR, SHM_PREFIX + _validate.name(name, "fabric name", 100))
+
+
+@dataclass(frozen=True)
+class FabricInfo:
+    kind: str
+    name: str | None
+    path: str | None
+    total_size: int
+    data_size: int
+    lease_slots: int
+    meta_slots: int
+    version: int
+    created: bool
+    lock_recoveries: int
+    leases_live: int
+    bytes_leased: int
+    blocks: int           #: st_blocks of the backing file, in 512-byte units
+    bounded_wait: float   #: seconds a reader waits on an unfinished slot before skipping it
+
+
+class Fabric:
+    """One arena. Use as a context manager or call :meth:`close`."""
+
+    def __init__(self, size: int = DEFAULT_SIZE, *, lease_slots: int = 0, meta_slots: int = 0) -> None:
+        """An in-process fabric of ``size`` bytes."""
+        self._setup(None, size, 0o600, lib.GF_OPEN_CREATE, lease_slots, meta_slots, "in-process", None)
+
+    @classmethod
+    def open(cls, name: str | None = None, *, path: str | None = None, size: int | None = None,
+             mode: int = 0o600, create: bool = True, exclusive: bool = False,
+             trust_any: bool = False, lease_slots: int = 0, meta_slots: int = 0) -> "Fabric":
+        """Create or attach to a named or file-backed fabric.
+
+        ``size`` (bytes) is needed only to create it. ``create=False`` only
+        attaches; ``exclusive=True`` only creates. A fabric owned by another
+        user or writable by others is refused unless ``trust_any=True``.
+        """
+        if (name is None) == (path is None):
+            raise InvalidArgument("give exactly one of name= or path=")
+        if name is not None:
+            fpath, kind = shm_path(name), "named"
+        else:
+            if not isinstance(path, (str, os.PathLike)):
+                raise _validate.InvalidType(f"path must be a str or os.PathLike, not {type(path).__name__}")
+            fpath, kind = os.fspath(path), "file"
+            if not fpath:
+                raise InvalidArgument("path must not be empty")
+        _validate.integer(mode, "mode", 0, 0o777)
+        flags = 0
+        if create:
+            flags |= lib.GF_OPEN_CREATE
+        if exclusive:
+            flags |= lib.GF_OPEN_CREATE | lib.GF_OPEN_EXCL
+        if trust_any:
+            flags |= lib.GF_OPEN_TRUST_ANY
+        self = cls.__new__(cls)
+        self._setup(fpath, size or 0, mode, flags, lease_slots, meta_slots, kind, name)
+        return self
+
+    @staticmethod
+    def unlink(name: str) -> bool:
+        """Remove the named fabric from the system. Processes still attached keep
+        their mapping until they close it. Returns False if there was none."""
+        try:
+            os.unlink(shm_path(name))
+            return True
+        except FileNotFoundError:
+            return False
+
+    @staticmethod
+    def exists(name: str) -> bool:
+        return os.path.exists(shm_path(name))
+
+    def _setup(self, path: str | None, size: int, mode: int, flags: int, lease_slots: int,
+               meta_slots: int, kind: str, name: str | None) -> None:
+        _validate.integer(size, "size", 0)
+        _validate.integer(lease_slots, "lease_slots", 0, 1 << 20)
+        _validate.integer(meta_slots, "meta_slots", 0, 1 << 22)
+        err = ffi.new("int *")
+        h = lib.gf_fabric_open(path.encode() if path is not None else ffi.NULL, size, mode, flags,
+                               lease_slots, meta_slots, err)
+        if h == ffi.NULL:
+            raise_for(err[0])
+        self._h = ffi.gc(h, lib.gf_fabric_close)
+        self.kind = kind
+        self.name = name
+        self.path = path
+        self._tlock = threading.RLock()
+        self._depth = 0
+        self._closed = False
+
+    # ---- lifecycle ----------------------------------------------------------
+    def close(self) -> None:
+        """Unmap. Open partitions keep the mapping alive until they close."""
+        if not self._closed:
+            self._closed = True
+            ffi.release(self._h)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Fabric":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = self.name or self.path or "in-process"
+        return f"<Fabric {self.kind} {where}{' closed' if self._closed else ''}>"
+
+    @property
+    def handle(self):  # noqa: ANN201 - cffi pointer
+        if self._closed:
+            raise InvalidArgument("fabric is closed")
+        return self._h
+
+    def info(self) -> FabricInfo:
+        out = ffi.new("gf_fabric_info *")
+        check(lib.gf_fabric_info_get(self.handle, out))
+        return FabricInfo(self.kind, self.name, self.path, out.total_size, out.data_size,
+                          out.lease_slots, out.meta_slots, out.version, bool(out.created),
+                          out.lock_recoveries, out.leases_live, out.bytes_leased, out.blocks,
+                          out.stall_ns / 1e9)
+
+    @property
+    def blocks(self) -> int:
+        """Allocated 512-byte blocks of the backing memory (``st_blocks``)."""
+        return self.info().blocks
+
+    def set_bounded_wait(self, seconds: float) -> None:
+        """How long readers wait on a claimed-but-unpublished slot before skipping it."""
+        lib.gf_fabric_set_stall(self.handle, to_ns(_validate.number(seconds, "bounded wait", 0, True)))
+
+    # ---- the metadata lock ------------------------------------------------
+    @contextmanager
+    def locked(self, timeout: float = LOCK_TIMEOUT) -> Iterator["Fabric"]:
+        """Hold the process-shared metadata lock (re-entrant within a process)."""
+        with self._tlock:
+            if self._depth == 0:
+                check(lib.gf_lock(self.handle, to_ns(timeout, "timeout")))
+            self._depth += 1
+            try:
+                yield self
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    lib.gf_unlock(self._h)
+
+    # ---- leases -------------------------------------------------------------
+    def acquire(self, size: int, *, ttl: float | None = None, expires_at: float | None = None,
+                owner_tag: int = 0, now: float | None = None) -> "MemLease":
+        """Lease ``size`` bytes until ``expires_at`` (or for ``ttl`` seconds)."""
+        _validate.integer(size, "lease size", 1)
+        _validate.integer(owner_tag, "owner_tag", 0, (1 << 64) - 1)
+        t = now_ns(now)
+        exp = _expiry(t, ttl, expires_at)
+        out = ffi.new("gf_lease_info *")
+        with self.locked():
+            check(lib.gf_lease_acquire(self.handle, size, exp, owner_tag, t, out))
+        return MemLease(self, out.index, out.id)
+
+    def lease(self, index: int, lease_id: int) -> "MemLease":
+        """The live lease (index, id); raises LeaseExpired if it is gone."""
+        lease = MemLease(self, index, lease_id)
+        lease.info()
+        return lease
+
+    def leases(self) -> list["MemLease"]:
+        """All leases in the table (live or expired-but-not-yet-reaped)."""
+        info = self.info()
+        out = ffi.new("gf_lease_info[]", info.lease_slots)
+        count = ffi.new("uint32_t *")
+        check(lib.gf_lease_list(self.handle, out, info.lease_slots, count))
+        return [MemLease(self, out[i].index, out[i].id) for i in range(count[0])]
+
+    def reap(self, now: float | None = None) -> int:
+        """Reclaim every expired lease; returns how many. Their pages go back to the OS."""
+        t = now_ns(now)
+        with self.locked():
+            return check(lib.gf_reap(self.handle, t, ffi.NULL))
+
+    # ---- metadata table (small values, under the lock) ---------------------
+    def meta_get(self, key: str) -> bytes | None:
+        k = key.encode()
+        val = ffi.new("uint8_t[]", lib.GF_META_VAL_MAX)
+        vlen = ffi.new("uint32_t *")
+        with self.locked():
+            rc = lib.gf_meta_get(self.handle, k, len(k), val, lib.GF_META_VAL_MAX, vlen)
+        if rc == lib.GF_E_NOTFOUND:
+            return None
+        check(rc, f"metadata {key!r}")
+        return ffi.unpack(val, vlen[0])
+
+    def meta_put(self, key: str, value: bytes) -> None:
+        k = key.encode()
+        with self.locked():
+            check(lib.gf_meta_put(self.handle, k, len(k), value, len(value)), f"metadata {key!r}")
+
+    def meta_del(self, key: str) -> bool:
+        k = key.encode()
+        with self.locked():
+            rc = lib.gf_meta_del(self.handle, k, len(k))
+        if rc == lib.GF_E_NOTFOUND:
+            return False
+        check(rc, f"metadata {key!r}")
+        return True
+
+    def meta_items(self, prefix: str = "") -> list[tuple[str, bytes]]:
+        p = prefix.encode()
+        cursor = ffi.new("uint32_t *")
+        key = ffi.new("uint8_t[]", lib.GF_META_KEY_MAX)
+        val = ffi.new("uint8_t[]", lib.GF_META_VAL_MAX)
+        klen, vlen = ffi.new("uint32_t *"), ffi.new("uint32_t *")
+        items = []
+        with self.locked():
+            while check(lib.gf_meta_next(self.handle, cursor, p, len(p), key, klen, val, vlen)) == 1:
+                items.append((ffi.unpack(key, klen[0]).decode("utf-8", "replace"),
+                              ffi.unpack(val, vlen[0])))
+        return items
+
+    def meta_epoch(self) -> int:
+        """Bumped by every metadata or lease-table change (cheap, lock-free)."""
+        return lib.gf_meta_epoch(self.handle)
+
+
+def _expiry(t: int, ttl: float | None, expires_at: float | None) -> int:
+    if (ttl is None) == (expires_at is None):
+        raise InvalidArgument("give exactly one of ttl= or expires_at=")
+    if ttl is not None:
+        _validate.number(ttl, "ttl", 0, lo_open=True)
+        return t + to_ns(ttl, "ttl")
+    exp = to_ns(expires_at, "expires_at")  # type: ignore[arg-type]
+    if exp <= t:
+        raise InvalidArgument(f"expires_at {expires_at} is not in the future")
+    return exp
+
+
+class MemLease:
+    """A leased region of a fabric, named by (index, id). Ids are never reused."""
+
+    __slots__ = ("fabric", "index", "id")
+
+    def __init__(self, fabric: Fabric, index: int, lease_id: int) -> None:
+        self.fabric = fabric
+        self.index = index
+        self.id = lease_id
+
+    def __repr__(self) -> str:
+        return f"<MemLease id={self.id} index={self.index}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, MemLease) and other.fabric is self.fabric and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash((id(self.fabric), self.id))
+
+    def info(self):  # noqa: ANN201 - gf_lease_info cdata
+        out = ffi.new("gf_lease_info *")
+        check(lib.gf_lease_get(self.fabric.handle, self.index, self.id, out))
+        return out
+
+    @property
+    def size(self) -> int:
+        return self.info().size
+
+    @property
+    def offset(self) -> int:
+        return self.info().offset
+
+    @property
+    def expires_at(self) -> float:
+        """Absolute expiry, seconds since the epoch (0.0 once reclaimed)."""
+        try:
+            return self.info().expires_ns / 1e9
+        except (LeaseExpired, NotFound):
+            return 0.0
+
+    def expired(self, now: float | None = None) -> bool:
+        try:
+            return self.info().expires_ns <= now_ns(now)
+        except (LeaseExpired, NotFound):
+            return True
+
+    def ttl_remaining(self, now: float | None = None) -> float:
+        """Seconds until expiry; 0.0 if expired or gone."""
+        try:
+            left = self.info().expires_ns - now_ns(now)
+        except (LeaseExpired, NotFound):
+            return 0.0
+        return max(0.0, left / 1e9)
+
+    def renew(self, expires_at: float | None = None, *, ttl: float | None = None,
+              now: float | None = None) -> None:
+        """Move the expiry. A lease that has already expired cannot be renewed."""
+        t = now_ns(now)
+        exp = _expiry(t, ttl, expires_at)
+        with self.fabric.locked():
+            check(lib.gf_lease_renew(self.fabric.handle, self.index, self.id, exp, t))
+
+    def release(self) -> None:
+        """Give the region back now."""
+        with self.fabric.locked():
+            check(lib.gf_lease_release(self.fabric.handle, self.index, self.id))
+
+    def write(self, offset: int, data: bytes, now: float | None = None) -> None:
+        _validate.integer(offset, "offset", 0)
+        data = _validate.as_bytes(data, "data")
+        check(lib.gf_lease_write(self.fabric.handle, self.index, self.id, offset, data, len(data), now_ns(now)))
+
+    def read(self, offset: int, length: int, now: float | None = None) -> bytes:
+        _validate.integer(offset, "offset", 0)
+        _validate.integer(length, "length", 0, 1 << 40)
+        buf = ffi.new("uint8_t[]", length)
+        check(lib.gf_lease_read(self.fabric.handle, self.index, self.id, offset, buf, length, now_ns(now)))
+        return ffi.unpack(buf, length)

@@ -1,0 +1,170 @@
+"""Partition rings: ``capacity`` slots of ``stride`` bytes in one lease.
+
+Offset n lives in slot n % capacity. Producers in any process append at
+once; each slot publishes itself (no shared "published" cursor), readers
+validate a slot's sequence before and after copying it, and a writer that
+died half-way is stepped over after the fabric's bounded wait.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from . import _validate
+from ._check import check, raise_for
+from ._clock import now_ns
+from ._native import ffi, lib
+from .errors import InvalidArgument, MessageTooLarge
+from .fabric import Fabric, MemLease, _expiry
+from .message import Message, encode_headers
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    earliest: int        #: oldest offset still in the ring
+    latest: int          #: next offset to be written (the end)
+    lost: int            #: offsets overwritten so far
+    abandoned: int       #: slots skipped after a writer died mid-append
+    capacity: int
+    stride: int
+    alive: bool
+    expires_at: float    #: seconds since the epoch (0.0 if dead)
+
+
+def region_size(capacity: int, stride: int) -> int:
+    return lib.gf_ring_region_size(capacity, stride)
+
+
+class Partition:
+    """One ring. Create with :meth:`create`, attach with ``Partition(fabric, lease)``."""
+
+    def __init__(self, fabric: Fabric, lease: MemLease) -> None:
+        err = ffi.new("int *")
+        r = lib.gf_ring_open(fabric.handle, lease.index, lease.id, err)
+        if r == ffi.NULL:
+            raise_for(err[0], "partition")
+        self.fabric = fabric
+        self.lease = lease
+        self._r = ffi.gc(r, lib.gf_ring_close)
+        st = ffi.new("gf_ring_state *")
+        check(lib.gf_ring_state_get(self._r, 0, st))
+        self.capacity: int = st.capacity
+        self.stride: int = st.stride
+        self.room: int = lib.gf_ring_room(self._r)   #: bytes for key + headers + value
+
+    @classmethod
+    def create(cls, fabric: Fabric, capacity: int, stride: int, *, ttl: float | None = None,
+               expires_at: float | None = None, owner_tag: int = 0,
+               now: float | None = None) -> "Partition":
+        _validate.integer(capacity, "capacity", 1, 1 << 30)
+        _validate.integer(stride, "stride", lib.GF_SLOT_HDR_SIZE + 8, 16 << 20)
+        if stride % 8:
+            raise InvalidArgument(f"stride must be a multiple of 8, got {stride}")
+        t = now_ns(now)
+        exp = _expiry(t, ttl, expires_at)
+        out = ffi.new("gf_lease_info *")
+        with fabric.locked():
+            check(lib.gf_lease_acquire(fabric.handle, region_size(capacity, stride), exp, owner_tag, t, out))
+            rc = lib.gf_ring_init(fabric.handle, out.index, out.id, capacity, stride, t)
+            if rc < 0:
+                lib.gf_lease_release(fabric.handle, out.index, out.id)
+                raise_for(rc)
+        return cls(fabric, MemLease(fabric, out.index, out.id))
+
+    def close(self) -> None:
+        ffi.release(self._r)
+
+    @property
+    def handle(self):  # noqa: ANN201
+        return self._r
+
+    def __repr__(self) -> str:
+        return f"<Partition lease={self.lease.id} {self.capacity}x{self.stride}>"
+
+    # ---- writing -------------------------------------------------------------
+    def append(self, value: bytes, key: bytes | None = None, headers=None,
+               timestamp: int | None = None) -> int:
+        """Append one message; returns its offset. ``timestamp`` in ns (default: now)."""
+        hdrs = encode_headers(headers) if headers else b""
+        if not isinstance(value, bytes):
+            value = _validate.as_bytes(value, "value")
+        if key is not None and not isinstance(key, bytes):
+            key = _validate.as_bytes(key, "key")
+        ts = 0 if timestamp is None else _validate.integer(timestamp, "timestamp", 1, (1 << 62))
+        rc = lib.gf_ring_append(self._r, key if key is not None else ffi.NULL,
+                                len(key) if key is not None else 0, key is not None,
+                                hdrs, len(hdrs), value, len(value), ts)
+        if rc < 0:
+            self._raise(rc, len(key or b"") + len(hdrs) + len(value))
+        return rc
+
+    def append_batch(self, values: Sequence[bytes], keys: Sequence[bytes] | None = None,
+                     timestamp: int | None = None) -> int:
+        """Append many messages with one crossing into C; returns the first offset.
+        All or nothing: if any message is too large, none is written."""
+        vals, vlens = pack(values, "values")
+        if keys is not None:
+            if len(keys) != len(values):
+                raise InvalidArgument(f"{len(keys)} keys for {len(values)} values")
+            ks, klens = pack(keys, "keys")
+        ts = 0 if timestamp is None else _validate.integer(timestamp, "timestamp", 1, (1 << 62))
+        n = len(vlens)
+        if n == 0:
+            raise InvalidArgument("empty batch")
+        rc = lib.gf_ring_append_batch(
+            self._r, n,
+            ffi.from_buffer("uint8_t[]", ks) if keys is not None else ffi.NULL,
+            ffi.from_buffer("uint32_t[]", klens) if keys is not None else ffi.NULL,
+            ffi.from_buffer("uint8_t[]", vals), ffi.from_buffer("uint32_t[]", vlens), ts)
+        if rc < 0:
+            self._raise(rc, -1)
+        return rc
+
+    def _raise(self, rc: int, size: int) -> None:
+        if rc == lib.GF_E_TOOBIG:
+            from ._check import last_error
+            raise MessageTooLarge(last_error(), size, self.room)
+        raise_for(rc, "append")
+
+    # ---- state ------------------------------------------------------------------
+    def state(self, now: float | None = None) -> PartitionState:
+        st = ffi.new("gf_ring_state *")
+        check(lib.gf_ring_state_get(self._r, now_ns(now), st))
+        return PartitionState(st.earliest, st.tail, st.lost, st.abandoned, st.capacity, st.stride,
+                              bool(st.alive), st.expires_ns / 1e9)
+
+    def earliest(self) -> int:
+        return self.state().earliest
+
+    def latest(self) -> int:
+        """The next offset to be written (one past the newest message)."""
+        return self.state().latest
+
+    # ---- reading ---------------------------------------------------------------
+    def reader(self, offset: int = 0, **kw) -> "Reader":
+        from .reader import Reader
+        rd = Reader(self.fabric, [self], **kw)
+        rd.seek(0, offset)
+        return rd
+
+    def read(self, offset: int, max_messages: int = 1024, now: float | None = None) -> list[Message]:
+        """Messages from ``offset`` on (at most ``max_messages``), without waiting."""
+        rd = self.reader(offset, max_batch=max_messages)
+        return [m for _, m in rd.poll(max_messages, now=now)]
+
+
+def pack(items: Sequence[bytes], what: str) -> tuple[bytes, np.ndarray]:
+    """A list of bytes -> (one contiguous buffer, uint32 lengths)."""
+    if isinstance(items, (bytes, str)):
+        raise _validate.InvalidType(f"{what} must be a sequence of bytes, not a single {type(items).__name__}")
+    try:
+        lens = np.fromiter(map(len, items), dtype=np.uint32, count=len(items))
+        buf = b"".join(items)
+    except TypeError:
+        for i, it in enumerate(items):
+            if not isinstance(it, (bytes, bytearray, memoryview)):
+                raise _validate.InvalidType(f"{what}[{i}] must be bytes, not {type(it).__name__}") from None
+        raise
+    return buf, lens

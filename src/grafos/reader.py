@@ -1,0 +1,215 @@
+"""Reading rings: a :class:`Reader` keeps one cursor per partition and polls
+them all with one crossing into C per call (the C side also does the
+blocking wait, on a futex in the shared mapping)."""
+from __future__ import annotations
+
+import struct
+import time
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from . import _validate
+from ._check import raise_for
+from ._clock import now_ns
+from ._native import ffi, lib
+from .fabric import Fabric
+from .message import Message, decode_headers
+
+#: numpy view of ``gf_msg_meta`` (one row per message of a batch)
+META_DTYPE = np.dtype([
+    ("offset", "<u8"), ("timestamp", "<i8"), ("pos", "<u4"), ("key_len", "<u4"),
+    ("hdr_len", "<u4"), ("val_len", "<u4"), ("key_hash", "<u4"), ("flags", "<u4"),
+    ("partition", "<u4"), ("reserved", "<u4"),
+])
+_META = struct.Struct("<QqIIIIIIII")
+assert META_DTYPE.itemsize == ffi.sizeof("gf_msg_meta") == _META.size
+
+_SLICE = 0.2    # seconds: a blocking poll wakes this often so Ctrl-C gets through
+MAX_BUF = 64 << 20
+
+
+class Batch:
+    """Messages of one poll as numpy arrays over one buffer.
+
+    The arrays are views of the reader's buffers, valid until its next poll;
+    call :meth:`copy` to keep them longer. Iterating yields ``(partition, Message)``.
+    """
+
+    __slots__ = ("meta", "data", "partition_ids")
+
+    def __init__(self, meta: np.ndarray, data: np.ndarray, partition_ids: Sequence[int]) -> None:
+        self.meta = meta
+        self.data = data
+        self.partition_ids = partition_ids
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return self.meta["offset"]
+
+    @property
+    def timestamps(self) -> np.ndarray:
+        return self.meta["timestamp"]
+
+    @property
+    def partitions(self) -> np.ndarray:
+        ids = np.asarray(self.partition_ids, dtype=np.int64)
+        return ids[self.meta["partition"]] if len(ids) else self.meta["partition"].astype(np.int64)
+
+    @property
+    def key_lengths(self) -> np.ndarray:
+        return self.meta["key_len"]
+
+    @property
+    def value_lengths(self) -> np.ndarray:
+        return self.meta["val_len"]
+
+    @property
+    def value_starts(self) -> np.ndarray:
+        m = self.meta
+        return m["pos"].astype(np.int64) + m["key_len"] + m["hdr_len"]
+
+    def value(self, i: int) -> bytes:
+        m = self.meta[i]
+        start = int(m["pos"]) + int(m["key_len"]) + int(m["hdr_len"])
+        return self.data[start:start + int(m["val_len"])].tobytes()
+
+    def key(self, i: int) -> bytes | None:
+        m = self.meta[i]
+        if not int(m["flags"]) & 1:
+            return None
+        return self.data[int(m["pos"]):int(m["pos"]) + int(m["key_len"])].tobytes()
+
+    def values(self) -> np.ndarray:
+        """Values as a 2-D uint8 array (rows) when they all have one length,
+        as a zero-copy strided view where the layout allows it."""
+        n = len(self.meta)
+        if n == 0:
+            return np.empty((0, 0), dtype=np.uint8)
+        lens = self.meta["val_len"]
+        width = int(lens[0])
+        if not (lens == width).all():
+            raise ValueError("values have different lengths; use value(i) or value_lengths")
+        starts = self.value_starts
+        if n > 1:
+            step = int(starts[1] - starts[0])
+            if step > 0 and (np.diff(starts) == step).all():
+                return np.lib.stride_tricks.as_strided(
+                    self.data[int(starts[0]):], shape=(n, width), strides=(step, 1), writeable=False)
+        return np.stack([self.data[s:s + width] for s in starts.tolist()])
+
+    def copy(self) -> "Batch":
+        return Batch(self.meta.copy(), self.data.copy(), list(self.partition_ids))
+
+    def __iter__(self) -> Iterator[tuple[int, Message]]:
+        return iter(_decode(self.meta.tobytes(), self.data.tobytes(), self.partition_ids))
+
+
+def _decode(meta: bytes, data: bytes, ids: Sequence[int]) -> list[tuple[int, Message]]:
+    out = []
+    append = out.append
+    new = tuple.__new__
+    for off, ts, pos, kl, hl, vl, _kh, fl, part, _r in _META.iter_unpack(meta):
+        kend = pos + kl
+        vstart = kend + hl
+        append((ids[part], new(Message, (off, data[pos:kend] if fl & 1 else None,
+                                         data[vstart:vstart + vl], ts,
+                                         decode_headers(data[kend:vstart]) if hl else ()))))
+    return out
+
+
+class Reader:
+    """Cursors over a list of partitions (``None`` entries are skipped).
+
+    A reader belongs to one thread at a time.
+    """
+
+    def __init__(self, fabric: Fabric, partitions: Sequence[object | None], *,
+                 ids: Sequence[int] | None = None, max_batch: int = 1024,
+                 buf_size: int | None = None) -> None:
+        _validate.integer(max_batch, "max_batch", 1, 1 << 20)
+        n = len(partitions)
+        self.fabric = fabric
+        self._parts = list(partitions)
+        self.ids = list(ids) if ids is not None else list(range(n))
+        self._n = n
+        self._rings = ffi.new("gf_ring *[]", max(n, 1))
+        room = 64
+        for i, p in enumerate(partitions):
+            if p is not None:
+                self._rings[i] = p.handle  # type: ignore[attr-defined]
+                room = max(room, p.room)   # type: ignore[attr-defined]
+        self._cursors = ffi.new("gf_cursor[]", max(n, 1))
+        self.max_batch = max_batch
+        self._meta = ffi.new("gf_msg_meta[]", max_batch)
+        size = buf_size or min(MAX_BUF, max_batch * room)
+        self._buf_size = max(size, room)
+        self._buf = ffi.new("uint8_t[]", self._buf_size)
+        self._metabuf = ffi.buffer(self._meta)
+        self._bytes = ffi.buffer(self._buf)
+        self._start = 0
+
+    # ---- cursors ------------------------------------------------------------
+    def seek(self, i: int, offset: int) -> None:
+        _validate.integer(offset, "offset", 0, (1 << 48) - 1)
+        c = self._cursors[i]
+        c.pos = offset
+        c.stall_since = 0
+
+    def position(self, i: int) -> int:
+        return self._cursors[i].pos
+
+    def counters(self, i: int) -> dict[str, int]:
+        c = self._cursors[i]
+        return {"lost": c.lost, "abandoned": c.abandoned, "corrupt": c.corrupt, "expired": c.expired}
+
+    def set_partition(self, i: int, partition: object | None) -> None:
+        self._parts[i] = partition
+        self._rings[i] = partition.handle if partition is not None else ffi.NULL  # type: ignore[attr-defined]
+
+    # ---- polling -------------------------------------------------------------
+    def poll_raw(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
+                 spin: float = 0.0) -> int:
+        """Fill the reader's buffers; returns how many messages."""
+        if max_messages > self.max_batch:
+            max_messages = self.max_batch
+        t = 0 if now is None else now_ns(now)
+        spin_ns = int(spin * 1e9)
+        if timeout is not None and timeout <= 0:
+            rc = lib.gf_poll(self.fabric.handle, self._rings, self._cursors, self._n, self._start,
+                             max_messages, self._meta, self._buf, self._buf_size, t, 0, 0)
+        else:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+                rc = lib.gf_poll(self.fabric.handle, self._rings, self._cursors, self._n, self._start,
+                                 max_messages, self._meta, self._buf, self._buf_size, t,
+                                 max(int(left * 1e9), 0), spin_ns)
+                if rc != 0 or (deadline is not None and time.monotonic() >= deadline):
+                    break
+        if rc < 0:
+            raise_for(rc, "poll")
+        if self._n > 1:
+            self._start = (self._start + 1) % self._n
+        return rc
+
+    def _used(self, n: int) -> int:
+        m = self._meta[n - 1]
+        return m.pos + m.key_len + m.hdr_len + m.val_len
+
+    def poll(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
+             spin: float = 0.0) -> list[tuple[int, Message]]:
+        n = self.poll_raw(max_messages, timeout, now, spin)
+        if n == 0:
+            return []
+        return _decode(self._metabuf[0:n * _META.size], self._bytes[0:self._used(n)], self.ids)
+
+    def poll_batch(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
+                   spin: float = 0.0) -> Batch:
+        n = self.poll_raw(max_messages, timeout, now, spin)
+        meta = np.frombuffer(self._metabuf, dtype=META_DTYPE, count=n)
+        data = np.frombuffer(self._bytes, dtype=np.uint8, count=self._used(n) if n else 0)
+        return Batch(meta, data, self.ids)
