@@ -227,7 +227,7 @@ class Fabric:
         if rc == lib.GF_E_NOTFOUND:
             return None
         check(rc, f"metadata {key!r}")
-        return ffi.unpack(val, vlen[0])
+        return ffi.buffer(val, vlen[0])[:]
 
     def meta_put(self, key: str, value: bytes) -> None:
         k = key.encode()
@@ -252,8 +252,8 @@ class Fabric:
         items = []
         with self.locked():
             while check(lib.gf_meta_next(self.handle, cursor, p, len(p), key, klen, val, vlen)) == 1:
-                items.append((ffi.unpack(key, klen[0]).decode("utf-8", "replace"),
-                              ffi.unpack(val, vlen[0])))
+                items.append((ffi.buffer(key, klen[0])[:].decode("utf-8", "replace"),
+                              ffi.buffer(val, vlen[0])[:]))
         return items
 
     def meta_epoch(self) -> int:
@@ -350,4 +350,4 @@ class MemLease:
         _validate.integer(length, "length", 0, 1 << 40)
         buf = ffi.new("uint8_t[]", length)
         check(lib.gf_lease_read(self.fabric.handle, self.index, self.id, offset, buf, length, now_ns(now)))
-        return ffi.unpack(buf, length)
+        return ffi.buffer(buf, length)[:]

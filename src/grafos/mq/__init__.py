@@ -1,0 +1,1 @@
+"""The bus: topics, producers, consumers, groups, dead letters and offsets."""

@@ -1,0 +1,265 @@
+"""Consumers: read assigned partitions from their positions, commit what was
+processed. One crossing into C per poll (``gf_poll`` reads every assigned
+partition and, with a timeout, sleeps on a futex in the shared mapping).
+
+A Consumer belongs to one thread at a time; use one per thread.
+"""
+from __future__ import annotations
+
+import enum
+from typing import Iterable
+
+from .. import _validate
+from ..errors import Fenced, InvalidArgument
+from ..message import Message
+from ..reader import Batch, Reader
+from .offset import OffsetStore
+from .topic import Topic, TopicManager
+
+__all__ = ["Consumer", "SeekPolicy", "Message"]
+
+
+class SeekPolicy(enum.Enum):
+    """Where :meth:`Consumer.seek` puts each assigned partition."""
+
+    Committed = "committed"   #: the group's committed offset (Earliest if none)
+    Earliest = "earliest"     #: the oldest message still in the ring
+    Latest = "latest"         #: the end: only messages produced from now on
+    # PEP 8 spellings
+    COMMITTED = "committed"
+    EARLIEST = "earliest"
+    LATEST = "latest"
+
+
+class Consumer:
+    """``Consumer("events", "processors")``: reads partitions given to :meth:`assign`
+    (all partitions if never assigned)."""
+
+    def __init__(self, topic: str, group: str = "default", *, max_batch: int = 1024) -> None:
+        self.topic = _validate.name(topic, "topic", 64)
+        self.group = _validate.name(group, "group", 64)
+        self.max_batch = _validate.integer(max_batch, "max_batch", 1, 1 << 20)
+        self._assigned: list[int] | None = None
+        self._mgr: TopicManager | None = None
+        self._t: Topic | None = None
+        self._reader: Reader | None = None
+        self._positions: dict[int, int] = {}
+        self._member: tuple[object, str] | None = None   # (ConsumerGroup, member) for fencing
+        self.consumed = 0
+
+    # ---- assignment -----------------------------------------------------------
+    def assign(self, partitions: Iterable[int]) -> None:
+        parts = list(partitions)
+        for p in parts:
+            _validate.integer(p, "partition", 0, 1 << 20)
+        if len(set(parts)) != len(parts):
+            raise InvalidArgument(f"duplicate partitions in {parts}")
+        if self._t is not None:
+            for p in parts:
+                if p >= self._t.n:
+                    raise InvalidArgument(f"topic {self.topic!r} has partitions 0..{self._t.n - 1}, not {p}")
+        self._save_positions()
+        self._assigned = sorted(parts)
+        self._reader = None
+
+    def assignment(self) -> list[int]:
+        if self._assigned is not None:
+            return list(self._assigned)
+        return list(range(self._t.n)) if self._t is not None else []
+
+    def bind(self, group: object, member: str) -> None:
+        """Tie this consumer to a group member: commits for partitions the member
+        no longer owns raise :class:`~grafos.errors.Fenced`."""
+        self._member = (group, member)
+
+    def _save_positions(self) -> None:
+        if self._reader is not None:
+            for i, p in enumerate(self._reader.ids):
+                self._positions[p] = self._reader.position(i)
+
+    def _ensure(self, mgr: TopicManager) -> Reader:
+        t = mgr._topics.get(self.topic) if mgr is self._mgr else None
+        if t is None or t is not self._t or self._reader is None:
+            if not isinstance(mgr, TopicManager):
+                raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
+            t = mgr.topic(self.topic)
+            self._open(mgr, t)
+        return self._reader  # type: ignore[return-value]
+
+    def _open(self, mgr: TopicManager, t: Topic) -> None:
+        self._save_positions()
+        parts = self._assigned if self._assigned is not None else list(range(t.n))
+        for p in parts:
+            if p >= t.n:
+                raise InvalidArgument(f"topic {self.topic!r} has partitions 0..{t.n - 1}, not {p}")
+        old = self._t
+        rd = Reader(mgr.fabric, [t.partitions[p] for p in parts], ids=parts, max_batch=self.max_batch)
+        for i, p in enumerate(parts):
+            pos = self._positions.get(p)
+            same = old is not None and old.incarnation == t.incarnation and \
+                old.partitions[p] is not None and t.partitions[p] is not None and \
+                old.partitions[p].lease.id == t.partitions[p].lease.id
+            if pos is None or not same:
+                # never read, or a fresh lease (restart): start at its earliest offset
+                part = t.partitions[p]
+                pos = part.state().earliest if part is not None else 0
+            rd.seek(i, pos)
+        self._mgr, self._t, self._reader = mgr, t, rd
+
+    # ---- positions ---------------------------------------------------------------
+    def seek(self, mgr: TopicManager, store_or_partition=None, policy: SeekPolicy | int | None = None) -> None:
+        """``seek(mgr, store, SeekPolicy.Committed|Earliest|Latest)`` for every assigned
+        partition, or ``seek(mgr, partition, offset)`` for one."""
+        if isinstance(store_or_partition, int) and not isinstance(store_or_partition, bool):
+            self.seek_partition(mgr, store_or_partition, policy)   # type: ignore[arg-type]
+            return
+        if not isinstance(policy, SeekPolicy):
+            raise _validate.InvalidType(f"policy must be a SeekPolicy, not {type(policy).__name__}")
+        store = store_or_partition
+        if policy is SeekPolicy.Committed and not isinstance(store, OffsetStore):
+            raise _validate.InvalidType("SeekPolicy.Committed needs an offset store")
+        rd = self._ensure(mgr)
+        t = self._t
+        assert t is not None
+        for i, p in enumerate(rd.ids):
+            part = t.partitions[p]
+            st = part.state() if part is not None else None
+            earliest, latest = (st.earliest, st.latest) if st is not None else (0, 0)
+            if policy is SeekPolicy.Earliest:
+                off = earliest
+            elif policy is SeekPolicy.Latest:
+                off = latest
+            else:
+                c = store.committed(self.group, self.topic, p)  # type: ignore[union-attr]
+                off = earliest if c is None else min(c, latest)
+            rd.seek(i, off)
+
+    def seek_partition(self, mgr: TopicManager, partition: int, offset: int) -> None:
+        """Put one assigned partition at ``offset`` (at most its end)."""
+        rd = self._ensure(mgr)
+        i = self._index(partition)
+        _validate.integer(offset, "offset", 0, (1 << 48) - 1)
+        part = self._t.partitions[partition]  # type: ignore[union-attr]
+        latest = part.state().latest if part is not None else 0
+        if offset > latest:
+            raise InvalidArgument(f"offset {offset} is beyond the end ({latest}) of partition {partition}")
+        rd.seek(i, offset)
+
+    def _index(self, partition: int) -> int:
+        assert self._reader is not None
+        try:
+            return self._reader.ids.index(partition)
+        except ValueError:
+            raise InvalidArgument(f"partition {partition} is not assigned to this consumer "
+                                  f"(assigned: {self._reader.ids})") from None
+
+    def position(self, partition: int) -> int:
+        """The next offset this consumer will read from ``partition``."""
+        if self._reader is None:
+            if partition in self._positions:
+                return self._positions[partition]
+            raise InvalidArgument("consumer has not polled or sought yet")
+        return self._reader.position(self._index(partition))
+
+    def positions(self) -> dict[int, int]:
+        if self._reader is None:
+            return dict(self._positions)
+        return {p: self._reader.position(i) for i, p in enumerate(self._reader.ids)}
+
+    def lost(self) -> dict[int, int]:
+        """Per partition: messages overwritten before this consumer read them."""
+        rd = self._reader
+        return {p: rd.counters(i)["lost"] for i, p in enumerate(rd.ids)} if rd else {}
+
+    def lag(self, mgr: TopicManager) -> dict[int, int]:
+        """Per assigned partition: messages between the position and the end."""
+        rd = self._ensure(mgr)
+        out = {}
+        for i, p in enumerate(rd.ids):
+            part = self._t.partitions[p]  # type: ignore[union-attr]
+            latest = part.state().latest if part is not None else 0
+            out[p] = max(0, latest - rd.position(i))
+        return out
+
+    # ---- reading -------------------------------------------------------------------
+    def poll(self, mgr: TopicManager, max_messages: int = 100, timeout: float | None = 0.0,
+             *, spin: float = 0.0) -> list[tuple[int, Message]]:
+        """Up to ``max_messages`` as ``(partition, Message)`` pairs.
+
+        ``timeout``: 0 (default) returns at once; a number of seconds blocks until a
+        message arrives or the time passes; None blocks until a message arrives.
+        Blocking sleeps on a futex (no busy spin); ``spin`` seconds of polling first
+        trade a core for lower latency.
+        """
+        rd = self._reader
+        if rd is None or mgr is not self._mgr or mgr._topics.get(self.topic) is not self._t:
+            rd = self._ensure(mgr)
+        if type(max_messages) is not int or max_messages < 1:
+            _validate.integer(max_messages, "max_messages", 1)
+        msgs = rd.poll(max_messages, timeout, None, spin)
+        if not msgs and rd._n and self._any_expired(rd):
+            self._maybe_refresh(mgr)
+        self.consumed += len(msgs)
+        return msgs
+
+    def poll_batch(self, mgr: TopicManager, max_messages: int = 1024, timeout: float | None = 0.0,
+                   *, spin: float = 0.0) -> Batch:
+        """Like :meth:`poll`, as a :class:`~grafos.reader.Batch` of numpy arrays over
+        one buffer (valid until the next poll)."""
+        rd = self._reader
+        if rd is None or mgr is not self._mgr or mgr._topics.get(self.topic) is not self._t:
+            rd = self._ensure(mgr)
+        _validate.integer(max_messages, "max_messages", 1)
+        b = rd.poll_batch(max_messages, timeout, None, spin)
+        self.consumed += len(b)
+        return b
+
+    @staticmethod
+    def _any_expired(rd: Reader) -> bool:
+        return any(rd._cursors[i].expired for i in range(rd._n)) or any(p is None for p in rd._parts)
+
+    def _maybe_refresh(self, mgr: TopicManager) -> None:
+        """A partition read as expired: if the topic was restarted (here or by another
+        process), pick up the fresh leases."""
+        t = mgr.refresh(self.topic)
+        self._open(mgr, t)
+
+    # ---- committing -------------------------------------------------------------
+    def commit(self, store: OffsetStore, offsets: dict[int, int] | None = None) -> dict[int, int]:
+        """Commit the current positions (or ``offsets``: partition -> next offset to
+        read) of the assigned partitions. Returns what was committed."""
+        if not isinstance(store, OffsetStore):
+            raise _validate.InvalidType(f"store must be an offset store, not {type(store).__name__}")
+        pos = self.positions()
+        if offsets is not None:
+            for p, off in offsets.items():
+                if p not in pos:
+                    raise InvalidArgument(f"partition {p} is not assigned to this consumer")
+                _validate.integer(off, "offset", 0)
+                part = self._t.partitions[p] if self._t is not None else None  # type: ignore[index]
+                latest = part.state().latest if part is not None else 0
+                if off > latest:
+                    raise InvalidArgument(f"cannot commit offset {off} for partition {p}: beyond its end ({latest})")
+            pos = dict(offsets)
+        if self._member is not None:
+            group, member = self._member
+            group.commit(store, member, self.topic, pos)  # type: ignore[attr-defined]
+        else:
+            for p, off in pos.items():
+                store.commit(self.group, self.topic, p, off)
+        return pos
+
+    def close(self) -> None:
+        self._save_positions()
+        self._reader = None
+        self._t = None
+        self._mgr = None
+
+    def __enter__(self) -> "Consumer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+__all__ += ["Fenced"]

@@ -1,0 +1,191 @@
+"""Producers: pick a partition (Kafka's keyed partitioner or round robin) and
+append, with one crossing into C per message (``gf_send`` hashes, picks the
+partition and writes the slot). A Producer may be shared by threads."""
+from __future__ import annotations
+
+import enum
+from typing import Sequence
+
+import numpy as np
+
+from .. import _validate
+from .._check import last_error, raise_for
+from .._native import ffi, lib
+from ..errors import InvalidArgument, LeaseExpired, MessageTooLarge, SlotAbandoned
+from ..message import encode_headers
+from ..partition import pack
+from .topic import Topic, TopicManager
+
+_MASK48 = (1 << 48) - 1
+_send = lib.gf_send
+_NULL = ffi.NULL
+_RETRIES = 3
+
+
+class Partitioner(enum.IntEnum):
+    """``KeyHash`` is Kafka's default: ``murmur2(key) & 0x7fffffff % partitions``,
+    so a key lands on the same partition number as in Kafka. Messages without a
+    key go round robin. ``RoundRobin`` ignores keys."""
+
+    KeyHash = lib.GF_PART_KEYHASH
+    RoundRobin = lib.GF_PART_ROUNDROBIN
+    # PEP 8 spellings
+    KEY_HASH = lib.GF_PART_KEYHASH
+    ROUND_ROBIN = lib.GF_PART_ROUNDROBIN
+
+
+def kafka_partition(key: bytes, num_partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for ``key``."""
+    key = _validate.as_bytes(key, "key")
+    _validate.integer(num_partitions, "num_partitions", 1)
+    return lib.gf_kafka_partition(key, len(key), num_partitions)
+
+
+def murmur2(key: bytes) -> int:
+    """Kafka's murmur2 of ``key`` as a signed 32-bit int (as Java returns it)."""
+    key = _validate.as_bytes(key, "key")
+    h = lib.gf_murmur2(key, len(key))
+    return h - (1 << 32) if h >= 1 << 31 else h
+
+
+class Producer:
+    """``Producer("events").with_partitioner(Partitioner.KeyHash)``."""
+
+    def __init__(self, topic: str, partitioner: Partitioner = Partitioner.KeyHash) -> None:
+        self.topic = _validate.name(topic, "topic", 64)
+        self.partitioner = Partitioner(partitioner)
+        self._rr = ffi.new("uint64_t *")
+        self._mgr: TopicManager | None = None
+        self._t: Topic | None = None
+        self.sent = 0   # approximate under threads; see describe() for exact counts
+
+    def with_partitioner(self, partitioner: Partitioner) -> "Producer":
+        if not isinstance(partitioner, Partitioner):
+            raise _validate.InvalidType(f"partitioner must be a Partitioner, not {type(partitioner).__name__}")
+        self.partitioner = partitioner
+        return self
+
+    def _topic(self, mgr: TopicManager) -> Topic:
+        if mgr is not self._mgr:
+            if not isinstance(mgr, TopicManager):
+                raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
+            self._t = mgr.topic(self.topic)
+            self._mgr = mgr
+        t = self._t
+        cached = mgr._topics.get(self.topic)
+        if cached is not t:             # the manager re-read or recreated the topic
+            self._t = t = mgr.topic(self.topic)
+        return t  # type: ignore[return-value]
+
+    # ---- one message ------------------------------------------------------------
+    def send(self, mgr: TopicManager, value: bytes, headers=None) -> tuple[int, int]:
+        """Append ``value`` (no key: round robin). Returns (partition, offset)."""
+        return self.send_keyed(mgr, None, value, headers)
+
+    def send_keyed(self, mgr: TopicManager, key: bytes | None, value: bytes,
+                   headers=None) -> tuple[int, int]:
+        """Append ``value`` under ``key``. Returns (partition, offset)."""
+        t = self._t if mgr is self._mgr else None
+        if t is None or headers is not None or mgr._topics.get(self.topic) is not t:
+            return self._send_slow(mgr, key, value, headers)
+        try:
+            if key is None:
+                rc = _send(t.rings, t.n, self.partitioner, self._rr, _NULL, 0, 0, _NULL, 0,
+                           value, len(value), 0)
+            else:
+                rc = _send(t.rings, t.n, self.partitioner, self._rr, key, len(key), 1, _NULL, 0,
+                           value, len(value), 0)
+        except TypeError:
+            return self._send_slow(mgr, key, value, headers)
+        if rc < 0:
+            return self._send_slow(mgr, key, value, headers)
+        return rc >> 48, rc & _MASK48
+
+    def _send_slow(self, mgr: TopicManager, key, value, headers) -> tuple[int, int]:
+        """Checks, headers, retries; also where every error is raised."""
+        value = _validate.as_bytes(value, "value")
+        if key is not None:
+            key = _validate.as_bytes(key, "key")
+        hdrs = encode_headers(headers) if headers else b""
+        for attempt in range(_RETRIES):
+            t = self._topic(mgr)
+            rc = _send(t.rings, t.n, self.partitioner, self._rr,
+                       key if key is not None else _NULL, len(key) if key is not None else 0,
+                       key is not None, hdrs, len(hdrs), value, len(value), 0)
+            if rc >= 0:
+                return rc >> 48, rc & _MASK48
+            if rc == lib.GF_E_TOOBIG:
+                size = len(value) + len(hdrs) + (len(key) if key else 0)
+                raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", size,
+                                      t.config.max_message_bytes)
+            if rc == lib.GF_E_ABANDONED:
+                continue        # a reader gave up on our slot (we were descheduled): write again
+            if rc in (lib.GF_E_EXPIRED, lib.GF_E_INVAL) and attempt == 0:
+                # maybe restarted or recreated by another process: re-read the directory once
+                msg = last_error()
+                try:
+                    self._t = mgr.refresh(self.topic)
+                except Exception:
+                    raise LeaseExpired(f"topic {self.topic!r}: {msg}") from None
+                continue
+            raise_for(rc, f"topic {self.topic!r}")
+        raise SlotAbandoned(f"topic {self.topic!r}: gave up after {_RETRIES} attempts: {last_error()}")
+
+    # ---- batches ------------------------------------------------------------------
+    def send_batch(self, mgr: TopicManager, values: Sequence[bytes] | np.ndarray,
+                   keys: Sequence[bytes] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Append many messages with one crossing into C. ``values`` is a list of
+        bytes or a 2-D uint8 numpy array (one row per message). Returns
+        (partitions, offsets) as numpy arrays."""
+        vals, vlens = _pack_any(values, "values")
+        n = len(vlens)
+        if n == 0:
+            raise InvalidArgument("empty batch")
+        kbuf = klens = None
+        if keys is not None:
+            kbuf, klens = _pack_any(keys, "keys")
+            if len(klens) != n:
+                raise InvalidArgument(f"{len(klens)} keys for {n} values")
+        parts = np.empty(n, dtype=np.uint32)
+        offs = np.empty(n, dtype=np.uint64)
+        for attempt in range(2):
+            t = self._topic(mgr)
+            rc = lib.gf_send_batch(
+                t.rings, t.n, self.partitioner, self._rr, n,
+                ffi.from_buffer("uint8_t[]", kbuf) if kbuf is not None else _NULL,
+                ffi.from_buffer("uint32_t[]", klens) if klens is not None else _NULL,
+                ffi.from_buffer("uint8_t[]", vals), ffi.from_buffer("uint32_t[]", vlens), 0,
+                ffi.from_buffer("uint32_t[]", parts), ffi.from_buffer("uint64_t[]", offs))
+            if rc >= 0:
+                return parts, offs
+            if rc == lib.GF_E_TOOBIG:
+                raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", -1, t.config.max_message_bytes)
+            if rc == lib.GF_E_EXPIRED and attempt == 0:
+                self._t = mgr.refresh(self.topic)
+                continue
+            raise_for(rc, f"topic {self.topic!r}")
+        raise_for(rc, f"topic {self.topic!r}")
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Appends are synchronous; nothing is buffered. Returns 0 (messages pending)."""
+        return 0
+
+    def close(self) -> None:
+        self._t = None
+        self._mgr = None
+
+    def __enter__(self) -> "Producer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pack_any(items, what: str) -> tuple[object, np.ndarray]:
+    if isinstance(items, np.ndarray):
+        if items.ndim != 2:
+            raise InvalidArgument(f"{what} array must be 2-D (one row per message), got {items.ndim}-D")
+        arr = np.ascontiguousarray(items)
+        n, width = arr.shape[0], arr.shape[1] * arr.itemsize
+        return arr, np.full(n, width, dtype=np.uint32)
+    return pack(items, what)
