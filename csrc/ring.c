@@ -226,10 +226,10 @@ static inline int64_t claim(gf_ring *r, uint64_t count)
 
 static int64_t append_one(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
                           uint32_t key_hash, const uint8_t *hdrs, uint32_t hlen,
-                          const uint8_t *val, uint32_t vlen, int64_t ts)
+                          const uint8_t *val, uint32_t vlen, int64_t ts, int64_t now)
 {
     int rc;
-    if ((rc = check_msg(r, klen, hlen, vlen)) < 0 || (rc = check_alive(r, ts)) < 0)
+    if ((rc = check_msg(r, klen, hlen, vlen)) < 0 || (rc = check_alive(r, now)) < 0)
         return rc;
     int64_t n = claim(r, 1);
     if (n < 0)
@@ -244,10 +244,12 @@ int64_t gf_ring_append(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t h
                        const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
                        int64_t ts_ns)
 {
+    /* ts_ns is the message's event time (data); liveness is judged by the wall clock */
+    int64_t now = gf_now_ns();
     if (!ts_ns)
-        ts_ns = gf_now_ns();
+        ts_ns = now;
     uint32_t h = has_key ? gf_murmur2(key, klen) : 0;
-    return append_one(r, key, klen, has_key, h, hdrs, hlen, val, vlen, ts_ns);
+    return append_one(r, key, klen, has_key, h, hdrs, hlen, val, vlen, ts_ns, now);
 }
 
 int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
@@ -257,8 +259,9 @@ int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
 {
     if (n == 0)
         return gf_fail(GF_E_INVAL, "topic has no partitions");
+    int64_t now = gf_now_ns();
     if (!ts_ns)
-        ts_ns = gf_now_ns();
+        ts_ns = now;
     uint32_t h = has_key ? gf_murmur2(key, klen) : 0;
     uint32_t p;
     if (mode == GF_PART_KEYHASH && has_key)
@@ -268,7 +271,7 @@ int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
     gf_ring *r = rings[p];
     if (!r)
         return gf_fail(GF_E_INVAL, "partition %u is not open", p);
-    int64_t off = append_one(r, key, klen, has_key, h, hdrs, hlen, val, vlen, ts_ns);
+    int64_t off = append_one(r, key, klen, has_key, h, hdrs, hlen, val, vlen, ts_ns, now);
     return off < 0 ? off : ((int64_t)p << 48) | off;
 }
 
@@ -279,13 +282,14 @@ int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
     int rc;
     if (count == 0)
         return gf_fail(GF_E_INVAL, "empty batch");
+    int64_t now = gf_now_ns();
     if (!ts_ns)
-        ts_ns = gf_now_ns();
+        ts_ns = now;
     /* all or nothing: check every message before claiming any offset */
     for (uint32_t i = 0; i < count; i++)
         if ((rc = check_msg(r, keys ? key_lens[i] : 0u, 0, val_lens[i])) < 0)
             return gf_fail(GF_E_TOOBIG, "batch message %u: %s", i, gf_last_error());
-    if ((rc = check_alive(r, ts_ns)) < 0)
+    if ((rc = check_alive(r, now)) < 0)
         return rc;
     int64_t first = claim(r, count);
     if (first < 0)
@@ -314,8 +318,9 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
 {
     if (n == 0 || count == 0)
         return gf_fail(GF_E_INVAL, n ? "empty batch" : "topic has no partitions");
+    int64_t now = gf_now_ns();
     if (!ts_ns)
-        ts_ns = gf_now_ns();
+        ts_ns = now;
     for (uint32_t p = 0; p < n; p++)
         if (!rings[p])
             return gf_fail(GF_E_INVAL, "partition %u is not open", p);
@@ -328,7 +333,7 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
             return gf_fail(GF_E_TOOBIG, "batch message %u: %s", i, gf_last_error());
     }
     for (uint32_t p = 0; p < n; p++) {
-        int rc = check_alive(rings[p], ts_ns);
+        int rc = check_alive(rings[p], now);
         if (rc < 0)
             return rc;
     }
