@@ -94,6 +94,7 @@ typedef struct {
     uint64_t corrupt;      /* slots skipped for a bad checksum or impossible lengths */
     uint32_t expired;      /* 1 if the ring's lease was dead at the last read */
     uint32_t reserved;
+    uint64_t stall_tail;   /* ring tail when stall_since was taken: offsets below it were claimed by then */
 } gf_cursor;
 
 typedef struct {
@@ -172,14 +173,28 @@ int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, u
                 uint32_t max_msgs, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
                 int64_t now_ns, int64_t timeout_ns, int64_t spin_ns);
 
+/* A producer's process-local view of a topic: the hot path's one argument. */
+typedef struct {
+    gf_ring **rings;
+    uint32_t n;
+    uint32_t mode;
+    uint64_t rr;
+} gf_sender;
+
+int64_t gf_sender_send(gf_sender *s, const uint8_t *key, uint32_t klen,
+                       const uint8_t *val, uint32_t vlen);
+int64_t gf_sender_send_nokey(gf_sender *s, const uint8_t *val, uint32_t vlen);
+
 /* Hashing */
 uint32_t gf_murmur2(const uint8_t *data, uint32_t len);
 int32_t gf_kafka_partition(const uint8_t *key, uint32_t len, uint32_t num_partitions);
 uint32_t gf_crc32c(uint32_t crc, const uint8_t *data, uint64_t len);
 void gf_memcpy_bench(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t reps);
 
-/* Test hooks: hold the metadata lock, or leave a slot half-written, as a killed process would. */
+/* Test hooks: hold the metadata lock, or leave a slot half-written, as a killed process would;
+ * finish the write of a claimed offset, as a writer descheduled after its claim would. */
 int64_t gf_test_claim_slot(gf_ring *r);
+int gf_test_publish(gf_ring *r, uint64_t n, const uint8_t *val, uint32_t vlen);
 
 /* cdef-end */
 

@@ -144,7 +144,8 @@ static inline void wake_readers(gf_fabric *f)
 {
     /* Dekker with gf_poll: our publish (a seq_cst CAS) is ordered before this
      * load; a sleeper bumps `waiters` before its last look at the slots. */
-    if (__builtin_expect(atomic_load(&f->hdr->waiters) != 0, 0)) {
+    if (__builtin_expect(atomic_load(&f->hdr->waiters) != 0, 0) &&
+        gf_mono_ns() < atomic_load(&f->hdr->wait_until)) {   /* not a count left by a dead sleeper */
         faa(&f->hdr->wake, 1);
         gf_futex_wake_all(&f->hdr->wake);
     }
@@ -162,6 +163,10 @@ static int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t kle
     int64_t t0 = 0;
     for (;;) {
         uint64_t c = cur & ~GF_SEQ_ABANDONED;
+        if (c == writing + 1 && (cur & GF_SEQ_ABANDONED))
+            /* a reader gave up on n before we even started: n is skipped, say so */
+            return gf_fail(GF_E_ABANDONED, "offset %llu was reclaimed by a reader after the bounded wait",
+                           (unsigned long long)n);
         if (c >= writing)
             return GF_OK;   /* lapped before we started: the ring already overwrote n */
         if ((c & 1) && !(cur & GF_SEQ_ABANDONED)) {
@@ -275,6 +280,18 @@ int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
     return off < 0 ? off : ((int64_t)p << 48) | off;
 }
 
+/* Five arguments instead of twelve: each one cffi converts costs the hot path. */
+int64_t gf_sender_send(gf_sender *s, const uint8_t *key, uint32_t klen,
+                       const uint8_t *val, uint32_t vlen)
+{
+    return gf_send(s->rings, s->n, s->mode, &s->rr, key, klen, 1, NULL, 0, val, vlen, 0);
+}
+
+int64_t gf_sender_send_nokey(gf_sender *s, const uint8_t *val, uint32_t vlen)
+{
+    return gf_send(s->rings, s->n, s->mode, &s->rr, NULL, 0, 0, NULL, 0, val, vlen, 0);
+}
+
 int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
                              const uint32_t *key_lens, const uint8_t *vals,
                              const uint32_t *val_lens, int64_t ts_ns)
@@ -369,6 +386,14 @@ int64_t gf_test_claim_slot(gf_ring *r)
     struct gf_slot *s = slot_at(r, (uint64_t)n);
     st_rel(&s->seq, 2 * (uint64_t)n + 1);
     return n;
+}
+
+int gf_test_publish(gf_ring *r, uint64_t n, const uint8_t *val, uint32_t vlen)
+{
+    int rc = check_msg(r, 0, 0, vlen);
+    if (rc < 0)
+        return rc;
+    return slot_publish(r, n, NULL, 0, 0u, 0u, NULL, 0, val, vlen, gf_now_ns());
 }
 
 /* ---- reading ------------------------------------------------------------------- */
@@ -467,18 +492,20 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
                 break;
             continue;
         }
-        /* claimed but not yet published: a writer is busy, or died. */
+        /* claimed but not yet published: a writer is busy, or died. Every offset
+         * below stall_tail was claimed before stall_since, so one bounded wait
+         * covers them all: a batch left half-written by a dead writer costs
+         * readers one wait, not one per slot. */
         int64_t mono = gf_mono_ns();
-        if (!c->stall_since || c->pos != pos) {
+        if (!c->stall_since || pos >= c->stall_tail) {
             c->stall_since = mono;
-            c->pos = pos;
+            c->stall_tail = tail;
         }
         if (mono - c->stall_since >= r->f->stall_ns) {
             if (atomic_compare_exchange_strong(&s->seq, &seq, want | GF_SEQ_ABANDONED)) {
                 faa(&r->hdr->abandoned, 1);
                 c->abandoned++;
                 pos++;
-                c->stall_since = 0;
             }
             continue;
         }
@@ -539,7 +566,15 @@ int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, u
             return err ? (int64_t)err : (int64_t)got;
     }
     for (;;) {
-        atomic_fetch_add(&f->hdr->waiters, 1);   /* seq_cst: before our last look */
+        /* Sleep until `until` at the latest: wake at least every 50 ms (leases may
+         * expire, writers may die), and never past the time we advertise in
+         * wait_until, or producers would stop waking us while we sleep. */
+        int64_t t = gf_mono_ns();
+        int64_t until = deadline - t > 50000000 ? t + 50000000 : deadline;
+        int64_t cur = atomic_load(&f->hdr->wait_until);
+        while (cur < until && !atomic_compare_exchange_weak(&f->hdr->wait_until, &cur, until))
+            ;
+        atomic_fetch_add(&f->hdr->waiters, 1);   /* seq_cst: after wait_until, before our last look */
         uint32_t w = atomic_load(&f->hdr->wake);
         stalled = 0;
         got = poll_once(rings, cursors, n, start, max_msgs, meta, buf, buf_size, now_ns, &stalled, &err);
@@ -548,12 +583,11 @@ int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, u
             atomic_fetch_sub(&f->hdr->waiters, 1);
             return err ? (int64_t)err : (int64_t)got;
         }
-        int64_t sleep = deadline - mono;
+        int64_t sleep = until - mono;
         if (stalled && stalled - mono < sleep)
-            sleep = stalled > mono ? stalled - mono : 0;
-        if (sleep > 50000000)   /* wake at least every 50 ms: leases may expire, writers may die */
-            sleep = 50000000;
-        gf_futex_wait(&f->hdr->wake, w, sleep);
+            sleep = stalled - mono;
+        if (sleep > 0)
+            gf_futex_wait(&f->hdr->wake, w, sleep);
         atomic_fetch_sub(&f->hdr->waiters, 1);
     }
 }

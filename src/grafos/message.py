@@ -2,22 +2,46 @@
 from __future__ import annotations
 
 import struct
-from typing import NamedTuple, Sequence
+from operator import itemgetter
+from typing import Sequence
 
 from .errors import CorruptFabric, InvalidArgument, InvalidType
 
 Headers = tuple[tuple[str, bytes], ...]
 
 
-class Message(NamedTuple):
-    """One record. ``timestamp`` is nanoseconds since the epoch (the producer's clock);
-    ``key`` is None for a message sent without one."""
+class Message(tuple):
+    """One record: ``offset``, ``key`` (None if sent without one), ``value``,
+    ``timestamp`` (nanoseconds since the epoch, the producer's clock) and
+    ``headers`` (a tuple of (str, bytes) pairs). Frozen.
 
-    offset: int
-    key: bytes | None
-    value: bytes
-    timestamp: int
-    headers: Headers = ()
+    A tuple subclass built from one 5-tuple, ``Message((offset, key, value,
+    timestamp, headers))``, because that is the cheapest object CPython can make
+    per message on the poll path; :meth:`make` takes keywords.
+    """
+
+    __slots__ = ()
+    _fields = ("offset", "key", "value", "timestamp", "headers")
+
+    offset: int = property(itemgetter(0), doc="offset in the partition")  # type: ignore[assignment]
+    key: bytes | None = property(itemgetter(1), doc="key, None if sent without one")  # type: ignore[assignment]
+    value: bytes = property(itemgetter(2), doc="value bytes")  # type: ignore[assignment]
+    timestamp: int = property(itemgetter(3), doc="producer time, ns since the epoch")  # type: ignore[assignment]
+    headers: Headers = property(itemgetter(4), doc="(name, bytes) pairs")  # type: ignore[assignment]
+
+    @classmethod
+    def make(cls, offset: int, key: bytes | None, value: bytes, timestamp: int,
+             headers: Headers = ()) -> "Message":
+        return cls((offset, key, value, timestamp, headers))
+
+    def _asdict(self) -> dict:
+        return dict(zip(self._fields, self))
+
+    def __repr__(self) -> str:
+        return ("Message(offset=%r, key=%r, value=%r, timestamp=%r, headers=%r)" % tuple(self))
+
+    def __getnewargs__(self) -> tuple:
+        return (tuple(self),)
 
 
 _U16 = struct.Struct("<H")

@@ -74,7 +74,9 @@ class Partition:
         return cls(fabric, MemLease(fabric, out.index, out.id))
 
     def close(self) -> None:
-        ffi.release(self._r)
+        """Drop this handle. The C ring is freed with the last reference (a reader or
+        a producer may still hold its pointer), never under them."""
+        self._closed = True
 
     @property
     def handle(self):  # noqa: ANN201

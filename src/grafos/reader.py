@@ -105,19 +105,30 @@ class Batch:
         return Batch(self.meta.copy(), self.data.copy(), list(self.partition_ids))
 
     def __iter__(self) -> Iterator[tuple[int, Message]]:
-        return iter(_decode(self.meta.tobytes(), self.data.tobytes(), self.partition_ids))
+        return iter(_decode(self.meta.tobytes(), self.data.tobytes(), self.partition_ids))  # type: ignore[arg-type]
 
 
-def _decode(meta: bytes, data: bytes, ids: Sequence[int]) -> list[tuple[int, Message]]:
-    out = []
+# offset, timestamp, pos, key_len, hdr_len, val_len, (key_hash), flags, partition, (reserved)
+_DECODE = struct.Struct("<Qq4I4xII4x")
+
+
+def _decode(meta: bytes, data: bytes, ids: Sequence[int] | None) -> list[tuple[int, Message]]:
+    """Meta rows + payload bytes -> (partition, Message) pairs. This loop is the
+    per-message Python cost of ``poll``: keep it flat."""
+    out: list[tuple[int, Message]] = []
     append = out.append
-    new = tuple.__new__
-    for off, ts, pos, kl, hl, vl, _kh, fl, part, _r in _META.iter_unpack(meta):
-        kend = pos + kl
-        vstart = kend + hl
-        append((ids[part], new(Message, (off, data[pos:kend] if fl & 1 else None,
-                                         data[vstart:vstart + vl], ts,
-                                         decode_headers(data[kend:vstart]) if hl else ()))))
+    M = Message
+    for off, ts, pos, kl, hl, vl, fl, part in _DECODE.iter_unpack(meta):
+        if ids is not None:
+            part = ids[part]
+        if fl == 1 and hl == 0:          # keyed, no headers: the common case
+            ke = pos + kl
+            append((part, M((off, data[pos:ke], data[ke:ke + vl], ts, ()))))
+        else:
+            ke = pos + kl
+            vs = ke + hl
+            append((part, M((off, data[pos:ke] if fl & 1 else None, data[vs:vs + vl], ts,
+                                  decode_headers(data[ke:vs]) if hl else ()))))
     return out
 
 
@@ -135,6 +146,7 @@ class Reader:
         self.fabric = fabric
         self._parts = list(partitions)
         self.ids = list(ids) if ids is not None else list(range(n))
+        self._map = None if self.ids == list(range(n)) else self.ids   # None: index == id
         self._n = n
         self._rings = ffi.new("gf_ring *[]", max(n, 1))
         room = 64
@@ -205,7 +217,7 @@ class Reader:
         n = self.poll_raw(max_messages, timeout, now, spin)
         if n == 0:
             return []
-        return _decode(self._metabuf[0:n * _META.size], self._bytes[0:self._used(n)], self.ids)
+        return _decode(self._metabuf[0:n * _META.size], self._bytes[0:self._used(n)], self._map)
 
     def poll_batch(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
                    spin: float = 0.0) -> Batch:

@@ -7,7 +7,8 @@ A Consumer belongs to one thread at a time; use one per thread.
 from __future__ import annotations
 
 import enum
-from typing import Iterable
+import time
+from typing import Callable, Iterable
 
 from .. import _validate
 from ..errors import Fenced, InvalidArgument
@@ -17,6 +18,10 @@ from .offset import OffsetStore
 from .topic import Topic, TopicManager
 
 __all__ = ["Consumer", "SeekPolicy", "Message"]
+
+_SLICE = 0.2            # seconds a blocking poll sleeps before it looks at the directory again
+_EXPIRED_SLICE = 0.05   # ... when a partition reads as expired (a restart may be on its way)
+_REFRESH_GAP = 0.01     # at most one directory re-read per this many seconds while expired
 
 
 class SeekPolicy(enum.Enum):
@@ -44,7 +49,10 @@ class Consumer:
         self._t: Topic | None = None
         self._reader: Reader | None = None
         self._positions: dict[int, int] = {}
+        self._parts: list[int] = []
         self._member: tuple[object, str] | None = None   # (ConsumerGroup, member) for fencing
+        self._epoch = -1    # fabric metadata epoch when the topic was last re-read after an expiry
+        self._next_look = 0.0   # monotonic time before which we do not re-read it again
         self.consumed = 0
 
     # ---- assignment -----------------------------------------------------------
@@ -65,7 +73,7 @@ class Consumer:
     def assignment(self) -> list[int]:
         if self._assigned is not None:
             return list(self._assigned)
-        return list(range(self._t.n)) if self._t is not None else []
+        return list(self._parts)
 
     def bind(self, group: object, member: str) -> None:
         """Tie this consumer to a group member: commits for partitions the member
@@ -74,8 +82,8 @@ class Consumer:
 
     def _save_positions(self) -> None:
         if self._reader is not None:
-            for i, p in enumerate(self._reader.ids):
-                self._positions[p] = self._reader.position(i)
+            for p in self._parts:
+                self._positions[p] = self._reader.position(p)
 
     def _ensure(self, mgr: TopicManager) -> Reader:
         t = mgr._topics.get(self.topic) if mgr is self._mgr else None
@@ -93,8 +101,11 @@ class Consumer:
             if p >= t.n:
                 raise InvalidArgument(f"topic {self.topic!r} has partitions 0..{t.n - 1}, not {p}")
         old = self._t
-        rd = Reader(mgr.fabric, [t.partitions[p] for p in parts], ids=parts, max_batch=self.max_batch)
-        for i, p in enumerate(parts):
+        # reader slot i is partition i (unassigned ones are None), so no id mapping per message
+        wanted = set(parts)
+        rd = Reader(mgr.fabric, [t.partitions[p] if p in wanted else None for p in range(t.n)],
+                    max_batch=self.max_batch)
+        for p in parts:
             pos = self._positions.get(p)
             same = old is not None and old.incarnation == t.incarnation and \
                 old.partitions[p] is not None and t.partitions[p] is not None and \
@@ -103,7 +114,8 @@ class Consumer:
                 # never read, or a fresh lease (restart): start at its earliest offset
                 part = t.partitions[p]
                 pos = part.state().earliest if part is not None else 0
-            rd.seek(i, pos)
+            rd.seek(p, pos)
+        self._parts = list(parts)
         self._mgr, self._t, self._reader = mgr, t, rd
 
     # ---- positions ---------------------------------------------------------------
@@ -121,7 +133,7 @@ class Consumer:
         rd = self._ensure(mgr)
         t = self._t
         assert t is not None
-        for i, p in enumerate(rd.ids):
+        for p in self._parts:
             part = t.partitions[p]
             st = part.state() if part is not None else None
             earliest, latest = (st.earliest, st.latest) if st is not None else (0, 0)
@@ -132,7 +144,7 @@ class Consumer:
             else:
                 c = store.committed(self.group, self.topic, p)  # type: ignore[union-attr]
                 off = earliest if c is None else min(c, latest)
-            rd.seek(i, off)
+            rd.seek(p, off)
 
     def seek_partition(self, mgr: TopicManager, partition: int, offset: int) -> None:
         """Put one assigned partition at ``offset`` (at most its end)."""
@@ -146,12 +158,10 @@ class Consumer:
         rd.seek(i, offset)
 
     def _index(self, partition: int) -> int:
-        assert self._reader is not None
-        try:
-            return self._reader.ids.index(partition)
-        except ValueError:
+        if partition not in self._parts:
             raise InvalidArgument(f"partition {partition} is not assigned to this consumer "
-                                  f"(assigned: {self._reader.ids})") from None
+                                  f"(assigned: {self._parts})")
+        return partition
 
     def position(self, partition: int) -> int:
         """The next offset this consumer will read from ``partition``."""
@@ -164,21 +174,21 @@ class Consumer:
     def positions(self) -> dict[int, int]:
         if self._reader is None:
             return dict(self._positions)
-        return {p: self._reader.position(i) for i, p in enumerate(self._reader.ids)}
+        return {p: self._reader.position(p) for p in self._parts}
 
     def lost(self) -> dict[int, int]:
         """Per partition: messages overwritten before this consumer read them."""
         rd = self._reader
-        return {p: rd.counters(i)["lost"] for i, p in enumerate(rd.ids)} if rd else {}
+        return {p: rd.counters(p)["lost"] for p in self._parts} if rd else {}
 
     def lag(self, mgr: TopicManager) -> dict[int, int]:
         """Per assigned partition: messages between the position and the end."""
         rd = self._ensure(mgr)
         out = {}
-        for i, p in enumerate(rd.ids):
+        for p in self._parts:
             part = self._t.partitions[p]  # type: ignore[union-attr]
             latest = part.state().latest if part is not None else 0
-            out[p] = max(0, latest - rd.position(i))
+            out[p] = max(0, latest - rd.position(p))
         return out
 
     # ---- reading -------------------------------------------------------------------
@@ -196,9 +206,12 @@ class Consumer:
             rd = self._ensure(mgr)
         if type(max_messages) is not int or max_messages < 1:
             _validate.integer(max_messages, "max_messages", 1)
-        msgs = rd.poll(max_messages, timeout, None, spin)
-        if not msgs and rd._n and self._any_expired(rd):
-            self._maybe_refresh(mgr)
+        if timeout is not None and timeout <= 0:
+            msgs = rd.poll(max_messages, timeout, None, spin)
+            if not msgs and rd._n and self._any_expired(rd) and self._maybe_refresh(mgr):
+                msgs = self._reader.poll(max_messages, 0.0, None, 0.0)  # type: ignore[union-attr]
+        else:
+            msgs = self._wait(mgr, lambda r, t: r.poll(max_messages, t, None, spin), timeout)
         self.consumed += len(msgs)
         return msgs
 
@@ -210,19 +223,52 @@ class Consumer:
         if rd is None or mgr is not self._mgr or mgr._topics.get(self.topic) is not self._t:
             rd = self._ensure(mgr)
         _validate.integer(max_messages, "max_messages", 1)
-        b = rd.poll_batch(max_messages, timeout, None, spin)
+        if timeout is not None and timeout <= 0:
+            b = rd.poll_batch(max_messages, timeout, None, spin)
+            if not len(b) and rd._n and self._any_expired(rd) and self._maybe_refresh(mgr):
+                b = self._reader.poll_batch(max_messages, 0.0, None, 0.0)  # type: ignore[union-attr]
+        else:
+            b = self._wait(mgr, lambda r, t: r.poll_batch(max_messages, t, None, spin), timeout)
         self.consumed += len(b)
         return b
 
-    @staticmethod
-    def _any_expired(rd: Reader) -> bool:
-        return any(rd._cursors[i].expired for i in range(rd._n)) or any(p is None for p in rd._parts)
+    def _wait(self, mgr: TopicManager, once: Callable[[Reader, float], list | Batch],
+              timeout: float | None) -> list | Batch:
+        """Block in slices: a topic deleted or restarted by another process while we
+        sleep writes nothing to the rings we sleep on, so between slices we look at
+        the directory (only when a partition reads as expired and the metadata changed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            rd = self._reader
+            assert rd is not None
+            expired = rd._n > 0 and self._any_expired(rd)
+            if expired and self._maybe_refresh(mgr):
+                rd = self._reader
+                assert rd is not None
+            left = _EXPIRED_SLICE if expired else _SLICE
+            if deadline is not None:
+                left = min(left, max(0.0, deadline - time.monotonic()))
+            out = once(rd, left)
+            if len(out) or (deadline is not None and time.monotonic() >= deadline):
+                return out
 
-    def _maybe_refresh(self, mgr: TopicManager) -> None:
-        """A partition read as expired: if the topic was restarted (here or by another
-        process), pick up the fresh leases."""
+    def _any_expired(self, rd: Reader) -> bool:
+        return any(rd._cursors[p].expired or rd._parts[p] is None for p in self._parts)
+
+    def _maybe_refresh(self, mgr: TopicManager) -> bool:
+        """A partition read as expired: if the directory changed since we last looked
+        (the topic was restarted, deleted or recreated, here or by another process),
+        re-read it and pick up the fresh leases. Returns True if it re-read.
+        Raises NotFound if the topic was deleted."""
+        epoch = mgr.fabric.meta_epoch()
+        if mgr._topics.get(self.topic) is self._t and (
+                epoch == self._epoch or time.monotonic() < self._next_look):
+            return False
         t = mgr.refresh(self.topic)
+        self._epoch = epoch
+        self._next_look = time.monotonic() + _REFRESH_GAP
         self._open(mgr, t)
+        return True
 
     # ---- committing -------------------------------------------------------------
     def commit(self, store: OffsetStore, offsets: dict[int, int] | None = None) -> dict[int, int]:

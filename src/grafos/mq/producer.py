@@ -11,13 +11,15 @@ import numpy as np
 from .. import _validate
 from .._check import last_error, raise_for
 from .._native import ffi, lib
-from ..errors import InvalidArgument, LeaseExpired, MessageTooLarge, SlotAbandoned
+from ..errors import InvalidArgument, LeaseExpired, MessageTooLarge, NotFound, SlotAbandoned
 from ..message import encode_headers
 from ..partition import pack
 from .topic import Topic, TopicManager
 
 _MASK48 = (1 << 48) - 1
 _send = lib.gf_send
+_send_key = lib.gf_sender_send
+_send_nokey = lib.gf_sender_send_nokey
 _NULL = ffi.NULL
 _RETRIES = 3
 
@@ -49,57 +51,64 @@ def murmur2(key: bytes) -> int:
 
 
 class Producer:
-    """``Producer("events").with_partitioner(Partitioner.KeyHash)``."""
+    """``Producer("events").with_partitioner(Partitioner.KeyHash)``.
+
+    A Producer may be shared by threads: the hot path reads one immutable
+    binding (manager, C sender struct, topic) and the round-robin counter is
+    atomic in C.
+    """
 
     def __init__(self, topic: str, partitioner: Partitioner = Partitioner.KeyHash) -> None:
         self.topic = _validate.name(topic, "topic", 64)
         self.partitioner = Partitioner(partitioner)
-        self._rr = ffi.new("uint64_t *")
-        self._mgr: TopicManager | None = None
-        self._t: Topic | None = None
-        self.sent = 0   # approximate under threads; see describe() for exact counts
+        # (mgr, gf_sender*, Topic): replaced whole, never mutated, so threads see a consistent one
+        self._bound: tuple = (None, None, None)
 
     def with_partitioner(self, partitioner: Partitioner) -> "Producer":
         if not isinstance(partitioner, Partitioner):
             raise _validate.InvalidType(f"partitioner must be a Partitioner, not {type(partitioner).__name__}")
         self.partitioner = partitioner
+        self._bound = (None, None, None)
         return self
 
-    def _topic(self, mgr: TopicManager) -> Topic:
-        if mgr is not self._mgr:
-            if not isinstance(mgr, TopicManager):
-                raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
-            self._t = mgr.topic(self.topic)
-            self._mgr = mgr
-        t = self._t
-        cached = mgr._topics.get(self.topic)
-        if cached is not t:             # the manager re-read or recreated the topic
-            self._t = t = mgr.topic(self.topic)
-        return t  # type: ignore[return-value]
+    def _bind(self, mgr: TopicManager, refresh: bool = False) -> Topic:
+        if not isinstance(mgr, TopicManager):
+            raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
+        t = mgr.refresh(self.topic) if refresh else mgr.topic(self.topic)
+        s = ffi.new("gf_sender *")
+        s.rings = t.rings
+        s.n = t.n
+        s.mode = int(self.partitioner)
+        old = self._bound[1]
+        s.rr = old.rr if old is not None else 0
+        self._bound = (mgr, s, t)
+        return t
 
     # ---- one message ------------------------------------------------------------
     def send(self, mgr: TopicManager, value: bytes, headers=None) -> tuple[int, int]:
-        """Append ``value`` (no key: round robin). Returns (partition, offset)."""
-        return self.send_keyed(mgr, None, value, headers)
+        """Append ``value`` without a key (round robin). Returns (partition, offset)."""
+        b = self._bound
+        if b[0] is mgr and headers is None:
+            try:
+                rc = _send_nokey(b[1], value, len(value))
+            except TypeError:
+                rc = -1
+            if rc >= 0:
+                return rc >> 48, rc & _MASK48
+        return self._send_slow(mgr, None, value, headers)
 
     def send_keyed(self, mgr: TopicManager, key: bytes | None, value: bytes,
                    headers=None) -> tuple[int, int]:
-        """Append ``value`` under ``key``. Returns (partition, offset)."""
-        t = self._t if mgr is self._mgr else None
-        if t is None or headers is not None or mgr._topics.get(self.topic) is not t:
-            return self._send_slow(mgr, key, value, headers)
-        try:
-            if key is None:
-                rc = _send(t.rings, t.n, self.partitioner, self._rr, _NULL, 0, 0, _NULL, 0,
-                           value, len(value), 0)
-            else:
-                rc = _send(t.rings, t.n, self.partitioner, self._rr, key, len(key), 1, _NULL, 0,
-                           value, len(value), 0)
-        except TypeError:
-            return self._send_slow(mgr, key, value, headers)
-        if rc < 0:
-            return self._send_slow(mgr, key, value, headers)
-        return rc >> 48, rc & _MASK48
+        """Append ``value`` under ``key`` (Kafka's partitioner). Returns (partition, offset)."""
+        b = self._bound
+        if b[0] is mgr and headers is None:
+            try:
+                rc = _send_key(b[1], key, len(key), value, len(value))
+            except TypeError:   # not bytes (or key None): the slow path checks and says why
+                rc = -1
+            if rc >= 0:
+                return rc >> 48, rc & _MASK48
+        return self._send_slow(mgr, key, value, headers)
 
     def _send_slow(self, mgr: TopicManager, key, value, headers) -> tuple[int, int]:
         """Checks, headers, retries; also where every error is raised."""
@@ -107,9 +116,13 @@ class Producer:
         if key is not None:
             key = _validate.as_bytes(key, "key")
         hdrs = encode_headers(headers) if headers else b""
-        for attempt in range(_RETRIES):
-            t = self._topic(mgr)
-            rc = _send(t.rings, t.n, self.partitioner, self._rr,
+        refreshed = False
+        rc = 0
+        for _ in range(_RETRIES):
+            if self._bound[0] is not mgr:
+                self._bind(mgr)
+            _, s, t = self._bound
+            rc = _send(t.rings, t.n, s.mode, ffi.addressof(s, "rr"),
                        key if key is not None else _NULL, len(key) if key is not None else 0,
                        key is not None, hdrs, len(hdrs), value, len(value), 0)
             if rc >= 0:
@@ -120,16 +133,17 @@ class Producer:
                                       t.config.max_message_bytes)
             if rc == lib.GF_E_ABANDONED:
                 continue        # a reader gave up on our slot (we were descheduled): write again
-            if rc in (lib.GF_E_EXPIRED, lib.GF_E_INVAL) and attempt == 0:
+            if rc == lib.GF_E_EXPIRED and not refreshed:
                 # maybe restarted or recreated by another process: re-read the directory once
                 msg = last_error()
+                refreshed = True
                 try:
-                    self._t = mgr.refresh(self.topic)
-                except Exception:
+                    self._bind(mgr, refresh=True)
+                except NotFound:
                     raise LeaseExpired(f"topic {self.topic!r}: {msg}") from None
                 continue
             raise_for(rc, f"topic {self.topic!r}")
-        raise SlotAbandoned(f"topic {self.topic!r}: gave up after {_RETRIES} attempts: {last_error()}")
+        raise_for(rc, f"topic {self.topic!r}")
 
     # ---- batches ------------------------------------------------------------------
     def send_batch(self, mgr: TopicManager, values: Sequence[bytes] | np.ndarray,
@@ -149,9 +163,10 @@ class Producer:
         parts = np.empty(n, dtype=np.uint32)
         offs = np.empty(n, dtype=np.uint64)
         for attempt in range(2):
-            t = self._topic(mgr)
+            b = self._bound
+            t = b[2] if b[0] is mgr else self._bind(mgr)
             rc = lib.gf_send_batch(
-                t.rings, t.n, self.partitioner, self._rr, n,
+                t.rings, t.n, self.partitioner, ffi.addressof(self._bound[1], "rr"), n,
                 ffi.from_buffer("uint8_t[]", kbuf) if kbuf is not None else _NULL,
                 ffi.from_buffer("uint32_t[]", klens) if klens is not None else _NULL,
                 ffi.from_buffer("uint8_t[]", vals), ffi.from_buffer("uint32_t[]", vlens), 0,
@@ -161,7 +176,7 @@ class Producer:
             if rc == lib.GF_E_TOOBIG:
                 raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", -1, t.config.max_message_bytes)
             if rc == lib.GF_E_EXPIRED and attempt == 0:
-                self._t = mgr.refresh(self.topic)
+                self._bind(mgr, refresh=True)
                 continue
             raise_for(rc, f"topic {self.topic!r}")
         raise_for(rc, f"topic {self.topic!r}")
@@ -171,8 +186,7 @@ class Producer:
         return 0
 
     def close(self) -> None:
-        self._t = None
-        self._mgr = None
+        self._bound = (None, None, None)
 
     def __enter__(self) -> "Producer":
         return self

@@ -151,11 +151,9 @@ class TopicManager:
         return Fabric.unlink(name)
 
     def close(self) -> None:
+        # Partition handles are freed with their last reference (producers and
+        # readers may still hold them); the mapping lives until then.
         with self._lock:
-            for t in self._topics.values():
-                for p in t.partitions:
-                    if p is not None:
-                        p.close()
             self._topics.clear()
         self.fabric.close()
 
@@ -227,11 +225,7 @@ class TopicManager:
                         pass
                     fab.meta_del(_key("p", name, i))
             fab.meta_del(_key("t", name))
-            old = self._topics.pop(name, None)
-            if old is not None:
-                for p in old.partitions:
-                    if p is not None:
-                        p.close()
+            self._topics.pop(name, None)
 
     def restart(self, name: str, *, now: float | None = None) -> Topic:
         """Give an expired topic fresh leases (its partitions start again at offset 0).
@@ -254,7 +248,6 @@ class TopicManager:
                     p = Partition.create(fab, cfg.partition_capacity, cfg.partition_stride,
                                          ttl=cfg.retention_secs, owner_tag=i, now=now)
                     fab.meta_put(_key("p", name, i), _PREF.pack(p.lease.index, 0, p.lease.id))
-                    p.close()
             self._topics.pop(name, None)
             return self._load(name, now)
 
@@ -311,12 +304,8 @@ class TopicManager:
         """Re-read a topic from the directory (after another process restarted or
         deleted it)."""
         with self._lock:
-            old = self._topics.pop(name, None)
-            try:
-                return self._load(name)
-            finally:
-                if old is not None and self._topics.get(name) is not old:
-                    pass   # old Partition handles stay valid for holders; gc closes them
+            self._topics.pop(name, None)
+            return self._load(name)
 
     # ---- observability -----------------------------------------------------
     def partition_leases(self, name: str) -> list[MemLease | None]:
