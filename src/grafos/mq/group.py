@@ -1,0 +1,509 @@
+"""Consumer groups without a coordinator.
+
+Members share a topic's partitions by claiming them. All decisions are made
+by the member that calls, under one lock, from the group's state:
+
+* a **member** is live while its last heartbeat is younger than
+  ``stale_threshold_secs``;
+* each live member has a **fair share** (quota): with P partitions and M live
+  members, sorted by name, the first ``P % M`` members get ``ceil(P / M)`` and
+  the others ``floor(P / M)``. The quotas add up to P, so every partition
+  finds an owner (a plain ``ceil`` for everyone can leave a member with
+  nothing: 4 partitions, 3 members, 2 + 2 + 0);
+* :meth:`ConsumerGroup.claim` records a heartbeat, gives back what is above
+  the quota, then takes unclaimed partitions and partitions of stale or
+  departed members until the quota is met; :meth:`ConsumerGroup.heartbeat`
+  does the first two only;
+* every change of owner increments the partition's **epoch**. A member whose
+  partition was taken over is **fenced**: :meth:`ConsumerGroup.commit` (which
+  a :meth:`Consumer.commit <grafos.mq.consumer.Consumer.commit>` bound with
+  ``consumer.bind(group, member)`` calls) refuses its offsets for that
+  partition with :class:`~grafos.errors.Fenced`. Ownership check and commit
+  happen under the group's lock, so a takeover cannot slip in between.
+
+Where the state lives:
+
+* ``ConsumerGroup(name, topic, n, stale)``: in this object (a thread lock);
+  share the object between the members (threads) of one process;
+* ``ConsumerGroup(..., mgr=mgr)``: in the fabric's metadata table, under the
+  fabric's process-shared lock, so members in different processes attached
+  to one named bus coordinate. Keys: ``g/<group>/<topic>/cfg``,
+  ``g/<group>/<topic>/m/<member>`` (last heartbeat) and
+  ``g/<group>/<topic>/c/<partition>`` (owner, epoch); a digest replaces the
+  names when they would not fit the table's 96-byte keys.
+
+A rebalance loop for one member::
+
+    owned = group.claim(member)            # also heartbeats
+    if owned != consumer.assignment():
+        consumer.assign(owned)
+        consumer.seek(mgr, store, SeekPolicy.Committed)
+
+Commit before calling ``claim``/``heartbeat`` so that partitions given back
+carry your progress to their next owner.
+"""
+from __future__ import annotations
+
+import struct
+import threading
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping, NamedTuple
+
+from .. import _validate
+from .._clock import now_ns
+from ..errors import CorruptFabric, Fenced, InvalidArgument
+from . import _metakeys
+from .offset import MAX_OFFSET, OffsetStore, commit_many
+
+if TYPE_CHECKING:
+    from ..fabric import Fabric
+    from .consumer import Consumer
+    from .topic import TopicManager
+
+__all__ = ["ConsumerGroup", "Claim", "GroupDescription", "GroupPartition", "MemberInfo",
+           "GroupConfig", "list_groups", "group_lag"]
+
+MAX_PARTITIONS = 4096
+
+
+class Claim(NamedTuple):
+    owner: str | None     #: None once given back (or its member left)
+    epoch: int            #: incremented on every change of owner
+    since_ns: int         #: when the current owner took it
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    name: str
+    last_heartbeat: float     #: seconds since the epoch
+    age: float                #: seconds since that heartbeat
+    stale: bool
+    partitions: list[int]
+
+
+@dataclass(frozen=True)
+class GroupPartition:
+    partition: int
+    owner: str | None
+    epoch: int
+    committed: int | None     #: next offset the group will read (None: never committed)
+    earliest: int
+    latest: int
+    lag: int                  #: messages still to be consumed by the group
+
+
+@dataclass(frozen=True)
+class GroupDescription:
+    name: str
+    topic: str
+    stale_threshold_secs: float
+    members: list[MemberInfo] = field(default_factory=list)
+    partitions: list[GroupPartition] = field(default_factory=list)
+
+    @property
+    def lag(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+    @property
+    def consumed(self) -> int:
+        """Messages the group has committed past (since the topic's last restart)."""
+        return sum(min(p.committed, p.latest) for p in self.partitions if p.committed is not None)
+
+    @property
+    def stale_members(self) -> list[str]:
+        return [m.name for m in self.members if m.stale]
+
+    def assignments(self) -> dict[int, str]:
+        return {p.partition: p.owner for p in self.partitions if p.owner is not None}
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    name: str
+    topic: str
+    num_partitions: int
+    stale_threshold_secs: float
+
+
+# ---- state backends -----------------------------------------------------------------
+class _MemState:
+    """Group state in this object, under a thread lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._members: dict[str, int] = {}
+        self._claims: dict[int, Claim] = {}
+
+    def locked(self) -> AbstractContextManager:
+        return self._lock
+
+    def members(self) -> dict[str, int]:
+        return dict(self._members)
+
+    def put_member(self, member: str, heartbeat_ns: int) -> None:
+        self._members[member] = heartbeat_ns
+
+    def del_member(self, member: str) -> None:
+        self._members.pop(member, None)
+
+    def claims(self) -> dict[int, Claim]:
+        return dict(self._claims)
+
+    def put_claim(self, partition: int, claim: Claim) -> None:
+        self._claims[partition] = claim
+
+
+_MEMBER = struct.Struct("<q")        # last heartbeat (ns), then the member name
+_CLAIM = struct.Struct("<Qq")        # epoch, since (ns), then the owner name ("" = none)
+_CFG = struct.Struct("<Id")          # partitions, stale threshold (s), then group and topic names
+
+
+class _FabricState:
+    """Group state in the fabric's metadata table, under its process-shared lock.
+    Values come from shared memory: damaged ones raise CorruptFabric."""
+
+    def __init__(self, fabric: "Fabric", group: str, topic: str) -> None:
+        self.fabric = fabric
+        self.scope = _metakeys.prefix("g", group, topic)
+
+    def locked(self) -> AbstractContextManager:
+        return self.fabric.locked()
+
+    def members(self) -> dict[str, int]:
+        out = {}
+        for key, raw in self.fabric.meta_items(self.scope + "m/"):
+            try:
+                (hb,) = _MEMBER.unpack_from(raw)
+                (name,), _ = _metakeys.unpack_names(raw[_MEMBER.size:], 1)
+            except (struct.error, ValueError):
+                raise CorruptFabric(f"group member record {key!r} is damaged") from None
+            out[name] = hb
+        return out
+
+    def put_member(self, member: str, heartbeat_ns: int) -> None:
+        self.fabric.meta_put(_metakeys.child(self.scope, "m", member),
+                             _MEMBER.pack(heartbeat_ns) + _metakeys.pack_names(member))
+
+    def del_member(self, member: str) -> None:
+        self.fabric.meta_del(_metakeys.child(self.scope, "m", member))
+
+    def claims(self) -> dict[int, Claim]:
+        out = {}
+        for key, raw in self.fabric.meta_items(self.scope + "c/"):
+            try:
+                p = int(key[len(self.scope) + 2:])
+                epoch, since = _CLAIM.unpack_from(raw)
+                (owner,), _ = _metakeys.unpack_names(raw[_CLAIM.size:], 1)
+            except (struct.error, ValueError):
+                raise CorruptFabric(f"group claim record {key!r} is damaged") from None
+            out[p] = Claim(owner or None, epoch, since)
+        return out
+
+    def put_claim(self, partition: int, claim: Claim) -> None:
+        self.fabric.meta_put(f"{self.scope}c/{partition}",
+                             _CLAIM.pack(claim.epoch, claim.since_ns) + _metakeys.pack_names(claim.owner or ""))
+
+    def config(self) -> GroupConfig | None:
+        raw = self.fabric.meta_get(self.scope + "cfg")
+        return None if raw is None else _unpack_cfg(self.scope + "cfg", raw)
+
+    def put_config(self, cfg: GroupConfig) -> None:
+        self.fabric.meta_put(self.scope + "cfg", _CFG.pack(cfg.num_partitions, cfg.stale_threshold_secs)
+                             + _metakeys.pack_names(cfg.name, cfg.topic))
+
+
+def _unpack_cfg(key: str, raw: bytes) -> GroupConfig:
+    try:
+        n, stale = _CFG.unpack_from(raw)
+        (name, topic), _ = _metakeys.unpack_names(raw[_CFG.size:], 2)
+    except (struct.error, ValueError):
+        raise CorruptFabric(f"group config {key!r} is damaged") from None
+    return GroupConfig(name, topic, n, stale)
+
+
+def list_groups(mgr: "TopicManager") -> list[GroupConfig]:
+    """Every fabric-backed group on the bus (for tools that look into a live bus)."""
+    out = []
+    for key, raw in mgr.fabric.meta_items("g/"):
+        if key.endswith("/cfg"):
+            try:
+                out.append(_unpack_cfg(key, raw))
+            except CorruptFabric:
+                continue
+    return sorted(out, key=lambda c: (c.name, c.topic))
+
+
+def group_lag(mgr: "TopicManager", store: OffsetStore, group: str, topic: str) -> dict[int, int]:
+    """Per partition of ``topic``: messages the group ``group`` has not committed
+    past yet (for any group, with or without a :class:`ConsumerGroup`)."""
+    _validate.name(group, "group", 64)
+    t = mgr.topic(_validate.name(topic, "topic", 64))
+    out = {}
+    for p in range(t.n):
+        earliest, latest = _bounds(t, p)
+        out[p] = _lag(store.committed(group, topic, p), earliest, latest)
+    return out
+
+
+def _bounds(t, p: int) -> tuple[int, int]:   # noqa: ANN001 - Topic
+    part = t.partitions[p]
+    if part is None:
+        return 0, 0
+    st = part.state()
+    return (st.earliest, st.latest) if st.alive else (0, 0)
+
+
+def _lag(committed: int | None, earliest: int, latest: int) -> int:
+    pos = earliest if committed is None else min(max(committed, earliest), latest)
+    return max(0, latest - pos)
+
+
+# ---- the group ------------------------------------------------------------------------
+class ConsumerGroup:
+    """``ConsumerGroup("processors", "events", 4, 30)``; see the module docs."""
+
+    def __init__(self, name: str, topic: str, num_partitions: int, stale_threshold_secs: float,
+                 mgr: "TopicManager | None" = None) -> None:
+        self.name = _validate.name(name, "group name", 64)
+        self.topic = _validate.name(topic, "topic", 64)
+        self.num_partitions = _validate.integer(num_partitions, "num_partitions", 1, MAX_PARTITIONS)
+        self.stale_threshold_secs = _validate.number(stale_threshold_secs, "stale_threshold_secs", 0,
+                                                     lo_open=True)
+        self._stale_ns = int(self.stale_threshold_secs * 1e9)
+        self.mgr = mgr
+        # epochs this object handed to each member: member -> {partition: epoch}
+        self._epochs: dict[str, dict[int, int]] = {}
+        self._elock = threading.Lock()
+        self._state: _MemState | _FabricState
+        if mgr is None:
+            self._state = _MemState()
+            return
+        from .topic import TopicManager
+        if not isinstance(mgr, TopicManager):
+            raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
+        if mgr.exists(self.topic):
+            n = mgr.topic(self.topic).n
+            if n != self.num_partitions:
+                raise InvalidArgument(f"topic {self.topic!r} has {n} partitions, not {self.num_partitions}")
+        st = _FabricState(mgr.fabric, self.name, self.topic)
+        with st.locked():
+            cfg = st.config()
+            if cfg is not None and cfg.num_partitions != self.num_partitions:
+                raise InvalidArgument(f"group {self.name!r} on {self.topic!r} exists with "
+                                      f"{cfg.num_partitions} partitions, not {self.num_partitions}")
+            if cfg is None or cfg.stale_threshold_secs != self.stale_threshold_secs:
+                st.put_config(GroupConfig(self.name, self.topic, self.num_partitions,
+                                          self.stale_threshold_secs))
+        self._state = st
+
+    @classmethod
+    def attach(cls, mgr: "TopicManager", name: str, topic: str) -> "ConsumerGroup":
+        """The fabric-backed group ``name`` on ``topic`` as its creator configured it."""
+        st = _FabricState(mgr.fabric, _validate.name(name, "group name", 64), _validate.name(topic, "topic", 64))
+        cfg = st.config()
+        if cfg is None:
+            from ..errors import NotFound
+            raise NotFound(f"no group {name!r} on topic {topic!r}")
+        return cls(name, topic, cfg.num_partitions, cfg.stale_threshold_secs, mgr=mgr)
+
+    def __repr__(self) -> str:
+        where = "fabric" if self.mgr is not None else "in-process"
+        return f"<ConsumerGroup {self.name!r} on {self.topic!r} ({self.num_partitions} partitions, {where})>"
+
+    # ---- rules ------------------------------------------------------------------------
+    def _is_live(self, heartbeat_ns: int, t: int) -> bool:
+        return t - heartbeat_ns < self._stale_ns
+
+    def _quota(self, member: str, live: list[str]) -> int:
+        """``member``'s fair share among the ``live`` members (sorted)."""
+        base, extra = divmod(self.num_partitions, len(live))
+        return base + (1 if live.index(member) < extra else 0)
+
+    def _member(self, member: str) -> str:
+        return _validate.name(member, "member", 64)
+
+    def _sync(self, member: str, now: float | None, acquire: bool) -> list[int]:
+        """Heartbeat, give back above the quota, optionally take up to it."""
+        member = self._member(member)
+        t = now_ns(now)
+        st = self._state
+        with st.locked():
+            members = st.members()
+            members[member] = t
+            st.put_member(member, t)
+            live = sorted(m for m, hb in members.items() if self._is_live(hb, t))
+            quota = self._quota(member, live)
+            claims = st.claims()
+            mine = sorted(p for p, c in claims.items() if c.owner == member and p < self.num_partitions)
+            while len(mine) > quota:
+                p = mine.pop()                 # give back the highest-numbered ones
+                c = claims[p]
+                claims[p] = Claim(None, c.epoch, c.since_ns)
+                st.put_claim(p, claims[p])
+            if acquire:
+                for p in range(self.num_partitions):
+                    if len(mine) >= quota:
+                        break
+                    c = claims.get(p)
+                    if c is None or c.owner is None or c.owner not in live:
+                        claims[p] = Claim(member, (c.epoch if c else 0) + 1, t)
+                        st.put_claim(p, claims[p])
+                        mine.append(p)
+            # forget stale members that no longer hold anything
+            holders = {c.owner for c in claims.values()}
+            for m in members:
+                if m not in live and m not in holders:
+                    st.del_member(m)
+            mine.sort()
+            with self._elock:
+                self._epochs[member] = {p: claims[p].epoch for p in mine}
+            return mine
+
+    # ---- membership -------------------------------------------------------------------
+    def claim(self, member: str, now: float | None = None) -> list[int]:
+        """Heartbeat and take unclaimed or stale partitions up to the fair share;
+        returns the partitions ``member`` now owns (sorted)."""
+        return self._sync(member, now, acquire=True)
+
+    def heartbeat(self, member: str, now: float | None = None) -> list[int]:
+        """Keep ``member`` live; give back what is above its fair share now that
+        others have joined. Returns the partitions it still owns (a member fenced
+        meanwhile finds the taken ones gone). A member not seen before joins."""
+        return self._sync(member, now, acquire=False)
+
+    def leave(self, member: str) -> list[int]:
+        """Leave the group: give every partition back at once (others need not
+        wait for the stale threshold). Returns the partitions given back."""
+        member = self._member(member)
+        st = self._state
+        with st.locked():
+            released = []
+            for p, c in sorted(st.claims().items()):
+                if c.owner == member:
+                    st.put_claim(p, Claim(None, c.epoch, c.since_ns))
+                    released.append(p)
+            st.del_member(member)
+        with self._elock:
+            self._epochs.pop(member, None)
+        return released
+
+    def members(self) -> list[str]:
+        """Every member on record, live or stale."""
+        with self._state.locked():
+            return sorted(self._state.members())
+
+    def live_members(self, now: float | None = None) -> list[str]:
+        t = now_ns(now)
+        with self._state.locked():
+            return sorted(m for m, hb in self._state.members().items() if self._is_live(hb, t))
+
+    def stale_members(self, now: float | None = None) -> list[str]:
+        """Members whose last heartbeat is older than the stale threshold (their
+        partitions are up for grabs)."""
+        t = now_ns(now)
+        with self._state.locked():
+            return sorted(m for m, hb in self._state.members().items() if not self._is_live(hb, t))
+
+    def assignments(self) -> dict[int, str]:
+        """partition -> owning member (partitions nobody owns are absent)."""
+        with self._state.locked():
+            return {p: c.owner for p, c in sorted(self._state.claims().items()) if c.owner is not None}
+
+    def claims(self) -> dict[int, Claim]:
+        """partition -> :class:`Claim` (owner, epoch, since) for every partition ever claimed."""
+        with self._state.locked():
+            return dict(sorted(self._state.claims().items()))
+
+    def owned(self, member: str) -> dict[int, int]:
+        """partition -> epoch of what ``member`` owns now."""
+        member = self._member(member)
+        return {p: c.epoch for p, c in self.claims().items() if c.owner == member}
+
+    def epoch(self, partition: int) -> int:
+        self._partition(partition)
+        c = self.claims().get(partition)
+        return 0 if c is None else c.epoch
+
+    def _partition(self, p: object) -> int:
+        return _validate.integer(p, "partition", 0, self.num_partitions - 1)
+
+    # ---- committing ---------------------------------------------------------------------
+    def commit(self, store: OffsetStore, member: str, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+        """Commit ``offsets`` (partition -> next offset to read) for ``member``,
+        only for partitions it still owns, atomically with the ownership check.
+
+        Offsets of owned partitions are committed; if any partition is not owned
+        (taken over, given back, or claimed again since this object handed it out
+        under an older epoch), :class:`~grafos.errors.Fenced` is raised after,
+        naming them (``err.partitions``), and nothing is committed for them.
+        Returns what was committed."""
+        if not isinstance(store, OffsetStore):
+            raise _validate.InvalidType(f"store must be an offset store, not {type(store).__name__}")
+        member = self._member(member)
+        topic = _validate.name(topic, "topic", 64)
+        if topic != self.topic:
+            raise InvalidArgument(f"group {self.name!r} consumes {self.topic!r}, not {topic!r}")
+        if not isinstance(offsets, Mapping):
+            raise _validate.InvalidType(f"offsets must be a mapping partition -> offset, "
+                                        f"not {type(offsets).__name__}")
+        for p, off in offsets.items():
+            self._partition(p)
+            _validate.integer(off, "offset", 0, MAX_OFFSET)
+        with self._elock:
+            known = dict(self._epochs.get(member, {}))
+        st = self._state
+        with st.locked():
+            claims = st.claims()
+            ok, fenced = {}, []
+            for p, off in offsets.items():
+                c = claims.get(p)
+                if c is None or c.owner != member or (p in known and known[p] != c.epoch):
+                    fenced.append(p)
+                else:
+                    ok[p] = off
+            if ok:
+                commit_many(store, self.name, topic, ok)
+        if fenced:
+            owners = {p: (claims[p].owner if p in claims else None) for p in fenced}
+            err = Fenced(f"member {member!r} of group {self.name!r} no longer owns partition(s) "
+                         f"{sorted(fenced)} of {topic!r} (owners now: {owners}); "
+                         f"committed only {sorted(ok)}")
+            err.partitions = sorted(fenced)      # type: ignore[attr-defined]
+            err.committed = ok                   # type: ignore[attr-defined]
+            raise err
+        return ok
+
+    def consumer(self, member: str, **kw) -> "Consumer":
+        """A :class:`~grafos.mq.consumer.Consumer` of this group's topic, bound to
+        ``member`` so its commits are fenced."""
+        from .consumer import Consumer
+        c = Consumer(self.topic, self.name, **kw)
+        c.bind(self, self._member(member))
+        return c
+
+    # ---- observability --------------------------------------------------------------------
+    def lag(self, mgr: "TopicManager", store: OffsetStore) -> dict[int, int]:
+        """partition -> messages the group has not committed past."""
+        return group_lag(mgr, store, self.name, self.topic)
+
+    def describe(self, mgr: "TopicManager | None" = None, store: OffsetStore | None = None,
+                 now: float | None = None) -> GroupDescription:
+        """Members (heartbeat age, stale, partitions) and partitions (owner, epoch,
+        and with ``mgr`` and ``store`` committed offset, end and lag)."""
+        t = now_ns(now)
+        with self._state.locked():
+            members = self._state.members()
+            claims = self._state.claims()
+        topic = mgr.topic(self.topic) if mgr is not None else None
+        parts = []
+        for p in range(self.num_partitions):
+            c = claims.get(p)
+            committed = store.committed(self.name, self.topic, p) if store is not None else None
+            earliest, latest = _bounds(topic, p) if topic is not None and p < topic.n else (0, 0)
+            parts.append(GroupPartition(p, c.owner if c else None, c.epoch if c else 0, committed,
+                                        earliest, latest, _lag(committed, earliest, latest)))
+        infos = [MemberInfo(m, hb / 1e9, (t - hb) / 1e9, not self._is_live(hb, t),
+                            sorted(p for p, c in claims.items() if c.owner == m))
+                 for m, hb in sorted(members.items())]
+        return GroupDescription(self.name, self.topic, self.stale_threshold_secs, infos, parts)
