@@ -1,0 +1,57 @@
+"""Core benchmarks (issue #2): single append vs queue.Queue.put, batch append
+and batch read of 100-byte messages, and the batch path with 4 KiB messages
+next to memcpy. Each benchmark reports messages/s (and payload bytes/s) in
+pytest-benchmark's ``extra_info``; the session ends with a ratio table
+(conftest.py). Speeds are reported, never asserted.
+
+    python -m pytest benchmarks -q
+"""
+from __future__ import annotations
+
+import pytest
+
+from conftest import RESULTS
+from workloads import Rig, Workload
+
+ROUNDS = {"append-1": 300, "batch-100B": 600, "batch-4KiB": 300}
+WARMUP = 10
+
+# collected once, without building a rig: names only
+_NAMES = [
+    "append_api", "queue_put", "append_lean", "append_cffi_raw", "cffi_call_floor", "append_fastpath",
+    "append_batch_api", "append_batch_cffi_raw", "append_batch_fastpath",
+    "poll_raw", "poll_batch", "poll_messages",
+    "append_batch_4k_api", "append_batch_4k_cffi_raw", "poll_raw_4k", "poll_batch_4k",
+    "memcpy_write_4k", "memcpy_read_4k", "memcpy_hot_4k",
+]
+
+
+def _find(rig: Rig, name: str) -> Workload:
+    if not hasattr(rig, "_by_name"):
+        rig._by_name = {w.name: w for w in rig.workloads()}  # type: ignore[attr-defined]
+    w = rig._by_name.get(name)  # type: ignore[attr-defined]
+    if w is None:
+        pytest.skip(f"{name}: prototype not available (no C compiler / Python headers)")
+    return w
+
+
+@pytest.mark.parametrize("name", _NAMES)
+def test_core(benchmark, rig: Rig, name: str) -> None:
+    w = _find(rig, name)
+    benchmark.group = w.group
+    setup = (lambda: (w.setup(), None)[1]) if w.setup else None
+    result = benchmark.pedantic(w.run, setup=setup, rounds=ROUNDS[w.group], iterations=1,
+                                warmup_rounds=WARMUP)
+    if w.check:
+        w.check(result)
+    benchmark.extra_info["doc"] = w.doc
+    benchmark.extra_info["messages_per_call"] = w.messages
+    stats = getattr(benchmark.stats, "stats", None) if benchmark.stats else None
+    if stats is None:     # --benchmark-disable: ran once, nothing measured
+        return
+    benchmark.extra_info["messages_per_s"] = w.messages / stats.median
+    benchmark.extra_info["messages_per_s_best"] = w.messages / stats.min
+    if w.payload:
+        benchmark.extra_info["payload_bytes_per_s"] = w.payload / stats.median
+    RESULTS[name] = {"group": w.group, "median": stats.median, "min": stats.min,
+                     "messages": w.messages, "payload": w.payload}

@@ -1,0 +1,338 @@
+"""The core benchmark workloads of issue #2, shared by ``test_bench_core.py``
+(pytest-benchmark) and ``core_ratios.py`` (interleaved side-by-side ratios).
+
+Every workload is one timed call that moves a known number of messages:
+
+* ``append-1``   1000 single appends of a 100-byte value with a 16-byte key,
+                 through ``Partition.append`` and, for comparison, through
+                 ``queue.Queue().put``, the raw cffi call and two prototypes;
+* ``batch-100B`` one ``append_batch`` / one poll of 1024 such messages;
+* ``batch-4KiB`` one ``append_batch`` / one poll of 256 messages of a
+                 4096-byte value and a 16-byte key, next to ``gf_memcpy_bench``
+                 moving the same bytes over a same-sized working set.
+
+The rings live in one in-process ``Fabric`` and are reused for every round
+(they overwrite). Both are filled once before anything is timed, so no round
+pays first-touch page faults.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from grafos import Fabric
+from grafos._native import ffi, lib
+from grafos.partition import Partition, pack
+
+KEY_SIZE = 16
+VALUE_SIZE = 100
+SMALL_CAPACITY = 65536           #: 100-byte ring: 65536 x 256 B = 16 MiB
+SMALL_STRIDE = 256
+SINGLE_N = 1000                  #: single appends per timed call
+BATCH = 1024                     #: messages per batch call (Reader's default max_batch)
+
+BIG_VALUE = 4096
+BIG_CAPACITY = 4096              #: 4 KiB ring: 4096 x 4160 B = 16.25 MiB (fits the L3 of the test VM)
+BIG_STRIDE = 4096 + 64
+BIG_BATCH = 256                  #: 256 x 4112 B = 1 MiB of payload per call
+
+FABRIC_SIZE = 64 << 20
+TTL = 24 * 3600.0
+
+GROUPS = {
+    "append-1": "single append, 100 B value + 16 B key",
+    "batch-100B": f"batch of {BATCH}, 100 B value + 16 B key",
+    "batch-4KiB": f"batch of {BIG_BATCH}, 4096 B value + 16 B key",
+}
+
+
+@dataclass
+class Workload:
+    name: str
+    group: str
+    messages: int                        #: messages moved by one call of ``run``
+    payload: int                         #: key + value bytes moved by one call
+    run: Callable[[], Any]
+    setup: Callable[[], None] | None = None
+    check: Callable[[Any], None] | None = None   #: validates a result (not speed)
+    doc: str = ""
+
+
+def _keys(n: int) -> list[bytes]:
+    return [b"key-%012d" % i for i in range(n)]
+
+
+def _values(n: int, size: int) -> list[bytes]:
+    return [bytes([i % 251]) * size for i in range(n)]
+
+
+def _expect(n: int) -> Callable[[Any], None]:
+    def check(got: Any) -> None:
+        count = got if isinstance(got, int) else len(got)
+        if count != n:
+            raise RuntimeError(f"benchmark invalid: a poll returned {count} messages, expected {n}")
+    return check
+
+
+def _addr(cdata: Any) -> int:
+    return int(ffi.cast("uintptr_t", cdata))
+
+
+def build_fastpath() -> Any | None:
+    """Compile and import ``prototypes/fastpath.c`` (a METH_FASTCALL path into
+    the same core functions); None when there is no C compiler or headers."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prototypes", "fastpath.c")
+    out_dir = os.path.join(tempfile.gettempdir(), f"grafos-bench-{os.getuid()}")
+    os.makedirs(out_dir, exist_ok=True)
+    so = os.path.join(out_dir, "_grafos_fastpath" + sysconfig.get_config_var("EXT_SUFFIX"))
+    try:
+        if not os.path.exists(so) or os.path.getmtime(so) < os.path.getmtime(src):
+            cc = os.environ.get("CC", "cc")
+            subprocess.run([cc, "-O2", "-shared", "-fPIC", "-I", sysconfig.get_paths()["include"],
+                            src, "-o", so], check=True, capture_output=True)
+        if out_dir not in sys.path:
+            sys.path.insert(0, out_dir)
+        import _grafos_fastpath  # type: ignore[import-not-found]
+    except (OSError, subprocess.CalledProcessError, ImportError):
+        return None
+    return _grafos_fastpath
+
+
+def lean_append(p: Partition) -> Callable[..., int]:
+    """PROTOTYPE: ``Partition.append`` for the common case (bytes value, optional
+    bytes key, no headers, no timestamp) with everything looked up once.
+    cffi already refuses a non-bytes argument with TypeError, so no check is lost
+    for these arguments; the full method remains for headers/timestamps."""
+    app, r, null, raise_ = lib.gf_ring_append, p.handle, ffi.NULL, p._raise
+
+    def append(value: bytes, key: bytes | None = None) -> int:
+        if key is None:
+            rc = app(r, null, 0, 0, null, 0, value, len(value), 0)
+        else:
+            rc = app(r, key, len(key), 1, null, 0, value, len(value), 0)
+        if rc < 0:
+            raise_(rc, len(value) + (len(key) if key is not None else 0))
+        return rc
+    return append
+
+
+class Rig:
+    """One fabric, a 100-byte ring and a 4 KiB ring, their data and readers."""
+
+    def __init__(self) -> None:
+        self.fabric = Fabric(size=FABRIC_SIZE)
+        self.small = Partition.create(self.fabric, SMALL_CAPACITY, SMALL_STRIDE, ttl=TTL)
+        self.big = Partition.create(self.fabric, BIG_CAPACITY, BIG_STRIDE, ttl=TTL)
+        self.key = b"k" * KEY_SIZE
+        self.value = b"v" * VALUE_SIZE
+        self.keys = _keys(BATCH)
+        self.values = _values(BATCH, VALUE_SIZE)
+        self.big_keys = _keys(BIG_BATCH)
+        self.big_values = _values(BIG_BATCH, BIG_VALUE)
+        # pre-packed cffi arguments: the C floor of a batch call
+        self.packed = self._pack(self.values, self.keys)
+        self.big_packed = self._pack(self.big_values, self.big_keys)
+        for _ in range(SMALL_CAPACITY // BATCH + 1):       # touch every page of both rings
+            self.small.append_batch(self.values, keys=self.keys)
+        for _ in range(BIG_CAPACITY // BIG_BATCH + 1):
+            self.big.append_batch(self.big_values, keys=self.big_keys)
+        self.small_reader = self.small.reader(0, max_batch=BATCH)
+        self.big_reader = self.big.reader(0, max_batch=BIG_BATCH)
+        self._read_step = {id(self.small): 0, id(self.big): 0}
+        # memcpy reference buffers: a batch-sized buffer and a ring-sized one
+        self.ref_bytes = BIG_BATCH * (KEY_SIZE + BIG_VALUE)
+        self.ref_batch = ffi.new("uint8_t[]", self.ref_bytes)
+        self.ref_ring_size = BIG_CAPACITY * BIG_STRIDE
+        self.ref_ring = ffi.new("uint8_t[]", self.ref_ring_size)
+        self.ref_step = 0
+        lib.gf_memcpy_bench(self.ref_ring, self.ref_ring + self.ref_ring_size // 2,
+                            self.ref_ring_size // 2, 2)     # touch its pages
+        self.queue: queue.Queue = queue.Queue()
+        self.fastpath = build_fastpath()
+        if self.fastpath is not None:
+            self.fastpath.bind(_addr(ffi.addressof(lib, "gf_ring_append")),
+                               _addr(ffi.addressof(lib, "gf_ring_append_batch")), _addr(self.small.handle))
+            off = self.fastpath.append(self.value, key=self.key)     # it writes what the API reads
+            m = self.small.read(off, 1)
+            if not m or (m[0].key, m[0].value) != (self.key, self.value):
+                raise RuntimeError("prototype fastpath wrote something the API does not read back")
+
+    @staticmethod
+    def _pack(values: list[bytes], keys: list[bytes]) -> tuple:
+        vb, vl = pack(values, "values")
+        kb, kl = pack(keys, "keys")
+        keep = (vb, vl, kb, kl)
+        return (len(values), ffi.from_buffer("uint8_t[]", kb), ffi.from_buffer("uint32_t[]", kl),
+                ffi.from_buffer("uint8_t[]", vb), ffi.from_buffer("uint32_t[]", vl), keep)
+
+    def close(self) -> None:
+        self.small.close()
+        self.big.close()
+        self.fabric.close()
+
+    # ---- untimed setup steps --------------------------------------------------
+    def seek_next(self, p: Partition, reader: Any, n: int) -> None:
+        """Point the reader at the next n published messages, walking the whole
+        ring round after round like a consumer streaming through it."""
+        latest = p.latest()
+        window = p.capacity - 2 * n
+        k = self._read_step[id(p)]
+        self._read_step[id(p)] = k + 1
+        reader.seek(0, latest - p.capacity + n + (k * n) % window)
+
+    def next_ref_region(self) -> int:
+        """Byte offset of the next batch-sized region of the ring-sized buffer."""
+        regions = self.ref_ring_size // self.ref_bytes
+        off = (self.ref_step % regions) * self.ref_bytes
+        self.ref_step += 1
+        return off
+
+    # ---- the workloads --------------------------------------------------------
+    def workloads(self) -> list[Workload]:
+        w: list[Workload] = []
+        p, key, value, n = self.small, self.key, self.value, SINGLE_N
+        one = KEY_SIZE + VALUE_SIZE
+
+        def append_api() -> None:
+            append = p.append
+            for _ in range(n):
+                append(value, key=key)
+
+        lean = lean_append(p)
+
+        def append_lean() -> None:
+            for _ in range(n):
+                lean(value, key=key)
+
+        def append_cffi_raw() -> None:
+            app, r, null = lib.gf_ring_append, p.handle, ffi.NULL
+            for _ in range(n):
+                app(r, key, KEY_SIZE, 1, null, 0, value, VALUE_SIZE, 0)
+
+        def cffi_call_floor() -> None:
+            room, r = lib.gf_ring_room, p.handle
+            for _ in range(n):
+                room(r)
+
+        q = self.queue
+
+        def queue_put() -> None:
+            put = q.put
+            for _ in range(n):
+                put(value)
+
+        w += [
+            Workload("append_api", "append-1", n, n * one, append_api,
+                     doc="Partition.append(value, key=key): the public API"),
+            Workload("queue_put", "append-1", n, n * one, queue_put, setup=q.queue.clear,
+                     doc="queue.Queue().put(value): the reference the API must beat by 1.5x"),
+            Workload("append_lean", "append-1", n, n * one, append_lean,
+                     doc="PROTOTYPE lean Python wrapper over the same cffi call"),
+            Workload("append_cffi_raw", "append-1", n, n * one, append_cffi_raw,
+                     doc="lib.gf_ring_append called directly: the floor of any cffi wrapper"),
+            Workload("cffi_call_floor", "append-1", n, 0, cffi_call_floor,
+                     doc="lib.gf_ring_room(r): one cffi crossing that does no work (not a message)"),
+        ]
+        fp = self.fastpath
+        if fp is not None:
+            def append_fastpath() -> None:
+                app = fp.append
+                for _ in range(n):
+                    app(value, key=key)
+            w.append(Workload("append_fastpath", "append-1", n, n * one, append_fastpath,
+                              doc="PROTOTYPE METH_FASTCALL extension calling the same gf_ring_append"))
+
+        # ---- batches of 100-byte messages ----
+        values, keys, rd = self.values, self.keys, self.small_reader
+        cnt, ckb, ckl, cvb, cvl, _ = self.packed
+        r = p.handle
+        w += [
+            Workload("append_batch_api", "batch-100B", BATCH, BATCH * one,
+                     lambda: p.append_batch(values, keys=keys),
+                     doc="Partition.append_batch(values, keys=keys) from lists of bytes"),
+            Workload("append_batch_cffi_raw", "batch-100B", BATCH, BATCH * one,
+                     lambda: lib.gf_ring_append_batch(r, cnt, ckb, ckl, cvb, cvl, 0),
+                     doc="lib.gf_ring_append_batch on pre-packed buffers: the C floor"),
+            Workload("poll_raw", "batch-100B", BATCH, BATCH * one, lambda: rd.poll_raw(BATCH),
+                     setup=lambda: self.seek_next(p, rd, BATCH), check=_expect(BATCH),
+                     doc="Reader.poll_raw(1024): one gf_poll into the reader's buffers"),
+            Workload("poll_batch", "batch-100B", BATCH, BATCH * one, lambda: rd.poll_batch(BATCH),
+                     setup=lambda: self.seek_next(p, rd, BATCH), check=_expect(BATCH),
+                     doc="Reader.poll_batch(1024): poll_raw + numpy views (Batch)"),
+            Workload("poll_messages", "batch-100B", BATCH, BATCH * one, lambda: rd.poll(BATCH),
+                     setup=lambda: self.seek_next(p, rd, BATCH), check=_expect(BATCH),
+                     doc="Reader.poll(1024): one Message object per message (information)"),
+        ]
+        if fp is not None:
+            w.append(Workload("append_batch_fastpath", "batch-100B", BATCH, BATCH * one,
+                              lambda: fp.append_batch(values, keys),
+                              doc="PROTOTYPE: the lists walked in C, then the same gf_ring_append_batch"))
+
+        # ---- batches of 4 KiB messages ----
+        big, big_rd = self.big, self.big_reader
+        bvalues, bkeys = self.big_values, self.big_keys
+        bcnt, bkb, bkl, bvb, bvl, _ = self.big_packed
+        br = big.handle
+        nbytes = self.ref_bytes
+        ref_ring, ref_batch = self.ref_ring, self.ref_batch
+        ref_off = [0]
+
+        def ref_setup() -> None:
+            ref_off[0] = self.next_ref_region()
+
+        w += [
+            Workload("append_batch_4k_api", "batch-4KiB", BIG_BATCH, nbytes,
+                     lambda: big.append_batch(bvalues, keys=bkeys),
+                     doc="Partition.append_batch of 256 x 4 KiB"),
+            Workload("append_batch_4k_cffi_raw", "batch-4KiB", BIG_BATCH, nbytes,
+                     lambda: lib.gf_ring_append_batch(br, bcnt, bkb, bkl, bvb, bvl, 0),
+                     doc="lib.gf_ring_append_batch on pre-packed buffers"),
+            Workload("poll_raw_4k", "batch-4KiB", BIG_BATCH, nbytes, lambda: big_rd.poll_raw(BIG_BATCH),
+                     setup=lambda: self.seek_next(big, big_rd, BIG_BATCH), check=_expect(BIG_BATCH),
+                     doc="Reader.poll_raw(256) of 4 KiB messages"),
+            Workload("poll_batch_4k", "batch-4KiB", BIG_BATCH, nbytes, lambda: big_rd.poll_batch(BIG_BATCH),
+                     setup=lambda: self.seek_next(big, big_rd, BIG_BATCH), check=_expect(BIG_BATCH),
+                     doc="Reader.poll_batch(256) of 4 KiB messages"),
+            Workload("memcpy_write_4k", "batch-4KiB", BIG_BATCH, nbytes,
+                     lambda: lib.gf_memcpy_bench(ref_ring + ref_off[0], ref_batch, nbytes, 1),
+                     setup=ref_setup,
+                     doc="gf_memcpy_bench: 1 MiB batch buffer -> next region of a ring-sized (16 MiB) buffer"),
+            Workload("memcpy_read_4k", "batch-4KiB", BIG_BATCH, nbytes,
+                     lambda: lib.gf_memcpy_bench(ref_batch, ref_ring + ref_off[0], nbytes, 1),
+                     setup=ref_setup,
+                     doc="gf_memcpy_bench: next region of a ring-sized (16 MiB) buffer -> 1 MiB batch buffer"),
+            Workload("memcpy_hot_4k", "batch-4KiB", BIG_BATCH, nbytes,
+                     lambda: lib.gf_memcpy_bench(ref_ring, ref_batch, nbytes, 1),
+                     doc="gf_memcpy_bench: 1 MiB -> the same 1 MiB every time (cache-hot peak, information)"),
+        ]
+        return w
+
+
+#: (label, numerator workload, denominator workload, target ratio, unit)
+#: unit "msg" compares messages/s, "byte" compares payload bytes/s.
+RATIOS = [
+    ("append API / queue.Queue.put", "append_api", "queue_put", 1.5, "msg"),
+    ("lean wrapper / queue.Queue.put", "append_lean", "queue_put", 1.5, "msg"),
+    ("raw cffi append / queue.Queue.put", "append_cffi_raw", "queue_put", 1.5, "msg"),
+    ("fastpath append / queue.Queue.put", "append_fastpath", "queue_put", 1.5, "msg"),
+    ("4 KiB append_batch / memcpy (ring-sized dst)", "append_batch_4k_api", "memcpy_write_4k", 0.5, "byte"),
+    ("4 KiB raw append_batch / memcpy (ring-sized dst)", "append_batch_4k_cffi_raw", "memcpy_write_4k", 0.5, "byte"),
+    ("4 KiB poll_raw / memcpy (ring-sized src)", "poll_raw_4k", "memcpy_read_4k", 0.5, "byte"),
+    ("4 KiB poll_batch / memcpy (ring-sized src)", "poll_batch_4k", "memcpy_read_4k", 0.5, "byte"),
+    ("4 KiB append_batch / memcpy cache-hot (info)", "append_batch_4k_api", "memcpy_hot_4k", None, "byte"),
+    ("4 KiB poll_raw / memcpy cache-hot (info)", "poll_raw_4k", "memcpy_hot_4k", None, "byte"),
+]
+
+#: absolute targets in messages/s
+TARGETS = {
+    "append_api": 2e6,
+    "append_batch_api": 30e6,
+    "poll_raw": 30e6,
+    "poll_batch": 30e6,
+}
