@@ -1,18 +1,11 @@
-"""Shared fixtures for the core tests: unique named fabrics that are always
-unlinked, and the stress scale."""
+"""Shared fixtures: unique named fabrics that are always unlinked."""
 from __future__ import annotations
 
-import os
 import uuid
 
 import pytest
 
 from grafos import Fabric
-
-
-def stress_scale() -> float:
-    """GRAFOS_STRESS_SCALE (float, default 1.0) scales the length of stress loops."""
-    return float(os.environ.get("GRAFOS_STRESS_SCALE", "1.0"))
 
 
 @pytest.fixture
