@@ -46,15 +46,21 @@ struct gf_fabric_hdr {
     _Atomic uint64_t meta_epoch;  /* 136: bumped by every metadata change */
     uint8_t pad2[GF_LINE - 16];
     /* line 3: wake-ups. Consumers that sleep bump `waiters`; producers look at it
-     * (one shared-line load) and only then pay for a futex wake. */
+     * (one shared-line load) and only then pay for a futex wake. A sleeper killed
+     * in its sleep never takes its count back, so a sleeper also raises
+     * `wait_until` (monotonic ns) to the end of its sleep, and producers wake only
+     * while that time has not passed: a dead sleeper costs them at most one
+     * 50 ms sleep's worth of wake-ups, not one syscall per append forever. */
     _Atomic uint32_t wake;     /* 192 */
     _Atomic uint32_t waiters;  /* 196 */
-    uint8_t pad3[GF_LINE - 8];
+    _Atomic int64_t wait_until;  /* 200 */
+    uint8_t pad3[GF_LINE - 16];
 };
 _Static_assert(offsetof(struct gf_fabric_hdr, hdr_crc) == 56, "hdr_crc");
 _Static_assert(offsetof(struct gf_fabric_hdr, lock) == 64, "lock line");
 _Static_assert(offsetof(struct gf_fabric_hdr, next_lease_id) == 128, "counter line");
 _Static_assert(offsetof(struct gf_fabric_hdr, wake) == 192, "wake line");
+_Static_assert(offsetof(struct gf_fabric_hdr, wait_until) == 200, "wait_until");
 _Static_assert(sizeof(struct gf_fabric_hdr) == 256, "fabric hdr");
 
 /* ---- lease table entry --------------------------------------------------
