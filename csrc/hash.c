@@ -44,6 +44,63 @@ int32_t gf_kafka_partition(const uint8_t *key, uint32_t len, uint32_t num_partit
 static uint32_t crc_table[8][256];
 static int crc_hw = -1;
 
+/* Three independent crc32 streams hide the instruction's 3-cycle latency;
+ * their registers are combined by "appending n zero bytes" operators, as in
+ * Mark Adler's crc32c.c: shift(crc) = crc * x^(8n) mod P, a linear map
+ * tabulated by bytes at start-up. */
+#define CRC_LONG  2048
+#define CRC_SHORT 256
+static uint32_t crc_long[4][256], crc_short[4][256];
+
+static uint32_t gf2_times(const uint32_t *mat, uint32_t vec)
+{
+    uint32_t sum = 0;
+    for (; vec; vec >>= 1, mat++)
+        if (vec & 1)
+            sum ^= *mat;
+    return sum;
+}
+
+static void gf2_square(uint32_t *sq, const uint32_t *mat)
+{
+    for (int n = 0; n < 32; n++)
+        sq[n] = gf2_times(mat, mat[n]);
+}
+
+/* the operator that appends `len` zero bytes (len a power of two) */
+static void zeros_table(uint32_t tab[4][256], size_t len)
+{
+    uint32_t even[32], odd[32], *op;
+    odd[0] = 0x82f63b78u;
+    for (int n = 1; n < 32; n++)
+        odd[n] = 1u << (n - 1);
+    gf2_square(even, odd);   /* 2 zero bits */
+    gf2_square(odd, even);   /* 4 zero bits */
+    op = odd;
+    do {                     /* 8 zero bits = 1 byte, then doubling */
+        gf2_square(even, odd);
+        op = even;
+        len >>= 1;
+        if (!len)
+            break;
+        gf2_square(odd, even);
+        op = odd;
+        len >>= 1;
+    } while (len);
+    for (uint32_t n = 0; n < 256; n++) {
+        tab[0][n] = gf2_times(op, n);
+        tab[1][n] = gf2_times(op, n << 8);
+        tab[2][n] = gf2_times(op, n << 16);
+        tab[3][n] = gf2_times(op, n << 24);
+    }
+}
+
+static inline uint32_t shift(uint32_t tab[4][256], uint32_t c)
+{
+    return tab[0][c & 0xff] ^ tab[1][(c >> 8) & 0xff] ^ tab[2][(c >> 16) & 0xff] ^ tab[3][c >> 24];
+}
+
+
 static void crc_init(void)
 {
     for (uint32_t i = 0; i < 256; i++) {
@@ -55,6 +112,8 @@ static void crc_init(void)
     for (uint32_t i = 0; i < 256; i++)
         for (int t = 1; t < 8; t++)
             crc_table[t][i] = (crc_table[t - 1][i] >> 8) ^ crc_table[0][crc_table[t - 1][i] & 0xff];
+    zeros_table(crc_long, CRC_LONG);
+    zeros_table(crc_short, CRC_SHORT);
 #if defined(__x86_64__)
     __builtin_cpu_init();
     crc_hw = __builtin_cpu_supports("sse4.2");
@@ -85,27 +144,39 @@ static uint32_t crc_sw(uint32_t c, const uint8_t *p, uint64_t n)
 __attribute__((target("sse4.2")))
 static uint32_t crc_hw_run(uint32_t c, const uint8_t *p, uint64_t n)
 {
-    uint64_t c64 = c;
-    /* three independent streams hide the instruction's 3-cycle latency */
-    while (n >= 24) {
-        uint64_t a, b, d;
-        memcpy(&a, p, 8);
-        memcpy(&b, p + 8, 8);
-        memcpy(&d, p + 16, 8);
-        c64 = __builtin_ia32_crc32di(c64, a);
-        c64 = __builtin_ia32_crc32di(c64, b);
-        c64 = __builtin_ia32_crc32di(c64, d);
-        p += 24;
-        n -= 24;
+    uint64_t c0 = c;
+    while (n >= 3 * CRC_LONG || n >= 3 * CRC_SHORT) {
+        const uint64_t blk = n >= 3 * CRC_LONG ? CRC_LONG : CRC_SHORT;
+        uint64_t c1 = 0, c2 = 0, a, b, d;
+        for (const uint8_t *end = p + blk; p < end; p += 8) {
+            memcpy(&a, p, 8);
+            memcpy(&b, p + blk, 8);
+            memcpy(&d, p + 2 * blk, 8);
+            c0 = __builtin_ia32_crc32di(c0, a);
+            c1 = __builtin_ia32_crc32di(c1, b);
+            c2 = __builtin_ia32_crc32di(c2, d);
+        }
+        uint32_t (*tab)[256] = blk == CRC_LONG ? crc_long : crc_short;
+        c0 = shift(tab, (uint32_t)c0) ^ (uint32_t)c1;
+        c0 = shift(tab, (uint32_t)c0) ^ (uint32_t)c2;
+        p += 2 * blk;
+        n -= 3 * blk;
     }
     while (n >= 8) {
         uint64_t a;
         memcpy(&a, p, 8);
-        c64 = __builtin_ia32_crc32di(c64, a);
+        c0 = __builtin_ia32_crc32di(c0, a);
         p += 8;
         n -= 8;
     }
-    c = (uint32_t)c64;
+    c = (uint32_t)c0;
+    if (n >= 4) {
+        uint32_t a;
+        memcpy(&a, p, 4);
+        c = __builtin_ia32_crc32si(c, a);
+        p += 4;
+        n -= 4;
+    }
     while (n--)
         c = __builtin_ia32_crc32qi(c, *p++);
     return c;
