@@ -20,6 +20,9 @@ from .errors import InvalidArgument, MessageTooLarge
 from .fabric import Fabric, MemLease, _expiry
 from .message import Message, encode_headers
 
+_send_key = lib.gf_sender_send
+_send_nokey = lib.gf_sender_send_nokey
+
 
 @dataclass(frozen=True)
 class PartitionState:
@@ -53,6 +56,10 @@ class Partition:
         self.capacity: int = st.capacity
         self.stride: int = st.stride
         self.room: int = lib.gf_ring_room(self._r)   #: bytes for key + headers + value
+        # a one-partition sender: the producer hot path, reused for append()
+        self._ring_arr = ffi.new("gf_ring *[1]", [self._r])
+        self._s = ffi.new("gf_sender *", {"rings": self._ring_arr, "n": 1,
+                                          "mode": lib.GF_PART_KEYHASH})
 
     @classmethod
     def create(cls, fabric: Fabric, capacity: int, stride: int, *, ttl: float | None = None,
@@ -89,10 +96,24 @@ class Partition:
     def append(self, value: bytes, key: bytes | None = None, headers=None,
                timestamp: int | None = None) -> int:
         """Append one message; returns its offset. ``timestamp`` in ns (default: now)."""
+        if headers is None and timestamp is None:
+            # hot path: one 5-argument call; cffi itself refuses non-bytes (TypeError)
+            try:
+                if key is None:
+                    rc = _send_nokey(self._s, value, len(value))
+                else:
+                    rc = _send_key(self._s, key, len(key), value, len(value))
+            except TypeError:
+                rc = -1
+            if rc >= 0:
+                return rc
+        return self._append_slow(value, key, headers, timestamp)
+
+    def _append_slow(self, value, key, headers, timestamp) -> int:
+        """Checks and every error message live here, off the hot path."""
         hdrs = encode_headers(headers) if headers else b""
-        if not isinstance(value, bytes):
-            value = _validate.as_bytes(value, "value")
-        if key is not None and not isinstance(key, bytes):
+        value = _validate.as_bytes(value, "value")
+        if key is not None:
             key = _validate.as_bytes(key, "key")
         ts = 0 if timestamp is None else _validate.integer(timestamp, "timestamp", 1, (1 << 62))
         rc = lib.gf_ring_append(self._r, key if key is not None else ffi.NULL,
