@@ -133,16 +133,27 @@ class Producer:
                                       t.config.max_message_bytes)
             if rc == lib.GF_E_ABANDONED:
                 continue        # a reader gave up on our slot (we were descheduled): write again
-            if rc == lib.GF_E_EXPIRED and not refreshed:
-                # maybe restarted or recreated by another process: re-read the directory once
-                msg = last_error()
+            if rc in (lib.GF_E_EXPIRED, lib.GF_E_INVAL) and not refreshed:
                 refreshed = True
-                try:
-                    self._bind(mgr, refresh=True)
-                except NotFound:
-                    raise LeaseExpired(f"topic {self.topic!r}: {msg}") from None
+                self._reread(mgr)
                 continue
-            raise_for(rc, f"topic {self.topic!r}")
+            self._raise_send(rc, t)
+        self._raise_send(rc, t)
+
+    def _reread(self, mgr: TopicManager) -> None:
+        """A send found a dead partition (expired, or reclaimed: no ring, "not open").
+        The topic may have been restarted, deleted or recreated by another process:
+        re-read the directory."""
+        try:
+            self._bind(mgr, refresh=True)
+        except NotFound:
+            raise NotFound(f"topic {self.topic!r} no longer exists (deleted)") from None
+
+    def _raise_send(self, rc: int, t: Topic) -> None:
+        gone = [i for i, p in enumerate(t.partitions) if p is None]
+        if rc == lib.GF_E_INVAL and gone:
+            raise LeaseExpired(f"topic {self.topic!r}: partitions {gone} have expired and been "
+                               "reclaimed; restart the topic")
         raise_for(rc, f"topic {self.topic!r}")
 
     # ---- batches ------------------------------------------------------------------
@@ -175,11 +186,11 @@ class Producer:
                 return parts, offs
             if rc == lib.GF_E_TOOBIG:
                 raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", -1, t.config.max_message_bytes)
-            if rc == lib.GF_E_EXPIRED and attempt == 0:
-                self._bind(mgr, refresh=True)
+            if rc in (lib.GF_E_EXPIRED, lib.GF_E_INVAL) and attempt == 0:
+                self._reread(mgr)
                 continue
-            raise_for(rc, f"topic {self.topic!r}")
-        raise_for(rc, f"topic {self.topic!r}")
+            self._raise_send(rc, t)
+        self._raise_send(rc, t)
 
     def flush(self, timeout: float | None = None) -> int:
         """Appends are synchronous; nothing is buffered. Returns 0 (messages pending)."""
