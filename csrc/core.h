@@ -17,6 +17,8 @@ struct gf_fabric {
     int64_t stall_ns;           /* bounded wait on an unpublished slot */
     _Atomic int refs;           /* 1 for the open handle + 1 per open ring */
     int created;
+    int held;                   /* this handle holds the metadata lock (another handle of
+                                 * this process may hold it too: the word only says the pid) */
 };
 
 /* A ring handle copies capacity/stride/slot base once, after checking them

@@ -306,7 +306,8 @@ void gf_fabric_close(gf_fabric *f)
         return;
     /* a lock held by this process dies with the handle, as it would with the process */
     uint32_t me = (uint32_t)getpid();
-    if (ld_acq(&f->hdr->lock) == me) {
+    if (f->held && ld_acq(&f->hdr->lock) == me) {
+        f->held = 0;
         st_rel(&f->hdr->lock, 0);
         gf_futex_wake_all(&f->hdr->lock);
     }
@@ -348,12 +349,16 @@ int gf_lock(gf_fabric *f, int64_t timeout_ns)
     int64_t deadline = gf_mono_ns() + (timeout_ns < 0 ? (int64_t)1 << 62 : timeout_ns);
     for (int spins = 0;; spins++) {
         uint32_t cur = 0;
-        if (cas(&f->hdr->lock, &cur, me))
+        if (cas(&f->hdr->lock, &cur, me)) {
+            f->held = 1;
             return GF_OK;
-        if (cur == me)
-            return gf_fail(GF_E_INVAL, "metadata lock is already held by this process");
-        if (pid_dead(cur)) {
+        }
+        if (cur == me && f->held)
+            return gf_fail(GF_E_INVAL, "metadata lock is already held by this handle");
+        /* cur == me without `held`: another handle of this process has it; wait as for any live holder */
+        if (cur != me && pid_dead(cur)) {
             if (cas(&f->hdr->lock, &cur, me)) {
+                f->held = 1;
                 faa(&f->hdr->lock_recoveries, 1);
                 repair(f);
                 return GF_RECOVERED;
@@ -373,14 +378,15 @@ int gf_lock(gf_fabric *f, int64_t timeout_ns)
 int gf_unlock(gf_fabric *f)
 {
     uint32_t me = (uint32_t)getpid();
-    if (ld_acq(&f->hdr->lock) != me)
-        return gf_fail(GF_E_NOLOCK, "metadata lock is not held by this process");
+    if (!f->held || ld_acq(&f->hdr->lock) != me)
+        return gf_fail(GF_E_NOLOCK, "metadata lock is not held by this handle");
+    f->held = 0;
     st_rel(&f->hdr->lock, 0);
     gf_futex_wake_all(&f->hdr->lock);
     return GF_OK;
 }
 
-int gf_lock_held(gf_fabric *f) { return ld_acq(&f->hdr->lock) == (uint32_t)getpid(); }
+int gf_lock_held(gf_fabric *f) { return f->held && ld_acq(&f->hdr->lock) == (uint32_t)getpid(); }
 
 #define REQUIRE_LOCK(f) \
     do { if (!gf_lock_held(f)) return gf_fail(GF_E_NOLOCK, "%s needs the metadata lock", __func__); } while (0)
