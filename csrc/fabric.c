@@ -278,6 +278,11 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
     f->meta = (struct gf_meta_entry *)(base + f->hdr->meta_off);
     f->meta_slots = f->hdr->meta_slots;
     f->data_off = f->hdr->data_off;
+    /* whoever attaches reaps, if the lock is free right now (never waits for it) */
+    if (!created && gf_lock(f, 0) >= 0) {
+        gf_reap(f, gf_now_ns(), NULL);
+        gf_unlock(f);
+    }
     *err = GF_OK;
     return f;
 
