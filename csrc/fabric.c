@@ -153,6 +153,11 @@ static int wait_ready(int fd, uint64_t *size_out)
             struct gf_fabric_hdr h;
             if (pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h)
                 return fail_errno("read fabric header");
+            /* another layout may keep `ready` elsewhere: refuse by version now, not
+             * after the wait (a file being made reads version 0 or ours, never other) */
+            if (h.magic == GF_MAGIC && h.version != 0 && h.version != GF_LAYOUT_VERSION)
+                return gf_fail(GF_E_VERSION, "fabric has layout version %u, this grafos reads version %u",
+                               h.version, GF_LAYOUT_VERSION);
             if (h.ready == GF_READY) {
                 *size_out = (uint64_t)st.st_size;
                 return GF_OK;
@@ -160,6 +165,10 @@ static int wait_ready(int fd, uint64_t *size_out)
             if (h.magic != GF_MAGIC && h.magic != 0)
                 return gf_fail(GF_E_CORRUPT, "not a grafos fabric: bad magic 0x%016llx",
                                (unsigned long long)h.magic);
+        } else if (st.st_size > 0) {
+            /* a creator sizes the file with one ftruncate: a short file is never one being made */
+            return gf_fail(GF_E_CORRUPT, "not a grafos fabric: file is %lld bytes, smaller than a header",
+                           (long long)st.st_size);
         }
         if (gf_mono_ns() > deadline) {
             if ((uint64_t)st.st_size < GF_HDR_SIZE)

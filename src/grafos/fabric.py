@@ -29,6 +29,7 @@ DEFAULT_SIZE = 256 << 20          #: default arena size: sparse, untouched pages
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "grafos."
 LOCK_TIMEOUT = 5.0                #: seconds to wait for the metadata lock held by a live process
+_MAX_INT = 1 << 62                # sizes and offsets past this are out of range (and past what C takes)
 
 
 def shm_path(name: str) -> str:
@@ -109,7 +110,7 @@ class Fabric:
 
     def _setup(self, path: str | None, size: int, mode: int, flags: int, lease_slots: int,
                meta_slots: int, kind: str, name: str | None) -> None:
-        _validate.integer(size, "size", 0)
+        _validate.integer(size, "size", 0, _MAX_INT)
         _validate.integer(lease_slots, "lease_slots", 0, 1 << 20)
         _validate.integer(meta_slots, "meta_slots", 0, 1 << 22)
         err = ffi.new("int *")
@@ -188,7 +189,7 @@ class Fabric:
     def acquire(self, size: int, *, ttl: float | None = None, expires_at: float | None = None,
                 owner_tag: int = 0, now: float | None = None) -> "MemLease":
         """Lease ``size`` bytes until ``expires_at`` (or for ``ttl`` seconds)."""
-        _validate.integer(size, "lease size", 1)
+        _validate.integer(size, "lease size", 1, _MAX_INT)
         _validate.integer(owner_tag, "owner_tag", 0, (1 << 64) - 1)
         t = now_ns(now)
         exp = _expiry(t, ttl, expires_at)
@@ -199,6 +200,8 @@ class Fabric:
 
     def lease(self, index: int, lease_id: int) -> "MemLease":
         """The live lease (index, id); raises LeaseExpired if it is gone."""
+        _validate.integer(index, "lease index", 0, 0xFFFFFFFF)
+        _validate.integer(lease_id, "lease id", 1, (1 << 64) - 1)
         lease = MemLease(self, index, lease_id)
         lease.info()
         return lease
@@ -219,7 +222,7 @@ class Fabric:
 
     # ---- metadata table (small values, under the lock) ---------------------
     def meta_get(self, key: str) -> bytes | None:
-        k = key.encode()
+        k = _meta_key(key)
         val = ffi.new("uint8_t[]", lib.GF_META_VAL_MAX)
         vlen = ffi.new("uint32_t *")
         with self.locked():
@@ -230,12 +233,13 @@ class Fabric:
         return ffi.buffer(val, vlen[0])[:]
 
     def meta_put(self, key: str, value: bytes) -> None:
-        k = key.encode()
+        k = _meta_key(key)
+        value = _validate.as_bytes(value, "metadata value")
         with self.locked():
             check(lib.gf_meta_put(self.handle, k, len(k), value, len(value)), f"metadata {key!r}")
 
     def meta_del(self, key: str) -> bool:
-        k = key.encode()
+        k = _meta_key(key)
         with self.locked():
             rc = lib.gf_meta_del(self.handle, k, len(k))
         if rc == lib.GF_E_NOTFOUND:
@@ -244,7 +248,7 @@ class Fabric:
         return True
 
     def meta_items(self, prefix: str = "") -> list[tuple[str, bytes]]:
-        p = prefix.encode()
+        p = _meta_key(prefix, "metadata prefix")
         cursor = ffi.new("uint32_t *")
         key = ffi.new("uint8_t[]", lib.GF_META_KEY_MAX)
         val = ffi.new("uint8_t[]", lib.GF_META_VAL_MAX)
@@ -259,6 +263,12 @@ class Fabric:
     def meta_epoch(self) -> int:
         """Bumped by every metadata or lease-table change (cheap, lock-free)."""
         return lib.gf_meta_epoch(self.handle)
+
+
+def _meta_key(key: str, what: str = "metadata key") -> bytes:
+    if not isinstance(key, str):
+        raise _validate.InvalidType(f"{what} must be a str, not {type(key).__name__}")
+    return key.encode()
 
 
 def _expiry(t: int, ttl: float | None, expires_at: float | None) -> int:
@@ -341,12 +351,12 @@ class MemLease:
             check(lib.gf_lease_release(self.fabric.handle, self.index, self.id))
 
     def write(self, offset: int, data: bytes, now: float | None = None) -> None:
-        _validate.integer(offset, "offset", 0)
+        _validate.integer(offset, "offset", 0, _MAX_INT)
         data = _validate.as_bytes(data, "data")
         check(lib.gf_lease_write(self.fabric.handle, self.index, self.id, offset, data, len(data), now_ns(now)))
 
     def read(self, offset: int, length: int, now: float | None = None) -> bytes:
-        _validate.integer(offset, "offset", 0)
+        _validate.integer(offset, "offset", 0, _MAX_INT)
         _validate.integer(length, "length", 0, 1 << 40)
         buf = ffi.new("uint8_t[]", length)
         check(lib.gf_lease_read(self.fabric.handle, self.index, self.id, offset, buf, length, now_ns(now)))

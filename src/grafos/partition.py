@@ -44,6 +44,8 @@ class Partition:
     """One ring. Create with :meth:`create`, attach with ``Partition(fabric, lease)``."""
 
     def __init__(self, fabric: Fabric, lease: MemLease) -> None:
+        if not isinstance(lease, MemLease):
+            raise _validate.InvalidType(f"lease must be a MemLease, not {type(lease).__name__}")
         err = ffi.new("int *")
         r = lib.gf_ring_open(fabric.handle, lease.index, lease.id, err)
         if r == ffi.NULL:
@@ -189,5 +191,5 @@ def pack(items: Sequence[bytes], what: str) -> tuple[bytes, np.ndarray]:
         for i, it in enumerate(items):
             if not isinstance(it, (bytes, bytearray, memoryview)):
                 raise _validate.InvalidType(f"{what}[{i}] must be bytes, not {type(it).__name__}") from None
-        raise
+        raise _validate.InvalidType(f"{what} must be a list or tuple of bytes, not {type(items).__name__}") from None
     return buf, lens

@@ -3,6 +3,7 @@ them all with one crossing into C per call (the C side also does the
 blocking wait, on a futex in the shared mapping)."""
 from __future__ import annotations
 
+import operator
 import struct
 import time
 from typing import Iterator, Sequence
@@ -13,6 +14,7 @@ from . import _validate
 from ._check import raise_for
 from ._clock import now_ns
 from ._native import ffi, lib
+from .errors import InvalidArgument, InvalidType
 from .fabric import Fabric
 from .message import Message, decode_headers
 
@@ -132,6 +134,19 @@ def _decode(meta: bytes, data: bytes, ids: Sequence[int] | None) -> list[tuple[i
     return out
 
 
+def _count(value, what: str) -> int:
+    """An int >= 0 (numpy integers too); anything else is a clear error."""
+    if isinstance(value, bool):
+        raise InvalidType(f"{what} must be an int, not bool")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise InvalidType(f"{what} must be an int, not {type(value).__name__}") from None
+    if v < 0:
+        raise InvalidArgument(f"{what} must be >= 0, got {v}")
+    return v
+
+
 class Reader:
     """Cursors over a list of partitions (``None`` entries are skipped).
 
@@ -166,6 +181,8 @@ class Reader:
 
     # ---- cursors ------------------------------------------------------------
     def seek(self, i: int, offset: int) -> None:
+        if not 0 <= _count(i, "partition index") < self._n:
+            raise InvalidArgument(f"partition index {i} out of range (reader has {self._n})")
         _validate.integer(offset, "offset", 0, (1 << 48) - 1)
         c = self._cursors[i]
         c.pos = offset
@@ -186,6 +203,8 @@ class Reader:
     def poll_raw(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
                  spin: float = 0.0) -> int:
         """Fill the reader's buffers; returns how many messages."""
+        if max_messages.__class__ is not int or max_messages < 0:
+            max_messages = _count(max_messages, "max_messages")
         if max_messages > self.max_batch:
             max_messages = self.max_batch
         t = 0 if now is None else now_ns(now)
