@@ -178,6 +178,8 @@ def produce_forever(name: str, topic: str, producer: int, ready: Any, bounded_wa
     while True:
         p.send_keyed(mgr, key + b"-%d" % (seq % 7), payload(producer, seq))
         seq += 1
+        if seq % 64 == 0:
+            time.sleep(0.0005)      # keep the ring from lapping a slow consumer
 
 
 def produce_n(name: str, topic: str, producer: int, count: int, out: Any, start: Any = None,
@@ -307,3 +309,47 @@ def read_member_log(path: str) -> dict[str, Any]:
                 corrupt.append((int(p), int(off)))
     return {"polled": polled, "committed": committed, "fenced": fenced, "corrupt": corrupt,
             "assignments": assignments}
+
+
+def watch_consumer(name: str, topic: str, bounded_wait: float, log_path: str, stop: Any,
+                   ready: Any) -> None:
+    """Read every partition of ``topic`` from the start while producers come and
+    die. Logs ``P partition offset digest`` per message (``X`` for a value that
+    fails its checksum), commits to the fabric offset store under group "watch",
+    and at the end writes ``S <longest stall>`` (seconds the consumer spent with
+    messages ahead of it and no progress) and ``L <lost>`` (messages lapped)."""
+    from grafos.mq.offset import FabricOffsetStore
+
+    mgr = TopicManager.open(name)
+    mgr.fabric.set_bounded_wait(bounded_wait)
+    store = FabricOffsetStore(mgr)
+    c = Consumer(topic, "watch")
+    c.seek(mgr, None, SeekPolicy.Earliest)
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    last_pos = sum(c.positions().values())
+    last_progress = time.monotonic()
+    longest = 0.0
+    ready.set()
+    while not stop.is_set():
+        msgs = c.poll(mgr, 200, timeout=0.05)
+        now = time.monotonic()
+        pos = sum(c.positions().values())
+        if pos != last_pos:
+            last_pos, last_progress = pos, now
+        elif sum(c.lag(mgr).values()):
+            longest = max(longest, now - last_progress)
+        else:
+            last_progress = now
+        if msgs:
+            lines = []
+            for p, m in msgs:
+                try:
+                    check(m.value)
+                    lines.append(f"P {p} {m.offset} {digest_of(m.value)}\n")
+                except ValueError:
+                    lines.append(f"X {p} {m.offset}\n")
+            os.write(fd, "".join(lines).encode())
+        c.commit(store)
+    os.write(fd, f"S {longest}\nL {sum(c.lost().values())}\n".encode())
+    os.close(fd)
+    mgr.close()
