@@ -17,6 +17,9 @@ struct gf_fabric {
     int64_t stall_ns;           /* bounded wait on an unpublished slot */
     _Atomic int refs;           /* 1 for the open handle + 1 per open ring */
     int created;
+    int durable;                /* msync(MS_SYNC) acknowledged appends and metadata changes
+                                 * before returning (process-local: each handle opts in) */
+    _Atomic uint64_t syncs;     /* msync calls made for durability (observability, tests) */
     int held;                   /* this handle holds the metadata lock (another handle of
                                  * this process may hold it too: the word only says the pid) */
 };
@@ -38,7 +41,8 @@ struct gf_ring {
 int gf_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int64_t gf_mono_ns(void);
 void gf_fabric_unref(gf_fabric *f);
-int gf_lease_alive(const struct gf_lease *l, uint64_t id, int64_t now_ns);
+int gf_lease_alive(struct gf_lease *l, uint64_t id, int64_t now_ns);
+int gf_dsync(gf_fabric *f, const void *p, uint64_t len);
 void gf_futex_wake_all(_Atomic uint32_t *word);
 int gf_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);
 #endif

@@ -165,6 +165,10 @@ static int wait_ready(int fd, uint64_t *size_out)
             if (h.magic != GF_MAGIC && h.magic != 0)
                 return gf_fail(GF_E_CORRUPT, "not a grafos fabric: bad magic 0x%016llx",
                                (unsigned long long)h.magic);
+            /* a creator stores `ready` once, over zeros: any other value is damage, not "not yet" */
+            if (h.ready != 0)
+                return gf_fail(GF_E_CORRUPT, "fabric header has a damaged ready word 0x%08x",
+                               (unsigned)h.ready);
         } else if (st.st_size > 0) {
             /* a creator sizes the file with one ftruncate: a short file is never one being made */
             return gf_fail(GF_E_CORRUPT, "not a grafos fabric: file is %lld bytes, smaller than a header",
@@ -412,9 +416,55 @@ static int lease_bounds_ok(const gf_fabric *f, uint64_t off, uint64_t size)
            (off % GF_PAGE) == 0;
 }
 
-int gf_lease_alive(const struct gf_lease *l, uint64_t id, int64_t now_ns)
+/* Read an entry's region once. Another process may rewrite the entry at any
+ * time: check the copy, then use only the copy (never re-read after the check). */
+static inline void lease_region(const struct gf_lease *l, uint64_t *off, uint64_t *size)
 {
-    return ld_acq(&l->id) == id && ld_acq(&l->expires_ns) > now_ns;
+    *off = __atomic_load_n(&l->offset, __ATOMIC_RELAXED);
+    *size = __atomic_load_n(&l->size, __ATOMIC_RELAXED);
+}
+
+static inline int lease_dead(const struct gf_lease *l, uint64_t id)
+{
+    return ld_acq(&l->dead_tag) == (uint32_t)id;
+}
+
+/* Alive: ours, not yet seen expired, and expiring after now. The first caller
+ * that sees it expired tags it dead, so a clock stepped back afterwards (here
+ * or in another process) cannot bring it back. */
+int gf_lease_alive(struct gf_lease *l, uint64_t id, int64_t now_ns)
+{
+    if (ld_acq(&l->id) != id || lease_dead(l, id))
+        return 0;
+    if (ld_acq(&l->expires_ns) > now_ns)
+        return 1;
+    st_rel(&l->dead_tag, (uint32_t)id);
+    return 0;
+}
+
+/* Durability: flush [p, p+len) of the mapping to the file before returning. */
+int gf_dsync(gf_fabric *f, const void *p, uint64_t len)
+{
+    uintptr_t start = (uintptr_t)p & ~(uintptr_t)(GF_PAGE - 1);
+    uintptr_t end = (uintptr_t)p + len;
+    if (start < (uintptr_t)f->base)
+        start = (uintptr_t)f->base;
+    if (end > (uintptr_t)f->base + f->size)
+        end = (uintptr_t)f->base + f->size;
+    if (end <= start)
+        return GF_OK;
+    faa(&f->syncs, 1);
+    if (msync((void *)start, end - start, MS_SYNC) < 0)
+        return fail_errno("msync");
+    return GF_OK;
+}
+
+int gf_fabric_set_durable(gf_fabric *f, uint32_t on)
+{
+    if (on && fsync(f->fd) < 0)     /* the file's size and what is in it so far */
+        return fail_errno("fsync");
+    f->durable = on != 0;
+    return GF_OK;
 }
 
 static void punch(gf_fabric *f, uint64_t off, uint64_t len)
@@ -429,7 +479,8 @@ static void punch(gf_fabric *f, uint64_t off, uint64_t len)
 
 static void lease_free(gf_fabric *f, struct gf_lease *l)
 {
-    uint64_t off = l->offset, size = l->size;
+    uint64_t off, size;
+    lease_region(l, &off, &size);
     /* dead to readers first, then the memory goes */
     st_rel(&l->expires_ns, 0);
     st_rel(&l->id, 0);
@@ -437,17 +488,20 @@ static void lease_free(gf_fabric *f, struct gf_lease *l)
         punch(f, off, size);
 }
 
+/* off and size are the caller's checked copies of the entry's region */
 static void fill_info(const gf_fabric *f, uint32_t i, const struct gf_lease *l, uint64_t id,
-                      gf_lease_info *out)
+                      uint64_t off, uint64_t size, gf_lease_info *out)
 {
     out->index = i;
     out->id = id;
     out->generation = l->generation;
-    out->offset = l->offset;
-    out->size = l->size;
+    out->offset = off;
+    out->size = size;
     out->expires_ns = ld_acq(&l->expires_ns);
     out->created_ns = l->created_ns;
     out->owner_tag = l->owner_tag;
+    out->dead = (uint32_t)lease_dead(l, id);
+    out->reserved = 0;
     (void)f;
 }
 
@@ -458,8 +512,11 @@ int64_t gf_reap(gf_fabric *f, int64_t now_ns, uint64_t *bytes_out)
     uint64_t bytes = 0;
     for (uint32_t i = 0; i < f->lease_slots; i++) {
         struct gf_lease *l = &f->leases[i];
-        if (ld_acq(&l->id) != 0 && ld_acq(&l->expires_ns) <= now_ns) {
-            bytes += lease_bounds_ok(f, l->offset, l->size) ? l->size : 0;
+        uint64_t id = ld_acq(&l->id);
+        if (id != 0 && (ld_acq(&l->expires_ns) <= now_ns || lease_dead(l, id))) {
+            uint64_t off, size;
+            lease_region(l, &off, &size);
+            bytes += lease_bounds_ok(f, off, size) ? size : 0;
             lease_free(f, l);
             n++;
         }
@@ -500,15 +557,17 @@ int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t o
                 free_idx = i;
             continue;
         }
-        if (!lease_bounds_ok(f, l->offset, l->size)) {
+        uint64_t loff, lsize;
+        lease_region(l, &loff, &lsize);
+        if (!lease_bounds_ok(f, loff, lsize)) {
             /* a damaged entry cannot be used by anyone (readers check the same bounds) */
             st_rel(&l->id, 0);
             if (free_idx == UINT32_MAX)
                 free_idx = i;
             continue;
         }
-        sp[ns].off = l->offset;
-        sp[ns].end = l->offset + l->size;
+        sp[ns].off = loff;
+        sp[ns].end = loff + lsize;
         ns++;
     }
     if (free_idx == UINT32_MAX) {
@@ -537,14 +596,19 @@ int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t o
     l->owner_tag = owner_tag;
     l->created_ns = now_ns;
     l->generation++;
+    st_rel(&l->dead_tag, ~(uint32_t)id);   /* whatever tag the last tenant left, not ours */
     st_rel(&l->expires_ns, expires_ns);
     st_rel(&l->id, id);
-    fill_info(f, free_idx, l, id, out);
+    fill_info(f, free_idx, l, id, at, need, out);
     faa(&f->hdr->meta_epoch, 1);
+    if (f->durable)
+        return gf_dsync(f, f->hdr, GF_HDR_SIZE) < 0 ? GF_E_IO : gf_dsync(f, l, sizeof *l);
     return GF_OK;
 }
 
-static struct gf_lease *lease_at(gf_fabric *f, uint32_t index, uint64_t id, int *rc)
+/* The entry (index, id), with its region copied to *off, *size and checked. */
+static struct gf_lease *lease_at(gf_fabric *f, uint32_t index, uint64_t id, int *rc,
+                                 uint64_t *off, uint64_t *size)
 {
     if (index >= f->lease_slots || id == 0) {
         *rc = gf_fail(GF_E_NOTFOUND, "lease %u/%llu does not exist", index, (unsigned long long)id);
@@ -556,7 +620,8 @@ static struct gf_lease *lease_at(gf_fabric *f, uint32_t index, uint64_t id, int 
                       (unsigned long long)id);
         return NULL;
     }
-    if (!lease_bounds_ok(f, l->offset, l->size)) {
+    lease_region(l, off, size);
+    if (!lease_bounds_ok(f, *off, *size)) {
         *rc = gf_fail(GF_E_CORRUPT, "lease %llu has a region outside the fabric", (unsigned long long)id);
         return NULL;
     }
@@ -568,24 +633,29 @@ int gf_lease_renew(gf_fabric *f, uint32_t index, uint64_t id, int64_t expires_ns
 {
     REQUIRE_LOCK(f);
     int rc;
-    struct gf_lease *l = lease_at(f, index, id, &rc);
+    uint64_t off, size;
+    struct gf_lease *l = lease_at(f, index, id, &rc, &off, &size);
     if (!l)
         return rc;
     int64_t cur = ld_acq(&l->expires_ns);
-    if (cur <= now_ns)   /* a dead lease stays dead: renewing cannot resurrect it */
-        return gf_fail(GF_E_EXPIRED, "lease %llu expired %.3f s ago and cannot be renewed",
-                       (unsigned long long)id, (double)(now_ns - cur) / 1e9);
+    if (!gf_lease_alive(l, id, now_ns))   /* a dead lease stays dead: renewing cannot resurrect it */
+        return cur <= now_ns
+            ? gf_fail(GF_E_EXPIRED, "lease %llu expired %.3f s ago and cannot be renewed",
+                      (unsigned long long)id, (double)(now_ns - cur) / 1e9)
+            : gf_fail(GF_E_EXPIRED, "lease %llu was seen expired (the clock has gone back since) and cannot be renewed",
+                      (unsigned long long)id);
     if (expires_ns <= now_ns)
         return gf_fail(GF_E_INVAL, "new expiry is not in the future");
     st_rel(&l->expires_ns, expires_ns);
-    return GF_OK;
+    return f->durable ? gf_dsync(f, l, sizeof *l) : GF_OK;
 }
 
 int gf_lease_release(gf_fabric *f, uint32_t index, uint64_t id)
 {
     REQUIRE_LOCK(f);
     int rc;
-    struct gf_lease *l = lease_at(f, index, id, &rc);
+    uint64_t off, size;
+    struct gf_lease *l = lease_at(f, index, id, &rc, &off, &size);
     if (!l)
         return rc;
     lease_free(f, l);
@@ -596,10 +666,11 @@ int gf_lease_release(gf_fabric *f, uint32_t index, uint64_t id)
 int gf_lease_get(gf_fabric *f, uint32_t index, uint64_t id, gf_lease_info *out)
 {
     int rc;
-    struct gf_lease *l = lease_at(f, index, id, &rc);
+    uint64_t off, size;
+    struct gf_lease *l = lease_at(f, index, id, &rc, &off, &size);
     if (!l)
         return rc;
-    fill_info(f, index, l, id, out);
+    fill_info(f, index, l, id, off, size, out);
     if (ld_acq(&l->id) != id)
         return gf_fail(GF_E_EXPIRED, "lease %llu was reclaimed while being read", (unsigned long long)id);
     return GF_OK;
@@ -610,10 +681,11 @@ int gf_lease_list(gf_fabric *f, gf_lease_info *out, uint32_t max, uint32_t *coun
     uint32_t n = 0;
     for (uint32_t i = 0; i < f->lease_slots && n < max; i++) {
         struct gf_lease *l = &f->leases[i];
-        uint64_t id = ld_acq(&l->id);
-        if (id == 0 || !lease_bounds_ok(f, l->offset, l->size))
+        uint64_t id = ld_acq(&l->id), off, size;
+        lease_region(l, &off, &size);
+        if (id == 0 || !lease_bounds_ok(f, off, size))
             continue;
-        fill_info(f, i, l, id, &out[n]);
+        fill_info(f, i, l, id, off, size, &out[n]);
         if (ld_acq(&l->id) == id)
             n++;
     }
@@ -621,20 +693,23 @@ int gf_lease_list(gf_fabric *f, gf_lease_info *out, uint32_t max, uint32_t *coun
     return GF_OK;
 }
 
+/* Checks a lease I/O of [off, off+len) and returns where it starts in the mapping. */
 static int lease_io(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, uint64_t len,
-                    int64_t now_ns, struct gf_lease **lo)
+                    int64_t now_ns, struct gf_lease **lo, uint64_t *at)
 {
     int rc;
-    struct gf_lease *l = lease_at(f, index, id, &rc);
+    uint64_t loff, lsize;
+    struct gf_lease *l = lease_at(f, index, id, &rc, &loff, &lsize);
     if (!l)
         return rc;
-    if (ld_acq(&l->expires_ns) <= now_ns)
+    if (!gf_lease_alive(l, id, now_ns))
         return gf_fail(GF_E_EXPIRED, "lease %llu has expired", (unsigned long long)id);
-    if (off > l->size || len > l->size - off)
+    if (off > lsize || len > lsize - off)
         return gf_fail(GF_E_INVAL, "range [%llu, %llu) is outside the lease's %llu bytes",
                        (unsigned long long)off, (unsigned long long)(off + len),
-                       (unsigned long long)l->size);
+                       (unsigned long long)lsize);
     *lo = l;
+    *at = loff + off;
     return GF_OK;
 }
 
@@ -642,22 +717,23 @@ int gf_lease_write(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, cons
                    uint64_t len, int64_t now_ns)
 {
     struct gf_lease *l = NULL;
-    int rc = lease_io(f, index, id, off, len, now_ns, &l);
+    uint64_t at;
+    int rc = lease_io(f, index, id, off, len, now_ns, &l, &at);
     if (rc < 0)
         return rc;
-    memcpy(f->base + l->offset + off, buf, len);
-    return GF_OK;
+    memcpy(f->base + at, buf, len);
+    return f->durable ? gf_dsync(f, f->base + at, len) : GF_OK;
 }
 
 int gf_lease_read(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, uint8_t *buf,
                   uint64_t len, int64_t now_ns)
 {
     struct gf_lease *l = NULL;
-    int rc = lease_io(f, index, id, off, len, now_ns, &l);
+    uint64_t at;
+    int rc = lease_io(f, index, id, off, len, now_ns, &l, &at);
     if (rc < 0)
         return rc;
-    uint64_t base_off = l->offset;
-    memcpy(buf, f->base + base_off + off, len);
+    memcpy(buf, f->base + at, len);
     if (!gf_lease_alive(l, id, now_ns))
         return gf_fail(GF_E_EXPIRED, "lease %llu was reclaimed during the read", (unsigned long long)id);
     return GF_OK;
@@ -716,13 +792,14 @@ int gf_meta_get(gf_fabric *f, const char *key, uint32_t klen, uint8_t *val, uint
     int64_t i = meta_find(f, key, klen, h, &found);
     if (!found)
         return GF_E_NOTFOUND;
-    struct gf_meta_entry *e = &f->meta[i];
-    if (entry_crc(e) != e->crc)
+    struct gf_meta_entry e;    /* a copy: a writer that ignores the lock cannot change it under the checks */
+    memcpy(&e, &f->meta[i], sizeof e);
+    if (!entry_sane(&e) || entry_crc(&e) != e.crc)
         return gf_fail(GF_E_CORRUPT, "metadata entry %.*s failed its checksum", (int)klen, key);
-    if (e->val_len > cap)
-        return gf_fail(GF_E_BUFFER, "metadata value of %u bytes does not fit a %u-byte buffer", e->val_len, cap);
-    memcpy(val, e->val, e->val_len);
-    *vlen = e->val_len;
+    if (e.val_len > cap)
+        return gf_fail(GF_E_BUFFER, "metadata value of %u bytes does not fit a %u-byte buffer", e.val_len, cap);
+    memcpy(val, e.val, e.val_len);
+    *vlen = e.val_len;
     return GF_OK;
 }
 
@@ -745,7 +822,7 @@ int gf_meta_put(gf_fabric *f, const char *key, uint32_t klen, const uint8_t *val
     e->crc = entry_crc(e);
     e->state = GF_META_USED;
     faa(&f->hdr->meta_epoch, 1);
-    return GF_OK;
+    return f->durable ? gf_dsync(f, e, sizeof *e) : GF_OK;
 }
 
 int gf_meta_del(gf_fabric *f, const char *key, uint32_t klen)
@@ -760,22 +837,27 @@ int gf_meta_del(gf_fabric *f, const char *key, uint32_t klen)
         return GF_E_NOTFOUND;
     f->meta[i].state = GF_META_TOMB;
     faa(&f->hdr->meta_epoch, 1);
-    return GF_OK;
+    return f->durable ? gf_dsync(f, &f->meta[i], sizeof f->meta[i]) : GF_OK;
 }
 
 int gf_meta_next(gf_fabric *f, uint32_t *cursor, const char *prefix, uint32_t plen,
                  uint8_t *key, uint32_t *klen, uint8_t *val, uint32_t *vlen)
 {
     REQUIRE_LOCK(f);
+    if (plen > GF_META_KEY_MAX)
+        return gf_fail(GF_E_INVAL, "metadata prefix of %u bytes (at most %d)", plen, GF_META_KEY_MAX);
     for (uint32_t i = *cursor; i < f->meta_slots; i++) {
-        struct gf_meta_entry *e = &f->meta[i];
-        if (e->state != GF_META_USED || !entry_sane(e) || e->key_len < plen ||
-            memcmp(e->key, prefix, plen) != 0 || entry_crc(e) != e->crc)
+        if (f->meta[i].state != GF_META_USED)
             continue;
-        memcpy(key, e->key, e->key_len);
-        *klen = e->key_len;
-        memcpy(val, e->val, e->val_len);
-        *vlen = e->val_len;
+        struct gf_meta_entry e;    /* check and copy out the same bytes */
+        memcpy(&e, &f->meta[i], sizeof e);
+        if (e.state != GF_META_USED || !entry_sane(&e) || e.key_len < plen ||
+            memcmp(e.key, prefix, plen) != 0 || entry_crc(&e) != e.crc)
+            continue;
+        memcpy(key, e.key, e.key_len);
+        *klen = e.key_len;
+        memcpy(val, e.val, e.val_len);
+        *vlen = e.val_len;
         *cursor = i + 1;
         return 1;
     }
@@ -790,15 +872,18 @@ uint64_t gf_meta_epoch(gf_fabric *f) { return ld_acq(&f->hdr->meta_epoch); }
 static void repair(gf_fabric *f)
 {
     for (uint32_t i = 0; i < f->meta_slots; i++) {
-        struct gf_meta_entry *e = &f->meta[i];
-        if (e->state == GF_META_EMPTY || e->state == GF_META_TOMB)
+        struct gf_meta_entry e;
+        memcpy(&e, &f->meta[i], sizeof e);
+        if (e.state == GF_META_EMPTY || e.state == GF_META_TOMB)
             continue;
-        if (e->state != GF_META_USED || !entry_sane(e) || entry_crc(e) != e->crc)
-            e->state = GF_META_TOMB;
+        if (e.state != GF_META_USED || !entry_sane(&e) || entry_crc(&e) != e.crc)
+            f->meta[i].state = GF_META_TOMB;
     }
     for (uint32_t i = 0; i < f->lease_slots; i++) {
         struct gf_lease *l = &f->leases[i];
-        if (ld_acq(&l->id) != 0 && !lease_bounds_ok(f, l->offset, l->size))
+        uint64_t off, size;
+        lease_region(l, &off, &size);
+        if (ld_acq(&l->id) != 0 && !lease_bounds_ok(f, off, size))
             st_rel(&l->id, 0);
     }
     faa(&f->hdr->meta_epoch, 1);
@@ -818,11 +903,15 @@ int gf_fabric_info_get(gf_fabric *f, gf_fabric_info *out)
     out->lock_recoveries = ld_acq(&f->hdr->lock_recoveries);
     out->meta_epoch = ld_acq(&f->hdr->meta_epoch);
     out->stall_ns = f->stall_ns;
+    out->syncs = ld_acq(&f->syncs);
+    out->durable = (uint32_t)f->durable;
     for (uint32_t i = 0; i < f->lease_slots; i++) {
         struct gf_lease *l = &f->leases[i];
-        if (ld_acq(&l->id) != 0 && lease_bounds_ok(f, l->offset, l->size)) {
+        uint64_t off, size;
+        lease_region(l, &off, &size);
+        if (ld_acq(&l->id) != 0 && lease_bounds_ok(f, off, size)) {
             out->leases_live++;
-            out->bytes_leased += l->size;
+            out->bytes_leased += size;
         }
     }
     out->blocks = fstat(f->fd, &st) == 0 ? (int64_t)st.st_blocks : -1;

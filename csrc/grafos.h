@@ -57,6 +57,9 @@ typedef struct {
     uint64_t bytes_leased;
     int64_t blocks;           /* st_blocks of the backing file (512-byte units) */
     int64_t stall_ns;
+    uint64_t syncs;           /* msync calls this handle made for durability */
+    uint32_t durable;         /* this handle flushes acknowledged writes (gf_fabric_set_durable) */
+    uint32_t reserved;
 } gf_fabric_info;
 
 typedef struct {
@@ -68,6 +71,8 @@ typedef struct {
     int64_t expires_ns;
     int64_t created_ns;
     uint64_t owner_tag;
+    uint32_t dead;            /* someone saw it expired: dead whatever the clock says now */
+    uint32_t reserved;
 } gf_lease_info;
 
 /* One message in a read batch; the bytes are at buf[pos..pos+key_len+hdr_len+val_len):
@@ -119,6 +124,9 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
 void gf_fabric_close(gf_fabric *f);
 int gf_fabric_info_get(gf_fabric *f, gf_fabric_info *out);
 void gf_fabric_set_stall(gf_fabric *f, int64_t stall_ns);
+/* Durable commits (file fabrics): appends and metadata changes are msync'ed
+ * (MS_SYNC) before the call returns. Process-local; off by default. */
+int gf_fabric_set_durable(gf_fabric *f, uint32_t on);
 
 /* Metadata lock: robust against a dead holder. */
 int gf_lock(gf_fabric *f, int64_t timeout_ns);

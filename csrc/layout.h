@@ -64,7 +64,7 @@ _Static_assert(offsetof(struct gf_fabric_hdr, wait_until) == 200, "wait_until");
 _Static_assert(sizeof(struct gf_fabric_hdr) == 256, "fabric hdr");
 
 /* ---- lease table entry --------------------------------------------------
- * id == 0 means free. A lease is alive while expires_ns > now; readers test
+ * id == 0 means free. A lease is alive while expires_ns > now and dead_tag != (uint32_t)id; readers test
  * that without the lock, so the pair (id, expires_ns) is what they trust,
  * and ids are never reused within a fabric (ABA-free). */
 struct gf_lease {
@@ -75,7 +75,12 @@ struct gf_lease {
     uint64_t owner_tag;         /* 32 */
     int64_t created_ns;         /* 40 */
     uint32_t generation;        /* 48: times this entry was reused */
-    uint32_t pad;
+    /* 52: low 32 bits of the id of a lease that someone saw expired. Expiry is
+     * decided once, by the first read, append, renewal or reap that sees
+     * expires_ns <= now; from then on the lease is dead whatever a later clock
+     * reading says (a clock stepped back never resurrects it). Tagged with the
+     * id, so a late store by a slow observer cannot kill the entry's next tenant. */
+    _Atomic uint32_t dead_tag;
     uint64_t pad2;
 };
 _Static_assert(sizeof(struct gf_lease) == 64, "lease entry");

@@ -224,9 +224,28 @@ static inline int check_alive(const gf_ring *r, int64_t now)
 static inline int64_t claim(gf_ring *r, uint64_t count)
 {
     uint64_t n = faa(&r->hdr->tail, count);
-    if (__builtin_expect(n >= MAX_OFFSET, 0))
+    if (__builtin_expect(n >= MAX_OFFSET || count > MAX_OFFSET - n, 0))
         return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)n);
     return (int64_t)n;
+}
+
+/* Durable commits: flush the slots of offsets [first, first+count) and the
+ * ring header (the tail) before the append is acknowledged. */
+static int ring_sync(gf_ring *r, uint64_t first, uint64_t count)
+{
+    gf_fabric *f = r->f;
+    uint64_t cap = r->capacity, i = first % cap, n1 = count;
+    int rc;
+    if (count >= cap)
+        rc = gf_dsync(f, r->slots, cap * r->stride);
+    else {
+        if (i + n1 > cap)
+            n1 = cap - i;
+        rc = gf_dsync(f, r->slots + i * r->stride, n1 * r->stride);
+        if (rc == GF_OK && n1 < count)
+            rc = gf_dsync(f, r->slots, (count - n1) * r->stride);
+    }
+    return rc < 0 ? rc : gf_dsync(f, r->hdr, GF_RING_HDR_SIZE);
 }
 
 static int64_t append_one(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
@@ -242,6 +261,8 @@ static int64_t append_one(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_
     rc = slot_publish(r, (uint64_t)n, key, klen, has_key ? GF_MSG_HAS_KEY : 0u, key_hash, hdrs, hlen,
                       val, vlen, ts);
     wake_readers(r->f);
+    if (__builtin_expect(r->f->durable, 0) && rc == GF_OK)
+        rc = ring_sync(r, (uint64_t)n, 1);
     return rc < 0 ? rc : n;
 }
 
@@ -322,6 +343,8 @@ int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
         vp += vl;
     }
     wake_readers(r->f);
+    if (__builtin_expect(r->f->durable, 0) && (rc = ring_sync(r, (uint64_t)first, count)) < 0)
+        return rc;
     if (abandoned)
         return gf_fail(GF_E_ABANDONED, "%u of %u batch messages were reclaimed by readers after the bounded wait",
                        abandoned, count);
@@ -372,6 +395,21 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
         vp += vl;
     }
     wake_readers(rings[0]->f);
+    if (__builtin_expect(rings[0]->f->durable, 0)) {
+        /* each touched ring once: msync writes back only the dirty pages of the range */
+        uint8_t *touched = calloc(n, 1);
+        if (!touched)
+            return gf_fail(GF_E_FULL, "out of memory");
+        int rc = GF_OK;
+        for (uint32_t i = 0; i < count; i++)
+            touched[out_parts[i]] = 1;
+        for (uint32_t p = 0; p < n && rc == GF_OK; p++)
+            if (touched[p])
+                rc = ring_sync(rings[p], 0, rings[p]->capacity);
+        free(touched);
+        if (rc < 0)
+            return rc;
+    }
     if (abandoned)
         return gf_fail(GF_E_ABANDONED, "%u of %u batch messages were reclaimed by readers after the bounded wait",
                        abandoned, count);

@@ -23,12 +23,13 @@ from . import _validate
 from ._check import check, raise_for
 from ._clock import now_ns, to_ns
 from ._native import ffi, lib
-from .errors import InvalidArgument, LeaseExpired, NotFound
+from .errors import FabricIOError, InvalidArgument, LeaseExpired, NotFound
 
 DEFAULT_SIZE = 256 << 20          #: default arena size: sparse, untouched pages cost nothing
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "grafos."
 LOCK_TIMEOUT = 5.0                #: seconds to wait for the metadata lock held by a live process
+DURABILITY = ("none", "fsync")    #: values of Fabric.open(durability=)
 _MAX_INT = 1 << 62                # sizes and offsets past this are out of range (and past what C takes)
 
 
@@ -53,6 +54,8 @@ class FabricInfo:
     bytes_leased: int
     blocks: int           #: st_blocks of the backing file, in 512-byte units
     bounded_wait: float   #: seconds a reader waits on an unfinished slot before skipping it
+    durable: bool = False  #: this handle flushes acknowledged writes (durability="fsync")
+    syncs: int = 0         #: msync calls this handle made for durability
 
 
 class Fabric:
@@ -65,13 +68,23 @@ class Fabric:
     @classmethod
     def open(cls, name: str | None = None, *, path: str | None = None, size: int | None = None,
              mode: int = 0o600, create: bool = True, exclusive: bool = False,
-             trust_any: bool = False, lease_slots: int = 0, meta_slots: int = 0) -> "Fabric":
+             trust_any: bool = False, lease_slots: int = 0, meta_slots: int = 0,
+             durability: str = "none") -> "Fabric":
         """Create or attach to a named or file-backed fabric.
 
         ``size`` (bytes) is needed only to create it. ``create=False`` only
         attaches; ``exclusive=True`` only creates. A fabric owned by another
         user or writable by others is refused unless ``trust_any=True``.
+        ``durability="fsync"`` (file fabrics only) flushes every acknowledged
+        append and metadata change (committed offsets, topics, leases) to the
+        file before the call returns, so it survives a machine crash, not just
+        a killed process; it is per handle (docs/hardening.md).
         """
+        if durability not in DURABILITY:
+            raise InvalidArgument(f"durability must be one of {DURABILITY}, got {durability!r}")
+        if durability != "none" and path is None:
+            raise InvalidArgument("durability='fsync' needs a file fabric (path=...); a named fabric "
+                                  "lives in /dev/shm, which is memory")
         if (name is None) == (path is None):
             raise InvalidArgument("give exactly one of name= or path=")
         if name is not None:
@@ -92,7 +105,26 @@ class Fabric:
             flags |= lib.GF_OPEN_TRUST_ANY
         self = cls.__new__(cls)
         self._setup(fpath, size or 0, mode, flags, lease_slots, meta_slots, kind, name)
+        if durability == "fsync":
+            self._make_durable()
         return self
+
+    def _make_durable(self) -> None:
+        """Flush what is there now (and the file's directory entry), then every change."""
+        try:
+            check(lib.gf_fabric_set_durable(self._h, 1), f"fabric {self.path!r}")
+            dfd = os.open(os.path.dirname(os.path.abspath(self.path)) or ".", os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as e:
+            self.close()
+            raise FabricIOError(f"fabric {self.path!r}: cannot make it durable: {e}") from None
+        except BaseException:
+            self.close()
+            raise
+        self.durability = "fsync"
 
     @staticmethod
     def unlink(name: str) -> bool:
@@ -125,6 +157,9 @@ class Fabric:
         self._tlock = threading.RLock()
         self._depth = 0
         self._closed = False
+        self.durability = "none"
+        #: default seconds :meth:`locked` waits for a live holder (lower it to bound every call)
+        self.lock_timeout = LOCK_TIMEOUT
 
     # ---- lifecycle ----------------------------------------------------------
     def close(self) -> None:
@@ -159,7 +194,7 @@ class Fabric:
         return FabricInfo(self.kind, self.name, self.path, out.total_size, out.data_size,
                           out.lease_slots, out.meta_slots, out.version, bool(out.created),
                           out.lock_recoveries, out.leases_live, out.bytes_leased, out.blocks,
-                          out.stall_ns / 1e9)
+                          out.stall_ns / 1e9, bool(out.durable), out.syncs)
 
     @property
     def blocks(self) -> int:
@@ -172,8 +207,11 @@ class Fabric:
 
     # ---- the metadata lock ------------------------------------------------
     @contextmanager
-    def locked(self, timeout: float = LOCK_TIMEOUT) -> Iterator["Fabric"]:
-        """Hold the process-shared metadata lock (re-entrant within a process)."""
+    def locked(self, timeout: float | None = None) -> Iterator["Fabric"]:
+        """Hold the process-shared metadata lock (re-entrant within a process).
+        ``timeout`` defaults to :attr:`lock_timeout` seconds."""
+        if timeout is None:
+            timeout = self.lock_timeout
         with self._tlock:
             if self._depth == 0:
                 check(lib.gf_lock(self.handle, to_ns(timeout, "timeout")))
@@ -324,18 +362,23 @@ class MemLease:
             return 0.0
 
     def expired(self, now: float | None = None) -> bool:
+        """True once ``now`` reaches the expiry, or once any read, append, renewal
+        or reap has seen the lease expired (whatever ``now`` says afterwards)."""
         try:
-            return self.info().expires_ns <= now_ns(now)
+            info = self.info()
         except (LeaseExpired, NotFound):
             return True
+        return bool(info.dead) or info.expires_ns <= now_ns(now)
 
     def ttl_remaining(self, now: float | None = None) -> float:
         """Seconds until expiry; 0.0 if expired or gone."""
         try:
-            left = self.info().expires_ns - now_ns(now)
+            info = self.info()
         except (LeaseExpired, NotFound):
             return 0.0
-        return max(0.0, left / 1e9)
+        if info.dead:
+            return 0.0
+        return max(0.0, (info.expires_ns - now_ns(now)) / 1e9)
 
     def renew(self, expires_at: float | None = None, *, ttl: float | None = None,
               now: float | None = None) -> None:
