@@ -365,3 +365,47 @@ def test_two_groups_in_different_processes_should_each_see_every_message(bus, pr
                                extra_groups={"audit": ["a0"]})
     check_consumed(produced, logs["billing"])
     check_consumed(produced, logs["audit"])
+
+
+# ---- the example pair ------------------------------------------------------------------------
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+
+
+def test_example_producer_service_and_workers_should_run_side_by_side(shm_name, tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    from grafos.mq.offset import FabricOffsetStore
+
+    def spawn(script: str, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, os.path.join(EXAMPLES, script), shm_name, *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    count = 30
+    workers = [spawn("worker.py", "--member", m, "--stale", "5") for m in ("w1", "w2")]
+    try:
+        prod = spawn("producer_service.py", "--count", str(count), "--rate", "100", "--partitions", "4")
+        out, _ = prod.communicate(timeout=120)
+        assert prod.returncode == 0, out
+        assert f"stopped after {count} orders" in out
+        sent = set(int(n) for n in re.findall(r"sent order\s+(\d+)", out))
+        assert sent == set(range(count))
+        with TopicManager.open(shm_name, create=False) as mgr:
+            store = FabricOffsetStore(mgr)
+            wait_until(lambda: sum(store.committed("workers", "orders", p) or 0 for p in range(4)) == count,
+                       "the workers to commit every order", 60)
+        outs = []
+        for w in workers:
+            w.send_signal(signal.SIGINT)               # Ctrl-C
+            o, _ = w.communicate(timeout=60)
+            assert w.returncode == 0, o
+            assert "left the group" in o
+            outs.append(o)
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    got = [int(n) for o in outs for n in re.findall(r"order\s+(\d+) for", o)]
+    assert sorted(got) == list(range(count))           # each order processed once, by one of them
