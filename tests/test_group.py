@@ -344,3 +344,20 @@ def test_should_handle_names_too_long_for_literal_fabric_keys(shm_name):
         assert {k for k in store.items()} == {(group, topic, p) for p in mine}
     finally:
         mgr.close()
+
+
+def test_should_commit_through_a_fabric_store_on_another_attachment_of_the_bus(shm_name):
+    """The group holds its bus's lock while it commits; a FabricOffsetStore opened on
+    a second attachment of the same bus in this process must not wait on it."""
+    one = make_mgr("named", shm_name)
+    two = TopicManager.open(shm_name)
+    try:
+        one.create("events", TopicConfig(num_partitions=2, partition_capacity=16, partition_stride=128))
+        g = ConsumerGroup("processors", "events", 2, STALE, mgr=one)
+        store = FabricOffsetStore(two)
+        g.claim("a", now=T0)
+        assert g.commit(store, "a", "events", {0: 0, 1: 0}) == {0: 0, 1: 0}
+        assert store.items() == {("processors", "events", 0): 0, ("processors", "events", 1): 0}
+    finally:
+        two.close()
+        one.close()

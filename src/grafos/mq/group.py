@@ -222,6 +222,18 @@ def _unpack_cfg(key: str, raw: bytes) -> GroupConfig:
     return GroupConfig(name, topic, n, stale)
 
 
+def _same_bus_store(store: OffsetStore, fabric: "Fabric") -> OffsetStore:
+    """A FabricOffsetStore over another attachment of the group's own bus would take
+    the bus's lock a second time from this process while the group holds it
+    (the lock is re-entrant per attachment only): use the group's attachment."""
+    from .offset import FabricOffsetStore
+    other = getattr(store, "fabric", None)
+    if isinstance(store, FabricOffsetStore) and other is not fabric and other is not None and \
+            (other.path or None) is not None and other.path == fabric.path:
+        return FabricOffsetStore(fabric)
+    return store
+
+
 def list_groups(mgr: "TopicManager") -> list[GroupConfig]:
     """Every fabric-backed group on the bus (for tools that look into a live bus)."""
     out = []
@@ -270,7 +282,7 @@ class ConsumerGroup:
         self.num_partitions = _validate.integer(num_partitions, "num_partitions", 1, MAX_PARTITIONS)
         self.stale_threshold_secs = _validate.number(stale_threshold_secs, "stale_threshold_secs", 0,
                                                      lo_open=True)
-        self._stale_ns = int(self.stale_threshold_secs * 1e9)
+        self._stale_ns = max(1, int(self.stale_threshold_secs * 1e9))   # > 0: a member is live at its own heartbeat
         self.mgr = mgr
         # epochs this object handed to each member: member -> {partition: epoch}
         self._epochs: dict[str, dict[int, int]] = {}
@@ -453,6 +465,8 @@ class ConsumerGroup:
         with self._elock:
             known = dict(self._epochs.get(member, {}))
         st = self._state
+        if isinstance(st, _FabricState):
+            store = _same_bus_store(store, st.fabric)
         with st.locked():
             claims = st.claims()
             ok, fenced = {}, []
