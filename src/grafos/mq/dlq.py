@@ -93,7 +93,8 @@ class _FabricCounts:
         return _COUNT.unpack(raw)[0]
 
     def put(self, p: int, off: int, n: int) -> None:
-        self.fabric.meta_put(self._key(p, off), _COUNT.pack(n))
+        # saturate: a count read back from a damaged fabric may already be at the top
+        self.fabric.meta_put(self._key(p, off), _COUNT.pack(min(n, 0xFFFFFFFF)))
 
     def delete(self, p: int, off: int) -> bool:
         return self.fabric.meta_del(self._key(p, off))

@@ -217,7 +217,8 @@ class TopicManager:
             for i in range(cfg.num_partitions):
                 ref = fab.meta_get(_key("p", name, i))
                 if ref is not None:
-                    idx, _, lid = _PREF.unpack(ref)
+                    # a damaged ref (not our size) names no lease: (0, 0) is refused as NotFound
+                    idx, _, lid = _PREF.unpack(ref) if len(ref) == _PREF.size else (0, 0, 0)
                     lease = MemLease(fab, idx, lid)
                     try:
                         lease.release()
@@ -242,7 +243,7 @@ class TopicManager:
                 ref = fab.meta_get(_key("p", name, i))
                 alive = False
                 if ref is not None:
-                    idx, _, lid = _PREF.unpack(ref)
+                    idx, _, lid = _PREF.unpack(ref) if len(ref) == _PREF.size else (0, 0, 0)
                     alive = not MemLease(fab, idx, lid).expired(now)
                 if not alive:
                     p = Partition.create(fab, cfg.partition_capacity, cfg.partition_stride,
