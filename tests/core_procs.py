@@ -45,10 +45,13 @@ def attach(name: str, index: int, lease_id: int) -> tuple[Fabric, Partition]:
 SEQ = struct.Struct("<BI")   # producer id, sequence number
 
 
-def produce_numbered(name: str, index: int, lease_id: int, pid: int, count: int, go, seed: int) -> None:
+def produce_numbered(name: str, index: int, lease_id: int, pid: int, count: int, go, seed: int,
+                     bounded_wait: float | None = None) -> None:
     """Append `count` sealed messages (producer id, seq, filler), mixing single
     appends and batches, starting when `go` is set."""
     fab, part = attach(name, index, lease_id)
+    if bounded_wait:
+        fab.set_bounded_wait(bounded_wait)
     rnd = random.Random(seed)
     room = part.room - _DIGEST - SEQ.size
     go.wait(60)
