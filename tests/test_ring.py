@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from grafos import Fabric
-from grafos._native import lib
+from grafos._native import ffi, lib
 from grafos.errors import MessageTooLarge
 from grafos.partition import Partition
 from grafos.reader import Reader
@@ -203,3 +203,19 @@ def test_keyed_batches_store_the_key_hash(fab):
     batch = part.reader(0).poll_batch(10)
     hashes = [int(h) for h in batch.meta["key_hash"]]
     assert hashes == [lib.gf_murmur2(k, len(k)) for k in keys + [b"a-little-bit-long-string"]]
+
+
+def test_malformed_headers_cost_that_message_only_not_the_whole_poll(fab):
+    # the core checksums headers but does not parse them: a writer using the raw C
+    # API (another language, a bug) can publish bytes that are not our encoding
+    parts = [Partition.create(fab, 8, 128, ttl=600) for _ in range(2)]
+    parts[0].append(b"a0")
+    parts[1].append(b"b0")
+    assert lib.gf_ring_append(parts[1].handle, ffi.NULL, 0, 0, b"\xff\xff\x01", 3, b"bad", 3, 0) == 1
+    parts[1].append(b"b2", headers={"h": b"v"})
+    parts[0].append(b"a1")
+    rd = Reader(fab, parts)
+    got = rd.poll(100)
+    assert sorted((p, m.value) for p, m in got) == [(0, b"a0"), (0, b"a1"), (1, b"b0"), (1, b"b2")]
+    assert [m.headers for p, m in got if m.value == b"b2"] == [(("h", b"v"),)]
+    assert rd.counters(1)["corrupt"] == 1 and rd.counters(0)["corrupt"] == 0

@@ -14,7 +14,7 @@ from . import _validate
 from ._check import raise_for
 from ._clock import now_ns
 from ._native import ffi, lib
-from .errors import InvalidArgument, InvalidType
+from .errors import CorruptFabric, InvalidArgument, InvalidType
 from .fabric import Fabric
 from .message import Message, decode_headers
 
@@ -236,7 +236,25 @@ class Reader:
         n = self.poll_raw(max_messages, timeout, now, spin)
         if n == 0:
             return []
-        return _decode(self._metabuf[0:n * _META.size], self._bytes[0:self._used(n)], self._map)
+        data = self._bytes[0:self._used(n)]
+        try:
+            return _decode(self._metabuf[0:n * _META.size], data, self._map)
+        except CorruptFabric:
+            # the cursors have moved past all n: raising would lose the good ones too
+            return self._decode_each(n, data)
+
+    def _decode_each(self, n: int, data: bytes) -> list[tuple[int, Message]]:
+        """Decode one message at a time, dropping (and counting as corrupt) those
+        whose headers do not parse: a checksum only proves they are what was written."""
+        out: list[tuple[int, Message]] = []
+        size = _META.size
+        for i in range(n):
+            row = self._metabuf[i * size:(i + 1) * size]
+            try:
+                out += _decode(row, data, self._map)
+            except CorruptFabric:
+                self._cursors[_META.unpack(row)[8]].corrupt += 1
+        return out
 
     def poll_batch(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
                    spin: float = 0.0) -> Batch:
