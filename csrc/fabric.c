@@ -404,6 +404,20 @@ int gf_unlock(gf_fabric *f)
     return GF_OK;
 }
 
+int gf_lock_join(gf_fabric *f)
+{
+    if (ld_acq(&f->hdr->lock) != (uint32_t)getpid())
+        return gf_fail(GF_E_NOLOCK, "no handle of this process holds the metadata lock");
+    f->held = 1;
+    return GF_OK;
+}
+
+int gf_lock_leave(gf_fabric *f)
+{
+    f->held = 0;
+    return GF_OK;
+}
+
 int gf_lock_held(gf_fabric *f) { return f->held && ld_acq(&f->hdr->lock) == (uint32_t)getpid(); }
 
 #define REQUIRE_LOCK(f) \

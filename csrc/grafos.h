@@ -132,6 +132,10 @@ int gf_fabric_set_durable(gf_fabric *f, uint32_t on);
 int gf_lock(gf_fabric *f, int64_t timeout_ns);
 int gf_unlock(gf_fabric *f);
 int gf_lock_held(gf_fabric *f);
+/* Another handle of this process holds the lock for the calling thread: let this
+ * handle use it too (the Python layer serialises threads per file). */
+int gf_lock_join(gf_fabric *f);
+int gf_lock_leave(gf_fabric *f);
 
 /* Leases (mutators need the lock) */
 int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t owner_tag,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -154,8 +155,8 @@ class Fabric:
         self.kind = kind
         self.name = name
         self.path = path
-        self._tlock = threading.RLock()
-        self._depth = 0
+        self._flock = _file_lock(path, self)
+        self._join_depth = 0
         self._closed = False
         self.durability = "none"
         #: default seconds :meth:`locked` waits for a live holder (lower it to bound every call)
@@ -212,15 +213,28 @@ class Fabric:
         ``timeout`` defaults to :attr:`lock_timeout` seconds."""
         if timeout is None:
             timeout = self.lock_timeout
-        with self._tlock:
-            if self._depth == 0:
+        fl = self._flock
+        with fl.rlock:        # one thread of this process at a time, whichever handle it uses
+            first = fl.depth == 0
+            if first:
                 check(lib.gf_lock(self.handle, to_ns(timeout, "timeout")))
-            self._depth += 1
+                fl.owner = self
+            guest = fl.owner is not self   # nested through another handle of the same file
+            if guest:
+                if self._join_depth == 0:
+                    check(lib.gf_lock_join(self.handle))
+                self._join_depth += 1
+            fl.depth += 1
             try:
                 yield self
             finally:
-                self._depth -= 1
-                if self._depth == 0:
+                fl.depth -= 1
+                if guest:
+                    self._join_depth -= 1
+                    if self._join_depth == 0:
+                        lib.gf_lock_leave(self._h)
+                if first:
+                    fl.owner = None
                     lib.gf_unlock(self._h)
 
     # ---- leases -------------------------------------------------------------
@@ -307,6 +321,39 @@ def _meta_key(key: str, what: str = "metadata key") -> bytes:
     if not isinstance(key, str):
         raise _validate.InvalidType(f"{what} must be a str, not {type(key).__name__}")
     return key.encode()
+
+
+class _FileLock:
+    """The metadata lock's in-process side for one fabric file: every handle of
+    this process on that file shares it, so two attachments of one bus neither
+    deadlock each other nor race inside the process."""
+
+    __slots__ = ("rlock", "depth", "owner", "__weakref__")
+
+    def __init__(self) -> None:
+        self.rlock = threading.RLock()
+        self.depth = 0
+        self.owner: Fabric | None = None
+
+
+_FILE_LOCKS: "weakref.WeakValueDictionary[tuple, _FileLock]" = weakref.WeakValueDictionary()
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(path: str | None, fabric: "Fabric") -> _FileLock:
+    if path is None:
+        return _FileLock()           # in-process: nobody else can open this memfd by name
+    try:
+        st = os.stat(path)
+        key: tuple = (st.st_dev, st.st_ino)
+    except OSError:
+        key = ("path", os.path.realpath(path))
+    with _FILE_LOCKS_GUARD:
+        fl = _FILE_LOCKS.get(key)
+        if fl is None:
+            fl = _FileLock()
+            _FILE_LOCKS[key] = fl
+        return fl
 
 
 def _expiry(t: int, ttl: float | None, expires_at: float | None) -> int:

@@ -143,7 +143,9 @@ class Consumer:
                 off = latest
             else:
                 c = store.committed(self.group, self.topic, p)  # type: ignore[union-attr]
-                off = earliest if c is None else min(c, latest)
+                # A commit beyond the end predates a restart (offsets began again
+                # at 0): everything in the fresh ring is new to the group.
+                off = earliest if c is None or c > latest else max(c, earliest)
             rd.seek(p, off)
 
     def seek_partition(self, mgr: TopicManager, partition: int, offset: int) -> None:
