@@ -1,0 +1,185 @@
+"""grafos under the benchmark harness.
+
+In-process: one thread produces a round (a batch, or ``batch`` single sends)
+and consumes it, round after round. Cross-process: producer processes
+(multiprocessing spawn) append to a named bus while this process consumes.
+
+A ring overwrites and never blocks its producer (Kafka's model). To count
+delivered messages rather than overwritten ones, the cross-process producers
+stay at most half a ring ahead of the consumer, which publishes its count
+in shared memory; the peers get the same effect from their bounded buffers.
+Messages lost anyway are reported in ``Result.lost``.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import numpy as np
+
+from .harness import GRAFOS, Result
+from .procs import CONSUMED, STOP, Crew
+
+WARMUP_ROUNDS = 3
+
+
+def geometry(size: int, batch: int, partitions: int = 1) -> tuple[int, int]:
+    """(capacity, stride) of each partition: room for ``size`` bytes, and at
+    least four batches per ring (about 8 MiB per ring where that allows)."""
+    stride = max(48, (40 + size + 7) // 8 * 8)
+    per_part = -(-batch // partitions)
+    capacity = max(4 * per_part, 64, min(16384, (8 << 20) // (stride * partitions)))
+    return capacity, stride
+
+
+def _manager(total_bytes: int, leases: int = 0):
+    from ..fabric import Fabric
+    from ..mq.topic import TopicManager
+    size = max(64 << 20, int(total_bytes * 1.25) + (16 << 20))
+    return TopicManager(Fabric(size, lease_slots=max(leases, 0)))
+
+
+# ---- in-process ------------------------------------------------------------------------
+def inproc(size: int, batch: int, mode: str, duration: float, *, partitions: int = 1,
+           topics: int = 1, group: str = "inproc") -> Result:
+    """Produce then consume a round per iteration in one thread, on ``topics``
+    topics of ``partitions`` partitions each (round robin)."""
+    from ..mq.consumer import Consumer
+    from ..mq.producer import Partitioner, Producer
+    from ..mq.topic import TopicConfig
+
+    capacity, stride = geometry(size, batch, partitions)
+    mgr = _manager(topics * partitions * capacity * stride, leases=topics * partitions + 64)
+    res = Result(group, GRAFOS, mode, "in-process", size, batch=batch, partitions=partitions,
+                 topics=topics)
+    try:
+        names = [f"bench{i}" for i in range(topics)]
+        cfg = TopicConfig(partitions, capacity, stride, 3600.0)
+        for n in names:
+            mgr.create(n, cfg)
+        prods = [Producer(n, Partitioner.RoundRobin) for n in names]
+        cons = [Consumer(n, max_batch=batch) for n in names]
+        pairs = list(zip(prods, cons))
+        if mode == "batch":
+            values = np.full((batch, size), 0x5A, dtype=np.uint8)
+
+            def one_round() -> int:
+                got = 0
+                for p, c in pairs:
+                    p.send_batch(mgr, values)
+                    got += len(c.poll_batch(mgr, batch))
+                return got
+        else:
+            value = b"\x5a" * size
+
+            def one_round() -> int:
+                got = 0
+                for p, c in pairs:
+                    send = p.send
+                    for _ in range(batch):
+                        send(mgr, value)
+                    want = batch
+                    while want > 0:
+                        n = len(c.poll(mgr, want))
+                        if n == 0:
+                            break
+                        got += n
+                        want -= n
+                return got
+        for _ in range(WARMUP_ROUNDS):
+            one_round()
+        # the rings are now warm; time whole rounds
+        n = 0
+        t0 = time.perf_counter()
+        deadline = t0 + duration
+        while True:
+            n += one_round()
+            t = time.perf_counter()
+            if t >= deadline:
+                break
+        res.messages, res.seconds = n, t - t0
+        res.lost = sum(sum(c.lost().values()) for c in cons)
+        expected = 0  # every round consumes what it produced
+        if res.lost != expected:
+            res.note = f"{res.lost} messages overwritten before they were read"
+    finally:
+        mgr.close()
+    return res
+
+
+# ---- cross-process ---------------------------------------------------------------------
+def producer_main(name: str, size: int, batch: int, mode: str, idx: int, flags, sent, limit: int) -> None:
+    """Spawned producer: append to ``name`` until told to stop, staying at most
+    ``limit`` messages ahead of the consumer. ``flags``: see :class:`~.procs.Crew`."""
+    from ..mq.producer import Partitioner, Producer
+    from ..mq.topic import TopicManager
+
+    mgr = TopicManager.open(name)
+    prod = Producer("bench", Partitioner.RoundRobin)
+    values = np.full((batch, size), 0x5A, dtype=np.uint8)
+    value = b"\x5a" * size
+    Crew.ready_and_wait(flags, idx)
+    total = 0
+    yield_ = os.sched_yield
+    while not flags[STOP]:
+        if sum(sent) - flags[CONSUMED] > limit:    # half a ring ahead: let the consumer catch up
+            yield_()
+            continue
+        if mode == "batch":
+            prod.send_batch(mgr, values)
+            total += batch
+        else:
+            send = prod.send
+            for _ in range(64):
+                send(mgr, value)
+            total += 64
+        sent[idx] = total
+    mgr.close()
+
+
+def cross(size: int, batch: int, mode: str, duration: float, *, producers: int = 1,
+          partitions: int = 1, group: str = "cross") -> Result:
+    """Producer processes -> this process. Counts messages consumed in ``duration``."""
+    from ..mq.consumer import Consumer
+    from ..mq.topic import TopicConfig, TopicManager
+
+    res = Result(group, GRAFOS, mode, "cross-process", size, batch=batch, partitions=partitions,
+                 producers=producers)
+    capacity, stride = geometry(size, batch * producers, partitions)
+    name = f"grafos-bench-{uuid.uuid4().hex[:12]}"
+    total = partitions * capacity * stride
+    mgr = TopicManager.open(name, size=max(64 << 20, int(total * 1.25) + (16 << 20)))
+    crew = None
+    try:
+        mgr.create("bench", TopicConfig(partitions, capacity, stride, 3600.0))
+        cons = Consumer("bench", max_batch=batch)
+        cons.poll_batch(mgr, 1)             # open the reader at offset 0
+        limit = partitions * capacity // 2
+        crew = Crew(producers)
+        flags = crew.flags
+        sent = crew.array("q", producers)
+        crew.start(producer_main, lambda i: (name, size, batch, mode, i, flags, sent, limit))
+        crew.go()
+        n = 0
+        poll = cons.poll_batch if mode == "batch" else cons.poll
+        t0 = time.perf_counter()
+        deadline = t0 + duration
+        while True:
+            n += len(poll(mgr, batch, 0.01))
+            flags[CONSUMED] = n                 # consumed so far, for the producers' flow control
+            t = time.perf_counter()
+            if t >= deadline or not crew.alive():
+                break
+        res.messages, res.seconds = n, t - t0
+        crew.stop()
+        res.lost = sum(cons.lost().values())
+        crew.join(drain=lambda: None)
+        if crew.failed():
+            res.status, res.note = "error", crew.failed()
+    finally:
+        if crew is not None:
+            crew.kill()
+        mgr.close()
+        TopicManager.unlink(name)
+    return res
