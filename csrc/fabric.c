@@ -690,6 +690,16 @@ int gf_lease_get(gf_fabric *f, uint32_t index, uint64_t id, gf_lease_info *out)
     return GF_OK;
 }
 
+int gf_lease_check(gf_fabric *f, uint32_t index, uint64_t id, int64_t now_ns)
+{
+    int rc;
+    uint64_t off, size;
+    struct gf_lease *l = lease_at(f, index, id, &rc, &off, &size);
+    if (!l)
+        return rc == GF_E_EXPIRED || rc == GF_E_NOTFOUND ? 0 : rc;
+    return gf_lease_alive(l, id, now_ns);
+}
+
 int gf_lease_list(gf_fabric *f, gf_lease_info *out, uint32_t max, uint32_t *count)
 {
     uint32_t n = 0;

@@ -143,6 +143,8 @@ int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t o
 int gf_lease_renew(gf_fabric *f, uint32_t index, uint64_t id, int64_t expires_ns, int64_t now_ns);
 int gf_lease_release(gf_fabric *f, uint32_t index, uint64_t id);
 int gf_lease_get(gf_fabric *f, uint32_t index, uint64_t id, gf_lease_info *out);
+/* 1 if alive at now_ns, 0 if dead; seeing it expired makes it dead for good (like a read). */
+int gf_lease_check(gf_fabric *f, uint32_t index, uint64_t id, int64_t now_ns);
 int gf_lease_list(gf_fabric *f, gf_lease_info *out, uint32_t max, uint32_t *count);
 int64_t gf_reap(gf_fabric *f, int64_t now_ns, uint64_t *bytes_out);
 int gf_lease_write(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off,

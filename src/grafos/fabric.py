@@ -417,6 +417,12 @@ class MemLease:
             return True
         return bool(info.dead) or info.expires_ns <= now_ns(now)
 
+    def alive(self, now: float | None = None) -> bool:
+        """Is the lease alive at ``now``? Unlike :meth:`expired` (a what-if query
+        that may ask about any time), this decides: once it has answered False
+        the lease is dead for every process, even if the clock goes back."""
+        return check(lib.gf_lease_check(self.fabric.handle, self.index, self.id, now_ns(now))) == 1
+
     def ttl_remaining(self, now: float | None = None) -> float:
         """Seconds until expiry; 0.0 if expired or gone."""
         try:

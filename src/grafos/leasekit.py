@@ -232,7 +232,7 @@ class RenewalManager:
                 try:
                     lease = self._lease_of(reg)
                     exp = lease.expires_at if lease is not None else reg.expires_at
-                    if lease is not None and lease.expired(t):
+                    if lease is not None and not lease.alive(t):   # decides: dead for good
                         raise LeaseExpired(f"lease of {key!r} expired")
                     if exp <= t:
                         raise LeaseExpired(f"{key!r} expired")
@@ -260,9 +260,10 @@ class RenewalManager:
             reg = self._get(key)
             try:
                 lease = self._lease_of(reg)
-                if (lease is not None and lease.expired(t)) or (lease is None and reg.expires_at <= t):
+                if (lease is not None and not lease.alive(t)) or (lease is None and reg.expires_at <= t):
                     raise LeaseExpired(f"{key!r} has expired and cannot be renewed")
-                new = t + reg.period
+                # never moves an expiry back (a clock stepped back must not shorten a lease)
+                new = max(t + reg.period, lease.expires_at if lease is not None else reg.expires_at)
                 if lease is not None:
                     lease.renew(expires_at=new, now=t)
             except (LeaseExpired, NotFound):
