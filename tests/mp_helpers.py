@@ -353,3 +353,20 @@ def watch_consumer(name: str, topic: str, bounded_wait: float, log_path: str, st
     os.write(fd, f"S {longest}\nL {sum(c.lost().values())}\n".encode())
     os.close(fd)
     mgr.close()
+
+
+def nack_and_die(name: str, topic: str, dlq_topic: str, nacks: int, done: Any) -> None:
+    """A worker that fails on the first message of partition 0 ``nacks`` times
+    (counting each failure in the fabric), then hangs until killed."""
+    from grafos.mq.dlq import DlqRouter
+
+    mgr = TopicManager.open(name)
+    router = DlqRouter(topic, dlq_topic, 3, mgr=mgr)
+    c = Consumer(topic, "payers")
+    c.assign([0])
+    c.seek(mgr, None, SeekPolicy.Earliest)
+    for _ in range(nacks):
+        (p, m), *_ = c.poll(mgr, 1, timeout=10)
+        assert not router.failed(mgr, c, p, m)     # below the limit: rewound, not routed
+    done.set()
+    time.sleep(600)

@@ -278,3 +278,30 @@ def test_killed_member_partitions_should_go_to_survivors_from_its_last_commit(bu
     for p, off, dig in got + vlog["polled"]:
         assert produced[(p, off)] == dig
     assert all(store.committed("crew", "jobs", p) == per_partition for p in range(partitions))
+
+
+def test_successor_should_know_how_often_a_message_failed_in_a_killed_worker(bus, procs):
+    from grafos.mq.dlq import FAILURES, SOURCE_OFFSET, DlqRouter
+
+    bus.create("payments", TopicConfig(1, 64, 256))
+    bus.create("payments-dlq", TopicConfig(1, 64, 512))
+    prod = Producer("payments")
+    prod.send(bus, b"poison")
+    prod.send(bus, b"fine")
+    done = CTX.Event()
+    worker = start(procs, h.nack_and_die, bus.fabric.name, "payments", "payments-dlq", 2, done)
+    assert done.wait(60)
+    kill(worker)
+
+    router = DlqRouter("payments", "payments-dlq", 3, mgr=bus)
+    assert router.failures(0, 0) == 2                 # counted in the dead worker, kept in the bus
+    c = Consumer("payments", "payers")
+    c.seek(bus, None, SeekPolicy.Earliest)
+    (p, m), *rest = c.poll(bus, 10)
+    assert m.value == b"poison"
+    assert router.failed(bus, c, p, m) is True        # third strike: routed, not retried
+    assert router.failures(0, 0) == 0
+    (_, dead), = Consumer("payments-dlq").poll(bus, 10, timeout=5)
+    hdrs = dict(dead.headers)
+    assert dead.value == b"poison" and hdrs[FAILURES] == b"3" and hdrs[SOURCE_OFFSET] == b"0"
+    assert [x.value for _, x in rest] == [b"fine"]
