@@ -105,3 +105,11 @@ def die_holding_the_lock(name: str) -> None:
     fab = Fabric.open(name, create=False)
     with fab.locked():
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hold_the_lock(name: str, holding, release) -> None:
+    fab = Fabric.open(name, create=False)
+    with fab.locked():
+        holding.set()
+        release.wait(60)
+    fab.close()

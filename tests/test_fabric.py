@@ -15,7 +15,7 @@ from grafos._native import ffi, lib
 from grafos.errors import InvalidArgument, LockTimeout, NotFound, NotLocked
 from grafos.fabric import shm_path
 
-from core_procs import die_holding_the_lock
+from core_procs import die_holding_the_lock, hold_the_lock
 
 MiB = 1 << 20
 
@@ -176,12 +176,41 @@ def test_two_handles_in_one_process_wait_for_each_other(shm_name):
         assert events == ["a in", "a out", "b in"]
 
 
-def test_lock_held_by_a_live_process_times_out(shm_name):
+def test_in_the_core_a_second_handle_of_the_process_waits_for_the_lock(shm_name):
+    # the C contract under the Python layer: the lock word says only the pid, so
+    # the core must not mistake another handle's hold for its own
     with Fabric.open(shm_name, size=4 * MiB) as a, Fabric.open(shm_name, create=False) as b:
-        with a.locked():
+        assert lib.gf_lock(a.handle, 0) == 0
+        assert lib.gf_lock(b.handle, 0) == lib.GF_E_TIMEOUT
+        assert not lib.gf_lock_held(b.handle)
+        assert lib.gf_unlock(b.handle) == lib.GF_E_NOLOCK    # b cannot release a's hold
+        assert lib.gf_lock_held(a.handle)
+        timer = threading.Timer(0.2, lib.gf_unlock, args=(a.handle,))
+        timer.start()
+        assert lib.gf_lock(b.handle, 10 * 10**9) == 0        # waits, then gets it
+        timer.join()
+        assert lib.gf_lock_held(b.handle) and not lib.gf_lock_held(a.handle)
+        assert lib.gf_unlock(b.handle) == 0
+
+
+def test_lock_held_by_a_live_process_times_out(shm_name):
+    ctx = mp.get_context("spawn")
+    holding, release = ctx.Event(), ctx.Event()
+    with Fabric.open(shm_name, size=4 * MiB) as fab:
+        child = ctx.Process(target=hold_the_lock, args=(shm_name, holding, release))
+        child.start()
+        try:
+            assert holding.wait(60)
             with pytest.raises(LockTimeout):
-                with b.locked(timeout=0.05):
+                with fab.locked(timeout=0.05):
                     pass
+            assert fab.info().lock_recoveries == 0     # a live holder is waited for, never robbed
+        finally:
+            release.set()
+            child.join(60)
+        assert child.exitcode == 0
+        with fab.locked(timeout=10):
+            fab.meta_put("mine", b"now")
 
 
 def test_lock_survives_the_death_of_its_holder(shm_name):
