@@ -12,7 +12,7 @@ import pytest
 
 from grafos import Fabric
 from grafos._native import ffi, lib
-from grafos.errors import InvalidArgument, LockTimeout, NotFound, NotLocked
+from grafos.errors import InvalidArgument, LockTimeout, NotFound
 from grafos.fabric import shm_path
 
 from core_procs import die_holding_the_lock, hold_the_lock

@@ -116,15 +116,15 @@ class RingVsModel(RuleBasedStateMachine):
 
     @rule(n=st.integers(1, 16))
     def poll_long_lived(self, n):
-        if self.rpos < self.earliest:
+        if self.rpos < self.earliest:      # fell behind the ring: resume at its start, count the gap
             self.rlost += self.earliest - self.rpos
+            self.rpos = self.earliest
         expected = self.expect(self.rpos, n)
         got = self.reader.poll(n)
         self.check_messages(got, expected)
-        if expected:
-            self.rpos = expected[-1][0] + 1
+        self.rpos += len(expected)
         assert self.reader.counters(0)["lost"] == self.rlost
-        assert self.reader.position(0) == max(self.rpos, self.earliest) if self.rpos <= self.tail else True
+        assert self.reader.position(0) == self.rpos
 
     @rule(data=st.data())
     def seek_long_lived(self, data):
