@@ -87,7 +87,8 @@ def open_bus(name: str, start: Any, out: Any) -> None:
 def topic_ops(name: str, jobs: Any, out: Any) -> None:
     """Carry out directory operations the parent sends, one at a time:
     ("create", topic, partitions) | ("delete", topic) | ("restart", topic) |
-    ("topics",) | ("send", topic, value) | ("poll", topic, timeout) | ("stop",)."""
+    ("topics",) | ("send", topic, value) | ("poll", topic, timeout) | ("stop",).
+    Each job's answer is ("ok", result) or (exception class name, message)."""
     mgr = TopicManager.open(name)
     producers: dict[str, Producer] = {}
     consumers: dict[str, Consumer] = {}
@@ -109,9 +110,6 @@ def topic_ops(name: str, jobs: Any, out: Any) -> None:
                 res = None
             elif op == "topics":
                 res = mgr.topics()
-            elif op == "describe":
-                d = mgr.describe(job[1])
-                res = [(p.partition, p.earliest, p.latest, p.alive, p.lease_id) for p in d.partitions]
             elif op == "send":
                 res = producers.setdefault(job[1], Producer(job[1])).send(mgr, job[2])
             elif op == "poll":

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import re
 import signal
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -19,6 +22,8 @@ import mp_helpers as h
 from grafos.errors import LeaseExpired, NotFound
 from grafos.fabric import Fabric, shm_path
 from grafos.mq.consumer import Consumer
+from grafos.mq.group import ConsumerGroup
+from grafos.mq.offset import FabricOffsetStore
 from grafos.mq.producer import Producer
 from grafos.mq.topic import TopicConfig, TopicManager
 
@@ -76,19 +81,12 @@ class Peer:
         self.jobs.put(job)
         status, res = self.out.get(timeout=60)
         if status != "ok":
-            raise AssertionError(f"peer raised {status}: {res}") if status == "AssertionError" \
-                else _Raised(status, res)
+            raise AssertionError(f"the peer's {job[0]} raised {status}: {res}")
         return res
 
     def stop(self) -> None:
         self("stop")
         self.proc.join(30)
-
-
-class _Raised(Exception):
-    def __init__(self, kind: str, msg: str) -> None:
-        super().__init__(f"{kind}: {msg}")
-        self.kind = kind
 
 
 def test_should_see_topics_created_and_deleted_by_another_process(bus, procs):
@@ -248,7 +246,6 @@ GROUP_TOPIC = "orders"
 
 
 def committed_total(mgr: TopicManager, group: str, partitions: int) -> int:
-    from grafos.mq.offset import FabricOffsetStore
     store = FabricOffsetStore(mgr)
     return sum(store.committed(group, GROUP_TOPIC, p) or 0 for p in range(partitions))
 
@@ -281,6 +278,11 @@ def run_group(bus: TopicManager, procs, tmp_path, *, group: str, members: list[s
                                          str(tmp_path / f"{g}.{m}.log"), stop, 0.05, 50, hold, holding)
     for i in range(producers):
         start(procs, h.produce_n, name, GROUP_TOPIC, i, per_producer, out, go, 64, spread)
+    # production starts once every member has joined and holds its share
+    for g, ms in groups.items():
+        view = ConsumerGroup(g, GROUP_TOPIC, partitions, stale, mgr=bus)
+        wait_until(lambda view=view, ms=ms: set(view.assignments().values()) == set(ms),
+                   f"every member of {g} to own partitions")
     go.set()
     if victim is not None:
         assert holding.wait(120), f"{victim} never got its share of messages"
@@ -292,7 +294,7 @@ def run_group(bus: TopicManager, procs, tmp_path, *, group: str, members: list[s
             produced[(part, off)] = dig
     assert len(produced) == total
     for g in groups:
-        wait_until(lambda: committed_total(bus, g, partitions) == total, f"group {g} to commit everything")
+        wait_until(lambda g=g: committed_total(bus, g, partitions) == total, f"group {g} to commit everything")
     stop.set()
     for (g, m), p in member_procs.items():
         if m != victim or g != group:
@@ -372,12 +374,6 @@ EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 
 
 def test_example_producer_service_and_workers_should_run_side_by_side(shm_name, tmp_path):
-    import re
-    import subprocess
-    import sys
-
-    from grafos.mq.offset import FabricOffsetStore
-
     def spawn(script: str, *args: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, os.path.join(EXAMPLES, script), shm_name, *args],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
