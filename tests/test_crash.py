@@ -11,6 +11,7 @@ import multiprocessing as mp
 import os
 import random
 import signal
+import threading
 import time
 
 import pytest
@@ -61,6 +62,28 @@ def test_reader_steps_over_a_claimed_but_unpublished_slot_after_the_bounded_wait
     rd2 = part.reader(0)
     assert [m.value for _, m in rd2.poll(10)] == [b"before", b"after"]
     assert rd2.counters(0)["abandoned"] == 1
+
+
+def test_a_poll_without_timeout_steps_over_a_dead_writer_instead_of_hanging(fab):
+    bw = 0.3
+    fab.set_bounded_wait(bw)
+    part = Partition.create(fab, 16, 64, ttl=600)
+    claim(part)
+    part.append(b"after the hole")
+    done = threading.Event()
+
+    def rescue():   # if poll hangs, unblock it with a message the test then rejects
+        if not done.wait(bw + 10):
+            part.append(b"rescue")
+
+    t = threading.Thread(target=rescue)
+    t.start()
+    try:
+        got = part.reader(0).poll(10, timeout=None)
+    finally:
+        done.set()
+        t.join()
+    assert [m.value for _, m in got] == [b"after the hole"]
 
 
 def test_a_half_written_batch_costs_readers_one_bounded_wait_not_one_per_slot(fab):
