@@ -41,6 +41,7 @@ struct gf_ring {
 int gf_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int64_t gf_mono_ns(void);
 void gf_fabric_unref(gf_fabric *f);
+uint32_t gf_slot_crc(uint64_t n, const uint8_t *hdr28, const uint8_t *payload, uint64_t len);
 int gf_lease_alive(struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_dsync(gf_fabric *f, const void *p, uint64_t len);
 void gf_futex_wake_all(_Atomic uint32_t *word);

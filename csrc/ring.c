@@ -194,10 +194,7 @@ static int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t kle
     if (klen) memcpy(p, key, klen);
     if (hlen) memcpy(p + klen, hdrs, hlen);
     if (vlen) memcpy(p + klen + hlen, val, vlen);
-    uint32_t crc = gf_crc32c(~0u, (const uint8_t *)&n, 8);
-    crc = gf_crc32c(crc, (const uint8_t *)s + 8, 28);
-    crc = gf_crc32c(crc, p, (uint64_t)klen + hlen + vlen);
-    s->crc = crc ^ ~0u;
+    s->crc = gf_slot_crc(n, (const uint8_t *)s + 8, p, (uint64_t)klen + hlen + vlen);
     uint64_t expect = writing;
     if (!atomic_compare_exchange_strong(&s->seq, &expect, writing + 1))
         return gf_fail(GF_E_ABANDONED, "offset %llu was reclaimed by a reader after the bounded wait",
@@ -377,23 +374,60 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
         if (rc < 0)
             return rc;
     }
-    const uint8_t *kp = keys, *vp = vals;
+    /* Pick every message's partition first, then claim each partition's share
+     * with one fetch-add: a batch is contiguous within each partition, and the
+     * per-message loop below touches no shared counter. out_offsets holds the
+     * key hashes until their slots are written. */
+    const int keyed = keys && mode == GF_PART_KEYHASH;
+    const uint8_t *kp = keys;
+    if (keys) {
+        for (uint32_t i = 0; i < count; i++) {
+            uint32_t h = gf_murmur2(kp, key_lens[i]);
+            out_offsets[i] = h;
+            if (keyed)
+                out_parts[i] = (h & 0x7fffffffu) % n;
+            kp += key_lens[i];
+        }
+    }
+    if (!keyed) {
+        uint64_t base = __atomic_fetch_add(rr, count, __ATOMIC_RELAXED);
+        for (uint32_t i = 0; i < count; i++)
+            out_parts[i] = (uint32_t)((base + i) % n);
+    }
+    uint64_t small[64];
+    uint64_t *next = n <= 64 ? small : calloc(n, sizeof *next);
+    if (!next)
+        return gf_fail(GF_E_FULL, "out of memory");
+    if (next == small)
+        memset(small, 0, sizeof small);
+    for (uint32_t i = 0; i < count; i++)
+        next[out_parts[i]]++;
+    for (uint32_t p = 0; p < n; p++) {
+        if (!next[p])
+            continue;
+        int64_t first = claim(rings[p], next[p]);
+        if (first < 0) {   /* impossible tail: earlier partitions' claims are abandoned by readers */
+            if (next != small)
+                free(next);
+            return first;
+        }
+        next[p] = (uint64_t)first;
+    }
+    kp = keys;
+    const uint8_t *vp = vals;
     uint32_t abandoned = 0;
     for (uint32_t i = 0; i < count; i++) {
-        uint32_t kl = keys ? key_lens[i] : 0u, vl = val_lens[i];
-        uint32_t h = keys ? gf_murmur2(kp, kl) : 0;
-        uint32_t p = (mode == GF_PART_KEYHASH && keys) ? (h & 0x7fffffffu) % n
-                   : (uint32_t)(__atomic_fetch_add(rr, 1, __ATOMIC_RELAXED) % n);
-        int64_t off = claim(rings[p], 1);
-        if (off < 0)
-            return off;
-        if (slot_publish(rings[p], (uint64_t)off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns) < 0)
+        uint32_t kl = keys ? key_lens[i] : 0u, vl = val_lens[i], p = out_parts[i];
+        uint32_t h = keys ? (uint32_t)out_offsets[i] : 0;
+        uint64_t off = next[p]++;
+        if (slot_publish(rings[p], off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns) < 0)
             abandoned++;
-        out_parts[i] = p;
-        out_offsets[i] = (uint64_t)off;
+        out_offsets[i] = off;
         kp += kl;
         vp += vl;
     }
+    if (next != small)
+        free(next);
     wake_readers(rings[0]->f);
     if (__builtin_expect(rings[0]->f->durable, 0)) {
         /* each touched ring once: msync writes back only the dirty pages of the range */
@@ -485,10 +519,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
                 pos++;
                 continue;
             }
-            uint32_t crc = gf_crc32c(~0u, (const uint8_t *)&pos, 8);
-            crc = gf_crc32c(crc, (const uint8_t *)&h + 8, 28);
-            crc = gf_crc32c(crc, buf + *used, total) ^ ~0u;
-            if (crc != h.crc) {
+            if (gf_slot_crc(pos, (const uint8_t *)&h + 8, buf + *used, total) != h.crc) {
                 c->corrupt++;
                 pos++;
                 continue;
