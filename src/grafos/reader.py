@@ -85,23 +85,40 @@ class Batch:
             return None
         return self.data[int(m["pos"]):int(m["pos"]) + int(m["key_len"])].tobytes()
 
+    @property
+    def has_keys(self) -> np.ndarray:
+        """Boolean mask: the message was sent with a key (an empty key counts)."""
+        return (self.meta["flags"] & 1).astype(bool)
+
     def values(self) -> np.ndarray:
-        """Values as a 2-D uint8 array (rows) when they all have one length,
-        as a zero-copy strided view where the layout allows it."""
+        """Values as a 2-D uint8 array (one row per message) when they all have one
+        length: a zero-copy strided view where the layout allows it (no headers,
+        keys of one length), else a copy. Different lengths raise ValueError."""
+        return self._rows(self.value_starts, self.meta["val_len"], "values", "value(i)")
+
+    def keys(self) -> np.ndarray:
+        """Keys as a 2-D uint8 array, like :meth:`values`; every message must have
+        a key, all of one length."""
+        if len(self.meta) and not self.has_keys.all():
+            raise ValueError("some messages have no key; use key(i) or has_keys")
+        return self._rows(self.meta["pos"].astype(np.int64), self.meta["key_len"], "keys", "key(i)")
+
+    def _rows(self, starts: np.ndarray, lens: np.ndarray, what: str, one: str) -> np.ndarray:
         n = len(self.meta)
         if n == 0:
             return np.empty((0, 0), dtype=np.uint8)
-        lens = self.meta["val_len"]
         width = int(lens[0])
         if not (lens == width).all():
-            raise ValueError("values have different lengths; use value(i) or value_lengths")
-        starts = self.value_starts
+            raise ValueError(f"{what} have different lengths; use {one} or the *_lengths arrays")
         if n > 1:
             step = int(starts[1] - starts[0])
             if step > 0 and (np.diff(starts) == step).all():
                 return np.lib.stride_tricks.as_strided(
                     self.data[int(starts[0]):], shape=(n, width), strides=(step, 1), writeable=False)
         return np.stack([self.data[s:s + width] for s in starts.tolist()])
+
+    def __repr__(self) -> str:
+        return f"<Batch of {len(self.meta)} messages, {len(self.data)} bytes>"
 
     def copy(self) -> "Batch":
         return Batch(self.meta.copy(), self.data.copy(), list(self.partition_ids))
@@ -188,11 +205,16 @@ class Reader:
         c.pos = offset
         c.stall_since = 0
 
+    def _index(self, i: int) -> int:
+        if not 0 <= _count(i, "partition index") < self._n:
+            raise InvalidArgument(f"partition index {i} out of range (reader has {self._n})")
+        return i
+
     def position(self, i: int) -> int:
-        return self._cursors[i].pos
+        return self._cursors[self._index(i)].pos
 
     def counters(self, i: int) -> dict[str, int]:
-        c = self._cursors[i]
+        c = self._cursors[self._index(i)]
         return {"lost": c.lost, "abandoned": c.abandoned, "corrupt": c.corrupt, "expired": c.expired}
 
     def set_partition(self, i: int, partition: object | None) -> None:
@@ -208,7 +230,10 @@ class Reader:
         if max_messages > self.max_batch:
             max_messages = self.max_batch
         t = 0 if now is None else now_ns(now)
-        spin_ns = int(spin * 1e9)
+        if timeout.__class__ is not float and timeout.__class__ is not int or timeout != timeout:
+            _validate.timeout(timeout)
+        spin_ns = int(spin * 1e9) if spin.__class__ is float or spin.__class__ is int else \
+            int(_validate.number(spin, "spin", 0) * 1e9)
         if timeout is not None and timeout <= 0:
             rc = lib.gf_poll(self.fabric.handle, self._rings, self._cursors, self._n, self._start,
                              max_messages, self._meta, self._buf, self._buf_size, t, 0, 0)

@@ -60,6 +60,10 @@ class Producer:
 
     def __init__(self, topic: str, partitioner: Partitioner = Partitioner.KeyHash) -> None:
         self.topic = _validate.name(topic, "topic", 64)
+        if isinstance(partitioner, bool) or not isinstance(partitioner, int):
+            raise _validate.InvalidType(f"partitioner must be a Partitioner, not {type(partitioner).__name__}")
+        if partitioner not in Partitioner._value2member_map_:
+            raise InvalidArgument(f"partitioner must be Partitioner.KeyHash or RoundRobin, got {partitioner!r}")
         self.partitioner = Partitioner(partitioner)
         # (mgr, gf_sender*, Topic): replaced whole, never mutated, so threads see a consistent one
         self._bound: tuple = (None, None, None)
@@ -185,7 +189,9 @@ class Producer:
             if rc >= 0:
                 return parts, offs
             if rc == lib.GF_E_TOOBIG:
-                raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", -1, t.config.max_message_bytes)
+                sizes = vlens.astype(np.int64) + (klens if klens is not None else 0)
+                raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", int(sizes.max()),
+                                      t.config.max_message_bytes)
             if rc in (lib.GF_E_EXPIRED, lib.GF_E_INVAL) and attempt == 0:
                 self._reread(mgr)
                 continue
