@@ -14,10 +14,10 @@ def to_ns(seconds: float | int, what: str = "time") -> int:
         raise InvalidType(f"{what} must be a number of seconds, not {type(seconds).__name__}")
     if not math.isfinite(seconds):
         raise InvalidArgument(f"{what} must be finite, got {seconds!r}")
-    ns = int(seconds * 1_000_000_000)
+    ns = seconds * 1_000_000_000       # a float may be finite and still overflow int64 ns
     if not -(1 << 62) < ns < (1 << 62):
         raise InvalidArgument(f"{what} {seconds!r} is out of range")
-    return ns
+    return int(ns)
 
 
 def now_ns(now: float | None = None) -> int:
@@ -25,4 +25,7 @@ def now_ns(now: float | None = None) -> int:
 
 
 def now_s(now: float | None = None) -> float:
-    return time.time() if now is None else float(now)
+    if now is None:
+        return time.time()
+    to_ns(now, "now")          # the same checks (type, finite, range) as every other time
+    return float(now)

@@ -43,6 +43,18 @@ def number(value: Any, what: str, lo: float | None = None, lo_open: bool = False
     return float(value)
 
 
+def timeout(value: Any, what: str = "timeout") -> float | None:
+    """Seconds to wait: None (forever) or a number; NaN would make a deadline that
+    never passes, so it is refused (inf is allowed: forever)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidType(f"{what} must be a number of seconds or None, not {type(value).__name__}")
+    if value != value:
+        raise InvalidArgument(f"{what} must not be NaN")
+    return value
+
+
 def as_bytes(value: Any, what: str) -> bytes:
     if isinstance(value, bytes):
         return value

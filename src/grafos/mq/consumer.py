@@ -57,7 +57,11 @@ class Consumer:
 
     # ---- assignment -----------------------------------------------------------
     def assign(self, partitions: Iterable[int]) -> None:
-        parts = list(partitions)
+        try:
+            parts = list(partitions)
+        except TypeError:
+            raise _validate.InvalidType(f"partitions must be an iterable of ints, "
+                                        f"not {type(partitions).__name__}") from None
         for p in parts:
             _validate.integer(p, "partition", 0, 1 << 20)
         if len(set(parts)) != len(parts):
@@ -208,6 +212,7 @@ class Consumer:
             rd = self._ensure(mgr)
         if type(max_messages) is not int or max_messages < 1:
             _validate.integer(max_messages, "max_messages", 1)
+        _validate.timeout(timeout)
         if timeout is not None and timeout <= 0:
             msgs = rd.poll(max_messages, timeout, None, spin)
             if not msgs and rd._n and self._any_expired(rd) and self._maybe_refresh(mgr):
@@ -225,6 +230,7 @@ class Consumer:
         if rd is None or mgr is not self._mgr or mgr._topics.get(self.topic) is not self._t:
             rd = self._ensure(mgr)
         _validate.integer(max_messages, "max_messages", 1)
+        _validate.timeout(timeout)
         if timeout is not None and timeout <= 0:
             b = rd.poll_batch(max_messages, timeout, None, spin)
             if not len(b) and rd._n and self._any_expired(rd) and self._maybe_refresh(mgr):

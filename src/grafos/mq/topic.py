@@ -304,6 +304,8 @@ class TopicManager:
     def refresh(self, name: str) -> Topic:
         """Re-read a topic from the directory (after another process restarted or
         deleted it)."""
+        if not isinstance(name, str):
+            raise _validate.InvalidType(f"topic must be a str, not {type(name).__name__}")
         with self._lock:
             self._topics.pop(name, None)
             return self._load(name)
