@@ -361,11 +361,14 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
     for (uint32_t p = 0; p < n; p++)
         if (!rings[p])
             return gf_fail(GF_E_INVAL, "partition %u is not open", p);
+    /* every message must fit every partition it may land on: check against the
+     * smallest room once per message, not once per partition (O(count), not O(count * n)) */
+    const gf_ring *tightest = rings[0];
+    for (uint32_t p = 1; p < n; p++)
+        if (rings[p]->room < tightest->room)
+            tightest = rings[p];
     for (uint32_t i = 0; i < count; i++) {
-        uint32_t kl = keys ? key_lens[i] : 0u;
-        int rc = check_msg(rings[0], kl, 0, val_lens[i]);
-        for (uint32_t p = 1; rc == GF_OK && p < n; p++)
-            rc = check_msg(rings[p], kl, 0, val_lens[i]);
+        int rc = check_msg(tightest, keys ? key_lens[i] : 0u, 0, val_lens[i]);
         if (rc < 0)
             return gf_fail(GF_E_TOOBIG, "batch message %u: %s", i, gf_last_error());
     }
@@ -390,9 +393,12 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
         }
     }
     if (!keyed) {
-        uint64_t base = __atomic_fetch_add(rr, count, __ATOMIC_RELAXED);
-        for (uint32_t i = 0; i < count; i++)
-            out_parts[i] = (uint32_t)((base + i) % n);
+        uint32_t p = (uint32_t)(__atomic_fetch_add(rr, count, __ATOMIC_RELAXED) % n);
+        for (uint32_t i = 0; i < count; i++) {   /* (base + i) % n without a division each */
+            out_parts[i] = p;
+            if (++p == n)
+                p = 0;
+        }
     }
     uint64_t small[64];
     uint64_t *next = n <= 64 ? small : calloc(n, sizeof *next);

@@ -108,6 +108,62 @@ def inproc(size: int, batch: int, mode: str, duration: float, *, partitions: int
     return res
 
 
+def inproc_threads(size: int, batch: int, duration: float) -> Result:
+    """In-process with a producer thread and a consumer thread: the C calls drop
+    the GIL, so both sides run at once on two cores, as across processes."""
+    import threading
+
+    from ..mq.consumer import Consumer
+    from ..mq.producer import Partitioner, Producer
+    from ..mq.topic import TopicConfig
+
+    capacity, stride = geometry(size, batch)
+    mgr = _manager(capacity * stride)
+    res = Result("inproc", GRAFOS, "batch-threads", "in-process", size, batch=batch,
+                 note="producer thread + consumer thread")
+    try:
+        mgr.create("bench", TopicConfig(1, capacity, stride, 3600.0))
+        prod = Producer("bench", Partitioner.RoundRobin)
+        cons = Consumer("bench", max_batch=batch)
+        cons.poll_batch(mgr, 1)
+        values = np.full((batch, size), 0x5A, dtype=np.uint8)
+        limit = capacity // 2
+        state = {"sent": 0, "consumed": 0, "stop": False}
+
+        def produce() -> None:
+            while not state["stop"]:
+                if state["sent"] - state["consumed"] > limit:
+                    time.sleep(0)
+                    continue
+                prod.send_batch(mgr, values)
+                state["sent"] += batch
+
+        t = threading.Thread(target=produce, name="grafos-bench-producer", daemon=True)
+        t.start()
+        try:
+            n = 0
+            while n < WARMUP_ROUNDS * batch:
+                n += len(cons.poll_batch(mgr, batch, 0.01))
+                state["consumed"] = n
+            n0 = n
+            t0 = time.perf_counter()
+            deadline = t0 + duration
+            while True:
+                n += len(cons.poll_batch(mgr, batch, 0.01))
+                state["consumed"] = n
+                now = time.perf_counter()
+                if now >= deadline:
+                    break
+        finally:
+            state["stop"] = True
+            t.join(10)
+        res.messages, res.seconds = n - n0, now - t0
+        res.lost = sum(cons.lost().values())
+    finally:
+        mgr.close()
+    return res
+
+
 # ---- cross-process ---------------------------------------------------------------------
 def producer_main(name: str, size: int, batch: int, mode: str, idx: int, flags, sent, limit: int) -> None:
     """Spawned producer: append to ``name`` until told to stop, staying at most
