@@ -43,6 +43,7 @@ int64_t gf_mono_ns(void);
 void gf_fabric_unref(gf_fabric *f);
 uint32_t gf_slot_crc(uint64_t n, const uint8_t *hdr28, const uint8_t *payload, uint64_t len);
 int gf_lease_alive(struct gf_lease *l, uint64_t id, int64_t now_ns);
+int gf_lease_alive_query(const struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_dsync(gf_fabric *f, const void *p, uint64_t len);
 void gf_futex_wake_all(_Atomic uint32_t *word);
 int gf_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);

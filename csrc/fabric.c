@@ -456,6 +456,13 @@ int gf_lease_alive(struct gf_lease *l, uint64_t id, int64_t now_ns)
     return 0;
 }
 
+/* The same answer without deciding anything: for state and info calls, which
+ * may be asked about any time (what-if), as MemLease.expired() is. */
+int gf_lease_alive_query(const struct gf_lease *l, uint64_t id, int64_t now_ns)
+{
+    return ld_acq(&l->id) == id && !lease_dead(l, id) && ld_acq(&l->expires_ns) > now_ns;
+}
+
 /* Durability: flush [p, p+len) of the mapping to the file before returning. */
 int gf_dsync(gf_fabric *f, const void *p, uint64_t len)
 {

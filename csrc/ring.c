@@ -124,7 +124,7 @@ int gf_ring_state_get(gf_ring *r, int64_t now_ns, gf_ring_state *out)
     out->capacity = r->capacity;
     out->stride = r->stride;
     out->lease_id = r->lease_id;
-    out->alive = (uint32_t)gf_lease_alive(r->lease, r->lease_id, now_ns);
+    out->alive = (uint32_t)gf_lease_alive_query(r->lease, r->lease_id, now_ns);   /* a state query decides nothing */
     out->expires_ns = out->alive ? ld_acq(&r->lease->expires_ns) : 0;
     if (ld_acq(&r->lease->id) != r->lease_id)   /* reclaimed: the region is not ours to read */
         return GF_OK;
