@@ -22,14 +22,16 @@ from .harness import GRAFOS, Result
 from .procs import CONSUMED, STOP, Crew
 
 WARMUP_ROUNDS = 3
+RING_BYTES = 2 << 20
 
 
 def geometry(size: int, batch: int, partitions: int = 1) -> tuple[int, int]:
-    """(capacity, stride) of each partition: room for ``size`` bytes, and at
-    least four batches per ring (about 8 MiB per ring where that allows)."""
+    """(capacity, stride) of each partition: room for ``size`` bytes, at least
+    four batches per ring, about 2 MiB of slots per topic where that allows (the
+    order of the peers' buffers: faster-fifo's is 1-2 MiB here)."""
     stride = max(48, (40 + size + 7) // 8 * 8)
     per_part = -(-batch // partitions)
-    capacity = max(4 * per_part, 64, min(16384, (8 << 20) // (stride * partitions)))
+    capacity = max(4 * per_part, 16, min(16384, RING_BYTES // (stride * partitions)))
     return capacity, stride
 
 
@@ -175,6 +177,7 @@ def producer_main(name: str, size: int, batch: int, mode: str, idx: int, flags, 
     prod = Producer("bench", Partitioner.RoundRobin)
     values = np.full((batch, size), 0x5A, dtype=np.uint8)
     value = b"\x5a" * size
+    burst = max(1, min(64, limit // (2 * len(sent))))   # single sends between flow-control looks
     Crew.ready_and_wait(flags, idx)
     total = 0
     yield_ = os.sched_yield
@@ -187,9 +190,9 @@ def producer_main(name: str, size: int, batch: int, mode: str, idx: int, flags, 
             total += batch
         else:
             send = prod.send
-            for _ in range(64):
+            for _ in range(burst):
                 send(mgr, value)
-            total += 64
+            total += burst
         sent[idx] = total
     mgr.close()
 
@@ -223,7 +226,9 @@ def cross(size: int, batch: int, mode: str, duration: float, *, producers: int =
         deadline = t0 + duration
         while True:
             n += len(poll(mgr, batch, 0.01))
-            flags[CONSUMED] = n                 # consumed so far, for the producers' flow control
+            # read or overwritten so far, for the producers' flow control (a lost
+            # message still frees its slot; not counting it would stall them)
+            flags[CONSUMED] = n + sum(cons.lost().values())
             t = time.perf_counter()
             if t >= deadline or not crew.alive():
                 break
