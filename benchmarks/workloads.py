@@ -26,6 +26,8 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from grafos import Fabric
 from grafos._native import ffi, lib
 from grafos.partition import Partition, pack
@@ -278,6 +280,8 @@ class Rig:
         big, big_rd = self.big, self.big_reader
         bvalues, bkeys = self.big_values, self.big_keys
         bcnt, bkb, bkl, bvb, bvl, _ = self.big_packed
+        bvalues_arr = np.frombuffer(b"".join(bvalues), dtype=np.uint8).reshape(len(bvalues), -1)
+        bkeys_arr = np.frombuffer(b"".join(bkeys), dtype=np.uint8).reshape(len(bkeys), -1)
         br = big.handle
         nbytes = self.ref_bytes
         ref_ring, ref_batch = self.ref_ring, self.ref_batch
@@ -290,6 +294,9 @@ class Rig:
             Workload("append_batch_4k_api", "batch-4KiB", BIG_BATCH, nbytes,
                      lambda: big.append_batch(bvalues, keys=bkeys),
                      doc="Partition.append_batch of 256 x 4 KiB"),
+            Workload("append_batch_4k_array", "batch-4KiB", BIG_BATCH, nbytes,
+                     lambda: big.append_batch(bvalues_arr, keys=bkeys_arr),
+                     doc="Partition.append_batch of 256 x 4 KiB given as 2-D uint8 arrays (no join)"),
             Workload("append_batch_4k_cffi_raw", "batch-4KiB", BIG_BATCH, nbytes,
                      lambda: lib.gf_ring_append_batch(br, bcnt, bkb, bkl, bvb, bvl, 0),
                      doc="lib.gf_ring_append_batch on pre-packed buffers"),
@@ -322,6 +329,7 @@ RATIOS = [
     ("raw cffi append / queue.Queue.put", "append_cffi_raw", "queue_put", 1.5, "msg"),
     ("fastpath append / queue.Queue.put", "append_fastpath", "queue_put", 1.5, "msg"),
     ("4 KiB append_batch / memcpy (ring-sized dst)", "append_batch_4k_api", "memcpy_write_4k", 0.5, "byte"),
+    ("4 KiB append_batch(2-D array) / memcpy (ring-sized dst)", "append_batch_4k_array", "memcpy_write_4k", 0.5, "byte"),
     ("4 KiB raw append_batch / memcpy (ring-sized dst)", "append_batch_4k_cffi_raw", "memcpy_write_4k", 0.5, "byte"),
     ("4 KiB poll_raw / memcpy (ring-sized src)", "poll_raw_4k", "memcpy_read_4k", 0.5, "byte"),
     ("4 KiB poll_batch / memcpy (ring-sized src)", "poll_batch_4k", "memcpy_read_4k", 0.5, "byte"),

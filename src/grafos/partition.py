@@ -125,10 +125,13 @@ class Partition:
             self._raise(rc, len(key or b"") + len(hdrs) + len(value))
         return rc
 
-    def append_batch(self, values: Sequence[bytes], keys: Sequence[bytes] | None = None,
+    def append_batch(self, values: Sequence[bytes] | np.ndarray,
+                     keys: Sequence[bytes] | np.ndarray | None = None,
                      timestamp: int | None = None) -> int:
         """Append many messages with one crossing into C; returns the first offset.
-        All or nothing: if any message is too large, none is written."""
+        ``values``/``keys``: a list of bytes (joined into one buffer) or a 2-D uint8
+        array, one row per message (used in place: no copy). All or nothing: if
+        any message is too large, none is written."""
         vals, vlens = pack(values, "values")
         if keys is not None:
             if len(keys) != len(values):
@@ -180,8 +183,18 @@ class Partition:
         return [m for _, m in rd.poll(max_messages, now=now)]
 
 
-def pack(items: Sequence[bytes], what: str) -> tuple[bytes, np.ndarray]:
-    """A list of bytes -> (one contiguous buffer, uint32 lengths)."""
+def pack(items, what: str) -> tuple[object, np.ndarray]:
+    """Batch input -> (one contiguous buffer, uint32 lengths).
+
+    A 2-D numpy array (one row per message) is used in place, with no copy: the
+    zero-copy way in. A list or tuple of bytes is joined into one buffer.
+    """
+    if isinstance(items, np.ndarray):
+        if items.ndim != 2:
+            raise InvalidArgument(f"{what} array must be 2-D (one row per message), got {items.ndim}-D")
+        arr = np.ascontiguousarray(items)
+        n, width = arr.shape[0], arr.shape[1] * arr.itemsize
+        return arr, np.full(n, width, dtype=np.uint32)
     if isinstance(items, (bytes, str)):
         raise _validate.InvalidType(f"{what} must be a sequence of bytes, not a single {type(items).__name__}")
     try:

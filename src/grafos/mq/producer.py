@@ -166,13 +166,13 @@ class Producer:
         """Append many messages with one crossing into C. ``values`` is a list of
         bytes or a 2-D uint8 numpy array (one row per message). Returns
         (partitions, offsets) as numpy arrays."""
-        vals, vlens = _pack_any(values, "values")
+        vals, vlens = pack(values, "values")
         n = len(vlens)
         if n == 0:
             raise InvalidArgument("empty batch")
         kbuf = klens = None
         if keys is not None:
-            kbuf, klens = _pack_any(keys, "keys")
+            kbuf, klens = pack(keys, "keys")
             if len(klens) != n:
                 raise InvalidArgument(f"{len(klens)} keys for {n} values")
         parts = np.empty(n, dtype=np.uint32)
@@ -210,13 +210,3 @@ class Producer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _pack_any(items, what: str) -> tuple[object, np.ndarray]:
-    if isinstance(items, np.ndarray):
-        if items.ndim != 2:
-            raise InvalidArgument(f"{what} array must be 2-D (one row per message), got {items.ndim}-D")
-        arr = np.ascontiguousarray(items)
-        n, width = arr.shape[0], arr.shape[1] * arr.itemsize
-        return arr, np.full(n, width, dtype=np.uint32)
-    return pack(items, what)
