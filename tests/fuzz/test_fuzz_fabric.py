@@ -25,9 +25,10 @@ def _scale() -> float:
     return float(os.environ.get("GRAFOS_STRESS_SCALE", "1.0"))
 
 
-def _run(cmd: list[str], timeout: float) -> tuple[int, str]:
+def _run(cmd: list[str], timeout: float, workdir) -> tuple[int, str]:  # noqa: ANN001
+    env = dict(os.environ, GRAFOS_FUZZ_WORKDIR=str(workdir))
     proc = subprocess.run([sys.executable, str(HARNESS), *cmd], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, stdin=subprocess.DEVNULL, env=env)
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -36,11 +37,11 @@ def _stat(out: str, name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def test_harness_mutations_reach_every_layer_and_end_cleanly():
+def test_harness_mutations_reach_every_layer_and_end_cleanly(tmp_path):
     """A fixed-seed batch of the random loop: the harness must attach most inputs,
     refuse some (damage it found at attach), deliver messages, and see errors
     raised deeper down, all without a failure."""
-    rc, out = _run(["--random", "--seed", str(SEED), "--runs", "300", "--seconds", "120"], 240)
+    rc, out = _run(["--random", "--seed", str(SEED), "--runs", "300", "--seconds", "120"], 240, tmp_path)
     assert rc == 0, out[-4000:]
     assert _stat(out, "executions") == 300, out[-2000:]
     assert _stat(out, "attached") > 100
@@ -58,12 +59,13 @@ def test_fuzz_fabric_short_run(tmp_path):
         corpus.mkdir()
         cmd = [f"-max_total_time={seconds}", "-timeout=10", "-rss_limit_mb=2048", "-max_len=512",
                "-len_control=0", f"-seed={SEED}", "-print_final_stats=1", str(corpus)]
-        rc, out = _run(cmd, seconds + 180)
+        rc, out = _run(cmd, seconds + 180, tmp_path)
         m = re.search(r"stat::number_of_executed_units:\s*(\d+)", out)
         runs = int(m.group(1)) if m else 0
         engine = "atheris"
     else:
-        rc, out = _run(["--random", "--seed", str(SEED), "--seconds", str(seconds)], seconds + 180)
+        rc, out = _run(["--random", "--seed", str(SEED), "--seconds", str(seconds)], seconds + 180,
+                       tmp_path)
         runs = _stat(out, "executions")
         engine = "random"
     print(f"fuzz_fabric ({engine}): {runs} executions in {seconds} s")
