@@ -58,7 +58,8 @@ def test_fuzz_fabric_short_run(tmp_path):
         corpus = tmp_path / "corpus"
         corpus.mkdir()
         cmd = [f"-max_total_time={seconds}", "-timeout=10", "-rss_limit_mb=2048", "-max_len=512",
-               "-len_control=0", f"-seed={SEED}", "-print_final_stats=1", str(corpus)]
+               "-len_control=0", f"-seed={SEED}", "-print_final_stats=1",
+               f"-artifact_prefix={tmp_path}/", str(corpus)]
         rc, out = _run(cmd, seconds + 180, tmp_path)
         m = re.search(r"stat::number_of_executed_units:\s*(\d+)", out)
         runs = int(m.group(1)) if m else 0
