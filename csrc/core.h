@@ -33,6 +33,7 @@ struct gf_ring {
     struct gf_lease *lease;
     uint64_t lease_id;
     uint32_t capacity;
+    uint64_t mask;              /* capacity - 1 when a power of two, else 0 */
     uint32_t stride;
     uint32_t room;              /* stride - slot header */
 };

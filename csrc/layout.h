@@ -50,17 +50,21 @@ struct gf_fabric_hdr {
      * in its sleep never takes its count back, so a sleeper also raises
      * `wait_until` (monotonic ns) to the end of its sleep, and producers wake only
      * while that time has not passed: a dead sleeper costs them at most one
-     * 50 ms sleep's worth of wake-ups, not one syscall per append forever. */
+     * 50 ms sleep's worth of wake-ups, not one syscall per append forever.
+     * `armed` makes it one wake per sleep rather than one per append: a sleeper
+     * sets it before its last look, the producer that clears it pays the wake. */
     _Atomic uint32_t wake;     /* 192 */
     _Atomic uint32_t waiters;  /* 196 */
     _Atomic int64_t wait_until;  /* 200 */
-    uint8_t pad3[GF_LINE - 16];
+    _Atomic uint32_t armed;    /* 208 */
+    uint8_t pad3[GF_LINE - 20];
 };
 _Static_assert(offsetof(struct gf_fabric_hdr, hdr_crc) == 56, "hdr_crc");
 _Static_assert(offsetof(struct gf_fabric_hdr, lock) == 64, "lock line");
 _Static_assert(offsetof(struct gf_fabric_hdr, next_lease_id) == 128, "counter line");
 _Static_assert(offsetof(struct gf_fabric_hdr, wake) == 192, "wake line");
 _Static_assert(offsetof(struct gf_fabric_hdr, wait_until) == 200, "wait_until");
+_Static_assert(offsetof(struct gf_fabric_hdr, armed) == 208, "armed");
 _Static_assert(sizeof(struct gf_fabric_hdr) == 256, "fabric hdr");
 
 /* ---- lease table entry --------------------------------------------------
