@@ -135,3 +135,38 @@ def test_send_then_poll_batch(benchmark, bus):
     got = benchmark.pedantic(run, setup=setup, rounds=300, iterations=1, warmup_rounds=5)
     assert got == BATCH
     _report(benchmark, BATCH)
+
+
+# ---- the references of issue #3's targets, in the same session -------------------
+def test_queue_put_reference(benchmark):
+    """``queue.Queue().put`` of the same 100-byte value, SINGLE per call (send_keyed's bar)."""
+    import queue
+
+    q: queue.Queue = queue.Queue()
+
+    def run() -> None:
+        put = q.put
+        for _ in range(SINGLE):
+            put(VALUE)
+        q.queue.clear()
+
+    benchmark(run)
+    _report(benchmark, SINGLE)
+
+
+def test_queue_get_reference(benchmark):
+    """``queue.Queue().get`` of SINGLE items per call (poll's bar); the refill is untimed."""
+    import queue
+
+    q: queue.Queue = queue.Queue()
+
+    def setup() -> None:
+        q.queue.extend([VALUE] * SINGLE)
+
+    def run() -> None:
+        get = q.get
+        for _ in range(SINGLE):
+            get()
+
+    benchmark.pedantic(run, setup=setup, rounds=200, iterations=1)
+    _report(benchmark, SINGLE)
