@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import time
 import uuid
 
 from grafos.fabric import Fabric, shm_path
@@ -11,12 +12,17 @@ from grafos.mq.consumer import Consumer
 from grafos.mq.producer import Producer
 from grafos.mq.topic import TopicConfig, TopicManager
 
-WAKE_OFFSET = 192      # layout.h: struct gf_fabric_hdr.wake (static-asserted there)
+WAKE_OFFSET = 192      # layout.h: struct gf_fabric_hdr.wake, then waiters (static-asserted there)
 
 
 def _wake_count(path: str) -> int:
     with open(path, "rb") as f:
         return struct.unpack("<I", os.pread(f.fileno(), 4, WAKE_OFFSET))[0]
+
+
+def _waiters(path: str) -> int:
+    with open(path, "rb") as f:
+        return struct.unpack("<I", os.pread(f.fileno(), 4, WAKE_OFFSET + 4))[0]
 
 
 def test_appends_while_a_consumer_sleeps_should_not_each_pay_a_wake():
@@ -37,6 +43,9 @@ def test_appends_while_a_consumer_sleeps_should_not_each_pay_a_wake():
         t = threading.Thread(target=sleep_on_quiet)
         t.start()
         try:
+            deadline = time.monotonic() + 10
+            while _waiters(shm_path(name)) == 0 and time.monotonic() < deadline:
+                time.sleep(0.001)                     # until the sleeper is asleep
             before = _wake_count(shm_path(name))
             prod = Producer("busy")
             n = 2000
