@@ -20,7 +20,7 @@ GROUP_TITLES = {
     "partitions": "grafos cost per message vs partitions (in-process batch, 64 B)",
     "topics": "grafos cost per message vs topics (in-process batch of 256 per topic, 64 B)",
     "producers": "Producer processes -> one consumer process (batch, 64 B)",
-    "memcpy": "memcpy of one batch's bytes (the physical limit)",
+    "memcpy": "memcpy of one batch's bytes out of a ring-sized buffer (the physical limit)",
 }
 
 
