@@ -12,6 +12,7 @@ the producer.
 from __future__ import annotations
 
 import hashlib
+import multiprocessing as mp
 import os
 import signal
 import struct
@@ -33,6 +34,16 @@ def stress_scale() -> float:
 
 def scaled(n: int, minimum: int = 1) -> int:
     return max(minimum, int(n * stress_scale()))
+
+
+# ---- starting processes (test side) ---------------------------------------------
+def start(procs: list, target, *args):
+    """Start ``target(*args)`` in a spawned daemon process and add it to ``procs``
+    (the conftest fixture that kills any still alive at teardown)."""
+    p = mp.get_context("spawn").Process(target=target, args=args, daemon=True)
+    p.start()
+    procs.append(p)
+    return p
 
 
 # ---- self-checking payloads ------------------------------------------------------
@@ -58,6 +69,19 @@ def check(value: bytes) -> tuple[int, int]:
 def digest_of(value: bytes) -> str:
     """A short fingerprint of a whole message value (for checksum comparisons)."""
     return hashlib.blake2b(value, digest_size=8).hexdigest()
+
+
+def log_polled(fd: int, msgs) -> None:
+    """One write to ``fd``: ``P partition offset digest`` per polled message, ``X
+    partition offset`` for a value that fails its checksum."""
+    lines = []
+    for p, m in msgs:
+        try:
+            check(m.value)
+            lines.append(f"P {p} {m.offset} {digest_of(m.value)}\n")
+        except ValueError:
+            lines.append(f"X {p} {m.offset}\n")
+    os.write(fd, "".join(lines).encode())
 
 
 # ---- simple workers ------------------------------------------------------------------
@@ -254,14 +278,7 @@ def group_member(name: str, topic: str, group: str, partitions: int, member: str
             msgs = c.poll(mgr, max_batch, timeout=poll_timeout)
             if not msgs:
                 continue
-            lines = []
-            for p, m in msgs:
-                try:
-                    check(m.value)
-                    lines.append(f"P {p} {m.offset} {digest_of(m.value)}\n")
-                except ValueError:
-                    lines.append(f"X {p} {m.offset}\n")
-            os.write(fd, "".join(lines).encode())
+            log_polled(fd, msgs)
             polled += len(msgs)
             if hold_after and polled >= hold_after:
                 holding.set()
@@ -339,14 +356,7 @@ def watch_consumer(name: str, topic: str, bounded_wait: float, log_path: str, st
         else:
             last_progress = now
         if msgs:
-            lines = []
-            for p, m in msgs:
-                try:
-                    check(m.value)
-                    lines.append(f"P {p} {m.offset} {digest_of(m.value)}\n")
-                except ValueError:
-                    lines.append(f"X {p} {m.offset}\n")
-            os.write(fd, "".join(lines).encode())
+            log_polled(fd, msgs)
         c.commit(store)
     os.write(fd, f"S {longest}\nL {sum(c.lost().values())}\n".encode())
     os.close(fd)

@@ -4,8 +4,6 @@ no half-made or leaked state."""
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
-import signal
 
 import pytest
 
@@ -15,16 +13,6 @@ from grafos.mq.topic import TopicManager
 
 CTX = mp.get_context("spawn")
 RACERS = 6
-
-
-@pytest.fixture
-def procs():
-    started: list = []
-    yield started
-    for p in started:
-        if p.is_alive():
-            os.kill(p.pid, signal.SIGKILL)
-        p.join(10)
 
 
 def race(procs, target, *args) -> list:

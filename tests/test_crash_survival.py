@@ -21,6 +21,7 @@ import time
 import pytest
 
 import mp_helpers as h
+from mp_helpers import start
 from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.group import ConsumerGroup
 from grafos.mq.offset import FabricOffsetStore
@@ -36,23 +37,6 @@ def bus(shm_name):
     mgr = TopicManager.open(shm_name, size=128 << 20)
     yield mgr
     mgr.close()
-
-
-@pytest.fixture
-def procs():
-    started: list = []
-    yield started
-    for p in started:
-        if p.is_alive():
-            os.kill(p.pid, signal.SIGKILL)
-        p.join(10)
-
-
-def start(procs, target, *args):
-    p = CTX.Process(target=target, args=args, daemon=True)
-    p.start()
-    procs.append(p)
-    return p
 
 
 def kill(p) -> None:

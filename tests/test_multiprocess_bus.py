@@ -19,6 +19,7 @@ import time
 import pytest
 
 import mp_helpers as h
+from mp_helpers import start
 from grafos.errors import LeaseExpired, NotFound
 from grafos.fabric import Fabric, shm_path
 from grafos.mq.consumer import Consumer
@@ -35,24 +36,6 @@ def bus(shm_name):
     mgr = TopicManager.open(shm_name, size=64 << 20)
     yield mgr
     mgr.close()
-
-
-@pytest.fixture
-def procs():
-    """Processes a test starts; any still alive at teardown are killed by PID."""
-    started: list = []
-    yield started
-    for p in started:
-        if p.is_alive():
-            os.kill(p.pid, signal.SIGKILL)
-        p.join(10)
-
-
-def start(procs, target, *args):
-    p = CTX.Process(target=target, args=args, daemon=True)
-    p.start()
-    procs.append(p)
-    return p
 
 
 def wake_words(name: str) -> tuple[int, int]:
