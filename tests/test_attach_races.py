@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
-import pytest
-
 import mp_helpers as h
 from grafos.fabric import Fabric
 from grafos.mq.topic import TopicManager
