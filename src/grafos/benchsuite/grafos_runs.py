@@ -18,10 +18,9 @@ import uuid
 
 import numpy as np
 
-from .harness import GRAFOS, Result
+from .harness import GRAFOS, WARMUP_ROUNDS, Result, timed_rounds
 from .procs import CONSUMED, STOP, Crew
 
-WARMUP_ROUNDS = 3
 RING_BYTES = 2 << 20
 
 
@@ -89,18 +88,8 @@ def inproc(size: int, batch: int, mode: str, duration: float, *, partitions: int
                         got += n
                         want -= n
                 return got
-        for _ in range(WARMUP_ROUNDS):
-            one_round()
-        # the rings are now warm; time whole rounds
-        n = 0
-        t0 = time.perf_counter()
-        deadline = t0 + duration
-        while True:
-            n += one_round()
-            t = time.perf_counter()
-            if t >= deadline:
-                break
-        res.messages, res.seconds = n, t - t0
+        # warm the rings, then time whole rounds
+        res.messages, res.seconds = timed_rounds(one_round, duration)
         res.lost = sum(sum(c.lost().values()) for c in cons)
         expected = 0  # every round consumes what it produced
         if res.lost != expected:

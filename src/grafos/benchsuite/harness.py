@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -33,11 +34,30 @@ MEMCPY = "memcpy"
 #: bytes moved per batch: batches of this many bytes keep the working set in L2
 BATCH_BYTES = 256 << 10
 MAX_BATCH = 4096
+#: untimed rounds before the clock starts
+WARMUP_ROUNDS = 3
 
 
 def batch_for(size: int) -> int:
     """Messages per batch for ``size``-byte messages (the same for every system)."""
     return max(4, min(MAX_BATCH, BATCH_BYTES // size))
+
+
+def timed_rounds(one_round: Callable[[], int], duration: float,
+                 warmup: int = WARMUP_ROUNDS) -> tuple[int, float]:
+    """``warmup`` untimed rounds, then whole rounds until ``duration`` seconds have
+    passed: (the sum of what the timed rounds returned, the seconds they took)."""
+    for _ in range(warmup):
+        one_round()
+    n = 0
+    t0 = time.perf_counter()
+    deadline = t0 + duration
+    while True:
+        n += one_round()
+        t = time.perf_counter()
+        if t >= deadline:
+            break
+    return n, t - t0
 
 
 @dataclass

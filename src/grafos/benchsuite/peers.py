@@ -18,7 +18,7 @@ import tempfile
 import time
 import uuid
 
-from .harness import MEMCPY, Result
+from .harness import MEMCPY, Result, timed_rounds
 from .procs import Crew
 
 MODULE_OF = {"mp.Queue": "multiprocessing", "faster-fifo": "faster_fifo", "pyzmq": "zmq"}
@@ -45,6 +45,39 @@ def _identity(b):  # noqa: ANN001, ANN202 - faster-fifo (de)serializer: bytes in
 
 
 # ---- channels: make (in the consumer), producer end, consumer end ---------------------------
+class _QueueProducer:
+    """The producer end of a queue with ``put(value, block, timeout)`` (mp.Queue, faster-fifo)."""
+
+    def __init__(self, ch) -> None:
+        self.q = ch
+
+    def put(self, value, flags) -> bool:
+        while not flags[0]:
+            try:
+                self.q.put(value, True, _PUT_TIMEOUT)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+
+class _QueueConsumer:
+    """The consumer end of a queue with ``get(block, timeout)``; ``drain`` is the queue's own."""
+
+    def __init__(self, ch) -> None:
+        self.q = ch
+
+    def get(self, max_messages: int) -> int:
+        try:
+            self.q.get(True, _GET_TIMEOUT)
+            return 1
+        except queue.Empty:
+            return 0
+
+    def close(self) -> None:
+        self.drain()
+
+
 class MpQueue:
     name = "mp.Queue"
 
@@ -52,20 +85,8 @@ class MpQueue:
     def make(ctx, size: int, batch: int, mode: str, producers: int):
         return ctx.Queue(4 * batch * producers if mode == "single" else 4 * producers)
 
-    class Producer:
-        def __init__(self, ch) -> None:
-            self.q = ch
-
-        def put(self, value, flags) -> bool:
-            while not flags[0]:
-                try:
-                    self.q.put(value, True, _PUT_TIMEOUT)
-                    return True
-                except queue.Full:
-                    pass
-            return False
-
-        put_batch = put     # a batch is one list
+    class Producer(_QueueProducer):
+        put_batch = _QueueProducer.put     # a batch is one list
 
         def close(self) -> None:
             # no cancel_join_thread(): a feeder killed mid-write leaves half a
@@ -73,17 +94,7 @@ class MpQueue:
             # queue is bounded, so flushing at exit is short (the consumer drains).
             self.q.close()
 
-    class Consumer:
-        def __init__(self, ch) -> None:
-            self.q = ch
-
-        def get(self, max_messages: int) -> int:
-            try:
-                self.q.get(True, _GET_TIMEOUT)
-                return 1
-            except queue.Empty:
-                return 0
-
+    class Consumer(_QueueConsumer):
         def get_batch(self, max_messages: int) -> int:
             try:
                 return len(self.q.get(True, _GET_TIMEOUT))
@@ -97,9 +108,6 @@ class MpQueue:
             except queue.Empty:
                 pass
 
-        def close(self) -> None:
-            self.drain()
-
 
 class FasterFifo:
     name = "faster-fifo"
@@ -110,19 +118,7 @@ class FasterFifo:
         nbytes = max(1 << 20, 4 * batch * (size + 64) * producers)
         return faster_fifo.Queue(max_size_bytes=nbytes, loads=_identity, dumps=_identity)
 
-    class Producer:
-        def __init__(self, ch) -> None:
-            self.q = ch
-
-        def put(self, value, flags) -> bool:
-            while not flags[0]:
-                try:
-                    self.q.put(value, True, _PUT_TIMEOUT)
-                    return True
-                except queue.Full:
-                    pass
-            return False
-
+    class Producer(_QueueProducer):
         def put_batch(self, values, flags) -> bool:
             while not flags[0]:
                 try:
@@ -135,17 +131,7 @@ class FasterFifo:
         def close(self) -> None:
             pass
 
-    class Consumer:
-        def __init__(self, ch) -> None:
-            self.q = ch
-
-        def get(self, max_messages: int) -> int:
-            try:
-                self.q.get(True, _GET_TIMEOUT)
-                return 1
-            except queue.Empty:
-                return 0
-
+    class Consumer(_QueueConsumer):
         def get_batch(self, max_messages: int) -> int:
             try:
                 return len(self.q.get_many(True, _GET_TIMEOUT, max_messages_to_get=max_messages))
@@ -158,9 +144,6 @@ class FasterFifo:
                     self.q.get_many_nowait()
             except queue.Empty:
                 pass
-
-        def close(self) -> None:
-            self.drain()
 
 
 class PyZmq:
@@ -292,17 +275,7 @@ def inproc(peer: str, size: int, batch: int, mode: str, duration: float) -> Resu
         return got
 
     try:
-        for _ in range(3):
-            one_round()
-        n = 0
-        t0 = time.perf_counter()
-        deadline = t0 + duration
-        while True:
-            n += one_round()
-            t = time.perf_counter()
-            if t >= deadline:
-                break
-        res.messages, res.seconds = n, t - t0
+        res.messages, res.seconds = timed_rounds(one_round, duration)
     finally:
         cons.close()
         prod.close()
@@ -374,17 +347,12 @@ def memcpy(size: int, batch: int, duration: float) -> Result:
     dst = ffi.new("uint8_t[]", nbytes)
     ffi.memmove(src, b"\x5a" * span, span)
     starts = [src + off for off in range(0, span - nbytes + 1, nbytes)]
-    for s in starts:
-        lib.gf_memcpy_bench(dst, s, nbytes, 1)
-    copied = 0
-    t0 = time.perf_counter()
-    deadline = t0 + duration
-    while True:
+
+    def one_pass() -> int:
         for s in starts:
             lib.gf_memcpy_bench(dst, s, nbytes, 1)
-        copied += len(starts) * nbytes
-        t = time.perf_counter()
-        if t >= deadline:
-            break
+        return len(starts) * nbytes
+
+    copied, seconds = timed_rounds(one_pass, duration, warmup=1)
     return Result("memcpy", MEMCPY, "copy", "in-process", size, batch=batch,
-                  messages=copied // size, seconds=t - t0)
+                  messages=copied // size, seconds=seconds)
