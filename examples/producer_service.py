@@ -19,14 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import signal
 import sys
 import time
 
-from grafos.errors import AlreadyExists, GrafosError
+from grafos.errors import AlreadyExists
 from grafos.leasekit import RenewalManager
 from grafos.mq.producer import Partitioner, Producer
 from grafos.mq.topic import TopicConfig, TopicManager
+
+from _service import serve   # examples/_service.py, beside this script
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,19 +105,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop(signum: int, frame: object) -> None:
-    """SIGTERM (a service manager, ``kill``) stops us the way Ctrl-C does."""
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)
-    try:
-        return run(args)
-    except GrafosError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    return serve(run, parse_args(argv))      # SIGTERM stops us the way Ctrl-C does
 
 
 if __name__ == "__main__":

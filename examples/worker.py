@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import socket
 import sys
 import time
@@ -28,6 +27,8 @@ from grafos.mq.consumer import SeekPolicy
 from grafos.mq.group import ConsumerGroup
 from grafos.mq.offset import FabricOffsetStore
 from grafos.mq.topic import TopicManager
+
+from _service import serve   # examples/_service.py, beside this script
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -113,19 +114,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stop(signum: int, frame: object) -> None:
-    """SIGTERM stops us the way Ctrl-C does: commit, leave the group, exit."""
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop)
     try:
-        return run(args)
-    except (GrafosError, TimeoutError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        # SIGTERM stops us the way Ctrl-C does: commit, leave the group, exit
+        return serve(run, args, (GrafosError, TimeoutError))
     except KeyboardInterrupt:       # while still waiting for the bus
         return 0
 
