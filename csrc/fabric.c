@@ -178,7 +178,7 @@ static int wait_ready(int fd, uint64_t *size_out)
             if ((uint64_t)st.st_size < GF_HDR_SIZE)
                 return gf_fail(GF_E_CORRUPT, "not a grafos fabric: file is %lld bytes, smaller than a header",
                                (long long)st.st_size);
-            return gf_fail(GF_E_CORRUPT, "fabric was never finished by its creator (not ready after 2 s)");
+            return gf_fail(GF_E_CORRUPT, "fabric was never finished by its creator (not ready after 2 s): if its creator died, remove the file (Fabric.unlink(name) for a named bus) and create it again");
         }
         usleep(1000);
     }
