@@ -121,6 +121,13 @@ def _key(kind: str, name: str, i: int | None = None) -> str:
     return f"{kind}/{name}" if i is None else f"{kind}/{name}/{i}"
 
 
+def _lease_of_ref(fab: Fabric, ref: bytes) -> MemLease:
+    """The lease a partition's directory ref names. A damaged ref (not our size)
+    names no lease: (0, 0), which the fabric refuses as NotFound."""
+    idx, _, lid = _PREF.unpack(ref) if len(ref) == _PREF.size else (0, 0, 0)
+    return MemLease(fab, idx, lid)
+
+
 class TopicManager:
     """The bus. ``TopicManager()`` is in-process on its own fabric (no server,
     nothing to clean up); :meth:`open` creates or attaches to a named or
@@ -210,16 +217,11 @@ class TopicManager:
         name = _validate.name(name, "topic name", MAX_TOPIC_NAME)
         fab = self.fabric
         with self._lock, fab.locked():
-            raw = fab.meta_get(_key("t", name))
-            if raw is None:
-                raise NotFound(f"no topic {name!r}")
-            cfg = self._config(raw)
+            cfg = self._config(self._record(name))
             for i in range(cfg.num_partitions):
                 ref = fab.meta_get(_key("p", name, i))
                 if ref is not None:
-                    # a damaged ref (not our size) names no lease: (0, 0) is refused as NotFound
-                    idx, _, lid = _PREF.unpack(ref) if len(ref) == _PREF.size else (0, 0, 0)
-                    lease = MemLease(fab, idx, lid)
+                    lease = _lease_of_ref(fab, ref)
                     try:
                         lease.release()
                     except (LeaseExpired, NotFound):
@@ -234,17 +236,13 @@ class TopicManager:
         name = _validate.name(name, "topic name", MAX_TOPIC_NAME)
         fab = self.fabric
         with self._lock, fab.locked():
-            raw = fab.meta_get(_key("t", name))
-            if raw is None:
-                raise NotFound(f"no topic {name!r}")
-            cfg = self._config(raw)
+            cfg = self._config(self._record(name))
             fab.reap(now)
             for i in range(cfg.num_partitions):
                 ref = fab.meta_get(_key("p", name, i))
                 alive = False
                 if ref is not None:
-                    idx, _, lid = _PREF.unpack(ref) if len(ref) == _PREF.size else (0, 0, 0)
-                    alive = not MemLease(fab, idx, lid).expired(now)
+                    alive = not _lease_of_ref(fab, ref).expired(now)
                 if not alive:
                     p = Partition.create(fab, cfg.partition_capacity, cfg.partition_stride,
                                          ttl=cfg.retention_secs, owner_tag=i, now=now)
@@ -258,6 +256,13 @@ class TopicManager:
     def exists(self, name: str) -> bool:
         return self.fabric.meta_get(_key("t", _validate.name(name, "topic name", MAX_TOPIC_NAME))) is not None
 
+    def _record(self, name: str) -> bytes:
+        """The topic's directory record (read under the fabric lock); NotFound if there is none."""
+        raw = self.fabric.meta_get(_key("t", name))
+        if raw is None:
+            raise NotFound(f"no topic {name!r}")
+        return raw
+
     @staticmethod
     def _config(raw: bytes) -> TopicConfig:
         try:
@@ -270,9 +275,7 @@ class TopicManager:
     def _load(self, name: str, now: float | None = None) -> Topic:
         fab = self.fabric
         with fab.locked():
-            raw = fab.meta_get(_key("t", name))
-            if raw is None:
-                raise NotFound(f"no topic {name!r}")
+            raw = self._record(name)
             cfg = self._config(raw)
             incarnation = _CONFIG.unpack(raw)[6]
             parts: list[Partition | None] = []
