@@ -206,11 +206,14 @@ class RenewalManager:
     def deregister(self, lease_or_id: object) -> bool:
         """Stop renewing; the lease keeps its current expiry. Returns False if it
         was not registered."""
-        key = lease_or_id if isinstance(lease_or_id, MemLease) else self._key_of(lease_or_id)
+        key = self._key_of(lease_or_id)
         with self._lock:
             return self._regs.pop(key, None) is not None
 
     def _key_of(self, lease_or_id: object) -> Hashable:
+        """The id a registration is kept under: a MemLease is its own id."""
+        if isinstance(lease_or_id, MemLease):
+            return lease_or_id
         try:
             hash(lease_or_id)
         except TypeError:
@@ -219,6 +222,19 @@ class RenewalManager:
         return lease_or_id  # type: ignore[return-value]
 
     # ---- renewing ----------------------------------------------------------------
+    @staticmethod
+    def _renew(reg: Registration, lease: MemLease | None, new: float, t: float) -> None:
+        """Move a registration, and its real lease if it has one, to expire at ``new``."""
+        if lease is not None:
+            lease.renew(expires_at=new, now=t)
+        reg.expires_at = new
+        reg.renewals += 1
+
+    def _drop(self, key: Hashable) -> None:
+        """Forget a registration found expired (it cannot be renewed); listed in :attr:`expired`."""
+        del self._regs[key]
+        self.expired.append(key)
+
     def tick(self, now: float | None = None) -> list[Hashable]:
         """Renew every registration that is due; return the ids renewed.
 
@@ -239,22 +255,17 @@ class RenewalManager:
                     if not reg.policy.due(exp - t, reg.period):
                         reg.expires_at = exp
                         continue
-                    new = t + reg.period
-                    if lease is not None:
-                        lease.renew(expires_at=new, now=t)
+                    self._renew(reg, lease, t + reg.period, t)
                 except (LeaseExpired, NotFound):
-                    del self._regs[key]
-                    self.expired.append(key)
+                    self._drop(key)
                     continue
-                reg.expires_at = new
-                reg.renewals += 1
                 renewed.append(key)
         return renewed
 
     def renew_now(self, lease_or_id: object, *, now: float | None = None) -> float:
         """Renew one registration whether due or not; returns the new expiry.
         Raises LeaseExpired if it has expired (and drops it)."""
-        key = lease_or_id if isinstance(lease_or_id, MemLease) else self._key_of(lease_or_id)
+        key = self._key_of(lease_or_id)
         t = now_s(now)
         with self._lock:
             reg = self._get(key)
@@ -264,14 +275,10 @@ class RenewalManager:
                     raise LeaseExpired(f"{key!r} has expired and cannot be renewed")
                 # never moves an expiry back (a clock stepped back must not shorten a lease)
                 new = max(t + reg.period, lease.expires_at if lease is not None else reg.expires_at)
-                if lease is not None:
-                    lease.renew(expires_at=new, now=t)
+                self._renew(reg, lease, new, t)
             except (LeaseExpired, NotFound):
-                del self._regs[key]
-                self.expired.append(key)
+                self._drop(key)
                 raise
-            reg.expires_at = new
-            reg.renewals += 1
             return new
 
     # ---- looking ---------------------------------------------------------------------
@@ -284,7 +291,7 @@ class RenewalManager:
     def ttl_remaining(self, lease_or_id: object, now: float | None = None) -> float:
         """Seconds until the registration expires (0.0 once expired). For a real
         lease this reads the fabric, so it shows renewals made by other processes."""
-        key = lease_or_id if isinstance(lease_or_id, MemLease) else self._key_of(lease_or_id)
+        key = self._key_of(lease_or_id)
         t = now_s(now)
         with self._lock:
             reg = self._get(key)
