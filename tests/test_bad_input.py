@@ -19,13 +19,12 @@ import pytest
 from grafos import Fabric
 from grafos.errors import (AlreadyExists, FabricFull, Fenced, GrafosError, InvalidArgument,
                            InvalidType, MessageTooLarge, NotFound)
-from grafos.fabric import MemLease
 from grafos.leasekit import RenewalManager, RenewalPolicy
 from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.dlq import DlqRouter
 from grafos.mq.group import ConsumerGroup, group_lag
 from grafos.mq.offset import FabricOffsetStore, MemOffsetStore, SqliteOffsetStore, commit_many
-from grafos.mq.producer import Partitioner, Producer, kafka_partition, murmur2
+from grafos.mq.producer import Producer, kafka_partition, murmur2
 from grafos.mq.topic import TopicConfig, TopicManager
 from grafos.partition import Partition
 from grafos.reader import Reader

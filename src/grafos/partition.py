@@ -8,7 +8,7 @@ died half-way is stepped over after the fabric's bounded wait.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from ._native import ffi, lib
 from .errors import InvalidArgument, MessageTooLarge
 from .fabric import Fabric, MemLease, _expiry
 from .message import Message, encode_headers
+
+if TYPE_CHECKING:
+    from .reader import Reader
 
 _send_key = lib.gf_sender_send
 _send_nokey = lib.gf_sender_send_nokey

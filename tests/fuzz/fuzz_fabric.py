@@ -55,7 +55,7 @@ if atheris is not None and "--random" not in sys.argv:
         from grafos.mq import consumer, dlq, group, offset, producer, topic  # noqa: F401
 
 from grafos import Fabric
-from grafos._native import ffi, lib
+from grafos._native import lib
 from grafos.errors import GrafosError
 from grafos.message import Message
 from grafos.mq.consumer import Consumer, SeekPolicy

@@ -14,7 +14,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..benchsuite import SCENARIO_HELP, SCENARIOS, Options, plan, quick_options, run_jobs, targets
 from ..benchsuite import report
-from ..benchsuite.harness import DEFAULT_PARTITIONS, DEFAULT_PRODUCERS, DEFAULT_SIZES, DEFAULT_TOPICS
 from . import main
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,

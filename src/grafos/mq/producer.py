@@ -11,7 +11,7 @@ import numpy as np
 from .. import _validate
 from .._check import last_error, raise_for
 from .._native import ffi, lib
-from ..errors import InvalidArgument, LeaseExpired, MessageTooLarge, NotFound, SlotAbandoned
+from ..errors import InvalidArgument, LeaseExpired, MessageTooLarge, NotFound
 from ..message import encode_headers
 from ..partition import pack
 from .topic import Topic, TopicManager

@@ -19,12 +19,11 @@ import time
 from dataclasses import dataclass, field
 
 from .. import _validate
-from .._check import check, raise_for
-from .._clock import now_ns, now_s, to_ns
+from .._clock import now_ns, now_s
 from .._native import ffi, lib
 from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, NotFound
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
-from ..partition import Partition, PartitionState, region_size
+from ..partition import Partition, PartitionState
 
 #: documented defaults of :class:`TopicConfig`
 DEFAULT_PARTITIONS = 4
