@@ -183,6 +183,24 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
                       const uint8_t *keys, const uint32_t *key_lens,
                       const uint8_t *vals, const uint32_t *val_lens, int64_t ts_ns,
                       uint32_t *out_parts, uint64_t *out_offsets);
+/* A reader's process-local view for gf_poller_poll: what gf_poll takes, plus
+ * what it reports back (bytes used in buf, partitions found expired). */
+typedef struct {
+    gf_fabric *f;
+    gf_ring **rings;
+    gf_cursor *cursors;
+    gf_msg_meta *meta;
+    uint8_t *buf;
+    uint64_t buf_size;
+    uint64_t used;
+    uint32_t n;
+    uint32_t start;
+    uint32_t max_batch;
+    uint32_t expired;
+} gf_poller;
+
+int64_t gf_poller_poll(gf_poller *p, uint32_t max_msgs, int64_t now_ns, int64_t timeout_ns,
+                       int64_t spin_ns);
 int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start,
                 uint32_t max_msgs, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
                 int64_t now_ns, int64_t timeout_ns, int64_t spin_ns);

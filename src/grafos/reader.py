@@ -27,6 +27,7 @@ META_DTYPE = np.dtype([
 _META = struct.Struct("<QqIIIIIIII")
 assert META_DTYPE.itemsize == ffi.sizeof("gf_msg_meta") == _META.size
 
+_poller_poll = lib.gf_poller_poll
 _SLICE = 0.2    # seconds: a blocking poll wakes this often so Ctrl-C gets through
 MAX_BUF = 64 << 20
 
@@ -194,7 +195,10 @@ class Reader:
         self._buf = ffi.new("uint8_t[]", self._buf_size)
         self._metabuf = ffi.buffer(self._meta)
         self._bytes = ffi.buffer(self._buf)
-        self._start = 0
+        # the hot path's one argument (gf_poller_poll); the arrays above keep its pointers alive
+        self._p = ffi.new("gf_poller *", {
+            "f": fabric.handle, "rings": self._rings, "cursors": self._cursors, "meta": self._meta,
+            "buf": self._buf, "buf_size": self._buf_size, "n": n, "max_batch": max_batch})
 
     # ---- cursors ------------------------------------------------------------
     def seek(self, i: int, offset: int) -> None:
@@ -225,6 +229,13 @@ class Reader:
     def poll_raw(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
                  spin: float = 0.0) -> int:
         """Fill the reader's buffers; returns how many messages."""
+        if (timeout.__class__ is float or timeout.__class__ is int) and timeout == 0 and now is None \
+                and spin.__class__ is float and spin == 0.0 and max_messages.__class__ is int \
+                and max_messages >= 0 and not self.fabric._closed:
+            rc = _poller_poll(self._p, max_messages, 0, 0, 0)   # the common look: no waiting
+            if rc < 0:
+                raise_for(rc, "poll")
+            return rc
         if max_messages.__class__ is not int or max_messages < 0:
             max_messages = _count(max_messages, "max_messages")
         if max_messages > self.max_batch:
@@ -235,33 +246,35 @@ class Reader:
         spin_ns = int(spin * 1e9) if spin.__class__ is float or spin.__class__ is int else \
             int(_validate.number(spin, "spin", 0) * 1e9)
         if timeout is not None and timeout <= 0:
-            rc = lib.gf_poll(self.fabric.handle, self._rings, self._cursors, self._n, self._start,
-                             max_messages, self._meta, self._buf, self._buf_size, t, 0, 0)
+            self.fabric.handle      # noqa: B018 - raises if the fabric was closed
+            rc = _poller_poll(self._p, max_messages, t, 0, 0)
         else:
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
-                rc = lib.gf_poll(self.fabric.handle, self._rings, self._cursors, self._n, self._start,
-                                 max_messages, self._meta, self._buf, self._buf_size, t,
-                                 max(int(left * 1e9), 0), spin_ns)
+                self.fabric.handle  # noqa: B018 - raises if the fabric was closed
+                rc = _poller_poll(self._p, max_messages, t, max(int(left * 1e9), 0), spin_ns)
                 if rc != 0 or (deadline is not None and time.monotonic() >= deadline):
                     break
         if rc < 0:
             raise_for(rc, "poll")
-        if self._n > 1:
-            self._start = (self._start + 1) % self._n
         return rc
 
     def _used(self, n: int) -> int:
-        m = self._meta[n - 1]
-        return m.pos + m.key_len + m.hdr_len + m.val_len
+        """Bytes of the buffer the last poll filled (0 when it found nothing)."""
+        return self._p.used
+
+    @property
+    def expired_seen(self) -> int:
+        """How many partitions read as expired in the last poll that found nothing."""
+        return self._p.expired
 
     def poll(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
              spin: float = 0.0) -> list[tuple[int, Message]]:
         n = self.poll_raw(max_messages, timeout, now, spin)
         if n == 0:
             return []
-        data = self._bytes[0:self._used(n)]
+        data = self._bytes[0:self._p.used]
         try:
             return _decode(self._metabuf[0:n * _META.size], data, self._map)
         except CorruptFabric:

@@ -50,6 +50,7 @@ class Consumer:
         self._reader: Reader | None = None
         self._positions: dict[int, int] = {}
         self._parts: list[int] = []
+        self._holes: tuple | None = None      # (reader, any assigned partition reclaimed)
         self._member: tuple[object, str] | None = None   # (ConsumerGroup, member) for fencing
         self._epoch = -1    # fabric metadata epoch when the topic was last re-read after an expiry
         self._next_look = 0.0   # monotonic time before which we do not re-read it again
@@ -212,7 +213,8 @@ class Consumer:
             rd = self._ensure(mgr)
         if type(max_messages) is not int or max_messages < 1:
             _validate.integer(max_messages, "max_messages", 1)
-        _validate.timeout(timeout)
+        if timeout.__class__ is not float or timeout != timeout:
+            _validate.timeout(timeout)
         if timeout is not None and timeout <= 0:
             msgs = rd.poll(max_messages, timeout, None, spin)
             if not msgs and rd._n and self._any_expired(rd) and self._maybe_refresh(mgr):
@@ -261,7 +263,14 @@ class Consumer:
                 return out
 
     def _any_expired(self, rd: Reader) -> bool:
-        return any(rd._cursors[p].expired or rd._parts[p] is None for p in self._parts)
+        # C counted the expired rings during the poll; holes (partitions already
+        # reclaimed when the topic was opened) only change when the reader does
+        if rd._p.expired:
+            return True
+        holes = self._holes
+        if holes is None or holes[0] is not rd:
+            holes = self._holes = (rd, any(rd._parts[p] is None for p in self._parts))
+        return holes[1]
 
     def _maybe_refresh(self, mgr: TopicManager) -> bool:
         """A partition read as expired: if the directory changed since we last looked
