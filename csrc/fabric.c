@@ -813,14 +813,27 @@ static int check_key(uint32_t klen, uint32_t vlen)
     return GF_OK;
 }
 
-int gf_meta_get(gf_fabric *f, const char *key, uint32_t klen, uint8_t *val, uint32_t cap, uint32_t *vlen)
+/* The lock, the key's limits, its hash and its slot: what every keyed call checks
+ * first. Returns an error code, or GF_OK with *h, *i and *found set. */
+static int meta_lookup(gf_fabric *f, const char *key, uint32_t klen, uint32_t vlen,
+                       uint32_t *h, int64_t *i, int *found)
 {
     REQUIRE_LOCK(f);
-    int rc = check_key(klen, 0), found;
+    int rc = check_key(klen, vlen);
     if (rc < 0)
         return rc;
-    uint32_t h = gf_murmur2((const uint8_t *)key, klen);
-    int64_t i = meta_find(f, key, klen, h, &found);
+    *h = gf_murmur2((const uint8_t *)key, klen);
+    *i = meta_find(f, key, klen, *h, found);
+    return GF_OK;
+}
+
+int gf_meta_get(gf_fabric *f, const char *key, uint32_t klen, uint8_t *val, uint32_t cap, uint32_t *vlen)
+{
+    uint32_t h;
+    int64_t i;
+    int found, rc = meta_lookup(f, key, klen, 0, &h, &i, &found);
+    if (rc < 0)
+        return rc;
     if (!found)
         return GF_E_NOTFOUND;
     struct gf_meta_entry e;    /* a copy: a writer that ignores the lock cannot change it under the checks */
@@ -836,12 +849,11 @@ int gf_meta_get(gf_fabric *f, const char *key, uint32_t klen, uint8_t *val, uint
 
 int gf_meta_put(gf_fabric *f, const char *key, uint32_t klen, const uint8_t *val, uint32_t vlen)
 {
-    REQUIRE_LOCK(f);
-    int rc = check_key(klen, vlen), found;
+    uint32_t h;
+    int64_t i;
+    int found, rc = meta_lookup(f, key, klen, vlen, &h, &i, &found);
     if (rc < 0)
         return rc;
-    uint32_t h = gf_murmur2((const uint8_t *)key, klen);
-    int64_t i = meta_find(f, key, klen, h, &found);
     if (i < 0)
         return gf_fail(GF_E_FULL, "metadata table is full (%u entries)", f->meta_slots);
     struct gf_meta_entry *e = &f->meta[i];
@@ -858,12 +870,11 @@ int gf_meta_put(gf_fabric *f, const char *key, uint32_t klen, const uint8_t *val
 
 int gf_meta_del(gf_fabric *f, const char *key, uint32_t klen)
 {
-    REQUIRE_LOCK(f);
-    int rc = check_key(klen, 0), found;
+    uint32_t h;
+    int64_t i;
+    int found, rc = meta_lookup(f, key, klen, 0, &h, &i, &found);
     if (rc < 0)
         return rc;
-    uint32_t h = gf_murmur2((const uint8_t *)key, klen);
-    int64_t i = meta_find(f, key, klen, h, &found);
     if (!found)
         return GF_E_NOTFOUND;
     f->meta[i].state = GF_META_TOMB;
