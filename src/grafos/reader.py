@@ -24,8 +24,6 @@ META_DTYPE = np.dtype([
     ("hdr_len", "<u4"), ("val_len", "<u4"), ("key_hash", "<u4"), ("flags", "<u4"),
     ("partition", "<u4"), ("reserved", "<u4"),
 ])
-_META = struct.Struct("<QqIIIIIIII")
-assert META_DTYPE.itemsize == ffi.sizeof("gf_msg_meta") == _META.size
 
 _poller_poll = lib.gf_poller_poll
 _SLICE = 0.2    # seconds: a blocking poll wakes this often so Ctrl-C gets through
@@ -130,6 +128,7 @@ class Batch:
 
 # offset, timestamp, pos, key_len, hdr_len, val_len, (key_hash), flags, partition, (reserved)
 _DECODE = struct.Struct("<Qq4I4xII4x")
+assert META_DTYPE.itemsize == ffi.sizeof("gf_msg_meta") == _DECODE.size
 
 
 def _decode(meta: bytes, data: bytes, ids: Sequence[int] | None) -> list[tuple[int, Message]]:
@@ -260,10 +259,6 @@ class Reader:
             raise_for(rc, "poll")
         return rc
 
-    def _used(self, n: int) -> int:
-        """Bytes of the buffer the last poll filled (0 when it found nothing)."""
-        return self._p.used
-
     @property
     def expired_seen(self) -> int:
         """How many partitions read as expired in the last poll that found nothing."""
@@ -276,7 +271,7 @@ class Reader:
             return []
         data = self._bytes[0:self._p.used]
         try:
-            return _decode(self._metabuf[0:n * _META.size], data, self._map)
+            return _decode(self._metabuf[0:n * _DECODE.size], data, self._map)
         except CorruptFabric:
             # the cursors have moved past all n: raising would lose the good ones too
             return self._decode_each(n, data)
@@ -285,18 +280,18 @@ class Reader:
         """Decode one message at a time, dropping (and counting as corrupt) those
         whose headers do not parse: a checksum only proves they are what was written."""
         out: list[tuple[int, Message]] = []
-        size = _META.size
+        size = _DECODE.size
         for i in range(n):
             row = self._metabuf[i * size:(i + 1) * size]
             try:
                 out += _decode(row, data, self._map)
             except CorruptFabric:
-                self._cursors[_META.unpack(row)[8]].corrupt += 1
+                self._cursors[_DECODE.unpack(row)[7]].corrupt += 1
         return out
 
     def poll_batch(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
                    spin: float = 0.0) -> Batch:
         n = self.poll_raw(max_messages, timeout, now, spin)
         meta = np.frombuffer(self._metabuf, dtype=META_DTYPE, count=n)
-        data = np.frombuffer(self._bytes, dtype=np.uint8, count=self._used(n) if n else 0)
+        data = np.frombuffer(self._bytes, dtype=np.uint8, count=self._p.used)
         return Batch(meta, data, self.ids)
