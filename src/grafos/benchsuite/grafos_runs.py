@@ -34,11 +34,15 @@ def geometry(size: int, batch: int, partitions: int = 1) -> tuple[int, int]:
     return capacity, stride
 
 
+def _fabric_bytes(total_bytes: int) -> int:
+    """A fabric for rings of ``total_bytes``: a quarter over, at least 64 MiB."""
+    return max(64 << 20, int(total_bytes * 1.25) + (16 << 20))
+
+
 def _manager(total_bytes: int, leases: int = 0):
     from ..fabric import Fabric
     from ..mq.topic import TopicManager
-    size = max(64 << 20, int(total_bytes * 1.25) + (16 << 20))
-    return TopicManager(Fabric(size, lease_slots=max(leases, 0)))
+    return TopicManager(Fabric(_fabric_bytes(total_bytes), lease_slots=leases))
 
 
 # ---- in-process ------------------------------------------------------------------------
@@ -197,7 +201,7 @@ def cross(size: int, batch: int, mode: str, duration: float, *, producers: int =
     capacity, stride = geometry(size, batch * producers, partitions)
     name = f"grafos-bench-{uuid.uuid4().hex[:12]}"
     total = partitions * capacity * stride
-    mgr = TopicManager.open(name, size=max(64 << 20, int(total * 1.25) + (16 << 20)))
+    mgr = TopicManager.open(name, size=_fabric_bytes(total))
     crew = None
     try:
         mgr.create("bench", TopicConfig(partitions, capacity, stride, 3600.0))
@@ -222,9 +226,8 @@ def cross(size: int, batch: int, mode: str, duration: float, *, producers: int =
             if t >= deadline or not crew.alive():
                 break
         res.messages, res.seconds = n, t - t0
-        crew.stop()
         res.lost = sum(cons.lost().values())
-        crew.join(drain=lambda: None)
+        crew.join(drain=lambda: None)          # stops the producers first
         if crew.failed():
             res.status, res.note = "error", crew.failed()
     finally:

@@ -29,9 +29,6 @@ class Crew:
     def array(self, typecode: str, n: int):
         return self.ctx.RawArray(typecode, n)
 
-    def queue(self, maxsize: int = 0):
-        return self.ctx.Queue(maxsize)
-
     def start(self, target: Callable, args: Callable[[int], tuple]) -> None:
         for i in range(self.n):
             p = self.ctx.Process(target=target, args=args(i), daemon=True, name=f"grafos-bench-producer-{i}")
@@ -44,10 +41,6 @@ class Crew:
         flags[READY + idx] = 1
         while not flags[GO] and not flags[STOP]:
             time.sleep(0.0002)
-
-    @staticmethod
-    def stopped(flags) -> bool:
-        return bool(flags[STOP])
 
     def go(self) -> None:
         """Wait until every producer is ready, then start them all."""

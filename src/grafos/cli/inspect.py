@@ -162,7 +162,7 @@ def describe(name: str, topic: str, as_json: bool) -> None:
 def _group_rows(mgr: Any) -> list[dict[str, Any]]:
     """Every group the bus knows: consumer groups with state in the fabric
     (members, claims) and plain offset commits in the fabric offset store."""
-    from ..mq.group import ConsumerGroup, list_groups
+    from ..mq.group import ConsumerGroup, GroupPartition, _lag, list_groups
     from ..mq.offset import FabricOffsetStore
 
     store = FabricOffsetStore(mgr)
@@ -188,10 +188,8 @@ def _group_rows(mgr: Any) -> list[dict[str, Any]]:
                 row["partitions"] = []
                 for p in tp.partitions:
                     c = committed[(g, t)].get(p.partition)
-                    pos = p.earliest if c is None else min(max(c, p.earliest), p.latest)
-                    row["partitions"].append({"partition": p.partition, "owner": None, "epoch": 0,
-                                              "committed": c, "earliest": p.earliest, "latest": p.latest,
-                                              "lag": max(0, p.latest - pos)})
+                    row["partitions"].append(asdict(GroupPartition(
+                        p.partition, None, 0, c, p.earliest, p.latest, _lag(c, p.earliest, p.latest))))
             row["lag"] = sum(p["lag"] for p in row["partitions"])
         except GrafosError as e:
             row.update(members=[], partitions=[], stale_members=[], lag=None, error=str(e))

@@ -15,7 +15,6 @@ import hashlib
 from .._native import lib
 
 KEY_MAX: int = lib.GF_META_KEY_MAX
-VAL_MAX: int = lib.GF_META_VAL_MAX
 _PREFIX_MAX = 40     # leaves 56 bytes of tail under every prefix
 
 

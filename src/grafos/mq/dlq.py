@@ -34,6 +34,7 @@ from .. import _validate
 from ..errors import CorruptFabric, InvalidArgument
 from ..message import Message
 from . import _metakeys
+from .offset import MAX_OFFSET
 from .producer import Partitioner, Producer
 
 if TYPE_CHECKING:
@@ -48,7 +49,6 @@ SOURCE_PARTITION = "x-source-partition"
 SOURCE_OFFSET = "x-source-offset"
 FAILURES = "x-failures"
 
-_MAX_OFFSET = (1 << 48) - 1
 _COUNT = struct.Struct("<I")
 
 
@@ -148,7 +148,7 @@ class DlqRouter:
     @staticmethod
     def _where(partition: object, offset: object) -> tuple[int, int]:
         return (_validate.integer(partition, "partition", 0, 1 << 20),
-                _validate.integer(offset, "offset", 0, _MAX_OFFSET))
+                _validate.integer(offset, "offset", 0, MAX_OFFSET))
 
     # ---- counting -------------------------------------------------------------------
     def nack(self, partition: int, offset: int) -> bool:
