@@ -143,7 +143,9 @@ def test_group_writable_fabric_is_attached(tmp_path):
     """The documented line: your group is trusted when you give it g+w; others never."""
     p = str(tmp_path / "f.grafos")
     Fabric.open(path=p, size=4 * MiB, mode=0o660).close()
-    Fabric.open(path=p).close()
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o660      # really group-writable
+    with Fabric.open(path=p, create=False) as f:          # ...and attached all the same
+        assert f.info().total_size == 4 * MiB
 
 
 @needs_root
