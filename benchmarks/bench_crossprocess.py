@@ -102,6 +102,27 @@ def _make_channels(system: str, count: int, bus: str | None) -> list:
     raise ValueError(system)
 
 
+def _zmq_recv(sock, mode: str):  # noqa: ANN001, ANN202 - a pyzmq socket
+    """recv(n) -> 1 for one pyzmq message: a NOBLOCK retry loop when spinning."""
+    import zmq
+    if mode == "spin":
+        again, noblock = zmq.Again, zmq.NOBLOCK
+
+        def recv(_: int) -> int:
+            while True:
+                try:
+                    sock.recv(noblock)
+                    return 1
+                except again:
+                    pass
+        return recv
+
+    def recv_blocking(_: int) -> int:
+        sock.recv()
+        return 1
+    return recv_blocking
+
+
 class _Sender:
     def __init__(self, system: str, ch, peer_binds: bool) -> None:
         self.system = system
@@ -166,20 +187,7 @@ class _Receiver:
             self.sock = self.ctx.socket(zmq.PAIR if pair else zmq.PULL)
             self.sock.setsockopt(zmq.LINGER, 0)
             self.sock.bind(ch)
-            sock = self.sock
-            if mode == "spin":
-                again, noblock = zmq.Again, zmq.NOBLOCK
-
-                def recv(n: int) -> int:
-                    while True:
-                        try:
-                            sock.recv(noblock)
-                            return 1
-                        except again:
-                            pass
-                self.recv = recv
-            else:
-                self.recv = lambda n: (sock.recv(), 1)[1]
+            self.recv = _zmq_recv(self.sock, mode)
         elif system == "mp.Queue":
             self.recv = lambda n: (ch.get(True, TIMEOUT), 1)[1]
         elif system == "faster-fifo":
@@ -317,20 +325,7 @@ def _ponger(system: str, ping, pong, mode: str, n: int, sync) -> None:
         sock = ctx.socket(zmq.PAIR)
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(pong)
-        if mode == "spin":
-            again, noblock = zmq.Again, zmq.NOBLOCK
-
-            def recv(_: int) -> int:
-                while True:
-                    try:
-                        sock.recv(noblock)
-                        return 1
-                    except again:
-                        pass
-        else:
-            def recv(_: int) -> int:
-                sock.recv()
-                return 1
+        recv = _zmq_recv(sock, mode)
         send = sock.send
     else:
         rx = _Receiver(system, ping, mode, pair=True)
