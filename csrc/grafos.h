@@ -28,6 +28,9 @@
 #define GF_E_PERM      -13    /* ownership/permission check refused the fabric */
 #define GF_E_BUFFER    -14    /* caller's buffer too small for one message */
 
+/* Offsets are below 2^GF_OFFSET_BITS: gf_send packs (partition << 48 | offset). */
+#define GF_OFFSET_BITS  48
+
 /* gf_fabric_open flags */
 #define GF_OPEN_CREATE     1  /* create if missing */
 #define GF_OPEN_EXCL       2  /* fail if it exists */
@@ -216,6 +219,10 @@ typedef struct {
 int64_t gf_sender_send(gf_sender *s, const uint8_t *key, uint32_t klen,
                        const uint8_t *val, uint32_t vlen);
 int64_t gf_sender_send_nokey(gf_sender *s, const uint8_t *val, uint32_t vlen);
+
+/* The table of per-message entry points for the CPython crossing (crossing.h). */
+typedef struct gf_crossing gf_crossing;
+const gf_crossing *gf_crossing_table(void);
 
 /* Hashing */
 uint32_t gf_murmur2(const uint8_t *data, uint32_t len);

@@ -8,7 +8,7 @@
 
 #define MAX_STRIDE   (16u << 20)
 #define MAX_CAPACITY (1u << 30)
-#define MAX_OFFSET   (1ULL << 48)   /* gf_send packs (partition << 48 | offset) */
+#define MAX_OFFSET   (1ULL << GF_OFFSET_BITS)
 
 static inline void cpu_relax(void)
 {

@@ -4,19 +4,18 @@ blocking wait, on a futex in the shared mapping)."""
 from __future__ import annotations
 
 import operator
-import struct
 import time
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from . import _validate
+from . import _crossing, _validate
 from ._check import raise_for
 from ._clock import now_ns
 from ._native import ffi, lib
-from .errors import CorruptFabric, InvalidArgument, InvalidType
+from .errors import InvalidArgument, InvalidType
 from .fabric import Fabric
-from .message import Message, decode_headers
+from .message import Message
 
 #: numpy view of ``gf_msg_meta`` (one row per message of a batch)
 META_DTYPE = np.dtype([
@@ -123,32 +122,11 @@ class Batch:
         return Batch(self.meta.copy(), self.data.copy(), list(self.partition_ids))
 
     def __iter__(self) -> Iterator[tuple[int, Message]]:
-        return iter(_decode(self.meta.tobytes(), self.data.tobytes(), self.partition_ids))  # type: ignore[arg-type]
+        """Decoded in C, like :meth:`Reader.poll`; malformed headers raise CorruptFabric."""
+        return iter(_crossing.decode(self.meta.tobytes(), self.data.tobytes(), list(self.partition_ids)))
 
 
-# offset, timestamp, pos, key_len, hdr_len, val_len, (key_hash), flags, partition, (reserved)
-_DECODE = struct.Struct("<Qq4I4xII4x")
-assert META_DTYPE.itemsize == ffi.sizeof("gf_msg_meta") == _DECODE.size
-
-
-def _decode(meta: bytes, data: bytes, ids: Sequence[int] | None) -> list[tuple[int, Message]]:
-    """Meta rows + payload bytes -> (partition, Message) pairs. This loop is the
-    per-message Python cost of ``poll``: keep it flat."""
-    out: list[tuple[int, Message]] = []
-    append = out.append
-    M = Message
-    for off, ts, pos, kl, hl, vl, fl, part in _DECODE.iter_unpack(meta):
-        if ids is not None:
-            part = ids[part]
-        if fl == 1 and hl == 0:          # keyed, no headers: the common case
-            ke = pos + kl
-            append((part, M((off, data[pos:ke], data[ke:ke + vl], ts, ()))))
-        else:
-            ke = pos + kl
-            vs = ke + hl
-            append((part, M((off, data[pos:ke] if fl & 1 else None, data[vs:vs + vl], ts,
-                                  decode_headers(data[ke:vs]) if hl else ()))))
-    return out
+assert META_DTYPE.itemsize == ffi.sizeof("gf_msg_meta")
 
 
 def _count(value, what: str) -> int:
@@ -198,12 +176,27 @@ class Reader:
         self._p = ffi.new("gf_poller *", {
             "f": fabric.handle, "rings": self._rings, "cursors": self._cursors, "meta": self._meta,
             "buf": self._buf, "buf_size": self._buf_size, "n": n, "max_batch": max_batch})
+        self._paddr = _crossing.address(self._p)
+
+    def __len__(self) -> int:
+        """Partition slots of the reader (including ``None`` ones)."""
+        return self._n
+
+    @property
+    def partitions(self) -> tuple[object | None, ...]:
+        """The partition in each slot (``None`` where there is none)."""
+        return tuple(self._parts)
+
+    @property
+    def poller_address(self) -> int:
+        """Address of the reader's ``gf_poller``, for the crossing (valid while the reader lives)."""
+        return self._paddr
 
     # ---- cursors ------------------------------------------------------------
     def seek(self, i: int, offset: int) -> None:
         if not 0 <= _count(i, "partition index") < self._n:
             raise InvalidArgument(f"partition index {i} out of range (reader has {self._n})")
-        _validate.integer(offset, "offset", 0, (1 << 48) - 1)
+        _validate.integer(offset, "offset", 0, _crossing.MAX_OFFSET)
         c = self._cursors[i]
         c.pos = offset
         c.stall_since = 0
@@ -230,7 +223,7 @@ class Reader:
         """Fill the reader's buffers; returns how many messages."""
         if (timeout.__class__ is float or timeout.__class__ is int) and timeout == 0 and now is None \
                 and spin.__class__ is float and spin == 0.0 and max_messages.__class__ is int \
-                and max_messages >= 0 and not self.fabric._closed:
+                and max_messages >= 0 and not self.fabric.closed:
             rc = _poller_poll(self._p, max_messages, 0, 0, 0)   # the common look: no waiting
             if rc < 0:
                 raise_for(rc, "poll")
@@ -266,28 +259,13 @@ class Reader:
 
     def poll(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
              spin: float = 0.0) -> list[tuple[int, Message]]:
+        """Up to ``max_messages`` as ``(partition id, Message)`` pairs, built in C.
+        A message whose headers do not parse is dropped and counted as corrupt
+        (its checksum only proves it is what was written)."""
         n = self.poll_raw(max_messages, timeout, now, spin)
         if n == 0:
             return []
-        data = self._bytes[0:self._p.used]
-        try:
-            return _decode(self._metabuf[0:n * _DECODE.size], data, self._map)
-        except CorruptFabric:
-            # the cursors have moved past all n: raising would lose the good ones too
-            return self._decode_each(n, data)
-
-    def _decode_each(self, n: int, data: bytes) -> list[tuple[int, Message]]:
-        """Decode one message at a time, dropping (and counting as corrupt) those
-        whose headers do not parse: a checksum only proves they are what was written."""
-        out: list[tuple[int, Message]] = []
-        size = _DECODE.size
-        for i in range(n):
-            row = self._metabuf[i * size:(i + 1) * size]
-            try:
-                out += _decode(row, data, self._map)
-            except CorruptFabric:
-                self._cursors[_DECODE.unpack(row)[7]].corrupt += 1
-        return out
+        return _crossing.messages(self._paddr, n, self._map)
 
     def poll_batch(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
                    spin: float = 0.0) -> Batch:

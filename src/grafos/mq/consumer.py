@@ -1,6 +1,10 @@
 """Consumers: read assigned partitions from their positions, commit what was
-processed. One crossing into C per poll (``gf_poll`` reads every assigned
-partition and, with a timeout, sleeps on a futex in the shared mapping).
+processed. One crossing into C per poll: ``poll`` is a method of the
+crossing's :class:`~grafos._crossing.PollPath`, which runs the core's
+``gf_poll`` (it reads every assigned partition and, with a timeout, sleeps on
+a futex in the shared mapping) and builds the ``(partition, Message)`` pairs
+in C. What it cannot take itself (an unbound consumer, a partition found
+expired, unusual arguments) comes back to this module's slow path.
 
 A Consumer belongs to one thread at a time; use one per thread.
 """
@@ -11,6 +15,7 @@ import time
 from typing import Callable, Iterable
 
 from .. import _validate
+from .._crossing import MAX_OFFSET, PollPath
 from ..errors import Fenced, InvalidArgument
 from ..message import Message
 from ..reader import Batch, Reader
@@ -36,9 +41,17 @@ class SeekPolicy(enum.Enum):
     LATEST = "latest"
 
 
-class Consumer:
+class Consumer(PollPath):
     """``Consumer("events", "processors")``: reads partitions given to :meth:`assign`
-    (all partitions if never assigned)."""
+    (all partitions if never assigned).
+
+    ``poll(mgr, max_messages=100, timeout=0.0, *, spin=0.0)`` returns up to
+    ``max_messages`` ``(partition, Message)`` pairs. ``timeout``: 0 (default)
+    returns at once; a number of seconds blocks until a message arrives or the
+    time passes; None blocks until a message arrives. Blocking sleeps on a
+    futex (no busy spin) and lets Ctrl-C through; ``spin`` seconds of polling
+    first trade a core for lower latency. ``consumed`` counts what polls returned.
+    """
 
     def __init__(self, topic: str, group: str = "default", *, max_batch: int = 1024) -> None:
         self.topic = _validate.name(topic, "topic", 64)
@@ -50,7 +63,7 @@ class Consumer:
         self._reader: Reader | None = None
         self._positions: dict[int, int] = {}
         self._parts: list[int] = []
-        self._holes: tuple | None = None      # (reader, any assigned partition reclaimed)
+        self._holes = False     # an assigned partition was already reclaimed when the reader opened
         self._member: tuple[object, str] | None = None   # (ConsumerGroup, member) for fencing
         self._epoch = -1    # fabric metadata epoch when the topic was last re-read after an expiry
         self._next_look = 0.0   # monotonic time before which we do not re-read it again
@@ -74,6 +87,7 @@ class Consumer:
         self._save_positions()
         self._assigned = sorted(parts)
         self._reader = None
+        self._unbind_fast()
 
     def assignment(self) -> list[int]:
         if self._assigned is not None:
@@ -91,8 +105,8 @@ class Consumer:
                 self._positions[p] = self._reader.position(p)
 
     def _ensure(self, mgr: TopicManager) -> Reader:
-        t = mgr._topics.get(self.topic) if mgr is self._mgr else None
-        if t is None or t is not self._t or self._reader is None:
+        t = self._t
+        if mgr is not self._mgr or t is None or not t.binding.valid or self._reader is None:
             if not isinstance(mgr, TopicManager):
                 raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
             t = mgr.topic(self.topic)
@@ -122,6 +136,8 @@ class Consumer:
             rd.seek(p, pos)
         self._parts = list(parts)
         self._mgr, self._t, self._reader = mgr, t, rd
+        self._holes = any(t.partitions[p] is None for p in parts)
+        self._bind_fast(mgr, t.binding, rd.poller_address, rd, self._holes)
 
     # ---- positions ---------------------------------------------------------------
     def seek(self, mgr: TopicManager, store_or_partition=None, policy: SeekPolicy | int | None = None) -> None:
@@ -157,7 +173,7 @@ class Consumer:
         """Put one assigned partition at ``offset`` (at most its end)."""
         rd = self._ensure(mgr)
         i = self._index(partition)
-        _validate.integer(offset, "offset", 0, (1 << 48) - 1)
+        _validate.integer(offset, "offset", 0, MAX_OFFSET)
         part = self._t.partitions[partition]  # type: ignore[union-attr]
         latest = part.state().latest if part is not None else 0
         if offset > latest:
@@ -199,17 +215,12 @@ class Consumer:
         return out
 
     # ---- reading -------------------------------------------------------------------
-    def poll(self, mgr: TopicManager, max_messages: int = 100, timeout: float | None = 0.0,
-             *, spin: float = 0.0) -> list[tuple[int, Message]]:
-        """Up to ``max_messages`` as ``(partition, Message)`` pairs.
-
-        ``timeout``: 0 (default) returns at once; a number of seconds blocks until a
-        message arrives or the time passes; None blocks until a message arrives.
-        Blocking sleeps on a futex (no busy spin); ``spin`` seconds of polling first
-        trade a core for lower latency.
-        """
+    # poll() is PollPath's (C); it comes here when it cannot take the call itself,
+    # with the arguments exactly as given.
+    def _poll_fallback(self, mgr: TopicManager, max_messages: int = 100, timeout: float | None = 0.0,
+                       *, spin: float = 0.0) -> list[tuple[int, Message]]:
         rd = self._reader
-        if rd is None or mgr is not self._mgr or mgr._topics.get(self.topic) is not self._t:
+        if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
             rd = self._ensure(mgr)
         if type(max_messages) is not int or max_messages < 1:
             _validate.integer(max_messages, "max_messages", 1)
@@ -217,7 +228,7 @@ class Consumer:
             _validate.timeout(timeout)
         if timeout is not None and timeout <= 0:
             msgs = rd.poll(max_messages, timeout, None, spin)
-            if not msgs and rd._n and self._any_expired(rd) and self._maybe_refresh(mgr):
+            if not msgs and len(rd) and self._any_expired(rd) and self._maybe_refresh(mgr):
                 msgs = self._reader.poll(max_messages, 0.0, None, 0.0)  # type: ignore[union-attr]
         else:
             msgs = self._wait(mgr, lambda r, t: r.poll(max_messages, t, None, spin), timeout)
@@ -229,13 +240,13 @@ class Consumer:
         """Like :meth:`poll`, as a :class:`~grafos.reader.Batch` of numpy arrays over
         one buffer (valid until the next poll)."""
         rd = self._reader
-        if rd is None or mgr is not self._mgr or mgr._topics.get(self.topic) is not self._t:
+        if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
             rd = self._ensure(mgr)
         _validate.integer(max_messages, "max_messages", 1)
         _validate.timeout(timeout)
         if timeout is not None and timeout <= 0:
             b = rd.poll_batch(max_messages, timeout, None, spin)
-            if not len(b) and rd._n and self._any_expired(rd) and self._maybe_refresh(mgr):
+            if not len(b) and len(rd) and self._any_expired(rd) and self._maybe_refresh(mgr):
                 b = self._reader.poll_batch(max_messages, 0.0, None, 0.0)  # type: ignore[union-attr]
         else:
             b = self._wait(mgr, lambda r, t: r.poll_batch(max_messages, t, None, spin), timeout)
@@ -251,7 +262,7 @@ class Consumer:
         while True:
             rd = self._reader
             assert rd is not None
-            expired = rd._n > 0 and self._any_expired(rd)
+            expired = len(rd) > 0 and self._any_expired(rd)
             if expired and self._maybe_refresh(mgr):
                 rd = self._reader
                 assert rd is not None
@@ -265,12 +276,7 @@ class Consumer:
     def _any_expired(self, rd: Reader) -> bool:
         # C counted the expired rings during the poll; holes (partitions already
         # reclaimed when the topic was opened) only change when the reader does
-        if rd._p.expired:
-            return True
-        holes = self._holes
-        if holes is None or holes[0] is not rd:
-            holes = self._holes = (rd, any(rd._parts[p] is None for p in self._parts))
-        return holes[1]
+        return rd.expired_seen > 0 or self._holes
 
     def _maybe_refresh(self, mgr: TopicManager) -> bool:
         """A partition read as expired: if the directory changed since we last looked
@@ -278,7 +284,7 @@ class Consumer:
         re-read it and pick up the fresh leases. Returns True if it re-read.
         Raises NotFound if the topic was deleted."""
         epoch = mgr.fabric.meta_epoch()
-        if mgr._topics.get(self.topic) is self._t and (
+        if self._t is not None and self._t.binding.valid and (
                 epoch == self._epoch or time.monotonic() < self._next_look):
             return False
         t = mgr.refresh(self.topic)
@@ -314,6 +320,7 @@ class Consumer:
 
     def close(self) -> None:
         self._save_positions()
+        self._unbind_fast()
         self._reader = None
         self._t = None
         self._mgr = None

@@ -1,6 +1,11 @@
 """Producers: pick a partition (Kafka's keyed partitioner or round robin) and
-append, with one crossing into C per message (``gf_send`` hashes, picks the
-partition and writes the slot). A Producer may be shared by threads."""
+append, with one crossing into C per message: ``send`` and ``send_keyed`` are
+methods of the crossing's :class:`~grafos._crossing.SendPath`, which hands
+the bytes to the core's ``gf_send`` (it hashes, picks the partition and
+writes the slot) and builds the returned pair in C. Anything unusual (an
+unbound producer, a type the crossing does not take, an error) comes back to
+this module's slow path, which checks and raises. A Producer may be shared
+by threads."""
 from __future__ import annotations
 
 import enum
@@ -10,18 +15,17 @@ import numpy as np
 
 from .. import _validate
 from .._check import last_error, raise_for
+from .._crossing import OFFSET_BITS, MAX_OFFSET, SendPath, address
 from .._native import ffi, lib
 from ..errors import InvalidArgument, LeaseExpired, MessageTooLarge, NotFound
 from ..message import encode_headers
 from ..partition import pack
 from .topic import Topic, TopicManager
 
-_MASK48 = (1 << 48) - 1
 _send = lib.gf_send
-_send_key = lib.gf_sender_send
-_send_nokey = lib.gf_sender_send_nokey
 _NULL = ffi.NULL
 _RETRIES = 3
+_SEQUENCES = (list, tuple)
 
 
 class Partitioner(enum.IntEnum):
@@ -50,12 +54,15 @@ def murmur2(key: bytes) -> int:
     return h - (1 << 32) if h >= 1 << 31 else h
 
 
-class Producer:
+class Producer(SendPath):
     """``Producer("events").with_partitioner(Partitioner.KeyHash)``.
 
-    A Producer may be shared by threads: the hot path reads one immutable
-    binding (manager, C sender struct, topic) and the round-robin counter is
-    atomic in C.
+    ``send(mgr, value, headers=None)`` and ``send_keyed(mgr, key, value,
+    headers=None)`` append one message and return ``(partition, offset)``;
+    values and keys are ``bytes``, ``bytearray`` or ``memoryview`` (taken
+    without a copy). A Producer may be shared by threads: the hot path reads
+    one binding (manager, C sender struct, topic) that is replaced whole, and
+    the round-robin counter is atomic in C.
     """
 
     def __init__(self, topic: str, partitioner: Partitioner = Partitioner.KeyHash) -> None:
@@ -73,6 +80,7 @@ class Producer:
             raise _validate.InvalidType(f"partitioner must be a Partitioner, not {type(partitioner).__name__}")
         self.partitioner = partitioner
         self._bound = (None, None, None)
+        self._unbind_fast()
         return self
 
     def _bind(self, mgr: TopicManager, refresh: bool = False) -> Topic:
@@ -86,32 +94,17 @@ class Producer:
         old = self._bound[1]
         s.rr = old.rr if old is not None else 0
         self._bound = (mgr, s, t)
+        self._bind_fast(mgr, t.binding, address(s), self._bound)
         return t
 
     # ---- one message ------------------------------------------------------------
-    def send(self, mgr: TopicManager, value: bytes, headers=None) -> tuple[int, int]:
-        """Append ``value`` without a key (round robin). Returns (partition, offset)."""
-        b = self._bound
-        if b[0] is mgr and headers is None:
-            try:
-                rc = _send_nokey(b[1], value, len(value))
-            except TypeError:
-                rc = -1
-            if rc >= 0:
-                return rc >> 48, rc & _MASK48
+    # send() and send_keyed() are SendPath's (C); they come here when they cannot
+    # take the call themselves, with the arguments exactly as given.
+    def _send_fallback(self, mgr: TopicManager, value: bytes, headers=None) -> tuple[int, int]:
         return self._send_slow(mgr, None, value, headers)
 
-    def send_keyed(self, mgr: TopicManager, key: bytes | None, value: bytes,
-                   headers=None) -> tuple[int, int]:
-        """Append ``value`` under ``key`` (Kafka's partitioner). Returns (partition, offset)."""
-        b = self._bound
-        if b[0] is mgr and headers is None:
-            try:
-                rc = _send_key(b[1], key, len(key), value, len(value))
-            except TypeError:   # not bytes (or key None): the slow path checks and says why
-                rc = -1
-            if rc >= 0:
-                return rc >> 48, rc & _MASK48
+    def _send_keyed_fallback(self, mgr: TopicManager, key: bytes | None, value: bytes,
+                             headers=None) -> tuple[int, int]:
         return self._send_slow(mgr, key, value, headers)
 
     def _send_slow(self, mgr: TopicManager, key, value, headers) -> tuple[int, int]:
@@ -123,14 +116,14 @@ class Producer:
         refreshed = False
         rc = 0
         for _ in range(_RETRIES):
-            if self._bound[0] is not mgr:
+            if self._bound[0] is not mgr or not self._bound[2].binding.valid:
                 self._bind(mgr)
             _, s, t = self._bound
             rc = _send(t.rings, t.n, s.mode, ffi.addressof(s, "rr"),
                        key if key is not None else _NULL, len(key) if key is not None else 0,
                        key is not None, hdrs, len(hdrs), value, len(value), 0)
             if rc >= 0:
-                return rc >> 48, rc & _MASK48
+                return rc >> OFFSET_BITS, rc & MAX_OFFSET
             if rc == lib.GF_E_TOOBIG:
                 size = len(value) + len(hdrs) + (len(key) if key else 0)
                 raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", size,
@@ -163,9 +156,25 @@ class Producer:
     # ---- batches ------------------------------------------------------------------
     def send_batch(self, mgr: TopicManager, values: Sequence[bytes] | np.ndarray,
                    keys: Sequence[bytes] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Append many messages with one crossing into C. ``values`` is a list of
-        bytes or a 2-D uint8 numpy array (one row per message). Returns
-        (partitions, offsets) as numpy arrays."""
+        """Append many messages with one crossing into C. ``values`` is a list or
+        tuple of bytes (walked in C, no join) or a 2-D uint8 numpy array (one row
+        per message, used in place). Returns (partitions, offsets) as numpy arrays.
+        All or nothing: if any message is too large, none is written."""
+        if values.__class__ in _SEQUENCES and (keys is None or keys.__class__ in _SEQUENCES):
+            n = len(values)
+            if n and (keys is None or len(keys) == n):
+                parts = np.empty(n, dtype=np.uint32)
+                offs = np.empty(n, dtype=np.uint64)
+                for attempt in range(2):
+                    b = self._bound
+                    t = b[2] if b[0] is mgr and b[2].binding.valid else self._bind(mgr)
+                    rc = self._send_lists(values, keys, parts, offs)
+                    if rc is None:
+                        break       # not all bytes: the packing path below checks and says why
+                    if rc >= 0:
+                        return parts, offs
+                    self._batch_failed(mgr, rc, t, attempt, lambda: max(
+                        len(v) + (len(keys[i]) if keys is not None else 0) for i, v in enumerate(values)))
         vals, vlens = pack(values, "values")
         n = len(vlens)
         if n == 0:
@@ -179,7 +188,7 @@ class Producer:
         offs = np.empty(n, dtype=np.uint64)
         for attempt in range(2):
             b = self._bound
-            t = b[2] if b[0] is mgr else self._bind(mgr)
+            t = b[2] if b[0] is mgr and b[2].binding.valid else self._bind(mgr)
             rc = lib.gf_send_batch(
                 t.rings, t.n, self.partitioner, ffi.addressof(self._bound[1], "rr"), n,
                 ffi.from_buffer("uint8_t[]", kbuf) if kbuf is not None else _NULL,
@@ -188,14 +197,20 @@ class Producer:
                 ffi.from_buffer("uint32_t[]", parts), ffi.from_buffer("uint64_t[]", offs))
             if rc >= 0:
                 return parts, offs
-            if rc == lib.GF_E_TOOBIG:
-                sizes = vlens.astype(np.int64) + (klens if klens is not None else 0)
-                raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", int(sizes.max()),
-                                      t.config.max_message_bytes)
-            if rc in (lib.GF_E_EXPIRED, lib.GF_E_INVAL) and attempt == 0:
-                self._reread(mgr)
-                continue
-            self._raise_send(rc, t)
+            self._batch_failed(mgr, rc, t, attempt, lambda: int(
+                (vlens.astype(np.int64) + (klens if klens is not None else 0)).max()))
+        self._raise_send(rc, t)
+
+    def _batch_failed(self, mgr: TopicManager, rc: int, t: Topic, attempt: int, largest) -> None:
+        """A batch came back with error rc: raise, or return to try once more after
+        re-reading a topic whose partitions were found dead. ``largest()`` is the
+        size of the batch's largest message, for MessageTooLarge."""
+        if rc == lib.GF_E_TOOBIG:
+            raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", int(largest()),
+                                  t.config.max_message_bytes)
+        if rc in (lib.GF_E_EXPIRED, lib.GF_E_INVAL) and attempt == 0:
+            self._reread(mgr)
+            return
         self._raise_send(rc, t)
 
     def flush(self, timeout: float | None = None) -> int:
@@ -204,6 +219,7 @@ class Producer:
 
     def close(self) -> None:
         self._bound = (None, None, None)
+        self._unbind_fast()
 
     def __enter__(self) -> "Producer":
         return self

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from .. import _validate
 from .._clock import now_ns, now_s
+from .._crossing import Binding
 from .._native import ffi, lib
 from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, NotFound
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
@@ -91,7 +92,11 @@ class TopicDescription:
 
 
 class Topic:
-    """An opened topic: its partitions and the C array the producer hot path uses."""
+    """An opened topic: its partitions and the C array the producer hot path uses.
+
+    ``binding`` stays valid while this is the manager's current view of the
+    topic; producers and consumers bound to it re-bind once it is invalidated
+    (the topic was re-read, restarted, deleted, or the manager closed)."""
 
     def __init__(self, name: str, config: TopicConfig, incarnation: int,
                  partitions: list[Partition | None]) -> None:
@@ -101,6 +106,7 @@ class Topic:
         self.partitions = partitions
         self.n = len(partitions)
         self.rings = ffi.new("gf_ring *[]", self.n)
+        self.binding = Binding()
         for i, p in enumerate(partitions):
             if p is not None:
                 self.rings[i] = p.handle
@@ -160,6 +166,8 @@ class TopicManager:
         # Partition handles are freed with their last reference (producers and
         # readers may still hold them); the mapping lives until then.
         with self._lock:
+            for t in self._topics.values():
+                t.binding.invalidate()
             self._topics.clear()
         self.fabric.close()
 
@@ -187,7 +195,7 @@ class TopicManager:
                 config.num_partitions, config.partition_capacity, config.partition_stride, 0,
                 config.retention_secs, now_ns(now), incarnation))
             topic = Topic(name, config, incarnation, refs)
-            self._topics[name] = topic
+            self._cache(name, topic)
             return topic
 
     def _alloc_partitions(self, name: str, config: TopicConfig, now: float | None) -> list[Partition | None]:
@@ -227,7 +235,7 @@ class TopicManager:
                         pass
                     fab.meta_del(_key("p", name, i))
             fab.meta_del(_key("t", name))
-            self._topics.pop(name, None)
+            self._uncache(name)
 
     def restart(self, name: str, *, now: float | None = None) -> Topic:
         """Give an expired topic fresh leases (its partitions start again at offset 0).
@@ -246,7 +254,7 @@ class TopicManager:
                     p = Partition.create(fab, cfg.partition_capacity, cfg.partition_stride,
                                          ttl=cfg.retention_secs, owner_tag=i, now=now)
                     fab.meta_put(_key("p", name, i), _PREF.pack(p.lease.index, 0, p.lease.id))
-            self._topics.pop(name, None)
+            self._uncache(name)
             return self._load(name, now)
 
     def topics(self) -> list[str]:
@@ -289,8 +297,20 @@ class TopicManager:
                         p = None   # expired and reclaimed: reads as empty until restart
                 parts.append(p)
         t = Topic(name, cfg, incarnation, parts)
-        self._topics[name] = t
+        self._cache(name, t)
         return t
+
+    def _cache(self, name: str, t: Topic) -> None:
+        """Make ``t`` the current view of the topic; the one it replaces goes stale."""
+        old = self._topics.get(name)
+        self._topics[name] = t
+        if old is not None and old is not t:
+            old.binding.invalidate()
+
+    def _uncache(self, name: str) -> None:
+        old = self._topics.pop(name, None)
+        if old is not None:
+            old.binding.invalidate()
 
     def topic(self, name: str) -> Topic:
         """The opened topic (cached; re-read from the directory by :meth:`refresh`)."""
@@ -309,7 +329,7 @@ class TopicManager:
         if not isinstance(name, str):
             raise _validate.InvalidType(f"topic must be a str, not {type(name).__name__}")
         with self._lock:
-            self._topics.pop(name, None)
+            self._uncache(name)
             return self._load(name)
 
     # ---- observability -----------------------------------------------------

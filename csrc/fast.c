@@ -1,0 +1,1085 @@
+/* fast.c -- grafos._fast: the CPython crossing for the per-message calls.
+ *
+ * Only a crossing. It holds no ring or lease logic and links none of the
+ * core: it calls the cffi-built core (grafos._native) through the table of
+ * entry points bound once at import (crossing.h), so there is one core and
+ * one copy of its state. What it does is what a cffi call cannot do cheaply:
+ * take bytes, bytearray and memoryview without a copy or an argument tuple,
+ * keep the GIL for calls that never block, and build the returned Python
+ * objects (pairs, Messages) in C.
+ *
+ * The fast paths only handle the common, valid case. Anything else (an
+ * unbound handle, a type they do not take, an error code from the core)
+ * goes to the Python method named in each type below, which checks the
+ * arguments and raises the documented grafos exception. So every error
+ * message is made in one place, in Python.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include "grafos.h"
+#include "crossing.h"
+
+#define MASK48      ((1ULL << GF_OFFSET_BITS) - 1)
+#define MAX_HEADERS 1024
+#define SLICE_NS    200000000LL   /* a blocking poll looks at signals (Ctrl-C) this often */
+
+static const gf_crossing *core;     /* bound once by bind() */
+static PyObject *raise_for;         /* grafos._check.raise_for(rc, context) */
+static PyObject *corrupt_error;     /* grafos.errors.CorruptFabric */
+static PyTypeObject *message_type;  /* grafos.message.Message, a tuple subclass */
+static PyObject *empty_tuple, *str_send_slow, *str_send_keyed_slow, *str_poll_slow, *str_poll_ctx;
+
+static int bound(void)
+{
+    if (core)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "grafos._fast is not bound to the core (import grafos first)");
+    return 0;
+}
+
+/* ---- bytes-like arguments -------------------------------------------------------
+ * bytes and bytearray are read in place (the GIL is held for the whole call, so
+ * they cannot change under it); a memoryview through its buffer, when it is
+ * C-contiguous. Anything else returns 0 and the caller takes the slow path. */
+typedef struct {
+    const uint8_t *p;
+    Py_ssize_t n;
+    Py_buffer view;
+    int has_view;
+} bytes_arg;
+
+static int get_bytes(PyObject *o, bytes_arg *b)
+{
+    b->has_view = 0;
+    if (PyBytes_CheckExact(o)) {
+        b->p = (const uint8_t *)PyBytes_AS_STRING(o);
+        b->n = PyBytes_GET_SIZE(o);
+    } else if (PyByteArray_CheckExact(o)) {
+        b->p = (const uint8_t *)PyByteArray_AS_STRING(o);
+        b->n = PyByteArray_GET_SIZE(o);
+    } else if (PyMemoryView_Check(o)) {
+        if (PyObject_GetBuffer(o, &b->view, PyBUF_SIMPLE) < 0) {
+            PyErr_Clear();      /* released or not contiguous: the slow path says why */
+            return 0;
+        }
+        b->has_view = 1;
+        b->p = b->view.buf;
+        b->n = b->view.len;
+    } else
+        return 0;
+    if ((uint64_t)b->n > UINT32_MAX) {
+        if (b->has_view)
+            PyBuffer_Release(&b->view);
+        return 0;
+    }
+    return 1;
+}
+
+static void put_bytes(bytes_arg *b)
+{
+    if (b->has_view)
+        PyBuffer_Release(&b->view);
+}
+
+/* ---- a growable scratch buffer, per handle ------------------------------------- */
+typedef struct {
+    uint8_t *p;
+    size_t cap;
+} scratch;
+
+static uint8_t *grow(scratch *s, size_t need)
+{
+    if (need > s->cap) {
+        size_t cap = need < 4096 ? 4096 : need + need / 2;
+        uint8_t *p = PyMem_Realloc(s->p, cap);
+        if (!p) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        s->p = p;
+        s->cap = cap;
+    }
+    return s->p;
+}
+
+/* ---- headers ----------------------------------------------------------------------
+ * The wire form is grafos.message.encode_headers's: u16 count, then per header
+ * u16 key length, key (utf-8), u32 value length, value. encode_headers() returns
+ * the encoded length, 0 for no headers, or -1 when the headers are not the
+ * plain dict / list / tuple of (str | bytes, bytes-like) pairs it takes (no
+ * exception set: the slow path encodes them and says what is wrong). */
+static int header_pair(PyObject *item, PyObject **k, PyObject **v)
+{
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2)
+        return 0;
+    *k = PyTuple_GET_ITEM(item, 0);
+    *v = PyTuple_GET_ITEM(item, 1);
+    return 1;
+}
+
+static Py_ssize_t header_key(PyObject *k, const char **p)
+{
+    if (PyUnicode_CheckExact(k)) {
+        Py_ssize_t n;
+        *p = PyUnicode_AsUTF8AndSize(k, &n);
+        if (!*p) {
+            PyErr_Clear();
+            return -1;
+        }
+        return n;
+    }
+    if (PyBytes_CheckExact(k)) {
+        *p = PyBytes_AS_STRING(k);
+        return PyBytes_GET_SIZE(k);
+    }
+    return -1;
+}
+
+static Py_ssize_t encode_headers(PyObject *h, scratch *s)
+{
+    Py_ssize_t count;
+    int is_dict = PyDict_CheckExact(h);
+    if (is_dict)
+        count = PyDict_GET_SIZE(h);
+    else if (PyList_CheckExact(h) || PyTuple_CheckExact(h))
+        count = PySequence_Fast_GET_SIZE(h);
+    else
+        return -1;
+    if (count == 0)
+        return 0;
+    if (count > MAX_HEADERS)
+        return -1;
+    /* two passes: size, then copy (no Python code runs in between) */
+    size_t total = 2;
+    Py_ssize_t pos = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *k, *v;
+        if (is_dict)
+            PyDict_Next(h, &pos, &k, &v);
+        else if (!header_pair(PySequence_Fast_GET_ITEM(h, i), &k, &v))
+            return -1;
+        const char *kp;
+        Py_ssize_t kl = header_key(k, &kp);
+        if (kl < 0 || kl > 0xFFFF)
+            return -1;
+        Py_ssize_t vl;
+        if (PyBytes_CheckExact(v))
+            vl = PyBytes_GET_SIZE(v);
+        else if (PyByteArray_CheckExact(v))
+            vl = PyByteArray_GET_SIZE(v);
+        else
+            return -1;   /* memoryview values and the rest: the slow path */
+        total += 2 + (size_t)kl + 4 + (size_t)vl;
+        if (total > UINT32_MAX)
+            return -1;
+    }
+    uint8_t *out = grow(s, total);
+    if (!out) {
+        PyErr_Clear();
+        return -1;
+    }
+    uint16_t c16 = (uint16_t)count;
+    memcpy(out, &c16, 2);
+    size_t at = 2;
+    pos = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *k, *v;
+        if (is_dict)
+            PyDict_Next(h, &pos, &k, &v);
+        else
+            header_pair(PySequence_Fast_GET_ITEM(h, i), &k, &v);
+        const char *kp;
+        Py_ssize_t kl = header_key(k, &kp);
+        const char *vp = PyBytes_CheckExact(v) ? PyBytes_AS_STRING(v) : PyByteArray_AS_STRING(v);
+        uint32_t vl = (uint32_t)(PyBytes_CheckExact(v) ? PyBytes_GET_SIZE(v) : PyByteArray_GET_SIZE(v));
+        uint16_t k16 = (uint16_t)kl;
+        memcpy(out + at, &k16, 2);
+        memcpy(out + at + 2, kp, (size_t)kl);
+        at += 2 + (size_t)kl;
+        memcpy(out + at, &vl, 4);
+        memcpy(out + at + 4, vp, vl);
+        at += 4 + vl;
+    }
+    return (Py_ssize_t)at;
+}
+
+/* The inverse, over bytes that came out of shared memory. Returns a new tuple of
+ * (str, bytes) pairs, or NULL with *why set (and no exception) when the blob is
+ * malformed, or NULL with an exception when memory ran out. */
+static PyObject *decode_headers(const uint8_t *b, uint32_t len, const char **why)
+{
+    *why = NULL;
+    if (len < 2) {
+        *why = "message headers are malformed: too short for a count";
+        return NULL;
+    }
+    uint16_t n;
+    memcpy(&n, b, 2);
+    PyObject *out = PyTuple_New(n);
+    if (!out)
+        return NULL;
+    uint64_t pos = 2;
+    for (uint16_t i = 0; i < n; i++) {
+        uint16_t kl;
+        uint32_t vl;
+        if (pos + 2 > len)
+            goto short_blob;
+        memcpy(&kl, b + pos, 2);
+        pos += 2;
+        const uint8_t *kp = b + pos;
+        pos += kl;
+        if (pos + 4 > len)
+            goto short_blob;
+        memcpy(&vl, b + pos, 4);
+        pos += 4;
+        if (pos + vl > len) {
+            *why = "message headers run past their length";
+            goto bad;
+        }
+        PyObject *k = PyUnicode_DecodeUTF8((const char *)kp, kl, "replace");
+        PyObject *v = k ? PyBytes_FromStringAndSize((const char *)b + pos, vl) : NULL;
+        PyObject *pair = v ? PyTuple_New(2) : NULL;
+        if (!pair) {
+            Py_XDECREF(k);
+            Py_XDECREF(v);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(pair, 0, k);
+        PyTuple_SET_ITEM(pair, 1, v);
+        PyTuple_SET_ITEM(out, i, pair);
+        pos += vl;
+    }
+    if (pos != len) {
+        *why = "message headers have trailing bytes";
+        goto bad;
+    }
+    return out;
+short_blob:
+    *why = "message headers are malformed: they end inside a length";
+bad:
+    Py_DECREF(out);
+    return NULL;
+}
+
+/* ---- building what poll returns ---------------------------------------------------
+ * One (partition, Message) pair per meta row. A Message is a tuple subclass of
+ * (offset, key, value, timestamp, headers); its items are ints, bytes, None and
+ * tuples of str and bytes, which can never form a cycle, so it is untracked by
+ * the garbage collector at once, as CPython does with such tuples itself. */
+static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *headers)
+{
+    PyObject *msg = message_type->tp_alloc(message_type, 5);
+    if (!msg) {
+        Py_DECREF(headers);
+        return NULL;
+    }
+    PyObject *off = PyLong_FromUnsignedLongLong(m->offset);
+    PyObject *key = (m->flags & GF_MSG_HAS_KEY) ? PyBytes_FromStringAndSize((const char *)b, m->key_len)
+                                                : Py_NewRef(Py_None);
+    PyObject *val = PyBytes_FromStringAndSize((const char *)b + m->key_len + m->hdr_len, m->val_len);
+    PyObject *ts = PyLong_FromLongLong(m->ts_ns);
+    PyTuple_SET_ITEM(msg, 0, off);
+    PyTuple_SET_ITEM(msg, 1, key);
+    PyTuple_SET_ITEM(msg, 2, val);
+    PyTuple_SET_ITEM(msg, 3, ts);
+    PyTuple_SET_ITEM(msg, 4, headers);
+    if (!off || !key || !val || !ts) {
+        Py_DECREF(msg);     /* tuple dealloc takes NULL items */
+        return NULL;
+    }
+    PyObject_GC_UnTrack(msg);
+    return msg;
+}
+
+/* rows -> list of pairs. `ids` maps a row's ring index to the partition id it
+ * reports (NULL: the index is the id). Rows whose headers do not parse are
+ * dropped and counted in cursors[i].corrupt when cursors are given; without
+ * cursors (a Batch being iterated) they raise CorruptFabric. */
+static PyObject *build(const gf_msg_meta *meta, int64_t n, const uint8_t *buf, uint64_t buf_size,
+                       PyObject *ids, gf_cursor *cursors, uint32_t nrings)
+{
+    PyObject *list = PyList_New(n);
+    if (!list)
+        return NULL;
+    Py_ssize_t k = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const gf_msg_meta *m = &meta[i];
+        uint64_t end = (uint64_t)m->pos + m->key_len + m->hdr_len + m->val_len;
+        if (end > buf_size || (nrings && m->partition >= nrings)) {
+            PyErr_Format(corrupt_error, "poll row %lld points outside the read buffer", (long long)i);
+            goto fail;
+        }
+        const uint8_t *b = buf + m->pos;
+        PyObject *headers;
+        if (m->hdr_len == 0)
+            headers = Py_NewRef(empty_tuple);
+        else {
+            const char *why;
+            headers = decode_headers(b + m->key_len, m->hdr_len, &why);
+            if (!headers) {
+                if (!why)
+                    goto fail;
+                if (!cursors) {
+                    PyErr_SetString(corrupt_error, why);
+                    goto fail;
+                }
+                cursors[m->partition].corrupt++;   /* the checksum only proves it is what was written */
+                continue;
+            }
+        }
+        PyObject *msg = make_message(m, b, headers);
+        if (!msg)
+            goto fail;
+        PyObject *part;
+        if (ids) {
+            if ((Py_ssize_t)m->partition >= PyList_GET_SIZE(ids)) {
+                Py_DECREF(msg);
+                PyErr_SetString(corrupt_error, "poll row names a partition the reader does not have");
+                goto fail;
+            }
+            part = Py_NewRef(PyList_GET_ITEM(ids, m->partition));
+        } else
+            part = PyLong_FromUnsignedLong(m->partition);
+        PyObject *pair = part ? PyTuple_New(2) : NULL;
+        if (!pair) {
+            Py_XDECREF(part);
+            Py_DECREF(msg);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(pair, 0, part);
+        PyTuple_SET_ITEM(pair, 1, msg);
+        PyObject_GC_UnTrack(pair);
+        PyList_SET_ITEM(list, k, pair);
+        k++;
+    }
+    if (k < n) {
+        for (Py_ssize_t j = k; j < n; j++)
+            PyList_SET_ITEM(list, j, Py_NewRef(Py_None));
+        if (PyList_SetSlice(list, k, n, NULL) < 0)
+            goto fail;
+    }
+    return list;
+fail:
+    for (Py_ssize_t j = k; j < n; j++)     /* the unfilled tail, so the list can be freed */
+        if (!PyList_GET_ITEM(list, j))
+            PyList_SET_ITEM(list, j, Py_NewRef(Py_None));
+    Py_DECREF(list);
+    return NULL;
+}
+
+static void *as_pointer(PyObject *o)
+{
+    void *p = PyLong_AsVoidPtr(o);
+    if (!p && !PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "null pointer");
+    return p;
+}
+
+/* ---- Binding: a topic's validity, shared by the handles bound to it ------------- */
+typedef struct {
+    PyObject_HEAD
+    int valid;
+} Binding;
+
+static PyObject *binding_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    Binding *b = (Binding *)type->tp_alloc(type, 0);
+    if (b)
+        b->valid = 1;
+    return (PyObject *)b;
+}
+
+static PyObject *binding_invalidate(Binding *self, PyObject *unused)
+{
+    self->valid = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *binding_valid(Binding *self, void *unused) { return PyBool_FromLong(self->valid); }
+
+static PyMethodDef binding_methods[] = {
+    {"invalidate", (PyCFunction)binding_invalidate, METH_NOARGS,
+     "Make every handle bound through this binding take its slow path (re-bind) on its next call."},
+    {NULL},
+};
+
+static PyGetSetDef binding_getset[] = {
+    {"valid", (getter)binding_valid, NULL, "False once invalidated", NULL},
+    {NULL},
+};
+
+static PyTypeObject BindingType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "grafos._fast.Binding",
+    .tp_basicsize = sizeof(Binding),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A topic's opened state as handles see it: valid until the manager replaces or drops it.",
+    .tp_new = binding_new,
+    .tp_methods = binding_methods,
+    .tp_getset = binding_getset,
+};
+
+static inline int binding_ok(PyObject *b) { return b && ((Binding *)b)->valid; }
+
+/* ---- argument parsing for (mgr, a, b=default, ..., *, kw=...) --------------------
+ * Fills out[0..npos+nkwonly) from positional args and keywords by name; missing
+ * ones stay NULL. Returns 0 when the call does not fit (the slow path, a plain
+ * Python method with the same signature, then raises the usual TypeError). */
+static int parse(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, const char *const *names,
+                 int npos, int nall, PyObject **out)
+{
+    for (int i = 0; i < nall; i++)
+        out[i] = NULL;
+    if (nargs > npos)
+        return 0;
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        out[i] = args[i];
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t j = 0; j < nkw; j++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, j);
+        int hit = -1;
+        for (int i = 0; i < nall && hit < 0; i++)
+            if (PyUnicode_CompareWithASCIIString(name, names[i]) == 0)
+                hit = i;
+        if (hit < 0 || out[hit])
+            return 0;
+        out[hit] = args[nargs + j];
+    }
+    return 1;
+}
+
+/* Call self.<slow>(*args, **kwargs) exactly as the fast method was called. */
+static PyObject *slow_call(PyObject *self, PyObject *name, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames)
+{
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *small[8], **all = small;
+    if (nargs + nkw + 1 > 8) {
+        all = PyMem_Malloc(sizeof(PyObject *) * (size_t)(nargs + nkw + 1));
+        if (!all)
+            return PyErr_NoMemory();
+    }
+    all[0] = self;
+    memcpy(all + 1, args, sizeof(PyObject *) * (size_t)(nargs + nkw));
+    PyObject *r = PyObject_VectorcallMethod(name, all, (size_t)(nargs + 1), kwnames);
+    if (all != small)
+        PyMem_Free(all);
+    return r;
+}
+
+/* ---- SendPath: the base of grafos.mq.producer.Producer ---------------------------- */
+typedef struct {
+    PyObject_HEAD
+    PyObject *mgr;       /* the manager `s` belongs to; NULL while unbound */
+    PyObject *binding;   /* the topic's Binding */
+    PyObject *keep;      /* owns the memory `s` and its rings array live in */
+    gf_sender *s;
+    scratch hdrs;        /* encoded headers of one send */
+    scratch batch;       /* keys, values and lengths of one list batch */
+} SendPath;
+
+static int sendpath_traverse(SendPath *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->mgr);
+    Py_VISIT(self->binding);
+    Py_VISIT(self->keep);
+    return 0;
+}
+
+static int sendpath_clear(SendPath *self)
+{
+    self->s = NULL;
+    Py_CLEAR(self->mgr);
+    Py_CLEAR(self->binding);
+    Py_CLEAR(self->keep);
+    return 0;
+}
+
+static void sendpath_dealloc(SendPath *self)
+{
+    PyObject_GC_UnTrack(self);
+    sendpath_clear(self);
+    PyMem_Free(self->hdrs.p);
+    PyMem_Free(self->batch.p);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* _bind_fast(mgr, binding, sender_address, keep): route sends to mgr through the
+ * gf_sender at sender_address (owned by keep) while binding is valid. */
+static PyObject *sendpath_bind(SendPath *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyObject_TypeCheck(args[1], &BindingType)) {
+        PyErr_SetString(PyExc_TypeError, "_bind_fast(mgr, binding, sender_address, keep)");
+        return NULL;
+    }
+    gf_sender *s = as_pointer(args[2]);
+    if (!s)
+        return NULL;
+    PyObject *om = self->mgr, *ob = self->binding, *ok = self->keep;
+    self->mgr = Py_NewRef(args[0]);
+    self->binding = Py_NewRef(args[1]);
+    self->keep = Py_NewRef(args[3]);
+    self->s = s;
+    Py_XDECREF(om);     /* after the new state is in place: a dealloc may run code */
+    Py_XDECREF(ob);
+    Py_XDECREF(ok);
+    Py_RETURN_NONE;
+}
+
+static PyObject *sendpath_unbind(SendPath *self, PyObject *unused)
+{
+    PyObject *om = self->mgr, *ob = self->binding, *ok = self->keep;
+    self->s = NULL;
+    self->mgr = self->binding = self->keep = NULL;
+    Py_XDECREF(om);
+    Py_XDECREF(ob);
+    Py_XDECREF(ok);
+    Py_RETURN_NONE;
+}
+
+/* One send: key (NULL: none), value, headers (NULL or None: none). Returns the
+ * pair, or NULL with no exception set when the slow path must take the call. */
+static PyObject *send_one(SendPath *self, PyObject *key, PyObject *value, PyObject *headers)
+{
+    gf_sender *s = self->s;
+    bytes_arg k = {0}, v;
+    int has_key = key && key != Py_None;
+    if (has_key && !get_bytes(key, &k))
+        return NULL;
+    if (!get_bytes(value, &v)) {
+        if (has_key)
+            put_bytes(&k);
+        return NULL;
+    }
+    const uint8_t *hp = NULL;
+    Py_ssize_t hl = 0;
+    if (headers && headers != Py_None) {
+        hl = encode_headers(headers, &self->hdrs);
+        hp = self->hdrs.p;
+    }
+    PyObject *r = NULL;
+    if (hl >= 0) {
+        int64_t rc = core->send(s->rings, s->n, s->mode, &s->rr, k.p, (uint32_t)k.n, (uint32_t)has_key,
+                                hp, (uint32_t)hl, v.p, (uint32_t)v.n, 0);
+        if (rc >= 0) {
+            PyObject *p = PyLong_FromLongLong(rc >> GF_OFFSET_BITS);
+            PyObject *o = PyLong_FromUnsignedLongLong((uint64_t)rc & MASK48);
+            r = p && o ? PyTuple_New(2) : NULL;
+            if (r) {
+                PyTuple_SET_ITEM(r, 0, p);
+                PyTuple_SET_ITEM(r, 1, o);
+            } else {
+                Py_XDECREF(p);
+                Py_XDECREF(o);
+                if (!PyErr_Occurred())
+                    PyErr_NoMemory();
+            }
+        }
+    }
+    if (has_key)
+        put_bytes(&k);
+    put_bytes(&v);
+    return r;
+}
+
+static const char *const send_names[] = {"mgr", "value", "headers"};
+static const char *const send_keyed_names[] = {"mgr", "key", "value", "headers"};
+
+/* send(mgr, value, headers=None) -> (partition, offset) */
+static PyObject *sendpath_send(SendPath *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *a[3];
+    if (self->s && parse(args, nargs, kwnames, send_names, 3, 3, a) && a[0] == self->mgr && a[1] &&
+        binding_ok(self->binding)) {
+        PyObject *r = send_one(self, NULL, a[1], a[2]);
+        if (r || PyErr_Occurred())
+            return r;
+    }
+    return slow_call((PyObject *)self, str_send_slow, args, nargs, kwnames);
+}
+
+/* send_keyed(mgr, key, value, headers=None) -> (partition, offset) */
+static PyObject *sendpath_send_keyed(SendPath *self, PyObject *const *args, Py_ssize_t nargs,
+                                     PyObject *kwnames)
+{
+    PyObject *a[4];
+    if (self->s && parse(args, nargs, kwnames, send_keyed_names, 4, 4, a) && a[0] == self->mgr &&
+        a[1] && a[2] && binding_ok(self->binding)) {
+        PyObject *r = send_one(self, a[1], a[2], a[3]);
+        if (r || PyErr_Occurred())
+            return r;
+    }
+    return slow_call((PyObject *)self, str_send_keyed_slow, args, nargs, kwnames);
+}
+
+/* _send_lists(values, keys, parts, offsets) -> rc, or None when the lists hold
+ * something other than bytes / bytearray (the caller's packing path then checks
+ * and says what). parts and offsets are writable uint32 / uint64 arrays of the
+ * batch's length. Walks the lists into one scratch buffer and hands the batch
+ * to the core's send_batch in one call. */
+static PyObject *send_lists(SendPath *self, PyObject *vals, PyObject *keys, uint32_t *parts, uint64_t *offs,
+                            Py_ssize_t n)
+{
+    int has_keys = keys != Py_None;
+    uint64_t kbytes = 0, vbytes = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PySequence_Fast_GET_ITEM(vals, i);
+        if (PyBytes_CheckExact(v))
+            vbytes += (uint64_t)PyBytes_GET_SIZE(v);
+        else if (PyByteArray_CheckExact(v))
+            vbytes += (uint64_t)PyByteArray_GET_SIZE(v);
+        else
+            Py_RETURN_NONE;
+        if (has_keys) {
+            PyObject *k = PySequence_Fast_GET_ITEM(keys, i);
+            if (PyBytes_CheckExact(k))
+                kbytes += (uint64_t)PyBytes_GET_SIZE(k);
+            else if (PyByteArray_CheckExact(k))
+                kbytes += (uint64_t)PyByteArray_GET_SIZE(k);
+            else
+                Py_RETURN_NONE;
+        }
+    }
+    if (kbytes > UINT32_MAX || vbytes > UINT32_MAX)
+        Py_RETURN_NONE;       /* the packing path refuses it by size */
+    size_t lens = (size_t)n * sizeof(uint32_t) * (has_keys ? 2 : 1);
+    uint8_t *base = grow(&self->batch, lens + kbytes + vbytes);
+    if (!base)
+        return NULL;
+    uint32_t *vl = (uint32_t *)base, *kl = has_keys ? vl + n : NULL;
+    uint8_t *kp0 = base + lens, *vp0 = kp0 + kbytes, *kp = kp0, *vp = vp0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PySequence_Fast_GET_ITEM(vals, i);
+        int isb = PyBytes_CheckExact(v);
+        size_t b = (size_t)(isb ? PyBytes_GET_SIZE(v) : PyByteArray_GET_SIZE(v));
+        memcpy(vp, isb ? PyBytes_AS_STRING(v) : PyByteArray_AS_STRING(v), b);
+        vp += b;
+        vl[i] = (uint32_t)b;
+        if (has_keys) {
+            PyObject *k = PySequence_Fast_GET_ITEM(keys, i);
+            int kb = PyBytes_CheckExact(k);
+            size_t a = (size_t)(kb ? PyBytes_GET_SIZE(k) : PyByteArray_GET_SIZE(k));
+            memcpy(kp, kb ? PyBytes_AS_STRING(k) : PyByteArray_AS_STRING(k), a);
+            kp += a;
+            kl[i] = (uint32_t)a;
+        }
+    }
+    gf_sender *s = self->s;
+    int64_t rc = core->send_batch(s->rings, s->n, s->mode, &s->rr, (uint32_t)n,
+                                  has_keys ? kp0 : NULL, kl, vp0, vl, 0, parts, offs);
+    return PyLong_FromLongLong(rc);
+}
+
+static PyObject *sendpath_send_lists(SendPath *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !self->s) {
+        PyErr_SetString(PyExc_TypeError, "_send_lists(values, keys, parts, offsets) on a bound sender");
+        return NULL;
+    }
+    PyObject *vals = args[0], *keys = args[1];
+    if (!(PyList_CheckExact(vals) || PyTuple_CheckExact(vals)) ||
+        (keys != Py_None && !(PyList_CheckExact(keys) || PyTuple_CheckExact(keys))))
+        Py_RETURN_NONE;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(vals);
+    if (n == 0 || (uint64_t)n > UINT32_MAX || (keys != Py_None && PySequence_Fast_GET_SIZE(keys) != n))
+        Py_RETURN_NONE;
+    Py_buffer pb, ob;
+    if (PyObject_GetBuffer(args[2], &pb, PyBUF_WRITABLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[3], &ob, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&pb);
+        return NULL;
+    }
+    PyObject *r;
+    if (pb.len < n * (Py_ssize_t)sizeof(uint32_t) || ob.len < n * (Py_ssize_t)sizeof(uint64_t)) {
+        PyErr_SetString(PyExc_ValueError, "parts / offsets arrays are shorter than the batch");
+        r = NULL;
+    } else
+        r = send_lists(self, vals, keys, pb.buf, ob.buf, n);
+    PyBuffer_Release(&pb);
+    PyBuffer_Release(&ob);
+    return r;
+}
+
+static PyMethodDef sendpath_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))sendpath_send, METH_FASTCALL | METH_KEYWORDS,
+     "send(mgr, value, headers=None) -> (partition, offset)\n\n"
+     "Append value without a key (round robin). value: bytes, bytearray or memoryview."},
+    {"send_keyed", (PyCFunction)(void (*)(void))sendpath_send_keyed, METH_FASTCALL | METH_KEYWORDS,
+     "send_keyed(mgr, key, value, headers=None) -> (partition, offset)\n\n"
+     "Append value under key (Kafka's partitioner; key None: round robin)."},
+    {"_bind_fast", (PyCFunction)(void (*)(void))sendpath_bind, METH_FASTCALL, NULL},
+    {"_unbind_fast", (PyCFunction)sendpath_unbind, METH_NOARGS, NULL},
+    {"_send_lists", (PyCFunction)(void (*)(void))sendpath_send_lists, METH_FASTCALL, NULL},
+    {NULL},
+};
+
+static PyTypeObject SendPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "grafos._fast.SendPath",
+    .tp_basicsize = sizeof(SendPath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The per-message send calls of a Producer, entering the core once per message.",
+    .tp_new = PyType_GenericNew,
+    .tp_traverse = (traverseproc)sendpath_traverse,
+    .tp_clear = (inquiry)sendpath_clear,
+    .tp_dealloc = (destructor)sendpath_dealloc,
+    .tp_methods = sendpath_methods,
+};
+
+/* ---- PollPath: the base of grafos.mq.consumer.Consumer ----------------------------- */
+typedef struct {
+    PyObject_HEAD
+    PyObject *mgr;       /* the manager `p` reads from; NULL while unbound */
+    PyObject *binding;   /* the topic's Binding */
+    PyObject *keep;      /* owns the poller and everything it points to (a Reader) */
+    gf_poller *p;
+    int holes;           /* an assigned partition was already reclaimed when opened */
+    unsigned long long consumed;
+} PollPath;
+
+static int pollpath_traverse(PollPath *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->mgr);
+    Py_VISIT(self->binding);
+    Py_VISIT(self->keep);
+    return 0;
+}
+
+static int pollpath_clear(PollPath *self)
+{
+    self->p = NULL;
+    Py_CLEAR(self->mgr);
+    Py_CLEAR(self->binding);
+    Py_CLEAR(self->keep);
+    return 0;
+}
+
+static void pollpath_dealloc(PollPath *self)
+{
+    PyObject_GC_UnTrack(self);
+    pollpath_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* _bind_fast(mgr, binding, poller_address, keep, holes) */
+static PyObject *pollpath_bind(PollPath *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5 || !PyObject_TypeCheck(args[1], &BindingType)) {
+        PyErr_SetString(PyExc_TypeError, "_bind_fast(mgr, binding, poller_address, keep, holes)");
+        return NULL;
+    }
+    gf_poller *p = as_pointer(args[2]);
+    int holes = p ? PyObject_IsTrue(args[4]) : -1;
+    if (holes < 0)
+        return NULL;
+    PyObject *om = self->mgr, *ob = self->binding, *ok = self->keep;
+    self->mgr = Py_NewRef(args[0]);
+    self->binding = Py_NewRef(args[1]);
+    self->keep = Py_NewRef(args[3]);
+    self->p = p;
+    self->holes = holes;
+    Py_XDECREF(om);
+    Py_XDECREF(ob);
+    Py_XDECREF(ok);
+    Py_RETURN_NONE;
+}
+
+static PyObject *pollpath_unbind(PollPath *self, PyObject *unused)
+{
+    PyObject *om = self->mgr, *ob = self->binding, *ok = self->keep;
+    self->p = NULL;
+    self->mgr = self->binding = self->keep = NULL;
+    Py_XDECREF(om);
+    Py_XDECREF(ob);
+    Py_XDECREF(ok);
+    Py_RETURN_NONE;
+}
+
+/* seconds as a Python number -> ns; returns 0 when o is not a plain finite-or-inf
+ * int/float (the slow path validates it). *forever for None and +inf. */
+static int seconds_arg(PyObject *o, int64_t *ns, int *forever)
+{
+    double d;
+    *forever = 0;
+    if (o == Py_None) {
+        *forever = 1;
+        return 1;
+    }
+    if (PyFloat_CheckExact(o))
+        d = PyFloat_AS_DOUBLE(o);
+    else if (PyLong_CheckExact(o)) {
+        d = PyLong_AsDouble(o);
+        if (d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 0;
+        }
+    } else
+        return 0;
+    if (isnan(d))
+        return 0;
+    if (d > 9e9) {        /* about 285 years, or inf: forever */
+        *forever = 1;
+        return 1;
+    }
+    *ns = d <= 0 ? 0 : (int64_t)(d * 1e9);
+    return 1;
+}
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static const char *const poll_names[] = {"mgr", "max_messages", "timeout", "spin"};
+
+/* poll(mgr, max_messages=100, timeout=0.0, *, spin=0.0) -> [(partition, Message)] */
+static PyObject *pollpath_poll(PollPath *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *a[4];
+    long max = 100;
+    int64_t timeout_ns = 0, spin_ns = 0;
+    int forever = 0, spin_forever;
+    if (!self->p || !parse(args, nargs, kwnames, poll_names, 3, 4, a) || a[0] != self->mgr ||
+        !binding_ok(self->binding))
+        goto slow;
+    if (a[1]) {
+        if (!PyLong_CheckExact(a[1]))
+            goto slow;
+        max = PyLong_AsLong(a[1]);
+        if (max < 1) {
+            PyErr_Clear();
+            goto slow;
+        }
+        if (max > UINT32_MAX)
+            max = UINT32_MAX;
+    }
+    if (a[2] && !seconds_arg(a[2], &timeout_ns, &forever))
+        goto slow;
+    if (a[3] && (!seconds_arg(a[3], &spin_ns, &spin_forever) || a[3] == Py_None || spin_forever))
+        goto slow;
+    gf_poller *p = self->p;
+    int64_t rc;
+    if (!forever && timeout_ns == 0) {
+        rc = core->poller_poll(p, (uint32_t)max, 0, 0, 0);   /* never blocks: keep the GIL */
+    } else {
+        /* Block in slices with the GIL released, looking at signals between them so
+         * Ctrl-C gets through. A partition that reads as expired may be a restart
+         * on its way: the slow path looks at the directory. */
+        PyObject *keep = Py_NewRef(self->keep);
+        int64_t deadline = forever ? INT64_MAX : mono_ns() + timeout_ns;
+        for (;;) {
+            int64_t now = mono_ns(), left = deadline - now;
+            int64_t slice = left < SLICE_NS ? (left > 0 ? left : 0) : SLICE_NS;
+            Py_BEGIN_ALLOW_THREADS
+            rc = core->poller_poll(p, (uint32_t)max, 0, slice, spin_ns);
+            Py_END_ALLOW_THREADS
+            spin_ns = 0;
+            if (rc != 0 || mono_ns() >= deadline)
+                break;
+            if (p->expired || self->holes) {
+                /* the rest of the wait, in the slow path: it re-reads the directory */
+                Py_DECREF(keep);
+                PyObject *mx = PyLong_FromLong(max);
+                PyObject *t = !mx ? NULL : forever ? Py_NewRef(Py_None)
+                                      : PyFloat_FromDouble((double)(deadline - mono_ns()) / 1e9);
+                PyObject *r = NULL;
+                if (t) {
+                    PyObject *sargs[4] = {(PyObject *)self, a[0], mx, t};
+                    r = PyObject_VectorcallMethod(str_poll_slow, sargs, 4, NULL);
+                }
+                Py_XDECREF(mx);
+                Py_XDECREF(t);
+                return r;
+            }
+            if (PyErr_CheckSignals() < 0) {
+                Py_DECREF(keep);
+                return NULL;
+            }
+        }
+        Py_DECREF(keep);
+    }
+    if (rc < 0) {
+        PyObject *r = PyObject_CallFunction(raise_for, "LO", (long long)rc, str_poll_ctx);
+        Py_XDECREF(r);
+        return NULL;
+    }
+    if (rc == 0 && (p->expired || self->holes))
+        goto slow;     /* nothing, and a partition is gone: the directory may have news */
+    PyObject *list = build(p->meta, rc, p->buf, p->buf_size, NULL, p->cursors, p->n);
+    if (list)
+        self->consumed += (unsigned long long)PyList_GET_SIZE(list);
+    return list;
+slow:
+    return slow_call((PyObject *)self, str_poll_slow, args, nargs, kwnames);
+}
+
+static PyMethodDef pollpath_methods[] = {
+    {"poll", (PyCFunction)(void (*)(void))pollpath_poll, METH_FASTCALL | METH_KEYWORDS,
+     "poll(mgr, max_messages=100, timeout=0.0, *, spin=0.0) -> list of (partition, Message)\n\n"
+     "timeout: 0 returns at once; seconds blocks until a message arrives or the time\n"
+     "passes; None blocks until a message arrives. spin: seconds of polling before sleeping."},
+    {"_bind_fast", (PyCFunction)(void (*)(void))pollpath_bind, METH_FASTCALL, NULL},
+    {"_unbind_fast", (PyCFunction)pollpath_unbind, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyMemberDef pollpath_members[] = {
+    {"consumed", T_ULONGLONG, offsetof(PollPath, consumed), 0, "messages returned by poll calls so far"},
+    {NULL},
+};
+
+static PyTypeObject PollPathType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "grafos._fast.PollPath",
+    .tp_basicsize = sizeof(PollPath),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The per-message poll call of a Consumer, building its results in C.",
+    .tp_new = PyType_GenericNew,
+    .tp_traverse = (traverseproc)pollpath_traverse,
+    .tp_clear = (inquiry)pollpath_clear,
+    .tp_dealloc = (destructor)pollpath_dealloc,
+    .tp_methods = pollpath_methods,
+    .tp_members = pollpath_members,
+};
+
+/* ---- module functions ------------------------------------------------------------ */
+
+/* bind(table_address, raise_for, CorruptFabric, Message): once, at import. */
+static PyObject *mod_bind(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyType_Check(args[3]) || !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "bind(table_address, raise_for, CorruptFabric, Message)");
+        return NULL;
+    }
+    const gf_crossing *t = as_pointer(args[0]);
+    if (!t)
+        return NULL;
+    if (t->size < sizeof(gf_crossing) || t->version != GF_CROSSING_VERSION) {
+        PyErr_Format(PyExc_ImportError, "grafos._fast was built for crossing table version %u, "
+                     "the core has version %u: reinstall grafos", GF_CROSSING_VERSION, t->version);
+        return NULL;
+    }
+    if (((PyTypeObject *)args[3])->tp_basicsize != PyTuple_Type.tp_basicsize) {
+        PyErr_SetString(PyExc_TypeError, "Message must be a tuple subclass without extra fields");
+        return NULL;
+    }
+    Py_XSETREF(raise_for, Py_NewRef(args[1]));
+    Py_XSETREF(corrupt_error, Py_NewRef(args[2]));
+    Py_XSETREF(message_type, (PyTypeObject *)Py_NewRef(args[3]));
+    core = t;
+    Py_RETURN_NONE;
+}
+
+/* messages(poller_address, count, ids) -> [(partition, Message)] for the rows a
+ * poll left in the poller (Reader.poll's blocking path). ids: list or None. */
+static PyObject *mod_messages(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!bound())
+        return NULL;
+    if (nargs != 3 || (args[2] != Py_None && !PyList_CheckExact(args[2]))) {
+        PyErr_SetString(PyExc_TypeError, "messages(poller_address, count, ids: list | None)");
+        return NULL;
+    }
+    gf_poller *p = as_pointer(args[0]);
+    long long n = p ? PyLong_AsLongLong(args[1]) : -1;
+    if (n < 0 || (p && n > p->max_batch)) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "count out of range");
+        return NULL;
+    }
+    return build(p->meta, n, p->buf, p->buf_size, args[2] == Py_None ? NULL : args[2], p->cursors, p->n);
+}
+
+/* decode(meta, data, ids) -> [(partition, Message)] over a copy of poll rows and
+ * their bytes (Batch iteration). Malformed headers raise CorruptFabric. */
+static PyObject *mod_decode(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!bound())
+        return NULL;
+    if (nargs != 3 || (args[2] != Py_None && !PyList_CheckExact(args[2]))) {
+        PyErr_SetString(PyExc_TypeError, "decode(meta, data, ids: list | None)");
+        return NULL;
+    }
+    Py_buffer mb, db;
+    if (PyObject_GetBuffer(args[0], &mb, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &db, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&mb);
+        return NULL;
+    }
+    PyObject *r = NULL;
+    if (mb.len % (Py_ssize_t)sizeof(gf_msg_meta))
+        PyErr_SetString(PyExc_ValueError, "meta is not a whole number of rows");
+    else {
+        /* rows may sit at any alignment in a bytes object: copy them out */
+        Py_ssize_t n = mb.len / (Py_ssize_t)sizeof(gf_msg_meta);
+        gf_msg_meta *rows = PyMem_Malloc(mb.len ? (size_t)mb.len : 1);
+        if (!rows)
+            PyErr_NoMemory();
+        else {
+            memcpy(rows, mb.buf, (size_t)mb.len);
+            r = build(rows, n, db.buf, (uint64_t)db.len, args[2] == Py_None ? NULL : args[2], NULL, 0);
+            PyMem_Free(rows);
+        }
+    }
+    PyBuffer_Release(&mb);
+    PyBuffer_Release(&db);
+    return r;
+}
+
+/* encode_headers(headers) -> bytes, or None when the fast encoder does not take them */
+static PyObject *mod_encode_headers(PyObject *m, PyObject *h)
+{
+    scratch s = {0};
+    Py_ssize_t n = encode_headers(h, &s);
+    PyObject *r = n < 0 ? Py_NewRef(Py_None) : PyBytes_FromStringAndSize((const char *)s.p, n);
+    PyMem_Free(s.p);
+    return r;
+}
+
+static PyMethodDef module_methods[] = {
+    {"bind", (PyCFunction)(void (*)(void))mod_bind, METH_FASTCALL, "bind(table_address, raise_for, CorruptFabric, Message)"},
+    {"messages", (PyCFunction)(void (*)(void))mod_messages, METH_FASTCALL, "messages(poller_address, count, ids)"},
+    {"decode", (PyCFunction)(void (*)(void))mod_decode, METH_FASTCALL, "decode(meta, data, ids)"},
+    {"encode_headers", (PyCFunction)mod_encode_headers, METH_O, "encode_headers(headers) -> bytes | None"},
+    {NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "grafos._fast",
+    "The CPython crossing for grafos's per-message calls (send, poll); see csrc/fast.c.",
+    -1, module_methods,
+};
+
+PyMODINIT_FUNC PyInit__fast(void)
+{
+    if (PyType_Ready(&BindingType) < 0 || PyType_Ready(&SendPathType) < 0 || PyType_Ready(&PollPathType) < 0)
+        return NULL;
+    empty_tuple = PyTuple_New(0);
+    str_send_slow = PyUnicode_InternFromString("_send_fallback");
+    str_send_keyed_slow = PyUnicode_InternFromString("_send_keyed_fallback");
+    str_poll_slow = PyUnicode_InternFromString("_poll_fallback");
+    str_poll_ctx = PyUnicode_InternFromString("poll");
+    if (!empty_tuple || !str_send_slow || !str_send_keyed_slow || !str_poll_slow || !str_poll_ctx)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    if (PyModule_AddObjectRef(m, "Binding", (PyObject *)&BindingType) < 0 ||
+        PyModule_AddObjectRef(m, "SendPath", (PyObject *)&SendPathType) < 0 ||
+        PyModule_AddObjectRef(m, "PollPath", (PyObject *)&PollPathType) < 0 ||
+        PyModule_AddIntConstant(m, "OFFSET_BITS", GF_OFFSET_BITS) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

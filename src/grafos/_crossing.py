@@ -1,0 +1,33 @@
+"""The per-message crossing: ``grafos._fast`` bound to the core's entry points.
+
+``grafos._fast`` (csrc/fast.c) is a small CPython extension that holds no ring
+or lease logic: it calls the cffi-built core through the table of entry
+points the core hands over here, once, so both bindings share one core and
+one copy of its state. Producers and consumers derive from its
+:class:`SendPath` and :class:`PollPath`; a topic's :class:`Binding` tells
+them when their cached view of it is stale.
+"""
+from __future__ import annotations
+
+from . import _fast
+from ._check import raise_for
+from ._native import ffi, lib
+from .errors import CorruptFabric
+from .message import Message
+
+_fast.bind(int(ffi.cast("uintptr_t", lib.gf_crossing_table())), raise_for, CorruptFabric, Message)
+
+Binding = _fast.Binding
+SendPath = _fast.SendPath
+PollPath = _fast.PollPath
+messages = _fast.messages
+decode = _fast.decode
+
+#: offsets are below 2**OFFSET_BITS; the largest valid offset is MAX_OFFSET
+OFFSET_BITS: int = lib.GF_OFFSET_BITS
+MAX_OFFSET: int = (1 << OFFSET_BITS) - 1
+
+
+def address(cdata: object) -> int:
+    """The address of a cffi pointer, as the crossing takes it."""
+    return int(ffi.cast("uintptr_t", cdata))
