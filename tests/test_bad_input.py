@@ -277,7 +277,32 @@ ROWS: list[tuple[str, object, type[GrafosError], str]] = [
     ("send_keyed key int", lambda e: e.prod.send_keyed(e.mgr, 5, b"v"), InvalidType, "key"),
     ("send_keyed value int", lambda e: e.prod.send_keyed(e.mgr, b"k", 5), InvalidType, "value"),
     ("send_keyed too large", lambda e: e.prod.send_keyed(e.mgr, b"k" * 200, b"v"), MessageTooLarge, "room"),
+    ("send value released view", lambda e: e.prod.send(e.mgr, _released()), InvalidArgument, "value"),
+    ("send value numpy", lambda e: e.prod.send(e.mgr, np.zeros(4, np.uint8)), InvalidType, "value"),
+    ("send value object", lambda e: e.prod.send(e.mgr, object()), InvalidType, "value"),
+    ("send value int", lambda e: e.prod.send(e.mgr, 5), InvalidType, "value"),
+    ("send bytearray too large", lambda e: e.prod.send(e.mgr, bytearray(10_000)), MessageTooLarge, "10000"),
+    ("send view too large", lambda e: e.prod.send(e.mgr, memoryview(b"x" * 10_000)), MessageTooLarge, "10000"),
+    ("send headers too many", lambda e: e.prod.send(e.mgr, b"x", headers=[("h", b"")] * 2000),
+     InvalidArgument, "headers"),
+    ("send headers dict value int", lambda e: e.prod.send(e.mgr, b"x", headers={"h": 5}), InvalidType, "header"),
+    ("send headers too large", lambda e: e.prod.send(e.mgr, b"x", headers={"h": b"y" * 500}), MessageTooLarge,
+     "headers"),
+    ("send_keyed key released view", lambda e: e.prod.send_keyed(e.mgr, _released(), b"v"), InvalidArgument,
+     "key"),
+    ("send_keyed key object", lambda e: e.prod.send_keyed(e.mgr, object(), b"v"), InvalidType, "key"),
+    ("send_keyed value None", lambda e: e.prod.send_keyed(e.mgr, b"k", None), InvalidType, "value"),
+    ("send_keyed mgr None", lambda e: e.prod.send_keyed(None, b"k", b"v"), InvalidType, "mgr"),
+    ("send_keyed headers key int", lambda e: e.prod.send_keyed(e.mgr, b"k", b"v", headers={5: b"v"}),
+     InvalidType, "header key"),
     ("send_batch empty", lambda e: e.prod.send_batch(e.mgr, []), InvalidArgument, "empty batch"),
+    ("send_batch item released view", lambda e: e.prod.send_batch(e.mgr, [b"a", _released()]), InvalidArgument,
+     "buffer"),
+    ("send_batch key int", lambda e: e.prod.send_batch(e.mgr, [b"a"], keys=[5]), InvalidType, "keys[0]"),
+    ("send_batch tuple one too large", lambda e: e.prod.send_batch(e.mgr, (b"a", b"x" * 10_000)),
+     MessageTooLarge, "10000"),
+    ("send_batch keyed one too large", lambda e: e.prod.send_batch(e.mgr, [b"a", b"b"], keys=[b"k", b"k" * 300]),
+     MessageTooLarge, "room"),
     ("send_batch item str", lambda e: e.prod.send_batch(e.mgr, [b"a", "b"]), InvalidType, "values[1]"),
     ("send_batch 1-D array", lambda e: e.prod.send_batch(e.mgr, np.zeros(5, np.uint8)), InvalidArgument, "2-D"),
     ("send_batch keys count", lambda e: e.prod.send_batch(e.mgr, [b"a"], keys=[b"a", b"b"]), InvalidArgument,
@@ -311,6 +336,12 @@ ROWS: list[tuple[str, object, type[GrafosError], str]] = [
     ("consumer poll max str", lambda e: e.consumer.poll(e.mgr, "5"), InvalidType, "max_messages"),
     ("consumer poll mgr str", lambda e: Consumer("orders").poll("mgr"), InvalidType, "mgr"),
     ("consumer poll timeout str", lambda e: e.consumer.poll(e.mgr, 5, timeout="1"), InvalidType, "timeout"),
+    ("consumer poll timeout nan", lambda e: e.consumer.poll(e.mgr, 5, timeout=NAN), InvalidArgument, "timeout"),
+    ("consumer poll max float", lambda e: e.consumer.poll(e.mgr, 5.0), InvalidType, "max_messages"),
+    ("consumer poll max negative", lambda e: e.consumer.poll(e.mgr, -3), InvalidArgument, "max_messages"),
+    ("consumer poll max None", lambda e: e.consumer.poll(e.mgr, None), InvalidType, "max_messages"),
+    ("consumer poll spin str", lambda e: e.consumer.poll(e.mgr, 5, timeout=0.01, spin="1"), InvalidType, "spin"),
+    ("consumer poll mgr None", lambda e: e.consumer.poll(None, 5), InvalidType, "mgr"),
     ("consumer poll_batch max zero", lambda e: e.consumer.poll_batch(e.mgr, 0), InvalidArgument, "max_messages"),
     ("consumer commit store str", lambda e: e.consumer.commit("store"), InvalidType, "store"),
     ("consumer commit offset negative", lambda e: e.consumer.commit(e.mem, {0: -1}), InvalidArgument, "offset"),
@@ -406,6 +437,13 @@ ROWS: list[tuple[str, object, type[GrafosError], str]] = [
     ("tick now nan", lambda e: e.renewals.tick(now=NAN), InvalidArgument, "now"),
     ("start interval zero", lambda e: e.renewals.start(0), InvalidArgument, "interval"),
 ]
+
+
+def _released() -> memoryview:
+    """A memoryview whose buffer is gone: reading it fails."""
+    m = memoryview(b"payload")
+    m.release()
+    return m
 
 
 def _junk(env: Env) -> str:

@@ -23,10 +23,6 @@ PollPath = _fast.PollPath
 messages = _fast.messages
 decode = _fast.decode
 
-#: offsets are below 2**OFFSET_BITS; the largest valid offset is MAX_OFFSET
-OFFSET_BITS: int = lib.GF_OFFSET_BITS
-MAX_OFFSET: int = (1 << OFFSET_BITS) - 1
-
 
 def address(cdata: object) -> int:
     """The address of a cffi pointer, as the crossing takes it."""

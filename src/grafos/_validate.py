@@ -59,7 +59,10 @@ def as_bytes(value: Any, what: str) -> bytes:
     if isinstance(value, bytes):
         return value
     if isinstance(value, (bytearray, memoryview)):
-        return bytes(value)
+        try:
+            return bytes(value)
+        except (ValueError, TypeError, BufferError) as e:   # a released view, a broken exporter
+            raise InvalidArgument(f"{what}: its buffer cannot be read ({e})") from None
     if isinstance(value, str):
         raise InvalidType(f"{what} must be bytes, not str (encode it first)")
     raise InvalidType(f"{what} must be bytes, not {type(value).__name__}")

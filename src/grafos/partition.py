@@ -26,6 +26,11 @@ if TYPE_CHECKING:
 _send_key = lib.gf_sender_send
 _send_nokey = lib.gf_sender_send_nokey
 
+#: offsets in a partition are below 2**OFFSET_BITS (the core packs a partition
+#: and an offset into one 64-bit return value); MAX_OFFSET is the largest
+OFFSET_BITS: int = lib.GF_OFFSET_BITS
+MAX_OFFSET: int = (1 << OFFSET_BITS) - 1
+
 
 @dataclass(frozen=True)
 class PartitionState:
@@ -203,9 +208,10 @@ def pack(items, what: str) -> tuple[object, np.ndarray]:
     try:
         lens = np.fromiter(map(len, items), dtype=np.uint32, count=len(items))
         buf = b"".join(items)
-    except TypeError:
+    except (TypeError, ValueError, BufferError):
         for i, it in enumerate(items):
             if not isinstance(it, (bytes, bytearray, memoryview)):
                 raise _validate.InvalidType(f"{what}[{i}] must be bytes, not {type(it).__name__}") from None
+            _validate.as_bytes(it, f"{what}[{i}]")      # a released view: says so
         raise _validate.InvalidType(f"{what} must be a list or tuple of bytes, not {type(items).__name__}") from None
     return buf, lens

@@ -16,6 +16,7 @@ from ._native import ffi, lib
 from .errors import InvalidArgument, InvalidType
 from .fabric import Fabric
 from .message import Message
+from .partition import MAX_OFFSET
 
 #: numpy view of ``gf_msg_meta`` (one row per message of a batch)
 META_DTYPE = np.dtype([
@@ -196,7 +197,7 @@ class Reader:
     def seek(self, i: int, offset: int) -> None:
         if not 0 <= _count(i, "partition index") < self._n:
             raise InvalidArgument(f"partition index {i} out of range (reader has {self._n})")
-        _validate.integer(offset, "offset", 0, _crossing.MAX_OFFSET)
+        _validate.integer(offset, "offset", 0, MAX_OFFSET)
         c = self._cursors[i]
         c.pos = offset
         c.stall_since = 0

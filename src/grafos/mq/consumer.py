@@ -15,9 +15,10 @@ import time
 from typing import Callable, Iterable
 
 from .. import _validate
-from .._crossing import MAX_OFFSET, PollPath
+from .._crossing import PollPath
 from ..errors import Fenced, InvalidArgument
 from ..message import Message
+from ..partition import MAX_OFFSET
 from ..reader import Batch, Reader
 from .offset import OffsetStore
 from .topic import Topic, TopicManager

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Mapping, Protocol, runtime_checkable
 
 from .. import _validate
 from ..errors import CorruptFabric, InvalidArgument
+from ..partition import MAX_OFFSET
 from . import _metakeys
 
 if TYPE_CHECKING:
     from ..fabric import Fabric
     from .topic import TopicManager
 
-MAX_OFFSET = (1 << 48) - 1
 
 
 @runtime_checkable

@@ -15,11 +15,11 @@ import numpy as np
 
 from .. import _validate
 from .._check import last_error, raise_for
-from .._crossing import OFFSET_BITS, MAX_OFFSET, SendPath, address
+from .._crossing import SendPath, address
 from .._native import ffi, lib
 from ..errors import InvalidArgument, LeaseExpired, MessageTooLarge, NotFound
 from ..message import encode_headers
-from ..partition import pack
+from ..partition import MAX_OFFSET, OFFSET_BITS, pack
 from .topic import Topic, TopicManager
 
 _send = lib.gf_send
