@@ -1,50 +1,74 @@
-"""Issue #3's targets side by side, in one process and one run.
+"""The bus's single-message and list-batch paths beside queue.Queue, in one process and one run.
 
-* ``Producer.send_keyed(mgr, key, value)`` (16-byte key, 100-byte value, 4
-  partitions) against ``queue.Queue().put(value)``: target >= 2 M msg/s and
-  >= 1.5x the queue;
-* ``Consumer.poll(mgr, 1000)`` messages delivered against ``queue.Queue().get()``:
-  target >= 3 M msg/s and >= 2x the queue.
+* ``Producer.send_keyed(mgr, key, value)`` (16-byte keys, 100-byte values, 4
+  partitions) and ``Producer.send(mgr, value)`` against ``queue.Queue().put(value)``
+  (goals: >= 4x and >= 5x);
+* ``Consumer.poll(mgr, 1000)`` messages delivered against ``queue.Queue().get()``
+  (goal: >= 4x per message);
+* ``Producer.send_batch(mgr, values)`` of 1024 64-byte ``bytes`` in a list against
+  the same batch as a 2-D numpy array (goal: >= 0.7x) and against ``put`` per
+  message (goal: >= 15x).
 
 Each round times every workload once, in a rotated order, so a ratio is taken
 between measurements milliseconds apart; printed are the medians of the
 per-round ratios and each workload's median and best. Nothing is asserted.
 
-    python benchmarks/bus_ratios.py [--rounds 200]
+    python benchmarks/bus_ratios.py [--rounds 200] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import queue
 import statistics
 import time
 
-from grafos.mq.consumer import Consumer
+import numpy as np
+
+from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.producer import Producer
 from grafos.mq.topic import TopicConfig, TopicManager
 
 N = 1000
+BATCH = 1024
 KEY = b"k" * 16
 VALUE = b"v" * 100
+
+#: (numerator, denominator, goal) of each ratio printed
+GOALS = [("send_keyed", "queue.put", 4.0), ("send", "queue.put", 5.0), ("poll(1000)", "queue.get", 4.0),
+         ("send_batch list", "send_batch 2-D", 0.7), ("send_batch list", "queue.put", 15.0)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=200)
-    rounds = ap.parse_args().rounds
+    ap.add_argument("--json", help="write the medians and ratios to this file")
+    args = ap.parse_args()
+    rounds = args.rounds
 
     mgr = TopicManager(size=256 << 20)
-    mgr.create("t", TopicConfig(num_partitions=4, partition_capacity=1 << 15, partition_stride=256))
-    prod = Producer("t")
+    # rings that fit the caches, as a consumer that keeps up sees them
+    mgr.create("t", TopicConfig(num_partitions=4, partition_capacity=2048, partition_stride=256))
+    mgr.create("b", TopicConfig(num_partitions=4, partition_capacity=2048, partition_stride=128))
+    prod, bprod = Producer("t"), Producer("b")
     cons = Consumer("t", "g", max_batch=N)
     keys = [b"user-%011d" % i for i in range(64)]      # 16-byte keys spread over the partitions
     q: queue.Queue = queue.Queue()
+    blist = [bytes([i & 0xFF]) * 64 for i in range(BATCH)]
+    barr = np.frombuffer(b"".join(blist), dtype=np.uint8).reshape(BATCH, 64)
 
     def send_keyed() -> float:
         s = prod.send_keyed
         t = time.perf_counter()
         for i in range(N):
             s(mgr, keys[i & 63], VALUE)
+        return time.perf_counter() - t
+
+    def send() -> float:
+        s = prod.send
+        t = time.perf_counter()
+        for _ in range(N):
+            s(mgr, VALUE)
         return time.perf_counter() - t
 
     def queue_put() -> float:
@@ -57,6 +81,7 @@ def main() -> None:
         return d
 
     def poll() -> float:
+        cons.seek(mgr, None, SeekPolicy.Latest)
         for _ in range(N // 250):              # refill untimed: about N messages over 4 partitions
             prod.send_batch(mgr, [VALUE] * 250, keys=[keys[i & 63] for i in range(250)])
         got = 0
@@ -73,28 +98,44 @@ def main() -> None:
             get()
         return time.perf_counter() - t
 
-    work = {"send_keyed": send_keyed, "queue_put": queue_put, "poll(1000)": poll, "queue_get": queue_get}
-    for f in work.values():          # warm up, bind, first-touch the rings
-        f()
-    cons.seek(mgr, None, __import__("grafos.mq.consumer", fromlist=["SeekPolicy"]).SeekPolicy.Latest)
+    def batch_list() -> float:
+        t = time.perf_counter()
+        bprod.send_batch(mgr, blist)
+        return (time.perf_counter() - t) * N / BATCH
+
+    def batch_array() -> float:
+        t = time.perf_counter()
+        bprod.send_batch(mgr, barr)
+        return (time.perf_counter() - t) * N / BATCH
+
+    work = {"send_keyed": send_keyed, "send": send, "queue.put": queue_put, "poll(1000)": poll,
+            "queue.get": queue_get, "send_batch list": batch_list, "send_batch 2-D": batch_array}
+    for _ in range(3):               # warm up, bind, first-touch the rings
+        for f in work.values():
+            f()
     times: dict[str, list[float]] = {k: [] for k in work}
     names = list(work)
     for r in range(rounds):
-        for k in names[r % 4:] + names[:r % 4]:
+        k0 = r % len(names)
+        for k in names[k0:] + names[:k0]:
             times[k].append(work[k]())
     rate = {k: [N / t for t in v] for k, v in times.items()}
     print(f"bus hot paths, {rounds} interleaved rounds of {N} messages (M msg/s: median, best)")
     for k, v in rate.items():
-        print(f"  {k:12s} {statistics.median(v) / 1e6:6.2f} {max(v) / 1e6:6.2f}")
+        print(f"  {k:16s} {statistics.median(v) / 1e6:7.2f} {max(v) / 1e6:7.2f}")
 
     def ratio(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(rate[a], rate[b]))
 
     print("ratios (median of per-round ratios):")
-    print(f"  send_keyed / queue.put  {ratio('send_keyed', 'queue_put'):5.2f}  target >= 1.5; "
-          f"send_keyed {statistics.median(rate['send_keyed']) / 1e6:.2f} M/s, target >= 2")
-    print(f"  poll(1000) / queue.get  {ratio('poll(1000)', 'queue_get'):5.2f}  target >= 2.0; "
-          f"poll {statistics.median(rate['poll(1000)']) / 1e6:.2f} M/s, target >= 3")
+    out = {"rates": {k: statistics.median(v) for k, v in rate.items()}, "ratios": {}}
+    for a, b, goal in GOALS:
+        r = ratio(a, b)
+        out["ratios"][f"{a} / {b}"] = r
+        print(f"  {a + ' / ' + b:34s} {r:6.2f}  goal >= {goal}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
 
 
 if __name__ == "__main__":
