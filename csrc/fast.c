@@ -272,7 +272,7 @@ bad:
  * (offset, key, value, timestamp, headers); its items are ints, bytes, None and
  * tuples of str and bytes, which can never form a cycle, so it is untracked by
  * the garbage collector at once, as CPython does with such tuples itself. */
-static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *headers)
+static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *headers, PyObject **ts_last)
 {
     PyObject *msg = message_type->tp_alloc(message_type, 5);
     if (!msg) {
@@ -283,7 +283,11 @@ static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *
     PyObject *key = (m->flags & GF_MSG_HAS_KEY) ? PyBytes_FromStringAndSize((const char *)b, m->key_len)
                                                 : Py_NewRef(Py_None);
     PyObject *val = PyBytes_FromStringAndSize((const char *)b + m->key_len + m->hdr_len, m->val_len);
-    PyObject *ts = PyLong_FromLongLong(m->ts_ns);
+    /* a batch's messages share one timestamp: share its int too */
+    PyObject *ts = *ts_last && PyLong_AsLongLong(*ts_last) == m->ts_ns ? Py_NewRef(*ts_last)
+                                                                         : PyLong_FromLongLong(m->ts_ns);
+    if (ts && ts != *ts_last)
+        Py_XSETREF(*ts_last, Py_NewRef(ts));
     PyTuple_SET_ITEM(msg, 0, off);
     PyTuple_SET_ITEM(msg, 1, key);
     PyTuple_SET_ITEM(msg, 2, val);
@@ -307,6 +311,7 @@ static PyObject *build(const gf_msg_meta *meta, int64_t n, const uint8_t *buf, u
     PyObject *list = PyList_New(n);
     if (!list)
         return NULL;
+    PyObject *ts_last = NULL;
     Py_ssize_t k = 0;
     for (int64_t i = 0; i < n; i++) {
         const gf_msg_meta *m = &meta[i];
@@ -333,7 +338,7 @@ static PyObject *build(const gf_msg_meta *meta, int64_t n, const uint8_t *buf, u
                 continue;
             }
         }
-        PyObject *msg = make_message(m, b, headers);
+        PyObject *msg = make_message(m, b, headers, &ts_last);
         if (!msg)
             goto fail;
         PyObject *part;
@@ -364,8 +369,10 @@ static PyObject *build(const gf_msg_meta *meta, int64_t n, const uint8_t *buf, u
         if (PyList_SetSlice(list, k, n, NULL) < 0)
             goto fail;
     }
+    Py_XDECREF(ts_last);
     return list;
 fail:
+    Py_XDECREF(ts_last);
     for (Py_ssize_t j = k; j < n; j++)     /* the unfilled tail, so the list can be freed */
         if (!PyList_GET_ITEM(list, j))
             PyList_SET_ITEM(list, j, Py_NewRef(Py_None));

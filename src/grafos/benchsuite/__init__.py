@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import grafos_runs, peers
+from . import calls, grafos_runs, peers
 from .harness import (DEFAULT_SIZES, GRAFOS, PEERS, QUICK_SIZES, SCENARIO_HELP, SCENARIOS, Job,
                       Options, Result, Target, batch_for, derive, quick_options, targets)
 
@@ -45,6 +45,11 @@ def plan(opt: Options) -> list[Job]:
     jobs: list[Job] = []
     d = opt.duration
     memcpy_sizes: set[int] = set()
+    if "calls" in opt.scenarios:
+        for call in calls.CALLS:
+            system = calls.QUEUE if call in ("put", "get") else GRAFOS
+            jobs.append(_job(f"{system} {call}", lambda c=call: calls.measure(c, d),
+                             Result("calls", system, call, "in-process", 100)))
     if "inproc" in opt.scenarios:
         for size in opt.sizes:
             b = batch_for(size)
@@ -119,4 +124,5 @@ def run_jobs(jobs: list[Job], progress: Callable[[Job, Result | None], None] | N
         if progress:
             progress(job, r)
     derive(out)
+    calls.derive(out)
     return out

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 #: scenario groups, in the order they run
-SCENARIOS = ("inproc", "cross", "partitions", "topics", "producers")
+SCENARIOS = ("calls", "inproc", "cross", "partitions", "topics", "producers")
 SCENARIO_HELP = {
+    "calls": "one process: send_keyed, send, poll(1000), send_batch of a list beside queue.Queue put/get",
     "inproc": "one process, one thread: produce a batch, consume it; every size; grafos and peers",
     "cross": "producer process -> consumer process (multiprocessing spawn); every size; grafos and peers",
     "partitions": "grafos in-process batch, 64 B, one topic of 1..64 partitions: cost per message",
@@ -133,7 +134,7 @@ class Options:
 def quick_options() -> Options:
     """A few seconds: in-process at 64 B and 4 KiB, cross-process batch at 64 B,
     every peer and memcpy, a short partitions and topics sweep."""
-    return Options(scenarios=("inproc", "cross", "partitions", "topics"), sizes=QUICK_SIZES,
+    return Options(scenarios=("calls", "inproc", "cross", "partitions", "topics"), sizes=QUICK_SIZES,
                    duration=0.15, partitions=(1, 16), topics=(1, 100), producers=(1,),
                    cross_sizes=(64,), quick=True)
 

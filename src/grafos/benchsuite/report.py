@@ -15,6 +15,7 @@ from rich.table import Table
 from .harness import GRAFOS, MEMCPY, Options, Result, Target
 
 GROUP_TITLES = {
+    "calls": "Per-message calls beside queue.Queue (one process, 100 B values, 16 B keys)",
     "inproc": "In-process (one thread produces a round, then consumes it)",
     "cross": "Cross-process (producer process -> consumer process)",
     "partitions": "grafos cost per message vs partitions (in-process batch, 64 B)",
