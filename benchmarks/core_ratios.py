@@ -1,12 +1,11 @@
-"""Side-by-side ratios for the core targets of issue #2, measured in one run.
+"""Side-by-side ratios for the core's goals, measured in one run.
 
 What it measures (all in one process, 16-byte keys):
 
 * single append of a 100-byte value: ``Partition.append(value, key=key)`` vs
   ``queue.Queue().put(value)`` (target: >= 2 M msg/s and >= 1.5x the queue),
-  plus the raw cffi call ``lib.gf_ring_append``, a lean Python wrapper and a
-  METH_FASTCALL prototype calling the same C function, to split the time into
-  wrapper / cffi crossing / C work;
+  plus the raw cffi call ``lib.gf_ring_append`` doing the same C work, and an
+  empty cffi call, to show what the crossing saves;
 * batches of 1024 100-byte messages: ``Partition.append_batch``,
   ``Reader.poll_raw``, ``Reader.poll_batch`` (target: >= 30 M msg/s);
 * batches of 256 4 KiB messages, the same calls next to ``gf_memcpy_bench``
@@ -93,8 +92,6 @@ def main() -> None:
     print(f"grafos core benchmarks: {args.rounds} interleaved rounds; "
           f"git {_git('rev-parse', '--short', 'HEAD')}{' + uncommitted core changes' if dirty else ''}; "
           f"Python {platform.python_version()}; {_cpu()}, {os.cpu_count()} CPUs")
-    if rig.fastpath is None:
-        print("(prototype fastpath not built: no C compiler or Python headers)")
     group = None
     for w in ws:
         if w.group != group:
@@ -125,20 +122,13 @@ def main() -> None:
         return med[name] / by[name].messages * 1e9 if name in med else None
 
     print("\nwhere a single append's time goes (median ns per message):")
-    api, lean, raw, fp, floor = (ns(n) for n in
-                                 ("append_api", "append_lean", "append_cffi_raw", "append_fastpath", "cffi_call_floor"))
-    print(f"  Partition.append                          {api:7.1f}")
-    print(f"    wrapper code in Partition.append        {api - raw:7.1f}  (append_api - append_cffi_raw)")
-    print(f"    lean wrapper would cost                 {lean - raw:7.1f}  (append_lean - append_cffi_raw)")
-    print(f"  raw cffi call lib.gf_ring_append          {raw:7.1f}")
+    api, raw, floor = (ns(n) for n in ("append_api", "append_cffi_raw", "cffi_call_floor"))
+    print(f"  Partition.append (the crossing)           {api:7.1f}")
+    print(f"  raw cffi call lib.gf_ring_append          {raw:7.1f}  (the same C work behind cffi)")
     print(f"    one empty cffi crossing (1 arg)         {floor:7.1f}  (cffi_call_floor: tuple, GIL release, errno)")
-    if fp is not None:
-        print(f"    cffi crossing + 9 argument conversions  {raw - fp:7.1f}  (append_cffi_raw - append_fastpath)")
-        print(f"  METH_FASTCALL call + C work (prototype)   {fp:7.1f}")
 
     print("\nbatch overheads above the C floor (median ns per message):")
     rows = [("append_batch_api", "append_batch_cffi_raw", "pack(): numpy lengths + b''.join of keys and values"),
-            ("append_batch_fastpath", "append_batch_cffi_raw", "prototype: lists walked in C"),
             ("poll_batch", "poll_raw", "Batch: numpy views"),
             ("poll_messages", "poll_raw", "Message objects"),
             ("append_batch_4k_api", "append_batch_4k_cffi_raw", "pack(): b''.join copies 1 MiB again")]

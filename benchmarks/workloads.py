@@ -1,11 +1,11 @@
-"""The core benchmark workloads of issue #2, shared by ``test_bench_core.py``
+"""The core benchmark workloads, shared by ``test_bench_core.py``
 (pytest-benchmark) and ``core_ratios.py`` (interleaved side-by-side ratios).
 
 Every workload is one timed call that moves a known number of messages:
 
 * ``append-1``   1000 single appends of a 100-byte value with a 16-byte key,
-                 through ``Partition.append`` and, for comparison, through
-                 ``queue.Queue().put``, the raw cffi call and two prototypes;
+                 through ``Partition.append`` (the crossing, grafos._fast) and,
+                 for comparison, ``queue.Queue().put`` and the raw cffi call;
 * ``batch-100B`` one ``append_batch`` / one poll of 1024 such messages;
 * ``batch-4KiB`` one ``append_batch`` / one poll of 256 messages of a
                  4096-byte value and a 16-byte key, next to ``gf_memcpy_bench``
@@ -17,12 +17,7 @@ pays first-touch page faults.
 """
 from __future__ import annotations
 
-import os
 import queue
-import subprocess
-import sys
-import sysconfig
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -82,48 +77,6 @@ def _expect(n: int) -> Callable[[Any], None]:
     return check
 
 
-def _addr(cdata: Any) -> int:
-    return int(ffi.cast("uintptr_t", cdata))
-
-
-def build_fastpath() -> Any | None:
-    """Compile and import ``prototypes/fastpath.c`` (a METH_FASTCALL path into
-    the same core functions); None when there is no C compiler or headers."""
-    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "prototypes", "fastpath.c")
-    out_dir = os.path.join(tempfile.gettempdir(), f"grafos-bench-{os.getuid()}")
-    os.makedirs(out_dir, exist_ok=True)
-    so = os.path.join(out_dir, "_grafos_fastpath" + sysconfig.get_config_var("EXT_SUFFIX"))
-    try:
-        if not os.path.exists(so) or os.path.getmtime(so) < os.path.getmtime(src):
-            cc = os.environ.get("CC", "cc")
-            subprocess.run([cc, "-O2", "-shared", "-fPIC", "-I", sysconfig.get_paths()["include"],
-                            src, "-o", so], check=True, capture_output=True)
-        if out_dir not in sys.path:
-            sys.path.insert(0, out_dir)
-        import _grafos_fastpath  # type: ignore[import-not-found]
-    except (OSError, subprocess.CalledProcessError, ImportError):
-        return None
-    return _grafos_fastpath
-
-
-def lean_append(p: Partition) -> Callable[..., int]:
-    """PROTOTYPE: ``Partition.append`` for the common case (bytes value, optional
-    bytes key, no headers, no timestamp) with everything looked up once.
-    cffi already refuses a non-bytes argument with TypeError, so no check is lost
-    for these arguments; the full method remains for headers/timestamps."""
-    app, r, null, raise_ = lib.gf_ring_append, p.handle, ffi.NULL, p._raise
-
-    def append(value: bytes, key: bytes | None = None) -> int:
-        if key is None:
-            rc = app(r, null, 0, 0, null, 0, value, len(value), 0)
-        else:
-            rc = app(r, key, len(key), 1, null, 0, value, len(value), 0)
-        if rc < 0:
-            raise_(rc, len(value) + (len(key) if key is not None else 0))
-        return rc
-    return append
-
-
 class Rig:
     """One fabric, a 100-byte ring and a 4 KiB ring, their data and readers."""
 
@@ -156,14 +109,6 @@ class Rig:
         lib.gf_memcpy_bench(self.ref_ring, self.ref_ring + self.ref_ring_size // 2,
                             self.ref_ring_size // 2, 2)     # touch its pages
         self.queue: queue.Queue = queue.Queue()
-        self.fastpath = build_fastpath()
-        if self.fastpath is not None:
-            self.fastpath.bind(_addr(ffi.addressof(lib, "gf_ring_append")),
-                               _addr(ffi.addressof(lib, "gf_ring_append_batch")), _addr(self.small.handle))
-            off = self.fastpath.append(self.value, key=self.key)     # it writes what the API reads
-            m = self.small.read(off, 1)
-            if not m or (m[0].key, m[0].value) != (self.key, self.value):
-                raise RuntimeError("prototype fastpath wrote something the API does not read back")
 
     @staticmethod
     def _pack(values: list[bytes], keys: list[bytes]) -> tuple:
@@ -206,12 +151,6 @@ class Rig:
             for _ in range(n):
                 append(value, key=key)
 
-        lean = lean_append(p)
-
-        def append_lean() -> None:
-            for _ in range(n):
-                lean(value, key=key)
-
         def append_cffi_raw() -> None:
             app, r, null = lib.gf_ring_append, p.handle, ffi.NULL
             for _ in range(n):
@@ -231,25 +170,14 @@ class Rig:
 
         w += [
             Workload("append_api", "append-1", n, n * one, append_api,
-                     doc="Partition.append(value, key=key): the public API"),
+                     doc="Partition.append(value, key=key): the public API, through the crossing"),
             Workload("queue_put", "append-1", n, n * one, queue_put, setup=q.queue.clear,
                      doc="queue.Queue().put(value): the reference the API must beat by 1.5x"),
-            Workload("append_lean", "append-1", n, n * one, append_lean,
-                     doc="PROTOTYPE lean Python wrapper over the same cffi call"),
             Workload("append_cffi_raw", "append-1", n, n * one, append_cffi_raw,
                      doc="lib.gf_ring_append called directly: the floor of any cffi wrapper"),
             Workload("cffi_call_floor", "append-1", n, 0, cffi_call_floor,
                      doc="lib.gf_ring_room(r): one cffi crossing that does no work (not a message)"),
         ]
-        fp = self.fastpath
-        if fp is not None:
-            def append_fastpath() -> None:
-                app = fp.append
-                for _ in range(n):
-                    app(value, key=key)
-            w.append(Workload("append_fastpath", "append-1", n, n * one, append_fastpath,
-                              doc="PROTOTYPE METH_FASTCALL extension calling the same gf_ring_append"))
-
         # ---- batches of 100-byte messages ----
         values, keys, rd = self.values, self.keys, self.small_reader
         cnt, ckb, ckl, cvb, cvl, _ = self.packed
@@ -271,11 +199,6 @@ class Rig:
                      setup=lambda: self.seek_next(p, rd, BATCH), check=_expect(BATCH),
                      doc="Reader.poll(1024): one Message object per message (information)"),
         ]
-        if fp is not None:
-            w.append(Workload("append_batch_fastpath", "batch-100B", BATCH, BATCH * one,
-                              lambda: fp.append_batch(values, keys),
-                              doc="PROTOTYPE: the lists walked in C, then the same gf_ring_append_batch"))
-
         # ---- batches of 4 KiB messages ----
         big, big_rd = self.big, self.big_reader
         bvalues, bkeys = self.big_values, self.big_keys
@@ -325,9 +248,7 @@ class Rig:
 #: unit "msg" compares messages/s, "byte" compares payload bytes/s.
 RATIOS = [
     ("append API / queue.Queue.put", "append_api", "queue_put", 1.5, "msg"),
-    ("lean wrapper / queue.Queue.put", "append_lean", "queue_put", 1.5, "msg"),
     ("raw cffi append / queue.Queue.put", "append_cffi_raw", "queue_put", 1.5, "msg"),
-    ("fastpath append / queue.Queue.put", "append_fastpath", "queue_put", 1.5, "msg"),
     ("4 KiB append_batch / memcpy (ring-sized dst)", "append_batch_4k_api", "memcpy_write_4k", 0.5, "byte"),
     ("4 KiB append_batch(2-D array) / memcpy (ring-sized dst)", "append_batch_4k_array", "memcpy_write_4k", 0.5, "byte"),
     ("4 KiB raw append_batch / memcpy (ring-sized dst)", "append_batch_4k_cffi_raw", "memcpy_write_4k", 0.5, "byte"),

@@ -15,6 +15,7 @@ import numpy as np
 from . import _validate
 from ._check import check, raise_for
 from ._clock import now_ns
+from ._crossing import Binding, SendPath, address
 from ._native import ffi, lib
 from .errors import InvalidArgument, MessageTooLarge
 from .fabric import Fabric, MemLease, _expiry
@@ -23,8 +24,6 @@ from .message import Message, encode_headers
 if TYPE_CHECKING:
     from .reader import Reader
 
-_send_key = lib.gf_sender_send
-_send_nokey = lib.gf_sender_send_nokey
 
 #: offsets in a partition are below 2**OFFSET_BITS (the core packs a partition
 #: and an offset into one 64-bit return value); MAX_OFFSET is the largest
@@ -42,6 +41,21 @@ class PartitionState:
     stride: int
     alive: bool
     expires_at: float    #: seconds since the epoch (0.0 if dead)
+
+
+class _Appender(SendPath):
+    """The crossing's send path over one ring. What it cannot take itself comes
+    back here as None, and Partition.append's slow path checks and raises."""
+
+    def _send_fallback(self, mgr: object, value: object, headers: object = None) -> None:
+        return None
+
+    def _send_keyed_fallback(self, mgr: object, key: object, value: object, headers: object = None) -> None:
+        return None
+
+
+_RING = object()        # what an _Appender is bound to: a ring has no manager
+_FOREVER = Binding()    # a partition's own view of its ring never goes stale
 
 
 def region_size(capacity: int, stride: int) -> int:
@@ -70,6 +84,9 @@ class Partition:
         self._ring_arr = ffi.new("gf_ring *[1]", [self._r])
         self._s = ffi.new("gf_sender *", {"rings": self._ring_arr, "n": 1,
                                           "mode": lib.GF_PART_KEYHASH})
+        app = _Appender()
+        app._bind_fast(_RING, _FOREVER, address(self._s), (self._s, self._ring_arr))
+        self._send_keyed = app.send_keyed
 
     @classmethod
     def create(cls, fabric: Fabric, capacity: int, stride: int, *, ttl: float | None = None,
@@ -105,18 +122,12 @@ class Partition:
     # ---- writing -------------------------------------------------------------
     def append(self, value: bytes, key: bytes | None = None, headers=None,
                timestamp: int | None = None) -> int:
-        """Append one message; returns its offset. ``timestamp`` in ns (default: now)."""
-        if headers is None and timestamp is None:
-            # hot path: one 5-argument call; cffi itself refuses non-bytes (TypeError)
-            try:
-                if key is None:
-                    rc = _send_nokey(self._s, value, len(value))
-                else:
-                    rc = _send_key(self._s, key, len(key), value, len(value))
-            except TypeError:
-                rc = -1
-            if rc >= 0:
-                return rc
+        """Append one message; returns its offset. ``timestamp`` in ns (default: now).
+        ``value`` and ``key`` are bytes, bytearray or memoryview."""
+        if timestamp is None:
+            r = self._send_keyed(_RING, key, value, headers)    # the crossing: one call into C
+            if r is not None:
+                return r[1]
         return self._append_slow(value, key, headers, timestamp)
 
     def _append_slow(self, value, key, headers, timestamp) -> int:
