@@ -272,22 +272,31 @@ bad:
  * (offset, key, value, timestamp, headers); its items are ints, bytes, None and
  * tuples of str and bytes, which can never form a cycle, so it is untracked by
  * the garbage collector at once, as CPython does with such tuples itself. */
-static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *headers, PyObject **ts_last)
+/* The timestamp int of the last message made, shared with the next one when
+ * they were sent in one batch (same timestamp). */
+typedef struct {
+    PyObject *obj;
+    int64_t ns;
+} shared_ts;
+
+static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *headers, shared_ts *last)
 {
     PyObject *msg = message_type->tp_alloc(message_type, 5);
     if (!msg) {
         Py_DECREF(headers);
         return NULL;
     }
-    PyObject *off = PyLong_FromUnsignedLongLong(m->offset);
+    PyObject *off = PyLong_FromLongLong((int64_t)m->offset);   /* < 2^48: the medium-int fast path */
     PyObject *key = (m->flags & GF_MSG_HAS_KEY) ? PyBytes_FromStringAndSize((const char *)b, m->key_len)
                                                 : Py_NewRef(Py_None);
     PyObject *val = PyBytes_FromStringAndSize((const char *)b + m->key_len + m->hdr_len, m->val_len);
-    /* a batch's messages share one timestamp: share its int too */
-    PyObject *ts = *ts_last && PyLong_AsLongLong(*ts_last) == m->ts_ns ? Py_NewRef(*ts_last)
-                                                                         : PyLong_FromLongLong(m->ts_ns);
-    if (ts && ts != *ts_last)
-        Py_XSETREF(*ts_last, Py_NewRef(ts));
+    PyObject *ts;
+    if (last->obj && last->ns == m->ts_ns)
+        ts = Py_NewRef(last->obj);
+    else if ((ts = PyLong_FromLongLong(m->ts_ns)) != NULL) {
+        Py_XSETREF(last->obj, Py_NewRef(ts));
+        last->ns = m->ts_ns;
+    }
     PyTuple_SET_ITEM(msg, 0, off);
     PyTuple_SET_ITEM(msg, 1, key);
     PyTuple_SET_ITEM(msg, 2, val);
@@ -311,7 +320,12 @@ static PyObject *build(const gf_msg_meta *meta, int64_t n, const uint8_t *buf, u
     PyObject *list = PyList_New(n);
     if (!list)
         return NULL;
-    PyObject *ts_last = NULL;
+    /* Every Message counts towards the collector's threshold as it is made, so
+     * a poll of 1000 would run several collections over objects that are
+     * untracked anyway: hold collections off for the loop (at most one runs at
+     * the next allocation after it). A collector the user disabled stays so. */
+    int gc_was = PyGC_Disable();
+    shared_ts ts_last = {NULL, 0};
     Py_ssize_t k = 0;
     for (int64_t i = 0; i < n; i++) {
         const gf_msg_meta *m = &meta[i];
@@ -369,10 +383,14 @@ static PyObject *build(const gf_msg_meta *meta, int64_t n, const uint8_t *buf, u
         if (PyList_SetSlice(list, k, n, NULL) < 0)
             goto fail;
     }
-    Py_XDECREF(ts_last);
+    Py_XDECREF(ts_last.obj);
+    if (gc_was)
+        PyGC_Enable();
     return list;
 fail:
-    Py_XDECREF(ts_last);
+    Py_XDECREF(ts_last.obj);
+    if (gc_was)
+        PyGC_Enable();
     for (Py_ssize_t j = k; j < n; j++)     /* the unfilled tail, so the list can be freed */
         if (!PyList_GET_ITEM(list, j))
             PyList_SET_ITEM(list, j, Py_NewRef(Py_None));
@@ -576,7 +594,7 @@ static PyObject *send_one(SendPath *self, PyObject *key, PyObject *value, PyObje
                                 hp, (uint32_t)hl, v.p, (uint32_t)v.n, 0);
         if (rc >= 0) {
             PyObject *p = PyLong_FromLongLong(rc >> GF_OFFSET_BITS);
-            PyObject *o = PyLong_FromUnsignedLongLong((uint64_t)rc & MASK48);
+            PyObject *o = PyLong_FromLongLong((int64_t)((uint64_t)rc & MASK48));   /* the medium-int fast path */
             r = p && o ? PyTuple_New(2) : NULL;
             if (r) {
                 PyTuple_SET_ITEM(r, 0, p);
