@@ -289,3 +289,18 @@ def test_four_threads_on_one_producer_and_two_consumers_should_deliver_each_mess
     expected = {b"%d:%d" % (t, i) for t in range(4) for i in range(per_thread)}
     assert len(everything) == len(expected) and set(everything) == expected
     assert all(sum(c.lost().values()) == 0 for c in consumers)
+
+
+def test_poll_should_leave_the_garbage_collector_as_it_found_it():
+    import gc
+    mgr = _bus()
+    prod, cons = Producer("t"), Consumer("t")
+    was = gc.isenabled()
+    try:
+        for enabled in (True, False):
+            gc.enable() if enabled else gc.disable()
+            prod.send_batch(mgr, [b"x"] * 50)
+            assert len(cons.poll(mgr, 100)) == 50
+            assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
