@@ -22,7 +22,11 @@ struct gf_fabric {
     _Atomic uint64_t syncs;     /* msync calls made for durability (observability, tests) */
     int held;                   /* this handle holds the metadata lock (another handle of
                                  * this process may hold it too: the word only says the pid) */
+    int where;                  /* GF_WHERE_*: what backs the mapping (for error advice) */
 };
+#define GF_WHERE_MEMFD 0
+#define GF_WHERE_SHM   1        /* under /dev/shm */
+#define GF_WHERE_FILE  2
 
 /* A ring handle copies capacity/stride/slot base once, after checking them
  * against the lease, so a later scribble on the ring header cannot move it. */
@@ -40,6 +44,8 @@ struct gf_ring {
 
 /* error reporting: a thread-local message for the last failure */
 int gf_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "<prefix>: <the last error>": adds context to a failure reported further down */
+int gf_fail_prefix(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int64_t gf_mono_ns(void);
 void gf_fabric_unref(gf_fabric *f);
 uint32_t gf_slot_crc(uint64_t n, const uint8_t *hdr28, const uint8_t *payload, uint64_t len);

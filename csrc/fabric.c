@@ -14,6 +14,7 @@
 #include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include "core.h"
 
@@ -36,6 +37,18 @@ int gf_fail(int code, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(last_error, sizeof last_error, fmt, ap);
     va_end(ap);
+    return code;
+}
+
+int gf_fail_prefix(int code, const char *fmt, ...)
+{
+    char prefix[192], tail[sizeof last_error];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(tail, last_error, sizeof tail);     /* never format the buffer into itself */
+    snprintf(last_error, sizeof last_error, "%s: %s", prefix, tail);
     return code;
 }
 
@@ -77,6 +90,52 @@ void gf_futex_wake_all(_Atomic uint32_t *word)
 }
 
 static uint64_t round_page(uint64_t n) { return (n + GF_PAGE - 1) & ~(uint64_t)(GF_PAGE - 1); }
+
+/* ---- space: reserved, not hoped for ---------------------------------------------
+ * A sparse file on a full tmpfs gives a SIGBUS at the first store to a missing
+ * page. So every page the fabric will write is allocated in the file when it
+ * is handed out (the fixed tables at creation, a lease's region at acquire),
+ * and a full filesystem is an error there instead. */
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+static int fail_nospace(int fd, int where, const char *what, uint64_t len)
+{
+    struct statvfs sv;
+    unsigned long long avail = fstatvfs(fd, &sv) == 0 ? (unsigned long long)sv.f_bavail * sv.f_frsize : 0;
+    const char *advice =
+        where == GF_WHERE_SHM
+            ? "; /dev/shm is memory sized by its mount: give it more (docker run --shm-size=1g), "
+              "share the host's (docker run --ipc=host), or keep the bus in a file on disk "
+              "(TopicManager.open(path=...))"
+        : where == GF_WHERE_MEMFD ? "; an in-process fabric is memory: free some, or use a smaller fabric"
+        : "; free space on that filesystem or put the bus on a larger one";
+    return gf_fail(GF_E_NOSPACE, "no space for %s: needs %llu bytes, the filesystem holding the fabric has %llu bytes free%s",
+                   what, (unsigned long long)len, avail, advice);
+}
+
+/* Allocate [off, off+len) in the backing file. Filesystems without fallocate
+ * (rare for tmpfs, ext4, xfs, btrfs) keep the old sparse behaviour. */
+static int reserve(int fd, int where, uint64_t off, uint64_t len, const char *what)
+{
+    if (fallocate(fd, 0, (off_t)off, (off_t)len) == 0)
+        return GF_OK;
+    if (errno == ENOSPC || errno == EDQUOT || errno == ENOMEM)
+        return fail_nospace(fd, where, what, len);
+    if (errno == EOPNOTSUPP || errno == ENOSYS)
+        return GF_OK;
+    return fail_errno("fallocate");
+}
+
+/* Fault the pages in now, so the first lap of a fresh ring costs what later laps do. */
+static void populate(uint8_t *p, uint64_t len)
+{
+    if (madvise(p, len, MADV_POPULATE_WRITE) == 0)
+        return;
+    for (uint64_t i = 0; i < len; i += GF_PAGE)   /* older kernels: touch each page */
+        __atomic_fetch_add(&p[i], 0, __ATOMIC_RELAXED);
+}
 
 static uint32_t hdr_crc(const struct gf_fabric_hdr *h)
 {
@@ -207,6 +266,7 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
 {
     int rc = GF_OK, fd = -1, created = 0;
     gf_fabric *f = NULL;
+    int where = !path ? GF_WHERE_MEMFD : strncmp(path, "/dev/shm/", 9) == 0 ? GF_WHERE_SHM : GF_WHERE_FILE;
     if (!lease_slots) lease_slots = DEFAULT_LEASE_SLOTS;
     if (!meta_slots) meta_slots = DEFAULT_META_SLOTS;
     if (lease_slots > MAX_LEASE_SLOTS || meta_slots > MAX_META_SLOTS) {
@@ -262,6 +322,8 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
     } else if (ftruncate(fd, (off_t)size) < 0) {
         rc = fail_errno("ftruncate");
         goto out_unlink;
+    } else if ((rc = reserve(fd, where, 0, dO, "the fabric's header and tables")) < 0) {
+        goto out_unlink;
     }
     if (!path)  /* nobody else can shrink an in-process fabric under us */
         fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
@@ -275,10 +337,13 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
     f->fd = fd;
     f->hdr = (struct gf_fabric_hdr *)base;
     f->created = created;
+    f->where = where;
     f->stall_ns = DEFAULT_STALL_NS;
     atomic_init(&f->refs, 1);
-    if (created)
+    if (created) {
+        populate(base, dO);
         format(f, size, lease_slots, meta_slots);
+    }
     else if ((rc = validate(f->hdr, size)) < 0) {
         munmap(base, size);
         free(f);
@@ -607,11 +672,15 @@ int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t o
     if (at == UINT64_MAX)
         return gf_fail(GF_E_FULL, "fabric is full: no free region of %llu bytes in a %llu-byte arena",
                        (unsigned long long)need, (unsigned long long)(f->size - f->data_off));
+    punch(f, at, need);     /* nothing of an old tenant reaches the new one */
+    int rc = reserve(f->fd, f->where, at, need, "a lease");
+    if (rc < 0)
+        return rc;
+    populate(f->base + at, need);
     struct gf_lease *l = &f->leases[free_idx];
     uint64_t id = f->hdr->next_lease_id++;
     if (id == 0)
         id = f->hdr->next_lease_id++;
-    punch(f, at, need);     /* nothing of an old tenant reaches the new one */
     l->offset = at;
     l->size = need;
     l->owner_tag = owner_tag;

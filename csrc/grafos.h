@@ -27,6 +27,7 @@
 #define GF_E_ABANDONED -12    /* our slot was reclaimed after the bounded wait */
 #define GF_E_PERM      -13    /* ownership/permission check refused the fabric */
 #define GF_E_BUFFER    -14    /* caller's buffer too small for one message */
+#define GF_E_NOSPACE   -15    /* the filesystem holding the fabric cannot reserve the pages */
 
 /* gf_fabric_open flags */
 #define GF_OPEN_CREATE     1  /* create if missing */

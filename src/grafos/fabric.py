@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from . import _validate
 from ._check import check, raise_for
 from ._clock import now_ns, to_ns
 from ._native import ffi, lib
-from .errors import FabricIOError, InvalidArgument, LeaseExpired, NotFound
+from .errors import FabricIOError, InvalidArgument, LeaseExpired, NotFound, SpaceWarning
 
 DEFAULT_SIZE = 256 << 20          #: default arena size: sparse, untouched pages cost nothing
 SHM_DIR = "/dev/shm"
@@ -106,6 +107,8 @@ class Fabric:
             flags |= lib.GF_OPEN_TRUST_ANY
         self = cls.__new__(cls)
         self._setup(fpath, size or 0, mode, flags, lease_slots, meta_slots, kind, name)
+        if kind == "named":
+            self._warn_if_oversized()
         if durability == "fsync":
             self._make_durable()
         return self
@@ -126,6 +129,22 @@ class Fabric:
             self.close()
             raise
         self.durability = "fsync"
+
+    def _warn_if_oversized(self) -> None:
+        """A new named fabric larger than what /dev/shm has free will run out of
+        space before it is full: say so now, with what to do about it (creating
+        topics past the space raises NoSpace; nothing faults)."""
+        info = self.info()
+        if not info.created:
+            return
+        st = os.statvfs(os.path.dirname(self.path or SHM_DIR))
+        free = st.f_bavail * st.f_frsize + info.blocks * 512   # + what the new tables took
+        if info.total_size > free:
+            warnings.warn(
+                f"named fabric {self.name!r} is {info.total_size} bytes but {SHM_DIR} has only "
+                f"{free} bytes free: topics past that raise NoSpace. Give {SHM_DIR} more "
+                "(docker run --shm-size=1g), share the host's (docker run --ipc=host), or keep "
+                "the bus in a file on disk (TopicManager.open(path=...))", SpaceWarning, stacklevel=3)
 
     @staticmethod
     def unlink(name: str) -> bool:
