@@ -327,7 +327,7 @@ int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
     /* all or nothing: check every message before claiming any offset */
     for (uint32_t i = 0; i < count; i++)
         if ((rc = check_msg(r, keys ? key_lens[i] : 0u, 0, val_lens[i])) < 0)
-            return gf_fail(GF_E_TOOBIG, "batch message %u: %s", i, gf_last_error());
+            return gf_fail_prefix(GF_E_TOOBIG, "batch message %u", i);
     if ((rc = check_alive(r, now)) < 0)
         return rc;
     int64_t first = claim(r, count);
@@ -374,7 +374,7 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
     for (uint32_t i = 0; i < count; i++) {
         int rc = check_msg(tightest, keys ? key_lens[i] : 0u, 0, val_lens[i]);
         if (rc < 0)
-            return gf_fail(GF_E_TOOBIG, "batch message %u: %s", i, gf_last_error());
+            return gf_fail_prefix(GF_E_TOOBIG, "batch message %u", i);
     }
     for (uint32_t p = 0; p < n; p++) {
         int rc = check_alive(rings[p], now);

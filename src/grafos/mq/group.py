@@ -480,12 +480,8 @@ class ConsumerGroup:
                 commit_many(store, self.name, topic, ok)
         if fenced:
             owners = {p: (claims[p].owner if p in claims else None) for p in fenced}
-            err = Fenced(f"member {member!r} of group {self.name!r} no longer owns partition(s) "
-                         f"{sorted(fenced)} of {topic!r} (owners now: {owners}); "
-                         f"committed only {sorted(ok)}")
-            err.partitions = sorted(fenced)      # type: ignore[attr-defined]
-            err.committed = ok                   # type: ignore[attr-defined]
-            raise err
+            raise Fenced(group=self.name, topic=topic, member=member, partitions=fenced,
+                         owners=owners, committed=ok)
         return ok
 
     def consumer(self, member: str, **kw) -> "Consumer":
