@@ -13,6 +13,7 @@ an expired topic fresh leases (offsets start again at 0).
 """
 from __future__ import annotations
 
+import hashlib
 import struct
 import threading
 import time
@@ -72,6 +73,7 @@ class PartitionInfo:
     ttl_remaining: float      #: seconds until the lease expires (0 when expired)
     alive: bool
     lease_id: int
+    incarnation: int = 0      #: which life of the partition (changes on restart); 0 if never made
 
 
 @dataclass(frozen=True)
@@ -90,16 +92,28 @@ class TopicDescription:
         return sum(p.lost for p in self.partitions)
 
 
+def partition_incarnation(topic_incarnation: int, lease_id: int) -> int:
+    """Which life of a partition an offset belongs to: its lease id (never reused
+    within a fabric) together with its topic's incarnation (a creation time, so
+    a topic made again in a new fabric differs too). A nonzero 48-bit number."""
+    d = hashlib.blake2b(struct.pack("<QQ", topic_incarnation & ((1 << 64) - 1), lease_id & ((1 << 64) - 1)),
+                        digest_size=6).digest()
+    return int.from_bytes(d, "little") or 1
+
+
 class Topic:
     """An opened topic: its partitions and the C array the producer hot path uses."""
 
     def __init__(self, name: str, config: TopicConfig, incarnation: int,
-                 partitions: list[Partition | None]) -> None:
+                 partitions: list[Partition | None], lease_ids: list[int] | None = None) -> None:
         self.name = name
         self.config = config
         self.incarnation = incarnation
         self.partitions = partitions
         self.n = len(partitions)
+        #: the lease id each partition's directory entry names (also for reclaimed ones)
+        self.lease_ids = list(lease_ids) if lease_ids is not None else \
+            [p.lease.id if p is not None else 0 for p in partitions]
         self.rings = ffi.new("gf_ring *[]", self.n)
         for i, p in enumerate(partitions):
             if p is not None:
@@ -114,6 +128,12 @@ class Topic:
         if p is None:
             raise LeaseExpired(f"topic {self.name!r} partition {i} has expired; restart the topic")
         return p
+
+    def partition_incarnation(self, i: int) -> int:
+        """The incarnation of partition ``i`` as this handle knows it (see
+        :func:`partition_incarnation`); offsets committed in one incarnation
+        mean nothing in the next."""
+        return partition_incarnation(self.incarnation, self.lease_ids[i])
 
 
 def _key(kind: str, name: str, i: int | None = None) -> str:
@@ -278,17 +298,20 @@ class TopicManager:
             cfg = self._config(raw)
             incarnation = _CONFIG.unpack(raw)[6]
             parts: list[Partition | None] = []
+            lease_ids: list[int] = []
             for i in range(cfg.num_partitions):
                 ref = fab.meta_get(_key("p", name, i))
                 p = None
+                lease_ids.append(0)
                 if ref is not None and len(ref) == _PREF.size:
                     idx, _, lid = _PREF.unpack(ref)
+                    lease_ids[-1] = lid
                     try:
                         p = Partition(fab, MemLease(fab, idx, lid))
                     except (LeaseExpired, NotFound):
                         p = None   # expired and reclaimed: reads as empty until restart
                 parts.append(p)
-        t = Topic(name, cfg, incarnation, parts)
+        t = Topic(name, cfg, incarnation, parts, lease_ids)
         self._topics[name] = t
         return t
 
@@ -324,13 +347,14 @@ class TopicManager:
         t = self.refresh(name)
         infos = []
         for i, p in enumerate(t.partitions):
+            inc = t.partition_incarnation(i) if t.lease_ids[i] else 0
             if p is None:
-                infos.append(PartitionInfo(i, 0, 0, 0, 0, 0.0, False, 0))
+                infos.append(PartitionInfo(i, 0, 0, 0, 0, 0.0, False, 0, inc))
                 continue
             st: PartitionState = p.state(now)
             ttl = max(0.0, st.expires_at - now_s(now)) if st.alive else 0.0
             infos.append(PartitionInfo(i, st.earliest, st.latest, st.lost, st.abandoned, ttl,
-                                       st.alive, p.lease.id))
+                                       st.alive, p.lease.id, inc))
         return TopicDescription(name, t.config, infos)
 
     def stats(self, name: str, now: float | None = None) -> dict[str, int]:
