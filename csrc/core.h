@@ -52,6 +52,15 @@ uint32_t gf_slot_crc(uint64_t n, const uint8_t *hdr28, const uint8_t *payload, u
 int gf_lease_alive(struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_lease_alive_query(const struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_dsync(gf_fabric *f, const void *p, uint64_t len);
+/* Pin lease (entry l, id) against reclaim while writing outside the slot protocol:
+ * 1 if pinned (the region is that lease's until gf_lease_unpin), 0 if not. */
+int gf_lease_pin(struct gf_lease *l, uint64_t id);
+void gf_lease_unpin(struct gf_lease *l);
+
+/* Fault injection for tests (gf_test_fault): stop or exit at a numbered point. */
+extern int gf_fault_armed;
+void gf_fault_point(int point);
+#define GF_FAULT(k) do { if (__builtin_expect(gf_fault_armed, 0)) gf_fault_point(k); } while (0)
 void gf_futex_wake_all(_Atomic uint32_t *word);
 int gf_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);
 #endif

@@ -26,6 +26,28 @@
 #define ATTACH_WAIT_NS      2000000000LL   /* how long to wait for a creator to finish */
 #define DEFAULT_STALL_NS    100000000LL    /* bounded wait on an abandoned slot: 100 ms */
 
+/* ---- fault injection (tests) ------------------------------------------------ */
+int gf_fault_armed;
+static int fault_at, fault_action;
+
+int gf_test_fault(int point, int action)
+{
+    fault_at = point;
+    fault_action = action;
+    gf_fault_armed = action != 0;
+    return GF_OK;
+}
+
+void gf_fault_point(int point)
+{
+    if (point != fault_at)
+        return;
+    if (fault_action == GF_FAULT_EXIT)
+        _exit(77);
+    if (fault_action == GF_FAULT_STOP)
+        raise(SIGSTOP);
+}
+
 /* ---- errors and clocks --------------------------------------------------- */
 static __thread char last_error[512];
 
@@ -563,15 +585,65 @@ static void punch(gf_fabric *f, uint64_t off, uint64_t len)
     memset(f->base + off, 0, len);
 }
 
-static void lease_free(gf_fabric *f, struct gf_lease *l)
+static int pid_dead(uint32_t pid);
+
+int gf_lease_pin(struct gf_lease *l, uint64_t id)
+{
+    uint32_t cur = 0, me = (uint32_t)getpid();
+    while (!atomic_compare_exchange_strong(&l->pin, &cur, me))
+        if (cur == GF_PIN_CLOSED || cur == me || !pid_dead(cur))
+            return 0;   /* reclaim has begun, or someone else is writing: not now */
+        /* else its holder died mid-write: cur holds that pid, take it over */
+    if (atomic_load(&l->id) == id)
+        return 1;
+    atomic_store(&l->pin, 0);   /* the entry has a new tenant: leave its pin as we found it */
+    return 0;
+}
+
+void gf_lease_unpin(struct gf_lease *l) { atomic_store(&l->pin, 0); }
+
+int gf_test_pin(gf_fabric *f, uint32_t index, uint64_t id)
+{
+    return index < f->lease_slots ? gf_lease_pin(&f->leases[index], id) : GF_E_INVAL;
+}
+
+int gf_test_unpin(gf_fabric *f, uint32_t index)
+{
+    if (index >= f->lease_slots)
+        return GF_E_INVAL;
+    gf_lease_unpin(&f->leases[index]);
+    return GF_OK;
+}
+
+/* Take the pin word for reclaim. 0 if a live process holds it: the region stays
+ * where it is (dead to readers) until a later reap. */
+static int lease_close(struct gf_lease *l)
+{
+    uint32_t cur = 0;
+    for (;;) {
+        if (atomic_compare_exchange_strong(&l->pin, &cur, GF_PIN_CLOSED) || cur == GF_PIN_CLOSED)
+            return 1;
+        if (!pid_dead(cur))
+            return 0;
+        /* its holder died mid-write: cur still holds that pid, take it over */
+    }
+}
+
+/* Returns 1 if the entry was freed, 0 if it had to stay (pinned by a live process). */
+static int lease_free(gf_fabric *f, struct gf_lease *l)
 {
     uint64_t off, size;
+    uint64_t id = ld_acq(&l->id);
     lease_region(l, &off, &size);
     /* dead to readers first, then the memory goes */
+    st_rel(&l->dead_tag, (uint32_t)id);
     st_rel(&l->expires_ns, 0);
+    if (!lease_close(l))
+        return 0;
     st_rel(&l->id, 0);
     if (lease_bounds_ok(f, off, size))
         punch(f, off, size);
+    return 1;
 }
 
 /* off and size are the caller's checked copies of the entry's region */
@@ -602,9 +674,10 @@ int64_t gf_reap(gf_fabric *f, int64_t now_ns, uint64_t *bytes_out)
         if (id != 0 && (ld_acq(&l->expires_ns) <= now_ns || lease_dead(l, id))) {
             uint64_t off, size;
             lease_region(l, &off, &size);
-            bytes += lease_bounds_ok(f, off, size) ? size : 0;
-            lease_free(f, l);
-            n++;
+            if (lease_free(f, l)) {
+                bytes += lease_bounds_ok(f, off, size) ? size : 0;
+                n++;
+            }
         }
     }
     if (bytes_out)
@@ -688,6 +761,7 @@ int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t o
     l->generation++;
     st_rel(&l->dead_tag, ~(uint32_t)id);   /* whatever tag the last tenant left, not ours */
     st_rel(&l->expires_ns, expires_ns);
+    st_rel(&l->pin, 0);
     st_rel(&l->id, id);
     fill_info(f, free_idx, l, id, at, need, out);
     faa(&f->hdr->meta_epoch, 1);
@@ -821,7 +895,22 @@ int gf_lease_write(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, cons
     int rc = lease_io(f, index, id, off, len, now_ns, &l, &at);
     if (rc < 0)
         return rc;
+    /* another write holds the pin for one copy: wait for it, boundedly */
+    for (int64_t t0 = gf_mono_ns(); !gf_lease_pin(l, id);) {
+        uint32_t p = ld_acq(&l->pin);
+        if (p == GF_PIN_CLOSED || ld_acq(&l->id) != id)
+            return gf_fail(GF_E_EXPIRED, "lease %llu is being reclaimed", (unsigned long long)id);
+        if (gf_mono_ns() - t0 > ATTACH_WAIT_NS)
+            return gf_fail(GF_E_TIMEOUT, "lease %llu: pid %u has held its write pin for over 2 s",
+                           (unsigned long long)id, p);
+        sched_yield();
+    }
+    if (!gf_lease_alive(l, id, now_ns)) {
+        gf_lease_unpin(l);
+        return gf_fail(GF_E_EXPIRED, "lease %llu has expired", (unsigned long long)id);
+    }
     memcpy(f->base + at, buf, len);
+    gf_lease_unpin(l);
     return f->durable ? gf_dsync(f, f->base + at, len) : GF_OK;
 }
 

@@ -227,6 +227,19 @@ void gf_memcpy_bench(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t re
 /* Test hooks: hold the metadata lock, or leave a slot half-written, as a killed process would;
  * finish the write of a claimed offset, as a writer descheduled after its claim would. */
 int64_t gf_test_claim_slot(gf_ring *r);
+/* At fault point `point` (GF_FAULT_*), `action`: 0 nothing, GF_FAULT_EXIT _exit(77),
+ * GF_FAULT_STOP raise SIGSTOP (a parent continues it). One point at a time. */
+int gf_test_fault(int point, int action);
+/* Hold / let go the write pin of lease (index, id) as a reader mid-abandon would. */
+int gf_test_pin(gf_fabric *f, uint32_t index, uint64_t id);
+int gf_test_unpin(gf_fabric *f, uint32_t index);
+#define GF_FAULT_EXIT 1
+#define GF_FAULT_STOP 2
+#define GF_FAULT_ABANDON        1   /* a reader about to mark a dead writer's slot abandoned */
+#define GF_FAULT_CREATE_OPENED  10  /* fabric creation: file made, nothing else */
+#define GF_FAULT_CREATE_SIZED   11  /* ... sized (ftruncate) */
+#define GF_FAULT_CREATE_MAPPED  12  /* ... tables reserved and mapped */
+#define GF_FAULT_CREATE_HALF    13  /* ... header half written, not ready */
 int gf_test_publish(gf_ring *r, uint64_t n, const uint8_t *val, uint32_t vlen);
 
 /* cdef-end */

@@ -581,11 +581,17 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             c->stall_tail = tail;
         }
         if (mono - c->stall_since >= r->f->stall_ns) {
+            GF_FAULT(GF_FAULT_ABANDON);
+            /* the region may have been reclaimed and handed on since we looked:
+             * write into it only while pinned to our lease */
+            if (!gf_lease_pin(r->lease, r->lease_id))
+                break;
             if (atomic_compare_exchange_strong(&s->seq, &seq, want | GF_SEQ_ABANDONED)) {
                 faa(&r->hdr->abandoned, 1);
                 c->abandoned++;
                 pos++;
             }
+            gf_lease_unpin(r->lease);
             continue;
         }
         int64_t deadline = c->stall_since + r->f->stall_ns;
