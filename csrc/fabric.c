@@ -12,6 +12,7 @@
 #include <unistd.h>
 #include <sched.h>
 #include <linux/futex.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -187,6 +188,7 @@ static int format(gf_fabric *f, uint64_t size, uint32_t lease_slots, uint32_t me
     h->meta_slots = meta_slots;
     h->meta_off = mo;
     h->data_off = dO;
+    GF_FAULT(GF_FAULT_CREATE_HALF);
     h->hdr_crc = hdr_crc(h);
     h->next_lease_id = 1;
     /* the flag a second process waits for, stored after everything else */
@@ -223,9 +225,33 @@ static int validate(const struct gf_fabric_hdr *h, uint64_t file_size)
     return GF_OK;
 }
 
-static int wait_ready(int fd, uint64_t *size_out)
+/* Abandoned creation. A creator holds flock(LOCK_EX) on the file from just
+ * after making it until the header is ready; every attached handle holds
+ * LOCK_SH for its life (so `grafos gc` can tell a bus nobody has open). A file
+ * that is not ready while nobody holds the lock was abandoned by a creator
+ * that died; if nothing was ever written past the header (the tables are
+ * zero: no topic, lease or offset can be lost) a process allowed to create
+ * makes it again. */
+#define WAIT_REDO 2
+
+static int tables_empty(int fd, uint64_t from, uint64_t to)
+{
+    static const uint8_t zero[16384];
+    uint8_t buf[16384];
+    for (uint64_t at = from; at < to; at += sizeof buf) {
+        size_t n = to - at < sizeof buf ? (size_t)(to - at) : sizeof buf;
+        if (pread(fd, buf, n, (off_t)at) != (ssize_t)n || memcmp(buf, zero, n) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* GF_OK with *size_out once ready, WAIT_REDO holding LOCK_EX when the file was
+ * abandoned and may_redo (tables checked up to `tables_end`), else an error. */
+static int wait_ready(int fd, uint64_t *size_out, int may_redo, uint64_t tables_end)
 {
     int64_t deadline = gf_mono_ns() + ATTACH_WAIT_NS;
+    int abandoned = 0;
     for (;;) {
         struct stat st;
         if (fstat(fd, &st) < 0)
@@ -255,11 +281,38 @@ static int wait_ready(int fd, uint64_t *size_out)
             return gf_fail(GF_E_CORRUPT, "not a grafos fabric: file is %lld bytes, smaller than a header",
                            (long long)st.st_size);
         }
+        /* not ready: is anyone making it? */
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            struct gf_fabric_hdr h;
+            memset(&h, 0, sizeof h);
+            if (pread(fd, &h, sizeof h, 0) < 0)
+                memset(&h, 0, sizeof h);
+            if (h.ready == GF_READY) {          /* finished just now */
+                flock(fd, LOCK_UN);
+                continue;
+            }
+            uint64_t end = (uint64_t)st.st_size < tables_end ? (uint64_t)st.st_size : tables_end;
+            if (h.magic == GF_MAGIC && h.data_off > GF_HDR_SIZE && h.data_off < end)
+                end = h.data_off > end ? end : h.data_off;
+            abandoned = 1;
+            if (may_redo && tables_empty(fd, GF_HDR_SIZE, end))
+                return WAIT_REDO;
+            flock(fd, LOCK_UN);
+        }
         if (gf_mono_ns() > deadline) {
-            if ((uint64_t)st.st_size < GF_HDR_SIZE)
+            if ((uint64_t)st.st_size < GF_HDR_SIZE && st.st_size > 0)
                 return gf_fail(GF_E_CORRUPT, "not a grafos fabric: file is %lld bytes, smaller than a header",
                                (long long)st.st_size);
-            return gf_fail(GF_E_CORRUPT, "fabric was never finished by its creator (not ready after 2 s): if its creator died, remove the file (Fabric.unlink(name) for a named bus) and create it again");
+            if (abandoned && may_redo)
+                return gf_fail(GF_E_CORRUPT, "fabric was never finished by its creator (not ready after 2 s, "
+                               "and it holds data past its header, so it is not made again over it): "
+                               "remove the file (Fabric.unlink(name) for a named bus) and create it again");
+            if (abandoned)
+                return gf_fail(GF_E_CORRUPT, "fabric was never finished by its creator (not ready after 2 s; "
+                               "its creator is gone): open it with create=True and a size to make it again, "
+                               "or remove the file (Fabric.unlink(name) for a named bus)");
+            return gf_fail(GF_E_CORRUPT, "fabric was never finished by its creator (not ready after 2 s, "
+                           "and its creator is still at work)");
         }
         usleep(1000);
     }
@@ -334,18 +387,49 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
         if (created && !size) { rc = gf_fail(GF_E_INVAL, "creating a fabric needs a size"); goto out_unlink; }
     }
 
+    if (created && path) {
+        GF_FAULT(GF_FAULT_CREATE_OPENED);
+        /* the creator's lock (see wait_ready); someone may have made it again
+         * between our open and this lock, taking us for a dead creator */
+        struct gf_fabric_hdr h;
+        if (flock(fd, LOCK_EX) < 0) { rc = fail_errno("flock"); goto out_unlink; }
+        if (pread(fd, &h, sizeof h, 0) == (ssize_t)sizeof h && h.ready == GF_READY) {
+            flock(fd, LOCK_UN);
+            created = 0;
+        }
+    }
     if (!created) {
-        if ((rc = check_owner(fd, flags)) < 0 || (rc = wait_ready(fd, &size)) < 0)
+        uint64_t asked = size;
+        if ((rc = check_owner(fd, flags)) < 0)
             goto out;
-        if (size < GF_HDR_SIZE + GF_PAGE || size > MAX_FABRIC_SIZE) {
+        rc = wait_ready(fd, &size, (flags & GF_OPEN_CREATE) != 0, dO);
+        if (rc == WAIT_REDO) {
+            /* abandoned by a dead creator, and we hold its lock now: make it again, from zeros */
+            struct stat st;
+            size = asked ? asked : (fstat(fd, &st) == 0 ? round_page((uint64_t)st.st_size) : 0);
+            if (size < dO + GF_PAGE || size > MAX_FABRIC_SIZE) {
+                flock(fd, LOCK_UN);
+                rc = gf_fail(GF_E_INVAL, "fabric %s was abandoned by its creator before it was sized: "
+                             "open it with a size to create it again", path);
+                goto out;
+            }
+            created = 1;
+            if (ftruncate(fd, 0) < 0) { rc = fail_errno("ftruncate"); goto out_unlink; }
+        } else if (rc < 0) {
+            goto out;
+        } else if (size < GF_HDR_SIZE + GF_PAGE || size > MAX_FABRIC_SIZE) {
             rc = gf_fail(GF_E_CORRUPT, "fabric file size %llu is out of range", (unsigned long long)size);
             goto out;
         }
-    } else if (ftruncate(fd, (off_t)size) < 0) {
-        rc = fail_errno("ftruncate");
-        goto out_unlink;
-    } else if ((rc = reserve(fd, where, 0, dO, "the fabric's header and tables")) < 0) {
-        goto out_unlink;
+    }
+    if (created) {
+        if (ftruncate(fd, (off_t)size) < 0) {
+            rc = fail_errno("ftruncate");
+            goto out_unlink;
+        }
+        GF_FAULT(GF_FAULT_CREATE_SIZED);
+        if ((rc = reserve(fd, where, 0, dO, "the fabric's header and tables")) < 0)
+            goto out_unlink;
     }
     if (!path)  /* nobody else can shrink an in-process fabric under us */
         fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
@@ -364,14 +448,16 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
     atomic_init(&f->refs, 1);
     if (created) {
         populate(base, dO);
+        GF_FAULT(GF_FAULT_CREATE_MAPPED);
         format(f, size, lease_slots, meta_slots);
-    }
-    else if ((rc = validate(f->hdr, size)) < 0) {
+    } else if ((rc = validate(f->hdr, size)) < 0) {
         munmap(base, size);
         free(f);
         f = NULL;
         goto out;
     }
+    if (path)   /* held for the handle's life: converts the creator's exclusive lock */
+        flock(fd, LOCK_SH);
     /* from here on only the validated copies are used */
     f->leases = (struct gf_lease *)(base + f->hdr->lease_off);
     f->lease_slots = f->hdr->lease_slots;

@@ -14,6 +14,7 @@ an expired topic fresh leases (offsets start again at 0).
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 import threading
 import time
@@ -36,6 +37,25 @@ MAX_TOPIC_NAME = 64
 
 _CONFIG = struct.Struct("<IIIIdqQ")    # partitions, capacity, stride, flags, retention, created_ns, incarnation
 _PREF = struct.Struct("<IIQ")          # lease index, pad, lease id
+#: config flag: the topic is being made. Creation runs under the fabric's lock,
+#: so anyone who reads a pending record (under the lock) found a creator that died.
+_PENDING = 1
+_TAG_SHIFT = 16                        # a partition lease's owner_tag: topic tag << 16 | partition
+
+#: fault injection for tests: the creation step at which to _exit (None: never)
+_FAULT_AT: str | None = None
+
+
+def _fault(point: str) -> None:
+    if _FAULT_AT == point:
+        os._exit(77)
+
+
+def _topic_tag(name: str, incarnation: int) -> int:
+    """48 bits naming one incarnation of a topic: the high bits of its partitions'
+    owner tags, so leases of a create that died half-way can be found again."""
+    d = hashlib.blake2b(name.encode() + struct.pack("<Q", incarnation & ((1 << 64) - 1)), digest_size=6)
+    return int.from_bytes(d.digest(), "little")
 
 
 @dataclass(frozen=True)
@@ -140,6 +160,12 @@ def _key(kind: str, name: str, i: int | None = None) -> str:
     return f"{kind}/{name}" if i is None else f"{kind}/{name}/{i}"
 
 
+def _pending(raw: bytes) -> bool:
+    """A directory record of a create that never finished (damaged ones are not:
+    reading them reports the damage)."""
+    return len(raw) == _CONFIG.size and _CONFIG.unpack(raw)[3] & _PENDING != 0
+
+
 def _lease_of_ref(fab: Fabric, ref: bytes) -> MemLease:
     """The lease a partition's directory ref names. A damaged ref (not our size)
     names no lease: (0, 0), which the fabric refuses as NotFound."""
@@ -164,8 +190,8 @@ class TopicManager:
              **kw) -> "TopicManager":
         """Create or attach to a named bus (``/dev/shm``) or one in a file.
         ``size`` in bytes is needed only to create it (default 256 MiB, sparse)."""
-        if size is None and name is not None and not Fabric.exists(name):
-            size = DEFAULT_SIZE
+        if size is None and name is not None and kw.get("create", True):
+            size = DEFAULT_SIZE    # used only if it has to be made (also again, after a dead creator)
         fab = Fabric.open(name, path=path, size=size, **kw)
         mgr = cls(fab)
         mgr.fabric.reap()       # lazy reclaim: attaching is one of the moments we reap
@@ -198,27 +224,41 @@ class TopicManager:
             raise _validate.InvalidType(f"config must be a TopicConfig, not {type(config).__name__}")
         fab = self.fabric
         with self._lock, fab.locked():
-            if fab.meta_get(_key("t", name)) is not None:
-                raise AlreadyExists(f"topic {name!r} already exists")
+            raw = fab.meta_get(_key("t", name))
+            if raw is not None:
+                if not _pending(raw):
+                    raise AlreadyExists(f"topic {name!r} already exists")
+                self._undo_create(name, raw)      # its creator died half-way
             fab.reap(now)
             incarnation = time.time_ns()
-            refs = self._alloc_partitions(name, config, now)
-            fab.meta_put(_key("t", name), _CONFIG.pack(
-                config.num_partitions, config.partition_capacity, config.partition_stride, 0,
-                config.retention_secs, now_ns(now), incarnation))
+
+            def record(flags: int) -> bytes:
+                return _CONFIG.pack(config.num_partitions, config.partition_capacity, config.partition_stride,
+                                    flags, config.retention_secs, now_ns(now), incarnation)
+            fab.meta_put(_key("t", name), record(_PENDING))
+            _fault("pending")
+            try:
+                refs = self._alloc_partitions(name, config, now, _topic_tag(name, incarnation))
+            except BaseException:
+                fab.meta_del(_key("t", name))
+                raise
+            _fault("refs")
+            fab.meta_put(_key("t", name), record(0))
             topic = Topic(name, config, incarnation, refs)
             self._topics[name] = topic
             return topic
 
-    def _alloc_partitions(self, name: str, config: TopicConfig, now: float | None) -> list[Partition | None]:
+    def _alloc_partitions(self, name: str, config: TopicConfig, now: float | None,
+                          tag: int) -> list[Partition | None]:
         """Acquire and format one lease per partition; all or nothing."""
         fab = self.fabric
         made: list[Partition] = []
         try:
             for i in range(config.num_partitions):
                 p = Partition.create(fab, config.partition_capacity, config.partition_stride,
-                                     ttl=config.retention_secs, owner_tag=i, now=now)
+                                     ttl=config.retention_secs, owner_tag=tag << _TAG_SHIFT | i, now=now)
                 made.append(p)
+                _fault("lease")
             for i, p in enumerate(made):
                 fab.meta_put(_key("p", name, i), _PREF.pack(p.lease.index, 0, p.lease.id))
         except BaseException:
@@ -230,6 +270,27 @@ class TopicManager:
                     pass
             raise
         return list(made)
+
+    def _undo_create(self, name: str, raw: bytes) -> None:
+        """Remove what a creator that died half-way through :meth:`create` left:
+        the leases it took (found by their owner tag, referenced or not), their
+        directory entries and the pending record. Under the fabric lock."""
+        fab = self.fabric
+        try:
+            n, *_rest, incarnation = _CONFIG.unpack(raw)
+        except struct.error:
+            n, incarnation = MAX_PARTITIONS, None
+        tag = _topic_tag(name, incarnation) if incarnation is not None else None
+        for lease in fab.leases():
+            try:
+                if tag is not None and lease.info().owner_tag >> _TAG_SHIFT == tag:
+                    lease.release()
+            except (LeaseExpired, NotFound):
+                pass
+        for i in range(min(n, MAX_PARTITIONS)):
+            fab.meta_del(_key("p", name, i))
+        fab.meta_del(_key("t", name))
+        self._topics.pop(name, None)
 
     def delete(self, name: str) -> None:
         """Delete a topic and give its memory back now."""
@@ -263,22 +324,25 @@ class TopicManager:
                 if ref is not None:
                     alive = not _lease_of_ref(fab, ref).expired(now)
                 if not alive:
+                    tag = _topic_tag(name, _CONFIG.unpack(self._record(name))[6])
                     p = Partition.create(fab, cfg.partition_capacity, cfg.partition_stride,
-                                         ttl=cfg.retention_secs, owner_tag=i, now=now)
+                                         ttl=cfg.retention_secs, owner_tag=tag << _TAG_SHIFT | i, now=now)
                     fab.meta_put(_key("p", name, i), _PREF.pack(p.lease.index, 0, p.lease.id))
             self._topics.pop(name, None)
             return self._load(name, now)
 
     def topics(self) -> list[str]:
-        return sorted(k[2:] for k, _ in self.fabric.meta_items("t/"))
+        return sorted(k[2:] for k, raw in self.fabric.meta_items("t/") if not _pending(raw))
 
     def exists(self, name: str) -> bool:
-        return self.fabric.meta_get(_key("t", _validate.name(name, "topic name", MAX_TOPIC_NAME))) is not None
+        raw = self.fabric.meta_get(_key("t", _validate.name(name, "topic name", MAX_TOPIC_NAME)))
+        return raw is not None and not _pending(raw)
 
     def _record(self, name: str) -> bytes:
-        """The topic's directory record (read under the fabric lock); NotFound if there is none."""
+        """The topic's directory record (read under the fabric lock); NotFound if
+        there is none (a create that never finished made none)."""
         raw = self.fabric.meta_get(_key("t", name))
-        if raw is None:
+        if raw is None or _pending(raw):
             raise NotFound(f"no topic {name!r}")
         return raw
 
