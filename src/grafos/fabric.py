@@ -25,7 +25,7 @@ from . import _validate
 from ._check import check, raise_for
 from ._clock import now_ns, to_ns
 from ._native import ffi, lib
-from .errors import FabricIOError, InvalidArgument, LeaseExpired, NotFound, SpaceWarning
+from .errors import FabricIOError, InvalidArgument, LeaseExpired, NotFound, NotPortable, SpaceWarning
 
 DEFAULT_SIZE = 256 << 20          #: default arena size: sparse, untouched pages cost nothing
 SHM_DIR = "/dev/shm"
@@ -107,6 +107,7 @@ class Fabric:
             flags |= lib.GF_OPEN_TRUST_ANY
         self = cls.__new__(cls)
         self._setup(fpath, size or 0, mode, flags, lease_slots, meta_slots, kind, name)
+        self._trust_any = trust_any
         if kind == "named":
             self._warn_if_oversized()
         if durability == "fsync":
@@ -177,6 +178,8 @@ class Fabric:
         self._flock = _file_lock(path, self)
         self._join_depth = 0
         self._closed = False
+        self._trust_any = False
+        self._generation = _FORK_GENERATION   # which side of a fork made this handle
         self.durability = "none"
         #: default seconds :meth:`locked` waits for a live holder (lower it to bound every call)
         self.lock_timeout = LOCK_TIMEOUT
@@ -206,7 +209,29 @@ class Fabric:
     def handle(self):  # noqa: ANN201 - cffi pointer
         if self._closed:
             raise InvalidArgument("fabric is closed")
+        if self._generation != _FORK_GENERATION:
+            self.check_process()
         return self._h
+
+    def check_process(self) -> None:
+        """Raise NotPortable if this is an in-process fabric of a parent process
+        used in a child after ``fork``: its memory and locks belong to the
+        parent (a lock a parent thread held at the fork would never be let go).
+        Named and file fabrics work in a fork child (they are opened by name)."""
+        if self._generation != _FORK_GENERATION and self.kind == "in-process":
+            raise NotPortable(
+                "this in-process fabric belongs to the process that made it; a child started by fork "
+                "cannot use it. Share the bus by name instead: TopicManager.open(name) or "
+                "TopicManager.open(path=...), then open it (or pass the manager) in the child")
+
+    def __reduce__(self):  # noqa: ANN204 - pickles to what re-attaches it
+        if self.kind == "in-process":
+            raise NotPortable(
+                "an in-process fabric lives in this process's memory and cannot be pickled into another "
+                "process: share the bus by name, Fabric.open(name) / TopicManager.open(name), or by file, "
+                "path=...")
+        return (_reattach, (self.name, None if self.name is not None else self.path, self._trust_any,
+                            self.durability))
 
     def info(self) -> FabricInfo:
         out = ffi.new("gf_fabric_info *")
@@ -232,6 +257,7 @@ class Fabric:
         ``timeout`` defaults to :attr:`lock_timeout` seconds."""
         if timeout is None:
             timeout = self.lock_timeout
+        self.check_process()      # before the thread lock: a forked child must not wait on it
         fl = self._flock
         with fl.rlock:        # one thread of this process at a time, whichever handle it uses
             first = fl.depth == 0
@@ -357,6 +383,28 @@ class _FileLock:
 
 _FILE_LOCKS: "weakref.WeakValueDictionary[tuple, _FileLock]" = weakref.WeakValueDictionary()
 _FILE_LOCKS_GUARD = threading.Lock()
+_FORK_GENERATION = 0
+
+
+def _after_fork_in_child() -> None:
+    """A fork child has one thread: locks other threads of the parent held are
+    held for ever. Start the child's in-process side of every lock afresh (the
+    shared metadata lock holds a pid, which is not the child's), and make the
+    parent's in-process fabrics foreign to it."""
+    global _FILE_LOCKS_GUARD, _FORK_GENERATION
+    _FORK_GENERATION += 1
+    _FILE_LOCKS_GUARD = threading.Lock()
+    for fl in list(_FILE_LOCKS.values()):
+        fl.rlock = threading.RLock()
+        fl.depth = 0
+        fl.owner = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _reattach(name: str | None, path: str | None, trust_any: bool, durability: str) -> "Fabric":
+    return Fabric.open(name, path=path, create=False, trust_any=trust_any, durability=durability)
 
 
 def _file_lock(path: str | None, fabric: "Fabric") -> _FileLock:

@@ -59,6 +59,19 @@ class Consumer:
         #: commit belonged to an earlier incarnation (the topic was restarted)
         self.reset_by_incarnation = 0
 
+    # ---- crossing processes -------------------------------------------------------
+    def __reduce__(self):  # noqa: ANN204 - settings, assignment and group binding; no positions
+        """A consumer crosses processes as its topic, group, batch size, assignment
+        and group binding. Positions stay behind (they belong to this process's
+        reader): seek in the child, from the committed offsets."""
+        return (Consumer, (self.topic, self.group), {"max_batch": self.max_batch,
+                                                      "assigned": self._assigned, "member": self._member})
+
+    def __setstate__(self, state: dict) -> None:
+        self.max_batch = state["max_batch"]
+        self._assigned = state["assigned"]
+        self._member = state["member"]
+
     # ---- assignment -----------------------------------------------------------
     def assign(self, partitions: Iterable[int]) -> None:
         try:

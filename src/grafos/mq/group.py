@@ -335,6 +335,15 @@ class ConsumerGroup:
             raise NotFound(f"no group {name!r} on topic {topic!r}")
         return cls(name, topic, cfg.num_partitions, cfg.stale_threshold_secs, mgr=mgr)
 
+    def __reduce__(self):  # noqa: ANN204 - crosses processes as its name and its bus
+        if self.mgr is None:
+            from ..errors import NotPortable
+            raise NotPortable(
+                f"group {self.name!r} keeps its state in this object (no mgr): a copy in another process "
+                "would not see the others' claims. Create it with ConsumerGroup(..., mgr=TopicManager.open(name)) "
+                "so members in every process share it")
+        return (ConsumerGroup, (self.name, self.topic, self.num_partitions, self.stale_threshold_secs, self.mgr))
+
     def __repr__(self) -> str:
         where = "fabric" if self.mgr is not None else "in-process"
         return f"<ConsumerGroup {self.name!r} on {self.topic!r} ({self.num_partitions} partitions, {where})>"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from .. import _validate
 from .._clock import now_ns, now_s
 from .._native import ffi, lib
-from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, NotFound
+from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, NotFound, NotPortable
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
 from ..partition import Partition, PartitionState
 
@@ -201,6 +201,15 @@ class TopicManager:
     def unlink(name: str) -> bool:
         """Remove a named bus from the system (attached processes keep their mapping)."""
         return Fabric.unlink(name)
+
+    def __reduce__(self):  # noqa: ANN204 - a manager crosses processes as its bus's name or path
+        fab = self.fabric
+        if fab.kind == "in-process":
+            raise NotPortable(
+                "an in-process TopicManager (TopicManager()) lives in this process's memory and cannot be "
+                "pickled into another process: create the bus with TopicManager.open(name) (shared memory) "
+                "or TopicManager.open(path=...) (a file) and pass that")
+        return (TopicManager, (fab,))     # the fabric pickles to its name or path
 
     def close(self) -> None:
         # Partition handles are freed with their last reference (producers and
@@ -381,6 +390,7 @@ class TopicManager:
 
     def topic(self, name: str) -> Topic:
         """The opened topic (cached; re-read from the directory by :meth:`refresh`)."""
+        self.fabric.check_process()
         t = self._topics.get(name)
         if t is not None:
             return t
