@@ -482,6 +482,66 @@ out:
     return NULL;
 }
 
+static int pid_dead(uint32_t pid);
+
+int gf_fabric_probe(const char *path, int64_t now_ns, uint32_t remove_if_idle, gf_probe *out)
+{
+    memset(out, 0, sizeof *out);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return errno == ENOENT ? gf_fail(GF_E_NOTFOUND, "no fabric at %s", path) : fail_errno(path);
+    int rc = GF_OK;
+    struct stat st;
+    struct gf_fabric_hdr h;
+    if (fstat(fd, &st) < 0) { rc = fail_errno("fstat"); goto done; }
+    if (!S_ISREG(st.st_mode)) { rc = gf_fail(GF_E_INVAL, "%s is not a regular file", path); goto done; }
+    out->size = (uint64_t)st.st_size;
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK) { rc = fail_errno("flock"); goto done; }
+        out->in_use = 1;
+    }
+    memset(&h, 0, sizeof h);
+    if (st.st_size >= (off_t)sizeof h && pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h) {
+        rc = fail_errno("read fabric header");
+        goto done;
+    }
+    if (h.ready == GF_READY) {
+        if ((rc = validate(&h, (uint64_t)st.st_size)) < 0)
+            goto done;
+        out->ready = 1;
+        out->lock_pid = h.lock;
+        out->lock_alive = h.lock != 0 && !pid_dead(h.lock);
+        struct gf_lease l;
+        for (uint32_t i = 0; i < h.lease_slots; i++) {
+            if (pread(fd, &l, sizeof l, (off_t)(h.lease_off + (uint64_t)i * sizeof l)) != (ssize_t)sizeof l) {
+                rc = fail_errno("read lease table");
+                goto done;
+            }
+            if (l.id == 0)
+                continue;
+            out->leases_total++;
+            if (l.expires_ns > now_ns && l.dead_tag != (uint32_t)l.id)
+                out->leases_live++;
+            if (l.expires_ns > out->last_expiry_ns)
+                out->last_expiry_ns = l.expires_ns;
+        }
+    } else if (h.magic != GF_MAGIC && h.magic != 0) {
+        rc = gf_fail(GF_E_CORRUPT, "not a grafos fabric: bad magic 0x%016llx", (unsigned long long)h.magic);
+        goto done;
+    } else if (h.magic == GF_MAGIC && h.version != 0 && h.version != GF_LAYOUT_VERSION) {
+        rc = gf_fail(GF_E_VERSION, "fabric has layout version %u, this grafos reads version %u",
+                     h.version, GF_LAYOUT_VERSION);
+        goto done;
+    }
+    if (remove_if_idle && !out->in_use && !out->lock_alive && out->leases_live == 0) {
+        if (unlink(path) < 0) { rc = fail_errno("unlink"); goto done; }
+        out->removed = 1;
+    }
+done:
+    close(fd);     /* lets go of the file lock */
+    return rc;
+}
+
 void gf_fabric_unref(gf_fabric *f)
 {
     if (atomic_fetch_sub(&f->refs, 1) == 1) {
@@ -670,8 +730,6 @@ static void punch(gf_fabric *f, uint64_t off, uint64_t len)
         return;
     memset(f->base + off, 0, len);
 }
-
-static int pid_dead(uint32_t pid);
 
 int gf_lease_pin(struct gf_lease *l, uint64_t id)
 {

@@ -116,6 +116,20 @@ typedef struct {
     uint32_t reserved;
 } gf_ring_state;
 
+/* What `grafos gc` needs to know about a fabric file without attaching to it. */
+typedef struct {
+    uint64_t size;
+    uint64_t leases_live;     /* leases not yet expired */
+    uint64_t leases_total;
+    int64_t last_expiry_ns;   /* latest expiry among the leases (0 if none) */
+    uint32_t in_use;          /* a process has it open (holds its file lock) */
+    uint32_t ready;           /* its creator finished it (0: abandoned if not in use) */
+    uint32_t lock_pid;        /* holder of the metadata lock, 0 if free */
+    uint32_t lock_alive;      /* ... and that process is alive */
+    uint32_t removed;         /* it was idle and remove_if_idle removed it */
+    uint32_t reserved;
+} gf_probe;
+
 const char *gf_last_error(void);
 int64_t gf_now_ns(void);
 
@@ -123,6 +137,11 @@ int64_t gf_now_ns(void);
 gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32_t flags,
                           uint32_t lease_slots, uint32_t meta_slots, int *err);
 void gf_fabric_close(gf_fabric *f);
+/* Look at the fabric file at `path` without attaching: who holds it, which leases
+ * live at now_ns. With remove_if_idle, unlink it (under its file lock) if nobody
+ * has it open, no live process holds its metadata lock, and every lease has
+ * expired (or it was abandoned before it was ready). */
+int gf_fabric_probe(const char *path, int64_t now_ns, uint32_t remove_if_idle, gf_probe *out);
 int gf_fabric_info_get(gf_fabric *f, gf_fabric_info *out);
 void gf_fabric_set_stall(gf_fabric *f, int64_t stall_ns);
 /* Durable commits (file fabrics): appends and metadata changes are msync'ed

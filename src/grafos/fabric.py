@@ -362,6 +362,46 @@ class Fabric:
         return lib.gf_meta_epoch(self.handle)
 
 
+@dataclass(frozen=True)
+class FabricUsage:
+    """Who uses a fabric file, seen from outside (:func:`probe`)."""
+
+    path: str
+    size: int
+    in_use: bool          #: some process has it open
+    ready: bool           #: its creator finished it (False and not in use: abandoned)
+    lock_pid: int         #: holder of the metadata lock (0: free)
+    lock_alive: bool      #: ... and that process is alive
+    leases_live: int      #: leases not yet expired
+    leases_total: int
+    last_expiry: float    #: latest expiry among its leases, seconds since the epoch (0.0: none)
+    removed: bool = False
+
+    @property
+    def idle(self) -> bool:
+        """Nobody has it open, no live process holds its lock, every lease expired."""
+        return not self.in_use and not self.lock_alive and self.leases_live == 0
+
+
+def probe(path: str, *, now: float | None = None, remove_if_idle: bool = False) -> FabricUsage:
+    """Look at the fabric file ``path`` without attaching to it; with
+    ``remove_if_idle`` remove it if it is :attr:`~FabricUsage.idle` (the check
+    and the removal under the file's lock, so no process attaches in between)."""
+    out = ffi.new("gf_probe *")
+    check(lib.gf_fabric_probe(os.fsencode(path), now_ns(now), bool(remove_if_idle), out), path)
+    return FabricUsage(path, out.size, bool(out.in_use), bool(out.ready), out.lock_pid, bool(out.lock_alive),
+                       out.leases_live, out.leases_total, out.last_expiry_ns / 1e9, bool(out.removed))
+
+
+def named_fabrics() -> list[str]:
+    """Names of the named fabrics on this machine (files under /dev/shm)."""
+    try:
+        entries = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(e[len(SHM_PREFIX):] for e in entries if e.startswith(SHM_PREFIX))
+
+
 def _meta_key(key: str, what: str = "metadata key") -> bytes:
     if not isinstance(key, str):
         raise _validate.InvalidType(f"{what} must be a str, not {type(key).__name__}")
