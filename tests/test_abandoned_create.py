@@ -101,3 +101,30 @@ def test_should_create_the_topic_when_its_creator_died_at_point(tmp_path, point)
         mgr.create("t", CFG)                                   # and the name is free
         assert len(mgr.fabric.leases()) == 3                   # the dead creator's leases are gone
         _roundtrip(mgr)
+
+
+DIE_RESTARTING_TOPIC = textwrap.dedent("""
+    import sys, time
+    from grafos.mq import topic
+    from grafos.mq.topic import TopicManager
+    path = sys.argv[1]
+    mgr = TopicManager.open(path=path, create=False)
+    later = time.time() + 7200            # past the topic's hour of retention
+    mgr.fabric.reap(now=later)
+    topic._FAULT_AT = "restart-lease"     # dies holding a fresh lease it never recorded
+    mgr.restart("t", now=later)
+    sys.exit(0)      # not reached
+""")
+
+
+def test_should_release_the_unrecorded_lease_when_a_restart_died_half_way(tmp_path):
+    path = str(tmp_path / "bus.grafos")
+    with TopicManager.open(path=path, size=16 << 20) as mgr:
+        mgr.create("t", CFG)
+    res = subprocess.run([sys.executable, "-c", DIE_RESTARTING_TOPIC, path], timeout=60)
+    assert res.returncode == 77
+    with TopicManager.open(path=path, create=False) as mgr:
+        assert len(mgr.fabric.leases()) == 1           # the orphan the dead restart took
+        mgr.restart("t")
+        assert len(mgr.fabric.leases()) == 3           # one per partition, the orphan released
+        _roundtrip(mgr)

@@ -325,20 +325,35 @@ class TopicManager:
         name = _validate.name(name, "topic name", MAX_TOPIC_NAME)
         fab = self.fabric
         with self._lock, fab.locked():
-            cfg = self._config(self._record(name))
+            raw = self._record(name)
+            cfg = self._config(raw)
+            tag = _topic_tag(name, _CONFIG.unpack(raw)[6])
             fab.reap(now)
+            refs = {}
             for i in range(cfg.num_partitions):
                 ref = fab.meta_get(_key("p", name, i))
-                alive = False
                 if ref is not None:
-                    alive = not _lease_of_ref(fab, ref).expired(now)
+                    refs[i] = _lease_of_ref(fab, ref)
+            self._release_orphans(tag, {lease.id for lease in refs.values()})
+            for i in range(cfg.num_partitions):
+                alive = i in refs and not refs[i].expired(now)
                 if not alive:
-                    tag = _topic_tag(name, _CONFIG.unpack(self._record(name))[6])
                     p = Partition.create(fab, cfg.partition_capacity, cfg.partition_stride,
                                          ttl=cfg.retention_secs, owner_tag=tag << _TAG_SHIFT | i, now=now)
+                    _fault("restart-lease")
                     fab.meta_put(_key("p", name, i), _PREF.pack(p.lease.index, 0, p.lease.id))
             self._topics.pop(name, None)
             return self._load(name, now)
+
+    def _release_orphans(self, tag: int, referenced: set[int]) -> None:
+        """Release leases of this topic incarnation that no partition entry names:
+        what a restart that died between taking a lease and recording it left."""
+        for lease in self.fabric.leases():
+            try:
+                if lease.id not in referenced and lease.info().owner_tag >> _TAG_SHIFT == tag:
+                    lease.release()
+            except (LeaseExpired, NotFound):
+                pass
 
     def topics(self) -> list[str]:
         return sorted(k[2:] for k, raw in self.fabric.meta_items("t/") if not _pending(raw))
