@@ -22,7 +22,11 @@ struct gf_fabric {
     _Atomic uint64_t syncs;     /* msync calls made for durability (observability, tests) */
     int held;                   /* this handle holds the metadata lock (another handle of
                                  * this process may hold it too: the word only says the pid) */
+    int where;                  /* GF_WHERE_*: what backs the mapping (for error advice) */
 };
+#define GF_WHERE_MEMFD 0
+#define GF_WHERE_SHM   1        /* under /dev/shm */
+#define GF_WHERE_FILE  2
 
 /* A ring handle copies capacity/stride/slot base once, after checking them
  * against the lease, so a later scribble on the ring header cannot move it. */
@@ -40,12 +44,23 @@ struct gf_ring {
 
 /* error reporting: a thread-local message for the last failure */
 int gf_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "<prefix>: <the last error>": adds context to a failure reported further down */
+int gf_fail_prefix(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 int64_t gf_mono_ns(void);
 void gf_fabric_unref(gf_fabric *f);
 uint32_t gf_slot_crc(uint64_t n, const uint8_t *hdr28, const uint8_t *payload, uint64_t len);
 int gf_lease_alive(struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_lease_alive_query(const struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_dsync(gf_fabric *f, const void *p, uint64_t len);
+/* Pin lease (entry l, id) against reclaim while writing outside the slot protocol:
+ * 1 if pinned (the region is that lease's until gf_lease_unpin), 0 if not. */
+int gf_lease_pin(struct gf_lease *l, uint64_t id);
+void gf_lease_unpin(struct gf_lease *l);
+
+/* Fault injection for tests (gf_test_fault): stop or exit at a numbered point. */
+extern int gf_fault_armed;
+void gf_fault_point(int point);
+#define GF_FAULT(k) do { if (__builtin_expect(gf_fault_armed, 0)) gf_fault_point(k); } while (0)
 void gf_futex_wake_all(_Atomic uint32_t *word);
 int gf_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);
 #endif

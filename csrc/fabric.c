@@ -12,8 +12,10 @@
 #include <unistd.h>
 #include <sched.h>
 #include <linux/futex.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include "core.h"
 
@@ -24,6 +26,28 @@
 #define MAX_FABRIC_SIZE     (1ULL << 44)
 #define ATTACH_WAIT_NS      2000000000LL   /* how long to wait for a creator to finish */
 #define DEFAULT_STALL_NS    100000000LL    /* bounded wait on an abandoned slot: 100 ms */
+
+/* ---- fault injection (tests) ------------------------------------------------ */
+int gf_fault_armed;
+static int fault_at, fault_action;
+
+int gf_test_fault(int point, int action)
+{
+    fault_at = point;
+    fault_action = action;
+    gf_fault_armed = action != 0;
+    return GF_OK;
+}
+
+void gf_fault_point(int point)
+{
+    if (point != fault_at)
+        return;
+    if (fault_action == GF_FAULT_EXIT)
+        _exit(77);
+    if (fault_action == GF_FAULT_STOP)
+        raise(SIGSTOP);
+}
 
 /* ---- errors and clocks --------------------------------------------------- */
 static __thread char last_error[512];
@@ -36,6 +60,18 @@ int gf_fail(int code, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(last_error, sizeof last_error, fmt, ap);
     va_end(ap);
+    return code;
+}
+
+int gf_fail_prefix(int code, const char *fmt, ...)
+{
+    char prefix[192], tail[sizeof last_error];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(prefix, sizeof prefix, fmt, ap);
+    va_end(ap);
+    memcpy(tail, last_error, sizeof tail);     /* never format the buffer into itself */
+    snprintf(last_error, sizeof last_error, "%s: %s", prefix, tail);
     return code;
 }
 
@@ -78,6 +114,52 @@ void gf_futex_wake_all(_Atomic uint32_t *word)
 
 static uint64_t round_page(uint64_t n) { return (n + GF_PAGE - 1) & ~(uint64_t)(GF_PAGE - 1); }
 
+/* ---- space: reserved, not hoped for ---------------------------------------------
+ * A sparse file on a full tmpfs gives a SIGBUS at the first store to a missing
+ * page. So every page the fabric will write is allocated in the file when it
+ * is handed out (the fixed tables at creation, a lease's region at acquire),
+ * and a full filesystem is an error there instead. */
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+static int fail_nospace(int fd, int where, const char *what, uint64_t len)
+{
+    struct statvfs sv;
+    unsigned long long avail = fstatvfs(fd, &sv) == 0 ? (unsigned long long)sv.f_bavail * sv.f_frsize : 0;
+    const char *advice =
+        where == GF_WHERE_SHM
+            ? "; /dev/shm is memory sized by its mount: give it more (docker run --shm-size=1g), "
+              "share the host's (docker run --ipc=host), or keep the bus in a file on disk "
+              "(TopicManager.open(path=...))"
+        : where == GF_WHERE_MEMFD ? "; an in-process fabric is memory: free some, or use a smaller fabric"
+        : "; free space on that filesystem or put the bus on a larger one";
+    return gf_fail(GF_E_NOSPACE, "no space for %s: needs %llu bytes, the filesystem holding the fabric has %llu bytes free%s",
+                   what, (unsigned long long)len, avail, advice);
+}
+
+/* Allocate [off, off+len) in the backing file. Filesystems without fallocate
+ * (rare for tmpfs, ext4, xfs, btrfs) keep the old sparse behaviour. */
+static int reserve(int fd, int where, uint64_t off, uint64_t len, const char *what)
+{
+    if (fallocate(fd, 0, (off_t)off, (off_t)len) == 0)
+        return GF_OK;
+    if (errno == ENOSPC || errno == EDQUOT || errno == ENOMEM)
+        return fail_nospace(fd, where, what, len);
+    if (errno == EOPNOTSUPP || errno == ENOSYS)
+        return GF_OK;
+    return fail_errno("fallocate");
+}
+
+/* Fault the pages in now, so the first lap of a fresh ring costs what later laps do. */
+static void populate(uint8_t *p, uint64_t len)
+{
+    if (madvise(p, len, MADV_POPULATE_WRITE) == 0)
+        return;
+    for (uint64_t i = 0; i < len; i += GF_PAGE)   /* older kernels: touch each page */
+        __atomic_fetch_add(&p[i], 0, __ATOMIC_RELAXED);
+}
+
 static uint32_t hdr_crc(const struct gf_fabric_hdr *h)
 {
     return gf_crc32c(~0u, (const uint8_t *)h, offsetof(struct gf_fabric_hdr, hdr_crc)) ^ ~0u;
@@ -106,6 +188,7 @@ static int format(gf_fabric *f, uint64_t size, uint32_t lease_slots, uint32_t me
     h->meta_slots = meta_slots;
     h->meta_off = mo;
     h->data_off = dO;
+    GF_FAULT(GF_FAULT_CREATE_HALF);
     h->hdr_crc = hdr_crc(h);
     h->next_lease_id = 1;
     /* the flag a second process waits for, stored after everything else */
@@ -142,9 +225,33 @@ static int validate(const struct gf_fabric_hdr *h, uint64_t file_size)
     return GF_OK;
 }
 
-static int wait_ready(int fd, uint64_t *size_out)
+/* Abandoned creation. A creator holds flock(LOCK_EX) on the file from just
+ * after making it until the header is ready; every attached handle holds
+ * LOCK_SH for its life (so `grafos gc` can tell a bus nobody has open). A file
+ * that is not ready while nobody holds the lock was abandoned by a creator
+ * that died; if nothing was ever written past the header (the tables are
+ * zero: no topic, lease or offset can be lost) a process allowed to create
+ * makes it again. */
+#define WAIT_REDO 2
+
+static int tables_empty(int fd, uint64_t from, uint64_t to)
+{
+    static const uint8_t zero[16384];
+    uint8_t buf[16384];
+    for (uint64_t at = from; at < to; at += sizeof buf) {
+        size_t n = to - at < sizeof buf ? (size_t)(to - at) : sizeof buf;
+        if (pread(fd, buf, n, (off_t)at) != (ssize_t)n || memcmp(buf, zero, n) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* GF_OK with *size_out once ready, WAIT_REDO holding LOCK_EX when the file was
+ * abandoned and may_redo (tables checked up to `tables_end`), else an error. */
+static int wait_ready(int fd, uint64_t *size_out, int may_redo, uint64_t tables_end)
 {
     int64_t deadline = gf_mono_ns() + ATTACH_WAIT_NS;
+    int abandoned = 0;
     for (;;) {
         struct stat st;
         if (fstat(fd, &st) < 0)
@@ -174,11 +281,38 @@ static int wait_ready(int fd, uint64_t *size_out)
             return gf_fail(GF_E_CORRUPT, "not a grafos fabric: file is %lld bytes, smaller than a header",
                            (long long)st.st_size);
         }
+        /* not ready: is anyone making it? */
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0) {
+            struct gf_fabric_hdr h;
+            memset(&h, 0, sizeof h);
+            if (pread(fd, &h, sizeof h, 0) < 0)
+                memset(&h, 0, sizeof h);
+            if (h.ready == GF_READY) {          /* finished just now */
+                flock(fd, LOCK_UN);
+                continue;
+            }
+            uint64_t end = (uint64_t)st.st_size < tables_end ? (uint64_t)st.st_size : tables_end;
+            if (h.magic == GF_MAGIC && h.data_off > GF_HDR_SIZE && h.data_off < end)
+                end = h.data_off > end ? end : h.data_off;
+            abandoned = 1;
+            if (may_redo && tables_empty(fd, GF_HDR_SIZE, end))
+                return WAIT_REDO;
+            flock(fd, LOCK_UN);
+        }
         if (gf_mono_ns() > deadline) {
-            if ((uint64_t)st.st_size < GF_HDR_SIZE)
+            if ((uint64_t)st.st_size < GF_HDR_SIZE && st.st_size > 0)
                 return gf_fail(GF_E_CORRUPT, "not a grafos fabric: file is %lld bytes, smaller than a header",
                                (long long)st.st_size);
-            return gf_fail(GF_E_CORRUPT, "fabric was never finished by its creator (not ready after 2 s): if its creator died, remove the file (Fabric.unlink(name) for a named bus) and create it again");
+            if (abandoned && may_redo)
+                return gf_fail(GF_E_CORRUPT, "fabric was never finished by its creator (not ready after 2 s, "
+                               "and it holds data past its header, so it is not made again over it): "
+                               "remove the file (Fabric.unlink(name) for a named bus) and create it again");
+            if (abandoned)
+                return gf_fail(GF_E_CORRUPT, "fabric was never finished by its creator (not ready after 2 s; "
+                               "its creator is gone): open it with create=True and a size to make it again, "
+                               "or remove the file (Fabric.unlink(name) for a named bus)");
+            return gf_fail(GF_E_CORRUPT, "fabric was never finished by its creator (not ready after 2 s, "
+                           "and its creator is still at work)");
         }
         usleep(1000);
     }
@@ -207,6 +341,7 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
 {
     int rc = GF_OK, fd = -1, created = 0;
     gf_fabric *f = NULL;
+    int where = !path ? GF_WHERE_MEMFD : strncmp(path, "/dev/shm/", 9) == 0 ? GF_WHERE_SHM : GF_WHERE_FILE;
     if (!lease_slots) lease_slots = DEFAULT_LEASE_SLOTS;
     if (!meta_slots) meta_slots = DEFAULT_META_SLOTS;
     if (lease_slots > MAX_LEASE_SLOTS || meta_slots > MAX_META_SLOTS) {
@@ -252,16 +387,49 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
         if (created && !size) { rc = gf_fail(GF_E_INVAL, "creating a fabric needs a size"); goto out_unlink; }
     }
 
+    if (created && path) {
+        GF_FAULT(GF_FAULT_CREATE_OPENED);
+        /* the creator's lock (see wait_ready); someone may have made it again
+         * between our open and this lock, taking us for a dead creator */
+        struct gf_fabric_hdr h;
+        (void)flock(fd, LOCK_EX);   /* where flock is unsupported: no recovery, as before */
+        if (pread(fd, &h, sizeof h, 0) == (ssize_t)sizeof h && h.ready == GF_READY) {
+            flock(fd, LOCK_UN);
+            created = 0;
+        }
+    }
     if (!created) {
-        if ((rc = check_owner(fd, flags)) < 0 || (rc = wait_ready(fd, &size)) < 0)
+        uint64_t asked = size;
+        if ((rc = check_owner(fd, flags)) < 0)
             goto out;
-        if (size < GF_HDR_SIZE + GF_PAGE || size > MAX_FABRIC_SIZE) {
+        rc = wait_ready(fd, &size, (flags & GF_OPEN_CREATE) != 0, dO);
+        if (rc == WAIT_REDO) {
+            /* abandoned by a dead creator, and we hold its lock now: make it again, from zeros */
+            struct stat st;
+            size = asked ? asked : (fstat(fd, &st) == 0 ? round_page((uint64_t)st.st_size) : 0);
+            if (size < dO + GF_PAGE || size > MAX_FABRIC_SIZE) {
+                flock(fd, LOCK_UN);
+                rc = gf_fail(GF_E_INVAL, "fabric %s was abandoned by its creator before it was sized: "
+                             "open it with a size to create it again", path);
+                goto out;
+            }
+            created = 1;
+            if (ftruncate(fd, 0) < 0) { rc = fail_errno("ftruncate"); goto out_unlink; }
+        } else if (rc < 0) {
+            goto out;
+        } else if (size < GF_HDR_SIZE + GF_PAGE || size > MAX_FABRIC_SIZE) {
             rc = gf_fail(GF_E_CORRUPT, "fabric file size %llu is out of range", (unsigned long long)size);
             goto out;
         }
-    } else if (ftruncate(fd, (off_t)size) < 0) {
-        rc = fail_errno("ftruncate");
-        goto out_unlink;
+    }
+    if (created) {
+        if (ftruncate(fd, (off_t)size) < 0) {
+            rc = fail_errno("ftruncate");
+            goto out_unlink;
+        }
+        GF_FAULT(GF_FAULT_CREATE_SIZED);
+        if ((rc = reserve(fd, where, 0, dO, "the fabric's header and tables")) < 0)
+            goto out_unlink;
     }
     if (!path)  /* nobody else can shrink an in-process fabric under us */
         fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW);
@@ -275,16 +443,21 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
     f->fd = fd;
     f->hdr = (struct gf_fabric_hdr *)base;
     f->created = created;
+    f->where = where;
     f->stall_ns = DEFAULT_STALL_NS;
     atomic_init(&f->refs, 1);
-    if (created)
+    if (created) {
+        populate(base, dO);
+        GF_FAULT(GF_FAULT_CREATE_MAPPED);
         format(f, size, lease_slots, meta_slots);
-    else if ((rc = validate(f->hdr, size)) < 0) {
+    } else if ((rc = validate(f->hdr, size)) < 0) {
         munmap(base, size);
         free(f);
         f = NULL;
         goto out;
     }
+    if (path)   /* held for the handle's life: converts the creator's exclusive lock */
+        flock(fd, LOCK_SH);
     /* from here on only the validated copies are used */
     f->leases = (struct gf_lease *)(base + f->hdr->lease_off);
     f->lease_slots = f->hdr->lease_slots;
@@ -307,6 +480,66 @@ out:
         close(fd);
     *err = rc;
     return NULL;
+}
+
+static int pid_dead(uint32_t pid);
+
+int gf_fabric_probe(const char *path, int64_t now_ns, uint32_t remove_if_idle, gf_probe *out)
+{
+    memset(out, 0, sizeof *out);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return errno == ENOENT ? gf_fail(GF_E_NOTFOUND, "no fabric at %s", path) : fail_errno(path);
+    int rc = GF_OK;
+    struct stat st;
+    struct gf_fabric_hdr h;
+    if (fstat(fd, &st) < 0) { rc = fail_errno("fstat"); goto done; }
+    if (!S_ISREG(st.st_mode)) { rc = gf_fail(GF_E_INVAL, "%s is not a regular file", path); goto done; }
+    out->size = (uint64_t)st.st_size;
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno != EWOULDBLOCK) { rc = fail_errno("flock"); goto done; }
+        out->in_use = 1;
+    }
+    memset(&h, 0, sizeof h);
+    if (st.st_size >= (off_t)sizeof h && pread(fd, &h, sizeof h, 0) != (ssize_t)sizeof h) {
+        rc = fail_errno("read fabric header");
+        goto done;
+    }
+    if (h.ready == GF_READY) {
+        if ((rc = validate(&h, (uint64_t)st.st_size)) < 0)
+            goto done;
+        out->ready = 1;
+        out->lock_pid = h.lock;
+        out->lock_alive = h.lock != 0 && !pid_dead(h.lock);
+        struct gf_lease l;
+        for (uint32_t i = 0; i < h.lease_slots; i++) {
+            if (pread(fd, &l, sizeof l, (off_t)(h.lease_off + (uint64_t)i * sizeof l)) != (ssize_t)sizeof l) {
+                rc = fail_errno("read lease table");
+                goto done;
+            }
+            if (l.id == 0)
+                continue;
+            out->leases_total++;
+            if (l.expires_ns > now_ns && l.dead_tag != (uint32_t)l.id)
+                out->leases_live++;
+            if (l.expires_ns > out->last_expiry_ns)
+                out->last_expiry_ns = l.expires_ns;
+        }
+    } else if (h.magic != GF_MAGIC && h.magic != 0) {
+        rc = gf_fail(GF_E_CORRUPT, "not a grafos fabric: bad magic 0x%016llx", (unsigned long long)h.magic);
+        goto done;
+    } else if (h.magic == GF_MAGIC && h.version != 0 && h.version != GF_LAYOUT_VERSION) {
+        rc = gf_fail(GF_E_VERSION, "fabric has layout version %u, this grafos reads version %u",
+                     h.version, GF_LAYOUT_VERSION);
+        goto done;
+    }
+    if (remove_if_idle && !out->in_use && !out->lock_alive && out->leases_live == 0) {
+        if (unlink(path) < 0) { rc = fail_errno("unlink"); goto done; }
+        out->removed = 1;
+    }
+done:
+    close(fd);     /* lets go of the file lock */
+    return rc;
 }
 
 void gf_fabric_unref(gf_fabric *f)
@@ -498,15 +731,63 @@ static void punch(gf_fabric *f, uint64_t off, uint64_t len)
     memset(f->base + off, 0, len);
 }
 
-static void lease_free(gf_fabric *f, struct gf_lease *l)
+int gf_lease_pin(struct gf_lease *l, uint64_t id)
+{
+    uint32_t cur = 0, me = (uint32_t)getpid();
+    while (!atomic_compare_exchange_strong(&l->pin, &cur, me))
+        if (cur == GF_PIN_CLOSED || cur == me || !pid_dead(cur))
+            return 0;   /* reclaim has begun, or someone else is writing: not now */
+        /* else its holder died mid-write: cur holds that pid, take it over */
+    if (atomic_load(&l->id) == id)
+        return 1;
+    atomic_store(&l->pin, 0);   /* the entry has a new tenant: leave its pin as we found it */
+    return 0;
+}
+
+void gf_lease_unpin(struct gf_lease *l) { atomic_store(&l->pin, 0); }
+
+int gf_test_pin(gf_fabric *f, uint32_t index, uint64_t id)
+{
+    return index < f->lease_slots ? gf_lease_pin(&f->leases[index], id) : GF_E_INVAL;
+}
+
+int gf_test_unpin(gf_fabric *f, uint32_t index)
+{
+    if (index >= f->lease_slots)
+        return GF_E_INVAL;
+    gf_lease_unpin(&f->leases[index]);
+    return GF_OK;
+}
+
+/* Take the pin word for reclaim. 0 if a live process holds it: the region stays
+ * where it is (dead to readers) until a later reap. */
+static int lease_close(struct gf_lease *l)
+{
+    uint32_t cur = 0;
+    for (;;) {
+        if (atomic_compare_exchange_strong(&l->pin, &cur, GF_PIN_CLOSED) || cur == GF_PIN_CLOSED)
+            return 1;
+        if (!pid_dead(cur))
+            return 0;
+        /* its holder died mid-write: cur still holds that pid, take it over */
+    }
+}
+
+/* Returns 1 if the entry was freed, 0 if it had to stay (pinned by a live process). */
+static int lease_free(gf_fabric *f, struct gf_lease *l)
 {
     uint64_t off, size;
+    uint64_t id = ld_acq(&l->id);
     lease_region(l, &off, &size);
     /* dead to readers first, then the memory goes */
+    st_rel(&l->dead_tag, (uint32_t)id);
     st_rel(&l->expires_ns, 0);
+    if (!lease_close(l))
+        return 0;
     st_rel(&l->id, 0);
     if (lease_bounds_ok(f, off, size))
         punch(f, off, size);
+    return 1;
 }
 
 /* off and size are the caller's checked copies of the entry's region */
@@ -537,9 +818,10 @@ int64_t gf_reap(gf_fabric *f, int64_t now_ns, uint64_t *bytes_out)
         if (id != 0 && (ld_acq(&l->expires_ns) <= now_ns || lease_dead(l, id))) {
             uint64_t off, size;
             lease_region(l, &off, &size);
-            bytes += lease_bounds_ok(f, off, size) ? size : 0;
-            lease_free(f, l);
-            n++;
+            if (lease_free(f, l)) {
+                bytes += lease_bounds_ok(f, off, size) ? size : 0;
+                n++;
+            }
         }
     }
     if (bytes_out)
@@ -607,11 +889,15 @@ int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t o
     if (at == UINT64_MAX)
         return gf_fail(GF_E_FULL, "fabric is full: no free region of %llu bytes in a %llu-byte arena",
                        (unsigned long long)need, (unsigned long long)(f->size - f->data_off));
+    punch(f, at, need);     /* nothing of an old tenant reaches the new one */
+    int rc = reserve(f->fd, f->where, at, need, "a lease");
+    if (rc < 0)
+        return rc;
+    populate(f->base + at, need);
     struct gf_lease *l = &f->leases[free_idx];
     uint64_t id = f->hdr->next_lease_id++;
     if (id == 0)
         id = f->hdr->next_lease_id++;
-    punch(f, at, need);     /* nothing of an old tenant reaches the new one */
     l->offset = at;
     l->size = need;
     l->owner_tag = owner_tag;
@@ -619,6 +905,7 @@ int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t o
     l->generation++;
     st_rel(&l->dead_tag, ~(uint32_t)id);   /* whatever tag the last tenant left, not ours */
     st_rel(&l->expires_ns, expires_ns);
+    st_rel(&l->pin, 0);
     st_rel(&l->id, id);
     fill_info(f, free_idx, l, id, at, need, out);
     faa(&f->hdr->meta_epoch, 1);
@@ -752,7 +1039,22 @@ int gf_lease_write(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, cons
     int rc = lease_io(f, index, id, off, len, now_ns, &l, &at);
     if (rc < 0)
         return rc;
+    /* another write holds the pin for one copy: wait for it, boundedly */
+    for (int64_t t0 = gf_mono_ns(); !gf_lease_pin(l, id);) {
+        uint32_t p = ld_acq(&l->pin);
+        if (p == GF_PIN_CLOSED || ld_acq(&l->id) != id)
+            return gf_fail(GF_E_EXPIRED, "lease %llu is being reclaimed", (unsigned long long)id);
+        if (gf_mono_ns() - t0 > ATTACH_WAIT_NS)
+            return gf_fail(GF_E_TIMEOUT, "lease %llu: pid %u has held its write pin for over 2 s",
+                           (unsigned long long)id, p);
+        sched_yield();
+    }
+    if (!gf_lease_alive(l, id, now_ns)) {
+        gf_lease_unpin(l);
+        return gf_fail(GF_E_EXPIRED, "lease %llu has expired", (unsigned long long)id);
+    }
     memcpy(f->base + at, buf, len);
+    gf_lease_unpin(l);
     return f->durable ? gf_dsync(f, f->base + at, len) : GF_OK;
 }
 

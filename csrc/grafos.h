@@ -27,6 +27,7 @@
 #define GF_E_ABANDONED -12    /* our slot was reclaimed after the bounded wait */
 #define GF_E_PERM      -13    /* ownership/permission check refused the fabric */
 #define GF_E_BUFFER    -14    /* caller's buffer too small for one message */
+#define GF_E_NOSPACE   -15    /* the filesystem holding the fabric cannot reserve the pages */
 
 /* Offsets are below 2^GF_OFFSET_BITS: gf_send packs (partition << 48 | offset). */
 #define GF_OFFSET_BITS  48
@@ -118,6 +119,20 @@ typedef struct {
     uint32_t reserved;
 } gf_ring_state;
 
+/* What `grafos gc` needs to know about a fabric file without attaching to it. */
+typedef struct {
+    uint64_t size;
+    uint64_t leases_live;     /* leases not yet expired */
+    uint64_t leases_total;
+    int64_t last_expiry_ns;   /* latest expiry among the leases (0 if none) */
+    uint32_t in_use;          /* a process has it open (holds its file lock) */
+    uint32_t ready;           /* its creator finished it (0: abandoned if not in use) */
+    uint32_t lock_pid;        /* holder of the metadata lock, 0 if free */
+    uint32_t lock_alive;      /* ... and that process is alive */
+    uint32_t removed;         /* it was idle and remove_if_idle removed it */
+    uint32_t reserved;
+} gf_probe;
+
 const char *gf_last_error(void);
 int64_t gf_now_ns(void);
 
@@ -125,6 +140,11 @@ int64_t gf_now_ns(void);
 gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32_t flags,
                           uint32_t lease_slots, uint32_t meta_slots, int *err);
 void gf_fabric_close(gf_fabric *f);
+/* Look at the fabric file at `path` without attaching: who holds it, which leases
+ * live at now_ns. With remove_if_idle, unlink it (under its file lock) if nobody
+ * has it open, no live process holds its metadata lock, and every lease has
+ * expired (or it was abandoned before it was ready). */
+int gf_fabric_probe(const char *path, int64_t now_ns, uint32_t remove_if_idle, gf_probe *out);
 int gf_fabric_info_get(gf_fabric *f, gf_fabric_info *out);
 void gf_fabric_set_stall(gf_fabric *f, int64_t stall_ns);
 /* Durable commits (file fabrics): appends and metadata changes are msync'ed
@@ -233,6 +253,19 @@ void gf_memcpy_bench(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t re
 /* Test hooks: hold the metadata lock, or leave a slot half-written, as a killed process would;
  * finish the write of a claimed offset, as a writer descheduled after its claim would. */
 int64_t gf_test_claim_slot(gf_ring *r);
+/* At fault point `point` (GF_FAULT_*), `action`: 0 nothing, GF_FAULT_EXIT _exit(77),
+ * GF_FAULT_STOP raise SIGSTOP (a parent continues it). One point at a time. */
+int gf_test_fault(int point, int action);
+/* Hold / let go the write pin of lease (index, id) as a reader mid-abandon would. */
+int gf_test_pin(gf_fabric *f, uint32_t index, uint64_t id);
+int gf_test_unpin(gf_fabric *f, uint32_t index);
+#define GF_FAULT_EXIT 1
+#define GF_FAULT_STOP 2
+#define GF_FAULT_ABANDON        1   /* a reader about to mark a dead writer's slot abandoned */
+#define GF_FAULT_CREATE_OPENED  10  /* fabric creation: file made, nothing else */
+#define GF_FAULT_CREATE_SIZED   11  /* ... sized (ftruncate) */
+#define GF_FAULT_CREATE_MAPPED  12  /* ... tables reserved and mapped */
+#define GF_FAULT_CREATE_HALF    13  /* ... header half written, not ready */
 int gf_test_publish(gf_ring *r, uint64_t n, const uint8_t *val, uint32_t vlen);
 
 /* cdef-end */

@@ -16,7 +16,7 @@
 #include <stdatomic.h>
 
 #define GF_MAGIC          0x314f4641524721ULL  /* "!GRAFO1\0" little-endian */
-#define GF_LAYOUT_VERSION 1u
+#define GF_LAYOUT_VERSION 2u
 #define GF_READY          0x52454459u          /* "YDER": written last at creation */
 #define GF_HDR_SIZE       4096u
 #define GF_PAGE           4096u
@@ -85,8 +85,17 @@ struct gf_lease {
      * reading says (a clock stepped back never resurrects it). Tagged with the
      * id, so a late store by a slow observer cannot kill the entry's next tenant. */
     _Atomic uint32_t dead_tag;
-    uint64_t pad2;
+    /* 56: who may write into the region outside the slot protocol (a reader
+     * marking a dead writer's slot abandoned, a MemLease.write): 0 nobody, else
+     * the pid of the process doing it, GF_PIN_CLOSED once reclaim has begun.
+     * A pin is taken by CAS from 0 and then the id checked, and reclaim takes
+     * the word by CAS from 0 (or from a dead pid) before it frees the region,
+     * so nobody writes into a region after it has been handed to another lease. */
+    _Atomic uint32_t pin;
+    uint32_t pad2;
 };
+#define GF_PIN_CLOSED 0xFFFFFFFFu
+_Static_assert(offsetof(struct gf_lease, pin) == 56, "lease pin");
 _Static_assert(sizeof(struct gf_lease) == 64, "lease entry");
 
 /* ---- metadata table entry ----------------------------------------------

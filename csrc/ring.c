@@ -327,7 +327,7 @@ int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
     /* all or nothing: check every message before claiming any offset */
     for (uint32_t i = 0; i < count; i++)
         if ((rc = check_msg(r, keys ? key_lens[i] : 0u, 0, val_lens[i])) < 0)
-            return gf_fail(GF_E_TOOBIG, "batch message %u: %s", i, gf_last_error());
+            return gf_fail_prefix(GF_E_TOOBIG, "batch message %u", i);
     if ((rc = check_alive(r, now)) < 0)
         return rc;
     int64_t first = claim(r, count);
@@ -374,7 +374,7 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
     for (uint32_t i = 0; i < count; i++) {
         int rc = check_msg(tightest, keys ? key_lens[i] : 0u, 0, val_lens[i]);
         if (rc < 0)
-            return gf_fail(GF_E_TOOBIG, "batch message %u: %s", i, gf_last_error());
+            return gf_fail_prefix(GF_E_TOOBIG, "batch message %u", i);
     }
     for (uint32_t p = 0; p < n; p++) {
         int rc = check_alive(rings[p], now);
@@ -581,11 +581,17 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             c->stall_tail = tail;
         }
         if (mono - c->stall_since >= r->f->stall_ns) {
+            GF_FAULT(GF_FAULT_ABANDON);
+            /* the region may have been reclaimed and handed on since we looked:
+             * write into it only while pinned to our lease */
+            if (!gf_lease_pin(r->lease, r->lease_id))
+                break;
             if (atomic_compare_exchange_strong(&s->seq, &seq, want | GF_SEQ_ABANDONED)) {
                 faa(&r->hdr->abandoned, 1);
                 c->abandoned++;
                 pos++;
             }
+            gf_lease_unpin(r->lease);
             continue;
         }
         int64_t deadline = c->stall_since + r->f->stall_ns;

@@ -6,6 +6,9 @@ fits, the class is also that builtin (``MessageTooLarge`` is a ``ValueError``,
 """
 from __future__ import annotations
 
+import errno
+from typing import Mapping, Sequence
+
 
 class GrafosError(Exception):
     """Base of every grafos error."""
@@ -21,6 +24,22 @@ class InvalidType(GrafosError, TypeError):
 
 class FabricFull(GrafosError):
     """No room: the arena, the lease table or the metadata table is full."""
+
+
+class NoSpace(FabricFull, OSError):
+    """The filesystem holding the fabric cannot reserve the pages a lease or the
+    fabric's tables need (``errno`` is ``ENOSPC``). Raised when the space is
+    handed out, so no later write can fault on a full filesystem."""
+
+    def __init__(self, message: str) -> None:
+        OSError.__init__(self, errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+class SpaceWarning(UserWarning):
+    """A fabric was created larger than the free space of the filesystem holding it."""
 
 
 class LeaseExpired(GrafosError):
@@ -77,8 +96,40 @@ class BufferTooSmall(GrafosError, ValueError):
 
 
 class Fenced(GrafosError):
-    """A consumer-group member lost the partition to another member."""
+    """A consumer-group member lost partitions to another member: its commit for
+    them was refused. ``partitions`` are the fenced ones, ``owners`` who owns
+    each now (None: nobody), ``committed`` what was committed for the others."""
+
+    def __init__(self, message: str = "", *, group: str = "", topic: str = "", member: str = "",
+                 partitions: Sequence[int] = (), owners: Mapping[int, str | None] | None = None,
+                 committed: Mapping[int, int] | None = None) -> None:
+        self.group = group
+        self.topic = topic
+        self.member = member
+        self.partitions = sorted(partitions)
+        self.owners = dict(owners or {})
+        self.committed = dict(committed or {})
+        if not message:
+            message = (f"member {member!r} of group {group!r} no longer owns partition(s) "
+                       f"{self.partitions} of {topic!r} (owners now: {self.owners}); "
+                       f"committed only {sorted(self.committed)}")
+        super().__init__(message)
+
+    def __reduce__(self):  # noqa: ANN204 - keyword fields survive pickling (multiprocessing)
+        return (_fenced, (str(self), self.group, self.topic, self.member, self.partitions,
+                          self.owners, self.committed))
 
 
 class UnsupportedPlatform(GrafosError, ImportError):
     """grafos runs on Linux only."""
+
+
+class NotPortable(GrafosError, TypeError):
+    """A handle that cannot cross a process boundary: an in-process fabric (or
+    state kept in this process) pickled, or used in a child after ``fork``."""
+
+
+def _fenced(message: str, group: str, topic: str, member: str, partitions: Sequence[int],
+            owners: Mapping[int, str | None], committed: Mapping[int, int]) -> Fenced:
+    return Fenced(message, group=group, topic=topic, member=member, partitions=partitions,
+                  owners=owners, committed=committed)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from . import _validate
 from ._check import check, raise_for
 from ._clock import now_ns, to_ns
 from ._native import ffi, lib
-from .errors import FabricIOError, InvalidArgument, LeaseExpired, NotFound
+from .errors import FabricIOError, InvalidArgument, LeaseExpired, NotFound, NotPortable, SpaceWarning
 
 DEFAULT_SIZE = 256 << 20          #: default arena size: sparse, untouched pages cost nothing
 SHM_DIR = "/dev/shm"
@@ -106,6 +107,9 @@ class Fabric:
             flags |= lib.GF_OPEN_TRUST_ANY
         self = cls.__new__(cls)
         self._setup(fpath, size or 0, mode, flags, lease_slots, meta_slots, kind, name)
+        self._trust_any = trust_any
+        if kind == "named":
+            self._warn_if_oversized()
         if durability == "fsync":
             self._make_durable()
         return self
@@ -126,6 +130,22 @@ class Fabric:
             self.close()
             raise
         self.durability = "fsync"
+
+    def _warn_if_oversized(self) -> None:
+        """A new named fabric larger than what /dev/shm has free will run out of
+        space before it is full: say so now, with what to do about it (creating
+        topics past the space raises NoSpace; nothing faults)."""
+        info = self.info()
+        if not info.created:
+            return
+        st = os.statvfs(os.path.dirname(self.path or SHM_DIR))
+        free = st.f_bavail * st.f_frsize + info.blocks * 512   # + what the new tables took
+        if info.total_size > free:
+            warnings.warn(
+                f"named fabric {self.name!r} is {info.total_size} bytes but {SHM_DIR} has only "
+                f"{free} bytes free: topics past that raise NoSpace. Give {SHM_DIR} more "
+                "(docker run --shm-size=1g), share the host's (docker run --ipc=host), or keep "
+                "the bus in a file on disk (TopicManager.open(path=...))", SpaceWarning, stacklevel=3)
 
     @staticmethod
     def unlink(name: str) -> bool:
@@ -158,6 +178,8 @@ class Fabric:
         self._flock = _file_lock(path, self)
         self._join_depth = 0
         self._closed = False
+        self._trust_any = False
+        self._generation = _FORK_GENERATION   # which side of a fork made this handle
         self.durability = "none"
         #: default seconds :meth:`locked` waits for a live holder (lower it to bound every call)
         self.lock_timeout = LOCK_TIMEOUT
@@ -187,7 +209,29 @@ class Fabric:
     def handle(self):  # noqa: ANN201 - cffi pointer
         if self._closed:
             raise InvalidArgument("fabric is closed")
+        if self._generation != _FORK_GENERATION:
+            self.check_process()
         return self._h
+
+    def check_process(self) -> None:
+        """Raise NotPortable if this is an in-process fabric of a parent process
+        used in a child after ``fork``: its memory and locks belong to the
+        parent (a lock a parent thread held at the fork would never be let go).
+        Named and file fabrics work in a fork child (they are opened by name)."""
+        if self._generation != _FORK_GENERATION and self.kind == "in-process":
+            raise NotPortable(
+                "this in-process fabric belongs to the process that made it; a child started by fork "
+                "cannot use it. Share the bus by name instead: TopicManager.open(name) or "
+                "TopicManager.open(path=...), then open it (or pass the manager) in the child")
+
+    def __reduce__(self):  # noqa: ANN204 - pickles to what re-attaches it
+        if self.kind == "in-process":
+            raise NotPortable(
+                "an in-process fabric lives in this process's memory and cannot be pickled into another "
+                "process: share the bus by name, Fabric.open(name) / TopicManager.open(name), or by file, "
+                "path=...")
+        return (_reattach, (self.name, None if self.name is not None else self.path, self._trust_any,
+                            self.durability))
 
     def info(self) -> FabricInfo:
         out = ffi.new("gf_fabric_info *")
@@ -213,6 +257,7 @@ class Fabric:
         ``timeout`` defaults to :attr:`lock_timeout` seconds."""
         if timeout is None:
             timeout = self.lock_timeout
+        self.check_process()      # before the thread lock: a forked child must not wait on it
         fl = self._flock
         with fl.rlock:        # one thread of this process at a time, whichever handle it uses
             first = fl.depth == 0
@@ -317,6 +362,46 @@ class Fabric:
         return lib.gf_meta_epoch(self.handle)
 
 
+@dataclass(frozen=True)
+class FabricUsage:
+    """Who uses a fabric file, seen from outside (:func:`probe`)."""
+
+    path: str
+    size: int
+    in_use: bool          #: some process has it open
+    ready: bool           #: its creator finished it (False and not in use: abandoned)
+    lock_pid: int         #: holder of the metadata lock (0: free)
+    lock_alive: bool      #: ... and that process is alive
+    leases_live: int      #: leases not yet expired
+    leases_total: int
+    last_expiry: float    #: latest expiry among its leases, seconds since the epoch (0.0: none)
+    removed: bool = False
+
+    @property
+    def idle(self) -> bool:
+        """Nobody has it open, no live process holds its lock, every lease expired."""
+        return not self.in_use and not self.lock_alive and self.leases_live == 0
+
+
+def probe(path: str, *, now: float | None = None, remove_if_idle: bool = False) -> FabricUsage:
+    """Look at the fabric file ``path`` without attaching to it; with
+    ``remove_if_idle`` remove it if it is :attr:`~FabricUsage.idle` (the check
+    and the removal under the file's lock, so no process attaches in between)."""
+    out = ffi.new("gf_probe *")
+    check(lib.gf_fabric_probe(os.fsencode(path), now_ns(now), bool(remove_if_idle), out), path)
+    return FabricUsage(path, out.size, bool(out.in_use), bool(out.ready), out.lock_pid, bool(out.lock_alive),
+                       out.leases_live, out.leases_total, out.last_expiry_ns / 1e9, bool(out.removed))
+
+
+def named_fabrics() -> list[str]:
+    """Names of the named fabrics on this machine (files under /dev/shm)."""
+    try:
+        entries = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return []
+    return sorted(e[len(SHM_PREFIX):] for e in entries if e.startswith(SHM_PREFIX))
+
+
 def _meta_key(key: str, what: str = "metadata key") -> bytes:
     if not isinstance(key, str):
         raise _validate.InvalidType(f"{what} must be a str, not {type(key).__name__}")
@@ -338,6 +423,28 @@ class _FileLock:
 
 _FILE_LOCKS: "weakref.WeakValueDictionary[tuple, _FileLock]" = weakref.WeakValueDictionary()
 _FILE_LOCKS_GUARD = threading.Lock()
+_FORK_GENERATION = 0
+
+
+def _after_fork_in_child() -> None:
+    """A fork child has one thread: locks other threads of the parent held are
+    held for ever. Start the child's in-process side of every lock afresh (the
+    shared metadata lock holds a pid, which is not the child's), and make the
+    parent's in-process fabrics foreign to it."""
+    global _FILE_LOCKS_GUARD, _FORK_GENERATION
+    _FORK_GENERATION += 1
+    _FILE_LOCKS_GUARD = threading.Lock()
+    for fl in list(_FILE_LOCKS.values()):
+        fl.rlock = threading.RLock()
+        fl.depth = 0
+        fl.owner = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _reattach(name: str | None, path: str | None, trust_any: bool, durability: str) -> "Fabric":
+    return Fabric.open(name, path=path, create=False, trust_any=trust_any, durability=durability)
 
 
 def _file_lock(path: str | None, fabric: "Fabric") -> _FileLock:

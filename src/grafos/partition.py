@@ -166,8 +166,16 @@ class Partition:
             ffi.from_buffer("uint32_t[]", klens) if keys is not None else ffi.NULL,
             ffi.from_buffer("uint8_t[]", vals), ffi.from_buffer("uint32_t[]", vlens), ts)
         if rc < 0:
-            self._raise(rc, -1)
+            self._raise(rc, self._batch_size(rc, vlens, klens if keys is not None else None))
         return rc
+
+    def _batch_size(self, rc: int, vlens: np.ndarray, klens: np.ndarray | None) -> int:
+        """The size of the first message of a refused batch that does not fit (-1 if none)."""
+        if rc != lib.GF_E_TOOBIG:
+            return -1
+        sizes = vlens.astype(np.int64) + (klens if klens is not None else 0)
+        over = np.flatnonzero(sizes > self.room)
+        return int(sizes[over[0]]) if len(over) else -1
 
     def _raise(self, rc: int, size: int) -> None:
         if rc == lib.GF_E_TOOBIG:

@@ -141,7 +141,7 @@ class Template:
         regs = [("hdr", 0, 256, [0, 8, 12, 16, 24, 32, 36, 40, 48, 56, 60, 64, 72, 128, 136, 192, 196, 200])]
         for i in range(nleases):
             start = lease_off + 64 * i
-            regs.append(("lease", start, 64, [0, 8, 16, 24, 32, 40, 48, 52]))
+            regs.append(("lease", start, 64, [0, 8, 16, 24, 32, 40, 48, 52, 56]))
             lid, off, size = struct.unpack_from("<QQQ", d, start + 8)
             if lid == 0:
                 continue

@@ -148,12 +148,13 @@ def describe(name: str, topic: str, as_json: bool) -> None:
         c = d.config
         table = Table(title=f"{topic} on {name}: {c.num_partitions} partition(s) of "
                             f"{c.partition_capacity} x {c.partition_stride} B, retention {_ttl(c.retention_secs)}")
-        for col in ("part", "earliest", "latest", "messages", "lost", "abandoned", "TTL", "lease"):
+        for col in ("part", "earliest", "latest", "messages", "lost", "abandoned", "TTL", "lease",
+                    "incarnation"):
             table.add_column(col, justify="right")
         for p in d.partitions:
             table.add_row(str(p.partition), str(p.earliest), str(p.latest), str(p.latest - p.earliest),
                           str(p.lost), str(p.abandoned), _ttl(p.ttl_remaining) if p.alive else "expired",
-                          str(p.lease_id) if p.alive else "-")
+                          str(p.lease_id) if p.alive else "-", f"{p.incarnation:012x}" if p.incarnation else "-")
         _console().print(table)
         click.echo(f"produced {d.produced}, lost to overwrite {d.lost}")
 
@@ -162,7 +163,7 @@ def describe(name: str, topic: str, as_json: bool) -> None:
 def _group_rows(mgr: Any) -> list[dict[str, Any]]:
     """Every group the bus knows: consumer groups with state in the fabric
     (members, claims) and plain offset commits in the fabric offset store."""
-    from ..mq.group import ConsumerGroup, GroupPartition, _lag, list_groups
+    from ..mq.group import ConsumerGroup, GroupPartition, _lag, current_commit, list_groups
     from ..mq.offset import FabricOffsetStore
 
     store = FabricOffsetStore(mgr)
@@ -182,14 +183,17 @@ def _group_rows(mgr: Any) -> list[dict[str, Any]]:
                 row["stale_members"] = d.stale_members
             else:
                 tp = mgr.describe(t)
+                topic = mgr.topic(t)
                 row["stale_threshold_secs"] = None
                 row["members"] = []
                 row["stale_members"] = []
                 row["partitions"] = []
                 for p in tp.partitions:
                     c = committed[(g, t)].get(p.partition)
+                    current, stale = current_commit(store, g, topic, p.partition)
                     row["partitions"].append(asdict(GroupPartition(
-                        p.partition, None, 0, c, p.earliest, p.latest, _lag(c, p.earliest, p.latest))))
+                        p.partition, None, 0, c, p.earliest, p.latest,
+                        _lag(current, p.earliest, p.latest), stale)))
             row["lag"] = sum(p["lag"] for p in row["partitions"])
         except GrafosError as e:
             row.update(members=[], partitions=[], stale_members=[], lag=None, error=str(e))
@@ -236,11 +240,18 @@ def groups(name: str, topic: str | None, as_json: bool) -> None:
             pt = Table()
             for col in ("part", "owner", "epoch", "committed", "latest", "lag"):
                 pt.add_column(col, justify="left" if col == "owner" else "right")
+            stale = []
             for p in r["partitions"]:
-                pt.add_row(str(p["partition"]), p["owner"] or "-", str(p["epoch"]),
-                           "-" if p["committed"] is None else str(p["committed"]),
+                committed = "-" if p["committed"] is None else str(p["committed"])
+                if p["stale_commit"]:
+                    committed += " (earlier incarnation)"
+                    stale.append(p["partition"])
+                pt.add_row(str(p["partition"]), p["owner"] or "-", str(p["epoch"]), committed,
                            str(p["latest"]), str(p["lag"]))
             con.print(pt)
+            if stale:
+                con.print(f"partition(s) {','.join(map(str, stale))}: the commit belongs to an earlier "
+                          "incarnation (the topic was restarted); the group resumes at the earliest offset")
 
 
 # ---- tail / produce -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ..errors import Fenced, InvalidArgument
 from ..message import Message
 from ..partition import MAX_OFFSET
 from ..reader import Batch, Reader
-from .offset import OffsetStore
+from .offset import OffsetStore, commit_many, committed_entry
 from .topic import Topic, TopicManager
 
 __all__ = ["Consumer", "SeekPolicy", "Message"]
@@ -69,6 +69,22 @@ class Consumer(PollPath):
         self._epoch = -1    # fabric metadata epoch when the topic was last re-read after an expiry
         self._next_look = 0.0   # monotonic time before which we do not re-read it again
         self.consumed = 0
+        #: partitions a Committed seek started at the earliest offset because the
+        #: commit belonged to an earlier incarnation (the topic was restarted)
+        self.reset_by_incarnation = 0
+
+    # ---- crossing processes -------------------------------------------------------
+    def __reduce__(self):  # noqa: ANN204 - settings, assignment and group binding; no positions
+        """A consumer crosses processes as its topic, group, batch size, assignment
+        and group binding. Positions stay behind (they belong to this process's
+        reader): seek in the child, from the committed offsets."""
+        return (Consumer, (self.topic, self.group), {"max_batch": self.max_batch,
+                                                      "assigned": self._assigned, "member": self._member})
+
+    def __setstate__(self, state: dict) -> None:
+        self.max_batch = state["max_batch"]
+        self._assigned = state["assigned"]
+        self._member = state["member"]
 
     # ---- assignment -----------------------------------------------------------
     def assign(self, partitions: Iterable[int]) -> None:
@@ -164,11 +180,21 @@ class Consumer(PollPath):
             elif policy is SeekPolicy.Latest:
                 off = latest
             else:
-                c = store.committed(self.group, self.topic, p)  # type: ignore[union-attr]
-                # A commit beyond the end predates a restart (offsets began again
-                # at 0): everything in the fresh ring is new to the group.
-                off = earliest if c is None or c > latest else max(c, earliest)
+                off = self._committed_start(store, t, p, earliest, latest)
             rd.seek(p, off)
+
+    def _committed_start(self, store: OffsetStore, t: Topic, p: int, earliest: int, latest: int) -> int:
+        """Where ``SeekPolicy.Committed`` puts partition ``p``: the commit, unless it
+        belongs to another incarnation of the partition (the topic was restarted
+        since): then everything in the fresh ring is new to the group."""
+        entry = committed_entry(store, self.group, self.topic, p)
+        if entry is None:
+            return earliest
+        if entry.incarnation is not None and entry.incarnation != t.partition_incarnation(p):
+            self.reset_by_incarnation += 1
+            return earliest
+        # no incarnation recorded: a commit beyond the end can only predate a restart
+        return earliest if entry.offset > latest else max(entry.offset, earliest)
 
     def seek_partition(self, mgr: TopicManager, partition: int, offset: int) -> None:
         """Put one assigned partition at ``offset`` (at most its end)."""
@@ -311,12 +337,13 @@ class Consumer(PollPath):
                 if off > latest:
                     raise InvalidArgument(f"cannot commit offset {off} for partition {p}: beyond its end ({latest})")
             pos = dict(offsets)
+        t = self._t
+        incs = {p: t.partition_incarnation(p) for p in pos if t.lease_ids[p]} if t is not None else None
         if self._member is not None:
             group, member = self._member
-            group.commit(store, member, self.topic, pos)  # type: ignore[attr-defined]
+            group.commit(store, member, self.topic, pos, incarnations=incs)  # type: ignore[attr-defined]
         else:
-            for p, off in pos.items():
-                store.commit(self.group, self.topic, p, off)
+            commit_many(store, self.group, self.topic, pos, incs)
         return pos
 
     def close(self) -> None:

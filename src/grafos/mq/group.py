@@ -54,7 +54,7 @@ from .. import _validate
 from .._clock import now_ns
 from ..errors import CorruptFabric, Fenced, InvalidArgument
 from . import _metakeys
-from .offset import MAX_OFFSET, OffsetStore, commit_many
+from .offset import MAX_OFFSET, Incarnations, OffsetStore, commit_many, committed_entry
 
 if TYPE_CHECKING:
     from ..fabric import Fabric
@@ -91,6 +91,9 @@ class GroupPartition:
     earliest: int
     latest: int
     lag: int                  #: messages still to be consumed by the group
+    #: the commit belongs to an earlier incarnation of the partition (the topic was
+    #: restarted since): the group starts again at the earliest offset
+    stale_commit: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,7 +111,8 @@ class GroupDescription:
     @property
     def consumed(self) -> int:
         """Messages the group has committed past (since the topic's last restart)."""
-        return sum(min(p.committed, p.latest) for p in self.partitions if p.committed is not None)
+        return sum(min(p.committed, p.latest) for p in self.partitions
+                   if p.committed is not None and not p.stale_commit)
 
     @property
     def stale_members(self) -> list[str]:
@@ -254,8 +258,20 @@ def group_lag(mgr: "TopicManager", store: OffsetStore, group: str, topic: str) -
     out = {}
     for p in range(t.n):
         earliest, latest = _bounds(t, p)
-        out[p] = _lag(store.committed(group, topic, p), earliest, latest)
+        committed, _ = current_commit(store, group, t, p)
+        out[p] = _lag(committed, earliest, latest)
     return out
+
+
+def current_commit(store: OffsetStore, group: str, t, p: int) -> tuple[int | None, bool]:  # noqa: ANN001 - Topic
+    """(the group's commit for partition ``p`` of topic ``t`` if it belongs to the
+    partition's current incarnation else None, whether one was dropped as stale)."""
+    e = committed_entry(store, group, t.name, p)
+    if e is None:
+        return None, False
+    if e.incarnation is not None and t.lease_ids[p] and e.incarnation != t.partition_incarnation(p):
+        return None, True
+    return e.offset, False
 
 
 def _bounds(t, p: int) -> tuple[int, int]:   # noqa: ANN001 - Topic
@@ -318,6 +334,15 @@ class ConsumerGroup:
             from ..errors import NotFound
             raise NotFound(f"no group {name!r} on topic {topic!r}")
         return cls(name, topic, cfg.num_partitions, cfg.stale_threshold_secs, mgr=mgr)
+
+    def __reduce__(self):  # noqa: ANN204 - crosses processes as its name and its bus
+        if self.mgr is None:
+            from ..errors import NotPortable
+            raise NotPortable(
+                f"group {self.name!r} keeps its state in this object (no mgr): a copy in another process "
+                "would not see the others' claims. Create it with ConsumerGroup(..., mgr=TopicManager.open(name)) "
+                "so members in every process share it")
+        return (ConsumerGroup, (self.name, self.topic, self.num_partitions, self.stale_threshold_secs, self.mgr))
 
     def __repr__(self) -> str:
         where = "fabric" if self.mgr is not None else "in-process"
@@ -441,7 +466,8 @@ class ConsumerGroup:
         return _validate.integer(p, "partition", 0, self.num_partitions - 1)
 
     # ---- committing ---------------------------------------------------------------------
-    def commit(self, store: OffsetStore, member: str, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+    def commit(self, store: OffsetStore, member: str, topic: str, offsets: Mapping[int, int],
+               *, incarnations: Incarnations | None = None) -> dict[int, int]:
         """Commit ``offsets`` (partition -> next offset to read) for ``member``,
         only for partitions it still owns, atomically with the ownership check.
 
@@ -477,15 +503,12 @@ class ConsumerGroup:
                 else:
                     ok[p] = off
             if ok:
-                commit_many(store, self.name, topic, ok)
+                commit_many(store, self.name, topic, ok,
+                            None if incarnations is None else {p: incarnations[p] for p in ok if p in incarnations})
         if fenced:
             owners = {p: (claims[p].owner if p in claims else None) for p in fenced}
-            err = Fenced(f"member {member!r} of group {self.name!r} no longer owns partition(s) "
-                         f"{sorted(fenced)} of {topic!r} (owners now: {owners}); "
-                         f"committed only {sorted(ok)}")
-            err.partitions = sorted(fenced)      # type: ignore[attr-defined]
-            err.committed = ok                   # type: ignore[attr-defined]
-            raise err
+            raise Fenced(group=self.name, topic=topic, member=member, partitions=fenced,
+                         owners=owners, committed=ok)
         return ok
 
     def consumer(self, member: str, **kw) -> "Consumer":
@@ -513,10 +536,18 @@ class ConsumerGroup:
         parts = []
         for p in range(self.num_partitions):
             c = claims.get(p)
-            committed = store.committed(self.name, self.topic, p) if store is not None else None
+            committed, stale = None, False
+            if store is not None and topic is not None and p < topic.n:
+                committed, stale = current_commit(store, self.name, topic, p)
+                if stale:
+                    entry = committed_entry(store, self.name, self.topic, p)
+                    committed = entry.offset if entry is not None else None
+            elif store is not None:
+                committed = store.committed(self.name, self.topic, p)
             earliest, latest = _bounds(topic, p) if topic is not None and p < topic.n else (0, 0)
             parts.append(GroupPartition(p, c.owner if c else None, c.epoch if c else 0, committed,
-                                        earliest, latest, _lag(committed, earliest, latest)))
+                                        earliest, latest, _lag(None if stale else committed, earliest, latest),
+                                        stale))
         infos = [MemberInfo(m, hb / 1e9, (t - hb) / 1e9, not self._is_live(hb, t),
                             sorted(p for p, c in claims.items() if c.owner == m))
                  for m, hb in sorted(members.items())]

@@ -10,6 +10,14 @@
 Every store has ``committed``/``commit`` (the :class:`OffsetStore` protocol),
 ``commit_many`` (several partitions of one group and topic at once, all or
 nothing) and ``items``. The stores are thread-safe.
+
+Offsets know their incarnation: each commit may record which life of the
+partition (its lease, see :meth:`Topic.partition_incarnation
+<grafos.mq.topic.Topic.partition_incarnation>`) the offset belongs to, and
+:meth:`committed_entry` returns it, so a consumer seeking ``Committed`` after
+the topic was restarted starts at the new ring's earliest offset instead of
+at the old number. A store written for the plain protocol (no
+``committed_entry``) keeps working; its commits just carry no incarnation.
 """
 from __future__ import annotations
 
@@ -18,7 +26,7 @@ import sqlite3
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Mapping, NamedTuple, Protocol, runtime_checkable
 
 from .. import _validate
 from ..errors import CorruptFabric, InvalidArgument
@@ -35,6 +43,37 @@ if TYPE_CHECKING:
 class OffsetStore(Protocol):
     def committed(self, group: str, topic: str, partition: int) -> int | None: ...
     def commit(self, group: str, topic: str, partition: int, offset: int) -> None: ...
+
+
+class CommittedOffset(NamedTuple):
+    offset: int                 #: the next offset to read
+    incarnation: int | None     #: the partition incarnation it belongs to (None: not recorded)
+
+
+Incarnations = Mapping[int, int]   # partition -> incarnation of the offset committed for it
+MAX_INCARNATION = (1 << 48) - 1
+
+
+def committed_entry(store: OffsetStore, group: str, topic: str, partition: int) -> CommittedOffset | None:
+    """The committed offset and, when the store records it, its incarnation."""
+    entry = getattr(store, "committed_entry", None)
+    if entry is not None:
+        return entry(group, topic, partition)
+    off = store.committed(group, topic, partition)
+    return None if off is None else CommittedOffset(off, None)
+
+
+def _check_incarnations(offsets: Mapping[int, int], incarnations: Incarnations | None) -> dict[int, int | None]:
+    if incarnations is None:
+        return {p: None for p in offsets}
+    if not isinstance(incarnations, Mapping):
+        raise _validate.InvalidType(f"incarnations must be a mapping partition -> incarnation, "
+                                    f"not {type(incarnations).__name__}")
+    out: dict[int, int | None] = {}
+    for p in offsets:
+        inc = incarnations.get(p)
+        out[p] = None if inc is None else _validate.integer(inc, "incarnation", 1, MAX_INCARNATION)
+    return out
 
 
 def _check(group: str, topic: str, partition: int, offset: int | None = None) -> None:
@@ -56,12 +95,17 @@ def _check_many(group: str, topic: str, offsets: Mapping[int, int]) -> dict[int,
     return dict(offsets)
 
 
-def commit_many(store: OffsetStore, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+def commit_many(store: OffsetStore, group: str, topic: str, offsets: Mapping[int, int],
+                incarnations: Incarnations | None = None) -> None:
     """``store.commit_many`` when the store has it (atomic), else one commit per
-    partition (checked first, so bad input changes nothing)."""
+    partition (checked first, so bad input changes nothing). ``incarnations``
+    go to stores that record them (those with ``committed_entry``)."""
     many = getattr(store, "commit_many", None)
     if many is not None:
-        many(group, topic, offsets)
+        if incarnations is not None and getattr(store, "committed_entry", None) is not None:
+            many(group, topic, offsets, incarnations=incarnations)
+        else:
+            many(group, topic, offsets)
         return
     offsets = _check_many(group, topic, offsets)
     for p, off in offsets.items():
@@ -73,22 +117,32 @@ class MemOffsetStore:
 
     def __init__(self) -> None:
         self._d: dict[tuple[str, str, int], int] = {}
+        self._inc: dict[tuple[str, str, int], int | None] = {}
         self._lock = threading.Lock()
 
     def committed(self, group: str, topic: str, partition: int) -> int | None:
         _check(group, topic, partition)
         return self._d.get((group, topic, partition))
 
-    def commit(self, group: str, topic: str, partition: int, offset: int) -> None:
-        _check(group, topic, partition, offset)
+    def committed_entry(self, group: str, topic: str, partition: int) -> CommittedOffset | None:
+        _check(group, topic, partition)
+        k = (group, topic, partition)
         with self._lock:
-            self._d[(group, topic, partition)] = offset
+            return CommittedOffset(self._d[k], self._inc.get(k)) if k in self._d else None
 
-    def commit_many(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+    def commit(self, group: str, topic: str, partition: int, offset: int,
+               incarnation: int | None = None) -> None:
+        self.commit_many(group, topic, {partition: offset},
+                         incarnations=None if incarnation is None else {partition: incarnation})
+
+    def commit_many(self, group: str, topic: str, offsets: Mapping[int, int],
+                    incarnations: Incarnations | None = None) -> None:
         offsets = _check_many(group, topic, offsets)
+        incs = _check_incarnations(offsets, incarnations)
         with self._lock:
             for p, off in offsets.items():
                 self._d[(group, topic, p)] = off
+                self._inc[(group, topic, p)] = incs[p]
 
     def items(self) -> dict[tuple[str, str, int], int]:
         with self._lock:
@@ -111,12 +165,14 @@ class SqliteOffsetStore:
             partition  INTEGER NOT NULL,
             next       INTEGER NOT NULL,
             updated_ns INTEGER NOT NULL,
+            incarnation INTEGER,
             PRIMARY KEY (grp, topic, partition)
         ) WITHOUT ROWID
     """
-    _UPSERT = ("INSERT INTO offsets (grp, topic, partition, next, updated_ns) VALUES (?, ?, ?, ?, ?) "
+    _UPSERT = ("INSERT INTO offsets (grp, topic, partition, next, updated_ns, incarnation) "
+               "VALUES (?, ?, ?, ?, ?, ?) "
                "ON CONFLICT (grp, topic, partition) DO UPDATE SET next = excluded.next, "
-               "updated_ns = excluded.updated_ns")
+               "updated_ns = excluded.updated_ns, incarnation = excluded.incarnation")
 
     def __init__(self, path: str | os.PathLike[str], *, durable: bool = True,
                  busy_timeout: float = 5.0) -> None:
@@ -134,10 +190,27 @@ class SqliteOffsetStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._db.execute(self._SCHEMA)
+            self._migrate()
         except sqlite3.DatabaseError as e:
             self._db.close()
             self._db = None
             raise InvalidArgument(f"{self.path!r} is not a usable offset database: {e}") from None
+
+    def _migrate(self) -> None:
+        """Files made before offsets knew their incarnation get the column (NULL:
+        not recorded). Under a write transaction, so two processes opening one
+        old file do not both add it."""
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cols = {row[1] for row in db.execute("PRAGMA table_info(offsets)")}
+            if "incarnation" not in cols:
+                db.execute("ALTER TABLE offsets ADD COLUMN incarnation INTEGER")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
@@ -152,18 +225,30 @@ class SqliteOffsetStore:
                 (group, topic, partition)).fetchone()
         return None if row is None else int(row[0])
 
-    def commit(self, group: str, topic: str, partition: int, offset: int) -> None:
-        self.commit_many(group, topic, {partition: offset})
+    def committed_entry(self, group: str, topic: str, partition: int) -> CommittedOffset | None:
+        _check(group, topic, partition)
+        with self._lock:
+            row = self._conn().execute(
+                "SELECT next, incarnation FROM offsets WHERE grp = ? AND topic = ? AND partition = ?",
+                (group, topic, partition)).fetchone()
+        return None if row is None else CommittedOffset(int(row[0]), None if row[1] is None else int(row[1]))
 
-    def commit_many(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+    def commit(self, group: str, topic: str, partition: int, offset: int,
+               incarnation: int | None = None) -> None:
+        self.commit_many(group, topic, {partition: offset},
+                         incarnations=None if incarnation is None else {partition: incarnation})
+
+    def commit_many(self, group: str, topic: str, offsets: Mapping[int, int],
+                    incarnations: Incarnations | None = None) -> None:
         """Commit several partitions in one transaction."""
         offsets = _check_many(group, topic, offsets)
+        incs = _check_incarnations(offsets, incarnations)
         ts = time.time_ns()
         with self._lock:
             db = self._conn()
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany(self._UPSERT, [(group, topic, p, off, ts) for p, off in offsets.items()])
+                db.executemany(self._UPSERT, [(group, topic, p, off, ts, incs[p]) for p, off in offsets.items()])
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
@@ -194,7 +279,9 @@ class SqliteOffsetStore:
         return f"<SqliteOffsetStore {self.path!r}{' closed' if self._db is None else ''}>"
 
 
-_OFF = struct.Struct("<Q")
+_OFF = struct.Struct("<Q")       # offset | format << 48
+_FMT_INC = 1                     # the offset is followed by a 6-byte incarnation (0: not recorded)
+_INC = 6
 
 
 class FabricOffsetStore:
@@ -203,7 +290,8 @@ class FabricOffsetStore:
     from the offset its predecessor committed. Lives as long as the fabric.
 
     Key ``o/<group>/<topic>/<partition>`` (a digest replaces the names when they
-    are long); value: the offset, then the group and topic names.
+    are long); value: the offset (48 bits) and a format tag in one word, the
+    partition incarnation (6 bytes), then the group and topic names.
     """
 
     def __init__(self, mgr: "TopicManager | Fabric") -> None:
@@ -220,36 +308,58 @@ class FabricOffsetStore:
     def _key(group: str, topic: str, partition: int) -> str:
         return f"{_metakeys.prefix('o', group, topic)}{partition}"
 
+    @staticmethod
+    def _decode(raw: bytes) -> tuple[int, int | None, int]:
+        """(offset, incarnation, where the names start); ValueError if damaged."""
+        if len(raw) < _OFF.size:
+            raise ValueError("short value")
+        (word,) = _OFF.unpack_from(raw)
+        fmt, off = word >> 48, word & MAX_OFFSET
+        if fmt == 0:                          # written without an incarnation
+            return off, None, _OFF.size
+        if fmt != _FMT_INC or len(raw) < _OFF.size + _INC:
+            raise ValueError("unknown format")
+        inc = int.from_bytes(raw[_OFF.size:_OFF.size + _INC], "little")
+        return off, inc or None, _OFF.size + _INC
+
     def committed(self, group: str, topic: str, partition: int) -> int | None:
+        e = self.committed_entry(group, topic, partition)
+        return None if e is None else e.offset
+
+    def committed_entry(self, group: str, topic: str, partition: int) -> CommittedOffset | None:
         _check(group, topic, partition)
         raw = self.fabric.meta_get(self._key(group, topic, partition))
         if raw is None:
             return None
-        if len(raw) < _OFF.size:
-            raise CorruptFabric(f"committed offset of {group}/{topic}/{partition} in the fabric is damaged")
-        off = _OFF.unpack_from(raw)[0]
-        if off > MAX_OFFSET:
-            raise CorruptFabric(f"committed offset of {group}/{topic}/{partition} is out of range: {off}")
-        return off
+        try:
+            off, inc, _ = self._decode(raw)
+        except ValueError:
+            raise CorruptFabric(f"committed offset of {group}/{topic}/{partition} in the fabric is damaged") from None
+        return CommittedOffset(off, inc)
 
-    def commit(self, group: str, topic: str, partition: int, offset: int) -> None:
-        self.commit_many(group, topic, {partition: offset})
+    def commit(self, group: str, topic: str, partition: int, offset: int,
+               incarnation: int | None = None) -> None:
+        self.commit_many(group, topic, {partition: offset},
+                         incarnations=None if incarnation is None else {partition: incarnation})
 
-    def commit_many(self, group: str, topic: str, offsets: Mapping[int, int]) -> None:
+    def commit_many(self, group: str, topic: str, offsets: Mapping[int, int],
+                    incarnations: Incarnations | None = None) -> None:
         """Commit several partitions under one hold of the metadata lock."""
         offsets = _check_many(group, topic, offsets)
+        incs = _check_incarnations(offsets, incarnations)
         names = _metakeys.pack_names(group, topic)
         with self.fabric.locked():
             for p, off in offsets.items():
-                self.fabric.meta_put(self._key(group, topic, p), _OFF.pack(off) + names)
+                value = _OFF.pack(off | _FMT_INC << 48) + (incs[p] or 0).to_bytes(_INC, "little") + names
+                self.fabric.meta_put(self._key(group, topic, p), value)
 
     def items(self) -> dict[tuple[str, str, int], int]:
         out = {}
         for key, raw in self.fabric.meta_items("o/"):
             try:
                 part = int(key.rsplit("/", 1)[1])
-                (off,) = _OFF.unpack_from(raw)
-                (group, topic), _ = _metakeys.unpack_names(raw[_OFF.size:], 2)
+                off, _, at = self._decode(raw)
+                (group, topic), _ = _metakeys.unpack_names(raw[at:], 2)
             except (ValueError, IndexError, struct.error):
                 continue    # not one of ours, or damaged: skip rather than fail a listing
             out[(group, topic, part)] = off

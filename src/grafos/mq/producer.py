@@ -75,6 +75,9 @@ class Producer(SendPath):
         # (mgr, gf_sender*, Topic): replaced whole, never mutated, so threads see a consistent one
         self._bound: tuple = (None, None, None)
 
+    def __reduce__(self):  # noqa: ANN204 - crosses processes as its settings; binds to the child's manager
+        return (Producer, (self.topic, self.partitioner))
+
     def with_partitioner(self, partitioner: Partitioner) -> "Producer":
         if not isinstance(partitioner, Partitioner):
             raise _validate.InvalidType(f"partitioner must be a Partitioner, not {type(partitioner).__name__}")

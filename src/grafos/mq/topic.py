@@ -13,6 +13,8 @@ an expired topic fresh leases (offsets start again at 0).
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import struct
 import threading
 import time
@@ -22,7 +24,7 @@ from .. import _validate
 from .._clock import now_ns, now_s
 from .._crossing import Binding
 from .._native import ffi, lib
-from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, NotFound
+from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, NotFound, NotPortable
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
 from ..partition import Partition, PartitionState
 
@@ -36,6 +38,25 @@ MAX_TOPIC_NAME = 64
 
 _CONFIG = struct.Struct("<IIIIdqQ")    # partitions, capacity, stride, flags, retention, created_ns, incarnation
 _PREF = struct.Struct("<IIQ")          # lease index, pad, lease id
+#: config flag: the topic is being made. Creation runs under the fabric's lock,
+#: so anyone who reads a pending record (under the lock) found a creator that died.
+_PENDING = 1
+_TAG_SHIFT = 16                        # a partition lease's owner_tag: topic tag << 16 | partition
+
+#: fault injection for tests: the creation step at which to _exit (None: never)
+_FAULT_AT: str | None = None
+
+
+def _fault(point: str) -> None:
+    if _FAULT_AT == point:
+        os._exit(77)
+
+
+def _topic_tag(name: str, incarnation: int) -> int:
+    """48 bits naming one incarnation of a topic: the high bits of its partitions'
+    owner tags, so leases of a create that died half-way can be found again."""
+    d = hashlib.blake2b(name.encode() + struct.pack("<Q", incarnation & ((1 << 64) - 1)), digest_size=6)
+    return int.from_bytes(d.digest(), "little")
 
 
 @dataclass(frozen=True)
@@ -73,6 +94,7 @@ class PartitionInfo:
     ttl_remaining: float      #: seconds until the lease expires (0 when expired)
     alive: bool
     lease_id: int
+    incarnation: int = 0      #: which life of the partition (changes on restart); 0 if never made
 
 
 @dataclass(frozen=True)
@@ -91,6 +113,15 @@ class TopicDescription:
         return sum(p.lost for p in self.partitions)
 
 
+def partition_incarnation(topic_incarnation: int, lease_id: int) -> int:
+    """Which life of a partition an offset belongs to: its lease id (never reused
+    within a fabric) together with its topic's incarnation (a creation time, so
+    a topic made again in a new fabric differs too). A nonzero 48-bit number."""
+    d = hashlib.blake2b(struct.pack("<QQ", topic_incarnation & ((1 << 64) - 1), lease_id & ((1 << 64) - 1)),
+                        digest_size=6).digest()
+    return int.from_bytes(d, "little") or 1
+
+
 class Topic:
     """An opened topic: its partitions and the C array the producer hot path uses.
 
@@ -99,12 +130,15 @@ class Topic:
     (the topic was re-read, restarted, deleted, or the manager closed)."""
 
     def __init__(self, name: str, config: TopicConfig, incarnation: int,
-                 partitions: list[Partition | None]) -> None:
+                 partitions: list[Partition | None], lease_ids: list[int] | None = None) -> None:
         self.name = name
         self.config = config
         self.incarnation = incarnation
         self.partitions = partitions
         self.n = len(partitions)
+        #: the lease id each partition's directory entry names (also for reclaimed ones)
+        self.lease_ids = list(lease_ids) if lease_ids is not None else \
+            [p.lease.id if p is not None else 0 for p in partitions]
         self.rings = ffi.new("gf_ring *[]", self.n)
         self.binding = Binding()
         for i, p in enumerate(partitions):
@@ -121,9 +155,21 @@ class Topic:
             raise LeaseExpired(f"topic {self.name!r} partition {i} has expired; restart the topic")
         return p
 
+    def partition_incarnation(self, i: int) -> int:
+        """The incarnation of partition ``i`` as this handle knows it (see
+        :func:`partition_incarnation`); offsets committed in one incarnation
+        mean nothing in the next."""
+        return partition_incarnation(self.incarnation, self.lease_ids[i])
+
 
 def _key(kind: str, name: str, i: int | None = None) -> str:
     return f"{kind}/{name}" if i is None else f"{kind}/{name}/{i}"
+
+
+def _pending(raw: bytes) -> bool:
+    """A directory record of a create that never finished (damaged ones are not:
+    reading them reports the damage)."""
+    return len(raw) == _CONFIG.size and _CONFIG.unpack(raw)[3] & _PENDING != 0
 
 
 def _lease_of_ref(fab: Fabric, ref: bytes) -> MemLease:
@@ -150,8 +196,8 @@ class TopicManager:
              **kw) -> "TopicManager":
         """Create or attach to a named bus (``/dev/shm``) or one in a file.
         ``size`` in bytes is needed only to create it (default 256 MiB, sparse)."""
-        if size is None and name is not None and not Fabric.exists(name):
-            size = DEFAULT_SIZE
+        if size is None and name is not None and kw.get("create", True):
+            size = DEFAULT_SIZE    # used only if it has to be made (also again, after a dead creator)
         fab = Fabric.open(name, path=path, size=size, **kw)
         mgr = cls(fab)
         mgr.fabric.reap()       # lazy reclaim: attaching is one of the moments we reap
@@ -161,6 +207,15 @@ class TopicManager:
     def unlink(name: str) -> bool:
         """Remove a named bus from the system (attached processes keep their mapping)."""
         return Fabric.unlink(name)
+
+    def __reduce__(self):  # noqa: ANN204 - a manager crosses processes as its bus's name or path
+        fab = self.fabric
+        if fab.kind == "in-process":
+            raise NotPortable(
+                "an in-process TopicManager (TopicManager()) lives in this process's memory and cannot be "
+                "pickled into another process: create the bus with TopicManager.open(name) (shared memory) "
+                "or TopicManager.open(path=...) (a file) and pass that")
+        return (TopicManager, (fab,))     # the fabric pickles to its name or path
 
     def close(self) -> None:
         # Partition handles are freed with their last reference (producers and
@@ -186,27 +241,41 @@ class TopicManager:
             raise _validate.InvalidType(f"config must be a TopicConfig, not {type(config).__name__}")
         fab = self.fabric
         with self._lock, fab.locked():
-            if fab.meta_get(_key("t", name)) is not None:
-                raise AlreadyExists(f"topic {name!r} already exists")
+            raw = fab.meta_get(_key("t", name))
+            if raw is not None:
+                if not _pending(raw):
+                    raise AlreadyExists(f"topic {name!r} already exists")
+                self._undo_create(name, raw)      # its creator died half-way
             fab.reap(now)
             incarnation = time.time_ns()
-            refs = self._alloc_partitions(name, config, now)
-            fab.meta_put(_key("t", name), _CONFIG.pack(
-                config.num_partitions, config.partition_capacity, config.partition_stride, 0,
-                config.retention_secs, now_ns(now), incarnation))
+
+            def record(flags: int) -> bytes:
+                return _CONFIG.pack(config.num_partitions, config.partition_capacity, config.partition_stride,
+                                    flags, config.retention_secs, now_ns(now), incarnation)
+            fab.meta_put(_key("t", name), record(_PENDING))
+            _fault("pending")
+            try:
+                refs = self._alloc_partitions(name, config, now, _topic_tag(name, incarnation))
+            except BaseException:
+                fab.meta_del(_key("t", name))
+                raise
+            _fault("refs")
+            fab.meta_put(_key("t", name), record(0))
             topic = Topic(name, config, incarnation, refs)
             self._cache(name, topic)
             return topic
 
-    def _alloc_partitions(self, name: str, config: TopicConfig, now: float | None) -> list[Partition | None]:
+    def _alloc_partitions(self, name: str, config: TopicConfig, now: float | None,
+                          tag: int) -> list[Partition | None]:
         """Acquire and format one lease per partition; all or nothing."""
         fab = self.fabric
         made: list[Partition] = []
         try:
             for i in range(config.num_partitions):
                 p = Partition.create(fab, config.partition_capacity, config.partition_stride,
-                                     ttl=config.retention_secs, owner_tag=i, now=now)
+                                     ttl=config.retention_secs, owner_tag=tag << _TAG_SHIFT | i, now=now)
                 made.append(p)
+                _fault("lease")
             for i, p in enumerate(made):
                 fab.meta_put(_key("p", name, i), _PREF.pack(p.lease.index, 0, p.lease.id))
         except BaseException:
@@ -218,6 +287,27 @@ class TopicManager:
                     pass
             raise
         return list(made)
+
+    def _undo_create(self, name: str, raw: bytes) -> None:
+        """Remove what a creator that died half-way through :meth:`create` left:
+        the leases it took (found by their owner tag, referenced or not), their
+        directory entries and the pending record. Under the fabric lock."""
+        fab = self.fabric
+        try:
+            n, *_rest, incarnation = _CONFIG.unpack(raw)
+        except struct.error:
+            n, incarnation = MAX_PARTITIONS, None
+        tag = _topic_tag(name, incarnation) if incarnation is not None else None
+        for lease in fab.leases():
+            try:
+                if tag is not None and lease.info().owner_tag >> _TAG_SHIFT == tag:
+                    lease.release()
+            except (LeaseExpired, NotFound):
+                pass
+        for i in range(min(n, MAX_PARTITIONS)):
+            fab.meta_del(_key("p", name, i))
+        fab.meta_del(_key("t", name))
+        self._uncache(name)
 
     def delete(self, name: str) -> None:
         """Delete a topic and give its memory back now."""
@@ -243,30 +333,48 @@ class TopicManager:
         name = _validate.name(name, "topic name", MAX_TOPIC_NAME)
         fab = self.fabric
         with self._lock, fab.locked():
-            cfg = self._config(self._record(name))
+            raw = self._record(name)
+            cfg = self._config(raw)
+            tag = _topic_tag(name, _CONFIG.unpack(raw)[6])
             fab.reap(now)
+            refs = {}
             for i in range(cfg.num_partitions):
                 ref = fab.meta_get(_key("p", name, i))
-                alive = False
                 if ref is not None:
-                    alive = not _lease_of_ref(fab, ref).expired(now)
+                    refs[i] = _lease_of_ref(fab, ref)
+            self._release_orphans(tag, {lease.id for lease in refs.values()})
+            for i in range(cfg.num_partitions):
+                alive = i in refs and not refs[i].expired(now)
                 if not alive:
                     p = Partition.create(fab, cfg.partition_capacity, cfg.partition_stride,
-                                         ttl=cfg.retention_secs, owner_tag=i, now=now)
+                                         ttl=cfg.retention_secs, owner_tag=tag << _TAG_SHIFT | i, now=now)
+                    _fault("restart-lease")
                     fab.meta_put(_key("p", name, i), _PREF.pack(p.lease.index, 0, p.lease.id))
             self._uncache(name)
             return self._load(name, now)
 
+    def _release_orphans(self, tag: int, referenced: set[int]) -> None:
+        """Release leases of this topic incarnation that no partition entry names:
+        what a restart that died between taking a lease and recording it left."""
+        for lease in self.fabric.leases():
+            try:
+                if lease.id not in referenced and lease.info().owner_tag >> _TAG_SHIFT == tag:
+                    lease.release()
+            except (LeaseExpired, NotFound):
+                pass
+
     def topics(self) -> list[str]:
-        return sorted(k[2:] for k, _ in self.fabric.meta_items("t/"))
+        return sorted(k[2:] for k, raw in self.fabric.meta_items("t/") if not _pending(raw))
 
     def exists(self, name: str) -> bool:
-        return self.fabric.meta_get(_key("t", _validate.name(name, "topic name", MAX_TOPIC_NAME))) is not None
+        raw = self.fabric.meta_get(_key("t", _validate.name(name, "topic name", MAX_TOPIC_NAME)))
+        return raw is not None and not _pending(raw)
 
     def _record(self, name: str) -> bytes:
-        """The topic's directory record (read under the fabric lock); NotFound if there is none."""
+        """The topic's directory record (read under the fabric lock); NotFound if
+        there is none (a create that never finished made none)."""
         raw = self.fabric.meta_get(_key("t", name))
-        if raw is None:
+        if raw is None or _pending(raw):
             raise NotFound(f"no topic {name!r}")
         return raw
 
@@ -286,17 +394,20 @@ class TopicManager:
             cfg = self._config(raw)
             incarnation = _CONFIG.unpack(raw)[6]
             parts: list[Partition | None] = []
+            lease_ids: list[int] = []
             for i in range(cfg.num_partitions):
                 ref = fab.meta_get(_key("p", name, i))
                 p = None
+                lease_ids.append(0)
                 if ref is not None and len(ref) == _PREF.size:
                     idx, _, lid = _PREF.unpack(ref)
+                    lease_ids[-1] = lid
                     try:
                         p = Partition(fab, MemLease(fab, idx, lid))
                     except (LeaseExpired, NotFound):
                         p = None   # expired and reclaimed: reads as empty until restart
                 parts.append(p)
-        t = Topic(name, cfg, incarnation, parts)
+        t = Topic(name, cfg, incarnation, parts, lease_ids)
         self._cache(name, t)
         return t
 
@@ -314,6 +425,7 @@ class TopicManager:
 
     def topic(self, name: str) -> Topic:
         """The opened topic (cached; re-read from the directory by :meth:`refresh`)."""
+        self.fabric.check_process()
         t = self._topics.get(name)
         if t is not None:
             return t
@@ -344,13 +456,14 @@ class TopicManager:
         t = self.refresh(name)
         infos = []
         for i, p in enumerate(t.partitions):
+            inc = t.partition_incarnation(i) if t.lease_ids[i] else 0
             if p is None:
-                infos.append(PartitionInfo(i, 0, 0, 0, 0, 0.0, False, 0))
+                infos.append(PartitionInfo(i, 0, 0, 0, 0, 0.0, False, 0, inc))
                 continue
             st: PartitionState = p.state(now)
             ttl = max(0.0, st.expires_at - now_s(now)) if st.alive else 0.0
             infos.append(PartitionInfo(i, st.earliest, st.latest, st.lost, st.abandoned, ttl,
-                                       st.alive, p.lease.id))
+                                       st.alive, p.lease.id, inc))
         return TopicDescription(name, t.config, infos)
 
     def stats(self, name: str, now: float | None = None) -> dict[str, int]:
