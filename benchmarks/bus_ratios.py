@@ -1,4 +1,4 @@
-"""Issue #3's targets side by side, in one process and one run.
+"""The bus's single-message goals side by side, in one process and one run.
 
 * ``Producer.send_keyed(mgr, key, value)`` (16-byte key, 100-byte value, 4
   partitions) against ``queue.Queue().put(value)``: target >= 2 M msg/s and

@@ -1,4 +1,4 @@
-"""Side-by-side ratios for the core targets of issue #2, measured in one run.
+"""Side-by-side ratios for the core goals, measured in one run.
 
 What it measures (all in one process, 16-byte keys):
 

@@ -1,4 +1,4 @@
-"""Core benchmarks (issue #2): single append vs queue.Queue.put, batch append
+"""Core benchmarks: single append vs queue.Queue.put, batch append
 and batch read of 100-byte messages, and the batch path with 4 KiB messages
 next to memcpy. Each benchmark reports messages/s (and payload bytes/s) in
 pytest-benchmark's ``extra_info``; the session ends with a ratio table

@@ -1,4 +1,4 @@
-"""The core benchmark workloads of issue #2, shared by ``test_bench_core.py``
+"""The core benchmark workloads, shared by ``test_bench_core.py``
 (pytest-benchmark) and ``core_ratios.py`` (interleaved side-by-side ratios).
 
 Every workload is one timed call that moves a known number of messages:
