@@ -1,27 +1,24 @@
-"""The README's walkthrough snippet runs as written."""
+"""The README's Python examples run as written (each block on its own, in a
+fresh interpreter, as a reader would paste it)."""
 from __future__ import annotations
 
 import pathlib
 import re
+import subprocess
+import sys
 
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+import pytest
 
-
-def _walkthrough_snippet() -> str:
-    text = README.read_text()
-    section = text.split("## The walkthrough", 1)[1]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "README has no python block under 'The walkthrough'"
-    return match.group(1)
+README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
-def test_readme_walkthrough_should_run_and_do_what_it_says():
-    scope: dict = {}
-    exec(compile(_walkthrough_snippet(), str(README), "exec"), scope)   # noqa: S102 - our own README
-    mgr = scope["mgr"]
-    assert mgr.topics() == ["events", "events-dlq"]
-    # the keyed order landed on Kafka's partition for its key, and was consumed and committed
-    from grafos.mq.producer import kafka_partition
-    p = kafka_partition(b"user-42", 4)
-    assert scope["store"].committed("processors", "events", p) == 1
-    assert scope["group"].assignments()[p] == "worker-1"
+def test_readme_should_have_python_examples():
+    assert len(BLOCKS) >= 2
+
+
+@pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
+def test_readme_block_should_run(code, tmp_path):
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
+    assert r.returncode == 0, r.stderr

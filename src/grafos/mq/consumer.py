@@ -126,7 +126,10 @@ class Consumer:
     # ---- positions ---------------------------------------------------------------
     def seek(self, mgr: TopicManager, store_or_partition=None, policy: SeekPolicy | int | None = None) -> None:
         """``seek(mgr, store, SeekPolicy.Committed|Earliest|Latest)`` for every assigned
-        partition, or ``seek(mgr, partition, offset)`` for one."""
+        partition; ``seek(mgr, SeekPolicy.Earliest|Latest)`` needs no store. One
+        partition: :meth:`seek_partition` (``seek(mgr, partition, offset)`` also works)."""
+        if isinstance(store_or_partition, SeekPolicy) and policy is None:
+            store_or_partition, policy = None, store_or_partition
         if isinstance(store_or_partition, int) and not isinstance(store_or_partition, bool):
             self.seek_partition(mgr, store_or_partition, policy)   # type: ignore[arg-type]
             return
