@@ -378,3 +378,17 @@ def nack_and_die(name: str, topic: str, dlq_topic: str, nacks: int, done: Any) -
         assert not router.failed(mgr, c, p, m)     # below the limit: rewound, not routed
     done.set()
     time.sleep(600)
+
+
+def keep_alive_member(name: str, group: str, topic: str, member: str, ready) -> None:
+    """Claim every partition of ``group`` and keep the member alive from a
+    background thread while the main thread "processes" (sleeps) forever; the
+    test kills this process."""
+    from grafos.mq.group import ConsumerGroup
+    mgr = TopicManager.open(name)
+    g = ConsumerGroup.attach(mgr, group, topic)
+    owned = g.claim(member)
+    g.keep_alive(member).start()
+    ready.put(owned)
+    while True:
+        time.sleep(3600)
