@@ -18,7 +18,7 @@ def main() -> None:
     """grafos: a message bus that forgets on a schedule."""
 
 
-COMMAND_MODULES = ("demo", "inspect", "bench")
+COMMAND_MODULES = ("demo", "inspect", "bench", "metrics")
 
 
 class CommandModuleError(ImportError):
