@@ -705,3 +705,91 @@ int64_t gf_poller_poll(gf_poller *p, uint32_t max_msgs, int64_t now_ns, int64_t 
     }
     return rc;
 }
+
+/* ---- waiting without reading ---------------------------------------------------
+ * gf_poller_wait sleeps like gf_poll but never reads: the cursors do not move,
+ * so a caller that gives up (an asyncio task cancelled while a helper thread
+ * waits for it) leaves the reader exactly where it was. Same futex protocol as
+ * gf_poll (waiters / wait_until / armed / wake in the fabric header). */
+
+/* 1 if a read of r from c would do something: return a message, count a lost
+ * gap, step over an abandoned or overwritten slot, or start the bounded wait on
+ * an unfinished one. Reads the cursor, never writes it. An expired ring is not
+ * readable (a restart writes other rings: the caller re-reads the directory on
+ * its own schedule). *stalled gets the deadline of a slot still being written. */
+static int ring_readable(gf_ring *r, const gf_cursor *c, int64_t now, int64_t mono, int64_t *stalled)
+{
+    if (!gf_lease_alive_query(r->lease, r->lease_id, now))
+        return 0;
+    uint64_t tail = ld_acq(&r->hdr->tail);
+    uint64_t pos = c->pos;
+    if (tail >= MAX_OFFSET)
+        return 1;                       /* impossible: the read reports it */
+    if (pos >= tail)
+        return 0;
+    if (tail > r->capacity && pos < tail - r->capacity)
+        return 1;                       /* fell behind the ring: the read counts the loss */
+    uint64_t seq = ld_acq(&slot_at(r, pos)->seq) & ~GF_SEQ_ABANDONED;
+    if (seq >= 2 * pos + 2)
+        return 1;                       /* published, abandoned or overwritten */
+    /* claimed, not yet published: the read starts the bounded wait, then steps over it */
+    if (!c->stall_since || pos >= c->stall_tail)
+        return 1;
+    int64_t deadline = c->stall_since + r->f->stall_ns;
+    if (mono >= deadline)
+        return 1;
+    if (!*stalled || deadline < *stalled)
+        *stalled = deadline;
+    return 0;
+}
+
+static int poller_readable(const gf_poller *p, int64_t *stalled)
+{
+    int64_t now = gf_now_ns(), mono = gf_mono_ns();
+    for (uint32_t i = 0; i < p->n; i++)
+        if (p->rings[i] && ring_readable(p->rings[i], &p->cursors[i], now, mono, stalled))
+            return 1;
+    return 0;
+}
+
+/* Block until some ring of p is readable (returns 1) or timeout_ns passes
+ * (returns 0; a negative timeout waits for ever). */
+int64_t gf_poller_wait(gf_poller *p, int64_t timeout_ns)
+{
+    gf_fabric *f = p->f;
+    int64_t stalled = 0;
+    if (poller_readable(p, &stalled))
+        return 1;
+    if (timeout_ns == 0)
+        return 0;
+    const int64_t t0 = gf_mono_ns();
+    const int64_t deadline = timeout_ns < 0 ? INT64_MAX : t0 + timeout_ns;
+    for (;;) {
+        int64_t t = gf_mono_ns();
+        int64_t until = deadline - t > 50000000 ? t + 50000000 : deadline;
+        int64_t cur = atomic_load(&f->hdr->wait_until);
+        while (cur < until && !atomic_compare_exchange_weak(&f->hdr->wait_until, &cur, until))
+            ;
+        atomic_fetch_add(&f->hdr->waiters, 1);   /* seq_cst: after wait_until, before our last look */
+        atomic_store(&f->hdr->armed, 1);
+        uint32_t w = atomic_load(&f->hdr->wake);
+        stalled = 0;
+        int ready = poller_readable(p, &stalled);
+        int64_t mono = gf_mono_ns();
+        if (ready || mono >= deadline) {
+            atomic_fetch_sub(&f->hdr->waiters, 1);
+            return ready;
+        }
+        if (!atomic_load(&f->hdr->armed)) {
+            /* disarmed after we armed: a publish may have landed after our look */
+            atomic_fetch_sub(&f->hdr->waiters, 1);
+            continue;
+        }
+        int64_t sleep = until - mono;
+        if (stalled && stalled - mono < sleep)
+            sleep = stalled - mono;
+        if (sleep > 0)
+            gf_futex_wait(&f->hdr->wake, w, sleep);
+        atomic_fetch_sub(&f->hdr->waiters, 1);
+    }
+}

@@ -392,3 +392,16 @@ def keep_alive_member(name: str, group: str, topic: str, member: str, ready) -> 
     ready.put(owned)
     while True:
         time.sleep(3600)
+
+
+def burst_producer(name: str, topic: str, n: int, burst: int, pause: float, go) -> None:
+    """Send ``n`` messages (value = sequence number) in bursts of ``burst``,
+    sleeping ``pause`` seconds between bursts so the consumer goes to sleep."""
+    mgr = TopicManager.open(name)
+    prod = Producer(topic)
+    go.wait(60)
+    for seq in range(n):
+        prod.send(mgr, seq.to_bytes(8, "little"))
+        if (seq + 1) % burst == 0:
+            time.sleep(pause)
+    mgr.close()

@@ -295,3 +295,20 @@ class Reader:
         meta = np.frombuffer(self._metabuf, dtype=META_DTYPE, count=n)
         data = np.frombuffer(self._bytes, dtype=np.uint8, count=self._p.used)
         return Batch(meta, data, self.ids)
+
+    # ---- waiting without reading ------------------------------------------------
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until a poll would find something (a message, or a loss to
+        report), or ``timeout`` seconds pass (None: no limit). Reads nothing: the
+        cursors do not move. True if something is readable. Another thread may
+        wait on this reader while its owner waits for the answer."""
+        _validate.timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+            self.fabric.handle  # noqa: B018 - raises if the fabric was closed
+            if lib.gf_poller_wait(self._p, max(int(left * 1e9), 0)) > 0:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+

@@ -65,7 +65,7 @@ class BoundProducer(Producer):
 class BoundConsumer(Consumer):
     """A :class:`Consumer` of ``topic`` on ``mgr``: ``poll(max_messages=100,
     timeout=0.0)``, ``poll_batch(...)``, ``seek(store, policy)``, ``seek(policy)``,
-    ``seek_partition(partition, offset)``, ``lag()``."""
+    ``seek_partition(partition, offset)``, ``lag()``, ``wait(timeout)``."""
 
     def __init__(self, mgr: TopicManager, topic: str, group: str = "default", **kw: Any) -> None:
         super().__init__(topic, group, **kw)
@@ -88,6 +88,9 @@ class BoundConsumer(Consumer):
 
     def lag(self, *args: Any, **kw: Any) -> dict[int, int]:  # type: ignore[override]
         return Consumer.lag(self, *self._args(args), **kw)
+
+    def wait(self, *args: Any, **kw: Any) -> bool:  # type: ignore[override]
+        return Consumer.wait(self, *self._args(args), **kw)
 
     def __repr__(self) -> str:
         return f"<BoundConsumer {self.topic!r} group {self.group!r}>"

@@ -290,6 +290,14 @@ class Consumer:
         self._open(mgr, t)
         return True
 
+    def wait(self, mgr: TopicManager, timeout: float | None = None) -> bool:
+        """Block until :meth:`poll` would find a message (or ``timeout`` seconds pass;
+        None: no limit) without reading one: positions do not move, so a caller
+        that gives up leaves the consumer where it was. True if something is
+        readable. A thread may wait for the consumer's owner while the owner
+        waits for it (this is how :mod:`grafos.aio` awaits messages)."""
+        return self._ensure(mgr).wait(timeout)
+
     # ---- committing -------------------------------------------------------------
     def commit(self, store: OffsetStore, offsets: dict[int, int] | None = None) -> dict[int, int]:
         """Commit the current positions (or ``offsets``: partition -> next offset to

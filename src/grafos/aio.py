@@ -1,0 +1,335 @@
+"""asyncio for the bus: awaitable polls, async iteration, async commits.
+
+::
+
+    from grafos.aio import AsyncConsumer, AsyncProducer
+
+    async with AsyncConsumer(mgr.consumer("events", group="processors")) as consumer:
+        consumer.seek(store, SeekPolicy.Committed)
+        async for partition, msg in consumer.messages():
+            ...
+            await consumer.commit(store)
+
+The calls mirror :class:`~grafos.mq.consumer.Consumer` and
+:class:`~grafos.mq.producer.Producer` (``await consumer.poll(mgr, 100,
+timeout=1.0)``); with a bound handle (``mgr.consumer(...)``) or ``mgr=`` given
+here, ``mgr`` may be left out. Other attributes (``seek``, ``assign``,
+``position``, ``lag``...) are the wrapped handle's own, synchronous ones.
+
+**How an await wakes up.** A poll that finds nothing hands the wait to the
+consumer's helper thread, which sleeps on the fabric's futex
+(:meth:`Consumer.wait <grafos.mq.consumer.Consumer.wait>`) and wakes the event
+loop with ``call_soon_threadsafe`` when a producer, in any process, publishes
+to an assigned partition. The wait is level-triggered (it looks at the rings,
+not at a notification), so no wake-up is lost, and it reads nothing: a task
+cancelled while it waits leaves the consumer's positions where they were.
+``messages()`` polls a batch at a time; what it polled but did not hand out is
+given back (a seek) before the next commit, poll or position query. Idle, the
+helper thread sleeps on the futex (no polling loop).
+Works with any asyncio event loop, uvloop included.
+
+**Sends** are appends to shared memory: they never wait (a full ring
+overwrites its oldest slot), so the async ones complete at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from typing import Any, AsyncIterator
+
+from . import _validate
+from .errors import GrafosError, InvalidArgument
+from .message import Message
+from .mq.consumer import Consumer
+from .mq.offset import OffsetStore
+from .mq.producer import Producer
+from .mq.topic import TopicManager
+from .reader import Batch
+
+__all__ = ["AsyncConsumer", "AsyncProducer"]
+
+_SLICE = 0.2    # seconds a wait lasts before the consumer looks at the directory again (restarts)
+
+
+def _resolve(fut: asyncio.Future, value: Any, error: BaseException | None) -> None:
+    if fut.done():          # cancelled meanwhile
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(value)
+
+
+class _Waiter:
+    """One helper thread per async consumer: takes one wait request at a time,
+    sleeps in :meth:`Consumer.wait`, resolves the request's future on its loop."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self._cv = threading.Condition()
+        self._req: tuple[asyncio.AbstractEventLoop, asyncio.Future, TopicManager, float] | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def wait(self, mgr: TopicManager, timeout: float) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._cv:
+            if self._closed:
+                raise InvalidArgument("the async consumer is closed")
+            # a request still queued belongs to a cancelled await: it is replaced
+            self._req = (loop, fut, mgr, timeout)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="grafos-aio-waiter", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._req is None and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                loop, fut, mgr, timeout = self._req     # type: ignore[misc]
+                self._req = None
+            if fut.done():
+                continue
+            value, error = False, None
+            try:
+                value = self.consumer.wait(mgr, timeout)
+            except BaseException as e:  # noqa: BLE001 - raised in the awaiting task
+                error = e
+            try:
+                loop.call_soon_threadsafe(_resolve, fut, value, error)
+            except RuntimeError:        # the loop was closed meanwhile
+                pass
+
+    def close(self) -> threading.Thread | None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+        return self._thread
+
+
+class AsyncConsumer:
+    """An awaitable view of a :class:`Consumer` (one task at a time, like the
+    consumer itself)."""
+
+    def __init__(self, consumer: Consumer, mgr: TopicManager | None = None) -> None:
+        if not isinstance(consumer, Consumer):
+            raise _validate.InvalidType(f"consumer must be a Consumer, not {type(consumer).__name__}")
+        if mgr is None:
+            mgr = getattr(consumer, "mgr", None)
+        if mgr is not None and not isinstance(mgr, TopicManager):
+            raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
+        self.consumer = consumer
+        self.mgr = mgr
+        self._waiter = _Waiter(consumer)
+        self._pending: collections.deque[tuple[int, Message]] = collections.deque()
+        self._pending_mgr: TopicManager | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.consumer, name)     # seek, assign, position, lag, ...: synchronous
+
+    def __repr__(self) -> str:
+        return f"<AsyncConsumer of {self.consumer!r}>"
+
+    def _split(self, args: tuple) -> tuple[TopicManager, tuple]:
+        if args and isinstance(args[0], TopicManager):
+            return args[0], args[1:]
+        if self.mgr is None:
+            raise _validate.InvalidType("pass mgr first, or give AsyncConsumer a bound consumer or mgr=")
+        return self.mgr, args
+
+    async def _poll(self, once, mgr: TopicManager, timeout: float | None):  # noqa: ANN001, ANN202
+        self._give_back()
+        out = once(0.0)
+        if len(out) or (timeout is not None and timeout <= 0):
+            return out
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+            if left > 0:
+                await self._waiter.wait(mgr, left)      # cancellable: nothing has been read
+            out = once(0.0)
+            if len(out) or (deadline is not None and time.monotonic() >= deadline):
+                return out
+
+    async def poll(self, *args: Any, max_messages: int | None = None,
+                   timeout: float | None = 0.0) -> list[tuple[int, Message]]:
+        """``await poll(mgr, max_messages=100, timeout=0.0)``: like
+        :meth:`Consumer.poll`; with a timeout (None: until a message arrives) the
+        task awaits instead of blocking the loop."""
+        mgr, rest = self._split(args)
+        n = rest[0] if rest else (100 if max_messages is None else max_messages)
+        if len(rest) > 1:
+            timeout = rest[1]
+        _validate.integer(n, "max_messages", 1)
+        _validate.timeout(timeout)
+        c = self.consumer
+        return await self._poll(lambda t: c.poll(mgr, n, t), mgr, timeout)
+
+    async def poll_batch(self, *args: Any, max_messages: int | None = None,
+                         timeout: float | None = 0.0) -> Batch:
+        """``await poll_batch(mgr, max_messages=1024, timeout=0.0)``, as :meth:`Consumer.poll_batch`."""
+        mgr, rest = self._split(args)
+        n = rest[0] if rest else (1024 if max_messages is None else max_messages)
+        if len(rest) > 1:
+            timeout = rest[1]
+        _validate.integer(n, "max_messages", 1)
+        _validate.timeout(timeout)
+        c = self.consumer
+        return await self._poll(lambda t: c.poll_batch(mgr, n, t), mgr, timeout)
+
+    def messages(self, mgr: TopicManager | None = None, *,
+                 batch: int = 100) -> AsyncIterator[tuple[int, Message]]:
+        """``async for partition, msg in consumer.messages(mgr)``: every message, as
+        it arrives (polled ``batch`` at a time). Messages polled but not yet
+        handed out are given back (the consumer seeks to the first of them)
+        before the next commit, poll, seek, assign or position query, so leaving
+        the loop between two messages of a batch commits only what it saw."""
+        mgr = self._split((mgr,) if mgr is not None else ())[0]
+        _validate.integer(batch, "batch", 1)
+        return _Messages(self, mgr, batch)
+
+    def _give_back(self) -> None:
+        """Seek back over messages polled for :meth:`messages` but not handed out."""
+        pending = self._pending
+        if not pending:
+            return
+        first: dict[int, int] = {}
+        for p, m in pending:
+            first.setdefault(p, m.offset)
+        pending.clear()
+        mgr = self._pending_mgr
+        for p, off in first.items():
+            try:
+                self.consumer.seek_partition(mgr, p, off)
+            except GrafosError:     # no longer assigned, or the topic went away: nothing to give back
+                pass
+
+    def positions(self) -> dict[int, int]:
+        self._give_back()
+        return self.consumer.positions()
+
+    def position(self, partition: int) -> int:
+        self._give_back()
+        return self.consumer.position(partition)
+
+    def _with_mgr(self, args: tuple) -> tuple:
+        mgr, rest = self._split(args)
+        return (mgr, *rest)
+
+    def seek(self, *args: Any, **kw: Any) -> None:
+        """``seek(mgr, store, policy)``, ``seek(mgr, policy)`` (``mgr`` may be left out)."""
+        self._pending.clear()
+        self.consumer.seek(*self._with_mgr(args), **kw)
+
+    def seek_partition(self, *args: Any, **kw: Any) -> None:
+        """``seek_partition(mgr, partition, offset)`` (``mgr`` may be left out)."""
+        self._give_back()
+        self.consumer.seek_partition(*self._with_mgr(args), **kw)
+
+    def lag(self, *args: Any) -> dict[int, int]:
+        self._give_back()
+        return self.consumer.lag(*self._with_mgr(args))
+
+    def assign(self, partitions: Any) -> None:
+        self._give_back()
+        self.consumer.assign(partitions)
+
+    async def commit(self, store: OffsetStore, offsets: dict[int, int] | None = None) -> dict[int, int]:
+        """As :meth:`Consumer.commit`: the positions of what was handed out (a short
+        metadata write; it waits on other processes only for the fabric's lock)."""
+        self._give_back()
+        return self.consumer.commit(store, offsets)
+
+    async def aclose(self) -> None:
+        """Stop the helper thread (it finishes a wait of at most a fraction of a second) and
+        close the consumer."""
+        self._give_back()
+        t = self._waiter.close()
+        if t is not None and t.is_alive():
+            await asyncio.to_thread(t.join, 5.0)
+        self.consumer.close()
+
+    async def __aenter__(self) -> "AsyncConsumer":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class _Messages:
+    """The async iterator of :meth:`AsyncConsumer.messages`."""
+
+    def __init__(self, ac: AsyncConsumer, mgr: TopicManager, batch: int) -> None:
+        self.ac, self.mgr, self.batch = ac, mgr, batch
+
+    def __aiter__(self) -> "_Messages":
+        return self
+
+    async def __anext__(self) -> tuple[int, Message]:
+        ac = self.ac
+        while not ac._pending:
+            got = await ac.poll(self.mgr, self.batch, timeout=None)
+            ac._pending.extend(got)
+            ac._pending_mgr = self.mgr
+        return ac._pending.popleft()
+
+
+class AsyncProducer:
+    """An awaitable view of a :class:`Producer`: ``await send(mgr, value)``,
+    ``await send_keyed(mgr, key, value)``, ``await send_batch(mgr, values)``
+    (``mgr`` may be left out for a bound producer or with ``mgr=``)."""
+
+    def __init__(self, producer: Producer, mgr: TopicManager | None = None) -> None:
+        if not isinstance(producer, Producer):
+            raise _validate.InvalidType(f"producer must be a Producer, not {type(producer).__name__}")
+        if mgr is None:
+            mgr = getattr(producer, "mgr", None)
+        if mgr is not None and not isinstance(mgr, TopicManager):
+            raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
+        self.producer = producer
+        self.mgr = mgr
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.producer, name)
+
+    def __repr__(self) -> str:
+        return f"<AsyncProducer of {self.producer!r}>"
+
+    def _args(self, args: tuple) -> tuple:
+        if args and isinstance(args[0], TopicManager):
+            return args
+        if self.mgr is None:
+            raise _validate.InvalidType("pass mgr first, or give AsyncProducer a bound producer or mgr=")
+        return (self.mgr, *args)
+
+    async def send(self, *args: Any, **kw: Any) -> tuple[int, int]:
+        """``await send(mgr, value, headers=None)`` -> (partition, offset)."""
+        return self.producer.send(*self._args(args), **kw)
+
+    async def send_keyed(self, *args: Any, **kw: Any) -> tuple[int, int]:
+        """``await send_keyed(mgr, key, value, headers=None)`` -> (partition, offset)."""
+        return self.producer.send_keyed(*self._args(args), **kw)
+
+    async def send_batch(self, *args: Any, **kw: Any):  # noqa: ANN201
+        """``await send_batch(mgr, values, keys=None)`` -> (partitions, offsets)."""
+        return self.producer.send_batch(*self._args(args), **kw)
+
+    async def flush(self, timeout: float | None = None) -> int:
+        return self.producer.flush(timeout)
+
+    async def aclose(self) -> None:
+        self.producer.close()
+
+    async def __aenter__(self) -> "AsyncProducer":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
