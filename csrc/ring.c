@@ -793,3 +793,75 @@ int64_t gf_poller_wait(gf_poller *p, int64_t timeout_ns)
         atomic_fetch_sub(&f->hdr->waiters, 1);
     }
 }
+
+/* ---- a waiter thread for event loops --------------------------------------------
+ * gf_waiter_run is the whole body of a dedicated thread: it takes wait
+ * requests (gf_waiter_request, from the event loop's thread), answers each with
+ * gf_poller_wait and writes 8 bytes to w->fd (an eventfd the loop watches).
+ * It never returns to the caller's runtime between requests, so an answer
+ * costs one futex wake-up plus one eventfd wake-up, and no interpreter lock
+ * changes hands. The requester keeps every poller it passed alive until the
+ * request is answered (w->done). */
+#include <unistd.h>
+
+int64_t gf_waiter_run(gf_waiter *w)
+{
+    uint32_t seen = __atomic_load_n(&w->done, __ATOMIC_ACQUIRE);
+    for (;;) {
+        if (__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
+            return 0;
+        uint32_t req = __atomic_load_n(&w->req, __ATOMIC_ACQUIRE);
+        if (req == seen) {
+            gf_futex_wait((_Atomic uint32_t *)&w->req, req, -1);
+            continue;
+        }
+        /* a newer request may overwrite p/timeout while we read them: each value
+         * is one the requester keeps valid, and req is re-read after the answer */
+        gf_poller *p = __atomic_load_n(&w->p, __ATOMIC_ACQUIRE);
+        int64_t timeout = __atomic_load_n(&w->timeout_ns, __ATOMIC_ACQUIRE);
+        const int64_t deadline = timeout < 0 ? INT64_MAX : gf_mono_ns() + timeout;
+        int64_t r = 0;
+        int superseded = 0;
+        while (p) {
+            /* in slices, so a stop or a newer request (a cancelled await) need not
+             * wait for this request's whole timeout */
+            int64_t left = deadline - gf_mono_ns();
+            if (left < 0)
+                left = 0;
+            int64_t slice = left > 50000000 ? 50000000 : left;
+            r = gf_poller_wait(p, slice);
+            if (r || slice == left)
+                break;
+            if (__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
+                return 0;
+            if (__atomic_load_n(&w->req, __ATOMIC_ACQUIRE) != req) {
+                superseded = 1;     /* the newer request's answer covers this one */
+                break;
+            }
+        }
+        if (superseded)
+            continue;
+        __atomic_store_n(&w->result, r, __ATOMIC_RELEASE);
+        __atomic_store_n(&w->done, req, __ATOMIC_RELEASE);
+        seen = req;
+        uint64_t one = 1;
+        if (write(w->fd, &one, sizeof one) < 0 && !__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
+            return gf_fail(GF_E_IO, "waiter: cannot write its eventfd");
+    }
+}
+
+uint32_t gf_waiter_request(gf_waiter *w, gf_poller *p, int64_t timeout_ns)
+{
+    __atomic_store_n(&w->p, p, __ATOMIC_RELEASE);
+    __atomic_store_n(&w->timeout_ns, timeout_ns, __ATOMIC_RELEASE);
+    uint32_t req = __atomic_add_fetch(&w->req, 1, __ATOMIC_ACQ_REL);
+    gf_futex_wake_all((_Atomic uint32_t *)&w->req);
+    return req;
+}
+
+void gf_waiter_stop(gf_waiter *w)
+{
+    __atomic_store_n(&w->stop, 1, __ATOMIC_RELEASE);
+    __atomic_add_fetch(&w->req, 1, __ATOMIC_ACQ_REL);
+    gf_futex_wake_all((_Atomic uint32_t *)&w->req);
+}

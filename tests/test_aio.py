@@ -45,16 +45,6 @@ def test_an_awaiting_task_should_get_every_message_from_a_producer_process(shm_n
     mp_helpers.start(procs, mp_helpers.burst_producer, shm_name, "events", n, 100, 0.02, go)
     consumer = mgr.consumer("events", group="aio")
     consumer.seek(SeekPolicy.Earliest)
-    waits: list[bool] = []
-    real_wait = consumer.wait
-
-    def recording_wait(*args, **kw):
-        r = real_wait(*args, **kw)
-        waits.append(r)
-        return r
-
-    consumer.wait = recording_wait      # type: ignore[method-assign]
-
     async def main():
         seen = []
         async with AsyncConsumer(consumer) as c:
@@ -64,13 +54,14 @@ def test_an_awaiting_task_should_get_every_message_from_a_producer_process(shm_n
                 if len(seen) == n:
                     break
             assert sum(c.lost().values()) == 0
-        return seen
+            woken = c.woken
+        return seen, woken
 
-    seen = run(asyncio.wait_for(main(), 120))
+    seen, woken = run(asyncio.wait_for(main(), 120))
     assert sorted(seen) == list(range(n))
     # the task really slept between bursts and was woken by the other process's
-    # publish (a wait that returned readable), not only by its wait running out
-    assert True in waits
+    # publish (a wait that ended readable), not only by its wait running out
+    assert woken >= 1
     mgr.close()
 
 
@@ -238,3 +229,36 @@ def test_async_handles_should_refuse_bad_input(mgr):
         await c.aclose()
 
     asyncio.run(main())
+
+
+def test_the_waiter_thread_should_answer_without_reading_and_stop_promptly(mgr):
+    import os as _os
+    import select
+
+    from grafos.reader import Waiter
+    c = mgr.consumer("events")
+    c.seek(SeekPolicy.Latest)
+    w = Waiter()
+    try:
+        n = c.wait_request(w, mgr, 0.05)                 # nothing to read: answered when time is up
+        assert select.select([w.fd], [], [], 5)[0] == [w.fd]
+        assert w.answered() == (n, False)
+        n = c.wait_request(w, mgr, None)                 # no timeout: answered by a publish
+        assert select.select([w.fd], [], [], 0.1)[0] == []
+        mgr.producer("events").send(b"x")
+        assert select.select([w.fd], [], [], 5)[0] == [w.fd]
+        assert w.answered() == (n, True)
+        assert c.positions() == {0: 0, 1: 0}             # nothing was read
+        c.poll(10)
+        old = c.wait_request(w, mgr, None)               # superseded by a newer request
+        new = c.wait_request(w, mgr, 0.05)
+        assert select.select([w.fd], [], [], 5)[0] == [w.fd]
+        done, readable = w.answered()
+        assert done == new and Waiter.is_answered(old, done) and not readable
+        c.wait_request(w, mgr, None)                     # a wait with no end in progress ...
+    finally:
+        t = time.monotonic()
+        w.close()                                        # ... does not hold up close
+        assert time.monotonic() - t < 1.0
+    with pytest.raises(OSError):
+        _os.fstat(w.fd)

@@ -17,10 +17,11 @@ here, ``mgr`` may be left out. Other attributes (``seek``, ``assign``,
 ``position``, ``lag``...) are the wrapped handle's own, synchronous ones.
 
 **How an await wakes up.** A poll that finds nothing hands the wait to the
-consumer's helper thread, which sleeps on the fabric's futex
-(:meth:`Consumer.wait <grafos.mq.consumer.Consumer.wait>`) and wakes the event
-loop with ``call_soon_threadsafe`` when a producer, in any process, publishes
-to an assigned partition. The wait is level-triggered (it looks at the rings,
+consumer's waiter thread (:class:`~grafos.reader.Waiter`, running in C, via
+:meth:`Consumer.wait_request <grafos.mq.consumer.Consumer.wait_request>`),
+which sleeps on the fabric's futex and, when a producer in any process
+publishes to an assigned partition, writes to an eventfd the event loop
+watches (``add_reader``). The wait is level-triggered (it looks at the rings,
 not at a notification), so no wake-up is lost, and it reads nothing: a task
 cancelled while it waits leaves the consumer's positions where they were.
 ``messages()`` polls a batch at a time; what it polled but did not hand out is
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import threading
 import time
 from typing import Any, AsyncIterator
 
@@ -46,73 +46,60 @@ from .mq.consumer import Consumer
 from .mq.offset import OffsetStore
 from .mq.producer import Producer
 from .mq.topic import TopicManager
-from .reader import Batch
+from .reader import Batch, Waiter
 
 __all__ = ["AsyncConsumer", "AsyncProducer"]
 
 _SLICE = 0.2    # seconds a wait lasts before the consumer looks at the directory again (restarts)
 
 
-def _resolve(fut: asyncio.Future, value: Any, error: BaseException | None) -> None:
-    if fut.done():          # cancelled meanwhile
-        return
-    if error is not None:
-        fut.set_exception(error)
-    else:
-        fut.set_result(value)
-
-
 class _Waiter:
-    """One helper thread per async consumer: takes one wait request at a time,
-    sleeps in :meth:`Consumer.wait`, resolves the request's future on its loop."""
+    """The consumer's waiter thread (:class:`~grafos.reader.Waiter`, in C) and the
+    futures of the requests it has not answered yet. The loop watches the
+    waiter's eventfd; each answer resolves its request's future (and any older
+    one, which a cancelled await left behind)."""
 
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
-        self._cv = threading.Condition()
-        self._req: tuple[asyncio.AbstractEventLoop, asyncio.Future, TopicManager, float] | None = None
-        self._closed = False
-        self._thread: threading.Thread | None = None
+        self.waiter: Waiter | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.futures: dict[int, asyncio.Future] = {}
+        self.woken = 0          # answers that found something to read
 
     def wait(self, mgr: TopicManager, timeout: float) -> asyncio.Future:
         loop = asyncio.get_running_loop()
+        if self.waiter is None:
+            self.waiter = Waiter()
+        if loop is not self.loop:           # first await, or a new loop (asyncio.run again)
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.remove_reader(self.waiter.fd)
+            loop.add_reader(self.waiter.fd, self._answered)
+            self.loop = loop
         fut = loop.create_future()
-        with self._cv:
-            if self._closed:
-                raise InvalidArgument("the async consumer is closed")
-            # a request still queued belongs to a cancelled await: it is replaced
-            self._req = (loop, fut, mgr, timeout)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="grafos-aio-waiter", daemon=True)
-                self._thread.start()
-            self._cv.notify()
+        n = self.consumer.wait_request(self.waiter, mgr, timeout)
+        self.futures[n] = fut
         return fut
 
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                while self._req is None and not self._closed:
-                    self._cv.wait()
-                if self._closed:
-                    return
-                loop, fut, mgr, timeout = self._req     # type: ignore[misc]
-                self._req = None
-            if fut.done():
-                continue
-            value, error = False, None
-            try:
-                value = self.consumer.wait(mgr, timeout)
-            except BaseException as e:  # noqa: BLE001 - raised in the awaiting task
-                error = e
-            try:
-                loop.call_soon_threadsafe(_resolve, fut, value, error)
-            except RuntimeError:        # the loop was closed meanwhile
-                pass
+    def _answered(self) -> None:
+        w = self.waiter
+        if w is None:
+            return
+        done, readable = w.answered()
+        if readable:
+            self.woken += 1
+        for n in [n for n in self.futures if Waiter.is_answered(n, done)]:
+            fut = self.futures.pop(n)
+            if not fut.done():
+                fut.set_result(readable if n == done else True)
 
-    def close(self) -> threading.Thread | None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
-        return self._thread
+    def close(self) -> Waiter | None:
+        w, self.waiter = self.waiter, None
+        if w is not None and self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(w.fd)
+        for fut in self.futures.values():
+            fut.cancel()
+        self.futures.clear()
+        return w
 
 
 class AsyncConsumer:
@@ -137,6 +124,11 @@ class AsyncConsumer:
 
     def __repr__(self) -> str:
         return f"<AsyncConsumer of {self.consumer!r}>"
+
+    @property
+    def woken(self) -> int:
+        """How many waits ended because something became readable (not by timing out)."""
+        return self._waiter.woken
 
     def _split(self, args: tuple) -> tuple[TopicManager, tuple]:
         if args and isinstance(args[0], TopicManager):
@@ -252,9 +244,9 @@ class AsyncConsumer:
         """Stop the helper thread (it finishes a wait of at most a fraction of a second) and
         close the consumer."""
         self._give_back()
-        t = self._waiter.close()
-        if t is not None and t.is_alive():
-            await asyncio.to_thread(t.join, 5.0)
+        w = self._waiter.close()
+        if w is not None:
+            await asyncio.to_thread(w.close)      # the thread finishes its wait (at most a slice)
         self.consumer.close()
 
     async def __aenter__(self) -> "AsyncConsumer":

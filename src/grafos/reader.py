@@ -4,7 +4,9 @@ blocking wait, on a futex in the shared mapping)."""
 from __future__ import annotations
 
 import operator
+import os
 import struct
+import threading
 import time
 from typing import Iterator, Sequence
 
@@ -311,4 +313,65 @@ class Reader:
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
+
+
+class Waiter:
+    """A thread that waits for readers on behalf of an event loop.
+
+    :meth:`request` asks it to wait until ``reader`` has something to read (or
+    ``timeout`` seconds pass); when it has an answer it writes to :attr:`fd`, an
+    eventfd the loop watches, and :meth:`answered` tells which request was
+    answered and how. The thread runs in C between requests (it holds no
+    interpreter lock while it waits or answers), and, like
+    :meth:`Reader.wait`, it reads nothing: no cursor moves.
+    Requests come from one thread (the loop's).
+    """
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._w = ffi.new("gf_waiter *", {"fd": self.fd})
+        self._keep: dict[int, Reader] = {}      # request -> its reader, alive until answered
+        self._closed = False
+        self._thread = threading.Thread(target=lib.gf_waiter_run, args=(self._w,),
+                                        name="grafos-waiter", daemon=True)
+        self._thread.start()
+
+    def request(self, reader: Reader, timeout: float | None) -> int:
+        """Wait for ``reader`` (replacing a request not yet answered); returns the
+        request's number."""
+        if self._closed:
+            raise InvalidArgument("the waiter is closed")
+        _validate.timeout(timeout)
+        reader.fabric.handle     # noqa: B018 - raises if the fabric was closed
+        t = -1 if timeout is None else max(int(timeout * 1e9), 0)
+        n = lib.gf_waiter_request(self._w, reader._p, t)
+        self._keep[n] = reader
+        return n
+
+    def answered(self) -> tuple[int, bool]:
+        """(the last request answered, whether its reader was readable). Also
+        drains the eventfd and lets go of readers no request waits on."""
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
+        done = self._w.done
+        readable = self._w.result > 0
+        for n in [n for n in self._keep if self.is_answered(n, done)]:
+            del self._keep[n]
+        return done, readable
+
+    @staticmethod
+    def is_answered(n: int, done: int) -> bool:
+        return (done - n) & 0xFFFFFFFF < 1 << 31        # done >= n, modulo 2**32
+
+    def close(self) -> None:
+        """Stop the thread (it finishes a wait in progress first) and close the fd."""
+        if self._closed:
+            return
+        self._closed = True
+        lib.gf_waiter_stop(self._w)
+        self._thread.join()
+        self._keep.clear()
+        os.close(self.fd)
 

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 from .. import _validate
 from ..errors import Fenced, InvalidArgument
 from ..message import Message
-from ..reader import Batch, Reader
+from ..reader import Batch, Reader, Waiter
 from .offset import OffsetStore
 from .topic import Topic, TopicManager
 
@@ -297,6 +297,12 @@ class Consumer:
         readable. A thread may wait for the consumer's owner while the owner
         waits for it (this is how :mod:`grafos.aio` awaits messages)."""
         return self._ensure(mgr).wait(timeout)
+
+    def wait_request(self, waiter: Waiter, mgr: TopicManager, timeout: float | None = None) -> int:
+        """Ask ``waiter`` (a :class:`~grafos.reader.Waiter`, which an event loop
+        watches) to wait as :meth:`wait` does, in its own thread; returns the
+        request's number. Reads nothing."""
+        return waiter.request(self._ensure(mgr), timeout)
 
     # ---- committing -------------------------------------------------------------
     def commit(self, store: OffsetStore, offsets: dict[int, int] | None = None) -> dict[int, int]:
