@@ -99,8 +99,8 @@ def tables(results: list[Result]) -> list[Table]:
 
 def goals_table(ts: Iterable[Target], source: str) -> Table:
     t = Table(title=f"Goals ({source}), judged on this run", title_justify="left")
-    t.add_column("target")
     t.add_column("goal")
+    t.add_column("threshold")
     t.add_column("measured")
     t.add_column("verdict")
     for x in ts:
