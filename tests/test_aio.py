@@ -239,6 +239,7 @@ def test_the_waiter_thread_should_answer_without_reading_and_stop_promptly(mgr):
     c = mgr.consumer("events")
     c.seek(SeekPolicy.Latest)
     w = Waiter()
+    fd = w.fd
     try:
         n = c.wait_request(w, mgr, 0.05)                 # nothing to read: answered when time is up
         assert select.select([w.fd], [], [], 5)[0] == [w.fd]
@@ -258,7 +259,7 @@ def test_the_waiter_thread_should_answer_without_reading_and_stop_promptly(mgr):
         c.wait_request(w, mgr, None)                     # a wait with no end in progress ...
     finally:
         t = time.monotonic()
-        w.close()                                        # ... does not hold up close
+        assert w.close()                                 # ... does not hold up close
         assert time.monotonic() - t < 1.0
     with pytest.raises(OSError):
-        _os.fstat(w.fd)
+        _os.fstat(fd)

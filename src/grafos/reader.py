@@ -365,13 +365,25 @@ class Waiter:
     def is_answered(n: int, done: int) -> bool:
         return (done - n) & 0xFFFFFFFF < 1 << 31        # done >= n, modulo 2**32
 
-    def close(self) -> None:
-        """Stop the thread (it finishes a wait in progress first) and close the fd."""
-        if self._closed:
-            return
-        self._closed = True
-        lib.gf_waiter_stop(self._w)
-        self._thread.join()
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop the thread (it finishes the slice of a wait in progress, at most
+        50 ms) and close the fd. False if the thread did not end within
+        ``timeout`` seconds (the fd then stays open: the thread may still write it)."""
+        if not self._closed:
+            self._closed = True
+            lib.gf_waiter_stop(self._w)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return False
         self._keep.clear()
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        return True
+
+    def __del__(self) -> None:
+        try:
+            self.close(0.2)
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
