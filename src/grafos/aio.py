@@ -198,6 +198,7 @@ class AsyncConsumer:
             first.setdefault(p, m.offset)
         pending.clear()
         mgr = self._pending_mgr
+        assert mgr is not None      # set with the messages
         for p, off in first.items():
             try:
                 self.consumer.seek_partition(mgr, p, off)

@@ -140,9 +140,9 @@ class BusCollector(Collector):
             stale.add_metric(lb, len(g.stale_members))
             for m in g.members:
                 hb_age.add_metric([*lb, m.name], max(0.0, m.age))
-            for p in g.partitions:
-                if p.owner is not None:
-                    owner.add_metric([*lb, str(p.partition), p.owner], 1)
+            for gp in g.partitions:
+                if gp.owner is not None:
+                    owner.add_metric([*lb, str(gp.partition), gp.owner], 1)
         items = getattr(self.store, "items", None)
         if callable(items):
             groups |= {(grp, topic) for grp, topic, _ in items()}
@@ -150,11 +150,11 @@ class BusCollector(Collector):
             if topic not in bounds:
                 continue
             lags = group_lag(mgr, self.store, grp, topic)
-            for p, (lo, hi) in enumerate(bounds[topic]):
-                c = self.store.committed(grp, topic, p)
-                lb = [topic, str(p), grp]
+            for i, (lo, hi) in enumerate(bounds[topic]):
+                c = self.store.committed(grp, topic, i)
+                lb = [topic, str(i), grp]
                 consumed.add_metric(lb, 0 if c is None else min(max(c, lo), hi))
-                lag.add_metric(lb, lags.get(p, 0))
+                lag.add_metric(lb, lags.get(i, 0))
 
         info = mgr.fabric.info()
         fab = [

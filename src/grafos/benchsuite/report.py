@@ -119,7 +119,7 @@ def print_report(console: Console, results: list[Result], ts: list[Target],
 
 def machine() -> dict:
     """Where the numbers come from."""
-    info = {"platform": platform.platform(), "python": platform.python_version(),
+    info: dict[str, object] = {"platform": platform.platform(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "machine": platform.machine()}
     try:
         with open("/proc/cpuinfo") as f:
