@@ -1,6 +1,6 @@
 """Producer process -> consumer process on one machine, 100-byte messages.
 
-What it measures (issue #4), every system in the same run with the same harness:
+What it measures, every system in the same run with the same harness:
 
 * **throughput** of single-message calls: grafos ``Producer.send_keyed`` into
   one partition of a named bus, read by ``Consumer.poll`` in another process
@@ -17,7 +17,7 @@ What it measures (issue #4), every system in the same run with the same harness:
   (blocking ``recv``, and a ``NOBLOCK`` spin); ``multiprocessing.Queue`` and
   faster-fifo (blocking ``get``).
 
-Targets from the issue: grafos >= 2 M msg/s and >= 1.25x pyzmq; one-way
+Goals: grafos >= 2 M msg/s and >= 1.25x pyzmq; one-way
 p50 < 3 us spinning and < 25 us blocking.
 
     python benchmarks/bench_crossprocess.py            # about a minute
@@ -444,7 +444,7 @@ def report(rows: list[Row]) -> str:
     tp = {(r.system, r.mode): r for r in rows if r.kind == "throughput" and r.status == "ok"}
     lat = {(r.system, r.mode): r for r in rows if r.kind == "latency" and r.status == "ok"}
     lines.append("")
-    lines.append("Targets (issue #4):")
+    lines.append("Goals:")
     g = max((tp[k].rate for k in tp if k[0] == "grafos" and k[1] != "batch"), default=0.0)
     z = tp.get(("pyzmq", "block"))
     lines.append(f"- throughput >= 2 M msg/s (send_keyed -> poll): {g / 1e6:.2f} M -> "

@@ -1,4 +1,4 @@
-"""Bus hot paths for regression tracking (issue #5): ``Producer.send_keyed``,
+"""Bus hot paths for regression tracking: ``Producer.send_keyed``,
 ``Consumer.poll``, ``Producer.send_batch`` and ``Consumer.poll_batch``, in
 process, through the public API. Each timed call moves a known number of
 messages; ``extra_info["messages_per_s"]`` is computed from the median round.
@@ -137,7 +137,7 @@ def test_send_then_poll_batch(benchmark, bus):
     _report(benchmark, BATCH)
 
 
-# ---- the references of issue #3's targets, in the same session -------------------
+# ---- the references of the single-message goals, in the same session -------------------
 def test_queue_put_reference(benchmark):
     """``queue.Queue().put`` of the same 100-byte value, SINGLE per call (send_keyed's bar)."""
     import queue

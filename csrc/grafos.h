@@ -227,6 +227,26 @@ int64_t gf_poller_poll(gf_poller *p, uint32_t max_msgs, int64_t now_ns, int64_t 
 int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start,
                 uint32_t max_msgs, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
                 int64_t now_ns, int64_t timeout_ns, int64_t spin_ns);
+/* Sleep (futex) until some ring of p has something to read past its cursor:
+ * 1, or 0 when timeout_ns passes (< 0: no timeout). Reads nothing, moves no cursor. */
+int64_t gf_poller_wait(gf_poller *p, int64_t timeout_ns);
+
+/* A waiter thread for an event loop (process-local): gf_waiter_run serves
+ * requests until gf_waiter_stop; each answer is written as an eventfd count to
+ * fd, its value (gf_poller_wait's) left in result, its number in done. */
+typedef struct {
+    gf_poller *p;
+    int64_t timeout_ns;
+    int64_t result;
+    uint32_t req;
+    uint32_t done;
+    uint32_t stop;
+    int32_t fd;
+} gf_waiter;
+
+int64_t gf_waiter_run(gf_waiter *w);
+uint32_t gf_waiter_request(gf_waiter *w, gf_poller *p, int64_t timeout_ns);
+void gf_waiter_stop(gf_waiter *w);
 
 /* A producer's process-local view of a topic: the hot path's one argument. */
 typedef struct {

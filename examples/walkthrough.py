@@ -1,4 +1,4 @@
-"""The seed's walkthrough of grafos, on an in-process bus.
+"""The walkthrough of grafos, on an in-process bus.
 
     python examples/walkthrough.py        # or: grafos demo
 

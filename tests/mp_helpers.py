@@ -378,3 +378,30 @@ def nack_and_die(name: str, topic: str, dlq_topic: str, nacks: int, done: Any) -
         assert not router.failed(mgr, c, p, m)     # below the limit: rewound, not routed
     done.set()
     time.sleep(600)
+
+
+def keep_alive_member(name: str, group: str, topic: str, member: str, ready) -> None:
+    """Claim every partition of ``group`` and keep the member alive from a
+    background thread while the main thread "processes" (sleeps) forever; the
+    test kills this process."""
+    from grafos.mq.group import ConsumerGroup
+    mgr = TopicManager.open(name)
+    g = ConsumerGroup.attach(mgr, group, topic)
+    owned = g.claim(member)
+    g.keep_alive(member).start()
+    ready.put(owned)
+    while True:
+        time.sleep(3600)
+
+
+def burst_producer(name: str, topic: str, n: int, burst: int, pause: float, go) -> None:
+    """Send ``n`` messages (value = sequence number) in bursts of ``burst``,
+    sleeping ``pause`` seconds between bursts so the consumer goes to sleep."""
+    mgr = TopicManager.open(name)
+    prod = Producer(topic)
+    go.wait(60)
+    for seq in range(n):
+        prod.send(mgr, seq.to_bytes(8, "little"))
+        if (seq + 1) % burst == 0:
+            time.sleep(pause)
+    mgr.close()

@@ -8,17 +8,22 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from grafos.benchsuite import Options, derive, plan, quick_options, targets
+import pathlib
+
+from grafos.benchsuite import Options, derive, judge, load_goals, plan, quick_options
 from grafos.benchsuite import peers as peer_runs
 from grafos.benchsuite.harness import PEERS, Result
 from grafos.cli import main
+
+GOALS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "goals.json"
 
 
 @pytest.fixture(scope="module")
 def quick_json(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "out.json"
     res = CliRunner().invoke(main, ["bench", "--quick", "--duration", "0.05", "--sizes", "64",
-                                    "--topics", "1,3", "--partitions", "1,4", "--json", str(out)])
+                                    "--topics", "1,3", "--partitions", "1,4", "--json", str(out),
+                                    "--goals", str(GOALS)])
     assert res.exit_code == 0, res.output
     return res.output, json.loads(out.read_text())
 
@@ -49,10 +54,11 @@ def test_every_peer_should_be_measured_or_reported_missing(quick_json):
 
 def test_table_and_json_should_agree(quick_json):
     output, doc = quick_json
-    assert "Targets (issue #5)" in output
-    assert len(doc["targets"]) == 6
-    for t in doc["targets"]:
+    assert f"Goals ({GOALS})" in output
+    assert [g["name"] for g in doc["goals"]] == [g.name for g in load_goals(str(GOALS))]
+    for t in doc["goals"]:
         assert t["met"] in (True, False, None)
+        assert t["name"] in output
     grafos_inproc = next(r for r in doc["results"] if r["group"] == "inproc" and r["system"] == "grafos"
                          and r["mode"] == "batch")
     # ratios derived from the same rows: MB/s over memcpy's MB/s at that size
@@ -93,6 +99,7 @@ def test_plan_should_cover_sizes_modes_and_peers():
 
 
 def test_targets_should_judge_the_rows_given():
+    targets = lambda rows: judge(load_goals(str(GOALS)), rows)  # noqa: E731
     rows = [Result("inproc", "grafos", "batch", "in-process", 64, messages=31_000_000, seconds=1.0),
             Result("cross", "grafos", "batch", "cross-process", 64, messages=5_000_000, seconds=1.0),
             Result("cross", "pyzmq", "batch", "cross-process", 64, messages=1_000_000, seconds=1.0)]
@@ -102,3 +109,35 @@ def test_targets_should_judge_the_rows_given():
     assert verdicts["cross-process batch, 64 B"] is False
     assert verdicts["cross-process batch, 64 B vs best peer batch"] is False      # 5x, not 10x
     assert verdicts["in-process batch, 4 KiB"] is None                            # not run
+
+
+def test_bench_without_goals_should_print_no_verdicts(tmp_path):
+    out = tmp_path / "o.json"
+    res = CliRunner().invoke(main, ["bench", "-s", "partitions", "--partitions", "1",
+                                    "--duration", "0.02", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "Goals" not in res.output and "issue" not in res.output.lower()
+    assert json.loads(out.read_text())["goals"] == []
+
+
+@pytest.mark.parametrize("doc, says", [
+    ("[]", "goals"),
+    ('{"goals": [{"name": "x", "metric": "speed", "threshold": 1}]}', "metric must be one of"),
+    ('{"goals": [{"name": "x", "metric": "msg_per_s", "threshold": "fast"}]}', "threshold"),
+    ('{"goals": [{"name": "x", "metric": "msg_per_s", "threshold": 1, "select": {"colour": 1}}]}', "select"),
+    ('{"goals": [{"name": "x", "metric": "flat", "threshold": 0.2}]}', "flat"),
+    ("not json", "not JSON"),
+])
+def test_bad_goals_file_should_be_a_usage_error_naming_it(tmp_path, doc, says):
+    f = tmp_path / "goals.json"
+    f.write_text(doc)
+    res = CliRunner().invoke(main, ["bench", "--goals", str(f)])
+    assert res.exit_code == 2, res.output
+    assert says in res.output and "goals.json" in res.output
+
+
+def test_missing_peer_hint_should_name_the_extra(monkeypatch):
+    monkeypatch.setattr(peer_runs.importlib.util, "find_spec", lambda name: None)
+    res = CliRunner().invoke(main, ["bench", "-s", "inproc", "--sizes", "64", "--duration", "0.01"])
+    assert res.exit_code == 0, res.output
+    assert 'pip install "grafos[peers]"' in res.output

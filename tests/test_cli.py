@@ -258,3 +258,13 @@ def test_should_inspect_a_file_backed_bus(tmp_path):
         assert r.stdout.strip() == "0:0\ton disk"
     assert run("topics", str(tmp_path / "absent.grafos")).exit_code == 1
     assert not os.path.exists(tmp_path / "absent.grafos")
+
+
+def test_a_command_module_that_fails_to_import_should_stop_grafos_naming_it():
+    # grafos.benchsuite unimportable (None in sys.modules): the bench command cannot load
+    code = ("import sys; sys.modules['grafos.benchsuite'] = None\n"
+            "from grafos.cli import main; main()")
+    r = subprocess.run([sys.executable, "-c", code, "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "grafos.cli.bench failed to import" in r.stderr and "grafos.benchsuite" in r.stderr
+    assert "CommandModuleError" in r.stderr

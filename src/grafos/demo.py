@@ -1,7 +1,7 @@
 """The walkthrough: the whole bus in one in-process run.
 
 ``grafos demo`` runs it, and so does ``python examples/walkthrough.py``. It
-follows the seed's story:
+goes through:
 
 1. create the topics "events" (4 partitions, one-hour retention) and
    "events-dlq", and keep "events" alive with a RenewalManager;

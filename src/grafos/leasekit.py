@@ -15,7 +15,7 @@ What a registration id means:
   :meth:`TopicManager.restart <grafos.mq.topic.TopicManager.restart>`), and
   :meth:`~RenewalManager.register_topic` registers every partition of a topic.
   With ``RenewalManager(mgr, topic="events")`` a bare int ``i`` means partition
-  ``i`` of "events", so the seed's loop renews real partitions::
+  ``i`` of "events", so a loop over partition numbers renews real partitions::
 
       renewals = RenewalManager(mgr, topic="events")
       for i in range(4):

@@ -4,6 +4,8 @@ blocking wait, on a futex in the shared mapping)."""
 from __future__ import annotations
 
 import operator
+import os
+import threading
 import time
 from typing import Iterator, Sequence
 
@@ -274,3 +276,93 @@ class Reader:
         meta = np.frombuffer(self._metabuf, dtype=META_DTYPE, count=n)
         data = np.frombuffer(self._bytes, dtype=np.uint8, count=self._p.used)
         return Batch(meta, data, self.ids)
+
+    # ---- waiting without reading ------------------------------------------------
+    def wait(self, timeout: float | None = None) -> bool:
+        """Sleep until a poll would find something (a message, or a loss to
+        report), or ``timeout`` seconds pass (None: no limit). Reads nothing: the
+        cursors do not move. True if something is readable. Another thread may
+        wait on this reader while its owner waits for the answer."""
+        _validate.timeout(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+            self.fabric.handle  # noqa: B018 - raises if the fabric was closed
+            if lib.gf_poller_wait(self._p, max(int(left * 1e9), 0)) > 0:
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+
+
+class Waiter:
+    """A thread that waits for readers on behalf of an event loop.
+
+    :meth:`request` asks it to wait until ``reader`` has something to read (or
+    ``timeout`` seconds pass); when it has an answer it writes to :attr:`fd`, an
+    eventfd the loop watches, and :meth:`answered` tells which request was
+    answered and how. The thread runs in C between requests (it holds no
+    interpreter lock while it waits or answers), and, like
+    :meth:`Reader.wait`, it reads nothing: no cursor moves.
+    Requests come from one thread (the loop's).
+    """
+
+    def __init__(self) -> None:
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._w = ffi.new("gf_waiter *", {"fd": self.fd})
+        self._keep: dict[int, Reader] = {}      # request -> its reader, alive until answered
+        self._closed = False
+        self._thread = threading.Thread(target=lib.gf_waiter_run, args=(self._w,),
+                                        name="grafos-waiter", daemon=True)
+        self._thread.start()
+
+    def request(self, reader: Reader, timeout: float | None) -> int:
+        """Wait for ``reader`` (replacing a request not yet answered); returns the
+        request's number."""
+        if self._closed:
+            raise InvalidArgument("the waiter is closed")
+        _validate.timeout(timeout)
+        reader.fabric.handle     # noqa: B018 - raises if the fabric was closed
+        t = -1 if timeout is None else max(int(timeout * 1e9), 0)
+        n = lib.gf_waiter_request(self._w, reader._p, t)
+        self._keep[n] = reader
+        return n
+
+    def answered(self) -> tuple[int, bool]:
+        """(the last request answered, whether its reader was readable). Also
+        drains the eventfd and lets go of readers no request waits on."""
+        try:
+            os.eventfd_read(self.fd)
+        except BlockingIOError:
+            pass
+        done = self._w.done
+        readable = self._w.result > 0
+        for n in [n for n in self._keep if self.is_answered(n, done)]:
+            del self._keep[n]
+        return done, readable
+
+    @staticmethod
+    def is_answered(n: int, done: int) -> bool:
+        return (done - n) & 0xFFFFFFFF < 1 << 31        # done >= n, modulo 2**32
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop the thread (it finishes the slice of a wait in progress, at most
+        50 ms) and close the fd. False if the thread did not end within
+        ``timeout`` seconds (the fd then stays open: the thread may still write it)."""
+        if not self._closed:
+            self._closed = True
+            lib.gf_waiter_stop(self._w)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return False
+        self._keep.clear()
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        return True
+
+    def __del__(self) -> None:
+        try:
+            self.close(0.2)
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+

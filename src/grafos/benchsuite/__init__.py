@@ -2,8 +2,9 @@
 
 Importable from an installed package (``grafos bench`` needs no source tree)::
 
-    from grafos.benchsuite import Options, plan, run_jobs, derive, targets
+    from grafos.benchsuite import Options, plan, run_jobs, load_goals, judge
     results = run_jobs(plan(Options(sizes=(64, 4096), duration=0.3)))
+    verdicts = judge(load_goals("benchmarks/goals.json"), results)
 
 Scenarios (:data:`SCENARIOS`): ``inproc`` and ``cross`` run grafos and every
 peer (single and batch) at each message size, with memcpy as the physical
@@ -16,11 +17,13 @@ from __future__ import annotations
 from typing import Callable
 
 from . import calls, grafos_runs, peers
-from .harness import (DEFAULT_SIZES, GRAFOS, PEERS, QUICK_SIZES, SCENARIO_HELP, SCENARIOS, Job,
-                      Options, Result, Target, batch_for, derive, quick_options, targets)
+from .harness import (DEFAULT_SIZES, GOAL_METRICS, GRAFOS, PEERS, QUICK_SIZES, SCENARIO_HELP, SCENARIOS,
+                      Goal, Job, Options, Result, Target, batch_for, derive, judge, load_goals,
+                      quick_options)
 
-__all__ = ["Options", "Result", "Job", "Target", "SCENARIOS", "SCENARIO_HELP", "DEFAULT_SIZES",
-           "QUICK_SIZES", "plan", "run_jobs", "derive", "targets", "quick_options", "batch_for"]
+__all__ = ["Options", "Result", "Job", "Goal", "Target", "GOAL_METRICS", "SCENARIOS", "SCENARIO_HELP",
+           "DEFAULT_SIZES", "QUICK_SIZES", "plan", "run_jobs", "derive", "load_goals", "judge",
+           "quick_options", "batch_for"]
 
 MODES = ("single", "batch")
 

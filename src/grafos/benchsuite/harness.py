@@ -1,6 +1,6 @@
 """What a benchmark run is made of: the plan (which measurements), one
 :class:`Result` per measurement, and the derived numbers (ratios against the
-best peer and against memcpy, the issue's targets).
+best peer and against memcpy) and the goals a run is judged against.
 
 Every measurement is timed the same way whatever the system: a warm-up, then
 as many rounds as fit in ``duration`` seconds, counting only messages that
@@ -9,6 +9,7 @@ reached the consumer.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -163,12 +164,79 @@ def derive(results: list[Result]) -> None:
                 r.vs_first = r.ns_per_msg / first
 
 
+#: what a goal can measure, and how its threshold reads in the table
+GOAL_METRICS = {
+    "msg_per_s": "messages/s of one row, at least the threshold",
+    "vs_memcpy": "MB/s of one row over memcpy's for the same bytes, at least the threshold",
+    "vs_peer": "messages/s of one row over the best peer's in the same mode, at least the threshold",
+    "flat": "ns per message across a sweep (partitions or topics), within the threshold of the first",
+}
+
+
+@dataclass
+class Goal:
+    """A speed goal judged on a run: ``metric`` of the rows ``select`` picks,
+    against ``threshold``. Goals are data (``grafos bench --goals FILE``), not
+    part of the measurements."""
+
+    name: str
+    metric: str
+    threshold: float
+    select: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        x = self.threshold
+        if self.metric == "msg_per_s":
+            return f">= {x / 1e6:g} M msg/s"
+        if self.metric == "vs_memcpy":
+            return f">= {x * 100:g} % of memcpy"
+        if self.metric == "vs_peer":
+            return f">= {x:g}x best peer"
+        return f"within {x * 100:g} %"
+
+
 @dataclass
 class Target:
+    """A goal's verdict on one run."""
+
     name: str
     goal: str
     measured: str
     met: bool | None          #: None: not measured in this run
+
+
+def load_goals(path: str) -> list[Goal]:
+    """Goals from a JSON file: ``{"goals": [{"name", "metric", "threshold",
+    "select": {result field: value}}, ...]}``. A malformed file is a ValueError
+    naming the file and the entry."""
+    with open(path) as f:
+        try:
+            doc = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
+    entries = doc.get("goals") if isinstance(doc, dict) else None
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected an object with a \"goals\" list")
+    fields = {f.name for f in dataclasses.fields(Result)}
+    out = []
+    for i, g in enumerate(entries):
+        where = f"{path}: goal {i}"
+        if not isinstance(g, dict) or not isinstance(g.get("name"), str):
+            raise ValueError(f"{where}: needs a \"name\" string")
+        if g.get("metric") not in GOAL_METRICS:
+            raise ValueError(f"{where} ({g['name']}): metric must be one of {', '.join(GOAL_METRICS)}, "
+                             f"not {g.get('metric')!r}")
+        th = g.get("threshold")
+        if isinstance(th, bool) or not isinstance(th, (int, float)) or not math.isfinite(th):
+            raise ValueError(f"{where} ({g['name']}): threshold must be a number, not {th!r}")
+        sel = g.get("select", {})
+        if not isinstance(sel, dict) or not set(sel) <= fields:
+            raise ValueError(f"{where} ({g['name']}): select must map result fields "
+                             f"({', '.join(sorted(fields))}) to values")
+        if g["metric"] == "flat" and sel.get("group") not in ("partitions", "topics"):
+            raise ValueError(f"{where} ({g['name']}): a flat goal selects group partitions or topics")
+        out.append(Goal(g["name"], g["metric"], float(th), dict(sel)))
+    return out
 
 
 def _find(results: Iterable[Result], **kw) -> Result | None:
@@ -178,33 +246,37 @@ def _find(results: Iterable[Result], **kw) -> Result | None:
     return None
 
 
-def targets(results: list[Result]) -> list[Target]:
-    """The issue's targets, judged on this run's numbers."""
+def judge(goals: Iterable[Goal], results: list[Result]) -> list[Target]:
+    """Each goal judged on this run's numbers (None where the run did not measure it)."""
     out = []
-    r = _find(results, group="inproc", system=GRAFOS, mode="batch", size=64)
-    out.append(Target("in-process batch, 64 B", ">= 30 M msg/s",
-                      f"{r.msg_per_s / 1e6:.1f} M msg/s" if r else "not run",
-                      r.msg_per_s >= 30e6 if r else None))
-    r = _find(results, group="inproc", system=GRAFOS, mode="batch", size=4096)
-    out.append(Target("in-process batch, 4 KiB", ">= 60 % of memcpy",
-                      f"{r.vs_memcpy * 100:.0f} % ({r.mb_per_s:,.0f} MB/s)" if r and r.vs_memcpy else "not run",
-                      r.vs_memcpy >= 0.6 if r and r.vs_memcpy else None))
-    r = _find(results, group="cross", system=GRAFOS, mode="batch", size=64)
-    out.append(Target("cross-process batch, 64 B", ">= 20 M msg/s",
-                      f"{r.msg_per_s / 1e6:.1f} M msg/s" if r else "not run",
-                      r.msg_per_s >= 20e6 if r else None))
-    out.append(Target("cross-process batch, 64 B vs best peer batch", ">= 10x",
-                      f"{r.vs_peer:.1f}x ({r.best_peer})" if r and r.vs_peer else "not run",
-                      r.vs_peer >= 10 if r and r.vs_peer else None))
-    for group, what in (("partitions", "1 to 64 partitions"), ("topics", "1 to 1,000 topics")):
-        sweep = [x for x in results if x.group == group and x.status == "ok" and x.vs_first]
-        if len(sweep) > 1:
-            worst = max(sweep, key=lambda x: abs(x.vs_first - 1))   # type: ignore[operator]
-            n = getattr(worst, group)
-            out.append(Target(f"cost per message flat, {what}", "within 20 %",
-                              f"worst {worst.vs_first:.2f}x at {n} {group} "
+    for g in goals:
+        x = g.threshold
+        if g.metric == "flat":
+            sweep = [r for r in results if r.status == "ok" and r.vs_first
+                     and all(getattr(r, k) == v for k, v in g.select.items())]
+            if len(sweep) < 2:
+                out.append(Target(g.name, g.describe(), "not run", None))
+                continue
+            key = g.select["group"]
+            sweep.sort(key=lambda r: getattr(r, key))
+            worst = max(sweep, key=lambda r: abs(r.vs_first - 1))   # type: ignore[operator]
+            out.append(Target(g.name, g.describe(),
+                              f"worst {worst.vs_first:.2f}x at {getattr(worst, key)} {key} "
                               f"({worst.ns_per_msg:.0f} ns vs {sweep[0].ns_per_msg:.0f} ns)",
-                              abs(worst.vs_first - 1) <= 0.2))   # type: ignore[operator]
+                              abs(worst.vs_first - 1) <= x))   # type: ignore[operator]
+            continue
+        r = _find(results, **g.select)
+        if g.metric == "msg_per_s":
+            out.append(Target(g.name, g.describe(), f"{r.msg_per_s / 1e6:.1f} M msg/s" if r else "not run",
+                              r.msg_per_s >= x if r else None))
+        elif g.metric == "vs_memcpy":
+            ok = r is not None and r.vs_memcpy is not None
+            out.append(Target(g.name, g.describe(),
+                              f"{r.vs_memcpy * 100:.0f} % ({r.mb_per_s:,.0f} MB/s)" if ok else "not run",  # type: ignore[union-attr,operator]
+                              r.vs_memcpy >= x if ok else None))  # type: ignore[union-attr,operator]
         else:
-            out.append(Target(f"cost per message flat, {what}", "within 20 %", "not run", None))
+            ok = r is not None and r.vs_peer is not None
+            out.append(Target(g.name, g.describe(),
+                              f"{r.vs_peer:.1f}x ({r.best_peer})" if ok else "not run",  # type: ignore[union-attr]
+                              r.vs_peer >= x if ok else None))  # type: ignore[union-attr,operator]
     return out

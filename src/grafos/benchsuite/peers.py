@@ -30,7 +30,7 @@ _GET_TIMEOUT = 0.01
 def missing(peer: str) -> str | None:
     """Why ``peer`` cannot run here, or None."""
     if importlib.util.find_spec(MODULE_OF[peer]) is None:
-        return f"not installed ({INSTALL[peer]}, or pip install 'grafos[peers]')"
+        return f"not installed ({INSTALL[peer]}, or pip install \"grafos[peers]\")"
     return None
 
 

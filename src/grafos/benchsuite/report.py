@@ -10,6 +10,7 @@ import subprocess
 from typing import Iterable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .harness import GRAFOS, MEMCPY, Options, Result, Target
@@ -91,33 +92,35 @@ def tables(results: list[Result]) -> list[Table]:
             note = r.note if r.status == "ok" else f"{r.status}: {r.note}"
             if r.lost and r.status == "ok" and not r.note:
                 note = f"{r.lost} lost"
-            cells.append(note)
+            cells.append(escape(note))   # notes hold brackets (pip install "grafos[peers]")
             t.add_row(*cells, style=style)
         out.append(t)
     return out
 
 
-def targets_table(ts: Iterable[Target]) -> Table:
-    t = Table(title="Targets (issue #5), judged on this run", title_justify="left")
-    t.add_column("target")
+def goals_table(ts: Iterable[Target], source: str) -> Table:
+    t = Table(title=f"Goals ({source}), judged on this run", title_justify="left")
     t.add_column("goal")
+    t.add_column("threshold")
     t.add_column("measured")
     t.add_column("verdict")
     for x in ts:
         verdict = {True: "[green]met[/]", False: "[red]missed[/]", None: "[dim]not run[/]"}[x.met]
-        t.add_row(x.name, x.goal, x.measured, verdict)
+        t.add_row(escape(x.name), escape(x.goal), escape(x.measured), verdict)
     return t
 
 
-def print_report(console: Console, results: list[Result], ts: list[Target]) -> None:
+def print_report(console: Console, results: list[Result], ts: list[Target],
+                 goals_source: str | None = None) -> None:
     for t in tables(results):
         console.print(t)
-    console.print(targets_table(ts))
+    if goals_source is not None:
+        console.print(goals_table(ts, goals_source))
 
 
 def machine() -> dict:
     """Where the numbers come from."""
-    info = {"platform": platform.platform(), "python": platform.python_version(),
+    info: dict[str, object] = {"platform": platform.platform(), "python": platform.python_version(),
             "cpus": os.cpu_count(), "machine": platform.machine()}
     try:
         with open("/proc/cpuinfo") as f:
@@ -153,7 +156,7 @@ def write_json(path: str, opt: Options, results: list[Result], ts: list[Target])
                     "partitions": list(opt.partitions), "topics": list(opt.topics),
                     "producers": list(opt.producers), "quick": opt.quick},
         "results": [r.to_dict() for r in results],
-        "targets": [{"name": t.name, "goal": t.goal, "measured": t.measured, "met": t.met} for t in ts],
+        "goals": [{"name": t.name, "goal": t.goal, "measured": t.measured, "met": t.met} for t in ts],
     }
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)

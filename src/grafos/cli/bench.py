@@ -10,12 +10,14 @@ import re
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..benchsuite import SCENARIO_HELP, SCENARIOS, Options, plan, quick_options, run_jobs, targets
+from ..benchsuite import SCENARIO_HELP, SCENARIOS, Options, judge, load_goals, plan, quick_options, run_jobs
 from ..benchsuite import report
 from . import main
 
+_PEERS_HINT = 'pip install "grafos[peers]"'
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
           "mib": 1 << 20}
 
@@ -59,22 +61,31 @@ def _scenario_help() -> str:
 @click.option("--producers", "producers", default=None, metavar="LIST",
               help="Producer process counts for the producers scenario (default 1,2,4).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write every result, the targets and the machine to this JSON file.")
+              help="Write every result, the goals' verdicts and the machine to this JSON file.")
+@click.option("--goals", "goals_path", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Judge the run against the goals in this JSON file (the source tree's "
+                   "benchmarks/goals.json holds the project's).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write a PNG of throughput against message size (needs matplotlib: "
-                   "pip install 'grafos[plot]').")
+                   'pip install "grafos[plot]").')
 def bench(quick: bool, scenarios: tuple[str, ...], sizes: str | None, duration: float | None,
           partitions: str | None, topics: str | None, producers: str | None,
-          json_path: str | None, plot_path: str | None) -> None:
+          json_path: str | None, plot_path: str | None, goals_path: str | None) -> None:
     """Measure grafos beside multiprocessing.Queue, faster-fifo, pyzmq (ipc://) and
     memcpy: messages/s and MB/s, ratios against the best peer and against memcpy.
 
-    Peers that are not installed are reported as missing (pip install 'grafos[peers]').
+    Peers that are not installed are reported as missing (pip install "grafos[peers]").
     Numbers from a shared or busy machine are noisy: compare within one run.
     """
     if plot_path and not report.have_matplotlib():
         raise click.ClickException("--plot needs matplotlib, which is not installed: "
-                                   "pip install matplotlib (or pip install 'grafos[plot]')")
+                                   'pip install matplotlib (or pip install "grafos[plot]")')
+    goals = []
+    if goals_path:
+        try:
+            goals = load_goals(goals_path)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--goals") from None
     opt = quick_options() if quick else Options()
     if scenarios and "all" not in scenarios:
         opt.scenarios = tuple(s for s in SCENARIOS if s in scenarios)
@@ -108,14 +119,15 @@ def bench(quick: bool, scenarios: tuple[str, ...], sizes: str | None, duration: 
                 progress.advance(task)
 
         results = run_jobs(jobs, step)
-    ts = targets(results)
-    report.print_report(console, results, ts)
+    ts = judge(goals, results)
+    report.print_report(console, results, ts, goals_path)
     missing = sorted({r.system for r in results if r.status == "missing"})
     if missing:
-        console.print(f"[yellow]missing peers (not installed, not measured): {', '.join(missing)}[/]")
+        console.print(f"[yellow]missing peers (not installed, not measured): {', '.join(missing)}; "
+                      f"{escape(_PEERS_HINT)}[/]")
     errors = [r for r in results if r.status == "error"]
     for r in errors:
-        console.print(f"[red]error[/] {r.placement} {r.label} {r.size} B: {r.note}")
+        console.print(f"[red]error[/] {r.placement} {r.label} {r.size} B: {escape(r.note)}")
     if json_path:
         report.write_json(json_path, opt, results, ts)
         console.print(f"wrote {json_path}")

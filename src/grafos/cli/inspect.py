@@ -292,7 +292,7 @@ def tail(name: str, topic: str, from_beginning: bool, max_messages: int | None, 
             if bad:
                 raise NotFound(f"topic {topic!r} has partitions 0..{n - 1}, not {bad}")
             c.assign(sorted(set(partitions)))
-        c.seek(mgr, None, SeekPolicy.Earliest if from_beginning else SeekPolicy.Latest)
+        c.seek(mgr, SeekPolicy.Earliest if from_beginning else SeekPolicy.Latest)
         out = sys.stdout       # CliRunner swaps it in; a pipe closing is handled below
         seen = 0
         last = time.monotonic()

@@ -19,7 +19,7 @@ from .._crossing import PollPath
 from ..errors import Fenced, InvalidArgument
 from ..message import Message
 from ..partition import MAX_OFFSET
-from ..reader import Batch, Reader
+from ..reader import Batch, Reader, Waiter
 from .offset import OffsetStore, commit_many, committed_entry
 from .topic import Topic, TopicManager
 
@@ -159,7 +159,10 @@ class Consumer(PollPath):
     # ---- positions ---------------------------------------------------------------
     def seek(self, mgr: TopicManager, store_or_partition=None, policy: SeekPolicy | int | None = None) -> None:
         """``seek(mgr, store, SeekPolicy.Committed|Earliest|Latest)`` for every assigned
-        partition, or ``seek(mgr, partition, offset)`` for one."""
+        partition; ``seek(mgr, SeekPolicy.Earliest|Latest)`` needs no store. One
+        partition: :meth:`seek_partition` (``seek(mgr, partition, offset)`` also works)."""
+        if isinstance(store_or_partition, SeekPolicy) and policy is None:
+            store_or_partition, policy = None, store_or_partition
         if isinstance(store_or_partition, int) and not isinstance(store_or_partition, bool):
             self.seek_partition(mgr, store_or_partition, policy)   # type: ignore[arg-type]
             return
@@ -319,6 +322,20 @@ class Consumer(PollPath):
         self._next_look = time.monotonic() + _REFRESH_GAP
         self._open(mgr, t)
         return True
+
+    def wait(self, mgr: TopicManager, timeout: float | None = None) -> bool:
+        """Block until :meth:`poll` would find a message (or ``timeout`` seconds pass;
+        None: no limit) without reading one: positions do not move, so a caller
+        that gives up leaves the consumer where it was. True if something is
+        readable. A thread may wait for the consumer's owner while the owner
+        waits for it (this is how :mod:`grafos.aio` awaits messages)."""
+        return self._ensure(mgr).wait(timeout)
+
+    def wait_request(self, waiter: Waiter, mgr: TopicManager, timeout: float | None = None) -> int:
+        """Ask ``waiter`` (a :class:`~grafos.reader.Waiter`, which an event loop
+        watches) to wait as :meth:`wait` does, in its own thread; returns the
+        request's number. Reads nothing."""
+        return waiter.request(self._ensure(mgr), timeout)
 
     # ---- committing -------------------------------------------------------------
     def commit(self, store: OffsetStore, offsets: dict[int, int] | None = None) -> dict[int, int]:

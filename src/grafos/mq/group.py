@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from .consumer import Consumer
     from .topic import TopicManager
 
-__all__ = ["ConsumerGroup", "Claim", "GroupDescription", "GroupPartition", "MemberInfo",
+__all__ = ["ConsumerGroup", "KeepAlive", "Claim", "GroupDescription", "GroupPartition", "MemberInfo",
            "GroupConfig", "list_groups", "group_lag"]
 
 MAX_PARTITIONS = 4096
@@ -552,3 +552,95 @@ class ConsumerGroup:
                             sorted(p for p, c in claims.items() if c.owner == m))
                  for m, hb in sorted(members.items())]
         return GroupDescription(self.name, self.topic, self.stale_threshold_secs, infos, parts)
+
+    # ---- background heartbeats ---------------------------------------------------------
+    def keep_alive(self, member: str, interval: float | None = None) -> "KeepAlive":
+        """Heartbeat ``member`` from a background thread while the block runs, so
+        long processing does not make it stale (Kafka's background heartbeat)::
+
+            with group.keep_alive("worker-1") as ka:
+                slow_work(batch)            # longer than the stale threshold
+            ka.owned                        # partitions it still owns
+
+        ``interval`` defaults to a third of the stale threshold. Works as
+        ``async with`` too (the same thread: a task would stop beating while the
+        event loop is busy with the work it is meant to cover)."""
+        return KeepAlive(self, member, interval)
+
+
+class KeepAlive:
+    """Heartbeats for one member from a daemon thread; see :meth:`ConsumerGroup.keep_alive`.
+
+    ``owned`` is the partitions the member owned at the last heartbeat (it may
+    shrink when others join and the member gives back above its share, or when
+    it was fenced); ``beats`` counts heartbeats. An error in the thread stops
+    it and is raised when the block ends.
+    """
+
+    def __init__(self, group: ConsumerGroup, member: str, interval: float | None = None) -> None:
+        self.group = group
+        self.member = group._member(member)
+        if interval is None:
+            interval = group.stale_threshold_secs / 3
+        self.interval = _validate.number(interval, "interval", 0, lo_open=True)
+        if self.interval >= group.stale_threshold_secs:
+            raise InvalidArgument(f"keep-alive interval {self.interval} s must be shorter than the "
+                                  f"stale threshold ({group.stale_threshold_secs} s)")
+        self.owned: list[int] = []
+        self.beats = 0
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "KeepAlive":
+        if self._thread is not None:
+            raise InvalidArgument(f"keep-alive of member {self.member!r} is already running")
+        self._stop.clear()
+        self.owned = self.group.heartbeat(self.member)     # at once: the block may start with slow work
+        self.beats = 1
+        self._thread = threading.Thread(target=self._run, name=f"grafos-keepalive-{self.member}",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.owned = self.group.heartbeat(self.member)
+                self.beats += 1
+            except BaseException as e:  # noqa: BLE001 - handed to the block's owner at stop()
+                self.error = e
+                return
+
+    def stop(self) -> None:
+        """Stop the thread (waits for a heartbeat in progress); raises its error if it had one."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.error is not None:
+            err, self.error = self.error, None
+            raise err
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def __enter__(self) -> "KeepAlive":
+        return self.start()
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is None:
+            self.stop()
+            return
+        try:
+            self.stop()
+        except Exception:  # noqa: BLE001 - the block's own exception wins
+            pass
+
+    async def __aenter__(self) -> "KeepAlive":
+        return self.start()
+
+    async def __aexit__(self, exc_type: object, *exc: object) -> None:
+        self.__exit__(exc_type)
+

@@ -19,6 +19,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable
 
 from .. import _validate
 from .._clock import now_ns, now_s
@@ -27,6 +28,10 @@ from .._native import ffi, lib
 from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, NotFound, NotPortable
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
 from ..partition import Partition, PartitionState
+
+if TYPE_CHECKING:
+    from .bound import BoundConsumer, BoundProducer
+    from .producer import Partitioner
 
 #: documented defaults of :class:`TopicConfig`
 DEFAULT_PARTITIONS = 4
@@ -470,3 +475,23 @@ class TopicManager:
         d = self.describe(name, now)
         return {"produced": d.produced, "lost": d.lost,
                 "partitions_alive": sum(p.alive for p in d.partitions)}
+
+    # ---- handles bound to this bus -----------------------------------------------
+    def producer(self, topic: str, partitioner: "Partitioner | None" = None) -> "BoundProducer":
+        """A :class:`~grafos.mq.producer.Producer` of ``topic`` bound to this bus:
+        ``mgr.producer("events").send_keyed(key, value)``."""
+        from .bound import BoundProducer        # bound sits above this module
+        from .producer import Partitioner
+        return BoundProducer(self, topic, Partitioner.KeyHash if partitioner is None else partitioner)
+
+    def consumer(self, topic: str, group: str = "default", *, partitions: "Iterable[int] | None" = None,
+                 max_batch: int = 1024) -> "BoundConsumer":
+        """A :class:`~grafos.mq.consumer.Consumer` of ``topic`` in ``group`` bound to
+        this bus, reading ``partitions`` (default: all): ``mgr.consumer("events",
+        group="processors").poll(100)``."""
+        from .bound import BoundConsumer
+        c = BoundConsumer(self, topic, group, max_batch=max_batch)
+        if partitions is not None:
+            c.assign(partitions)
+        return c
+
