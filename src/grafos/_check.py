@@ -21,6 +21,7 @@ _TABLE: dict[int, type[errors.GrafosError]] = {
     lib.GF_E_ABANDONED: errors.SlotAbandoned,
     lib.GF_E_PERM: errors.PermissionDenied,
     lib.GF_E_BUFFER: errors.BufferTooSmall,
+    lib.GF_E_FULL_RING: errors.BufferFull,
 }
 
 

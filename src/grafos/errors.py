@@ -6,6 +6,8 @@ fits, the class is also that builtin (``MessageTooLarge`` is a ``ValueError``,
 """
 from __future__ import annotations
 
+import queue
+
 
 class GrafosError(Exception):
     """Base of every grafos error."""
@@ -74,6 +76,12 @@ class PermissionDenied(GrafosError, PermissionError):
 
 class BufferTooSmall(GrafosError, ValueError):
     """A read buffer cannot hold even one message."""
+
+
+class BufferFull(GrafosError, queue.Full):
+    """A partition has no room: a gating reader has not read the slot the message
+    would overwrite (a topic with ``on_full="raise"``, or a blocking send whose
+    timeout passed). Nothing was written."""
 
 
 class Fenced(GrafosError):

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Mapping, NamedTuple
 from .. import _validate
 from .._clock import now_ns
 from ..errors import CorruptFabric, Fenced, InvalidArgument
-from . import _metakeys
+from . import _metakeys, gate
 from .offset import MAX_OFFSET, OffsetStore, commit_many
 
 if TYPE_CHECKING:
@@ -91,6 +91,9 @@ class GroupPartition:
     earliest: int
     latest: int
     lag: int                  #: messages still to be consumed by the group
+    #: on a topic with on_full "block"/"raise": "gating" while the group's lease on
+    #: the partition is live, "released" once it went stale; None otherwise
+    gating: str | None = None
 
 
 @dataclass(frozen=True)
@@ -335,11 +338,17 @@ class ConsumerGroup:
     def _member(self, member: str) -> str:
         return _validate.name(member, "member", 64)
 
+    def _gate_topic(self):  # noqa: ANN202 - Topic | None
+        """The topic whose gate this group holds (fabric-backed groups only),
+        resolved before the fabric lock is taken."""
+        return gate.topic_of(self.mgr, self.topic) if self.mgr is not None else None
+
     def _sync(self, member: str, now: float | None, acquire: bool) -> list[int]:
         """Heartbeat, give back above the quota, optionally take up to it."""
         member = self._member(member)
         t = now_ns(now)
         st = self._state
+        gt = self._gate_topic()
         with st.locked():
             members = st.members()
             members[member] = t
@@ -370,6 +379,10 @@ class ConsumerGroup:
             mine.sort()
             with self._elock:
                 self._epochs[member] = {p: claims[p].epoch for p in mine}
+            if gt is not None:
+                # a heartbeat renews the group's lease on the partitions its member owns
+                gate.hold(self.mgr, gt, gate.group_reader(self.name), gate.GROUP,
+                          {p: None for p in mine}, self._stale_ns, now=t / 1e9)
             return mine
 
     # ---- membership -------------------------------------------------------------------
@@ -389,6 +402,7 @@ class ConsumerGroup:
         wait for the stale threshold). Returns the partitions given back."""
         member = self._member(member)
         st = self._state
+        gt = self._gate_topic()
         with st.locked():
             released = []
             for p, c in sorted(st.claims().items()):
@@ -396,6 +410,9 @@ class ConsumerGroup:
                     st.put_claim(p, Claim(None, c.epoch, c.since_ns))
                     released.append(p)
             st.del_member(member)
+            t = now_ns(None)
+            if gt is not None and not any(self._is_live(hb, t) for hb in st.members().values()):
+                gate.release(self.mgr, gt, gate.group_reader(self.name))   # the last one out
         with self._elock:
             self._epochs.pop(member, None)
         return released
@@ -441,7 +458,8 @@ class ConsumerGroup:
         return _validate.integer(p, "partition", 0, self.num_partitions - 1)
 
     # ---- committing ---------------------------------------------------------------------
-    def commit(self, store: OffsetStore, member: str, topic: str, offsets: Mapping[int, int]) -> dict[int, int]:
+    def commit(self, store: OffsetStore, member: str, topic: str, offsets: Mapping[int, int], *,
+               now: float | None = None) -> dict[int, int]:
         """Commit ``offsets`` (partition -> next offset to read) for ``member``,
         only for partitions it still owns, atomically with the ownership check.
 
@@ -449,7 +467,8 @@ class ConsumerGroup:
         (taken over, given back, or claimed again since this object handed it out
         under an older epoch), :class:`~grafos.errors.Fenced` is raised after,
         naming them (``err.partitions``), and nothing is committed for them.
-        Returns what was committed."""
+        Returns what was committed. On a topic with ``on_full`` "block" or
+        "raise" the commit also moves the group's gate (and renews its lease)."""
         if not isinstance(store, OffsetStore):
             raise _validate.InvalidType(f"store must be an offset store, not {type(store).__name__}")
         member = self._member(member)
@@ -467,6 +486,7 @@ class ConsumerGroup:
         st = self._state
         if isinstance(st, _FabricState):
             store = _same_bus_store(store, st.fabric)
+        gt = self._gate_topic()
         with st.locked():
             claims = st.claims()
             ok, fenced = {}, []
@@ -478,6 +498,9 @@ class ConsumerGroup:
                     ok[p] = off
             if ok:
                 commit_many(store, self.name, topic, ok)
+                if gt is not None:
+                    gate.hold(self.mgr, gt, gate.group_reader(self.name), gate.GROUP, ok,
+                              self._stale_ns, now=now)
         if fenced:
             owners = {p: (claims[p].owner if p in claims else None) for p in fenced}
             err = Fenced(f"member {member!r} of group {self.name!r} no longer owns partition(s) "
@@ -510,13 +533,21 @@ class ConsumerGroup:
             members = self._state.members()
             claims = self._state.claims()
         topic = mgr.topic(self.topic) if mgr is not None else None
+        leases: dict[int, bool] = {}
+        if topic is not None and topic.config.on_full != "overwrite":
+            me = gate.group_reader(self.name)
+            for pg in gate.describe(mgr, self.topic, now=now):
+                for r in pg.readers:
+                    if r.reader == me:
+                        leases[pg.partition] = r.live
         parts = []
         for p in range(self.num_partitions):
             c = claims.get(p)
             committed = store.committed(self.name, self.topic, p) if store is not None else None
             earliest, latest = _bounds(topic, p) if topic is not None and p < topic.n else (0, 0)
+            gating = None if p not in leases else ("gating" if leases[p] else "released")
             parts.append(GroupPartition(p, c.owner if c else None, c.epoch if c else 0, committed,
-                                        earliest, latest, _lag(committed, earliest, latest)))
+                                        earliest, latest, _lag(committed, earliest, latest), gating))
         infos = [MemberInfo(m, hb / 1e9, (t - hb) / 1e9, not self._is_live(hb, t),
                             sorted(p for p, c in claims.items() if c.owner == m))
                  for m, hb in sorted(members.items())]

@@ -35,6 +35,13 @@ MAX_PARTITIONS = 4096
 MAX_TOPIC_NAME = 64
 
 _CONFIG = struct.Struct("<IIIIdqQ")    # partitions, capacity, stride, flags, retention, created_ns, incarnation
+_FLAGS_ON_FULL = 0x3                   # flags bits 0-1: the on_full policy (lib.GF_FULL_*)
+
+#: what a send does when the slot it would write still holds a message a gating
+#: reader has not read: overwrite it (the oldest message is lost to that reader),
+#: block until there is room, or raise BufferFull
+ON_FULL = {"overwrite": lib.GF_FULL_OVERWRITE, "block": lib.GF_FULL_BLOCK, "raise": lib.GF_FULL_RAISE}
+_ON_FULL_NAMES = {v: k for k, v in ON_FULL.items()}
 _PREF = struct.Struct("<IIQ")          # lease index, pad, lease id
 
 
@@ -48,8 +55,16 @@ class TopicConfig:
     partition_capacity: int = DEFAULT_CAPACITY
     partition_stride: int = DEFAULT_STRIDE
     retention_secs: float = DEFAULT_RETENTION_SECS
+    #: ``"overwrite"`` (default), ``"block"`` or ``"raise"``: what a send does when
+    #: a gating reader (a consumer group of the topic, or a consumer created with
+    #: ``gating=True``) has not yet read the slot it would overwrite
+    on_full: str = "overwrite"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.on_full, str):
+            raise _validate.InvalidType(f"on_full must be a str, not {type(self.on_full).__name__}")
+        if self.on_full not in ON_FULL:
+            raise InvalidArgument(f"on_full must be 'overwrite', 'block' or 'raise', got {self.on_full!r}")
         _validate.integer(self.num_partitions, "num_partitions", 1, MAX_PARTITIONS)
         _validate.integer(self.partition_capacity, "partition_capacity", 1, 1 << 30)
         _validate.integer(self.partition_stride, "partition_stride", lib.GF_SLOT_HDR_SIZE + 8, 16 << 20)
@@ -122,6 +137,14 @@ class Topic:
         return p
 
 
+def _set_on_full(p: Partition, config: TopicConfig) -> None:
+    """Write the topic's policy into the ring header too, for tools that read rings."""
+    rc = lib.gf_ring_set_on_full(p.handle, ON_FULL[config.on_full])
+    if rc < 0:
+        from .._check import raise_for
+        raise_for(rc, "on_full")
+
+
 def _key(kind: str, name: str, i: int | None = None) -> str:
     return f"{kind}/{name}" if i is None else f"{kind}/{name}/{i}"
 
@@ -192,7 +215,8 @@ class TopicManager:
             incarnation = time.time_ns()
             refs = self._alloc_partitions(name, config, now)
             fab.meta_put(_key("t", name), _CONFIG.pack(
-                config.num_partitions, config.partition_capacity, config.partition_stride, 0,
+                config.num_partitions, config.partition_capacity, config.partition_stride,
+                ON_FULL[config.on_full],
                 config.retention_secs, now_ns(now), incarnation))
             topic = Topic(name, config, incarnation, refs)
             self._cache(name, topic)
@@ -207,6 +231,7 @@ class TopicManager:
                 p = Partition.create(fab, config.partition_capacity, config.partition_stride,
                                      ttl=config.retention_secs, owner_tag=i, now=now)
                 made.append(p)
+                _set_on_full(p, config)
             for i, p in enumerate(made):
                 fab.meta_put(_key("p", name, i), _PREF.pack(p.lease.index, 0, p.lease.id))
         except BaseException:
@@ -253,6 +278,7 @@ class TopicManager:
                 if not alive:
                     p = Partition.create(fab, cfg.partition_capacity, cfg.partition_stride,
                                          ttl=cfg.retention_secs, owner_tag=i, now=now)
+                    _set_on_full(p, cfg)
                     fab.meta_put(_key("p", name, i), _PREF.pack(p.lease.index, 0, p.lease.id))
             self._uncache(name)
             return self._load(name, now)
@@ -273,8 +299,11 @@ class TopicManager:
     @staticmethod
     def _config(raw: bytes) -> TopicConfig:
         try:
-            n, cap, stride, _flags, retention, _created, _inc = _CONFIG.unpack(raw)
-            return TopicConfig(n, cap, stride, retention)
+            n, cap, stride, flags, retention, _created, _inc = _CONFIG.unpack(raw)
+            on_full = _ON_FULL_NAMES.get(flags & _FLAGS_ON_FULL)
+            if on_full is None or flags & ~_FLAGS_ON_FULL:
+                raise ValueError(f"flags {flags:#x}")
+            return TopicConfig(n, cap, stride, retention, on_full)
         except (struct.error, ValueError, TypeError) as e:
             from ..errors import CorruptFabric
             raise CorruptFabric(f"topic config in the fabric is damaged: {e}") from None
