@@ -209,12 +209,13 @@ def _apply(t: "Topic", recs: Mapping[int, Mapping[str, tuple[int, int, int]]], t
     return out
 
 
-def describe(mgr: "TopicManager", topic: str, now: float | None = None) -> list[PartitionGate]:
+def describe(mgr: "TopicManager", topic: "str | Topic", now: float | None = None) -> list[PartitionGate]:
     """Per partition: policy, gate and who sets it, producers blocked now, time
     blocked, BufferFull raised, and every gating reader (live or released)."""
     t = _topic(mgr, topic)
     if t is None:
         raise NotFound(f"no topic {topic!r}")
+    topic = t.name
     tn = now_ns(now)
     with mgr.fabric.locked():
         recs = _records(mgr, topic)

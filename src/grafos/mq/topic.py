@@ -13,18 +13,21 @@ an expired topic fresh leases (offsets start again at 0).
 """
 from __future__ import annotations
 
+import dataclasses
 import struct
 import threading
 import time
 from dataclasses import dataclass, field
 
 from .. import _validate
+from .._check import raise_for
 from .._clock import now_ns, now_s
 from .._crossing import Binding
 from .._native import ffi, lib
 from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, NotFound
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
 from ..partition import Partition, PartitionState
+from . import gate
 
 #: documented defaults of :class:`TopicConfig`
 DEFAULT_PARTITIONS = 4
@@ -88,6 +91,13 @@ class PartitionInfo:
     ttl_remaining: float      #: seconds until the lease expires (0 when expired)
     alive: bool
     lease_id: int
+    # back-pressure (topics with on_full "block" or "raise"; zeros elsewhere)
+    gate: int = 0             #: producers may write offsets below it (0: not gated)
+    gate_held_by: str | None = None   #: the live gating reader that sets the gate
+    blocked: int = 0          #: producers waiting for room now
+    blocked_secs: float = 0.0  #: total time producers waited for room
+    full_raised: int = 0      #: sends refused with BufferFull
+    gating: tuple = ()        #: the partition's gating readers (gate.GateReader), live or released
 
 
 @dataclass(frozen=True)
@@ -141,7 +151,6 @@ def _set_on_full(p: Partition, config: TopicConfig) -> None:
     """Write the topic's policy into the ring header too, for tools that read rings."""
     rc = lib.gf_ring_set_on_full(p.handle, ON_FULL[config.on_full])
     if rc < 0:
-        from .._check import raise_for
         raise_for(rc, "on_full")
 
 
@@ -369,7 +378,8 @@ class TopicManager:
 
     def describe(self, name: str, now: float | None = None) -> TopicDescription:
         """Per partition: earliest and latest offset, lease TTL remaining, messages
-        lost to overwrite."""
+        lost to overwrite; on a gated topic also the gate, the reader that sets
+        it, producers blocked now, time blocked and BufferFull raised."""
         t = self.refresh(name)
         infos = []
         for i, p in enumerate(t.partitions):
@@ -380,6 +390,12 @@ class TopicManager:
             ttl = max(0.0, st.expires_at - now_s(now)) if st.alive else 0.0
             infos.append(PartitionInfo(i, st.earliest, st.latest, st.lost, st.abandoned, ttl,
                                        st.alive, p.lease.id))
+        if t.config.on_full != "overwrite":
+            gate.recompute(self, t, now)    # release readers that went stale before reporting
+            for pg in gate.describe(self, t, now):
+                infos[pg.partition] = dataclasses.replace(
+                    infos[pg.partition], gate=pg.gate, gate_held_by=pg.held_by, blocked=pg.blocked,
+                    blocked_secs=pg.blocked_secs, full_raised=pg.full_raised, gating=tuple(pg.readers))
         return TopicDescription(name, t.config, infos)
 
     def stats(self, name: str, now: float | None = None) -> dict[str, int]:
