@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import queue
 import random
 import signal
 import threading
@@ -83,7 +84,7 @@ def test_raise_refuses_the_message_a_group_has_not_read_and_writes_nothing():
     c = Consumer("t", "check")
     c.seek(mgr, None, SeekPolicy.Earliest)
     assert [m.value for _, m in c.poll(mgr, 100)] == [b"3", b"4", b"5", b"6", b"7", b"a", b"b", b"c"]
-    assert isinstance(BufferFull("x"), __import__("queue").Full)
+    assert isinstance(BufferFull("x"), queue.Full)
 
 
 def test_a_batch_spanning_partitions_writes_nothing_when_one_is_full():
@@ -174,6 +175,8 @@ def test_gate_model_groups_join_commit_go_stale_and_leave():
     tail = 0
     prod = Producer("t")
     now = time.time() + 1000.0
+    seen = {"sent": 0, "refused": 0, "released": 0, "ungated": 0}
+    holders = set()
     for step in range(400):
         now += rnd.choice([0.0, 0.1, 0.5, 1.0])
         name = rnd.choice(list(groups))
@@ -198,8 +201,10 @@ def test_gate_model_groups_join_commit_go_stale_and_leave():
             try:
                 prod.send(mgr, b"%d" % step)
                 tail += 1
+                seen["sent"] += 1
                 assert room, f"step {step}: sent past the gate"
             except BufferFull:
+                seen["refused"] += 1
                 assert not room, f"step {step}: refused with room"
         d = mgr.describe("t", now=now).partitions[0]
         live = {n: (min(max(pos, max(0, tail - cap)), tail), n) for n, (pos, exp) in model.items() if exp > now}
@@ -208,6 +213,12 @@ def test_gate_model_groups_join_commit_go_stale_and_leave():
         assert d.latest == tail
         released = {r.reader for r in d.gating if not r.live}
         assert released == {"g:" + n for n, (_, exp) in model.items() if exp <= now}
+        seen["released"] += bool(released)
+        seen["ungated"] += d.gate == 0
+        holders.add(d.gate_held_by)
+    # the run went through every case the model tells apart
+    assert min(seen.values()) >= 10, seen
+    assert holders >= {None, "g:a", "g:b", "g:c"}, holders
 
 
 # ---- across processes -------------------------------------------------------------------------------
