@@ -32,6 +32,13 @@ Where the state lives:
   ``g/<group>/<topic>/c/<partition>`` (owner, epoch); a digest replaces the
   names when they would not fit the table's 96-byte keys.
 
+On a topic created with ``on_full="block"`` or ``"raise"``, a fabric-backed
+group is a *gating reader* (:mod:`grafos.mq.gate`): producers do not overwrite
+what it has not committed past. Its commits move the gate; commits and
+heartbeats renew its lease on the partitions its members own, and a
+partition whose owner went stale is released (it overwrites again) until a
+live member claims it. A group kept in this object (no ``mgr``) does not gate.
+
 A rebalance loop for one member::
 
     owned = group.claim(member)            # also heartbeats

@@ -67,6 +67,11 @@ class Producer(SendPath):
     without a copy). A Producer may be shared by threads: the hot path reads
     one binding (manager, C sender struct, topic) that is replaced whole, and
     the round-robin counter is atomic in C.
+
+    On a topic with ``on_full="block"``, a send that finds no room waits for
+    it up to ``timeout`` seconds (the producer's, or ``send(..., timeout=)``;
+    None waits forever) and then raises BufferFull; with ``"raise"`` it raises
+    at once. Either way nothing is written.
     """
 
     def __init__(self, topic: str, partitioner: Partitioner = Partitioner.KeyHash, *,
