@@ -163,6 +163,20 @@ def test_a_gating_consumer_holds_producers_back_until_it_polls_and_closes():
     assert mgr.describe("t").partitions[0].gate == 0
 
 
+def test_deleting_a_topic_drops_its_gating_records_and_a_new_one_starts_ungated():
+    mgr = _mgr("block")
+    g = _held(mgr)
+    g.commit(FabricOffsetStore(mgr), "m", "t", {0: 0})
+    assert [k for k, _ in mgr.fabric.meta_items("w/")]
+    mgr.delete("t")
+    assert [k for k, _ in mgr.fabric.meta_items("w/")] == []
+    mgr.create("t", TopicConfig(1, 8, 128, 3600.0, on_full="block"))
+    p = Producer("t", timeout=0)
+    for i in range(20):
+        p.send(mgr, b"%d" % i)            # nobody gates the new topic until the group commits
+    assert mgr.describe("t").partitions[0].gate == 0
+
+
 # ---- the gate's model, on an injected clock --------------------------------------------------------
 def test_gate_model_groups_join_commit_go_stale_and_leave():
     rnd = random.Random(1234)

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .topic import Topic, TopicManager
 
 __all__ = ["GateReader", "PartitionGate", "hold", "release", "recompute", "describe", "group_reader",
-           "consumer_reader", "topic_of", "wait_room", "note_full", "GROUP", "CONSUMER"]
+           "consumer_reader", "topic_of", "forget", "wait_room", "note_full", "GROUP", "CONSUMER"]
 
 _REC = struct.Struct("<QqB")      # position, lease expiry (ns), kind; then the reader's name
 _KINDS = {0: "group", 1: "consumer"}
@@ -166,6 +166,12 @@ def release(mgr: "TopicManager", topic: "str | Topic", reader: str, now: float |
                 mgr.fabric.meta_del(_metakeys.child(_scope(topic), str(p), reader))
                 del readers[reader]
         _apply(t, recs, now_ns(now))
+
+
+def forget(mgr: "TopicManager", topic: str) -> None:
+    """Drop every gating record of ``topic`` (it is being deleted). Needs the fabric lock."""
+    for key, _ in mgr.fabric.meta_items(_scope(topic)):
+        mgr.fabric.meta_del(key)
 
 
 def recompute(mgr: "TopicManager", topic: "str | Topic", now: float | None = None) -> dict[int, int]:

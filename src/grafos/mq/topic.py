@@ -269,6 +269,7 @@ class TopicManager:
                         pass
                     fab.meta_del(_key("p", name, i))
             fab.meta_del(_key("t", name))
+            gate.forget(self, name)
             self._uncache(name)
 
     def restart(self, name: str, *, now: float | None = None) -> Topic:
