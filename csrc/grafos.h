@@ -28,6 +28,7 @@
 #define GF_E_PERM      -13    /* ownership/permission check refused the fabric */
 #define GF_E_BUFFER    -14    /* caller's buffer too small for one message */
 #define GF_E_NOSPACE   -15    /* the filesystem holding the fabric cannot reserve the pages */
+#define GF_E_FULL_RING -16    /* a gating reader has not read the slot we would overwrite */
 
 /* Offsets are below 2^GF_OFFSET_BITS: gf_send packs (partition << 48 | offset). */
 #define GF_OFFSET_BITS  48
@@ -40,6 +41,11 @@
 /* Partitioners */
 #define GF_PART_KEYHASH    0
 #define GF_PART_ROUNDROBIN 1
+
+/* What a ring does when the slot to write still holds what a gating reader needs */
+#define GF_FULL_OVERWRITE  0
+#define GF_FULL_BLOCK      1
+#define GF_FULL_RAISE      2
 
 /* Message flags */
 #define GF_MSG_HAS_KEY     1
@@ -259,6 +265,29 @@ typedef struct {
 int64_t gf_sender_send(gf_sender *s, const uint8_t *key, uint32_t klen,
                        const uint8_t *val, uint32_t vlen);
 int64_t gf_sender_send_nokey(gf_sender *s, const uint8_t *val, uint32_t vlen);
+
+/* Back-pressure (ring.c): the per-ring gate and the wait for room. */
+typedef struct {
+    uint64_t gate;          /* 0: ungated; else offsets below it may be claimed */
+    uint64_t tail;
+    uint64_t blocked_ns;    /* total time producers waited for room */
+    uint64_t full_raised;   /* sends refused for want of room */
+    uint32_t blocked;       /* producers waiting for room now */
+    uint32_t on_full;       /* GF_FULL_* */
+    uint32_t capacity;
+    uint32_t reserved;
+} gf_gate_state;
+
+int gf_ring_set_on_full(gf_ring *r, uint32_t on_full);
+int gf_ring_set_gate(gf_ring *r, uint64_t gate);
+int gf_ring_gate_get(gf_ring *r, gf_gate_state *out);
+/* Sleep on the ring's gate futex until `count` offsets fit below the gate, or
+ * timeout_ns (>= 0) passes: GF_OK, or GF_E_FULL_RING. Adds the time waited to
+ * blocked_ns. Call without the GIL in slices (cffi releases it). */
+int gf_ring_wait_room(gf_ring *r, uint64_t count, int64_t timeout_ns);
+/* Which partition of rings[0..n) the last gf_send* of this thread found full. */
+uint32_t gf_full_partition(void);
+void gf_ring_note_full(gf_ring *r);
 
 /* The table of per-message entry points for the CPython crossing (crossing.h). */
 typedef struct gf_crossing gf_crossing;

@@ -137,11 +137,28 @@ struct gf_ring_hdr {
     uint8_t pad1[GF_LINE - 8];
     /* line 2: rarely written counters */
     _Atomic uint64_t abandoned; /* 128 */
-    uint8_t pad2[GF_LINE - 8];
-    uint8_t pad3[GF_LINE];
+    /* back-pressure counters, written only by producers that found no room */
+    _Atomic uint64_t blocked_ns;   /* 136: total time producers spent waiting for room */
+    _Atomic uint64_t full_raised;  /* 144: sends refused for want of room (BufferFull) */
+    _Atomic uint32_t blocked;      /* 152: producers waiting for room now (a killed one never
+                                    * takes its count back; it only costs gate setters a wake) */
+    uint32_t pad2a;
+    uint8_t pad2[GF_LINE - 32];
+    /* line 3: the gate, read by every append, written when a gating reader
+     * commits. gate == 0: nobody gates this ring (the oldest slot is
+     * overwritten). Otherwise producers may claim offsets below gate only:
+     * gate = the lowest position of the live gating readers + capacity.
+     * gate_wake is the futex producers without room sleep on. */
+    _Atomic uint64_t gate;         /* 192 */
+    _Atomic uint32_t gate_wake;    /* 200 */
+    uint32_t on_full;              /* 204: GF_FULL_*, set once at creation (the topic's policy) */
+    uint8_t pad3[GF_LINE - 16];
 };
 _Static_assert(offsetof(struct gf_ring_hdr, tail) == 64, "tail line");
 _Static_assert(offsetof(struct gf_ring_hdr, abandoned) == 128, "counter line");
+_Static_assert(offsetof(struct gf_ring_hdr, blocked) == 152, "blocked");
+_Static_assert(offsetof(struct gf_ring_hdr, gate) == 192, "gate line");
+_Static_assert(offsetof(struct gf_ring_hdr, on_full) == 204, "on_full");
 _Static_assert(sizeof(struct gf_ring_hdr) == GF_RING_HDR_SIZE, "ring hdr");
 
 /* ---- slot ----------------------------------------------------------------

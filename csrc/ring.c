@@ -222,9 +222,31 @@ static inline int check_alive(const gf_ring *r, int64_t now)
     return GF_OK;
 }
 
+/* Which partition the last send of this thread found without room (gf_full_partition). */
+static _Thread_local uint32_t full_part;
+
+static int full_ring(const gf_ring *r, uint64_t count, uint64_t gate)
+{
+    return gf_fail(GF_E_FULL_RING, "no room for %llu message(s): a gating reader has not read past offset %llu",
+                   (unsigned long long)count, (unsigned long long)(gate > r->capacity ? gate - r->capacity : 0));
+}
+
 static inline int64_t claim(gf_ring *r, uint64_t count)
 {
-    uint64_t n = faa(&r->hdr->tail, count);
+    /* Back-pressure costs one load when nobody gates the ring; a gated ring
+     * claims with a CAS so that concurrent producers never pass the gate. */
+    uint64_t gate = ld_acq(&r->hdr->gate), n;
+    if (__builtin_expect(gate != 0, 0)) {
+        if (count > r->capacity)
+            return gf_fail(GF_E_INVAL, "%llu messages for one partition of %u slots can never fit while a reader gates it",
+                           (unsigned long long)count, r->capacity);
+        n = ld_acq(&r->hdr->tail);
+        do {
+            if (n + count > gate)
+                return full_ring(r, count, gate);
+        } while (!cas(&r->hdr->tail, &n, n + count));
+    } else
+        n = faa(&r->hdr->tail, count);
     if (__builtin_expect(n >= MAX_OFFSET || count > MAX_OFFSET - n, 0))
         return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)n);
     return (int64_t)n;
@@ -299,6 +321,8 @@ int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
     if (!r)
         return gf_fail(GF_E_INVAL, "partition %u is not open", p);
     int64_t off = append_one(r, key, klen, has_key, h, hdrs, hlen, val, vlen, ts_ns, now);
+    if (__builtin_expect(off == GF_E_FULL_RING, 0))
+        full_part = p;
     return off < 0 ? off : ((int64_t)p << 48) | off;
 }
 
@@ -350,6 +374,34 @@ int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
         return gf_fail(GF_E_ABANDONED, "%u of %u batch messages were reclaimed by readers after the bounded wait",
                        abandoned, count);
     return first;
+}
+
+/* A batch found partition `upto` full after claiming its share of partitions
+ * below it (next[q] holds their first offsets): give each share back when no
+ * one claimed after us, else mark its slots abandoned so readers skip them at
+ * once. Either way no message of the batch becomes readable. */
+static void unclaim(gf_ring **rings, const uint32_t *out_parts, uint32_t count, const uint64_t *next,
+                    uint32_t upto)
+{
+    for (uint32_t q = 0; q < upto; q++) {
+        uint64_t share = 0;
+        for (uint32_t i = 0; i < count; i++)
+            share += out_parts[i] == q;
+        if (!share)
+            continue;
+        gf_ring *r = rings[q];
+        uint64_t end = next[q] + share;
+        if (cas(&r->hdr->tail, &end, next[q]))
+            continue;
+        for (uint64_t o = next[q]; o < next[q] + share; o++) {
+            struct gf_slot *s = slot_at(r, o);
+            uint64_t cur = ld_acq(&s->seq);
+            while ((cur & ~GF_SEQ_ABANDONED) < 2 * o + 1 &&
+                   !cas(&s->seq, &cur, (2 * o + 2) | GF_SEQ_ABANDONED))
+                ;
+            faa(&r->hdr->abandoned, 1);
+        }
+    }
 }
 
 int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, uint32_t count,
@@ -415,8 +467,16 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
     for (uint32_t p = 0; p < n; p++) {
         if (!next[p])
             continue;
-        int64_t first = claim(rings[p], next[p]);
+        uint64_t share = next[p];
+        int64_t first = claim(rings[p], share);
         if (first < 0) {   /* impossible tail: earlier partitions' claims are abandoned by readers */
+            if (first == GF_E_FULL_RING) {
+                /* a gated partition has no room: the batch writes nothing */
+                full_part = p;
+                unclaim(rings, out_parts, count, next, p);
+                gf_fail(GF_E_FULL_RING, "partition %u has no room for %llu message(s) of the batch: "
+                        "a gating reader has not read far enough", p, (unsigned long long)share);
+            }
             if (next != small)
                 free(next);
             return first;
@@ -870,4 +930,96 @@ void gf_waiter_stop(gf_waiter *w)
     __atomic_store_n(&w->stop, 1, __ATOMIC_RELEASE);
     __atomic_add_fetch(&w->req, 1, __ATOMIC_ACQ_REL);
     gf_futex_wake_all((_Atomic uint32_t *)&w->req);
+}
+
+/* ---- back-pressure ----------------------------------------------------------------
+ * A gating reader (a consumer group, or a consumer that opted in) needs every
+ * offset from its position on. Whoever moves a gating reader (a commit, a poll,
+ * a reader found stale) stores the ring's gate: the lowest live position plus
+ * the capacity, or 0 when nobody gates. Producers claim below the gate only
+ * (claim above); one without room sleeps on gate_wake. All of it touches the
+ * ring region only while the ring's lease is still the one it was opened for. */
+
+static int ours(const gf_ring *r)
+{
+    if (ld_acq(&r->lease->id) != r->lease_id)
+        return gf_fail(GF_E_EXPIRED, "partition lease %llu is gone", (unsigned long long)r->lease_id);
+    return GF_OK;
+}
+
+int gf_ring_set_on_full(gf_ring *r, uint32_t on_full)
+{
+    if (on_full > GF_FULL_RAISE)
+        return gf_fail(GF_E_INVAL, "on_full %u is not overwrite (0), block (1) or raise (2)", on_full);
+    int rc = ours(r);
+    if (rc == GF_OK)
+        r->hdr->on_full = on_full;
+    return rc;
+}
+
+int gf_ring_set_gate(gf_ring *r, uint64_t gate)
+{
+    int rc = ours(r);
+    if (rc < 0)
+        return rc;
+    /* Dekker with gf_ring_wait_room: our store (seq_cst) is ordered before the
+     * load of `blocked`; a waiter counts itself before its look at the gate. */
+    atomic_store(&r->hdr->gate, gate);
+    if (atomic_load(&r->hdr->blocked)) {
+        faa(&r->hdr->gate_wake, 1);
+        gf_futex_wake_all(&r->hdr->gate_wake);
+    }
+    return GF_OK;
+}
+
+int gf_ring_gate_get(gf_ring *r, gf_gate_state *out)
+{
+    memset(out, 0, sizeof *out);
+    out->capacity = r->capacity;
+    int rc = ours(r);
+    if (rc < 0)
+        return rc;
+    out->gate = ld_acq(&r->hdr->gate);
+    out->tail = ld_acq(&r->hdr->tail);
+    out->blocked_ns = ld_acq(&r->hdr->blocked_ns);
+    out->full_raised = ld_acq(&r->hdr->full_raised);
+    out->blocked = ld_acq(&r->hdr->blocked);
+    out->on_full = r->hdr->on_full;
+    return GF_OK;
+}
+
+int gf_ring_wait_room(gf_ring *r, uint64_t count, int64_t timeout_ns)
+{
+    int rc = ours(r);
+    if (rc < 0)
+        return rc;
+    struct gf_ring_hdr *h = r->hdr;
+    const int64_t t0 = gf_mono_ns();
+    const int64_t deadline = timeout_ns < 0 ? INT64_MAX : t0 + timeout_ns;
+    atomic_fetch_add(&h->blocked, 1);          /* seq_cst: before our look at the gate */
+    for (;;) {
+        uint32_t w = atomic_load(&h->gate_wake);
+        uint64_t gate = atomic_load(&h->gate), tail = atomic_load(&h->tail);
+        if (gate == 0 || tail + count <= gate)
+            break;
+        if (!gf_lease_alive_query(r->lease, r->lease_id, gf_now_ns()))
+            break;                             /* the send says why */
+        int64_t now = gf_mono_ns();
+        if (now >= deadline) {
+            rc = full_ring(r, count, gate);
+            break;
+        }
+        gf_futex_wait(&h->gate_wake, w, deadline - now);
+    }
+    atomic_fetch_sub(&h->blocked, 1);
+    faa(&h->blocked_ns, (uint64_t)(gf_mono_ns() - t0));
+    return rc;
+}
+
+uint32_t gf_full_partition(void) { return full_part; }
+
+void gf_ring_note_full(gf_ring *r)
+{
+    if (ours(r) == GF_OK)
+        faa(&r->hdr->full_raised, 1);
 }

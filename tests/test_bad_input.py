@@ -10,6 +10,7 @@ the same topics, partitions, offsets, message contents, leases, metadata
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -17,14 +18,14 @@ import numpy as np
 import pytest
 
 from grafos import Fabric
-from grafos.errors import (AlreadyExists, FabricFull, Fenced, GrafosError, InvalidArgument,
+from grafos.errors import (AlreadyExists, BufferFull, FabricFull, Fenced, GrafosError, InvalidArgument,
                            InvalidType, MessageTooLarge, NotFound)
 from grafos.leasekit import RenewalManager, RenewalPolicy
 from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.dlq import DlqRouter
 from grafos.mq.group import ConsumerGroup, group_lag
 from grafos.mq.offset import FabricOffsetStore, MemOffsetStore, SqliteOffsetStore, commit_many
-from grafos.mq.producer import Producer, kafka_partition, murmur2
+from grafos.mq.producer import Partitioner, Producer, kafka_partition, murmur2
 from grafos.mq.topic import TopicConfig, TopicManager
 from grafos.partition import Partition
 from grafos.reader import Reader
@@ -65,11 +66,22 @@ class Env:
         self.reader = Reader(self.fab, self.mgr.topic("orders").partitions)
         self.renewals = RenewalManager(self.mgr)
         self.renewals.register(self.lease, time.time() + 3000, RenewalPolicy())
+        # full topics whose group has read nothing: the next send finds no room
+        self.mgr.create("held", TopicConfig(2, 4, 128, 3600.0, on_full="raise"))
+        self.mgr.create("waits", TopicConfig(1, 4, 128, 3600.0, on_full="block"))
+        for t, n in (("held", 2), ("waits", 1)):
+            ConsumerGroup("gate", t, n, 3600.0, mgr=self.mgr).claim("m")
+            Producer(t, Partitioner.RoundRobin).send_batch(self.mgr, [b"full%d" % i for i in range(4 * n)])
         self.tmp_path = tmp_path
 
     def close(self) -> None:
         self.sql.close()
         self.mgr.close()
+
+
+def _uncounted(d):  # noqa: ANN001, ANN202 - TopicDescription
+    return dataclasses.replace(d, partitions=[dataclasses.replace(p, full_raised=0, blocked_secs=0.0)
+                                              for p in d.partitions])
 
 
 def snapshot(env: Env) -> dict:
@@ -83,7 +95,9 @@ def snapshot(env: Env) -> dict:
         contents[name] = sorted((p, m.offset, m.key, m.value, m.headers) for p, m in rd.poll(1024))
     return {
         "topics": topics,
-        "describe": {n: mgr.describe(n, now=FROZEN) for n in topics},
+        # BufferFull counts refused sends and blocked_secs the time they waited:
+        # the calls under test move them, and only them
+        "describe": {n: _uncounted(mgr.describe(n, now=FROZEN)) for n in topics},
         "contents": contents,
         "leases": sorted((ls.id, ls.offset, ls.size, ls.expires_at) for ls in fab.leases()),
         "lease_bytes": env.lease.read(0, 16),
@@ -436,6 +450,40 @@ ROWS: list[tuple[str, object, type[GrafosError], str]] = [
     ("tick now str", lambda e: e.renewals.tick(now="x"), InvalidType, "now"),
     ("tick now nan", lambda e: e.renewals.tick(now=NAN), InvalidArgument, "now"),
     ("start interval zero", lambda e: e.renewals.start(0), InvalidArgument, "interval"),
+    # ---- back-pressure: a full gated topic refuses and writes nothing ----------------------------------
+    ("config on_full unknown", lambda e: TopicConfig(on_full="drop"), InvalidArgument, "on_full"),
+    ("config on_full int", lambda e: TopicConfig(on_full=1), InvalidType, "on_full"),
+    ("producer timeout str", lambda e: Producer("held", timeout="1"), InvalidType, "timeout"),
+    ("producer timeout nan", lambda e: Producer("held", timeout=NAN), InvalidArgument, "timeout"),
+    ("send timeout str", lambda e: Producer("waits").send(e.mgr, b"x", timeout="1"), InvalidType, "timeout"),
+    ("send_batch timeout nan", lambda e: Producer("waits").send_batch(e.mgr, [b"x"], timeout=NAN),
+     InvalidArgument, "timeout"),
+    ("consumer gating int", lambda e: Consumer("held", gating=1), InvalidType, "gating"),
+    ("consumer gating_ttl zero", lambda e: Consumer("held", gating=True, gating_ttl=0), InvalidArgument,
+     "gating_ttl"),
+    ("send raise full", lambda e: Producer("held").send(e.mgr, b"x"), BufferFull, "full"),
+    ("send raise full headers", lambda e: Producer("held").send(e.mgr, b"x", headers=[("h", b"v")]),
+     BufferFull, "nothing was written"),
+    ("send_keyed raise full", lambda e: Producer("held").send_keyed(e.mgr, b"k", b"x"), BufferFull, "full"),
+    ("send_keyed raise full round robin", lambda e: Producer("held", Partitioner.RoundRobin).send_keyed(
+        e.mgr, b"k", b"x"), BufferFull, "full"),
+    ("send_batch raise full list", lambda e: Producer("held").send_batch(e.mgr, [b"a", b"b"]), BufferFull,
+     "full"),
+    ("send_batch raise full keyed", lambda e: Producer("held").send_batch(e.mgr, [b"a"], keys=[b"k"]),
+     BufferFull, "full"),
+    ("send_batch raise full numpy", lambda e: Producer("held").send_batch(
+        e.mgr, np.zeros((3, 8), dtype=np.uint8)), BufferFull, "full"),
+    ("send block timeout zero", lambda e: Producer("waits", timeout=0).send(e.mgr, b"x"), BufferFull,
+     "timeout"),
+    ("send block timeout passes", lambda e: Producer("waits").send(e.mgr, b"x", timeout=0.02), BufferFull,
+     "within the timeout"),
+    ("send_batch block timeout", lambda e: Producer("waits").send_batch(e.mgr, [b"a", b"b"], timeout=0.02),
+     BufferFull, "2 message(s)"),
+    ("send_batch block never fits", lambda e: Producer("waits").send_batch(e.mgr, [b"a"] * 5, timeout=1),
+     InvalidArgument, "can never fit"),
+    ("append gated full", lambda e: e.mgr.topic("held").partition(0).append(b"x"), BufferFull, "no room"),
+    ("append_batch gated full", lambda e: e.mgr.topic("held").partition(1).append_batch([b"x"]), BufferFull,
+     "no room"),
 ]
 
 

@@ -268,3 +268,29 @@ def test_a_command_module_that_fails_to_import_should_stop_grafos_naming_it():
     assert r.returncode != 0
     assert "grafos.cli.bench failed to import" in r.stderr and "grafos.benchsuite" in r.stderr
     assert "CommandModuleError" in r.stderr
+
+
+def test_describe_and_groups_should_show_the_gate_of_a_blocking_topic(bus, shm_name):
+    bus.create("jobs", TopicConfig(1, 8, 128, 600.0, on_full="block"))
+    g = ConsumerGroup("workers", "jobs", 1, 0.5, mgr=bus)
+    g.claim("w1")
+    g.commit(FabricOffsetStore(bus), "w1", "jobs", {0: 0})
+    p = Producer("jobs", timeout=0.05)
+    for i in range(8):
+        p.send(bus, b"%d" % i)
+    with pytest.raises(Exception, match="no room"):
+        p.send(bus, b"x")
+    d = run_json("describe", shm_name, "jobs")
+    part = d["partitions"][0]
+    assert d["config"]["on_full"] == "block"
+    assert (part["gate"], part["gate_held_by"], part["full_raised"]) == (8, "g:workers", 1)
+    assert part["blocked_secs"] >= 0.05
+    text = run("describe", shm_name, "jobs").output
+    assert "when full: block" in text
+    time.sleep(0.6)                          # the group goes stale: released
+    d = run_json("describe", shm_name, "jobs")
+    assert d["partitions"][0]["gate"] == 0
+    assert [r["live"] for r in d["partitions"][0]["gating"]] == [False]
+    rows = run_json("groups", shm_name)["groups"]
+    assert [p["gating"] for p in rows[0]["partitions"]] == ["released"]
+    assert "released" in run("groups", shm_name).output

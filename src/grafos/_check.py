@@ -22,6 +22,7 @@ _TABLE: dict[int, type[errors.GrafosError]] = {
     lib.GF_E_PERM: errors.PermissionDenied,
     lib.GF_E_BUFFER: errors.BufferTooSmall,
     lib.GF_E_NOSPACE: errors.NoSpace,
+    lib.GF_E_FULL_RING: errors.BufferFull,
 }
 
 

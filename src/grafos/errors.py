@@ -7,6 +7,7 @@ fits, the class is also that builtin (``MessageTooLarge`` is a ``ValueError``,
 from __future__ import annotations
 
 import errno
+import queue
 from typing import Mapping, Sequence
 
 
@@ -93,6 +94,12 @@ class PermissionDenied(GrafosError, PermissionError):
 
 class BufferTooSmall(GrafosError, ValueError):
     """A read buffer cannot hold even one message."""
+
+
+class BufferFull(GrafosError, queue.Full):
+    """A partition has no room: a gating reader has not read the slot the message
+    would overwrite (a topic with ``on_full="raise"``, or a blocking send whose
+    timeout passed). Nothing was written."""
 
 
 class Fenced(GrafosError):

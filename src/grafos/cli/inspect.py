@@ -148,15 +148,26 @@ def describe(name: str, topic: str, as_json: bool) -> None:
         c = d.config
         table = Table(title=f"{topic} on {name}: {c.num_partitions} partition(s) of "
                             f"{c.partition_capacity} x {c.partition_stride} B, retention {_ttl(c.retention_secs)}")
-        for col in ("part", "earliest", "latest", "messages", "lost", "abandoned", "TTL", "lease",
-                    "incarnation"):
-            table.add_column(col, justify="right")
+        gated = c.on_full != "overwrite"
+        cols = ["part", "earliest", "latest", "messages", "lost", "abandoned", "TTL", "lease", "incarnation"]
+        if gated:
+            cols += ["gate", "held by", "blocked", "time blocked", "BufferFull"]
+        for col in cols:
+            table.add_column(col, justify="left" if col == "held by" else "right")
         for p in d.partitions:
-            table.add_row(str(p.partition), str(p.earliest), str(p.latest), str(p.latest - p.earliest),
-                          str(p.lost), str(p.abandoned), _ttl(p.ttl_remaining) if p.alive else "expired",
-                          str(p.lease_id) if p.alive else "-", f"{p.incarnation:012x}" if p.incarnation else "-")
+            row = [str(p.partition), str(p.earliest), str(p.latest), str(p.latest - p.earliest),
+                   str(p.lost), str(p.abandoned), _ttl(p.ttl_remaining) if p.alive else "expired",
+                   str(p.lease_id) if p.alive else "-", f"{p.incarnation:012x}" if p.incarnation else "-"]
+            if gated:
+                released = [r.reader for r in p.gating if not r.live]
+                held = p.gate_held_by or "-"
+                if released:
+                    held += f" (released: {', '.join(released)})"
+                row += [str(p.gate) if p.gate else "-", escape(held), str(p.blocked),
+                        f"{p.blocked_secs:.3f}s", str(p.full_raised)]
+            table.add_row(*row)
         _console().print(table)
-        click.echo(f"produced {d.produced}, lost to overwrite {d.lost}")
+        click.echo(f"produced {d.produced}, lost to overwrite {d.lost}, when full: {c.on_full}")
 
 
 # ---- groups -----------------------------------------------------------------------------------
@@ -238,8 +249,9 @@ def groups(name: str, topic: str | None, as_json: bool) -> None:
                                ",".join(map(str, m["partitions"])) or "-")
                 con.print(mt)
             pt = Table()
-            for col in ("part", "owner", "epoch", "committed", "latest", "lag"):
-                pt.add_column(col, justify="left" if col == "owner" else "right")
+            gating = any(p.get("gating") for p in r["partitions"])
+            for col in ("part", "owner", "epoch", "committed", "latest", "lag") + (("gate",) if gating else ()):
+                pt.add_column(col, justify="left" if col in ("owner", "gate") else "right")
             stale = []
             for p in r["partitions"]:
                 committed = "-" if p["committed"] is None else str(p["committed"])
@@ -247,7 +259,7 @@ def groups(name: str, topic: str | None, as_json: bool) -> None:
                     committed += " (earlier incarnation)"
                     stale.append(p["partition"])
                 pt.add_row(str(p["partition"]), p["owner"] or "-", str(p["epoch"]), committed,
-                           str(p["latest"]), str(p["lag"]))
+                           str(p["latest"]), str(p["lag"]), *((p.get("gating") or "-",) if gating else ()))
             con.print(pt)
             if stale:
                 con.print(f"partition(s) {','.join(map(str, stale))}: the commit belongs to an earlier "

@@ -11,6 +11,8 @@ A Consumer belongs to one thread at a time; use one per thread.
 from __future__ import annotations
 
 import enum
+import itertools
+import os
 import time
 from typing import Callable, Iterable
 
@@ -20,6 +22,7 @@ from ..errors import Fenced, InvalidArgument
 from ..message import Message
 from ..partition import MAX_OFFSET
 from ..reader import Batch, Reader, Waiter
+from . import gate
 from .offset import OffsetStore, commit_many, committed_entry
 from .topic import Topic, TopicManager
 
@@ -28,6 +31,7 @@ __all__ = ["Consumer", "SeekPolicy", "Message"]
 _SLICE = 0.2            # seconds a blocking poll sleeps before it looks at the directory again
 _EXPIRED_SLICE = 0.05   # ... when a partition reads as expired (a restart may be on its way)
 _REFRESH_GAP = 0.01     # at most one directory re-read per this many seconds while expired
+_IDS = itertools.count(1)
 
 
 class SeekPolicy(enum.Enum):
@@ -54,10 +58,20 @@ class Consumer(PollPath):
     first trade a core for lower latency. ``consumed`` counts what polls returned.
     """
 
-    def __init__(self, topic: str, group: str = "default", *, max_batch: int = 1024) -> None:
+    def __init__(self, topic: str, group: str = "default", *, max_batch: int = 1024,
+                 gating: bool = False, gating_ttl: float = 30.0) -> None:
         self.topic = _validate.name(topic, "topic", 64)
         self.group = _validate.name(group, "group", 64)
         self.max_batch = _validate.integer(max_batch, "max_batch", 1, 1 << 20)
+        if not isinstance(gating, bool):
+            raise _validate.InvalidType(f"gating must be a bool, not {type(gating).__name__}")
+        #: on a topic with on_full "block"/"raise", producers never overwrite what this
+        #: consumer has not polled yet, while it polls at least every ``gating_ttl`` seconds
+        self.gating = gating
+        self.gating_ttl = _validate.number(gating_ttl, "gating_ttl", 0, lo_open=True)
+        self._gate_name = gate.consumer_reader(f"{self.group}.{os.getpid()}.{next(_IDS)}")
+        self._gate_pos: dict[int, int] = {}     # positions last published to the gate
+        self._gate_at = 0.0                     # monotonic time of that publication
         self._assigned: list[int] | None = None
         self._mgr: TopicManager | None = None
         self._t: Topic | None = None
@@ -154,7 +168,10 @@ class Consumer(PollPath):
         self._parts = list(parts)
         self._mgr, self._t, self._reader = mgr, t, rd
         self._holes = any(t.partitions[p] is None for p in parts)
-        self._bind_fast(mgr, t.binding, rd.poller_address, rd, self._holes)
+        if not self.gating:     # a gating consumer's polls publish its positions: the slow path
+            self._bind_fast(mgr, t.binding, rd.poller_address, rd, self._holes)
+        else:
+            self._gate_pos = {}
 
     # ---- positions ---------------------------------------------------------------
     def seek(self, mgr: TopicManager, store_or_partition=None, policy: SeekPolicy | int | None = None) -> None:
@@ -263,6 +280,8 @@ class Consumer(PollPath):
         else:
             msgs = self._wait(mgr, lambda r, t: r.poll(max_messages, t, None, spin), timeout)
         self.consumed += len(msgs)
+        if self.gating:
+            self._publish(mgr, len(msgs) < max_messages)
         return msgs
 
     def poll_batch(self, mgr: TopicManager, max_messages: int = 1024, timeout: float | None = 0.0,
@@ -281,7 +300,24 @@ class Consumer(PollPath):
         else:
             b = self._wait(mgr, lambda r, t: r.poll_batch(max_messages, t, None, spin), timeout)
         self.consumed += len(b)
+        if self.gating:
+            self._publish(mgr, len(b) < max_messages)
         return b
+
+    def _publish(self, mgr: TopicManager, caught_up: bool) -> None:
+        """Move this consumer's gate to its positions and renew its lease: when it
+        caught up, when a position moved a quarter of the ring, or when a third
+        of the lease has passed (not on every poll: it takes the fabric lock)."""
+        t = self._t
+        if t is None or t.config.on_full == "overwrite":
+            return
+        pos = self.positions()
+        mono = time.monotonic()
+        step = max(1, t.config.partition_capacity // 4)
+        moved = any(pos[p] - self._gate_pos.get(p, -step) >= step for p in pos)
+        if moved or (caught_up and pos != self._gate_pos) or mono - self._gate_at > self.gating_ttl / 3:
+            gate.hold(mgr, t, self._gate_name, gate.CONSUMER, pos, int(self.gating_ttl * 1e9))
+            self._gate_pos, self._gate_at = pos, mono
 
     def _wait(self, mgr: TopicManager, once: Callable[[Reader, float], list | Batch],
               timeout: float | None) -> list | Batch:
@@ -297,6 +333,8 @@ class Consumer(PollPath):
                 rd = self._reader
                 assert rd is not None
             left = _EXPIRED_SLICE if expired else _SLICE
+            if self.gating:
+                self._publish(mgr, True)    # producers may be waiting for this consumer
             if deadline is not None:
                 left = min(left, max(0.0, deadline - time.monotonic()))
             out = once(rd, left)
@@ -364,6 +402,8 @@ class Consumer(PollPath):
         return pos
 
     def close(self) -> None:
+        if self.gating and self._mgr is not None and not self._mgr.fabric.closed:
+            gate.release(self._mgr, self.topic, self._gate_name)
         self._save_positions()
         self._unbind_fast()
         self._reader = None

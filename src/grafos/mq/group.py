@@ -32,6 +32,13 @@ Where the state lives:
   ``g/<group>/<topic>/c/<partition>`` (owner, epoch); a digest replaces the
   names when they would not fit the table's 96-byte keys.
 
+On a topic created with ``on_full="block"`` or ``"raise"``, a fabric-backed
+group is a *gating reader* (:mod:`grafos.mq.gate`): producers do not overwrite
+what it has not committed past. Its commits move the gate; commits and
+heartbeats renew its lease on the partitions its members own, and a
+partition whose owner went stale is released (it overwrites again) until a
+live member claims it. A group kept in this object (no ``mgr``) does not gate.
+
 A rebalance loop for one member::
 
     owned = group.claim(member)            # also heartbeats
@@ -53,7 +60,7 @@ from typing import TYPE_CHECKING, Mapping, NamedTuple
 from .. import _validate
 from .._clock import now_ns
 from ..errors import CorruptFabric, Fenced, InvalidArgument
-from . import _metakeys
+from . import _metakeys, gate
 from .offset import MAX_OFFSET, Incarnations, OffsetStore, commit_many, committed_entry
 
 if TYPE_CHECKING:
@@ -94,6 +101,9 @@ class GroupPartition:
     #: the commit belongs to an earlier incarnation of the partition (the topic was
     #: restarted since): the group starts again at the earliest offset
     stale_commit: bool = False
+    #: on a topic with on_full "block"/"raise": "gating" while the group's lease on
+    #: the partition is live, "released" once it went stale; None otherwise
+    gating: str | None = None
 
 
 @dataclass(frozen=True)
@@ -360,11 +370,17 @@ class ConsumerGroup:
     def _member(self, member: str) -> str:
         return _validate.name(member, "member", 64)
 
+    def _gate_topic(self):  # noqa: ANN202 - Topic | None
+        """The topic whose gate this group holds (fabric-backed groups only),
+        resolved before the fabric lock is taken."""
+        return gate.topic_of(self.mgr, self.topic) if self.mgr is not None else None
+
     def _sync(self, member: str, now: float | None, acquire: bool) -> list[int]:
         """Heartbeat, give back above the quota, optionally take up to it."""
         member = self._member(member)
         t = now_ns(now)
         st = self._state
+        gt = self._gate_topic()
         with st.locked():
             members = st.members()
             members[member] = t
@@ -395,6 +411,10 @@ class ConsumerGroup:
             mine.sort()
             with self._elock:
                 self._epochs[member] = {p: claims[p].epoch for p in mine}
+            if gt is not None:
+                # a heartbeat renews the group's lease on the partitions its member owns
+                gate.hold(self.mgr, gt, gate.group_reader(self.name), gate.GROUP,
+                          {p: None for p in mine}, self._stale_ns, now=t / 1e9)
             return mine
 
     # ---- membership -------------------------------------------------------------------
@@ -414,6 +434,7 @@ class ConsumerGroup:
         wait for the stale threshold). Returns the partitions given back."""
         member = self._member(member)
         st = self._state
+        gt = self._gate_topic()
         with st.locked():
             released = []
             for p, c in sorted(st.claims().items()):
@@ -421,6 +442,9 @@ class ConsumerGroup:
                     st.put_claim(p, Claim(None, c.epoch, c.since_ns))
                     released.append(p)
             st.del_member(member)
+            t = now_ns(None)
+            if gt is not None and not any(self._is_live(hb, t) for hb in st.members().values()):
+                gate.release(self.mgr, gt, gate.group_reader(self.name))   # the last one out
         with self._elock:
             self._epochs.pop(member, None)
         return released
@@ -467,7 +491,7 @@ class ConsumerGroup:
 
     # ---- committing ---------------------------------------------------------------------
     def commit(self, store: OffsetStore, member: str, topic: str, offsets: Mapping[int, int],
-               *, incarnations: Incarnations | None = None) -> dict[int, int]:
+               *, incarnations: Incarnations | None = None, now: float | None = None) -> dict[int, int]:
         """Commit ``offsets`` (partition -> next offset to read) for ``member``,
         only for partitions it still owns, atomically with the ownership check.
 
@@ -475,7 +499,8 @@ class ConsumerGroup:
         (taken over, given back, or claimed again since this object handed it out
         under an older epoch), :class:`~grafos.errors.Fenced` is raised after,
         naming them (``err.partitions``), and nothing is committed for them.
-        Returns what was committed."""
+        Returns what was committed. On a topic with ``on_full`` "block" or
+        "raise" the commit also moves the group's gate (and renews its lease)."""
         if not isinstance(store, OffsetStore):
             raise _validate.InvalidType(f"store must be an offset store, not {type(store).__name__}")
         member = self._member(member)
@@ -493,6 +518,7 @@ class ConsumerGroup:
         st = self._state
         if isinstance(st, _FabricState):
             store = _same_bus_store(store, st.fabric)
+        gt = self._gate_topic()
         with st.locked():
             claims = st.claims()
             ok, fenced = {}, []
@@ -505,6 +531,9 @@ class ConsumerGroup:
             if ok:
                 commit_many(store, self.name, topic, ok,
                             None if incarnations is None else {p: incarnations[p] for p in ok if p in incarnations})
+                if gt is not None:
+                    gate.hold(self.mgr, gt, gate.group_reader(self.name), gate.GROUP, ok,
+                              self._stale_ns, now=now)
         if fenced:
             owners = {p: (claims[p].owner if p in claims else None) for p in fenced}
             raise Fenced(group=self.name, topic=topic, member=member, partitions=fenced,
@@ -533,6 +562,13 @@ class ConsumerGroup:
             members = self._state.members()
             claims = self._state.claims()
         topic = mgr.topic(self.topic) if mgr is not None else None
+        leases: dict[int, bool] = {}
+        if topic is not None and topic.config.on_full != "overwrite":
+            me = gate.group_reader(self.name)
+            for pg in gate.describe(mgr, self.topic, now=now):
+                for r in pg.readers:
+                    if r.reader == me:
+                        leases[pg.partition] = r.live
         parts = []
         for p in range(self.num_partitions):
             c = claims.get(p)
@@ -545,9 +581,10 @@ class ConsumerGroup:
             elif store is not None:
                 committed = store.committed(self.name, self.topic, p)
             earliest, latest = _bounds(topic, p) if topic is not None and p < topic.n else (0, 0)
+            gating = None if p not in leases else ("gating" if leases[p] else "released")
             parts.append(GroupPartition(p, c.owner if c else None, c.epoch if c else 0, committed,
                                         earliest, latest, _lag(None if stale else committed, earliest, latest),
-                                        stale))
+                                        stale, gating))
         infos = [MemberInfo(m, hb / 1e9, (t - hb) / 1e9, not self._is_live(hb, t),
                             sorted(p for p, c in claims.items() if c.owner == m))
                  for m, hb in sorted(members.items())]

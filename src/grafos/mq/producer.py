@@ -9,6 +9,7 @@ by threads."""
 from __future__ import annotations
 
 import enum
+import time
 from typing import Sequence
 
 import numpy as np
@@ -17,15 +18,18 @@ from .. import _validate
 from .._check import last_error, raise_for
 from .._crossing import SendPath, address
 from .._native import ffi, lib
-from ..errors import InvalidArgument, LeaseExpired, MessageTooLarge, NotFound
+from ..errors import BufferFull, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound
 from ..message import encode_headers
 from ..partition import MAX_OFFSET, OFFSET_BITS, pack
+from . import gate
 from .topic import Topic, TopicManager
 
 _send = lib.gf_send
 _NULL = ffi.NULL
 _RETRIES = 3
 _SEQUENCES = (list, tuple)
+_SLICE = 0.05          # seconds a blocked send sleeps before it checks signals and stale readers
+_DEFAULT = object()    # timeout not given: the producer's
 
 
 class Partitioner(enum.IntEnum):
@@ -63,10 +67,19 @@ class Producer(SendPath):
     without a copy). A Producer may be shared by threads: the hot path reads
     one binding (manager, C sender struct, topic) that is replaced whole, and
     the round-robin counter is atomic in C.
+
+    On a topic with ``on_full="block"``, a send that finds no room waits for
+    it up to ``timeout`` seconds (the producer's, or ``send(..., timeout=)``;
+    None waits forever) and then raises BufferFull; with ``"raise"`` it raises
+    at once. Either way nothing is written.
     """
 
-    def __init__(self, topic: str, partitioner: Partitioner = Partitioner.KeyHash) -> None:
+    def __init__(self, topic: str, partitioner: Partitioner = Partitioner.KeyHash, *,
+                 timeout: float | None = None) -> None:
         self.topic = _validate.name(topic, "topic", 64)
+        #: how long a send to a full ``on_full="block"`` topic waits for room before
+        #: BufferFull (None: forever); ``send*(..., timeout=)`` overrides it per call
+        self.timeout = _validate.timeout(timeout)
         if isinstance(partitioner, bool) or not isinstance(partitioner, int):
             raise _validate.InvalidType(f"partitioner must be a Partitioner, not {type(partitioner).__name__}")
         if partitioner not in Partitioner._value2member_map_:
@@ -103,22 +116,30 @@ class Producer(SendPath):
     # ---- one message ------------------------------------------------------------
     # send() and send_keyed() are SendPath's (C); they come here when they cannot
     # take the call themselves, with the arguments exactly as given.
-    def _send_fallback(self, mgr: TopicManager, value: bytes, headers=None) -> tuple[int, int]:
-        return self._send_slow(mgr, None, value, headers)
+    # A topic with on_full="block" waits for room here: the C path returns the
+    # core's "no room" and the call lands in this slow path.
+    def _send_fallback(self, mgr: TopicManager, value: bytes, headers=None, *,
+                       timeout=_DEFAULT) -> tuple[int, int]:
+        return self._send_slow(mgr, None, value, headers, timeout)
 
     def _send_keyed_fallback(self, mgr: TopicManager, key: bytes | None, value: bytes,
-                             headers=None) -> tuple[int, int]:
-        return self._send_slow(mgr, key, value, headers)
+                             headers=None, *, timeout=_DEFAULT) -> tuple[int, int]:
+        return self._send_slow(mgr, key, value, headers, timeout)
 
-    def _send_slow(self, mgr: TopicManager, key, value, headers) -> tuple[int, int]:
-        """Checks, headers, retries; also where every error is raised."""
+    def _send_slow(self, mgr: TopicManager, key, value, headers, timeout=_DEFAULT) -> tuple[int, int]:
+        """Checks, headers, retries, waits for room; also where every error is raised."""
         value = _validate.as_bytes(value, "value")
         if key is not None:
             key = _validate.as_bytes(key, "key")
+        if timeout is not _DEFAULT:
+            _validate.timeout(timeout)
         hdrs = encode_headers(headers) if headers else b""
         refreshed = False
         rc = 0
-        for _ in range(_RETRIES):
+        attempts = 0
+        deadline: list = []
+        spread = 0      # round-robin: other partitions tried since the last wait
+        while attempts < _RETRIES:
             if self._bound[0] is not mgr or not self._bound[2].binding.valid:
                 self._bind(mgr)
             _, s, t = self._bound
@@ -127,6 +148,14 @@ class Producer(SendPath):
                        key is not None, hdrs, len(hdrs), value, len(value), 0)
             if rc >= 0:
                 return rc >> OFFSET_BITS, rc & MAX_OFFSET
+            if rc == lib.GF_E_FULL_RING:
+                if (key is None or s.mode == Partitioner.RoundRobin) and spread < t.n - 1:
+                    spread += 1         # another partition may have room
+                    continue
+                spread = 0
+                self._no_room(mgr, t, lib.gf_full_partition(), 1, timeout, deadline)
+                continue
+            attempts += 1
             if rc == lib.GF_E_TOOBIG:
                 size = len(value) + len(hdrs) + (len(key) if key else 0)
                 raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", size,
@@ -139,6 +168,29 @@ class Producer(SendPath):
                 continue
             self._raise_send(rc, t)
         self._raise_send(rc, t)
+
+    def _no_room(self, mgr: TopicManager, t: Topic, p: int, count: int, timeout, deadline: list) -> None:
+        """Partition p of t has no room for ``count`` messages (a gating reader is
+        behind): raise BufferFull, or wait one slice for room. ``deadline`` holds
+        the monotonic deadline of this call once the first wait set it. Waits
+        sleep in C without the GIL, in slices so that Ctrl-C gets through and a
+        reader that went stale is released (the gate recomputed) meanwhile."""
+        if timeout is _DEFAULT:
+            timeout = self.timeout
+        if t.config.on_full != "block":
+            gate.note_full(t, p)
+            raise BufferFull(f"topic {self.topic!r} partition {p} is full: a gating reader has not read "
+                             f"the oldest message (on_full='raise'); nothing was written")
+        if not deadline:
+            deadline.append(None if timeout is None else time.monotonic() + max(timeout, 0.0))
+        end = deadline[0]
+        left = _SLICE if end is None else min(_SLICE, end - time.monotonic())
+        if left <= 0:
+            gate.note_full(t, p)
+            raise BufferFull(f"topic {self.topic!r} partition {p} had no room for {count} message(s) "
+                             f"within the timeout of {timeout} s; nothing was written")
+        if not gate.wait_room(t, p, count, int(left * 1e9)):
+            gate.recompute(mgr, t)      # a gating reader may have gone stale meanwhile
 
     def _reread(self, mgr: TopicManager) -> None:
         """A send found a dead partition (expired, or reclaimed: no ring, "not open").
@@ -158,17 +210,23 @@ class Producer(SendPath):
 
     # ---- batches ------------------------------------------------------------------
     def send_batch(self, mgr: TopicManager, values: Sequence[bytes] | np.ndarray,
-                   keys: Sequence[bytes] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   keys: Sequence[bytes] | None = None, *, timeout=_DEFAULT) -> tuple[np.ndarray, np.ndarray]:
         """Append many messages with one crossing into C. ``values`` is a list or
         tuple of bytes (walked in C, no join) or a 2-D uint8 numpy array (one row
         per message, used in place). Returns (partitions, offsets) as numpy arrays.
-        All or nothing: if any message is too large, none is written."""
+        All or nothing: if any message is too large, or a partition of an
+        ``on_full`` "raise" topic has no room (BufferFull), none is written; on a
+        "block" topic the whole batch waits for room (up to ``timeout``)."""
+        if timeout is not _DEFAULT:
+            _validate.timeout(timeout)
+        deadline: list = []
         if values.__class__ in _SEQUENCES and (keys is None or keys.__class__ in _SEQUENCES):
             n = len(values)
             if n and (keys is None or len(keys) == n):
                 parts = np.empty(n, dtype=np.uint32)
                 offs = np.empty(n, dtype=np.uint64)
-                for attempt in range(2):
+                attempt = 0
+                while attempt < 2:
                     b = self._bound
                     t = b[2] if b[0] is mgr and b[2].binding.valid else self._bind(mgr)
                     rc = self._send_lists(values, keys, parts, offs)
@@ -176,7 +234,11 @@ class Producer(SendPath):
                         break       # not all bytes: the packing path below checks and says why
                     if rc >= 0:
                         return parts, offs
-                    self._batch_failed(mgr, rc, t, attempt, lambda: max(
+                    if rc == lib.GF_E_FULL_RING:
+                        self._batch_no_room(mgr, t, parts, timeout, deadline)
+                        continue
+                    attempt += 1
+                    self._batch_failed(mgr, rc, t, attempt - 1, lambda: max(
                         len(v) + (len(keys[i]) if keys is not None else 0) for i, v in enumerate(values)))
         vals, vlens = pack(values, "values")
         n = len(vlens)
@@ -189,7 +251,8 @@ class Producer(SendPath):
                 raise InvalidArgument(f"{len(klens)} keys for {n} values")
         parts = np.empty(n, dtype=np.uint32)
         offs = np.empty(n, dtype=np.uint64)
-        for attempt in range(2):
+        attempt = 0
+        while attempt < 2:
             b = self._bound
             t = b[2] if b[0] is mgr and b[2].binding.valid else self._bind(mgr)
             rc = lib.gf_send_batch(
@@ -200,9 +263,17 @@ class Producer(SendPath):
                 ffi.from_buffer("uint32_t[]", parts), ffi.from_buffer("uint64_t[]", offs))
             if rc >= 0:
                 return parts, offs
-            self._batch_failed(mgr, rc, t, attempt, lambda: int(
+            if rc == lib.GF_E_FULL_RING:
+                self._batch_no_room(mgr, t, parts, timeout, deadline)
+                continue
+            attempt += 1
+            self._batch_failed(mgr, rc, t, attempt - 1, lambda: int(
                 (vlens.astype(np.int64) + (klens if klens is not None else 0)).max()))
         self._raise_send(rc, t)
+
+    def _batch_no_room(self, mgr: TopicManager, t: Topic, parts: np.ndarray, timeout, deadline: list) -> None:
+        p = lib.gf_full_partition()
+        self._no_room(mgr, t, p, int((parts == p).sum()) or 1, timeout, deadline)
 
     def _batch_failed(self, mgr: TopicManager, rc: int, t: Topic, attempt: int, largest) -> None:
         """A batch came back with error rc: raise, or return to try once more after

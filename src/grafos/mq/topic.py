@@ -13,6 +13,7 @@ an expired topic fresh leases (offsets start again at 0).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import struct
@@ -22,12 +23,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable
 
 from .. import _validate
+from .._check import raise_for
 from .._clock import now_ns, now_s
 from .._crossing import Binding
 from .._native import ffi, lib
 from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, NotFound, NotPortable
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
 from ..partition import Partition, PartitionState
+from . import gate
 
 if TYPE_CHECKING:
     from .bound import BoundConsumer, BoundProducer
@@ -42,10 +45,17 @@ MAX_PARTITIONS = 4096
 MAX_TOPIC_NAME = 64
 
 _CONFIG = struct.Struct("<IIIIdqQ")    # partitions, capacity, stride, flags, retention, created_ns, incarnation
+_FLAGS_ON_FULL = 0x3                   # flags bits 0-1: the on_full policy (lib.GF_FULL_*)
+
+#: what a send does when the slot it would write still holds a message a gating
+#: reader has not read: overwrite it (the oldest message is lost to that reader),
+#: block until there is room, or raise BufferFull
+ON_FULL = {"overwrite": lib.GF_FULL_OVERWRITE, "block": lib.GF_FULL_BLOCK, "raise": lib.GF_FULL_RAISE}
+_ON_FULL_NAMES = {v: k for k, v in ON_FULL.items()}
 _PREF = struct.Struct("<IIQ")          # lease index, pad, lease id
 #: config flag: the topic is being made. Creation runs under the fabric's lock,
 #: so anyone who reads a pending record (under the lock) found a creator that died.
-_PENDING = 1
+_PENDING = 0x4                         # flags bit 2: a create still under way
 _TAG_SHIFT = 16                        # a partition lease's owner_tag: topic tag << 16 | partition
 
 #: fault injection for tests: the creation step at which to _exit (None: never)
@@ -74,8 +84,16 @@ class TopicConfig:
     partition_capacity: int = DEFAULT_CAPACITY
     partition_stride: int = DEFAULT_STRIDE
     retention_secs: float = DEFAULT_RETENTION_SECS
+    #: ``"overwrite"`` (default), ``"block"`` or ``"raise"``: what a send does when
+    #: a gating reader (a consumer group of the topic, or a consumer created with
+    #: ``gating=True``) has not yet read the slot it would overwrite
+    on_full: str = "overwrite"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.on_full, str):
+            raise _validate.InvalidType(f"on_full must be a str, not {type(self.on_full).__name__}")
+        if self.on_full not in ON_FULL:
+            raise InvalidArgument(f"on_full must be 'overwrite', 'block' or 'raise', got {self.on_full!r}")
         _validate.integer(self.num_partitions, "num_partitions", 1, MAX_PARTITIONS)
         _validate.integer(self.partition_capacity, "partition_capacity", 1, 1 << 30)
         _validate.integer(self.partition_stride, "partition_stride", lib.GF_SLOT_HDR_SIZE + 8, 16 << 20)
@@ -100,6 +118,13 @@ class PartitionInfo:
     alive: bool
     lease_id: int
     incarnation: int = 0      #: which life of the partition (changes on restart); 0 if never made
+    # back-pressure (topics with on_full "block" or "raise"; zeros elsewhere)
+    gate: int = 0             #: producers may write offsets below it (0: not gated)
+    gate_held_by: str | None = None   #: the live gating reader that sets the gate
+    blocked: int = 0          #: producers waiting for room now
+    blocked_secs: float = 0.0  #: total time producers waited for room
+    full_raised: int = 0      #: sends refused with BufferFull
+    gating: tuple = ()        #: the partition's gating readers (gate.GateReader), live or released
 
 
 @dataclass(frozen=True)
@@ -165,6 +190,13 @@ class Topic:
         :func:`partition_incarnation`); offsets committed in one incarnation
         mean nothing in the next."""
         return partition_incarnation(self.incarnation, self.lease_ids[i])
+
+
+def _set_on_full(p: Partition, config: TopicConfig) -> None:
+    """Write the topic's policy into the ring header too, for tools that read rings."""
+    rc = lib.gf_ring_set_on_full(p.handle, ON_FULL[config.on_full])
+    if rc < 0:
+        raise_for(rc, "on_full")
 
 
 def _key(kind: str, name: str, i: int | None = None) -> str:
@@ -256,7 +288,8 @@ class TopicManager:
 
             def record(flags: int) -> bytes:
                 return _CONFIG.pack(config.num_partitions, config.partition_capacity, config.partition_stride,
-                                    flags, config.retention_secs, now_ns(now), incarnation)
+                                    flags | ON_FULL[config.on_full], config.retention_secs, now_ns(now),
+                                    incarnation)
             fab.meta_put(_key("t", name), record(_PENDING))
             _fault("pending")
             try:
@@ -280,6 +313,7 @@ class TopicManager:
                 p = Partition.create(fab, config.partition_capacity, config.partition_stride,
                                      ttl=config.retention_secs, owner_tag=tag << _TAG_SHIFT | i, now=now)
                 made.append(p)
+                _set_on_full(p, config)
                 _fault("lease")
             for i, p in enumerate(made):
                 fab.meta_put(_key("p", name, i), _PREF.pack(p.lease.index, 0, p.lease.id))
@@ -330,6 +364,7 @@ class TopicManager:
                         pass
                     fab.meta_del(_key("p", name, i))
             fab.meta_del(_key("t", name))
+            gate.forget(self, name)
             self._uncache(name)
 
     def restart(self, name: str, *, now: float | None = None) -> Topic:
@@ -353,6 +388,7 @@ class TopicManager:
                 if not alive:
                     p = Partition.create(fab, cfg.partition_capacity, cfg.partition_stride,
                                          ttl=cfg.retention_secs, owner_tag=tag << _TAG_SHIFT | i, now=now)
+                    _set_on_full(p, cfg)
                     _fault("restart-lease")
                     fab.meta_put(_key("p", name, i), _PREF.pack(p.lease.index, 0, p.lease.id))
             self._uncache(name)
@@ -386,8 +422,11 @@ class TopicManager:
     @staticmethod
     def _config(raw: bytes) -> TopicConfig:
         try:
-            n, cap, stride, _flags, retention, _created, _inc = _CONFIG.unpack(raw)
-            return TopicConfig(n, cap, stride, retention)
+            n, cap, stride, flags, retention, _created, _inc = _CONFIG.unpack(raw)
+            on_full = _ON_FULL_NAMES.get(flags & _FLAGS_ON_FULL)
+            if on_full is None or flags & ~(_FLAGS_ON_FULL | _PENDING):
+                raise ValueError(f"flags {flags:#x}")
+            return TopicConfig(n, cap, stride, retention, on_full)
         except (struct.error, ValueError, TypeError) as e:
             from ..errors import CorruptFabric
             raise CorruptFabric(f"topic config in the fabric is damaged: {e}") from None
@@ -457,7 +496,8 @@ class TopicManager:
 
     def describe(self, name: str, now: float | None = None) -> TopicDescription:
         """Per partition: earliest and latest offset, lease TTL remaining, messages
-        lost to overwrite."""
+        lost to overwrite; on a gated topic also the gate, the reader that sets
+        it, producers blocked now, time blocked and BufferFull raised."""
         t = self.refresh(name)
         infos = []
         for i, p in enumerate(t.partitions):
@@ -469,6 +509,12 @@ class TopicManager:
             ttl = max(0.0, st.expires_at - now_s(now)) if st.alive else 0.0
             infos.append(PartitionInfo(i, st.earliest, st.latest, st.lost, st.abandoned, ttl,
                                        st.alive, p.lease.id, inc))
+        if t.config.on_full != "overwrite":
+            gate.recompute(self, t, now)    # release readers that went stale before reporting
+            for pg in gate.describe(self, t, now):
+                infos[pg.partition] = dataclasses.replace(
+                    infos[pg.partition], gate=pg.gate, gate_held_by=pg.held_by, blocked=pg.blocked,
+                    blocked_secs=pg.blocked_secs, full_raised=pg.full_raised, gating=tuple(pg.readers))
         return TopicDescription(name, t.config, infos)
 
     def stats(self, name: str, now: float | None = None) -> dict[str, int]:

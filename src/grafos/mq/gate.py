@@ -1,0 +1,265 @@
+"""Gating readers and the per-partition gate producers check.
+
+A topic created with ``on_full="block"`` or ``"raise"`` never overwrites a
+message a *gating reader* still needs. The gating readers of a topic are its
+fabric-backed consumer groups (their committed offsets: a member's commit
+moves the gate) and consumers created with ``gating=True`` (their
+positions). Each holds, per partition, a record in the fabric's metadata
+table::
+
+    w/<topic>/<partition>/<reader>  ->  position, lease expiry (ns), kind, name
+
+A record is a lease: commits, heartbeats and polls renew it. Once it expires
+(a group's stale threshold, a consumer's ``gating_ttl``) the reader is
+*released*: it stops gating, and for it the partition overwrites again, until
+it renews. After each change the partition's **gate** is stored in the ring
+header, the one word a producer loads per append: the lowest position of the
+live gating readers plus the capacity (producers claim offsets below it
+only), or 0 when nobody gates. Whoever next looks recomputes it when a
+reader went stale: a blocked producer does after every slice of its wait.
+"""
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping
+
+from .._check import raise_for
+from .._clock import now_ns
+from .._native import ffi, lib
+from ..errors import CorruptFabric, NotFound
+from . import _metakeys
+
+if TYPE_CHECKING:
+    from .topic import Topic, TopicManager
+
+__all__ = ["GateReader", "PartitionGate", "hold", "release", "recompute", "describe", "group_reader",
+           "consumer_reader", "topic_of", "forget", "wait_room", "note_full", "GROUP", "CONSUMER"]
+
+_REC = struct.Struct("<QqB")      # position, lease expiry (ns), kind; then the reader's name
+_KINDS = {0: "group", 1: "consumer"}
+GROUP, CONSUMER = 0, 1
+
+
+def group_reader(group: str) -> str:
+    """The gating-reader name of a consumer group."""
+    return f"g:{group}"
+
+
+def consumer_reader(name: str) -> str:
+    """The gating-reader name of a consumer that opted in."""
+    return f"c:{name}"
+
+
+@dataclass(frozen=True)
+class GateReader:
+    reader: str           #: ``g:<group>`` or ``c:<consumer>``
+    kind: str             #: "group" or "consumer"
+    position: int         #: the next offset it needs
+    expires_ns: int       #: its lease: it gates while this is in the future
+    live: bool            #: False: released (stale), it no longer holds producers back
+
+
+@dataclass(frozen=True)
+class PartitionGate:
+    partition: int
+    on_full: str
+    gate: int                       #: producers may claim offsets below it (0: not gated)
+    held_by: str | None             #: the live reader with the lowest position (sets the gate)
+    blocked: int                    #: producers waiting for room now
+    blocked_secs: float             #: total time producers waited for room
+    full_raised: int                #: sends refused with BufferFull
+    readers: list[GateReader] = field(default_factory=list)
+
+
+def _scope(topic: str) -> str:
+    return _metakeys.prefix("w", topic)
+
+
+def _gated(t: "Topic") -> bool:
+    return t.config.on_full != "overwrite"
+
+
+def _records(mgr: "TopicManager", topic: str) -> dict[int, dict[str, tuple[int, int, int]]]:
+    """partition -> reader -> (position, expires_ns, kind). Needs the fabric lock."""
+    scope = _scope(topic)
+    out: dict[int, dict[str, tuple[int, int, int]]] = {}
+    for key, raw in mgr.fabric.meta_items(scope):
+        try:
+            p = int(key[len(scope):].split("/", 1)[0])
+            pos, exp, kind = _REC.unpack_from(raw)
+            (name,), _ = _metakeys.unpack_names(raw[_REC.size:], 1)
+        except (struct.error, ValueError):
+            raise CorruptFabric(f"gating record {key!r} is damaged") from None
+        out.setdefault(p, {})[name] = (pos, exp, kind)
+    return out
+
+
+def _put(mgr: "TopicManager", topic: str, p: int, reader: str, pos: int, exp: int, kind: int) -> None:
+    mgr.fabric.meta_put(_metakeys.child(_scope(topic), str(p), reader),
+                        _REC.pack(pos, exp, kind) + _metakeys.pack_names(reader))
+
+
+def topic_of(mgr: "TopicManager", topic: "str | Topic") -> "Topic | None":
+    """The manager's current view of ``topic`` (None if there is no such topic).
+    Resolve it before taking the fabric lock: loading a topic takes the
+    manager's lock, which is taken before the fabric's."""
+    return _topic(mgr, topic)
+
+
+def _topic(mgr: "TopicManager", topic: "str | Topic") -> "Topic | None":
+    if not isinstance(topic, str):
+        return topic if topic.binding.valid else _topic(mgr, topic.name)
+    try:
+        t = mgr.topic(topic)
+    except NotFound:
+        return None
+    return t if t.binding.valid else mgr.refresh(topic)
+
+
+def _bounds(t: "Topic", p: int) -> tuple[int, int] | None:
+    part = t.partitions[p] if p < t.n else None
+    if part is None:
+        return None
+    st = part.state()
+    return (st.earliest, st.latest) if st.alive else None
+
+
+def hold(mgr: "TopicManager", topic: "str | Topic", reader: str, kind: int, positions: Mapping[int, int | None],
+         ttl_ns: int, now: float | None = None) -> None:
+    """Renew ``reader``'s lease on each partition of ``positions`` until now +
+    ``ttl_ns``, at the position given (None: keep the recorded one, or the
+    oldest message still in the ring for a reader new to the partition), then
+    recompute the gates. Nothing happens on a topic that overwrites."""
+    t = _topic(mgr, topic)
+    if t is None or not _gated(t) or not positions:
+        return
+    topic = t.name
+    tn = now_ns(now)
+    with mgr.fabric.locked():
+        recs = _records(mgr, topic)
+        for p, pos in positions.items():
+            if not 0 <= p < t.n:
+                continue
+            if pos is None:
+                old = recs.get(p, {}).get(reader)
+                if old is not None:
+                    pos = old[0]
+                else:
+                    b = _bounds(t, p)
+                    pos = b[0] if b is not None else 0
+            _put(mgr, topic, p, reader, pos, tn + ttl_ns, kind)
+            recs.setdefault(p, {})[reader] = (pos, tn + ttl_ns, kind)
+        _apply(t, recs, tn)
+
+
+def release(mgr: "TopicManager", topic: "str | Topic", reader: str, now: float | None = None) -> None:
+    """``reader`` stops gating every partition of ``topic`` now (it left)."""
+    t = _topic(mgr, topic)
+    if t is None:
+        return
+    topic = t.name
+    with mgr.fabric.locked():
+        recs = _records(mgr, topic)
+        for p, readers in recs.items():
+            if reader in readers:
+                mgr.fabric.meta_del(_metakeys.child(_scope(topic), str(p), reader))
+                del readers[reader]
+        _apply(t, recs, now_ns(now))
+
+
+def forget(mgr: "TopicManager", topic: str) -> None:
+    """Drop every gating record of ``topic`` (it is being deleted). Needs the fabric lock."""
+    for key, _ in mgr.fabric.meta_items(_scope(topic)):
+        mgr.fabric.meta_del(key)
+
+
+def recompute(mgr: "TopicManager", topic: "str | Topic", now: float | None = None) -> dict[int, int]:
+    """Store every partition's gate from the live records; returns them."""
+    t = _topic(mgr, topic)
+    if t is None:
+        return {}
+    with mgr.fabric.locked():
+        return _apply(t, _records(mgr, t.name), now_ns(now))
+
+
+def _gate_of(t: "Topic", p: int, readers: Mapping[str, tuple[int, int, int]], tn: int
+             ) -> tuple[int, str | None]:
+    """(gate, the reader setting it) of partition p at time tn."""
+    if not _gated(t):
+        return 0, None
+    b = _bounds(t, p)
+    live = [(pos, name) for name, (pos, exp, _k) in readers.items() if exp > tn]
+    if b is None or not live:
+        return 0, None
+    earliest, latest = b
+    pos, name = min(live)
+    # a reader behind the ring needs its oldest slot; one beyond the end (an offset
+    # from before a restart) needs everything from the end on
+    pos = min(max(pos, earliest), latest)
+    return pos + t.config.partition_capacity, name
+
+
+def _apply(t: "Topic", recs: Mapping[int, Mapping[str, tuple[int, int, int]]], tn: int) -> dict[int, int]:
+    out = {}
+    for p, part in enumerate(t.partitions):
+        if part is None:
+            continue
+        g, _ = _gate_of(t, p, recs.get(p, {}), tn)
+        rc = lib.gf_ring_set_gate(part.handle, g)
+        if rc == lib.GF_E_EXPIRED:
+            continue        # reclaimed under us: the ring is not ours to write
+        if rc < 0:
+            raise_for(rc, f"gate of {t.name!r} partition {p}")
+        out[p] = g
+    return out
+
+
+def describe(mgr: "TopicManager", topic: "str | Topic", now: float | None = None) -> list[PartitionGate]:
+    """Per partition: policy, gate and who sets it, producers blocked now, time
+    blocked, BufferFull raised, and every gating reader (live or released)."""
+    t = _topic(mgr, topic)
+    if t is None:
+        raise NotFound(f"no topic {topic!r}")
+    topic = t.name
+    tn = now_ns(now)
+    with mgr.fabric.locked():
+        recs = _records(mgr, topic)
+    out = []
+    st = ffi.new("gf_gate_state *")
+    for p, part in enumerate(t.partitions):
+        readers = recs.get(p, {})
+        _, held_by = _gate_of(t, p, readers, tn)
+        blocked = blocked_ns = raised = gate = 0
+        if part is not None:
+            rc = lib.gf_ring_gate_get(part.handle, st)
+            if rc == 0:
+                gate, blocked, blocked_ns, raised = st.gate, st.blocked, st.blocked_ns, st.full_raised
+            elif rc != lib.GF_E_EXPIRED:
+                raise_for(rc, f"gate of {topic!r} partition {p}")
+        infos = [GateReader(name, _KINDS.get(kind, "?"), pos, exp, exp > tn)
+                 for name, (pos, exp, kind) in sorted(readers.items())]
+        out.append(PartitionGate(p, t.config.on_full, gate, held_by, blocked, blocked_ns / 1e9, raised, infos))
+    return out
+
+
+def wait_room(t: "Topic", p: int, count: int, slice_ns: int) -> bool:
+    """Sleep (without the GIL) up to ``slice_ns`` until ``count`` messages fit
+    partition p. True if they do (or the partition died: the send says why)."""
+    part = t.partitions[p] if 0 <= p < t.n else None
+    if part is None:
+        return True
+    rc = lib.gf_ring_wait_room(part.handle, count, slice_ns)
+    if rc == lib.GF_E_EXPIRED:
+        return True
+    if rc < 0 and rc != lib.GF_E_FULL_RING:
+        raise_for(rc, f"partition {p}")
+    return rc == 0
+
+
+def note_full(t: "Topic", p: int) -> None:
+    """Count a BufferFull raised on partition p (describe shows it)."""
+    part = t.partitions[p] if 0 <= p < t.n else None
+    if part is not None:
+        lib.gf_ring_note_full(part.handle)
+
