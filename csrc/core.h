@@ -36,6 +36,8 @@ struct gf_ring {
     uint64_t mask;              /* capacity - 1 when a power of two, else 0 */
     uint32_t stride;
     uint32_t room;              /* stride - slot header */
+    _Atomic uint64_t *seqs;     /* the sequence words, after the slots */
+    uint64_t max_msg;           /* largest key + headers + value: the whole ring less one header */
 };
 
 /* error reporting: a thread-local message for the last failure */

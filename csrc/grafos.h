@@ -16,7 +16,7 @@
 #define GF_E_INVAL      -1    /* bad argument */
 #define GF_E_FULL       -2    /* no room: arena, lease table or metadata table */
 #define GF_E_EXPIRED    -3    /* lease expired or gone */
-#define GF_E_TOOBIG     -4    /* message larger than a slot's room */
+#define GF_E_TOOBIG     -4    /* message larger than the partition's ring */
 #define GF_E_CORRUPT    -5    /* shared memory failed validation */
 #define GF_E_NOTFOUND   -6
 #define GF_E_EXISTS     -7
@@ -100,6 +100,9 @@ typedef struct {
     uint32_t expired;      /* 1 if the ring's lease was dead at the last read */
     uint32_t reserved;
     uint64_t stall_tail;   /* ring tail when stall_since was taken: offsets below it were claimed by then */
+    uint64_t gaps;         /* offsets passed that hold no message (a multi-slot message's continuation, padding) */
+    uint32_t no_verify;    /* 1: do not check slot checksums on read (set by the reader's owner) */
+    uint32_t reserved2;
 } gf_cursor;
 
 typedef struct {
@@ -169,6 +172,8 @@ gf_ring *gf_ring_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, int
 void gf_ring_close(gf_ring *r);
 int gf_ring_state_get(gf_ring *r, int64_t now_ns, gf_ring_state *out);
 uint32_t gf_ring_room(gf_ring *r);
+/* the largest key + headers + value one message may have: capacity * stride - 40 */
+uint64_t gf_ring_max_message(gf_ring *r);
 int64_t gf_ring_append(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
                        const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
                        int64_t ts_ns);

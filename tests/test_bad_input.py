@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from grafos import Fabric
-from grafos.errors import (AlreadyExists, FabricFull, Fenced, GrafosError, InvalidArgument,
-                           InvalidType, MessageTooLarge, NotFound)
+from grafos.errors import (AlreadyExists, BufferTooSmall, FabricFull, Fenced, GrafosError,
+                           InvalidArgument, InvalidType, MessageTooLarge, NotFound)
 from grafos.leasekit import RenewalManager, RenewalPolicy
 from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.dlq import DlqRouter
@@ -47,6 +47,9 @@ class Env:
         for i in range(6):
             self.prod.send_keyed(self.mgr, b"k%d" % i, b"v%d" % i)
         self.part = self.mgr.topic("orders").partition(0)
+        self.mgr.create("frames", TopicConfig(1, 16, 128, 3600.0))
+        self.big = self.mgr.topic("frames").partition(0)
+        self.big.append(b"m" * 1000)       # spans 9 slots
         self.lease = self.fab.acquire(8192, ttl=3600)
         self.lease.write(0, b"lease-bytes")
         self.mem = MemOffsetStore()
@@ -276,7 +279,12 @@ ROWS: list[tuple[str, object, type[GrafosError], str]] = [
     ("send_keyed key str", lambda e: e.prod.send_keyed(e.mgr, "k", b"v"), InvalidType, "key"),
     ("send_keyed key int", lambda e: e.prod.send_keyed(e.mgr, 5, b"v"), InvalidType, "key"),
     ("send_keyed value int", lambda e: e.prod.send_keyed(e.mgr, b"k", 5), InvalidType, "value"),
-    ("send_keyed too large", lambda e: e.prod.send_keyed(e.mgr, b"k" * 200, b"v"), MessageTooLarge, "room"),
+    ("send_keyed too large", lambda e: e.prod.send_keyed(e.mgr, b"k" * 3000, b"v"), MessageTooLarge,
+     "larger than the partition's ring"),
+    ("send_batch one larger than the ring", lambda e: e.prod.send_batch(e.mgr, [b"a", b"x" * (16 * 128)]),
+     MessageTooLarge, "batch message 1"),
+    ("reader buffer smaller than a multi-slot message",
+     lambda e: Reader(e.fab, [e.big], buf_size=512).poll(10), BufferTooSmall, "buf_size"),
     ("send_batch empty", lambda e: e.prod.send_batch(e.mgr, []), InvalidArgument, "empty batch"),
     ("send_batch item str", lambda e: e.prod.send_batch(e.mgr, [b"a", "b"]), InvalidType, "values[1]"),
     ("send_batch 1-D array", lambda e: e.prod.send_batch(e.mgr, np.zeros(5, np.uint8)), InvalidArgument, "2-D"),

@@ -26,6 +26,7 @@ META_DTYPE = np.dtype([
 ])
 
 _poller_poll = lib.gf_poller_poll
+_alloc = ffi.new_allocator(should_clear_after_alloc=False)   # read buffers: written before read
 _SLICE = 0.2    # seconds: a blocking poll wakes this often so Ctrl-C gets through
 MAX_BUF = 64 << 20
 
@@ -181,17 +182,20 @@ class Reader:
         self._map = None if self.ids == list(range(n)) else self.ids   # None: index == id
         self._n = n
         self._rings = ffi.new("gf_ring *[]", max(n, 1))
-        room = 64
+        room = biggest = 64
         for i, p in enumerate(partitions):
             if p is not None:
                 self._rings[i] = p.handle  # type: ignore[attr-defined]
                 room = max(room, p.room)   # type: ignore[attr-defined]
+                biggest = max(biggest, p.max_message)   # type: ignore[attr-defined]
         self._cursors = ffi.new("gf_cursor[]", max(n, 1))
         self.max_batch = max_batch
         self._meta = ffi.new("gf_msg_meta[]", max_batch)
-        size = buf_size or min(MAX_BUF, max_batch * room)
+        # by default the buffer holds the largest message its partitions allow (a
+        # multi-slot one); pages are only touched when a message fills them
+        size = buf_size or max(min(MAX_BUF, max_batch * room), biggest)
         self._buf_size = max(size, room)
-        self._buf = ffi.new("uint8_t[]", self._buf_size)
+        self._buf = _alloc("uint8_t[]", self._buf_size)
         self._metabuf = ffi.buffer(self._meta)
         self._bytes = ffi.buffer(self._buf)
         # the hot path's one argument (gf_poller_poll); the arrays above keep its pointers alive
@@ -215,6 +219,13 @@ class Reader:
 
     def position(self, i: int) -> int:
         return self._cursors[self._index(i)].pos
+
+    def gaps(self, i: int) -> int:
+        """Offsets of partition ``i`` this reader passed that hold no message: the
+        further slots of multi-slot messages and the padding before the ring's end.
+        Every offset below the position was delivered, lost, abandoned, corrupt
+        or a gap."""
+        return self._cursors[self._index(i)].gaps
 
     def counters(self, i: int) -> dict[str, int]:
         c = self._cursors[self._index(i)]

@@ -111,7 +111,8 @@ def _topic_summary(mgr: Any, topic: str) -> dict[str, Any]:
 @NAME
 @JSON
 def topics(name: str, as_json: bool) -> None:
-    """List the topics of bus NAME: partitions, produced, lost to overwrite, lease TTL."""
+    """List the topics of bus NAME: partitions, produced and lost to overwrite (in
+    offsets: a message larger than a slot takes one per slot), lease TTL."""
     with _bus(name) as mgr:
         rows = []
         for t in mgr.topics():
@@ -148,14 +149,16 @@ def describe(name: str, topic: str, as_json: bool) -> None:
         c = d.config
         table = Table(title=f"{topic} on {name}: {c.num_partitions} partition(s) of "
                             f"{c.partition_capacity} x {c.partition_stride} B, retention {_ttl(c.retention_secs)}")
-        for col in ("part", "earliest", "latest", "messages", "lost", "abandoned", "TTL", "lease"):
+        # offsets, not messages: a message larger than a slot takes one offset per slot
+        for col in ("part", "earliest", "latest", "offsets held", "lost", "abandoned", "TTL", "lease"):
             table.add_column(col, justify="right")
         for p in d.partitions:
             table.add_row(str(p.partition), str(p.earliest), str(p.latest), str(p.latest - p.earliest),
                           str(p.lost), str(p.abandoned), _ttl(p.ttl_remaining) if p.alive else "expired",
                           str(p.lease_id) if p.alive else "-")
         _console().print(table)
-        click.echo(f"produced {d.produced}, lost to overwrite {d.lost}")
+        click.echo(f"produced {d.produced} offsets, lost to overwrite {d.lost} "
+                   "(offsets: a message larger than a slot takes one per slot)")
 
 
 # ---- groups -----------------------------------------------------------------------------------

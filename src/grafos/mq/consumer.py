@@ -189,7 +189,8 @@ class Consumer:
         return {p: rd.counters(p)["lost"] for p in self._parts} if rd else {}
 
     def lag(self, mgr: TopicManager) -> dict[int, int]:
-        """Per assigned partition: messages between the position and the end."""
+        """Per assigned partition: offsets between the position and the end (a message
+        larger than a slot counts as one per slot it spans)."""
         rd = self._ensure(mgr)
         out = {}
         for p in self._parts:
