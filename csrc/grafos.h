@@ -231,6 +231,8 @@ void gf_memcpy_bench(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t re
 /* Test hooks: hold the metadata lock, or leave a slot half-written, as a killed process would;
  * finish the write of a claimed offset, as a writer descheduled after its claim would. */
 int64_t gf_test_claim_slot(gf_ring *r);
+/* as gf_test_claim_slot for a message of `span` slots: claimed (with any padding), every slot taken */
+int64_t gf_test_claim_span(gf_ring *r, uint32_t span);
 int gf_test_publish(gf_ring *r, uint64_t n, const uint8_t *val, uint32_t vlen);
 
 /* cdef-end */

@@ -698,6 +698,21 @@ int64_t gf_test_claim_slot(gf_ring *r)
     return n;
 }
 
+int64_t gf_test_claim_span(gf_ring *r, uint32_t span)
+{
+    if (span == 0 || span > r->capacity)
+        return gf_fail(GF_E_INVAL, "span %u out of range (1 to %u slots)", span, r->capacity);
+    uint64_t k = span, off;
+    int64_t t = claim_spans(r, 1, &k, &off);
+    if (t < 0)
+        return t;
+    pad_publish(r, (uint64_t)t, off);
+    int rc = span_take(r, off, k);
+    if (rc != GF_OK)
+        return rc < 0 ? rc : gf_fail(GF_E_ABANDONED, "offset %llu was overwritten at once", (unsigned long long)off);
+    return (int64_t)off;   /* every slot left "being written" */
+}
+
 int gf_test_publish(gf_ring *r, uint64_t n, const uint8_t *val, uint32_t vlen)
 {
     int rc = check_msg(r, 0, 0, vlen);

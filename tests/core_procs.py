@@ -82,6 +82,22 @@ def produce_until_killed(name: str, index: int, lease_id: int, ready, seed: int)
         part.append(batch[1])
 
 
+def produce_spans_until_killed(name: str, index: int, lease_id: int, ready, seed: int) -> None:
+    """Like produce_until_killed, with messages of one to a dozen slots: the kill
+    often lands inside a multi-slot message (its head claimed, its continuations
+    half written or not yet published)."""
+    fab, part = attach(name, index, lease_id)
+    rnd = random.Random(seed)
+    batch = [sealed(rnd.randbytes(rnd.choice([rnd.randrange(0, part.room - _DIGEST),
+                                              rnd.randrange(part.room, 12 * part.stride)])))
+             for _ in range(128)]
+    part.append(batch[0])
+    ready.set()
+    while True:   # until SIGKILL
+        part.append_batch(batch)
+        part.append(batch[rnd.randrange(len(batch))])
+
+
 # ---- fabric ------------------------------------------------------------------------
 
 def open_in_race(names: list[str], size: int, barrier, me: int, out) -> None:

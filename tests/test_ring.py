@@ -63,6 +63,27 @@ def test_a_message_that_fills_the_room_exactly_takes_one_offset_one_byte_more_ta
     assert rd.position(0) == 4 and rd.gaps(0) == 1
 
 
+def test_a_reader_placed_inside_a_multi_slot_message_steps_to_the_next_message(fab):
+    part = Partition.create(fab, 16, 64, ttl=600)
+    part.append(b"x" * 100)                      # offsets 0..2
+    part.append(b"y")                            # offset 3
+    rd = part.reader(1)
+    assert [(m.offset, m.value) for _, m in rd.poll(10)] == [(3, b"y")]
+    assert rd.gaps(0) == 2 and rd.counters(0) == {"lost": 0, "abandoned": 0, "corrupt": 0, "expired": 0}
+
+
+def test_overwriting_the_first_slots_of_a_multi_slot_message_loses_all_of_it(fab):
+    part = Partition.create(fab, 8, 64, ttl=600)
+    part.append(b"first")                        # offset 0
+    part.append(b"z" * 200)                      # offsets 1..4
+    rd = part.reader(1)
+    for i in range(6):                           # offsets 5..10: slots 5, 6, 7, 0, 1, 2
+        part.append(b"%d" % i)
+    got = rd.poll(20)
+    assert [m.value for _, m in got] == [b"%d" % i for i in range(6)]
+    assert rd.counters(0)["lost"] == 2 and rd.gaps(0) == 2   # 1, 2 lost; 3, 4 were its tail
+
+
 def test_a_message_as_large_as_the_whole_ring_fits_and_one_byte_more_is_refused(fab):
     part = Partition.create(fab, 4, 64, ttl=600)
     assert part.max_message == 4 * 64 - lib.GF_SLOT_HDR_SIZE
