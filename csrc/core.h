@@ -45,6 +45,7 @@ int gf_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3))
 int64_t gf_mono_ns(void);
 void gf_fabric_unref(gf_fabric *f);
 uint32_t gf_slot_crc(uint64_t n, const uint8_t *hdr28, const uint8_t *payload, uint64_t len);
+uint32_t gf_slot_crc_seed(uint64_t n, const uint8_t *hdr28);
 int gf_lease_alive(struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_lease_alive_query(const struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_dsync(gf_fabric *f, const void *p, uint64_t len);

@@ -301,10 +301,13 @@ static int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t kle
     if (rc != GF_OK)
         return rc == TAKE_LAPPED ? GF_OK : rc;
     uint8_t *p = slot_header(r, n, klen, flags, key_hash, hlen, vlen, ts);
-    if (klen) memcpy(p, key, klen);
-    if (hlen) memcpy(p + klen, hdrs, hlen);
-    if (vlen) memcpy(p + klen + hlen, val, vlen);
-    slot_seal(r, n, total);
+    struct gf_slot *s = slot_at(r, n);
+    /* the checksum is summed as the bytes are copied: one pass over the payload */
+    uint32_t c = gf_slot_crc_seed(n, (const uint8_t *)s + 8);
+    if (klen) c = gf_copy_crc(p, key, klen, c);
+    if (hlen) c = gf_copy_crc(p + klen, hdrs, hlen, c);
+    if (vlen) c = gf_copy_crc(p + klen + hlen, val, vlen, c);
+    s->crc = c ^ ~0u;
     return span_publish(r, n, span);
 }
 
@@ -768,8 +771,12 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
                                    (unsigned long long)buf_size, (unsigned long long)total);
                 break;
             }
-            if (fits)
+            uint32_t crc = 0;
+            if (fits && c->no_verify)
                 memcpy(buf + *used, (uint8_t *)s + GF_SLOT_HDR_SIZE, total);
+            else if (fits)   /* verified: the checksum is summed as the bytes are copied */
+                crc = gf_copy_crc(buf + *used, (uint8_t *)s + GF_SLOT_HDR_SIZE, total,
+                                  gf_slot_crc_seed(pos, (const uint8_t *)&h + 8)) ^ ~0u;
             fence_acq();   /* seqlock: bytes copied above are validated by the re-reads below */
             if (ld_rlx(q) != want)
                 goto lapped;
@@ -782,7 +789,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
                 pos++;
                 continue;
             }
-            if (!c->no_verify && gf_slot_crc(pos, (const uint8_t *)&h + 8, buf + *used, total) != h.crc) {
+            if (!c->no_verify && crc != h.crc) {
                 c->corrupt++;
                 pos++;
                 continue;

@@ -89,12 +89,12 @@ class Bus:
         fab.set_bounded_wait(0.01)
         return fab
 
-    def poll_p0(self) -> tuple[list, dict]:
+    def poll_p0(self, check_crcs: bool = True) -> tuple[list, dict]:
         """Messages of partition 0 from offset 0 (polling past bounded waits until
         three polls in a row bring nothing), and the reader's counters."""
         with self.open() as fab:
             mgr = TopicManager(fab)
-            rd = Reader(fab, [mgr.topic("orders").partition(0)])
+            rd = Reader(fab, [mgr.topic("orders").partition(0)], check_crcs=check_crcs)
             got, empty = [], 0
             while empty < 3:
                 batch = [m for _, m in rd.poll(100, timeout=0.05)]
@@ -214,6 +214,28 @@ def test_damaged_slot_is_skipped_and_counted_and_the_rest_delivered(bus, what, d
     assert [m.value for m in got] == MESSAGES[:2] + MESSAGES[3:]
     assert [m.offset for m in got] == [0, 1, 3, 4]
     assert counters[counter] == 1
+
+
+# Without checksums the sequence words are still checked, and lengths against the
+# ring; bytes damaged in place get through, and so do lengths damaged into a
+# span that still fits the ring (it then reads its neighbours' bytes).
+CRC_ONLY = {"payload byte flipped (torn write)", "checksum"}
+SPAN_IN_RING = {"value length past the slot", "span within the ring, checksum of one slot"}
+
+
+@pytest.mark.parametrize("what,damage,counter", SLOT_DAMAGE, ids=[r[0] for r in SLOT_DAMAGE])
+def test_damaged_slot_without_checksum_verification(bus, what, damage, counter):
+    damage(bus)
+    got, counters = bus.poll_p0(check_crcs=False)
+    if what in CRC_ONLY:
+        assert [m.offset for m in got] == [0, 1, 2, 3, 4] and counters["corrupt"] == 0
+        assert (got[2].value != MESSAGES[2]) == (what != "checksum")
+    elif what in SPAN_IN_RING:
+        assert [m.offset for m in got][:3] == [0, 1, 2] and counters["corrupt"] == 0
+        assert len(got[2].value) >= STRIDE                    # offset 2 now claims its neighbours
+    else:
+        assert [m.value for m in got] == MESSAGES[:2] + MESSAGES[3:]
+        assert counters[counter] == 1
 
 
 def test_slot_holding_another_offset_is_never_delivered_as_this_one(bus):

@@ -40,7 +40,13 @@ class Consumer:
     """``Consumer("events", "processors")``: reads partitions given to :meth:`assign`
     (all partitions if never assigned)."""
 
-    def __init__(self, topic: str, group: str = "default", *, max_batch: int = 1024) -> None:
+    def __init__(self, topic: str, group: str = "default", *, max_batch: int = 1024,
+                 check_crcs: bool = True) -> None:
+        """``check_crcs``: verify each message's checksum on read (see
+        :class:`~grafos.reader.Reader`); ``False`` skips it."""
+        if not isinstance(check_crcs, bool):
+            raise _validate.InvalidType(f"check_crcs must be a bool, not {type(check_crcs).__name__}")
+        self.check_crcs = check_crcs
         self.topic = _validate.name(topic, "topic", 64)
         self.group = _validate.name(group, "group", 64)
         self.max_batch = _validate.integer(max_batch, "max_batch", 1, 1 << 20)
@@ -109,7 +115,7 @@ class Consumer:
         # reader slot i is partition i (unassigned ones are None), so no id mapping per message
         wanted = set(parts)
         rd = Reader(mgr.fabric, [t.partitions[p] if p in wanted else None for p in range(t.n)],
-                    max_batch=self.max_batch)
+                    max_batch=self.max_batch, check_crcs=self.check_crcs)
         for p in parts:
             pos = self._positions.get(p)
             same = old is not None and old.incarnation == t.incarnation and \
