@@ -222,6 +222,37 @@ int64_t gf_sender_send(gf_sender *s, const uint8_t *key, uint32_t klen,
                        const uint8_t *val, uint32_t vlen);
 int64_t gf_sender_send_nokey(gf_sender *s, const uint8_t *val, uint32_t vlen);
 
+/* The partition gf_send would pick (advances the round-robin counter). */
+uint32_t gf_sender_pick(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t has_key);
+
+/* Zero-copy writes: a loan claims and takes the slots of a message of `vlen`
+ * value bytes, writes its key and headers, and points `value` at the rest. The
+ * caller fills it and commits (publish) or abandons (readers skip it at once).
+ * A loan held past the fabric's bounded wait is abandoned by readers: commit
+ * then fails with GF_E_ABANDONED. */
+typedef struct {
+    gf_ring *ring;
+    uint64_t offset;       /* the message's offset */
+    uint64_t first;        /* first offset claimed (padding before `offset`) */
+    uint64_t span;         /* slots */
+    uint64_t total;        /* key + headers + value bytes */
+    uint8_t *value;        /* where the value's bytes go */
+    uint32_t state;        /* 0 open, 1 committed, 2 abandoned */
+    uint32_t reserved;
+} gf_loan;
+int gf_loan_begin(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
+                  const uint8_t *hdrs, uint32_t hlen, uint32_t vlen, int64_t ts_ns, gf_loan *out);
+int64_t gf_loan_commit(gf_loan *l);
+int gf_loan_abandon(gf_loan *l);
+
+/* Zero-copy reads: like gf_poll on one ring without waiting, but each meta
+ * row's `pos` is the slot index the message's bytes start in (see
+ * gf_ring_slot_data); nothing is copied. gf_ring_intact says afterwards whether
+ * the message at `offset` was left alone by writers. */
+int64_t gf_ring_peek(gf_ring *r, gf_cursor *c, uint32_t max, gf_msg_meta *meta, int64_t now_ns);
+uint8_t *gf_ring_slot_data(gf_ring *r, uint32_t index);
+int gf_ring_intact(gf_ring *r, uint64_t offset);
+
 /* Hashing */
 uint32_t gf_murmur2(const uint8_t *data, uint32_t len);
 int32_t gf_kafka_partition(const uint8_t *key, uint32_t len, uint32_t num_partitions);

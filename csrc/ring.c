@@ -762,7 +762,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             uint64_t span = span_of(r, total);
             /* a span never straddles the ring's end: longer is hostile or damaged */
             int fits = total <= r->max_msg && slot_index(r, pos) + span <= cap;
-            if (fits && *used + total > buf_size) {
+            if (fits && buf && *used + total > buf_size) {
                 if (got == 0 && *used == 0)
                     *err = gf_fail(GF_E_BUFFER, "a %llu-byte message (offset %llu) does not fit the %llu-byte "
                                    "read buffer: give the reader a buf_size of at least %llu bytes (or max_batch "
@@ -772,7 +772,10 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
                 break;
             }
             uint32_t crc = 0;
-            if (fits && c->no_verify)
+            if (fits && !buf) {   /* read in place (gf_ring_peek): nothing to copy */
+                if (!c->no_verify)
+                    crc = gf_slot_crc(pos, (const uint8_t *)&h + 8, (uint8_t *)s + GF_SLOT_HDR_SIZE, total);
+            } else if (fits && c->no_verify)
                 memcpy(buf + *used, (uint8_t *)s + GF_SLOT_HDR_SIZE, total);
             else if (fits)   /* verified: the checksum is summed as the bytes are copied */
                 crc = gf_copy_crc(buf + *used, (uint8_t *)s + GF_SLOT_HDR_SIZE, total,
@@ -797,7 +800,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             gf_msg_meta *m = &meta[got];
             m->offset = pos;
             m->ts_ns = h.ts_ns;
-            m->pos = (uint32_t)*used;
+            m->pos = buf ? (uint32_t)*used : (uint32_t)slot_index(r, pos);   /* in place: the slot */
             m->key_len = h.key_len;
             m->hdr_len = h.hdr_len;
             m->val_len = h.val_len;
@@ -805,7 +808,8 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             m->flags = h.flags;
             m->partition = part;
             m->reserved = 0;
-            *used += total;
+            if (buf)
+                *used += total;
             got++;
             pos += span;
             c->gaps += span - 1;
@@ -970,4 +974,121 @@ int64_t gf_poller_poll(gf_poller *p, uint32_t max_msgs, int64_t now_ns, int64_t 
                 p->expired++;
     }
     return rc;
+}
+
+
+/* ---- in place: loans (zero-copy writes) and peeks (zero-copy reads) ----------- */
+
+uint8_t *gf_ring_slot_data(gf_ring *r, uint32_t index)
+{
+    if (index >= r->capacity)
+        return NULL;
+    return r->slots + (uint64_t)index * r->stride + GF_SLOT_HDR_SIZE;
+}
+
+int64_t gf_ring_peek(gf_ring *r, gf_cursor *c, uint32_t max, gf_msg_meta *meta, int64_t now_ns)
+{
+    if (max == 0)
+        return 0;
+    int err = GF_OK;
+    int64_t stalled = 0;
+    uint64_t used = 0;
+    uint32_t got = ring_read(r, c, 0, max, meta, NULL, 0, &used, now_ns ? now_ns : gf_now_ns(),
+                             &stalled, &err);
+    return err ? (int64_t)err : (int64_t)got;
+}
+
+int gf_ring_intact(gf_ring *r, uint64_t offset)
+{
+    /* Read in place: the bytes of the message at `offset` were untouched while
+     * in use iff no writer has claimed an offset that maps onto its slots
+     * (offset + capacity or later), and the region is still this ring's. */
+    fence_acq();
+    if (ld_acq(&r->lease->id) != r->lease_id)
+        return 0;
+    if (ld_acq(&r->hdr->tail) > offset + r->capacity)
+        return 0;
+    return ld_acq(seq_at(r, offset)) == 2 * offset + 2;
+}
+
+int gf_loan_begin(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
+                  const uint8_t *hdrs, uint32_t hlen, uint32_t vlen, int64_t ts_ns, gf_loan *out)
+{
+    int rc;
+    int64_t now = gf_now_ns();
+    memset(out, 0, sizeof *out);
+    if ((rc = check_msg(r, klen, hlen, vlen)) < 0 || (rc = check_alive(r, now)) < 0)
+        return rc;
+    uint64_t total = (uint64_t)klen + hlen + vlen, span = span_of(r, total), first;
+    int64_t n = claim_one(r, span, &first);
+    if (n < 0)
+        return (int)n;
+    rc = span_take(r, (uint64_t)n, span);
+    if (rc != GF_OK)
+        return rc < 0 ? rc : gf_fail(GF_E_ABANDONED, "offset %llu was overwritten before it could be loaned",
+                                     (unsigned long long)n);
+    uint32_t h = has_key ? gf_murmur2(key, klen) : 0;
+    uint8_t *p = slot_header(r, (uint64_t)n, klen, has_key ? GF_MSG_HAS_KEY : 0u, h, hlen, vlen,
+                             ts_ns ? ts_ns : now);
+    if (klen) memcpy(p, key, klen);
+    if (hlen) memcpy(p + klen, hdrs, hlen);
+    out->ring = r;
+    out->offset = (uint64_t)n;
+    out->first = first;
+    out->span = span;
+    out->total = total;
+    out->value = p + klen + hlen;
+    out->state = 0;
+    return GF_OK;
+}
+
+static void loan_release_slots(gf_ring *r, gf_loan *l)
+{
+    /* only the slots still ours change: seq_finish expects "being written by us" */
+    for (uint64_t j = 1; j < l->span; j++)
+        seq_finish(r, l->offset + j, (2 * (l->offset + j) + 2) | GF_SEQ_GAP);
+    seq_finish(r, l->offset, (2 * l->offset + 2) | GF_SEQ_ABANDONED);
+    wake_readers(r->f);
+}
+
+int64_t gf_loan_commit(gf_loan *l)
+{
+    if (l->state != 0)
+        return gf_fail(GF_E_INVAL, "loan of offset %llu was already %s", (unsigned long long)l->offset,
+                       l->state == 1 ? "committed" : "abandoned");
+    gf_ring *r = l->ring;
+    l->state = 1;
+    /* a loan held past the bounded wait may have lost its slots to a reader or
+     * to the next lap's writer: then touch nothing, not even the checksum */
+    for (uint64_t j = 0; j < l->span; j++)
+        if (ld_acq(seq_at(r, l->offset + j)) != 2 * (l->offset + j) + 1) {
+            loan_release_slots(r, l);
+            return gf_fail(GF_E_ABANDONED, "loan of offset %llu was held past the bounded wait and reclaimed",
+                           (unsigned long long)l->offset);
+        }
+    slot_seal(r, l->offset, l->total);
+    int rc = span_publish(r, l->offset, l->span);
+    wake_readers(r->f);
+    if (rc == GF_OK && __builtin_expect(r->f->durable, 0))
+        rc = ring_sync(r, l->first, l->offset + l->span - l->first);
+    return rc < 0 ? rc : (int64_t)l->offset;
+}
+
+int gf_loan_abandon(gf_loan *l)
+{
+    if (l->state != 0)
+        return GF_OK;
+    l->state = 2;
+    /* readers step over it at once: no bounded wait for a write that will not come */
+    loan_release_slots(l->ring, l);
+    return GF_OK;
+}
+
+uint32_t gf_sender_pick(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t has_key)
+{
+    if (s->n == 0)
+        return 0;
+    if (s->mode == GF_PART_KEYHASH && has_key)
+        return (gf_murmur2(key, klen) & 0x7fffffffu) % s->n;
+    return (uint32_t)(__atomic_fetch_add(&s->rr, 1, __ATOMIC_RELAXED) % s->n);
 }

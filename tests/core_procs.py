@@ -129,3 +129,29 @@ def hold_the_lock(name: str, holding, release) -> None:
         holding.set()
         release.wait(60)
     fab.close()
+
+
+def loan_until_killed(name: str, index: int, lease_id: int, ready, seed: int) -> None:
+    """Fill loans of one to a dozen slots in place, committing most, abandoning
+    some, pausing inside some: a SIGKILL usually lands with a loan open."""
+    import time
+    fab, part = attach(name, index, lease_id)
+    rnd = random.Random(seed)
+    first = True
+    while True:   # until SIGKILL
+        payload = rnd.randbytes(rnd.randrange(0, 12 * part.stride))
+        value = sealed(payload)
+        try:
+            with part.loan(len(value), key=b"loan") as ln:
+                half = len(value) // 2
+                ln.view[:half] = value[:half]
+                if rnd.random() < 0.3:
+                    time.sleep(0.001)            # a loan held open for a while
+                ln.view[half:] = value[half:]
+                if rnd.random() < 0.1:
+                    raise KeyError("abandon")
+        except KeyError:
+            pass
+        if first:
+            ready.set()
+            first = False

@@ -28,6 +28,7 @@ from .fabric import Fabric, MemLease, _expiry
 from .message import Message, encode_headers
 
 if TYPE_CHECKING:
+    from .loan import Loan
     from .reader import Reader
 
 _send_key = lib.gf_sender_send
@@ -196,6 +197,13 @@ class Partition:
         rd = self.reader(offset, max_batch=max_messages)
         return [m for _, m in rd.poll(max_messages, now=now)]
 
+    # ---- in place ----------------------------------------------------------------
+    def loan(self, size: int, key: bytes | None = None, headers=None,
+             timestamp: int | None = None) -> "Loan":
+        """A zero-copy write of a message of ``size`` value bytes (see :mod:`grafos.loan`)."""
+        from .loan import Loan
+        return Loan(self._r, self, size, key, headers, 0, timestamp)
+
 
 def pack(items, what: str) -> tuple[object, np.ndarray]:
     """Batch input -> (one contiguous buffer, uint32 lengths).
@@ -220,3 +228,4 @@ def pack(items, what: str) -> tuple[object, np.ndarray]:
                 raise _validate.InvalidType(f"{what}[{i}] must be bytes, not {type(it).__name__}") from None
         raise _validate.InvalidType(f"{what} must be a list or tuple of bytes, not {type(items).__name__}") from None
     return buf, lens
+

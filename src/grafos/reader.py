@@ -6,7 +6,7 @@ from __future__ import annotations
 import operator
 import struct
 import time
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
@@ -17,6 +17,9 @@ from ._native import ffi, lib
 from .errors import CorruptFabric, InvalidArgument, InvalidType
 from .fabric import Fabric
 from .message import Message, decode_headers
+
+if TYPE_CHECKING:
+    from .peek import Peek
 
 #: numpy view of ``gf_msg_meta`` (one row per message of a batch)
 META_DTYPE = np.dtype([
@@ -319,3 +322,13 @@ class Reader:
         meta = np.frombuffer(self._metabuf, dtype=META_DTYPE, count=n)
         data = np.frombuffer(self._bytes, dtype=np.uint8, count=self._p.used)
         return Batch(meta, data, self.ids)
+
+    # ---- in place ----------------------------------------------------------------
+    def peek(self, max_messages: int) -> "Peek":
+        """Up to ``max_messages`` read in place, without waiting: a context manager
+        whose values are views into the rings (see :mod:`grafos.peek`)."""
+        from .peek import Peek
+        n = _count(max_messages, "max_messages")
+        self.fabric.handle      # noqa: B018 - raises if the fabric was closed
+        return Peek.take([(self.ids[i], self._rings[i], self._cursors + i, self._parts[i])
+                          for i in range(self._n) if self._parts[i] is not None], n)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .. import _validate
 from ..errors import Fenced, InvalidArgument
@@ -16,6 +16,9 @@ from ..message import Message
 from ..reader import Batch, Reader
 from .offset import OffsetStore
 from .topic import Topic, TopicManager
+
+if TYPE_CHECKING:
+    from ..peek import Peek
 
 __all__ = ["Consumer", "SeekPolicy", "Message"]
 
@@ -318,6 +321,18 @@ class Consumer:
             for p, off in pos.items():
                 store.commit(self.group, self.topic, p, off)
         return pos
+
+    # ---- in place ------------------------------------------------------------------
+    def peek(self, mgr: TopicManager, max_messages: int = 100) -> "Peek":
+        """Up to ``max_messages`` from the assigned partitions, read in place without
+        waiting: values are views into the rings, checked for overwrite when the
+        block is left (see :mod:`grafos.peek`). Positions move past them as with
+        :meth:`poll`."""
+        rd = self._ensure(mgr)
+        _validate.integer(max_messages, "max_messages", 1)
+        pk = rd.peek(max_messages)
+        self.consumed += len(pk)
+        return pk
 
     def close(self) -> None:
         self._save_positions()
