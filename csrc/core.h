@@ -40,6 +40,8 @@ struct gf_ring {
     uint64_t mask;              /* capacity - 1 when a power of two, else 0 */
     uint32_t stride;
     uint32_t room;              /* stride - slot header */
+    _Atomic uint64_t *seqs;     /* the sequence words, after the slots */
+    uint64_t max_msg;           /* largest key + headers + value: the whole ring less one header */
 };
 
 /* error reporting: a thread-local message for the last failure */
@@ -49,6 +51,7 @@ int gf_fail_prefix(int code, const char *fmt, ...) __attribute__((format(printf,
 int64_t gf_mono_ns(void);
 void gf_fabric_unref(gf_fabric *f);
 uint32_t gf_slot_crc(uint64_t n, const uint8_t *hdr28, const uint8_t *payload, uint64_t len);
+uint32_t gf_slot_crc_seed(uint64_t n, const uint8_t *hdr28);
 int gf_lease_alive(struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_lease_alive_query(const struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_dsync(gf_fabric *f, const void *p, uint64_t len);

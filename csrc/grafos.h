@@ -16,7 +16,7 @@
 #define GF_E_INVAL      -1    /* bad argument */
 #define GF_E_FULL       -2    /* no room: arena, lease table or metadata table */
 #define GF_E_EXPIRED    -3    /* lease expired or gone */
-#define GF_E_TOOBIG     -4    /* message larger than a slot's room */
+#define GF_E_TOOBIG     -4    /* message larger than the partition's ring */
 #define GF_E_CORRUPT    -5    /* shared memory failed validation */
 #define GF_E_NOTFOUND   -6
 #define GF_E_EXISTS     -7
@@ -110,6 +110,9 @@ typedef struct {
     uint32_t expired;      /* 1 if the ring's lease was dead at the last read */
     uint32_t reserved;
     uint64_t stall_tail;   /* ring tail when stall_since was taken: offsets below it were claimed by then */
+    uint64_t gaps;         /* offsets passed that hold no message (a multi-slot message's continuation, padding) */
+    uint32_t no_verify;    /* 1: do not check slot checksums on read (set by the reader's owner) */
+    uint32_t reserved2;
 } gf_cursor;
 
 typedef struct {
@@ -198,6 +201,8 @@ gf_ring *gf_ring_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, int
 void gf_ring_close(gf_ring *r);
 int gf_ring_state_get(gf_ring *r, int64_t now_ns, gf_ring_state *out);
 uint32_t gf_ring_room(gf_ring *r);
+/* the largest key + headers + value one message may have: capacity * stride - 40 */
+uint64_t gf_ring_max_message(gf_ring *r);
 int64_t gf_ring_append(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
                        const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
                        int64_t ts_ns);
@@ -293,10 +298,43 @@ void gf_ring_note_full(gf_ring *r);
 typedef struct gf_crossing gf_crossing;
 const gf_crossing *gf_crossing_table(void);
 
+/* The partition gf_send would pick (advances the round-robin counter). */
+uint32_t gf_sender_pick(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t has_key);
+
+/* Zero-copy writes: a loan claims and takes the slots of a message of `vlen`
+ * value bytes, writes its key and headers, and points `value` at the rest. The
+ * caller fills it and commits (publish) or abandons (readers skip it at once).
+ * A loan held past the fabric's bounded wait is abandoned by readers: commit
+ * then fails with GF_E_ABANDONED. */
+typedef struct {
+    gf_ring *ring;
+    uint64_t offset;       /* the message's offset */
+    uint64_t first;        /* first offset claimed (padding before `offset`) */
+    uint64_t span;         /* slots */
+    uint64_t total;        /* key + headers + value bytes */
+    uint8_t *value;        /* where the value's bytes go */
+    uint32_t state;        /* 0 open, 1 committed, 2 abandoned */
+    uint32_t reserved;
+} gf_loan;
+int gf_loan_begin(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
+                  const uint8_t *hdrs, uint32_t hlen, uint32_t vlen, int64_t ts_ns, gf_loan *out);
+int64_t gf_loan_commit(gf_loan *l);
+int gf_loan_abandon(gf_loan *l);
+
+/* Zero-copy reads: like gf_poll on one ring without waiting, but each meta
+ * row's `pos` is the slot index the message's bytes start in (see
+ * gf_ring_slot_data); nothing is copied. gf_ring_intact says afterwards whether
+ * the message at `offset` was left alone by writers. */
+int64_t gf_ring_peek(gf_ring *r, gf_cursor *c, uint32_t max, gf_msg_meta *meta, int64_t now_ns);
+uint8_t *gf_ring_slot_data(gf_ring *r, uint32_t index);
+int gf_ring_intact(gf_ring *r, uint64_t offset);
+
 /* Hashing */
 uint32_t gf_murmur2(const uint8_t *data, uint32_t len);
 int32_t gf_kafka_partition(const uint8_t *key, uint32_t len, uint32_t num_partitions);
 uint32_t gf_crc32c(uint32_t crc, const uint8_t *data, uint64_t len);
+/* gf_crc32c over src while copying it to dst: one pass over the bytes */
+uint32_t gf_copy_crc(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t crc);
 void gf_memcpy_bench(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t reps);
 
 /* Test hooks: hold the metadata lock, or leave a slot half-written, as a killed process would;
@@ -315,6 +353,9 @@ int gf_test_unpin(gf_fabric *f, uint32_t index);
 #define GF_FAULT_CREATE_SIZED   11  /* ... sized (ftruncate) */
 #define GF_FAULT_CREATE_MAPPED  12  /* ... tables reserved and mapped */
 #define GF_FAULT_CREATE_HALF    13  /* ... header half written, not ready */
+
+/* as gf_test_claim_slot for a message of `span` slots: claimed (with any padding), every slot taken */
+int64_t gf_test_claim_span(gf_ring *r, uint32_t span);
 int gf_test_publish(gf_ring *r, uint64_t n, const uint8_t *val, uint32_t vlen);
 
 /* cdef-end */

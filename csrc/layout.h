@@ -119,8 +119,15 @@ _Static_assert(offsetof(struct gf_meta_entry, key) == 16, "meta key");
 _Static_assert(sizeof(struct gf_meta_entry) == 256, "meta entry");
 
 /* ---- partition ring ------------------------------------------------------
- * A ring is a lease region: a 256-byte header then `capacity` slots of
- * `stride` bytes. Offset n lives in slot n % capacity. */
+ * A ring is a lease region: a 256-byte header, `capacity` slots of `stride`
+ * bytes, then `capacity` 8-byte sequence words (seq[i] belongs to slot i).
+ * Offset n lives in slot n % capacity.
+ *
+ *   | ring hdr (256) | slot 0 | slot 1 | ... | slot cap-1 | seq 0 | seq 1 | ... | seq cap-1 |
+ *
+ * The sequence words live apart from the slots so that a message larger than a
+ * slot can run on, contiguous, through the following slots (one memcpy in, one
+ * view out) while every offset keeps a publication word no payload can forge. */
 #define GF_RING_MAGIC 0x474e495246475221ULL  /* "!RGFRING" */
 #define GF_RING_HDR_SIZE 256u
 struct gf_ring_hdr {
@@ -161,25 +168,38 @@ _Static_assert(offsetof(struct gf_ring_hdr, gate) == 192, "gate line");
 _Static_assert(offsetof(struct gf_ring_hdr, on_full) == 204, "on_full");
 _Static_assert(sizeof(struct gf_ring_hdr) == GF_RING_HDR_SIZE, "ring hdr");
 
+/* ---- sequence words ------------------------------------------------------
+ * seq[n % capacity] is offset n's publication word (per slot, as in the
+ * Disruptor: there is no shared "published" cursor a dead producer could wedge):
+ *   0                  never written
+ *   2n + 1             offset n is being written
+ *   2n + 2             offset n is published: a message starts in its slot
+ *   2n + 2 | GAP       offset n holds no message: it continues the message of an
+ *                      earlier offset, or pads the ring's end so that a message
+ *                      which would straddle it starts at slot 0 instead
+ *   bit 63 set         offset n was abandoned by its writer; readers skip it
+ * Offsets are below 2^48, so bits 62 and 63 are free. */
+#define GF_SEQ_ABANDONED (1ULL << 63)
+#define GF_SEQ_GAP       (1ULL << 62)
+#define GF_SEQ_FLAGS     (GF_SEQ_ABANDONED | GF_SEQ_GAP)
+
 /* ---- slot ----------------------------------------------------------------
  *
  *   0               8               16      20      24      28      32      36      40
  *   +---------------+---------------+-------+-------+-------+-------+-------+-------+--- - -
- *   | seq           | ts_ns         |key_len|val_len|hdr_len|keyhash| flags | crc   | key | headers | value
+ *   | offset        | ts_ns         |key_len|val_len|hdr_len|keyhash| flags | crc   | key | headers | value
  *   +---------------+---------------+-------+-------+-------+-------+-------+-------+--- - -
  *
- * seq is the slot's publication word (per-slot, as in the Disruptor: there is
- * no shared "published" cursor that a dead producer could wedge):
- *   0            never written
- *   2n + 1       offset n is being written
- *   2n + 2       offset n is published
- *   bit 63 set   offset n was abandoned by its writer; readers skip it
- * crc is crc32c over offset n, bytes [8, 36) and the payload, so a slot that
- * holds another offset's bytes, or a torn write, never passes. */
-#define GF_SEQ_ABANDONED (1ULL << 63)
+ * A message of key + headers + value bytes needs span = ceil((40 + bytes) /
+ * stride) slots; the slots after the first carry no header, only the rest of
+ * the payload, and their offsets are GAPs. A span never wraps past the ring's
+ * end (the writer pads to it), so a message is one contiguous range.
+ * `offset` is informational (tools); crc is crc32c over the offset n, bytes
+ * [8, 36) and the payload, so a slot that holds another offset's bytes, or a
+ * torn write, never passes. */
 #define GF_SLOT_HDR_SIZE 40u
 struct gf_slot {
-    _Atomic uint64_t seq;       /*  0 */
+    uint64_t offset;            /*  0 */
     int64_t ts_ns;              /*  8 */
     uint32_t key_len;           /* 16 */
     uint32_t val_len;           /* 20 */

@@ -19,11 +19,26 @@ static inline void cpu_relax(void)
 #endif
 }
 
-static inline struct gf_slot *slot_at(const gf_ring *r, uint64_t n)
+static inline uint64_t slot_index(const gf_ring *r, uint64_t n)
 {
     /* a mask where the capacity allows: a 64-bit division costs ~10 ns per slot */
-    uint64_t i = r->mask ? (n & r->mask) : n % r->capacity;
-    return (struct gf_slot *)(r->slots + i * (uint64_t)r->stride);
+    return r->mask ? (n & r->mask) : n % r->capacity;
+}
+
+static inline struct gf_slot *slot_at(const gf_ring *r, uint64_t n)
+{
+    return (struct gf_slot *)(r->slots + slot_index(r, n) * (uint64_t)r->stride);
+}
+
+static inline _Atomic uint64_t *seq_at(const gf_ring *r, uint64_t n)
+{
+    return &r->seqs[slot_index(r, n)];
+}
+
+/* slots a message of `total` payload bytes occupies (its header is in the first) */
+static inline uint64_t span_of(const gf_ring *r, uint64_t total)
+{
+    return total <= r->room ? 1 : (GF_SLOT_HDR_SIZE + total + r->stride - 1) / r->stride;
 }
 
 static uint32_t ring_hdr_crc(const struct gf_ring_hdr *h)
@@ -33,7 +48,7 @@ static uint32_t ring_hdr_crc(const struct gf_ring_hdr *h)
 
 uint64_t gf_ring_region_size(uint32_t capacity, uint32_t stride)
 {
-    return GF_RING_HDR_SIZE + (uint64_t)capacity * stride;
+    return GF_RING_HDR_SIZE + (uint64_t)capacity * stride + (uint64_t)capacity * 8;
 }
 
 static int check_geometry(uint32_t capacity, uint32_t stride)
@@ -104,6 +119,8 @@ gf_ring *gf_ring_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, int
     r->mask = (c.capacity & (c.capacity - 1)) == 0 && c.capacity > 1 ? c.capacity - 1 : 0;
     r->stride = c.stride;
     r->room = c.stride - GF_SLOT_HDR_SIZE;
+    r->seqs = (_Atomic uint64_t *)(r->slots + (uint64_t)c.capacity * c.stride);
+    r->max_msg = (uint64_t)c.capacity * c.stride - GF_SLOT_HDR_SIZE;
     atomic_fetch_add(&f->refs, 1);
     *err = GF_OK;
     return r;
@@ -118,6 +135,7 @@ void gf_ring_close(gf_ring *r)
 }
 
 uint32_t gf_ring_room(gf_ring *r) { return r->room; }
+uint64_t gf_ring_max_message(gf_ring *r) { return r->max_msg; }
 
 int gf_ring_state_get(gf_ring *r, int64_t now_ns, gf_ring_state *out)
 {
@@ -155,63 +173,152 @@ static inline void wake_readers(gf_fabric *f)
     }
 }
 
-/* Write offset n. Returns GF_OK, or GF_E_ABANDONED if a reader gave up on us
- * (we took longer than the bounded wait) and the slot is no longer ours. */
-static int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t klen, uint32_t flags,
-                        uint32_t key_hash, const uint8_t *hdrs, uint32_t hlen,
-                        const uint8_t *val, uint32_t vlen, int64_t ts)
+/* Take offset n's slot for writing: GF_OK (seq is now 2n+1, ours), TAKE_LAPPED
+ * (the ring already moved past n: leave the slot alone) or GF_E_ABANDONED (a
+ * reader gave up on n before we started). *t0 starts one bounded wait shared
+ * by every slot of a message: a multi-slot write waits once, not once per slot. */
+#define TAKE_LAPPED 1
+static int slot_take(gf_ring *r, uint64_t n, int64_t *t0)
 {
-    struct gf_slot *s = slot_at(r, n);
+    _Atomic uint64_t *q = seq_at(r, n);
     const uint64_t writing = 2 * n + 1;
-    uint64_t cur = ld_acq(&s->seq);
-    int64_t t0 = 0;
+    uint64_t cur = ld_acq(q);
     for (;;) {
-        uint64_t c = cur & ~GF_SEQ_ABANDONED;
+        uint64_t c = cur & ~GF_SEQ_FLAGS;
         if (c == writing + 1 && (cur & GF_SEQ_ABANDONED))
             /* a reader gave up on n before we even started: n is skipped, say so */
             return gf_fail(GF_E_ABANDONED, "offset %llu was reclaimed by a reader after the bounded wait",
                            (unsigned long long)n);
         if (c >= writing)
-            return GF_OK;   /* lapped before we started: the ring already overwrote n */
+            return TAKE_LAPPED;   /* lapped before we started: the ring already overwrote n */
         if ((c & 1) && !(cur & GF_SEQ_ABANDONED)) {
             /* the previous lap's writer is still in this slot: wait, boundedly */
             int64_t now = gf_mono_ns();
-            if (!t0)
-                t0 = now;
-            if (now - t0 < r->f->stall_ns) {
+            if (!*t0)
+                *t0 = now;
+            if (now - *t0 < r->f->stall_ns) {
                 sched_yield();
-                cur = ld_acq(&s->seq);
+                cur = ld_acq(q);
                 continue;
             }
         }
-        if (cas(&s->seq, &cur, writing))
-            break;
+        if (cas(q, &cur, writing))
+            return GF_OK;
     }
+}
+
+/* From "being written" to `to`; 0 if a reader abandoned it meanwhile. */
+static inline int seq_finish(gf_ring *r, uint64_t n, uint64_t to)
+{
+    uint64_t expect = 2 * n + 1;
+    return atomic_compare_exchange_strong(seq_at(r, n), &expect, to);
+}
+
+/* Offsets [from, to) hold no message (padding before the ring's end). */
+static void pad_publish(gf_ring *r, uint64_t from, uint64_t to)
+{
+    int64_t t0 = 0;
+    for (uint64_t m = from; m < to; m++)
+        if (slot_take(r, m, &t0) == GF_OK)
+            seq_finish(r, m, (2 * m + 2) | GF_SEQ_GAP);
+}
+
+/* Take the `span` slots of a message at offset n. GF_OK: all ours, the caller
+ * writes and publishes. Otherwise every slot we did take is already released
+ * (head abandoned, the rest gaps) and the result says why: TAKE_LAPPED (the
+ * ring overwrote the message before it was written) or GF_E_ABANDONED. */
+static int span_take(gf_ring *r, uint64_t n, uint64_t span)
+{
+    int64_t t0 = 0;
+    int bad = GF_OK;
+    uint64_t j = 0;
+    for (; j < span; j++) {
+        int rc = slot_take(r, n + j, &t0);
+        if (rc != GF_OK) {
+            bad = rc;
+            break;
+        }
+    }
+    if (bad == GF_OK)
+        return GF_OK;
+    /* undo: the slots we hold must not keep readers waiting, nor hold a message */
+    for (uint64_t i = 0; i < j; i++)
+        seq_finish(r, n + i, (2 * (n + i) + 2) | (i ? GF_SEQ_GAP : GF_SEQ_ABANDONED));
+    for (uint64_t i = j + 1; i < span; i++) {
+        int64_t t1 = 0;
+        if (slot_take(r, n + i, &t1) == GF_OK)
+            seq_finish(r, n + i, (2 * (n + i) + 2) | GF_SEQ_GAP);
+    }
+    return bad;
+}
+
+/* Publish a written span: the continuations first (a reader landing inside the
+ * message steps over them), the head last. GF_E_ABANDONED if a reader gave up on
+ * any of its slots meanwhile (the head is then abandoned too). */
+static int span_publish(gf_ring *r, uint64_t n, uint64_t span)
+{
+    int ok = 1;
+    for (uint64_t j = 1; j < span; j++)
+        ok &= seq_finish(r, n + j, (2 * (n + j) + 2) | GF_SEQ_GAP);
+    if (ok && seq_finish(r, n, 2 * n + 2))
+        return GF_OK;
+    seq_finish(r, n, (2 * n + 2) | GF_SEQ_ABANDONED);
+    return gf_fail(GF_E_ABANDONED, "offset %llu was reclaimed by a reader after the bounded wait",
+                   (unsigned long long)n);
+}
+
+/* Write the header of a taken slot (crc left for the caller). */
+static inline uint8_t *slot_header(gf_ring *r, uint64_t n, uint32_t klen, uint32_t flags,
+                                   uint32_t key_hash, uint32_t hlen, uint32_t vlen, int64_t ts)
+{
+    struct gf_slot *s = slot_at(r, n);
     fence_rel();   /* seqlock: the odd seq is visible before any byte below */
-    uint8_t *p = (uint8_t *)s + GF_SLOT_HDR_SIZE;
+    s->offset = n;
     s->ts_ns = ts;
     s->key_len = klen;
     s->val_len = vlen;
     s->hdr_len = hlen;
     s->key_hash = key_hash;
     s->flags = flags;
-    if (klen) memcpy(p, key, klen);
-    if (hlen) memcpy(p + klen, hdrs, hlen);
-    if (vlen) memcpy(p + klen + hlen, val, vlen);
-    s->crc = gf_slot_crc(n, (const uint8_t *)s + 8, p, (uint64_t)klen + hlen + vlen);
-    uint64_t expect = writing;
-    if (!atomic_compare_exchange_strong(&s->seq, &expect, writing + 1))
-        return gf_fail(GF_E_ABANDONED, "offset %llu was reclaimed by a reader after the bounded wait",
-                       (unsigned long long)n);
-    return GF_OK;
+    return (uint8_t *)s + GF_SLOT_HDR_SIZE;
+}
+
+static inline void slot_seal(gf_ring *r, uint64_t n, uint64_t total)
+{
+    struct gf_slot *s = slot_at(r, n);
+    s->crc = gf_slot_crc(n, (const uint8_t *)s + 8, (const uint8_t *)s + GF_SLOT_HDR_SIZE, total);
+}
+
+/* Write the message at offset n (its span claimed). Returns GF_OK, or
+ * GF_E_ABANDONED if a reader gave up on us (we took longer than the bounded
+ * wait) and the message is not delivered. */
+static int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t klen, uint32_t flags,
+                        uint32_t key_hash, const uint8_t *hdrs, uint32_t hlen,
+                        const uint8_t *val, uint32_t vlen, int64_t ts)
+{
+    uint64_t total = (uint64_t)klen + hlen + vlen, span = span_of(r, total);
+    int rc = span_take(r, n, span);
+    if (rc != GF_OK)
+        return rc == TAKE_LAPPED ? GF_OK : rc;
+    uint8_t *p = slot_header(r, n, klen, flags, key_hash, hlen, vlen, ts);
+    struct gf_slot *s = slot_at(r, n);
+    /* the checksum is summed as the bytes are copied: one pass over the payload */
+    uint32_t c = gf_slot_crc_seed(n, (const uint8_t *)s + 8);
+    if (klen) c = gf_copy_crc(p, key, klen, c);
+    if (hlen) c = gf_copy_crc(p + klen, hdrs, hlen, c);
+    if (vlen) c = gf_copy_crc(p + klen + hlen, val, vlen, c);
+    s->crc = c ^ ~0u;
+    return span_publish(r, n, span);
 }
 
 static inline int check_msg(const gf_ring *r, uint32_t klen, uint32_t hlen, uint32_t vlen)
 {
     uint64_t total = (uint64_t)klen + hlen + vlen;
-    if (__builtin_expect(total > r->room, 0))
-        return gf_fail(GF_E_TOOBIG, "message of %llu bytes (key %u + headers %u + value %u) does not fit the slot's room of %u bytes",
-                       (unsigned long long)total, klen, hlen, vlen, r->room);
+    if (__builtin_expect(total > r->max_msg, 0))
+        return gf_fail(GF_E_TOOBIG, "message of %llu bytes (key %u + headers %u + value %u) is larger than the "
+                       "partition's ring: at most %llu bytes (%u slots of %u bytes, less one %u-byte header)",
+                       (unsigned long long)total, klen, hlen, vlen, (unsigned long long)r->max_msg,
+                       r->capacity, r->stride, GF_SLOT_HDR_SIZE);
     return GF_OK;
 }
 
@@ -252,23 +359,80 @@ static inline int64_t claim(gf_ring *r, uint64_t count)
     return (int64_t)n;
 }
 
-/* Durable commits: flush the slots of offsets [first, first+count) and the
- * ring header (the tail) before the append is acknowledged. */
+/* Claim the offsets of `count` messages of spans[i] slots each, in order, with
+ * one compare-and-swap of the tail: a message that would straddle the ring's
+ * end is preceded by padding up to it, so every message is contiguous. (A
+ * fetch-add cannot know where the claim lands before it is made.) offs[i] gets
+ * each message's first offset; returns the first offset claimed (padding
+ * included). */
+static int64_t claim_spans(gf_ring *r, uint32_t count, const uint64_t *spans, uint64_t *offs)
+{
+    const uint64_t cap = r->capacity;
+    uint64_t t = ld_acq(&r->hdr->tail);
+    for (;;) {
+        if (t >= MAX_OFFSET)
+            return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)t);
+        uint64_t pos = t;
+        for (uint32_t i = 0; i < count; i++) {
+            uint64_t idx = pos % cap;
+            if (idx + spans[i] > cap)
+                pos += cap - idx;
+            offs[i] = pos;
+            pos += spans[i];
+        }
+        if (pos > MAX_OFFSET)
+            return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)t);
+        uint64_t gate = ld_acq(&r->hdr->gate);      /* back-pressure: never claim past a gating reader */
+        if (gate != 0 && pos > gate)
+            return pos - t > cap ? gf_fail(GF_E_INVAL, "%llu offsets for one partition of %u slots can never fit while a reader gates it",
+                                           (unsigned long long)(pos - t), r->capacity)
+                                 : full_ring(r, pos - t, gate);
+        if (cas(&r->hdr->tail, &t, pos))
+            return (int64_t)t;
+    }
+}
+
+static int sync_range(gf_fabric *f, uint8_t *base, uint64_t elem, uint64_t cap, uint64_t first, uint64_t count)
+{
+    uint64_t i = first % cap, n1 = count;
+    if (count >= cap)
+        return gf_dsync(f, base, cap * elem);
+    if (i + n1 > cap)
+        n1 = cap - i;
+    int rc = gf_dsync(f, base + i * elem, n1 * elem);
+    if (rc == GF_OK && n1 < count)
+        rc = gf_dsync(f, base, (count - n1) * elem);
+    return rc;
+}
+
+/* Durable commits: flush the slots and sequence words of offsets
+ * [first, first+count) and the ring header (the tail) before the append is
+ * acknowledged. */
 static int ring_sync(gf_ring *r, uint64_t first, uint64_t count)
 {
     gf_fabric *f = r->f;
-    uint64_t cap = r->capacity, i = first % cap, n1 = count;
-    int rc;
-    if (count >= cap)
-        rc = gf_dsync(f, r->slots, cap * r->stride);
-    else {
-        if (i + n1 > cap)
-            n1 = cap - i;
-        rc = gf_dsync(f, r->slots + i * r->stride, n1 * r->stride);
-        if (rc == GF_OK && n1 < count)
-            rc = gf_dsync(f, r->slots, (count - n1) * r->stride);
-    }
+    int rc = sync_range(f, r->slots, r->stride, r->capacity, first, count);
+    if (rc == GF_OK)
+        rc = sync_range(f, (uint8_t *)r->seqs, 8, r->capacity, first, count);
     return rc < 0 ? rc : gf_dsync(f, r->hdr, GF_RING_HDR_SIZE);
+}
+
+/* Claim one message's offsets: a fetch-add for one slot, else claim_spans.
+ * *first gets the first offset claimed (where padding, if any, starts). */
+static inline int64_t claim_one(gf_ring *r, uint64_t span, uint64_t *first)
+{
+    if (__builtin_expect(span == 1, 1)) {
+        int64_t n = claim(r, 1);
+        *first = (uint64_t)n;
+        return n;
+    }
+    uint64_t off;
+    int64_t t = claim_spans(r, 1, &span, &off);
+    if (t < 0)
+        return t;
+    *first = (uint64_t)t;
+    pad_publish(r, (uint64_t)t, off);
+    return (int64_t)off;
 }
 
 static int64_t append_one(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
@@ -278,14 +442,15 @@ static int64_t append_one(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_
     int rc;
     if ((rc = check_msg(r, klen, hlen, vlen)) < 0 || (rc = check_alive(r, now)) < 0)
         return rc;
-    int64_t n = claim(r, 1);
+    uint64_t span = span_of(r, (uint64_t)klen + hlen + vlen), first;
+    int64_t n = claim_one(r, span, &first);
     if (n < 0)
         return n;
     rc = slot_publish(r, (uint64_t)n, key, klen, has_key ? GF_MSG_HAS_KEY : 0u, key_hash, hdrs, hlen,
                       val, vlen, ts);
     wake_readers(r->f);
     if (__builtin_expect(r->f->durable, 0) && rc == GF_OK)
-        rc = ring_sync(r, (uint64_t)n, 1);
+        rc = ring_sync(r, first, (uint64_t)n + span - first);
     return rc < 0 ? rc : n;
 }
 
@@ -349,55 +514,76 @@ int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
     if (!ts_ns)
         ts_ns = now;
     /* all or nothing: check every message before claiming any offset */
-    for (uint32_t i = 0; i < count; i++)
+    int multi = 0;
+    for (uint32_t i = 0; i < count; i++) {
+        uint64_t total = (uint64_t)(keys ? key_lens[i] : 0u) + val_lens[i];
         if ((rc = check_msg(r, keys ? key_lens[i] : 0u, 0, val_lens[i])) < 0)
             return gf_fail_prefix(GF_E_TOOBIG, "batch message %u", i);
+        multi |= total > r->room;
+    }
     if ((rc = check_alive(r, now)) < 0)
         return rc;
-    int64_t first = claim(r, count);
-    if (first < 0)
+    uint64_t *spans = NULL, *offs = NULL;
+    int64_t first;
+    if (!multi)
+        first = claim(r, count);
+    else {
+        /* messages larger than a slot: claim the batch's spans and padding at once */
+        spans = malloc((uint64_t)count * 2 * sizeof *spans);
+        if (!spans)
+            return gf_fail(GF_E_FULL, "out of memory");
+        offs = spans + count;
+        for (uint32_t i = 0; i < count; i++)
+            spans[i] = span_of(r, (uint64_t)(keys ? key_lens[i] : 0u) + val_lens[i]);
+        first = claim_spans(r, count, spans, offs);
+    }
+    if (first < 0) {
+        free(spans);
         return first;
+    }
     uint32_t abandoned = 0;
+    uint64_t end = (uint64_t)first;
     const uint8_t *kp = keys, *vp = vals;
     for (uint32_t i = 0; i < count; i++) {
         uint32_t kl = keys ? key_lens[i] : 0u, vl = val_lens[i];
         uint32_t h = keys ? gf_murmur2(kp, kl) : 0;
-        if (slot_publish(r, (uint64_t)first + i, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns) < 0)
+        uint64_t off = multi ? offs[i] : (uint64_t)first + i;
+        if (multi)
+            pad_publish(r, end, off);
+        if (slot_publish(r, off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns) < 0)
             abandoned++;
+        end = off + (multi ? spans[i] : 1);
         kp += kl;
         vp += vl;
     }
+    int64_t head = multi ? (int64_t)offs[0] : first;
+    free(spans);
     wake_readers(r->f);
-    if (__builtin_expect(r->f->durable, 0) && (rc = ring_sync(r, (uint64_t)first, count)) < 0)
+    if (__builtin_expect(r->f->durable, 0) && (rc = ring_sync(r, (uint64_t)first, end - (uint64_t)first)) < 0)
         return rc;
     if (abandoned)
         return gf_fail(GF_E_ABANDONED, "%u of %u batch messages were reclaimed by readers after the bounded wait",
                        abandoned, count);
-    return first;
+    return head;
 }
 
 /* A batch found partition `upto` full after claiming its share of partitions
  * below it (next[q] holds their first offsets): give each share back when no
  * one claimed after us, else mark its slots abandoned so readers skip them at
  * once. Either way no message of the batch becomes readable. */
-static void unclaim(gf_ring **rings, const uint32_t *out_parts, uint32_t count, const uint64_t *next,
-                    uint32_t upto)
+static void unclaim(gf_ring **rings, const uint64_t *next, const uint64_t *took, uint32_t upto)
 {
     for (uint32_t q = 0; q < upto; q++) {
-        uint64_t share = 0;
-        for (uint32_t i = 0; i < count; i++)
-            share += out_parts[i] == q;
-        if (!share)
+        if (!took[q])
             continue;
         gf_ring *r = rings[q];
-        uint64_t end = next[q] + share;
+        uint64_t end = next[q] + took[q];
         if (cas(&r->hdr->tail, &end, next[q]))
             continue;
-        for (uint64_t o = next[q]; o < next[q] + share; o++) {
-            struct gf_slot *s = slot_at(r, o);
-            uint64_t cur = ld_acq(&s->seq);
-            while ((cur & ~GF_SEQ_ABANDONED) < 2 * o + 1 &&
-                   !cas(&s->seq, &cur, (2 * o + 2) | GF_SEQ_ABANDONED))
+        for (uint64_t o = next[q]; o < next[q] + took[q]; o++) {
+            _Atomic uint64_t *sq = seq_at(r, o);
+            uint64_t cur = ld_acq(sq);
+            while ((cur & ~GF_SEQ_FLAGS) < 2 * o + 1 && !cas(sq, &cur, (2 * o + 2) | GF_SEQ_ABANDONED))
                 ;
             faa(&r->hdr->abandoned, 1);
         }
@@ -420,13 +606,19 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
     /* every message must fit every partition it may land on: check against the
      * smallest room once per message, not once per partition (O(count), not O(count * n)) */
     const gf_ring *tightest = rings[0];
-    for (uint32_t p = 1; p < n; p++)
-        if (rings[p]->room < tightest->room)
+    uint32_t room = rings[0]->room;
+    for (uint32_t p = 1; p < n; p++) {
+        if (rings[p]->max_msg < tightest->max_msg)
             tightest = rings[p];
+        if (rings[p]->room < room)
+            room = rings[p]->room;
+    }
+    int multi = 0;   /* some message may need more than one slot */
     for (uint32_t i = 0; i < count; i++) {
         int rc = check_msg(tightest, keys ? key_lens[i] : 0u, 0, val_lens[i]);
         if (rc < 0)
             return gf_fail_prefix(GF_E_TOOBIG, "batch message %u", i);
+        multi |= (uint64_t)(keys ? key_lens[i] : 0u) + val_lens[i] > room;
     }
     for (uint32_t p = 0; p < n; p++) {
         int rc = check_alive(rings[p], now);
@@ -456,29 +648,69 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
                 p = 0;
         }
     }
-    uint64_t small[64];
-    uint64_t *next = n <= 64 ? small : calloc(n, sizeof *next);
+    /* next[p]: messages, then first offset, then next offset of partition p's
+     * share; took[p]: offsets its claim took (padding included) */
+    uint64_t small[128];
+    uint64_t *next = n <= 64 ? small : calloc(2 * (size_t)n, sizeof *next);
     if (!next)
         return gf_fail(GF_E_FULL, "out of memory");
     if (next == small)
         memset(small, 0, sizeof small);
+    uint64_t *took = next + n;
     for (uint32_t i = 0; i < count; i++)
         next[out_parts[i]]++;
+    /* with messages larger than a slot, each message's offset and span (moff,
+     * mspan) and the padding a partition's share needs are laid out at its claim */
+    uint64_t *moff = NULL, *mspan = NULL;
+    if (multi) {
+        moff = malloc((uint64_t)count * 2 * sizeof *moff);
+        if (!moff) {
+            if (next != small)
+                free(next);
+            return gf_fail(GF_E_FULL, "out of memory");
+        }
+        mspan = moff + count;
+        for (uint32_t i = 0; i < count; i++)
+            mspan[i] = span_of(rings[out_parts[i]], (uint64_t)(keys ? key_lens[i] : 0u) + val_lens[i]);
+    }
     for (uint32_t p = 0; p < n; p++) {
         if (!next[p])
             continue;
         uint64_t share = next[p];
-        int64_t first = claim(rings[p], share);
+        int64_t first;
+        if (!multi) {
+            first = claim(rings[p], share);
+            took[p] = share;
+        } else {
+            /* this partition's messages in order: their spans, then one claim */
+            uint64_t k = 0, *sp = malloc(share * 2 * sizeof *sp);
+            if (!sp) {
+                first = gf_fail(GF_E_FULL, "out of memory");
+            } else {
+                for (uint32_t i = 0; i < count; i++)
+                    if (out_parts[i] == p)
+                        sp[k++] = mspan[i];
+                first = claim_spans(rings[p], (uint32_t)k, sp, sp + k);
+                if (first >= 0)      /* padding included: the last message's end */
+                    took[p] = sp[share + k - 1] + sp[k - 1] - (uint64_t)first;
+                k = 0;
+                for (uint32_t i = 0; i < count && first >= 0; i++)
+                    if (out_parts[i] == p)
+                        moff[i] = sp[share + k++];
+                free(sp);
+            }
+        }
         if (first < 0) {   /* impossible tail: earlier partitions' claims are abandoned by readers */
             if (first == GF_E_FULL_RING) {
                 /* a gated partition has no room: the batch writes nothing */
                 full_part = p;
-                unclaim(rings, out_parts, count, next, p);
+                unclaim(rings, next, took, p);
                 gf_fail(GF_E_FULL_RING, "partition %u has no room for %llu message(s) of the batch: "
                         "a gating reader has not read far enough", p, (unsigned long long)share);
             }
             if (next != small)
                 free(next);
+            free(moff);
             return first;
         }
         next[p] = (uint64_t)first;
@@ -490,6 +722,11 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
         uint32_t kl = keys ? key_lens[i] : 0u, vl = val_lens[i], p = out_parts[i];
         uint32_t h = keys ? (uint32_t)out_offsets[i] : 0;
         uint64_t off = next[p]++;
+        if (multi) {   /* next[p] is where the partition's claim has got to */
+            off = moff[i];
+            pad_publish(rings[p], next[p] - 1, off);
+            next[p] = off + mspan[i];
+        }
         if (slot_publish(rings[p], off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns) < 0)
             abandoned++;
         out_offsets[i] = off;
@@ -498,6 +735,7 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
     }
     if (next != small)
         free(next);
+    free(moff);
     wake_readers(rings[0]->f);
     if (__builtin_expect(rings[0]->f->durable, 0)) {
         /* each touched ring once: msync writes back only the dirty pages of the range */
@@ -525,9 +763,23 @@ int64_t gf_test_claim_slot(gf_ring *r)
     int64_t n = claim(r, 1);
     if (n < 0)
         return n;
-    struct gf_slot *s = slot_at(r, (uint64_t)n);
-    st_rel(&s->seq, 2 * (uint64_t)n + 1);
+    st_rel(seq_at(r, (uint64_t)n), 2 * (uint64_t)n + 1);
     return n;
+}
+
+int64_t gf_test_claim_span(gf_ring *r, uint32_t span)
+{
+    if (span == 0 || span > r->capacity)
+        return gf_fail(GF_E_INVAL, "span %u out of range (1 to %u slots)", span, r->capacity);
+    uint64_t k = span, off;
+    int64_t t = claim_spans(r, 1, &k, &off);
+    if (t < 0)
+        return t;
+    pad_publish(r, (uint64_t)t, off);
+    int rc = span_take(r, off, k);
+    if (rc != GF_OK)
+        return rc < 0 ? rc : gf_fail(GF_E_ABANDONED, "offset %llu was overwritten at once", (unsigned long long)off);
+    return (int64_t)off;   /* every slot left "being written" */
 }
 
 int gf_test_publish(gf_ring *r, uint64_t n, const uint8_t *val, uint32_t vlen)
@@ -566,30 +818,47 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
     uint32_t got = 0;
     while (got < max && pos < tail) {
         struct gf_slot *s = slot_at(r, pos);
+        _Atomic uint64_t *q = seq_at(r, pos);
         const uint64_t want = 2 * pos + 2;
-        uint64_t seq = ld_acq(&s->seq);
+        uint64_t seq = ld_acq(q);
         if (seq == want) {
             struct gf_slot h;
             memcpy((uint8_t *)&h + 8, (uint8_t *)s + 8, GF_SLOT_HDR_SIZE - 8);
             uint64_t total = (uint64_t)h.key_len + h.hdr_len + h.val_len;
-            int fits = total <= r->room;
-            if (fits && *used + total > buf_size) {
+            uint64_t span = span_of(r, total);
+            /* a span never straddles the ring's end: longer is hostile or damaged */
+            int fits = total <= r->max_msg && slot_index(r, pos) + span <= cap;
+            if (fits && buf && *used + total > buf_size) {
                 if (got == 0 && *used == 0)
-                    *err = gf_fail(GF_E_BUFFER, "a %llu-byte message does not fit the %llu-byte read buffer",
-                                   (unsigned long long)total, (unsigned long long)buf_size);
+                    *err = gf_fail(GF_E_BUFFER, "a %llu-byte message (offset %llu) does not fit the %llu-byte "
+                                   "read buffer: give the reader a buf_size of at least %llu bytes (or max_batch "
+                                   "times the slot size, if larger)",
+                                   (unsigned long long)total, (unsigned long long)pos,
+                                   (unsigned long long)buf_size, (unsigned long long)total);
                 break;
             }
-            if (fits)
+            uint32_t crc = 0;
+            if (fits && !buf) {   /* read in place (gf_ring_peek): nothing to copy */
+                if (!c->no_verify)
+                    crc = gf_slot_crc(pos, (const uint8_t *)&h + 8, (uint8_t *)s + GF_SLOT_HDR_SIZE, total);
+            } else if (fits && c->no_verify)
                 memcpy(buf + *used, (uint8_t *)s + GF_SLOT_HDR_SIZE, total);
-            fence_acq();   /* seqlock: bytes copied above are validated by the re-read below */
-            if (ld_rlx(&s->seq) != want)
+            else if (fits)   /* verified: the checksum is summed as the bytes are copied */
+                crc = gf_copy_crc(buf + *used, (uint8_t *)s + GF_SLOT_HDR_SIZE, total,
+                                  gf_slot_crc_seed(pos, (const uint8_t *)&h + 8)) ^ ~0u;
+            fence_acq();   /* seqlock: bytes copied above are validated by the re-reads below */
+            if (ld_rlx(q) != want)
+                goto lapped;
+            /* the slots after the first have no word of this message's: a later
+             * lap claims them only after the tail passes pos + capacity */
+            if (span > 1 && ld_rlx(&r->hdr->tail) > pos + cap)
                 goto lapped;
             if (!fits) {     /* published with impossible lengths: hostile or damaged */
                 c->corrupt++;
                 pos++;
                 continue;
             }
-            if (gf_slot_crc(pos, (const uint8_t *)&h + 8, buf + *used, total) != h.crc) {
+            if (!c->no_verify && crc != h.crc) {
                 c->corrupt++;
                 pos++;
                 continue;
@@ -597,7 +866,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             gf_msg_meta *m = &meta[got];
             m->offset = pos;
             m->ts_ns = h.ts_ns;
-            m->pos = (uint32_t)*used;
+            m->pos = buf ? (uint32_t)*used : (uint32_t)slot_index(r, pos);   /* in place: the slot */
             m->key_len = h.key_len;
             m->hdr_len = h.hdr_len;
             m->val_len = h.val_len;
@@ -605,10 +874,17 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             m->flags = h.flags;
             m->partition = part;
             m->reserved = 0;
-            *used += total;
+            if (buf)
+                *used += total;
             got++;
-            pos++;
+            pos += span;
+            c->gaps += span - 1;
             c->stall_since = 0;
+            continue;
+        }
+        if (seq == (want | GF_SEQ_GAP)) {   /* inside a message that began earlier, or padding */
+            c->gaps++;
+            pos++;
             continue;
         }
         if (seq == (want | GF_SEQ_ABANDONED)) {
@@ -617,7 +893,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             c->stall_since = 0;
             continue;
         }
-        if ((seq & ~GF_SEQ_ABANDONED) > want) {
+        if ((seq & ~GF_SEQ_FLAGS) > want) {
         lapped:
             /* overwritten before or while we read it: the reader learns how many it lost */
             tail = ld_acq(&r->hdr->tail);
@@ -646,7 +922,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
              * write into it only while pinned to our lease */
             if (!gf_lease_pin(r->lease, r->lease_id))
                 break;
-            if (atomic_compare_exchange_strong(&s->seq, &seq, want | GF_SEQ_ABANDONED)) {
+            if (atomic_compare_exchange_strong(q, &seq, want | GF_SEQ_ABANDONED)) {
                 faa(&r->hdr->abandoned, 1);
                 c->abandoned++;
                 pos++;
@@ -795,7 +1071,7 @@ static int ring_readable(gf_ring *r, const gf_cursor *c, int64_t now, int64_t mo
         return 0;
     if (tail > r->capacity && pos < tail - r->capacity)
         return 1;                       /* fell behind the ring: the read counts the loss */
-    uint64_t seq = ld_acq(&slot_at(r, pos)->seq) & ~GF_SEQ_ABANDONED;
+    uint64_t seq = ld_acq(seq_at(r, pos)) & ~GF_SEQ_FLAGS;
     if (seq >= 2 * pos + 2)
         return 1;                       /* published, abandoned or overwritten */
     /* claimed, not yet published: the read starts the bounded wait, then steps over it */
@@ -1022,4 +1298,120 @@ void gf_ring_note_full(gf_ring *r)
 {
     if (ours(r) == GF_OK)
         faa(&r->hdr->full_raised, 1);
+}
+
+/* ---- in place: loans (zero-copy writes) and peeks (zero-copy reads) ----------- */
+
+uint8_t *gf_ring_slot_data(gf_ring *r, uint32_t index)
+{
+    if (index >= r->capacity)
+        return NULL;
+    return r->slots + (uint64_t)index * r->stride + GF_SLOT_HDR_SIZE;
+}
+
+int64_t gf_ring_peek(gf_ring *r, gf_cursor *c, uint32_t max, gf_msg_meta *meta, int64_t now_ns)
+{
+    if (max == 0)
+        return 0;
+    int err = GF_OK;
+    int64_t stalled = 0;
+    uint64_t used = 0;
+    uint32_t got = ring_read(r, c, 0, max, meta, NULL, 0, &used, now_ns ? now_ns : gf_now_ns(),
+                             &stalled, &err);
+    return err ? (int64_t)err : (int64_t)got;
+}
+
+int gf_ring_intact(gf_ring *r, uint64_t offset)
+{
+    /* Read in place: the bytes of the message at `offset` were untouched while
+     * in use iff no writer has claimed an offset that maps onto its slots
+     * (offset + capacity or later), and the region is still this ring's. */
+    fence_acq();
+    if (ld_acq(&r->lease->id) != r->lease_id)
+        return 0;
+    if (ld_acq(&r->hdr->tail) > offset + r->capacity)
+        return 0;
+    return ld_acq(seq_at(r, offset)) == 2 * offset + 2;
+}
+
+int gf_loan_begin(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
+                  const uint8_t *hdrs, uint32_t hlen, uint32_t vlen, int64_t ts_ns, gf_loan *out)
+{
+    int rc;
+    int64_t now = gf_now_ns();
+    memset(out, 0, sizeof *out);
+    if ((rc = check_msg(r, klen, hlen, vlen)) < 0 || (rc = check_alive(r, now)) < 0)
+        return rc;
+    uint64_t total = (uint64_t)klen + hlen + vlen, span = span_of(r, total), first;
+    int64_t n = claim_one(r, span, &first);
+    if (n < 0)
+        return (int)n;
+    rc = span_take(r, (uint64_t)n, span);
+    if (rc != GF_OK)
+        return rc < 0 ? rc : gf_fail(GF_E_ABANDONED, "offset %llu was overwritten before it could be loaned",
+                                     (unsigned long long)n);
+    uint32_t h = has_key ? gf_murmur2(key, klen) : 0;
+    uint8_t *p = slot_header(r, (uint64_t)n, klen, has_key ? GF_MSG_HAS_KEY : 0u, h, hlen, vlen,
+                             ts_ns ? ts_ns : now);
+    if (klen) memcpy(p, key, klen);
+    if (hlen) memcpy(p + klen, hdrs, hlen);
+    out->ring = r;
+    out->offset = (uint64_t)n;
+    out->first = first;
+    out->span = span;
+    out->total = total;
+    out->value = p + klen + hlen;
+    out->state = 0;
+    return GF_OK;
+}
+
+static void loan_release_slots(gf_ring *r, gf_loan *l)
+{
+    /* only the slots still ours change: seq_finish expects "being written by us" */
+    for (uint64_t j = 1; j < l->span; j++)
+        seq_finish(r, l->offset + j, (2 * (l->offset + j) + 2) | GF_SEQ_GAP);
+    seq_finish(r, l->offset, (2 * l->offset + 2) | GF_SEQ_ABANDONED);
+    wake_readers(r->f);
+}
+
+int64_t gf_loan_commit(gf_loan *l)
+{
+    if (l->state != 0)
+        return gf_fail(GF_E_INVAL, "loan of offset %llu was already %s", (unsigned long long)l->offset,
+                       l->state == 1 ? "committed" : "abandoned");
+    gf_ring *r = l->ring;
+    l->state = 1;
+    /* a loan held past the bounded wait may have lost its slots to a reader or
+     * to the next lap's writer: then touch nothing, not even the checksum */
+    for (uint64_t j = 0; j < l->span; j++)
+        if (ld_acq(seq_at(r, l->offset + j)) != 2 * (l->offset + j) + 1) {
+            loan_release_slots(r, l);
+            return gf_fail(GF_E_ABANDONED, "loan of offset %llu was held past the bounded wait and reclaimed",
+                           (unsigned long long)l->offset);
+        }
+    slot_seal(r, l->offset, l->total);
+    int rc = span_publish(r, l->offset, l->span);
+    wake_readers(r->f);
+    if (rc == GF_OK && __builtin_expect(r->f->durable, 0))
+        rc = ring_sync(r, l->first, l->offset + l->span - l->first);
+    return rc < 0 ? rc : (int64_t)l->offset;
+}
+
+int gf_loan_abandon(gf_loan *l)
+{
+    if (l->state != 0)
+        return GF_OK;
+    l->state = 2;
+    /* readers step over it at once: no bounded wait for a write that will not come */
+    loan_release_slots(l->ring, l);
+    return GF_OK;
+}
+
+uint32_t gf_sender_pick(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t has_key)
+{
+    if (s->n == 0)
+        return 0;
+    if (s->mode == GF_PART_KEYHASH && has_key)
+        return (gf_murmur2(key, klen) & 0x7fffffffu) % s->n;
+    return (uint32_t)(__atomic_fetch_add(&s->rr, 1, __ATOMIC_RELAXED) % s->n);
 }

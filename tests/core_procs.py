@@ -82,6 +82,22 @@ def produce_until_killed(name: str, index: int, lease_id: int, ready, seed: int)
         part.append(batch[1])
 
 
+def produce_spans_until_killed(name: str, index: int, lease_id: int, ready, seed: int) -> None:
+    """Like produce_until_killed, with messages of one to a dozen slots: the kill
+    often lands inside a multi-slot message (its head claimed, its continuations
+    half written or not yet published)."""
+    fab, part = attach(name, index, lease_id)
+    rnd = random.Random(seed)
+    batch = [sealed(rnd.randbytes(rnd.choice([rnd.randrange(0, part.room - _DIGEST),
+                                              rnd.randrange(part.room, 12 * part.stride)])))
+             for _ in range(128)]
+    part.append(batch[0])
+    ready.set()
+    while True:   # until SIGKILL
+        part.append_batch(batch)
+        part.append(batch[rnd.randrange(len(batch))])
+
+
 # ---- fabric ------------------------------------------------------------------------
 
 def open_in_race(names: list[str], size: int, barrier, me: int, out) -> None:
@@ -113,3 +129,29 @@ def hold_the_lock(name: str, holding, release) -> None:
         holding.set()
         release.wait(60)
     fab.close()
+
+
+def loan_until_killed(name: str, index: int, lease_id: int, ready, seed: int) -> None:
+    """Fill loans of one to a dozen slots in place, committing most, abandoning
+    some, pausing inside some: a SIGKILL usually lands with a loan open."""
+    import time
+    fab, part = attach(name, index, lease_id)
+    rnd = random.Random(seed)
+    first = True
+    while True:   # until SIGKILL
+        payload = rnd.randbytes(rnd.randrange(0, 12 * part.stride))
+        value = sealed(payload)
+        try:
+            with part.loan(len(value), key=b"loan") as ln:
+                half = len(value) // 2
+                ln.view[:half] = value[:half]
+                if rnd.random() < 0.3:
+                    time.sleep(0.001)            # a loan held open for a while
+                ln.view[half:] = value[half:]
+                if rnd.random() < 0.1:
+                    raise KeyError("abandon")
+        except KeyError:
+            pass
+        if first:
+            ready.set()
+            first = False

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from grafos import Fabric
-from grafos.errors import (AlreadyExists, BufferFull, FabricFull, Fenced, GrafosError, InvalidArgument,
-                           InvalidType, MessageTooLarge, NotFound)
+from grafos.errors import (AlreadyExists, BufferFull, BufferTooSmall, FabricFull, Fenced, GrafosError,
+                           InvalidArgument, InvalidType, MessageTooLarge, NotFound)
 from grafos.leasekit import RenewalManager, RenewalPolicy
 from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.dlq import DlqRouter
@@ -48,6 +48,9 @@ class Env:
         for i in range(6):
             self.prod.send_keyed(self.mgr, b"k%d" % i, b"v%d" % i)
         self.part = self.mgr.topic("orders").partition(0)
+        self.mgr.create("frames", TopicConfig(1, 16, 128, 3600.0))
+        self.big = self.mgr.topic("frames").partition(0)
+        self.big.append(b"m" * 1000)       # spans 9 slots
         self.lease = self.fab.acquire(8192, ttl=3600)
         self.lease.write(0, b"lease-bytes")
         self.mem = MemOffsetStore()
@@ -290,7 +293,15 @@ ROWS: list[tuple[str, object, type[GrafosError], str]] = [
     ("send_keyed key str", lambda e: e.prod.send_keyed(e.mgr, "k", b"v"), InvalidType, "key"),
     ("send_keyed key int", lambda e: e.prod.send_keyed(e.mgr, 5, b"v"), InvalidType, "key"),
     ("send_keyed value int", lambda e: e.prod.send_keyed(e.mgr, b"k", 5), InvalidType, "value"),
-    ("send_keyed too large", lambda e: e.prod.send_keyed(e.mgr, b"k" * 200, b"v"), MessageTooLarge, "room"),
+    ("send_keyed too large", lambda e: e.prod.send_keyed(e.mgr, b"k" * 3000, b"v"), MessageTooLarge,
+     "larger than the partition's ring"),
+    ("send_batch one larger than the ring", lambda e: e.prod.send_batch(e.mgr, [b"a", b"x" * (16 * 128)]),
+     MessageTooLarge, "batch message 1"),
+    ("consumer check_crcs not a bool", lambda e: Consumer("orders", check_crcs=1), InvalidType, "check_crcs"),
+    ("reader check_crcs not a bool", lambda e: Reader(e.fab, [e.part], check_crcs="no"), InvalidType,
+     "check_crcs"),
+    ("reader buffer smaller than a multi-slot message",
+     lambda e: Reader(e.fab, [e.big], buf_size=512).poll(10), BufferTooSmall, "buf_size"),
     ("send value released view", lambda e: e.prod.send(e.mgr, _released()), InvalidArgument, "value"),
     ("send value numpy", lambda e: e.prod.send(e.mgr, np.zeros(4, np.uint8)), InvalidType, "value"),
     ("send value object", lambda e: e.prod.send(e.mgr, object()), InvalidType, "value"),
@@ -300,7 +311,7 @@ ROWS: list[tuple[str, object, type[GrafosError], str]] = [
     ("send headers too many", lambda e: e.prod.send(e.mgr, b"x", headers=[("h", b"")] * 2000),
      InvalidArgument, "headers"),
     ("send headers dict value int", lambda e: e.prod.send(e.mgr, b"x", headers={"h": 5}), InvalidType, "header"),
-    ("send headers too large", lambda e: e.prod.send(e.mgr, b"x", headers={"h": b"y" * 500}), MessageTooLarge,
+    ("send headers too large", lambda e: e.prod.send(e.mgr, b"x", headers={"h": b"y" * 3000}), MessageTooLarge,
      "headers"),
     ("send_keyed key released view", lambda e: e.prod.send_keyed(e.mgr, _released(), b"v"), InvalidArgument,
      "key"),
@@ -315,8 +326,8 @@ ROWS: list[tuple[str, object, type[GrafosError], str]] = [
     ("send_batch key int", lambda e: e.prod.send_batch(e.mgr, [b"a"], keys=[5]), InvalidType, "keys[0]"),
     ("send_batch tuple one too large", lambda e: e.prod.send_batch(e.mgr, (b"a", b"x" * 10_000)),
      MessageTooLarge, "10000"),
-    ("send_batch keyed one too large", lambda e: e.prod.send_batch(e.mgr, [b"a", b"b"], keys=[b"k", b"k" * 300]),
-     MessageTooLarge, "room"),
+    ("send_batch keyed one too large", lambda e: e.prod.send_batch(e.mgr, [b"a", b"b"], keys=[b"k", b"k" * 3000]),
+     MessageTooLarge, "batch message 1"),
     ("send_batch item str", lambda e: e.prod.send_batch(e.mgr, [b"a", "b"]), InvalidType, "values[1]"),
     ("send_batch 1-D array", lambda e: e.prod.send_batch(e.mgr, np.zeros(5, np.uint8)), InvalidArgument, "2-D"),
     ("send_batch keys count", lambda e: e.prod.send_batch(e.mgr, [b"a"], keys=[b"a", b"b"]), InvalidArgument,

@@ -159,12 +159,28 @@ def test_poll_batch_should_resume_where_it_stopped(mgr):
 
 
 def test_too_large_message_should_reject_the_whole_batch(mgr):
-    _topic(mgr, "t", stride=128)            # room: 88 bytes
+    _topic(mgr, "t", capacity=4, stride=128)    # the ring holds at most 4 * 128 - 40 = 472 bytes
     prod = Producer("t")
     with pytest.raises(MessageTooLarge) as e:
-        prod.send_batch(mgr, [b"ok", b"x" * 200, b"ok"])
-    assert e.value.args and "200" in str(e.value)
+        prod.send_batch(mgr, [b"ok", b"x" * 473, b"ok"])
+    assert e.value.args and "473" in str(e.value) and "472" in str(e.value)
+    assert e.value.room == 472
     assert Consumer("t").poll(mgr, 10) == []      # nothing was written
+
+
+def test_a_batch_mixing_one_slot_and_multi_slot_messages_arrives_whole_and_in_order(mgr):
+    _topic(mgr, "t", partitions=3, capacity=64, stride=128)   # room 88 B; 64 slots: nothing is overwritten
+    prod = Producer("t")
+    vals = [bytes([i]) * (i * 37 % 500) for i in range(30)]
+    keys = [b"k%d" % (i % 5) for i in range(30)]
+    parts, offs = prod.send_batch(mgr, vals, keys)
+    got = _by_partition(Consumer("t").poll(mgr, 200))
+    for p in range(3):
+        mine = [(int(o), k, v) for pp, o, k, v in zip(parts, offs, keys, vals) if pp == p]
+        assert got.get(p, []) == mine
+        o = [x[0] for x in mine]
+        assert o == sorted(o) and len(set(o)) == len(o)
+    assert any(len(k) + len(v) > 88 for k, v in zip(keys, vals))   # the batch did span slots
 
 
 @pytest.mark.parametrize("values, keys, match", [

@@ -236,3 +236,20 @@ def test_should_refuse_bad_input_with_a_clear_error_and_change_nothing(mgr):
     assert snapshot(mgr, store) == before
     assert c.positions() == positions
     assert sorted(m.value for _, m in read_all(mgr, "events")) == sorted(b"m%d" % i for i in range(10))
+
+
+def test_a_consumer_that_skips_checksums_gets_damaged_bytes_one_that_checks_skips_them(mgr):
+    mgr.create("frames", TopicConfig(1, 64, 256))
+    prod = Producer("frames")
+    big = bytes(range(256)) * 8                          # 2 KiB: nine slots
+    prod.send(mgr, b"small")
+    _, off = prod.send(mgr, big)
+    part = mgr.topic("frames").partition(0)
+    at = 256 + off * 256 + 40 + 1000                     # a byte inside the multi-slot message
+    part.lease.write(at, bytes([part.lease.read(at, 1)[0] ^ 0xFF]))
+    checked = Consumer("frames", "a")
+    assert [m.value for _, m in checked.poll(mgr, 10)] == [b"small"]
+    unchecked = Consumer("frames", "b", check_crcs=False)
+    got = [m.value for _, m in unchecked.poll(mgr, 10)]
+    assert got[0] == b"small" and len(got[1]) == len(big) and got[1] != big
+    assert checked.positions() == unchecked.positions() == {0: off + 9}

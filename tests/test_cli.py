@@ -153,9 +153,9 @@ def test_produce_should_send_each_line_of_stdin(bus):
 def test_produce_should_fail_cleanly(bus):
     bus.create("tiny", TopicConfig(1, 8, 64))
     before = read_all(bus, "tiny")
-    r = run("produce", bus.fabric.name, "tiny", input="ok\n" + "x" * 100 + "\n")
+    r = run("produce", bus.fabric.name, "tiny", input="ok\n" + "x" * 1000 + "\n")
     assert r.exit_code == 1
-    assert "100" in r.stderr and "after 1 message" in r.stderr
+    assert "1000" in r.stderr and "after 1 message" in r.stderr
     assert len(read_all(bus, "tiny")) == len(before) + 1
     r = run("produce", bus.fabric.name, "nosuch", input="x\n")
     assert r.exit_code == 1 and "nosuch" in r.stderr

@@ -20,7 +20,7 @@ from grafos import Fabric
 from grafos._native import ffi, lib
 from grafos.partition import Partition
 
-from core_procs import produce_until_killed, stress_scale, unseal
+from core_procs import produce_spans_until_killed, produce_until_killed, stress_scale, unseal
 
 SLACK = 2.0   # seconds on top of the bounded wait: a shared 2-core machine is noisy
 
@@ -148,10 +148,32 @@ def test_next_lap_writer_does_not_hang_on_a_dead_writers_slot(fab):
     assert rd.counters(0)["lost"] == 1
 
 
+def test_a_writer_dead_inside_a_multi_slot_message_costs_one_bounded_wait(fab):
+    bw = 0.3
+    fab.set_bounded_wait(bw)
+    part = Partition.create(fab, 16, 64, ttl=600)
+    part.append(b"before")
+    dead = lib.gf_test_claim_span(part.handle, 5)     # five slots claimed, none published
+    assert dead == 1
+    after = b"a" * 200                                # itself four slots
+    assert part.append(after) == 6
+    rd = part.reader(0)
+    assert [m.value for _, m in rd.poll(10)] == [b"before"]
+    got, waited = timed_poll(rd, 10, timeout=bw + 10)
+    assert [(m.offset, m.value) for _, m in got] == [(6, after)]
+    assert bw * 0.9 <= waited <= bw + SLACK           # one wait for all five slots, not five
+    assert rd.counters(0)["abandoned"] == 5 and rd.gaps(0) == 3
+    # a writer that comes back after the wait is refused, and its bytes never show
+    assert lib.gf_test_publish(part.handle, dead, b"late", 4) == lib.GF_E_ABANDONED
+    assert [m.offset for _, m in part.reader(0).poll(10)] == [0, 6]
+
+
 # ---- SIGKILL in the middle of appends ------------------------------------------
 
 @pytest.mark.stress
-def test_sigkilled_producer_never_stalls_readers_past_the_bounded_wait_nor_corrupts(shm_name):
+@pytest.mark.parametrize("body", [produce_until_killed, produce_spans_until_killed],
+                         ids=["one-slot messages", "multi-slot messages"])
+def test_sigkilled_producer_never_stalls_readers_past_the_bounded_wait_nor_corrupts(shm_name, body):
     iterations = max(1, round(50 * stress_scale()))
     bw = 0.25
     ctx = mp.get_context("spawn")
@@ -162,7 +184,7 @@ def test_sigkilled_producer_never_stalls_readers_past_the_bounded_wait_nor_corru
             part = Partition.create(fab, 1024, 256, ttl=600)
             rd = part.reader(0, max_batch=1024)
             ready = ctx.Event()
-            child = ctx.Process(target=produce_until_killed,
+            child = ctx.Process(target=body,
                                 args=(shm_name, part.lease.index, part.lease.id, ready, it))
             child.start()
             try:
@@ -188,6 +210,8 @@ def test_sigkilled_producer_never_stalls_readers_past_the_bounded_wait_nor_corru
             assert c["corrupt"] == 0
             offsets = [m.offset for _, m in delivered]
             assert offsets == sorted(set(offsets))
-            # every offset is accounted for exactly once: delivered, lost to the ring, or abandoned
-            assert len(delivered) + c["lost"] + c["abandoned"] == tail
+            # every offset is accounted for exactly once: delivered, lost to the ring,
+            # abandoned, or a gap (the further slots of a multi-slot message, padding)
+            spans = rd.gaps(0)
+            assert len(delivered) + c["lost"] + c["abandoned"] + spans == tail
             part.lease.release()

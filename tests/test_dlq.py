@@ -186,7 +186,7 @@ def test_should_refuse_bad_input_and_change_nothing(bus):
     dlq = make()
     store = MemOffsetStore()
     dlq.nack(0, 1)
-    big = b"x" * 4096
+    big = b"x" * (64 * 256)     # larger than the whole DLQ ring
     before = (snapshot(mgr, store), dlq.nack_counts())
     bad = [
         (InvalidType, lambda: dlq.nack("0", 1)),

@@ -134,7 +134,7 @@ def test_half_written_slot_found_at_reopen_is_skipped_after_the_bounded_wait(tmp
     path = str(tmp_path / "bus.grafos")
     ring, stride = _durable_bus(path, 4)
     with open(path, "r+b") as f:                # offset 2 claimed, never published
-        f.seek(ring + 256 + 2 * stride)
+        f.seek(ring + 256 + 16 * stride + 2 * 8)    # its sequence word, after the 16 slots
         f.write(struct.pack("<Q", 2 * 2 + 1))
     with TopicManager.open(path=path) as mgr:
         mgr.fabric.set_bounded_wait(0.01)

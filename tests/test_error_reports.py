@@ -18,13 +18,13 @@ from grafos.partition import Partition
 def test_should_name_the_message_once_and_its_real_size_when_a_batch_message_is_too_large():
     with Fabric(8 << 20) as fab:
         p = Partition.create(fab, 16, 128, ttl=60)
-        vals = [b"a", b"b", b"x" * 300, b"c"]
+        vals = [b"a", b"b", b"x" * 3000, b"c"]       # the ring holds 16 x 128 B
         with pytest.raises(MessageTooLarge) as ei:
             p.append_batch(vals)
         msg = str(ei.value)
-        assert msg.startswith("batch message 2: message of 300 bytes"), msg
+        assert msg.startswith("batch message 2: message of 3000 bytes"), msg
         assert msg.count("batch message") == 1
-        assert ei.value.size == 300 and ei.value.room == p.room
+        assert ei.value.size == 3000 and ei.value.room == p.max_message
         assert p.latest() == 0            # all or nothing
 
 
@@ -32,10 +32,10 @@ def test_should_name_the_message_once_when_a_producer_batch_is_too_large():
     mgr = TopicManager(size=16 << 20)
     mgr.create("t", TopicConfig(num_partitions=2, partition_capacity=16, partition_stride=128))
     with pytest.raises(MessageTooLarge) as ei:
-        Producer("t").send_batch(mgr, [b"a", b"y" * 200, b"b"])
-    assert "batch message 1: message of 200 bytes" in str(ei.value)
+        Producer("t").send_batch(mgr, [b"a", b"y" * 2500, b"b"])
+    assert "batch message 1: message of 2500 bytes" in str(ei.value)
     assert str(ei.value).count("batch message") == 1
-    assert ei.value.size == 200
+    assert ei.value.size == 2500
 
 
 def test_should_carry_group_topic_member_and_partitions_when_fenced():

@@ -165,3 +165,21 @@ def test_keyed_send_lands_on_kafka_partition_and_stores_key_hash():
             for key, h in items:
                 assert kafka_partition(key, len(parts)) == p
                 assert h == ref_murmur2(key)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 255, 767, 768, 769, 6143, 6144, 6145, 20000, 1 << 20])
+def test_copy_crc_copies_exactly_and_sums_what_gf_crc32c_sums(n):
+    src = bytes((i * 131 + (i >> 8)) & 0xFF for i in range(n))
+    dst = ffi.new("uint8_t[]", n + 16)
+    got = lib.gf_copy_crc(dst + 3, src, n, 0x12345678)      # unaligned destination
+    assert got == lib.gf_crc32c(0x12345678, src, n)
+    assert ffi.buffer(dst, n + 16)[3:3 + n] == src
+    assert ffi.buffer(dst, 3)[:] == b"\0\0\0" and ffi.buffer(dst + 3 + n, 13)[:] == bytes(13)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=20000), st.integers(0, (1 << 32) - 1))
+def test_copy_crc_matches_gf_crc32c_for_any_bytes(data, seed):
+    dst = ffi.new("uint8_t[]", max(len(data), 1))
+    assert lib.gf_copy_crc(dst, data, len(data), seed) == lib.gf_crc32c(seed, data, len(data))
+    assert ffi.buffer(dst, len(data))[:] == data

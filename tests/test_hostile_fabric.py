@@ -70,6 +70,10 @@ class Bus:
     def slot(self, n: int) -> int:
         return self.ring + 256 + (n % CAP) * STRIDE
 
+    def seq(self, n: int) -> int:
+        """Offset n's publication word: the sequence words follow the slots."""
+        return self.ring + 256 + CAP * STRIDE + (n % CAP) * 8
+
     def meta_entry(self, key: str) -> int:
         d = self.read()
         for i in range(METAS):
@@ -85,18 +89,18 @@ class Bus:
         fab.set_bounded_wait(0.01)
         return fab
 
-    def poll_p0(self) -> tuple[list, dict]:
+    def poll_p0(self, check_crcs: bool = True) -> tuple[list, dict]:
         """Messages of partition 0 from offset 0 (polling past bounded waits until
         three polls in a row bring nothing), and the reader's counters."""
         with self.open() as fab:
             mgr = TopicManager(fab)
-            rd = Reader(fab, [mgr.topic("orders").partition(0)])
+            rd = Reader(fab, [mgr.topic("orders").partition(0)], check_crcs=check_crcs)
             got, empty = [], 0
             while empty < 3:
                 batch = [m for _, m in rd.poll(100, timeout=0.05)]
                 got += batch
                 empty = 0 if batch else empty + 1
-            return got, rd.counters(0)
+            return got, {**rd.counters(0), "gaps": rd.gaps(0)}
 
 
 @pytest.fixture
@@ -195,7 +199,11 @@ SLOT_DAMAGE = [
     ("headers length past the slot", lambda b: b.patch(b.slot(2) + 24, "I", 1 << 31), "corrupt"),
     ("payload byte flipped (torn write)", lambda b: b.patch(b.slot(2) + 41, "B", ord("X")), "corrupt"),
     ("checksum", lambda b: b.patch(b.slot(2) + 36, "I", 0), "corrupt"),
-    ("abandoned mark", lambda b: b.patch(b.slot(2), "Q", (1 << 63) | 6), "abandoned"),
+    ("abandoned mark", lambda b: b.patch(b.seq(2), "Q", (1 << 63) | 6), "abandoned"),
+    ("gap mark (no message here)", lambda b: b.patch(b.seq(2), "Q", (1 << 62) | 6), "gaps"),
+    ("span past the ring's end", lambda b: b.patch(b.slot(2) + 20, "I", CAP * STRIDE - 100), "corrupt"),
+    ("span larger than the ring", lambda b: b.patch(b.slot(2) + 20, "I", 0xFFFFFF00), "corrupt"),
+    ("span within the ring, checksum of one slot", lambda b: b.patch(b.slot(2) + 20, "I", 2 * STRIDE), "corrupt"),
 ]
 
 
@@ -208,12 +216,36 @@ def test_damaged_slot_is_skipped_and_counted_and_the_rest_delivered(bus, what, d
     assert counters[counter] == 1
 
 
+# Without checksums the sequence words are still checked, and lengths against the
+# ring; bytes damaged in place get through, and so do lengths damaged into a
+# span that still fits the ring (it then reads its neighbours' bytes).
+CRC_ONLY = {"payload byte flipped (torn write)", "checksum"}
+SPAN_IN_RING = {"value length past the slot", "span within the ring, checksum of one slot"}
+
+
+@pytest.mark.parametrize("what,damage,counter", SLOT_DAMAGE, ids=[r[0] for r in SLOT_DAMAGE])
+def test_damaged_slot_without_checksum_verification(bus, what, damage, counter):
+    damage(bus)
+    got, counters = bus.poll_p0(check_crcs=False)
+    if what in CRC_ONLY:
+        assert [m.offset for m in got] == [0, 1, 2, 3, 4] and counters["corrupt"] == 0
+        assert (got[2].value != MESSAGES[2]) == (what != "checksum")
+    elif what in SPAN_IN_RING:
+        assert [m.offset for m in got][:3] == [0, 1, 2] and counters["corrupt"] == 0
+        assert len(got[2].value) >= STRIDE                    # offset 2 now claims its neighbours
+    else:
+        assert [m.value for m in got] == MESSAGES[:2] + MESSAGES[3:]
+        assert counters[counter] == 1
+
+
 def test_slot_holding_another_offset_is_never_delivered_as_this_one(bus):
     # copy slot 0 (offset 0) over slot 3 (offset 3), publication word included
     d = bus.read()
     with open(bus.path, "r+b") as f:
         f.seek(bus.slot(3))
         f.write(d[bus.slot(0):bus.slot(0) + STRIDE])
+        f.seek(bus.seq(3))
+        f.write(d[bus.seq(0):bus.seq(0) + 8])
     got, counters = bus.poll_p0()
     assert [(m.offset, m.value) for m in got] == [(0, MESSAGES[0]), (1, MESSAGES[1]),
                                                   (2, MESSAGES[2]), (4, MESSAGES[4])]
@@ -221,7 +253,7 @@ def test_slot_holding_another_offset_is_never_delivered_as_this_one(bus):
 
 
 def test_unpublished_slot_costs_one_bounded_wait(bus):
-    bus.patch(bus.slot(1), "Q", 3)        # offset 1 "being written" by nobody
+    bus.patch(bus.seq(1), "Q", 3)         # offset 1 "being written" by nobody
     with bus.open() as fab:
         rd = Reader(fab, [TopicManager(fab).topic("orders").partition(0)])
         t0 = time.monotonic()

@@ -51,21 +51,61 @@ def test_append_returns_consecutive_offsets_and_messages_round_trip(fab):
     assert (st.earliest, st.latest, st.lost) == (0, 6, 0)
 
 
-def test_a_message_that_fills_the_room_exactly_fits(fab):
+def test_a_message_that_fills_the_room_exactly_takes_one_offset_one_byte_more_takes_two(fab):
     part = Partition.create(fab, 4, 128, ttl=600)
     assert part.room == 128 - lib.GF_SLOT_HDR_SIZE
-    part.append(b"v" * (part.room - 3), key=b"key")
-    with pytest.raises(MessageTooLarge):
-        part.append(b"v" * (part.room - 2), key=b"key")
-    assert values(part.reader(0).poll(10)) == [b"v" * (part.room - 3)]
+    assert part.append(b"v" * (part.room - 3), key=b"key") == 0
+    assert part.append(b"w" * (part.room - 2), key=b"key") == 1     # spans slots 1 and 2
+    assert part.append(b"x") == 3
+    rd = part.reader(0)
+    assert [(m.offset, m.value) for _, m in rd.poll(10)] == [
+        (0, b"v" * (part.room - 3)), (1, b"w" * (part.room - 2)), (3, b"x")]
+    assert rd.position(0) == 4 and rd.gaps(0) == 1
+
+
+def test_a_reader_placed_inside_a_multi_slot_message_steps_to_the_next_message(fab):
+    part = Partition.create(fab, 16, 64, ttl=600)
+    part.append(b"x" * 100)                      # offsets 0..2
+    part.append(b"y")                            # offset 3
+    rd = part.reader(1)
+    assert [(m.offset, m.value) for _, m in rd.poll(10)] == [(3, b"y")]
+    assert rd.gaps(0) == 2 and rd.counters(0) == {"lost": 0, "abandoned": 0, "corrupt": 0, "expired": 0}
+
+
+def test_overwriting_the_first_slots_of_a_multi_slot_message_loses_all_of_it(fab):
+    part = Partition.create(fab, 8, 64, ttl=600)
+    part.append(b"first")                        # offset 0
+    part.append(b"z" * 200)                      # offsets 1..4
+    rd = part.reader(1)
+    for i in range(6):                           # offsets 5..10: slots 5, 6, 7, 0, 1, 2
+        part.append(b"%d" % i)
+    got = rd.poll(20)
+    assert [m.value for _, m in got] == [b"%d" % i for i in range(6)]
+    assert rd.counters(0)["lost"] == 2 and rd.gaps(0) == 2   # 1, 2 lost; 3, 4 were its tail
+
+
+def test_a_message_as_large_as_the_whole_ring_fits_and_one_byte_more_is_refused(fab):
+    part = Partition.create(fab, 4, 64, ttl=600)
+    assert part.max_message == 4 * 64 - lib.GF_SLOT_HDR_SIZE
+    big = bytes(range(256)) * 2
+    part.append(b"a")                                       # offset 0: the big one cannot start at slot 1
+    off = part.append(big[:part.max_message - 2], key=b"kk")
+    assert off == 4                                         # offsets 1..3 pad the ring's end
+    got = part.reader(0).poll(10)
+    assert [(m.offset, m.key, m.value) for _, m in got] == [(4, b"kk", big[:part.max_message - 2])]
+    with pytest.raises(MessageTooLarge) as e:
+        part.append(b"x" * (part.max_message - 1), key=b"kk")
+    assert e.value.room == part.max_message and e.value.size == part.max_message + 1
+    assert "larger than the partition's ring" in str(e.value) and str(part.max_message) in str(e.value)
+    assert part.state().latest == 8
 
 
 def test_a_message_too_large_is_refused_naming_both_sizes_and_nothing_is_written(fab):
     part = Partition.create(fab, 4, 64, ttl=600)
     with pytest.raises(MessageTooLarge) as e:
-        part.append(b"x" * 100, key=b"kk")
-    assert e.value.room == 24 and e.value.size == 102
-    assert "102" in str(e.value) and "24" in str(e.value)
+        part.append(b"x" * 300, key=b"kk")
+    assert e.value.room == 216 and e.value.size == 302
+    assert "302" in str(e.value) and "216" in str(e.value)
     assert isinstance(e.value, ValueError)
     assert part.state().latest == 0
 
@@ -73,7 +113,7 @@ def test_a_message_too_large_is_refused_naming_both_sizes_and_nothing_is_written
 def test_a_batch_is_all_or_nothing(fab):
     part = Partition.create(fab, 8, 64, ttl=600)
     with pytest.raises(MessageTooLarge, match="batch message 2"):
-        part.append_batch([b"a", b"b", b"c" * 25, b"d"])
+        part.append_batch([b"a", b"b", b"c" * (8 * 64 - 39), b"d"])
     assert part.state().latest == 0
     assert part.append_batch([b"a", b"b"], keys=[b"1", b"2"]) == 0
     assert part.append_batch([b"c"]) == 2

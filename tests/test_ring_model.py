@@ -1,10 +1,14 @@
 """A partition ring driven side by side with a plain Python model.
 
-The model is a list of every message ever appended. Offset n is log[n];
-the ring holds the last `capacity` of them. A reader at position p that
-fell behind the ring resumes at the earliest offset and reports how many it
-lost. Capacities are tiny (1..8) so wrap-around and overwrite happen in
-almost every run.
+The model maps each offset that starts a message to the message; a message
+larger than one slot's room takes one offset per slot it spans, and one that
+would straddle the ring's end starts at the next lap's slot 0 after padding
+offsets. Offsets without a message are gaps. The ring holds the last
+`capacity` offsets; a message is readable while its first offset is among
+them (so overwriting any part of it, its first slot first, ends it). A reader
+at position p that fell behind the ring resumes at the earliest offset and
+reports how many it lost. Capacities are tiny (1..8) so wrap-around across
+the ring's end and overwrite of multi-slot messages happen in almost every run.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from grafos.partition import Partition
 NOW_NS = time.time_ns()
 
 keys = st.none() | st.binary(max_size=12)
-values = st.binary(max_size=96)
+# mostly one slot, often several (up to and past the whole ring: 8 x 128 bytes)
+values = st.binary(max_size=96) | st.binary(min_size=90, max_size=1100)
 header_lists = st.lists(st.tuples(st.text(max_size=4), st.binary(max_size=6)), max_size=2)
 # event timestamps are data: anything from the epoch to far past the lease's expiry
 timestamps = st.none() | st.integers(1, 1 << 62) | st.integers(NOW_NS - 10**12, NOW_NS + 10**13)
@@ -34,12 +39,17 @@ class RingVsModel(RuleBasedStateMachine):
         self.fab = Fabric(2 << 20, lease_slots=4, meta_slots=4)
         self.part = Partition.create(self.fab, capacity, stride, ttl=3600)
         self.capacity = capacity
+        self.stride = stride
         self.room = stride - 40
-        self.log: list[tuple[bytes | None, bytes, tuple, int | None]] = []
+        self.max_message = capacity * stride - 40
+        # offset -> (key, value, headers, timestamp, span); offsets below tail not in it are gaps
+        self.log: dict[int, tuple] = {}
+        self.tail = 0
         # a long-lived reader and where the model says it is
         self.reader = self.part.reader(0, max_batch=16)
         self.rpos = 0
         self.rlost = 0
+        self.rgaps = 0
 
     def teardown(self):
         if hasattr(self, "fab"):
@@ -47,17 +57,43 @@ class RingVsModel(RuleBasedStateMachine):
             self.fab.close()
 
     # ---- model ---------------------------------------------------------------
-    @property
-    def tail(self) -> int:
-        return len(self.log)
+    def span(self, size: int) -> int:
+        return 1 if size <= self.room else -(-(40 + size) // self.stride)
+
+    def place(self, size: int) -> int:
+        """Where the next message of `size` bytes starts (padding the ring's end)."""
+        k, at = self.span(size), self.tail
+        if at % self.capacity + k > self.capacity:
+            at += self.capacity - at % self.capacity
+        return at
+
+    def add(self, key, value, headers, ts, size: int) -> int:
+        at = self.place(size)
+        k = self.span(size)
+        self.log[at] = (key, value, headers, ts, k)
+        self.tail = at + k
+        return at
 
     @property
     def earliest(self) -> int:
         return max(0, self.tail - self.capacity)
 
-    def expect(self, start: int, n: int) -> list[tuple]:
-        start = max(start, self.earliest)
-        return [(off, *self.log[off]) for off in range(start, min(self.tail, start + n))]
+    def walk(self, start: int, n: int) -> tuple[list[tuple], int, int, int]:
+        """What a read of at most n messages from `start` returns:
+        (messages, position after, lost, gaps)."""
+        lost = max(0, self.earliest - start)
+        pos = max(start, self.earliest)
+        out, gaps = [], 0
+        while len(out) < n and pos < self.tail:
+            if pos in self.log:
+                m = self.log[pos]
+                out.append((pos, *m[:4]))
+                pos += m[4]
+                gaps += m[4] - 1
+            else:
+                pos += 1
+                gaps += 1
+        return out, pos, lost, gaps
 
     def check_messages(self, got, expected):
         assert len(got) == len(expected), (got, expected)
@@ -77,53 +113,50 @@ class RingVsModel(RuleBasedStateMachine):
         try:
             off = self.part.append(value, key=key, headers=headers, timestamp=ts)
         except MessageTooLarge as e:
-            assert size > self.room, f"refused a {size}-byte message with {self.room} bytes of room"
-            assert e.room == self.room
-            assert str(size) in str(e) and str(self.room) in str(e)
+            assert size > self.max_message, f"refused a {size}-byte message, the ring holds {self.max_message}"
+            assert e.room == self.max_message
+            assert str(size) in str(e) and str(self.max_message) in str(e)
             return
-        assert size <= self.room, f"accepted a {size}-byte message with {self.room} bytes of room"
-        assert off == self.tail
-        self.log.append((key, value, headers, ts))
+        assert size <= self.max_message, f"accepted a {size}-byte message, the ring holds {self.max_message}"
+        assert off == self.add(key, value, headers, ts, size)
 
     @rule(items=st.lists(st.tuples(st.binary(max_size=12), values), min_size=1, max_size=12),
           keyed=st.booleans(), ts=timestamps)
     def append_batch(self, items, keyed, ts):
         vals = [v for _, v in items]
         ks = [k for k, _ in items] if keyed else None
-        fits = all((len(k) if keyed else 0) + len(v) <= self.room for k, v in items)
+        fits = all((len(k) if keyed else 0) + len(v) <= self.max_message for k, v in items)
         try:
             first = self.part.append_batch(vals, keys=ks, timestamp=ts)
         except MessageTooLarge:
             assert not fits
             return   # all or nothing: the model does not move
         assert fits
-        assert first == self.tail
-        for k, v in items:
-            self.log.append((k if keyed else None, v, (), ts))
+        offs = [self.add(k if keyed else None, v, (), ts, (len(k) if keyed else 0) + len(v)) for k, v in items]
+        assert first == offs[0]
 
     @rule(data=st.data(), n=st.integers(1, 12))
     def read_fresh(self, data, n):
-        # anywhere: behind the ring, inside it, at the end, past the end
+        # anywhere: behind the ring, inside it (inside a multi-slot message too), at the end, past it
         offset = data.draw(st.integers(0, self.tail + 3), label="offset")
         rd = self.part.reader(offset, max_batch=n)
         got = rd.poll(n)
-        self.check_messages(got, self.expect(offset, n))
+        expected, pos, lost, gaps = self.walk(offset, n)
+        self.check_messages(got, expected)
         c = rd.counters(0)
-        assert c["lost"] == max(0, self.earliest - offset)
+        assert c["lost"] == lost
         assert (c["abandoned"], c["corrupt"], c["expired"]) == (0, 0, 0)
-        expected_pos = max(offset, self.earliest) + len(got) if offset <= self.tail else offset
-        assert rd.position(0) == expected_pos
+        assert rd.gaps(0) == gaps
+        assert rd.position(0) == (pos if offset <= self.tail else offset)
 
     @rule(n=st.integers(1, 16))
     def poll_long_lived(self, n):
-        if self.rpos < self.earliest:      # fell behind the ring: resume at its start, count the gap
-            self.rlost += self.earliest - self.rpos
-            self.rpos = self.earliest
-        expected = self.expect(self.rpos, n)
+        expected, pos, lost, gaps = self.walk(self.rpos, n)
         got = self.reader.poll(n)
         self.check_messages(got, expected)
-        self.rpos += len(expected)
+        self.rpos, self.rlost, self.rgaps = pos, self.rlost + lost, self.rgaps + gaps
         assert self.reader.counters(0)["lost"] == self.rlost
+        assert self.reader.gaps(0) == self.rgaps
         assert self.reader.position(0) == self.rpos
 
     @rule(data=st.data())
@@ -138,8 +171,7 @@ class RingVsModel(RuleBasedStateMachine):
         # Partition.read, the convenience path
         offset = data.draw(st.integers(0, self.tail - 1), label="offset")
         msgs = self.part.read(offset, max_messages=self.capacity)
-        exp = self.expect(offset, self.capacity)
-        self.check_messages([(0, m) for m in msgs], exp)
+        self.check_messages([(0, m) for m in msgs], self.walk(offset, self.capacity)[0])
 
     @invariant()
     def state_matches(self):

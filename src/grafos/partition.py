@@ -4,6 +4,13 @@ Offset n lives in slot n % capacity. Producers in any process append at
 once; each slot publishes itself (no shared "published" cursor), readers
 validate a slot's sequence before and after copying it, and a writer that
 died half-way is stepped over after the fabric's bounded wait.
+
+A message larger than a slot's room spans consecutive slots, up to the whole
+ring less one 40-byte header (:attr:`Partition.max_message`). It takes one
+offset per slot it occupies, and a message that would straddle the ring's end
+starts at slot 0 after padding offsets, so offsets stay monotonic but may have
+gaps: the next message after one at offset n is at n + its span (or later).
+``latest``, ``earliest``, ``lost`` and lag count offsets, not messages.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from .fabric import Fabric, MemLease, _expiry
 from .message import Message, encode_headers
 
 if TYPE_CHECKING:
+    from .loan import Loan
     from .reader import Reader
 
 
@@ -79,7 +87,9 @@ class Partition:
         check(lib.gf_ring_state_get(self._r, 0, st))
         self.capacity: int = st.capacity
         self.stride: int = st.stride
-        self.room: int = lib.gf_ring_room(self._r)   #: bytes for key + headers + value
+        self.room: int = lib.gf_ring_room(self._r)   #: bytes for key + headers + value in one slot
+        #: the largest key + headers + value a message may have (it then spans several slots)
+        self.max_message: int = lib.gf_ring_max_message(self._r)
         # a one-partition sender: the producer hot path, reused for append()
         self._ring_arr = ffi.new("gf_ring *[1]", [self._r])
         self._s = ffi.new("gf_sender *", {"rings": self._ring_arr, "n": 1,
@@ -147,7 +157,9 @@ class Partition:
     def append_batch(self, values: Sequence[bytes] | np.ndarray,
                      keys: Sequence[bytes] | np.ndarray | None = None,
                      timestamp: int | None = None) -> int:
-        """Append many messages with one crossing into C; returns the first offset.
+        """Append many messages with one crossing into C; returns the first message's
+        offset (the others follow it in order: at first + i while every message fits
+        one slot, further apart when some span several).
         ``values``/``keys``: a list of bytes (joined into one buffer) or a 2-D uint8
         array, one row per message (used in place: no copy). All or nothing: if
         any message is too large, none is written."""
@@ -180,7 +192,7 @@ class Partition:
     def _raise(self, rc: int, size: int) -> None:
         if rc == lib.GF_E_TOOBIG:
             from ._check import last_error
-            raise MessageTooLarge(last_error(), size, self.room)
+            raise MessageTooLarge(last_error(), size, self.max_message)
         raise_for(rc, "append")
 
     # ---- state ------------------------------------------------------------------
@@ -209,6 +221,13 @@ class Partition:
         rd = self.reader(offset, max_batch=max_messages)
         return [m for _, m in rd.poll(max_messages, now=now)]
 
+    # ---- in place ----------------------------------------------------------------
+    def loan(self, size: int, key: bytes | None = None, headers=None,
+             timestamp: int | None = None) -> "Loan":
+        """A zero-copy write of a message of ``size`` value bytes (see :mod:`grafos.loan`)."""
+        from .loan import Loan
+        return Loan(self._r, self, size, key, headers, 0, timestamp)
+
 
 def pack(items, what: str) -> tuple[object, np.ndarray]:
     """Batch input -> (one contiguous buffer, uint32 lengths).
@@ -234,3 +253,4 @@ def pack(items, what: str) -> tuple[object, np.ndarray]:
             _validate.as_bytes(it, f"{what}[{i}]")      # a released view: says so
         raise _validate.InvalidType(f"{what} must be a list or tuple of bytes, not {type(items).__name__}") from None
     return buf, lens
+

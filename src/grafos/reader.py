@@ -7,7 +7,7 @@ import operator
 import os
 import threading
 import time
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from .fabric import Fabric
 from .message import Message
 from .partition import MAX_OFFSET
 
+if TYPE_CHECKING:
+    from .peek import Peek
+
 #: numpy view of ``gf_msg_meta`` (one row per message of a batch)
 META_DTYPE = np.dtype([
     ("offset", "<u8"), ("timestamp", "<i8"), ("pos", "<u4"), ("key_len", "<u4"),
@@ -28,6 +31,7 @@ META_DTYPE = np.dtype([
 ])
 
 _poller_poll = lib.gf_poller_poll
+_alloc = ffi.new_allocator(should_clear_after_alloc=False)   # read buffers: written before read
 _SLICE = 0.2    # seconds: a blocking poll wakes this often so Ctrl-C gets through
 MAX_BUF = 64 << 20
 
@@ -148,13 +152,23 @@ def _count(value, what: str) -> int:
 class Reader:
     """Cursors over a list of partitions (``None`` entries are skipped).
 
+    ``check_crcs`` (Kafka's ``check.crcs``): verify each message's CRC32C as it is
+    copied out (summed in the same pass as the copy). On by default for every
+    fabric kind: in a file fabric it finds writes torn by a crash at reopen, in
+    any fabric it finds a stalled writer's late bytes after a takeover and
+    damaged memory. ``False`` trusts the sequence words alone: messages are then
+    never half-visible nor another offset's, but bytes scribbled by a writer
+    that lost its slot, or damaged in place, are delivered as they are.
+
     A reader belongs to one thread at a time.
     """
 
     def __init__(self, fabric: Fabric, partitions: Sequence[object | None], *,
                  ids: Sequence[int] | None = None, max_batch: int = 1024,
-                 buf_size: int | None = None) -> None:
+                 buf_size: int | None = None, check_crcs: bool = True) -> None:
         _validate.integer(max_batch, "max_batch", 1, 1 << 20)
+        if not isinstance(check_crcs, bool):
+            raise InvalidType(f"check_crcs must be a bool, not {type(check_crcs).__name__}")
         n = len(partitions)
         self.fabric = fabric
         self._parts = list(partitions)
@@ -162,17 +176,23 @@ class Reader:
         self._map = None if self.ids == list(range(n)) else self.ids   # None: index == id
         self._n = n
         self._rings = ffi.new("gf_ring *[]", max(n, 1))
-        room = 64
+        room = biggest = 64
         for i, p in enumerate(partitions):
             if p is not None:
                 self._rings[i] = p.handle  # type: ignore[attr-defined]
                 room = max(room, p.room)   # type: ignore[attr-defined]
+                biggest = max(biggest, p.max_message)   # type: ignore[attr-defined]
         self._cursors = ffi.new("gf_cursor[]", max(n, 1))
+        self.check_crcs = check_crcs
+        for i in range(max(n, 1)):
+            self._cursors[i].no_verify = not check_crcs
         self.max_batch = max_batch
         self._meta = ffi.new("gf_msg_meta[]", max_batch)
-        size = buf_size or min(MAX_BUF, max_batch * room)
+        # by default the buffer holds the largest message its partitions allow (a
+        # multi-slot one); pages are only touched when a message fills them
+        size = buf_size or max(min(MAX_BUF, max_batch * room), biggest)
         self._buf_size = max(size, room)
-        self._buf = ffi.new("uint8_t[]", self._buf_size)
+        self._buf = _alloc("uint8_t[]", self._buf_size)
         self._metabuf = ffi.buffer(self._meta)
         self._bytes = ffi.buffer(self._buf)
         # the hot path's one argument (gf_poller_poll); the arrays above keep its pointers alive
@@ -211,6 +231,13 @@ class Reader:
 
     def position(self, i: int) -> int:
         return self._cursors[self._index(i)].pos
+
+    def gaps(self, i: int) -> int:
+        """Offsets of partition ``i`` this reader passed that hold no message: the
+        further slots of multi-slot messages and the padding before the ring's end.
+        Every offset below the position was delivered, lost, abandoned, corrupt
+        or a gap."""
+        return self._cursors[self._index(i)].gaps
 
     def counters(self, i: int) -> dict[str, int]:
         c = self._cursors[self._index(i)]
@@ -276,6 +303,16 @@ class Reader:
         meta = np.frombuffer(self._metabuf, dtype=META_DTYPE, count=n)
         data = np.frombuffer(self._bytes, dtype=np.uint8, count=self._p.used)
         return Batch(meta, data, self.ids)
+
+    # ---- in place ----------------------------------------------------------------
+    def peek(self, max_messages: int) -> "Peek":
+        """Up to ``max_messages`` read in place, without waiting: a context manager
+        whose values are views into the rings (see :mod:`grafos.peek`)."""
+        from .peek import Peek
+        n = _count(max_messages, "max_messages")
+        self.fabric.handle      # noqa: B018 - raises if the fabric was closed
+        return Peek.take([(self.ids[i], self._rings[i], self._cursors + i, self._parts[i])
+                          for i in range(self._n) if self._parts[i] is not None], n)
 
     # ---- waiting without reading ------------------------------------------------
     def wait(self, timeout: float | None = None) -> bool:

@@ -100,6 +100,10 @@ class Template:
             self._send(ev, mgr, None, b"events-%d" % i)
         mgr.topic("orders").partition(0).append(b"with-headers", key=b"kh", headers=[("h", b"v")])
         self.known.add((b"kh", b"with-headers"))
+        # messages larger than a slot: continuation and padding offsets in the rings
+        big = bytes(range(256)) + b"big-orders"
+        mgr.topic("orders").partition(1).append(big, key=b"kb", headers=[("span", b"3")])
+        self.known.add((b"kb", big))
         FabricOffsetStore(mgr).commit_many("grp", "orders", {0: 1, 1: 2})
         g = ConsumerGroup("grp", "orders", 2, 30.0, mgr=mgr)
         g.claim("m1")
@@ -131,6 +135,9 @@ class Template:
     def _route(self, router: DlqRouter, mgr: TopicManager) -> None:
         router.route_to_dlq(mgr, 1, 0, b"dead-letter", key=b"kd")
         self.known.add((b"kd", b"dead-letter"))
+        big = b"dead-letter-" * 40          # 480 bytes: two slots of the DLQ's 256
+        router.route_to_dlq(mgr, 1, 1, big, key=b"kd")
+        self.known.add((b"kd", big))
 
     def _regions(self) -> list[tuple[str, int, int, list[int]]]:
         """(kind, start, length, offsets of fields inside) for every structure."""
@@ -149,6 +156,9 @@ class Template:
             cap, stride = struct.unpack_from("<II", d, off + 16)
             for k in range(cap):
                 regs.append(("slot", off + 256 + k * stride, stride, [0, 8, 16, 20, 24, 28, 32, 36, 40]))
+            # the sequence words (publication, abandoned and gap flags) follow the slots
+            regs.append(("seqs", off + 256 + cap * stride, cap * 8, [8 * k for k in range(cap)] +
+                         [8 * k + 7 for k in range(cap)]))
         for i in range(nmeta):
             start = meta_off + 256 * i
             if _U32.unpack_from(d, start)[0] != 0 or i % 16 == 0:
@@ -195,7 +205,8 @@ def _interesting(t: Template) -> list[int]:
     return [0, 1, 2, 3, 7, 8, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000,
             0xFFFFFFFF, 1 << 32, (1 << 48) - 1, 1 << 48, 1 << 62, (1 << 63) - 1, 1 << 63,
             (1 << 64) - 1, size, size - 1, size + 4096, 4096, 4096 * 3, 256, 40, 41, 96, 97, 144,
-            145, os.getpid(), 1]
+            145, os.getpid(), 1, 1 << 62, (1 << 62) | 6, (1 << 62) | (1 << 63) | 6, 0x40, 0xC0,
+            88, 89, 216, 984, 985, 1024 - 40]
 
 
 def mutate(t: Template, p: Provider) -> tuple[bytearray, bool]:
@@ -281,20 +292,27 @@ def _fix_meta(d: bytearray) -> None:
 
 
 def _fix_slots(t: Template, d: bytearray) -> None:
-    """Forge valid checksums over whatever the slots hold (a hostile writer can)."""
-    for kind, start, stride, _ in t.regions:
-        if kind != "slot":
+    """Forge valid checksums over whatever the slots hold (a hostile writer can),
+    multi-slot messages included."""
+    rings = [(start, length) for kind, start, length, _ in t.regions if kind == "ring"]
+    for ring, _ in rings:
+        if ring + 24 > len(d):
             continue
-        seq, = _U64.unpack_from(d, start)
-        n = ((seq & ~(1 << 63)) - 2) // 2 if seq >= 2 else 0
-        kl, vl, hl = struct.unpack_from("<III", d, start + 16)
-        total = kl + vl + hl
-        if total > stride - 40:
+        cap, stride = struct.unpack_from("<II", d, ring + 16)
+        if not (0 < cap <= 64 and 48 <= stride <= 4096) or ring + 256 + cap * (stride + 8) > len(d):
             continue
-        c = lib.gf_crc32c(0xFFFFFFFF, _U64.pack(n % (1 << 64)), 8)
-        c = lib.gf_crc32c(c, bytes(d[start + 8:start + 36]), 28)
-        c = lib.gf_crc32c(c, bytes(d[start + 40:start + 40 + total]), total) ^ 0xFFFFFFFF
-        _U32.pack_into(d, start + 36, c)
+        for k in range(cap):
+            start = ring + 256 + k * stride
+            seq, = _U64.unpack_from(d, ring + 256 + cap * stride + 8 * k)
+            n = ((seq & ~(3 << 62)) - 2) // 2 if seq >= 2 else 0
+            kl, vl, hl = struct.unpack_from("<III", d, start + 16)
+            total = kl + vl + hl
+            if 40 + total > (cap - k) * stride:
+                continue
+            c = lib.gf_crc32c(0xFFFFFFFF, _U64.pack(n % (1 << 64)), 8)
+            c = lib.gf_crc32c(c, bytes(d[start + 8:start + 36]), 28)
+            c = lib.gf_crc32c(c, bytes(d[start + 40:start + 40 + total]), total) ^ 0xFFFFFFFF
+            _U32.pack_into(d, start + 36, c)
 
 
 # ---- driving the bus --------------------------------------------------------------------
@@ -348,13 +366,16 @@ def drive(t: Template, d: bytes, strict: bool, p: Provider) -> None:
                 assert pi.lost >= 0 and pi.ttl_remaining >= 0
 
     def op_consume() -> None:
+        # without checksum verification a damaged payload is delivered as it is:
+        # then only the shape of what comes out is checked, not its bytes
+        check = not p.byte() & 1
         for n in list(names):
             try:
-                c = Consumer(n, "fz", max_batch=64)
+                c = Consumer(n, "fz", max_batch=64, check_crcs=check)
                 c.seek(mgr, None, SeekPolicy.Earliest)
                 for _ in range(3):
                     got = c.poll(mgr, 64)
-                    _check_messages(got, t, strict, made)
+                    _check_messages(got, t, strict and check, made)
                     if not got:
                         break
                 c.lag(mgr)
@@ -364,9 +385,10 @@ def drive(t: Template, d: bytes, strict: bool, p: Provider) -> None:
 
     def op_batch_read() -> None:
         tp = mgr.topic("orders")
-        rd = Reader(fab, tp.partitions, max_batch=32)
+        check = not p.byte() & 1
+        rd = Reader(fab, tp.partitions, max_batch=32, check_crcs=check)
         b = rd.poll_batch(32)
-        _check_messages(list(b), t, strict, made)
+        _check_messages(list(b), t, strict and check, made)
         for i in range(len(tp.partitions)):
             rd.counters(i)
 
@@ -381,6 +403,11 @@ def drive(t: Template, d: bytes, strict: bool, p: Provider) -> None:
         vals = [b"fb-%d" % i for i in range(p.int(1, 5))]
         made.update((None, v) for v in vals)
         Producer(p.pick(names)).send_batch(mgr, vals)
+
+    def op_send_big() -> None:
+        v = b"fz-big-%d-" % p.byte() * 30       # several slots of any of the topics
+        made.add((b"fg", v))
+        Producer(p.pick(names)).send_keyed(mgr, b"fg", v)
 
     def op_append_headers() -> None:
         made.add((b"fh", b"fz-h"))
@@ -435,7 +462,7 @@ def drive(t: Template, d: bytes, strict: bool, p: Provider) -> None:
             mgr.delete(p.pick(names))
 
     ops = [op_topics, op_describe, op_consume, op_batch_read, op_send, op_send_batch,
-           op_append_headers, op_reap, op_offsets, op_group, op_dlq, op_fabric, op_admin]
+           op_append_headers, op_send_big, op_reap, op_offsets, op_group, op_dlq, op_fabric, op_admin]
     try:
         # always look first (what a reader does on attach), then a sequence the input picks
         for op in [op_topics, op_describe, op_consume] + [p.pick(ops) for _ in range(p.int(2, 10))]:

@@ -111,7 +111,8 @@ def _topic_summary(mgr: Any, topic: str) -> dict[str, Any]:
 @NAME
 @JSON
 def topics(name: str, as_json: bool) -> None:
-    """List the topics of bus NAME: partitions, produced, lost to overwrite, lease TTL."""
+    """List the topics of bus NAME: partitions, produced and lost to overwrite (in
+    offsets: a message larger than a slot takes one per slot), lease TTL."""
     with _bus(name) as mgr:
         rows = []
         for t in mgr.topics():
@@ -149,7 +150,8 @@ def describe(name: str, topic: str, as_json: bool) -> None:
         table = Table(title=f"{topic} on {name}: {c.num_partitions} partition(s) of "
                             f"{c.partition_capacity} x {c.partition_stride} B, retention {_ttl(c.retention_secs)}")
         gated = c.on_full != "overwrite"
-        cols = ["part", "earliest", "latest", "messages", "lost", "abandoned", "TTL", "lease", "incarnation"]
+        # offsets, not messages: a message larger than a slot takes one offset per slot
+        cols = ["part", "earliest", "latest", "offsets held", "lost", "abandoned", "TTL", "lease", "incarnation"]
         if gated:
             cols += ["gate", "held by", "blocked", "time blocked", "BufferFull"]
         for col in cols:
@@ -167,7 +169,8 @@ def describe(name: str, topic: str, as_json: bool) -> None:
                         f"{p.blocked_secs:.3f}s", str(p.full_raised)]
             table.add_row(*row)
         _console().print(table)
-        click.echo(f"produced {d.produced}, lost to overwrite {d.lost}, when full: {c.on_full}")
+        click.echo(f"produced {d.produced} offsets, lost to overwrite {d.lost}, when full: {c.on_full} "
+                   "(offsets: a message larger than a slot takes one per slot)")
 
 
 # ---- groups -----------------------------------------------------------------------------------

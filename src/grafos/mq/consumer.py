@@ -14,7 +14,7 @@ import enum
 import itertools
 import os
 import time
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .. import _validate
 from .._crossing import PollPath
@@ -25,6 +25,9 @@ from ..reader import Batch, Reader, Waiter
 from . import gate
 from .offset import OffsetStore, commit_many, committed_entry
 from .topic import Topic, TopicManager
+
+if TYPE_CHECKING:
+    from ..peek import Peek
 
 __all__ = ["Consumer", "SeekPolicy", "Message"]
 
@@ -59,7 +62,12 @@ class Consumer(PollPath):
     """
 
     def __init__(self, topic: str, group: str = "default", *, max_batch: int = 1024,
-                 gating: bool = False, gating_ttl: float = 30.0) -> None:
+                 gating: bool = False, gating_ttl: float = 30.0, check_crcs: bool = True) -> None:
+        """``check_crcs``: verify each message's checksum on read (see
+        :class:`~grafos.reader.Reader`); ``False`` skips it."""
+        if not isinstance(check_crcs, bool):
+            raise _validate.InvalidType(f"check_crcs must be a bool, not {type(check_crcs).__name__}")
+        self.check_crcs = check_crcs
         self.topic = _validate.name(topic, "topic", 64)
         self.group = _validate.name(group, "group", 64)
         self.max_batch = _validate.integer(max_batch, "max_batch", 1, 1 << 20)
@@ -154,7 +162,7 @@ class Consumer(PollPath):
         # reader slot i is partition i (unassigned ones are None), so no id mapping per message
         wanted = set(parts)
         rd = Reader(mgr.fabric, [t.partitions[p] if p in wanted else None for p in range(t.n)],
-                    max_batch=self.max_batch)
+                    max_batch=self.max_batch, check_crcs=self.check_crcs)
         for p in parts:
             pos = self._positions.get(p)
             same = old is not None and old.incarnation == t.incarnation and \
@@ -252,7 +260,8 @@ class Consumer(PollPath):
         return {p: rd.counters(p)["lost"] for p in self._parts} if rd else {}
 
     def lag(self, mgr: TopicManager) -> dict[int, int]:
-        """Per assigned partition: messages between the position and the end."""
+        """Per assigned partition: offsets between the position and the end (a message
+        larger than a slot counts as one per slot it spans)."""
         rd = self._ensure(mgr)
         out = {}
         for p in self._parts:
@@ -400,6 +409,18 @@ class Consumer(PollPath):
         else:
             commit_many(store, self.group, self.topic, pos, incs)
         return pos
+
+    # ---- in place ------------------------------------------------------------------
+    def peek(self, mgr: TopicManager, max_messages: int = 100) -> "Peek":
+        """Up to ``max_messages`` from the assigned partitions, read in place without
+        waiting: values are views into the rings, checked for overwrite when the
+        block is left (see :mod:`grafos.peek`). Positions move past them as with
+        :meth:`poll`."""
+        rd = self._ensure(mgr)
+        _validate.integer(max_messages, "max_messages", 1)
+        pk = rd.peek(max_messages)
+        self.consumed += len(pk)
+        return pk
 
     def close(self) -> None:
         if self.gating and self._mgr is not None and not self._mgr.fabric.closed:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -24,6 +24,8 @@ from ..partition import MAX_OFFSET, OFFSET_BITS, pack
 from . import gate
 from .topic import Topic, TopicManager
 
+if TYPE_CHECKING:
+    from ..loan import Loan
 _send = lib.gf_send
 _NULL = ffi.NULL
 _RETRIES = 3
@@ -286,6 +288,21 @@ class Producer(SendPath):
             self._reread(mgr)
             return
         self._raise_send(rc, t)
+
+    # ---- in place ------------------------------------------------------------------
+    def loan(self, mgr: TopicManager, size: int, key: bytes | None = None, headers=None) -> "Loan":
+        """A zero-copy write of one message of ``size`` value bytes on the partition
+        :meth:`send_keyed` (or :meth:`send`, without a key) would pick: a context
+        manager over the slots (see :mod:`grafos.loan`)."""
+        from ..loan import Loan
+        if self._bound[0] is not mgr:
+            self._bind(mgr)
+        _, s, t = self._bound
+        if key is not None:
+            key = _validate.as_bytes(key, "key")
+        p = lib.gf_sender_pick(s, key if key is not None else _NULL, len(key or b""), key is not None)
+        part = t.partition(p)
+        return Loan(part.handle, part, size, key, headers, p)
 
     def flush(self, timeout: float | None = None) -> int:
         """Appends are synchronous; nothing is buffered. Returns 0 (messages pending)."""

@@ -103,7 +103,14 @@ class TopicConfig:
 
     @property
     def max_message_bytes(self) -> int:
-        """Room for key + encoded headers + value in one slot."""
+        """The largest key + encoded headers + value one message may have: the whole
+        ring less one slot header (a message larger than a slot spans several)."""
+        return self.partition_capacity * self.partition_stride - lib.GF_SLOT_HDR_SIZE
+
+    @property
+    def slot_room(self) -> int:
+        """Room for key + encoded headers + value in one slot: larger messages take
+        one offset per slot they span."""
         return self.partition_stride - lib.GF_SLOT_HDR_SIZE
 
 
@@ -112,7 +119,7 @@ class PartitionInfo:
     partition: int
     earliest: int
     latest: int
-    lost: int                 #: messages lost to overwrite
+    lost: int                 #: offsets lost to overwrite
     abandoned: int            #: slots skipped after a writer died mid-append
     ttl_remaining: float      #: seconds until the lease expires (0 when expired)
     alive: bool
@@ -135,7 +142,8 @@ class TopicDescription:
 
     @property
     def produced(self) -> int:
-        """Messages appended over the topic's life (since its last restart)."""
+        """Offsets used over the topic's life (since its last restart): one per
+        message, one per slot for a message larger than a slot, plus padding."""
         return sum(p.latest for p in self.partitions)
 
     @property

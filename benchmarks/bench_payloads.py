@@ -1,0 +1,227 @@
+"""Large messages, side by side in one run: grafos against faster-fifo and memcpy.
+
+* **cross-process, 64 KiB**, producer process -> consumer process, single sends
+  (``send_keyed`` / faster-fifo ``put``) and batches of 8 (``send_batch`` /
+  ``put_many``), on a ring of about 2 MiB sized in 64 KiB slots, and on a ring
+  of 4,096 slots of 512 B (each message spans 129 of them). faster-fifo gets a
+  2 MiB buffer in both.
+* **cross-process, 1 MiB** single sends, the ring 4 MiB of 512 B slots.
+* **loan + peek, 1 MiB**, cross-process: the producer fills a loan in place
+  (one memcpy of the payload into the ring), the consumer peeks and touches
+  every byte of the view (a sum over 8-byte words), against one memcpy of the
+  same bytes in one process.
+* **in-process 4 KiB batches** of 64 (``append_batch`` then a poll), reading
+  with checksums verified, not verified, and by peek, against a memcpy of the
+  same working set (write + read is two copies: the ratio is to one).
+
+Rates are messages (and GB/s) reaching the consumer over the consumer's clock.
+Nothing here asserts a speed.
+
+    python benchmarks/bench_payloads.py [--seconds 2]
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import time
+import uuid
+
+import numpy as np
+
+CTX = mp.get_context("spawn")
+KiB, MiB, GB = 1 << 10, 1 << 20, 1 << 30
+
+
+def _stride(size: int) -> int:
+    """A slot that holds `size` bytes after its 40-byte header, 8-aligned."""
+    return (40 + size + 7) // 8 * 8
+
+
+# ---- producers (child processes) -------------------------------------------------------
+def _grafos_producer(bus: str, size: int, batch: int, mode: str, n: int, window: int, consumed, go) -> None:
+    from grafos.mq.producer import Producer
+    from grafos.mq.topic import TopicManager
+    mgr = TopicManager.open(bus)
+    prod = Producer("t")
+    value = b"\x5a" * size
+    values = np.full((batch, size), 0x5A, dtype=np.uint8)
+    go.wait()
+    sent = 0
+    while sent < n:
+        while sent - consumed.value > window:
+            pass
+        if mode == "batch":
+            prod.send_batch(mgr, values)
+            sent += batch
+        elif mode == "loan":
+            with prod.loan(mgr, size) as ln:
+                ln.view[:] = value
+            sent += 1
+        else:
+            prod.send_keyed(mgr, b"k", value)
+            sent += 1
+
+
+def _ff_producer(q, size: int, batch: int, mode: str, n: int, go) -> None:
+    value = b"\x5a" * size
+    go.wait()
+    sent = 0
+    while sent < n:
+        if mode == "batch":
+            q.put_many([value] * batch, timeout=60)
+            sent += batch
+        else:
+            q.put(value, timeout=60)
+            sent += 1
+
+
+def _identity(b):  # noqa: ANN001, ANN202
+    return b
+
+
+# ---- runs ------------------------------------------------------------------------------
+def grafos_cross(size: int, mode: str, capacity: int, stride: int, seconds: float, batch: int = 8) -> float:
+    from grafos.mq.consumer import Consumer
+    from grafos.mq.topic import TopicConfig, TopicManager
+    bus = "bench-pl-" + uuid.uuid4().hex[:8]
+    ring = capacity * stride
+    mgr = TopicManager.open(bus, size=ring + 64 * MiB)
+    try:
+        mgr.create("t", TopicConfig(1, capacity, stride, 600.0))
+        span = -(-(size + 1 + 40) // stride)         # the 1-byte key counts
+        step = batch if mode == "batch" else 1
+        # a ring never blocks its producer: it stays at most a ring's worth of
+        # messages (less the one being read) ahead of the consumer, as a bounded queue would
+        window = max(0, capacity // span - 1 - step)
+        n = max(64, int(seconds * (3 * GB // size if mode != "batch" else 4 * GB // size)))
+        consumed = CTX.Value("q", 0, lock=False)
+        go = CTX.Event()
+        p = CTX.Process(target=_grafos_producer, args=(bus, size, batch, mode, n, window, consumed, go))
+        p.start()
+        c = Consumer("t", max_batch=64)
+        c.poll(mgr, 1)
+        got, t0, first = 0, 0.0, 0
+        go.set()
+        while got < n:
+            if mode == "loan":
+                with c.peek(mgr, 64) as pk:
+                    for m in pk:
+                        np.frombuffer(m.value, np.uint64).sum()
+                k = len(pk)
+            else:
+                k = len(c.poll_batch(mgr, 64, timeout=1.0))
+            if k and not got:          # the clock starts at the first receipt
+                t0, first = time.monotonic(), k
+            got += k
+            consumed.value = got
+            if not k and not p.is_alive() and c.lost().get(0, 0):
+                raise RuntimeError(f"the producer lapped the consumer: {c.lost()} lost")
+        dt = time.monotonic() - t0
+        p.join(30)
+        return (n - first) / dt
+    finally:
+        mgr.close()
+        TopicManager.unlink(bus)
+
+
+def ff_cross(size: int, mode: str, buf: int, seconds: float, batch: int = 8) -> float:
+    import faster_fifo
+    q = faster_fifo.Queue(max_size_bytes=buf, loads=_identity, dumps=_identity)
+    n = max(64, int(seconds * (1 * GB // size)))
+    go = CTX.Event()
+    p = CTX.Process(target=_ff_producer, args=(q, size, batch, mode, n, go))
+    p.start()
+    got, t0, first = 0, 0.0, 0
+    go.set()
+    while got < n:
+        k = len(q.get_many(timeout=10, max_messages_to_get=64))
+        if k and not got:
+            t0, first = time.monotonic(), k
+        got += k
+    dt = time.monotonic() - t0
+    p.join(30)
+    return (n - first) / dt
+
+
+def memcpy_rate(size: int, seconds: float, working_set: int) -> float:
+    """Bytes/s of one memcpy over a working set like the ring's."""
+    from grafos._native import ffi, lib
+    src = ffi.new("uint8_t[]", working_set)
+    dst = ffi.new("uint8_t[]", working_set)
+    ffi.memmove(src, b"\x5a" * working_set, working_set)
+    reps = max(1, int(4 * GB * seconds // working_set))
+    lib.gf_memcpy_bench(dst, src, working_set, 1)
+    t0 = time.perf_counter()
+    lib.gf_memcpy_bench(dst, src, working_set, reps)
+    return reps * working_set / (time.perf_counter() - t0)
+
+
+def inproc_4k(how: str, seconds: float, batch: int = 64, size: int = 4 * KiB) -> float:
+    """Messages/s of append_batch + read of `batch` 4 KiB messages, one thread."""
+    from grafos import Fabric
+    from grafos.partition import Partition
+    from grafos.reader import Reader
+    fab = Fabric(64 * MiB)
+    part = Partition.create(fab, 4 * batch, _stride(size), ttl=600)
+    rd = Reader(fab, [part], max_batch=batch, check_crcs=(how != "nocrc"))
+    values = np.full((batch, size), 0x5A, dtype=np.uint8)
+    n = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        part.append_batch(values)
+        if how == "peek":
+            with rd.peek(batch) as pk:
+                k = len(pk)
+        else:
+            k = rd.poll_raw(batch)
+        n += k
+    dt = time.perf_counter() - t0
+    fab.close()
+    return n / dt
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=2.0, help="about this long per row")
+    a = ap.parse_args(argv)
+    s = a.seconds
+    rows = []
+
+    def row(name: str, rate: float, size: int, peer: float | None = None, peer_name: str = "") -> None:
+        gbs = rate * size / 1e9
+        ratio = f"  {rate / peer:5.2f}x {peer_name}" if peer else ""
+        rows.append(f"{name:<58} {rate / 1e3:9.1f} k/s {gbs:6.2f} GB/s{ratio}")
+        print(rows[-1], flush=True)
+
+    size = 64 * KiB
+    ff1 = ff_cross(size, "single", 2 * MiB, s)
+    row("faster-fifo 64 KiB put/get_many, 2 MiB buffer", ff1, size)
+    ffb = ff_cross(size, "batch", 2 * MiB, s)
+    row("faster-fifo 64 KiB put_many(8)/get_many, 2 MiB buffer", ffb, size)
+    row("grafos 64 KiB send_keyed, 32 x 64 KiB slots (2 MiB)",
+        grafos_cross(size, "single", 32, _stride(size + 1), s), size, ff1, "faster-fifo single")
+    row("grafos 64 KiB send_batch(8), 32 x 64 KiB slots (2 MiB)",
+        grafos_cross(size, "batch", 32, _stride(size + 1), s), size, ffb, "faster-fifo put_many")
+    row("grafos 64 KiB send_keyed, 4096 x 512 B slots (2 MiB)",
+        grafos_cross(size, "single", 4096, 512, s), size, ff1, "faster-fifo single")
+    row("grafos 64 KiB send_batch(8), 4096 x 512 B slots (2 MiB)",
+        grafos_cross(size, "batch", 4096, 512, s), size, ffb, "faster-fifo put_many")
+    big = MiB
+    ffm = ff_cross(big, "single", 4 * MiB, s)
+    row("faster-fifo 1 MiB put/get_many, 4 MiB buffer", ffm, big)
+    row("grafos 1 MiB send_keyed, 8192 x 512 B slots (4 MiB)",
+        grafos_cross(big, "single", 8192, 512, s), big, ffm, "faster-fifo")
+    mc = memcpy_rate(big, s, 4 * MiB) / big
+    row("memcpy 1 MiB (4 MiB working set)", mc, big)
+    row("grafos 1 MiB loan + peek (touching every byte), 4 MiB ring",
+        grafos_cross(big, "loan", 8192, 512, s), big, mc, "memcpy")
+    mc4 = memcpy_rate(4 * KiB, s, 256 * _stride(4 * KiB)) / (4 * KiB)
+    row("memcpy 4 KiB (ring-sized working set, 1 MiB)", mc4, 4 * KiB)
+    for how, name in [("crc", "checksums verified"), ("nocrc", "verification off"), ("peek", "read by peek")]:
+        row(f"grafos in-process 4 KiB batch(64), {name}", inproc_4k(how, s), 4 * KiB, mc4, "memcpy")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""Zero-copy reads: a :class:`Peek` holds messages whose values are views into
+the ring itself, nothing copied.
+
+    with consumer.peek(mgr, 16) as msgs:         # or reader.peek(16)
+        for m in msgs:
+            process(np.frombuffer(m.value, np.float32))   # m.value: a read-only memoryview
+    if msgs.overwritten:                         # checked on leaving the block
+        ...                                      # these were overwritten while in use
+
+A ring overwrites its oldest messages whatever its readers do, so a value read
+in place can change under the reader. Leaving the block (or
+:meth:`Peek.release`) checks every message: ``m.intact`` is True if no writer
+touched its slots while it was in use, False if one did (its bytes may be torn
+or another message's: discard what was computed from them), and
+:attr:`Peek.overwritten` lists the latter. The check is exact in one direction:
+a message reported intact was not overwritten.
+
+Lifetime: keys and headers are copied (small); values are views valid inside
+the block. Release releases them: using a value afterwards raises
+``ValueError``, it never reads another message's bytes. What is derived from a
+value -- slices of it, ``np.frombuffer(m.value)`` -- shares its bytes through
+Python's buffer protocol and cannot be revoked: those must not outlive the
+block (copy with ``bytes(m.value)`` or ``np.array(...)`` what must). An object
+still holding the value's buffer at release (an unfinished
+``struct.iter_unpack`` over it, say) keeps the view from being released:
+release then raises :class:`ViewsInUse` (a ``BufferError``), after checking
+every message.
+
+The reader's position moves past the peeked messages when they are taken, as a
+poll would.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+from ._check import raise_for
+from ._native import ffi, lib
+from .errors import CorruptFabric, GrafosError
+from .message import Headers, decode_headers
+
+
+class ViewsInUse(GrafosError, BufferError):
+    """A peeked value is still exported (a numpy array or slice of it is alive) at release."""
+
+
+class PeekedMessage:
+    """One message read in place: ``value`` is a read-only memoryview into the ring."""
+
+    __slots__ = ("partition", "offset", "timestamp", "key", "headers", "value", "intact", "_ring")
+
+    def __init__(self, partition: int, offset: int, timestamp: int, key: bytes | None,
+                 headers: Headers, value: memoryview, ring: Any) -> None:
+        self.partition = partition
+        self.offset = offset
+        self.timestamp = timestamp
+        self.key = key
+        self.headers = headers
+        self.value = value
+        self.intact: bool | None = None     #: set at release
+        self._ring = ring
+
+    def __repr__(self) -> str:
+        return (f"<PeekedMessage partition={self.partition} offset={self.offset} "
+                f"{self.value.nbytes if self.intact is None else '-'} B intact={self.intact}>")
+
+
+class Peek:
+    """Messages read in place from one or more rings; see the module doc."""
+
+    def __init__(self, messages: list[PeekedMessage], owners: list[object]) -> None:
+        self.messages = messages
+        self._owners = owners          # the partitions: their rings outlive the views
+        self.overwritten: list[PeekedMessage] = []
+        self.released = False
+
+    @classmethod
+    def take(cls, sources: Sequence[tuple[int, Any, Any, object]], max_messages: int) -> "Peek":
+        """``sources``: (partition id, gf_ring *, gf_cursor *, owner) per ring."""
+        meta = ffi.new("gf_msg_meta[]", max(max_messages, 1))
+        out: list[PeekedMessage] = []
+        owners: list[object] = []
+        for pid, ring, cursor, owner in sources:
+            left = max_messages - len(out)
+            if left <= 0:
+                break
+            rc = lib.gf_ring_peek(ring, cursor, left, meta, 0)
+            if rc < 0:
+                raise_for(rc, "peek")
+            if rc:
+                owners.append(owner)
+            for i in range(rc):
+                m = meta[i]
+                base = lib.gf_ring_slot_data(ring, m.pos)
+                kl, hl, vl = m.key_len, m.hdr_len, m.val_len
+                key = ffi.buffer(base, kl)[:] if m.flags & 1 else None
+                try:
+                    headers = decode_headers(ffi.buffer(base + kl, hl)[:]) if hl else ()
+                except CorruptFabric:
+                    headers = ()
+                value = memoryview(ffi.buffer(base + kl + hl, vl)).toreadonly()
+                out.append(PeekedMessage(pid, m.offset, m.ts_ns, key, headers, value, ring))
+        return cls(out, owners)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def __iter__(self) -> Iterator[PeekedMessage]:
+        return iter(self.messages)
+
+    def __getitem__(self, i: int) -> PeekedMessage:
+        return self.messages[i]
+
+    def release(self) -> list[PeekedMessage]:
+        """Check every message (``intact``), release the views, and return those
+        that were overwritten while in use. Idempotent."""
+        if self.released:
+            return self.overwritten
+        self.released = True
+        in_use = 0
+        for m in self.messages:
+            m.intact = bool(lib.gf_ring_intact(m._ring, m.offset))
+            if not m.intact:
+                self.overwritten.append(m)
+            try:
+                m.value.release()
+            except BufferError:
+                in_use += 1
+        self._owners = []
+        if in_use:
+            raise ViewsInUse(f"{in_use} peeked value(s) are still held by other objects (numpy arrays or "
+                             "slices of them) at release: copy what must outlive the peek")
+        return self.overwritten
+
+    def __enter__(self) -> "Peek":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        return f"<Peek of {len(self.messages)} messages{' released' if self.released else ''}>"

@@ -1,0 +1,241 @@
+"""Zero-copy writes (loans) and reads (peeks): what is published, what readers
+skip, and that a value read in place is never trusted after a writer touched it."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import signal
+import struct
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from grafos import Fabric
+from grafos.errors import InvalidArgument, MessageTooLarge, SlotAbandoned
+from grafos.mq.consumer import Consumer
+from grafos.mq.producer import Producer, kafka_partition
+from grafos.mq.topic import TopicConfig, TopicManager
+from grafos.partition import Partition
+from grafos.peek import ViewsInUse
+
+from core_procs import loan_until_killed, produce_spans_until_killed, stress_scale, unseal
+
+SLACK = 2.0
+
+
+@pytest.fixture
+def fab():
+    with Fabric(16 << 20) as f:
+        yield f
+
+
+# ---- loans -----------------------------------------------------------------------------
+def test_a_committed_loan_is_one_message_with_its_key_headers_and_value_in_place(fab):
+    part = Partition.create(fab, 64, 256, ttl=600)
+    frame = np.arange(1000, dtype=np.float32).reshape(20, 50)
+    part.append(b"before")
+    with part.loan(frame.nbytes, key=b"cam-1", headers=[("shape", b"20x50")]) as ln:
+        np.copyto(ln.array(np.float32, frame.shape), frame)
+    assert not ln.open and ln.offset == 1
+    part.append(b"after")
+    got = [m for _, m in part.reader(0).poll(10)]
+    assert [m.offset for m in got] == [0, 1, 1 + -(-(40 + 5 + 14 + frame.nbytes) // 256)]
+    m = got[1]
+    assert m.key == b"cam-1" and m.headers == (("shape", b"20x50"),)
+    assert np.array_equal(np.frombuffer(m.value, np.float32).reshape(20, 50), frame)
+    with pytest.raises(ValueError):
+        ln.view[0]                                  # released at commit
+
+
+def test_an_exception_in_the_block_abandons_the_loan_and_readers_skip_it_at_once(fab):
+    fab.set_bounded_wait(30.0)                      # a stalled slot would cost half a minute
+    part = Partition.create(fab, 64, 256, ttl=600)
+    rd = part.reader(0)
+    with pytest.raises(RuntimeError):
+        with part.loan(3000) as ln:
+            ln.view[:5] = b"half-"
+            raise RuntimeError("producer failed mid-frame")
+    part.append(b"next")
+    t0 = time.monotonic()
+    assert [m.value for _, m in rd.poll(10, timeout=5)] == [b"next"]
+    assert time.monotonic() - t0 < 1.0
+    assert rd.counters(0)["abandoned"] == 1
+
+
+def test_a_loan_held_past_the_bounded_wait_is_refused_at_commit_and_never_published(fab):
+    fab.set_bounded_wait(0.1)
+    part = Partition.create(fab, 64, 256, ttl=600)
+    rd = part.reader(0)
+    ln = part.loan(1000)
+    ln.view[:] = b"x" * 1000
+    deadline = time.monotonic() + 0.1 + SLACK
+    while rd.counters(0)["abandoned"] == 0 and time.monotonic() < deadline:
+        rd.poll(10, timeout=0.05)
+    with pytest.raises(SlotAbandoned, match="bounded wait"):
+        ln.commit()
+    part.append(b"next")
+    assert [m.value for _, m in part.reader(0).poll(10)] == [b"next"]
+
+
+def test_a_producer_loan_lands_where_send_keyed_would_send(fab):
+    mgr = TopicManager(fab)
+    mgr.create("frames", TopicConfig(4, 64, 256, 600.0))
+    prod = Producer("frames")
+    for key in [b"a", b"bb", b"camera-7"]:
+        with prod.loan(mgr, 600, key=key) as ln:
+            ln.view[:] = key * (600 // len(key)) + b"!" * (600 % len(key))
+        assert ln.partition == kafka_partition(key, 4)
+    c = Consumer("frames")
+    got = {m.key: (p, len(m.value)) for p, m in c.poll(mgr, 10)}
+    assert got == {k: (kafka_partition(k, 4), 600) for k in [b"a", b"bb", b"camera-7"]}
+
+
+def test_bad_loans_raise_clear_errors_and_leave_the_ring_as_it_was(fab):
+    part = Partition.create(fab, 8, 128, ttl=600)
+    with pytest.raises(MessageTooLarge, match="larger than the partition's ring"):
+        part.loan(8 * 128)
+    with pytest.raises(InvalidArgument):
+        part.loan(-1)
+    with pytest.raises(TypeError):
+        part.loan(10, key="text")
+    assert part.state().latest == 0
+    with part.loan(100) as ln:
+        with pytest.raises(InvalidArgument, match="needs 400 bytes"):
+            ln.array(np.float32, (10, 10))
+        with pytest.raises(InvalidArgument, match="whole number"):
+            ln.array(np.float64)
+        ln.view[:] = bytes(100)
+    with pytest.raises(InvalidArgument, match="no longer open"):
+        ln.array()
+    with pytest.raises(InvalidArgument, match="already committed"):
+        ln.commit()
+    assert [len(m.value) for _, m in part.reader(0).poll(10)] == [100]
+
+
+# ---- peeks -----------------------------------------------------------------------------
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(capacity=st.integers(2, 12), sizes=st.lists(st.integers(0, 300), min_size=1, max_size=10),
+       more=st.lists(st.integers(0, 300), max_size=20), n=st.integers(1, 10))
+def test_a_writer_lapping_a_peek_is_detected_for_exactly_the_messages_it_touched(capacity, sizes, more, n):
+    with Fabric(4 << 20) as fab:
+        part = Partition.create(fab, capacity, 64, ttl=600)
+        sizes = [s for s in sizes if s <= part.max_message] or [0]
+        for i, s in enumerate(sizes):
+            part.append(bytes([i]) * s)
+        rd = part.reader(0)
+        with rd.peek(n) as pk:
+            seen = [(m.offset, bytes(m.value)) for m in pk]
+            for s in more:
+                if s <= part.max_message:
+                    part.append(b"\xee" * s)
+        tail = part.state().latest
+        for m in pk:
+            assert m.intact == (tail <= m.offset + capacity)
+        assert pk.overwritten == [m for m in pk if not m.intact]
+        # what the peek saw before the writer came is what a copying read sees
+        assert all(v == bytes([v[0]]) * len(v) for _, v in seen if v)
+
+
+def test_a_released_value_cannot_be_read_and_a_held_one_is_reported(fab):
+    part = Partition.create(fab, 16, 128, ttl=600)
+    part.append(b"a" * 200)
+    part.append(b"b" * 10)
+    rd = part.reader(0)
+    pk = rd.peek(10)
+    v = pk[0].value
+    assert bytes(v) == b"a" * 200 and v.readonly
+    assert pk.release() == []
+    with pytest.raises(ValueError):
+        bytes(v)
+    part.append(b"c" * 10)
+    with pytest.raises(ViewsInUse, match="1 peeked value"):
+        with rd.peek(10) as pk2:
+            rows = struct.iter_unpack("<B", pk2[0].value)   # holds a buffer of the value
+    assert pk2[0].intact is True and next(rows) == (ord("c"),)
+
+
+def test_a_consumer_peek_moves_its_position_like_a_poll(fab):
+    mgr = TopicManager(fab)
+    mgr.create("t", TopicConfig(2, 64, 128, 600.0))
+    prod = Producer("t")
+    sent = [prod.send_keyed(mgr, b"k%d" % i, b"v" * (i * 40)) for i in range(8)]
+    c = Consumer("t")
+    with c.peek(mgr, 100) as pk:
+        got = sorted((m.partition, m.offset, m.key, len(m.value)) for m in pk)
+    assert got == sorted((p, o, b"k%d" % i, i * 40) for i, (p, o) in enumerate(sent))
+    assert all(m.intact for m in pk)
+    ends = {p: max(o + (1 if 40 * i <= 88 - 2 else -(-(40 + 2 + 40 * i) // 128)) for i, (pp, o) in enumerate(sent)
+                   if pp == p) for p, _ in sent}
+    assert c.positions() == ends
+    assert c.poll(mgr, 10) == []
+
+
+@pytest.mark.stress
+def test_peeks_racing_a_producer_in_another_process_never_pass_a_torn_value(shm_name):
+    ctx = mp.get_context("spawn")
+    seconds = max(1.0, 4.0 * stress_scale())
+    with Fabric.open(shm_name, size=32 << 20) as fab:
+        part = Partition.create(fab, 64, 256, ttl=600)   # small: the producer laps the reader often
+        ready = ctx.Event()
+        child = ctx.Process(target=produce_spans_until_killed,
+                            args=(shm_name, part.lease.index, part.lease.id, ready, 7))
+        child.start()
+        intact = overwritten = 0
+        try:
+            assert ready.wait(60)
+            rd = part.reader(0)
+            until = time.monotonic() + seconds
+            while time.monotonic() < until:
+                with rd.peek(8) as pk:
+                    seen = [unseal(bytes(m.value)) is not None for m in pk]
+                for m, ok in zip(pk, seen):
+                    if m.intact:
+                        assert ok, f"offset {m.offset}: a torn value was reported intact"
+                        intact += 1
+                    else:
+                        overwritten += 1
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.join(30)
+        assert intact > 0
+        part.lease.release()
+
+
+@pytest.mark.stress
+def test_a_writer_killed_mid_loan_never_stalls_readers_past_the_bounded_wait(shm_name):
+    iterations = max(1, round(20 * stress_scale()))
+    bw = 0.25
+    ctx = mp.get_context("spawn")
+    rnd = random.Random(99)
+    with Fabric.open(shm_name, size=32 << 20) as fab:
+        fab.set_bounded_wait(bw)
+        for it in range(iterations):
+            part = Partition.create(fab, 1024, 256, ttl=600)
+            rd = part.reader(0)
+            ready = ctx.Event()
+            child = ctx.Process(target=loan_until_killed,
+                                args=(shm_name, part.lease.index, part.lease.id, ready, it))
+            child.start()
+            delivered = []
+            try:
+                assert ready.wait(60)
+                until = time.monotonic() + rnd.uniform(0.0, 0.05)
+                while time.monotonic() < until:
+                    delivered += rd.poll(1024)
+            finally:
+                os.kill(child.pid, signal.SIGKILL)
+                child.join(30)
+            killed_at = time.monotonic()
+            tail = part.state().latest
+            while rd.position(0) < tail:
+                delivered += rd.poll(1024, timeout=0.05)
+                assert time.monotonic() - killed_at <= bw + SLACK, f"iteration {it}: reader stuck"
+            c = rd.counters(0)
+            assert [m.offset for _, m in delivered if unseal(m.value) is None] == []
+            assert c["corrupt"] == 0
+            assert len(delivered) + c["lost"] + c["abandoned"] + rd.gaps(0) == tail
+            part.lease.release()
