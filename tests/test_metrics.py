@@ -145,3 +145,37 @@ def test_metrics_without_prometheus_client_should_say_what_to_install(monkeypatc
     monkeypatch.delitem(sys.modules, "grafos.metrics", raising=False)
     res = CliRunner().invoke(main, ["metrics", bus[0], "--port", "0"])
     assert res.exit_code == 1 and 'pip install "grafos[metrics]"' in res.output
+
+
+def test_metrics_should_show_the_gate_and_refused_sends_of_a_full_topic():
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.parser import text_string_to_metric_families
+    from prometheus_client.exposition import generate_latest
+
+    from grafos.errors import BufferFull
+    from grafos.metrics import BusCollector
+    from grafos.mq.group import ConsumerGroup
+    from grafos.mq.offset import FabricOffsetStore
+    from grafos.mq.producer import Producer
+    from grafos.mq.topic import TopicConfig, TopicManager
+
+    mgr = TopicManager(size=16 << 20)
+    mgr.create("jobs", TopicConfig(1, 8, 128, 600.0, on_full="raise"))
+    g = ConsumerGroup("workers", "jobs", 1, 30.0, mgr=mgr)
+    g.claim("w1")
+    g.commit(FabricOffsetStore(mgr), "w1", "jobs", {0: 0})
+    prod = Producer("jobs")
+    for i in range(8):
+        prod.send(mgr, b"%d" % i)
+    for _ in range(3):
+        with pytest.raises(BufferFull):
+            prod.send(mgr, b"x")
+    reg = CollectorRegistry()
+    reg.register(BusCollector(mgr))
+    got = {(s.name, s.labels.get("topic")): s.value
+           for f in text_string_to_metric_families(generate_latest(reg).decode()) for s in f.samples}
+    d = mgr.describe("jobs").partitions[0]
+    assert got[("grafos_partition_gate_offset", "jobs")] == d.gate == 8
+    assert got[("grafos_partition_buffer_full_total", "jobs")] == d.full_raised == 3
+    assert got[("grafos_partition_blocked_producers", "jobs")] == 0
+    mgr.close()

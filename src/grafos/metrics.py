@@ -24,6 +24,10 @@ metric                                     type    labels
 ``grafos_partition_lease_ttl_seconds``     gauge   topic, partition (0 when expired)
 ``grafos_partition_alive``                 gauge   topic, partition
 ``grafos_partition_reserved_bytes``        gauge   topic, partition (the lease's region)
+``grafos_partition_gate_offset``           gauge   topic, partition (producers write below it; 0: not gated)
+``grafos_partition_blocked_producers``     gauge   topic, partition (waiting for room now)
+``grafos_partition_blocked_seconds_total`` counter topic, partition (time producers waited for room)
+``grafos_partition_buffer_full_total``     counter topic, partition (sends refused with BufferFull)
 ``grafos_partition_consumed_total``        counter topic, partition, group (committed past)
 ``grafos_partition_lag``                   gauge   topic, partition, group
 ``grafos_group_members``                   gauge   group, topic
@@ -95,6 +99,15 @@ class BusCollector(Collector):
                                   labels=_P)
         reserved = GaugeMetricFamily("grafos_partition_reserved_bytes", "Bytes of the fabric reserved "
                                      "for the partition (its lease's region).", labels=_P)
+        gate_off = GaugeMetricFamily("grafos_partition_gate_offset", "Producers may write offsets below "
+                                     "this (the slowest live gating reader plus the ring); 0: not gated.",
+                                     labels=_P)
+        blocked = GaugeMetricFamily("grafos_partition_blocked_producers", "Producers waiting for room "
+                                    "now (topics with on_full block).", labels=_P)
+        blocked_s = CounterMetricFamily("grafos_partition_blocked_seconds", "Time producers spent "
+                                        "waiting for room.", labels=_P)
+        full = CounterMetricFamily("grafos_partition_buffer_full", "Sends refused with BufferFull.",
+                                   labels=_P)
         consumed = CounterMetricFamily("grafos_partition_consumed", "Messages the group has committed "
                                        "past (since the topic's last restart).", labels=_PG)
         lag = GaugeMetricFamily("grafos_partition_lag", "Messages between the group's committed offset "
@@ -112,6 +125,10 @@ class BusCollector(Collector):
                 produced.add_metric(lb, p.latest)
                 lost.add_metric(lb, p.lost)
                 abandoned.add_metric(lb, p.abandoned)
+                gate_off.add_metric(lb, p.gate)
+                blocked.add_metric(lb, p.blocked)
+                blocked_s.add_metric(lb, p.blocked_secs)
+                full.add_metric(lb, p.full_raised)
                 earliest.add_metric(lb, p.earliest)
                 ttl.add_metric(lb, p.ttl_remaining)
                 alive.add_metric(lb, 1 if p.alive else 0)
@@ -168,5 +185,6 @@ class BusCollector(Collector):
             CounterMetricFamily("grafos_fabric_lock_recoveries", "Times the metadata lock was taken "
                                 "over from a dead holder.", value=info.lock_recoveries),
         ]
-        yield from (produced, lost, abandoned, earliest, ttl, alive, reserved, consumed, lag,
+        yield from (produced, lost, abandoned, earliest, ttl, alive, reserved, gate_off, blocked, blocked_s,
+                    full, consumed, lag,
                     members, stale, hb_age, owner, *fab)
