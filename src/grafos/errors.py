@@ -80,5 +80,10 @@ class Fenced(GrafosError):
     """A consumer-group member lost the partition to another member."""
 
 
+class Unavailable(GrafosError, ConnectionError):
+    """The server behind a remote bus did not answer in time (down, unreachable,
+    or electing a leader); the call gave up after its bounded wait."""
+
+
 class UnsupportedPlatform(GrafosError, ImportError):
     """grafos runs on Linux only."""

@@ -15,7 +15,7 @@ from ..errors import Fenced, InvalidArgument
 from ..message import Message
 from ..reader import Batch, Reader
 from .offset import OffsetStore
-from .topic import Topic, TopicManager
+from .topic import RemoteManager, Topic, TopicManager
 
 __all__ = ["Consumer", "SeekPolicy", "Message"]
 
@@ -80,6 +80,15 @@ class Consumer:
             return list(self._assigned)
         return list(self._parts)
 
+    def assigned(self) -> list[int] | None:
+        """The partitions given to :meth:`assign`; None if never assigned (all of them)."""
+        return None if self._assigned is None else list(self._assigned)
+
+    def _remote(self) -> RemoteManager | None:
+        """The server bus this consumer last read through (None: shared memory)."""
+        m = self._mgr
+        return m if isinstance(m, RemoteManager) else None
+
     def bind(self, group: object, member: str) -> None:
         """Tie this consumer to a group member: commits for partitions the member
         no longer owns raise :class:`~grafos.errors.Fenced`."""
@@ -127,6 +136,11 @@ class Consumer:
     def seek(self, mgr: TopicManager, store_or_partition=None, policy: SeekPolicy | int | None = None) -> None:
         """``seek(mgr, store, SeekPolicy.Committed|Earliest|Latest)`` for every assigned
         partition, or ``seek(mgr, partition, offset)`` for one."""
+        if isinstance(mgr, RemoteManager) and not (isinstance(store_or_partition, int)
+                                                   and not isinstance(store_or_partition, bool)):
+            self._mgr = mgr
+            mgr.seek(self, store_or_partition, policy)
+            return
         if isinstance(store_or_partition, int) and not isinstance(store_or_partition, bool):
             self.seek_partition(mgr, store_or_partition, policy)   # type: ignore[arg-type]
             return
@@ -155,6 +169,10 @@ class Consumer:
 
     def seek_partition(self, mgr: TopicManager, partition: int, offset: int) -> None:
         """Put one assigned partition at ``offset`` (at most its end)."""
+        if isinstance(mgr, RemoteManager):
+            self._mgr = mgr
+            mgr.seek_partition(self, partition, offset)
+            return
         rd = self._ensure(mgr)
         i = self._index(partition)
         _validate.integer(offset, "offset", 0, (1 << 48) - 1)
@@ -172,6 +190,8 @@ class Consumer:
 
     def position(self, partition: int) -> int:
         """The next offset this consumer will read from ``partition``."""
+        if (remote := self._remote()) is not None:
+            return remote.position(self, partition)
         if self._reader is None:
             if partition in self._positions:
                 return self._positions[partition]
@@ -179,17 +199,24 @@ class Consumer:
         return self._reader.position(self._index(partition))
 
     def positions(self) -> dict[int, int]:
+        if (remote := self._remote()) is not None:
+            return remote.positions(self)
         if self._reader is None:
             return dict(self._positions)
         return {p: self._reader.position(p) for p in self._parts}
 
     def lost(self) -> dict[int, int]:
         """Per partition: messages overwritten before this consumer read them."""
+        if (remote := self._remote()) is not None:
+            return remote.lost(self)
         rd = self._reader
         return {p: rd.counters(p)["lost"] for p in self._parts} if rd else {}
 
     def lag(self, mgr: TopicManager) -> dict[int, int]:
         """Per assigned partition: messages between the position and the end."""
+        if isinstance(mgr, RemoteManager):
+            self._mgr = mgr
+            return mgr.lag(self)
         rd = self._ensure(mgr)
         out = {}
         for p in self._parts:
@@ -210,6 +237,11 @@ class Consumer:
         """
         rd = self._reader
         if rd is None or mgr is not self._mgr or mgr._topics.get(self.topic) is not self._t:
+            if isinstance(mgr, RemoteManager):      # a bus on a server: it polls
+                self._mgr = mgr
+                msgs = mgr.poll(self, max_messages, timeout)
+                self.consumed += len(msgs)
+                return msgs
             rd = self._ensure(mgr)
         if type(max_messages) is not int or max_messages < 1:
             _validate.integer(max_messages, "max_messages", 1)
@@ -230,6 +262,11 @@ class Consumer:
         one buffer (valid until the next poll)."""
         rd = self._reader
         if rd is None or mgr is not self._mgr or mgr._topics.get(self.topic) is not self._t:
+            if isinstance(mgr, RemoteManager):      # a bus on a server: it polls
+                self._mgr = mgr
+                b = mgr.poll_batch(self, max_messages, timeout)
+                self.consumed += len(b)
+                return b
             rd = self._ensure(mgr)
         _validate.integer(max_messages, "max_messages", 1)
         _validate.timeout(timeout)
@@ -299,8 +336,7 @@ class Consumer:
                 if p not in pos:
                     raise InvalidArgument(f"partition {p} is not assigned to this consumer")
                 _validate.integer(off, "offset", 0)
-                part = self._t.partitions[p] if self._t is not None else None  # type: ignore[index]
-                latest = part.state().latest if part is not None else 0
+                latest = self._latest(p)
                 if off > latest:
                     raise InvalidArgument(f"cannot commit offset {off} for partition {p}: beyond its end ({latest})")
             pos = dict(offsets)
@@ -312,7 +348,16 @@ class Consumer:
                 store.commit(self.group, self.topic, p, off)
         return pos
 
+    def _latest(self, p: int) -> int:
+        """The end of partition ``p`` (for checking a commit)."""
+        if (remote := self._remote()) is not None:
+            return remote.latest(self, p)
+        part = self._t.partitions[p] if self._t is not None else None  # type: ignore[index]
+        return part.state().latest if part is not None else 0
+
     def close(self) -> None:
+        if (remote := self._remote()) is not None:
+            remote.close_consumer(self)
         self._save_positions()
         self._reader = None
         self._t = None

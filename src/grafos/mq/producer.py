@@ -14,7 +14,7 @@ from .._native import ffi, lib
 from ..errors import InvalidArgument, LeaseExpired, MessageTooLarge, NotFound
 from ..message import encode_headers
 from ..partition import pack
-from .topic import Topic, TopicManager
+from .topic import RemoteManager, Topic, TopicManager
 
 _MASK48 = (1 << 48) - 1
 _send = lib.gf_send
@@ -116,6 +116,8 @@ class Producer:
 
     def _send_slow(self, mgr: TopicManager, key, value, headers) -> tuple[int, int]:
         """Checks, headers, retries; also where every error is raised."""
+        if isinstance(mgr, RemoteManager):      # a bus on a server: it sends
+            return mgr.send(self, key, value, headers)
         value = _validate.as_bytes(value, "value")
         if key is not None:
             key = _validate.as_bytes(key, "key")
@@ -166,6 +168,8 @@ class Producer:
         """Append many messages with one crossing into C. ``values`` is a list of
         bytes or a 2-D uint8 numpy array (one row per message). Returns
         (partitions, offsets) as numpy arrays."""
+        if isinstance(mgr, RemoteManager):      # a bus on a server: pipelined publishes
+            return mgr.send_batch(self, values, keys)
         vals, vlens = pack(values, "values")
         n = len(vlens)
         if n == 0:
