@@ -20,9 +20,9 @@ from grafos.mq.producer import Partitioner, Producer, kafka_partition
 from grafos.mq.topic import TopicConfig, TopicManager
 
 
-@pytest.fixture(params=["inproc", "named"])
+@pytest.fixture(params=["inproc", "named", "jetstream"])
 def mgr(request, shm_name):
-    m = make_mgr(request.param, shm_name)
+    m = make_mgr(request.param, shm_name, request)
     m.create("events", TopicConfig(num_partitions=4, partition_capacity=4096, partition_stride=256))
     yield m
     m.close()

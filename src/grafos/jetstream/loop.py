@@ -52,6 +52,7 @@ class Loop:
         self._thread = threading.Thread(target=self.loop.run_forever, name="grafos-jetstream",
                                         daemon=True)
         self._thread.start()
+        self._spawned: set[concurrent.futures.Future] = set()
 
     def run(self, coro: Coroutine[Any, Any, T], what: str, timeout: float | None = -1.0) -> T:
         """Run ``coro`` on the loop and wait for it (``timeout`` seconds, the
@@ -77,24 +78,21 @@ class Loop:
             raise err from None
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run ``coro`` on the loop without waiting (best-effort cleanup)."""
-        asyncio.run_coroutine_threadsafe(coro, self.loop)
+        """Run ``coro`` on the loop without waiting (best-effort cleanup; see :meth:`settle`)."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        self._spawned.add(fut)
+        fut.add_done_callback(self._spawned.discard)
 
-    async def _settle(self) -> None:
-        """Let background cleanups finish (bounded), then cancel what is left."""
-        me = asyncio.current_task()
-        tasks = [t for t in asyncio.all_tasks() if t is not me]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=1.0)
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=0.5)
+    async def settle(self) -> None:
+        """Let the cleanups started by :meth:`spawn` finish (bounded)."""
+        futs = [asyncio.wrap_future(f) for f in list(self._spawned)]
+        if futs:
+            await asyncio.wait(futs, timeout=1.0)
 
     def stop(self) -> None:
         if self.loop.is_running() and threading.current_thread() is not self._thread:
             try:
-                asyncio.run_coroutine_threadsafe(self._settle(), self.loop).result(3.0)
+                asyncio.run_coroutine_threadsafe(self.settle(), self.loop).result(3.0)
             except Exception:  # noqa: BLE001 - stopping anyway
                 pass
         if self.loop.is_running():

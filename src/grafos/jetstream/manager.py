@@ -157,6 +157,7 @@ class JetStreamManager(RemoteManager):
         self._closed = True
         try:
             self.cursors.close_all()
+            self.loop.run(self.loop.settle(), "closing feeds", timeout=3.0)
             self.loop.run(self.nc.close(), "closing the connection", timeout=2.0)
         except Exception:   # noqa: BLE001 - closing a dead connection is not an error
             pass
@@ -575,6 +576,12 @@ class JetStreamManager(RemoteManager):
 
     def latest(self, consumer: "Consumer", partition: int) -> int:
         return self.cursors.latest(consumer, partition)
+
+    def check_assignment(self, consumer: "Consumer", partitions: list[int]) -> None:
+        n = self.topic(consumer.topic).n
+        for p in partitions:
+            if p >= n:
+                raise InvalidArgument(f"topic {consumer.topic!r} has partitions 0..{n - 1}, not {p}")
 
     def close_consumer(self, consumer: "Consumer") -> None:
         self.cursors.close(consumer)

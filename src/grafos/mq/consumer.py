@@ -71,6 +71,8 @@ class Consumer:
             for p in parts:
                 if p >= self._t.n:
                     raise InvalidArgument(f"topic {self.topic!r} has partitions 0..{self._t.n - 1}, not {p}")
+        elif (remote := self._remote()) is not None:
+            remote.check_assignment(self, parts)
         self._save_positions()
         self._assigned = sorted(parts)
         self._reader = None
