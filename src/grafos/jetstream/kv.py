@@ -82,9 +82,10 @@ async def delete(js: JetStreamContext, bucket: str, key: str, last: int | None =
         raise
 
 
-async def keys(js: JetStreamContext, bucket: str, prefix: str) -> list[str]:
-    """Keys under ``prefix`` that have a message (deleted ones may show for a second)."""
-    info = await js.stream_info(f"KV_{bucket}", subjects_filter=subject(bucket, prefix) + ">")
+async def keys(js: JetStreamContext, bucket: str, prefix: str, pattern: str = ">") -> list[str]:
+    """Keys ``prefix`` + ``pattern`` (a NATS wildcard) that have a message (deleted
+    ones may show for a second)."""
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=subject(bucket, prefix) + pattern)
     subjects = info.state.subjects or {}
     cut = len(subject(bucket, ""))
     return sorted(s[cut:] for s in subjects)

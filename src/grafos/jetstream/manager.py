@@ -229,6 +229,12 @@ class JetStreamManager(RemoteManager):
             await self._delete_stream(s)
         for i in range(n):
             await kv.delete(self.js, names.LEASES, names.lease_key(tok, i))
+        # the topic's groups (members, claims, offsets) and nack counts go with it
+        for key in await kv.keys(self.js, names.GROUPS, "g.", f"*.{tok}"):
+            await kv.delete(self.js, names.GROUPS, key)
+        for key in (await kv.keys(self.js, names.DLQ, "d.", f"{tok}.*") +
+                    await kv.keys(self.js, names.DLQ, "d.", f"*.{tok}")):
+            await kv.delete(self.js, names.DLQ, key)
         await kv.delete(self.js, names.TOPICS, names.topic_key(tok))
 
     async def _delete_stream(self, stream: str) -> bool:
@@ -385,6 +391,11 @@ class JetStreamManager(RemoteManager):
             return 0, 0
         latest = st.last_seq
         return (max(st.first_seq - 1, 0) if st.messages else latest), latest
+
+    def streams(self, name: str) -> list[str]:
+        """The partition streams of topic ``name`` on the server now (live or not yet reaped)."""
+        tok = names.token(_validate.name(name, "topic name", MAX_TOPIC_NAME))
+        return sorted(self.run(self._stream_names(f"gf.{tok}.>"), f"listing the streams of {name!r}"))
 
     def partition_leases(self, name: str) -> list:
         return [p.lease if p is not None else None for p in self.topic(name).partitions]
