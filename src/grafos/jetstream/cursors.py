@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .topics import JsPartition, JsTopic
 
 _SLICE = 1.0            # seconds a blocking poll waits per round (then looks at the topic again)
-_REFRESH_GAP = 0.2      # at most one directory re-read per this many seconds for dead partitions
+_REFRESH_GAP = 0.05     # at most one directory re-read per this many seconds for dead partitions
 _INACTIVE = 30.0        # seconds the server keeps a feed nobody pulls from
 _MIN_PULL = 128         # messages asked for per pull at least (the rest wait for the next poll)
 _STATUS = "Status"
@@ -297,7 +297,7 @@ class Cursors:
             if any(f.broken for f in feeds):
                 return True
             if wait <= 0:
-                if all(not f.pulling for f in sent) or sum(len(f.buf) for f in feeds) >= want:
+                if all(not f.pulling for f in sent):     # every partition answered: fair shares
                     return False
             elif any(f.buf for f in feeds):
                 return False

@@ -100,7 +100,10 @@ class JetStreamManager(RemoteManager):
         self._senders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self.cursors = Cursors(self)
         self._closed = False
+        # pending_size=0: a publish while disconnected fails at once instead of being
+        # buffered and delivered after the call already reported Unavailable
         opts = dict(connect_timeout=self.timeout, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                    pending_size=0,
                     allow_reconnect=True, error_cb=self._quiet, disconnected_cb=self._quiet_event,
                     reconnected_cb=self._quiet_event, closed_cb=self._quiet_event)
         opts.update(options)
@@ -497,8 +500,9 @@ class JetStreamManager(RemoteManager):
             except nats.js.errors.NoStreamResponseError:
                 if not await self._has_stream(subject):
                     raise NotFound(f"no stream for {subject}") from None
-            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
-                pass
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError,
+                    nats.errors.OutboundBufferLimitError, nats.errors.ConnectionReconnectingError):
+                pass        # a leader election or a reconnect: the same Nats-Msg-Id dedupes
             if time.monotonic() >= deadline:
                 raise Unavailable(f"no acknowledgement for a publish to {subject} within {self.timeout:.1f} s")
             await asyncio.sleep(0.1)
@@ -536,11 +540,14 @@ class JetStreamManager(RemoteManager):
         pending = list(range(len(work)))
         deadline = time.monotonic() + self.timeout
         while pending:
-            futs = []
+            futs: list = []
             for n in pending:
                 _, subject, payload, msg_id = work[n]
-                futs.append(await self.js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id},
-                                                        wait_stall=self.timeout))
+                try:
+                    futs.append(await self.js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id},
+                                                            wait_stall=self.timeout))
+                except (nats.errors.OutboundBufferLimitError, nats.errors.ConnectionReconnectingError) as e:
+                    futs.append(_failed(e))     # disconnected: retried below until the bound
             left = max(0.05, deadline - time.monotonic())
             done = await asyncio.wait_for(asyncio.gather(*futs, return_exceptions=True), left)
             again = []
@@ -623,6 +630,10 @@ class JetStreamManager(RemoteManager):
             except (KeyError, TypeError, ValueError):
                 continue
         return sorted(out, key=lambda c: (c.name, c.topic))
+
+
+async def _failed(e: BaseException) -> Any:
+    raise e
 
 
 def _rows(values: Any, what: str) -> list[bytes]:
