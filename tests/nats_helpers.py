@@ -70,7 +70,7 @@ class NatsServer:
 
     def wait_healthy(self, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.http}/healthz?js-enabled-only=true"
+        url = f"http://127.0.0.1:{self.http}/healthz"   # 200 once JetStream is current (a cluster: meta leader elected)
         while True:
             assert self.proc is not None
             if self.proc.poll() is not None:

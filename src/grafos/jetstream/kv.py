@@ -17,7 +17,9 @@ from typing import Any
 import nats.js.errors
 from nats.js.client import JetStreamContext
 
-_WRONG_LAST = 10071          # JetStream: wrong last sequence (the compare of compare-and-set failed)
+# JetStream's "wrong last sequence" (the compare of compare-and-set failed); a
+# cluster may report it under its own code
+_WRONG_LAST = (10071, 10164)
 _OP = "KV-Operation"
 
 
@@ -62,7 +64,7 @@ async def put(js: JetStreamContext, bucket: str, key: str, rec: dict[str, Any], 
         ack = await js.publish(subject(bucket, key), json.dumps(rec, separators=(",", ":")).encode(),
                                headers=hdrs)
     except nats.js.errors.APIError as e:
-        if e.err_code == _WRONG_LAST:
+        if e.err_code in _WRONG_LAST or "wrong last sequence" in (e.description or ""):
             raise Conflict(key) from None
         raise
     return ack.seq
@@ -77,7 +79,7 @@ async def delete(js: JetStreamContext, bucket: str, key: str, last: int | None =
     try:
         await js.publish(subject(bucket, key), b"", headers=hdrs)
     except nats.js.errors.APIError as e:
-        if e.err_code == _WRONG_LAST:
+        if e.err_code in _WRONG_LAST or "wrong last sequence" in (e.description or ""):
             raise Conflict(key) from None
         raise
 

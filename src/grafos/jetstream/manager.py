@@ -400,6 +400,19 @@ class JetStreamManager(RemoteManager):
         tok = names.token(_validate.name(name, "topic name", MAX_TOPIC_NAME))
         return sorted(self.run(self._stream_names(f"gf.{tok}.>"), f"listing the streams of {name!r}"))
 
+    def leaders(self, name: str) -> dict[int, str | None]:
+        """partition -> name of the server leading its stream (None if dead or unknown)."""
+        t = self.refresh(name)
+
+        async def lead() -> list[str | None]:
+            async def one(p: JsPartition | None) -> str | None:
+                if p is None:
+                    return None
+                info = await self.js.stream_info(p.stream)
+                return info.cluster.leader if info.cluster is not None else None
+            return list(await asyncio.gather(*(one(p) for p in t.partitions)))
+        return dict(enumerate(self.run(lead(), f"reading the leaders of {name!r}")))
+
     def partition_leases(self, name: str) -> list:
         return [p.lease if p is not None else None for p in self.topic(name).partitions]
 
