@@ -557,8 +557,7 @@ class JetStreamManager(RemoteManager):
             for n in pending:
                 _, subject, payload, msg_id = work[n]
                 try:
-                    futs.append(await self.js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id},
-                                                            wait_stall=self.timeout))
+                    futs.append(await self.js.publish_async(subject, payload, headers={"Nats-Msg-Id": msg_id}))
                 except (nats.errors.OutboundBufferLimitError, nats.errors.ConnectionReconnectingError) as e:
                     futs.append(_failed(e))     # disconnected: retried below until the bound
             left = max(0.05, deadline - time.monotonic())

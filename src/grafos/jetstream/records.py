@@ -18,6 +18,7 @@ made in the same block.
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import time
 import uuid
@@ -54,7 +55,7 @@ class Record:
         self._me = uuid.uuid4().hex
         self._depth = 0
         self._rev = 0
-        self._clean: dict[str, Any] = {}
+        self._known: tuple[int, dict[str, Any]] | None = None   # (revision, data) as this object last wrote it
 
     @contextmanager
     def locked(self) -> Iterator["Record"]:
@@ -89,6 +90,17 @@ class Record:
         deadline = time.monotonic() + WAIT_SECS
         run = self.bus.loop.run
         js = self.bus.js
+        if self._known is not None:
+            # the record as this object last left it, if nobody wrote since: one round trip
+            rev, data = self._known
+            self._known = None
+            mine = dict(data, lock={"by": self._me, "until": time.time() + LOCK_SECS})
+            try:
+                self._rev = run(kv.put(js, self.bucket, self.key, mine, rev), f"locking {self.key}")
+                self.data = copy.deepcopy(data)
+                return
+            except kv.Conflict:
+                pass
         while True:
             rec, rev = run(kv.get(js, self.bucket, self.key), f"reading {self.key}")
             rec = rec or {}
@@ -101,7 +113,6 @@ class Record:
                 except kv.Conflict:
                     continue
                 self.data = data
-                self._clean = copy.deepcopy(data)
                 return
             if time.monotonic() > deadline:
                 raise LockTimeout(f"the lock on {self.bucket}/{self.key} stayed held by another "
@@ -111,13 +122,12 @@ class Record:
     def _release(self) -> None:
         try:
             if self.data:
-                self.bus.loop.run(kv.put(self.bus.js, self.bucket, self.key, self.data, self._rev),
-                                  f"writing {self.key}")
+                rev = self.bus.loop.run(kv.put(self.bus.js, self.bucket, self.key, self.data, self._rev),
+                                        f"writing {self.key}")
+                self._known = (rev, json.loads(json.dumps(self.data)))   # as a fresh read would give it
             else:       # nothing kept: no record (a look at a group that does not exist leaves none)
                 self.bus.loop.run(kv.delete(self.bus.js, self.bucket, self.key, self._rev),
                                   f"writing {self.key}")
         except kv.Conflict:
             raise Unavailable(f"{self.bucket}/{self.key} was changed by another client while this "
                               f"one held its lock (held past {LOCK_SECS:.0f} s?); nothing was written") from None
-        finally:
-            self._clean = {}
