@@ -9,8 +9,8 @@ consumer is a member of group "workers": it claims, seeks to the committed
 offsets, polls, writes ``C <partition> <offset> <value>`` per message, then
 commits and writes ``K <partition> <offset>`` per acknowledged commit and
 ``R`` per rewind (every seek to committed offsets). Errors of a node going
-away (Unavailable, Fenced, LockTimeout) are written as ``E`` lines and the
-loop goes on; it leaves the group when ``<stop-file>.drained`` appears.
+away (Unavailable, Fenced, LockTimeout, ...) are written as ``E`` lines and
+the loop goes on; it leaves the group when ``<stop-file>.drained`` appears.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import os
 import sys
 import time
 
-from grafos.errors import Fenced, GrafosError, LockTimeout, Unavailable
+from grafos.errors import GrafosError
 from grafos.jetstream import KvOffsetStore
 from grafos.mq.consumer import SeekPolicy
 from grafos.mq.group import ConsumerGroup
@@ -39,8 +39,8 @@ def produce(mgr, name: str, out, stop: str) -> None:   # noqa: ANN001
         try:
             p, off = prod.send_keyed(mgr, f"key-{n % 17}".encode(), value.encode())
             out.write(f"A {p} {off} {value}\n")
-        except (Unavailable, GrafosError) as e:
-            out.write(f"E {type(e).__name__}\n")
+        except GrafosError as e:
+            out.write(f"E {type(e).__name__} {str(e)[:200]!r}\n")
         out.flush()
         n += 1
         time.sleep(0.005)
@@ -72,8 +72,8 @@ def consume(mgr, name: str, out, stop: str) -> None:   # noqa: ANN001
                 done = consumer.commit(store)
                 for p, off in done.items():
                     out.write(f"K {p} {off}\n")
-        except (Unavailable, Fenced, LockTimeout) as e:
-            out.write(f"E {type(e).__name__}\n")
+        except GrafosError as e:       # Unavailable, Fenced, LockTimeout while a node is down
+            out.write(f"E {type(e).__name__} {str(e)[:200]!r}\n")
             owned = None          # claim again, and seek to the committed offsets
             time.sleep(0.1)
         out.flush()

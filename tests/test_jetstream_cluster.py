@@ -61,11 +61,15 @@ def test_should_lose_no_acknowledged_message_or_commit_when_the_leader_is_killed
             ends = [p.latest for p in mgr.describe("orders").partitions]
             if [store.committed("workers", "orders", p) for p in range(2)] == ends:
                 break
-            assert time.monotonic() < deadline, (ends, store.items())
+            assert time.monotonic() < deadline, (ends, store.items(), [
+                r for name in ("c1", "c2") for r in _read(str(tmp_path / f"{name}.log")) if r[0] == "E"])
             time.sleep(0.2)
         open(stop + ".drained", "w").close()
         for p in procs[2:]:
             assert p.wait(30) == 0
+        errors = [r for name in ("p1", "p2", "c1", "c2")
+                  for r in _read(str(tmp_path / f"{name}.log")) if r[0] == "E"]
+        print(f"errors seen by the workers while the leader was down: {errors}")
 
         acked = {}
         for name in ("p1", "p2"):
