@@ -90,6 +90,15 @@ class NatsServer:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/varz", timeout=2) as r:
             return json.loads(r.read())
 
+    def meta_leader(self) -> str | None:
+        """The JetStream meta leader this node knows of (None before the election)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/jsz", timeout=2) as r:
+                meta = json.loads(r.read()).get("meta_cluster") or {}
+        except OSError:
+            return None
+        return meta.get("leader") if meta.get("cluster_size", 0) >= len(self.cluster or [1]) else None
+
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush."""
         if self.proc is not None and self.proc.poll() is None:
@@ -114,6 +123,11 @@ def start_cluster(workdir: str, n: int = 3) -> list[NatsServer]:
         node.start(wait=False)
     for node in nodes:
         node.wait_healthy()
+    deadline = time.monotonic() + 20
+    while not all(n.meta_leader() for n in nodes):     # every node sees the elected meta leader
+        if time.monotonic() > deadline:
+            raise RuntimeError("the cluster elected no JetStream meta leader within 20 s")
+        time.sleep(0.05)
     return nodes
 
 

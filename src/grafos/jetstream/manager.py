@@ -115,7 +115,7 @@ class JetStreamManager(RemoteManager):
             raise
         self.js = self.nc.jetstream(timeout=self.timeout)
         try:
-            self.loop.run(self._buckets(), "creating the bus's KV buckets")
+            self.loop.run(self._buckets(), "creating the bus's KV buckets", timeout=self.timeout * 3)
             self.reap()
         except BaseException:
             self.close()
@@ -141,7 +141,7 @@ class JetStreamManager(RemoteManager):
         info = await self.js.account_info()
         if info is None:
             raise Unavailable("the server has no JetStream (start it with -js)")
-        for b in names.BUCKETS:
+        async def bucket(b: str) -> None:
             try:
                 await self.js.key_value(b)
             except nats.js.errors.BucketNotFoundError:
@@ -150,6 +150,7 @@ class JetStreamManager(RemoteManager):
                                                    storage=api.StorageType.FILE)
                 except nats.js.errors.BadRequestError:
                     await self.js.key_value(b)      # created by another client meanwhile
+        await asyncio.gather(*(bucket(b) for b in names.BUCKETS))
 
     def __repr__(self) -> str:
         return f"<JetStreamManager {self.ident}{' closed' if self._closed else ''}>"
