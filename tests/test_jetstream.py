@@ -327,3 +327,20 @@ def test_should_not_import_nats_on_the_shared_memory_bus():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
 
+
+
+def test_should_run_the_jetstream_benchmark_against_raw_nats_py(nats_url, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from grafos.cli import main
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(main, ["bench", "--nats", nats_url, "--quick", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(out.read_text())["results"]
+    assert [row["scenario"].split(" (")[0] for row in rows] == ["publish", "pipelined publish", "fetch",
+                                                                 "group round trip"]
+    assert all(row["grafos_per_s"] > 0 and row["raw_per_s"] > 0 and row["messages"] > 0 for row in rows)
+    with TopicManager.connect(nats_url) as m:      # it cleaned up after itself
+        assert m.topics() == []
