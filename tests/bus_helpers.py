@@ -15,13 +15,27 @@ SMALL = 32 << 20        # bytes: an in-process fabric big enough for a few small
 FROZEN = time.time() + 1.0
 
 
-def make_mgr(kind: str, shm_name: str) -> TopicManager:
-    """``inproc``: TopicManager() on its own fabric; ``named``: a named shared bus."""
+def make_mgr(kind: str, shm_name: str, request=None) -> TopicManager:
+    """``inproc``: TopicManager() on its own fabric; ``named``: a named shared bus;
+    ``jetstream``: a connection to the test run's NATS server (``request`` is the
+    pytest request, to start it; the server is wiped after the test)."""
     if kind == "inproc":
         return TopicManager(size=SMALL)
     if kind == "named":
         return TopicManager.open(shm_name, size=SMALL)
+    if kind == "jetstream":
+        return TopicManager.connect(request.getfixturevalue("nats_url"))
     raise ValueError(kind)
+
+
+def bus_store(mgr):
+    """The offset store every process of the bus shares: in the fabric, or on the
+    JetStream server (fenced through the group's record)."""
+    from grafos.mq.offset import FabricOffsetStore
+    if isinstance(mgr, TopicManager):
+        return FabricOffsetStore(mgr)
+    from grafos.jetstream import KvOffsetStore
+    return KvOffsetStore(mgr)
 
 
 def snapshot(mgr: TopicManager, *stores) -> dict:

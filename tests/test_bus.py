@@ -20,9 +20,18 @@ from grafos.mq.producer import Partitioner, Producer, kafka_partition
 from grafos.mq.topic import TopicConfig, TopicManager
 
 
-@pytest.fixture(params=["inproc", "named"])
+@pytest.fixture(params=["inproc", "named", "jetstream"])
 def mgr(request, shm_name):
-    m = make_mgr(request.param, shm_name)
+    m = make_mgr(request.param, shm_name, request)
+    m.create("events", TopicConfig(num_partitions=4, partition_capacity=4096, partition_stride=256))
+    yield m
+    m.close()
+
+
+@pytest.fixture(params=["inproc", "named"])
+def shm_mgr(request, shm_name):
+    """The shared-memory backends only: for behaviour of the rings themselves."""
+    m = make_mgr(request.param, shm_name, request)
     m.create("events", TopicConfig(num_partitions=4, partition_capacity=4096, partition_stride=256))
     yield m
     m.close()
@@ -238,7 +247,8 @@ def test_should_refuse_bad_input_with_a_clear_error_and_change_nothing(mgr):
     assert sorted(m.value for _, m in read_all(mgr, "events")) == sorted(b"m%d" % i for i in range(10))
 
 
-def test_a_consumer_that_skips_checksums_gets_damaged_bytes_one_that_checks_skips_them(mgr):
+def test_a_consumer_that_skips_checksums_gets_damaged_bytes_one_that_checks_skips_them(shm_mgr):
+    mgr = shm_mgr       # slot checksums belong to the shared-memory rings
     mgr.create("frames", TopicConfig(1, 64, 256))
     prod = Producer("frames")
     big = bytes(range(256)) * 8                          # 2 KiB: nine slots

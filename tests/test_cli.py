@@ -17,15 +17,25 @@ from grafos.fabric import Fabric
 from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.group import ConsumerGroup
 from grafos.mq.offset import FabricOffsetStore
+from bus_helpers import bus_store
 from grafos.mq.producer import Partitioner, Producer, kafka_partition
 from grafos.mq.topic import TopicConfig, TopicManager
 
 
-@pytest.fixture
-def bus(shm_name):
-    mgr = TopicManager.open(shm_name, size=64 << 20)
+@pytest.fixture(params=["named", "jetstream"])
+def bus(request, shm_name):
+    """A named shared bus, or a JetStream server (the commands take its URL)."""
+    if request.param == "jetstream":
+        mgr = TopicManager.connect(request.getfixturevalue("nats_url"))
+    else:
+        mgr = TopicManager.open(shm_name, size=64 << 20)
     yield mgr
     mgr.close()
+
+
+def where(bus) -> str:
+    """What the commands take for ``bus``: the bus name, or the server URL."""
+    return bus.fabric.name if isinstance(bus, TopicManager) else bus.servers[0]
 
 
 #: the ``grafos`` program, run as a separate process
@@ -58,7 +68,7 @@ def test_topics_should_list_every_topic_with_its_counts(bus):
     prod = Producer("events")
     for i in range(25):
         prod.send_keyed(bus, b"k%d" % i, b"v")
-    out = run_json("topics", bus.fabric.name)
+    out = run_json("topics", where(bus))
     rows = {r["topic"]: r for r in out["topics"]}
     assert sorted(rows) == bus.topics()
     assert rows["events"]["produced"] == 25 == bus.describe("events").produced
@@ -66,7 +76,7 @@ def test_topics_should_list_every_topic_with_its_counts(bus):
     assert rows["audit"]["capacity"] == 16 and rows["audit"]["retention_secs"] == 30.0
     assert 0 < rows["audit"]["min_ttl_secs"] <= 30.0
     assert rows["events"]["partitions_alive"] == 4
-    table = run("topics", bus.fabric.name)
+    table = run("topics", where(bus))
     assert table.exit_code == 0
     assert "events" in table.stdout and "audit" in table.stdout
 
@@ -77,7 +87,7 @@ def test_describe_should_show_offsets_lost_to_overwrite_and_lease_ttl(bus):
     prod = Producer("small")
     for i in range(20):
         prod.send_keyed(bus, key, b"m%d" % i)
-    out = run_json("describe", bus.fabric.name, "small")
+    out = run_json("describe", where(bus), "small")
     parts = {p["partition"]: p for p in out["partitions"]}
     assert parts[1]["latest"] == 20 and parts[1]["earliest"] == 12 and parts[1]["lost"] == 12
     assert parts[0]["latest"] == 0 and parts[0]["lost"] == 0
@@ -87,10 +97,10 @@ def test_describe_should_show_offsets_lost_to_overwrite_and_lease_ttl(bus):
     # a partition whose lease ran out reads as expired
     bus.partition_leases("small")[0].renew(ttl=0.05)
     time.sleep(0.1)
-    parts = {p["partition"]: p for p in run_json("describe", bus.fabric.name, "small")["partitions"]}
+    parts = {p["partition"]: p for p in run_json("describe", where(bus), "small")["partitions"]}
     assert parts[0]["alive"] is False and parts[0]["ttl_remaining"] == 0.0
     assert parts[1]["alive"] is True
-    table = run("describe", bus.fabric.name, "small")
+    table = run("describe", where(bus), "small")
     assert table.exit_code == 0 and "expired" in table.stdout and "lost to overwrite 12" in table.stdout
 
 
@@ -100,7 +110,7 @@ def test_groups_should_show_assignments_lag_and_stale_members(bus):
     prod = Producer("jobs").with_partitioner(Partitioner.RoundRobin)
     for i in range(40):
         prod.send(bus, b"job%d" % i)
-    store = FabricOffsetStore(bus)
+    store = bus_store(bus)
     g = ConsumerGroup("crew", "jobs", 4, 10.0, mgr=bus)
     g.claim("fresh")
     g.claim("old")
@@ -114,7 +124,7 @@ def test_groups_should_show_assignments_lag_and_stale_members(bus):
     c.commit(store)
     store.commit("plain", "jobs", 0, 3)            # a group with offsets only
 
-    out = run_json("groups", bus.fabric.name)
+    out = run_json("groups", where(bus))
     rows = {(r["group"], r["topic"]): r for r in out["groups"]}
     crew = rows[("crew", "jobs")]
     assert crew["stale_members"] == ["old"]
@@ -128,24 +138,24 @@ def test_groups_should_show_assignments_lag_and_stale_members(bus):
     assert plain["members"] == [] and plain["partitions"][0]["committed"] == 3
     assert plain["lag"] == 40 - 3
     # --topic filters; the table names the stale member
-    assert run_json("groups", bus.fabric.name, "--topic", "other")["groups"] == []
-    table = run("groups", bus.fabric.name)
+    assert run_json("groups", where(bus), "--topic", "other")["groups"] == []
+    table = run("groups", where(bus))
     assert table.exit_code == 0 and "crew" in table.stdout and "stale: old" in table.stdout
 
 
 # ---- produce / tail -------------------------------------------------------------------------------
 def test_produce_should_send_each_line_of_stdin(bus):
     bus.create("lines", TopicConfig(3, 64, 256))
-    out = run_json("produce", bus.fabric.name, "lines", input="alpha\nbeta\n\ngamma\r\n")
+    out = run_json("produce", where(bus), "lines", input="alpha\nbeta\n\ngamma\r\n")
     assert out["sent"] == 4
     assert sorted(v for _, _, v in read_all(bus, "lines")) == [b"", b"alpha", b"beta", b"gamma"]
 
-    r = run("produce", bus.fabric.name, "lines", "--key", "user-7", input="x\ny\n")
+    r = run("produce", where(bus), "lines", "--key", "user-7", input="x\ny\n")
     assert r.exit_code == 0 and "sent 2" in r.stderr
     want = kafka_partition(b"user-7", 3)
     assert [(p, k) for p, k, v in read_all(bus, "lines") if v in (b"x", b"y")] == [(want, b"user-7")] * 2
 
-    r = run("produce", bus.fabric.name, "lines", "--key-separator", ":", input="k1:v:1\n")
+    r = run("produce", where(bus), "lines", "--key-separator", ":", input="k1:v:1\n")
     assert r.exit_code == 0
     assert (kafka_partition(b"k1", 3), b"k1", b"v:1") in read_all(bus, "lines")
 
@@ -153,16 +163,16 @@ def test_produce_should_send_each_line_of_stdin(bus):
 def test_produce_should_fail_cleanly(bus):
     bus.create("tiny", TopicConfig(1, 8, 64))
     before = read_all(bus, "tiny")
-    r = run("produce", bus.fabric.name, "tiny", input="ok\n" + "x" * 1000 + "\n")
+    r = run("produce", where(bus), "tiny", input="ok\n" + "x" * 1000 + "\n")
     assert r.exit_code == 1
     assert "1000" in r.stderr and "after 1 message" in r.stderr
     assert len(read_all(bus, "tiny")) == len(before) + 1
-    r = run("produce", bus.fabric.name, "nosuch", input="x\n")
+    r = run("produce", where(bus), "nosuch", input="x\n")
     assert r.exit_code == 1 and "nosuch" in r.stderr
     assert bus.topics() == ["tiny"]
-    r = run("produce", bus.fabric.name, "tiny", "--key", "a", "--key-separator", ":", input="x\n")
+    r = run("produce", where(bus), "tiny", "--key", "a", "--key-separator", ":", input="x\n")
     assert r.exit_code == 2
-    r = run("produce", bus.fabric.name, "tiny", "--key-separator", ":", input="no separator\n")
+    r = run("produce", where(bus), "tiny", "--key-separator", ":", input="no separator\n")
     assert r.exit_code == 1 and "separator" in r.output
 
 
@@ -171,23 +181,23 @@ def test_tail_should_print_from_the_beginning_up_to_max(bus):
     prod = Producer("log")
     sent = [prod.send_keyed(bus, b"k", b"line %d" % i) for i in range(6)]
     part = sent[0][0]
-    r = run("tail", bus.fabric.name, "log", "--from-beginning", "-n", "4")
+    r = run("tail", where(bus), "log", "--from-beginning", "-n", "4")
     assert r.exit_code == 0
     assert r.stdout.splitlines() == [f"{part}:{i}\tk\tline {i}" for i in range(4)]
-    r = run("tail", bus.fabric.name, "log", "--from-beginning", "--timeout", "0.3", "--json")
+    r = run("tail", where(bus), "log", "--from-beginning", "--timeout", "0.3", "--json")
     assert r.exit_code == 0
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     assert [(x["partition"], x["offset"], x["key"], x["value"]) for x in rows] == \
         [(part, i, "k", f"line {i}") for i in range(6)]
     # nothing new arrives: without --from-beginning it waits, then times out empty
-    r = run("tail", bus.fabric.name, "log", "--timeout", "0.3")
+    r = run("tail", where(bus), "log", "--timeout", "0.3")
     assert r.exit_code == 0 and r.stdout == ""
     # binary values survive --json as base64
     prod.send_keyed(bus, b"k", b"\xff\x00")
-    r = run("tail", bus.fabric.name, "log", "--from-beginning", "-n", "7", "--json", "-p", str(part))
+    r = run("tail", where(bus), "log", "--from-beginning", "-n", "7", "--json", "-p", str(part))
     last = json.loads(r.stdout.splitlines()[-1])
     assert last["value_encoding"] == "base64" and last["value"] == "/wA="
-    r = run("tail", bus.fabric.name, "log", "-p", "9", "--timeout", "0.1")
+    r = run("tail", where(bus), "log", "-p", "9", "--timeout", "0.1")
     assert r.exit_code == 1 and "partitions 0..1" in r.stderr
 
 
@@ -196,7 +206,7 @@ def test_tail_should_stream_new_messages_from_another_process(bus):
     prod = Producer("live")
     for i in range(5):
         prod.send(bus, b"old %d" % i)
-    proc = subprocess.Popen([*GRAFOS, "tail", bus.fabric.name,
+    proc = subprocess.Popen([*GRAFOS, "tail", where(bus),
                              "live", "-n", "3", "--json", "--timeout", "60"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -232,7 +242,7 @@ def test_inspecting_should_never_create_a_bus(shm_name):
 
 def test_exit_codes_of_the_real_program(bus):
     bus.create("t", TopicConfig(1, 16, 128))
-    name = bus.fabric.name
+    name = where(bus)
 
     def grafos(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*GRAFOS, *args],
@@ -270,7 +280,8 @@ def test_a_command_module_that_fails_to_import_should_stop_grafos_naming_it():
     assert "CommandModuleError" in r.stderr
 
 
-def test_describe_and_groups_should_show_the_gate_of_a_blocking_topic(bus, shm_name):
+def test_describe_and_groups_should_show_the_gate_of_a_blocking_topic(shm_name):
+    bus = TopicManager.open(shm_name, size=64 << 20)      # the gate belongs to the shared-memory rings
     bus.create("jobs", TopicConfig(1, 8, 128, 600.0, on_full="block"))
     g = ConsumerGroup("workers", "jobs", 1, 0.5, mgr=bus)
     g.claim("w1")
@@ -294,3 +305,4 @@ def test_describe_and_groups_should_show_the_gate_of_a_blocking_topic(bus, shm_n
     rows = run_json("groups", shm_name)["groups"]
     assert [p["gating"] for p in rows[0]["partitions"]] == ["released"]
     assert "released" in run("groups", shm_name).output
+    bus.close()

@@ -15,12 +15,13 @@ from grafos.mq.producer import Producer
 from grafos.mq.topic import TopicConfig, TopicManager
 
 
-@pytest.fixture(params=["object", "inproc-fabric", "named-fabric"])
+@pytest.fixture(params=["object", "inproc-fabric", "named-fabric", "jetstream"])
 def bus(request, shm_name):
-    """(mgr, make_router): routers keep counts in the object or in the fabric; for
-    the named bus each router gets its own attachment, as another process would."""
+    """(mgr, make_router): routers keep counts in the object, in the fabric or on the
+    JetStream server; for the named bus and JetStream each router gets its own
+    attachment or connection, as another process would."""
     kind = request.param
-    mgr = make_mgr("named" if kind == "named-fabric" else "inproc", shm_name)
+    mgr = make_mgr({"named-fabric": "named", "jetstream": "jetstream"}.get(kind, "inproc"), shm_name, request)
     mgr.create("events", TopicConfig(num_partitions=2, partition_capacity=256, partition_stride=256))
     mgr.create("events-dlq", TopicConfig(num_partitions=1, partition_capacity=64, partition_stride=256))
     mgrs = [mgr]
@@ -32,6 +33,9 @@ def bus(request, shm_name):
         m = mgr
         if kind == "named-fabric":
             m = TopicManager.open(shm_name)
+            mgrs.append(m)
+        if kind == "jetstream":
+            m = TopicManager.connect(request.getfixturevalue("nats_url"))
             mgrs.append(m)
         return DlqRouter("events", "events-dlq", max_retries, mgr=m)
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bus_helpers import make_mgr, snapshot
+from bus_helpers import bus_store, make_mgr, snapshot
 from grafos.errors import Fenced, InvalidArgument, InvalidType, NotFound
 from grafos.mq.consumer import SeekPolicy
 from grafos.mq.group import ConsumerGroup, group_lag, list_groups
@@ -20,13 +20,13 @@ T0 = 1_000_000.0     # the group's injected clock
 STALE = 30.0
 
 
-@pytest.fixture(params=["object", "inproc-fabric", "named-fabric"])
+@pytest.fixture(params=["object", "inproc-fabric", "named-fabric", "jetstream"])
 def backend(request, shm_name):
     """(mgr, make_group): make_group() returns a ConsumerGroup on the backend under
-    test; for the fabric backends each call is a separate object over the same
-    state (as separate processes would have)."""
+    test; for the fabric and JetStream backends each call is a separate object over
+    the same state (as separate processes would have)."""
     kind = request.param
-    mgr = make_mgr("named" if kind == "named-fabric" else "inproc", shm_name)
+    mgr = make_mgr({"named-fabric": "named", "jetstream": "jetstream"}.get(kind, "inproc"), shm_name, request)
     mgr.create("events", TopicConfig(num_partitions=4, partition_capacity=1024, partition_stride=128))
     shared = ConsumerGroup("processors", "events", 4, STALE)
     mgrs = [mgr]
@@ -37,6 +37,9 @@ def backend(request, shm_name):
         m = mgr
         if separate_attachment and kind == "named-fabric":
             m = TopicManager.open(shm_name)
+            mgrs.append(m)
+        if separate_attachment and kind == "jetstream":
+            m = TopicManager.connect(request.getfixturevalue("nats_url"))
             mgrs.append(m)
         return ConsumerGroup("processors", "events", 4, STALE, mgr=m)
 
@@ -218,8 +221,8 @@ def test_should_hand_over_from_committed_offsets_losing_nothing(backend):
     mgr, make = backend
     ga, gb = make(), make(separate_attachment=True)
     # each "process" has its own store object over its own attachment of the bus
-    store_a = FabricOffsetStore(ga.mgr) if ga.mgr is not None else MemOffsetStore()
-    store_b = FabricOffsetStore(gb.mgr) if gb.mgr is not None else store_a
+    store_a = bus_store(ga.mgr) if ga.mgr is not None else MemOffsetStore()
+    store_b = bus_store(gb.mgr) if gb.mgr is not None else store_a
     mgr_b = gb.mgr or mgr
     prod = Producer("events")
     produced = {prod.send_keyed(mgr, b"user-%d" % (i % 13), b"v%d" % i) for i in range(400)}

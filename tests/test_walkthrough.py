@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from click.testing import CliRunner
 from rich.console import Console
 
@@ -16,9 +18,11 @@ from grafos.demo import run
 EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "walkthrough.py")
 
 
-def test_should_run_the_walkthrough_and_account_for_every_message():
+@pytest.mark.parametrize("backend", ["shm", "jetstream"])
+def test_should_run_the_walkthrough_and_account_for_every_message(backend, request):
     buf = io.StringIO()
-    s = run(Console(file=buf, width=100))
+    url = request.getfixturevalue("nats_url") if backend == "jetstream" else None
+    s = run(Console(file=buf, width=100), nats=url)
     produced = s.produced
     # every message was either processed or is a poison message in the DLQ
     assert len(s.processed) + len(s.poison) == produced
@@ -51,3 +55,13 @@ def test_should_run_grafos_demo():
     result = CliRunner().invoke(cli, ["demo"])
     assert result.exit_code == 0, result.output
     assert "Retention" in result.output
+
+
+def test_should_run_the_example_script_and_grafos_demo_on_jetstream(nats_url):
+    out = subprocess.run([sys.executable, EXAMPLE, "--nats", nats_url], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "dead letters" in out.stdout and "expired streams" in out.stdout
+    result = CliRunner().invoke(cli, ["demo", "--nats", nats_url])
+    assert result.exit_code == 0, result.output
+    assert "expired streams" in result.output

@@ -21,6 +21,12 @@ goes through:
 Time in the group and the renewals is a clock the demo advances explicitly
 (``now=``), so "31 seconds later" takes no time; the short-lived topic
 expires in real time (half a second).
+
+``run(nats="nats://host:4222")`` (``grafos demo --nats URL``) runs the same
+calls on a JetStream server: the group's state, the nack counts and the
+committed offsets then live on the server (``KvOffsetStore``), and the
+expired topic's streams are deleted by the next client that looks. The demo
+removes its topics from the server when it ends.
 """
 from __future__ import annotations
 
@@ -40,8 +46,9 @@ from .mq.dlq import DlqRouter
 from .mq.group import ConsumerGroup
 from .mq.offset import MemOffsetStore
 from .mq.producer import Partitioner, Producer, kafka_partition
-from .mq.topic import TopicConfig, TopicManager
+from .mq.topic import RemoteManager, TopicConfig, TopicManager
 
+TOPICS = ("events", "events-dlq", "clicks")
 RETENTION_SECS = 3600.0
 STALE_SECS = 30.0
 MAX_RETRIES = 3
@@ -123,111 +130,158 @@ def _group_table(group: ConsumerGroup, mgr: TopicManager, store: MemOffsetStore,
     return t
 
 
-def run(console: Console | None = None) -> Summary:
-    """Run the walkthrough on a fresh in-process bus; print to ``console``."""
+def _bus(nats: str | None, out: Console) -> TopicManager | RemoteManager:
+    if nats is None:
+        return TopicManager()
+    mgr = TopicManager.connect(nats)
+    left = [t for t in TOPICS if mgr.exists(t)]
+    if left:
+        out.print(f"removing the demo topics {left} left on {nats} by an earlier run")
+        for t in left:
+            mgr.delete(t)
+    return mgr
+
+
+def run(console: Console | None = None, nats: str | None = None) -> Summary:
+    """Run the walkthrough on a fresh in-process bus (or on the JetStream server at
+    ``nats``); print to ``console``."""
     out = console if console is not None else Console()
     s = Summary()
     clock = time.time()      # the demo's clock for heartbeats and renewals
 
-    with TopicManager() as mgr:
-        # ---- 1. topics and retention -----------------------------------------------
-        out.rule("[bold]1. Topics: retention is a lease")
-        mgr.create("events", TopicConfig(num_partitions=4, partition_capacity=64,
-                                         partition_stride=512, retention_secs=RETENTION_SECS))
-        mgr.create("events-dlq", TopicConfig(num_partitions=1, partition_capacity=16,
-                                             partition_stride=512, retention_secs=7 * 86400.0))
-        renewals = RenewalManager(mgr, topic="events")
-        now = clock
-        for i in range(4):
-            renewals.register(i, now + RETENTION_SECS, RenewalPolicy(), now=now)
-        out.print(f"topics: {mgr.topics()}; the 4 partition leases of 'events' are registered "
-                  "for renewal (renewed at half-life)")
+    with _bus(nats, out) as mgr:
+        try:
+            _walk(mgr, out, s, clock)
+        finally:
+            if nats is not None:
+                for t in TOPICS:
+                    if mgr.exists(t):
+                        mgr.delete(t)
+    return s
 
-        # ---- 2. produce keyed messages ---------------------------------------------
-        out.rule("[bold]2. Producing keyed orders")
-        prod = Producer("events").with_partitioner(Partitioner.KeyHash)
-        placed: dict[str, set[int]] = {}
-        for n in range(36):
-            user = USERS[n % len(USERS)]
-            value = b"poison-order" if n in (7, 22) else f"order-{n}:{user}".encode()
-            p, off = prod.send_keyed(mgr, user.encode(), value)
-            placed.setdefault(user, set()).add(p)
-            if value.startswith(b"poison"):
-                s.poison.add((p, off))
-            s.produced += 1
-        t = Table(title="key -> partition (same as Kafka's murmur2 partitioner)")
-        t.add_column("key")
-        t.add_column("partition", justify="right")
-        t.add_column("Kafka says", justify="right")
-        for user in USERS:
-            t.add_row(user, ",".join(map(str, sorted(placed[user]))),
-                      str(kafka_partition(user.encode(), 4)))
-        out.print(t)
 
-        # ---- 3. consume in a group -------------------------------------------------
-        out.rule("[bold]3. Consuming in group 'processors' (poison goes to the DLQ after 3 tries)")
+def _walk(mgr, out: Console, s: Summary, clock: float) -> None:   # noqa: ANN001 - either bus
+    remote = isinstance(mgr, RemoteManager)
+    # ---- 1. topics and retention -----------------------------------------------
+    out.rule("[bold]1. Topics: retention is a lease")
+    mgr.create("events", TopicConfig(num_partitions=4, partition_capacity=64,
+                                     partition_stride=512, retention_secs=RETENTION_SECS))
+    mgr.create("events-dlq", TopicConfig(num_partitions=1, partition_capacity=16,
+                                         partition_stride=512, retention_secs=7 * 86400.0))
+    renewals = RenewalManager(mgr, topic="events")
+    now = clock
+    for i in range(4):
+        renewals.register(i, now + RETENTION_SECS, RenewalPolicy(), now=now)
+    out.print(f"topics: {mgr.topics()}; the 4 partition leases of 'events' are registered "
+              "for renewal (renewed at half-life)")
+
+    # ---- 2. produce keyed messages ---------------------------------------------
+    out.rule("[bold]2. Producing keyed orders")
+    prod = Producer("events").with_partitioner(Partitioner.KeyHash)
+    placed: dict[str, set[int]] = {}
+    for n in range(36):
+        user = USERS[n % len(USERS)]
+        value = b"poison-order" if n in (7, 22) else f"order-{n}:{user}".encode()
+        p, off = prod.send_keyed(mgr, user.encode(), value)
+        placed.setdefault(user, set()).add(p)
+        if value.startswith(b"poison"):
+            s.poison.add((p, off))
+        s.produced += 1
+    t = Table(title="key -> partition (same as Kafka's murmur2 partitioner)")
+    t.add_column("key")
+    t.add_column("partition", justify="right")
+    t.add_column("Kafka says", justify="right")
+    for user in USERS:
+        t.add_row(user, ",".join(map(str, sorted(placed[user]))),
+                  str(kafka_partition(user.encode(), 4)))
+    out.print(t)
+
+    # ---- 3. consume in a group -------------------------------------------------
+    out.rule("[bold]3. Consuming in group 'processors' (poison goes to the DLQ after 3 tries)")
+    if remote:      # group state, nack counts and offsets on the server
+        from .jetstream import KvOffsetStore
+        group = ConsumerGroup("processors", "events", 4, STALE_SECS, mgr=mgr)
+        store = KvOffsetStore(mgr)
+        dlq = DlqRouter("events", "events-dlq", MAX_RETRIES, mgr=mgr)
+    else:
         group = ConsumerGroup("processors", "events", 4, STALE_SECS)
         store = MemOffsetStore()
         dlq = DlqRouter("events", "events-dlq", MAX_RETRIES)
-        w1 = _Worker(mgr, group, "worker-1", store, dlq, s)
-        owned = w1.rebalance(now)
-        out.print(f"worker-1 claims {owned}")
-        # consume half of it, retrying failures, so the DLQ sees a nack in flight
-        msgs = w1.consumer.poll(mgr, 10)
-        res = dlq.process(mgr, w1.consumer, msgs, w1.handle)
+    w1 = _Worker(mgr, group, "worker-1", store, dlq, s)
+    owned = w1.rebalance(now)
+    out.print(f"worker-1 claims {owned}")
+    # consume half of it, retrying failures, so the DLQ sees a nack in flight
+    msgs = w1.consumer.poll(mgr, 10)
+    res = dlq.process(mgr, w1.consumer, msgs, w1.handle)
+    w1.consumer.commit(store)
+    out.print(f"first poll: {res}; nack counts so far: {dlq.nack_counts()}")
+    w1.drain(now)
+    out.print(f"worker-1 drained the topic; committed {w1.consumer.positions()}")
+
+    # ---- 4. a second worker, then a silent one ----------------------------------
+    out.rule("[bold]4. Sharing, failover and fencing")
+    now += 1
+    w2 = _Worker(mgr, group, "worker-2", store, dlq, s)
+    out.print(f"worker-2 joins and claims {w2.rebalance(now)} (all taken: it waits)")
+    out.print(f"worker-1 heartbeats and keeps {group.heartbeat('worker-1', now=now)} "
+              "(gives back what is above its fair share)")
+    out.print(f"worker-2 claims again: {w2.rebalance(now)}")
+    w1.rebalance(now)
+    out.print(_group_table(group, mgr, store, now))
+
+    for n in range(36, 60):
+        user = USERS[n % len(USERS)]
+        prod.send_keyed(mgr, user.encode(), f"order-{n}:{user}".encode())
+        s.produced += 1
+    polled = w1.drain(now, commit=False)       # worker-1 processes but never commits...
+    w2.drain(now)
+    out.print(f"worker-1 polled {polled} messages and then went silent without committing")
+
+    now += STALE_SECS / 2
+    group.heartbeat("worker-2", now=now)       # worker-2 keeps heartbeating, worker-1 does not
+    now += STALE_SECS / 2 + 1
+    out.print(f"[yellow]{STALE_SECS + 1:.0f} s later[/]: stale members {group.stale_members(now=now)}")
+    out.print(f"worker-2 claims {w2.rebalance(now)} and resumes from the committed offsets")
+    w2.drain(now)
+    try:
         w1.consumer.commit(store)
-        out.print(f"first poll: {res}; nack counts so far: {dlq.nack_counts()}")
-        w1.drain(now)
-        out.print(f"worker-1 drained the topic; committed {w1.consumer.positions()}")
+    except Fenced as e:
+        s.fenced = list(e.partitions)           # type: ignore[attr-defined]
+        out.print(f"worker-1 wakes up and tries to commit: [red]Fenced[/] for partitions {s.fenced}")
+    out.print(_group_table(group, mgr, store, now))
 
-        # ---- 4. a second worker, then a silent one ----------------------------------
-        out.rule("[bold]4. Sharing, failover and fencing")
-        now += 1
-        w2 = _Worker(mgr, group, "worker-2", store, dlq, s)
-        out.print(f"worker-2 joins and claims {w2.rebalance(now)} (all taken: it waits)")
-        out.print(f"worker-1 heartbeats and keeps {group.heartbeat('worker-1', now=now)} "
-                  "(gives back what is above its fair share)")
-        out.print(f"worker-2 claims again: {w2.rebalance(now)}")
-        w1.rebalance(now)
-        out.print(_group_table(group, mgr, store, now))
+    # ---- 5. retention ----------------------------------------------------------
+    out.rule("[bold]5. Retention = lease TTL")
+    now += RETENTION_SECS * 0.6                 # past half-life: renewals are due
+    s.renewed = renewals.tick(now=now)
+    out.print(f"{RETENTION_SECS * 0.6:,.0f} s later, renewals.tick() renewed partitions {s.renewed}; "
+              f"TTL of partition 0 now {renewals.ttl_remaining(0, now=now):,.0f} s")
+    now += RETENTION_SECS * 0.9                 # past the original expiry
+    s.events_alive_after = all(p.alive for p in mgr.describe("events", now=now).partitions)
+    out.print(f"{RETENTION_SECS * 1.5:,.0f} s after creation (more than its TTL) 'events' is "
+              f"{'alive' if s.events_alive_after else 'gone'}")
 
-        for n in range(36, 60):
-            user = USERS[n % len(USERS)]
-            prod.send_keyed(mgr, user.encode(), f"order-{n}:{user}".encode())
-            s.produced += 1
-        polled = w1.drain(now, commit=False)       # worker-1 processes but never commits...
-        w2.drain(now)
-        out.print(f"worker-1 polled {polled} messages and then went silent without committing")
-
-        now += STALE_SECS / 2
-        group.heartbeat("worker-2", now=now)       # worker-2 keeps heartbeating, worker-1 does not
-        now += STALE_SECS / 2 + 1
-        out.print(f"[yellow]{STALE_SECS + 1:.0f} s later[/]: stale members {group.stale_members(now=now)}")
-        out.print(f"worker-2 claims {w2.rebalance(now)} and resumes from the committed offsets")
-        w2.drain(now)
-        try:
-            w1.consumer.commit(store)
-        except Fenced as e:
-            s.fenced = list(e.partitions)           # type: ignore[attr-defined]
-            out.print(f"worker-1 wakes up and tries to commit: [red]Fenced[/] for partitions {s.fenced}")
-        out.print(_group_table(group, mgr, store, now))
-
-        # ---- 5. retention ----------------------------------------------------------
-        out.rule("[bold]5. Retention = lease TTL")
-        now += RETENTION_SECS * 0.6                 # past half-life: renewals are due
-        s.renewed = renewals.tick(now=now)
-        out.print(f"{RETENTION_SECS * 0.6:,.0f} s later, renewals.tick() renewed partitions {s.renewed}; "
-                  f"TTL of partition 0 now {renewals.ttl_remaining(0, now=now):,.0f} s")
-        now += RETENTION_SECS * 0.9                 # past the original expiry
-        s.events_alive_after = all(p.alive for p in mgr.describe("events", now=now).partitions)
-        out.print(f"{RETENTION_SECS * 1.5:,.0f} s after creation (more than its TTL) 'events' is "
-                  f"{'alive' if s.events_alive_after else 'gone'}")
-
-        mgr.create("clicks", TopicConfig(num_partitions=2, partition_capacity=256,
-                                         partition_stride=512, retention_secs=0.5))
-        clicks = Producer("clicks", Partitioner.RoundRobin)
+    # on a server each send is a round trip: one batch, and a TTL that outlasts it
+    ttl = 1.5 if remote else 0.5
+    mgr.create("clicks", TopicConfig(num_partitions=2, partition_capacity=256,
+                                     partition_stride=512, retention_secs=ttl))
+    clicks = Producer("clicks", Partitioner.RoundRobin)
+    if remote:
+        clicks.send_batch(mgr, [b"click" * 60] * 400)
+    else:
         for n in range(400):
             clicks.send(mgr, b"click" * 60)
+    if remote:
+        before = len(mgr.streams("clicks"))
+        out.print(f"'clicks' (retention {ttl} s, never renewed) holds "
+                  f"{mgr.describe('clicks').produced} messages in {before} streams")
+        time.sleep(ttl + 0.1)
+        reader = Consumer("clicks", "dashboard")
+        reader.seek(mgr, store, SeekPolicy.Earliest)     # looking at it deletes what expired
+        s.expired_reclaimed_blocks = before - len(mgr.streams("clicks"))
+        out.print(f"{ttl + 0.1} s later: a poll returns {len(reader.poll(mgr, 100))} messages; the first "
+                  f"look deleted {s.expired_reclaimed_blocks} expired streams from the server")
+    else:
         before = mgr.fabric.blocks
         out.print(f"'clicks' (retention 0.5 s, never renewed) holds "
                   f"{mgr.describe('clicks').produced} messages; fabric uses {before * 512:,} bytes")
@@ -238,36 +292,39 @@ def run(console: Console | None = None) -> Summary:
         s.expired_reclaimed_blocks = before - mgr.fabric.blocks
         out.print(f"0.6 s later: a poll returns {len(reader.poll(mgr, 100))} messages; reap() reclaimed "
                   f"{reclaimed} leases and {s.expired_reclaimed_blocks * 512:,} bytes went back to the OS")
-        mgr.restart("clicks")
-        clicks.send(mgr, b"fresh click")
-        reader.seek(mgr, store, SeekPolicy.Earliest)
-        s.restarted_read = [m.value for _, m in reader.poll(mgr, 10)]
-        out.print(f"restarted 'clicks' and read from Earliest: {escape(repr(s.restarted_read))}")
+    mgr.restart("clicks")
+    clicks.send(mgr, b"fresh click")
+    reader.seek(mgr, store, SeekPolicy.Earliest)
+    s.restarted_read = [m.value for _, m in reader.poll(mgr, 10)]
+    out.print(f"restarted 'clicks' and read from Earliest: {escape(repr(s.restarted_read))}")
 
-        # ---- 6. observability ---------------------------------------------------------
-        out.rule("[bold]6. Looking inside")
-        out.print(_partitions_table(mgr, "events", now=now))
-        dead = Consumer("events-dlq", "dlq-inspector")
-        dead.seek(mgr, store, SeekPolicy.Earliest)
-        s.dead_letters = [m for _, m in dead.poll(mgr, 100)]
-        t = Table(title=f"dead letters in 'events-dlq' (nack counts pending: {dlq.nack_counts() or 'none'})")
-        for col in ("value", "source", "failures"):
-            t.add_column(col)
-        for m in s.dead_letters:
-            h = dict(m.headers)
-            t.add_row(m.value.decode(), f"{h['x-source-topic'].decode()}[{h['x-source-partition'].decode()}]"
-                      f"@{h['x-source-offset'].decode()}", h["x-failures"].decode())
-        out.print(t)
-        s.committed = {p: store.committed("processors", "events", p) or 0 for p in range(4)}
-        s.lag = sum(group.lag(mgr, store).values())
-        out.print(Panel(f"produced {s.produced}, processed {len(s.processed)} distinct messages "
-                        f"({sum(s.processed.values())} deliveries), dead letters {len(s.dead_letters)}, "
-                        f"group lag {s.lag}", title="summary"))
-    return s
+    # ---- 6. observability ---------------------------------------------------------
+    out.rule("[bold]6. Looking inside")
+    out.print(_partitions_table(mgr, "events", now=now))
+    dead = Consumer("events-dlq", "dlq-inspector")
+    dead.seek(mgr, store, SeekPolicy.Earliest)
+    s.dead_letters = [m for _, m in dead.poll(mgr, 100)]
+    t = Table(title=f"dead letters in 'events-dlq' (nack counts pending: {dlq.nack_counts() or 'none'})")
+    for col in ("value", "source", "failures"):
+        t.add_column(col)
+    for m in s.dead_letters:
+        h = dict(m.headers)
+        t.add_row(m.value.decode(), f"{h['x-source-topic'].decode()}[{h['x-source-partition'].decode()}]"
+                  f"@{h['x-source-offset'].decode()}", h["x-failures"].decode())
+    out.print(t)
+    s.committed = {p: store.committed("processors", "events", p) or 0 for p in range(4)}
+    s.lag = sum(group.lag(mgr, store).values())
+    out.print(Panel(f"produced {s.produced}, processed {len(s.processed)} distinct messages "
+                    f"({sum(s.processed.values())} deliveries), dead letters {len(s.dead_letters)}, "
+                    f"group lag {s.lag}", title="summary"))
 
 
-def main() -> int:
-    run()
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(description="The grafos walkthrough.")
+    ap.add_argument("--nats", metavar="URL", help="run it on the JetStream server at URL (nats://host:port)")
+    args = ap.parse_args(argv)
+    run(nats=args.nats)
     return 0
 
 

@@ -127,6 +127,11 @@ class Fenced(GrafosError):
                           self.owners, self.committed))
 
 
+class Unavailable(GrafosError, ConnectionError):
+    """The server behind a remote bus did not answer in time (down, unreachable,
+    or electing a leader); the call gave up after its bounded wait."""
+
+
 class UnsupportedPlatform(GrafosError, ImportError):
     """grafos runs on Linux only."""
 

@@ -65,18 +65,25 @@ def _scenario_help() -> str:
 @click.option("--goals", "goals_path", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Judge the run against the goals in this JSON file (the source tree's "
                    "benchmarks/goals.json holds the project's).")
+@click.option("--nats", "nats_url", metavar="URL", default=None,
+              help="Measure the JetStream bus on the server at URL against raw nats-py doing the "
+                   "same work (publish, pipelined publish, fetch, group round trip) instead.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write a PNG of throughput against message size (needs matplotlib: "
                    'pip install "grafos[plot]").')
 def bench(quick: bool, scenarios: tuple[str, ...], sizes: str | None, duration: float | None,
           partitions: str | None, topics: str | None, producers: str | None,
-          json_path: str | None, plot_path: str | None, goals_path: str | None) -> None:
+          json_path: str | None, plot_path: str | None, goals_path: str | None,
+          nats_url: str | None) -> None:
     """Measure grafos beside multiprocessing.Queue, faster-fifo, pyzmq (ipc://) and
     memcpy: messages/s and MB/s, ratios against the best peer and against memcpy.
 
     Peers that are not installed are reported as missing (pip install "grafos[peers]").
     Numbers from a shared or busy machine are noisy: compare within one run.
     """
+    if nats_url is not None:
+        _bench_nats(nats_url, quick, json_path)
+        return
     if plot_path and not report.have_matplotlib():
         raise click.ClickException("--plot needs matplotlib, which is not installed: "
                                    'pip install matplotlib (or pip install "grafos[plot]")')
@@ -136,3 +143,32 @@ def bench(quick: bool, scenarios: tuple[str, ...], sizes: str | None, duration: 
         console.print(f"wrote {plot_path}")
     if any(r.system == "grafos" and r.status == "error" for r in errors):
         raise SystemExit(1)
+
+
+def _bench_nats(url: str, quick: bool, json_path: str | None) -> None:
+    import json
+    from dataclasses import asdict
+
+    from rich.table import Table
+
+    from ..benchsuite import jetstream
+    from ..errors import GrafosError
+
+    console = Console()
+    try:
+        results = jetstream.run(url, n=500 if quick else 2000, rounds=1 if quick else 3)
+    except GrafosError as e:
+        raise click.ClickException(str(e)) from None
+    t = Table(title=f"grafos on JetStream ({url}) against raw nats-py, 100 B messages, best of "
+                    f"{1 if quick else 3}")
+    for col in ("scenario", "messages", "grafos msg/s", "raw nats-py msg/s", "grafos time / raw"):
+        t.add_column(col, justify="left" if col == "scenario" else "right")
+    for r in results:
+        t.add_row(r.scenario, str(r.messages), f"{r.grafos_per_s:,.0f}", f"{r.raw_per_s:,.0f}",
+                  f"{r.ratio:.2f}x")
+    console.print(t)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"server": url, "results": [dict(asdict(r), ratio=r.ratio) for r in results]}, f,
+                      indent=2)
+        console.print(f"wrote {json_path}")

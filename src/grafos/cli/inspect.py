@@ -4,7 +4,8 @@
 ``grafos tail NAME TOPIC``, ``grafos produce NAME TOPIC``.
 
 ``NAME`` is a named bus (``/dev/shm/grafos.NAME``) or, if it contains a ``/``,
-the path of a file-backed one. Inspecting attaches with ``create=False``: it
+the path of a file-backed one, or a JetStream server's ``nats://host:port``
+URL (several, comma-separated, for a cluster). Inspecting attaches with ``create=False``: it
 never creates a bus. (Attaching reaps leases that have already expired, as
 every attach does; it changes nothing that is alive.)
 
@@ -36,12 +37,16 @@ from . import main
 # ---- plumbing -----------------------------------------------------------------------------
 def _name_arg(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """Check a bus name (or path) or topic name up front: a bad one is a usage error."""
-    if param.name == "name" and "/" in value:
+    if param.name == "name" and ("/" in value or _is_url(value)):
         return value
     try:
         return _validate.name(value, param.name or "name", 100 if param.name == "name" else 64)
     except GrafosError as e:
         raise click.BadParameter(str(e)) from None
+
+
+def _is_url(name: str) -> bool:
+    return name.startswith(("nats://", "tls://"))
 
 
 NAME = click.argument("name", callback=_name_arg)
@@ -55,7 +60,9 @@ def _bus(name: str) -> Iterator[Any]:
     from ..mq.topic import TopicManager
     try:
         try:
-            if "/" in name:
+            if _is_url(name):
+                mgr = TopicManager.connect(name.split(","))
+            elif "/" in name:
                 mgr = TopicManager.open(path=name, create=False)
             else:
                 mgr = TopicManager.open(name, create=False)
@@ -151,7 +158,9 @@ def describe(name: str, topic: str, as_json: bool) -> None:
                             f"{c.partition_capacity} x {c.partition_stride} B, retention {_ttl(c.retention_secs)}")
         gated = c.on_full != "overwrite"
         # offsets, not messages: a message larger than a slot takes one offset per slot
-        cols = ["part", "earliest", "latest", "offsets held", "lost", "abandoned", "TTL", "lease", "incarnation"]
+        incs = any(p.incarnation for p in d.partitions)     # a server bus has none to show
+        cols = ["part", "earliest", "latest", "offsets held", "lost", "abandoned", "TTL", "lease"] + \
+            (["incarnation"] if incs else [])
         if gated:
             cols += ["gate", "held by", "blocked", "time blocked", "BufferFull"]
         for col in cols:
@@ -159,7 +168,8 @@ def describe(name: str, topic: str, as_json: bool) -> None:
         for p in d.partitions:
             row = [str(p.partition), str(p.earliest), str(p.latest), str(p.latest - p.earliest),
                    str(p.lost), str(p.abandoned), _ttl(p.ttl_remaining) if p.alive else "expired",
-                   str(p.lease_id) if p.alive else "-", f"{p.incarnation:012x}" if p.incarnation else "-"]
+                   str(p.lease_id) if p.alive else "-"] + \
+                ([f"{p.incarnation:012x}" if p.incarnation else "-"] if incs else [])
             if gated:
                 released = [r.reader for r in p.gating if not r.live]
                 held = p.gate_held_by or "-"
@@ -179,8 +189,13 @@ def _group_rows(mgr: Any) -> list[dict[str, Any]]:
     (members, claims) and plain offset commits in the fabric offset store."""
     from ..mq.group import ConsumerGroup, GroupPartition, _lag, current_commit, list_groups
     from ..mq.offset import FabricOffsetStore
+    from ..mq.topic import TopicManager
 
-    store = FabricOffsetStore(mgr)
+    if isinstance(mgr, TopicManager):
+        store = FabricOffsetStore(mgr)
+    else:       # a JetStream bus: the offsets the server keeps
+        from ..jetstream import KvOffsetStore
+        store = KvOffsetStore(mgr)
     committed: dict[tuple[str, str], dict[int, int]] = {}
     for (g, t, p), off in store.items().items():
         committed.setdefault((g, t), {})[p] = off

@@ -24,7 +24,7 @@ from ..partition import MAX_OFFSET
 from ..reader import Batch, Reader, Waiter
 from . import gate
 from .offset import OffsetStore, commit_many, committed_entry
-from .topic import Topic, TopicManager
+from .topic import RemoteManager, Topic, TopicManager
 
 if TYPE_CHECKING:
     from ..peek import Peek
@@ -123,6 +123,8 @@ class Consumer(PollPath):
             for p in parts:
                 if p >= self._t.n:
                     raise InvalidArgument(f"topic {self.topic!r} has partitions 0..{self._t.n - 1}, not {p}")
+        elif (remote := self._remote()) is not None:
+            remote.check_assignment(self, parts)
         self._save_positions()
         self._assigned = sorted(parts)
         self._reader = None
@@ -132,6 +134,15 @@ class Consumer(PollPath):
         if self._assigned is not None:
             return list(self._assigned)
         return list(self._parts)
+
+    def assigned(self) -> list[int] | None:
+        """The partitions given to :meth:`assign`; None if never assigned (all of them)."""
+        return None if self._assigned is None else list(self._assigned)
+
+    def _remote(self) -> RemoteManager | None:
+        """The server bus this consumer last read through (None: shared memory)."""
+        m = self._mgr
+        return m if isinstance(m, RemoteManager) else None
 
     def bind(self, group: object, member: str) -> None:
         """Tie this consumer to a group member: commits for partitions the member
@@ -188,6 +199,11 @@ class Consumer(PollPath):
         partition: :meth:`seek_partition` (``seek(mgr, partition, offset)`` also works)."""
         if isinstance(store_or_partition, SeekPolicy) and policy is None:
             store_or_partition, policy = None, store_or_partition
+        if isinstance(mgr, RemoteManager) and not (isinstance(store_or_partition, int)
+                                                   and not isinstance(store_or_partition, bool)):
+            self._mgr = mgr
+            mgr.seek(self, store_or_partition, policy)
+            return
         if isinstance(store_or_partition, int) and not isinstance(store_or_partition, bool):
             self.seek_partition(mgr, store_or_partition, policy)   # type: ignore[arg-type]
             return
@@ -226,6 +242,10 @@ class Consumer(PollPath):
 
     def seek_partition(self, mgr: TopicManager, partition: int, offset: int) -> None:
         """Put one assigned partition at ``offset`` (at most its end)."""
+        if isinstance(mgr, RemoteManager):
+            self._mgr = mgr
+            mgr.seek_partition(self, partition, offset)
+            return
         rd = self._ensure(mgr)
         i = self._index(partition)
         _validate.integer(offset, "offset", 0, MAX_OFFSET)
@@ -243,6 +263,8 @@ class Consumer(PollPath):
 
     def position(self, partition: int) -> int:
         """The next offset this consumer will read from ``partition``."""
+        if (remote := self._remote()) is not None:
+            return remote.position(self, partition)
         if self._reader is None:
             if partition in self._positions:
                 return self._positions[partition]
@@ -250,18 +272,25 @@ class Consumer(PollPath):
         return self._reader.position(self._index(partition))
 
     def positions(self) -> dict[int, int]:
+        if (remote := self._remote()) is not None:
+            return remote.positions(self)
         if self._reader is None:
             return dict(self._positions)
         return {p: self._reader.position(p) for p in self._parts}
 
     def lost(self) -> dict[int, int]:
         """Per partition: messages overwritten before this consumer read them."""
+        if (remote := self._remote()) is not None:
+            return remote.lost(self)
         rd = self._reader
         return {p: rd.counters(p)["lost"] for p in self._parts} if rd else {}
 
     def lag(self, mgr: TopicManager) -> dict[int, int]:
         """Per assigned partition: offsets between the position and the end (a message
         larger than a slot counts as one per slot it spans)."""
+        if isinstance(mgr, RemoteManager):
+            self._mgr = mgr
+            return mgr.lag(self)
         rd = self._ensure(mgr)
         out = {}
         for p in self._parts:
@@ -277,6 +306,11 @@ class Consumer(PollPath):
                        *, spin: float = 0.0) -> list[tuple[int, Message]]:
         rd = self._reader
         if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
+            if isinstance(mgr, RemoteManager):      # a bus on a server: it polls
+                self._mgr = mgr
+                msgs = mgr.poll(self, max_messages, timeout)
+                self.consumed += len(msgs)
+                return msgs
             rd = self._ensure(mgr)
         if type(max_messages) is not int or max_messages < 1:
             _validate.integer(max_messages, "max_messages", 1)
@@ -299,6 +333,11 @@ class Consumer(PollPath):
         one buffer (valid until the next poll)."""
         rd = self._reader
         if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
+            if isinstance(mgr, RemoteManager):      # a bus on a server: it polls
+                self._mgr = mgr
+                b = mgr.poll_batch(self, max_messages, timeout)
+                self.consumed += len(b)
+                return b
             rd = self._ensure(mgr)
         _validate.integer(max_messages, "max_messages", 1)
         _validate.timeout(timeout)
@@ -396,8 +435,7 @@ class Consumer(PollPath):
                 if p not in pos:
                     raise InvalidArgument(f"partition {p} is not assigned to this consumer")
                 _validate.integer(off, "offset", 0)
-                part = self._t.partitions[p] if self._t is not None else None  # type: ignore[index]
-                latest = part.state().latest if part is not None else 0
+                latest = self._latest(p)
                 if off > latest:
                     raise InvalidArgument(f"cannot commit offset {off} for partition {p}: beyond its end ({latest})")
             pos = dict(offsets)
@@ -422,8 +460,17 @@ class Consumer(PollPath):
         self.consumed += len(pk)
         return pk
 
+    def _latest(self, p: int) -> int:
+        """The end of partition ``p`` (for checking a commit)."""
+        if (remote := self._remote()) is not None:
+            return remote.latest(self, p)
+        part = self._t.partitions[p] if self._t is not None else None  # type: ignore[index]
+        return part.state().latest if part is not None else 0
+
     def close(self) -> None:
-        if self.gating and self._mgr is not None and not self._mgr.fabric.closed:
+        if (remote := self._remote()) is not None:
+            remote.close_consumer(self)
+        elif self.gating and self._mgr is not None and not self._mgr.fabric.closed:
             gate.release(self._mgr, self.topic, self._gate_name)
         self._save_positions()
         self._unbind_fast()

@@ -135,10 +135,13 @@ class DlqRouter:
         if mgr is None:
             self._counts = _MemCounts()
         else:
-            from .topic import TopicManager
-            if not isinstance(mgr, TopicManager):
+            from .topic import RemoteManager, TopicManager
+            if isinstance(mgr, RemoteManager):      # counts in the server's records
+                self._counts = mgr.dlq_counts(self.source_topic, self.dlq_topic)
+            elif not isinstance(mgr, TopicManager):
                 raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
-            self._counts = _FabricCounts(mgr, self.source_topic, self.dlq_topic)
+            else:
+                self._counts = _FabricCounts(mgr, self.source_topic, self.dlq_topic)
         self._producer = Producer(self.dlq_topic, Partitioner.KeyHash)
         self.routed = 0      #: dead letters this router appended
 

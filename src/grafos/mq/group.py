@@ -250,6 +250,9 @@ def _same_bus_store(store: OffsetStore, fabric: "Fabric") -> OffsetStore:
 
 def list_groups(mgr: "TopicManager") -> list[GroupConfig]:
     """Every fabric-backed group on the bus (for tools that look into a live bus)."""
+    from .topic import RemoteManager
+    if isinstance(mgr, RemoteManager):      # a bus on a server keeps its own records
+        return mgr.list_groups()
     out = []
     for key, raw in mgr.fabric.meta_items("g/"):
         if key.endswith("/cfg"):
@@ -317,14 +320,15 @@ class ConsumerGroup:
         if mgr is None:
             self._state = _MemState()
             return
-        from .topic import TopicManager
-        if not isinstance(mgr, TopicManager):
+        from .topic import RemoteManager, TopicManager
+        if not isinstance(mgr, (TopicManager, RemoteManager)):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         if mgr.exists(self.topic):
             n = mgr.topic(self.topic).n
             if n != self.num_partitions:
                 raise InvalidArgument(f"topic {self.topic!r} has {n} partitions, not {self.num_partitions}")
-        st = _FabricState(mgr.fabric, self.name, self.topic)
+        st = mgr.group_state(self.name, self.topic) if isinstance(mgr, RemoteManager) \
+            else _FabricState(mgr.fabric, self.name, self.topic)
         with st.locked():
             cfg = st.config()
             if cfg is not None and cfg.num_partitions != self.num_partitions:
@@ -338,8 +342,11 @@ class ConsumerGroup:
     @classmethod
     def attach(cls, mgr: "TopicManager", name: str, topic: str) -> "ConsumerGroup":
         """The fabric-backed group ``name`` on ``topic`` as its creator configured it."""
-        st = _FabricState(mgr.fabric, _validate.name(name, "group name", 64), _validate.name(topic, "topic", 64))
-        cfg = st.config()
+        from .topic import RemoteManager
+        name, topic = _validate.name(name, "group name", 64), _validate.name(topic, "topic", 64)
+        st = mgr.group_state(name, topic) if isinstance(mgr, RemoteManager) else _FabricState(mgr.fabric, name, topic)
+        with st.locked():
+            cfg = st.config()
         if cfg is None:
             from ..errors import NotFound
             raise NotFound(f"no group {name!r} on topic {topic!r}")
@@ -373,7 +380,7 @@ class ConsumerGroup:
     def _gate_topic(self):  # noqa: ANN202 - Topic | None
         """The topic whose gate this group holds (fabric-backed groups only),
         resolved before the fabric lock is taken."""
-        return gate.topic_of(self.mgr, self.topic) if self.mgr is not None else None
+        return gate.topic_of(self.mgr, self.topic) if isinstance(self._state, _FabricState) else None
 
     def _sync(self, member: str, now: float | None, acquire: bool) -> list[int]:
         """Heartbeat, give back above the quota, optionally take up to it."""
@@ -563,7 +570,7 @@ class ConsumerGroup:
             claims = self._state.claims()
         topic = mgr.topic(self.topic) if mgr is not None else None
         leases: dict[int, bool] = {}
-        if topic is not None and topic.config.on_full != "overwrite":
+        if isinstance(self._state, _FabricState) and topic is not None and topic.config.on_full != "overwrite":
             me = gate.group_reader(self.name)
             for pg in gate.describe(mgr, self.topic, now=now):
                 for r in pg.readers:

@@ -22,7 +22,7 @@ from ..errors import BufferFull, InvalidArgument, LeaseExpired, MessageTooLarge,
 from ..message import encode_headers
 from ..partition import MAX_OFFSET, OFFSET_BITS, pack
 from . import gate
-from .topic import Topic, TopicManager
+from .topic import RemoteManager, Topic, TopicManager
 
 if TYPE_CHECKING:
     from ..loan import Loan
@@ -130,6 +130,8 @@ class Producer(SendPath):
 
     def _send_slow(self, mgr: TopicManager, key, value, headers, timeout=_DEFAULT) -> tuple[int, int]:
         """Checks, headers, retries, waits for room; also where every error is raised."""
+        if isinstance(mgr, RemoteManager):      # a bus on a server: it sends
+            return mgr.send(self, key, value, headers)
         value = _validate.as_bytes(value, "value")
         if key is not None:
             key = _validate.as_bytes(key, "key")
@@ -219,6 +221,8 @@ class Producer(SendPath):
         All or nothing: if any message is too large, or a partition of an
         ``on_full`` "raise" topic has no room (BufferFull), none is written; on a
         "block" topic the whole batch waits for room (up to ``timeout``)."""
+        if isinstance(mgr, RemoteManager):      # a bus on a server: pipelined publishes
+            return mgr.send_batch(self, values, keys)
         if timeout is not _DEFAULT:
             _validate.timeout(timeout)
         deadline: list = []

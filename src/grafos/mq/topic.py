@@ -224,6 +224,13 @@ def _lease_of_ref(fab: Fabric, ref: bytes) -> MemLease:
     return MemLease(fab, idx, lid)
 
 
+class RemoteManager:
+    """Base of the managers of buses that live on a server (the JetStream bus,
+    :meth:`TopicManager.connect`). Producers, consumers, groups, DLQ routers
+    and renewal managers accept one where they take a TopicManager and hand
+    their work to its public methods; the shared-memory paths never see it."""
+
+
 class TopicManager:
     """The bus. ``TopicManager()`` is in-process on its own fabric (no server,
     nothing to clean up); :meth:`open` creates or attaches to a named or
@@ -247,6 +254,23 @@ class TopicManager:
         mgr = cls(fab)
         mgr.fabric.reap()       # lazy reclaim: attaching is one of the moments we reap
         return mgr
+
+    @classmethod
+    def connect(cls, servers: "str | list[str]", **options) -> RemoteManager:
+        """The same bus on NATS JetStream: ``TopicManager.connect("nats://127.0.0.1:4222")``
+        (a list of URLs for a cluster). Options: ``replicas=`` (3 on a 3-node
+        cluster), ``timeout=`` (seconds every call may wait, default 5),
+        ``age_limit=`` and the connection options of :func:`nats.connect`
+        (``user``, ``password``, ``token``, ``user_credentials``, ``tls``, ...).
+        Needs the ``nats`` extra: ``pip install "grafos[nats]"``."""
+        try:
+            from ..jetstream.manager import JetStreamManager
+        except ModuleNotFoundError as e:
+            if e.name is not None and e.name.split(".")[0] == "nats":
+                raise ModuleNotFoundError('the JetStream bus needs nats-py: pip install "grafos[nats]"',
+                                          name=e.name) from None
+            raise
+        return JetStreamManager(servers, **options)
 
     @staticmethod
     def unlink(name: str) -> bool:
