@@ -282,7 +282,7 @@ uint32_t gf_copy_crc(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t cr
     return gf_crc32c(crc, dst, len);
 }
 
-/* The raw (not inverted) crc of a slot's offset and 28 header bytes: the seed
+/* The raw (not inverted) crc of a slot's offset and 28 header bytes: the value
  * the payload's gf_copy_crc calls chain from; gf_slot_crc = chain ^ ~0. */
 #if defined(__x86_64__)
 __attribute__((target("sse4.2")))

@@ -225,27 +225,17 @@ class Producer(SendPath):
             return mgr.send_batch(self, values, keys)
         if timeout is not _DEFAULT:
             _validate.timeout(timeout)
-        deadline: list = []
         if values.__class__ in _SEQUENCES and (keys is None or keys.__class__ in _SEQUENCES):
             n = len(values)
             if n and (keys is None or len(keys) == n):
                 parts = np.empty(n, dtype=np.uint32)
                 offs = np.empty(n, dtype=np.uint64)
-                attempt = 0
-                while attempt < 2:
-                    b = self._bound
-                    t = b[2] if b[0] is mgr and b[2].binding.valid else self._bind(mgr)
-                    rc = self._send_lists(values, keys, parts, offs)
-                    if rc is None:
-                        break       # not all bytes: the packing path below checks and says why
-                    if rc >= 0:
-                        return parts, offs
-                    if rc == lib.GF_E_FULL_RING:
-                        self._batch_no_room(mgr, t, parts, timeout, deadline)
-                        continue
-                    attempt += 1
-                    self._batch_failed(mgr, rc, t, attempt - 1, lambda: max(
-                        len(v) + (len(keys[i]) if keys is not None else 0) for i, v in enumerate(values)))
+                done = self._batch(mgr, lambda t: self._send_lists(values, keys, parts, offs), parts, offs,
+                                   timeout, lambda: max(len(v) + (len(keys[i]) if keys is not None else 0)
+                                                        for i, v in enumerate(values)))
+                if done is not None:
+                    return done
+                # not all bytes: the packing path below checks and says why
         vals, vlens = pack(values, "values")
         n = len(vlens)
         if n == 0:
@@ -257,25 +247,37 @@ class Producer(SendPath):
                 raise InvalidArgument(f"{len(klens)} keys for {n} values")
         parts = np.empty(n, dtype=np.uint32)
         offs = np.empty(n, dtype=np.uint64)
-        attempt = 0
-        while attempt < 2:
-            b = self._bound
-            t = b[2] if b[0] is mgr and b[2].binding.valid else self._bind(mgr)
-            rc = lib.gf_send_batch(
+
+        def packed(t: Topic) -> int:
+            return lib.gf_send_batch(
                 t.rings, t.n, self.partitioner, ffi.addressof(self._bound[1], "rr"), n,
                 ffi.from_buffer("uint8_t[]", kbuf) if kbuf is not None else _NULL,
                 ffi.from_buffer("uint32_t[]", klens) if klens is not None else _NULL,
                 ffi.from_buffer("uint8_t[]", vals), ffi.from_buffer("uint32_t[]", vlens), 0,
                 ffi.from_buffer("uint32_t[]", parts), ffi.from_buffer("uint64_t[]", offs))
+        return self._batch(mgr, packed, parts, offs, timeout,    # type: ignore[return-value]
+                           lambda: int((vlens.astype(np.int64) + (klens if klens is not None else 0)).max()))
+
+    def _batch(self, mgr: TopicManager, call, parts: np.ndarray, offs: np.ndarray, timeout,
+               largest) -> tuple[np.ndarray, np.ndarray] | None:
+        """Run ``call(topic) -> rc`` until the batch lands: wait for room on a full
+        "block" partition, re-read a topic found dead once, raise the rest. None:
+        ``call`` could not take the batch (it returned None)."""
+        deadline: list = []
+        attempt = 0
+        while True:
+            b = self._bound
+            t = b[2] if b[0] is mgr and b[2].binding.valid else self._bind(mgr)
+            rc = call(t)
+            if rc is None:
+                return None
             if rc >= 0:
                 return parts, offs
             if rc == lib.GF_E_FULL_RING:
                 self._batch_no_room(mgr, t, parts, timeout, deadline)
                 continue
+            self._batch_failed(mgr, rc, t, attempt, largest)     # raises once it has re-read
             attempt += 1
-            self._batch_failed(mgr, rc, t, attempt - 1, lambda: int(
-                (vlens.astype(np.int64) + (klens if klens is not None else 0)).max()))
-        self._raise_send(rc, t)
 
     def _batch_no_room(self, mgr: TopicManager, t: Topic, parts: np.ndarray, timeout, deadline: list) -> None:
         p = lib.gf_full_partition()
