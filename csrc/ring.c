@@ -964,6 +964,67 @@ static uint32_t poll_once(gf_ring **rings, gf_cursor *cursors, uint32_t n, uint3
     return got;
 }
 
+/* Sleep on the fabric's wake word until look(ctx, &stalled) finds something
+ * (returns nonzero, which is returned) or `deadline` (monotonic ns) passes
+ * (returns 0). Wakes at least every 50 ms (leases may expire, writers may die),
+ * and never past the time it advertises in wait_until, or producers would
+ * stop waking it. `stalled`, set by look, is the deadline of a slot still being
+ * written: the sleep ends there to step over it. */
+typedef int64_t (*look_fn)(void *ctx, int64_t *stalled);
+
+static int64_t sleep_for(gf_fabric *f, int64_t deadline, look_fn look, void *ctx)
+{
+    for (;;) {
+        int64_t t = gf_mono_ns();
+        int64_t until = deadline - t > 50000000 ? t + 50000000 : deadline;
+        int64_t cur = atomic_load(&f->hdr->wait_until);
+        while (cur < until && !atomic_compare_exchange_weak(&f->hdr->wait_until, &cur, until))
+            ;
+        atomic_fetch_add(&f->hdr->waiters, 1);   /* seq_cst: after wait_until, before our last look */
+        atomic_store(&f->hdr->armed, 1);
+        uint32_t w = atomic_load(&f->hdr->wake);
+        int64_t stalled = 0;
+        int64_t r = look(ctx, &stalled);
+        int64_t mono = gf_mono_ns();
+        if (r || mono >= deadline) {
+            atomic_fetch_sub(&f->hdr->waiters, 1);
+            return r;
+        }
+        if (!atomic_load(&f->hdr->armed)) {
+            /* a producer disarmed us after we armed: its message may have landed
+             * after our look and its wake before our sleep; look again instead */
+            atomic_fetch_sub(&f->hdr->waiters, 1);
+            continue;
+        }
+        int64_t sleep = until - mono;
+        if (stalled && stalled - mono < sleep)
+            sleep = stalled - mono;
+        if (sleep > 0)
+            gf_futex_wait(&f->hdr->wake, w, sleep);
+        atomic_fetch_sub(&f->hdr->waiters, 1);
+    }
+}
+
+/* gf_poll's look for sleep_for: its arguments, and the error it met */
+struct poll_look {
+    gf_ring **rings;
+    gf_cursor *cursors;
+    uint32_t n, start, max;
+    gf_msg_meta *meta;
+    uint8_t *buf;
+    uint64_t buf_size;
+    int64_t now;
+};
+
+static int64_t poll_look(void *ctx, int64_t *stalled)
+{
+    struct poll_look *a = ctx;
+    int err = GF_OK;
+    uint32_t got = poll_once(a->rings, a->cursors, a->n, a->start, a->max, a->meta, a->buf, a->buf_size,
+                             a->now, stalled, &err);
+    return err ? (int64_t)err : (int64_t)got;
+}
+
 int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start,
                 uint32_t max_msgs, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
                 int64_t now_ns, int64_t timeout_ns, int64_t spin_ns)
@@ -990,38 +1051,8 @@ int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, u
         if (got || err)
             return err ? (int64_t)err : (int64_t)got;
     }
-    for (;;) {
-        /* Sleep until `until` at the latest: wake at least every 50 ms (leases may
-         * expire, writers may die), and never past the time we advertise in
-         * wait_until, or producers would stop waking us while we sleep. */
-        int64_t t = gf_mono_ns();
-        int64_t until = deadline - t > 50000000 ? t + 50000000 : deadline;
-        int64_t cur = atomic_load(&f->hdr->wait_until);
-        while (cur < until && !atomic_compare_exchange_weak(&f->hdr->wait_until, &cur, until))
-            ;
-        atomic_fetch_add(&f->hdr->waiters, 1);   /* seq_cst: after wait_until, before our last look */
-        atomic_store(&f->hdr->armed, 1);
-        uint32_t w = atomic_load(&f->hdr->wake);
-        stalled = 0;
-        got = poll_once(rings, cursors, n, start, max_msgs, meta, buf, buf_size, now_ns, &stalled, &err);
-        int64_t mono = gf_mono_ns();
-        if (got || err || mono >= deadline) {
-            atomic_fetch_sub(&f->hdr->waiters, 1);
-            return err ? (int64_t)err : (int64_t)got;
-        }
-        if (!atomic_load(&f->hdr->armed)) {
-            /* a producer disarmed us after we armed: its message may have landed
-             * after our look and its wake before our sleep; look again instead */
-            atomic_fetch_sub(&f->hdr->waiters, 1);
-            continue;
-        }
-        int64_t sleep = until - mono;
-        if (stalled && stalled - mono < sleep)
-            sleep = stalled - mono;
-        if (sleep > 0)
-            gf_futex_wait(&f->hdr->wake, w, sleep);
-        atomic_fetch_sub(&f->hdr->waiters, 1);
-    }
+    struct poll_look a = {rings, cursors, n, start, max_msgs, meta, buf, buf_size, now_ns};
+    return sleep_for(f, deadline, poll_look, &a);
 }
 
 /* The Python reader's hot path: one struct instead of twelve converted
@@ -1096,44 +1127,20 @@ static int poller_readable(const gf_poller *p, int64_t *stalled)
 
 /* Block until some ring of p is readable (returns 1) or timeout_ns passes
  * (returns 0; a negative timeout waits for ever). */
+static int64_t wait_look(void *ctx, int64_t *stalled)
+{
+    return poller_readable(ctx, stalled);
+}
+
 int64_t gf_poller_wait(gf_poller *p, int64_t timeout_ns)
 {
-    gf_fabric *f = p->f;
     int64_t stalled = 0;
     if (poller_readable(p, &stalled))
         return 1;
     if (timeout_ns == 0)
         return 0;
-    const int64_t t0 = gf_mono_ns();
-    const int64_t deadline = timeout_ns < 0 ? INT64_MAX : t0 + timeout_ns;
-    for (;;) {
-        int64_t t = gf_mono_ns();
-        int64_t until = deadline - t > 50000000 ? t + 50000000 : deadline;
-        int64_t cur = atomic_load(&f->hdr->wait_until);
-        while (cur < until && !atomic_compare_exchange_weak(&f->hdr->wait_until, &cur, until))
-            ;
-        atomic_fetch_add(&f->hdr->waiters, 1);   /* seq_cst: after wait_until, before our last look */
-        atomic_store(&f->hdr->armed, 1);
-        uint32_t w = atomic_load(&f->hdr->wake);
-        stalled = 0;
-        int ready = poller_readable(p, &stalled);
-        int64_t mono = gf_mono_ns();
-        if (ready || mono >= deadline) {
-            atomic_fetch_sub(&f->hdr->waiters, 1);
-            return ready;
-        }
-        if (!atomic_load(&f->hdr->armed)) {
-            /* disarmed after we armed: a publish may have landed after our look */
-            atomic_fetch_sub(&f->hdr->waiters, 1);
-            continue;
-        }
-        int64_t sleep = until - mono;
-        if (stalled && stalled - mono < sleep)
-            sleep = stalled - mono;
-        if (sleep > 0)
-            gf_futex_wait(&f->hdr->wake, w, sleep);
-        atomic_fetch_sub(&f->hdr->waiters, 1);
-    }
+    const int64_t deadline = timeout_ns < 0 ? INT64_MAX : gf_mono_ns() + timeout_ns;
+    return sleep_for(p->f, deadline, wait_look, p);
 }
 
 /* ---- a waiter thread for event loops --------------------------------------------
