@@ -163,7 +163,7 @@ static Py_ssize_t encode_headers(PyObject *h, scratch *s)
             PyDict_Next(h, &pos, &k, &v);
         else if (!header_pair(PySequence_Fast_GET_ITEM(h, i), &k, &v))
             return -1;
-        const char *kp;
+        const char *kp = NULL;
         Py_ssize_t kl = header_key(k, &kp);
         if (kl < 0 || kl > 0xFFFF)
             return -1;
@@ -193,7 +193,7 @@ static Py_ssize_t encode_headers(PyObject *h, scratch *s)
             PyDict_Next(h, &pos, &k, &v);
         else
             header_pair(PySequence_Fast_GET_ITEM(h, i), &k, &v);
-        const char *kp;
+        const char *kp = NULL;
         Py_ssize_t kl = header_key(k, &kp);
         const char *vp = PyBytes_CheckExact(v) ? PyBytes_AS_STRING(v) : PyByteArray_AS_STRING(v);
         uint32_t vl = (uint32_t)(PyBytes_CheckExact(v) ? PyBytes_GET_SIZE(v) : PyByteArray_GET_SIZE(v));

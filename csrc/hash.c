@@ -183,14 +183,11 @@ static uint32_t crc_hw_run(uint32_t c, const uint8_t *p, uint64_t n)
 }
 #endif
 
-/* A slot's checksum: crc32c over the offset, the 28 header bytes after seq, and
- * the payload (layout.h), in one call. The same value as chaining gf_crc32c
- * over the three pieces; the 36-byte prefix is five straight crc32
- * instructions instead of three calls with their loops and byte tails, which is
- * most of the cost for small messages. */
+/* The raw (not inverted) crc of a slot's offset and 28 header bytes: the value
+ * the payload's gf_copy_crc calls chain from; gf_slot_crc = chain ^ ~0. */
 #if defined(__x86_64__)
 __attribute__((target("sse4.2")))
-static uint32_t slot_crc_hw(uint64_t n, const uint8_t *hdr28, const uint8_t *payload, uint64_t len)
+static uint32_t slot_crc_seed_hw(uint64_t n, const uint8_t *hdr28)
 {
     uint64_t a, b, d;
     uint32_t e;
@@ -202,7 +199,21 @@ static uint32_t slot_crc_hw(uint64_t n, const uint8_t *hdr28, const uint8_t *pay
     c = __builtin_ia32_crc32di(c, a);
     c = __builtin_ia32_crc32di(c, b);
     c = __builtin_ia32_crc32di(c, d);
-    c = __builtin_ia32_crc32si((uint32_t)c, e);
+    return __builtin_ia32_crc32si((uint32_t)c, e);
+}
+#endif
+
+/* A slot's checksum: crc32c over the offset, the 28 header bytes after seq, and
+ * the payload (layout.h), in one call. The same value as chaining gf_crc32c
+ * over the three pieces; the 36-byte prefix is five straight crc32
+ * instructions instead of three calls with their loops and byte tails, which is
+ * most of the cost for small messages. */
+#if defined(__x86_64__)
+__attribute__((target("sse4.2")))
+static uint32_t slot_crc_hw(uint64_t n, const uint8_t *hdr28, const uint8_t *payload, uint64_t len)
+{
+    uint64_t a, c = slot_crc_seed_hw(n, hdr28);
+    uint32_t e;
     if (len > 256)
         return crc_hw_run((uint32_t)c, payload, len) ^ ~0u;
     while (len >= 8) {
@@ -282,25 +293,6 @@ uint32_t gf_copy_crc(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t cr
     return gf_crc32c(crc, dst, len);
 }
 
-/* The raw (not inverted) crc of a slot's offset and 28 header bytes: the value
- * the payload's gf_copy_crc calls chain from; gf_slot_crc = chain ^ ~0. */
-#if defined(__x86_64__)
-__attribute__((target("sse4.2")))
-static uint32_t slot_crc_seed_hw(uint64_t n, const uint8_t *hdr28)
-{
-    uint64_t a, b, d;
-    uint32_t e;
-    memcpy(&a, hdr28, 8);
-    memcpy(&b, hdr28 + 8, 8);
-    memcpy(&d, hdr28 + 16, 8);
-    memcpy(&e, hdr28 + 24, 4);
-    uint64_t c = __builtin_ia32_crc32di(0xffffffffu, n);
-    c = __builtin_ia32_crc32di(c, a);
-    c = __builtin_ia32_crc32di(c, b);
-    c = __builtin_ia32_crc32di(c, d);
-    return __builtin_ia32_crc32si((uint32_t)c, e);
-}
-#endif
 
 uint32_t gf_slot_crc_seed(uint64_t n, const uint8_t *hdr28)
 {

@@ -112,7 +112,17 @@ def commit_many(store: OffsetStore, group: str, topic: str, offsets: Mapping[int
         store.commit(group, topic, p, off)
 
 
-class MemOffsetStore:
+class _CommitsMany:
+    """The stores' single commit: one partition through ``commit_many``, so both
+    take the same checks and, where the store has one, the same transaction."""
+
+    def commit(self, group: str, topic: str, partition: int, offset: int,
+               incarnation: int | None = None) -> None:
+        self.commit_many(group, topic, {partition: offset},  # type: ignore[attr-defined]
+                         incarnations=None if incarnation is None else {partition: incarnation})
+
+
+class MemOffsetStore(_CommitsMany):
     """Offsets in a dict, for one process."""
 
     def __init__(self) -> None:
@@ -130,11 +140,6 @@ class MemOffsetStore:
         with self._lock:
             return CommittedOffset(self._d[k], self._inc.get(k)) if k in self._d else None
 
-    def commit(self, group: str, topic: str, partition: int, offset: int,
-               incarnation: int | None = None) -> None:
-        self.commit_many(group, topic, {partition: offset},
-                         incarnations=None if incarnation is None else {partition: incarnation})
-
     def commit_many(self, group: str, topic: str, offsets: Mapping[int, int],
                     incarnations: Incarnations | None = None) -> None:
         offsets = _check_many(group, topic, offsets)
@@ -149,7 +154,7 @@ class MemOffsetStore:
             return dict(self._d)
 
 
-class SqliteOffsetStore:
+class SqliteOffsetStore(_CommitsMany):
     """Offsets in a SQLite file: durable across restarts of the process (and, with
     ``durable=True``, the default, across power loss: every commit is fsynced).
 
@@ -233,11 +238,6 @@ class SqliteOffsetStore:
                 (group, topic, partition)).fetchone()
         return None if row is None else CommittedOffset(int(row[0]), None if row[1] is None else int(row[1]))
 
-    def commit(self, group: str, topic: str, partition: int, offset: int,
-               incarnation: int | None = None) -> None:
-        self.commit_many(group, topic, {partition: offset},
-                         incarnations=None if incarnation is None else {partition: incarnation})
-
     def commit_many(self, group: str, topic: str, offsets: Mapping[int, int],
                     incarnations: Incarnations | None = None) -> None:
         """Commit several partitions in one transaction."""
@@ -284,7 +284,7 @@ _FMT_INC = 1                     # the offset is followed by a 6-byte incarnatio
 _INC = 6
 
 
-class FabricOffsetStore:
+class FabricOffsetStore(_CommitsMany):
     """Offsets in the fabric's metadata table, shared by every process attached to
     the bus: a worker that takes over a partition in another process continues
     from the offset its predecessor committed. Lives as long as the fabric.
@@ -336,11 +336,6 @@ class FabricOffsetStore:
         except ValueError:
             raise CorruptFabric(f"committed offset of {group}/{topic}/{partition} in the fabric is damaged") from None
         return CommittedOffset(off, inc)
-
-    def commit(self, group: str, topic: str, partition: int, offset: int,
-               incarnation: int | None = None) -> None:
-        self.commit_many(group, topic, {partition: offset},
-                         incarnations=None if incarnation is None else {partition: incarnation})
 
     def commit_many(self, group: str, topic: str, offsets: Mapping[int, int],
                     incarnations: Incarnations | None = None) -> None:
