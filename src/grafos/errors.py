@@ -127,6 +127,38 @@ class Fenced(GrafosError):
                           self.owners, self.committed))
 
 
+class ProducerFenced(Fenced):
+    """An idempotent or transactional producer was fenced: another instance
+    registered with the same ``transactional_id`` (a higher epoch), or its
+    registration expired. The call wrote nothing; the producer is unusable and
+    a new one must be made (which fences in turn)."""
+
+    def __init__(self, message: str = "", *, transactional_id: str = "", topic: str = "",
+                 epoch: int = -1, current_epoch: int = -1) -> None:
+        self.transactional_id = transactional_id
+        self.epoch = epoch
+        self.current_epoch = current_epoch
+        if not message:
+            message = (f"producer {transactional_id!r} of topic {topic!r} was fenced: its epoch is {epoch}, "
+                       f"the registration's is now {current_epoch}; nothing was written")
+        super().__init__(message, topic=topic)
+
+    def __reduce__(self):  # noqa: ANN204 - keyword fields survive pickling (multiprocessing)
+        return (_producer_fenced, (str(self), self.transactional_id, self.topic, self.epoch,
+                                   self.current_epoch))
+
+
+class TransactionError(GrafosError, RuntimeError):
+    """A transaction call out of order (begin while one is open, send or commit
+    with none open), or a transaction that can no longer commit (it was aborted
+    by a resolver after its producer's registration expired)."""
+
+
+class Unsupported(GrafosError, NotImplementedError):
+    """The bus behind the call does not offer this feature (the message says
+    which, and what to use instead)."""
+
+
 class Unavailable(GrafosError, ConnectionError):
     """The server behind a remote bus did not answer in time (down, unreachable,
     or electing a leader); the call gave up after its bounded wait."""
@@ -145,3 +177,9 @@ def _fenced(message: str, group: str, topic: str, member: str, partitions: Seque
             owners: Mapping[int, str | None], committed: Mapping[int, int]) -> Fenced:
     return Fenced(message, group=group, topic=topic, member=member, partitions=partitions,
                   owners=owners, committed=committed)
+
+
+def _producer_fenced(message: str, transactional_id: str, topic: str, epoch: int,
+                     current_epoch: int) -> ProducerFenced:
+    return ProducerFenced(message, transactional_id=transactional_id, topic=topic, epoch=epoch,
+                          current_epoch=current_epoch)

@@ -77,8 +77,22 @@ class Producer(SendPath):
     """
 
     def __init__(self, topic: str, partitioner: Partitioner = Partitioner.KeyHash, *,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, idempotent: bool = False,
+                 transactional_id: str | None = None, transaction_ttl: float = 60.0) -> None:
         self.topic = _validate.name(topic, "topic", 64)
+        if not isinstance(idempotent, bool):
+            raise _validate.InvalidType(f"idempotent must be a bool, not {type(idempotent).__name__}")
+        #: a name that outlives this object: a new Producer with the same id takes
+        #: over (a higher epoch) and fences this one. Implies ``idempotent``.
+        self.transactional_id = None if transactional_id is None else \
+            _validate.name(transactional_id, "transactional_id", 64)
+        #: every message carries (producer, epoch, sequence); a retried send that
+        #: landed returns the original (partition, offset) instead of writing again
+        self.idempotent = idempotent or self.transactional_id is not None
+        #: seconds the producer's registration lives without a send, begin or commit
+        #: renewing it; an open transaction whose producer's registration expired
+        #: is aborted by whoever looks next
+        self.transaction_ttl = _validate.number(transaction_ttl, "transaction_ttl", 0, lo_open=True)
         #: how long a send to a full ``on_full="block"`` topic waits for room before
         #: BufferFull (None: forever); ``send*(..., timeout=)`` overrides it per call
         self.timeout = _validate.timeout(timeout)
