@@ -62,8 +62,10 @@ void gf_lease_unpin(struct gf_lease *l);
 
 /* Fault injection for tests (gf_test_fault): stop or exit at a numbered point. */
 extern int gf_fault_armed;
-void gf_fault_point(int point);
+int gf_fault_point(int point);
 #define GF_FAULT(k) do { if (__builtin_expect(gf_fault_armed, 0)) gf_fault_point(k); } while (0)
+/* 1 when point k is armed with GF_FAULT_FAIL: the caller fails as if a system call had */
+#define GF_FAULT_FAILS(k) (__builtin_expect(gf_fault_armed, 0) && gf_fault_point(k))
 void gf_futex_wake_all(_Atomic uint32_t *word);
 int gf_futex_wait(_Atomic uint32_t *word, uint32_t expected, int64_t timeout_ns);
 #endif

@@ -8,6 +8,7 @@ static const gf_crossing table = {
     .send_batch = gf_send_batch,
     .poller_poll = gf_poller_poll,
     .last_error = gf_last_error,
+    .send_idem = gf_send_idem,
 };
 
 const gf_crossing *gf_crossing_table(void) { return &table; }

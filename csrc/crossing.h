@@ -10,7 +10,7 @@
 #define GRAFOS_CROSSING_H
 #include "grafos.h"
 
-#define GF_CROSSING_VERSION 1u
+#define GF_CROSSING_VERSION 2u
 
 typedef struct gf_crossing {
     uint32_t size;          /* sizeof(gf_crossing) as the core was built */
@@ -26,6 +26,8 @@ typedef struct gf_crossing {
     int64_t (*poller_poll)(gf_poller *p, uint32_t max_msgs, int64_t now_ns, int64_t timeout_ns,
                            int64_t spin_ns);
     const char *(*last_error)(void);
+    int64_t (*send_idem)(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t has_key,
+                         const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen);
 } gf_crossing;
 
 #endif

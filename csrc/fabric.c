@@ -39,14 +39,20 @@ int gf_test_fault(int point, int action)
     return GF_OK;
 }
 
-void gf_fault_point(int point)
+int gf_fault_point(int point)
 {
     if (point != fault_at)
-        return;
+        return 0;
+    if (fault_action == GF_FAULT_FAIL) {
+        gf_fault_armed = 0;     /* once */
+        fault_at = 0;
+        return 1;
+    }
     if (fault_action == GF_FAULT_EXIT)
         _exit(77);
     if (fault_action == GF_FAULT_STOP)
         raise(SIGSTOP);
+    return 0;
 }
 
 /* ---- errors and clocks --------------------------------------------------- */

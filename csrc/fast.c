@@ -590,8 +590,10 @@ static PyObject *send_one(SendPath *self, PyObject *key, PyObject *value, PyObje
     }
     PyObject *r = NULL;
     if (hl >= 0) {
-        int64_t rc = core->send(s->rings, s->n, s->mode, &s->rr, k.p, (uint32_t)k.n, (uint32_t)has_key,
-                                hp, (uint32_t)hl, v.p, (uint32_t)v.n, 0);
+        int64_t rc = s->idem
+            ? core->send_idem(s, k.p, (uint32_t)k.n, (uint32_t)has_key, hp, (uint32_t)hl, v.p, (uint32_t)v.n)
+            : core->send(s->rings, s->n, s->mode, &s->rr, k.p, (uint32_t)k.n, (uint32_t)has_key,
+                         hp, (uint32_t)hl, v.p, (uint32_t)v.n, 0);
         if (rc >= 0) {
             PyObject *p = PyLong_FromLongLong(rc >> GF_OFFSET_BITS);
             PyObject *o = PyLong_FromLongLong((int64_t)((uint64_t)rc & MASK48));   /* the medium-int fast path */

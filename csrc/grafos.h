@@ -29,6 +29,10 @@
 #define GF_E_BUFFER    -14    /* caller's buffer too small for one message */
 #define GF_E_NOSPACE   -15    /* the filesystem holding the fabric cannot reserve the pages */
 #define GF_E_FULL_RING -16    /* a gating reader has not read the slot we would overwrite */
+#define GF_E_FENCED    -17    /* an idempotent producer's epoch was superseded: nothing written */
+#define GF_E_RENEW     -18    /* an idempotent producer's registration is due for renewal (slow path) */
+#define GF_E_BUSY      -19    /* another thread's send to this partition is in flight (slow path) */
+#define GF_E_DUPLICATE -20    /* a retried sequence older than the last one written */
 
 /* Offsets are below 2^GF_OFFSET_BITS: gf_send packs (partition << 48 | offset). */
 #define GF_OFFSET_BITS  48
@@ -49,6 +53,19 @@
 
 /* Message flags */
 #define GF_MSG_HAS_KEY     1
+#define GF_MSG_STAMP       2  /* a gf_stamp follows the value: who wrote it (idempotent producers) */
+#define GF_MSG_TXN         4  /* written inside a transaction (stamp.txn) */
+#define GF_MSG_CONTROL     8  /* a transaction marker (value "C" commit / "A" abort): never handed
+                               * to applications, only to readers that ask (gf_cursor.controls) */
+#define GF_STAMP_SIZE     24
+/* The stamp of a message from an idempotent producer, stored after its value
+ * (little-endian, as this struct). A marker's stamp names the transaction. */
+typedef struct {
+    uint32_t producer;     /* the registration's number */
+    uint32_t epoch;
+    uint64_t seq;          /* per partition, from 0 in each epoch; a marker's is 0 */
+    uint64_t txn;          /* the transaction, 0: none */
+} gf_stamp;
 
 typedef struct gf_fabric gf_fabric;
 typedef struct gf_ring gf_ring;
@@ -112,7 +129,7 @@ typedef struct {
     uint64_t stall_tail;   /* ring tail when stall_since was taken: offsets below it were claimed by then */
     uint64_t gaps;         /* offsets passed that hold no message (a multi-slot message's continuation, padding) */
     uint32_t no_verify;    /* 1: do not check slot checksums on read (set by the reader's owner) */
-    uint32_t reserved2;
+    uint32_t controls;     /* 1: hand transaction markers to the reader too (read_committed) */
 } gf_cursor;
 
 typedef struct {
@@ -259,12 +276,27 @@ int64_t gf_waiter_run(gf_waiter *w);
 uint32_t gf_waiter_request(gf_waiter *w, gf_poller *p, int64_t timeout_ns);
 void gf_waiter_stop(gf_waiter *w);
 
+/* An idempotent producer's process-local state (one thread at a time per
+ * partition: a send marks its partition's sequence busy while in flight). */
+typedef struct {
+    void *word;             /* the registration's epoch word in the fabric (gf_idem_bind) */
+    uint64_t *seqs;         /* per partition: the next sequence (GF_IDEM_BUSY while a send is in flight) */
+    int64_t *last;          /* per partition: offset of the last message written, -1 none */
+    uint64_t txn;           /* the open transaction, 0: none */
+    int64_t renew_at_ns;    /* wall clock from which sends go to the slow path to renew the registration */
+    uint32_t producer;
+    uint32_t epoch;
+    uint32_t n;             /* partitions: the length of seqs and last */
+    uint32_t reserved;
+} gf_idem;
+
 /* A producer's process-local view of a topic: the hot path's one argument. */
 typedef struct {
     gf_ring **rings;
     uint32_t n;
     uint32_t mode;
     uint64_t rr;
+    gf_idem *idem;          /* NULL: a plain producer */
 } gf_sender;
 
 int64_t gf_sender_send(gf_sender *s, const uint8_t *key, uint32_t klen,
@@ -300,6 +332,33 @@ const gf_crossing *gf_crossing_table(void);
 
 /* The partition gf_send would pick (advances the round-robin counter). */
 uint32_t gf_sender_pick(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t has_key);
+
+/* Idempotent producers (producer.c, ring.c). A registration is a small lease
+ * holding the producer's number and its current epoch; a send whose epoch is
+ * not the word's is fenced. init and fence need the metadata lock. */
+int gf_producer_init(gf_fabric *f, uint32_t index, uint64_t id, uint32_t number, uint32_t epoch);
+int gf_producer_fence(gf_fabric *f, uint32_t index, uint64_t id, uint32_t epoch);
+int64_t gf_producer_epoch(gf_fabric *f, uint32_t index, uint64_t id);
+int gf_idem_bind(gf_fabric *f, gf_idem *d, uint32_t index, uint64_t id);
+/* One idempotent send: like gf_send, stamped, checked against the epoch; the
+ * sequence moves on only once the message is written. */
+int64_t gf_send_idem(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t has_key,
+                     const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen);
+/* The same message again, after an attempt whose outcome is unknown (the call
+ * failed after the write, or never returned): to the same partition, with the
+ * same sequence. If that sequence landed, its original (partition << 48 |
+ * offset) comes back and nothing is written. */
+int64_t gf_send_idem_again(gf_sender *s, uint32_t part, uint64_t seq, const uint8_t *key, uint32_t klen,
+                           uint32_t has_key, const uint8_t *hdrs, uint32_t hlen,
+                           const uint8_t *val, uint32_t vlen);
+/* 1 if this thread's last idempotent send with d failed after writing its
+ * message (its outcome unknown to the caller), with the partition and sequence
+ * to repeat it with (gf_send_idem_again); 0 otherwise. Reading clears it. */
+int gf_idem_unsure(const gf_idem *d, uint32_t *part, uint64_t *seq);
+/* One stamped message with the given flags (markers, and sends outside the idempotent path) */
+int64_t gf_ring_append_stamped(gf_ring *r, uint32_t flags, const gf_stamp *st, const uint8_t *key,
+                               uint32_t klen, uint32_t has_key, const uint8_t *hdrs, uint32_t hlen,
+                               const uint8_t *val, uint32_t vlen, int64_t ts_ns);
 
 /* Zero-copy writes: a loan claims and takes the slots of a message of `vlen`
  * value bytes, writes its key and headers, and points `value` at the rest. The
@@ -348,11 +407,13 @@ int gf_test_pin(gf_fabric *f, uint32_t index, uint64_t id);
 int gf_test_unpin(gf_fabric *f, uint32_t index);
 #define GF_FAULT_EXIT 1
 #define GF_FAULT_STOP 2
+#define GF_FAULT_FAIL 3   /* the call fails as if a system call had, once (then the point disarms) */
 #define GF_FAULT_ABANDON        1   /* a reader about to mark a dead writer's slot abandoned */
 #define GF_FAULT_CREATE_OPENED  10  /* fabric creation: file made, nothing else */
 #define GF_FAULT_CREATE_SIZED   11  /* ... sized (ftruncate) */
 #define GF_FAULT_CREATE_MAPPED  12  /* ... tables reserved and mapped */
 #define GF_FAULT_CREATE_HALF    13  /* ... header half written, not ready */
+#define GF_FAULT_IDEM_WRITTEN   20  /* an idempotent send: the message is written, the call not returned */
 
 /* as gf_test_claim_slot for a message of `span` slots: claimed (with any padding), every slot taken */
 int64_t gf_test_claim_span(gf_ring *r, uint32_t span);

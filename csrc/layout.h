@@ -211,6 +211,28 @@ struct gf_slot {
 _Static_assert(offsetof(struct gf_slot, crc) == 36, "slot crc");
 _Static_assert(sizeof(struct gf_slot) == GF_SLOT_HDR_SIZE, "slot hdr");
 
+/* ---- producer registration ---------------------------------------------------
+ * An idempotent producer's registration is a lease of its own (a dead producer's
+ * registration expires like everything else). Its region starts with this
+ * header; `epoch` is the one word every send of the producer loads: a new
+ * instance with the same transactional id raises it (under the metadata lock)
+ * and the old instance's next send sees it differ and writes nothing. */
+#define GF_PRODUCER_MAGIC 0x444f525046524721ULL  /* "!GRFPROD" */
+struct gf_producer_hdr {
+    uint64_t magic;             /*  0 */
+    uint64_t lease_id;          /*  8: the lease this header was written for */
+    uint32_t number;            /* 16: the registration's number, in every stamp */
+    uint32_t pad0;
+    uint8_t pad0b[GF_LINE - 24];
+    _Atomic uint32_t epoch;     /* 64: the current epoch, alone on its line */
+    uint8_t pad1[GF_LINE - 4];
+};
+_Static_assert(offsetof(struct gf_producer_hdr, epoch) == 64, "epoch line");
+_Static_assert(sizeof(struct gf_producer_hdr) == 128, "producer hdr");
+
+/* gf_idem.seqs[p]: bit 63 marks a send to partition p in flight */
+#define GF_IDEM_BUSY (1ULL << 63)
+
 /* ---- memory ordering helpers ---------------------------------------------- */
 #define ld_acq(p)        atomic_load_explicit((p), memory_order_acquire)
 #define ld_rlx(p)        atomic_load_explicit((p), memory_order_relaxed)

@@ -294,9 +294,9 @@ static inline void slot_seal(gf_ring *r, uint64_t n, uint64_t total)
  * wait) and the message is not delivered. */
 static int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t klen, uint32_t flags,
                         uint32_t key_hash, const uint8_t *hdrs, uint32_t hlen,
-                        const uint8_t *val, uint32_t vlen, int64_t ts)
+                        const uint8_t *val, uint32_t vlen, int64_t ts, const gf_stamp *st)
 {
-    uint64_t total = (uint64_t)klen + hlen + vlen, span = span_of(r, total);
+    uint64_t total = (uint64_t)klen + hlen + vlen + (st ? GF_STAMP_SIZE : 0), span = span_of(r, total);
     int rc = span_take(r, n, span);
     if (rc != GF_OK)
         return rc == TAKE_LAPPED ? GF_OK : rc;
@@ -307,19 +307,25 @@ static int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t kle
     if (klen) c = gf_copy_crc(p, key, klen, c);
     if (hlen) c = gf_copy_crc(p + klen, hdrs, hlen, c);
     if (vlen) c = gf_copy_crc(p + klen + hlen, val, vlen, c);
+    if (st) c = gf_copy_crc(p + klen + hlen + vlen, (const uint8_t *)st, GF_STAMP_SIZE, c);
     s->crc = c ^ ~0u;
     return span_publish(r, n, span);
 }
 
-static inline int check_msg(const gf_ring *r, uint32_t klen, uint32_t hlen, uint32_t vlen)
+static inline int check_total(const gf_ring *r, uint64_t total, uint32_t klen, uint32_t hlen, uint32_t vlen)
 {
-    uint64_t total = (uint64_t)klen + hlen + vlen;
     if (__builtin_expect(total > r->max_msg, 0))
         return gf_fail(GF_E_TOOBIG, "message of %llu bytes (key %u + headers %u + value %u) is larger than the "
                        "partition's ring: at most %llu bytes (%u slots of %u bytes, less one %u-byte header)",
                        (unsigned long long)total, klen, hlen, vlen, (unsigned long long)r->max_msg,
                        r->capacity, r->stride, GF_SLOT_HDR_SIZE);
     return GF_OK;
+}
+
+static inline int check_msg(const gf_ring *r, uint32_t klen, uint32_t hlen, uint32_t vlen)
+{
+    uint64_t total = (uint64_t)klen + hlen + vlen;
+    return check_total(r, total, klen, hlen, vlen);
 }
 
 static inline int check_alive(const gf_ring *r, int64_t now)
@@ -435,20 +441,25 @@ static inline int64_t claim_one(gf_ring *r, uint64_t span, uint64_t *first)
     return (int64_t)off;
 }
 
-static int64_t append_one(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
+/* Append one message. *written (when given) says whether it was published,
+ * even when the call then fails (a durable flush that failed after it). */
+static int64_t append_one(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t flags,
                           uint32_t key_hash, const uint8_t *hdrs, uint32_t hlen,
-                          const uint8_t *val, uint32_t vlen, int64_t ts, int64_t now)
+                          const uint8_t *val, uint32_t vlen, int64_t ts, int64_t now,
+                          const gf_stamp *st, int *written)
 {
     int rc;
-    if ((rc = check_msg(r, klen, hlen, vlen)) < 0 || (rc = check_alive(r, now)) < 0)
+    uint64_t total = (uint64_t)klen + hlen + vlen + (st ? GF_STAMP_SIZE : 0);
+    if ((rc = check_total(r, total, klen, hlen, vlen)) < 0 || (rc = check_alive(r, now)) < 0)
         return rc;
-    uint64_t span = span_of(r, (uint64_t)klen + hlen + vlen), first;
+    uint64_t span = span_of(r, total), first;
     int64_t n = claim_one(r, span, &first);
     if (n < 0)
         return n;
-    rc = slot_publish(r, (uint64_t)n, key, klen, has_key ? GF_MSG_HAS_KEY : 0u, key_hash, hdrs, hlen,
-                      val, vlen, ts);
+    rc = slot_publish(r, (uint64_t)n, key, klen, flags, key_hash, hdrs, hlen, val, vlen, ts, st);
     wake_readers(r->f);
+    if (written)
+        *written = rc == GF_OK;
     if (__builtin_expect(r->f->durable, 0) && rc == GF_OK)
         rc = ring_sync(r, first, (uint64_t)n + span - first);
     return rc < 0 ? rc : n;
@@ -463,7 +474,8 @@ int64_t gf_ring_append(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t h
     if (!ts_ns)
         ts_ns = now;
     uint32_t h = has_key ? gf_murmur2(key, klen) : 0;
-    return append_one(r, key, klen, has_key, h, hdrs, hlen, val, vlen, ts_ns, now);
+    return append_one(r, key, klen, has_key ? GF_MSG_HAS_KEY : 0u, h, hdrs, hlen, val, vlen, ts_ns, now,
+                      NULL, NULL);
 }
 
 int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
@@ -485,10 +497,119 @@ int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
     gf_ring *r = rings[p];
     if (!r)
         return gf_fail(GF_E_INVAL, "partition %u is not open", p);
-    int64_t off = append_one(r, key, klen, has_key, h, hdrs, hlen, val, vlen, ts_ns, now);
+    int64_t off = append_one(r, key, klen, has_key ? GF_MSG_HAS_KEY : 0u, h, hdrs, hlen, val, vlen, ts_ns,
+                             now, NULL, NULL);
     if (__builtin_expect(off == GF_E_FULL_RING, 0))
         full_part = p;
     return off < 0 ? off : ((int64_t)p << 48) | off;
+}
+
+int64_t gf_ring_append_stamped(gf_ring *r, uint32_t flags, const gf_stamp *st, const uint8_t *key,
+                               uint32_t klen, uint32_t has_key, const uint8_t *hdrs, uint32_t hlen,
+                               const uint8_t *val, uint32_t vlen, int64_t ts_ns)
+{
+    int64_t now = gf_now_ns();
+    if (!ts_ns)
+        ts_ns = now;
+    flags &= GF_MSG_TXN | GF_MSG_CONTROL;
+    flags |= GF_MSG_STAMP | (has_key ? GF_MSG_HAS_KEY : 0u);
+    uint32_t h = has_key ? gf_murmur2(key, klen) : 0;
+    return append_one(r, key, klen, flags, h, hdrs, hlen, val, vlen, ts_ns, now, st, NULL);
+}
+
+/* Idempotent send. The partition's sequence is marked busy for the length of
+ * the write, so two threads of one producer never write the same sequence;
+ * it moves on only once the message is published, so an attempt that wrote
+ * nothing (abandoned by readers, no room) is repeated with the same number.
+ * The epoch word is loaded once, before the claim: a producer fenced before
+ * that load writes nothing; one fenced during the write is a write in flight,
+ * as in any system, and its transaction (if any) is aborted by the fencer. */
+static _Thread_local const gf_idem *unsure_of;     /* whose last send failed after its write */
+static _Thread_local uint32_t unsure_part;
+static _Thread_local uint64_t unsure_seq;
+
+int gf_idem_unsure(const gf_idem *d, uint32_t *part, uint64_t *seq)
+{
+    if (!d || unsure_of != d)
+        return 0;
+    unsure_of = NULL;
+    *part = unsure_part;
+    *seq = unsure_seq;
+    return 1;
+}
+
+static int64_t send_idem(gf_sender *s, int again, uint32_t part, uint64_t want, const uint8_t *key,
+                         uint32_t klen, uint32_t has_key, const uint8_t *hdrs, uint32_t hlen,
+                         const uint8_t *val, uint32_t vlen)
+{
+    gf_idem *d = s->idem;
+    if (!d || !d->word || s->n == 0 || d->n < s->n)
+        return gf_fail(GF_E_INVAL, "producer is not bound for idempotent sends");
+    int64_t now = gf_now_ns();
+    if (now >= d->renew_at_ns)
+        return gf_fail(GF_E_RENEW, "producer registration is due for renewal");
+    uint32_t cur_epoch = ld_acq((_Atomic uint32_t *)d->word);
+    if (cur_epoch != d->epoch)
+        return gf_fail(GF_E_FENCED, "producer %u was fenced: its epoch is %u, the registration's %u",
+                       d->producer, d->epoch, cur_epoch);
+    uint32_t h = has_key ? gf_murmur2(key, klen) : 0, p;
+    if (again)
+        p = part;
+    else if (s->mode == GF_PART_KEYHASH && has_key)
+        p = (h & 0x7fffffffu) % s->n;
+    else
+        p = (uint32_t)(__atomic_fetch_add(&s->rr, 1, __ATOMIC_RELAXED) % s->n);
+    gf_ring *r = p < s->n ? s->rings[p] : NULL;
+    if (!r)
+        return gf_fail(GF_E_INVAL, "partition %u is not open", p);
+    _Atomic uint64_t *w = (_Atomic uint64_t *)&d->seqs[p];
+    uint64_t seq = ld_acq(w);
+    if (seq & GF_IDEM_BUSY)
+        return gf_fail(GF_E_BUSY, "another send to partition %u is in flight", p);
+    if (again && want < seq) {      /* it landed: hand back where, write nothing */
+        if (want + 1 != seq || d->last[p] < 0)
+            return gf_fail(GF_E_DUPLICATE, "sequence %llu of partition %u is older than the last one written",
+                           (unsigned long long)want, p);
+        return ((int64_t)p << 48) | d->last[p];
+    }
+    if (again && want > seq)
+        return gf_fail(GF_E_INVAL, "sequence %llu of partition %u was never attempted", (unsigned long long)want, p);
+    if (!cas(w, &seq, seq | GF_IDEM_BUSY))
+        return gf_fail(GF_E_BUSY, "another send to partition %u is in flight", p);
+    unsure_of = NULL;
+    gf_stamp st = {d->producer, d->epoch, seq, d->txn};
+    uint32_t flags = GF_MSG_STAMP | (has_key ? GF_MSG_HAS_KEY : 0u) | (d->txn ? GF_MSG_TXN : 0u);
+    int written = 0;
+    int64_t off = append_one(r, key, klen, flags, h, hdrs, hlen, val, vlen, now, now, &st, &written);
+    if (written) {
+        /* a write acknowledged late (a durable flush failed after it) still landed */
+        d->last[p] = off >= 0 ? off : (int64_t)(ld_acq(&r->hdr->tail) - 1);
+        st_rel(w, seq + 1);
+    } else
+        st_rel(w, seq);
+    if (__builtin_expect(off == GF_E_FULL_RING, 0))
+        full_part = p;
+    if (off >= 0 && GF_FAULT_FAILS(GF_FAULT_IDEM_WRITTEN))
+        off = gf_fail(GF_E_IO, "injected failure after the write of offset %lld", (long long)off);
+    if (off < 0 && written) {       /* written, but the caller is told it failed: it may repeat it */
+        unsure_of = d;
+        unsure_part = p;
+        unsure_seq = seq;
+    }
+    return off < 0 ? off : ((int64_t)p << 48) | off;
+}
+
+int64_t gf_send_idem(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t has_key,
+                     const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen)
+{
+    return send_idem(s, 0, 0, 0, key, klen, has_key, hdrs, hlen, val, vlen);
+}
+
+int64_t gf_send_idem_again(gf_sender *s, uint32_t part, uint64_t seq, const uint8_t *key, uint32_t klen,
+                           uint32_t has_key, const uint8_t *hdrs, uint32_t hlen,
+                           const uint8_t *val, uint32_t vlen)
+{
+    return send_idem(s, 1, part, seq, key, klen, has_key, hdrs, hlen, val, vlen);
 }
 
 /* Five arguments instead of twelve: each one cffi converts costs the hot path. */
@@ -550,7 +671,7 @@ int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
         uint64_t off = multi ? offs[i] : (uint64_t)first + i;
         if (multi)
             pad_publish(r, end, off);
-        if (slot_publish(r, off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns) < 0)
+        if (slot_publish(r, off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns, NULL) < 0)
             abandoned++;
         end = off + (multi ? spans[i] : 1);
         kp += kl;
@@ -727,7 +848,7 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
             pad_publish(rings[p], next[p] - 1, off);
             next[p] = off + mspan[i];
         }
-        if (slot_publish(rings[p], off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns) < 0)
+        if (slot_publish(rings[p], off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns, NULL) < 0)
             abandoned++;
         out_offsets[i] = off;
         kp += kl;
@@ -787,7 +908,7 @@ int gf_test_publish(gf_ring *r, uint64_t n, const uint8_t *val, uint32_t vlen)
     int rc = check_msg(r, 0, 0, vlen);
     if (rc < 0)
         return rc;
-    return slot_publish(r, n, NULL, 0, 0u, 0u, NULL, 0, val, vlen, gf_now_ns());
+    return slot_publish(r, n, NULL, 0, 0u, 0u, NULL, 0, val, vlen, gf_now_ns(), NULL);
 }
 
 /* ---- reading ------------------------------------------------------------------- */
@@ -824,7 +945,8 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
         if (seq == want) {
             struct gf_slot h;
             memcpy((uint8_t *)&h + 8, (uint8_t *)s + 8, GF_SLOT_HDR_SIZE - 8);
-            uint64_t total = (uint64_t)h.key_len + h.hdr_len + h.val_len;
+            uint64_t total = (uint64_t)h.key_len + h.hdr_len + h.val_len +
+                             ((h.flags & GF_MSG_STAMP) ? GF_STAMP_SIZE : 0);
             uint64_t span = span_of(r, total);
             /* a span never straddles the ring's end: longer is hostile or damaged */
             int fits = total <= r->max_msg && slot_index(r, pos) + span <= cap;
@@ -861,6 +983,12 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             if (!c->no_verify && crc != h.crc) {
                 c->corrupt++;
                 pos++;
+                continue;
+            }
+            if ((h.flags & GF_MSG_CONTROL) && !c->controls) {   /* a transaction marker: not data */
+                pos += span;
+                c->gaps += span;
+                c->stall_since = 0;
                 continue;
             }
             gf_msg_meta *m = &meta[got];
@@ -1070,7 +1198,8 @@ int64_t gf_poller_poll(gf_poller *p, uint32_t max_msgs, int64_t now_ns, int64_t 
     p->expired = 0;
     if (rc > 0) {
         const gf_msg_meta *m = &p->meta[rc - 1];
-        p->used = (uint64_t)m->pos + m->key_len + m->hdr_len + m->val_len;
+        p->used = (uint64_t)m->pos + m->key_len + m->hdr_len + m->val_len +
+                  ((m->flags & GF_MSG_STAMP) ? GF_STAMP_SIZE : 0);
     } else if (rc == 0) {
         for (uint32_t i = 0; i < p->n; i++)
             if (p->rings[i] && p->cursors[i].expired)

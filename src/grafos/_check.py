@@ -23,6 +23,8 @@ _TABLE: dict[int, type[errors.GrafosError]] = {
     lib.GF_E_BUFFER: errors.BufferTooSmall,
     lib.GF_E_NOSPACE: errors.NoSpace,
     lib.GF_E_FULL_RING: errors.BufferFull,
+    lib.GF_E_FENCED: errors.ProducerFenced,
+    lib.GF_E_DUPLICATE: errors.InvalidArgument,
 }
 
 

@@ -165,7 +165,9 @@ class Reader:
 
     def __init__(self, fabric: Fabric, partitions: Sequence[object | None], *,
                  ids: Sequence[int] | None = None, max_batch: int = 1024,
-                 buf_size: int | None = None, check_crcs: bool = True) -> None:
+                 buf_size: int | None = None, check_crcs: bool = True, markers: bool = False) -> None:
+        """``markers``: hand transaction markers to this reader too (for
+        ``read_committed`` consumers); others never see them."""
         _validate.integer(max_batch, "max_batch", 1, 1 << 20)
         if not isinstance(check_crcs, bool):
             raise InvalidType(f"check_crcs must be a bool, not {type(check_crcs).__name__}")
@@ -186,6 +188,7 @@ class Reader:
         self.check_crcs = check_crcs
         for i in range(max(n, 1)):
             self._cursors[i].no_verify = not check_crcs
+            self._cursors[i].controls = markers
         self.max_batch = max_batch
         self._meta = ffi.new("gf_msg_meta[]", max_batch)
         # by default the buffer holds the largest message its partitions allow (a

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from .. import _validate
 from .._crossing import PollPath
-from ..errors import Fenced, InvalidArgument
+from ..errors import Fenced, InvalidArgument, Unsupported
 from ..message import Message
 from ..partition import MAX_OFFSET
 from ..reader import Batch, Reader, Waiter
-from . import gate
+from . import gate, transaction
+from .isolation import Holding
 from .offset import OffsetStore, commit_many, committed_entry
 from .topic import RemoteManager, Topic, TopicManager
 
@@ -35,6 +36,8 @@ _SLICE = 0.2            # seconds a blocking poll sleeps before it looks at the 
 _EXPIRED_SLICE = 0.05   # ... when a partition reads as expired (a restart may be on its way)
 _REFRESH_GAP = 0.01     # at most one directory re-read per this many seconds while expired
 _IDS = itertools.count(1)
+_RESOLVE_EVERY = 0.5    # seconds a transaction may hold a read_committed partition before we look at it
+ISOLATIONS = ("read_uncommitted", "read_committed")
 
 
 class SeekPolicy(enum.Enum):
@@ -62,9 +65,19 @@ class Consumer(PollPath):
     """
 
     def __init__(self, topic: str, group: str = "default", *, max_batch: int = 1024,
-                 gating: bool = False, gating_ttl: float = 30.0, check_crcs: bool = True) -> None:
+                 gating: bool = False, gating_ttl: float = 30.0, check_crcs: bool = True,
+                 isolation: str = "read_uncommitted") -> None:
         """``check_crcs``: verify each message's checksum on read (see
-        :class:`~grafos.reader.Reader`); ``False`` skips it."""
+        :class:`~grafos.reader.Reader`); ``False`` skips it. ``isolation``:
+        ``"read_uncommitted"`` (default) hands out every message as it is
+        written; ``"read_committed"`` hands out transactional messages only
+        once their transaction commits, never if it aborts, in partition
+        order (see :mod:`grafos.mq.isolation`)."""
+        if isolation not in ISOLATIONS:
+            raise InvalidArgument(f"isolation must be one of {ISOLATIONS}, not {isolation!r}")
+        self.isolation = isolation
+        self._holding = Holding() if isolation == "read_committed" else None
+        self._resolved_at = 0.0
         if not isinstance(check_crcs, bool):
             raise _validate.InvalidType(f"check_crcs must be a bool, not {type(check_crcs).__name__}")
         self.check_crcs = check_crcs
@@ -100,8 +113,8 @@ class Consumer(PollPath):
         """A consumer crosses processes as its topic, group, batch size, assignment
         and group binding. Positions stay behind (they belong to this process's
         reader): seek in the child, from the committed offsets."""
-        return (Consumer, (self.topic, self.group), {"max_batch": self.max_batch,
-                                                      "assigned": self._assigned, "member": self._member})
+        return (_remake, (self.topic, self.group, self.isolation),
+                {"max_batch": self.max_batch, "assigned": self._assigned, "member": self._member})
 
     def __setstate__(self, state: dict) -> None:
         self.max_batch = state["max_batch"]
@@ -173,7 +186,9 @@ class Consumer(PollPath):
         # reader slot i is partition i (unassigned ones are None), so no id mapping per message
         wanted = set(parts)
         rd = Reader(mgr.fabric, [t.partitions[p] if p in wanted else None for p in range(t.n)],
-                    max_batch=self.max_batch, check_crcs=self.check_crcs)
+                    max_batch=self.max_batch, check_crcs=self.check_crcs, markers=self._holding is not None)
+        if self._holding is not None:
+            self._holding.forget(list(range(t.n)))
         for p in parts:
             pos = self._positions.get(p)
             same = old is not None and old.incarnation == t.incarnation and \
@@ -187,7 +202,7 @@ class Consumer(PollPath):
         self._parts = list(parts)
         self._mgr, self._t, self._reader = mgr, t, rd
         self._holes = any(t.partitions[p] is None for p in parts)
-        if not self.gating:     # a gating consumer's polls publish its positions: the slow path
+        if not self.gating and self._holding is None:   # these publish positions / hold messages: slow path
             self._bind_fast(mgr, t.binding, rd.poller_address, rd, self._holes)
         else:
             self._gate_pos = {}
@@ -226,6 +241,8 @@ class Consumer(PollPath):
             else:
                 off = self._committed_start(store, t, p, earliest, latest)
             rd.seek(p, off)
+        if self._holding is not None:
+            self._holding.forget(list(self._parts))
 
     def _committed_start(self, store: OffsetStore, t: Topic, p: int, earliest: int, latest: int) -> int:
         """Where ``SeekPolicy.Committed`` puts partition ``p``: the commit, unless it
@@ -254,6 +271,8 @@ class Consumer(PollPath):
         if offset > latest:
             raise InvalidArgument(f"offset {offset} is beyond the end ({latest}) of partition {partition}")
         rd.seek(i, offset)
+        if self._holding is not None:
+            self._holding.forget([partition])
 
     def _index(self, partition: int) -> int:
         if partition not in self._parts:
@@ -269,14 +288,22 @@ class Consumer(PollPath):
             if partition in self._positions:
                 return self._positions[partition]
             raise InvalidArgument("consumer has not polled or sought yet")
-        return self._reader.position(self._index(partition))
+        pos = self._reader.position(self._index(partition))
+        return pos if self._holding is None else self._holding.position(partition, pos)
 
     def positions(self) -> dict[int, int]:
         if (remote := self._remote()) is not None:
             return remote.positions(self)
         if self._reader is None:
             return dict(self._positions)
+        if self._holding is not None:
+            return {p: self._holding.position(p, self._reader.position(p)) for p in self._parts}
         return {p: self._reader.position(p) for p in self._parts}
+
+    @property
+    def aborted(self) -> int:
+        """Messages a ``read_committed`` consumer skipped: their transaction aborted."""
+        return self._holding.aborted if self._holding is not None else 0
 
     def lost(self) -> dict[int, int]:
         """Per partition: messages overwritten before this consumer read them."""
@@ -316,6 +343,10 @@ class Consumer(PollPath):
             _validate.integer(max_messages, "max_messages", 1)
         if timeout.__class__ is not float or timeout != timeout:
             _validate.timeout(timeout)
+        if self._holding is not None:
+            msgs = self._poll_committed(mgr, max_messages, timeout, spin)
+            self.consumed += len(msgs)
+            return msgs
         if timeout is not None and timeout <= 0:
             msgs = rd.poll(max_messages, timeout, None, spin)
             if not msgs and len(rd) and self._any_expired(rd) and self._maybe_refresh(mgr):
@@ -326,6 +357,58 @@ class Consumer(PollPath):
         if self.gating:
             self._publish(mgr, len(msgs) < max_messages)
         return msgs
+
+    def _poll_committed(self, mgr: TopicManager, max_messages: int, timeout: float | None,
+                        spin: float) -> list[tuple[int, Message]]:
+        """read_committed: read raw batches (markers included) into the holding
+        buffers until something is released or the time passes. A transaction
+        that holds a partition up for long is looked at: if its producer's
+        registration expired, it is aborted here (whoever looks next)."""
+        h = self._holding
+        assert h is not None
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while True:
+            if h.ready:
+                return h.take(max_messages)
+            left = _SLICE if deadline is None else min(_SLICE, max(0.0, deadline - time.monotonic()))
+
+            def once(r: Reader, t: float) -> Batch:
+                return r.poll_batch(self.max_batch, t, None, spin)
+            b = once(self._reader, 0.0)  # type: ignore[arg-type]
+            if not len(b) and left > 0:
+                b = self._wait(mgr, once, left)  # type: ignore[assignment]
+            h.feed(b)
+            if not h.ready:
+                self._unstick(mgr)
+            if h.ready or (deadline is not None and time.monotonic() >= deadline):
+                return h.take(max_messages)
+
+    def _unstick(self, mgr: TopicManager) -> None:
+        h = self._holding
+        now = time.monotonic()
+        if now - self._resolved_at < _RESOLVE_EVERY:
+            return
+        self._resolved_at = now
+        for producer in {ref[0] for ref in h.waiting(_RESOLVE_EVERY)}:  # type: ignore[union-attr]
+            transaction.resolve(mgr, producer)
+
+    def pending_commit(self, offsets: dict[int, int] | None = None
+                       ) -> tuple[str, str, dict[int, int], dict[int, int] | None]:
+        """(group, topic, offsets, incarnations) that :meth:`commit` would commit,
+        checked, not committed (a transaction commits them with its messages)."""
+        pos = self.positions()
+        if offsets is not None:
+            for p, off in offsets.items():
+                if p not in pos:
+                    raise InvalidArgument(f"partition {p} is not assigned to this consumer")
+                _validate.integer(off, "offset", 0)
+                latest = self._latest(p)
+                if off > latest:
+                    raise InvalidArgument(f"cannot commit offset {off} for partition {p}: beyond its end ({latest})")
+            pos = dict(offsets)
+        t = self._t
+        incs = {p: t.partition_incarnation(p) for p in pos if t.lease_ids[p]} if t is not None else None
+        return self.group, self.topic, pos, incs
 
     def poll_batch(self, mgr: TopicManager, max_messages: int = 1024, timeout: float | None = 0.0,
                    *, spin: float = 0.0) -> Batch:
@@ -341,6 +424,9 @@ class Consumer(PollPath):
             rd = self._ensure(mgr)
         _validate.integer(max_messages, "max_messages", 1)
         _validate.timeout(timeout)
+        if self._holding is not None:
+            raise Unsupported("poll_batch hands out raw rows, transactional or not: a read_committed consumer "
+                              "reads with poll")
         if timeout is not None and timeout <= 0:
             b = rd.poll_batch(max_messages, timeout, None, spin)
             if not len(b) and len(rd) and self._any_expired(rd) and self._maybe_refresh(mgr):
@@ -429,18 +515,7 @@ class Consumer(PollPath):
         read) of the assigned partitions. Returns what was committed."""
         if not isinstance(store, OffsetStore):
             raise _validate.InvalidType(f"store must be an offset store, not {type(store).__name__}")
-        pos = self.positions()
-        if offsets is not None:
-            for p, off in offsets.items():
-                if p not in pos:
-                    raise InvalidArgument(f"partition {p} is not assigned to this consumer")
-                _validate.integer(off, "offset", 0)
-                latest = self._latest(p)
-                if off > latest:
-                    raise InvalidArgument(f"cannot commit offset {off} for partition {p}: beyond its end ({latest})")
-            pos = dict(offsets)
-        t = self._t
-        incs = {p: t.partition_incarnation(p) for p in pos if t.lease_ids[p]} if t is not None else None
+        _, _, pos, incs = self.pending_commit(offsets)
         if self._member is not None:
             group, member = self._member
             group.commit(store, member, self.topic, pos, incarnations=incs)  # type: ignore[attr-defined]
@@ -456,6 +531,9 @@ class Consumer(PollPath):
         :meth:`poll`."""
         rd = self._ensure(mgr)
         _validate.integer(max_messages, "max_messages", 1)
+        if self._holding is not None:
+            raise Unsupported("peek reads in place, before a transaction's outcome is known: a read_committed "
+                              "consumer reads with poll")
         pk = rd.peek(max_messages)
         self.consumed += len(pk)
         return pk
@@ -486,3 +564,7 @@ class Consumer(PollPath):
 
 
 __all__ += ["Fenced"]
+
+
+def _remake(topic: str, group: str, isolation: str) -> Consumer:
+    return Consumer(topic, group, isolation=isolation)

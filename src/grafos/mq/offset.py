@@ -340,13 +340,20 @@ class FabricOffsetStore(_CommitsMany):
     def commit_many(self, group: str, topic: str, offsets: Mapping[int, int],
                     incarnations: Incarnations | None = None) -> None:
         """Commit several partitions under one hold of the metadata lock."""
+        with self.fabric.locked():
+            for key, value in self.writes(group, topic, offsets, incarnations):
+                self.fabric.meta_put(key, value)
+
+    def writes(self, group: str, topic: str, offsets: Mapping[int, int],
+               incarnations: Incarnations | None = None) -> list[tuple[str, bytes]]:
+        """The metadata writes (key, value) that commit ``offsets``, checked, not
+        made (a transaction stages them with its decision)."""
         offsets = _check_many(group, topic, offsets)
         incs = _check_incarnations(offsets, incarnations)
         names = _metakeys.pack_names(group, topic)
-        with self.fabric.locked():
-            for p, off in offsets.items():
-                value = _OFF.pack(off | _FMT_INC << 48) + (incs[p] or 0).to_bytes(_INC, "little") + names
-                self.fabric.meta_put(self._key(group, topic, p), value)
+        return [(self._key(group, topic, p),
+                 _OFF.pack(off | _FMT_INC << 48) + (incs[p] or 0).to_bytes(_INC, "little") + names)
+                for p, off in offsets.items()]
 
     def items(self) -> dict[tuple[str, str, int], int]:
         out = {}

@@ -9,6 +9,7 @@ by threads."""
 from __future__ import annotations
 
 import enum
+import threading
 import time
 from typing import TYPE_CHECKING, Sequence
 
@@ -18,10 +19,13 @@ from .. import _validate
 from .._check import last_error, raise_for
 from .._crossing import SendPath, address
 from .._native import ffi, lib
-from ..errors import BufferFull, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound
+from .._clock import now_ns
+from .._check import check
+from ..errors import (BufferFull, GrafosError, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound,
+                      ProducerFenced, TransactionError, Unsupported)
 from ..message import encode_headers
 from ..partition import MAX_OFFSET, OFFSET_BITS, pack
-from . import gate
+from . import gate, transaction
 from .topic import RemoteManager, Topic, TopicManager
 
 if TYPE_CHECKING:
@@ -103,9 +107,14 @@ class Producer(SendPath):
         self.partitioner = Partitioner(partitioner)
         # (mgr, gf_sender*, Topic): replaced whole, never mutated, so threads see a consistent one
         self._bound: tuple = (None, None, None)
+        # idempotence: (mgr, Registration, gf_idem*, its arrays) once registered with mgr
+        self._idem: tuple = (None, None, None, None)
+        self._idem_lock = threading.Lock()
+        self._txn: "Transaction | None" = None
 
     def __reduce__(self):  # noqa: ANN204 - crosses processes as its settings; binds to the child's manager
-        return (Producer, (self.topic, self.partitioner))
+        return (_remake, (self.topic, self.partitioner, self.timeout, self.idempotent and self.transactional_id is None,
+                          self.transactional_id, self.transaction_ttl))
 
     def with_partitioner(self, partitioner: Partitioner) -> "Producer":
         if not isinstance(partitioner, Partitioner):
@@ -125,6 +134,8 @@ class Producer(SendPath):
         s.mode = int(self.partitioner)
         old = self._bound[1]
         s.rr = old.rr if old is not None else 0
+        if self.idempotent:
+            s.idem = self._registered(mgr, t.n)
         self._bound = (mgr, s, t)
         self._bind_fast(mgr, t.binding, address(s), self._bound)
         return t
@@ -142,10 +153,146 @@ class Producer(SendPath):
                              headers=None, *, timeout=_DEFAULT) -> tuple[int, int]:
         return self._send_slow(mgr, key, value, headers, timeout)
 
+    # ---- idempotence ---------------------------------------------------------------
+    def _registered(self, mgr: TopicManager, n: int):  # noqa: ANN202 - gf_idem cdata
+        """This producer's registration with mgr (made on first use: a higher
+        epoch, which fences older instances of the same transactional_id)."""
+        m, reg, d, keep = self._idem
+        if m is not mgr:
+            tid = self.transactional_id or transaction.new_id()
+            reg = transaction.register(mgr, tid, self.topic, self.transaction_ttl)
+            d = ffi.new("gf_idem *")
+            seqs, last = ffi.new("uint64_t[]", max(n, 1)), ffi.new("int64_t[]", [-1] * max(n, 1))
+            keep = [seqs, last]
+            d.seqs, d.last, d.n = seqs, last, n
+            d.producer, d.epoch = reg.number, reg.epoch
+            check(lib.gf_idem_bind(mgr.fabric.handle, d, reg.lease_index, reg.lease_id), f"producer {tid!r}")
+            d.renew_at_ns = now_ns() + int(self.transaction_ttl * 1e9) // 2
+            self._idem = (mgr, reg, d, keep)
+        elif d.n < n:       # the topic grew (recreated): sequences of new partitions start at 0
+            seqs, last = ffi.new("uint64_t[]", n), ffi.new("int64_t[]", [-1] * n)
+            ffi.memmove(seqs, d.seqs, 8 * d.n)
+            ffi.memmove(last, d.last, 8 * d.n)
+            keep[:] = [seqs, last]
+            d.seqs, d.last, d.n = seqs, last, n
+        return d
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch this producer registered with (None: not idempotent, or not yet used)."""
+        reg = self._idem[1]
+        return reg.epoch if reg is not None else None
+
+    def _renew(self, mgr: TopicManager) -> None:
+        _, reg, d, _ = self._idem
+        with self._idem_lock:
+            if d.renew_at_ns <= now_ns():
+                exp = transaction.renew(mgr, reg, self.transaction_ttl)
+                d.renew_at_ns = exp - int(self.transaction_ttl * 1e9) // 2
+
+    def _fenced(self, mgr: TopicManager) -> ProducerFenced:
+        _, reg, _, _ = self._idem
+        cur = transaction.transactions(mgr, self.topic)
+        now = next((i.epoch for i in cur if i.transactional_id == reg.transactional_id), -1)
+        return ProducerFenced(transactional_id=reg.transactional_id, topic=self.topic, epoch=reg.epoch,
+                              current_epoch=now)
+
+    def _send_idem(self, mgr: TopicManager, key, value: bytes, hdrs: bytes) -> tuple[int, int]:
+        """One idempotent send. An attempt that failed after its write (the fast
+        path's included) is repeated with the same partition and sequence: a
+        repeat of a sequence that landed returns where it landed, so the message
+        is written once."""
+        part, seq = ffi.new("uint32_t *"), ffi.new("uint64_t *")
+        again = None
+        deadline: list = []
+        if self._idem[0] is mgr and lib.gf_idem_unsure(self._idem[2], part, seq):
+            again = (part[0], seq[0])       # the crossing's attempt wrote, then failed
+        repeats = 0
+        for _ in range(10_000):
+            if self._bound[0] is not mgr or not self._bound[2].binding.valid:
+                self._bind(mgr)
+            _, s, t = self._bound
+            k = key if key is not None else _NULL
+            kl = len(key) if key is not None else 0
+            if again is None:
+                rc = lib.gf_send_idem(s, k, kl, key is not None, hdrs, len(hdrs), value, len(value))
+            else:
+                rc = lib.gf_send_idem_again(s, again[0], again[1], k, kl, key is not None, hdrs, len(hdrs),
+                                            value, len(value))
+            if rc >= 0:
+                return rc >> OFFSET_BITS, rc & MAX_OFFSET
+            if lib.gf_idem_unsure(s.idem, part, seq):
+                repeats += 1
+                if repeats > _RETRIES:
+                    self._raise_send(rc, t)
+                again = (part[0], seq[0])
+            elif rc == lib.GF_E_RENEW:
+                self._renew(mgr)
+            elif rc == lib.GF_E_FENCED:
+                raise self._fenced(mgr)
+            elif rc == lib.GF_E_BUSY:
+                time.sleep(0)       # another thread of ours is mid-write on that partition
+            elif rc == lib.GF_E_ABANDONED:
+                repeats += 1        # nothing landed (a reader gave up on our slot): the sequence did not move
+                if repeats > _RETRIES:
+                    self._raise_send(rc, t)
+            elif rc == lib.GF_E_FULL_RING:
+                self._no_room(mgr, t, lib.gf_full_partition(), 1, _DEFAULT, deadline)
+            elif rc == lib.GF_E_TOOBIG:
+                size = len(value) + len(hdrs) + (len(key) if key else 0)
+                raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", size, t.config.max_message_bytes)
+            elif rc == lib.GF_E_EXPIRED and repeats == 0:
+                repeats += 1
+                self._reread(mgr)
+            else:
+                self._raise_send(rc, t)
+        self._raise_send(rc, t)
+
+    # ---- transactions ----------------------------------------------------------------
+    def begin(self, mgr: TopicManager) -> "Transaction":
+        """Open a transaction: the sends that follow (until commit or abort) belong
+        to it; ``read_committed`` consumers see them only once it commits, and
+        never if it aborts. Needs a ``transactional_id``. One at a time."""
+        if isinstance(mgr, RemoteManager):
+            return mgr.begin(self)
+        if self.transactional_id is None:
+            raise TransactionError("transactions need a producer with a transactional_id "
+                                   "(Producer(topic, transactional_id=...))")
+        if self._txn is not None:
+            raise TransactionError(f"producer {self.transactional_id!r} already has an open transaction")
+        self._bind(mgr) if self._bound[0] is not mgr or self._idem[0] is not mgr else None
+        _, reg, d, keep = self._idem
+        reg = transaction.begin(mgr, reg, self.transaction_ttl)
+        d.renew_at_ns = now_ns() + int(self.transaction_ttl * 1e9) // 2
+        self._idem = (mgr, reg, d, keep)
+        d.txn = reg.txn
+        self._txn = Transaction(self, mgr, reg)
+        return self._txn
+
+    def _ended(self, reg: "transaction.Registration") -> None:
+        """The open transaction was committed or aborted."""
+        m, _, d, keep = self._idem
+        if d is not None:
+            d.txn = 0
+            self._idem = (m, reg, d, keep)
+        self._txn = None
+
+    @property
+    def transaction(self) -> "Transaction | None":
+        """The open transaction, if any."""
+        return self._txn
+
     def _send_slow(self, mgr: TopicManager, key, value, headers, timeout=_DEFAULT) -> tuple[int, int]:
         """Checks, headers, retries, waits for room; also where every error is raised."""
         if isinstance(mgr, RemoteManager):      # a bus on a server: it sends
             return mgr.send(self, key, value, headers)
+        if self.idempotent:
+            value = _validate.as_bytes(value, "value")
+            if key is not None:
+                key = _validate.as_bytes(key, "key")
+            if timeout is not _DEFAULT:
+                _validate.timeout(timeout)
+            return self._send_idem(mgr, key, value, encode_headers(headers) if headers else b"")
         value = _validate.as_bytes(value, "value")
         if key is not None:
             key = _validate.as_bytes(key, "key")
@@ -239,6 +386,8 @@ class Producer(SendPath):
             return mgr.send_batch(self, values, keys)
         if timeout is not _DEFAULT:
             _validate.timeout(timeout)
+        if self.idempotent:         # message by message: each one stamped, each one idempotent
+            return self._send_each(mgr, values, keys)
         if values.__class__ in _SEQUENCES and (keys is None or keys.__class__ in _SEQUENCES):
             n = len(values)
             if n and (keys is None or len(keys) == n):
@@ -309,12 +458,33 @@ class Producer(SendPath):
             return
         self._raise_send(rc, t)
 
+    def _send_each(self, mgr: TopicManager, values, keys) -> tuple[np.ndarray, np.ndarray]:
+        if isinstance(values, np.ndarray):
+            if values.ndim != 2:
+                raise InvalidArgument(f"values must be a 2-D array (one row per message), not {values.ndim}-D")
+            values = [bytes(row) for row in values]
+        if not isinstance(values, _SEQUENCES) or (keys is not None and not isinstance(keys, _SEQUENCES)):
+            raise _validate.InvalidType("an idempotent producer's batch takes a list or tuple of values (and keys)")
+        if not values:
+            raise InvalidArgument("empty batch")
+        if keys is not None and len(keys) != len(values):
+            raise InvalidArgument(f"{len(keys)} keys for {len(values)} values")
+        parts = np.empty(len(values), dtype=np.uint32)
+        offs = np.empty(len(values), dtype=np.uint64)
+        for i, v in enumerate(values):
+            parts[i], offs[i] = self.send_keyed(mgr, keys[i] if keys is not None else None, v)
+        return parts, offs
+
     # ---- in place ------------------------------------------------------------------
     def loan(self, mgr: TopicManager, size: int, key: bytes | None = None, headers=None) -> "Loan":
         """A zero-copy write of one message of ``size`` value bytes on the partition
         :meth:`send_keyed` (or :meth:`send`, without a key) would pick: a context
-        manager over the slots (see :mod:`grafos.loan`)."""
+        manager over the slots (see :mod:`grafos.loan`). Not for idempotent
+        producers (a loan's bytes are the caller's until commit: nothing to stamp
+        or repeat)."""
         from ..loan import Loan
+        if self.idempotent:
+            raise Unsupported(f"producer of {self.topic!r} is idempotent: loans are not stamped; use send")
         if self._bound[0] is not mgr:
             self._bind(mgr)
         _, s, t = self._bound
@@ -329,6 +499,18 @@ class Producer(SendPath):
         return 0
 
     def close(self) -> None:
+        """Forget the binding; an idempotent producer gives its registration back
+        (an open transaction is aborted first)."""
+        mgr, reg, _, _ = self._idem
+        if self._txn is not None and mgr is not None and not mgr.fabric.closed:
+            try:
+                self._txn.abort()
+            except GrafosError:
+                pass        # fenced or expired: a resolver finishes it
+        if reg is not None and mgr is not None and not mgr.fabric.closed:
+            transaction.unregister(mgr, reg)
+        self._idem = (None, None, None, None)
+        self._txn = None
         self._bound = (None, None, None)
         self._unbind_fast()
 
@@ -337,3 +519,87 @@ class Producer(SendPath):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _remake(topic: str, partitioner: Partitioner, timeout: float | None, idempotent: bool,
+            transactional_id: str | None, transaction_ttl: float) -> Producer:
+    return Producer(topic, partitioner, timeout=timeout, idempotent=idempotent,
+                    transactional_id=transactional_id, transaction_ttl=transaction_ttl)
+
+
+class Transaction:
+    """An open transaction of a :class:`Producer` (``prod.begin(mgr)``): the
+    producer's sends until :meth:`commit` or :meth:`abort` belong to it.
+    ``send``/``send_keyed`` here are the producer's. As a context manager it
+    commits when the block ends normally and aborts when it raises."""
+
+    def __init__(self, producer: Producer, mgr: TopicManager, reg: "transaction.Registration") -> None:
+        self.producer = producer
+        self.mgr = mgr
+        self.number = reg.txn
+        self._reg = reg
+        self._offsets: list = []
+        self.state = "open"
+
+    def send(self, value: bytes, headers=None) -> tuple[int, int]:
+        self._check_open()
+        return self.producer.send(self.mgr, value, headers)
+
+    def send_keyed(self, key: bytes | None, value: bytes, headers=None) -> tuple[int, int]:
+        self._check_open()
+        return self.producer.send_keyed(self.mgr, key, value, headers)
+
+    def commit_offsets(self, consumer, store, offsets: dict[int, int] | None = None) -> dict[int, int]:
+        """Commit ``consumer``'s positions (or ``offsets``) to ``store`` as part of
+        this transaction: they become committed if and only if it commits.
+        ``store``: a FabricOffsetStore of the same bus, or a MemOffsetStore.
+        Returns what will be committed."""
+        self._check_open()
+        transaction.check_store(self.mgr.fabric, store)
+        group, topic, pos, incs = consumer.pending_commit(offsets)
+        self._offsets.append((store, group, topic, pos, incs))
+        return dict(pos)
+
+    send_offsets_to_transaction = commit_offsets    #: Kafka's name
+
+    def commit(self) -> None:
+        """Make every message of the transaction and its offsets visible at once."""
+        self._check_open()
+        try:
+            reg = transaction.commit(self.mgr, self._reg, self._offsets)
+        except GrafosError:
+            self.state = "failed"
+            self.producer._ended(self._reg)
+            raise
+        self.state = "committed"
+        self.producer._ended(reg)
+
+    def abort(self) -> None:
+        """Make none of the transaction visible (its offsets are not committed)."""
+        if self.state != "open":
+            return
+        try:
+            reg = transaction.abort(self.mgr, self._reg)
+        finally:
+            self.state = "aborted"
+            self.producer._ended(self._reg)
+        self.producer._ended(reg)
+
+    def _check_open(self) -> None:
+        if self.state != "open":
+            raise TransactionError(f"transaction {self.number} of {self.producer.transactional_id!r} "
+                                   f"is {self.state}")
+
+    def __enter__(self) -> "Transaction":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.state != "open":
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def __repr__(self) -> str:
+        return f"<Transaction {self.number} of {self.producer.transactional_id!r}: {self.state}>"

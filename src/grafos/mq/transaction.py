@@ -1,0 +1,452 @@
+"""Idempotent producers and transactions on a shared-memory bus.
+
+A producer with a ``transactional_id`` (or ``idempotent=True``, which makes up
+an id) **registers** in the fabric: a record ``x/<id>`` in the metadata table
+and a small lease of its own whose header holds the producer's number and its
+**epoch** (the registration lives as long as the producer renews it: a dead
+producer's registration expires). Every message it sends carries a *stamp*
+(producer number, epoch, sequence per partition, transaction); a send whose
+epoch is not the registration's writes nothing and raises
+:class:`~grafos.errors.ProducerFenced`. Registering again with the same id
+raises the epoch, which fences the older instance.
+
+A **transaction** is numbered per producer. Its messages carry its number;
+readers with ``isolation="read_committed"`` hold them (and everything after
+them in the partition) until a *marker* for the transaction arrives in the
+same partition: ``C`` (deliver them) or ``A`` (drop them). Committing:
+
+1. under the metadata lock: the offset-store writes the transaction carries
+   are staged as records (``xs/<id>/<i>/k|v``), then the record's state
+   becomes ``committing`` -- one record write, the decision -- then the
+   staged writes are applied;
+2. a ``C`` marker goes into every partition of the topic;
+3. the state becomes ``idle``.
+
+Aborting writes ``A`` markers instead. A producer that dies or is fenced
+between those steps is finished by **whoever looks next** (a new instance
+with the same id, a ``read_committed`` reader held up by the transaction, a
+listing): ``committing`` is rolled forward (staged writes re-applied, markers
+written again: both idempotent), ``open`` with a dead registration is aborted.
+"""
+from __future__ import annotations
+
+import enum
+import os
+import struct
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from .. import _validate
+from .._check import check
+from .._native import ffi, lib
+from ..errors import (InvalidArgument, LeaseExpired, NotFound, ProducerFenced, TransactionError,
+                      Unsupported)
+from .._clock import now_ns
+from . import _metakeys
+from .offset import FabricOffsetStore, MemOffsetStore
+
+if TYPE_CHECKING:
+    from .topic import Topic, TopicManager
+
+__all__ = ["TxnState", "Registration", "TransactionInfo", "register", "renew", "begin", "commit",
+           "abort", "resolve", "transactions", "write_markers", "STAMP", "COMMIT", "ABORT"]
+
+#: stamp after a stamped message's value: producer, epoch, sequence, transaction
+STAMP = struct.Struct("<IIQQ")
+assert STAMP.size == lib.GF_STAMP_SIZE
+COMMIT, ABORT = b"C", b"A"      # marker values
+
+_RECORD = struct.Struct("<IIIIQQIIqII")   # number, epoch, state, lease index, lease id, txn,
+#                                          txn epoch, staged, begin ns, aborted, fenced
+_COUNTER = "xc"                 # the next producer number
+_REGION = 4096                  # a registration's lease: one page
+_OWNER_TAG = 0x5052_4F44        # "PROD" in a registration lease's owner tag
+
+
+class TxnState(enum.IntEnum):
+    """Where a producer's current transaction is."""
+
+    Idle = 0          #: none open (the last one was committed or aborted)
+    Open = 1          #: begun, neither committed nor aborted
+    Committing = 2    #: decided: commit (markers and staged writes may be under way)
+    Aborting = 3      #: decided: abort (markers may be under way)
+
+
+@dataclass
+class Registration:
+    """A producer's record ``x/<id>`` (what the fabric holds, decoded)."""
+
+    transactional_id: str
+    topic: str
+    number: int
+    epoch: int
+    state: TxnState
+    lease_index: int
+    lease_id: int
+    txn: int            # the current (or last) transaction's number
+    txn_epoch: int      # the epoch that transaction was begun in
+    staged: int         # staged offset writes of a committing transaction
+    begin_ns: int       # when the current transaction began
+    aborted: int        # transactions aborted so far (by the producer or a resolver)
+    fenced: int         # times an instance of this id was fenced by a newer one
+
+    def encode(self) -> bytes:
+        return _RECORD.pack(self.number, self.epoch, int(self.state), self.lease_index, self.lease_id,
+                            self.txn, self.txn_epoch, self.staged, self.begin_ns, self.aborted,
+                            self.fenced) + _metakeys.pack_names(self.topic)
+
+    @classmethod
+    def decode(cls, tid: str, raw: bytes) -> "Registration":
+        """ValueError if damaged (values come from shared memory)."""
+        if len(raw) < _RECORD.size:
+            raise ValueError("short producer record")
+        f = _RECORD.unpack_from(raw)
+        if f[2] not in TxnState._value2member_map_:
+            raise ValueError(f"unknown transaction state {f[2]}")
+        (topic,), _ = _metakeys.unpack_names(raw[_RECORD.size:], 1)
+        return cls(tid, topic, f[0], f[1], TxnState(f[2]), f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10])
+
+
+@dataclass(frozen=True)
+class TransactionInfo:
+    """One producer registration as listings show it."""
+
+    transactional_id: str
+    topic: str
+    producer: int
+    epoch: int
+    state: str
+    txn: int
+    age_s: float        # seconds since the current transaction began (0 when idle)
+    alive: bool         # the registration's lease is alive
+    aborted: int
+    fenced: int
+
+
+def _key(tid: str) -> str:
+    return f"x/{tid}"
+
+
+def _number_key(number: int) -> str:
+    return f"xn/{number}"
+
+
+def _staged_key(tid: str, i: int, part: str) -> str:
+    return f"xs/{tid}/{i}/{part}"
+
+
+def new_id() -> str:
+    """An id for a producer that is idempotent without a name of its own."""
+    return f"~{os.getpid()}-{uuid.uuid4().hex[:16]}"
+
+
+def _get(fabric: Any, tid: str) -> Registration | None:
+    raw = fabric.meta_get(_key(tid))
+    if raw is None:
+        return None
+    try:
+        return Registration.decode(tid, raw)
+    except (ValueError, struct.error):
+        from ..errors import CorruptFabric
+        raise CorruptFabric(f"the record of producer {tid!r} in the fabric is damaged") from None
+
+
+def _put(fabric: Any, reg: Registration) -> None:
+    fabric.meta_put(_key(reg.transactional_id), reg.encode())
+
+
+def _alive(fabric: Any, reg: Registration, now: int) -> bool:
+    rc = lib.gf_lease_check(fabric.handle, reg.lease_index, reg.lease_id, now)
+    return rc == 1
+
+
+# ---- registering ---------------------------------------------------------------------
+def register(mgr: "TopicManager", tid: str, topic: str, ttl: float, now: float | None = None
+             ) -> Registration:
+    """Register (or take over) producer ``tid`` of ``topic``: a higher epoch that
+    fences every older instance. A transaction the previous instance left open
+    is aborted, one it decided to commit is finished, before this returns."""
+    fabric = mgr.fabric
+    t = now_ns(now)
+    exp = t + int(ttl * 1e9)
+    info = ffi.new("gf_lease_info *")
+    with fabric.locked():
+        reg = _get(fabric, tid)
+        if reg is not None and reg.topic != topic:
+            raise InvalidArgument(f"transactional_id {tid!r} belongs to a producer of topic {reg.topic!r}, "
+                                  f"not {topic!r}")
+        if reg is None:
+            raw = fabric.meta_get(_COUNTER)
+            number = int.from_bytes(raw, "little") if raw else 1
+            fabric.meta_put(_COUNTER, (number + 1).to_bytes(8, "little"))
+            reg = Registration(tid, topic, number, 0, TxnState.Idle, 0, 0, 0, 0, 0, 0, 0, 0)
+            fabric.meta_put(_number_key(number), tid.encode())
+        else:
+            reg.fenced += reg.epoch > 0
+        if reg.state is TxnState.Open:              # the old instance's transaction dies with it
+            reg.state = TxnState.Aborting
+        reg.epoch += 1
+        if reg.lease_id and _alive(fabric, reg, t):
+            check(lib.gf_lease_renew(fabric.handle, reg.lease_index, reg.lease_id, exp, t))
+            check(lib.gf_producer_fence(fabric.handle, reg.lease_index, reg.lease_id, reg.epoch),
+                  f"producer {tid!r}")
+        else:
+            check(lib.gf_lease_acquire(fabric.handle, _REGION, exp, _OWNER_TAG, t, info),
+                  f"registering producer {tid!r}")
+            reg.lease_index, reg.lease_id = info.index, info.id
+            check(lib.gf_producer_init(fabric.handle, reg.lease_index, reg.lease_id, reg.number, reg.epoch),
+                  f"producer {tid!r}")
+        _put(fabric, reg)
+    if reg.state in (TxnState.Committing, TxnState.Aborting):
+        reg = _finish(mgr, reg, now)
+    return reg
+
+
+def unregister(mgr: "TopicManager", reg: Registration) -> None:
+    """A producer closed: give its registration back (if still its own, idle)."""
+    fabric = mgr.fabric
+    with fabric.locked():
+        cur = _get(fabric, reg.transactional_id)
+        if cur is None or cur.epoch != reg.epoch or cur.state is not TxnState.Idle:
+            return
+        lib.gf_lease_release(fabric.handle, cur.lease_index, cur.lease_id)
+        if cur.transactional_id.startswith("~"):     # a made-up id: nobody takes it over
+            fabric.meta_del(_key(cur.transactional_id))
+            fabric.meta_del(_number_key(cur.number))
+        else:
+            cur.lease_id = cur.lease_index = 0
+            _put(fabric, cur)
+
+
+def _current(fabric: Any, reg: Registration, t: int) -> Registration:
+    """Under the lock: the record, if ``reg``'s instance still owns it; else
+    ProducerFenced (a newer epoch, or the registration expired)."""
+    cur = _get(fabric, reg.transactional_id)
+    if cur is None or cur.epoch != reg.epoch:
+        raise ProducerFenced(transactional_id=reg.transactional_id, topic=reg.topic, epoch=reg.epoch,
+                             current_epoch=cur.epoch if cur is not None else -1)
+    if not _alive(fabric, cur, t):
+        raise ProducerFenced(f"producer {reg.transactional_id!r} of topic {reg.topic!r}: its registration "
+                             f"expired (nothing renewed it for transaction_ttl); nothing was written",
+                             transactional_id=reg.transactional_id, topic=reg.topic, epoch=reg.epoch,
+                             current_epoch=cur.epoch)
+    return cur
+
+
+def renew(mgr: "TopicManager", reg: Registration, ttl: float, now: float | None = None) -> int:
+    """Renew the registration for ``ttl`` seconds; returns the new expiry (ns).
+    ProducerFenced if another instance took over or it expired."""
+    fabric = mgr.fabric
+    t = now_ns(now)
+    exp = t + int(ttl * 1e9)
+    with fabric.locked():
+        cur = _current(fabric, reg, t)
+        check(lib.gf_lease_renew(fabric.handle, cur.lease_index, cur.lease_id, exp, t))
+    return exp
+
+
+# ---- transactions --------------------------------------------------------------------
+def begin(mgr: "TopicManager", reg: Registration, ttl: float, now: float | None = None) -> Registration:
+    fabric = mgr.fabric
+    t = now_ns(now)
+    with fabric.locked():
+        cur = _current(fabric, reg, t)
+        if cur.state is not TxnState.Idle:
+            raise TransactionError(f"producer {reg.transactional_id!r} has transaction {cur.txn} "
+                                   f"{cur.state.name.lower()}; commit or abort it first")
+        _drop_staged(fabric, cur)
+        cur.txn += 1
+        cur.txn_epoch = cur.epoch
+        cur.state = TxnState.Open
+        cur.begin_ns = t
+        cur.staged = 0
+        check(lib.gf_lease_renew(fabric.handle, cur.lease_index, cur.lease_id, t + int(ttl * 1e9), t))
+        _put(fabric, cur)
+    return cur
+
+
+def _drop_staged(fabric: Any, reg: Registration) -> None:
+    for i in range(reg.staged):
+        fabric.meta_del(_staged_key(reg.transactional_id, i, "k"))
+        fabric.meta_del(_staged_key(reg.transactional_id, i, "v"))
+
+
+def staged_writes(fabric: Any, stores: list[tuple[Any, str, str, dict[int, int], dict[int, int | None]]]
+                  ) -> tuple[list[tuple[str, bytes]], list]:
+    """Split offset commits into metadata writes of this fabric (staged with the
+    decision, so a crash cannot separate them from it) and in-memory ones."""
+    puts: list[tuple[str, bytes]] = []
+    later = []
+    for store, group, topic, offsets, incs in stores:
+        if isinstance(store, FabricOffsetStore):
+            puts += store.writes(group, topic, offsets, incs)
+        else:
+            later.append((store, group, topic, offsets, incs))
+    return puts, later
+
+
+def check_store(fabric: Any, store: Any) -> None:
+    """A transaction commits offsets atomically with its messages to a
+    FabricOffsetStore of the same bus, or a MemOffsetStore (in-process)."""
+    if isinstance(store, FabricOffsetStore):
+        if store.fabric is not fabric and (store.fabric.path is None or store.fabric.path != fabric.path):
+            raise InvalidArgument("the FabricOffsetStore belongs to another bus than the transaction's topic")
+        return
+    if isinstance(store, MemOffsetStore):
+        return
+    raise Unsupported(f"a transaction cannot commit offsets to a {type(store).__name__} atomically with its "
+                      "messages: use a FabricOffsetStore of the same bus (shared by processes) or a "
+                      "MemOffsetStore (this process only)")
+
+
+def commit(mgr: "TopicManager", reg: Registration, stores: list, now: float | None = None) -> Registration:
+    """Decide, apply and mark a commit (see the module's docstring)."""
+    fabric = mgr.fabric
+    t = now_ns(now)
+    puts, later = staged_writes(fabric, stores)
+    with fabric.locked():
+        cur = _open_txn(fabric, reg, t)
+        for i, (k, v) in enumerate(puts):
+            fabric.meta_put(_staged_key(cur.transactional_id, i, "k"), k.encode())
+            fabric.meta_put(_staged_key(cur.transactional_id, i, "v"), v)
+        cur.staged = len(puts)
+        cur.state = TxnState.Committing
+        _put(fabric, cur)                 # the decision
+        for k, v in puts:
+            fabric.meta_put(k, v)
+    for store, group, topic, offsets, incs in later:
+        store.commit_many(group, topic, offsets, incs)
+    return _finish(mgr, cur, now)
+
+
+def abort(mgr: "TopicManager", reg: Registration, now: float | None = None) -> Registration:
+    fabric = mgr.fabric
+    t = now_ns(now)
+    with fabric.locked():
+        cur = _open_txn(fabric, reg, t, aborting=True)
+        cur.state = TxnState.Aborting
+        _put(fabric, cur)
+    return _finish(mgr, cur, now)
+
+
+def _open_txn(fabric: Any, reg: Registration, t: int, aborting: bool = False) -> Registration:
+    cur = _get(fabric, reg.transactional_id)
+    if cur is not None and cur.epoch == reg.epoch and cur.txn == reg.txn and \
+            cur.state is TxnState.Idle and cur.aborted > reg.aborted:
+        raise TransactionError(f"transaction {reg.txn} of producer {reg.transactional_id!r} was aborted "
+                               "(its registration expired before it committed)")
+    if aborting and cur is not None and cur.epoch != reg.epoch:
+        raise ProducerFenced(transactional_id=reg.transactional_id, topic=reg.topic, epoch=reg.epoch,
+                             current_epoch=cur.epoch)
+    cur = _current(fabric, reg, t)
+    if cur.state is not TxnState.Open or cur.txn != reg.txn:
+        raise TransactionError(f"producer {reg.transactional_id!r} has no open transaction {reg.txn} "
+                               f"(state {cur.state.name.lower()}, transaction {cur.txn})")
+    return cur
+
+
+def _finish(mgr: "TopicManager", reg: Registration, now: float | None = None) -> Registration:
+    """Carry a decided transaction to its end: staged writes (again), markers
+    (again), then idle. Every step may be repeated by another process."""
+    fabric = mgr.fabric
+    committing = reg.state is TxnState.Committing
+    if committing and reg.staged:
+        with fabric.locked():
+            for i in range(reg.staged):
+                k = fabric.meta_get(_staged_key(reg.transactional_id, i, "k"))
+                v = fabric.meta_get(_staged_key(reg.transactional_id, i, "v"))
+                if k is not None and v is not None:
+                    fabric.meta_put(k.decode("utf-8", "replace"), v)
+    try:
+        write_markers(mgr, reg.topic, reg.number, reg.txn_epoch, reg.txn, COMMIT if committing else ABORT)
+    except NotFound:
+        pass        # the topic is gone: nobody can read the transaction's messages
+    with fabric.locked():
+        cur = _get(fabric, reg.transactional_id)
+        if cur is not None and cur.txn == reg.txn and cur.txn_epoch == reg.txn_epoch and cur.state is reg.state:
+            _drop_staged(fabric, cur)
+            cur.staged = 0
+            cur.aborted += not committing
+            cur.state = TxnState.Idle
+            cur.begin_ns = 0
+            _put(fabric, cur)
+            return cur
+    return cur if cur is not None else reg
+
+
+def write_markers(mgr: "TopicManager", topic: str, number: int, epoch: int, txn: int, kind: bytes) -> None:
+    """One marker of ``kind`` for transaction (number, epoch, txn) in every live
+    partition of ``topic``."""
+    t: Topic = mgr.topic(topic)
+    stamp = ffi.new("gf_stamp *", {"producer": number, "epoch": epoch, "seq": 0, "txn": txn})
+    flags = lib.GF_MSG_CONTROL | lib.GF_MSG_TXN
+    for p in range(t.n):
+        ring = t.rings[p]
+        if ring == ffi.NULL:
+            continue
+        for _ in range(3):
+            rc = lib.gf_ring_append_stamped(ring, flags, stamp, ffi.NULL, 0, 0, ffi.NULL, 0, kind, 1, 0)
+            if rc != lib.GF_E_ABANDONED:
+                break
+        if rc == lib.GF_E_EXPIRED:
+            continue        # an expired partition reads as empty: nothing of the transaction is visible
+        check(rc, f"writing a transaction marker to {topic!r} partition {p}")
+
+
+# ---- whoever looks next --------------------------------------------------------------
+def resolve(mgr: "TopicManager", number: int | None = None, now: float | None = None) -> int:
+    """Finish the transactions whose producers can no longer finish them: open
+    ones whose registration expired are aborted, decided ones are carried to
+    their end. ``number``: only that producer's. Returns how many it finished."""
+    fabric = mgr.fabric
+    t = now_ns(now)
+    todo = []
+    with fabric.locked():
+        for tid in _ids(fabric, number):
+            reg = _get(fabric, tid)
+            if reg is None or reg.state is TxnState.Idle or _alive(fabric, reg, t):
+                continue
+            if reg.state is TxnState.Open:
+                reg.state = TxnState.Aborting
+                _put(fabric, reg)
+            todo.append(reg)
+    for reg in todo:
+        _finish(mgr, reg, now)
+    return len(todo)
+
+
+def _ids(fabric: Any, number: int | None) -> list[str]:
+    if number is not None:
+        raw = fabric.meta_get(_number_key(number))
+        return [raw.decode("utf-8", "replace")] if raw else []
+    return [k[2:] for k, _ in fabric.meta_items("x/")]
+
+
+def transactions(mgr: "TopicManager", topic: str | None = None, now: float | None = None
+                 ) -> list[TransactionInfo]:
+    """Every producer registration (of ``topic``): its epoch, its transaction's
+    state and age, whether it is alive, how often it aborted and was fenced."""
+    fabric = mgr.fabric
+    t = now_ns(now)
+    out = []
+    with fabric.locked():
+        for key, raw in fabric.meta_items("x/"):
+            try:
+                reg = Registration.decode(key[2:], raw)
+            except (ValueError, struct.error):
+                continue
+            if topic is not None and reg.topic != topic:
+                continue
+            alive = bool(reg.lease_id) and _alive(fabric, reg, t)
+            age = (t - reg.begin_ns) / 1e9 if reg.state is not TxnState.Idle and reg.begin_ns else 0.0
+            out.append(TransactionInfo(reg.transactional_id, reg.topic, reg.number, reg.epoch,
+                                       reg.state.name.lower(), reg.txn, max(age, 0.0), alive,
+                                       reg.aborted, reg.fenced))
+    return sorted(out, key=lambda i: i.transactional_id)
+
+
+def parse_stamp(blob: bytes | memoryview) -> tuple[int, int, int, int]:
+    """(producer, epoch, sequence, transaction) of a stamp."""
+    return STAMP.unpack(blob)
