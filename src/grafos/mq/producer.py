@@ -177,6 +177,17 @@ class Producer(SendPath):
             d.seqs, d.last, d.n = seqs, last, n
         return d
 
+    def register(self, mgr: TopicManager) -> int:
+        """Register now rather than on the first send: older instances with the
+        same ``transactional_id`` are fenced, and a transaction they left is
+        finished (aborted if open, carried through if decided). Returns the epoch."""
+        if isinstance(mgr, RemoteManager):
+            return mgr.register(self)
+        if not self.idempotent:
+            raise InvalidArgument(f"producer of {self.topic!r} is not idempotent: nothing to register")
+        self._bind(mgr)
+        return self._idem[1].epoch
+
     @property
     def epoch(self) -> int | None:
         """The epoch this producer registered with (None: not idempotent, or not yet used)."""

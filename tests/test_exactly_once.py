@@ -1,0 +1,290 @@
+"""Idempotent producers, epoch fencing, transactions and read_committed."""
+from __future__ import annotations
+
+import hashlib
+import random
+
+import pytest
+
+from grafos._native import lib
+from grafos.errors import (InvalidArgument, InvalidType, ProducerFenced, TransactionError,
+                           Unsupported)
+from grafos.mq import transaction
+from grafos.mq.consumer import Consumer, SeekPolicy
+from grafos.mq.offset import FabricOffsetStore, MemOffsetStore, SqliteOffsetStore
+from grafos.mq.producer import Producer
+from grafos.mq.topic import TopicConfig, TopicManager
+
+import eos_procs
+from mp_helpers import scaled, start
+
+
+@pytest.fixture
+def mgr():
+    m = TopicManager()
+    m.create("out", TopicConfig(num_partitions=2, partition_capacity=1024))
+    yield m
+    m.close()
+
+
+def everything(mgr, topic="out", isolation="read_uncommitted"):
+    c = Consumer(topic, f"all-{isolation}", isolation=isolation)
+    c.seek(mgr, SeekPolicy.Earliest)
+    out = []
+    while msgs := c.poll(mgr, 1000):
+        out += [(p, m.offset, m.key, m.value) for p, m in msgs]
+    return out, c
+
+
+# ---- idempotence ------------------------------------------------------------------------
+@pytest.mark.parametrize("keyed", [True, False])
+def test_send_retried_after_its_write_lands_once_and_returns_the_original_offset(mgr, keyed):
+    prod = Producer("out", idempotent=True)
+    send = (lambda v: prod.send_keyed(mgr, b"k", v)) if keyed else (lambda v: prod.send(mgr, v))
+    first = send(b"one")
+    lib.gf_test_fault(lib.GF_FAULT_IDEM_WRITTEN, lib.GF_FAULT_FAIL)  # the call fails after the write
+    try:
+        second = send(b"two")
+    finally:
+        lib.gf_test_fault(0, 0)
+    third = send(b"three")
+    msgs, _ = everything(mgr)
+    values = sorted(v for *_, v in msgs)
+    assert values == [b"one", b"three", b"two"]              # written once
+    assert (second[0], second[1]) in {(p, off) for p, off, _, v in msgs if v == b"two"}
+    if keyed:
+        assert (first[1], second[1], third[1]) == (0, 1, 2)
+
+
+def test_plain_send_after_a_failed_write_is_written_twice_without_idempotence(mgr):
+    """The failure the idempotent path rides out is real: retrying by hand duplicates."""
+    prod = Producer("out")
+    prod.send_keyed(mgr, b"k", b"x")
+    prod.send_keyed(mgr, b"k", b"x")        # the "retry" of a plain producer
+    msgs, _ = everything(mgr)
+    assert [v for *_, v in msgs] == [b"x", b"x"]
+
+
+def test_every_idempotent_message_carries_its_stamp(mgr):
+    prod = Producer("out", transactional_id="stamps")
+    for i in range(5):
+        prod.send_keyed(mgr, b"k", b"v%d" % i)
+    t = mgr.topic("out")
+    from grafos.reader import Reader
+    p = next(i for i in range(t.n) if t.partitions[i].state().latest)
+    rd = Reader(mgr.fabric, [t.partitions[p]])
+    b = rd.poll_batch(100)
+    stamps = []
+    for i in range(len(b)):
+        m = b.meta[i]
+        assert int(m["flags"]) & lib.GF_MSG_STAMP
+        end = int(m["pos"]) + int(m["key_len"]) + int(m["hdr_len"]) + int(m["val_len"])
+        stamps.append(transaction.parse_stamp(b.data[end:end + 24].tobytes()))
+    reg = transaction.transactions(mgr)[0]
+    assert stamps == [(reg.producer, reg.epoch, seq, 0) for seq in range(5)]
+
+
+def test_a_new_instance_fences_the_old_one_which_then_writes_nothing(mgr):
+    old = Producer("out", transactional_id="w")
+    old.send_keyed(mgr, b"k", b"before")
+    new = Producer("out", transactional_id="w")
+    assert new.register(mgr) == old.epoch + 1
+    with pytest.raises(ProducerFenced) as e:
+        old.send_keyed(mgr, b"k", b"zombie")
+    assert e.value.epoch == old.epoch and e.value.current_epoch == new.epoch
+    with pytest.raises(ProducerFenced):
+        old.send(mgr, b"zombie")
+    with pytest.raises(ProducerFenced):
+        old.send_batch(mgr, [b"zombie"])
+    new.send_keyed(mgr, b"k", b"after")
+    assert [v for *_, v in everything(mgr)[0]] == [b"before", b"after"]
+    info = {i.transactional_id: i for i in transaction.transactions(mgr)}["w"]
+    assert info.fenced == 1 and info.epoch == new.epoch
+
+
+def test_a_fenced_producers_open_transaction_is_aborted_by_its_successor(mgr):
+    old = Producer("out", transactional_id="w")
+    txn = old.begin(mgr)
+    old.send_keyed(mgr, b"k", b"zombie-txn")
+    new = Producer("out", transactional_id="w")
+    new.register(mgr)
+    with pytest.raises(ProducerFenced):
+        txn.commit()
+    with new.begin(mgr):
+        new.send_keyed(mgr, b"k", b"good")
+    committed, rc = everything(mgr, isolation="read_committed")
+    assert [v for *_, v in committed] == [b"good"]
+    assert rc.aborted == 1
+    assert [v for *_, v in everything(mgr)[0]] == [b"zombie-txn", b"good"]
+
+
+# ---- transactions and isolation -----------------------------------------------------------
+def test_read_committed_sees_commits_in_order_and_never_aborts_read_uncommitted_sees_all(mgr):
+    plain = Producer("out")
+    tx = Producer("out", transactional_id="t")
+    rc = Consumer("out", "rc", isolation="read_committed")
+    rc.seek(mgr, SeekPolicy.Earliest)
+    plain.send_keyed(mgr, b"k", b"p0")
+    txn = tx.begin(mgr)
+    tx.send_keyed(mgr, b"k", b"t1")
+    plain.send_keyed(mgr, b"k", b"p1")              # behind an open transaction: held
+    tx.send_keyed(mgr, b"k", b"t2")
+    assert [m.value for _, m in rc.poll(mgr, 100)] == [b"p0"]
+    assert rc.poll(mgr, 100, timeout=0.05) == []
+    txn.commit()
+    assert [m.value for _, m in rc.poll(mgr, 100)] == [b"t1", b"p1", b"t2"]
+    with pytest.raises(RuntimeError):
+        with tx.begin(mgr):
+            tx.send_keyed(mgr, b"k", b"a1")
+            plain.send_keyed(mgr, b"k", b"p2")
+            raise RuntimeError("the block fails: the transaction aborts")
+    plain.send_keyed(mgr, b"k", b"p3")
+    assert [m.value for _, m in rc.poll(mgr, 100)] == [b"p2", b"p3"]
+    assert rc.aborted == 1
+    uncommitted = [v for *_, v in everything(mgr)[0]]
+    assert uncommitted == [b"p0", b"t1", b"p1", b"t2", b"a1", b"p2", b"p3"]
+
+
+def test_transaction_commits_offsets_with_its_messages_and_aborts_them_with_it(mgr):
+    mgr.create("in", TopicConfig(num_partitions=1))
+    src = Producer("in")
+    for i in range(6):
+        src.send(mgr, b"%d" % i)
+    store = FabricOffsetStore(mgr)
+    cons = Consumer("in", "eos")
+    cons.seek(mgr, store, SeekPolicy.Committed)
+    prod = Producer("out", transactional_id="ctp")
+    txn = prod.begin(mgr)
+    for _, m in cons.poll(mgr, 3):
+        prod.send(mgr, m.value)
+    assert txn.commit_offsets(cons, store) == {0: 3}
+    txn.abort()
+    assert store.committed("eos", "in", 0) is None
+    txn = prod.begin(mgr)
+    txn.commit_offsets(cons, store)
+    txn.commit()
+    assert store.committed("eos", "in", 0) == 3
+    with pytest.raises(TransactionError):
+        txn.commit()
+
+
+def test_transaction_states_with_an_injected_clock(mgr):
+    """open -> committed, open -> aborted, open -> expired (aborted by whoever
+    looks after the registration's TTL), and fencing by epoch."""
+    prod = Producer("out", transactional_id="m", transaction_ttl=5.0)
+    prod.register(mgr)
+    t0 = transaction.transactions(mgr)[0]
+    assert (t0.state, t0.epoch, t0.txn) == ("idle", 1, 0)
+    txn = prod.begin(mgr)
+    prod.send(mgr, b"a")
+    assert transaction.transactions(mgr)[0].state == "open"
+    txn.commit()
+    assert transaction.transactions(mgr)[0].state == "idle"
+    txn = prod.begin(mgr)
+    txn.abort()
+    info = transaction.transactions(mgr)[0]
+    assert (info.state, info.txn, info.aborted) == ("idle", 2, 1)
+    txn = prod.begin(mgr)
+    prod.send(mgr, b"b")
+    import time
+    later = time.time() + 3.0
+    assert transaction.resolve(mgr, now=later) == 0          # alive: nobody may touch it
+    assert transaction.transactions(mgr, now=later)[0].age_s >= 3.0
+    much_later = time.time() + 60.0
+    assert transaction.resolve(mgr, now=much_later) == 1     # its registration expired: aborted
+    info = transaction.transactions(mgr, now=much_later)[0]
+    assert (info.state, info.aborted, info.alive) == ("idle", 2, False)
+    with pytest.raises((TransactionError, ProducerFenced)):
+        txn.commit()
+    assert [v for *_, v in everything(mgr, isolation="read_committed")[0]] == [b"a"]
+    again = Producer("out", transactional_id="m")
+    assert again.register(mgr) == 2
+
+
+def test_a_decided_commit_is_carried_through_by_the_next_instance(mgr, monkeypatch):
+    prod = Producer("out", transactional_id="d")
+    txn = prod.begin(mgr)
+    prod.send_keyed(mgr, b"k", b"decided")
+    monkeypatch.setattr(transaction, "write_markers", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        txn.commit()                            # decided, then "died" before its markers
+    monkeypatch.undo()
+    assert transaction.transactions(mgr)[0].state == "committing"
+    assert everything(mgr, isolation="read_committed")[0] == []
+    Producer("out", transactional_id="d").register(mgr)
+    assert [v for *_, v in everything(mgr, isolation="read_committed")[0]] == [b"decided"]
+
+
+# ---- bad input ------------------------------------------------------------------------------
+def test_bad_input_is_refused_with_a_clear_error(mgr, tmp_path):
+    with pytest.raises(InvalidType, match="idempotent"):
+        Producer("out", idempotent="yes")
+    with pytest.raises(InvalidArgument, match="transactional_id"):
+        Producer("out", transactional_id="")
+    with pytest.raises(InvalidArgument, match="transaction_ttl"):
+        Producer("out", transactional_id="x", transaction_ttl=0)
+    with pytest.raises(InvalidArgument, match="isolation"):
+        Consumer("out", isolation="serializable")
+    with pytest.raises(TransactionError, match="transactional_id"):
+        Producer("out", idempotent=True).begin(mgr)
+    idem = Producer("out", transactional_id="bad")
+    with pytest.raises(Unsupported, match="loan"):
+        idem.loan(mgr, 10)
+    txn = idem.begin(mgr)
+    with pytest.raises(TransactionError, match="already"):
+        idem.begin(mgr)
+    cons = Consumer("out", "g")
+    cons.seek(mgr, SeekPolicy.Earliest)
+    with SqliteOffsetStore(str(tmp_path / "o.db")) as sq:
+        with pytest.raises(Unsupported, match="FabricOffsetStore"):
+            txn.commit_offsets(cons, sq)
+    txn.commit_offsets(cons, MemOffsetStore())
+    txn.abort()
+    mgr.create("other", TopicConfig(num_partitions=1))
+    with pytest.raises(InvalidArgument, match="belongs to a producer of topic"):
+        Producer("other", transactional_id="bad").register(mgr)
+    rc = Consumer("out", "rc", isolation="read_committed")
+    with pytest.raises(Unsupported, match="poll"):
+        rc.poll_batch(mgr, 10)
+
+
+# ---- end to end, across processes, with kills ------------------------------------------------
+def test_consume_transform_produce_is_exactly_once_across_sigkills(shm_name, procs):
+    parts, keys, per_key, batch = 2, 8, scaled(40, 10), 7
+    mgr = TopicManager.open(shm_name, size=64 << 20)
+    mgr.create("in", TopicConfig(num_partitions=parts, partition_capacity=4096))
+    mgr.create("out", TopicConfig(num_partitions=parts, partition_capacity=8192))
+    src = Producer("in")
+    expected = []
+    for seq in range(per_key):
+        for k in range(keys):
+            key, value = b"key-%d" % k, b"%d:%d" % (k, seq)
+            src.send_keyed(mgr, key, value)
+            expected.append(b"out:" + value)
+    rnd = random.Random(1234)
+    # every kill point at least once per partition, then a clean run that drains
+    plans = {p: [(rnd.randrange(0, 3), point) for point in eos_procs.POINTS] + [(-1, "")] for p in range(parts)}
+    killed = 0
+    for step in range(len(eos_procs.POINTS) + 1):
+        running = [(p, start(procs, eos_procs.worker, shm_name, p, batch, *plans[p][step], 1.0))
+                   for p in range(parts)]
+        for p, proc in running:
+            proc.join(60)
+            assert not proc.is_alive(), f"worker of partition {p} hung"
+            if plans[p][step][0] >= 0 and proc.exitcode == -9:
+                killed += 1
+            else:
+                assert proc.exitcode == 0, f"worker of partition {p} exited {proc.exitcode}"
+    assert killed >= parts * 2       # most planned kills happened (a kill beyond the input is skipped)
+    got, rc = everything(mgr, isolation="read_committed")
+    values = [v for *_, v in got]
+    assert len(values) == len(expected)
+    assert hashlib.blake2b(b"|".join(sorted(values))).digest() == \
+        hashlib.blake2b(b"|".join(sorted(expected))).digest()
+    for k in range(keys):           # input order per key
+        mine = [int(v.split(b":")[2]) for v in values if v.startswith(b"out:%d:" % k)]
+        assert mine == list(range(per_key))
+    uncommitted = [v for *_, v in everything(mgr)[0]]
+    assert len(uncommitted) > len(expected)     # the killed workers did write; none of it leaked
+    assert all(i.state == "idle" for i in transaction.transactions(mgr))
+    mgr.close()
