@@ -6,6 +6,7 @@
 groups, DLQ routers and renewal managers of :mod:`grafos.mq` accept it where
 they take a manager. How topics map onto streams and KV records is in
 :mod:`grafos.jetstream.topics`; reading in :mod:`grafos.jetstream.cursors`;
+idempotent and fenced producers in :mod:`grafos.jetstream.producers`;
 where semantics differ from the shared-memory bus, ``docs/jetstream.md``.
 
 Every call is synchronous and bounded by ``timeout`` (default 5 s): a server
