@@ -438,6 +438,36 @@ def test_should_say_transactions_are_unsupported_and_why(js):
     assert js.describe("out").partitions[0].latest == 0
 
 
+def test_should_find_the_servers_atomic_batches_confined_to_one_stream(nats_url):
+    """What keeps transactions off this bus: a batch over two streams is refused
+    and none of it is stored (one stream takes it whole)."""
+    import asyncio
+    import json
+
+    import nats
+    from nats.js import api
+
+    async def probe() -> tuple[dict, dict, list[int]]:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        for name in ("TXA", "TXB"):
+            await js.add_stream(api.StreamConfig(name=name, subjects=[name.lower()], allow_atomic=True))
+        await nc.publish("txa", b"1", headers={"Nats-Batch-Id": "one", "Nats-Batch-Sequence": "1"})
+        one = await nc.request("txa", b"2", timeout=5, headers={
+            "Nats-Batch-Id": "one", "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"})
+        await nc.publish("txa", b"1", headers={"Nats-Batch-Id": "two", "Nats-Batch-Sequence": "1"})
+        two = await nc.request("txb", b"2", timeout=5, headers={
+            "Nats-Batch-Id": "two", "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"})
+        counts = [(await js.stream_info(n)).state.messages for n in ("TXA", "TXB")]
+        await nc.close()
+        return json.loads(one.data), json.loads(two.data), counts
+
+    one, two, counts = asyncio.run(probe())
+    assert one.get("count") == 2 and "error" not in one
+    assert "error" in two and "incomplete" in two["error"]["description"]
+    assert counts == [2, 0]
+
+
 def test_should_not_import_nats_on_the_shared_memory_bus():
     code = ("import sys\n"
             "from grafos.mq.topic import TopicManager, TopicConfig\n"
