@@ -14,12 +14,15 @@ import subprocess
 import sys
 import textwrap
 import time
+from typing import Any
 
+import nats.errors
 import numpy as np
 import pytest
 
 from bus_helpers import read_all
-from grafos.errors import GrafosError, InvalidArgument, InvalidType, LeaseExpired, NotFound, Unavailable
+from grafos.errors import (Fenced, GrafosError, InvalidArgument, InvalidType, LeaseExpired, NotFound, ProducerFenced,
+                           Unavailable, Unsupported)
 from grafos.jetstream import KvOffsetStore
 from grafos.leasekit import RenewalManager, RenewalPolicy
 from grafos.mq.consumer import Consumer, SeekPolicy
@@ -313,6 +316,156 @@ def test_should_raise_not_found_for_a_deleted_topic(js):
         prod.send(js, b"y")
     with pytest.raises(NotFound, match="events"):
         c.seek(js, None, SeekPolicy.Earliest)
+
+
+# ---- idempotent and fenced producers ---------------------------------------------------------
+def lose_acks(monkeypatch: pytest.MonkeyPatch, mgr: Any, count: int) -> list[str]:
+    """The next ``count`` publishes to a partition land on the server, but their
+    acknowledgements are lost: the client sees a timeout, as when a connection
+    drops after the write. Returns the Nats-Msg-Id of every partition publish."""
+    import asyncio
+    ids: list[str] = []
+    left = [count]
+    real, real_async = mgr.js.publish, mgr.js.publish_async
+
+    async def publish(subject: str, payload: bytes = b"", **kw: Any) -> Any:
+        ack = await real(subject, payload, **kw)
+        if subject.startswith("gf."):
+            ids.append(kw["headers"]["Nats-Msg-Id"])
+            if left[0] > 0:
+                left[0] -= 1
+                raise nats.errors.TimeoutError
+        return ack
+
+    async def publish_async(subject: str, payload: bytes = b"", **kw: Any) -> Any:
+        fut = await real_async(subject, payload, **kw)
+        if not subject.startswith("gf."):
+            return fut
+        ids.append(kw["headers"]["Nats-Msg-Id"])
+        if left[0] <= 0:
+            return fut
+        left[0] -= 1
+        lost = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda _: lost.set_exception(nats.errors.TimeoutError()))
+        return lost
+
+    monkeypatch.setattr(mgr.js, "publish", publish)
+    monkeypatch.setattr(mgr.js, "publish_async", publish_async)
+    return ids
+
+
+@pytest.mark.parametrize("kind", [{}, {"idempotent": True}, {"transactional_id": "worker-1"}])
+def test_should_write_once_and_return_the_original_offset_when_an_ack_is_lost(js, monkeypatch, kind):
+    js.create("out", TopicConfig(num_partitions=1, partition_capacity=100, partition_stride=128))
+    prod = Producer("out", **kind)
+    assert prod.send(js, b"first") == (0, 0)
+    ids = lose_acks(monkeypatch, js, 1)
+    assert prod.send(js, b"second") == (0, 1)          # the retry was told the original offset
+    assert len(ids) == 2 and ids[0] == ids[1]           # one message id, published twice
+    assert prod.send(js, b"third") == (0, 2)
+    if prod.idempotent:                                 # <instance>.<epoch>.<partition>.<sequence>
+        assert ids[0].split(".")[1:] == ["0", "0", "1"]
+    assert [(m.offset, m.value) for _, m in read_all(js, "out")] == [(0, b"first"), (1, b"second"),
+                                                                     (2, b"third")]
+
+
+@pytest.mark.parametrize("kind", [{}, {"idempotent": True}])
+def test_should_write_a_batch_once_when_some_of_its_acks_are_lost(js, monkeypatch, kind):
+    js.create("out", TopicConfig(num_partitions=2, partition_capacity=100, partition_stride=128))
+    prod = Producer("out", Partitioner.RoundRobin, **kind)
+    ids = lose_acks(monkeypatch, js, 3)
+    values = [b"v%d" % i for i in range(10)]
+    parts, offs = prod.send_batch(js, values)
+    assert len(ids) == 13 and len(set(ids)) == 10       # three messages published twice
+    got = {(p, m.offset): m.value for p, m in read_all(js, "out")}
+    assert len(got) == 10
+    assert {(int(p), int(o)): v for p, o, v in zip(parts, offs, values)} == got
+
+
+def test_should_number_an_idempotent_producers_messages_per_partition(js, monkeypatch):
+    js.create("out", TopicConfig(num_partitions=2, partition_capacity=100, partition_stride=128))
+    prod = Producer("out", Partitioner.RoundRobin, idempotent=True)
+    ids = lose_acks(monkeypatch, js, 0)
+    for i in range(4):
+        prod.send(js, b"%d" % i)
+    prod.send_batch(js, [b"b0", b"b1"])
+    assert [i.split(".")[2:] for i in ids] == [["0", "0"], ["1", "0"], ["0", "1"], ["1", "1"],
+                                               ["0", "2"], ["1", "2"]]
+    assert len({i.split(".")[0] for i in ids}) == 1
+
+
+def test_should_fence_the_older_instance_of_a_transactional_id(js, nats_url):
+    js.create("out", TopicConfig(num_partitions=1, partition_capacity=100, partition_stride=128))
+    old = Producer("out", transactional_id="worker-1")
+    assert old.send(js, b"a") == (0, 0)                 # the first send registers: epoch 0
+    assert js.register(old) == 0
+    with TopicManager.connect(nats_url) as other:       # the new instance, on its own connection
+        new = Producer("out", transactional_id="worker-1")
+        assert other.register(new) == 1
+        with pytest.raises(ProducerFenced) as e:
+            old.send(js, b"zombie")
+        assert isinstance(e.value, Fenced)
+        assert (e.value.transactional_id, e.value.topic, e.value.epoch, e.value.current_epoch) == \
+            ("worker-1", "out", 0, 1)
+        with pytest.raises(ProducerFenced):
+            old.send_batch(js, [b"z1", b"z2"])
+        assert new.send(other, b"b") == (0, 1)
+        third = Producer("out", transactional_id="worker-1")
+        assert third.send(js, b"c") == (0, 2)           # registered by its first send: epoch 2
+        with pytest.raises(ProducerFenced, match="epoch is 1"):
+            new.send_keyed(other, b"k", b"late")
+        with pytest.raises(ProducerFenced):             # a fenced producer stays fenced
+            old.send(js, b"again")
+    assert [m.value for _, m in read_all(js, "out")] == [b"a", b"b", b"c"]
+
+
+def test_should_not_fence_idempotent_producers_or_other_transactional_ids(js):
+    js.create("out", TopicConfig(num_partitions=1, partition_capacity=100, partition_stride=128))
+    a, b = Producer("out", idempotent=True), Producer("out", idempotent=True)
+    x, y = Producer("out", transactional_id="x"), Producer("out", transactional_id="y")
+    assert js.register(a) == js.register(b) == js.register(x) == js.register(y) == 0
+    for p in (a, b, x, y, a, b, x, y):
+        p.send(js, b"m")
+    assert js.describe("out").partitions[0].latest == 8
+
+
+def test_should_say_transactions_are_unsupported_and_why(js):
+    js.create("out", TopicConfig(num_partitions=1))
+    prod = Producer("out", transactional_id="worker-1")
+    with pytest.raises(Unsupported, match="atomic batch commits messages to one stream") as e:
+        js.begin(prod)
+    assert isinstance(e.value, NotImplementedError)
+    assert js.describe("out").partitions[0].latest == 0
+
+
+def test_should_find_the_servers_atomic_batches_confined_to_one_stream(nats_url):
+    """What keeps transactions off this bus: a batch over two streams is refused
+    and none of it is stored (one stream takes it whole)."""
+    import asyncio
+    import json
+
+    import nats
+    from nats.js import api
+
+    async def probe() -> tuple[dict, dict, list[int]]:
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        for name in ("TXA", "TXB"):
+            await js.add_stream(api.StreamConfig(name=name, subjects=[name.lower()], allow_atomic=True))
+        await nc.publish("txa", b"1", headers={"Nats-Batch-Id": "one", "Nats-Batch-Sequence": "1"})
+        one = await nc.request("txa", b"2", timeout=5, headers={
+            "Nats-Batch-Id": "one", "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"})
+        await nc.publish("txa", b"1", headers={"Nats-Batch-Id": "two", "Nats-Batch-Sequence": "1"})
+        two = await nc.request("txb", b"2", timeout=5, headers={
+            "Nats-Batch-Id": "two", "Nats-Batch-Sequence": "2", "Nats-Batch-Commit": "1"})
+        counts = [(await js.stream_info(n)).state.messages for n in ("TXA", "TXB")]
+        await nc.close()
+        return json.loads(one.data), json.loads(two.data), counts
+
+    one, two, counts = asyncio.run(probe())
+    assert one.get("count") == 2 and "error" not in one
+    assert "error" in two and "incomplete" in two["error"]["description"]
+    assert counts == [2, 0]
 
 
 def test_should_not_import_nats_on_the_shared_memory_bus():

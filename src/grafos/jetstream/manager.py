@@ -6,6 +6,7 @@
 groups, DLQ routers and renewal managers of :mod:`grafos.mq` accept it where
 they take a manager. How topics map onto streams and KV records is in
 :mod:`grafos.jetstream.topics`; reading in :mod:`grafos.jetstream.cursors`;
+idempotent and fenced producers in :mod:`grafos.jetstream.producers`;
 where semantics differ from the shared-memory bus, ``docs/jetstream.md``.
 
 Every call is synchronous and bounded by ``timeout`` (default 5 s): a server
@@ -31,13 +32,14 @@ from nats.js import api
 
 from .. import _validate
 from .._clock import now_s
-from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound, Unavailable
+from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound, Unavailable, Unsupported
 from ..message import encode_headers
 from ..mq.producer import Partitioner, kafka_partition
 from ..mq.topic import MAX_TOPIC_NAME, PartitionInfo, RemoteManager, TopicConfig, TopicDescription
 from . import envelope, kv, names
 from .cursors import Cursors
 from .loop import UNAVAILABLE, Loop
+from .producers import Registration
 from .topics import JsPartition, JsTopic, LeaseRecord, config_json, parse_config, server_ttl
 
 if TYPE_CHECKING:
@@ -66,12 +68,28 @@ def _urls(servers: str | Sequence[str]) -> list[str]:
 @dataclass
 class _Sender:
     """Per-producer state: the topic as last read, the round-robin counter and
-    the producer's id for Nats-Msg-Id (dedupes a publish retried after a failover)."""
+    the producer's id for Nats-Msg-Id (dedupes a publish retried after a failover).
+    An idempotent producer numbers its messages per partition under its epoch;
+    one with a transactional_id holds a registration, checked before each send."""
 
     topic: JsTopic | None
     rr: Any
     pid: str
     seq: Any
+    idempotent: bool = False
+    reg: Registration | None = None
+    epoch: int = 0
+    seqs: dict[int, Any] | None = None
+
+    def msg_id(self, partition: int) -> str:
+        """The Nats-Msg-Id of this producer's next message to ``partition``."""
+        if not self.idempotent:
+            return f"{self.pid}-{next(self.seq)}"
+        assert self.seqs is not None
+        c = self.seqs.get(partition)
+        if c is None:
+            c = self.seqs.setdefault(partition, itertools.count())
+        return f"{self.pid}.{self.epoch}.{partition}.{next(c)}"
 
 
 class JetStreamManager(RemoteManager):
@@ -448,8 +466,30 @@ class JetStreamManager(RemoteManager):
                 s = self._senders.get(producer)
                 if s is None:
                     s = _Sender(None, itertools.count(), uuid.uuid4().hex[:16], itertools.count())
+                    if producer.idempotent:
+                        s.idempotent, s.seqs = True, {}
+                    tid = producer.transactional_id
+                    if tid is not None:
+                        s.reg = Registration(self.js, tid, producer.topic)
+                        s.epoch = self.run(s.reg.register(), f"registering producer {tid!r}")
                     self._senders[producer] = s
         return s
+
+    def register(self, producer: "Producer") -> int:
+        """Register ``producer`` now rather than at its first send; returns its epoch.
+        With a ``transactional_id`` this bumps the epoch on the server and fences
+        every older instance with that id; otherwise the epoch is 0."""
+        return self._sender(producer).epoch
+
+    def begin(self, producer: "Producer") -> Any:
+        """Transactions do not map onto JetStream: raises Unsupported (see docs/jetstream.md)."""
+        raise Unsupported(
+            f"producer of topic {producer.topic!r}: transactions are not available on the JetStream bus. "
+            "A JetStream atomic batch commits messages to one stream only, and here every partition and "
+            "the committed offsets live in streams of their own, so output on several partitions and the "
+            "consumed offsets cannot become visible together. Use an idempotent producer (retried "
+            "publishes are de-duplicated) and commit the consumer's offsets after its sends: at least "
+            "once, with a repeat only when a worker dies between its sends and its commit")
 
     def _route(self, producer: "Producer", s: _Sender, key: bytes | None, size: int,
                refresh: bool = False) -> tuple[JsTopic, int, JsPartition]:
@@ -487,10 +527,13 @@ class JetStreamManager(RemoteManager):
         size = len(value) + len(hdrs) + (len(key) if key is not None else 0)
         _, i, p = self._route(producer, s, key, size)
         payload = envelope.encode(time.time_ns(), key, hdrs, value)
-        msg_id = f"{s.pid}-{next(s.seq)}"
+        msg_id = f"{s.pid}-{next(s.seq)}" if not s.idempotent else s.msg_id(i)
+        reg = s.reg
         for attempt in range(2):
             try:
-                seq = self.run(self._publish(p.subject, payload, msg_id), f"sending to topic {producer.topic!r}")
+                coro = (self._publish(p.subject, payload, msg_id) if reg is None else
+                        self._checked_publish(reg, p.subject, payload, msg_id))
+                seq = self.run(coro, f"sending to topic {producer.topic!r}")
                 return i, seq - 1
             except NotFound:
                 if attempt:
@@ -499,7 +542,14 @@ class JetStreamManager(RemoteManager):
                 t, i2, p = self._route(producer, s, key, size, refresh=True)
                 if i2 != i:         # round robin moved on; the keyed choice is stable
                     i = i2
+                    if s.idempotent:
+                        msg_id = s.msg_id(i)
         raise AssertionError("unreachable")
+
+    async def _checked_publish(self, reg: Registration, subject: str, payload: bytes, msg_id: str) -> int:
+        """Publish only if ``reg`` still holds the newest epoch of its transactional_id."""
+        await reg.check()
+        return await self._publish(subject, payload, msg_id)
 
     async def _publish(self, subject: str, payload: bytes, msg_id: str) -> int:
         """Publish with retries (same Nats-Msg-Id) through a leader election, up
@@ -542,14 +592,17 @@ class JetStreamManager(RemoteManager):
         for n, v in enumerate(vals):
             k = ks[n] if ks is not None else None
             _, i, p = self._route(producer, s, k, len(v) + (len(k) if k is not None else 0))
-            work.append((i, p.subject, envelope.encode(ts, k, b"", v), f"{s.pid}-{next(s.seq)}"))
-        seqs = self.run(self._publish_many(work), f"sending a batch to topic {producer.topic!r}",
+            work.append((i, p.subject, envelope.encode(ts, k, b"", v),
+                         f"{s.pid}-{next(s.seq)}" if not s.idempotent else s.msg_id(i)))
+        seqs = self.run(self._publish_many(work, s.reg), f"sending a batch to topic {producer.topic!r}",
                         timeout=self.timeout * (2 + len(work) // 10_000))
         parts = np.fromiter((w[0] for w in work), dtype=np.uint32, count=len(work))
         offs = np.asarray(seqs, dtype=np.uint64) - 1
         return parts, offs
 
-    async def _publish_many(self, work: list) -> list[int]:
+    async def _publish_many(self, work: list, reg: Registration | None = None) -> list[int]:
+        if reg is not None:
+            await reg.check()       # once per batch: fenced, nothing of it is published
         out: list[int] = [0] * len(work)
         pending = list(range(len(work)))
         deadline = time.monotonic() + self.timeout

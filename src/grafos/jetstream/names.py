@@ -14,7 +14,8 @@ TOPICS = "GF_TOPICS"       #: t.<tok> -> topic record (config, incarnation of ea
 LEASES = "GF_LEASES"       #: l.<tok>.<i> -> lease record (incarnation, expiry), TTL'd by the server
 GROUPS = "GF_GROUPS"       #: g.<group tok>.<tok> -> group record (config, members, claims, offsets)
 DLQ = "GF_DLQ"             #: d.<source tok>.<dlq tok> -> nack counts
-BUCKETS = (TOPICS, LEASES, GROUPS, DLQ)
+PRODUCERS = "GF_PRODUCERS" #: p.<transactional id tok> -> registration (epoch)
+BUCKETS = (TOPICS, LEASES, GROUPS, DLQ, PRODUCERS)
 
 STREAM_PREFIX = "GF_"
 
@@ -59,3 +60,7 @@ def group_key(group: str, topic: str) -> str:
 
 def dlq_key(source: str, dlq: str) -> str:
     return f"d.{token(source)}.{token(dlq)}"
+
+
+def producer_key(transactional_id: str) -> str:
+    return f"p.{token(transactional_id)}"
