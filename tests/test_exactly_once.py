@@ -288,3 +288,41 @@ def test_consume_transform_produce_is_exactly_once_across_sigkills(shm_name, pro
     assert len(uncommitted) > len(expected)     # the killed workers did write; none of it leaked
     assert all(i.state == "idle" for i in transaction.transactions(mgr))
     mgr.close()
+
+
+# ---- observability ---------------------------------------------------------------------------
+def test_describe_and_metrics_show_open_transactions_their_age_aborts_and_fencing(shm_name):
+    import json
+
+    from click.testing import CliRunner
+    from prometheus_client import CollectorRegistry
+
+    from grafos.cli import main
+    from grafos.metrics import BusCollector
+    mgr = TopicManager.open(shm_name, size=32 << 20)
+    mgr.create("out", TopicConfig(num_partitions=2))
+    old = Producer("out", transactional_id="obs")
+    old.register(mgr)
+    new = Producer("out", transactional_id="obs")
+    new.register(mgr)                      # fences old
+    with new.begin(mgr) as txn:
+        new.send(mgr, b"a")
+        txn.abort()
+    new.begin(mgr)
+    new.send(mgr, b"b")                    # left open
+    out = CliRunner().invoke(main, ["describe", shm_name, "out", "--json"], catch_exceptions=False)
+    assert out.exit_code == 0, out.output
+    (prod,) = json.loads(out.output)["producers"]
+    assert (prod["transactional_id"], prod["state"], prod["epoch"], prod["aborted"], prod["fenced"]) == \
+        ("obs", "open", 2, 1, 1)
+    table = CliRunner().invoke(main, ["describe", shm_name, "out"], catch_exceptions=False).output
+    assert "transactional producers" in table and "obs" in table and "open" in table
+    reg = CollectorRegistry()
+    reg.register(BusCollector(mgr))
+    lb = {"topic": "out", "transactional_id": "obs"}
+    assert reg.get_sample_value("grafos_producer_transaction_open", lb) == 1
+    assert reg.get_sample_value("grafos_producer_transactions_aborted_total", lb) == 1
+    assert reg.get_sample_value("grafos_producer_fenced_total", lb) == 1
+    assert reg.get_sample_value("grafos_producer_transaction_age_seconds", lb) >= 0
+    new.close()
+    mgr.close()

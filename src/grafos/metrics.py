@@ -39,6 +39,10 @@ metric                                     type    labels
 ``grafos_fabric_resident_bytes``           gauge   (blocks of the backing file)
 ``grafos_fabric_leases``                   gauge   (live leases)
 ``grafos_fabric_lock_recoveries_total``    counter (metadata lock taken from a dead holder)
+``grafos_producer_transaction_open``       gauge   ``{topic,transactional_id}``: 1 while one is open
+``grafos_producer_transaction_age_seconds`` gauge  ``{topic,transactional_id}``
+``grafos_producer_transactions_aborted_total`` counter ``{topic,transactional_id}``
+``grafos_producer_fenced_total``           counter ``{topic,transactional_id}``
 ========================================== ======= =====================================
 
 Offsets begin again at 0 when a topic is restarted, so the per-partition
@@ -187,4 +191,26 @@ class BusCollector(Collector):
         ]
         yield from (produced, lost, abandoned, earliest, ttl, alive, reserved, gate_off, blocked, blocked_s,
                     full, consumed, lag,
-                    members, stale, hb_age, owner, *fab)
+                    members, stale, hb_age, owner, *fab, *self._producers(mgr))
+
+    @staticmethod
+    def _producers(mgr) -> list[Metric]:  # noqa: ANN001
+        """Idempotent and transactional producers: open transactions and their age,
+        transactions aborted, times fenced."""
+        from .mq import transaction
+        lb = ["topic", "transactional_id"]
+        open_ = GaugeMetricFamily("grafos_producer_transaction_open", "1 while the producer has a "
+                                  "transaction open or being decided.", labels=lb)
+        age = GaugeMetricFamily("grafos_producer_transaction_age_seconds", "Seconds since the producer's "
+                                "current transaction began (0 when none is open).", labels=lb)
+        aborted = CounterMetricFamily("grafos_producer_transactions_aborted", "Transactions aborted (by the "
+                                      "producer, or by a resolver after its registration expired).", labels=lb)
+        fenced = CounterMetricFamily("grafos_producer_fenced", "Times an instance of this transactional id "
+                                     "was fenced by a newer one.", labels=lb)
+        for t in transaction.transactions(mgr):
+            key = [t.topic, t.transactional_id]
+            open_.add_metric(key, 0 if t.state == "idle" else 1)
+            age.add_metric(key, t.age_s)
+            aborted.add_metric(key, t.aborted)
+            fenced.add_metric(key, t.fenced)
+        return [open_, age, aborted, fenced]

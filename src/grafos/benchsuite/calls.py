@@ -4,7 +4,11 @@ times first. 100-byte values, 16-byte keys spread over 4 partitions:
 * ``send_keyed`` and ``send`` against ``queue.Queue.put``;
 * ``poll(mgr, 1000)``, per message delivered, against ``queue.Queue.get``;
 * ``send_batch`` of a list of 1024 64-byte ``bytes`` against the same batch as
-  a 2-D numpy array (and against ``put`` per message).
+  a 2-D numpy array (and against ``put`` per message);
+* ``send_keyed`` of an idempotent producer against a plain producer's;
+* a transaction of 100 ``send_keyed`` whose consumed offsets commit with it
+  (begin, sends, ``commit_offsets``, ``commit``) against 100 plain sends and
+  one offset commit, per message.
 
 Rings fit the caches, as they do for a consumer that keeps up.
 """
@@ -24,7 +28,10 @@ QUEUE = "queue.Queue"
 #: (grafos call, what it is measured against)
 AGAINST = {"send_keyed": "put", "send": "put", "poll(1000)": "get", "send_batch list": "put",
            "send_batch 2-D": "put"}
-CALLS = tuple(AGAINST) + ("put", "get")
+#: (exactly-once call, the plain call it is measured against)
+PLAIN = {"send_keyed idempotent": "send_keyed", "transaction of 100": "100 sends + commit"}
+TXN = 100
+CALLS = tuple(AGAINST) + ("put", "get") + tuple(PLAIN) + ("100 sends + commit",)
 
 
 def _bus():
@@ -58,8 +65,10 @@ def _round(call: str, mgr) -> Callable[[], int]:  # noqa: ANN001
                 get()
             return N
         return get_round
-    prod = Producer("t")
-    if call == "send_keyed":
+    if call in ("transaction of 100", "100 sends + commit"):
+        return _txn_round(call, mgr, keys, value)
+    prod = Producer("t", idempotent=call == "send_keyed idempotent")
+    if call in ("send_keyed", "send_keyed idempotent"):
         def send_keyed_round() -> int:
             s = prod.send_keyed
             for i in range(N):
@@ -81,6 +90,39 @@ def _round(call: str, mgr) -> Callable[[], int]:  # noqa: ANN001
         prod.send_batch(mgr, batch)
         return BATCH
     return batch_round
+
+
+def _txn_round(call: str, mgr, keys: list[bytes], value: bytes) -> Callable[[], int]:  # noqa: ANN001
+    """N messages in transactions of TXN sends, each committing a consumer's
+    offsets to the fabric; or the same sends plain with one offset commit each."""
+    from ..mq.consumer import Consumer, SeekPolicy
+    from ..mq.offset import FabricOffsetStore
+    from ..mq.producer import Producer
+    store, cons = FabricOffsetStore(mgr), Consumer("t", "bench")
+    cons.seek(mgr, SeekPolicy.Earliest)
+    if call == "100 sends + commit":
+        prod = Producer("t")
+
+        def plain_round() -> int:
+            s = prod.send_keyed
+            for _ in range(N // TXN):
+                for i in range(TXN):
+                    s(mgr, keys[i & 63], value)
+                cons.commit(store)
+            return N
+        return plain_round
+    prod = Producer("t", transactional_id="bench")
+
+    def txn_round() -> int:
+        s = prod.send_keyed
+        for _ in range(N // TXN):
+            txn = prod.begin(mgr)
+            for i in range(TXN):
+                s(mgr, keys[i & 63], value)
+            txn.commit_offsets(cons, store)
+            txn.commit()
+        return N
+    return txn_round
 
 
 def _timed_polls(mgr, duration: float) -> tuple[int, float]:  # noqa: ANN001
@@ -131,6 +173,12 @@ def derive(results: list[Result]) -> None:
         if r is not None and q is not None:
             r.vs_peer = r.msg_per_s / q.msg_per_s
             r.best_peer = f"{QUEUE}.{other}"
+    for call, other in PLAIN.items():
+        r, q = ok.get(call), ok.get(other)
+        if r is not None and q is not None:
+            r.vs_peer = r.msg_per_s / q.msg_per_s
+            r.best_peer = f"grafos {other}"
+            r.note = f"costs {q.msg_per_s / r.msg_per_s:.2f}x {other}"
     lst, arr = ok.get("send_batch list"), ok.get("send_batch 2-D")
     if lst is not None and arr is not None:
         lst.note = f"{lst.msg_per_s / arr.msg_per_s:.2f}x the 2-D array batch"

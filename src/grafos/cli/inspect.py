@@ -148,10 +148,12 @@ def describe(name: str, topic: str, as_json: bool) -> None:
     """Partitions of TOPIC on bus NAME: offsets, lost to overwrite, abandoned slots, lease TTL."""
     with _bus(name) as mgr:
         d = mgr.describe(topic)
+        txns = _producers(mgr, topic)
         if as_json:
             _dump({"bus": name, "topic": topic, "config": asdict(d.config),
                    "produced": d.produced, "lost": d.lost,
-                   "partitions": [asdict(p) for p in d.partitions]})
+                   "partitions": [asdict(p) for p in d.partitions],
+                   "producers": [asdict(t) for t in txns]})
             return
         c = d.config
         table = Table(title=f"{topic} on {name}: {c.num_partitions} partition(s) of "
@@ -181,6 +183,23 @@ def describe(name: str, topic: str, as_json: bool) -> None:
         _console().print(table)
         click.echo(f"produced {d.produced} offsets, lost to overwrite {d.lost}, when full: {c.on_full} "
                    "(offsets: a message larger than a slot takes one per slot)")
+        if txns:
+            pt = Table(title=f"idempotent and transactional producers of {topic}")
+            for col in ("transactional id", "producer", "epoch", "transaction", "state", "open for",
+                        "registration", "aborted", "fenced"):
+                pt.add_column(col, justify="left" if col == "transactional id" else "right")
+            for t in txns:
+                pt.add_row(escape(t.transactional_id), str(t.producer), str(t.epoch), str(t.txn), t.state,
+                           f"{t.age_s:.1f}s" if t.state != "idle" else "-", "alive" if t.alive else "expired",
+                           str(t.aborted), str(t.fenced))
+            _console().print(pt)
+
+
+def _producers(mgr: Any, topic: str) -> list:
+    """Producer registrations of topic (a server bus keeps none in this form)."""
+    from ..mq import transaction
+    from ..mq.topic import TopicManager
+    return transaction.transactions(mgr, topic) if isinstance(mgr, TopicManager) else []
 
 
 # ---- groups -----------------------------------------------------------------------------------
