@@ -11,7 +11,14 @@
 * ``send`` and ``send_keyed`` to a topic with ``on_full="block"`` whose consumer
   group keeps up (it commits the end after every round, untimed) against the
   same calls to an identical ``"overwrite"`` topic: the cost of the gate
-  (goal: >= 0.9x).
+  (goal: >= 0.9x);
+* ``send_keyed`` and ``send`` of an idempotent producer (stamped, checked
+  against its epoch) against a plain producer's (goal: >= 0.83x, i.e. within
+  1.2x of the time);
+* transactions of 100 ``send_keyed`` whose consumer's offsets commit with them
+  (``begin``, sends, ``commit_offsets``, ``commit``) against 100 plain sends
+  and one offset commit to the same FabricOffsetStore (goal: >= 0.5x, i.e.
+  less than twice the time).
 
 Each round times every workload once, in a rotated order, so a ratio is taken
 between measurements milliseconds apart; printed are the medians of the
@@ -43,7 +50,10 @@ VALUE = b"v" * 100
 #: (numerator, denominator, goal) of each ratio printed
 GOALS = [("send_keyed", "queue.put", 4.0), ("send", "queue.put", 5.0), ("poll(1000)", "queue.get", 4.0),
          ("send_batch list", "send_batch 2-D", 0.7), ("send_batch list", "queue.put", 15.0),
-         ("send block", "send overwrite", 0.9), ("send_keyed block", "send_keyed overwrite", 0.9)]
+         ("send block", "send overwrite", 0.9), ("send_keyed block", "send_keyed overwrite", 0.9),
+         ("send_keyed idempotent", "send_keyed", 1 / 1.2), ("send idempotent", "send", 1 / 1.2),
+         ("transactions of 100", "100 sends + commit", 0.5)]
+TXN = 100
 
 
 def main() -> None:
@@ -146,10 +156,53 @@ def main() -> None:
         bprod.send_batch(mgr, barr)
         return (time.perf_counter() - t) * N / BATCH
 
+    iprod = Producer("t", idempotent=True)
+
+    def idem(keyed: bool):  # noqa: ANN202
+        def run() -> float:
+            if keyed:
+                s = iprod.send_keyed
+                t = time.perf_counter()
+                for i in range(N):
+                    s(mgr, keys[i & 63], VALUE)
+            else:
+                s = iprod.send
+                t = time.perf_counter()
+                for _ in range(N):
+                    s(mgr, VALUE)
+            return time.perf_counter() - t
+        return run
+
+    tprod = Producer("t", transactional_id="bench")
+    tcons = Consumer("t", "ctp")
+    tcons.seek(mgr, SeekPolicy.Earliest)
+
+    def transactions() -> float:
+        s = tprod.send_keyed
+        t = time.perf_counter()
+        for _ in range(N // TXN):
+            txn = tprod.begin(mgr)
+            for i in range(TXN):
+                s(mgr, keys[i & 63], VALUE)
+            txn.commit_offsets(tcons, store)
+            txn.commit()
+        return time.perf_counter() - t
+
+    def plain_commits() -> float:
+        s = prod.send_keyed
+        t = time.perf_counter()
+        for _ in range(N // TXN):
+            for i in range(TXN):
+                s(mgr, keys[i & 63], VALUE)
+            tcons.commit(store)
+        return time.perf_counter() - t
+
     work = {"send_keyed": send_keyed, "send": send, "queue.put": queue_put, "poll(1000)": poll,
             "queue.get": queue_get, "send_batch list": batch_list, "send_batch 2-D": batch_array,
             "send overwrite": sends("ow", False), "send block": sends("blk", False),
-            "send_keyed overwrite": sends("ow", True), "send_keyed block": sends("blk", True)}
+            "send_keyed overwrite": sends("ow", True), "send_keyed block": sends("blk", True),
+            "send_keyed idempotent": idem(True), "send idempotent": idem(False),
+            "transactions of 100": transactions, "100 sends + commit": plain_commits}
     for _ in range(3):               # warm up, bind, first-touch the rings
         for f in work.values():
             f()

@@ -335,6 +335,13 @@ class Fabric:
         with self.locked():
             check(lib.gf_meta_put(self.handle, k, len(k), value, len(value)), f"metadata {key!r}")
 
+    def meta_put_many(self, items: "list[tuple[str, bytes]]") -> None:
+        """Several puts under one hold of the lock (in order)."""
+        args = [(_meta_key(k), _validate.as_bytes(v, "metadata value")) for k, v in items]
+        with self.locked():
+            for (key, _), (k, v) in zip(items, args):
+                check(lib.gf_meta_put(self.handle, k, len(k), v, len(v)), f"metadata {key!r}")
+
     def meta_del(self, key: str) -> bool:
         k = _meta_key(key)
         with self.locked():

@@ -16,8 +16,8 @@ them in the partition) until a *marker* for the transaction arrives in the
 same partition: ``C`` (deliver them) or ``A`` (drop them). Committing:
 
 1. under the metadata lock: the offset-store writes the transaction carries
-   are staged as records (``xs/<id>/<i>/k|v``), then the record's state
-   becomes ``committing`` -- one record write, the decision -- then the
+   are staged as records (``xs/<id>/<i>``: key and value), then the record's
+   state becomes ``committing`` -- one record write, the decision -- then the
    staged writes are applied;
 2. a ``C`` marker goes into every partition of the topic;
 3. the state becomes ``idle``.
@@ -30,6 +30,7 @@ written again: both idempotent), ``open`` with a dead registration is aborted.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
 import struct
@@ -133,8 +134,17 @@ def _number_key(number: int) -> str:
     return f"xn/{number}"
 
 
-def _staged_key(tid: str, i: int, part: str) -> str:
-    return f"xs/{tid}/{i}/{part}"
+def _staged_key(tid: str, i: int) -> str:
+    return f"xs/{tid}/{i}"
+
+
+def _stage(key: str, value: bytes) -> list[bytes]:
+    """A metadata write as staged records' values: one (key length, key, value)
+    when it fits, else the key and the value in two records."""
+    k = key.encode()
+    if 1 + len(k) + len(value) <= lib.GF_META_VAL_MAX:
+        return [bytes([len(k)]) + k + value]
+    return [b"\0" + k, value]
 
 
 def new_id() -> str:
@@ -212,6 +222,8 @@ def unregister(mgr: "TopicManager", reg: Registration) -> None:
         if cur is None or cur.epoch != reg.epoch or cur.state is not TxnState.Idle:
             return
         lib.gf_lease_release(fabric.handle, cur.lease_index, cur.lease_id)
+        for key, _ in fabric.meta_items(_staged_key(cur.transactional_id, 0)[:-1]):
+            fabric.meta_del(key)
         if cur.transactional_id.startswith("~"):     # a made-up id: nobody takes it over
             fabric.meta_del(_key(cur.transactional_id))
             fabric.meta_del(_number_key(cur.number))
@@ -220,10 +232,11 @@ def unregister(mgr: "TopicManager", reg: Registration) -> None:
             _put(fabric, cur)
 
 
-def _current(fabric: Any, reg: Registration, t: int) -> Registration:
-    """Under the lock: the record, if ``reg``'s instance still owns it; else
-    ProducerFenced (a newer epoch, or the registration expired)."""
-    cur = _get(fabric, reg.transactional_id)
+def _current(fabric: Any, reg: Registration, t: int, cur: Registration | None = None) -> Registration:
+    """Under the lock: the record (``cur``, if just read), if ``reg``'s instance
+    still owns it; else ProducerFenced (a newer epoch, or the registration expired)."""
+    if cur is None:
+        cur = _get(fabric, reg.transactional_id)
     if cur is None or cur.epoch != reg.epoch:
         raise ProducerFenced(transactional_id=reg.transactional_id, topic=reg.topic, epoch=reg.epoch,
                              current_epoch=cur.epoch if cur is not None else -1)
@@ -233,6 +246,15 @@ def _current(fabric: Any, reg: Registration, t: int) -> Registration:
                              transactional_id=reg.transactional_id, topic=reg.topic, epoch=reg.epoch,
                              current_epoch=cur.epoch)
     return cur
+
+
+def _mine(fabric: Any, reg: Registration, t: int) -> Registration | None:
+    """Under the lock: a copy of ``reg`` when it is still this instance's record
+    as last written by it (its epoch word unchanged, its lease alive: only the
+    owner writes the record then), without reading the record; else None."""
+    if lib.gf_producer_epoch(fabric.handle, reg.lease_index, reg.lease_id) == reg.epoch and _alive(fabric, reg, t):
+        return dataclasses.replace(reg)
+    return None
 
 
 def renew(mgr: "TopicManager", reg: Registration, ttl: float, now: float | None = None) -> int:
@@ -252,11 +274,10 @@ def begin(mgr: "TopicManager", reg: Registration, ttl: float, now: float | None 
     fabric = mgr.fabric
     t = now_ns(now)
     with fabric.locked():
-        cur = _current(fabric, reg, t)
+        cur = _mine(fabric, reg, t) or _current(fabric, reg, t)
         if cur.state is not TxnState.Idle:
             raise TransactionError(f"producer {reg.transactional_id!r} has transaction {cur.txn} "
                                    f"{cur.state.name.lower()}; commit or abort it first")
-        _drop_staged(fabric, cur)
         cur.txn += 1
         cur.txn_epoch = cur.epoch
         cur.state = TxnState.Open
@@ -267,10 +288,22 @@ def begin(mgr: "TopicManager", reg: Registration, ttl: float, now: float | None 
     return cur
 
 
-def _drop_staged(fabric: Any, reg: Registration) -> None:
-    for i in range(reg.staged):
-        fabric.meta_del(_staged_key(reg.transactional_id, i, "k"))
-        fabric.meta_del(_staged_key(reg.transactional_id, i, "v"))
+def _staged(fabric: Any, reg: Registration) -> Iterator[tuple[str, bytes]]:
+    """The staged writes of reg's committing transaction (records past
+    ``reg.staged`` are an earlier transaction's leftovers: never read)."""
+    i = 0
+    while i < reg.staged:
+        raw = fabric.meta_get(_staged_key(reg.transactional_id, i))
+        i += 1
+        if not raw:
+            continue
+        if raw[0]:
+            yield raw[1:1 + raw[0]].decode("utf-8", "replace"), raw[1 + raw[0]:]
+        else:
+            value = fabric.meta_get(_staged_key(reg.transactional_id, i))
+            i += 1
+            if value is not None:
+                yield raw[1:].decode("utf-8", "replace"), value
 
 
 def staged_writes(fabric: Any, stores: list[tuple[Any, str, str, dict[int, int], dict[int, int | None]]]
@@ -306,19 +339,17 @@ def commit(mgr: "TopicManager", reg: Registration, stores: list, now: float | No
     fabric = mgr.fabric
     t = now_ns(now)
     puts, later = staged_writes(fabric, stores)
+    records = [r for k, v in puts for r in _stage(k, v)]
     with fabric.locked():
         cur = _open_txn(fabric, reg, t)
-        for i, (k, v) in enumerate(puts):
-            fabric.meta_put(_staged_key(cur.transactional_id, i, "k"), k.encode())
-            fabric.meta_put(_staged_key(cur.transactional_id, i, "v"), v)
-        cur.staged = len(puts)
+        cur.staged = len(records)
         cur.state = TxnState.Committing
-        _put(fabric, cur)                 # the decision
-        for k, v in puts:
-            fabric.meta_put(k, v)
+        fabric.meta_put_many([(_staged_key(cur.transactional_id, i), r) for i, r in enumerate(records)] +
+                             [(_key(cur.transactional_id), cur.encode())] +      # the decision
+                             puts)
     for store, group, topic, offsets, incs in later:
         store.commit_many(group, topic, offsets, incs)
-    return _finish(mgr, cur, now)
+    return _finish(mgr, cur, now, applied=True, own=True)
 
 
 def abort(mgr: "TopicManager", reg: Registration, now: float | None = None) -> Registration:
@@ -328,45 +359,44 @@ def abort(mgr: "TopicManager", reg: Registration, now: float | None = None) -> R
         cur = _open_txn(fabric, reg, t, aborting=True)
         cur.state = TxnState.Aborting
         _put(fabric, cur)
-    return _finish(mgr, cur, now)
+    return _finish(mgr, cur, now, own=True)
 
 
 def _open_txn(fabric: Any, reg: Registration, t: int, aborting: bool = False) -> Registration:
+    cur = _mine(fabric, reg, t)
+    if cur is not None and cur.state is TxnState.Open:
+        return cur
     cur = _get(fabric, reg.transactional_id)
     if cur is not None and cur.epoch == reg.epoch and cur.txn == reg.txn and \
             cur.state is TxnState.Idle and cur.aborted > reg.aborted:
         raise TransactionError(f"transaction {reg.txn} of producer {reg.transactional_id!r} was aborted "
                                "(its registration expired before it committed)")
-    if aborting and cur is not None and cur.epoch != reg.epoch:
-        raise ProducerFenced(transactional_id=reg.transactional_id, topic=reg.topic, epoch=reg.epoch,
-                             current_epoch=cur.epoch)
-    cur = _current(fabric, reg, t)
+    cur = _current(fabric, reg, t, cur)
     if cur.state is not TxnState.Open or cur.txn != reg.txn:
         raise TransactionError(f"producer {reg.transactional_id!r} has no open transaction {reg.txn} "
                                f"(state {cur.state.name.lower()}, transaction {cur.txn})")
     return cur
 
 
-def _finish(mgr: "TopicManager", reg: Registration, now: float | None = None) -> Registration:
-    """Carry a decided transaction to its end: staged writes (again), markers
-    (again), then idle. Every step may be repeated by another process."""
+def _finish(mgr: "TopicManager", reg: Registration, now: float | None = None,
+            applied: bool = False, own: bool = False) -> Registration:
+    """Carry a decided transaction to its end: staged writes (again, unless the
+    committer just ``applied`` them), markers (again), then idle. Every step
+    may be repeated by another process. ``own``: the producer finishes its
+    own transaction (its record is as it wrote it unless it was fenced)."""
     fabric = mgr.fabric
     committing = reg.state is TxnState.Committing
-    if committing and reg.staged:
+    if committing and reg.staged and not applied:
         with fabric.locked():
-            for i in range(reg.staged):
-                k = fabric.meta_get(_staged_key(reg.transactional_id, i, "k"))
-                v = fabric.meta_get(_staged_key(reg.transactional_id, i, "v"))
-                if k is not None and v is not None:
-                    fabric.meta_put(k.decode("utf-8", "replace"), v)
+            for k, v in list(_staged(fabric, reg)):
+                fabric.meta_put(k, v)
     try:
         write_markers(mgr, reg.topic, reg.number, reg.txn_epoch, reg.txn, COMMIT if committing else ABORT)
     except NotFound:
         pass        # the topic is gone: nobody can read the transaction's messages
     with fabric.locked():
-        cur = _get(fabric, reg.transactional_id)
+        cur = (own and _mine(fabric, reg, now_ns(now))) or _get(fabric, reg.transactional_id)
         if cur is not None and cur.txn == reg.txn and cur.txn_epoch == reg.txn_epoch and cur.state is reg.state:
-            _drop_staged(fabric, cur)
             cur.staged = 0
             cur.aborted += not committing
             cur.state = TxnState.Idle
