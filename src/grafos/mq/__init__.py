@@ -6,14 +6,14 @@ Every bus class is importable from here::
 """
 from .topic import PartitionInfo, Topic, TopicConfig, TopicDescription, TopicManager   # noqa: I001
 from .offset import FabricOffsetStore, MemOffsetStore, OffsetStore, SqliteOffsetStore
-from .producer import Partitioner, Producer, kafka_partition, murmur2
+from .producer import Partitioner, Producer, Transaction, kafka_partition, murmur2
 from .consumer import Consumer, Message, SeekPolicy
 from .group import ConsumerGroup, GroupDescription
 from .dlq import DlqRouter
 from .bound import BoundConsumer, BoundProducer
 
 __all__ = ["TopicManager", "TopicConfig", "Topic", "TopicDescription", "PartitionInfo",
-           "Producer", "Partitioner", "kafka_partition", "murmur2",
+           "Producer", "Transaction", "Partitioner", "kafka_partition", "murmur2",
            "Consumer", "SeekPolicy", "Message", "ConsumerGroup", "GroupDescription", "DlqRouter",
            "OffsetStore", "MemOffsetStore", "SqliteOffsetStore", "FabricOffsetStore",
            "BoundProducer", "BoundConsumer"]
