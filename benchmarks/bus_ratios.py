@@ -128,20 +128,22 @@ def main() -> None:
         t = mgr.topic("blk")
         group.commit(store, "m", "blk", {p: t.partition(p).latest() for p in range(t.n)})
 
+    def timed_sends(p: Producer, keyed: bool) -> float:
+        if keyed:
+            s = p.send_keyed
+            t = time.perf_counter()
+            for i in range(N):
+                s(mgr, keys[i & 63], VALUE)
+        else:
+            s = p.send
+            t = time.perf_counter()
+            for _ in range(N):
+                s(mgr, VALUE)
+        return time.perf_counter() - t
+
     def sends(name: str, keyed: bool):  # noqa: ANN202
         def run() -> float:
-            p = gated[name]
-            if keyed:
-                s = p.send_keyed
-                t = time.perf_counter()
-                for i in range(N):
-                    s(mgr, keys[i & 63], VALUE)
-            else:
-                s = p.send
-                t = time.perf_counter()
-                for _ in range(N):
-                    s(mgr, VALUE)
-            d = time.perf_counter() - t
+            d = timed_sends(gated[name], keyed)
             keep_up()
             return d
         return run
@@ -159,19 +161,7 @@ def main() -> None:
     iprod = Producer("t", idempotent=True)
 
     def idem(keyed: bool):  # noqa: ANN202
-        def run() -> float:
-            if keyed:
-                s = iprod.send_keyed
-                t = time.perf_counter()
-                for i in range(N):
-                    s(mgr, keys[i & 63], VALUE)
-            else:
-                s = iprod.send
-                t = time.perf_counter()
-                for _ in range(N):
-                    s(mgr, VALUE)
-            return time.perf_counter() - t
-        return run
+        return lambda: timed_sends(iprod, keyed)
 
     tprod = Producer("t", transactional_id="bench")
     tcons = Consumer("t", "ctp")
