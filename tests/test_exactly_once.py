@@ -326,3 +326,30 @@ def test_describe_and_metrics_show_open_transactions_their_age_aborts_and_fencin
     assert reg.get_sample_value("grafos_producer_transaction_age_seconds", lb) >= 0
     new.close()
     mgr.close()
+
+
+def test_a_write_in_flight_at_the_fence_never_holds_read_committed_readers_up(mgr):
+    """A fenced producer's write that passed its epoch check before the fence
+    lands after its transaction's abort marker: no marker will come for it."""
+    from grafos._native import ffi
+    old = Producer("out", transactional_id="late")
+    old.begin(mgr)
+    old.send_keyed(mgr, b"k", b"zombie-1")
+    number, epoch, txn = transaction.transactions(mgr)[0].producer, old.epoch, old.transaction.number
+    new = Producer("out", transactional_id="late")
+    new.register(mgr)                                   # fences old, aborts its transaction
+    t = mgr.topic("out")
+    p = Producer("out").send_keyed(mgr, b"k", b"x")[0]  # the key's partition
+    stamp = ffi.new("gf_stamp *", {"producer": number, "epoch": epoch, "seq": 1, "txn": txn})
+    assert lib.gf_ring_append_stamped(t.rings[p], lib.GF_MSG_TXN, stamp, b"k", 1, 1, ffi.NULL, 0,
+                                      b"zombie-late", 11, 0) >= 0   # the write in flight
+    Producer("out").send_keyed(mgr, b"k", b"after")
+    rc = Consumer("out", "rc", isolation="read_committed")
+    rc.seek(mgr, SeekPolicy.Earliest)
+    got = []
+    for _ in range(20):
+        got += [m.value for _, m in rc.poll(mgr, 100, timeout=0.2)]
+        if b"after" in got:
+            break
+    assert got == [b"x", b"after"]
+    assert rc.aborted == 2

@@ -389,8 +389,13 @@ class Consumer(PollPath):
         if now - self._resolved_at < _RESOLVE_EVERY:
             return
         self._resolved_at = now
-        for producer in {ref[0] for ref in h.waiting(_RESOLVE_EVERY)}:  # type: ignore[union-attr]
+        waiting = list(h.waiting(_RESOLVE_EVERY))  # type: ignore[union-attr]
+        for producer in {ref[0] for _, ref in waiting}:
             transaction.resolve(mgr, producer)
+        for p, ref in waiting:
+            # caught up with the partition and still no marker: a fenced producer's late write
+            if self._reader.position(p) >= self._latest(p) and transaction.superseded(mgr, *ref):  # type: ignore[union-attr]
+                h.abandon(p, ref)  # type: ignore[union-attr]
 
     def pending_commit(self, offsets: dict[int, int] | None = None
                        ) -> tuple[str, str, dict[int, int], dict[int, int] | None]:

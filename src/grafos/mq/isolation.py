@@ -114,12 +114,18 @@ class Holding:
         if moved:
             self.since[p] = time.monotonic()
 
-    def waiting(self, older_than: float) -> Iterator[Ref]:
-        """Transactions that have held a partition up for more than ``older_than`` s."""
+    def waiting(self, older_than: float) -> Iterator[tuple[int, Ref]]:
+        """(partition, transaction) pairs where the transaction has held the
+        partition up for more than ``older_than`` s."""
         now = time.monotonic()
         for p, held in self.held.items():
             if held and now - self.since.get(p, now) > older_than and held[0][2] is not None:
-                yield held[0][2]
+                yield p, held[0][2]
+
+    def abandon(self, p: int, ref: Ref) -> None:
+        """No marker will come for ``ref``: drop its messages as aborted."""
+        self._decide(ref, False)
+        self._release(p)
 
     def take(self, n: int) -> list[tuple[int, Message]]:
         out = []

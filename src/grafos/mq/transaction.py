@@ -193,8 +193,8 @@ def register(mgr: "TopicManager", tid: str, topic: str, ttl: float, now: float |
             fabric.meta_put(_COUNTER, (number + 1).to_bytes(8, "little"))
             reg = Registration(tid, topic, number, 0, TxnState.Idle, 0, 0, 0, 0, 0, 0, 0, 0)
             fabric.meta_put(_number_key(number), tid.encode())
-        else:
-            reg.fenced += reg.epoch > 0
+        elif reg.lease_id and _alive(fabric, reg, t):
+            reg.fenced += 1             # an instance that is alive now loses its registration
         if reg.state is TxnState.Open:              # the old instance's transaction dies with it
             reg.state = TxnState.Aborting
         reg.epoch += 1
@@ -445,6 +445,23 @@ def resolve(mgr: "TopicManager", number: int | None = None, now: float | None = 
     for reg in todo:
         _finish(mgr, reg, now)
     return len(todo)
+
+
+def superseded(mgr: "TopicManager", number: int, epoch: int, txn: int) -> bool:
+    """True if transaction (number, epoch, txn) can get no marker from now on:
+    a newer instance of its producer registered and nothing of that epoch is
+    still being decided. A message of it that a reader caught up with its
+    partition still holds was written by the fenced instance after its
+    transaction was aborted (a write in flight at the fence)."""
+    fabric = mgr.fabric
+    with fabric.locked():
+        tids = _ids(fabric, number)
+        reg = _get(fabric, tids[0]) if tids else None
+    if reg is None:
+        return False
+    deciding = reg.state in (TxnState.Committing, TxnState.Aborting) and \
+        (reg.txn_epoch, reg.txn) == (epoch, txn)
+    return reg.epoch > epoch and not deciding
 
 
 def _ids(fabric: Any, number: int | None) -> list[str]:
