@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from grafos.mq import transaction
 from grafos.mq.consumer import Consumer, SeekPolicy
@@ -29,7 +30,10 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def worker(bus: str, part: int, batch: int, die_batch: int, die_point: str, idle_exit: float) -> None:
+def worker(bus: str, part: int, batch: int, die_batch: int, die_point: str, idle_exit: float,
+           pause: float = 0.0) -> None:
+    """``pause``: seconds of "processing" after the poll, after each send and
+    after the sends (so that a kill from outside lands anywhere in a batch)."""
     mgr = TopicManager.open(bus, create=False)
     store = FabricOffsetStore(mgr)
     prod = Producer("out", transactional_id=f"worker-{part}", transaction_ttl=2.0)
@@ -45,10 +49,12 @@ def worker(bus: str, part: int, batch: int, die_batch: int, die_point: str, idle
         if n == die_batch and die_point == "before_produce":
             _die()
         txn = prod.begin(mgr)
+        time.sleep(pause)
         for i, (_, m) in enumerate(msgs):
             if n == die_batch and die_point == "mid_batch" and i == len(msgs) // 2:
                 _die()
             prod.send_keyed(mgr, m.key, b"out:" + m.value)
+            time.sleep(pause)
         if n == die_batch and die_point == "after_produce":
             _die()
         txn.commit_offsets(cons, store)

@@ -359,3 +359,60 @@ def test_a_write_in_flight_at_the_fence_never_holds_read_committed_readers_up(mg
             break
     assert got == [b"after"]
     assert joined.aborted == 1
+
+
+@pytest.mark.stress
+def test_consume_transform_produce_is_exactly_once_when_killed_at_random_moments(shm_name, procs):
+    """The same workers, SIGKILLed by the test at random moments (inside the
+    metadata lock, mid-append, between the decision and the markers: wherever
+    the timer lands), restarted each time; then drained. Every input's output
+    is read exactly once by a read_committed consumer, in key order."""
+    import os
+    import signal
+    import time
+    parts, keys, per_key, batch = 2, 8, scaled(150, 30), 5
+    mgr = TopicManager.open(shm_name, size=64 << 20)
+    mgr.create("in", TopicConfig(num_partitions=parts, partition_capacity=4096))
+    mgr.create("out", TopicConfig(num_partitions=parts, partition_capacity=16384))
+    src = Producer("in")
+    expected = []
+    for seq in range(per_key):
+        for k in range(keys):
+            src.send_keyed(mgr, b"key-%d" % k, b"%d:%d" % (k, seq))
+            expected.append(b"out:%d:%d" % (k, seq))
+    rnd = random.Random(99)
+    kills = 0
+    out = mgr.topic("out")
+
+    def written() -> int:
+        return sum(out.partition(p).latest() for p in range(parts))
+    for _ in range(scaled(12, 4)):
+        before = written()
+        workers = [start(procs, eos_procs.worker, shm_name, p, batch, -1, "", 1.0, 0.001)
+                   for p in range(parts)]
+        deadline = time.monotonic() + 20
+        while written() == before and time.monotonic() < deadline and any(w.is_alive() for w in workers):
+            time.sleep(0.001)                       # until they work, then a random moment later
+        time.sleep(rnd.random() * 0.1)
+        victim = rnd.choice(workers)
+        if victim.is_alive():
+            os.kill(victim.pid, signal.SIGKILL)
+            kills += 1
+        for w in workers:
+            if w is not victim and w.is_alive():
+                os.kill(w.pid, signal.SIGKILL)
+            w.join(30)
+    drain = [start(procs, eos_procs.worker, shm_name, p, batch, -1, "", 1.0) for p in range(parts)]
+    for w in drain:
+        w.join(120)
+        assert w.exitcode == 0, f"draining worker exited {w.exitcode}"
+    assert kills > 0
+    got, rc = everything(mgr, isolation="read_committed")
+    values = [v for *_, v in got]
+    assert sorted(values) == sorted(expected)
+    print(f"{kills} kills, {rc.aborted} aborted outputs skipped, "
+          f"{len(everything(mgr)[0]) - len(expected)} written outputs not committed")
+    for k in range(keys):
+        mine = [int(v.split(b":")[2]) for v in values if v.startswith(b"out:%d:" % k)]
+        assert mine == list(range(per_key))
+    mgr.close()
