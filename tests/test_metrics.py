@@ -179,3 +179,20 @@ def test_metrics_should_show_the_gate_and_refused_sends_of_a_full_topic():
     assert got[("grafos_partition_buffer_full_total", "jobs")] == d.full_raised == 3
     assert got[("grafos_partition_blocked_producers", "jobs")] == 0
     mgr.close()
+
+
+def test_collector_exports_producers_open_transactions_aborts_and_fencing(shm_name):
+    from prometheus_client import CollectorRegistry
+
+    from grafos.metrics import BusCollector
+    from test_exactly_once import observed_bus
+    mgr, prod = observed_bus(shm_name)
+    reg = CollectorRegistry()
+    reg.register(BusCollector(mgr))
+    labels = {"topic": "out", "transactional_id": "obs"}
+    assert reg.get_sample_value("grafos_producer_transaction_open", labels) == 1
+    assert reg.get_sample_value("grafos_producer_transactions_aborted_total", labels) == 1
+    assert reg.get_sample_value("grafos_producer_fenced_total", labels) == 1
+    assert reg.get_sample_value("grafos_producer_transaction_age_seconds", labels) >= 0
+    prod.close()
+    mgr.close()
