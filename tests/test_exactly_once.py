@@ -414,3 +414,25 @@ def test_consume_transform_produce_is_exactly_once_when_killed_at_random_moments
         mine = [int(v.split(b":")[2]) for v in values if v.startswith(b"out:%d:" % k)]
         assert mine == list(range(per_key))
     mgr.close()
+
+
+def test_a_read_committed_reader_lapped_past_a_marker_is_not_held_up_forever():
+    mgr = TopicManager()
+    mgr.create("small", TopicConfig(num_partitions=1, partition_capacity=16))
+    tx, plain = Producer("small", transactional_id="lap"), Producer("small")
+    rc = Consumer("small", "rc", isolation="read_committed")
+    rc.seek(mgr, SeekPolicy.Earliest)
+    txn = tx.begin(mgr)
+    tx.send(mgr, b"t1")
+    assert rc.poll(mgr, 10) == []                  # held: its transaction is open
+    txn.commit()                                   # the marker lands at offset 1 ...
+    for i in range(40):                            # ... and is overwritten before the reader sees it
+        plain.send(mgr, b"p%d" % i)
+    got = []
+    for _ in range(20):
+        got += [m.value for _, m in rc.poll(mgr, 100, timeout=0.2)]
+        if got:
+            break
+    assert got == [b"p%d" % i for i in range(24, 40)]
+    assert rc.lost()[0] > 0 and rc.aborted == 1
+    mgr.close()

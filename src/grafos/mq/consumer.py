@@ -393,8 +393,8 @@ class Consumer(PollPath):
         for producer in {ref[0] for _, ref in waiting}:
             transaction.resolve(mgr, producer)
         for p, ref in waiting:
-            # caught up with the partition and still no marker: a fenced producer's late write
-            if self._reader.position(p) >= self._latest(p) and transaction.superseded(mgr, *ref):  # type: ignore[union-attr]
+            # caught up with the partition, the transaction over, and still no marker: none will come
+            if self._reader.position(p) >= self._latest(p) and transaction.finished(mgr, *ref):  # type: ignore[union-attr]
                 h.abandon(p, ref)  # type: ignore[union-attr]
 
     def pending_commit(self, offsets: dict[int, int] | None = None

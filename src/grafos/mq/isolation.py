@@ -123,7 +123,9 @@ class Holding:
                 yield p, held[0][2]
 
     def abandon(self, p: int, ref: Ref) -> None:
-        """No marker will come for ``ref``: drop its messages as aborted."""
+        """No marker will come for ``ref`` (its transaction is over): drop its
+        messages, counted as aborted (a reader lapped past a commit marker
+        cannot tell that it committed)."""
         self._decide(ref, False)
         self._release(p)
 

@@ -447,21 +447,24 @@ def resolve(mgr: "TopicManager", number: int | None = None, now: float | None = 
     return len(todo)
 
 
-def superseded(mgr: "TopicManager", number: int, epoch: int, txn: int) -> bool:
-    """True if transaction (number, epoch, txn) can get no marker from now on:
-    a newer instance of its producer registered and nothing of that epoch is
-    still being decided. A message of it that a reader caught up with its
-    partition still holds was written by the fenced instance after its
-    transaction was aborted (a write in flight at the fence)."""
+def finished(mgr: "TopicManager", number: int, epoch: int, txn: int) -> bool:
+    """True if transaction (number, epoch, txn) is over and its markers are all
+    written: its producer moved on to a later transaction or a newer instance
+    registered, and nothing of it is still being decided. A reader caught up
+    with a partition that still holds a message of it will get no marker: the
+    message was written after the marker (a fenced producer's write in flight
+    at the fence), or the reader was lapped past the marker."""
     fabric = mgr.fabric
     with fabric.locked():
         tids = _ids(fabric, number)
         reg = _get(fabric, tids[0]) if tids else None
     if reg is None:
         return False
-    deciding = reg.state in (TxnState.Committing, TxnState.Aborting) and \
-        (reg.txn_epoch, reg.txn) == (epoch, txn)
-    return reg.epoch > epoch and not deciding
+    if reg.state in (TxnState.Committing, TxnState.Aborting) and (reg.txn_epoch, reg.txn) == (epoch, txn):
+        return False
+    if reg.epoch > epoch:
+        return True
+    return reg.epoch == epoch and (reg.txn > txn or (reg.txn == txn and reg.state is TxnState.Idle))
 
 
 def _ids(fabric: Any, number: int | None) -> list[str]:
