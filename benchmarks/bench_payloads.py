@@ -81,14 +81,15 @@ def _identity(b):  # noqa: ANN001, ANN202
 
 
 # ---- runs ------------------------------------------------------------------------------
-def grafos_cross(size: int, mode: str, capacity: int, stride: int, seconds: float, batch: int = 8) -> float:
+def grafos_cross(size: int, mode: str, capacity: int, stride: int, seconds: float, batch: int = 8,
+                 checksum: bool = True) -> float:
     from grafos.mq.consumer import Consumer
     from grafos.mq.topic import TopicConfig, TopicManager
     bus = "bench-pl-" + uuid.uuid4().hex[:8]
     ring = capacity * stride
     mgr = TopicManager.open(bus, size=ring + 64 * MiB)
     try:
-        mgr.create("t", TopicConfig(1, capacity, stride, 600.0))
+        mgr.create("t", TopicConfig(1, capacity, stride, 600.0, checksum=checksum))
         span = -(-(size + 1 + 40) // stride)         # the 1-byte key counts
         step = batch if mode == "batch" else 1
         # a ring never blocks its producer: it stays at most a ring's worth of

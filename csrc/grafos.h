@@ -195,14 +195,17 @@ uint64_t gf_meta_epoch(gf_fabric *f);
 
 /* Rings */
 uint64_t gf_ring_region_size(uint32_t capacity, uint32_t stride);
+/* checksum: 1 slots carry a CRC32C written with the copy and verified on read,
+ * 0 they carry none (fixed for the ring's life, in its header) */
 int gf_ring_init(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, uint32_t capacity,
-                 uint32_t stride, int64_t now_ns);
+                 uint32_t stride, int64_t now_ns, uint32_t checksum);
 gf_ring *gf_ring_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, int *err);
 void gf_ring_close(gf_ring *r);
 int gf_ring_state_get(gf_ring *r, int64_t now_ns, gf_ring_state *out);
 uint32_t gf_ring_room(gf_ring *r);
 /* the largest key + headers + value one message may have: capacity * stride - 40 */
 uint64_t gf_ring_max_message(gf_ring *r);
+int gf_ring_checksum(gf_ring *r);
 int64_t gf_ring_append(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
                        const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
                        int64_t ts_ns);
