@@ -331,6 +331,8 @@ int gf_loan_abandon(gf_loan *l);
 int64_t gf_ring_peek(gf_ring *r, gf_cursor *c, uint32_t max, gf_msg_meta *meta, int64_t now_ns);
 uint8_t *gf_ring_slot_data(gf_ring *r, uint32_t index);
 int gf_ring_intact(gf_ring *r, uint64_t offset);
+/* gf_ring_intact for n offsets (intact[i] 1 or 0); returns how many are not */
+uint32_t gf_ring_intact_many(gf_ring *r, const uint64_t *offsets, uint32_t n, uint8_t *intact);
 
 /* Hashing */
 uint32_t gf_murmur2(const uint8_t *data, uint32_t len);

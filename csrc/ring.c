@@ -1357,6 +1357,21 @@ int gf_ring_intact(gf_ring *r, uint64_t offset)
     return ld_acq(seq_at(r, offset)) == 2 * offset + 2;
 }
 
+uint32_t gf_ring_intact_many(gf_ring *r, const uint64_t *offsets, uint32_t n, uint8_t *intact)
+{
+    /* gf_ring_intact for a whole peek: one crossing, one look at the lease and tail */
+    fence_acq();
+    int mine = ld_acq(&r->lease->id) == r->lease_id;
+    uint64_t tail = ld_acq(&r->hdr->tail);
+    uint32_t bad = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t o = offsets[i];
+        intact[i] = mine && o < MAX_OFFSET && tail <= o + r->capacity && ld_acq(seq_at(r, o)) == 2 * o + 2;
+        bad += !intact[i];
+    }
+    return bad;
+}
+
 int gf_loan_begin(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
                   const uint8_t *hdrs, uint32_t hlen, uint32_t vlen, int64_t ts_ns, gf_loan *out)
 {
