@@ -27,7 +27,10 @@ import os
 import time
 import uuid
 
-import numpy as np
+# numpy's BLAS threads spin for a while after start-up; on a 2-core machine they
+# take a core from the producer or the consumer (children inherit this)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
 
 CTX = mp.get_context("spawn")
 KiB, MiB, GB = 1 << 10, 1 << 20, 1 << 30
