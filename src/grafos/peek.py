@@ -80,9 +80,12 @@ class Peek:
         self._checks: list[tuple[Any, list[int]]] = []   # (ring, offsets of its messages), in order
 
     @classmethod
-    def take(cls, sources: Sequence[tuple[int, Any, Any, Any]], max_messages: int) -> "Peek":
-        """``sources``: (partition id, gf_ring *, gf_cursor *, Partition) per ring."""
-        meta = ffi.new("gf_msg_meta[]", max(max_messages, 1))
+    def take(cls, sources: Sequence[tuple[int, Any, Any, Any]], max_messages: int, meta: Any = None) -> "Peek":
+        """``sources``: (partition id, gf_ring *, gf_cursor *, Partition) per ring;
+        ``meta``: a ``gf_msg_meta[]`` of at least ``max_messages`` to reuse (its
+        rows are read before this returns)."""
+        if meta is None:
+            meta = ffi.new("gf_msg_meta[]", max(max_messages, 1))
         out: list[PeekedMessage] = []
         owners: list[object] = []
         views: list[memoryview] = []
@@ -140,6 +143,8 @@ class Peek:
         if self.released:
             return self.overwritten
         self.released = True
+        if not self.messages:
+            return self.overwritten
         intact: list[int] = []
         for ring, offs in self._checks:
             flags = ffi.new("uint8_t[]", len(offs))
