@@ -10,10 +10,21 @@
   (one memcpy of the payload into the ring), the consumer peeks and touches
   every byte of the view (a sum over 8-byte words), against one memcpy of the
   same bytes in one process.
-* **in-process 4 KiB batches** of 64 (``append_batch`` then a poll), reading
-  with checksums verified, not verified, and by peek, against a memcpy of the
+* **latency, cross-process**: p50 / p99 one-way time of a 64 B ``send_keyed``
+  read by ``poll``, and of a 1 MiB loan read by ``peek``, one message in flight,
+  both sides polling without sleeping. The producer writes
+  ``time.monotonic_ns()`` into the value just before the send or the commit
+  (the fill of the loan is not counted: it is the caller's own work), the
+  consumer subtracts it from its clock when the message arrives. The loan runs
+  on a ring of 512 B slots (2,049 sequence words per message) and on a ring of
+  four 1 MiB slots.
+* **in-process 4 KiB batches** of 64 (``append_batch`` then a poll), on a ring
+  with checksums (verified, or not verified by the reader), on a ring without
+  checksums (the in-process default), and read by peek, against a memcpy of the
   same working set (write + read is two copies: the ratio is to one).
 
+Topics on the named fabric carry checksums by default (``TopicConfig(checksum=None)``);
+the cross-process rows run with them and, marked "no checksums", without.
 Rates are messages (and GB/s) reaching the consumer over the consumer's clock.
 Nothing here asserts a speed.
 
@@ -27,7 +38,10 @@ import os
 import time
 import uuid
 
-import numpy as np
+# numpy's BLAS threads spin for a while after start-up; on a 2-core machine they
+# take a core from the producer or the consumer (children inherit this)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
 
 CTX = mp.get_context("spawn")
 KiB, MiB, GB = 1 << 10, 1 << 20, 1 << 30
@@ -81,14 +95,15 @@ def _identity(b):  # noqa: ANN001, ANN202
 
 
 # ---- runs ------------------------------------------------------------------------------
-def grafos_cross(size: int, mode: str, capacity: int, stride: int, seconds: float, batch: int = 8) -> float:
+def grafos_cross(size: int, mode: str, capacity: int, stride: int, seconds: float, batch: int = 8,
+                 checksum: bool = True) -> float:
     from grafos.mq.consumer import Consumer
     from grafos.mq.topic import TopicConfig, TopicManager
     bus = "bench-pl-" + uuid.uuid4().hex[:8]
     ring = capacity * stride
     mgr = TopicManager.open(bus, size=ring + 64 * MiB)
     try:
-        mgr.create("t", TopicConfig(1, capacity, stride, 600.0))
+        mgr.create("t", TopicConfig(1, capacity, stride, 600.0, checksum=checksum))
         span = -(-(size + 1 + 40) // stride)         # the 1-byte key counts
         step = batch if mode == "batch" else 1
         # a ring never blocks its producer: it stays at most a ring's worth of
@@ -115,11 +130,67 @@ def grafos_cross(size: int, mode: str, capacity: int, stride: int, seconds: floa
                 t0, first = time.monotonic(), k
             got += k
             consumed.value = got
-            if not k and not p.is_alive() and c.lost().get(0, 0):
-                raise RuntimeError(f"the producer lapped the consumer: {c.lost()} lost")
+            if not k and not p.is_alive():
+                if c.lost().get(0, 0):
+                    raise RuntimeError(f"the producer lapped the consumer: {c.lost()} lost")
+                if got < n:     # it died (a loan held past the bounded wait): what arrived counts
+                    print(f"  (the producer stopped after {got} of {n} messages: exit code {p.exitcode})")
+                    break
         dt = time.monotonic() - t0
         p.join(30)
-        return (n - first) / dt
+        return (got - first) / dt
+    finally:
+        mgr.close()
+        TopicManager.unlink(bus)
+
+
+def _latency_producer(bus: str, size: int, n: int, acked, go) -> None:
+    from grafos.mq.producer import Producer
+    from grafos.mq.topic import TopicManager
+    mgr = TopicManager.open(bus)
+    prod = Producer("t")
+    value = bytearray(b"\x5a" * size)
+    go.wait()
+    for i in range(n):
+        while acked.value < i:          # one message in flight
+            pass
+        if size > 64:
+            with prod.loan(mgr, size) as ln:
+                ln.view[8:] = value[8:]
+                ln.view[:8] = time.monotonic_ns().to_bytes(8, "little")
+        else:
+            value[:8] = time.monotonic_ns().to_bytes(8, "little")
+            prod.send_keyed(mgr, b"k", value)
+
+
+def grafos_latency(size: int, capacity: int, stride: int, n: int, checksum: bool = True) -> tuple[float, float]:
+    """(p50, p99) one-way microseconds, producer process -> consumer process."""
+    from grafos.mq.consumer import Consumer
+    from grafos.mq.topic import TopicConfig, TopicManager
+    bus = "bench-lat-" + uuid.uuid4().hex[:8]
+    mgr = TopicManager.open(bus, size=capacity * stride + 64 * MiB)
+    try:
+        mgr.create("t", TopicConfig(1, capacity, stride, 600.0, checksum=checksum))
+        acked = CTX.Value("q", 0, lock=False)
+        go = CTX.Event()
+        p = CTX.Process(target=_latency_producer, args=(bus, size, n, acked, go))
+        p.start()
+        c = Consumer("t", max_batch=4)
+        c.poll(mgr, 1)
+        lat: list[int] = []
+        go.set()
+        while len(lat) < n:
+            if size > 64:
+                with c.peek(mgr, 1) as pk:
+                    for m in pk:
+                        lat.append(time.monotonic_ns() - int.from_bytes(m.value[:8], "little"))
+            else:
+                for _, m in c.poll(mgr, 1):
+                    lat.append(time.monotonic_ns() - int.from_bytes(m.value[:8], "little"))
+            acked.value = len(lat)
+        p.join(30)
+        lat = sorted(lat[n // 10:])          # the first tenth warms up
+        return lat[len(lat) // 2] / 1e3, lat[len(lat) * 99 // 100] / 1e3
     finally:
         mgr.close()
         TopicManager.unlink(bus)
@@ -158,13 +229,16 @@ def memcpy_rate(size: int, seconds: float, working_set: int) -> float:
 
 
 def inproc_4k(how: str, seconds: float, batch: int = 64, size: int = 4 * KiB) -> float:
-    """Messages/s of append_batch + read of `batch` 4 KiB messages, one thread."""
+    """Messages/s of append_batch + read of `batch` 4 KiB messages, one thread.
+    how: "crc" (checksums written and verified), "noverify" (written, not
+    verified), "nocrc" (a ring without checksums), "peek" (without checksums,
+    read in place, every value's view made)."""
     from grafos import Fabric
     from grafos.partition import Partition
     from grafos.reader import Reader
     fab = Fabric(64 * MiB)
-    part = Partition.create(fab, 4 * batch, _stride(size), ttl=600)
-    rd = Reader(fab, [part], max_batch=batch, check_crcs=(how != "nocrc"))
+    part = Partition.create(fab, 4 * batch, _stride(size), ttl=600, checksum=how in ("crc", "noverify"))
+    rd = Reader(fab, [part], max_batch=batch, check_crcs=(how != "noverify"))
     values = np.full((batch, size), 0x5A, dtype=np.uint8)
     n = 0
     t0 = time.perf_counter()
@@ -172,7 +246,7 @@ def inproc_4k(how: str, seconds: float, batch: int = 64, size: int = 4 * KiB) ->
         part.append_batch(values)
         if how == "peek":
             with rd.peek(batch) as pk:
-                k = len(pk)
+                k = sum(1 for m in pk if m.value)
         else:
             k = rd.poll_raw(batch)
         n += k
@@ -186,39 +260,55 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=2.0, help="about this long per row")
     a = ap.parse_args(argv)
     s = a.seconds
-    rows = []
+    lines = []
 
     def row(name: str, rate: float, size: int, peer: float | None = None, peer_name: str = "") -> None:
         gbs = rate * size / 1e9
         ratio = f"  {rate / peer:5.2f}x {peer_name}" if peer else ""
-        rows.append(f"{name:<58} {rate / 1e3:9.1f} k/s {gbs:6.2f} GB/s{ratio}")
-        print(rows[-1], flush=True)
+        lines.append(f"{name:<58} {rate / 1e3:9.1f} k/s {gbs:6.2f} GB/s{ratio}")
+        print(lines[-1], flush=True)
 
     size = 64 * KiB
     ff1 = ff_cross(size, "single", 2 * MiB, s)
     row("faster-fifo 64 KiB put/get_many, 2 MiB buffer", ff1, size)
     ffb = ff_cross(size, "batch", 2 * MiB, s)
     row("faster-fifo 64 KiB put_many(8)/get_many, 2 MiB buffer", ffb, size)
-    row("grafos 64 KiB send_keyed, 32 x 64 KiB slots (2 MiB)",
-        grafos_cross(size, "single", 32, _stride(size + 1), s), size, ff1, "faster-fifo single")
-    row("grafos 64 KiB send_batch(8), 32 x 64 KiB slots (2 MiB)",
-        grafos_cross(size, "batch", 32, _stride(size + 1), s), size, ffb, "faster-fifo put_many")
-    row("grafos 64 KiB send_keyed, 4096 x 512 B slots (2 MiB)",
-        grafos_cross(size, "single", 4096, 512, s), size, ff1, "faster-fifo single")
-    row("grafos 64 KiB send_batch(8), 4096 x 512 B slots (2 MiB)",
-        grafos_cross(size, "batch", 4096, 512, s), size, ffb, "faster-fifo put_many")
+    for crc, tag in [(True, ""), (False, ", no checksums")]:
+        row(f"grafos 64 KiB send_keyed, 32 x 64 KiB slots{tag}",
+            grafos_cross(size, "single", 32, _stride(size + 1), s, checksum=crc), size, ff1, "faster-fifo single")
+        row(f"grafos 64 KiB send_batch(8), 32 x 64 KiB slots{tag}",
+            grafos_cross(size, "batch", 32, _stride(size + 1), s, checksum=crc), size, ffb, "faster-fifo put_many")
+        row(f"grafos 64 KiB send_keyed, 4096 x 512 B slots{tag}",
+            grafos_cross(size, "single", 4096, 512, s, checksum=crc), size, ff1, "faster-fifo single")
+        row(f"grafos 64 KiB send_batch(8), 4096 x 512 B slots{tag}",
+            grafos_cross(size, "batch", 4096, 512, s, checksum=crc), size, ffb, "faster-fifo put_many")
     big = MiB
     ffm = ff_cross(big, "single", 4 * MiB, s)
     row("faster-fifo 1 MiB put/get_many, 4 MiB buffer", ffm, big)
-    row("grafos 1 MiB send_keyed, 8192 x 512 B slots (4 MiB)",
-        grafos_cross(big, "single", 8192, 512, s), big, ffm, "faster-fifo")
+    for crc, tag in [(True, ""), (False, ", no checksums")]:
+        row(f"grafos 1 MiB send_keyed, 8192 x 512 B slots (4 MiB){tag}",
+            grafos_cross(big, "single", 8192, 512, s, checksum=crc), big, ffm, "faster-fifo")
     mc = memcpy_rate(big, s, 4 * MiB) / big
     row("memcpy 1 MiB (4 MiB working set)", mc, big)
-    row("grafos 1 MiB loan + peek (touching every byte), 4 MiB ring",
-        grafos_cross(big, "loan", 8192, 512, s), big, mc, "memcpy")
+    for crc, tag in [(True, ""), (False, ", no checksums")]:
+        row(f"grafos 1 MiB loan + peek (touching every byte), 4 MiB ring{tag}",
+            grafos_cross(big, "loan", 8192, 512, s, checksum=crc), big, mc, "memcpy")
+    n = max(200, int(1000 * s))
+    small = grafos_latency(64, 4096, 512, n)
+    lines.append(f"{'grafos 64 B send_keyed -> poll, one-way latency':<58} p50 {small[0]:7.1f} us  p99 {small[1]:7.1f} us")
+    print(lines[-1], flush=True)
+    for cap, stride, crc, tag in [(8192, 512, True, "8192 x 512 B slots"),
+                                  (8192, 512, False, "8192 x 512 B slots, no checksums"),
+                                  (4, _stride(big), True, "4 x 1 MiB slots"),
+                                  (4, _stride(big), False, "4 x 1 MiB slots, no checksums")]:
+        lat = grafos_latency(big, cap, stride, n // 2, checksum=crc)
+        lines.append(f"{'grafos 1 MiB loan -> peek, ' + tag:<58} p50 {lat[0]:7.1f} us  p99 {lat[1]:7.1f} us"
+                     f"  {lat[0] / small[0]:5.2f}x the 64 B p50")
+        print(lines[-1], flush=True)
     mc4 = memcpy_rate(4 * KiB, s, 256 * _stride(4 * KiB)) / (4 * KiB)
     row("memcpy 4 KiB (ring-sized working set, 1 MiB)", mc4, 4 * KiB)
-    for how, name in [("crc", "checksums verified"), ("nocrc", "verification off"), ("peek", "read by peek")]:
+    for how, name in [("crc", "checksums verified"), ("noverify", "checksums not verified"),
+                      ("nocrc", "no checksums"), ("peek", "no checksums, read by peek")]:
         row(f"grafos in-process 4 KiB batch(64), {name}", inproc_4k(how, s), 4 * KiB, mc4, "memcpy")
     return 0
 

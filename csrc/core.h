@@ -42,6 +42,7 @@ struct gf_ring {
     uint32_t room;              /* stride - slot header */
     _Atomic uint64_t *seqs;     /* the sequence words, after the slots */
     uint64_t max_msg;           /* largest key + headers + value: the whole ring less one header */
+    int crc;                    /* slots carry checksums (the header's GF_RING_NO_CRC clear) */
 };
 
 /* error reporting: a thread-local message for the last failure */

@@ -212,14 +212,17 @@ uint64_t gf_meta_epoch(gf_fabric *f);
 
 /* Rings */
 uint64_t gf_ring_region_size(uint32_t capacity, uint32_t stride);
+/* checksum: 1 slots carry a CRC32C written with the copy and verified on read,
+ * 0 they carry none (fixed for the ring's life, in its header) */
 int gf_ring_init(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, uint32_t capacity,
-                 uint32_t stride, int64_t now_ns);
+                 uint32_t stride, int64_t now_ns, uint32_t checksum);
 gf_ring *gf_ring_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, int *err);
 void gf_ring_close(gf_ring *r);
 int gf_ring_state_get(gf_ring *r, int64_t now_ns, gf_ring_state *out);
 uint32_t gf_ring_room(gf_ring *r);
 /* the largest key + headers + value one message may have: capacity * stride - 40 */
 uint64_t gf_ring_max_message(gf_ring *r);
+int gf_ring_checksum(gf_ring *r);
 int64_t gf_ring_append(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
                        const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
                        int64_t ts_ns);
@@ -387,6 +390,8 @@ int gf_loan_abandon(gf_loan *l);
 int64_t gf_ring_peek(gf_ring *r, gf_cursor *c, uint32_t max, gf_msg_meta *meta, int64_t now_ns);
 uint8_t *gf_ring_slot_data(gf_ring *r, uint32_t index);
 int gf_ring_intact(gf_ring *r, uint64_t offset);
+/* gf_ring_intact for n offsets (intact[i] 1 or 0); returns how many are not */
+uint32_t gf_ring_intact_many(gf_ring *r, const uint64_t *offsets, uint32_t n, uint8_t *intact);
 
 /* Hashing */
 uint32_t gf_murmur2(const uint8_t *data, uint32_t len);

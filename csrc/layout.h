@@ -137,8 +137,9 @@ struct gf_ring_hdr {
     uint32_t capacity;          /* 16 */
     uint32_t stride;            /* 20 */
     int64_t created_ns;         /* 24 */
-    uint32_t crc;               /* 32: crc32c of bytes [0, 32) */
-    uint8_t pad0[GF_LINE - 36];
+    uint32_t crc;               /* 32: crc32c of bytes [0, 32), then of flags if nonzero */
+    uint32_t flags;             /* 36: GF_RING_* (0: slots carry checksums) */
+    uint8_t pad0[GF_LINE - 40];
     /* line 1: producers' claim cursor, alone on its line */
     _Atomic uint64_t tail;      /* 64 */
     uint8_t pad1[GF_LINE - 8];
@@ -161,6 +162,8 @@ struct gf_ring_hdr {
     uint32_t on_full;              /* 204: GF_FULL_*, set once at creation (the topic's policy) */
     uint8_t pad3[GF_LINE - 16];
 };
+#define GF_RING_NO_CRC 1u       /* slots carry no checksum: writers only copy, readers do not verify */
+_Static_assert(offsetof(struct gf_ring_hdr, flags) == 36, "ring flags");
 _Static_assert(offsetof(struct gf_ring_hdr, tail) == 64, "tail line");
 _Static_assert(offsetof(struct gf_ring_hdr, abandoned) == 128, "counter line");
 _Static_assert(offsetof(struct gf_ring_hdr, blocked) == 152, "blocked");
@@ -196,7 +199,8 @@ _Static_assert(sizeof(struct gf_ring_hdr) == GF_RING_HDR_SIZE, "ring hdr");
  * end (the writer pads to it), so a message is one contiguous range.
  * `offset` is informational (tools); crc is crc32c over the offset n, bytes
  * [8, 36) and the payload, so a slot that holds another offset's bytes, or a
- * torn write, never passes. */
+ * torn write, never passes. In a ring flagged GF_RING_NO_CRC it is 0 and
+ * unchecked: the sequence words alone guard publication. */
 #define GF_SLOT_HDR_SIZE 40u
 struct gf_slot {
     uint64_t offset;            /*  0 */

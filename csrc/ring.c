@@ -43,7 +43,11 @@ static inline uint64_t span_of(const gf_ring *r, uint64_t total)
 
 static uint32_t ring_hdr_crc(const struct gf_ring_hdr *h)
 {
-    return gf_crc32c(~0u, (const uint8_t *)h, offsetof(struct gf_ring_hdr, crc)) ^ ~0u;
+    /* flags join the sum only when set, so a ring without flags sums [0, 32) alone */
+    uint32_t c = gf_crc32c(~0u, (const uint8_t *)h, offsetof(struct gf_ring_hdr, crc));
+    if (h->flags)
+        c = gf_crc32c(c, (const uint8_t *)&h->flags, sizeof h->flags);
+    return c ^ ~0u;
 }
 
 uint64_t gf_ring_region_size(uint32_t capacity, uint32_t stride)
@@ -62,7 +66,7 @@ static int check_geometry(uint32_t capacity, uint32_t stride)
 }
 
 int gf_ring_init(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, uint32_t capacity,
-                 uint32_t stride, int64_t now_ns)
+                 uint32_t stride, int64_t now_ns, uint32_t checksum)
 {
     int rc = check_geometry(capacity, stride);
     if (rc < 0)
@@ -81,6 +85,7 @@ int gf_ring_init(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, uint32_t
     h->capacity = capacity;
     h->stride = stride;
     h->created_ns = now_ns;
+    h->flags = checksum ? 0u : GF_RING_NO_CRC;
     h->crc = ring_hdr_crc(h);
     return GF_OK;
 }
@@ -98,7 +103,8 @@ gf_ring *gf_ring_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, int
     /* copy, then check the copy: the shared header may change under us */
     struct gf_ring_hdr c;
     memcpy(&c, h, offsetof(struct gf_ring_hdr, tail));
-    if (c.magic != GF_RING_MAGIC || c.lease_id != lease_id || c.crc != ring_hdr_crc(&c)) {
+    if (c.magic != GF_RING_MAGIC || c.lease_id != lease_id || c.crc != ring_hdr_crc(&c) ||
+        (c.flags & ~GF_RING_NO_CRC)) {
         *err = gf_fail(GF_E_CORRUPT, "lease %llu does not hold a valid ring header", (unsigned long long)lease_id);
         return NULL;
     }
@@ -121,6 +127,7 @@ gf_ring *gf_ring_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, int
     r->room = c.stride - GF_SLOT_HDR_SIZE;
     r->seqs = (_Atomic uint64_t *)(r->slots + (uint64_t)c.capacity * c.stride);
     r->max_msg = (uint64_t)c.capacity * c.stride - GF_SLOT_HDR_SIZE;
+    r->crc = !(c.flags & GF_RING_NO_CRC);
     atomic_fetch_add(&f->refs, 1);
     *err = GF_OK;
     return r;
@@ -136,6 +143,7 @@ void gf_ring_close(gf_ring *r)
 
 uint32_t gf_ring_room(gf_ring *r) { return r->room; }
 uint64_t gf_ring_max_message(gf_ring *r) { return r->max_msg; }
+int gf_ring_checksum(gf_ring *r) { return r->crc; }
 
 int gf_ring_state_get(gf_ring *r, int64_t now_ns, gf_ring_state *out)
 {
@@ -286,7 +294,7 @@ static inline uint8_t *slot_header(gf_ring *r, uint64_t n, uint32_t klen, uint32
 static inline void slot_seal(gf_ring *r, uint64_t n, uint64_t total)
 {
     struct gf_slot *s = slot_at(r, n);
-    s->crc = gf_slot_crc(n, (const uint8_t *)s + 8, (const uint8_t *)s + GF_SLOT_HDR_SIZE, total);
+    s->crc = !r->crc ? 0u : gf_slot_crc(n, (const uint8_t *)s + 8, (const uint8_t *)s + GF_SLOT_HDR_SIZE, total);
 }
 
 /* Write the message at offset n (its span claimed). Returns GF_OK, or
@@ -302,6 +310,13 @@ static int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t kle
         return rc == TAKE_LAPPED ? GF_OK : rc;
     uint8_t *p = slot_header(r, n, klen, flags, key_hash, hlen, vlen, ts);
     struct gf_slot *s = slot_at(r, n);
+    if (!r->crc) {
+        if (klen) memcpy(p, key, klen);
+        if (hlen) memcpy(p + klen, hdrs, hlen);
+        if (vlen) memcpy(p + klen + hlen, val, vlen);
+        s->crc = 0;
+        return span_publish(r, n, span);
+    }
     /* the checksum is summed as the bytes are copied: one pass over the payload */
     uint32_t c = gf_slot_crc_seed(n, (const uint8_t *)s + 8);
     if (klen) c = gf_copy_crc(p, key, klen, c);
@@ -925,6 +940,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
     }
     c->expired = 0;
     const uint64_t cap = r->capacity;
+    const int verify = r->crc && !c->no_verify;
     uint64_t tail = ld_acq(&r->hdr->tail);
     if (tail >= MAX_OFFSET) {
         *err = gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)tail);
@@ -961,9 +977,9 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             }
             uint32_t crc = 0;
             if (fits && !buf) {   /* read in place (gf_ring_peek): nothing to copy */
-                if (!c->no_verify)
+                if (verify)
                     crc = gf_slot_crc(pos, (const uint8_t *)&h + 8, (uint8_t *)s + GF_SLOT_HDR_SIZE, total);
-            } else if (fits && c->no_verify)
+            } else if (fits && !verify)
                 memcpy(buf + *used, (uint8_t *)s + GF_SLOT_HDR_SIZE, total);
             else if (fits)   /* verified: the checksum is summed as the bytes are copied */
                 crc = gf_copy_crc(buf + *used, (uint8_t *)s + GF_SLOT_HDR_SIZE, total,
@@ -980,7 +996,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
                 pos++;
                 continue;
             }
-            if (!c->no_verify && crc != h.crc) {
+            if (verify && crc != h.crc) {
                 c->corrupt++;
                 pos++;
                 continue;
@@ -1468,6 +1484,21 @@ int gf_ring_intact(gf_ring *r, uint64_t offset)
     if (ld_acq(&r->hdr->tail) > offset + r->capacity)
         return 0;
     return ld_acq(seq_at(r, offset)) == 2 * offset + 2;
+}
+
+uint32_t gf_ring_intact_many(gf_ring *r, const uint64_t *offsets, uint32_t n, uint8_t *intact)
+{
+    /* gf_ring_intact for a whole peek: one crossing, one look at the lease and tail */
+    fence_acq();
+    int mine = ld_acq(&r->lease->id) == r->lease_id;
+    uint64_t tail = ld_acq(&r->hdr->tail);
+    uint32_t bad = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t o = offsets[i];
+        intact[i] = mine && o < MAX_OFFSET && tail <= o + r->capacity && ld_acq(seq_at(r, o)) == 2 * o + 2;
+        bad += !intact[i];
+    }
+    return bad;
 }
 
 int gf_loan_begin(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,

@@ -432,7 +432,7 @@ def test_a_ring_larger_than_the_fabric_is_refused_and_leaks_no_lease(fab):
 def test_ring_geometry_is_also_checked_by_the_core(fab):
     lease = fab.acquire(1 << 20, ttl=60)
     for cap, stride in [(0, 64), (4, 40), (4, 52), (1 << 31, 64), (1 << 20, 4096)]:
-        assert lib.gf_ring_init(fab.handle, lease.index, lease.id, cap, stride, 1) == lib.GF_E_INVAL
+        assert lib.gf_ring_init(fab.handle, lease.index, lease.id, cap, stride, 1, 1) == lib.GF_E_INVAL
     with pytest.raises(CorruptFabric):
         Partition(fab, lease)    # nothing was formatted
 

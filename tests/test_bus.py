@@ -249,7 +249,7 @@ def test_should_refuse_bad_input_with_a_clear_error_and_change_nothing(mgr):
 
 def test_a_consumer_that_skips_checksums_gets_damaged_bytes_one_that_checks_skips_them(shm_mgr):
     mgr = shm_mgr       # slot checksums belong to the shared-memory rings
-    mgr.create("frames", TopicConfig(1, 64, 256))
+    mgr.create("frames", TopicConfig(1, 64, 256, checksum=True))     # not the in-process default
     prod = Producer("frames")
     big = bytes(range(256)) * 8                          # 2 KiB: nine slots
     prod.send(mgr, b"small")

@@ -32,14 +32,16 @@ def crc(b: bytes) -> int:
 
 
 class Bus:
-    """A file bus with one topic of 2 partitions; partition 0 holds MESSAGES at
-    offsets 0..4. Knows where every structure is in the file."""
+    """A file bus with one topic of 2 partitions (with slot checksums or without);
+    partition 0 holds MESSAGES at offsets 0..4. Knows where every structure is in
+    the file."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, checksum: bool = True) -> None:
         self.path = path
+        self.checksum = checksum
         with Fabric.open(path=path, size=512 << 10, lease_slots=LEASES, meta_slots=METAS) as fab:
             mgr = TopicManager(fab)
-            mgr.create("orders", TopicConfig(2, CAP, STRIDE, 3600.0))
+            mgr.create("orders", TopicConfig(2, CAP, STRIDE, 3600.0, checksum=checksum))
             part = mgr.topic("orders").partition(0)
             for m in MESSAGES:
                 part.append(m, key=b"k")
@@ -62,7 +64,11 @@ class Bus:
         self.patch(56, "I", crc(self.read()[:56]))
 
     def fix_ring_crc(self) -> None:
-        self.patch(self.ring + 32, "I", crc(self.read()[self.ring:self.ring + 32]))
+        """The ring header's checksum: bytes [0, 32), then its flags word when nonzero."""
+        d = self.read()
+        flags = d[self.ring + 36:self.ring + 40]
+        covered = d[self.ring:self.ring + 32] + (flags if flags != bytes(4) else b"")
+        self.patch(self.ring + 32, "I", crc(covered))
 
     def lease(self, field: int) -> int:
         return self.lease_off + 64 * self.lease_index + field
@@ -103,9 +109,9 @@ class Bus:
             return got, {**rd.counters(0), "gaps": rd.gaps(0)}
 
 
-@pytest.fixture
-def bus(tmp_path):
-    return Bus(str(tmp_path / "bus.grafos"))
+@pytest.fixture(params=[True, False], ids=["checksum", "no-checksum"])
+def bus(tmp_path, request):
+    return Bus(str(tmp_path / "bus.grafos"), checksum=request.param)
 
 
 # ---- the header: refused at attach, with the reason -------------------------------------
@@ -154,6 +160,8 @@ PARTITION_REFUSALS = [
     ("ring stride not a multiple of 8", lambda b: (b.patch(b.ring + 20, "I", 129), b.fix_ring_crc()),
      "impossible geometry"),
     ("ring of another lease", lambda b: (b.patch(b.ring + 8, "Q", 999), b.fix_ring_crc()), "valid ring header"),
+    ("ring checksum flag flipped", lambda b: b.patch(b.ring + 36, "I", 1 if b.checksum else 0), "valid ring header"),
+    ("ring flags unknown", lambda b: (b.patch(b.ring + 36, "I", 6), b.fix_ring_crc()), "valid ring header"),
 ]
 
 
@@ -209,6 +217,8 @@ SLOT_DAMAGE = [
 
 @pytest.mark.parametrize("what,damage,counter", SLOT_DAMAGE, ids=[r[0] for r in SLOT_DAMAGE])
 def test_damaged_slot_is_skipped_and_counted_and_the_rest_delivered(bus, what, damage, counter):
+    if not bus.checksum:
+        pytest.skip("a ring without checksums reads as without verification (the test below)")
     damage(bus)
     got, counters = bus.poll_p0()
     assert [m.value for m in got] == MESSAGES[:2] + MESSAGES[3:]
@@ -225,8 +235,9 @@ SPAN_IN_RING = {"value length past the slot", "span within the ring, checksum of
 
 @pytest.mark.parametrize("what,damage,counter", SLOT_DAMAGE, ids=[r[0] for r in SLOT_DAMAGE])
 def test_damaged_slot_without_checksum_verification(bus, what, damage, counter):
+    """A reader with check_crcs=False, or any reader of a ring without checksums."""
     damage(bus)
-    got, counters = bus.poll_p0(check_crcs=False)
+    got, counters = bus.poll_p0(check_crcs=not bus.checksum)
     if what in CRC_ONLY:
         assert [m.offset for m in got] == [0, 1, 2, 3, 4] and counters["corrupt"] == 0
         assert (got[2].value != MESSAGES[2]) == (what != "checksum")

@@ -33,9 +33,16 @@ def fab():
         yield f
 
 
+@pytest.fixture(params=[True, False], ids=["checksum", "no-checksum"])
+def checksum(request):
+    """Each ring here is made with slot checksums and without: loans and peeks
+    must behave the same either way."""
+    return request.param
+
+
 # ---- loans -----------------------------------------------------------------------------
-def test_a_committed_loan_is_one_message_with_its_key_headers_and_value_in_place(fab):
-    part = Partition.create(fab, 64, 256, ttl=600)
+def test_a_committed_loan_is_one_message_with_its_key_headers_and_value_in_place(fab, checksum):
+    part = Partition.create(fab, 64, 256, ttl=600, checksum=checksum)
     frame = np.arange(1000, dtype=np.float32).reshape(20, 50)
     part.append(b"before")
     with part.loan(frame.nbytes, key=b"cam-1", headers=[("shape", b"20x50")]) as ln:
@@ -51,9 +58,9 @@ def test_a_committed_loan_is_one_message_with_its_key_headers_and_value_in_place
         ln.view[0]                                  # released at commit
 
 
-def test_an_exception_in_the_block_abandons_the_loan_and_readers_skip_it_at_once(fab):
+def test_an_exception_in_the_block_abandons_the_loan_and_readers_skip_it_at_once(fab, checksum):
     fab.set_bounded_wait(30.0)                      # a stalled slot would cost half a minute
-    part = Partition.create(fab, 64, 256, ttl=600)
+    part = Partition.create(fab, 64, 256, ttl=600, checksum=checksum)
     rd = part.reader(0)
     with pytest.raises(RuntimeError):
         with part.loan(3000) as ln:
@@ -66,9 +73,9 @@ def test_an_exception_in_the_block_abandons_the_loan_and_readers_skip_it_at_once
     assert rd.counters(0)["abandoned"] == 1
 
 
-def test_a_loan_held_past_the_bounded_wait_is_refused_at_commit_and_never_published(fab):
+def test_a_loan_held_past_the_bounded_wait_is_refused_at_commit_and_never_published(fab, checksum):
     fab.set_bounded_wait(0.1)
-    part = Partition.create(fab, 64, 256, ttl=600)
+    part = Partition.create(fab, 64, 256, ttl=600, checksum=checksum)
     rd = part.reader(0)
     ln = part.loan(1000)
     ln.view[:] = b"x" * 1000
@@ -81,9 +88,9 @@ def test_a_loan_held_past_the_bounded_wait_is_refused_at_commit_and_never_publis
     assert [m.value for _, m in part.reader(0).poll(10)] == [b"next"]
 
 
-def test_a_producer_loan_lands_where_send_keyed_would_send(fab):
+def test_a_producer_loan_lands_where_send_keyed_would_send(fab, checksum):
     mgr = TopicManager(fab)
-    mgr.create("frames", TopicConfig(4, 64, 256, 600.0))
+    mgr.create("frames", TopicConfig(4, 64, 256, 600.0, checksum=checksum))
     prod = Producer("frames")
     for key in [b"a", b"bb", b"camera-7"]:
         with prod.loan(mgr, 600, key=key) as ln:
@@ -94,8 +101,8 @@ def test_a_producer_loan_lands_where_send_keyed_would_send(fab):
     assert got == {k: (kafka_partition(k, 4), 600) for k in [b"a", b"bb", b"camera-7"]}
 
 
-def test_bad_loans_raise_clear_errors_and_leave_the_ring_as_it_was(fab):
-    part = Partition.create(fab, 8, 128, ttl=600)
+def test_bad_loans_raise_clear_errors_and_leave_the_ring_as_it_was(fab, checksum):
+    part = Partition.create(fab, 8, 128, ttl=600, checksum=checksum)
     with pytest.raises(MessageTooLarge, match="larger than the partition's ring"):
         part.loan(8 * 128)
     with pytest.raises(InvalidArgument):
@@ -119,10 +126,10 @@ def test_bad_loans_raise_clear_errors_and_leave_the_ring_as_it_was(fab):
 # ---- peeks -----------------------------------------------------------------------------
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(capacity=st.integers(2, 12), sizes=st.lists(st.integers(0, 300), min_size=1, max_size=10),
-       more=st.lists(st.integers(0, 300), max_size=20), n=st.integers(1, 10))
-def test_a_writer_lapping_a_peek_is_detected_for_exactly_the_messages_it_touched(capacity, sizes, more, n):
+       more=st.lists(st.integers(0, 300), max_size=20), n=st.integers(1, 10), checksum=st.booleans())
+def test_a_writer_lapping_a_peek_is_detected_for_exactly_the_messages_it_touched(capacity, sizes, more, n, checksum):
     with Fabric(4 << 20) as fab:
-        part = Partition.create(fab, capacity, 64, ttl=600)
+        part = Partition.create(fab, capacity, 64, ttl=600, checksum=checksum)
         sizes = [s for s in sizes if s <= part.max_message] or [0]
         for i, s in enumerate(sizes):
             part.append(bytes([i]) * s)
@@ -140,8 +147,8 @@ def test_a_writer_lapping_a_peek_is_detected_for_exactly_the_messages_it_touched
         assert all(v == bytes([v[0]]) * len(v) for _, v in seen if v)
 
 
-def test_a_released_value_cannot_be_read_and_a_held_one_is_reported(fab):
-    part = Partition.create(fab, 16, 128, ttl=600)
+def test_a_released_value_cannot_be_read_and_a_held_one_is_reported(fab, checksum):
+    part = Partition.create(fab, 16, 128, ttl=600, checksum=checksum)
     part.append(b"a" * 200)
     part.append(b"b" * 10)
     rd = part.reader(0)
@@ -158,9 +165,9 @@ def test_a_released_value_cannot_be_read_and_a_held_one_is_reported(fab):
     assert pk2[0].intact is True and next(rows) == (ord("c"),)
 
 
-def test_a_consumer_peek_moves_its_position_like_a_poll(fab):
+def test_a_consumer_peek_moves_its_position_like_a_poll(fab, checksum):
     mgr = TopicManager(fab)
-    mgr.create("t", TopicConfig(2, 64, 128, 600.0))
+    mgr.create("t", TopicConfig(2, 64, 128, 600.0, checksum=checksum))
     prod = Producer("t")
     sent = [prod.send_keyed(mgr, b"k%d" % i, b"v" * (i * 40)) for i in range(8)]
     c = Consumer("t")
@@ -175,11 +182,11 @@ def test_a_consumer_peek_moves_its_position_like_a_poll(fab):
 
 
 @pytest.mark.stress
-def test_peeks_racing_a_producer_in_another_process_never_pass_a_torn_value(shm_name):
+def test_peeks_racing_a_producer_in_another_process_never_pass_a_torn_value(shm_name, checksum):
     ctx = mp.get_context("spawn")
     seconds = max(1.0, 4.0 * stress_scale())
     with Fabric.open(shm_name, size=32 << 20) as fab:
-        part = Partition.create(fab, 64, 256, ttl=600)   # small: the producer laps the reader often
+        part = Partition.create(fab, 64, 256, ttl=600, checksum=checksum)   # small: the producer laps the reader often
         ready = ctx.Event()
         child = ctx.Process(target=produce_spans_until_killed,
                             args=(shm_name, part.lease.index, part.lease.id, ready, 7))
@@ -206,7 +213,7 @@ def test_peeks_racing_a_producer_in_another_process_never_pass_a_torn_value(shm_
 
 
 @pytest.mark.stress
-def test_a_writer_killed_mid_loan_never_stalls_readers_past_the_bounded_wait(shm_name):
+def test_a_writer_killed_mid_loan_never_stalls_readers_past_the_bounded_wait(shm_name, checksum):
     iterations = max(1, round(20 * stress_scale()))
     bw = 0.25
     ctx = mp.get_context("spawn")
@@ -214,7 +221,7 @@ def test_a_writer_killed_mid_loan_never_stalls_readers_past_the_bounded_wait(shm
     with Fabric.open(shm_name, size=32 << 20) as fab:
         fab.set_bounded_wait(bw)
         for it in range(iterations):
-            part = Partition.create(fab, 1024, 256, ttl=600)
+            part = Partition.create(fab, 1024, 256, ttl=600, checksum=checksum)
             rd = part.reader(0)
             ready = ctx.Event()
             child = ctx.Process(target=loan_until_killed,

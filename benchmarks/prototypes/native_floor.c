@@ -102,7 +102,7 @@ int main(int argc, char **argv)
     int64_t t = gf_now_ns();
     gf_lock(f, 1000000000);
     if (gf_lease_acquire(f, gf_ring_region_size(cap, stride), t + 3600000000000LL, 0, t, &li) < 0 ||
-        gf_ring_init(f, li.index, li.id, cap, stride, t) < 0) {
+        gf_ring_init(f, li.index, li.id, cap, stride, t, 1) < 0) {
         fprintf(stderr, "ring: %s\n", gf_last_error());
         return 1;
     }

@@ -11,6 +11,15 @@ offset per slot it occupies, and a message that would straddle the ring's end
 starts at slot 0 after padding offsets, so offsets stay monotonic but may have
 gaps: the next message after one at offset n is at n + its span (or later).
 ``latest``, ``earliest``, ``lost`` and lag count offsets, not messages.
+
+A ring is created with or without slot checksums (``checksum=``, fixed for its
+life and recorded in its header, so every process agrees). With them, a writer
+sums CRC32C as it copies and a reader verifies it as it copies out: damaged
+memory, a torn write found when a file fabric is reopened, or bytes a stalled
+writer left in a slot taken over after the bounded wait are counted as
+``corrupt`` and skipped. Without them, writes and reads are plain copies and
+only the sequence words guard publication (a live reader still never returns
+a torn message).
 """
 from __future__ import annotations
 
@@ -90,6 +99,8 @@ class Partition:
         self.room: int = lib.gf_ring_room(self._r)   #: bytes for key + headers + value in one slot
         #: the largest key + headers + value a message may have (it then spans several slots)
         self.max_message: int = lib.gf_ring_max_message(self._r)
+        #: slots carry CRC32C checksums (set at creation, see the module doc)
+        self.checksum: bool = bool(lib.gf_ring_checksum(self._r))
         # a one-partition sender: the producer hot path, reused for append()
         self._ring_arr = ffi.new("gf_ring *[1]", [self._r])
         self._s = ffi.new("gf_sender *", {"rings": self._ring_arr, "n": 1,
@@ -101,7 +112,9 @@ class Partition:
     @classmethod
     def create(cls, fabric: Fabric, capacity: int, stride: int, *, ttl: float | None = None,
                expires_at: float | None = None, owner_tag: int = 0,
-               now: float | None = None) -> "Partition":
+               now: float | None = None, checksum: bool = True) -> "Partition":
+        if not isinstance(checksum, bool):
+            raise _validate.InvalidType(f"checksum must be a bool, not {type(checksum).__name__}")
         _validate.integer(capacity, "capacity", 1, 1 << 30)
         _validate.integer(stride, "stride", lib.GF_SLOT_HDR_SIZE + 8, 16 << 20)
         if stride % 8:
@@ -111,7 +124,7 @@ class Partition:
         out = ffi.new("gf_lease_info *")
         with fabric.locked():
             check(lib.gf_lease_acquire(fabric.handle, region_size(capacity, stride), exp, owner_tag, t, out))
-            rc = lib.gf_ring_init(fabric.handle, out.index, out.id, capacity, stride, t)
+            rc = lib.gf_ring_init(fabric.handle, out.index, out.id, capacity, stride, t, checksum)
             if rc < 0:
                 lib.gf_lease_release(fabric.handle, out.index, out.id)
                 raise_for(rc)

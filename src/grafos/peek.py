@@ -33,10 +33,15 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Sequence
 
+import numpy as np
+
 from ._check import raise_for
 from ._native import ffi, lib
 from .errors import CorruptFabric, GrafosError
 from .message import Headers, decode_headers
+from .reader import META_DTYPE
+
+_META_SIZE = ffi.sizeof("gf_msg_meta")
 
 
 class ViewsInUse(GrafosError, BufferError):
@@ -46,10 +51,10 @@ class ViewsInUse(GrafosError, BufferError):
 class PeekedMessage:
     """One message read in place: ``value`` is a read-only memoryview into the ring."""
 
-    __slots__ = ("partition", "offset", "timestamp", "key", "headers", "value", "intact", "_ring")
+    __slots__ = ("partition", "offset", "timestamp", "key", "headers", "value", "intact")
 
     def __init__(self, partition: int, offset: int, timestamp: int, key: bytes | None,
-                 headers: Headers, value: memoryview, ring: Any) -> None:
+                 headers: Headers, value: memoryview) -> None:
         self.partition = partition
         self.offset = offset
         self.timestamp = timestamp
@@ -57,7 +62,6 @@ class PeekedMessage:
         self.headers = headers
         self.value = value
         self.intact: bool | None = None     #: set at release
-        self._ring = ring
 
     def __repr__(self) -> str:
         return (f"<PeekedMessage partition={self.partition} offset={self.offset} "
@@ -72,13 +76,20 @@ class Peek:
         self._owners = owners          # the partitions: their rings outlive the views
         self.overwritten: list[PeekedMessage] = []
         self.released = False
+        self._views: list[memoryview] = []    # the ring views the values are slices of
+        self._checks: list[tuple[Any, list[int]]] = []   # (ring, offsets of its messages), in order
 
     @classmethod
-    def take(cls, sources: Sequence[tuple[int, Any, Any, object]], max_messages: int) -> "Peek":
-        """``sources``: (partition id, gf_ring *, gf_cursor *, owner) per ring."""
-        meta = ffi.new("gf_msg_meta[]", max(max_messages, 1))
+    def take(cls, sources: Sequence[tuple[int, Any, Any, Any]], max_messages: int, meta: Any = None) -> "Peek":
+        """``sources``: (partition id, gf_ring *, gf_cursor *, Partition) per ring;
+        ``meta``: a ``gf_msg_meta[]`` of at least ``max_messages`` to reuse (its
+        rows are read before this returns)."""
+        if meta is None:
+            meta = ffi.new("gf_msg_meta[]", max(max_messages, 1))
         out: list[PeekedMessage] = []
         owners: list[object] = []
+        views: list[memoryview] = []
+        checks: list[tuple[Any, list[int]]] = []
         for pid, ring, cursor, owner in sources:
             left = max_messages - len(out)
             if left <= 0:
@@ -86,20 +97,36 @@ class Peek:
             rc = lib.gf_ring_peek(ring, cursor, left, meta, 0)
             if rc < 0:
                 raise_for(rc, "peek")
-            if rc:
-                owners.append(owner)
-            for i in range(rc):
-                m = meta[i]
-                base = lib.gf_ring_slot_data(ring, m.pos)
-                kl, hl, vl = m.key_len, m.hdr_len, m.val_len
-                key = ffi.buffer(base, kl)[:] if m.flags & 1 else None
-                try:
-                    headers = decode_headers(ffi.buffer(base + kl, hl)[:]) if hl else ()
-                except CorruptFabric:
-                    headers = ()
-                value = memoryview(ffi.buffer(base + kl + hl, vl)).toreadonly()
-                out.append(PeekedMessage(pid, m.offset, m.ts_ns, key, headers, value, ring))
-        return cls(out, owners)
+            if not rc:
+                continue
+            owners.append(owner)
+            # one view over the ring's slot bytes, sliced per message (the core
+            # checked that every message it returned lies inside it)
+            ring_view = memoryview(ffi.buffer(lib.gf_ring_slot_data(ring, 0),
+                                              lib.gf_ring_max_message(ring))).toreadonly()
+            views.append(ring_view)
+            stride = owner.stride
+            rows = np.frombuffer(ffi.buffer(meta, rc * _META_SIZE), META_DTYPE)
+            offs = rows["offset"].tolist()
+            checks.append((ring, offs))
+            for off, ts, pos, kl, hl, vl, flags in zip(offs, rows["timestamp"].tolist(), rows["pos"].tolist(),
+                                                       rows["key_len"].tolist(), rows["hdr_len"].tolist(),
+                                                       rows["val_len"].tolist(), rows["flags"].tolist()):
+                at = pos * stride
+                key = ring_view[at:at + kl].tobytes() if flags & 1 else None
+                at += kl
+                headers: Headers = ()
+                if hl:
+                    try:
+                        headers = decode_headers(ring_view[at:at + hl].tobytes())
+                    except CorruptFabric:
+                        pass
+                    at += hl
+                out.append(PeekedMessage(pid, off, ts, key, headers, ring_view[at:at + vl]))
+        pk = cls(out, owners)
+        pk._views = views
+        pk._checks = checks
+        return pk
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -116,15 +143,26 @@ class Peek:
         if self.released:
             return self.overwritten
         self.released = True
+        if not self.messages:
+            return self.overwritten
+        intact: list[int] = []
+        for ring, offs in self._checks:
+            flags = ffi.new("uint8_t[]", len(offs))
+            lib.gf_ring_intact_many(ring, offs, len(offs), flags)
+            intact += ffi.buffer(flags)[:]
+        self._checks = []
         in_use = 0
-        for m in self.messages:
-            m.intact = bool(lib.gf_ring_intact(m._ring, m.offset))
-            if not m.intact:
+        for m, ok in zip(self.messages, intact):
+            m.intact = ok == 1
+            if not ok:
                 self.overwritten.append(m)
             try:
                 m.value.release()
             except BufferError:
                 in_use += 1
+        for v in self._views:
+            v.release()
+        self._views = []
         self._owners = []
         if in_use:
             raise ViewsInUse(f"{in_use} peeked value(s) are still held by other objects (numpy arrays or "

@@ -32,6 +32,7 @@ META_DTYPE = np.dtype([
 
 _poller_poll = lib.gf_poller_poll
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)   # read buffers: written before read
+_Peek = None    # grafos.peek.Peek, imported at the first peek (it imports this module)
 _SLICE = 0.2    # seconds: a blocking poll wakes this often so Ctrl-C gets through
 MAX_BUF = 64 << 20
 
@@ -154,11 +155,13 @@ class Reader:
 
     ``check_crcs`` (Kafka's ``check.crcs``): verify each message's CRC32C as it is
     copied out (summed in the same pass as the copy). On by default for every
-    fabric kind: in a file fabric it finds writes torn by a crash at reopen, in
-    any fabric it finds a stalled writer's late bytes after a takeover and
-    damaged memory. ``False`` trusts the sequence words alone: messages are then
-    never half-visible nor another offset's, but bytes scribbled by a writer
-    that lost its slot, or damaged in place, are delivered as they are.
+    fabric kind, on rings whose slots carry checksums (a topic's ``checksum``
+    setting; rings without them are never verified): in a file fabric it finds
+    writes torn by a crash at reopen, in any fabric it finds a stalled writer's
+    late bytes after a takeover and damaged memory. ``False`` trusts the
+    sequence words alone: messages are then never half-visible nor another
+    offset's, but bytes scribbled by a writer that lost its slot, or damaged in
+    place, are delivered as they are.
 
     A reader belongs to one thread at a time.
     """
@@ -174,6 +177,9 @@ class Reader:
         n = len(partitions)
         self.fabric = fabric
         self._parts = list(partitions)
+        self._peek_sources: list | None = None    # (id, ring, cursor, partition) per peekable ring
+        self._peek_meta = None
+        self._peek_room = 0
         self.ids = list(ids) if ids is not None else list(range(n))
         self._map = None if self.ids == list(range(n)) else self.ids   # None: index == id
         self._n = n
@@ -248,6 +254,7 @@ class Reader:
 
     def set_partition(self, i: int, partition: object | None) -> None:
         self._parts[i] = partition
+        self._peek_sources = None
         self._rings[i] = partition.handle if partition is not None else ffi.NULL  # type: ignore[attr-defined]
 
     # ---- polling -------------------------------------------------------------
@@ -311,11 +318,20 @@ class Reader:
     def peek(self, max_messages: int) -> "Peek":
         """Up to ``max_messages`` read in place, without waiting: a context manager
         whose values are views into the rings (see :mod:`grafos.peek`)."""
-        from .peek import Peek
+        global _Peek
+        if _Peek is None:
+            from .peek import Peek
+            _Peek = Peek
         n = _count(max_messages, "max_messages")
         self.fabric.handle      # noqa: B018 - raises if the fabric was closed
-        return Peek.take([(self.ids[i], self._rings[i], self._cursors + i, self._parts[i])
-                          for i in range(self._n) if self._parts[i] is not None], n)
+        src = self._peek_sources
+        if src is None:
+            src = self._peek_sources = [(self.ids[i], self._rings[i], self._cursors + i, self._parts[i])
+                                        for i in range(self._n) if self._parts[i] is not None]
+        if n > self._peek_room:
+            self._peek_meta = ffi.new("gf_msg_meta[]", n)   # its own: a Batch may still view _meta
+            self._peek_room = n
+        return _Peek.take(src, n, self._peek_meta)
 
     # ---- waiting without reading ------------------------------------------------
     def wait(self, timeout: float | None = None) -> bool:

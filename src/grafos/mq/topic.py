@@ -46,6 +46,7 @@ MAX_TOPIC_NAME = 64
 
 _CONFIG = struct.Struct("<IIIIdqQ")    # partitions, capacity, stride, flags, retention, created_ns, incarnation
 _FLAGS_ON_FULL = 0x3                   # flags bits 0-1: the on_full policy (lib.GF_FULL_*)
+_FLAGS_NO_CRC = 0x8                    # flags bit 3: slots carry no checksum (clear: they do)
 
 #: what a send does when the slot it would write still holds a message a gating
 #: reader has not read: overwrite it (the oldest message is lost to that reader),
@@ -88,8 +89,16 @@ class TopicConfig:
     #: a gating reader (a consumer group of the topic, or a consumer created with
     #: ``gating=True``) has not yet read the slot it would overwrite
     on_full: str = "overwrite"
+    #: slot checksums (CRC32C, summed with the copy on write, verified on read):
+    #: ``True``, ``False``, or ``None`` (default) for the fabric's kind: on for named
+    #: and file fabrics (other processes may die mid-write, a file may be reopened
+    #: after a crash), off for an in-process fabric. A created topic records what
+    #: was chosen: its config then says ``True`` or ``False``.
+    checksum: bool | None = None
 
     def __post_init__(self) -> None:
+        if self.checksum is not None and not isinstance(self.checksum, bool):
+            raise _validate.InvalidType(f"checksum must be True, False or None, not {type(self.checksum).__name__}")
         if not isinstance(self.on_full, str):
             raise _validate.InvalidType(f"on_full must be a str, not {type(self.on_full).__name__}")
         if self.on_full not in ON_FULL:
@@ -309,6 +318,8 @@ class TopicManager:
         if not isinstance(config, TopicConfig):
             raise _validate.InvalidType(f"config must be a TopicConfig, not {type(config).__name__}")
         fab = self.fabric
+        if config.checksum is None:
+            config = dataclasses.replace(config, checksum=fab.kind != "in-process")
         with self._lock, fab.locked():
             raw = fab.meta_get(_key("t", name))
             if raw is not None:
@@ -320,7 +331,8 @@ class TopicManager:
 
             def record(flags: int) -> bytes:
                 return _CONFIG.pack(config.num_partitions, config.partition_capacity, config.partition_stride,
-                                    flags | ON_FULL[config.on_full], config.retention_secs, now_ns(now),
+                                    flags | ON_FULL[config.on_full] | (0 if config.checksum else _FLAGS_NO_CRC),
+                                    config.retention_secs, now_ns(now),
                                     incarnation)
             fab.meta_put(_key("t", name), record(_PENDING))
             _fault("pending")
@@ -343,7 +355,8 @@ class TopicManager:
         try:
             for i in range(config.num_partitions):
                 p = Partition.create(fab, config.partition_capacity, config.partition_stride,
-                                     ttl=config.retention_secs, owner_tag=tag << _TAG_SHIFT | i, now=now)
+                                     ttl=config.retention_secs, owner_tag=tag << _TAG_SHIFT | i, now=now,
+                                     checksum=bool(config.checksum))
                 made.append(p)
                 _set_on_full(p, config)
                 _fault("lease")
@@ -419,7 +432,8 @@ class TopicManager:
                 alive = i in refs and not refs[i].expired(now)
                 if not alive:
                     p = Partition.create(fab, cfg.partition_capacity, cfg.partition_stride,
-                                         ttl=cfg.retention_secs, owner_tag=tag << _TAG_SHIFT | i, now=now)
+                                         ttl=cfg.retention_secs, owner_tag=tag << _TAG_SHIFT | i, now=now,
+                                         checksum=bool(cfg.checksum))
                     _set_on_full(p, cfg)
                     _fault("restart-lease")
                     fab.meta_put(_key("p", name, i), _PREF.pack(p.lease.index, 0, p.lease.id))
@@ -456,9 +470,9 @@ class TopicManager:
         try:
             n, cap, stride, flags, retention, _created, _inc = _CONFIG.unpack(raw)
             on_full = _ON_FULL_NAMES.get(flags & _FLAGS_ON_FULL)
-            if on_full is None or flags & ~(_FLAGS_ON_FULL | _PENDING):
+            if on_full is None or flags & ~(_FLAGS_ON_FULL | _PENDING | _FLAGS_NO_CRC):
                 raise ValueError(f"flags {flags:#x}")
-            return TopicConfig(n, cap, stride, retention, on_full)
+            return TopicConfig(n, cap, stride, retention, on_full, not flags & _FLAGS_NO_CRC)
         except (struct.error, ValueError, TypeError) as e:
             from ..errors import CorruptFabric
             raise CorruptFabric(f"topic config in the fabric is damaged: {e}") from None
