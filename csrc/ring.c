@@ -314,6 +314,7 @@ static int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t kle
         if (klen) memcpy(p, key, klen);
         if (hlen) memcpy(p + klen, hdrs, hlen);
         if (vlen) memcpy(p + klen + hlen, val, vlen);
+        if (st) memcpy(p + klen + hlen + vlen, st, GF_STAMP_SIZE);
         s->crc = 0;
         return span_publish(r, n, span);
     }
