@@ -77,7 +77,11 @@ int gf_fail_prefix(int code, const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(tail, last_error, sizeof tail);     /* never format the buffer into itself */
-    snprintf(last_error, sizeof last_error, "%s: %s", prefix, tail);
+    /* a long message is cut at the buffer's end, as gf_fail's are */
+    int n = snprintf(last_error, sizeof last_error, "%s: ", prefix);
+    if (n > 0 && (size_t)n < sizeof last_error)
+        memcpy(last_error + n, tail, strnlen(tail, sizeof last_error - (size_t)n - 1) + 1);
+    last_error[sizeof last_error - 1] = 0;
     return code;
 }
 
@@ -1041,7 +1045,7 @@ int gf_lease_write(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, cons
                    uint64_t len, int64_t now_ns)
 {
     struct gf_lease *l = NULL;
-    uint64_t at;
+    uint64_t at = 0;
     int rc = lease_io(f, index, id, off, len, now_ns, &l, &at);
     if (rc < 0)
         return rc;
@@ -1068,7 +1072,7 @@ int gf_lease_read(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, uint8
                   uint64_t len, int64_t now_ns)
 {
     struct gf_lease *l = NULL;
-    uint64_t at;
+    uint64_t at = 0;
     int rc = lease_io(f, index, id, off, len, now_ns, &l, &at);
     if (rc < 0)
         return rc;
