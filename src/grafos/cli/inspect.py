@@ -401,7 +401,7 @@ def produce(name: str, topic: str, key: str | None, key_separator: str | None, a
         sent: dict[int, list[int]] = {}
         count = 0
         try:
-            for raw in click.get_binary_stream("stdin"):
+            for raw in sys.stdin.buffer:
                 line = raw[:-1] if raw.endswith(b"\n") else raw
                 if line.endswith(b"\r"):
                     line = line[:-1]
