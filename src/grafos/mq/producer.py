@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from .. import _validate
-from .._check import last_error, raise_for
+from .._check import check, last_error, raise_for
+from .._clock import now_ns
 from .._crossing import SendPath, address
 from .._native import ffi, lib
-from .._clock import now_ns
-from .._check import check
 from ..errors import (BufferFull, GrafosError, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound,
                       ProducerFenced, TransactionError, Unsupported)
 from ..message import encode_headers
@@ -271,7 +270,8 @@ class Producer(SendPath):
                                    "(Producer(topic, transactional_id=...))")
         if self._txn is not None:
             raise TransactionError(f"producer {self.transactional_id!r} already has an open transaction")
-        self._bind(mgr) if self._bound[0] is not mgr or self._idem[0] is not mgr else None
+        if self._bound[0] is not mgr or self._idem[0] is not mgr:
+            self._bind(mgr)
         _, reg, d, keep = self._idem
         reg = transaction.begin(mgr, reg, self.transaction_ttl)
         d.renew_at_ns = now_ns() + int(self.transaction_ttl * 1e9) // 2
