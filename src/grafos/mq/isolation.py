@@ -130,7 +130,7 @@ class Holding:
         self._release(p)
 
     def take(self, n: int) -> list[tuple[int, Message]]:
-        out = []
+        out: list[tuple[int, Message]] = []
         while self.ready and len(out) < n:
             out.append(self.ready.popleft())
         return out

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 import numpy as np
 
@@ -377,7 +377,7 @@ class Producer(SendPath):
         except NotFound:
             raise NotFound(f"topic {self.topic!r} no longer exists (deleted)") from None
 
-    def _raise_send(self, rc: int, t: Topic) -> None:
+    def _raise_send(self, rc: int, t: Topic) -> NoReturn:
         gone = [i for i, p in enumerate(t.partitions) if p is None]
         if rc == lib.GF_E_INVAL and gone:
             raise LeaseExpired(f"topic {self.topic!r}: partitions {gone} have expired and been "

@@ -306,7 +306,7 @@ def _staged(fabric: Any, reg: Registration) -> Iterator[tuple[str, bytes]]:
                 yield raw[1:].decode("utf-8", "replace"), value
 
 
-def staged_writes(fabric: Any, stores: list[tuple[Any, str, str, dict[int, int], dict[int, int | None]]]
+def staged_writes(fabric: Any, stores: list[tuple[Any, str, str, dict[int, int], dict[int, int] | None]]
                   ) -> tuple[list[tuple[str, bytes]], list]:
     """Split offset commits into metadata writes of this fabric (staged with the
     decision, so a crash cannot separate them from it) and in-memory ones."""
