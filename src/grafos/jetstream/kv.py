@@ -10,9 +10,11 @@ deleted keys do not pile up as tombstones.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import math
-from typing import Any
+import time
+from typing import Any, Awaitable, Callable, TypeVar
 
 import nats.js.errors
 from nats.js.client import JetStreamContext
@@ -21,6 +23,22 @@ from nats.js.client import JetStreamContext
 # cluster may report it under its own code
 _WRONG_LAST = (10071, 10164)
 _OP = "KV-Operation"
+_NO_LEADER_WAIT = 10.0     # seconds a call waits for a bucket's stream to have a leader
+T = TypeVar("T")
+
+
+async def _led(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, again while the bucket's stream answers with no responder: a
+    bucket created a moment ago (or whose leader just died) has no leader yet,
+    and a request nobody received changed nothing, so repeating it is safe."""
+    deadline = time.monotonic() + _NO_LEADER_WAIT
+    while True:
+        try:
+            return await call()
+        except nats.js.errors.NoStreamResponseError:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.1)
 
 
 class Conflict(Exception):
@@ -40,7 +58,7 @@ async def get(js: JetStreamContext, bucket: str, key: str) -> tuple[dict | None,
     """(record, revision); (None, revision of the marker or 0) when there is none.
     Read at the stream leader, not a replica (replicas may serve expired keys)."""
     try:
-        raw = await js.get_msg(f"KV_{bucket}", subject=subject(bucket, key))
+        raw = await _led(lambda: js.get_msg(f"KV_{bucket}", subject=subject(bucket, key)))
     except nats.js.errors.NotFoundError:
         return None, 0
     hdrs = raw.headers or {}
@@ -60,9 +78,9 @@ async def put(js: JetStreamContext, bucket: str, key: str, rec: dict[str, Any], 
     hdrs = {"Nats-Expected-Last-Subject-Sequence": str(last)}
     if ttl is not None:
         hdrs["Nats-TTL"] = ttl_header(ttl)
+    data = json.dumps(rec, separators=(",", ":")).encode()
     try:
-        ack = await js.publish(subject(bucket, key), json.dumps(rec, separators=(",", ":")).encode(),
-                               headers=hdrs)
+        ack = await _led(lambda: js.publish(subject(bucket, key), data, headers=hdrs))
     except nats.js.errors.APIError as e:
         if e.err_code in _WRONG_LAST or "wrong last sequence" in (e.description or ""):
             raise Conflict(key) from None
@@ -77,7 +95,7 @@ async def delete(js: JetStreamContext, bucket: str, key: str, last: int | None =
     if last is not None:
         hdrs["Nats-Expected-Last-Subject-Sequence"] = str(last)
     try:
-        await js.publish(subject(bucket, key), b"", headers=hdrs)
+        await _led(lambda: js.publish(subject(bucket, key), b"", headers=hdrs))
     except nats.js.errors.APIError as e:
         if e.err_code in _WRONG_LAST or "wrong last sequence" in (e.description or ""):
             raise Conflict(key) from None
