@@ -249,18 +249,38 @@ def test_bad_input_is_refused_with_a_clear_error(mgr, tmp_path):
 
 
 # ---- end to end, across processes, with kills ------------------------------------------------
-def test_consume_transform_produce_is_exactly_once_across_sigkills(shm_name, procs):
-    parts, keys, per_key, batch = 2, 8, scaled(40, 10), 7
+def eos_bus(shm_name: str, parts: int, keys: int, per_key: int, out_capacity: int):
+    """A bus with ``in`` full of keyed inputs ("<key>:<seq>", per key in order)
+    and an empty ``out``; returns it and the outputs expected."""
     mgr = TopicManager.open(shm_name, size=64 << 20)
     mgr.create("in", TopicConfig(num_partitions=parts, partition_capacity=4096))
-    mgr.create("out", TopicConfig(num_partitions=parts, partition_capacity=8192))
+    mgr.create("out", TopicConfig(num_partitions=parts, partition_capacity=out_capacity))
     src = Producer("in")
     expected = []
     for seq in range(per_key):
         for k in range(keys):
-            key, value = b"key-%d" % k, b"%d:%d" % (k, seq)
-            src.send_keyed(mgr, key, value)
-            expected.append(b"out:" + value)
+            src.send_keyed(mgr, b"key-%d" % k, b"%d:%d" % (k, seq))
+            expected.append(b"out:%d:%d" % (k, seq))
+    return mgr, expected
+
+
+def assert_exactly_once(mgr, expected: list[bytes], keys: int, per_key: int) -> Consumer:
+    """A read_committed reader of ``out`` sees each expected output once (count
+    and digest), each key's in input order; returns the reader."""
+    got, rc = everything(mgr, isolation="read_committed")
+    values = [v for *_, v in got]
+    assert len(values) == len(expected)
+    assert hashlib.blake2b(b"|".join(sorted(values))).digest() == \
+        hashlib.blake2b(b"|".join(sorted(expected))).digest()
+    for k in range(keys):
+        mine = [int(v.split(b":")[2]) for v in values if v.startswith(b"out:%d:" % k)]
+        assert mine == list(range(per_key))
+    return rc
+
+
+def test_consume_transform_produce_is_exactly_once_across_sigkills(shm_name, procs):
+    parts, keys, per_key, batch = 2, 8, scaled(40, 10), 7
+    mgr, expected = eos_bus(shm_name, parts, keys, per_key, 8192)
     rnd = random.Random(1234)
     # every kill point at least once per partition, then a clean run that drains
     plans = {p: [(rnd.randrange(0, 3), point) for point in eos_procs.POINTS] + [(-1, "")] for p in range(parts)}
@@ -276,14 +296,7 @@ def test_consume_transform_produce_is_exactly_once_across_sigkills(shm_name, pro
             else:
                 assert proc.exitcode == 0, f"worker of partition {p} exited {proc.exitcode}"
     assert killed >= parts * 2       # most planned kills happened (a kill beyond the input is skipped)
-    got, rc = everything(mgr, isolation="read_committed")
-    values = [v for *_, v in got]
-    assert len(values) == len(expected)
-    assert hashlib.blake2b(b"|".join(sorted(values))).digest() == \
-        hashlib.blake2b(b"|".join(sorted(expected))).digest()
-    for k in range(keys):           # input order per key
-        mine = [int(v.split(b":")[2]) for v in values if v.startswith(b"out:%d:" % k)]
-        assert mine == list(range(per_key))
+    assert_exactly_once(mgr, expected, keys, per_key)
     uncommitted = [v for *_, v in everything(mgr)[0]]
     assert len(uncommitted) > len(expected)     # the killed workers did write; none of it leaked
     assert all(i.state == "idle" for i in transaction.transactions(mgr))
@@ -369,15 +382,7 @@ def test_consume_transform_produce_is_exactly_once_when_killed_at_random_moments
     import signal
     import time
     parts, keys, per_key, batch = 2, 8, scaled(150, 30), 5
-    mgr = TopicManager.open(shm_name, size=64 << 20)
-    mgr.create("in", TopicConfig(num_partitions=parts, partition_capacity=4096))
-    mgr.create("out", TopicConfig(num_partitions=parts, partition_capacity=16384))
-    src = Producer("in")
-    expected = []
-    for seq in range(per_key):
-        for k in range(keys):
-            src.send_keyed(mgr, b"key-%d" % k, b"%d:%d" % (k, seq))
-            expected.append(b"out:%d:%d" % (k, seq))
+    mgr, expected = eos_bus(shm_name, parts, keys, per_key, 16384)
     rnd = random.Random(99)
     kills = 0
     out = mgr.topic("out")
@@ -405,14 +410,9 @@ def test_consume_transform_produce_is_exactly_once_when_killed_at_random_moments
         w.join(120)
         assert w.exitcode == 0, f"draining worker exited {w.exitcode}"
     assert kills > 0
-    got, rc = everything(mgr, isolation="read_committed")
-    values = [v for *_, v in got]
-    assert sorted(values) == sorted(expected)
+    rc = assert_exactly_once(mgr, expected, keys, per_key)
     print(f"{kills} kills, {rc.aborted} aborted outputs skipped, "
           f"{len(everything(mgr)[0]) - len(expected)} written outputs not committed")
-    for k in range(keys):
-        mine = [int(v.split(b":")[2]) for v in values if v.startswith(b"out:%d:" % k)]
-        assert mine == list(range(per_key))
     mgr.close()
 
 
