@@ -92,7 +92,7 @@ class Producer(SendPath):
         #: every message carries (producer, epoch, sequence); a retried send that
         #: landed returns the original (partition, offset) instead of writing again
         self.idempotent = idempotent or self.transactional_id is not None
-        #: seconds the producer's registration lives without a send, begin or commit
+        #: seconds the producer's registration lives without a send or begin
         #: renewing it; an open transaction whose producer's registration expired
         #: is aborted by whoever looks next
         self.transaction_ttl = _validate.number(transaction_ttl, "transaction_ttl", 0, lo_open=True)
