@@ -494,6 +494,15 @@ int64_t gf_ring_append(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t h
                       NULL, NULL);
 }
 
+/* Which of n partitions a message goes to: Kafka's keyed choice from its key's
+ * murmur2 h, else the next of the round-robin counter rr. */
+static inline uint32_t pick(uint32_t mode, uint32_t n, uint64_t *rr, uint32_t h, uint32_t has_key)
+{
+    if (mode == GF_PART_KEYHASH && has_key)
+        return (h & 0x7fffffffu) % n;
+    return (uint32_t)(__atomic_fetch_add(rr, 1, __ATOMIC_RELAXED) % n);
+}
+
 int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
                 const uint8_t *key, uint32_t klen, uint32_t has_key,
                 const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
@@ -505,11 +514,7 @@ int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
     if (!ts_ns)
         ts_ns = now;
     uint32_t h = has_key ? gf_murmur2(key, klen) : 0;
-    uint32_t p;
-    if (mode == GF_PART_KEYHASH && has_key)
-        p = (h & 0x7fffffffu) % n;
-    else
-        p = (uint32_t)(__atomic_fetch_add(rr, 1, __ATOMIC_RELAXED) % n);
+    uint32_t p = pick(mode, n, rr, h, has_key);
     gf_ring *r = rings[p];
     if (!r)
         return gf_fail(GF_E_INVAL, "partition %u is not open", p);
@@ -568,13 +573,8 @@ static int64_t send_idem(gf_sender *s, int again, uint32_t part, uint64_t want, 
     if (cur_epoch != d->epoch)
         return gf_fail(GF_E_FENCED, "producer %u was fenced: its epoch is %u, the registration's %u",
                        d->producer, d->epoch, cur_epoch);
-    uint32_t h = has_key ? gf_murmur2(key, klen) : 0, p;
-    if (again)
-        p = part;
-    else if (s->mode == GF_PART_KEYHASH && has_key)
-        p = (h & 0x7fffffffu) % s->n;
-    else
-        p = (uint32_t)(__atomic_fetch_add(&s->rr, 1, __ATOMIC_RELAXED) % s->n);
+    uint32_t h = has_key ? gf_murmur2(key, klen) : 0;
+    uint32_t p = again ? part : pick(s->mode, s->n, &s->rr, h, has_key);
     gf_ring *r = p < s->n ? s->rings[p] : NULL;
     if (!r)
         return gf_fail(GF_E_INVAL, "partition %u is not open", p);
@@ -1579,7 +1579,5 @@ uint32_t gf_sender_pick(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_
 {
     if (s->n == 0)
         return 0;
-    if (s->mode == GF_PART_KEYHASH && has_key)
-        return (gf_murmur2(key, klen) & 0x7fffffffu) % s->n;
-    return (uint32_t)(__atomic_fetch_add(&s->rr, 1, __ATOMIC_RELAXED) % s->n);
+    return pick(s->mode, s->n, &s->rr, has_key ? gf_murmur2(key, klen) : 0, has_key);
 }

@@ -56,15 +56,6 @@ def test_send_retried_after_its_write_lands_once_and_returns_the_original_offset
         assert (first[1], second[1], third[1]) == (0, 1, 2)
 
 
-def test_plain_send_after_a_failed_write_is_written_twice_without_idempotence(mgr):
-    """The failure the idempotent path rides out is real: retrying by hand duplicates."""
-    prod = Producer("out")
-    prod.send_keyed(mgr, b"k", b"x")
-    prod.send_keyed(mgr, b"k", b"x")        # the "retry" of a plain producer
-    msgs, _ = everything(mgr)
-    assert [v for *_, v in msgs] == [b"x", b"x"]
-
-
 def test_every_idempotent_message_carries_its_stamp(mgr):
     prod = Producer("out", transactional_id="stamps")
     for i in range(5):

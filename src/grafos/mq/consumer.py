@@ -367,13 +367,13 @@ class Consumer(PollPath):
         h = self._holding
         assert h is not None
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+
+        def once(r: Reader, t: float) -> Batch:
+            return r.poll_batch(self.max_batch, t, None, spin)
         while True:
             if h.ready:
                 return h.take(max_messages)
             left = _SLICE if deadline is None else min(_SLICE, max(0.0, deadline - time.monotonic()))
-
-            def once(r: Reader, t: float) -> Batch:
-                return r.poll_batch(self.max_batch, t, None, spin)
             b = once(self._reader, 0.0)  # type: ignore[arg-type]
             if not len(b) and left > 0:
                 b = self._wait(mgr, once, left)  # type: ignore[assignment]

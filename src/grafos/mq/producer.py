@@ -202,10 +202,8 @@ class Producer(SendPath):
 
     def _fenced(self, mgr: TopicManager) -> ProducerFenced:
         _, reg, _, _ = self._idem
-        cur = transaction.transactions(mgr, self.topic)
-        now = next((i.epoch for i in cur if i.transactional_id == reg.transactional_id), -1)
         return ProducerFenced(transactional_id=reg.transactional_id, topic=self.topic, epoch=reg.epoch,
-                              current_epoch=now)
+                              current_epoch=transaction.current_epoch(mgr, reg))
 
     def _send_idem(self, mgr: TopicManager, key, value: bytes, hdrs: bytes) -> tuple[int, int]:
         """One idempotent send. An attempt that failed after its write (the fast

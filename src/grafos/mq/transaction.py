@@ -34,25 +34,24 @@ import dataclasses
 import enum
 import os
 import struct
-import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator
 
-from .. import _validate
 from .._check import check
-from .._native import ffi, lib
-from ..errors import (InvalidArgument, LeaseExpired, NotFound, ProducerFenced, TransactionError,
-                      Unsupported)
 from .._clock import now_ns
+from .._native import ffi, lib
+from ..errors import (CorruptFabric, InvalidArgument, NotFound, ProducerFenced, TransactionError,
+                      Unsupported)
 from . import _metakeys
 from .offset import FabricOffsetStore, MemOffsetStore
 
 if TYPE_CHECKING:
     from .topic import Topic, TopicManager
 
-__all__ = ["TxnState", "Registration", "TransactionInfo", "register", "renew", "begin", "commit",
-           "abort", "resolve", "transactions", "write_markers", "STAMP", "COMMIT", "ABORT"]
+__all__ = ["TxnState", "Registration", "TransactionInfo", "new_id", "register", "unregister", "renew",
+           "current_epoch", "begin", "check_store", "staged_writes", "commit", "abort", "resolve",
+           "finished", "transactions", "write_markers", "parse_stamp", "STAMP", "COMMIT", "ABORT"]
 
 #: stamp after a stamped message's value: producer, epoch, sequence, transaction
 STAMP = struct.Struct("<IIQQ")
@@ -159,7 +158,6 @@ def _get(fabric: Any, tid: str) -> Registration | None:
     try:
         return Registration.decode(tid, raw)
     except (ValueError, struct.error):
-        from ..errors import CorruptFabric
         raise CorruptFabric(f"the record of producer {tid!r} in the fabric is damaged") from None
 
 
@@ -193,12 +191,12 @@ def register(mgr: "TopicManager", tid: str, topic: str, ttl: float, now: float |
             fabric.meta_put(_COUNTER, (number + 1).to_bytes(8, "little"))
             reg = Registration(tid, topic, number, 0, TxnState.Idle, 0, 0, 0, 0, 0, 0, 0, 0)
             fabric.meta_put(_number_key(number), tid.encode())
-        elif reg.lease_id and _alive(fabric, reg, t):
-            reg.fenced += 1             # an instance that is alive now loses its registration
+        alive = bool(reg.lease_id) and _alive(fabric, reg, t)
+        reg.fenced += alive             # an instance that is alive now loses its registration
         if reg.state is TxnState.Open:              # the old instance's transaction dies with it
             reg.state = TxnState.Aborting
         reg.epoch += 1
-        if reg.lease_id and _alive(fabric, reg, t):
+        if alive:
             check(lib.gf_lease_renew(fabric.handle, reg.lease_index, reg.lease_id, exp, t))
             check(lib.gf_producer_fence(fabric.handle, reg.lease_index, reg.lease_id, reg.epoch),
                   f"producer {tid!r}")
@@ -257,6 +255,13 @@ def _mine(fabric: Any, reg: Registration, t: int) -> Registration | None:
     return None
 
 
+def current_epoch(mgr: "TopicManager", reg: Registration) -> int:
+    """The epoch in reg's registration now (-1 once its lease is gone): what
+    fenced an instance of epoch ``reg.epoch``. One load, no lock."""
+    e = lib.gf_producer_epoch(mgr.fabric.handle, reg.lease_index, reg.lease_id)
+    return e if e >= 0 else -1
+
+
 def renew(mgr: "TopicManager", reg: Registration, ttl: float, now: float | None = None) -> int:
     """Renew the registration for ``ttl`` seconds; returns the new expiry (ns).
     ProducerFenced if another instance took over or it expired."""
@@ -306,7 +311,7 @@ def _staged(fabric: Any, reg: Registration) -> Iterator[tuple[str, bytes]]:
                 yield raw[1:].decode("utf-8", "replace"), value
 
 
-def staged_writes(fabric: Any, stores: list[tuple[Any, str, str, dict[int, int], dict[int, int] | None]]
+def staged_writes(stores: list[tuple[Any, str, str, dict[int, int], dict[int, int] | None]]
                   ) -> tuple[list[tuple[str, bytes]], list]:
     """Split offset commits into metadata writes of this fabric (staged with the
     decision, so a crash cannot separate them from it) and in-memory ones."""
@@ -338,7 +343,7 @@ def commit(mgr: "TopicManager", reg: Registration, stores: list, now: float | No
     """Decide, apply and mark a commit (see the module's docstring)."""
     fabric = mgr.fabric
     t = now_ns(now)
-    puts, later = staged_writes(fabric, stores)
+    puts, later = staged_writes(stores)
     records = [r for k, v in puts for r in _stage(k, v)]
     with fabric.locked():
         cur = _open_txn(fabric, reg, t)
