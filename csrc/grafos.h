@@ -399,6 +399,8 @@ int32_t gf_kafka_partition(const uint8_t *key, uint32_t len, uint32_t num_partit
 uint32_t gf_crc32c(uint32_t crc, const uint8_t *data, uint64_t len);
 /* gf_crc32c over src while copying it to dst: one pass over the bytes */
 uint32_t gf_copy_crc(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t crc);
+/* memcpy for payloads, without glibc's `rep movsb` slow case (hash.c) */
+void gf_copy(uint8_t *dst, const uint8_t *src, uint64_t len);
 void gf_memcpy_bench(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t reps);
 
 /* Test hooks: hold the metadata lock, or leave a slot half-written, as a killed process would;

@@ -313,7 +313,7 @@ static int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t kle
     if (!r->crc) {
         if (klen) memcpy(p, key, klen);
         if (hlen) memcpy(p + klen, hdrs, hlen);
-        if (vlen) memcpy(p + klen + hlen, val, vlen);
+        if (vlen) gf_copy(p + klen + hlen, val, vlen);
         if (st) memcpy(p + klen + hlen + vlen, st, GF_STAMP_SIZE);
         s->crc = 0;
         return span_publish(r, n, span);
@@ -981,7 +981,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
                 if (verify)
                     crc = gf_slot_crc(pos, (const uint8_t *)&h + 8, (uint8_t *)s + GF_SLOT_HDR_SIZE, total);
             } else if (fits && !verify)
-                memcpy(buf + *used, (uint8_t *)s + GF_SLOT_HDR_SIZE, total);
+                gf_copy(buf + *used, (uint8_t *)s + GF_SLOT_HDR_SIZE, total);
             else if (fits)   /* verified: the checksum is summed as the bytes are copied */
                 crc = gf_copy_crc(buf + *used, (uint8_t *)s + GF_SLOT_HDR_SIZE, total,
                                   gf_slot_crc_seed(pos, (const uint8_t *)&h + 8)) ^ ~0u;

@@ -227,3 +227,44 @@ def test_the_folded_and_the_instruction_paths_agree():
                            env={**os.environ, **env}).stdout.split()
             for env in ({}, {"GRAFOS_NO_FOLD": "1"})]
     assert sums[0] == sums[1] and len(sums[0]) == len(FOLD_SIZES)
+
+
+# gf_copy takes its own vector loop where the destination lies within 64 bytes of
+# the source modulo 4096 (glibc's `rep movsb` is 15-25x slower there on AMD Zen),
+# memcpy elsewhere: every distance around a page multiple, lengths around the
+# loop's steps (256-byte blocks, 64-byte moves, a masked tail)
+COPY_LENGTHS = [0, 1, 63, 255, 256, 257, 319, 320, 511, 4096, 65536 + 13]
+COPY_DISTANCES = list(range(0, 70)) + list(range(4030, 4096)) + [129, 1000, 2048, 4029]
+
+
+def _copies_exactly() -> list[str]:
+    src_mem = ffi.new("uint8_t[]", 3 * 4096 + 70000)
+    dst_mem = ffi.new("uint8_t[]", 3 * 4096 + 70000 + 4096)
+    src = src_mem + (-int(ffi.cast("uintptr_t", src_mem))) % 4096 + 17
+    pattern = bytes((i * 7 + (i >> 9)) & 0xFF for i in range(66000))
+    ffi.memmove(src, pattern, len(pattern))
+    bad = []
+    base = int(ffi.cast("uintptr_t", src))
+    for d in COPY_DISTANCES:
+        dst = dst_mem + 64 + ((base + d) - int(ffi.cast("uintptr_t", dst_mem + 64))) % 4096
+        for n in COPY_LENGTHS:
+            ffi.memmove(dst - 64, b"\xee" * (n + 128), n + 128)
+            lib.gf_copy(dst, src, n)
+            got = ffi.buffer(dst - 64, n + 128)[:]
+            if got[64:64 + n] != pattern[:n] or got[:64] != b"\xee" * 64 or got[64 + n:] != b"\xee" * 64:
+                bad.append(f"distance {d} length {n}")
+    return bad
+
+
+def test_copy_is_exact_at_every_distance_and_writes_nothing_around():
+    assert _copies_exactly() == []
+
+
+@pytest.mark.parametrize("choice", ["avx2", "0"])
+def test_copy_is_exact_with_each_loop(choice):
+    """The AVX2 loop (where the CPU has AVX-512 it is otherwise never taken) and plain memcpy."""
+    code = "import tests.test_hash as t; print(len(t._copies_exactly()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(__file__)),
+                         env={**os.environ, "GRAFOS_WIDE_COPY": choice}).stdout.split()
+    assert out == ["0"]
