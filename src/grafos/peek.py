@@ -31,17 +31,19 @@ poll would.
 """
 from __future__ import annotations
 
+import struct
 from typing import Any, Iterator, Sequence
-
-import numpy as np
 
 from ._check import raise_for
 from ._native import ffi, lib
 from .errors import CorruptFabric, GrafosError
 from .message import Headers, decode_headers
-from .reader import META_DTYPE
 
 _META_SIZE = ffi.sizeof("gf_msg_meta")
+# gf_msg_meta: offset, ts_ns, pos, key_len, hdr_len, val_len, key_hash, flags, partition, reserved
+_ROW = struct.Struct("<QqIIIIIIII")
+assert _ROW.size == _META_SIZE
+_peek = lib.gf_ring_peek
 
 
 class ViewsInUse(GrafosError, BufferError):
@@ -71,49 +73,47 @@ class PeekedMessage:
 class Peek:
     """Messages read in place from one or more rings; see the module doc."""
 
-    def __init__(self, messages: list[PeekedMessage], owners: list[object]) -> None:
+    __slots__ = ("messages", "_owners", "overwritten", "released", "_checks", "_flags")
+
+    def __init__(self, messages: list[PeekedMessage], owners: list[object],
+                 checks: list[tuple[Any, list[int]]] | None = None, flags: Any = None) -> None:
         self.messages = messages
         self._owners = owners          # the partitions: their rings outlive the views
         self.overwritten: list[PeekedMessage] = []
         self.released = False
-        self._views: list[memoryview] = []    # the ring views the values are slices of
-        self._checks: list[tuple[Any, list[int]]] = []   # (ring, offsets of its messages), in order
+        self._checks = checks or []    # (ring, offsets of its messages), in order
+        self._flags = flags            # the reader's scratch for the release check
 
     @classmethod
-    def take(cls, sources: Sequence[tuple[int, Any, Any, Any]], max_messages: int, meta: Any = None) -> "Peek":
-        """``sources``: (partition id, gf_ring *, gf_cursor *, Partition) per ring;
-        ``meta``: a ``gf_msg_meta[]`` of at least ``max_messages`` to reuse (its
-        rows are read before this returns)."""
-        if meta is None:
-            meta = ffi.new("gf_msg_meta[]", max(max_messages, 1))
+    def take(cls, sources: Sequence[tuple[int, Any, Any, Any, memoryview]], max_messages: int,
+             meta: Any, flags: Any) -> "Peek":
+        """``sources``: (partition id, gf_ring *, gf_cursor *, Partition, a read-only
+        view of the ring's slot bytes) per ring; ``meta``: a ``gf_msg_meta[]`` and
+        ``flags`` a ``uint8_t[]``, both of at least ``max_messages``, the reader's
+        to reuse (``meta``'s rows are read before this returns, ``flags`` is only
+        used inside :meth:`release`)."""
         out: list[PeekedMessage] = []
-        owners: list[object] = []
-        views: list[memoryview] = []
         checks: list[tuple[Any, list[int]]] = []
-        for pid, ring, cursor, owner in sources:
+        owners: list[object] = []
+        for pid, ring, cursor, owner, ring_view in sources:
             left = max_messages - len(out)
             if left <= 0:
                 break
-            rc = lib.gf_ring_peek(ring, cursor, left, meta, 0)
-            if rc < 0:
-                raise_for(rc, "peek")
-            if not rc:
+            rc = _peek(ring, cursor, left, meta, 0)
+            if rc <= 0:
+                if rc < 0:
+                    raise_for(rc, "peek")
                 continue
             owners.append(owner)
-            # one view over the ring's slot bytes, sliced per message (the core
-            # checked that every message it returned lies inside it)
-            ring_view = memoryview(ffi.buffer(lib.gf_ring_slot_data(ring, 0),
-                                              lib.gf_ring_max_message(ring))).toreadonly()
-            views.append(ring_view)
             stride = owner.stride
-            rows = np.frombuffer(ffi.buffer(meta, rc * _META_SIZE), META_DTYPE)
-            offs = rows["offset"].tolist()
-            checks.append((ring, offs))
-            for off, ts, pos, kl, hl, vl, flags in zip(offs, rows["timestamp"].tolist(), rows["pos"].tolist(),
-                                                       rows["key_len"].tolist(), rows["hdr_len"].tolist(),
-                                                       rows["val_len"].tolist(), rows["flags"].tolist()):
+            offs: list[int] = []
+            # values are slices of the ring's view (the core checked that every
+            # message it returned lies inside it)
+            for off, ts, pos, kl, hl, vl, _hash, mflags, _part, _res in _ROW.iter_unpack(
+                    ffi.buffer(meta, rc * _META_SIZE)):
+                offs.append(off)
                 at = pos * stride
-                key = ring_view[at:at + kl].tobytes() if flags & 1 else None
+                key = ring_view[at:at + kl].tobytes() if mflags & 1 else None
                 at += kl
                 headers: Headers = ()
                 if hl:
@@ -123,10 +123,8 @@ class Peek:
                         pass
                     at += hl
                 out.append(PeekedMessage(pid, off, ts, key, headers, ring_view[at:at + vl]))
-        pk = cls(out, owners)
-        pk._views = views
-        pk._checks = checks
-        return pk
+            checks.append((ring, offs))
+        return cls(out, owners, checks, flags)
 
     def __len__(self) -> int:
         return len(self.messages)
@@ -145,24 +143,25 @@ class Peek:
         self.released = True
         if not self.messages:
             return self.overwritten
-        intact: list[int] = []
-        for ring, offs in self._checks:
-            flags = ffi.new("uint8_t[]", len(offs))
-            lib.gf_ring_intact_many(ring, offs, len(offs), flags)
-            intact += ffi.buffer(flags)[:]
-        self._checks = []
         in_use = 0
-        for m, ok in zip(self.messages, intact):
-            m.intact = ok == 1
-            if not ok:
-                self.overwritten.append(m)
-            try:
-                m.value.release()
-            except BufferError:
-                in_use += 1
-        for v in self._views:
-            v.release()
-        self._views = []
+        i = 0
+        msgs = self.messages
+        for ring, offs in self._checks:
+            n = len(offs)
+            bad = lib.gf_ring_intact_many(ring, offs, n, self._flags)
+            flags = self._flags
+            for j in range(n):
+                m = msgs[i + j]
+                m.intact = not bad or flags[j] == 1
+                if not m.intact:
+                    self.overwritten.append(m)
+                try:
+                    m.value.release()
+                except BufferError:
+                    in_use += 1
+            i += n
+        self._checks = []
+        self._flags = None
         self._owners = []
         if in_use:
             raise ViewsInUse(f"{in_use} peeked value(s) are still held by other objects (numpy arrays or "

@@ -7,7 +7,7 @@ import operator
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -19,9 +19,7 @@ from .errors import InvalidArgument, InvalidType
 from .fabric import Fabric
 from .message import Message
 from .partition import MAX_OFFSET
-
-if TYPE_CHECKING:
-    from .peek import Peek
+from .peek import Peek
 
 #: numpy view of ``gf_msg_meta`` (one row per message of a batch)
 META_DTYPE = np.dtype([
@@ -32,7 +30,6 @@ META_DTYPE = np.dtype([
 
 _poller_poll = lib.gf_poller_poll
 _alloc = ffi.new_allocator(should_clear_after_alloc=False)   # read buffers: written before read
-_Peek = None    # grafos.peek.Peek, imported at the first peek (it imports this module)
 _SLICE = 0.2    # seconds: a blocking poll wakes this often so Ctrl-C gets through
 MAX_BUF = 64 << 20
 
@@ -179,6 +176,7 @@ class Reader:
         self._parts = list(partitions)
         self._peek_sources: list | None = None    # (id, ring, cursor, partition) per peekable ring
         self._peek_meta = None
+        self._peek_flags = None
         self._peek_room = 0
         self.ids = list(ids) if ids is not None else list(range(n))
         self._map = None if self.ids == list(range(n)) else self.ids   # None: index == id
@@ -315,23 +313,26 @@ class Reader:
         return Batch(meta, data, self.ids)
 
     # ---- in place ----------------------------------------------------------------
-    def peek(self, max_messages: int) -> "Peek":
+    def peek(self, max_messages: int) -> Peek:
         """Up to ``max_messages`` read in place, without waiting: a context manager
         whose values are views into the rings (see :mod:`grafos.peek`)."""
-        global _Peek
-        if _Peek is None:
-            from .peek import Peek
-            _Peek = Peek
-        n = _count(max_messages, "max_messages")
+        n = max_messages if max_messages.__class__ is int and max_messages >= 0 else \
+            _count(max_messages, "max_messages")
         self.fabric.handle      # noqa: B018 - raises if the fabric was closed
         src = self._peek_sources
         if src is None:
-            src = self._peek_sources = [(self.ids[i], self._rings[i], self._cursors + i, self._parts[i])
-                                        for i in range(self._n) if self._parts[i] is not None]
+            # one read-only view per ring over its slot bytes, kept with the reader:
+            # a peek hands out slices of it (and releases them), never the view itself
+            src = self._peek_sources = [
+                (self.ids[i], self._rings[i], self._cursors + i, self._parts[i],
+                 memoryview(ffi.buffer(lib.gf_ring_slot_data(self._rings[i], 0),
+                                       lib.gf_ring_max_message(self._rings[i]))).toreadonly())
+                for i in range(self._n) if self._parts[i] is not None]
         if n > self._peek_room:
             self._peek_meta = ffi.new("gf_msg_meta[]", n)   # its own: a Batch may still view _meta
+            self._peek_flags = ffi.new("uint8_t[]", n)
             self._peek_room = n
-        return _Peek.take(src, n, self._peek_meta)
+        return Peek.take(src, n, self._peek_meta, self._peek_flags)
 
     # ---- waiting without reading ------------------------------------------------
     def wait(self, timeout: float | None = None) -> bool:

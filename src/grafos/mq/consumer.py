@@ -535,7 +535,8 @@ class Consumer(PollPath):
         block is left (see :mod:`grafos.peek`). Positions move past them as with
         :meth:`poll`."""
         rd = self._ensure(mgr)
-        _validate.integer(max_messages, "max_messages", 1)
+        if max_messages.__class__ is not int or max_messages < 1:
+            _validate.integer(max_messages, "max_messages", 1)
         if self._holding is not None:
             raise Unsupported("peek reads in place, before a transaction's outcome is known: a read_committed "
                               "consumer reads with poll")
