@@ -260,14 +260,33 @@ static int span_take(gf_ring *r, uint64_t n, uint64_t span)
     return bad;
 }
 
+/* A continuation slot from "being written" to a gap, 0 if it is no longer ours.
+ * A load and a plain store instead of a compare-and-swap: a 1 MiB message in
+ * 512-byte slots has 2,048 of them, and a locked instruction each cost as much
+ * as copying the message. The one race, a slot taken over between the load and
+ * the store, is a lap writer that waited out the bounded wait on it: the tail
+ * is then past n + capacity, so readers drop this message as lapped; the store
+ * leaves that writer's word behind, so it finds its message abandoned and its
+ * readers step over the slot after the bounded wait. */
+static inline int gap_finish(gf_ring *r, uint64_t m)
+{
+    _Atomic uint64_t *q = seq_at(r, m);
+    if (ld_rlx(q) != 2 * m + 1)
+        return 0;
+    st_rel(q, (2 * m + 2) | GF_SEQ_GAP);
+    return 1;
+}
+
 /* Publish a written span: the continuations first (a reader landing inside the
- * message steps over them), the head last. GF_E_ABANDONED if a reader gave up on
- * any of its slots meanwhile (the head is then abandoned too). */
+ * message steps over them), the head last, by compare-and-swap (whose release
+ * orders the continuations' bytes and words before it). GF_E_ABANDONED if
+ * a reader or a lap writer took any of its slots meanwhile (the head is then
+ * abandoned too). */
 static int span_publish(gf_ring *r, uint64_t n, uint64_t span)
 {
     int ok = 1;
     for (uint64_t j = 1; j < span; j++)
-        ok &= seq_finish(r, n + j, (2 * (n + j) + 2) | GF_SEQ_GAP);
+        ok &= gap_finish(r, n + j);
     if (ok && seq_finish(r, n, 2 * n + 2))
         return GF_OK;
     seq_finish(r, n, (2 * n + 2) | GF_SEQ_ABANDONED);
