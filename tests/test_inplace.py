@@ -123,6 +123,37 @@ def test_bad_loans_raise_clear_errors_and_leave_the_ring_as_it_was(fab, checksum
     assert [len(m.value) for _, m in part.reader(0).poll(10)] == [100]
 
 
+def test_write_copies_any_contiguous_buffer_into_the_loan_at_its_place(fab, checksum):
+    part = Partition.create(fab, 64, 256, ttl=600, checksum=checksum)
+    frame = np.arange(2000, dtype=np.uint16)
+    with part.loan(4100) as ln:
+        assert ln.write(b"head") == 4
+        assert ln.write(frame, at=4) == 4000
+        assert ln.write(memoryview(bytearray(b"tail" * 24)), at=4004) == 96
+    (_, m), = part.reader(0).poll(10)
+    assert bytes(m.value) == b"head" + frame.tobytes() + b"tail" * 24
+
+
+def test_bad_writes_raise_clear_errors_and_write_nothing(fab, checksum):
+    part = Partition.create(fab, 64, 256, ttl=600, checksum=checksum)
+    with part.loan(100) as ln:
+        ln.view[:] = b"." * 100
+        with pytest.raises(InvalidArgument, match="do not fit a 100-byte loan"):
+            ln.write(b"x" * 101)
+        with pytest.raises(InvalidArgument, match="do not fit"):
+            ln.write(b"x" * 2, at=99)
+        with pytest.raises(InvalidArgument, match="at"):
+            ln.write(b"x", at=101)
+        with pytest.raises(TypeError, match="contiguous buffer, not str"):
+            ln.write("text")
+        with pytest.raises(TypeError, match="contiguous buffer"):
+            ln.write(np.arange(20, dtype=np.uint8)[::2])
+    with pytest.raises(InvalidArgument, match="no longer open"):
+        ln.write(b"late")
+    (_, m), = part.reader(0).poll(10)
+    assert bytes(m.value) == b"." * 100
+
+
 # ---- peeks -----------------------------------------------------------------------------
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(capacity=st.integers(2, 12), sizes=st.lists(st.integers(0, 300), min_size=1, max_size=10),

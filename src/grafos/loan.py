@@ -2,12 +2,12 @@
 caller to fill in place, then published with :meth:`Loan.commit`.
 
     with part.loan(frame.nbytes) as ln:          # or producer.loan(mgr, size)
-        np.copyto(ln.array(np.uint8, frame.shape), frame)
+        ln.write(frame)                          # or fill ln.array(np.uint8, frame.shape) in place
     # committed on leaving the block; an exception abandons it instead
 
 The key and headers are written when the loan is taken; ``view`` (a writable
 memoryview) and :meth:`Loan.array` (a numpy array over the same bytes) are the
-value. Readers never see a loan half-filled: until it is committed its slots
+value, and :meth:`Loan.write` copies a buffer into it. Readers never see a loan half-filled: until it is committed its slots
 read as "being written". An abandoned loan (an exception in the block, or
 :meth:`Loan.abandon`) is skipped by readers at once. A loan held longer than the
 fabric's bounded wait is given up on by readers like a stalled writer:
@@ -29,7 +29,7 @@ import numpy as np
 from . import _validate
 from ._check import last_error, raise_for
 from ._native import ffi, lib
-from .errors import InvalidArgument, MessageTooLarge
+from .errors import InvalidArgument, InvalidType, MessageTooLarge
 from .message import encode_headers
 
 
@@ -76,6 +76,25 @@ class Loan:
             raise InvalidArgument(f"an array of {shape} x {dt} needs {count * dt.itemsize} bytes, "
                                   f"the loan has {self.size}")
         return np.frombuffer(ffi.buffer(self._l.value, self.size), dtype=dt, count=count).reshape(shape)
+
+    def write(self, data: Any, at: int = 0) -> int:
+        """Copy ``data`` (bytes or any contiguous buffer) into the value at byte
+        ``at``; returns the number of bytes written. The copy is the core's
+        (``gf_copy``), which avoids the distances between source and destination
+        at which glibc's memcpy -- behind ``view[:] = data`` and numpy's copies --
+        runs 15-25x slower on AMD Zen CPUs."""
+        if self._l.state != 0:
+            raise InvalidArgument("the loan is no longer open")
+        _validate.integer(at, "at", 0, self.size)
+        try:
+            src = ffi.from_buffer(data)
+        except (TypeError, ValueError, BufferError):
+            raise InvalidType(f"data must be bytes or a contiguous buffer, not {type(data).__name__}") from None
+        n = len(src)
+        if n > self.size - at:
+            raise InvalidArgument(f"{n} bytes at {at} do not fit a {self.size}-byte loan")
+        lib.gf_copy(self._l.value + at, src, n)
+        return n
 
     @property
     def open(self) -> bool:

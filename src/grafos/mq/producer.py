@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from typing import TYPE_CHECKING, NoReturn, Sequence
+from typing import NoReturn, Sequence
 
 import numpy as np
 
@@ -22,13 +22,12 @@ from .._crossing import SendPath, address
 from .._native import ffi, lib
 from ..errors import (BufferFull, GrafosError, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound,
                       ProducerFenced, TransactionError, Unsupported)
+from ..loan import Loan
 from ..message import encode_headers
 from ..partition import MAX_OFFSET, OFFSET_BITS, pack
 from . import gate, transaction
 from .topic import RemoteManager, Topic, TopicManager
 
-if TYPE_CHECKING:
-    from ..loan import Loan
 _send = lib.gf_send
 _NULL = ffi.NULL
 _RETRIES = 3
@@ -485,13 +484,12 @@ class Producer(SendPath):
         return parts, offs
 
     # ---- in place ------------------------------------------------------------------
-    def loan(self, mgr: TopicManager, size: int, key: bytes | None = None, headers=None) -> "Loan":
+    def loan(self, mgr: TopicManager, size: int, key: bytes | None = None, headers=None) -> Loan:
         """A zero-copy write of one message of ``size`` value bytes on the partition
         :meth:`send_keyed` (or :meth:`send`, without a key) would pick: a context
         manager over the slots (see :mod:`grafos.loan`). Not for idempotent
         producers (a loan's bytes are the caller's until commit: nothing to stamp
         or repeat)."""
-        from ..loan import Loan
         if self.idempotent:
             raise Unsupported(f"producer of {self.topic!r} is idempotent: loans are not stamped; use send")
         if self._bound[0] is not mgr:
