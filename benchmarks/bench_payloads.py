@@ -7,7 +7,7 @@
   2 MiB buffer in both.
 * **cross-process, 1 MiB** single sends, the ring 4 MiB of 512 B slots.
 * **loan + peek, 1 MiB**, cross-process: the producer fills a loan in place
-  (one memcpy of the payload into the ring), the consumer peeks and touches
+  (``Loan.write``: one copy of the payload into the ring), the consumer peeks and touches
   every byte of the view (a sum over 8-byte words), against one memcpy of the
   same bytes in one process.
 * **latency, cross-process**: p50 / p99 one-way time of a 64 B ``send_keyed``
@@ -26,9 +26,13 @@
 Topics on the named fabric carry checksums by default (``TopicConfig(checksum=None)``);
 the cross-process rows run with them and, marked "no checksums", without.
 Rates are messages (and GB/s) reaching the consumer over the consumer's clock.
-Nothing here asserts a speed.
+This machine's cross-core copies swing several-fold from one minute to the next
+(two C threads passing 64 KiB through a 2 MiB buffer ran at 3 to 33 GB/s, same
+binary, minutes apart), so every row runs ``--rounds`` times, each round puts
+each row next to its peer, and the summary gives the median round's ratio with
+the range. Nothing here asserts a speed.
 
-    python benchmarks/bench_payloads.py [--seconds 2]
+    python benchmarks/bench_payloads.py [--seconds 1] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -70,7 +74,7 @@ def _grafos_producer(bus: str, size: int, batch: int, mode: str, n: int, window:
             sent += batch
         elif mode == "loan":
             with prod.loan(mgr, size) as ln:
-                ln.view[:] = value
+                ln.write(value)
             sent += 1
         else:
             prod.send_keyed(mgr, b"k", value)
@@ -156,7 +160,7 @@ def _latency_producer(bus: str, size: int, n: int, acked, go) -> None:
             pass
         if size > 64:
             with prod.loan(mgr, size) as ln:
-                ln.view[8:] = value[8:]
+                ln.write(value)
                 ln.view[:8] = time.monotonic_ns().to_bytes(8, "little")
         else:
             value[:8] = time.monotonic_ns().to_bytes(8, "little")
@@ -259,61 +263,86 @@ def inproc_4k(how: str, seconds: float, batch: int = 64, size: int = 4 * KiB) ->
     return n / dt
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=2.0, help="about this long per row")
-    a = ap.parse_args(argv)
-    s = a.seconds
-    lines = []
+def one_round(s: float) -> list[tuple[str, str, float, float | None, str]]:
+    """Every row once, each next to what it is compared with: (group, name, value,
+    ratio or None, unit) per row. value: messages/s, or p50 microseconds for
+    latency rows (unit "us"), whose ratio is to the 64 B p50."""
+    out: list[tuple[str, str, float, float | None, str]] = []
 
-    def row(name: str, rate: float, size: int, peer: float | None = None, peer_name: str = "") -> None:
-        gbs = rate * size / 1e9
-        ratio = f"  {rate / peer:5.2f}x {peer_name}" if peer else ""
-        lines.append(f"{name:<58} {rate / 1e3:9.1f} k/s {gbs:6.2f} GB/s{ratio}")
-        print(lines[-1], flush=True)
+    def rate(name: str, r: float, size: int, peer: float | None = None, peer_name: str = "") -> None:
+        out.append(("rate", name, r, r / peer if peer else None, peer_name))
+        gbs = r * size / 1e9
+        print(f"  {name:<62} {r / 1e3:9.1f} k/s {gbs:6.2f} GB/s"
+              + (f"  {r / peer:5.2f}x {peer_name}" if peer else ""), flush=True)
 
     size = 64 * KiB
     ff1 = ff_cross(size, "single", 2 * MiB, s)
-    row("faster-fifo 64 KiB put/get_many, 2 MiB buffer", ff1, size)
+    rate("faster-fifo 64 KiB put/get_many, 2 MiB buffer", ff1, size)
     ffb = ff_cross(size, "batch", 2 * MiB, s)
-    row("faster-fifo 64 KiB put_many(8)/get_many, 2 MiB buffer", ffb, size)
+    rate("faster-fifo 64 KiB put_many(8)/get_many, 2 MiB buffer", ffb, size)
     for crc, tag in [(True, ""), (False, ", no checksums")]:
-        row(f"grafos 64 KiB send_keyed, 32 x 64 KiB slots{tag}",
-            grafos_cross(size, "single", 32, _stride(size + 1), s, checksum=crc), size, ff1, "faster-fifo single")
-        row(f"grafos 64 KiB send_batch(8), 32 x 64 KiB slots{tag}",
-            grafos_cross(size, "batch", 32, _stride(size + 1), s, checksum=crc), size, ffb, "faster-fifo put_many")
-        row(f"grafos 64 KiB send_keyed, 4096 x 512 B slots{tag}",
-            grafos_cross(size, "single", 4096, 512, s, checksum=crc), size, ff1, "faster-fifo single")
-        row(f"grafos 64 KiB send_batch(8), 4096 x 512 B slots{tag}",
-            grafos_cross(size, "batch", 4096, 512, s, checksum=crc), size, ffb, "faster-fifo put_many")
+        rate(f"grafos 64 KiB send_keyed, 32 x 64 KiB slots{tag}",
+             grafos_cross(size, "single", 32, _stride(size + 1), s, checksum=crc), size, ff1, "faster-fifo single")
+        rate(f"grafos 64 KiB send_batch(8), 32 x 64 KiB slots{tag}",
+             grafos_cross(size, "batch", 32, _stride(size + 1), s, checksum=crc), size, ffb, "faster-fifo put_many")
+        rate(f"grafos 64 KiB send_keyed, 4096 x 512 B slots{tag}",
+             grafos_cross(size, "single", 4096, 512, s, checksum=crc), size, ff1, "faster-fifo single")
+        rate(f"grafos 64 KiB send_batch(8), 4096 x 512 B slots{tag}",
+             grafos_cross(size, "batch", 4096, 512, s, checksum=crc), size, ffb, "faster-fifo put_many")
     big = MiB
     ffm = ff_cross(big, "single", 4 * MiB, s)
-    row("faster-fifo 1 MiB put/get_many, 4 MiB buffer", ffm, big)
+    rate("faster-fifo 1 MiB put/get_many, 4 MiB buffer", ffm, big)
     for crc, tag in [(True, ""), (False, ", no checksums")]:
-        row(f"grafos 1 MiB send_keyed, 8192 x 512 B slots (4 MiB){tag}",
-            grafos_cross(big, "single", 8192, 512, s, checksum=crc), big, ffm, "faster-fifo")
+        rate(f"grafos 1 MiB send_keyed, 8192 x 512 B slots (4 MiB){tag}",
+             grafos_cross(big, "single", 8192, 512, s, checksum=crc), big, ffm, "faster-fifo")
     mc = memcpy_rate(big, s, 4 * MiB) / big
-    row("memcpy 1 MiB (4 MiB working set)", mc, big)
+    rate("memcpy 1 MiB (4 MiB working set)", mc, big)
     for crc, tag in [(True, ""), (False, ", no checksums")]:
-        row(f"grafos 1 MiB loan + peek (touching every byte), 4 MiB ring{tag}",
-            grafos_cross(big, "loan", 8192, 512, s, checksum=crc), big, mc, "memcpy")
+        rate(f"grafos 1 MiB loan + peek (touching every byte), 4 MiB ring{tag}",
+             grafos_cross(big, "loan", 8192, 512, s, checksum=crc), big, mc, "memcpy")
     n = max(200, int(1000 * s))
     small = grafos_latency(64, 4096, 512, n)
-    lines.append(f"{'grafos 64 B send_keyed -> poll, one-way latency':<58} p50 {small[0]:7.1f} us  p99 {small[1]:7.1f} us")
-    print(lines[-1], flush=True)
+    out.append(("latency", "grafos 64 B send_keyed -> poll, one-way latency", small[0], None, "us"))
+    print(f"  {out[-1][1]:<62} p50 {small[0]:7.1f} us  p99 {small[1]:7.1f} us", flush=True)
     for cap, stride, crc, tag in [(8192, 512, True, "8192 x 512 B slots"),
                                   (8192, 512, False, "8192 x 512 B slots, no checksums"),
                                   (4, _stride(big), True, "4 x 1 MiB slots"),
                                   (4, _stride(big), False, "4 x 1 MiB slots, no checksums")]:
         lat = grafos_latency(big, cap, stride, n // 2, checksum=crc)
-        lines.append(f"{'grafos 1 MiB loan -> peek, ' + tag:<58} p50 {lat[0]:7.1f} us  p99 {lat[1]:7.1f} us"
-                     f"  {lat[0] / small[0]:5.2f}x the 64 B p50")
-        print(lines[-1], flush=True)
+        out.append(("latency", "grafos 1 MiB loan -> peek, " + tag, lat[0], lat[0] / small[0], "us"))
+        print(f"  {out[-1][1]:<62} p50 {lat[0]:7.1f} us  p99 {lat[1]:7.1f} us  {lat[0] / small[0]:5.2f}x the 64 B p50",
+              flush=True)
     mc4 = memcpy_rate(4 * KiB, s, 256 * _stride(4 * KiB)) / (4 * KiB)
-    row("memcpy 4 KiB (ring-sized working set, 1 MiB)", mc4, 4 * KiB)
+    rate("memcpy 4 KiB (ring-sized working set, 1 MiB)", mc4, 4 * KiB)
     for how, name in [("crc", "checksums verified"), ("noverify", "checksums not verified"),
                       ("nocrc", "no checksums"), ("peek", "no checksums, read by peek")]:
-        row(f"grafos in-process 4 KiB batch(64), {name}", inproc_4k(how, s), 4 * KiB, mc4, "memcpy")
+        rate(f"grafos in-process 4 KiB batch(64), {name}", inproc_4k(how, s), 4 * KiB, mc4, "memcpy")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=1.0, help="about this long per row and round")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="run every row this many times; a ratio is taken within each round (each row "
+                         "next to its peer), and the median round is reported with the range")
+    a = ap.parse_args(argv)
+    rounds: list[list[tuple[str, str, float, float | None, str]]] = []
+    for i in range(a.rounds):
+        print(f"round {i + 1} of {a.rounds}", flush=True)
+        rounds.append(one_round(a.seconds))
+    print(f"\nmedian of {a.rounds} rounds (ratios taken within each round; the range in brackets)")
+    for j, (kind, name, _, ratio, unit) in enumerate(rounds[0]):
+        vals = sorted(r[j][2] for r in rounds)
+        mid = vals[len(vals) // 2]
+        value = f"p50 {mid:7.1f} us" if kind == "latency" else f"{mid / 1e3:9.1f} k/s"
+        if ratio is None:
+            print(f"{name:<62} {value}")
+            continue
+        ratios = sorted(r[j][3] for r in rounds)   # type: ignore[type-var]
+        peer = "the 64 B p50" if kind == "latency" else unit
+        print(f"{name:<62} {value}  {ratios[len(ratios) // 2]:5.2f}x {peer}"
+              f"  [{ratios[0]:.2f}-{ratios[-1]:.2f}]")
     return 0
 
 
