@@ -9,6 +9,8 @@ static const gf_crossing table = {
     .poller_poll = gf_poller_poll,
     .last_error = gf_last_error,
     .send_idem = gf_send_idem,
+    .ring_peek = gf_ring_peek,
+    .ring_intact_many = gf_ring_intact_many,
 };
 
 const gf_crossing *gf_crossing_table(void) { return &table; }

@@ -1,7 +1,7 @@
 /* crossing.h -- the table of core entry points the CPython crossing calls.
  *
  * The core is compiled once, by cffi, into grafos._native. The per-message
- * calls (send, poll) reach it from grafos._fast through this table, handed
+ * calls (send, poll, peek) reach it from grafos._fast through this table, handed
  * over once at import, so there is one core and one copy of its
  * process-local state (the thread-local error text included). The crossing
  * checks `size` and `version` before it uses a field.
@@ -10,7 +10,7 @@
 #define GRAFOS_CROSSING_H
 #include "grafos.h"
 
-#define GF_CROSSING_VERSION 2u
+#define GF_CROSSING_VERSION 3u
 
 typedef struct gf_crossing {
     uint32_t size;          /* sizeof(gf_crossing) as the core was built */
@@ -28,6 +28,8 @@ typedef struct gf_crossing {
     const char *(*last_error)(void);
     int64_t (*send_idem)(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t has_key,
                          const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen);
+    int64_t (*ring_peek)(gf_ring *r, gf_cursor *c, uint32_t max, gf_msg_meta *meta, int64_t now_ns);
+    uint32_t (*ring_intact_many)(gf_ring *r, const uint64_t *offsets, uint32_t n, uint8_t *intact);
 } gf_crossing;
 
 #endif

@@ -1063,6 +1063,144 @@ static PyObject *mod_decode(PyObject *m, PyObject *const *args, Py_ssize_t nargs
     return r;
 }
 
+/* ---- peek: messages read in place ----------------------------------------------------
+ * peek_rows(ring, cursor, max, meta, base, limit, stride, partition, cls) reads up
+ * to `max` messages of one ring in place (gf_ring_peek) and returns them as a
+ * list of cls(partition, offset, timestamp, key, headers, value), value a
+ * read-only memoryview of the slot bytes; an int (the core's error code) when
+ * the core refused, for the caller to raise. ring, cursor, meta and base are
+ * addresses; base is the ring's first slot byte and limit the bytes after it a
+ * message may occupy (the core checked every row against them; so does this).
+ * Headers that do not parse read as none, as grafos.peek documents. */
+static PyObject *mod_peek_rows(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!bound())
+        return NULL;
+    if (nargs != 9 || !PyType_Check(args[8])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "peek_rows(ring, cursor, max, meta, base, limit, stride, partition, cls)");
+        return NULL;
+    }
+    gf_ring *r = as_pointer(args[0]);
+    gf_cursor *c = r ? as_pointer(args[1]) : NULL;
+    long long max = c ? PyLong_AsLongLong(args[2]) : -1;
+    gf_msg_meta *meta = max >= 0 ? as_pointer(args[3]) : NULL;
+    const uint8_t *base = meta ? as_pointer(args[4]) : NULL;
+    unsigned long long limit = base ? PyLong_AsUnsignedLongLong(args[5]) : 0;
+    long long stride = base ? PyLong_AsLongLong(args[6]) : 0;
+    if (!base || PyErr_Occurred() || max > UINT32_MAX || stride <= 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "peek_rows: argument out of range");
+        return NULL;
+    }
+    int64_t n = core->ring_peek(r, c, (uint32_t)max, meta, 0);
+    if (n < 0)
+        return PyLong_FromLongLong(n);
+    PyObject *list = PyList_New(n);
+    if (!list)
+        return NULL;
+    for (int64_t i = 0; i < n; i++) {
+        const gf_msg_meta *row = &meta[i];
+        uint64_t at = (uint64_t)row->pos * (uint64_t)stride;
+        uint64_t total = (uint64_t)row->key_len + row->hdr_len + row->val_len;
+        if (at > limit || total > limit - at) {
+            PyErr_Format(corrupt_error, "peek row %lld points outside the ring", (long long)i);
+            goto fail;
+        }
+        const uint8_t *b = base + at;
+        PyObject *headers;
+        const char *why = NULL;
+        if (row->hdr_len == 0)
+            headers = Py_NewRef(empty_tuple);
+        else if (!(headers = decode_headers(b + row->key_len, row->hdr_len, &why))) {
+            if (!why)
+                goto fail;
+            headers = Py_NewRef(empty_tuple);
+        }
+        PyObject *a[6];
+        a[0] = args[7];
+        a[1] = PyLong_FromUnsignedLongLong(row->offset);
+        a[2] = PyLong_FromLongLong(row->ts_ns);
+        a[3] = (row->flags & GF_MSG_HAS_KEY) ? PyBytes_FromStringAndSize((const char *)b, row->key_len)
+                                              : Py_NewRef(Py_None);
+        a[4] = headers;
+        a[5] = PyMemoryView_FromMemory((char *)(b + row->key_len + row->hdr_len), row->val_len, PyBUF_READ);
+        PyObject *msg = a[1] && a[2] && a[3] && a[5] ? PyObject_Vectorcall(args[8], a, 6, NULL) : NULL;
+        for (int k = 1; k < 6; k++)
+            Py_XDECREF(a[k]);
+        if (!msg)
+            goto fail;
+        PyList_SET_ITEM(list, i, msg);
+    }
+    return list;
+fail:
+    Py_DECREF(list);
+    return NULL;
+}
+
+/* peek_check(ring, messages, start, count, flags, overwritten) checks messages
+ * [start, start + count) of a peek, all of one ring, in one gf_ring_intact_many:
+ * sets each one's `intact`, appends those overwritten to `overwritten`, and
+ * releases each value. Returns how many values could not be released (another
+ * object still holds their buffer). flags: the address of count bytes. */
+static PyObject *str_offset, *str_intact, *str_value, *str_release;
+
+static PyObject *mod_peek_check(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!bound())
+        return NULL;
+    if (nargs != 6 || !PyList_CheckExact(args[1]) || !PyList_CheckExact(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "peek_check(ring, messages: list, start, count, flags, overwritten: list)");
+        return NULL;
+    }
+    gf_ring *r = as_pointer(args[0]);
+    Py_ssize_t start = r ? PyLong_AsSsize_t(args[2]) : -1;
+    Py_ssize_t count = start >= 0 ? PyLong_AsSsize_t(args[3]) : -1;
+    uint8_t *flags = count >= 0 ? as_pointer(args[4]) : NULL;
+    PyObject *msgs = args[1];
+    if (!flags || start > PyList_GET_SIZE(msgs) || count > PyList_GET_SIZE(msgs) - start || count > UINT32_MAX) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "peek_check: range out of the list");
+        return NULL;
+    }
+    uint64_t stack[64], *offs = count <= 64 ? stack : PyMem_Malloc((size_t)count * sizeof(uint64_t));
+    if (!offs)
+        return PyErr_NoMemory();
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *o = PyObject_GetAttr(PyList_GET_ITEM(msgs, start + i), str_offset);
+        unsigned long long v = o ? PyLong_AsUnsignedLongLong(o) : 0;
+        Py_XDECREF(o);
+        if (PyErr_Occurred())
+            goto done;
+        offs[i] = v;
+    }
+    uint32_t bad = core->ring_intact_many(r, offs, (uint32_t)count, flags);
+    long in_use = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *msg = PyList_GET_ITEM(msgs, start + i);
+        int ok = !bad || flags[i] == 1;
+        if (PyObject_SetAttr(msg, str_intact, ok ? Py_True : Py_False) < 0 ||
+            (!ok && PyList_Append(args[5], msg) < 0))
+            goto done;
+        PyObject *v = PyObject_GetAttr(msg, str_value);
+        PyObject *rv = v ? PyObject_CallMethodNoArgs(v, str_release) : NULL;
+        Py_XDECREF(v);
+        if (!rv) {
+            if (!PyErr_ExceptionMatches(PyExc_BufferError))
+                goto done;
+            PyErr_Clear();
+            in_use++;
+        }
+        Py_XDECREF(rv);
+    }
+    result = PyLong_FromLong(in_use);
+done:
+    if (offs != stack)
+        PyMem_Free(offs);
+    return result;
+}
+
 /* encode_headers(headers) -> bytes, or None when the fast encoder does not take them */
 static PyObject *mod_encode_headers(PyObject *m, PyObject *h)
 {
@@ -1078,12 +1216,16 @@ static PyMethodDef module_methods[] = {
     {"messages", (PyCFunction)(void (*)(void))mod_messages, METH_FASTCALL, "messages(poller_address, count, ids)"},
     {"decode", (PyCFunction)(void (*)(void))mod_decode, METH_FASTCALL, "decode(meta, data, ids)"},
     {"encode_headers", (PyCFunction)mod_encode_headers, METH_O, "encode_headers(headers) -> bytes | None"},
+    {"peek_rows", (PyCFunction)(void (*)(void))mod_peek_rows, METH_FASTCALL,
+     "peek_rows(ring, cursor, max, meta, base, limit, stride, partition, cls) -> list | int"},
+    {"peek_check", (PyCFunction)(void (*)(void))mod_peek_check, METH_FASTCALL,
+     "peek_check(ring, messages, start, count, flags, overwritten) -> values still in use"},
     {NULL},
 };
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "grafos._fast",
-    "The CPython crossing for grafos's per-message calls (send, poll); see csrc/fast.c.",
+    "The CPython crossing for grafos's per-message calls (send, poll, peek); see csrc/fast.c.",
     -1, module_methods,
 };
 
@@ -1096,7 +1238,12 @@ PyMODINIT_FUNC PyInit__fast(void)
     str_send_keyed_slow = PyUnicode_InternFromString("_send_keyed_fallback");
     str_poll_slow = PyUnicode_InternFromString("_poll_fallback");
     str_poll_ctx = PyUnicode_InternFromString("poll");
-    if (!empty_tuple || !str_send_slow || !str_send_keyed_slow || !str_poll_slow || !str_poll_ctx)
+    str_offset = PyUnicode_InternFromString("offset");
+    str_intact = PyUnicode_InternFromString("intact");
+    str_value = PyUnicode_InternFromString("value");
+    str_release = PyUnicode_InternFromString("release");
+    if (!empty_tuple || !str_send_slow || !str_send_keyed_slow || !str_poll_slow || !str_poll_ctx ||
+        !str_offset || !str_intact || !str_value || !str_release)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)

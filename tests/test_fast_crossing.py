@@ -1,6 +1,6 @@
 """The per-message crossing (grafos._fast): invisible except in speed.
 
-send, send_keyed and poll enter C once through a hand-written extension that
+send, send_keyed, poll and peek enter C once through a hand-written extension that
 calls the cffi-built core. These tests hold it to what the Python paths did:
 the same results and Message records, the same errors when the bus changes
 under a bound handle, no leaked references or memory, and correctness with
@@ -304,3 +304,73 @@ def test_poll_should_leave_the_garbage_collector_as_it_found_it():
             assert gc.isenabled() is enabled
     finally:
         gc.enable() if was else gc.disable()
+
+
+# ---- peek --------------------------------------------------------------------------------------
+
+def _peek_bus():
+    mgr = _bus(partitions=1, capacity=1024, stride=128)
+    prod = Producer("t")
+    prod.send(mgr, b"plain")
+    prod.send_keyed(mgr, b"k1", b"keyed")
+    prod.send_keyed(mgr, b"k2", b"with headers" * 30, headers=[("a", b"1"), ("b", b"")])
+    prod.send(mgr, b"")
+    return mgr
+
+
+def test_peeked_messages_should_be_the_records_poll_returns():
+    mgr = _peek_bus()
+    try:
+        polled = [m for _, m in Consumer("t").poll(mgr, 10)]
+        with Consumer("t").peek(mgr, 10) as pk:
+            peeked = [(m.offset, m.key, bytes(m.value), m.timestamp, m.headers) for m in pk]
+            assert all(m.value.readonly and m.partition == 0 for m in pk)
+        assert peeked == [(m.offset, m.key, m.value, m.timestamp, m.headers) for m in polled]
+        assert [m.intact for m in pk] == [True] * 4 and pk.overwritten == []
+    finally:
+        mgr.close()
+
+
+def test_peeks_should_not_change_reference_counts():
+    mgr = _peek_bus()
+    try:
+        from grafos.peek import PeekedMessage
+        c = Consumer("t")
+        c.peek(mgr, 1).release()
+        before = [sys.getrefcount(o) for o in (PeekedMessage, c, mgr)]
+        for _ in range(500):
+            c.seek_partition(mgr, 0, 0)
+            with c.peek(mgr, 10) as pk:
+                assert len(pk) == 4
+        del pk
+        after = [sys.getrefcount(o) for o in (PeekedMessage, c, mgr)]
+        assert after == before
+    finally:
+        mgr.close()
+
+
+def test_peek_rows_should_refuse_a_row_outside_the_span_it_is_given():
+    """The crossing checks each row against the bytes it was told the ring has, and
+    refuses bad arguments with an exception, never a crash."""
+    mgr = _peek_bus()
+    try:
+        from grafos.peek import PeekedMessage
+        c = Consumer("t")
+        rd = c._ensure(mgr)
+        c.peek(mgr, 4).release()          # the reader's rows now hold four
+        c.seek_partition(mgr, 0, 0)
+        pid, ring, cursor, _, base, limit, stride = rd._peek_sources[0]
+        with pytest.raises(CorruptFabric, match="outside the ring"):
+            _crossing.peek_rows(ring, cursor, 4, rd._peek_meta, base, 100, stride, pid, PeekedMessage)
+        with pytest.raises(TypeError, match="peek_rows"):
+            _crossing.peek_rows(ring, cursor, 4)
+        with pytest.raises(ValueError, match="null pointer"):
+            _crossing.peek_rows(0, cursor, 4, rd._peek_meta, base, limit, stride, pid, PeekedMessage)
+        with pytest.raises(ValueError, match="out of range"):
+            _crossing.peek_rows(ring, cursor, 4, rd._peek_meta, base, limit, 0, pid, PeekedMessage)
+        with pytest.raises(ValueError, match="out of the list"):
+            _crossing.peek_check(ring, [], 0, 1, rd._peek_flags, [])
+        with pytest.raises(TypeError, match="peek_check"):
+            _crossing.peek_check(ring, (), 0, 0, rd._peek_flags, [])
+    finally:
+        mgr.close()

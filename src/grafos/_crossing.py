@@ -22,6 +22,8 @@ SendPath = _fast.SendPath
 PollPath = _fast.PollPath
 messages = _fast.messages
 decode = _fast.decode
+peek_rows = _fast.peek_rows
+peek_check = _fast.peek_check
 
 
 def address(cdata: object) -> int:

@@ -31,19 +31,13 @@ poll would.
 """
 from __future__ import annotations
 
-import struct
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from ._check import raise_for
-from ._native import ffi, lib
+from ._crossing import peek_check, peek_rows
 from .errors import CorruptFabric, GrafosError
-from .message import Headers, decode_headers
+from .message import Headers
 
-_META_SIZE = ffi.sizeof("gf_msg_meta")
-# gf_msg_meta: offset, ts_ns, pos, key_len, hdr_len, val_len, key_hash, flags, partition, reserved
-_ROW = struct.Struct("<QqIIIIIIII")
-assert _ROW.size == _META_SIZE
-_peek = lib.gf_ring_peek
 
 
 class ViewsInUse(GrafosError, BufferError):
@@ -76,54 +70,37 @@ class Peek:
     __slots__ = ("messages", "_owners", "overwritten", "released", "_checks", "_flags")
 
     def __init__(self, messages: list[PeekedMessage], owners: list[object],
-                 checks: list[tuple[Any, list[int]]] | None = None, flags: Any = None) -> None:
+                 checks: list[tuple[int, int, int]] | None = None, flags: int = 0) -> None:
         self.messages = messages
         self._owners = owners          # the partitions: their rings outlive the views
         self.overwritten: list[PeekedMessage] = []
         self.released = False
-        self._checks = checks or []    # (ring, offsets of its messages), in order
-        self._flags = flags            # the reader's scratch for the release check
+        self._checks = checks or []    # (ring, first message, count) per ring, in order
+        self._flags = flags            # the address of the reader's scratch for the release check
 
     @classmethod
-    def take(cls, sources: Sequence[tuple[int, Any, Any, Any, memoryview]], max_messages: int,
-             meta: Any, flags: Any) -> "Peek":
-        """``sources``: (partition id, gf_ring *, gf_cursor *, Partition, a read-only
-        view of the ring's slot bytes) per ring; ``meta``: a ``gf_msg_meta[]`` and
-        ``flags`` a ``uint8_t[]``, both of at least ``max_messages``, the reader's
-        to reuse (``meta``'s rows are read before this returns, ``flags`` is only
-        used inside :meth:`release`)."""
+    def take(cls, sources: Sequence[tuple[int, int, int, object, int, int, int]], max_messages: int,
+             meta: int, flags: int) -> "Peek":
+        """``sources``: (partition id, ring address, cursor address, Partition, the
+        address of the ring's first slot byte, how many bytes a message may span
+        from there, the ring's stride) per ring; ``meta``: the address of a
+        ``gf_msg_meta[]`` and ``flags`` of a ``uint8_t[]``, both of at least
+        ``max_messages``, the reader's to reuse (``meta``'s rows are read before
+        this returns, ``flags`` only inside :meth:`release`)."""
         out: list[PeekedMessage] = []
-        checks: list[tuple[Any, list[int]]] = []
+        checks: list[tuple[int, int, int]] = []
         owners: list[object] = []
-        for pid, ring, cursor, owner, ring_view in sources:
+        for pid, ring, cursor, owner, base, limit, stride in sources:
             left = max_messages - len(out)
             if left <= 0:
                 break
-            rc = _peek(ring, cursor, left, meta, 0)
-            if rc <= 0:
-                if rc < 0:
-                    raise_for(rc, "peek")
-                continue
-            owners.append(owner)
-            stride = owner.stride
-            offs: list[int] = []
-            # values are slices of the ring's view (the core checked that every
-            # message it returned lies inside it)
-            for off, ts, pos, kl, hl, vl, _hash, mflags, _part, _res in _ROW.iter_unpack(
-                    ffi.buffer(meta, rc * _META_SIZE)):
-                offs.append(off)
-                at = pos * stride
-                key = ring_view[at:at + kl].tobytes() if mflags & 1 else None
-                at += kl
-                headers: Headers = ()
-                if hl:
-                    try:
-                        headers = decode_headers(ring_view[at:at + hl].tobytes())
-                    except CorruptFabric:
-                        pass
-                    at += hl
-                out.append(PeekedMessage(pid, off, ts, key, headers, ring_view[at:at + vl]))
-            checks.append((ring, offs))
+            got = peek_rows(ring, cursor, left, meta, base, limit, stride, pid, PeekedMessage)
+            if got.__class__ is int:
+                raise_for(got, "peek")
+            if got:
+                owners.append(owner)
+                checks.append((ring, len(out), len(got)))
+                out += got
         return cls(out, owners, checks, flags)
 
     def __len__(self) -> int:
@@ -144,24 +121,10 @@ class Peek:
         if not self.messages:
             return self.overwritten
         in_use = 0
-        i = 0
-        msgs = self.messages
-        for ring, offs in self._checks:
-            n = len(offs)
-            bad = lib.gf_ring_intact_many(ring, offs, n, self._flags)
-            flags = self._flags
-            for j in range(n):
-                m = msgs[i + j]
-                m.intact = not bad or flags[j] == 1
-                if not m.intact:
-                    self.overwritten.append(m)
-                try:
-                    m.value.release()
-                except BufferError:
-                    in_use += 1
-            i += n
+        for ring, start, count in self._checks:
+            in_use += peek_check(ring, self.messages, start, count, self._flags, self.overwritten)
         self._checks = []
-        self._flags = None
+        self._flags = 0
         self._owners = []
         if in_use:
             raise ViewsInUse(f"{in_use} peeked value(s) are still held by other objects (numpy arrays or "

@@ -174,9 +174,10 @@ class Reader:
         n = len(partitions)
         self.fabric = fabric
         self._parts = list(partitions)
-        self._peek_sources: list | None = None    # (id, ring, cursor, partition) per peekable ring
-        self._peek_meta = None
-        self._peek_flags = None
+        self._peek_sources: list | None = None    # what Peek.take reads, per peekable ring
+        self._peek_keep: tuple = ()               # the rows and flags peeks use (their addresses below)
+        self._peek_meta = 0
+        self._peek_flags = 0
         self._peek_room = 0
         self.ids = list(ids) if ids is not None else list(range(n))
         self._map = None if self.ids == list(range(n)) else self.ids   # None: index == id
@@ -321,16 +322,15 @@ class Reader:
         self.fabric.handle      # noqa: B018 - raises if the fabric was closed
         src = self._peek_sources
         if src is None:
-            # one read-only view per ring over its slot bytes, kept with the reader:
-            # a peek hands out slices of it (and releases them), never the view itself
             src = self._peek_sources = [
-                (self.ids[i], self._rings[i], self._cursors + i, self._parts[i],
-                 memoryview(ffi.buffer(lib.gf_ring_slot_data(self._rings[i], 0),
-                                       lib.gf_ring_max_message(self._rings[i]))).toreadonly())
+                (self.ids[i], _crossing.address(self._rings[i]), _crossing.address(self._cursors + i),
+                 self._parts[i], _crossing.address(lib.gf_ring_slot_data(self._rings[i], 0)),
+                 lib.gf_ring_max_message(self._rings[i]), self._parts[i].stride)   # type: ignore[attr-defined]
                 for i in range(self._n) if self._parts[i] is not None]
         if n > self._peek_room:
-            self._peek_meta = ffi.new("gf_msg_meta[]", n)   # its own: a Batch may still view _meta
-            self._peek_flags = ffi.new("uint8_t[]", n)
+            # its own rows: a Batch may still view _meta
+            self._peek_keep = (ffi.new("gf_msg_meta[]", n), ffi.new("uint8_t[]", n))
+            self._peek_meta, self._peek_flags = (_crossing.address(b) for b in self._peek_keep)
             self._peek_room = n
         return Peek.take(src, n, self._peek_meta, self._peek_flags)
 
