@@ -734,6 +734,51 @@ static PyObject *sendpath_send_lists(SendPath *self, PyObject *const *args, Py_s
     return r;
 }
 
+/* _send_rows(values, parts, offsets) -> rc, or None for the packing path: values
+ * is any object with a C-contiguous 2-D buffer (a numpy array), one message per
+ * row, handed to the core in place: the ring's copy is the only one. */
+static PyObject *sendpath_send_rows(SendPath *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !self->s) {
+        PyErr_SetString(PyExc_TypeError, "_send_rows(values, parts, offsets) on a bound sender");
+        return NULL;
+    }
+    Py_buffer vb, pb, ob;
+    if (PyObject_GetBuffer(args[0], &vb, PyBUF_C_CONTIGUOUS) < 0) {
+        PyErr_Clear();          /* not contiguous, or not a buffer: the packing path says why */
+        Py_RETURN_NONE;
+    }
+    uint64_t n = vb.ndim == 2 ? (uint64_t)vb.shape[0] : 0, width = vb.ndim == 2 ? (uint64_t)vb.shape[1] * (uint64_t)vb.itemsize : 0;
+    if (n == 0 || n > UINT32_MAX || width > UINT32_MAX) {
+        PyBuffer_Release(&vb);
+        Py_RETURN_NONE;
+    }
+    if (PyObject_GetBuffer(args[1], &pb, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&vb);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[2], &ob, PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&vb);
+        PyBuffer_Release(&pb);
+        return NULL;
+    }
+    PyObject *r = NULL;
+    uint32_t *lens;
+    if ((uint64_t)pb.len < n * sizeof(uint32_t) || (uint64_t)ob.len < n * sizeof(uint64_t))
+        PyErr_SetString(PyExc_ValueError, "parts / offsets arrays are shorter than the batch");
+    else if ((lens = (uint32_t *)grow(&self->batch, n * sizeof(uint32_t))) != NULL) {
+        for (uint64_t i = 0; i < n; i++)
+            lens[i] = (uint32_t)width;
+        gf_sender *s = self->s;
+        r = PyLong_FromLongLong(core->send_batch(s->rings, s->n, s->mode, &s->rr, (uint32_t)n, NULL, NULL,
+                                                 vb.buf, lens, 0, pb.buf, ob.buf));
+    }
+    PyBuffer_Release(&vb);
+    PyBuffer_Release(&pb);
+    PyBuffer_Release(&ob);
+    return r;
+}
+
 static PyMethodDef sendpath_methods[] = {
     {"send", (PyCFunction)(void (*)(void))sendpath_send, METH_FASTCALL | METH_KEYWORDS,
      "send(mgr, value, headers=None) -> (partition, offset)\n\n"
@@ -744,6 +789,7 @@ static PyMethodDef sendpath_methods[] = {
     {"_bind_fast", (PyCFunction)(void (*)(void))sendpath_bind, METH_FASTCALL, NULL},
     {"_unbind_fast", (PyCFunction)sendpath_unbind, METH_NOARGS, NULL},
     {"_send_lists", (PyCFunction)(void (*)(void))sendpath_send_lists, METH_FASTCALL, NULL},
+    {"_send_rows", (PyCFunction)(void (*)(void))sendpath_send_rows, METH_FASTCALL, NULL},
     {NULL},
 };
 

@@ -374,3 +374,36 @@ def test_peek_rows_should_refuse_a_row_outside_the_span_it_is_given():
             _crossing.peek_check(ring, (), 0, 0, rd._peek_flags, [])
     finally:
         mgr.close()
+
+
+@pytest.mark.parametrize("rows", [
+    np.arange(40, dtype=np.uint8).reshape(5, 8),                  # C-contiguous: sent in place
+    np.arange(20, dtype=np.float32).reshape(5, 4),                # rows of 16 bytes
+    np.arange(80, dtype=np.uint8).reshape(5, 16)[:, ::2],          # strided: the packing path
+    np.arange(80, dtype=np.uint8).reshape(10, 8)[::2],             # every other row
+], ids=["uint8", "float32", "strided-columns", "strided-rows"])
+def test_numpy_batches_should_send_each_row_as_one_message_whatever_their_layout(rows):
+    mgr = _bus(partitions=1)
+    try:
+        ro = rows.view()
+        ro.flags.writeable = False                                # read-only arrays are taken too
+        for batch in (rows, ro):
+            parts, offs = Producer("t").send_batch(mgr, batch)
+            assert parts.tolist() == [0] * len(batch)
+        got = [m.value for _, m in Consumer("t").poll(mgr, 100)]
+        want = [r.tobytes() for r in rows]
+        assert got == want + want
+    finally:
+        mgr.close()
+
+
+def test_numpy_batches_should_not_change_reference_counts():
+    mgr = _bus(partitions=2, capacity=1024)
+    prod = Producer("t")
+    rows = np.zeros((8, 32), dtype=np.uint8)
+    prod.send_batch(mgr, rows)
+    before = [sys.getrefcount(o) for o in (rows, mgr)]
+    for _ in range(2000):
+        prod.send_batch(mgr, rows)
+    assert [sys.getrefcount(o) for o in (rows, mgr)] == before
+    mgr.close()

@@ -396,6 +396,20 @@ class Producer(SendPath):
             _validate.timeout(timeout)
         if self.idempotent:         # message by message: each one stamped, each one idempotent
             return self._send_each(mgr, values, keys)
+        if values.__class__ is np.ndarray and keys is None and values.ndim == 2 and len(values):
+            # rows handed to the core in place by the crossing
+            rows, parts, offs = values, np.empty(len(values), dtype=np.uint32), np.empty(len(values), dtype=np.uint64)
+            b = self._bound
+            first = None
+            if b[0] is mgr and b[2].binding.valid:        # bound: the first try without _batch's set-up
+                first = self._send_rows(rows, parts, offs)
+                if first is not None and first >= 0:
+                    return parts, offs
+            done = self._batch(mgr, lambda t: self._send_rows(rows, parts, offs), parts, offs, timeout,
+                               lambda: rows.shape[1] * rows.itemsize, first)
+            if done is not None:
+                return done
+            # not C-contiguous, or too large: the packing path below
         if values.__class__ in _SEQUENCES and (keys is None or keys.__class__ in _SEQUENCES):
             n = len(values)
             if n and (keys is None or len(keys) == n):
@@ -430,16 +444,17 @@ class Producer(SendPath):
                            lambda: int((vlens.astype(np.int64) + (klens if klens is not None else 0)).max()))
 
     def _batch(self, mgr: TopicManager, call, parts: np.ndarray, offs: np.ndarray, timeout,
-               largest) -> tuple[np.ndarray, np.ndarray] | None:
+               largest, first: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """Run ``call(topic) -> rc`` until the batch lands: wait for room on a full
         "block" partition, re-read a topic found dead once, raise the rest. None:
-        ``call`` could not take the batch (it returned None)."""
+        ``call`` could not take the batch (it returned None). ``first``: the
+        result of a call the caller already made on the bound topic."""
         deadline: list = []
         attempt = 0
         while True:
             b = self._bound
             t = b[2] if b[0] is mgr and b[2].binding.valid else self._bind(mgr)
-            rc = call(t)
+            rc, first = (call(t) if first is None else first), None
             if rc is None:
                 return None
             if rc >= 0:
