@@ -437,7 +437,11 @@ class Consumer(PollPath):
             if not len(b) and len(rd) and self._any_expired(rd) and self._maybe_refresh(mgr):
                 b = self._reader.poll_batch(max_messages, 0.0, None, 0.0)  # type: ignore[union-attr]
         else:
-            b = self._wait(mgr, lambda r, t: r.poll_batch(max_messages, t, None, spin), timeout)
+            # a consumer that keeps up usually finds messages waiting: one look
+            # first, the waiting loop only when there are none
+            b = rd.poll_batch(max_messages, 0.0, None, 0.0)
+            if not len(b):
+                b = self._wait(mgr, lambda r, t: r.poll_batch(max_messages, t, None, spin), timeout)
         self.consumed += len(b)
         if self.gating:
             self._publish(mgr, len(b) < max_messages)
