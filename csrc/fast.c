@@ -914,12 +914,13 @@ static int64_t mono_ns(void)
 
 static const char *const poll_names[] = {"mgr", "max_messages", "timeout", "spin"};
 
-/* poll(mgr, max_messages=100, timeout=0.0, *, spin=0.0) -> [(partition, Message)] */
+/* poll(mgr, max_messages=100, timeout=0.0, *, spin=None) -> [(partition, Message)]
+ * spin None: adaptive (GF_SPIN_ADAPTIVE); seconds: that long, every wait */
 static PyObject *pollpath_poll(PollPath *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *a[4];
     long max = 100;
-    int64_t timeout_ns = 0, spin_ns = 0;
+    int64_t timeout_ns = 0, spin_ns = GF_SPIN_ADAPTIVE;
     int forever = 0, spin_forever;
     if (!self->p || !parse(args, nargs, kwnames, poll_names, 3, 4, a) || a[0] != self->mgr ||
         !binding_ok(self->binding))
@@ -937,7 +938,7 @@ static PyObject *pollpath_poll(PollPath *self, PyObject *const *args, Py_ssize_t
     }
     if (a[2] && !seconds_arg(a[2], &timeout_ns, &forever))
         goto slow;
-    if (a[3] && (!seconds_arg(a[3], &spin_ns, &spin_forever) || a[3] == Py_None || spin_forever))
+    if (a[3] && a[3] != Py_None && (!seconds_arg(a[3], &spin_ns, &spin_forever) || spin_forever))
         goto slow;
     gf_poller *p = self->p;
     int64_t rc;
@@ -955,7 +956,8 @@ static PyObject *pollpath_poll(PollPath *self, PyObject *const *args, Py_ssize_t
             Py_BEGIN_ALLOW_THREADS
             rc = core->poller_poll(p, (uint32_t)max, 0, slice, spin_ns);
             Py_END_ALLOW_THREADS
-            spin_ns = 0;
+            if (spin_ns > 0)
+                spin_ns = 0;        /* a fixed spin: before the first sleep only */
             if (rc != 0 || mono_ns() >= deadline)
                 break;
             if (p->expired || self->holes) {
@@ -997,9 +999,10 @@ slow:
 
 static PyMethodDef pollpath_methods[] = {
     {"poll", (PyCFunction)(void (*)(void))pollpath_poll, METH_FASTCALL | METH_KEYWORDS,
-     "poll(mgr, max_messages=100, timeout=0.0, *, spin=0.0) -> list of (partition, Message)\n\n"
+     "poll(mgr, max_messages=100, timeout=0.0, *, spin=None) -> list of (partition, Message)\n\n"
      "timeout: 0 returns at once; seconds blocks until a message arrives or the time\n"
-     "passes; None blocks until a message arrives. spin: seconds of polling before sleeping."},
+     "passes; None blocks until a message arrives. spin: seconds of polling before sleeping\n"
+     "(None: adaptive, at most 200 us, none on a consumer that waits long; 0: never)."},
     {"_bind_fast", (PyCFunction)(void (*)(void))pollpath_bind, METH_FASTCALL, NULL},
     {"_unbind_fast", (PyCFunction)pollpath_unbind, METH_NOARGS, NULL},
     {NULL},

@@ -238,7 +238,8 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
                       const uint8_t *vals, const uint32_t *val_lens, int64_t ts_ns,
                       uint32_t *out_parts, uint64_t *out_offsets);
 /* A reader's process-local view for gf_poller_poll: what gf_poll takes, plus
- * what it reports back (bytes used in buf, partitions found expired). */
+ * what it reports back (bytes used in buf, partitions found expired) and what
+ * its adaptive spin has learnt. */
 typedef struct {
     gf_fabric *f;
     gf_ring **rings;
@@ -251,8 +252,13 @@ typedef struct {
     uint32_t start;
     uint32_t max_batch;
     uint32_t expired;
+    int64_t spin_learnt;   /* GF_SPIN_ADAPTIVE: how long the next wait spins before it sleeps, ns */
 } gf_poller;
 
+/* spin_ns for gf_poller_poll: spin before sleeping for as long as recent waits
+ * suggest, at most GF_SPIN_MAX_NS, and not at all on a reader that waits long */
+#define GF_SPIN_ADAPTIVE -1
+#define GF_SPIN_MAX_NS 200000
 int64_t gf_poller_poll(gf_poller *p, uint32_t max_msgs, int64_t now_ns, int64_t timeout_ns,
                        int64_t spin_ns);
 int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start,

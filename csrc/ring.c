@@ -1217,9 +1217,11 @@ static int64_t poll_look(void *ctx, int64_t *stalled)
     return err ? (int64_t)err : (int64_t)got;
 }
 
-int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start,
-                uint32_t max_msgs, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
-                int64_t now_ns, int64_t timeout_ns, int64_t spin_ns)
+/* gf_poll, telling *t0 when it began to wait (0: it found something, or an
+ * error, at the first look) */
+static int64_t poll_wait(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start,
+                         uint32_t max_msgs, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
+                         int64_t now_ns, int64_t timeout_ns, int64_t spin_ns, int64_t *waited_from)
 {
     if (n == 0 || max_msgs == 0)
         return 0;
@@ -1230,9 +1232,12 @@ int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, u
     uint32_t got = poll_once(rings, cursors, n, start, max_msgs, meta, buf, buf_size, now_ns, &stalled, &err);
     if (got || err || timeout_ns == 0)
         return err ? (int64_t)err : (int64_t)got;
-    const int64_t t0 = gf_mono_ns();
+    const int64_t t0 = *waited_from = gf_mono_ns();
     const int64_t deadline = timeout_ns < 0 ? INT64_MAX : t0 + timeout_ns;
-    /* a short spin catches the next message without a sleep/wake round trip */
+    /* a short spin catches the next message without a sleep/wake round trip
+     * (never past the poll's own deadline) */
+    if (spin_ns > deadline - t0)
+        spin_ns = deadline - t0;
     while (spin_ns > 0 && gf_mono_ns() - t0 < spin_ns) {
         /* a few pauses only: one costs 40-140 cycles on current x86, and each
          * costs the spinning reader latency */
@@ -1247,6 +1252,34 @@ int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, u
     return sleep_for(f, deadline, poll_look, &a);
 }
 
+int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start,
+                uint32_t max_msgs, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
+                int64_t now_ns, int64_t timeout_ns, int64_t spin_ns)
+{
+    int64_t t0 = 0;
+    return poll_wait(f, rings, cursors, n, start, max_msgs, meta, buf, buf_size, now_ns, timeout_ns,
+                     spin_ns < 0 ? 0 : spin_ns, &t0);
+}
+
+/* Adaptive spin: a reader whose messages come a few tens of microseconds apart
+ * pays a cross-CPU futex wake-up for each (16-29 us on a VM) unless it spins
+ * past the gap; one that waits long should not burn a CPU. After a wait that
+ * ended with messages within reach, aim at twice the wait (which includes the
+ * wake-up when it slept, so a sleeper learns to spin next time), a quarter of
+ * the way at a time; after a longer wait, or none, halve. */
+static void spin_learn(gf_poller *p, int64_t waited, int64_t rc)
+{
+    int64_t target = 2 * waited;
+    if (rc > 0 && target <= GF_SPIN_MAX_NS)
+        p->spin_learnt += (target - p->spin_learnt) / 4;
+    else
+        p->spin_learnt /= 2;
+    if (p->spin_learnt > GF_SPIN_MAX_NS)
+        p->spin_learnt = GF_SPIN_MAX_NS;
+    if (p->spin_learnt < 0)
+        p->spin_learnt = 0;
+}
+
 /* The Python reader's hot path: one struct instead of twelve converted
  * arguments, and the bookkeeping it would otherwise do with cdata reads. */
 int64_t gf_poller_poll(gf_poller *p, uint32_t max_msgs, int64_t now_ns, int64_t timeout_ns,
@@ -1254,8 +1287,13 @@ int64_t gf_poller_poll(gf_poller *p, uint32_t max_msgs, int64_t now_ns, int64_t 
 {
     if (max_msgs > p->max_batch)
         max_msgs = p->max_batch;
-    int64_t rc = gf_poll(p->f, p->rings, p->cursors, p->n, p->start, max_msgs, p->meta, p->buf,
-                         p->buf_size, now_ns, timeout_ns, spin_ns);
+    int adaptive = spin_ns == GF_SPIN_ADAPTIVE;
+    int64_t t0 = 0;
+    int64_t rc = poll_wait(p->f, p->rings, p->cursors, p->n, p->start, max_msgs, p->meta, p->buf,
+                           p->buf_size, now_ns, timeout_ns, adaptive ? p->spin_learnt : spin_ns < 0 ? 0 : spin_ns,
+                           &t0);
+    if (adaptive && t0)     /* it waited: learn from how long */
+        spin_learn(p, gf_mono_ns() - t0, rc);
     if (p->n > 1)
         p->start = (p->start + 1) % p->n;   /* fairness: the next look starts one further */
     p->used = 0;

@@ -62,3 +62,82 @@ def test_appends_while_a_consumer_sleeps_should_not_each_pay_a_wake():
         mgr.close()
     finally:
         Fabric.unlink(name)
+
+
+# ---- adaptive spin ------------------------------------------------------------------------------
+# A poll that waits spins first, for about twice its recent waits (at most 200 us),
+# then sleeps. These pin its rules where timing cannot blur them: long waits
+# (an idle reader) drop the spin, the cap holds, a fixed spin learns nothing.
+
+MAX_SPIN = 200e-6
+
+
+def _reader():
+    from grafos.partition import Partition
+    from grafos.reader import Reader
+    fab = Fabric(4 << 20)
+    part = Partition.create(fab, 64, 128, ttl=600)
+    return fab, part, Reader(fab, [part])
+
+
+def test_an_idle_reader_unlearns_its_spin_and_never_spins_past_the_cap():
+    fab, part, rd = _reader()
+    try:
+        assert rd.spin_learnt == 0.0                   # a new reader sleeps at once
+        rd._p.spin_learnt = 10 ** 9                    # as if it had learnt a full second
+        assert rd.poll_raw(1, timeout=0.02) == 0       # nothing came: halved, then capped
+        assert 0 < rd.spin_learnt <= MAX_SPIN
+        for _ in range(30):
+            rd.poll_raw(1, timeout=0.002)
+        assert rd.spin_learnt == 0.0                   # idle: no spin left
+    finally:
+        fab.close()
+
+
+def test_a_message_after_a_long_wait_halves_the_spin():
+    fab, part, rd = _reader()
+    try:
+        rd._p.spin_learnt = 160_000
+        t = threading.Timer(0.05, part.append, [b"late"])
+        t.start()
+        assert rd.poll_raw(1, timeout=5.0) == 1        # came after ~50 ms: out of reach
+        t.join()
+        assert rd.spin_learnt == 80e-6
+    finally:
+        fab.close()
+
+
+def test_a_fixed_spin_or_no_wait_learns_nothing():
+    fab, part, rd = _reader()
+    try:
+        rd._p.spin_learnt = 100_000
+        rd.poll_raw(1, timeout=0.01, spin=0.0)         # spin=0: never spins, learns nothing
+        rd.poll_raw(1, timeout=0.01, spin=50e-6)
+        part.append(b"ready")
+        rd.poll_raw(1, timeout=1.0)                    # found at the first look: no wait
+        assert rd.spin_learnt == 100e-6
+    finally:
+        fab.close()
+
+
+def test_a_consumer_that_spins_adaptively_gets_every_message_in_order():
+    mgr = TopicManager(size=16 << 20)
+    try:
+        mgr.create("t", TopicConfig(num_partitions=1, partition_capacity=4096, partition_stride=128))
+        prod, cons = Producer("t"), Consumer("t")
+        cons.poll(mgr, 1)
+
+        def send() -> None:
+            for i in range(2000):
+                prod.send(mgr, str(i).encode())
+                if i % 50 == 0:
+                    time.sleep(0.001)
+        th = threading.Thread(target=send)
+        th.start()
+        got: list[bytes] = []
+        while len(got) < 2000:
+            got += [m.value for _, m in cons.poll(mgr, 100, timeout=5.0)]
+        th.join()
+        assert got == [str(i).encode() for i in range(2000)]
+    finally:
+        mgr.close()

@@ -261,10 +261,13 @@ class Reader:
 
     # ---- polling -------------------------------------------------------------
     def poll_raw(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
-                 spin: float = 0.0) -> int:
-        """Fill the reader's buffers; returns how many messages."""
+                 spin: float | None = None) -> int:
+        """Fill the reader's buffers; returns how many messages. ``spin``: seconds
+        of polling before a wait sleeps; None (the default) adapts it to recent
+        waits, up to 200 us and none at all on a reader that waits long; 0 never
+        spins."""
         if (timeout.__class__ is float or timeout.__class__ is int) and timeout == 0 and now is None \
-                and spin.__class__ is float and spin == 0.0 and max_messages.__class__ is int \
+                and (spin is None or spin.__class__ is float and spin == 0.0) and max_messages.__class__ is int \
                 and max_messages >= 0 and not self.fabric.closed:
             rc = _poller_poll(self._p, max_messages, 0, 0, 0)   # the common look: no waiting
             if rc < 0:
@@ -277,8 +280,8 @@ class Reader:
         t = 0 if now is None else now_ns(now)
         if timeout.__class__ is not float and timeout.__class__ is not int or timeout != timeout:
             _validate.timeout(timeout)
-        spin_ns = int(spin * 1e9) if spin.__class__ is float or spin.__class__ is int else \
-            int(_validate.number(spin, "spin", 0) * 1e9)
+        spin_ns = lib.GF_SPIN_ADAPTIVE if spin is None else int(spin * 1e9) \
+            if spin.__class__ is float or spin.__class__ is int else int(_validate.number(spin, "spin", 0) * 1e9)
         if timeout is not None and timeout <= 0:
             self.fabric.handle      # noqa: B018 - raises if the fabric was closed
             rc = _poller_poll(self._p, max_messages, t, 0, 0)
@@ -290,9 +293,16 @@ class Reader:
                 rc = _poller_poll(self._p, max_messages, t, max(int(left * 1e9), 0), spin_ns)
                 if rc != 0 or (deadline is not None and time.monotonic() >= deadline):
                     break
+                if spin_ns > 0:
+                    spin_ns = 0         # a fixed spin: before the first sleep only
         if rc < 0:
             raise_for(rc, "poll")
         return rc
+
+    @property
+    def spin_learnt(self) -> float:
+        """Seconds the next wait of an adaptive poll (``spin=None``) spins before it sleeps."""
+        return self._p.spin_learnt / 1e9
 
     @property
     def expired_seen(self) -> int:
@@ -300,7 +310,7 @@ class Reader:
         return self._p.expired
 
     def poll(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
-             spin: float = 0.0) -> list[tuple[int, Message]]:
+             spin: float | None = None) -> list[tuple[int, Message]]:
         """Up to ``max_messages`` as ``(partition id, Message)`` pairs, built in C.
         A message whose headers do not parse is dropped and counted as corrupt
         (its checksum only proves it is what was written)."""
@@ -310,7 +320,7 @@ class Reader:
         return _crossing.messages(self._paddr, n, self._map)
 
     def poll_batch(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
-                   spin: float = 0.0) -> Batch:
+                   spin: float | None = None) -> Batch:
         n = self.poll_raw(max_messages, timeout, now, spin)
         return Batch(self._meta_rows[:n], self._data[:self._p.used], self.ids)
 

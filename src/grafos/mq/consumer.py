@@ -56,12 +56,16 @@ class Consumer(PollPath):
     """``Consumer("events", "processors")``: reads partitions given to :meth:`assign`
     (all partitions if never assigned).
 
-    ``poll(mgr, max_messages=100, timeout=0.0, *, spin=0.0)`` returns up to
+    ``poll(mgr, max_messages=100, timeout=0.0, *, spin=None)`` returns up to
     ``max_messages`` ``(partition, Message)`` pairs. ``timeout``: 0 (default)
     returns at once; a number of seconds blocks until a message arrives or the
     time passes; None blocks until a message arrives. Blocking sleeps on a
-    futex (no busy spin) and lets Ctrl-C through; ``spin`` seconds of polling
-    first trade a core for lower latency. ``consumed`` counts what polls returned.
+    futex and lets Ctrl-C through. Before it sleeps it polls for a while
+    (``spin``), since a futex wake-up across CPUs costs tens of microseconds:
+    by default (None) as long as recent waits suggest, twice the recent wait
+    and at most 200 us, dropping to none on a consumer whose waits are longer
+    than that (an idle one never spins); a number of seconds spins that long
+    before each first sleep; 0 never spins. ``consumed`` counts what polls returned.
     """
 
     def __init__(self, topic: str, group: str = "default", *, max_batch: int = 1024,
@@ -330,7 +334,7 @@ class Consumer(PollPath):
     # poll() is PollPath's (C); it comes here when it cannot take the call itself,
     # with the arguments exactly as given.
     def _poll_fallback(self, mgr: TopicManager, max_messages: int = 100, timeout: float | None = 0.0,
-                       *, spin: float = 0.0) -> list[tuple[int, Message]]:
+                       *, spin: float | None = None) -> list[tuple[int, Message]]:
         rd = self._reader
         if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
             if isinstance(mgr, RemoteManager):      # a bus on a server: it polls
@@ -359,7 +363,7 @@ class Consumer(PollPath):
         return msgs
 
     def _poll_committed(self, mgr: TopicManager, max_messages: int, timeout: float | None,
-                        spin: float) -> list[tuple[int, Message]]:
+                        spin: float | None) -> list[tuple[int, Message]]:
         """read_committed: read raw batches (markers included) into the holding
         buffers until something is released or the time passes. A transaction
         that holds a partition up for long is looked at: if its producer's
@@ -416,7 +420,7 @@ class Consumer(PollPath):
         return self.group, self.topic, pos, incs
 
     def poll_batch(self, mgr: TopicManager, max_messages: int = 1024, timeout: float | None = 0.0,
-                   *, spin: float = 0.0) -> Batch:
+                   *, spin: float | None = None) -> Batch:
         """Like :meth:`poll`, as a :class:`~grafos.reader.Batch` of numpy arrays over
         one buffer (valid until the next poll)."""
         rd = self._reader
