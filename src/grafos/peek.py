@@ -35,7 +35,7 @@ from typing import Iterator, Sequence
 
 from ._check import raise_for
 from ._crossing import peek_check, peek_rows
-from .errors import CorruptFabric, GrafosError
+from .errors import GrafosError
 from .message import Headers
 
 
