@@ -254,15 +254,7 @@ static int span_take(gf_ring *r, uint64_t n, uint64_t span)
     int64_t t0 = 0;
     int bad = GF_OK;
     uint64_t j = 0;
-    _Atomic uint64_t *q = seq_at(r, n);   /* a span never wraps: its words are contiguous */
     for (; j < span; j++) {
-        if (j) {   /* the common case inline: a continuation whose last lap is over */
-            uint64_t writing = 2 * (n + j) + 1, c = ld_acq(&q[j]) & ~GF_SEQ_FLAGS;
-            if (c < writing && !(c & 1)) {
-                st_rlx(&q[j], writing);
-                continue;
-            }
-        }
         int rc = slot_take_as(r, n + j, &t0, j > 0);
         if (rc != GF_OK) {
             bad = rc;
@@ -307,14 +299,8 @@ static inline int gap_finish(gf_ring *r, uint64_t m)
 static int span_publish(gf_ring *r, uint64_t n, uint64_t span)
 {
     int ok = 1;
-    _Atomic uint64_t *q = seq_at(r, n);   /* contiguous, as in span_take */
-    for (uint64_t j = 1; j < span; j++) {
-        uint64_t writing = 2 * (n + j) + 1;
-        if (ld_rlx(&q[j]) == writing)     /* gap_finish, inline */
-            st_rel(&q[j], (writing + 1) | GF_SEQ_GAP);
-        else
-            ok = 0;
-    }
+    for (uint64_t j = 1; j < span; j++)
+        ok &= gap_finish(r, n + j);
     if (ok && seq_finish(r, n, 2 * n + 2))
         return GF_OK;
     seq_finish(r, n, (2 * n + 2) | GF_SEQ_ABANDONED);
