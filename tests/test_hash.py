@@ -229,11 +229,13 @@ def test_the_folded_and_the_instruction_paths_agree():
     assert sums[0] == sums[1] and len(sums[0]) == len(FOLD_SIZES)
 
 
-# gf_copy takes its own vector loop where the destination lies within 64 bytes of
-# the source modulo 4096 (glibc's `rep movsb` is 15-25x slower there on AMD Zen),
-# memcpy elsewhere: every distance around a page multiple, lengths around the
-# loop's steps (256-byte blocks, 64-byte moves, a masked tail)
-COPY_LENGTHS = [0, 1, 63, 255, 256, 257, 319, 320, 511, 4096, 65536 + 13]
+# gf_copy takes its own vector loop: AVX-512 (stores aligned to the cache line
+# after a masked head) for every copy, or AVX2 where the destination lies within
+# 64 bytes of the source modulo 4096 (glibc's `rep movsb` is 15-25x slower there
+# on AMD Zen) and memcpy elsewhere: every distance around a page multiple,
+# lengths around the loop's steps (a head up to 63 bytes, 256-byte blocks,
+# 64-byte moves, a masked tail)
+COPY_LENGTHS = [0, 1, 63, 255, 256, 257, 319, 320, 383, 511, 4096, 65536 + 13]
 COPY_DISTANCES = list(range(0, 70)) + list(range(4030, 4096)) + [129, 1000, 2048, 4029]
 
 
