@@ -1113,21 +1113,51 @@ static PyObject *mod_decode(PyObject *m, PyObject *const *args, Py_ssize_t nargs
 }
 
 /* ---- peek: messages read in place ----------------------------------------------------
- * peek_rows(ring, cursor, max, meta, base, limit, stride, partition, cls) reads up
- * to `max` messages of one ring in place (gf_ring_peek) and returns them as a
- * list of cls(partition, offset, timestamp, key, headers, value), value a
- * read-only memoryview of the slot bytes; an int (the core's error code) when
- * the core refused, for the caller to raise. ring, cursor, meta and base are
- * addresses; base is the ring's first slot byte and limit the bytes after it a
- * message may occupy (the core checked every row against them; so does this).
- * Headers that do not parse read as none, as grafos.peek documents. */
-static PyObject *mod_peek_rows(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+ * A peek takes its rows once (peek_take) and keeps them as bytes; what is built
+ * from them (message objects, arrays of values) is built from those rows, and
+ * the release check reads offsets from them too. A row's bytes sit at
+ * base + pos * stride: base is the ring's first slot byte and limit the bytes
+ * after it a message may occupy. The core checked every row against the ring;
+ * every builder here checks again against base and limit before it points at
+ * memory (rows are plain bytes a caller could forge). */
+#define ROW ((Py_ssize_t)sizeof(gf_msg_meta))
+
+static int peek_span(PyObject *rows_obj, Py_buffer *rows, const char *what)
+{
+    if (PyObject_GetBuffer(rows_obj, rows, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (rows->len % ROW) {
+        PyBuffer_Release(rows);
+        PyErr_Format(PyExc_ValueError, "%s: rows are not a whole number of gf_msg_meta", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* the row's bytes, NULL (CorruptFabric set) when it points outside the ring */
+static const uint8_t *row_bytes(const gf_msg_meta *row, const uint8_t *base, uint64_t limit, uint64_t stride,
+                                Py_ssize_t i)
+{
+    uint64_t at = (uint64_t)row->pos * stride;
+    uint64_t total = (uint64_t)row->key_len + row->hdr_len + row->val_len;
+    if (at > limit || total > limit - at) {
+        PyErr_Format(corrupt_error, "peek row %zd points outside the ring", i);
+        return NULL;
+    }
+    return base + at;
+}
+
+/* peek_take(ring, cursor, max, meta, base, limit, stride) -> (rows: bytes, plain: bool)
+ * reads up to `max` messages of one ring in place (gf_ring_peek; meta: the
+ * address of room for max rows) and returns their rows; plain: no row has a key
+ * or headers (nothing to copy out at once). An int when the core refused: its
+ * error code, for the caller to raise. */
+static PyObject *mod_peek_take(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!bound())
         return NULL;
-    if (nargs != 9 || !PyType_Check(args[8])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "peek_rows(ring, cursor, max, meta, base, limit, stride, partition, cls)");
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "peek_take(ring, cursor, max, meta, base, limit, stride)");
         return NULL;
     }
     gf_ring *r = as_pointer(args[0]);
@@ -1139,115 +1169,302 @@ static PyObject *mod_peek_rows(PyObject *m, PyObject *const *args, Py_ssize_t na
     long long stride = base ? PyLong_AsLongLong(args[6]) : 0;
     if (!base || PyErr_Occurred() || max > UINT32_MAX || stride <= 0) {
         if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "peek_rows: argument out of range");
+            PyErr_SetString(PyExc_ValueError, "peek_take: argument out of range");
         return NULL;
     }
     int64_t n = core->ring_peek(r, c, (uint32_t)max, meta, 0);
     if (n < 0)
         return PyLong_FromLongLong(n);
+    int plain = 1;
+    for (int64_t i = 0; i < n; i++) {
+        if (!row_bytes(&meta[i], base, limit, (uint64_t)stride, (Py_ssize_t)i))
+            return NULL;
+        plain &= meta[i].key_len == 0 && meta[i].hdr_len == 0 && !(meta[i].flags & GF_MSG_HAS_KEY);
+    }
+    PyObject *rows = PyBytes_FromStringAndSize((const char *)meta, (Py_ssize_t)n * ROW);
+    return rows ? Py_BuildValue("(NO)", rows, plain ? Py_True : Py_False) : NULL;
+}
+
+/* peek_build(rows, base, limit, stride, partition, cls) -> [cls(partition, offset,
+ * timestamp, key, headers, value)], value a read-only memoryview of the slot
+ * bytes. Headers that do not parse read as none, as grafos.peek documents. */
+static PyObject *mod_peek_build(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!bound())
+        return NULL;
+    if (nargs != 6 || !PyType_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "peek_build(rows, base, limit, stride, partition, cls)");
+        return NULL;
+    }
+    const uint8_t *base = as_pointer(args[1]);
+    unsigned long long limit = base ? PyLong_AsUnsignedLongLong(args[2]) : 0;
+    long long stride = base ? PyLong_AsLongLong(args[3]) : 0;
+    if (!base || PyErr_Occurred() || stride <= 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "peek_build: argument out of range");
+        return NULL;
+    }
+    Py_buffer rb;
+    if (peek_span(args[0], &rb, "peek_build") < 0)
+        return NULL;
+    Py_ssize_t n = rb.len / ROW;
     PyObject *list = PyList_New(n);
     if (!list)
-        return NULL;
-    for (int64_t i = 0; i < n; i++) {
-        const gf_msg_meta *row = &meta[i];
-        uint64_t at = (uint64_t)row->pos * (uint64_t)stride;
-        uint64_t total = (uint64_t)row->key_len + row->hdr_len + row->val_len;
-        if (at > limit || total > limit - at) {
-            PyErr_Format(corrupt_error, "peek row %lld points outside the ring", (long long)i);
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        gf_msg_meta row;
+        memcpy(&row, (const uint8_t *)rb.buf + i * ROW, sizeof row);   /* bytes need not be aligned */
+        const uint8_t *b = row_bytes(&row, base, limit, (uint64_t)stride, i);
+        if (!b)
             goto fail;
-        }
-        const uint8_t *b = base + at;
         PyObject *headers;
         const char *why = NULL;
-        if (row->hdr_len == 0)
+        if (row.hdr_len == 0)
             headers = Py_NewRef(empty_tuple);
-        else if (!(headers = decode_headers(b + row->key_len, row->hdr_len, &why))) {
+        else if (!(headers = decode_headers(b + row.key_len, row.hdr_len, &why))) {
             if (!why)
                 goto fail;
             headers = Py_NewRef(empty_tuple);
         }
         PyObject *a[6];
-        a[0] = args[7];
-        a[1] = PyLong_FromUnsignedLongLong(row->offset);
-        a[2] = PyLong_FromLongLong(row->ts_ns);
-        a[3] = (row->flags & GF_MSG_HAS_KEY) ? PyBytes_FromStringAndSize((const char *)b, row->key_len)
-                                              : Py_NewRef(Py_None);
+        a[0] = args[4];
+        a[1] = PyLong_FromUnsignedLongLong(row.offset);
+        a[2] = PyLong_FromLongLong(row.ts_ns);
+        a[3] = (row.flags & GF_MSG_HAS_KEY) ? PyBytes_FromStringAndSize((const char *)b, row.key_len)
+                                             : Py_NewRef(Py_None);
         a[4] = headers;
-        a[5] = PyMemoryView_FromMemory((char *)(b + row->key_len + row->hdr_len), row->val_len, PyBUF_READ);
-        PyObject *msg = a[1] && a[2] && a[3] && a[5] ? PyObject_Vectorcall(args[8], a, 6, NULL) : NULL;
+        a[5] = PyMemoryView_FromMemory((char *)(b + row.key_len + row.hdr_len), row.val_len, PyBUF_READ);
+        PyObject *msg = a[1] && a[2] && a[3] && a[5] ? PyObject_Vectorcall(args[5], a, 6, NULL) : NULL;
         for (int k = 1; k < 6; k++)
             Py_XDECREF(a[k]);
         if (!msg)
             goto fail;
         PyList_SET_ITEM(list, i, msg);
     }
-    return list;
+    goto done;
 fail:
-    Py_DECREF(list);
-    return NULL;
+    Py_CLEAR(list);
+done:
+    PyBuffer_Release(&rb);
+    return list;
 }
 
-/* peek_check(ring, messages, start, count, flags, overwritten) checks messages
- * [start, start + count) of a peek, all of one ring, in one gf_ring_intact_many:
- * sets each one's `intact`, appends those overwritten to `overwritten`, and
- * releases each value. Returns how many values could not be released (another
- * object still holds their buffer). flags: the address of count bytes. */
-static PyObject *str_offset, *str_intact, *str_value, *str_release;
+/* A read-only span of ring bytes that counts its buffer exports, for arrays over
+ * a run of peeked values. A memoryview will not do: numpy wraps one in a view
+ * of its own that shares its buffer, so releasing the first succeeds while an
+ * array still reads the ring. release() refuses (BufferError) while anything
+ * holds the buffer, and after it nothing can take it again. */
+typedef struct {
+    PyObject_HEAD
+    const uint8_t *p;
+    Py_ssize_t len;
+    Py_ssize_t exports;
+    int released;
+} Span;
 
+static int span_getbuffer(PyObject *o, Py_buffer *view, int flags)
+{
+    Span *self = (Span *)o;
+    if (self->released) {
+        PyErr_SetString(PyExc_ValueError, "this peek was released: its values are no longer readable");
+        return -1;
+    }
+    if (PyBuffer_FillInfo(view, o, (void *)self->p, self->len, 1, flags) < 0)
+        return -1;
+    self->exports++;
+    return 0;
+}
+
+static void span_releasebuffer(PyObject *o, Py_buffer *view)
+{
+    ((Span *)o)->exports--;
+}
+
+static PyObject *span_release(PyObject *o, PyObject *unused)
+{
+    Span *self = (Span *)o;
+    if (self->exports) {
+        PyErr_Format(PyExc_BufferError, "%zd buffer(s) of this span are still in use", self->exports);
+        return NULL;
+    }
+    self->released = 1;
+    Py_RETURN_NONE;
+}
+
+static PyBufferProcs span_as_buffer = {span_getbuffer, span_releasebuffer};
+static PyMethodDef span_methods[] = {
+    {"release", span_release, METH_NOARGS, "Refuse the bytes to anyone after this; BufferError while in use."},
+    {NULL},
+};
+
+static PyTypeObject SpanType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "grafos._fast.Span",
+    .tp_basicsize = sizeof(Span),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Read-only ring bytes under peeked arrays; release() revokes them.",
+    .tp_as_buffer = &span_as_buffer,
+    .tp_methods = span_methods,
+};
+
+static PyObject *span_new(const uint8_t *p, Py_ssize_t len)
+{
+    Span *s = PyObject_New(Span, &SpanType);
+    if (s) {
+        s->p = p;
+        s->len = len;
+        s->exports = 0;
+        s->released = 0;
+    }
+    return (PyObject *)s;
+}
+
+/* peek_runs(rows, base, limit, stride) -> [(count, span, value_len, step)]: the
+ * rows cut into runs of messages whose values have one length and lie `step`
+ * bytes apart in the ring, in order; span: a Span from the first value of the
+ * run to the end of its last, for a (count, value_len) array with row stride
+ * `step`. A run ends where the lengths change or the
+ * ring wraps. */
+static PyObject *mod_peek_runs(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!bound())
+        return NULL;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "peek_runs(rows, base, limit, stride)");
+        return NULL;
+    }
+    const uint8_t *base = as_pointer(args[1]);
+    unsigned long long limit = base ? PyLong_AsUnsignedLongLong(args[2]) : 0;
+    long long stride = base ? PyLong_AsLongLong(args[3]) : 0;
+    if (!base || PyErr_Occurred() || stride <= 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "peek_runs: argument out of range");
+        return NULL;
+    }
+    Py_buffer rb;
+    if (peek_span(args[0], &rb, "peek_runs") < 0)
+        return NULL;
+    Py_ssize_t n = rb.len / ROW;
+    PyObject *out = PyList_New(0);
+    const uint8_t *first = NULL;
+    uint64_t len = 0, step = 0;
+    Py_ssize_t count = 0;
+    for (Py_ssize_t i = 0; out && i <= n; i++) {
+        const uint8_t *v = NULL;
+        uint32_t vlen = 0;
+        if (i < n) {
+            gf_msg_meta row;
+            memcpy(&row, (const uint8_t *)rb.buf + i * ROW, sizeof row);
+            const uint8_t *b = row_bytes(&row, base, limit, (uint64_t)stride, i);
+            if (!b) {
+                Py_CLEAR(out);
+                break;
+            }
+            v = b + row.key_len + row.hdr_len;
+            vlen = row.val_len;
+            if (count && vlen == len && v > first + (count - 1) * step &&
+                (count == 1 || (uint64_t)(v - first) == count * step)) {
+                if (count == 1)
+                    step = (uint64_t)(v - first);
+                count++;
+                continue;
+            }
+        }
+        if (count) {        /* the run before this row ends */
+            uint64_t span = (uint64_t)(count - 1) * step + len;
+            PyObject *view = span_new(first, (Py_ssize_t)span);
+            PyObject *t = view ? Py_BuildValue("(nNKK)", count, view, (unsigned long long)len,
+                                               (unsigned long long)(count > 1 ? step : len)) : NULL;
+            if (!t || PyList_Append(out, t) < 0)
+                Py_CLEAR(out);
+            Py_XDECREF(t);
+        }
+        first = v, len = vlen, step = 0, count = 1;
+    }
+    PyBuffer_Release(&rb);
+    return out;
+}
+
+/* peek_check(ring, rows, flags) -> how many of the rows' messages are not intact
+ * (gf_ring_intact_many over their offsets); flags: the address of a byte per row,
+ * set 1 intact, 0 not. */
 static PyObject *mod_peek_check(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!bound())
         return NULL;
-    if (nargs != 6 || !PyList_CheckExact(args[1]) || !PyList_CheckExact(args[5])) {
-        PyErr_SetString(PyExc_TypeError, "peek_check(ring, messages: list, start, count, flags, overwritten: list)");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "peek_check(ring, rows, flags)");
         return NULL;
     }
     gf_ring *r = as_pointer(args[0]);
-    Py_ssize_t start = r ? PyLong_AsSsize_t(args[2]) : -1;
-    Py_ssize_t count = start >= 0 ? PyLong_AsSsize_t(args[3]) : -1;
-    uint8_t *flags = count >= 0 ? as_pointer(args[4]) : NULL;
-    PyObject *msgs = args[1];
-    if (!flags || start > PyList_GET_SIZE(msgs) || count > PyList_GET_SIZE(msgs) - start || count > UINT32_MAX) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "peek_check: range out of the list");
+    uint8_t *flags = r ? as_pointer(args[2]) : NULL;
+    if (!flags)
+        return NULL;
+    Py_buffer rb;
+    if (peek_span(args[1], &rb, "peek_check") < 0)
+        return NULL;
+    Py_ssize_t n = rb.len / ROW;
+    uint64_t stack[64], *offs = n <= 64 ? stack : PyMem_Malloc((size_t)n * sizeof(uint64_t));
+    PyObject *result = NULL;
+    if (!offs)
+        PyErr_NoMemory();
+    else if (n > UINT32_MAX)
+        PyErr_SetString(PyExc_ValueError, "peek_check: too many rows");
+    else {
+        for (Py_ssize_t i = 0; i < n; i++)
+            memcpy(&offs[i], (const uint8_t *)rb.buf + i * ROW + offsetof(gf_msg_meta, offset), 8);
+        result = PyLong_FromUnsignedLong(core->ring_intact_many(r, offs, (uint32_t)n, flags));
+    }
+    if (offs && offs != stack)
+        PyMem_Free(offs);
+    PyBuffer_Release(&rb);
+    return result;
+}
+
+/* peek_release(messages, start, count, flags, overwritten) settles messages
+ * [start, start + count) after peek_check: sets each one's `intact` from
+ * flags, appends those not intact to `overwritten`, and releases each value.
+ * Returns how many values could not be released (another object still holds
+ * their buffer). */
+static PyObject *str_intact, *str_value, *str_release;
+
+static PyObject *mod_peek_release(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!bound())
+        return NULL;
+    if (nargs != 5 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "peek_release(messages: list, start, count, flags, overwritten: list)");
         return NULL;
     }
-    uint64_t stack[64], *offs = count <= 64 ? stack : PyMem_Malloc((size_t)count * sizeof(uint64_t));
-    if (!offs)
-        return PyErr_NoMemory();
-    PyObject *result = NULL;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *o = PyObject_GetAttr(PyList_GET_ITEM(msgs, start + i), str_offset);
-        unsigned long long v = o ? PyLong_AsUnsignedLongLong(o) : 0;
-        Py_XDECREF(o);
-        if (PyErr_Occurred())
-            goto done;
-        offs[i] = v;
+    PyObject *msgs = args[0];
+    Py_ssize_t start = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t count = start >= 0 ? PyLong_AsSsize_t(args[2]) : -1;
+    uint8_t *flags = count >= 0 ? as_pointer(args[3]) : NULL;
+    if (!flags || start > PyList_GET_SIZE(msgs) || count > PyList_GET_SIZE(msgs) - start) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "peek_release: range out of the list");
+        return NULL;
     }
-    uint32_t bad = core->ring_intact_many(r, offs, (uint32_t)count, flags);
     long in_use = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *msg = PyList_GET_ITEM(msgs, start + i);
-        int ok = !bad || flags[i] == 1;
+        int ok = flags[i] == 1;
         if (PyObject_SetAttr(msg, str_intact, ok ? Py_True : Py_False) < 0 ||
-            (!ok && PyList_Append(args[5], msg) < 0))
-            goto done;
+            (!ok && PyList_Append(args[4], msg) < 0))
+            return NULL;
         PyObject *v = PyObject_GetAttr(msg, str_value);
         PyObject *rv = v ? PyObject_CallMethodNoArgs(v, str_release) : NULL;
         Py_XDECREF(v);
         if (!rv) {
             if (!PyErr_ExceptionMatches(PyExc_BufferError))
-                goto done;
+                return NULL;
             PyErr_Clear();
             in_use++;
         }
         Py_XDECREF(rv);
     }
-    result = PyLong_FromLong(in_use);
-done:
-    if (offs != stack)
-        PyMem_Free(offs);
-    return result;
+    return PyLong_FromLong(in_use);
 }
 
 /* encode_headers(headers) -> bytes, or None when the fast encoder does not take them */
@@ -1265,10 +1482,16 @@ static PyMethodDef module_methods[] = {
     {"messages", (PyCFunction)(void (*)(void))mod_messages, METH_FASTCALL, "messages(poller_address, count, ids)"},
     {"decode", (PyCFunction)(void (*)(void))mod_decode, METH_FASTCALL, "decode(meta, data, ids)"},
     {"encode_headers", (PyCFunction)mod_encode_headers, METH_O, "encode_headers(headers) -> bytes | None"},
-    {"peek_rows", (PyCFunction)(void (*)(void))mod_peek_rows, METH_FASTCALL,
-     "peek_rows(ring, cursor, max, meta, base, limit, stride, partition, cls) -> list | int"},
+    {"peek_take", (PyCFunction)(void (*)(void))mod_peek_take, METH_FASTCALL,
+     "peek_take(ring, cursor, max, meta, base, limit, stride) -> (rows, plain) | int"},
+    {"peek_build", (PyCFunction)(void (*)(void))mod_peek_build, METH_FASTCALL,
+     "peek_build(rows, base, limit, stride, partition, cls) -> list"},
+    {"peek_runs", (PyCFunction)(void (*)(void))mod_peek_runs, METH_FASTCALL,
+     "peek_runs(rows, base, limit, stride) -> [(count, span, value_len, step)]"},
     {"peek_check", (PyCFunction)(void (*)(void))mod_peek_check, METH_FASTCALL,
-     "peek_check(ring, messages, start, count, flags, overwritten) -> values still in use"},
+     "peek_check(ring, rows, flags) -> how many are not intact"},
+    {"peek_release", (PyCFunction)(void (*)(void))mod_peek_release, METH_FASTCALL,
+     "peek_release(messages, start, count, flags, overwritten) -> values still in use"},
     {NULL},
 };
 
@@ -1280,19 +1503,19 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__fast(void)
 {
-    if (PyType_Ready(&BindingType) < 0 || PyType_Ready(&SendPathType) < 0 || PyType_Ready(&PollPathType) < 0)
+    if (PyType_Ready(&BindingType) < 0 || PyType_Ready(&SendPathType) < 0 || PyType_Ready(&PollPathType) < 0 ||
+        PyType_Ready(&SpanType) < 0)
         return NULL;
     empty_tuple = PyTuple_New(0);
     str_send_slow = PyUnicode_InternFromString("_send_fallback");
     str_send_keyed_slow = PyUnicode_InternFromString("_send_keyed_fallback");
     str_poll_slow = PyUnicode_InternFromString("_poll_fallback");
     str_poll_ctx = PyUnicode_InternFromString("poll");
-    str_offset = PyUnicode_InternFromString("offset");
     str_intact = PyUnicode_InternFromString("intact");
     str_value = PyUnicode_InternFromString("value");
     str_release = PyUnicode_InternFromString("release");
     if (!empty_tuple || !str_send_slow || !str_send_keyed_slow || !str_poll_slow || !str_poll_ctx ||
-        !str_offset || !str_intact || !str_value || !str_release)
+        !str_intact || !str_value || !str_release)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (!m)
@@ -1300,6 +1523,7 @@ PyMODINIT_FUNC PyInit__fast(void)
     if (PyModule_AddObjectRef(m, "Binding", (PyObject *)&BindingType) < 0 ||
         PyModule_AddObjectRef(m, "SendPath", (PyObject *)&SendPathType) < 0 ||
         PyModule_AddObjectRef(m, "PollPath", (PyObject *)&PollPathType) < 0 ||
+        PyModule_AddObjectRef(m, "Span", (PyObject *)&SpanType) < 0 ||
         PyModule_AddIntConstant(m, "OFFSET_BITS", GF_OFFSET_BITS) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -349,8 +349,9 @@ def test_peeks_should_not_change_reference_counts():
         mgr.close()
 
 
-def test_peek_rows_should_refuse_a_row_outside_the_span_it_is_given():
-    """The crossing checks each row against the bytes it was told the ring has, and
+def test_the_peek_calls_should_refuse_a_row_outside_the_span_they_are_given():
+    """The crossing checks each row against the bytes it was told the ring has (at
+    the take and again wherever it builds from rows, which are plain bytes), and
     refuses bad arguments with an exception, never a crash."""
     mgr = _peek_bus()
     try:
@@ -361,17 +362,30 @@ def test_peek_rows_should_refuse_a_row_outside_the_span_it_is_given():
         c.seek_partition(mgr, 0, 0)
         pid, ring, cursor, _, base, limit, stride = rd._peek_sources[0]
         with pytest.raises(CorruptFabric, match="outside the ring"):
-            _crossing.peek_rows(ring, cursor, 4, rd._peek_meta, base, 100, stride, pid, PeekedMessage)
-        with pytest.raises(TypeError, match="peek_rows"):
-            _crossing.peek_rows(ring, cursor, 4)
+            _crossing.peek_take(ring, cursor, 4, rd._peek_meta, base, 100, stride)
+        c.seek_partition(mgr, 0, 0)
+        rows, plain = _crossing.peek_take(ring, cursor, 4, rd._peek_meta, base, limit, stride)
+        assert len(rows) == 4 * _crossing.ROW and plain is False     # _peek_bus's messages have keys
+        far = np.frombuffer(rows, dtype=META_DTYPE).copy()
+        far["pos"][2] = limit // stride + 1
+        for call in (lambda: _crossing.peek_build(far.tobytes(), base, limit, stride, pid, PeekedMessage),
+                     lambda: _crossing.peek_runs(far.tobytes(), base, limit, stride)):
+            with pytest.raises(CorruptFabric, match="row 2 points outside the ring"):
+                call()
+        with pytest.raises(TypeError, match="peek_take"):
+            _crossing.peek_take(ring, cursor, 4)
         with pytest.raises(ValueError, match="null pointer"):
-            _crossing.peek_rows(0, cursor, 4, rd._peek_meta, base, limit, stride, pid, PeekedMessage)
+            _crossing.peek_take(0, cursor, 4, rd._peek_meta, base, limit, stride)
         with pytest.raises(ValueError, match="out of range"):
-            _crossing.peek_rows(ring, cursor, 4, rd._peek_meta, base, limit, 0, pid, PeekedMessage)
+            _crossing.peek_take(ring, cursor, 4, rd._peek_meta, base, limit, 0)
+        with pytest.raises(ValueError, match="out of range"):
+            _crossing.peek_runs(rows, base, limit, -1)
+        with pytest.raises(ValueError, match="whole number"):
+            _crossing.peek_check(ring, rows[:-1], rd._peek_flags)
         with pytest.raises(ValueError, match="out of the list"):
-            _crossing.peek_check(ring, [], 0, 1, rd._peek_flags, [])
-        with pytest.raises(TypeError, match="peek_check"):
-            _crossing.peek_check(ring, (), 0, 0, rd._peek_flags, [])
+            _crossing.peek_release([], 0, 1, rd._peek_flags, [])
+        with pytest.raises(TypeError, match="peek_release"):
+            _crossing.peek_release((), 0, 0, rd._peek_flags, [])
     finally:
         mgr.close()
 

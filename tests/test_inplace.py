@@ -21,6 +21,7 @@ from grafos.mq.producer import Producer, kafka_partition
 from grafos.mq.topic import TopicConfig, TopicManager
 from grafos.partition import Partition
 from grafos.peek import ViewsInUse
+from grafos.reader import Reader
 
 from core_procs import loan_until_killed, produce_spans_until_killed, stress_scale, unseal
 
@@ -210,6 +211,72 @@ def test_a_consumer_peek_moves_its_position_like_a_poll(fab, checksum):
                    if pp == p) for p, _ in sent}
     assert c.positions() == ends
     assert c.poll(mgr, 10) == []
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(capacity=st.integers(2, 12), start=st.integers(0, 30), sizes=st.lists(st.integers(0, 200), min_size=1, max_size=12),
+       n=st.integers(1, 14), keyed=st.booleans(), checksum=st.booleans())
+def test_arrays_hold_every_peeked_value_in_order_in_runs_of_one_length(capacity, start, sizes, n, keyed, checksum):
+    with Fabric(4 << 20) as fab:
+        part = Partition.create(fab, capacity, 64, ttl=600, checksum=checksum)
+        for _ in range(start):                 # wherever the ring's end falls
+            part.append(b"")
+        rd = part.reader(part.state().latest)
+        sizes = [s for s in sizes if s <= part.max_message - 2][-capacity:] or [0]
+        for i, s in enumerate(sizes):
+            v = bytes((i * 31 + j) & 0xFF for j in range(s))
+            part.append(v, key=b"k%d" % (i % 10) if keyed else None)
+        with rd.peek(n) as pk:
+            arrays = pk.arrays()
+            rows = [bytes(r) for a in arrays for r in a]
+            assert rows == [bytes(m.value) for m in pk]
+            assert all(a.ndim == 2 and a.dtype == np.uint8 and not a.flags.writeable for a in arrays)
+            # a run ends only where a length changes or the ring wraps
+            sizes_in = [len(r) for r in rows]
+            breaks = sum(1 for a, b in zip(pk.messages, pk.messages[1:])
+                         if len(a.value) != len(b.value) or b.offset % capacity < a.offset % capacity)
+            assert len(arrays) == (1 + breaks if rows else 0)
+            assert sum(map(len, arrays)) == len(pk) == len(sizes_in)
+            del arrays
+        assert pk.intact.tolist() == [True] * len(pk)
+
+
+def test_arrays_cover_each_ring_of_a_peek_and_a_held_one_is_reported(fab, checksum):
+    parts = [Partition.create(fab, 16, 128, ttl=600, checksum=checksum) for _ in range(2)]
+    for p, fill in zip(parts, b"xy"):
+        for _ in range(3):
+            p.append(bytes([fill]) * 100)
+    rd = Reader(fab, parts)
+    with rd.peek(10) as pk:
+        arrays = pk.arrays()
+        assert [(a.shape, bytes(a[0, :1])) for a in arrays] == [((3, 100), b"x"), ((3, 100), b"y")]
+        del arrays
+    with pytest.raises(InvalidArgument, match="released"):
+        pk.arrays()
+    parts[0].append(b"z" * 100)
+    with pytest.raises(ViewsInUse, match="1 peeked value"):
+        with rd.peek(10) as pk2:
+            kept = pk2.arrays()[0]
+    assert pk2.intact.tolist() == [True] and kept.shape == (1, 100)
+
+
+def test_a_peek_read_only_through_arrays_still_reports_what_was_overwritten(fab, checksum):
+    part = Partition.create(fab, 4, 128, ttl=600, checksum=checksum)
+    offsets = [part.append(bytes([i]) * 50) for i in range(4)]
+    rd = part.reader(0)
+    with rd.peek(4) as pk:
+        (a,) = pk.arrays()
+        assert a[:, 0].tolist() == [0, 1, 2, 3]
+        del a
+        part.append(b"\xee" * 50)               # laps the first one
+        part.append(b"\xee" * 50)               # and the second
+    assert [m.offset for m in pk.overwritten] == offsets[:2]
+    assert pk.intact.tolist() == [False, False, True, True]
+    assert [m.intact for m in pk] == [False, False, True, True]
+    with pytest.raises(ValueError):              # built after the block: values come released
+        bytes(pk[3].value)
+    with pytest.raises(InvalidArgument, match="when the peek is released"):
+        rd.peek(1).intact
 
 
 @pytest.mark.stress

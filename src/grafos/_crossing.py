@@ -20,10 +20,21 @@ _fast.bind(int(ffi.cast("uintptr_t", lib.gf_crossing_table())), raise_for, Corru
 Binding = _fast.Binding
 SendPath = _fast.SendPath
 PollPath = _fast.PollPath
+Span = _fast.Span
 messages = _fast.messages
 decode = _fast.decode
-peek_rows = _fast.peek_rows
+peek_take = _fast.peek_take
+peek_build = _fast.peek_build
+peek_runs = _fast.peek_runs
 peek_check = _fast.peek_check
+peek_release = _fast.peek_release
+#: bytes per row of a peek (``gf_msg_meta``)
+ROW = ffi.sizeof("gf_msg_meta")
+
+
+def ffi_buffer(address: int, size: int) -> object:
+    """The ``size`` bytes at ``address`` as a buffer (copy them with ``bytes``)."""
+    return ffi.buffer(ffi.cast("uint8_t *", address), size)
 
 
 def address(cdata: object) -> int:

@@ -15,6 +15,17 @@ or another message's: discard what was computed from them), and
 :attr:`Peek.overwritten` lists the latter. The check is exact in one direction:
 a message reported intact was not overwritten.
 
+Batches without a Python object per message: :meth:`Peek.arrays` gives the
+values as read-only 2-D uint8 arrays over the ring, one per run of messages of
+one value length (a run ends where a length changes, the ring wraps, or the
+next partition starts), and :attr:`Peek.intact` one flag per message after
+release:
+
+    with reader.peek(64) as pk:
+        for a in pk.arrays():                    # (messages, value bytes) each
+            total += a.view(np.float32).sum()
+    ok = pk.intact                               # False where overwritten in use
+
 Lifetime: keys and headers are copied (small); values are views valid inside
 the block. Release releases them: using a value afterwards raises
 ``ValueError``, it never reads another message's bytes. What is derived from a
@@ -24,7 +35,9 @@ block (copy with ``bytes(m.value)`` or ``np.array(...)`` what must). An object
 still holding the value's buffer at release (an unfinished
 ``struct.iter_unpack`` over it, say) keeps the view from being released:
 release then raises :class:`ViewsInUse` (a ``BufferError``), after checking
-every message.
+every message. The arrays of :meth:`Peek.arrays` are tracked whole: one of
+them, or any slice or view of it, alive at release is reported the same way,
+and once they are gone their bytes can no longer be taken.
 
 The reader's position moves past the peeked messages when they are taken, as a
 poll would.
@@ -33,9 +46,11 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
+import numpy as np
+
 from ._check import raise_for
-from ._crossing import peek_check, peek_rows
-from .errors import GrafosError
+from ._crossing import ROW, Span, ffi_buffer, peek_build, peek_check, peek_release, peek_runs, peek_take
+from .errors import GrafosError, InvalidArgument
 from .message import Headers
 
 
@@ -67,16 +82,20 @@ class PeekedMessage:
 class Peek:
     """Messages read in place from one or more rings; see the module doc."""
 
-    __slots__ = ("messages", "_owners", "overwritten", "released", "_checks", "_flags")
+    __slots__ = ("_segments", "_messages", "_views", "_count", "_owners", "overwritten", "released",
+                 "_flags", "_bad")
 
-    def __init__(self, messages: list[PeekedMessage], owners: list[object],
-                 checks: list[tuple[int, int, int]] | None = None, flags: int = 0) -> None:
-        self.messages = messages
+    def __init__(self, segments: list[tuple[int, bytes, int, int, int, int]], owners: list[object],
+                 messages: list[PeekedMessage] | None, count: int, flags: int = 0) -> None:
+        self._segments = segments      # (ring, rows, first slot byte, limit, stride, partition) per ring
+        self._messages = messages      # built on first use when no message has a key or headers
+        self._views: list[Span] = []   # under the arrays handed out
+        self._count = count
         self._owners = owners          # the partitions: their rings outlive the views
         self.overwritten: list[PeekedMessage] = []
         self.released = False
-        self._checks = checks or []    # (ring, first message, count) per ring, in order
         self._flags = flags            # the address of the reader's scratch for the release check
+        self._bad: list[tuple[int, bytes]] = []   # (first message, flags) of segments with overwrites
 
     @classmethod
     def take(cls, sources: Sequence[tuple[int, int, int, object, int, int, int]], max_messages: int,
@@ -85,26 +104,77 @@ class Peek:
         address of the ring's first slot byte, how many bytes a message may span
         from there, the ring's stride) per ring; ``meta``: the address of a
         ``gf_msg_meta[]`` and ``flags`` of a ``uint8_t[]``, both of at least
-        ``max_messages``, the reader's to reuse (``meta``'s rows are read before
-        this returns, ``flags`` only inside :meth:`release`)."""
-        out: list[PeekedMessage] = []
-        checks: list[tuple[int, int, int]] = []
+        ``max_messages``, the reader's to reuse (``meta``'s rows are copied before
+        this returns, ``flags`` is used only inside :meth:`release`)."""
+        segments: list[tuple[int, bytes, int, int, int, int]] = []
         owners: list[object] = []
+        count = 0
+        plain = True
         for pid, ring, cursor, owner, base, limit, stride in sources:
-            left = max_messages - len(out)
+            left = max_messages - count
             if left <= 0:
                 break
-            got = peek_rows(ring, cursor, left, meta, base, limit, stride, pid, PeekedMessage)
+            got = peek_take(ring, cursor, left, meta, base, limit, stride)
             if got.__class__ is int:
                 raise_for(got, "peek")
-            if got:
+            rows, flat = got
+            if rows:
                 owners.append(owner)
-                checks.append((ring, len(out), len(got)))
-                out += got
-        return cls(out, owners, checks, flags)
+                segments.append((ring, rows, base, limit, stride, pid))
+                count += len(rows) // ROW
+                plain = plain and flat
+        # keys and headers are copied out now, while they are surely the message's own
+        pk = cls(segments, owners, None, count, flags)
+        if not plain:
+            pk._messages = pk._build()
+        return pk
+
+    def _build(self) -> list[PeekedMessage]:
+        out: list[PeekedMessage] = []
+        for _, rows, base, limit, stride, pid in self._segments:
+            out += peek_build(rows, base, limit, stride, pid, PeekedMessage)
+        return out
+
+    @property
+    def messages(self) -> list[PeekedMessage]:
+        """The messages, in order (one ring's after another's)."""
+        if self._messages is None:
+            self._messages = self._build()
+            if self.released:       # read first after the block: their values come released
+                for m in self._messages:
+                    m.value.release()
+        return self._messages
+
+    def arrays(self) -> list[np.ndarray]:
+        """The values as read-only 2-D uint8 arrays over the ring, no Python object
+        per message: one array per run of messages, in order, whose values have
+        one length and lie evenly spaced (a run ends where a length changes, the
+        ring wraps, or the next ring starts), ``(messages, value length)`` each.
+        ``np.concatenate`` joins them (a copy); ``a.view(np.float32)`` reads the
+        bytes as another type. Same lifetime as the values: not past the block."""
+        if self.released:
+            raise InvalidArgument("this peek was released: its values are no longer readable")
+        out = []
+        for _, rows, base, limit, stride, _ in self._segments:
+            for count, view, length, step in peek_runs(rows, base, limit, stride):
+                self._views.append(view)       # a Span: it counts the arrays over it
+                # frombuffer holds the span's buffer for as long as any array over it
+                # lives (ndarray(buffer=span) would keep only a reference)
+                out.append(np.ndarray((count, length), np.uint8, np.frombuffer(view, np.uint8), 0, (step, 1)))
+        return out
+
+    @property
+    def intact(self) -> np.ndarray:
+        """After release: one bool per message, in order, False where it was overwritten."""
+        if not self.released:
+            raise InvalidArgument("intact is known when the peek is released")
+        ok = np.ones(self._count, dtype=bool)
+        for start, flags in self._bad:
+            ok[start:start + len(flags)] = np.frombuffer(flags, dtype=np.uint8) == 1
+        return ok
 
     def __len__(self) -> int:
-        return len(self.messages)
+        return self._count
 
     def __iter__(self) -> Iterator[PeekedMessage]:
         return iter(self.messages)
@@ -118,12 +188,28 @@ class Peek:
         if self.released:
             return self.overwritten
         self.released = True
-        if not self.messages:
+        if not self._count:
             return self.overwritten
         in_use = 0
-        for ring, start, count in self._checks:
-            in_use += peek_check(ring, self.messages, start, count, self._flags, self.overwritten)
-        self._checks = []
+        start = 0
+        for ring, rows, base, limit, stride, pid in self._segments:
+            n = len(rows) // ROW
+            bad = peek_check(ring, rows, self._flags)
+            if bad:
+                self._bad.append((start, bytes(ffi_buffer(self._flags, n))))
+                if self._messages is None:
+                    # values read only through arrays: the overwritten are reported as
+                    # messages too (no key or headers to read: the rows are enough)
+                    self._messages = self._build()
+            if self._messages is not None:
+                in_use += peek_release(self._messages, start, n, self._flags, self.overwritten)
+            start += n
+        for view in self._views:
+            try:
+                view.release()
+            except BufferError:
+                in_use += 1
+        self._views = []
         self._flags = 0
         self._owners = []
         if in_use:
@@ -138,4 +224,4 @@ class Peek:
         self.release()
 
     def __repr__(self) -> str:
-        return f"<Peek of {len(self.messages)} messages{' released' if self.released else ''}>"
+        return f"<Peek of {self._count} messages{' released' if self.released else ''}>"
