@@ -398,6 +398,28 @@ def drive(t: Template, d: bytes, strict: bool, p: Provider) -> None:
         for i in range(len(tp.partitions)):
             rd.counters(i)
 
+    def op_peek() -> None:
+        # read in place from a damaged ring: what a peek hands out, as messages or as
+        # arrays, must be the same bytes, and whatever release reports is well formed
+        c = Consumer(p.pick(names), "fzp", check_crcs=not p.byte() & 1)
+        c.seek(mgr, None, SeekPolicy.Earliest)
+        with c.peek(mgr, p.int(1, 64)) as pk:
+            rows = [bytes(r) for a in (pk.arrays() if p.byte() & 1 else []) for r in a]
+            got = [(m.partition, Message((m.offset, m.key, bytes(m.value), m.timestamp, tuple(m.headers))))
+                   for m in pk]
+            assert not rows or rows == [m.value for _, m in got]
+        _check_messages(got, t, False, made)
+        assert len(pk.intact) == len(pk) and len(pk.overwritten) <= len(pk)
+        STATS["peeked"] += len(pk)
+
+    def op_loan() -> None:
+        v = b"fz-loan-%d" % p.byte()
+        made.add((b"fl", v))
+        with Producer(p.pick(names)).loan(mgr, len(v), key=b"fl") as ln:
+            ln.write(v)
+            if p.byte() & 1:
+                raise GrafosError("abandoned by the fuzzer")     # leaves the loan unpublished
+
     def op_send() -> None:
         k, v = b"fk%d" % p.byte(), b"fz-%d" % p.byte()
         made.add((k, v))
@@ -468,7 +490,8 @@ def drive(t: Template, d: bytes, strict: bool, p: Provider) -> None:
             mgr.delete(p.pick(names))
 
     ops = [op_topics, op_describe, op_consume, op_batch_read, op_send, op_send_batch,
-           op_append_headers, op_send_big, op_reap, op_offsets, op_group, op_dlq, op_fabric, op_admin]
+           op_append_headers, op_send_big, op_reap, op_offsets, op_group, op_dlq, op_fabric, op_admin,
+           op_peek, op_loan]
     try:
         # always look first (what a reader does on attach), then a sequence the input picks
         for op in [op_topics, op_describe, op_consume] + [p.pick(ops) for _ in range(p.int(2, 10))]:
