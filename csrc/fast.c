@@ -1185,6 +1185,52 @@ static PyObject *mod_peek_take(PyObject *m, PyObject *const *args, Py_ssize_t na
     return rows ? Py_BuildValue("(NO)", rows, plain ? Py_True : Py_False) : NULL;
 }
 
+/* Building a peeked message through its class costs a Python __init__ each
+ * (~200 ns). The class keeps its fields in __slots__: where each field is a
+ * plain object slot, the objects are made here and the fields filled in place,
+ * as __init__ would (intact starts None). Any other class is called. */
+static const char *const peek_fields[7] = {"partition", "offset", "timestamp", "key", "headers", "value", "intact"};
+static PyTypeObject *peek_cls;
+static Py_ssize_t peek_slot[7];
+
+static int peek_slots(PyTypeObject *cls)
+{
+    if (cls == peek_cls)
+        return 1;
+    if (cls->tp_dictoffset || cls->tp_base != &PyBaseObject_Type)   /* a subclass is called */
+        return 0;
+    Py_ssize_t off[7];
+    for (int k = 0; k < 7; k++) {
+        PyObject *d = PyDict_GetItemString(cls->tp_dict, peek_fields[k]);    /* borrowed */
+        if (!d || !Py_IS_TYPE(d, &PyMemberDescr_Type))
+            return 0;
+        PyMemberDef *md = ((PyMemberDescrObject *)d)->d_member;
+        if (md->type != T_OBJECT_EX || md->flags & READONLY || md->offset < (Py_ssize_t)sizeof(PyObject) ||
+            md->offset + (Py_ssize_t)sizeof(PyObject *) > cls->tp_basicsize)
+            return 0;
+        off[k] = md->offset;
+    }
+    memcpy(peek_slot, off, sizeof off);
+    Py_XSETREF(peek_cls, (PyTypeObject *)Py_NewRef(cls));
+    return 1;
+}
+
+/* cls(*a[1..6]) with a[0] unused; steals nothing */
+static PyObject *peek_make(PyTypeObject *cls, int fast, PyObject *partition, PyObject *const *a)
+{
+    if (!fast) {
+        PyObject *args[6] = {partition, a[0], a[1], a[2], a[3], a[4]};
+        return PyObject_Vectorcall((PyObject *)cls, args, 6, NULL);
+    }
+    PyObject *o = cls->tp_alloc(cls, 0);
+    if (!o)
+        return NULL;
+    PyObject *vals[7] = {partition, a[0], a[1], a[2], a[3], a[4], Py_None};
+    for (int k = 0; k < 7; k++)
+        *(PyObject **)((char *)o + peek_slot[k]) = Py_NewRef(vals[k]);
+    return o;
+}
+
 /* peek_build(rows, base, limit, stride, partition, cls) -> [cls(partition, offset,
  * timestamp, key, headers, value)], value a read-only memoryview of the slot
  * bytes. Headers that do not parse read as none, as grafos.peek documents. */
@@ -1204,6 +1250,8 @@ static PyObject *mod_peek_build(PyObject *m, PyObject *const *args, Py_ssize_t n
             PyErr_SetString(PyExc_ValueError, "peek_build: argument out of range");
         return NULL;
     }
+    PyTypeObject *cls = (PyTypeObject *)args[5];
+    int fast = peek_slots(cls);
     Py_buffer rb;
     if (peek_span(args[0], &rb, "peek_build") < 0)
         return NULL;
@@ -1226,16 +1274,15 @@ static PyObject *mod_peek_build(PyObject *m, PyObject *const *args, Py_ssize_t n
                 goto fail;
             headers = Py_NewRef(empty_tuple);
         }
-        PyObject *a[6];
-        a[0] = args[4];
-        a[1] = PyLong_FromUnsignedLongLong(row.offset);
-        a[2] = PyLong_FromLongLong(row.ts_ns);
-        a[3] = (row.flags & GF_MSG_HAS_KEY) ? PyBytes_FromStringAndSize((const char *)b, row.key_len)
+        PyObject *a[5];
+        a[0] = PyLong_FromUnsignedLongLong(row.offset);
+        a[1] = PyLong_FromLongLong(row.ts_ns);
+        a[2] = (row.flags & GF_MSG_HAS_KEY) ? PyBytes_FromStringAndSize((const char *)b, row.key_len)
                                              : Py_NewRef(Py_None);
-        a[4] = headers;
-        a[5] = PyMemoryView_FromMemory((char *)(b + row.key_len + row.hdr_len), row.val_len, PyBUF_READ);
-        PyObject *msg = a[1] && a[2] && a[3] && a[5] ? PyObject_Vectorcall(args[5], a, 6, NULL) : NULL;
-        for (int k = 1; k < 6; k++)
+        a[3] = headers;
+        a[4] = PyMemoryView_FromMemory((char *)(b + row.key_len + row.hdr_len), row.val_len, PyBUF_READ);
+        PyObject *msg = a[0] && a[1] && a[2] && a[4] ? peek_make(cls, fast, args[4], a) : NULL;
+        for (int k = 0; k < 5; k++)
             Py_XDECREF(a[k]);
         if (!msg)
             goto fail;
@@ -1450,12 +1497,25 @@ static PyObject *mod_peek_release(PyObject *m, PyObject *const *args, Py_ssize_t
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *msg = PyList_GET_ITEM(msgs, start + i);
         int ok = flags[i] == 1;
-        if (PyObject_SetAttr(msg, str_intact, ok ? Py_True : Py_False) < 0 ||
-            (!ok && PyList_Append(args[4], msg) < 0))
+        PyObject *v;
+        if (Py_TYPE(msg) == peek_cls) {     /* its fields in place, as peek_make filled them */
+            PyObject **intact = (PyObject **)((char *)msg + peek_slot[6]);
+            Py_XSETREF(*intact, Py_NewRef(ok ? Py_True : Py_False));
+            v = *(PyObject **)((char *)msg + peek_slot[5]);
+            if (!v) {
+                PyErr_SetString(PyExc_AttributeError, "value");
+                return NULL;
+            }
+            Py_INCREF(v);
+        } else if (PyObject_SetAttr(msg, str_intact, ok ? Py_True : Py_False) < 0 ||
+                   !(v = PyObject_GetAttr(msg, str_value)))
             return NULL;
-        PyObject *v = PyObject_GetAttr(msg, str_value);
-        PyObject *rv = v ? PyObject_CallMethodNoArgs(v, str_release) : NULL;
-        Py_XDECREF(v);
+        if (!ok && PyList_Append(args[4], msg) < 0) {
+            Py_DECREF(v);
+            return NULL;
+        }
+        PyObject *rv = PyObject_CallMethodNoArgs(v, str_release);
+        Py_DECREF(v);
         if (!rv) {
             if (!PyErr_ExceptionMatches(PyExc_BufferError))
                 return NULL;

@@ -324,9 +324,40 @@ def test_peeked_messages_should_be_the_records_poll_returns():
         polled = [m for _, m in Consumer("t").poll(mgr, 10)]
         with Consumer("t").peek(mgr, 10) as pk:
             peeked = [(m.offset, m.key, bytes(m.value), m.timestamp, m.headers) for m in pk]
-            assert all(m.value.readonly and m.partition == 0 for m in pk)
+            assert all(m.value.readonly and m.partition == 0 and m.intact is None for m in pk)
         assert peeked == [(m.offset, m.key, m.value, m.timestamp, m.headers) for m in polled]
         assert [m.intact for m in pk] == [True] * 4 and pk.overwritten == []
+    finally:
+        mgr.close()
+
+
+def test_a_peeked_message_class_of_another_shape_should_be_built_through_its_init():
+    """The crossing fills PeekedMessage's slots in place; a subclass (or any other
+    class) is called instead, so its own __init__ runs."""
+    mgr = _peek_bus()
+    try:
+        from grafos.peek import PeekedMessage
+
+        class Tagged(PeekedMessage):
+            __slots__ = ("tag",)
+
+            def __init__(self, *a) -> None:
+                super().__init__(*a)
+                self.tag = "made by __init__"
+
+        c = Consumer("t")
+        rd = c._ensure(mgr)
+        c.peek(mgr, 4).release()          # the reader's rows now hold four
+        c.seek_partition(mgr, 0, 0)
+        pid, ring, cursor, _, base, limit, stride = rd._peek_sources[0]
+        rows, _ = _crossing.peek_take(ring, cursor, 4, rd._peek_meta, base, limit, stride)
+        plain = _crossing.peek_build(rows, base, limit, stride, pid, PeekedMessage)
+        tagged = _crossing.peek_build(rows, base, limit, stride, pid, Tagged)
+        assert [type(m) for m in plain] == [PeekedMessage] * 4 and {m.tag for m in tagged} == {"made by __init__"}
+        fields = ("partition", "offset", "timestamp", "key", "headers", "intact")
+        assert [[getattr(m, f) for f in fields] + [bytes(m.value)] for m in plain] == \
+               [[getattr(m, f) for f in fields] + [bytes(m.value)] for m in tagged]
+        assert [m.offset for m in plain] == [0, 1, 2, 6] and plain[0].intact is None
     finally:
         mgr.close()
 
