@@ -55,6 +55,9 @@ from .message import Headers
 
 
 
+_NONE: list = []     # an empty peek's segments and owners (never appended to)
+
+
 class ViewsInUse(GrafosError, BufferError):
     """A peeked value is still exported (a numpy array or slice of it is alive) at release."""
 
@@ -106,6 +109,18 @@ class Peek:
         ``gf_msg_meta[]`` and ``flags`` of a ``uint8_t[]``, both of at least
         ``max_messages``, the reader's to reuse (``meta``'s rows are copied before
         this returns, ``flags`` is used only inside :meth:`release`)."""
+        if len(sources) == 1:          # one partition: the common case, without the loop
+            pid, ring, cursor, owner, base, limit, stride = sources[0]
+            got = peek_take(ring, cursor, max_messages, meta, base, limit, stride)
+            if got.__class__ is int:
+                raise_for(got, "peek")
+            rows, flat = got
+            if not rows:
+                return cls(_NONE, _NONE, [], 0)
+            pk = cls([(ring, rows, base, limit, stride, pid)], [owner], None, len(rows) // ROW, flags)
+            if not flat:
+                pk._messages = pk._build()
+            return pk
         segments: list[tuple[int, bytes, int, int, int, int]] = []
         owners: list[object] = []
         count = 0
@@ -177,7 +192,7 @@ class Peek:
         return self._count
 
     def __iter__(self) -> Iterator[PeekedMessage]:
-        return iter(self.messages)
+        return iter(self._messages if self._messages is not None else self.messages)
 
     def __getitem__(self, i: int) -> PeekedMessage:
         return self.messages[i]
