@@ -33,6 +33,10 @@ from .errors import InvalidArgument, InvalidType, MessageTooLarge
 from .message import encode_headers
 
 
+_commit = lib.gf_loan_commit
+_DONE = lib.GF_E_INVAL     # gf_loan_commit on a loan no longer open (nothing else returns it)
+
+
 class Loan:
     """Slots taken for one message of ``size`` value bytes; see the module doc."""
 
@@ -125,8 +129,15 @@ class Loan:
     def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
         if exc_type is not None:
             self.abandon()
-        elif self._l.state == 0:
-            self.commit()
+            return
+        # commit() inlined: this is the one-way latency of a loan
+        try:
+            self.view.release()
+        except BufferError:
+            pass
+        rc = _commit(self._l)
+        if rc < 0 and rc != _DONE:     # _DONE: committed or abandoned in the block already
+            raise_for(rc, "loan commit")
 
     def __del__(self) -> None:
         # a loan dropped without commit must not keep readers waiting
