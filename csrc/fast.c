@@ -1134,6 +1134,33 @@ static int peek_span(PyObject *rows_obj, Py_buffer *rows, const char *what)
     return 0;
 }
 
+/* (rows, base, limit, stride) as the builders take them: the rows' buffer (to
+ * release) and the ring's first slot byte, its span and its stride */
+typedef struct {
+    Py_buffer rows;
+    Py_ssize_t n;
+    const uint8_t *base;
+    uint64_t limit, stride;
+} peek_args;
+
+static int peek_parse(PyObject *const *args, const char *what, peek_args *pa)
+{
+    pa->base = as_pointer(args[1]);
+    unsigned long long limit = pa->base ? PyLong_AsUnsignedLongLong(args[2]) : 0;
+    long long stride = pa->base ? PyLong_AsLongLong(args[3]) : 0;
+    if (!pa->base || PyErr_Occurred() || stride <= 0) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_ValueError, "%s: argument out of range", what);
+        return -1;
+    }
+    pa->limit = limit;
+    pa->stride = (uint64_t)stride;
+    if (peek_span(args[0], &pa->rows, what) < 0)
+        return -1;
+    pa->n = pa->rows.len / ROW;
+    return 0;
+}
+
 /* the row's bytes, NULL (CorruptFabric set) when it points outside the ring */
 static const uint8_t *row_bytes(const gf_msg_meta *row, const uint8_t *base, uint64_t limit, uint64_t stride,
                                 Py_ssize_t i)
@@ -1242,27 +1269,21 @@ static PyObject *mod_peek_build(PyObject *m, PyObject *const *args, Py_ssize_t n
         PyErr_SetString(PyExc_TypeError, "peek_build(rows, base, limit, stride, partition, cls)");
         return NULL;
     }
-    const uint8_t *base = as_pointer(args[1]);
-    unsigned long long limit = base ? PyLong_AsUnsignedLongLong(args[2]) : 0;
-    long long stride = base ? PyLong_AsLongLong(args[3]) : 0;
-    if (!base || PyErr_Occurred() || stride <= 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "peek_build: argument out of range");
-        return NULL;
-    }
     PyTypeObject *cls = (PyTypeObject *)args[5];
     int fast = peek_slots(cls);
-    Py_buffer rb;
-    if (peek_span(args[0], &rb, "peek_build") < 0)
+    peek_args pa;
+    if (peek_parse(args, "peek_build", &pa) < 0)
         return NULL;
-    Py_ssize_t n = rb.len / ROW;
+    const uint8_t *base = pa.base;
+    uint64_t limit = pa.limit, stride = pa.stride;
+    Py_ssize_t n = pa.n;
     PyObject *list = PyList_New(n);
     if (!list)
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         gf_msg_meta row;
-        memcpy(&row, (const uint8_t *)rb.buf + i * ROW, sizeof row);   /* bytes need not be aligned */
-        const uint8_t *b = row_bytes(&row, base, limit, (uint64_t)stride, i);
+        memcpy(&row, (const uint8_t *)pa.rows.buf + i * ROW, sizeof row);   /* bytes need not be aligned */
+        const uint8_t *b = row_bytes(&row, base, limit, stride, i);
         if (!b)
             goto fail;
         PyObject *headers;
@@ -1292,7 +1313,7 @@ static PyObject *mod_peek_build(PyObject *m, PyObject *const *args, Py_ssize_t n
 fail:
     Py_CLEAR(list);
 done:
-    PyBuffer_Release(&rb);
+    PyBuffer_Release(&pa.rows);
     return list;
 }
 
@@ -1380,18 +1401,12 @@ static PyObject *mod_peek_runs(PyObject *m, PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "peek_runs(rows, base, limit, stride)");
         return NULL;
     }
-    const uint8_t *base = as_pointer(args[1]);
-    unsigned long long limit = base ? PyLong_AsUnsignedLongLong(args[2]) : 0;
-    long long stride = base ? PyLong_AsLongLong(args[3]) : 0;
-    if (!base || PyErr_Occurred() || stride <= 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "peek_runs: argument out of range");
+    peek_args pa;
+    if (peek_parse(args, "peek_runs", &pa) < 0)
         return NULL;
-    }
-    Py_buffer rb;
-    if (peek_span(args[0], &rb, "peek_runs") < 0)
-        return NULL;
-    Py_ssize_t n = rb.len / ROW;
+    const uint8_t *base = pa.base;
+    uint64_t limit = pa.limit, stride = pa.stride;
+    Py_ssize_t n = pa.n;
     PyObject *out = PyList_New(0);
     const uint8_t *first = NULL;
     uint64_t len = 0, step = 0;
@@ -1401,8 +1416,8 @@ static PyObject *mod_peek_runs(PyObject *m, PyObject *const *args, Py_ssize_t na
         uint32_t vlen = 0;
         if (i < n) {
             gf_msg_meta row;
-            memcpy(&row, (const uint8_t *)rb.buf + i * ROW, sizeof row);
-            const uint8_t *b = row_bytes(&row, base, limit, (uint64_t)stride, i);
+            memcpy(&row, (const uint8_t *)pa.rows.buf + i * ROW, sizeof row);
+            const uint8_t *b = row_bytes(&row, base, limit, stride, i);
             if (!b) {
                 Py_CLEAR(out);
                 break;
@@ -1428,7 +1443,7 @@ static PyObject *mod_peek_runs(PyObject *m, PyObject *const *args, Py_ssize_t na
         }
         first = v, len = vlen, step = 0, count = 1;
     }
-    PyBuffer_Release(&rb);
+    PyBuffer_Release(&pa.rows);
     return out;
 }
 
