@@ -128,7 +128,37 @@ def start_cluster(workdir: str, n: int = 3) -> list[NatsServer]:
         if time.monotonic() > deadline:
             raise RuntimeError("the cluster elected no JetStream meta leader within 20 s")
         time.sleep(0.05)
+    _wait_placement(nodes[0].url, n, deadline)
     return nodes
+
+
+def _wait_placement(url: str, replicas: int, deadline: float) -> None:
+    """Until a stream of `replicas` replicas can be placed: an elected meta leader
+    may not yet know every peer as online (error 10005, "no suitable peers for
+    placement, peer offline"), which a test creating its topics at once would
+    take for a failure of its own."""
+    import asyncio
+
+    import nats
+    from nats.js.errors import APIError
+
+    async def go() -> None:
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        try:
+            while True:
+                try:
+                    await js.add_stream(name="placement_probe", subjects=["placement.probe"], num_replicas=replicas)
+                    await js.delete_stream("placement_probe")
+                    return
+                except APIError as e:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the cluster could not place a {replicas}-replica stream within "
+                                           f"20 s: {e}") from None
+                    await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+    asyncio.run(go())
 
 
 def wipe(url: str) -> None:
