@@ -56,6 +56,7 @@ from .message import Headers
 
 
 _NONE: list = []     # an empty peek's segments and owners (never appended to)
+_EAGER = 4           # peeks of up to this many messages build them at the take
 
 
 class ViewsInUse(GrafosError, BufferError):
@@ -117,10 +118,11 @@ class Peek:
             rows, flat = got
             if not rows:
                 return cls(_NONE, _NONE, [], 0)
-            pk = cls([(ring, rows, base, limit, stride, pid)], [owner], None, len(rows) // ROW, flags)
-            if not flat:
-                pk._messages = pk._build()
-            return pk
+            n = len(rows) // ROW
+            # a few messages are built at once (iterating them is what a small peek is
+            # for), so are keys and headers, while they are surely the message's own
+            msgs = peek_build(rows, base, limit, stride, pid, PeekedMessage) if n <= _EAGER or not flat else None
+            return cls([(ring, rows, base, limit, stride, pid)], [owner], msgs, n, flags)
         segments: list[tuple[int, bytes, int, int, int, int]] = []
         owners: list[object] = []
         count = 0
