@@ -106,11 +106,15 @@ class Loan:
 
     def commit(self) -> int:
         """Publish the message; returns its offset."""
-        self._release()
-        rc = lib.gf_loan_commit(self._l)
+        rc = self._publish()
         if rc < 0:
             raise_for(rc, "loan commit")
         return rc
+
+    def _publish(self) -> int:
+        """Release the view and commit: the offset, or the core's error code."""
+        self._release()
+        return _commit(self._l)
 
     def abandon(self) -> None:
         """Give the slots up: readers skip them at once. Idempotent."""
@@ -130,13 +134,10 @@ class Loan:
         if exc_type is not None:
             self.abandon()
             return
-        # commit() inlined: this is the one-way latency of a loan
-        try:
-            self.view.release()
-        except BufferError:
-            pass
-        rc = _commit(self._l)
-        if rc < 0 and rc != _DONE:     # _DONE: committed or abandoned in the block already
+        # commit without reading the state through cffi first: the core refuses a
+        # loan no longer open (_DONE: committed or abandoned in the block already)
+        rc = self._publish()
+        if rc < 0 and rc != _DONE:
             raise_for(rc, "loan commit")
 
     def __del__(self) -> None:

@@ -110,19 +110,6 @@ class Peek:
         ``gf_msg_meta[]`` and ``flags`` of a ``uint8_t[]``, both of at least
         ``max_messages``, the reader's to reuse (``meta``'s rows are copied before
         this returns, ``flags`` is used only inside :meth:`release`)."""
-        if len(sources) == 1:          # one partition: the common case, without the loop
-            pid, ring, cursor, owner, base, limit, stride = sources[0]
-            got = peek_take(ring, cursor, max_messages, meta, base, limit, stride)
-            if got.__class__ is int:
-                raise_for(got, "peek")
-            rows, flat = got
-            if not rows:
-                return cls(_NONE, _NONE, [], 0)
-            n = len(rows) // ROW
-            # a few messages are built at once (iterating them is what a small peek is
-            # for), so are keys and headers, while they are surely the message's own
-            msgs = peek_build(rows, base, limit, stride, pid, PeekedMessage) if n <= _EAGER or not flat else None
-            return cls([(ring, rows, base, limit, stride, pid)], [owner], msgs, n, flags)
         segments: list[tuple[int, bytes, int, int, int, int]] = []
         owners: list[object] = []
         count = 0
@@ -140,9 +127,12 @@ class Peek:
                 segments.append((ring, rows, base, limit, stride, pid))
                 count += len(rows) // ROW
                 plain = plain and flat
-        # keys and headers are copied out now, while they are surely the message's own
+        if not count:
+            return cls(_NONE, _NONE, [], 0)
         pk = cls(segments, owners, None, count, flags)
-        if not plain:
+        # keys and headers are copied out now, while they are surely the message's
+        # own; a few messages are built now too (a small peek is taken to be iterated)
+        if count <= _EAGER or not plain:
             pk._messages = pk._build()
         return pk
 

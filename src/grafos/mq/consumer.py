@@ -542,9 +542,7 @@ class Consumer(PollPath):
         waiting: values are views into the rings, checked for overwrite when the
         block is left (see :mod:`grafos.peek`). Positions move past them as with
         :meth:`poll`."""
-        rd = self._reader
-        if mgr is not self._mgr or rd is None or self._t is None or not self._t.binding.valid:
-            rd = self._ensure(mgr)
+        rd = self._ensure(mgr)
         if max_messages.__class__ is not int or max_messages < 1:
             _validate.integer(max_messages, "max_messages", 1)
         if self._holding is not None:
