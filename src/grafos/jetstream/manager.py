@@ -35,7 +35,7 @@ from .._clock import now_s
 from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound, Unavailable, Unsupported
 from ..message import encode_headers
 from ..mq.producer import Partitioner, kafka_partition
-from ..mq.topic import MAX_TOPIC_NAME, PartitionInfo, RemoteManager, TopicConfig, TopicDescription
+from ..mq.topic import MAX_TOPIC_NAME, Capabilities, PartitionInfo, RemoteManager, TopicConfig, TopicDescription
 from . import envelope, kv, names
 from .cursors import Cursors
 from .loop import UNAVAILABLE, Loop
@@ -104,6 +104,10 @@ class JetStreamManager(RemoteManager):
     ``token``, ``user_credentials``, ``nkeys_seed``, ``tls``, ``tls_hostname``,
     ...) go to :func:`nats.connect`.
     """
+
+    #: what this backend can do: no transactions, loans, peeks or gating (docs/jetstream.md)
+    capabilities = Capabilities(transactions=False, loans=False, peeks=False, gating=False,
+                                abandoned_slots=False, shared_memory=False)
 
     def __init__(self, servers: str | Sequence[str], *, replicas: int = 1, timeout: float = 5.0,
                  age_limit: bool = False, **options: Any) -> None:

@@ -233,6 +233,25 @@ def _lease_of_ref(fab: Fabric, ref: bytes) -> MemLease:
     return MemLease(fab, idx, lid)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do, in one place: a call that needs a capability the
+    bus lacks raises :class:`~grafos.errors.Unsupported` and says why
+    (``docs/jetstream.md`` lists each difference). ``mgr.capabilities``."""
+
+    transactions: bool        #: ``producer.begin``: atomic writes across partitions with offsets
+    loans: bool               #: ``producer.loan``: writing a message in place
+    peeks: bool               #: ``consumer.peek``: reading messages in place
+    gating: bool              #: ``TopicConfig(on_full="block" | "raise")``: readers hold producers back
+    abandoned_slots: bool     #: a writer can die mid-append and leave a slot readers step over
+    shared_memory: bool       #: the bus lives in this machine's memory (``Fabric``)
+
+
+#: the shared-memory bus (in-process, named or file): everything
+SHARED_MEMORY = Capabilities(transactions=True, loans=True, peeks=True, gating=True,
+                             abandoned_slots=True, shared_memory=True)
+
+
 class RemoteManager:
     """Base of the managers of buses that live on a server (the JetStream bus,
     :meth:`TopicManager.connect`). Producers, consumers, groups, DLQ routers
@@ -251,6 +270,9 @@ class TopicManager:
         self.fabric = fabric if fabric is not None else Fabric(size)
         self._topics: dict[str, Topic] = {}
         self._lock = threading.RLock()
+
+    #: what this backend can do (see :class:`Capabilities`)
+    capabilities = SHARED_MEMORY
 
     @classmethod
     def open(cls, name: str | None = None, *, path: str | None = None, size: int | None = None,
