@@ -185,12 +185,18 @@ def test_gate_model_groups_join_commit_go_stale_and_leave():
     store = FabricOffsetStore(mgr)
     stale = {"a": 2.3, "b": 5.3, "c": 1.3}
     groups = {n: ConsumerGroup(n, "t", 1, s, mgr=mgr) for n, s in stale.items()}
-    model: dict[str, tuple[int, float]] = {}     # group -> (position, lease expiry)
+    model: dict[str, float] = {}          # group -> lease expiry (its member's last heartbeat + stale)
+    committed: dict[str, int] = {}        # group -> committed offset: its gate position
     tail = 0
     prod = Producer("t")
     now = time.time() + 1000.0
     seen = {"sent": 0, "refused": 0, "released": 0, "ungated": 0}
     holders = set()
+
+    def position(name: str) -> int:
+        earliest = max(0, tail - cap)
+        return min(max(committed.get(name, earliest), earliest), tail)
+
     for step in range(400):
         now += rnd.choice([0.0, 0.1, 0.5, 1.0])
         name = rnd.choice(list(groups))
@@ -199,17 +205,16 @@ def test_gate_model_groups_join_commit_go_stale_and_leave():
         earliest = max(0, tail - cap)
         if op == "join":
             g.claim("m", now=now)
-            pos = model[name][0] if name in model else earliest
-            model[name] = (pos, now + stale[name])
+            model[name] = now + stale[name]
         elif op == "commit" and name in model:
             off = rnd.randint(earliest, tail)
-            g.commit(store, "m", "t", {0: off}, now=now)
-            model[name] = (off, now + stale[name])
+            g.commit(store, "m", "t", {0: off}, now=now)   # moves the gate, renews nothing
+            committed[name] = off
         elif op == "leave" and name in model:
             g.leave("m")
             del model[name]
         elif op == "send":
-            live = [min(max(pos, earliest), tail) for pos, exp in model.values() if exp > now]
+            live = [position(n) for n, exp in model.items() if exp > now]
             mgr.describe("t", now=now)            # whoever looks next recomputes the gate
             room = not live or tail + 1 <= min(live) + cap
             try:
@@ -221,12 +226,12 @@ def test_gate_model_groups_join_commit_go_stale_and_leave():
                 seen["refused"] += 1
                 assert not room, f"step {step}: refused with room"
         d = mgr.describe("t", now=now).partitions[0]
-        live = {n: (min(max(pos, max(0, tail - cap)), tail), n) for n, (pos, exp) in model.items() if exp > now}
+        live = {n: (position(n), n) for n, exp in model.items() if exp > now}
         want = (min(live.values())[0] + cap, "g:" + min(live.values())[1]) if live else (0, None)
         assert (d.gate, d.gate_held_by) == want, f"step {step} {op} {name}"
         assert d.latest == tail
         released = {r.reader for r in d.gating if not r.live}
-        assert released == {"g:" + n for n, (_, exp) in model.items() if exp <= now}
+        assert released == {"g:" + n for n, exp in model.items() if exp <= now}
         seen["released"] += bool(released)
         seen["ungated"] += d.gate == 0
         holders.add(d.gate_held_by)

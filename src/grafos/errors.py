@@ -148,6 +148,30 @@ class ProducerFenced(Fenced):
                                    self.current_epoch))
 
 
+class OffsetOutOfRange(GrafosError, LookupError):
+    """A committed offset the ring no longer holds (overwritten before the group
+    read it), met by a ``Committed`` seek of a consumer made with
+    ``on_lost="raise"`` (Kafka's ``auto.offset.reset=none``). ``partition``,
+    ``committed`` and ``earliest`` (the oldest offset still held) say where."""
+
+    def __init__(self, message: str = "", *, topic: str = "", group: str = "", partition: int = -1,
+                 committed: int = -1, earliest: int = -1) -> None:
+        self.topic = topic
+        self.group = group
+        self.partition = partition
+        self.committed = committed
+        self.earliest = earliest
+        if not message:
+            message = (f"group {group!r} committed offset {committed} of {topic!r} partition {partition}, "
+                       f"but the oldest offset the partition still holds is {earliest}: "
+                       f"{earliest - committed} message(s) were overwritten unread (on_lost='raise')")
+        super().__init__(message)
+
+    def __reduce__(self):  # noqa: ANN204 - keyword fields survive pickling (multiprocessing)
+        return (_offset_out_of_range, (str(self), self.topic, self.group, self.partition, self.committed,
+                                       self.earliest))
+
+
 class TransactionError(GrafosError, RuntimeError):
     """A transaction call out of order (begin while one is open, send or commit
     with none open), or a transaction that can no longer commit (it was aborted
@@ -183,3 +207,9 @@ def _producer_fenced(message: str, transactional_id: str, topic: str, epoch: int
                      current_epoch: int) -> ProducerFenced:
     return ProducerFenced(message, transactional_id=transactional_id, topic=topic, epoch=epoch,
                           current_epoch=current_epoch)
+
+
+def _offset_out_of_range(message: str, topic: str, group: str, partition: int, committed: int,
+                         earliest: int) -> OffsetOutOfRange:
+    return OffsetOutOfRange(message, topic=topic, group=group, partition=partition, committed=committed,
+                            earliest=earliest)

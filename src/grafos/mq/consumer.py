@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from .. import _validate
 from .._crossing import PollPath
-from ..errors import Fenced, InvalidArgument, Unsupported
+from ..errors import Fenced, InvalidArgument, OffsetOutOfRange, Unsupported
 from ..message import Message
 from ..partition import MAX_OFFSET
 from ..reader import Batch, Reader, Waiter
 from . import gate, transaction
 from .isolation import Holding
-from .offset import OffsetStore, commit_many, committed_entry
+from .offset import FabricOffsetStore, OffsetStore, bus_store, commit_many, committed_entry
 from .topic import RemoteManager, Topic, TopicManager
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ _REFRESH_GAP = 0.01     # at most one directory re-read per this many seconds wh
 _IDS = itertools.count(1)
 _RESOLVE_EVERY = 0.5    # seconds a transaction may hold a read_committed partition before we look at it
 ISOLATIONS = ("read_uncommitted", "read_committed")
+ON_LOST = ("earliest", "latest", "raise")
 
 
 class SeekPolicy(enum.Enum):
@@ -56,6 +57,13 @@ class Consumer(PollPath):
     """``Consumer("events", "processors")``: reads partitions given to :meth:`assign`
     (all partitions if never assigned).
 
+    A partition this consumer has not been positioned on by a seek starts at
+    the group's committed offset in the bus's own offset records (a
+    :class:`~grafos.mq.offset.FabricOffsetStore` of the bus), or at the oldest
+    message still held if there is none; and a commit never moves a store's
+    committed offset of such a partition backwards (it raises
+    :class:`~grafos.errors.InvalidArgument`: seek to rewind on purpose).
+
     ``poll(mgr, max_messages=100, timeout=0.0, *, spin=None)`` returns up to
     ``max_messages`` ``(partition, Message)`` pairs. ``timeout``: 0 (default)
     returns at once; a number of seconds blocks until a message arrives or the
@@ -70,15 +78,24 @@ class Consumer(PollPath):
 
     def __init__(self, topic: str, group: str = "default", *, max_batch: int = 1024,
                  gating: bool = False, gating_ttl: float = 30.0, check_crcs: bool = True,
-                 isolation: str = "read_uncommitted") -> None:
+                 isolation: str = "read_uncommitted", on_lost: str = "earliest") -> None:
         """``check_crcs``: verify each message's checksum on read (see
         :class:`~grafos.reader.Reader`); ``False`` skips it. ``isolation``:
         ``"read_uncommitted"`` (default) hands out every message as it is
         written; ``"read_committed"`` hands out transactional messages only
         once their transaction commits, never if it aborts, in partition
-        order (see :mod:`grafos.mq.isolation`)."""
+        order (see :mod:`grafos.mq.isolation`). ``on_lost``: where a
+        ``Committed`` seek puts a partition whose committed offset the ring
+        no longer holds (Kafka's ``auto.offset.reset``): ``"earliest"``
+        (default: the oldest message still held), ``"latest"`` (the end), both
+        counting the overwritten messages in :meth:`lost`, or ``"raise"``
+        (:class:`~grafos.errors.OffsetOutOfRange`, naming the partition and
+        both offsets; nothing moves)."""
         if isolation not in ISOLATIONS:
             raise InvalidArgument(f"isolation must be one of {ISOLATIONS}, not {isolation!r}")
+        if on_lost not in ON_LOST:
+            raise InvalidArgument(f"on_lost must be one of {ON_LOST}, not {on_lost!r}")
+        self.on_lost = on_lost
         self.isolation = isolation
         self._holding = Holding() if isolation == "read_committed" else None
         self._resolved_at = 0.0
@@ -108,6 +125,8 @@ class Consumer(PollPath):
         self._epoch = -1    # fabric metadata epoch when the topic was last re-read after an expiry
         self._next_look = 0.0   # monotonic time before which we do not re-read it again
         self.consumed = 0
+        self._seek_lost: dict[int, int] = {}    # partition -> messages a Committed seek found overwritten
+        self._sought: set[int] = set()          # partitions positioned by a seek
         #: partitions a Committed seek started at the earliest offset because the
         #: commit belonged to an earlier incarnation (the topic was restarted)
         self.reset_by_incarnation = 0
@@ -117,7 +136,7 @@ class Consumer(PollPath):
         """A consumer crosses processes as its topic, group, batch size, assignment
         and group binding. Positions stay behind (they belong to this process's
         reader): seek in the child, from the committed offsets."""
-        return (_remake, (self.topic, self.group, self.isolation),
+        return (_remake, (self.topic, self.group, self.isolation, self.on_lost),
                 {"max_batch": self.max_batch, "assigned": self._assigned, "member": self._member})
 
     def __setstate__(self, state: dict) -> None:
@@ -144,6 +163,7 @@ class Consumer(PollPath):
             remote.check_assignment(self, parts)
         self._save_positions()
         self._assigned = sorted(parts)
+        self._sought &= set(parts)
         self._reader = None
         self._unbind_fast()
 
@@ -171,16 +191,19 @@ class Consumer(PollPath):
             for p in self._parts:
                 self._positions[p] = self._reader.position(p)
 
-    def _ensure(self, mgr: TopicManager) -> Reader:
+    def _ensure(self, mgr: TopicManager, start: bool = True) -> Reader:
         t = self._t
         if mgr is not self._mgr or t is None or not t.binding.valid or self._reader is None:
             if not isinstance(mgr, TopicManager):
                 raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
             t = mgr.topic(self.topic)
-            self._open(mgr, t)
+            self._open(mgr, t, start)
         return self._reader  # type: ignore[return-value]
 
-    def _open(self, mgr: TopicManager, t: Topic) -> None:
+    def _open(self, mgr: TopicManager, t: Topic, start: bool = True) -> None:
+        """Open a reader on ``t``. ``start``: put partitions never positioned at
+        the group's committed offsets on the bus (False: a seek of every
+        partition follows at once)."""
         self._save_positions()
         parts = self._assigned if self._assigned is not None else list(range(t.n))
         for p in parts:
@@ -193,15 +216,22 @@ class Consumer(PollPath):
                     max_batch=self.max_batch, check_crcs=self.check_crcs, markers=self._holding is not None)
         if self._holding is not None:
             self._holding.forget(list(range(t.n)))
+        bus = None
         for p in parts:
             pos = self._positions.get(p)
             same = old is not None and old.incarnation == t.incarnation and \
                 old.partitions[p] is not None and t.partitions[p] is not None and \
                 old.partitions[p].lease.id == t.partitions[p].lease.id
             if pos is None or not same:
-                # never read, or a fresh lease (restart): start at its earliest offset
                 part = t.partitions[p]
-                pos = part.state().earliest if part is not None else 0
+                st = part.state() if part is not None else None
+                earliest, latest = (st.earliest, st.latest) if st is not None else (0, 0)
+                if pos is None and p not in self._sought and start:
+                    # never positioned: where the group is on the bus
+                    bus = bus or FabricOffsetStore(mgr)
+                    pos = self._committed_start(bus, t, p, earliest, latest)
+                else:
+                    pos = earliest      # a fresh lease (restart): everything in it is new
             rd.seek(p, pos)
         self._parts = list(parts)
         self._mgr, self._t, self._reader = mgr, t, rd
@@ -222,6 +252,7 @@ class Consumer(PollPath):
                                                    and not isinstance(store_or_partition, bool)):
             self._mgr = mgr
             mgr.seek(self, store_or_partition, policy)
+            self._sought.update(mgr.positions(self))
             return
         if isinstance(store_or_partition, int) and not isinstance(store_or_partition, bool):
             self.seek_partition(mgr, store_or_partition, policy)   # type: ignore[arg-type]
@@ -231,41 +262,58 @@ class Consumer(PollPath):
         store = store_or_partition
         if policy is SeekPolicy.Committed and not isinstance(store, OffsetStore):
             raise _validate.InvalidType("SeekPolicy.Committed needs an offset store")
-        rd = self._ensure(mgr)
+        rd = self._ensure(mgr, start=False)
         t = self._t
         assert t is not None
-        for p in self._parts:
+        offs, lost = {}, dict(self._seek_lost)
+        for p in self._parts:          # all first: on_lost="raise" moves nothing
             part = t.partitions[p]
             st = part.state() if part is not None else None
             earliest, latest = (st.earliest, st.latest) if st is not None else (0, 0)
             if policy is SeekPolicy.Earliest:
-                off = earliest
+                offs[p] = earliest
             elif policy is SeekPolicy.Latest:
-                off = latest
+                offs[p] = latest
             else:
-                off = self._committed_start(store, t, p, earliest, latest)
+                offs[p] = self._committed_start(store, t, p, earliest, latest, lost)
+        self._seek_lost = lost
+        for p, off in offs.items():
             rd.seek(p, off)
+        self._sought.update(offs)
         if self._holding is not None:
             self._holding.forget(list(self._parts))
 
-    def _committed_start(self, store: OffsetStore, t: Topic, p: int, earliest: int, latest: int) -> int:
+    def _committed_start(self, store: OffsetStore, t: Topic, p: int, earliest: int, latest: int,
+                         lost: dict[int, int] | None = None) -> int:
         """Where ``SeekPolicy.Committed`` puts partition ``p``: the commit, unless it
         belongs to another incarnation of the partition (the topic was restarted
-        since): then everything in the fresh ring is new to the group."""
+        since): then everything in the fresh ring is new to the group. A commit
+        the ring has overwritten since is counted in ``lost`` (the consumer's
+        own count when None) and resolved by ``on_lost``."""
         entry = committed_entry(store, self.group, self.topic, p)
         if entry is None:
             return earliest
-        if entry.incarnation is not None and entry.incarnation != t.partition_incarnation(p):
+        if entry.incarnation is not None and t.lease_ids[p] and entry.incarnation != t.partition_incarnation(p):
             self.reset_by_incarnation += 1
             return earliest
-        # no incarnation recorded: a commit beyond the end can only predate a restart
-        return earliest if entry.offset > latest else max(entry.offset, earliest)
+        if entry.offset > latest:
+            # no incarnation recorded: a commit beyond the end can only predate a restart
+            return earliest
+        if entry.offset >= earliest:
+            return entry.offset
+        if self.on_lost == "raise":
+            raise OffsetOutOfRange(topic=self.topic, group=self.group, partition=p, committed=entry.offset,
+                                   earliest=earliest)
+        counts = self._seek_lost if lost is None else lost
+        counts[p] = counts.get(p, 0) + earliest - entry.offset
+        return latest if self.on_lost == "latest" else earliest
 
     def seek_partition(self, mgr: TopicManager, partition: int, offset: int) -> None:
         """Put one assigned partition at ``offset`` (at most its end)."""
         if isinstance(mgr, RemoteManager):
             self._mgr = mgr
             mgr.seek_partition(self, partition, offset)
+            self._sought.add(partition)
             return
         rd = self._ensure(mgr)
         i = self._index(partition)
@@ -275,6 +323,7 @@ class Consumer(PollPath):
         if offset > latest:
             raise InvalidArgument(f"offset {offset} is beyond the end ({latest}) of partition {partition}")
         rd.seek(i, offset)
+        self._sought.add(partition)
         if self._holding is not None:
             self._holding.forget([partition])
 
@@ -310,11 +359,19 @@ class Consumer(PollPath):
         return self._holding.aborted if self._holding is not None else 0
 
     def lost(self) -> dict[int, int]:
-        """Per partition: messages overwritten before this consumer read them."""
+        """Per partition that lost something: messages overwritten before this
+        consumer read them, while it polled or behind a committed offset it
+        sought. ``{}``: nothing lost."""
         if (remote := self._remote()) is not None:
             return remote.lost(self)
         rd = self._reader
-        return {p: rd.counters(p)["lost"] for p in self._parts} if rd else {}
+        out = dict(self._seek_lost)
+        if rd is not None:
+            for p in self._parts:
+                n = rd.counters(p)["lost"]
+                if n:
+                    out[p] = out.get(p, 0) + n
+        return {p: n for p, n in sorted(out.items()) if n > 0}
 
     def lag(self, mgr: TopicManager) -> dict[int, int]:
         """Per assigned partition: offsets between the position and the end (a message
@@ -529,12 +586,37 @@ class Consumer(PollPath):
         if not isinstance(store, OffsetStore):
             raise _validate.InvalidType(f"store must be an offset store, not {type(store).__name__}")
         _, _, pos, incs = self.pending_commit(offsets)
-        if self._member is not None:
+        if self._member is not None:        # fenced: a member's partitions are its own
             group, member = self._member
             group.commit(store, member, self.topic, pos, incarnations=incs)  # type: ignore[attr-defined]
-        else:
-            commit_many(store, self.group, self.topic, pos, incs)
+            return pos
+        if offsets is None:
+            self._check_rewind(store, pos)
+        mgr = self._mgr
+        if isinstance(mgr, TopicManager):
+            store = bus_store(store, mgr)
+            gate.check_store(mgr, self._t if self._t is not None else self.topic, self.group, store)
+        commit_many(store, self.group, self.topic, pos, incs)
         return pos
+
+    def _check_rewind(self, store: OffsetStore, pos: dict[int, int]) -> None:
+        """A partition no seek positioned must not move the store's committed
+        offset backwards (it started where the bus's records said, which need
+        not be where this store is)."""
+        for p, off in pos.items():
+            if p in self._sought:
+                continue
+            e = committed_entry(store, self.group, self.topic, p)
+            if e is None or e.offset <= off:
+                continue
+            t = self._t
+            if e.incarnation is not None and t is not None and t.lease_ids[p] and \
+                    e.incarnation != t.partition_incarnation(p):
+                continue        # a commit of an earlier life of the partition: nothing to rewind
+            raise InvalidArgument(
+                f"commit would move group {self.group!r}'s committed offset of {self.topic!r} partition {p} "
+                f"back from {e.offset} to {off}: this consumer was not positioned on it by a seek; "
+                f"seek(mgr, store, SeekPolicy.Committed) first (or seek to rewind on purpose)")
 
     # ---- in place ------------------------------------------------------------------
     def peek(self, mgr: TopicManager, max_messages: int = 100) -> "Peek":
@@ -580,5 +662,5 @@ class Consumer(PollPath):
 __all__ += ["Fenced"]
 
 
-def _remake(topic: str, group: str, isolation: str) -> Consumer:
-    return Consumer(topic, group, isolation=isolation)
+def _remake(topic: str, group: str, isolation: str, on_lost: str = "earliest") -> Consumer:
+    return Consumer(topic, group, isolation=isolation, on_lost=on_lost)

@@ -2,21 +2,33 @@
 
 A topic created with ``on_full="block"`` or ``"raise"`` never overwrites a
 message a *gating reader* still needs. The gating readers of a topic are its
-fabric-backed consumer groups (their committed offsets: a member's commit
-moves the gate) and consumers created with ``gating=True`` (their
-positions). Each holds, per partition, a record in the fabric's metadata
-table::
+fabric-backed consumer groups and consumers created with ``gating=True``.
+Each holds, per partition, a record in the fabric's metadata table::
 
     w/<topic>/<partition>/<reader>  ->  position, lease expiry (ns), kind, name
 
-A record is a lease: commits, heartbeats and polls renew it. Once it expires
-(a group's stale threshold, a consumer's ``gating_ttl``) the reader is
-*released*: it stops gating, and for it the partition overwrites again, until
-it renews. After each change the partition's **gate** is stored in the ring
-header, the one word a producer loads per append: the lowest position of the
-live gating readers plus the capacity (producers claim offsets below it
-only), or 0 when nobody gates. Whoever next looks recomputes it when a
-reader went stale: a blocked producer does after every slice of its wait.
+A record is a lease: heartbeats and polls renew it. Once it expires (a
+group's stale threshold after its last live member's heartbeat, a consumer's
+``gating_ttl``) the reader is *released*: it stops gating, and for it the
+partition overwrites again, until it renews.
+
+A consumer's position is the one in its record. A group's position is its
+committed offset in the bus's offset records (``o/...``, what a
+:class:`~grafos.mq.offset.FabricOffsetStore` of the bus writes), read when the
+gate is computed: whoever commits the group's offsets, by whichever handle,
+moves its gate; no commit (or one of an earlier incarnation of the
+partition) gates at the oldest message still in the ring. A group holds every
+partition of its topic while one of its members is live, owned or not, so a
+partition whose owner died stays gated until another member claims it.
+
+After each change the partition's **gate** is stored in the ring header,
+the one word a producer loads per append: the lowest position of the live
+gating readers plus the capacity (producers claim offsets below it only), or
+0 when nobody gates. A commit to the bus's offset store stores it in the
+same hold of the metadata lock; whoever next finds a partition full
+recomputes it too (a reader may have gone stale, or committed through a
+handle that could not store it): a blocked producer after every slice of
+its wait, a ``"raise"`` producer before it raises.
 """
 from __future__ import annotations
 
@@ -27,14 +39,16 @@ from typing import TYPE_CHECKING, Mapping
 from .._check import raise_for
 from .._clock import now_ns
 from .._native import ffi, lib
-from ..errors import CorruptFabric, NotFound
+from ..errors import CorruptFabric, NotFound, Unsupported
 from . import _metakeys
+from .offset import FabricOffsetStore, OffsetStore
 
 if TYPE_CHECKING:
     from .topic import Topic, TopicManager
 
 __all__ = ["GateReader", "PartitionGate", "hold", "release", "recompute", "describe", "group_reader",
-           "consumer_reader", "topic_of", "forget", "wait_room", "note_full", "GROUP", "CONSUMER"]
+           "consumer_reader", "topic_of", "forget", "wait_room", "note_full", "follow_commit", "check_store",
+           "GROUP", "CONSUMER"]
 
 _REC = struct.Struct("<QqB")      # position, lease expiry (ns), kind; then the reader's name
 _KINDS = {0: "group", 1: "consumer"}
@@ -80,9 +94,10 @@ def _gated(t: "Topic") -> bool:
     return t.config.on_full != "overwrite"
 
 
-def _records(mgr: "TopicManager", topic: str) -> dict[int, dict[str, tuple[int, int, int]]]:
-    """partition -> reader -> (position, expires_ns, kind). Needs the fabric lock."""
-    scope = _scope(topic)
+def _records(mgr: "TopicManager", t: "Topic") -> dict[int, dict[str, tuple[int, int, int]]]:
+    """partition -> reader -> (position, expires_ns, kind); a group's position is
+    its committed offset. Needs the fabric lock."""
+    scope = _scope(t.name)
     out: dict[int, dict[str, tuple[int, int, int]]] = {}
     for key, raw in mgr.fabric.meta_items(scope):
         try:
@@ -91,8 +106,28 @@ def _records(mgr: "TopicManager", topic: str) -> dict[int, dict[str, tuple[int, 
             (name,), _ = _metakeys.unpack_names(raw[_REC.size:], 1)
         except (struct.error, ValueError):
             raise CorruptFabric(f"gating record {key!r} is damaged") from None
+        if kind == GROUP:
+            pos = _committed(mgr, t, p, name)
         out.setdefault(p, {})[name] = (pos, exp, kind)
     return out
+
+
+def _committed(mgr: "TopicManager", t: "Topic", p: int, reader: str) -> int:
+    """The gate position of group reader ``g:<group>`` on partition p: its
+    committed offset in this incarnation of the partition, else 0 (the
+    oldest message still in the ring)."""
+    if not reader.startswith("g:") or not 0 <= p < t.n:
+        return 0
+    raw = mgr.fabric.meta_get(FabricOffsetStore._key(reader[2:], t.name, p))
+    if raw is None:
+        return 0
+    try:
+        off, inc, _ = FabricOffsetStore._decode(raw)
+    except ValueError:
+        raise CorruptFabric(f"committed offset of {reader[2:]}/{t.name}/{p} in the fabric is damaged") from None
+    if inc is not None and t.lease_ids[p] and inc != t.partition_incarnation(p):
+        return 0
+    return off
 
 
 def _put(mgr: "TopicManager", topic: str, p: int, reader: str, pos: int, exp: int, kind: int) -> None:
@@ -130,19 +165,26 @@ def hold(mgr: "TopicManager", topic: "str | Topic", reader: str, kind: int, posi
     """Renew ``reader``'s lease on each partition of ``positions`` until now +
     ``ttl_ns``, at the position given (None: keep the recorded one, or the
     oldest message still in the ring for a reader new to the partition), then
-    recompute the gates. Nothing happens on a topic that overwrites."""
+    recompute the gates. A group's lease is never shortened (its members beat
+    at their own times) and its position is its committed offset, whatever is
+    given. Nothing happens on a topic that overwrites."""
     t = _topic(mgr, topic)
     if t is None or not _gated(t) or not positions:
         return
     topic = t.name
     tn = now_ns(now)
     with mgr.fabric.locked():
-        recs = _records(mgr, topic)
+        recs = _records(mgr, t)
         for p, pos in positions.items():
             if not 0 <= p < t.n:
                 continue
+            old = recs.get(p, {}).get(reader)
+            if kind == GROUP:
+                exp = max(tn + ttl_ns, old[1] if old is not None else 0)
+                _put(mgr, topic, p, reader, 0, exp, kind)
+                recs.setdefault(p, {})[reader] = (_committed(mgr, t, p, reader), exp, kind)
+                continue
             if pos is None:
-                old = recs.get(p, {}).get(reader)
                 if old is not None:
                     pos = old[0]
                 else:
@@ -160,7 +202,7 @@ def release(mgr: "TopicManager", topic: "str | Topic", reader: str, now: float |
         return
     topic = t.name
     with mgr.fabric.locked():
-        recs = _records(mgr, topic)
+        recs = _records(mgr, t)
         for p, readers in recs.items():
             if reader in readers:
                 mgr.fabric.meta_del(_metakeys.child(_scope(topic), str(p), reader))
@@ -180,7 +222,40 @@ def recompute(mgr: "TopicManager", topic: "str | Topic", now: float | None = Non
     if t is None:
         return {}
     with mgr.fabric.locked():
-        return _apply(t, _records(mgr, t.name), now_ns(now))
+        return _apply(t, _records(mgr, t), now_ns(now))
+
+
+def follow_commit(mgr: "TopicManager", topic: str, now: float | None = None) -> None:
+    """Store the gates of ``topic`` after a commit of offsets on the bus, if this
+    manager has the topic open (a commit may run under the fabric lock, where
+    opening it is not allowed: lock order). Needs the fabric lock. A commit
+    whose gates are not stored here is found by the next producer that finds
+    the partition full."""
+    t = mgr._topics.get(topic)
+    if t is None or not t.binding.valid or not _gated(t):
+        return
+    _apply(t, _records(mgr, t), now_ns(now))
+
+
+def check_store(mgr: "TopicManager", topic: "str | Topic", group: str, store: OffsetStore) -> None:
+    """Refuse a commit of ``group``'s offsets to ``store`` when the group gates
+    ``topic`` and the store is not the bus's own (FabricOffsetStore): the gate
+    follows only the bus's offset records, so such a commit would leave
+    producers blocked behind offsets the group has passed."""
+    if isinstance(store, FabricOffsetStore) and (store.fabric is mgr.fabric or (
+            store.fabric.path is not None and store.fabric.path == mgr.fabric.path)):
+        return
+    t = _topic(mgr, topic)
+    if t is None or not _gated(t):
+        return
+    me = group_reader(group)
+    with mgr.fabric.locked():
+        recs = _records(mgr, t)
+    if any(me in readers for readers in recs.values()):
+        raise Unsupported(
+            f"group {group!r} gates topic {t.name!r} (on_full={t.config.on_full!r}): its gate is its "
+            f"committed offsets on the bus, so they must be committed to a FabricOffsetStore of this bus, "
+            f"not a {type(store).__name__}")
 
 
 def _gate_of(t: "Topic", p: int, readers: Mapping[str, tuple[int, int, int]], tn: int
@@ -189,14 +264,15 @@ def _gate_of(t: "Topic", p: int, readers: Mapping[str, tuple[int, int, int]], tn
     if not _gated(t):
         return 0, None
     b = _bounds(t, p)
-    live = [(pos, name) for name, (pos, exp, _k) in readers.items() if exp > tn]
-    if b is None or not live:
+    if b is None:
         return 0, None
     earliest, latest = b
-    pos, name = min(live)
     # a reader behind the ring needs its oldest slot; one beyond the end (an offset
     # from before a restart) needs everything from the end on
-    pos = min(max(pos, earliest), latest)
+    live = [(min(max(pos, earliest), latest), name) for name, (pos, exp, _k) in readers.items() if exp > tn]
+    if not live:
+        return 0, None
+    pos, name = min(live)
     return pos + t.config.partition_capacity, name
 
 
@@ -224,7 +300,7 @@ def describe(mgr: "TopicManager", topic: "str | Topic", now: float | None = None
     topic = t.name
     tn = now_ns(now)
     with mgr.fabric.locked():
-        recs = _records(mgr, topic)
+        recs = _records(mgr, t)
     out = []
     st = ffi.new("gf_gate_state *")
     for p, part in enumerate(t.partitions):

@@ -34,10 +34,17 @@ Where the state lives:
 
 On a topic created with ``on_full="block"`` or ``"raise"``, a fabric-backed
 group is a *gating reader* (:mod:`grafos.mq.gate`): producers do not overwrite
-what it has not committed past. Its commits move the gate; commits and
-heartbeats renew its lease on the partitions its members own, and a
-partition whose owner went stale is released (it overwrites again) until a
-live member claims it. A group kept in this object (no ``mgr``) does not gate.
+what it has not committed past. Its gate is its committed offsets in the
+bus's offset records, so any commit of them moves it: :meth:`commit`, a
+consumer bound to a member, a plain ``Consumer.commit`` or a transaction's
+``commit_offsets`` to a :class:`~grafos.mq.offset.FabricOffsetStore` of the
+bus. A commit of a gating group to another store (``MemOffsetStore``,
+``SqliteOffsetStore``) could not move it and raises
+:class:`~grafos.errors.Unsupported`. While the group has a live member it
+gates every partition of its topic, owned or not (a dead member's
+partitions stay gated until another member claims them); once its last
+member leaves or goes stale, it stops gating. A group kept in this object
+(no ``mgr``) does not gate.
 
 A rebalance loop for one member::
 
@@ -61,7 +68,7 @@ from .. import _validate
 from .._clock import now_ns
 from ..errors import CorruptFabric, Fenced, InvalidArgument
 from . import _metakeys, gate
-from .offset import MAX_OFFSET, Incarnations, OffsetStore, commit_many, committed_entry
+from .offset import MAX_OFFSET, Incarnations, OffsetStore, bus_store, commit_many, committed_entry
 
 if TYPE_CHECKING:
     from ..fabric import Fabric
@@ -236,18 +243,6 @@ def _unpack_cfg(key: str, raw: bytes) -> GroupConfig:
     return GroupConfig(name, topic, n, stale)
 
 
-def _same_bus_store(store: OffsetStore, fabric: "Fabric") -> OffsetStore:
-    """A FabricOffsetStore over another attachment of the group's own bus would take
-    the bus's lock a second time from this process while the group holds it
-    (the lock is re-entrant per attachment only): use the group's attachment."""
-    from .offset import FabricOffsetStore
-    other = getattr(store, "fabric", None)
-    if isinstance(store, FabricOffsetStore) and other is not fabric and other is not None and \
-            (other.path or None) is not None and other.path == fabric.path:
-        return FabricOffsetStore(fabric)
-    return store
-
-
 def list_groups(mgr: "TopicManager") -> list[GroupConfig]:
     """Every fabric-backed group on the bus (for tools that look into a live bus)."""
     from .topic import RemoteManager
@@ -419,9 +414,9 @@ class ConsumerGroup:
             with self._elock:
                 self._epochs[member] = {p: claims[p].epoch for p in mine}
             if gt is not None:
-                # a heartbeat renews the group's lease on the partitions its member owns
+                # a live member keeps the group gating every partition, owned or not
                 gate.hold(self.mgr, gt, gate.group_reader(self.name), gate.GROUP,
-                          {p: None for p in mine}, self._stale_ns, now=t / 1e9)
+                          {p: None for p in range(self.num_partitions)}, self._stale_ns, now=t / 1e9)
             return mine
 
     # ---- membership -------------------------------------------------------------------
@@ -507,7 +502,8 @@ class ConsumerGroup:
         under an older epoch), :class:`~grafos.errors.Fenced` is raised after,
         naming them (``err.partitions``), and nothing is committed for them.
         Returns what was committed. On a topic with ``on_full`` "block" or
-        "raise" the commit also moves the group's gate (and renews its lease)."""
+        "raise" the commit moves the group's gate (its committed offsets are
+        the gate): ``store`` must then be a FabricOffsetStore of the bus."""
         if not isinstance(store, OffsetStore):
             raise _validate.InvalidType(f"store must be an offset store, not {type(store).__name__}")
         member = self._member(member)
@@ -524,8 +520,9 @@ class ConsumerGroup:
             known = dict(self._epochs.get(member, {}))
         st = self._state
         if isinstance(st, _FabricState):
-            store = _same_bus_store(store, st.fabric)
-        gt = self._gate_topic()
+            assert self.mgr is not None
+            store = bus_store(store, self.mgr)
+            gate.check_store(self.mgr, self.topic, self.name, store)
         with st.locked():
             claims = st.claims()
             ok, fenced = {}, []
@@ -538,9 +535,6 @@ class ConsumerGroup:
             if ok:
                 commit_many(store, self.name, topic, ok,
                             None if incarnations is None else {p: incarnations[p] for p in ok if p in incarnations})
-                if gt is not None:
-                    gate.hold(self.mgr, gt, gate.group_reader(self.name), gate.GROUP, ok,
-                              self._stale_ns, now=now)
         if fenced:
             owners = {p: (claims[p].owner if p in claims else None) for p in fenced}
             raise Fenced(group=self.name, topic=topic, member=member, partitions=fenced,

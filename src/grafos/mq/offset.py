@@ -5,7 +5,9 @@
   one row per group/topic/partition); several processes may share the file.
 * :class:`FabricOffsetStore` -- in the fabric's metadata table
   (``o/<group>/<topic>/<partition>``), shared by every attached process and
-  gone with the fabric.
+  gone with the fabric. These records are the bus's own offsets: on a topic
+  with ``on_full`` "block" or "raise" they are the gate of a fabric-backed
+  group (:mod:`grafos.mq.gate`).
 
 Every store has ``committed``/``commit`` (the :class:`OffsetStore` protocol),
 ``commit_many`` (several partitions of one group and topic at once, all or
@@ -110,6 +112,21 @@ def commit_many(store: OffsetStore, group: str, topic: str, offsets: Mapping[int
     offsets = _check_many(group, topic, offsets)
     for p, off in offsets.items():
         store.commit(group, topic, p, off)
+
+
+def bus_store(store: OffsetStore, mgr: "TopicManager") -> OffsetStore:
+    """``store``, or when it is a FabricOffsetStore of ``mgr``'s bus made over
+    another attachment or from a bare Fabric, one made from ``mgr``: the
+    group's lock is re-entrant per attachment only (a second attachment would
+    take it again while it is held), and only a store with a manager can
+    store a gated topic's gates as it commits."""
+    if not isinstance(store, FabricOffsetStore):
+        return store
+    fabric, other = mgr.fabric, store.fabric
+    same = other is fabric or ((other.path or None) is not None and other.path == fabric.path)
+    if same and (other is not fabric or store._mgr is not mgr):
+        return FabricOffsetStore(mgr)
+    return store
 
 
 class _CommitsMany:
@@ -292,13 +309,20 @@ class FabricOffsetStore(_CommitsMany):
     Key ``o/<group>/<topic>/<partition>`` (a digest replaces the names when they
     are long); value: the offset (48 bits) and a format tag in one word, the
     partition incarnation (6 bytes), then the group and topic names.
+
+    A gating group's committed offsets are its gate: a commit stores the
+    topic's gates in the same hold of the metadata lock when the store was
+    made from a manager that has the topic open (else the next producer that
+    finds a partition full does).
     """
 
     def __init__(self, mgr: "TopicManager | Fabric") -> None:
         from ..fabric import Fabric
         from .topic import TopicManager
+        self._mgr: TopicManager | None = None
         if isinstance(mgr, TopicManager):
             self.fabric = mgr.fabric
+            self._mgr = mgr
         elif isinstance(mgr, Fabric):
             self.fabric = mgr
         else:
@@ -339,10 +363,14 @@ class FabricOffsetStore(_CommitsMany):
 
     def commit_many(self, group: str, topic: str, offsets: Mapping[int, int],
                     incarnations: Incarnations | None = None) -> None:
-        """Commit several partitions under one hold of the metadata lock."""
+        """Commit several partitions under one hold of the metadata lock (which
+        also stores the gates of a gated topic: see the class docs)."""
+        from . import gate
         with self.fabric.locked():
             for key, value in self.writes(group, topic, offsets, incarnations):
                 self.fabric.meta_put(key, value)
+            if self._mgr is not None:
+                gate.follow_commit(self._mgr, topic)
 
     def writes(self, group: str, topic: str, offsets: Mapping[int, int],
                incarnations: Incarnations | None = None) -> list[tuple[str, bytes]]:

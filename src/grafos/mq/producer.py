@@ -347,10 +347,17 @@ class Producer(SendPath):
         behind): raise BufferFull, or wait one slice for room. ``deadline`` holds
         the monotonic deadline of this call once the first wait set it. Waits
         sleep in C without the GIL, in slices so that Ctrl-C gets through and a
-        reader that went stale is released (the gate recomputed) meanwhile."""
+        reader that went stale is released (the gate recomputed) meanwhile. A
+        "raise" topic recomputes the gate once, then raises."""
         if timeout is _DEFAULT:
             timeout = self.timeout
         if t.config.on_full != "block":
+            if not deadline:
+                # the gate may lag: a reader went stale, or a commit was made by a handle
+                # that could not store the gate; look once before refusing
+                deadline.append(None)
+                gate.recompute(mgr, t)
+                return
             gate.note_full(t, p)
             raise BufferFull(f"topic {self.topic!r} partition {p} is full: a gating reader has not read "
                              f"the oldest message (on_full='raise'); nothing was written")
