@@ -581,11 +581,13 @@ class Transaction:
     def commit_offsets(self, consumer, store, offsets: dict[int, int] | None = None) -> dict[int, int]:
         """Commit ``consumer``'s positions (or ``offsets``) to ``store`` as part of
         this transaction: they become committed if and only if it commits.
-        ``store``: a FabricOffsetStore of the same bus, or a MemOffsetStore.
-        Returns what will be committed."""
+        ``store``: a FabricOffsetStore of the same bus, or a MemOffsetStore
+        (not for a group that gates the topic: its gate follows the bus's
+        offsets). Returns what will be committed."""
         self._check_open()
         transaction.check_store(self.mgr.fabric, store)
         group, topic, pos, incs = consumer.pending_commit(offsets)
+        gate.check_store(self.mgr, topic, group, store)
         self._offsets.append((store, group, topic, pos, incs))
         return dict(pos)
 

@@ -43,7 +43,7 @@ from .._clock import now_ns
 from .._native import ffi, lib
 from ..errors import (CorruptFabric, InvalidArgument, NotFound, ProducerFenced, TransactionError,
                       Unsupported)
-from . import _metakeys
+from . import _metakeys, gate
 from .offset import FabricOffsetStore, MemOffsetStore
 
 if TYPE_CHECKING:
@@ -352,6 +352,8 @@ def commit(mgr: "TopicManager", reg: Registration, stores: list, now: float | No
         fabric.meta_put_many([(_staged_key(cur.transactional_id, i), r) for i, r in enumerate(records)] +
                              [(_key(cur.transactional_id), cur.encode())] +      # the decision
                              puts)
+        for topic in {s[2] for s in stores if isinstance(s[0], FabricOffsetStore)}:
+            gate.follow_commit(mgr, topic)      # the offsets are a gating group's gate
     for store, group, topic, offsets, incs in later:
         store.commit_many(group, topic, offsets, incs)
     return _finish(mgr, cur, now, applied=True, own=True)

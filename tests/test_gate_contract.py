@@ -1,0 +1,247 @@
+"""The group's committed offsets are its gate, whoever commits them, and a live
+group gates every partition of its topic (shared-memory buses: JetStream does
+not gate, see tests/conformance)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from grafos.errors import BufferFull, Unsupported
+from grafos.mq.consumer import Consumer, SeekPolicy
+from grafos.mq.group import ConsumerGroup
+from grafos.mq.offset import FabricOffsetStore, MemOffsetStore, SqliteOffsetStore
+from grafos.mq.producer import Producer
+from grafos.mq.topic import TopicConfig, TopicManager
+
+MiB = 1 << 20
+CAP = 8
+
+
+def _bus(on_full: str = "raise", partitions: int = 1, capacity: int = CAP) -> TopicManager:
+    mgr = TopicManager(size=16 * MiB)
+    mgr.create("t", TopicConfig(partitions, capacity, 128, 3600.0, on_full=on_full))
+    return mgr
+
+
+def _send_to(mgr: TopicManager, prod: Producer, partition: int, i: int) -> None:
+    from grafos.mq.producer import kafka_partition
+    n = mgr.topic("t").n
+    key = next(b"k%d" % j for j in range(10_000) if kafka_partition(b"k%d" % j, n) == partition)
+    prod.send_keyed(mgr, key, b"%d" % i)
+
+
+# ---- every commit spelling moves the gate -------------------------------------------------------
+def _consumer_store(mgr, g, store_of):
+    c = Consumer("t", "g")
+    c.assign(g.claim("m"))
+    store = store_of(mgr)
+    c.seek(mgr, store, SeekPolicy.Committed)
+    assert len(c.poll(mgr, 100)) == CAP
+    c.commit(store)
+
+
+def _group_commit(mgr, g, store_of):
+    c = Consumer("t", "g")
+    c.assign(g.claim("m"))
+    c.seek(mgr, store_of(mgr), SeekPolicy.Committed)
+    assert len(c.poll(mgr, 100)) == CAP
+    g.commit(store_of(mgr), "m", "t", c.positions())
+
+
+def _bound(mgr, g, store_of):
+    g.claim("m")
+    c = g.consumer("m")
+    store = store_of(mgr)
+    c.seek(mgr, store, SeekPolicy.Committed)
+    assert len(c.poll(mgr, 100)) == CAP
+    c.commit(store)
+
+
+def _unpositioned(mgr, g, store_of):
+    g.claim("m")
+    c = Consumer("t", "g")               # never assigned, never sought: starts at the group's commits
+    assert len(c.poll(mgr, 100)) == CAP
+    c.commit(store_of(mgr))
+
+
+def _transaction(mgr, g, store_of):
+    mgr.create("out", TopicConfig(1, 64, 128, 3600.0))
+    c = Consumer("t", "g")
+    c.assign(g.claim("m"))
+    store = store_of(mgr)
+    c.seek(mgr, store, SeekPolicy.Committed)
+    out = Producer("out", transactional_id="txn-gate")
+    with out.begin(mgr) as txn:
+        for _, msg in c.poll(mgr, 100):
+            out.send(mgr, msg.value)
+        txn.commit_offsets(c, store)
+
+
+def _store_direct(mgr, g, store_of):
+    g.claim("m")
+    store_of(mgr).commit("g", "t", 0, CAP)
+
+
+SPELLINGS = {"consumer.commit": _consumer_store, "group.commit": _group_commit,
+             "group.consumer": _bound, "unpositioned consumer": _unpositioned,
+             "txn.commit_offsets": _transaction, "store.commit": _store_direct}
+STORES = {"FabricOffsetStore(mgr)": lambda m: FabricOffsetStore(m),
+          "FabricOffsetStore(fabric)": lambda m: FabricOffsetStore(m.fabric)}
+
+
+@pytest.mark.parametrize("store_of", STORES.values(), ids=list(STORES))
+@pytest.mark.parametrize("spelling", SPELLINGS.values(), ids=list(SPELLINGS))
+def test_every_commit_of_the_group_moves_its_gate(spelling, store_of):
+    mgr = _bus("raise")
+    g = ConsumerGroup("g", "t", 1, 3600.0, mgr=mgr)
+    g.claim("m")
+    prod = Producer("t")
+    for i in range(CAP):
+        prod.send(mgr, b"%d" % i)
+    with pytest.raises(BufferFull):
+        prod.send(mgr, b"full")              # the group has read nothing
+    spelling(mgr, g, store_of)
+    assert FabricOffsetStore(mgr).committed("g", "t", 0) == CAP
+    for i in range(CAP):                     # the group committed past every message: room for a ring
+        prod.send(mgr, b"more %d" % i)
+    with pytest.raises(BufferFull):
+        prod.send(mgr, b"full again")
+    d = mgr.describe("t").partitions[0]
+    assert (d.gate, d.gate_held_by) == (2 * CAP, "g:g")
+
+
+@pytest.mark.parametrize("store_of", STORES.values(), ids=list(STORES))
+def test_a_commit_wakes_a_producer_blocked_behind_the_group(store_of):
+    mgr = _bus("block")
+    g = ConsumerGroup("g", "t", 1, 3600.0, mgr=mgr)
+    g.claim("m")
+    prod = Producer("t", timeout=30.0)
+    for i in range(CAP):
+        prod.send(mgr, b"%d" % i)
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (prod.send(mgr, b"waits"), done.set()), daemon=True)
+    t.start()
+    time.sleep(0.2)
+    assert not done.is_set()
+    c = Consumer("t", "g")
+    c.assign(g.claim("m"))
+    store = store_of(mgr)
+    c.seek(mgr, store, SeekPolicy.Committed)
+    c.poll(mgr, 3)
+    c.commit(store)
+    assert done.wait(10)
+    t.join(10)
+
+
+@pytest.mark.parametrize("kind", ["mem", "sqlite"])
+def test_a_gating_group_cannot_commit_where_its_gate_cannot_follow(kind, tmp_path):
+    mgr = _bus("block")
+    g = ConsumerGroup("g", "t", 1, 3600.0, mgr=mgr)
+    store = MemOffsetStore() if kind == "mem" else SqliteOffsetStore(str(tmp_path / "o.db"))
+    c = Consumer("t", "g")
+    c.assign(g.claim("m"))
+    c.seek(mgr, store, SeekPolicy.Committed)
+    Producer("t").send(mgr, b"x")
+    c.poll(mgr, 10)
+    with pytest.raises(Unsupported, match="FabricOffsetStore"):
+        c.commit(store)
+    with pytest.raises(Unsupported, match="FabricOffsetStore"):
+        g.commit(store, "m", "t", {0: 1})
+    b = g.consumer("m")
+    b.seek(mgr, store, SeekPolicy.Committed)
+    b.poll(mgr, 10)
+    with pytest.raises(Unsupported, match="FabricOffsetStore"):
+        b.commit(store)
+    assert store.committed("g", "t", 0) is None      # nothing was committed
+    if kind == "mem":
+        mgr.create("out", TopicConfig(1, 64, 128, 3600.0))
+        out = Producer("out", transactional_id="txn-mem")
+        with out.begin(mgr) as txn:
+            with pytest.raises(Unsupported, match="FabricOffsetStore"):
+                txn.commit_offsets(c, store)
+    # a group that does not gate (an overwriting topic, or no live member) may use any store
+    g.leave("m")
+    c.commit(store)
+    assert store.committed("g", "t", 0) == 1
+
+
+def test_the_walkthrough_consumer_delivers_everything_on_a_block_topic():
+    """Consumer + assign(group.claim) + seek Committed + poll + commit(FabricOffsetStore)
+    + heartbeat: a producer of 3,000 messages into 64-slot rings neither hangs
+    nor overwrites anything unread."""
+    mgr = TopicManager(size=64 * MiB)
+    mgr.create("events", TopicConfig(num_partitions=4, partition_capacity=64, partition_stride=512,
+                                     retention_secs=3600, on_full="block"))
+    n = 3000
+    group = ConsumerGroup("processors", "events", 4, 30, mgr=mgr)
+    store = FabricOffsetStore(mgr)
+    consumer = Consumer("events", "processors")
+    consumer.assign(group.claim("worker-1"))
+    consumer.seek(mgr, store, SeekPolicy.Committed)
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        prod = Producer("events", timeout=60.0)
+        try:
+            for i in range(n):
+                prod.send_keyed(mgr, b"user-%d" % (i % 97), b"%d" % i)
+        except BaseException as e:  # noqa: BLE001 - reported by the test
+            errors.append(e)
+    t = threading.Thread(target=produce, daemon=True)
+    t.start()
+    got: list[bytes] = []
+    deadline = time.monotonic() + 120
+    while len(got) < n and time.monotonic() < deadline and not errors:
+        for partition, msg in consumer.poll(mgr, 100, timeout=0.05):
+            got.append(msg.value)
+        consumer.commit(store)
+        group.heartbeat("worker-1")
+    t.join(60)
+    assert not errors
+    assert sorted(got, key=int) == [b"%d" % i for i in range(n)]
+    assert consumer.lost() == {}
+
+
+# ---- a live group gates every partition ------------------------------------------------------
+def test_a_dead_members_unclaimed_partitions_stay_gated_while_the_group_lives():
+    mgr = _bus("raise", partitions=2)
+    g = ConsumerGroup("g", "t", 2, 10.0, mgr=mgr)
+    now = time.time()
+    g.claim("a", now=now)
+    g.claim("b", now=now)
+    assert g.heartbeat("a", now=now) == [0]       # gives back above its share now that b joined
+    assert g.claim("b", now=now) == [1]
+    for i in range(CAP):
+        _send_to(mgr, Producer("t"), 1, i)        # b's partition fills up; b dies without reading
+    for k in range(3, 7):
+        g.heartbeat("a", now=now + 5 * k)         # a lives on, b goes stale and nobody claims p1
+        assert g.stale_members(now=now + 5 * k) == ["b"]
+        d = mgr.describe("t", now=now + 5 * k).partitions[1]
+        assert (d.gate, d.gate_held_by) == (CAP, "g:g")
+        with pytest.raises(BufferFull):
+            _send_to(mgr, Producer("t"), 1, 99)
+    assert mgr.describe("t").partitions[1].lost == 0
+    assert g.claim("a", now=now + 31) == [0, 1]   # the survivor takes p1 over: all of it is still there
+    c = g.consumer("a")
+    c.seek(mgr, FabricOffsetStore(mgr), SeekPolicy.Committed)
+    assert sorted(int(m.value) for p, m in c.poll(mgr, 100) if p == 1) == list(range(CAP))
+
+
+def test_the_group_stops_gating_once_its_last_member_is_gone():
+    mgr = _bus("raise", partitions=2)
+    g = ConsumerGroup("g", "t", 2, 10.0, mgr=mgr)
+    now = time.time()
+    g.claim("a", now=now)
+    g.claim("b", now=now)
+    assert g.leave("a") == [0, 1]                 # b owns nothing yet
+    for i in range(CAP):
+        _send_to(mgr, Producer("t"), 0, i)
+    d = mgr.describe("t", now=now + 5).partitions[0]
+    assert d.gate_held_by == "g:g"               # b is live: a's partition stays gated
+    d = mgr.describe("t", now=now + 11).partitions[0]
+    assert (d.gate, d.gate_held_by) == (0, None)  # b went stale: nobody left, the ring overwrites
+    g.leave("b")
+    _send_to(mgr, Producer("t"), 0, 99)
+    assert mgr.describe("t").partitions[0].lost == 1
