@@ -245,3 +245,83 @@ def test_the_group_stops_gating_once_its_last_member_is_gone():
     g.leave("b")
     _send_to(mgr, Producer("t"), 0, 99)
     assert mgr.describe("t").partitions[0].lost == 1
+
+
+# ---- failover in processes -------------------------------------------------------------------
+def _failover(shm_name: str, procs: list, tmp_path, kills: int, total: int, seed: int) -> None:
+    """Two workers consume a "block" topic while a producer sends ``total``
+    messages; ``kills`` times a random worker is SIGKILLed at a random point
+    and a replacement started. Every message is delivered at least once, none
+    is overwritten unread, and redeliveries are at most one poll per kill."""
+    import multiprocessing as mp
+    import os
+    import random
+    import signal
+
+    import gate_procs
+    from mp_helpers import start
+
+    rnd = random.Random(seed)
+    parts, stale = 2, 0.6
+    mgr = TopicManager.open(shm_name, size=32 * MiB)
+    mgr.create("t", TopicConfig(parts, 32, 128, 3600.0, on_full="block"))
+    ConsumerGroup("g", "t", parts, stale, mgr=mgr)
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    workers: dict[str, object] = {}
+    logs: list[str] = []
+
+    def spawn(who: str) -> None:
+        ready = ctx.Event()
+        log = str(tmp_path / f"{who}.log")
+        logs.append(log)
+        workers[who] = start(procs, gate_procs.member, shm_name, "t", "g", parts, stale, who, log, ready, stop)
+        assert ready.wait(60), f"worker {who} did not start"
+
+    spawn("w0")
+    spawn("w1")
+    kill_at = sorted(rnd.sample(range(total // 10, total - total // 10), kills))
+    prod = Producer("t", timeout=60.0)
+    n = 0
+    for k, at in enumerate(kill_at + [total]):
+        while n < at:
+            prod.send_keyed(mgr, b"key-%d" % rnd.randrange(1 << 30), b"%d" % n)
+            n += 1
+        if n < total:
+            victim = rnd.choice(sorted(workers))
+            os.kill(workers[victim].pid, signal.SIGKILL)
+            workers[victim].join(10)
+            del workers[victim]
+            spawn(f"r{k}")
+    store = FabricOffsetStore(mgr)
+    deadline = time.monotonic() + 60
+    t = mgr.topic("t")
+    ends = {p: t.partitions[p].state().latest for p in range(parts)}
+    while any((store.committed("g", "t", p) or 0) < ends[p] for p in range(parts)):
+        assert time.monotonic() < deadline, "the group did not catch up"
+        time.sleep(0.05)
+    stop.set()
+    for w in workers.values():
+        w.join(30)
+    seen: dict[tuple[int, int], int] = {}
+    for log in logs:
+        with open(log) as f:
+            for line in f:
+                p, off = map(int, line.split())
+                seen[(p, off)] = seen.get((p, off), 0) + 1
+    want = {(p, off) for p in range(parts) for off in range(ends[p])}
+    assert sum(ends.values()) == total
+    assert want - set(seen) == set(), "messages never delivered (overwritten unread)"
+    assert set(seen) == want
+    assert sum(seen.values()) - len(seen) <= kills * gate_procs.POLL
+    mgr.close()
+
+
+def test_failover_on_a_block_topic_loses_nothing(shm_name, procs, tmp_path):
+    _failover(shm_name, procs, tmp_path, kills=1, total=3000, seed=7)
+
+
+@pytest.mark.stress
+def test_failover_at_random_kill_points_loses_nothing(shm_name, procs, tmp_path):
+    from mp_helpers import scaled
+    _failover(shm_name, procs, tmp_path, kills=scaled(5, 2), total=scaled(12_000, 4000), seed=int(time.time()))
