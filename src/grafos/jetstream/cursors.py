@@ -28,7 +28,7 @@ import numpy as np
 from nats.js import api
 
 from .. import _validate
-from ..errors import InvalidArgument, NotFound, Unavailable
+from ..errors import InvalidArgument, NotFound, OffsetOutOfRange, Unavailable
 from ..mq.consumer import SeekPolicy
 from ..mq.offset import MAX_OFFSET, OffsetStore
 from ..reader import META_DTYPE, Batch
@@ -93,21 +93,22 @@ class _Feed:
 
 
 class _Cursor:
-    __slots__ = ("partition", "part", "pos", "feed", "lost")
+    __slots__ = ("partition", "part", "pos", "feed", "lost", "skipped")
 
     def __init__(self, partition: int, part: "JsPartition | None", pos: int) -> None:
         self.partition = partition
         self.part = part
         self.pos = pos
         self.feed: _Feed | None = None
-        self.lost = 0
+        self.lost = 0           # dropped by the server while a feed read (the feed's gap)
+        self.skipped = 0        # dropped before a committed offset this cursor started from
 
 
 class _State:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.topic: JsTopic | None = None
         self.cursors: dict[int, _Cursor] = {}
-        self.saved: dict[int, tuple[int, int, int]] = {}   # partition -> (incarnation, position, lost)
+        self.saved: dict[int, tuple[int, int, int, int]] = {}   # partition -> (incarnation, position, lost, skipped)
         self.wake = asyncio.Event()
         self.next_look = 0.0
 
@@ -126,8 +127,10 @@ class Cursors:
             st = self._states[c] = _State(self.bus.loop.loop)
         return st
 
-    def _sync(self, c: "Consumer", refresh: bool = False) -> _State:
-        """Cursors for the current assignment, on the topic as last read."""
+    def _sync(self, c: "Consumer", refresh: bool = False, start: bool = True) -> _State:
+        """Cursors for the current assignment, on the topic as last read. A new
+        cursor of a partition no seek positioned starts at the group's committed
+        offset in the bus's offset records (``start``; False: a seek follows)."""
         st = self._state(c)
         bus = self.bus
         t = st.topic
@@ -150,7 +153,10 @@ class Cursors:
                 saved = st.saved.pop(p, None)
                 cur = _Cursor(p, part, bounds[p][0])
                 if saved is not None and part is not None and saved[0] == part.inc:
-                    cur.pos, cur.lost = saved[1], saved[2]
+                    cur.pos, cur.lost, cur.skipped = saved[1], saved[2], saved[3]
+                elif start and part is not None and p not in c._sought:
+                    from .state import KvOffsetStore
+                    cur.pos = self._committed(c, cur, KvOffsetStore(bus), *bounds[p])
                 st.cursors[p] = cur
         if list(st.cursors) != parts:
             st.cursors = {p: st.cursors[p] for p in parts}
@@ -174,7 +180,7 @@ class Cursors:
             bounds = self._bounds(st, changed)
             for p in changed:
                 cur = st.cursors[p]
-                cur.pos, cur.lost = bounds[p][0], 0
+                cur.pos, cur.lost, cur.skipped = bounds[p][0], 0, 0
         for p in list(st.saved):
             part = t.partitions[p] if p < t.n else None
             if part is None or part.inc != st.saved[p][0]:
@@ -193,7 +199,7 @@ class Cursors:
     def _drop(self, st: _State, p: int) -> None:
         cur = st.cursors.pop(p)
         if cur.part is not None:
-            st.saved[p] = (cur.part.inc, cur.pos, cur.lost)
+            st.saved[p] = (cur.part.inc, cur.pos, cur.lost, cur.skipped)
         self._close_feed(cur)
 
     def _close_feed(self, cur: _Cursor) -> None:
@@ -395,18 +401,40 @@ class Cursors:
             raise _validate.InvalidType(f"policy must be a SeekPolicy, not {type(policy).__name__}")
         if policy is SeekPolicy.Committed and not isinstance(store, OffsetStore):
             raise _validate.InvalidType("SeekPolicy.Committed needs an offset store")
-        st = self._sync(c, refresh=True)
+        st = self._sync(c, refresh=True, start=False)
         bounds = self._bounds(st, list(st.cursors))
-        for p, cur in st.cursors.items():
+        offs, skipped = {}, {p: cur.skipped for p, cur in st.cursors.items()}
+        for p, cur in st.cursors.items():       # all first: on_lost="raise" moves nothing
             earliest, latest = bounds[p]
             if policy is SeekPolicy.Earliest:
-                off = earliest
+                offs[p] = earliest
             elif policy is SeekPolicy.Latest:
-                off = latest
+                offs[p] = latest
             else:
-                got = store.committed(c.group, c.topic, p)
-                off = earliest if got is None or got > latest else max(got, earliest)
-            self._move(cur, off)
+                offs[p] = self._committed(c, cur, store, earliest, latest, skipped)
+        for p, cur in st.cursors.items():
+            cur.skipped = skipped[p]
+            self._move(cur, offs[p])
+
+    @staticmethod
+    def _committed(c: "Consumer", cur: _Cursor, store: Any, earliest: int, latest: int,
+                   skipped: dict[int, int] | None = None) -> int:
+        """Where the group's commit puts ``cur``: a commit the stream no longer
+        holds counts the messages dropped before it (``skipped``, else the
+        cursor's own count) and follows the consumer's ``on_lost``."""
+        got = store.committed(c.group, c.topic, cur.partition)
+        if got is None or got > latest:
+            return earliest
+        if got >= earliest:
+            return got
+        if c.on_lost == "raise":
+            raise OffsetOutOfRange(topic=c.topic, group=c.group, partition=cur.partition, committed=got,
+                                   earliest=earliest)
+        if skipped is None:
+            cur.skipped += earliest - got
+        else:
+            skipped[cur.partition] += earliest - got
+        return latest if c.on_lost == "latest" else earliest
 
     def _move(self, cur: _Cursor, off: int) -> None:
         if cur.pos != off or (cur.feed is not None and cur.feed.buf and cur.feed.buf[0][0] != off):
@@ -434,7 +462,9 @@ class Cursors:
 
     def lost(self, c: "Consumer") -> dict[int, int]:
         st = self._states.get(c)
-        return {} if st is None else {p: cur.lost for p, cur in st.cursors.items()}
+        if st is None:
+            return {}
+        return {p: cur.lost + cur.skipped for p, cur in sorted(st.cursors.items()) if cur.lost + cur.skipped > 0}
 
     def lag(self, c: "Consumer") -> dict[int, int]:
         st = self._sync(c)

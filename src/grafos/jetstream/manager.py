@@ -208,6 +208,10 @@ class JetStreamManager(RemoteManager):
         if config.num_partitions > MAX_JS_PARTITIONS:
             raise InvalidArgument(f"num_partitions must be <= {MAX_JS_PARTITIONS} on JetStream "
                                   f"(a stream per partition), got {config.num_partitions}")
+        if config.on_full != "overwrite":
+            raise Unsupported(f"on_full={config.on_full!r} needs readers that hold producers back (gating), "
+                              "which the JetStream bus does not have: a full partition drops its oldest "
+                              "message (on_full='overwrite'); see docs/jetstream.md")
         tok = names.token(name)
         inc = time.time_ns() // 1000
         exp = now_s(now) + config.retention_secs
