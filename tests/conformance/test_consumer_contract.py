@@ -60,6 +60,10 @@ def test_a_committed_offset_the_ring_overwrote_is_counted_in_lost(bus, on_lost):
     else:
         assert got == [] and c.position(0) == 25
     assert c.lost() == {0: 12}
+    d = ConsumerGroup("g", "conf-over", 1, 30, mgr=bus.mgr).describe(bus.mgr, store)
+    assert (d.partitions[0].lost, d.lost) == (12, 12)     # until the group commits again
+    c.commit(store)
+    assert ConsumerGroup.attach(bus.mgr, "g", "conf-over").describe(bus.mgr, store).lost == 0
     c.close()
 
 

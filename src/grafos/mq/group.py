@@ -111,6 +111,9 @@ class GroupPartition:
     #: on a topic with on_full "block"/"raise": "gating" while the group's lease on
     #: the partition is live, "released" once it went stale; None otherwise
     gating: str | None = None
+    #: messages the ring overwrote before the group read them: its commit is
+    #: older than the oldest offset still held (a Committed seek counts them too)
+    lost: int = 0
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,10 @@ class GroupDescription:
     @property
     def lag(self) -> int:
         return sum(p.lag for p in self.partitions)
+
+    @property
+    def lost(self) -> int:
+        return sum(p.lost for p in self.partitions)
 
     @property
     def consumed(self) -> int:
@@ -583,9 +590,10 @@ class ConsumerGroup:
                 committed = store.committed(self.name, self.topic, p)
             earliest, latest = _bounds(topic, p) if topic is not None and p < topic.n else (0, 0)
             gating = None if p not in leases else ("gating" if leases[p] else "released")
+            lost = earliest - committed if committed is not None and not stale and committed < earliest else 0
             parts.append(GroupPartition(p, c.owner if c else None, c.epoch if c else 0, committed,
                                         earliest, latest, _lag(None if stale else committed, earliest, latest),
-                                        stale, gating))
+                                        stale, gating, lost))
         infos = [MemberInfo(m, hb / 1e9, (t - hb) / 1e9, not self._is_live(hb, t),
                             sorted(p for p, c in claims.items() if c.owner == m))
                  for m, hb in sorted(members.items())]
