@@ -165,9 +165,10 @@ def hold(mgr: "TopicManager", topic: "str | Topic", reader: str, kind: int, posi
     """Renew ``reader``'s lease on each partition of ``positions`` until now +
     ``ttl_ns``, at the position given (None: keep the recorded one, or the
     oldest message still in the ring for a reader new to the partition), then
-    recompute the gates. A group's lease is never shortened (its members beat
-    at their own times) and its position is its committed offset, whatever is
-    given. Nothing happens on a topic that overwrites."""
+    recompute the gates. A group's position is its committed offset, whatever
+    is given (its lease is what its members' heartbeats say: the caller
+    passes the newest live one as ``now``). Nothing happens on a topic that
+    overwrites."""
     t = _topic(mgr, topic)
     if t is None or not _gated(t) or not positions:
         return
@@ -180,7 +181,7 @@ def hold(mgr: "TopicManager", topic: "str | Topic", reader: str, kind: int, posi
                 continue
             old = recs.get(p, {}).get(reader)
             if kind == GROUP:
-                exp = max(tn + ttl_ns, old[1] if old is not None else 0)
+                exp = tn + ttl_ns
                 _put(mgr, topic, p, reader, 0, exp, kind)
                 recs.setdefault(p, {})[reader] = (_committed(mgr, t, p, reader), exp, kind)
                 continue

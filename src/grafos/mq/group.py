@@ -421,9 +421,11 @@ class ConsumerGroup:
             with self._elock:
                 self._epochs[member] = {p: claims[p].epoch for p in mine}
             if gt is not None:
-                # a live member keeps the group gating every partition, owned or not
+                # a live member keeps the group gating every partition, owned or not,
+                # until the newest heartbeat goes stale
+                newest = max(hb for m, hb in members.items() if m in live)
                 gate.hold(self.mgr, gt, gate.group_reader(self.name), gate.GROUP,
-                          {p: None for p in range(self.num_partitions)}, self._stale_ns, now=t / 1e9)
+                          {p: None for p in range(self.num_partitions)}, self._stale_ns, now=newest / 1e9)
             return mine
 
     # ---- membership -------------------------------------------------------------------
@@ -452,8 +454,13 @@ class ConsumerGroup:
                     released.append(p)
             st.del_member(member)
             t = now_ns(None)
-            if gt is not None and not any(self._is_live(hb, t) for hb in st.members().values()):
-                gate.release(self.mgr, gt, gate.group_reader(self.name))   # the last one out
+            if gt is not None:
+                live = [hb for hb in st.members().values() if self._is_live(hb, t)]
+                if not live:
+                    gate.release(self.mgr, gt, gate.group_reader(self.name))   # the last one out
+                else:       # the group gates as long as its newest remaining heartbeat is live
+                    gate.hold(self.mgr, gt, gate.group_reader(self.name), gate.GROUP,
+                              {p: None for p in range(self.num_partitions)}, self._stale_ns, now=max(live) / 1e9)
         with self._elock:
             self._epochs.pop(member, None)
         return released
