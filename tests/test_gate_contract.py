@@ -325,3 +325,56 @@ def test_failover_on_a_block_topic_loses_nothing(shm_name, procs, tmp_path):
 def test_failover_at_random_kill_points_loses_nothing(shm_name, procs, tmp_path):
     from mp_helpers import scaled
     _failover(shm_name, procs, tmp_path, kills=scaled(5, 2), total=scaled(12_000, 4000), seed=int(time.time()))
+
+
+# ---- records of the dead are collected -------------------------------------------------------
+def test_a_thousand_gating_consumers_that_died_do_not_fill_the_metadata_table(monkeypatch):
+    """Each consumer holds a record per partition; none closes. Whoever looks
+    next deletes records expired for longer than gate.COLLECT_AFTER."""
+    import grafos._clock
+    from grafos.mq import gate
+
+    class Clock:
+        t = time.time()
+
+        def time_ns(self) -> int:
+            return int(self.t * 1e9)
+
+        def __getattr__(self, name: str):  # noqa: ANN204
+            return getattr(time, name)
+    clock = Clock()
+    monkeypatch.setattr(grafos._clock, "time", clock)
+    mgr = TopicManager(size=16 * MiB)
+    mgr.create("t", TopicConfig(8, CAP, 128, 3600.0, on_full="block"))
+    Producer("t").send(mgr, b"x")
+    for i in range(1000):                   # 8,000 records over the run: the table holds 4,096
+        c = Consumer("t", "g", gating=True, gating_ttl=1.0)
+        c.seek(mgr, SeekPolicy.Earliest)
+        c.poll(mgr, 10)                       # holds every partition, then dies without close()
+        del c
+        clock.t += 2.0
+    live = mgr.fabric.meta_items("w/")
+    assert 0 < len(live) <= 8 * (gate.COLLECT_AFTER / 2.0 + 2)
+    d = mgr.describe("t").partitions[0]
+    assert d.gate == 0 and all(not r.live for r in d.gating)
+    clock.t += gate.COLLECT_AFTER + 2.0
+    mgr.describe("t")
+    assert mgr.fabric.meta_items("w/") == []
+
+
+def test_a_dead_groups_records_are_collected_and_it_gates_again_when_a_member_returns():
+    from grafos.mq import gate
+    mgr = _bus("raise", partitions=2)
+    g = ConsumerGroup("g", "t", 2, 5.0, mgr=mgr)
+    now = time.time()
+    g.claim("a", now=now)
+    store = FabricOffsetStore(mgr)
+    g.commit(store, "a", "t", {0: 0, 1: 0}, now=now)
+    assert len(mgr.fabric.meta_items("w/")) == 2
+    assert [r.live for r in gate.describe(mgr, "t", now=now + 6)[0].readers] == [False]   # released, shown
+    gate.describe(mgr, "t", now=now + 5 + gate.COLLECT_AFTER)                               # then collected
+    assert mgr.fabric.meta_items("w/") == []
+    later = now + 10 + gate.COLLECT_AFTER
+    g.claim("a", now=later)
+    d = gate.describe(mgr, "t", now=later)
+    assert [(pg.held_by, pg.gate) for pg in d] == [("g:g", CAP), ("g:g", CAP)]

@@ -21,6 +21,11 @@ partition) gates at the oldest message still in the ring. A group holds every
 partition of its topic while one of its members is live, owned or not, so a
 partition whose owner died stays gated until another member claims it.
 
+A released reader's records stay (``describe`` shows it as released) for
+:data:`COLLECT_AFTER` seconds past their expiry; then whoever next looks
+(a hold, a release, a recompute, a describe) deletes them, so readers that
+died without closing do not fill the metadata table.
+
 After each change the partition's **gate** is stored in the ring header,
 the one word a producer loads per append: the lowest position of the live
 gating readers plus the capacity (producers claim offsets below it only), or
@@ -48,9 +53,12 @@ if TYPE_CHECKING:
 
 __all__ = ["GateReader", "PartitionGate", "hold", "release", "recompute", "describe", "group_reader",
            "consumer_reader", "topic_of", "forget", "wait_room", "note_full", "follow_commit", "check_store",
-           "GROUP", "CONSUMER"]
+           "GROUP", "CONSUMER", "COLLECT_AFTER"]
 
 _REC = struct.Struct("<QqB")      # position, lease expiry (ns), kind; then the reader's name
+#: seconds a released reader's records stay after their lease expired (then they are deleted)
+COLLECT_AFTER = 60.0
+_COLLECT_NS = int(COLLECT_AFTER * 1e9)
 _KINDS = {0: "group", 1: "consumer"}
 GROUP, CONSUMER = 0, 1
 
@@ -94,9 +102,10 @@ def _gated(t: "Topic") -> bool:
     return t.config.on_full != "overwrite"
 
 
-def _records(mgr: "TopicManager", t: "Topic") -> dict[int, dict[str, tuple[int, int, int]]]:
+def _records(mgr: "TopicManager", t: "Topic", tn: int) -> dict[int, dict[str, tuple[int, int, int]]]:
     """partition -> reader -> (position, expires_ns, kind); a group's position is
-    its committed offset. Needs the fabric lock."""
+    its committed offset. Records expired for longer than COLLECT_AFTER at
+    time ``tn`` are deleted. Needs the fabric lock."""
     scope = _scope(t.name)
     out: dict[int, dict[str, tuple[int, int, int]]] = {}
     for key, raw in mgr.fabric.meta_items(scope):
@@ -106,6 +115,9 @@ def _records(mgr: "TopicManager", t: "Topic") -> dict[int, dict[str, tuple[int, 
             (name,), _ = _metakeys.unpack_names(raw[_REC.size:], 1)
         except (struct.error, ValueError):
             raise CorruptFabric(f"gating record {key!r} is damaged") from None
+        if exp + _COLLECT_NS <= tn:
+            mgr.fabric.meta_del(key)      # a reader long gone: nobody needs to see it released
+            continue
         if kind == GROUP:
             pos = _committed(mgr, t, p, name)
         out.setdefault(p, {})[name] = (pos, exp, kind)
@@ -175,7 +187,7 @@ def hold(mgr: "TopicManager", topic: "str | Topic", reader: str, kind: int, posi
     topic = t.name
     tn = now_ns(now)
     with mgr.fabric.locked():
-        recs = _records(mgr, t)
+        recs = _records(mgr, t, tn)
         for p, pos in positions.items():
             if not 0 <= p < t.n:
                 continue
@@ -202,13 +214,14 @@ def release(mgr: "TopicManager", topic: "str | Topic", reader: str, now: float |
     if t is None:
         return
     topic = t.name
+    tn = now_ns(now)
     with mgr.fabric.locked():
-        recs = _records(mgr, t)
+        recs = _records(mgr, t, tn)
         for p, readers in recs.items():
             if reader in readers:
                 mgr.fabric.meta_del(_metakeys.child(_scope(topic), str(p), reader))
                 del readers[reader]
-        _apply(t, recs, now_ns(now))
+        _apply(t, recs, tn)
 
 
 def forget(mgr: "TopicManager", topic: str) -> None:
@@ -222,8 +235,9 @@ def recompute(mgr: "TopicManager", topic: "str | Topic", now: float | None = Non
     t = _topic(mgr, topic)
     if t is None:
         return {}
+    tn = now_ns(now)
     with mgr.fabric.locked():
-        return _apply(t, _records(mgr, t), now_ns(now))
+        return _apply(t, _records(mgr, t, tn), tn)
 
 
 def follow_commit(mgr: "TopicManager", topic: str, now: float | None = None) -> None:
@@ -235,7 +249,8 @@ def follow_commit(mgr: "TopicManager", topic: str, now: float | None = None) -> 
     t = mgr._topics.get(topic)
     if t is None or not t.binding.valid or not _gated(t):
         return
-    _apply(t, _records(mgr, t), now_ns(now))
+    tn = now_ns(now)
+    _apply(t, _records(mgr, t, tn), tn)
 
 
 def check_store(mgr: "TopicManager", topic: "str | Topic", group: str, store: OffsetStore) -> None:
@@ -251,7 +266,7 @@ def check_store(mgr: "TopicManager", topic: "str | Topic", group: str, store: Of
         return
     me = group_reader(group)
     with mgr.fabric.locked():
-        recs = _records(mgr, t)
+        recs = _records(mgr, t, now_ns(None))
     if any(me in readers for readers in recs.values()):
         raise Unsupported(
             f"group {group!r} gates topic {t.name!r} (on_full={t.config.on_full!r}): its gate is its "
@@ -301,7 +316,7 @@ def describe(mgr: "TopicManager", topic: "str | Topic", now: float | None = None
     topic = t.name
     tn = now_ns(now)
     with mgr.fabric.locked():
-        recs = _records(mgr, t)
+        recs = _records(mgr, t, tn)
     out = []
     st = ffi.new("gf_gate_state *")
     for p, part in enumerate(t.partitions):
