@@ -59,6 +59,15 @@ def _bound(mgr, g, store_of):
     c.commit(store)
 
 
+def _bound_handle(mgr, g, store_of):
+    c = mgr.consumer("t", group="g")      # bound to the manager: calls without mgr
+    c.assign(g.claim("m"))
+    store = store_of(mgr)
+    c.seek(store, SeekPolicy.Committed)
+    assert len(c.poll(100)) == CAP
+    c.commit(store)
+
+
 def _unpositioned(mgr, g, store_of):
     g.claim("m")
     c = Consumer("t", "g")               # never assigned, never sought: starts at the group's commits
@@ -85,7 +94,7 @@ def _store_direct(mgr, g, store_of):
 
 
 SPELLINGS = {"consumer.commit": _consumer_store, "group.commit": _group_commit,
-             "group.consumer": _bound, "unpositioned consumer": _unpositioned,
+             "group.consumer": _bound, "mgr.consumer": _bound_handle, "unpositioned consumer": _unpositioned,
              "txn.commit_offsets": _transaction, "store.commit": _store_direct}
 STORES = {"FabricOffsetStore(mgr)": lambda m: FabricOffsetStore(m),
           "FabricOffsetStore(fabric)": lambda m: FabricOffsetStore(m.fabric)}
