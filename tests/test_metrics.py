@@ -181,6 +181,32 @@ def test_metrics_should_show_the_gate_and_refused_sends_of_a_full_topic():
     mgr.close()
 
 
+def test_metrics_count_what_the_ring_overwrote_behind_a_groups_commit():
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+
+    from grafos.metrics import BusCollector
+    from grafos.mq.producer import Producer
+
+    mgr = TopicManager(size=16 << 20)
+    mgr.create("jobs", TopicConfig(2, 8, 128, 600.0))
+    store = FabricOffsetStore(mgr)
+    store.commit_many("workers", "jobs", {0: 0, 1: 0})
+    prod = Producer("jobs", partitioner=Partitioner.RoundRobin)
+    for i in range(20):                       # 10 per partition into rings of 8
+        prod.send(mgr, b"%d" % i)
+    store.commit("workers", "jobs", 1, 10)    # p1 read it all; p0 lost 2 behind its commit
+    reg = CollectorRegistry()
+    reg.register(BusCollector(mgr, store))
+    got = {(s.name, s.labels.get("partition"), s.labels.get("group")): s.value
+           for f in text_string_to_metric_families(generate_latest(reg).decode()) for s in f.samples}
+    assert got[("grafos_partition_group_lost", "0", "workers")] == 2
+    assert got[("grafos_partition_group_lost", "1", "workers")] == 0
+    d = ConsumerGroup("workers", "jobs", 2, 30, mgr=mgr).describe(mgr, store)
+    assert [p.lost for p in d.partitions] == [2, 0]
+    mgr.close()
+
+
 def test_collector_exports_producers_open_transactions_aborts_and_fencing(shm_name):
     from prometheus_client import CollectorRegistry
 

@@ -30,6 +30,7 @@ metric                                     type    labels
 ``grafos_partition_buffer_full_total``     counter topic, partition (sends refused with BufferFull)
 ``grafos_partition_consumed_total``        counter topic, partition, group (committed past)
 ``grafos_partition_lag``                   gauge   topic, partition, group
+``grafos_partition_group_lost``            gauge   topic, partition, group (overwritten behind its commit)
 ``grafos_group_members``                   gauge   group, topic
 ``grafos_group_stale_members``             gauge   group, topic
 ``grafos_group_member_heartbeat_age_seconds`` gauge group, topic, member
@@ -62,7 +63,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError('grafos.metrics needs prometheus-client: pip install "grafos[metrics]"') from e
 
 from .errors import GrafosError, NotFound
-from .mq.group import ConsumerGroup, group_lag, list_groups
+from .mq.group import ConsumerGroup, current_commit, group_lag, list_groups
 from .mq.offset import FabricOffsetStore, OffsetStore
 from .mq.topic import TopicManager
 
@@ -116,6 +117,9 @@ class BusCollector(Collector):
                                        "past (since the topic's last restart).", labels=_PG)
         lag = GaugeMetricFamily("grafos_partition_lag", "Messages between the group's committed offset "
                                 "and the end of the partition.", labels=_PG)
+        behind = GaugeMetricFamily("grafos_partition_group_lost", "Messages the ring overwrote before the "
+                                   "group read them: its commit is older than the oldest offset held.",
+                                   labels=_PG)
         bounds: dict[str, list[tuple[int, int]]] = {}
         for name in mgr.topics():
             try:
@@ -171,11 +175,14 @@ class BusCollector(Collector):
             if topic not in bounds:
                 continue
             lags = group_lag(mgr, self.store, grp, topic)
+            t = mgr.topic(topic)
             for i, (lo, hi) in enumerate(bounds[topic]):
                 c = self.store.committed(grp, topic, i)
                 lb = [topic, str(i), grp]
                 consumed.add_metric(lb, 0 if c is None else min(max(c, lo), hi))
                 lag.add_metric(lb, lags.get(i, 0))
+                cur, _ = current_commit(self.store, grp, t, i)
+                behind.add_metric(lb, lo - cur if cur is not None and cur < lo else 0)
 
         info = mgr.fabric.info()
         fab = [
@@ -190,7 +197,7 @@ class BusCollector(Collector):
                                 "over from a dead holder.", value=info.lock_recoveries),
         ]
         yield from (produced, lost, abandoned, earliest, ttl, alive, reserved, gate_off, blocked, blocked_s,
-                    full, consumed, lag,
+                    full, consumed, lag, behind,
                     members, stale, hb_age, owner, *fab, *self._producers(mgr))
 
     @staticmethod

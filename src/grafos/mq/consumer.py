@@ -85,8 +85,9 @@ class Consumer(PollPath):
         written; ``"read_committed"`` hands out transactional messages only
         once their transaction commits, never if it aborts, in partition
         order (see :mod:`grafos.mq.isolation`). ``on_lost``: where a
-        ``Committed`` seek puts a partition whose committed offset the ring
-        no longer holds (Kafka's ``auto.offset.reset``): ``"earliest"``
+        ``Committed`` seek (or the first read of a partition no seek
+        positioned) puts a partition whose committed offset the ring no
+        longer holds (Kafka's ``auto.offset.reset``): ``"earliest"``
         (default: the oldest message still held), ``"latest"`` (the end), both
         counting the overwritten messages in :meth:`lost`, or ``"raise"``
         (:class:`~grafos.errors.OffsetOutOfRange`, naming the partition and
