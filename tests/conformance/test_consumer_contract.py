@@ -26,13 +26,23 @@ def _send(bus, name: str, n: int, partitions: int = 1) -> None:
         prod.send(bus.mgr, b"%d" % i)
 
 
+def _drain(bus, c, n: int) -> list:
+    """Poll until ``n`` messages came (a server bus may hand them out over several polls)."""
+    import time
+    got: list = []
+    deadline = time.monotonic() + 10
+    while len(got) < n and time.monotonic() < deadline:
+        got += c.poll(bus.mgr, 100, timeout=0.5)
+    return got
+
+
 def test_lost_lists_only_partitions_that_lost_something(bus):
     _topic(bus, "conf-lost", partitions=2)
     c = Consumer("conf-lost", "g")
     c.seek(bus.mgr, SeekPolicy.Earliest)
     assert c.lost() == {}
     _send(bus, "conf-lost", 3, partitions=2)
-    assert len(c.poll(bus.mgr, 100, timeout=5.0)) == 6
+    assert len(_drain(bus, c, 6)) == 6
     assert c.lost() == {}                    # an empty dict is "nothing lost"
     c.close()
 
@@ -54,11 +64,12 @@ def test_a_committed_offset_the_ring_overwrote_is_counted_in_lost(bus, on_lost):
     c.assign([0])
     c.seek(bus.mgr, store, SeekPolicy.Committed)
     assert c.lost() == {0: 12}               # offsets 5..16 were overwritten before the group read them
-    got = c.poll(bus.mgr, 100, timeout=0.5)
+    c.seek(bus.mgr, store, SeekPolicy.Committed)
+    assert c.lost() == {0: 12}               # the same commit again: nothing more was lost
     if on_lost == "earliest":
-        assert [m.offset for _, m in got] == list(range(17, 25))
+        assert [m.offset for _, m in _drain(bus, c, 8)] == list(range(17, 25))
     else:
-        assert got == [] and c.position(0) == 25
+        assert c.poll(bus.mgr, 100, timeout=0.5) == [] and c.position(0) == 25
     assert c.lost() == {0: 12}
     d = ConsumerGroup("g", "conf-over", 1, 30, mgr=bus.mgr).describe(bus.mgr, store)
     assert (d.partitions[0].lost, d.lost) == (12, 12)     # until the group commits again
@@ -79,7 +90,7 @@ def test_on_lost_raise_names_the_partition_and_both_offsets_and_moves_nothing(bu
     assert "partition 0" in str(err.value) and "5" in str(err.value) and "17" in str(err.value)
     assert c.position(0) == 25 and c.lost() == {}
     c.seek(bus.mgr, SeekPolicy.Earliest)     # the caller decides
-    assert [m.offset for _, m in c.poll(bus.mgr, 100, timeout=5.0)] == list(range(17, 25))
+    assert [m.offset for _, m in _drain(bus, c, 8)] == list(range(17, 25))
     c.close()
 
 
@@ -107,7 +118,12 @@ def test_a_commit_never_moves_another_stores_offsets_back_without_a_seek(bus):
     mem = MemOffsetStore()
     mem.commit_many("g", "conf-rewind", {0: 4, 1: 4})
     c = Consumer("conf-rewind", "g")          # the bus has no commits of g: it starts at 0
-    assert len(c.poll(bus.mgr, 3, timeout=5.0)) == 3
+    got: list = []
+    for _ in range(20):
+        got += c.poll(bus.mgr, 3 - len(got), timeout=0.5)
+        if len(got) == 3:
+            break
+    assert len(got) == 3
     with pytest.raises(InvalidArgument, match="back from 4"):
         c.commit(mem)
     assert (mem.committed("g", "conf-rewind", 0), mem.committed("g", "conf-rewind", 1)) == (4, 4)

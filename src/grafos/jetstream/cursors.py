@@ -93,7 +93,7 @@ class _Feed:
 
 
 class _Cursor:
-    __slots__ = ("partition", "part", "pos", "feed", "lost", "skipped")
+    __slots__ = ("partition", "part", "pos", "feed", "lost", "gaps")
 
     def __init__(self, partition: int, part: "JsPartition | None", pos: int) -> None:
         self.partition = partition
@@ -101,14 +101,15 @@ class _Cursor:
         self.pos = pos
         self.feed: _Feed | None = None
         self.lost = 0           # dropped by the server while a feed read (the feed's gap)
-        self.skipped = 0        # dropped before a committed offset this cursor started from
+        # committed offset -> messages dropped before it, per commit this cursor started from
+        self.gaps: dict[int, int] = {}
 
 
 class _State:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.topic: JsTopic | None = None
         self.cursors: dict[int, _Cursor] = {}
-        self.saved: dict[int, tuple[int, int, int, int]] = {}   # partition -> (incarnation, position, lost, skipped)
+        self.saved: dict[int, tuple[int, int, int, dict[int, int]]] = {}   # partition -> (incarnation, position, lost, gaps)
         self.wake = asyncio.Event()
         self.next_look = 0.0
 
@@ -153,7 +154,7 @@ class Cursors:
                 saved = st.saved.pop(p, None)
                 cur = _Cursor(p, part, bounds[p][0])
                 if saved is not None and part is not None and saved[0] == part.inc:
-                    cur.pos, cur.lost, cur.skipped = saved[1], saved[2], saved[3]
+                    cur.pos, cur.lost, cur.gaps = saved[1], saved[2], saved[3]
                 elif start and part is not None and p not in c._sought:
                     from .state import KvOffsetStore
                     cur.pos = self._committed(c, cur, KvOffsetStore(bus), *bounds[p])
@@ -180,7 +181,7 @@ class Cursors:
             bounds = self._bounds(st, changed)
             for p in changed:
                 cur = st.cursors[p]
-                cur.pos, cur.lost, cur.skipped = bounds[p][0], 0, 0
+                cur.pos, cur.lost, cur.gaps = bounds[p][0], 0, {}
         for p in list(st.saved):
             part = t.partitions[p] if p < t.n else None
             if part is None or part.inc != st.saved[p][0]:
@@ -199,7 +200,7 @@ class Cursors:
     def _drop(self, st: _State, p: int) -> None:
         cur = st.cursors.pop(p)
         if cur.part is not None:
-            st.saved[p] = (cur.part.inc, cur.pos, cur.lost, cur.skipped)
+            st.saved[p] = (cur.part.inc, cur.pos, cur.lost, cur.gaps)
         self._close_feed(cur)
 
     def _close_feed(self, cur: _Cursor) -> None:
@@ -403,7 +404,7 @@ class Cursors:
             raise _validate.InvalidType("SeekPolicy.Committed needs an offset store")
         st = self._sync(c, refresh=True, start=False)
         bounds = self._bounds(st, list(st.cursors))
-        offs, skipped = {}, {p: cur.skipped for p, cur in st.cursors.items()}
+        offs, gaps = {}, {p: dict(cur.gaps) for p, cur in st.cursors.items()}
         for p, cur in st.cursors.items():       # all first: on_lost="raise" moves nothing
             earliest, latest = bounds[p]
             if policy is SeekPolicy.Earliest:
@@ -411,17 +412,17 @@ class Cursors:
             elif policy is SeekPolicy.Latest:
                 offs[p] = latest
             else:
-                offs[p] = self._committed(c, cur, store, earliest, latest, skipped)
+                offs[p] = self._committed(c, cur, store, earliest, latest, gaps[p])
         for p, cur in st.cursors.items():
-            cur.skipped = skipped[p]
+            cur.gaps = gaps[p]
             self._move(cur, offs[p])
 
     @staticmethod
     def _committed(c: "Consumer", cur: _Cursor, store: Any, earliest: int, latest: int,
-                   skipped: dict[int, int] | None = None) -> int:
+                   gaps: dict[int, int] | None = None) -> int:
         """Where the group's commit puts ``cur``: a commit the stream no longer
-        holds counts the messages dropped before it (``skipped``, else the
-        cursor's own count) and follows the consumer's ``on_lost``."""
+        holds counts the messages dropped before it (in ``gaps``, else the
+        cursor's own) and follows the consumer's ``on_lost``."""
         got = store.committed(c.group, c.topic, cur.partition)
         if got is None or got > latest:
             return earliest
@@ -430,10 +431,7 @@ class Cursors:
         if c.on_lost == "raise":
             raise OffsetOutOfRange(topic=c.topic, group=c.group, partition=cur.partition, committed=got,
                                    earliest=earliest)
-        if skipped is None:
-            cur.skipped += earliest - got
-        else:
-            skipped[cur.partition] += earliest - got
+        (cur.gaps if gaps is None else gaps)[got] = earliest - got
         return latest if c.on_lost == "latest" else earliest
 
     def _move(self, cur: _Cursor, off: int) -> None:
@@ -464,7 +462,8 @@ class Cursors:
         st = self._states.get(c)
         if st is None:
             return {}
-        return {p: cur.lost + cur.skipped for p, cur in sorted(st.cursors.items()) if cur.lost + cur.skipped > 0}
+        out = {p: cur.lost + sum(cur.gaps.values()) for p, cur in sorted(st.cursors.items())}
+        return {p: n for p, n in out.items() if n > 0}
 
     def lag(self, c: "Consumer") -> dict[int, int]:
         st = self._sync(c)

@@ -126,7 +126,9 @@ class Consumer(PollPath):
         self._epoch = -1    # fabric metadata epoch when the topic was last re-read after an expiry
         self._next_look = 0.0   # monotonic time before which we do not re-read it again
         self.consumed = 0
-        self._seek_lost: dict[int, int] = {}    # partition -> messages a Committed seek found overwritten
+        # partition -> {committed offset: messages the ring overwrote behind it}, per commit
+        # met (seeking to one commit again loses nothing more)
+        self._gaps: dict[int, dict[int, int]] = {}
         self._sought: set[int] = set()          # partitions positioned by a seek
         #: partitions a Committed seek started at the earliest offset because the
         #: commit belonged to an earlier incarnation (the topic was restarted)
@@ -266,7 +268,7 @@ class Consumer(PollPath):
         rd = self._ensure(mgr, start=False)
         t = self._t
         assert t is not None
-        offs, lost = {}, dict(self._seek_lost)
+        offs, gaps = {}, {p: dict(g) for p, g in self._gaps.items()}
         for p in self._parts:          # all first: on_lost="raise" moves nothing
             part = t.partitions[p]
             st = part.state() if part is not None else None
@@ -276,8 +278,8 @@ class Consumer(PollPath):
             elif policy is SeekPolicy.Latest:
                 offs[p] = latest
             else:
-                offs[p] = self._committed_start(store, t, p, earliest, latest, lost)
-        self._seek_lost = lost
+                offs[p] = self._committed_start(store, t, p, earliest, latest, gaps)
+        self._gaps = gaps
         for p, off in offs.items():
             rd.seek(p, off)
         self._sought.update(offs)
@@ -285,16 +287,16 @@ class Consumer(PollPath):
             self._holding.forget(list(self._parts))
 
     def _committed_start(self, store: OffsetStore, t: Topic, p: int, earliest: int, latest: int,
-                         lost: dict[int, int] | None = None) -> int:
+                         gaps: dict[int, dict[int, int]] | None = None) -> int:
         """Where ``SeekPolicy.Committed`` puts partition ``p``: the commit, unless it
         belongs to another incarnation of the partition (the topic was restarted
         since): then everything in the fresh ring is new to the group. A commit
-        the ring has overwritten since is counted in ``lost`` (the consumer's
-        own count when None) and resolved by ``on_lost``."""
+        the ring has overwritten since is counted in ``gaps`` (the consumer's
+        own when None) and resolved by ``on_lost``."""
         entry = committed_entry(store, self.group, self.topic, p)
         if entry is None:
             return earliest
-        if entry.incarnation is not None and t.lease_ids[p] and entry.incarnation != t.partition_incarnation(p):
+        if entry.incarnation is not None and entry.incarnation != t.partition_incarnation(p):
             self.reset_by_incarnation += 1
             return earliest
         if entry.offset > latest:
@@ -305,8 +307,7 @@ class Consumer(PollPath):
         if self.on_lost == "raise":
             raise OffsetOutOfRange(topic=self.topic, group=self.group, partition=p, committed=entry.offset,
                                    earliest=earliest)
-        counts = self._seek_lost if lost is None else lost
-        counts[p] = counts.get(p, 0) + earliest - entry.offset
+        (self._gaps if gaps is None else gaps).setdefault(p, {})[entry.offset] = earliest - entry.offset
         return latest if self.on_lost == "latest" else earliest
 
     def seek_partition(self, mgr: TopicManager, partition: int, offset: int) -> None:
@@ -366,7 +367,7 @@ class Consumer(PollPath):
         if (remote := self._remote()) is not None:
             return remote.lost(self)
         rd = self._reader
-        out = dict(self._seek_lost)
+        out = {p: sum(g.values()) for p, g in self._gaps.items()}
         if rd is not None:
             for p in self._parts:
                 n = rd.counters(p)["lost"]
