@@ -21,7 +21,8 @@ from grafos.mq.topic import TopicConfig, TopicManager
 
 P, CAP, STALE = 2, 4, 10.0
 MEMBERS = ("a", "b", "c")
-SPELLINGS = ("group.commit", "consumer.commit", "group.consumer", "store(mgr)", "store(fabric)")
+SPELLINGS = ("group.commit", "consumer.commit", "group.consumer", "txn.commit_offsets", "store(mgr)",
+             "store(fabric)")
 KEYS = [next(b"k%d" % j for j in range(1000) if kafka_partition(b"k%d" % j, P) == p) for p in range(P)]
 
 
@@ -50,6 +51,8 @@ class GateModel(RuleBasedStateMachine):
         self.mgr.create("t", TopicConfig(P, CAP, 128, 3600.0, on_full="raise"))
         self.group = ConsumerGroup("g", "t", P, STALE, mgr=self.mgr)
         self.prod = Producer("t")
+        self.mgr.create("out", TopicConfig(1, 64, 128, 3600.0))
+        self.txn = Producer("out", transactional_id="gate-model", transaction_ttl=3600.0)
         self.hb: dict[str, float] = {}           # members that joined and did not leave -> last heartbeat
         self.tail = [0] * P
         self.committed: list[int | None] = [None] * P
@@ -119,7 +122,11 @@ class GateModel(RuleBasedStateMachine):
                 c = self.group.consumer(m) if spelling == "group.consumer" else Consumer("t", "g")
                 c.assign([p])
                 c.seek(self.mgr, store, SeekPolicy.Committed)
-                c.commit(store, {p: off})
+                if spelling == "txn.commit_offsets":
+                    with self.txn.begin(self.mgr) as txn:
+                        txn.commit_offsets(c, store, {p: off})
+                else:
+                    c.commit(store, {p: off})
                 c.close()
         except Fenced:
             return
