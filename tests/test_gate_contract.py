@@ -387,3 +387,14 @@ def test_a_dead_groups_records_are_collected_and_it_gates_again_when_a_member_re
     g.claim("a", now=later)
     d = gate.describe(mgr, "t", now=later)
     assert [(pg.held_by, pg.gate) for pg in d] == [("g:g", CAP), ("g:g", CAP)]
+
+
+def test_a_peek_of_a_consumer_nobody_positioned_starts_at_the_groups_commits():
+    mgr = _bus("overwrite")
+    prod = Producer("t")
+    for i in range(5):
+        prod.send(mgr, b"%d" % i)
+    FabricOffsetStore(mgr).commit("g", "t", 0, 3)
+    c = Consumer("t", "g")
+    with c.peek(mgr, 10) as pk:
+        assert [bytes(m.value) for m in pk] == [b"3", b"4"]

@@ -112,6 +112,20 @@ def test_a_consumer_nobody_positioned_starts_at_the_groups_commits_and_never_rew
     c.close()
 
 
+def test_a_batch_poll_of_a_consumer_nobody_positioned_starts_at_the_groups_commits(bus):
+    _topic(bus, "conf-batch", partitions=2)
+    _send(bus, "conf-batch", 4, partitions=2)
+    bus.store().commit_many("g", "conf-batch", {0: 4, 1: 2})
+    c = Consumer("conf-batch", "g")
+    offsets: list[int] = []
+    for _ in range(20):
+        offsets += [int(o) for o in c.poll_batch(bus.mgr, 100, timeout=0.5).offsets]
+        if len(offsets) >= 2:
+            break
+    assert sorted(offsets) == [2, 3] and c.positions() == {0: 4, 1: 4}
+    c.close()
+
+
 def test_a_commit_never_moves_another_stores_offsets_back_without_a_seek(bus):
     _topic(bus, "conf-rewind", partitions=2)
     _send(bus, "conf-rewind", 4, partitions=2)
