@@ -155,7 +155,7 @@ class Cursors:
                 cur = _Cursor(p, part, bounds[p][0])
                 if saved is not None and part is not None and saved[0] == part.inc:
                     cur.pos, cur.lost, cur.gaps = saved[1], saved[2], saved[3]
-                elif start and part is not None and p not in c._sought:
+                elif start and part is not None and p not in c._positioned:
                     from .state import KvOffsetStore
                     cur.pos = self._committed(c, cur, KvOffsetStore(bus), *bounds[p])
                 st.cursors[p] = cur

@@ -129,7 +129,9 @@ class Consumer(PollPath):
         # partition -> {committed offset: messages the ring overwrote behind it}, per commit
         # met (seeking to one commit again loses nothing more)
         self._gaps: dict[int, dict[int, int]] = {}
-        self._sought: set[int] = set()          # partitions positioned by a seek
+        # partitions positioned by a seek, or whose commit was checked against the store
+        # (a commit of a partition not in it must not move the store's offset back)
+        self._positioned: set[int] = set()
         #: partitions a Committed seek started at the earliest offset because the
         #: commit belonged to an earlier incarnation (the topic was restarted)
         self.reset_by_incarnation = 0
@@ -166,7 +168,7 @@ class Consumer(PollPath):
             remote.check_assignment(self, parts)
         self._save_positions()
         self._assigned = sorted(parts)
-        self._sought &= set(parts)
+        self._positioned &= set(parts)
         self._reader = None
         self._unbind_fast()
 
@@ -229,7 +231,7 @@ class Consumer(PollPath):
                 part = t.partitions[p]
                 st = part.state() if part is not None else None
                 earliest, latest = (st.earliest, st.latest) if st is not None else (0, 0)
-                if pos is None and p not in self._sought and start:
+                if pos is None and p not in self._positioned and start:
                     # never positioned: where the group is on the bus
                     bus = bus or FabricOffsetStore(mgr)
                     pos = self._committed_start(bus, t, p, earliest, latest)
@@ -255,7 +257,7 @@ class Consumer(PollPath):
                                                    and not isinstance(store_or_partition, bool)):
             self._mgr = mgr
             mgr.seek(self, store_or_partition, policy)
-            self._sought.update(mgr.positions(self))
+            self._positioned.update(mgr.positions(self))
             return
         if isinstance(store_or_partition, int) and not isinstance(store_or_partition, bool):
             self.seek_partition(mgr, store_or_partition, policy)   # type: ignore[arg-type]
@@ -282,7 +284,7 @@ class Consumer(PollPath):
         self._gaps = gaps
         for p, off in offs.items():
             rd.seek(p, off)
-        self._sought.update(offs)
+        self._positioned.update(offs)
         if self._holding is not None:
             self._holding.forget(list(self._parts))
 
@@ -315,7 +317,7 @@ class Consumer(PollPath):
         if isinstance(mgr, RemoteManager):
             self._mgr = mgr
             mgr.seek_partition(self, partition, offset)
-            self._sought.add(partition)
+            self._positioned.add(partition)
             return
         rd = self._ensure(mgr)
         i = self._index(partition)
@@ -325,7 +327,7 @@ class Consumer(PollPath):
         if offset > latest:
             raise InvalidArgument(f"offset {offset} is beyond the end ({latest}) of partition {partition}")
         rd.seek(i, offset)
-        self._sought.add(partition)
+        self._positioned.add(partition)
         if self._holding is not None:
             self._holding.forget([partition])
 
@@ -599,6 +601,7 @@ class Consumer(PollPath):
             store = bus_store(store, mgr)
             gate.check_store(mgr, self._t if self._t is not None else self.topic, self.group, store)
         commit_many(store, self.group, self.topic, pos, incs)
+        self._positioned.update(pos)        # from here on the store follows this consumer
         return pos
 
     def _check_rewind(self, store: OffsetStore, pos: dict[int, int]) -> None:
@@ -606,7 +609,7 @@ class Consumer(PollPath):
         offset backwards (it started where the bus's records said, which need
         not be where this store is)."""
         for p, off in pos.items():
-            if p in self._sought:
+            if p in self._positioned:
                 continue
             e = committed_entry(store, self.group, self.topic, p)
             if e is None or e.offset <= off:
