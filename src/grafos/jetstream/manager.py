@@ -683,6 +683,17 @@ class JetStreamManager(RemoteManager):
         from .state import KvGroupState
         return KvGroupState(self, group, topic)
 
+    def subscribe(self, topic: str, group: str, member: str | None = None, *,
+                  store: Any = None, **options: Any) -> Any:
+        """A consumer of ``topic`` that joins ``group`` and manages its share of the
+        partitions, as :meth:`TopicManager.subscribe <grafos.mq.topic.TopicManager.subscribe>`;
+        the group's offsets live in a :class:`~grafos.jetstream.state.KvOffsetStore`
+        of this bus unless ``store`` is given."""
+        from ..mq.subscribe import Subscriber
+        from .state import KvOffsetStore
+        return Subscriber(self, topic, group, member, store=KvOffsetStore(self) if store is None else store,
+                          **options)
+
     def dlq_counts(self, source: str, dlq: str) -> Any:
         from .state import KvCounts
         return KvCounts(self, source, dlq)

@@ -11,9 +11,10 @@ from .consumer import Consumer, Message, SeekPolicy
 from .group import ConsumerGroup, GroupDescription
 from .dlq import DlqRouter
 from .bound import BoundConsumer, BoundProducer
+from .subscribe import Subscriber
 
 __all__ = ["TopicManager", "TopicConfig", "Topic", "TopicDescription", "PartitionInfo",
            "Producer", "Transaction", "Partitioner", "kafka_partition", "murmur2",
            "Consumer", "SeekPolicy", "Message", "ConsumerGroup", "GroupDescription", "DlqRouter",
            "OffsetStore", "MemOffsetStore", "SqliteOffsetStore", "FabricOffsetStore",
-           "BoundProducer", "BoundConsumer"]
+           "BoundProducer", "BoundConsumer", "Subscriber"]

@@ -75,7 +75,7 @@ if TYPE_CHECKING:
     from .consumer import Consumer
     from .topic import TopicManager
 
-__all__ = ["ConsumerGroup", "KeepAlive", "Claim", "GroupDescription", "GroupPartition", "MemberInfo",
+__all__ = ["ConsumerGroup", "KeepAlive", "Claim", "Share", "GroupDescription", "GroupPartition", "MemberInfo",
            "GroupConfig", "list_groups", "group_lag"]
 
 MAX_PARTITIONS = 4096
@@ -85,6 +85,14 @@ class Claim(NamedTuple):
     owner: str | None     #: None once given back (or its member left)
     epoch: int            #: incremented on every change of owner
     since_ns: int         #: when the current owner took it
+
+
+class Share(NamedTuple):
+    """Where a member stands against its fair share (:meth:`ConsumerGroup.beat`)."""
+
+    owned: list[int]      #: the partitions it owns (sorted)
+    quota: int            #: its fair share among the live members
+    free: list[int]       #: partitions no live member owns: it may take them up to its quota
 
 
 @dataclass(frozen=True)
@@ -384,8 +392,8 @@ class ConsumerGroup:
         resolved before the fabric lock is taken."""
         return gate.topic_of(self.mgr, self.topic) if isinstance(self._state, _FabricState) else None
 
-    def _sync(self, member: str, now: float | None, acquire: bool) -> list[int]:
-        """Heartbeat, give back above the quota, optionally take up to it."""
+    def _sync(self, member: str, now: float | None, acquire: bool, give_back: bool = True) -> Share:
+        """Heartbeat, optionally give back above the quota and take up to it."""
         member = self._member(member)
         t = now_ns(now)
         st = self._state
@@ -398,7 +406,7 @@ class ConsumerGroup:
             quota = self._quota(member, live)
             claims = st.claims()
             mine = sorted(p for p, c in claims.items() if c.owner == member and p < self.num_partitions)
-            while len(mine) > quota:
+            while give_back and len(mine) > quota:
                 p = mine.pop()                 # give back the highest-numbered ones
                 c = claims[p]
                 claims[p] = Claim(None, c.epoch, c.since_ns)
@@ -418,6 +426,8 @@ class ConsumerGroup:
                 if m not in live and m not in holders:
                     st.del_member(m)
             mine.sort()
+            free = [p for p in range(self.num_partitions) if p not in mine and
+                    (claims.get(p) is None or claims[p].owner not in live)]
             with self._elock:
                 self._epochs[member] = {p: claims[p].epoch for p in mine}
             if gt is not None:
@@ -426,19 +436,27 @@ class ConsumerGroup:
                 newest = max(hb for m, hb in members.items() if m in live)
                 gate.hold(self.mgr, gt, gate.group_reader(self.name), gate.GROUP,
                           {p: None for p in range(self.num_partitions)}, self._stale_ns, now=newest / 1e9)
-            return mine
+            return Share(mine, quota, free)
 
     # ---- membership -------------------------------------------------------------------
     def claim(self, member: str, now: float | None = None) -> list[int]:
         """Heartbeat and take unclaimed or stale partitions up to the fair share;
         returns the partitions ``member`` now owns (sorted)."""
-        return self._sync(member, now, acquire=True)
+        return self._sync(member, now, acquire=True).owned
 
     def heartbeat(self, member: str, now: float | None = None) -> list[int]:
         """Keep ``member`` live; give back what is above its fair share now that
         others have joined. Returns the partitions it still owns (a member fenced
         meanwhile finds the taken ones gone). A member not seen before joins."""
-        return self._sync(member, now, acquire=False)
+        return self._sync(member, now, acquire=False).owned
+
+    def beat(self, member: str, now: float | None = None) -> Share:
+        """Keep ``member`` live without changing any claim, and say where it stands.
+        A member that hands partitions over itself (it commits them and tells its
+        application first, as :mod:`grafos.mq.subscribe` does) beats with this and
+        calls :meth:`claim` once it is ready to give back above ``quota`` and take
+        ``free`` partitions. A member not seen before joins (owning nothing)."""
+        return self._sync(member, now, acquire=False, give_back=False)
 
     def leave(self, member: str) -> list[int]:
         """Leave the group: give every partition back at once (others need not

@@ -34,7 +34,9 @@ from . import gate
 
 if TYPE_CHECKING:
     from .bound import BoundConsumer, BoundProducer
+    from .offset import OffsetStore
     from .producer import Partitioner
+    from .subscribe import Subscriber
 
 #: documented defaults of :class:`TopicConfig`
 DEFAULT_PARTITIONS = 4
@@ -609,3 +611,16 @@ class TopicManager:
             c.assign(partitions)
         return c
 
+    def subscribe(self, topic: str, group: str, member: str | None = None, *,
+                  store: "OffsetStore | None" = None, **options) -> "Subscriber":
+        """A consumer of ``topic`` that joins ``group`` and manages its share of the
+        partitions (the recommended consumer, see :mod:`grafos.mq.subscribe`):
+        ``for partition, msg in mgr.subscribe("events", group="processors")``.
+        Options: ``on_assign``, ``on_revoke``, ``auto_commit`` (True),
+        ``session_timeout`` (30 s), ``heartbeat_interval``, ``max_batch``. The
+        group's offsets live in ``store``, by default the bus's
+        :class:`~grafos.mq.offset.FabricOffsetStore` (shared by its processes)."""
+        from .offset import FabricOffsetStore
+        from .subscribe import Subscriber
+        return Subscriber(self, topic, group, member, store=FabricOffsetStore(self) if store is None else store,
+                          **options)

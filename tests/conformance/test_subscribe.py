@@ -1,0 +1,285 @@
+"""The subscribe consumer (``mgr.subscribe``) on every backend: it joins its
+group, takes its fair share, commits through the group, hands partitions over
+in order (revoke, then assign) when members come and go, and iterates."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from grafos.errors import CorruptFabric, InvalidArgument, InvalidType, LockTimeout, NotFound
+from grafos.mq.producer import Producer, kafka_partition
+from grafos.mq.topic import TopicConfig
+
+N_PARTS = 4
+FAST = dict(heartbeat_interval=0.05, session_timeout=5.0)
+
+
+def make_topic(bus, name: str, per_partition: int = 5) -> dict[int, int]:
+    """A topic of 4 partitions with ``per_partition`` messages on each; returns the ends."""
+    bus.mgr.create(name, TopicConfig(num_partitions=N_PARTS, partition_capacity=256, partition_stride=256))
+    prod = Producer(name)
+    for p in range(N_PARTS):
+        for i in range(per_partition):
+            prod.send_keyed(bus.mgr, _key_for(p), b"m-%d-%d" % (p, i))
+    return {p: per_partition for p in range(N_PARTS)}
+
+
+def _key_for(p: int) -> bytes:
+    """A key that lands on partition ``p`` of 4 (Kafka's partitioner)."""
+    i = 0
+    while kafka_partition(b"k%d" % i, N_PARTS) != p:
+        i += 1
+    return b"k%d" % i
+
+
+def send(bus, topic: str, partition: int, n: int) -> None:
+    prod = Producer(topic)
+    for i in range(n):
+        prod.send_keyed(bus.mgr, _key_for(partition), b"late-%d" % i)
+
+
+def drain(sub, want: int, deadline: float = 10.0) -> list:
+    got: list = []
+    end = time.monotonic() + deadline
+    while len(got) < want and time.monotonic() < end:
+        got += sub.poll(100, timeout=0.1)
+    return got
+
+
+def committed(bus, group: str, topic: str) -> dict[int, int | None]:
+    store = bus.store()
+    return {p: store.committed(group, topic, p) for p in range(N_PARTS)}
+
+
+def settle(subs, check, deadline: float = 10.0) -> None:
+    """Poll every subscriber in turn until ``check()`` holds."""
+    end = time.monotonic() + deadline
+    while not check():
+        assert time.monotonic() < end, [s.assignment() for s in subs]
+        for s in subs:
+            s.poll(10, timeout=0.02)
+
+
+def test_a_subscriber_should_join_take_every_partition_poll_and_commit_through_the_group(bus):
+    ends = make_topic(bus, "sub-basic")
+    log: list = []
+    with bus.mgr.subscribe("sub-basic", group="g", member="m1", auto_commit=False,
+                           on_assign=lambda ps: log.append(("assign", ps)), **FAST) as sub:
+        assert sub.assignment() == []            # joins at its first poll, as a Kafka consumer does
+        got = drain(sub, sum(ends.values()))
+        assert sub.assignment() == [0, 1, 2, 3] and log == [("assign", [0, 1, 2, 3])]
+        assert sorted((p, m.offset) for p, m in got) == [(p, o) for p in range(4) for o in range(ends[p])]
+        assert committed(bus, "g", "sub-basic") == {p: None for p in range(4)}   # auto_commit off
+        assert sub.commit() == ends
+        assert committed(bus, "g", "sub-basic") == ends
+        assert sub.positions() == ends and sub.lag() == {p: 0 for p in range(4)}
+        assert sub.commit({0: 2}) == {0: 2}
+        assert committed(bus, "g", "sub-basic")[0] == 2
+        assert sub.consumer_group.assignments() == {p: "m1" for p in range(4)}
+    assert sub.consumer_group.assignments() == {}     # it left
+    with pytest.raises(InvalidArgument):
+        sub.poll(1)
+
+
+def test_auto_commit_should_commit_what_the_previous_poll_returned_at_the_next_poll_and_at_close(bus):
+    make_topic(bus, "sub-auto", per_partition=3)
+    sub = bus.mgr.subscribe("sub-auto", group="g", member="m1", **FAST)
+    first = sub.poll(4, timeout=5.0)
+    assert len(first) == 4
+    assert committed(bus, "g", "sub-auto") == {p: None for p in range(4)}   # not processed yet
+    pos_after_first = sub.positions()
+    second = sub.poll(4, timeout=5.0)
+    assert len(second) == 4
+    assert committed(bus, "g", "sub-auto") == pos_after_first              # the first poll's messages
+    pos_after_second = sub.positions()
+    sub.close()
+    assert committed(bus, "g", "sub-auto") == pos_after_second
+    # a new member of the group starts where the group committed: nothing repeats
+    with bus.mgr.subscribe("sub-auto", group="g", member="m2", **FAST) as again:
+        rest = drain(again, 12 - 8)
+        seen = {(p, m.offset) for p, m in first + second}
+        assert len(rest) == 4 and not seen & {(p, m.offset) for p, m in rest}
+
+
+def test_a_second_member_should_take_half_revoke_then_assign_after_a_last_commit(bus):
+    ends = make_topic(bus, "sub-join")
+    log: list = []
+    store = bus.store()
+
+    def revoked(name, sub_ref):
+        def cb(parts):
+            # the last commit of the partitions comes before they are given away
+            s = sub_ref[0]
+            log.append((name, "revoke", parts, {p: store.committed("g", "sub-join", p) for p in parts},
+                        {p: s.position(p) for p in parts}))
+        return cb
+
+    r1: list = []
+    m1 = bus.mgr.subscribe("sub-join", group="g", member="m1", on_revoke=revoked("m1", r1),
+                           on_assign=lambda ps: log.append(("m1", "assign", ps)), **FAST)
+    r1.append(m1)
+    got1 = drain(m1, sum(ends.values()))
+    assert len(got1) == sum(ends.values())
+    m2 = bus.mgr.subscribe("sub-join", group="g", member="m2",
+                           on_assign=lambda ps: log.append(("m2", "assign", ps)), **FAST)
+    try:
+        settle([m1, m2], lambda: m1.assignment() == [0, 1] and m2.assignment() == [2, 3])
+        assert [e[:3] for e in log] == [("m1", "assign", [0, 1, 2, 3]), ("m1", "revoke", [2, 3]),
+                                        ("m2", "assign", [2, 3])]
+        _, _, _, at_revoke, positions = log[1]
+        assert at_revoke == positions == {2: ends[2], 3: ends[3]}
+        # m2 starts at the group's commit: it sees only what comes after
+        send(bus, "sub-join", 2, 2)
+        late = drain(m2, 2)
+        assert [(p, m.offset) for p, m in late] == [(2, ends[2]), (2, ends[2] + 1)]
+    finally:
+        m2.close()
+        m1.close()
+
+
+def test_close_should_hand_the_partitions_over_at_once(bus):
+    make_topic(bus, "sub-close", per_partition=2)
+    log: list = []
+    # a long session: only leaving (not a stale member) can move the partitions this fast
+    opts = dict(heartbeat_interval=0.05, session_timeout=60.0)
+    m1 = bus.mgr.subscribe("sub-close", group="g", member="m1", **opts)
+    m2 = bus.mgr.subscribe("sub-close", group="g", member="m2",
+                           on_assign=lambda ps: log.append(("assign", ps)),
+                           on_revoke=lambda ps: log.append(("revoke", ps)), **opts)
+    try:
+        assert len(drain(m1, 8)) == 8
+        settle([m1, m2], lambda: m1.assignment() == [0, 1] and m2.assignment() == [2, 3])
+        m1.close()
+        t0 = time.monotonic()
+        settle([m2], lambda: m2.assignment() == [0, 1, 2, 3])
+        assert time.monotonic() - t0 < 5.0
+        assert log == [("assign", [2, 3]), ("assign", [0, 1])]
+        send(bus, "sub-close", 0, 1)
+        assert [(p, m.offset) for p, m in drain(m2, 1)] == [(0, 2)]    # from m1's commit on
+    finally:
+        m2.close()
+    assert log[-1] == ("revoke", [0, 1, 2, 3])     # close revokes what it held
+
+
+def test_iterating_should_hand_out_every_message_and_commit_only_what_was_handed_out(bus):
+    ends = make_topic(bus, "sub-iter", per_partition=5)
+    sub = bus.mgr.subscribe("sub-iter", group="g", member="m1", **FAST)
+    seen = []
+    for partition, msg in sub:
+        seen.append((partition, msg.offset))
+        if len(seen) == 7:
+            break
+    sub.close()
+    # the loop polled a whole batch; what it did not hand out is not committed
+    c = committed(bus, "g", "sub-iter")
+    assert sum(v or 0 for v in c.values()) == 7
+    assert {(p, o) for p in range(4) for o in range(c[p] or 0)} == set(seen)
+    with bus.mgr.subscribe("sub-iter", group="g", member="m2", **FAST) as again:
+        rest = []
+        for partition, msg in again:
+            rest.append((partition, msg.offset))
+            if len(rest) == sum(ends.values()) - 7:
+                break
+    assert sorted(seen + rest) == [(p, o) for p in range(4) for o in range(5)]
+
+
+def test_async_iteration_should_hand_out_every_message(bus):
+    ends = make_topic(bus, "sub-async", per_partition=4)
+
+    async def main() -> list:
+        out = []
+        async with bus.mgr.subscribe("sub-async", group="g", member="m1", **FAST) as sub:
+            async for partition, msg in sub:
+                out.append((partition, msg.offset))
+                if len(out) == sum(ends.values()):
+                    break
+            # a wait that is cancelled loses nothing: a message sent after it is read next
+            task = asyncio.ensure_future(sub.__anext__())
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            send(bus, "sub-async", 1, 1)
+            out.append(await asyncio.wait_for(sub.__anext__(), 10.0))
+        return out
+
+    out = asyncio.run(main())
+    assert sorted(out[:-1]) == [(p, o) for p in range(4) for o in range(4)]
+    p, m = out[-1]
+    assert (p, m.offset) == (1, 4)
+    assert committed(bus, "g", "sub-async") == {0: 4, 1: 5, 2: 4, 3: 4}
+
+
+def test_a_member_that_went_stale_should_revoke_what_was_taken_without_committing_it(bus):
+    make_topic(bus, "sub-stale", per_partition=2)
+    log: list = []
+    m1 = bus.mgr.subscribe("sub-stale", group="g", member="m1", heartbeat_interval=0.05, session_timeout=0.6,
+                           on_revoke=lambda ps: log.append(("revoke", ps)),
+                           on_assign=lambda ps: log.append(("assign", ps)))
+    m2 = bus.mgr.subscribe("sub-stale", group="g", member="m2", heartbeat_interval=0.05, session_timeout=0.6)
+    try:
+        drain(m1, 8)
+        real = m1.consumer_group.beat
+
+        def stuck(member, now=None):
+            raise LockTimeout("held elsewhere (test)")
+        m1.consumer_group.beat = stuck            # its heartbeats fail: it goes stale, but it is not fatal
+        time.sleep(0.8)
+        # m1's last poll was never committed: the new owner reads it again (at least once)
+        c = committed(bus, "g", "sub-stale")
+        expect = [(p, o) for p in range(4) for o in range(c[p] or 0, 2)]
+        assert expect
+        again = drain(m2, len(expect))
+        assert m2.assignment() == [0, 1, 2, 3]    # took everything over
+        assert sorted((p, m.offset) for p, m in again) == expect
+        assert m1.beat_retries >= 3
+        m1.consumer_group.beat = real
+        m1.poll(10, timeout=0.2)                  # its commit is refused: it learns it lost them
+        assert ("revoke", [0, 1, 2, 3]) in log
+        settle([m1, m2], lambda: sorted(m1.assignment() + m2.assignment()) == [0, 1, 2, 3]
+               and len(m1.assignment()) == 2)
+    finally:
+        m1.close()
+        m2.close()
+
+
+def test_a_heartbeat_error_that_is_not_transient_should_be_raised_by_the_next_poll(bus):
+    make_topic(bus, "sub-err", per_partition=1)
+    with bus.mgr.subscribe("sub-err", group="g", member="m1", **FAST) as sub:
+        sub.poll(10, timeout=1.0)
+        real = sub.consumer_group.beat
+
+        def broken(member, now=None):
+            raise CorruptFabric("damaged group record (test)")
+        sub.consumer_group.beat = broken
+        time.sleep(0.3)
+        with pytest.raises(CorruptFabric):
+            sub.poll(10, timeout=0.5)
+        sub.consumer_group.beat = real
+        sub.poll(10, timeout=0.2)                 # beats again
+        beats = sub.beats
+        time.sleep(0.3)
+        assert sub.beats > beats
+
+
+def test_subscribe_should_refuse_bad_arguments_clearly(bus):
+    make_topic(bus, "sub-bad", per_partition=0)
+    with pytest.raises(NotFound):
+        bus.mgr.subscribe("no-such-topic", group="g")
+    with pytest.raises(InvalidType):
+        bus.mgr.subscribe("sub-bad", group="g", on_assign=3)
+    with pytest.raises(InvalidType):
+        bus.mgr.subscribe("sub-bad", group="g", auto_commit="yes")
+    with pytest.raises(InvalidArgument):
+        bus.mgr.subscribe("sub-bad", group="g", session_timeout=1.0, heartbeat_interval=2.0)
+    with pytest.raises(InvalidArgument):
+        bus.mgr.subscribe("sub-bad", group="g", member="no/slash")
+    sub = bus.mgr.subscribe("sub-bad", group="g")
+    try:
+        assert sub.member.count("-") >= 2          # host-pid-counter
+        with bus.mgr.subscribe("sub-bad", group="g") as other:
+            assert other.member != sub.member
+    finally:
+        sub.close()
