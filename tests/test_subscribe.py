@@ -1,0 +1,134 @@
+"""The subscribe consumer across processes: rebalance callbacks in order
+(revoke before the next owner's assign, after the last commit), and
+auto-commit that consumes every message at least once across a SIGKILL,
+repeating at most the killed member's last poll. The behaviours on one
+process are in tests/conformance/test_subscribe.py, on every backend."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import signal
+import time
+
+import pytest
+
+import mp_helpers
+import subscribe_procs
+from grafos.mq.group import ConsumerGroup, Share
+from grafos.mq.producer import Producer, kafka_partition
+from grafos.mq.topic import TopicConfig, TopicManager
+
+
+def lines(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_for(check, deadline: float = 20.0) -> None:
+    end = time.monotonic() + deadline
+    while not check():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
+
+
+def test_beat_should_keep_a_member_live_without_giving_anything_back():
+    g = ConsumerGroup("g", "t", 4, 30)
+    assert g.claim("a") == [0, 1, 2, 3]
+    assert g.claim("b") == []
+    assert g.beat("a") == Share([0, 1, 2, 3], 2, [])          # over its share, and it keeps it all
+    assert g.assignments() == {p: "a" for p in range(4)}
+    assert g.heartbeat("a") == [0, 1]                         # heartbeat gives back above the share
+    assert g.beat("b") == Share([], 2, [2, 3])
+    assert g.claim("b") == [2, 3]
+
+
+@pytest.fixture(params=["named", "jetstream"])
+def proc_bus(request, shm_name):
+    if request.param == "named":
+        mgr = TopicManager.open(shm_name, size=64 << 20)
+        address = shm_name
+    else:
+        address = request.getfixturevalue("nats_url")
+        mgr = TopicManager.connect(address)
+    yield request.param, address, mgr
+    mgr.close()
+
+
+def test_rebalance_callbacks_should_come_in_order_across_processes(proc_bus, procs, tmp_path):
+    kind, address, mgr = proc_bus
+    mgr.create("jobs", TopicConfig(num_partitions=4, partition_capacity=256, partition_stride=256))
+    prod = Producer("jobs")
+    for i in range(40):
+        prod.send(mgr, b"job-%d" % i)
+    events, seen = tmp_path / "events", tmp_path / "seen"
+    ctx = mp.get_context("spawn")
+    stop_a, stop_b = ctx.Event(), ctx.Event()
+    mp_helpers.start(procs, subscribe_procs.member, kind, address, "jobs", "A", str(events), str(seen), stop_a)
+    wait_for(lambda: "A assign 0,1,2,3" in lines(events))
+    wait_for(lambda: len(lines(seen)) >= 40)
+    b = mp_helpers.start(procs, subscribe_procs.member, kind, address, "jobs", "B", str(events), str(seen), stop_b)
+    wait_for(lambda: "B assign 2,3" in lines(events))
+    stop_b.set()
+    b.join(20)
+    assert b.exitcode == 0
+    wait_for(lambda: "A assign 2,3" in lines(events))
+    stop_a.set()
+    procs[0].join(20)
+    assert procs[0].exitcode == 0
+    assert lines(events) == ["A assign 0,1,2,3",
+                             "A revoke 2,3 committed",       # A commits and revokes before B can take them
+                             "B assign 2,3",
+                             "B revoke 2,3 committed",       # B's close: commit, revoke, leave
+                             "A assign 2,3",
+                             "A revoke 0,1,2,3 committed"]
+    got = [tuple(map(int, line.split())) for line in lines(seen)]
+    assert sorted(got) == sorted(set(got))                   # nothing read twice: every handover committed first
+    assert len(got) == 40
+
+
+def _one_kill_round(name: str, topic: str, tmp_path, procs, rnd: random.Random) -> tuple[int, int]:
+    """Two members consume; one is SIGKILLed at a random point and a replacement
+    joins. Returns (messages, duplicates)."""
+    n = mp_helpers.scaled(6000, 1200)
+    batch = 50
+    mgr = TopicManager.open(name)
+    try:
+        mgr.create(topic, TopicConfig(num_partitions=4, partition_capacity=4096, partition_stride=128))
+        keys = [next(b"k%d" % i for i in range(100) if kafka_partition(b"k%d" % i, 4) == p) for p in range(4)]
+        prod = Producer(topic)
+        for i in range(n):
+            prod.send_keyed(mgr, keys[i % 4], b"%d" % i)
+    finally:
+        mgr.close()
+    events, seen = tmp_path / f"{topic}.events", tmp_path / f"{topic}.seen"
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    args = ("named", name, topic)
+    opts = (str(events), str(seen), stop, batch, 0.01, 1.0)
+    w1 = mp_helpers.start(procs, subscribe_procs.member, *args, "w1", *opts)
+    w2 = mp_helpers.start(procs, subscribe_procs.member, *args, "w2", *opts)
+    kill_at = int(n * rnd.uniform(0.1, 0.7))
+    wait_for(lambda: len(lines(seen)) >= kill_at, 60)
+    victim = rnd.choice([w1, w2])
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(10)
+    w3 = mp_helpers.start(procs, subscribe_procs.member, *args, "w3", *opts)
+    wait_for(lambda: len({line for line in lines(seen)}) >= n, 60)
+    stop.set()
+    for w in (w1, w2, w3):
+        if w is not victim:
+            w.join(30)
+            assert w.exitcode == 0
+    got = [tuple(map(int, line.split())) for line in lines(seen)]
+    want = {(p, o) for p in range(4) for o in range(n // 4)}
+    assert set(got) == want                     # every message consumed at least once
+    return n, len(got) - len(set(got))
+
+
+@pytest.mark.stress
+def test_auto_commit_should_consume_every_message_at_least_once_across_a_sigkill(shm_name, procs, tmp_path):
+    TopicManager.open(shm_name, size=64 << 20).close()
+    rnd = random.Random(int(time.time()))
+    for r in range(mp_helpers.scaled(3)):
+        n, dups = _one_kill_round(shm_name, f"work{r}", tmp_path, procs, rnd)
+        assert dups <= 50, f"round {r}: {dups} messages repeated, more than the killed member's last poll"
