@@ -14,10 +14,11 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 def _walkthrough_snippet() -> str:
     text = README.read_text()
-    section = text.split("## The walkthrough", 1)[1]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "README has no python block under 'The walkthrough'"
-    return match.group(1)
+    section = text.split("## The walkthrough", 1)[1].split("\n## ", 1)[0]
+    # the section opens with the recommended consumer; the walkthrough proper wires a group by hand
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "ConsumerGroup(" in b]
+    assert blocks, "README has no walkthrough block (with a ConsumerGroup) under 'The walkthrough'"
+    return blocks[0]
 
 
 def test_readme_walkthrough_should_run_and_do_what_it_says():
@@ -36,7 +37,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
 def test_readme_should_have_its_python_examples():
-    assert len(BLOCKS) >= 4       # walkthrough, shorter spellings, keep_alive, asyncio
+    assert len(BLOCKS) >= 5       # subscribe, walkthrough, shorter spellings, keep_alive, asyncio
 
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
