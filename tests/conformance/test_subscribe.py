@@ -264,6 +264,41 @@ def test_a_heartbeat_error_that_is_not_transient_should_be_raised_by_the_next_po
         assert sub.beats > beats
 
 
+def test_a_member_that_stops_polling_should_leave_and_join_again_at_its_next_poll(bus):
+    make_topic(bus, "sub-idle", per_partition=2)
+    log: list = []
+    sub = bus.mgr.subscribe("sub-idle", group="g", member="m1", auto_commit=False, max_poll_interval=0.3,
+                            on_assign=lambda ps: log.append(("assign", ps)),
+                            on_revoke=lambda ps: log.append(("revoke", ps)), **FAST)
+    try:
+        assert len(drain(sub, 8)) == 8
+        time.sleep(0.6)                      # heartbeats go on, polls do not
+        assert sub.consumer_group.assignments() == {} and "m1" not in sub.consumer_group.members()
+        again = drain(sub, 8)                # nothing was committed: it reads them again
+        assert log == [("assign", [0, 1, 2, 3]), ("revoke", [0, 1, 2, 3]), ("assign", [0, 1, 2, 3])]
+        assert sorted((p, m.offset) for p, m in again) == [(p, o) for p in range(4) for o in range(2)]
+    finally:
+        sub.close()
+
+
+def test_polling_from_a_rebalance_callback_should_be_refused(bus):
+    make_topic(bus, "sub-reenter", per_partition=1)
+    errors: list = []
+    subs: list = []
+
+    def on_assign(parts):
+        try:
+            subs[0].poll(1)
+        except InvalidArgument as e:
+            errors.append(e)
+        subs[0].commit()                     # committing from a callback is what callbacks are for
+
+    with bus.mgr.subscribe("sub-reenter", group="g", member="m1", on_assign=on_assign, **FAST) as sub:
+        subs.append(sub)
+        drain(sub, 4)
+        assert len(errors) == 1 and "on_assign" in str(errors[0])
+
+
 def test_subscribe_should_refuse_bad_arguments_clearly(bus):
     make_topic(bus, "sub-bad", per_partition=0)
     with pytest.raises(NotFound):

@@ -30,8 +30,11 @@ its last poll. :meth:`close` leaves the group, so its partitions go to the
 others at their next heartbeat, without waiting for the session timeout.
 
 A rebalance happens when the heartbeat thread saw the group change (every
-``heartbeat_interval`` seconds) and the owner polls: a member that does not
-poll keeps its partitions (its heartbeats keep it live) until it does.
+``heartbeat_interval`` seconds) and the owner polls. A member that does not
+poll for ``max_poll_interval`` seconds (300 by default, Kafka's
+``max.poll.interval.ms``) leaves the group, so that its partitions go to
+members that read them; its next poll revokes them (uncommitted) and joins
+again.
 Like a :class:`~grafos.mq.consumer.Consumer`, a Subscriber belongs to one
 thread (or one asyncio task) at a time; the callbacks run in that thread.
 """
@@ -87,15 +90,16 @@ class Subscriber:
     ``session_timeout``: seconds without a heartbeat after which the member is
     stale and others take its partitions; ``heartbeat_interval`` (default a
     third of it, at most one second) how often the background thread beats
-    and looks for a rebalance. ``store``: where the group's offsets live
+    and looks for a rebalance; ``max_poll_interval``: seconds without a poll
+    after which the member leaves. ``store``: where the group's offsets live
     (default: the bus's own shared store).
     """
 
     def __init__(self, mgr: TopicManager | RemoteManager, topic: str, group: str, member: str | None = None,
                  *, on_assign: Callback | None = None, on_revoke: Callback | None = None,
                  auto_commit: bool = True, session_timeout: float = 30.0,
-                 heartbeat_interval: float | None = None, store: OffsetStore,
-                 max_batch: int = 1024) -> None:
+                 heartbeat_interval: float | None = None, max_poll_interval: float = 300.0,
+                 store: OffsetStore, max_batch: int = 1024) -> None:
         if not isinstance(mgr, (TopicManager, RemoteManager)):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         for what, cb in (("on_assign", on_assign), ("on_revoke", on_revoke)):
@@ -112,6 +116,7 @@ class Subscriber:
         if self.heartbeat_interval >= self.session_timeout:
             raise InvalidArgument(f"heartbeat_interval {self.heartbeat_interval} s must be shorter than "
                                   f"session_timeout ({self.session_timeout} s)")
+        self.max_poll_interval = _validate.number(max_poll_interval, "max_poll_interval", 0, lo_open=True)
         self.member = _validate.name(member_name() if member is None else member, "member", 64)
         self.topic = _validate.name(topic, "topic", 64)
         self.group = _validate.name(group, "group", 64)
@@ -138,7 +143,10 @@ class Subscriber:
         self._beater: threading.Thread | None = None
         self._error: BaseException | None = None
         self._joined = False
+        self._left = False                        # the heartbeat thread left: no poll for max_poll_interval
         self._closed = False
+        self._in_callback = False
+        self._polled_at = time.monotonic()
         self._fetcher: concurrent.futures.ThreadPoolExecutor | None = None
         self._inflight: concurrent.futures.Future | None = None
         #: heartbeats made, and heartbeats retried after a lock or server that did not answer
@@ -170,6 +178,16 @@ class Subscriber:
         last_ok = time.monotonic()
         wait = self.heartbeat_interval
         while not self._stop.wait(wait):
+            if time.monotonic() - self._polled_at > self.max_poll_interval:
+                # the owner stopped polling: its partitions go to members that read them
+                try:
+                    with self._glock:
+                        self.consumer_group.leave(self.member)
+                    self._left = True
+                except BaseException as e:  # noqa: BLE001 - raised by the owner's next poll
+                    self._error = e
+                self._due.set()
+                return
             try:
                 with self._glock:
                     share = self.consumer_group.beat(self.member)
@@ -199,10 +217,18 @@ class Subscriber:
         if the heartbeat thread asked for it."""
         if self._closed:
             raise InvalidArgument(f"subscriber {self.member!r} of {self.topic!r} is closed")
+        if self._in_callback:
+            raise InvalidArgument("poll from inside on_assign/on_revoke: the rebalance is not finished")
+        self._polled_at = time.monotonic()
         if self._error is not None:
             err, self._error = self._error, None
             self._start_beating()        # the next poll tries again
             raise err
+        if self._left:                   # it left for not polling: what it held went to others
+            self._left, self._joined = False, False
+            lost = list(self._assigned)
+            self._drop(lost)
+            self._call(self.on_revoke, lost)
         if not self._joined:
             self._join()
             return
@@ -265,10 +291,13 @@ class Subscriber:
                 c.seek_partition(mgr, p, off)
         self._assigned = list(parts)
 
-    @staticmethod
-    def _call(cb: Callback | None, parts: list[int]) -> None:
+    def _call(self, cb: Callback | None, parts: list[int]) -> None:
         if cb is not None and parts:
-            cb(list(parts))
+            self._in_callback = True
+            try:
+                cb(list(parts))
+            finally:
+                self._in_callback = False
 
     # ---- committing ---------------------------------------------------------------------
     def _auto_commit(self) -> None:
