@@ -4,11 +4,12 @@ in order (revoke, then assign) when members come and go, and iterates."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 import time
 
 import pytest
 
-from grafos.errors import CorruptFabric, InvalidArgument, InvalidType, LockTimeout, NotFound
+from grafos.errors import CorruptFabric, InvalidArgument, InvalidType, LockTimeout, NotFound, NotPortable
 from grafos.mq.producer import Producer, kafka_partition
 from grafos.mq.topic import TopicConfig
 
@@ -245,6 +246,33 @@ def test_a_member_that_went_stale_should_revoke_what_was_taken_without_committin
         m2.close()
 
 
+def test_a_heartbeat_that_hits_a_lock_timeout_should_be_retried_before_the_member_goes_stale(bus):
+    make_topic(bus, "sub-retry", per_partition=1)
+    # one beat every 1.5 s in a 2 s session: a failed beat retried only at the next
+    # interval (3 s) would leave the member stale from 2 s on
+    sub = bus.mgr.subscribe("sub-retry", group="g", member="m1", heartbeat_interval=1.5, session_timeout=2.0)
+    try:
+        drain(sub, 4)
+        real, failed = sub.consumer_group.beat, []
+
+        def once_stuck(member, now=None):
+            if not failed:
+                failed.append(time.monotonic())
+                raise LockTimeout("held elsewhere (test)")
+            return real(member, now)
+        sub.consumer_group.beat = once_stuck
+        from grafos.mq.group import ConsumerGroup
+        other = ConsumerGroup.attach(bus.attach(), "g", "sub-retry")
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end:
+            assert "m1" not in other.stale_members()
+            time.sleep(0.1)
+        assert failed and sub.beat_retries == 1 and sub.beats >= 1
+        assert other.assignments() == {p: "m1" for p in range(4)}
+    finally:
+        sub.close()
+
+
 def test_a_heartbeat_error_that_is_not_transient_should_be_raised_by_the_next_poll(bus):
     make_topic(bus, "sub-err", per_partition=1)
     with bus.mgr.subscribe("sub-err", group="g", member="m1", **FAST) as sub:
@@ -313,6 +341,8 @@ def test_subscribe_should_refuse_bad_arguments_clearly(bus):
         bus.mgr.subscribe("sub-bad", group="g", member="no/slash")
     sub = bus.mgr.subscribe("sub-bad", group="g")
     try:
+        with pytest.raises(NotPortable):
+            pickle.dumps(sub)
         assert sub.member.count("-") >= 2          # host-pid-counter
         with bus.mgr.subscribe("sub-bad", group="g") as other:
             assert other.member != sub.member

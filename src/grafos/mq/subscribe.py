@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .. import _validate
-from ..errors import Fenced, InvalidArgument, LockTimeout, Unavailable
+from ..errors import Fenced, InvalidArgument, LockTimeout, NotPortable, Unavailable
 from ..message import Message
 from ..reader import META_DTYPE, Batch
 from .consumer import Consumer, SeekPolicy
@@ -154,6 +154,10 @@ class Subscriber:
         self.beat_retries = 0
         #: rebalances this member went through (joining is the first)
         self.rebalances = 0
+
+    def __reduce__(self):  # noqa: ANN204 - a member is one process's: it does not cross processes
+        raise NotPortable(f"subscriber {self.member!r} is a member of group {self.group!r} in this process "
+                          "(a heartbeat thread, positions): subscribe again in the other process")
 
     def __repr__(self) -> str:
         return (f"<Subscriber {self.topic!r} group {self.group!r} member {self.member!r} "
