@@ -104,6 +104,21 @@ def test_auto_commit_should_commit_what_the_previous_poll_returned_at_the_next_p
         assert len(rest) == 4 and not seen & {(p, m.offset) for p, m in rest}
 
 
+def test_auto_commit_interval_should_commit_at_most_that_often_and_always_at_close(bus):
+    make_topic(bus, "sub-interval", per_partition=3)
+    sub = bus.mgr.subscribe("sub-interval", group="g", member="m1", auto_commit_interval=60.0, **FAST)
+    assert sub.poll(4, timeout=5.0)
+    pos1 = sub.positions()
+    assert sub.poll(4, timeout=5.0)
+    assert committed(bus, "g", "sub-interval") == pos1     # the first commit is due at once
+    assert sub.poll(4, timeout=5.0)
+    assert committed(bus, "g", "sub-interval") == pos1     # within the interval: none
+    pos3 = sub.positions()
+    assert pos3 != pos1
+    sub.close()
+    assert committed(bus, "g", "sub-interval") == pos3     # close always commits
+
+
 def test_a_second_member_should_take_half_revoke_then_assign_after_a_last_commit(bus):
     ends = make_topic(bus, "sub-join")
     log: list = []

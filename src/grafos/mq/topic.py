@@ -617,9 +617,9 @@ class TopicManager:
         partitions (the recommended consumer, see :mod:`grafos.mq.subscribe`):
         ``for partition, msg in mgr.subscribe("events", group="processors")``.
         Options: ``on_assign``, ``on_revoke``, ``auto_commit`` (True),
-        ``session_timeout`` (30 s), ``heartbeat_interval``, ``max_poll_interval``
-        (300 s), ``max_batch``. The
-        group's offsets live in ``store``, by default the bus's
+        ``auto_commit_interval`` (0: at every poll), ``session_timeout`` (30 s),
+        ``heartbeat_interval``, ``max_poll_interval`` (300 s), ``max_batch``.
+        The group's offsets live in ``store``, by default the bus's
         :class:`~grafos.mq.offset.FabricOffsetStore` (shared by its processes)."""
         from .offset import FabricOffsetStore
         from .subscribe import Subscriber
