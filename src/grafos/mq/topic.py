@@ -558,6 +558,22 @@ class TopicManager:
             self._uncache(name)
             return self._load(name)
 
+    # ---- a consumer that manages its group -----------------------------------------
+    def subscribe(self, topic: str, group: str, member: str | None = None, *,
+                  store: "OffsetStore | None" = None, **options) -> "Subscriber":
+        """A consumer of ``topic`` that joins ``group`` and manages its share of the
+        partitions (the recommended consumer, see :mod:`grafos.mq.subscribe`):
+        ``for partition, msg in mgr.subscribe("events", group="processors")``.
+        Options: ``on_assign``, ``on_revoke``, ``auto_commit`` (True),
+        ``auto_commit_interval`` (0: at every poll), ``session_timeout`` (30 s),
+        ``heartbeat_interval``, ``max_poll_interval`` (300 s), ``max_batch``.
+        The group's offsets live in ``store``, by default the bus's
+        :class:`~grafos.mq.offset.FabricOffsetStore` (shared by its processes)."""
+        from .offset import FabricOffsetStore
+        from .subscribe import Subscriber
+        return Subscriber(self, topic, group, member, store=FabricOffsetStore(self) if store is None else store,
+                          **options)
+
     # ---- observability -----------------------------------------------------
     def partition_leases(self, name: str) -> list[MemLease | None]:
         """The :class:`MemLease` of each partition (None where reclaimed)."""
@@ -610,18 +626,3 @@ class TopicManager:
         if partitions is not None:
             c.assign(partitions)
         return c
-
-    def subscribe(self, topic: str, group: str, member: str | None = None, *,
-                  store: "OffsetStore | None" = None, **options) -> "Subscriber":
-        """A consumer of ``topic`` that joins ``group`` and manages its share of the
-        partitions (the recommended consumer, see :mod:`grafos.mq.subscribe`):
-        ``for partition, msg in mgr.subscribe("events", group="processors")``.
-        Options: ``on_assign``, ``on_revoke``, ``auto_commit`` (True),
-        ``auto_commit_interval`` (0: at every poll), ``session_timeout`` (30 s),
-        ``heartbeat_interval``, ``max_poll_interval`` (300 s), ``max_batch``.
-        The group's offsets live in ``store``, by default the bus's
-        :class:`~grafos.mq.offset.FabricOffsetStore` (shared by its processes)."""
-        from .offset import FabricOffsetStore
-        from .subscribe import Subscriber
-        return Subscriber(self, topic, group, member, store=FabricOffsetStore(self) if store is None else store,
-                          **options)
