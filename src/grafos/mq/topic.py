@@ -626,3 +626,4 @@ class TopicManager:
         if partitions is not None:
             c.assign(partitions)
         return c
+
