@@ -155,6 +155,27 @@ def test_a_second_member_should_take_half_revoke_then_assign_after_a_last_commit
         m1.close()
 
 
+def test_without_auto_commit_on_revoke_should_be_able_to_commit_what_it_gives_away(bus):
+    ends = make_topic(bus, "sub-manual")
+    subs: list = []
+    committed_in_revoke: list = []
+
+    def on_revoke(parts):
+        committed_in_revoke.append(subs[0].commit({p: subs[0].position(p) for p in parts}))
+
+    m1 = bus.mgr.subscribe("sub-manual", group="g", member="m1", auto_commit=False, on_revoke=on_revoke, **FAST)
+    subs.append(m1)
+    m2 = bus.mgr.subscribe("sub-manual", group="g", member="m2", auto_commit=False, **FAST)
+    try:
+        drain(m1, sum(ends.values()))
+        settle([m1, m2], lambda: m1.assignment() == [0, 1] and m2.assignment() == [2, 3])
+        assert committed_in_revoke == [{2: ends[2], 3: ends[3]}]
+        assert m2.positions() == {2: ends[2], 3: ends[3]}      # the new owner starts after them
+    finally:
+        m2.close()
+        m1.close()
+
+
 def test_close_should_hand_the_partitions_over_at_once(bus):
     make_topic(bus, "sub-close", per_partition=2)
     log: list = []
