@@ -222,6 +222,28 @@ def test_iterating_should_hand_out_every_message_and_commit_only_what_was_handed
     assert sorted(seen + rest) == [(p, o) for p in range(4) for o in range(5)]
 
 
+def test_wakeup_from_another_thread_should_end_a_blocking_loop(bus):
+    make_topic(bus, "sub-wake", per_partition=1)
+    import threading
+    with bus.mgr.subscribe("sub-wake", group="g", member="m1", **FAST) as sub:
+        seen = []
+        threading.Timer(0.5, sub.wakeup).start()
+        t0 = time.monotonic()
+        for partition, msg in sub:               # 4 messages, then it would wait for ever
+            seen.append((partition, msg.offset))
+        assert sorted(seen) == [(p, 0) for p in range(4)]
+        assert 0.4 < time.monotonic() - t0 < 5.0
+        threading.Timer(0.3, sub.wakeup).start()
+        assert sub.poll(10, timeout=None) == []  # a poll that would wait for ever returns
+        send(bus, "sub-wake", 2, 1)
+        assert [(p, m.offset) for p, m in drain(sub, 1)] == [(2, 1)]   # and it reads on as before
+
+        async def loop() -> list:
+            asyncio.get_running_loop().call_later(0.3, sub.wakeup)
+            return [(p, m.offset) async for p, m in sub]
+        assert asyncio.run(loop()) == []
+
+
 def test_async_iteration_should_hand_out_every_message(bus):
     ends = make_topic(bus, "sub-async", per_partition=4)
 

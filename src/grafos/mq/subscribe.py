@@ -93,7 +93,8 @@ class Subscriber:
     assigned partitions (a timeout blocks, None until a message arrives);
     ``commit()`` / ``commit(offsets)`` commit through the group; ``for
     partition, msg in consumer`` and ``async for`` iterate until the loop is
-    left; ``close()`` (or the ``with`` block) commits and leaves the group.
+    left (``wakeup()``, from another thread, ends a loop that waits);
+    ``close()`` (or the ``with`` block) commits and leaves the group.
     ``auto_commit``: commit what each poll returned at the next poll (at most
     every ``auto_commit_interval`` seconds, default 0: every poll).
     ``session_timeout``: seconds without a heartbeat after which the member is
@@ -151,6 +152,8 @@ class Subscriber:
         # (a group record on JetStream is one transaction per object)
         self._glock = threading.Lock()
         self._due = threading.Event()             # the heartbeat thread saw the group change
+        self._wake = threading.Event()            # wakeup(): stop waiting
+        self._woken = False                       # the last read returned because of it
         self._stop = threading.Event()
         self._beater: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -360,6 +363,7 @@ class Subscriber:
     def _read(self, once: Callable[[float], Any], empty: Callable[[], Any], timeout: float | None) -> Any:
         _validate.timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        self._woken = False
         while True:
             self._maintain()
             left = self._slice if deadline is None else min(self._slice, max(0.0, deadline - time.monotonic()))
@@ -371,6 +375,10 @@ class Subscriber:
                 out = empty()               # nothing to read: wait for the group to change
                 if left > 0:
                     self._due.wait(left)
+            if self._wake.is_set():
+                self._wake.clear()
+                self._woken = True
+                return out
             if len(out) or (deadline is not None and time.monotonic() >= deadline):
                 return out
 
@@ -400,6 +408,8 @@ class Subscriber:
             if self._closed:
                 return
             self._pending.extend(self.poll(_ITER_BATCH, timeout=self._slice))
+            if self._woken:
+                return                  # what it polled is given back before the next commit or poll
 
     def __aiter__(self) -> "Subscriber":
         return self
@@ -410,6 +420,9 @@ class Subscriber:
         kept for the next step even if the awaiting task was cancelled."""
         while not self._pending:
             if self._closed:
+                raise StopAsyncIteration
+            if self._wake.is_set():
+                self._wake.clear()
                 raise StopAsyncIteration
             self._maintain()
             if not self._assigned:
@@ -427,6 +440,14 @@ class Subscriber:
                 if fut.done():
                     self._inflight = None
         return self._pending.popleft()
+
+    def wakeup(self) -> None:
+        """Make a blocking poll return (with what it has, maybe nothing) and end a
+        ``for`` or ``async for`` loop over this consumer, within a fraction of a
+        second. The one call another thread (or a signal handler) may make; the
+        consumer works as before afterwards (close it from its own thread)."""
+        self._wake.set()
+        self._due.set()                 # a poll with nothing assigned waits on this
 
     def _fetch(self, timeout: float) -> None:
         got = self._consumer.poll(self.mgr, _ITER_BATCH, timeout)
