@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from grafos.errors import CorruptFabric, InvalidArgument, InvalidType, LockTimeout, NotFound, NotPortable
+from grafos.errors import (CorruptFabric, InvalidArgument, InvalidType, LockTimeout, NotFound, NotPortable,
+                           Unsupported)
 from grafos.mq.producer import Producer, kafka_partition
 from grafos.mq.topic import TopicConfig
 
@@ -174,6 +175,41 @@ def test_without_auto_commit_on_revoke_should_be_able_to_commit_what_it_gives_aw
     finally:
         m2.close()
         m1.close()
+
+
+def test_a_subscriber_on_a_block_topic_should_keep_its_producer_going_and_lose_nothing(bus):
+    import threading
+    cfg = TopicConfig(num_partitions=2, partition_capacity=8, partition_stride=128, on_full="block")
+    if not bus.caps.gating:
+        with pytest.raises(Unsupported):
+            bus.mgr.create("sub-block", cfg)
+        return
+    bus.mgr.create("sub-block", cfg)
+    n = 200
+    with bus.mgr.subscribe("sub-block", group="g", member="m1", **FAST) as sub:
+        assert sub.poll(10) == [] and sub.assignment() == [0, 1]     # joined: the group gates the topic
+        errors: list = []
+
+        def produce() -> None:
+            try:
+                prod = Producer("sub-block", timeout=20.0)
+                for i in range(n):
+                    prod.send(bus.mgr, b"%d" % i)
+            except Exception as e:  # noqa: BLE001 - reported by the test
+                errors.append(e)
+        t = threading.Thread(target=produce)
+        t.start()
+        got = []
+        stuck = threading.Timer(30.0, sub.wakeup)  # ends the loop if the messages stop coming
+        stuck.start()
+        for partition, msg in sub:              # each poll commits the one before: the gate moves on
+            got.append(int(msg.value))
+            if len(got) == n:
+                break
+        stuck.cancel()
+        t.join(30)
+        assert not errors and sorted(got) == list(range(n))
+        assert sub.lost() == {}
 
 
 def test_close_should_hand_the_partitions_over_at_once(bus):
