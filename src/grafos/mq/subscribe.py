@@ -445,7 +445,7 @@ class Subscriber:
         """Make a blocking poll return (with what it has, maybe nothing) and end a
         ``for`` or ``async for`` loop over this consumer, within a fraction of a
         second. The one call another thread (or a signal handler) may make; the
-        consumer works as before afterwards (close it from its own thread)."""
+        consumer keeps working afterwards (close it from its own thread)."""
         self._wake.set()
         self._due.set()                 # a poll with nothing assigned waits on this
 
