@@ -1317,27 +1317,32 @@ done:
     return list;
 }
 
-/* A read-only span of ring bytes that counts its buffer exports, for arrays over
- * a run of peeked values. A memoryview will not do: numpy wraps one in a view
- * of its own that shares its buffer, so releasing the first succeeds while an
- * array still reads the ring. release() refuses (BufferError) while anything
- * holds the buffer, and after it nothing can take it again. */
+/* A span of ring bytes that counts its buffer exports: read-only under the arrays
+ * of a run of peeked values, writable under a loan's view and arrays. A
+ * memoryview will not do: numpy wraps one in a view of its own that shares its
+ * buffer, so releasing the first succeeds while an array still reads the ring.
+ * release() refuses (BufferError) while anything holds the buffer; revoke()
+ * does not, and returns how many exports are still held. After either, nothing
+ * can take the buffer again. */
 typedef struct {
     PyObject_HEAD
     const uint8_t *p;
     Py_ssize_t len;
     Py_ssize_t exports;
     int released;
+    int writable;         /* a loan's span: exported writable; else read-only */
 } Span;
 
 static int span_getbuffer(PyObject *o, Py_buffer *view, int flags)
 {
     Span *self = (Span *)o;
     if (self->released) {
-        PyErr_SetString(PyExc_ValueError, "this peek was released: its values are no longer readable");
+        PyErr_SetString(PyExc_ValueError, self->writable
+                        ? "this loan was published or abandoned: its bytes are no longer the caller's"
+                        : "this peek was released: its values are no longer readable");
         return -1;
     }
-    if (PyBuffer_FillInfo(view, o, (void *)self->p, self->len, 1, flags) < 0)
+    if (PyBuffer_FillInfo(view, o, (void *)self->p, self->len, !self->writable, flags) < 0)
         return -1;
     self->exports++;
     return 0;
@@ -1359,9 +1364,26 @@ static PyObject *span_release(PyObject *o, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+static PyObject *span_revoke(PyObject *o, PyObject *unused)
+{
+    Span *self = (Span *)o;
+    self->released = 1;
+    return PyLong_FromSsize_t(self->exports);
+}
+
+static PyObject *span_get_exports(PyObject *o, void *unused)
+{
+    return PyLong_FromSsize_t(((Span *)o)->exports);
+}
+
 static PyBufferProcs span_as_buffer = {span_getbuffer, span_releasebuffer};
 static PyMethodDef span_methods[] = {
     {"release", span_release, METH_NOARGS, "Refuse the bytes to anyone after this; BufferError while in use."},
+    {"revoke", span_revoke, METH_NOARGS, "Refuse the bytes to anyone after this; returns the exports still held."},
+    {NULL},
+};
+static PyGetSetDef span_getset[] = {
+    {"exports", span_get_exports, NULL, "buffers of this span held now", NULL},
     {NULL},
 };
 
@@ -1370,9 +1392,10 @@ static PyTypeObject SpanType = {
     .tp_name = "grafos._fast.Span",
     .tp_basicsize = sizeof(Span),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Read-only ring bytes under peeked arrays; release() revokes them.",
+    .tp_doc = "Ring bytes under peeked arrays or a loan's view; release() and revoke() end access.",
     .tp_as_buffer = &span_as_buffer,
     .tp_methods = span_methods,
+    .tp_getset = span_getset,
 };
 
 static PyObject *span_new(const uint8_t *p, Py_ssize_t len)
@@ -1383,7 +1406,29 @@ static PyObject *span_new(const uint8_t *p, Py_ssize_t len)
         s->len = len;
         s->exports = 0;
         s->released = 0;
+        s->writable = 0;
     }
+    return (PyObject *)s;
+}
+
+/* span(address, length) -> a writable Span over a loan's value bytes. */
+static PyObject *mod_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "span(address, length)");
+        return NULL;
+    }
+    void *p = PyLong_AsVoidPtr(args[0]);
+    Py_ssize_t len = PyLong_AsSsize_t(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (!p || len < 0) {
+        PyErr_SetString(PyExc_ValueError, "span: a null address or a negative length");
+        return NULL;
+    }
+    Span *s = (Span *)span_new((const uint8_t *)p, len);
+    if (s)
+        s->writable = 1;
     return (PyObject *)s;
 }
 
@@ -1567,6 +1612,7 @@ static PyMethodDef module_methods[] = {
      "peek_check(ring, rows, flags) -> how many are not intact"},
     {"peek_release", (PyCFunction)(void (*)(void))mod_peek_release, METH_FASTCALL,
      "peek_release(messages, start, count, flags, overwritten) -> values still in use"},
+    {"span", (PyCFunction)(void (*)(void))mod_span, METH_FASTCALL, "span(address, length) -> a writable Span"},
     {NULL},
 };
 

@@ -386,6 +386,11 @@ typedef struct {
 } gf_loan;
 int gf_loan_begin(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
                   const uint8_t *hdrs, uint32_t hlen, uint32_t vlen, int64_t ts_ns, gf_loan *out);
+/* 1 while the ring's lease is alive (its region is surely this ring's), else 0. */
+int gf_ring_alive(const gf_ring *r);
+/* GF_OK while the loan is open and its partition's lease alive: its bytes are
+ * still the caller's to write. */
+int gf_loan_check(const gf_loan *l);
 int64_t gf_loan_commit(gf_loan *l);
 int gf_loan_abandon(gf_loan *l);
 

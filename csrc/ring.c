@@ -1613,12 +1613,31 @@ static void loan_release_slots(gf_ring *r, gf_loan *l)
     wake_readers(r->f);
 }
 
+int gf_ring_alive(const gf_ring *r)
+{
+    return gf_lease_alive(r->lease, r->lease_id, gf_now_ns());
+}
+
+int gf_loan_check(const gf_loan *l)
+{
+    if (l->state != 0)
+        return gf_fail(GF_E_INVAL, "the loan of offset %llu is no longer open (%s)", (unsigned long long)l->offset,
+                       l->state == 1 ? "committed" : "abandoned");
+    return check_alive(l->ring, gf_now_ns());
+}
+
 int64_t gf_loan_commit(gf_loan *l)
 {
     if (l->state != 0)
         return gf_fail(GF_E_INVAL, "loan of offset %llu was already %s", (unsigned long long)l->offset,
                        l->state == 1 ? "committed" : "abandoned");
     gf_ring *r = l->ring;
+    /* a dead lease's region may already be another ring's: touch nothing */
+    int rc = check_alive(r, gf_now_ns());
+    if (rc < 0) {
+        l->state = 2;
+        return rc;
+    }
     l->state = 1;
     /* a loan held past the bounded wait may have lost its first slot to a reader
      * or to the next lap's writer: then touch nothing, not even the checksum (a
@@ -1629,7 +1648,7 @@ int64_t gf_loan_commit(gf_loan *l)
                        (unsigned long long)l->offset);
     }
     slot_seal(r, l->offset, l->total);
-    int rc = span_publish(r, l->offset, l->span);
+    rc = span_publish(r, l->offset, l->span);
     wake_readers(r->f);
     if (rc == GF_OK && __builtin_expect(r->f->durable, 0))
         rc = ring_sync(r, l->first, l->offset + l->span - l->first);
@@ -1641,6 +1660,8 @@ int gf_loan_abandon(gf_loan *l)
     if (l->state != 0)
         return GF_OK;
     l->state = 2;
+    if (!gf_lease_alive(l->ring->lease, l->ring->lease_id, gf_now_ns()))
+        return GF_OK;       /* a dead lease's region may already be another ring's */
     /* readers step over it at once: no bounded wait for a write that will not come */
     loan_release_slots(l->ring, l);
     return GF_OK;

@@ -155,3 +155,15 @@ def loan_until_killed(name: str, index: int, lease_id: int, ready, seed: int) ->
         if first:
             ready.set()
             first = False
+
+
+def replace_topic(name: str, old: str, new: str, capacity: int, stride: int, value: bytes) -> None:
+    """Delete topic ``old`` of the named bus, create ``new`` with one partition of
+    ``capacity`` x ``stride`` (the allocator hands it the freed region) and send
+    ``value`` to it: what another process does to a topic this one still uses."""
+    from grafos.mq.producer import Producer
+    from grafos.mq.topic import TopicConfig, TopicManager
+    with TopicManager.open(name) as mgr:
+        mgr.delete(old)
+        mgr.create(new, TopicConfig(num_partitions=1, partition_capacity=capacity, partition_stride=stride))
+        Producer(new).send(mgr, value)

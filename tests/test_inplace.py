@@ -15,15 +15,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from grafos import Fabric
-from grafos.errors import InvalidArgument, MessageTooLarge, SlotAbandoned
-from grafos.mq.consumer import Consumer
+from grafos.errors import InvalidArgument, LeaseExpired, MessageTooLarge, SlotAbandoned
+from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.producer import Producer, kafka_partition
 from grafos.mq.topic import TopicConfig, TopicManager
 from grafos.partition import Partition
 from grafos.peek import ViewsInUse
 from grafos.reader import Reader
 
-from core_procs import loan_until_killed, produce_spans_until_killed, stress_scale, unseal
+from core_procs import loan_until_killed, produce_spans_until_killed, replace_topic, stress_scale, unseal
 
 SLACK = 2.0
 
@@ -344,3 +344,25 @@ def test_a_writer_killed_mid_loan_never_stalls_readers_past_the_bounded_wait(shm
             assert c["corrupt"] == 0
             assert len(delivered) + c["lost"] + c["abandoned"] + rd.gaps(0) == tail
             part.lease.release()
+
+
+def test_a_loan_whose_topic_another_process_replaced_never_writes_into_the_new_one(shm_name):
+    # the other process deletes the topic and its region goes to a new topic: nothing
+    # this process knows of runs, so each write path must find the lease ended itself
+    ctx = mp.get_context("spawn")
+    with TopicManager.open(shm_name, size=32 << 20) as mgr:
+        mgr.create("old", TopicConfig(num_partitions=1, partition_capacity=8, partition_stride=128))
+        where = mgr.topic("old").partitions[0].lease.offset
+        ln = Producer("old").loan(mgr, 64)
+        child = ctx.Process(target=replace_topic, args=(shm_name, "old", "new", 8, 128, b"acknowledged 0"))
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+        assert mgr.refresh("new").partitions[0].lease.offset == where
+        for write in (lambda: ln.write(b"X" * 64), lambda: ln.view, lambda: ln.array(), ln.commit):
+            with pytest.raises(LeaseExpired):
+                write()
+        c = Consumer("new", "check")
+        c.seek(mgr, SeekPolicy.Earliest)
+        assert [bytes(m.value) for _, m in c.poll(mgr, 10)] == [b"acknowledged 0"]
+        assert mgr.describe("new").partitions[0].abandoned == 0

@@ -21,6 +21,7 @@ Binding = _fast.Binding
 SendPath = _fast.SendPath
 PollPath = _fast.PollPath
 Span = _fast.Span
+span = _fast.span
 messages = _fast.messages
 decode = _fast.decode
 peek_take = _fast.peek_take

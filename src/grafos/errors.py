@@ -183,6 +183,12 @@ class Unsupported(GrafosError, NotImplementedError):
     which, and what to use instead)."""
 
 
+class ViewsInUse(GrafosError, BufferError):
+    """Bytes lent to the caller (a peeked value, a loan's view) are still held by
+    an object that cannot be revoked when the lending ends (the message says
+    what happened to the peek or loan)."""
+
+
 class Unavailable(GrafosError, ConnectionError):
     """The server behind a remote bus did not answer in time (down, unreachable,
     or electing a leader); the call gave up after its bounded wait."""

@@ -19,7 +19,7 @@ import warnings
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import _validate
 from ._check import check, raise_for
@@ -33,6 +33,18 @@ SHM_PREFIX = "grafos."
 LOCK_TIMEOUT = 5.0                #: seconds to wait for the metadata lock held by a live process
 DURABILITY = ("none", "fsync")    #: values of Fabric.open(durability=)
 _MAX_INT = 1 << 62                # sizes and offsets past this are out of range (and past what C takes)
+
+
+#: called as ``hook(fabric, lease_id, now_ns)`` before this process releases lease
+#: ``lease_id`` or (``lease_id`` None) reaps or allocates, which may reuse the
+#: region of any lease dead at ``now_ns``: buffers lent out of it (loans) are
+#: revoked first (:mod:`grafos.loan` registers)
+before_reuse: "list[Callable[[Fabric, int | None, int], None]]" = []
+
+
+def reusing(fabric: "Fabric", lease_id: int | None, t: int) -> None:
+    for hook in before_reuse:
+        hook(fabric, lease_id, t)
 
 
 def shm_path(name: str) -> str:
@@ -291,6 +303,7 @@ class Fabric:
         t = now_ns(now)
         exp = _expiry(t, ttl, expires_at)
         out = ffi.new("gf_lease_info *")
+        reusing(self, None, t)
         with self.locked():
             check(lib.gf_lease_acquire(self.handle, size, exp, owner_tag, t, out))
         return MemLease(self, out.index, out.id)
@@ -314,6 +327,7 @@ class Fabric:
     def reap(self, now: float | None = None) -> int:
         """Reclaim every expired lease; returns how many. Their pages go back to the OS."""
         t = now_ns(now)
+        reusing(self, None, t)
         with self.locked():
             return check(lib.gf_reap(self.handle, t, ffi.NULL))
 
@@ -557,6 +571,7 @@ class MemLease:
 
     def release(self) -> None:
         """Give the region back now."""
+        reusing(self.fabric, self.id, now_ns(None))
         with self.fabric.locked():
             check(lib.gf_lease_release(self.fabric.handle, self.index, self.id))
 

@@ -34,7 +34,7 @@ from ._clock import now_ns
 from ._crossing import Binding, SendPath, address
 from ._native import ffi, lib
 from .errors import InvalidArgument, MessageTooLarge
-from .fabric import Fabric, MemLease, _expiry
+from .fabric import Fabric, MemLease, _expiry, reusing
 from .message import Message, encode_headers
 
 if TYPE_CHECKING:
@@ -122,6 +122,7 @@ class Partition:
         t = now_ns(now)
         exp = _expiry(t, ttl, expires_at)
         out = ffi.new("gf_lease_info *")
+        reusing(fabric, None, t)
         with fabric.locked():
             check(lib.gf_lease_acquire(fabric.handle, region_size(capacity, stride), exp, owner_tag, t, out))
             rc = lib.gf_ring_init(fabric.handle, out.index, out.id, capacity, stride, t, checksum)

@@ -39,6 +39,11 @@ every message. The arrays of :meth:`Peek.arrays` are tracked whole: one of
 them, or any slice or view of it, alive at release is reported the same way,
 and once they are gone their bytes can no longer be taken.
 
+A peek is bound to its partitions' leases: a partition deleted, restarted or
+expired while peeked may have its region given to another topic, so release
+reports every message of it not intact, and :meth:`Peek.arrays` raises
+:class:`~grafos.errors.LeaseExpired` instead of viewing the new tenant's bytes.
+
 The reader's position moves past the peeked messages when they are taken, as a
 poll would.
 """
@@ -50,17 +55,15 @@ import numpy as np
 
 from ._check import raise_for
 from ._crossing import ROW, Span, ffi_buffer, peek_build, peek_check, peek_release, peek_runs, peek_take
-from .errors import GrafosError, InvalidArgument
+from ._native import lib
+from .errors import InvalidArgument, LeaseExpired, ViewsInUse
 from .message import Headers
 
 
 
+_alive = lib.gf_ring_alive
 _NONE: list = []     # an empty peek's segments and owners (never appended to)
 _EAGER = 4           # peeks of up to this many messages build them at the take
-
-
-class ViewsInUse(GrafosError, BufferError):
-    """A peeked value is still exported (a numpy array or slice of it is alive) at release."""
 
 
 class PeekedMessage:
@@ -161,6 +164,10 @@ class Peek:
         bytes as another type. Same lifetime as the values: not past the block."""
         if self.released:
             raise InvalidArgument("this peek was released: its values are no longer readable")
+        for owner in self._owners:
+            if not _alive(owner.handle):
+                raise LeaseExpired(f"a partition of this peek was deleted, restarted or expired: its region "
+                                   f"may be another topic's now ({owner!r})")
         out = []
         for _, rows, base, limit, stride, _ in self._segments:
             for count, view, length, step in peek_runs(rows, base, limit, stride):
@@ -199,9 +206,13 @@ class Peek:
             return self.overwritten
         in_use = 0
         start = 0
-        for ring, rows, base, limit, stride, pid in self._segments:
+        for (ring, rows, base, limit, stride, pid), owner in zip(self._segments, self._owners):
             n = len(rows) // ROW
-            bad = peek_check(ring, rows, self._flags)
+            if _alive(owner.handle):
+                bad = peek_check(ring, rows, self._flags)
+            else:       # the lease ended: the region may be another ring's, nothing in it is ours
+                ffi_buffer(self._flags, n)[:] = bytes(n)
+                bad = n
             if bad:
                 self._bad.append((start, bytes(ffi_buffer(self._flags, n))))
                 if self._messages is None:

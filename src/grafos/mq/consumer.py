@@ -25,7 +25,7 @@ from ..reader import Batch, Reader, Waiter
 from . import gate, transaction
 from .isolation import Holding
 from .offset import FabricOffsetStore, OffsetStore, bus_store, commit_many, committed_entry
-from .topic import RemoteManager, Topic, TopicManager
+from .topic import SHARED_MEMORY, RemoteManager, Topic, TopicManager
 
 if TYPE_CHECKING:
     from ..peek import Peek
@@ -629,6 +629,9 @@ class Consumer(PollPath):
         waiting: values are views into the rings, checked for overwrite when the
         block is left (see :mod:`grafos.peek`). Positions move past them as with
         :meth:`poll`."""
+        if (mgr is not self._mgr or self._reader is None) and not getattr(mgr, "capabilities", SHARED_MEMORY).peeks:
+            raise Unsupported(f"consumer of {self.topic!r}: peeks read messages in place in shared memory, "
+                              f"which this bus ({type(mgr).__name__}) does not have; use poll")
         rd = self._ensure(mgr)
         if max_messages.__class__ is not int or max_messages < 1:
             _validate.integer(max_messages, "max_messages", 1)

@@ -26,7 +26,7 @@ from ..loan import Loan
 from ..message import encode_headers
 from ..partition import MAX_OFFSET, OFFSET_BITS, pack
 from . import gate, transaction
-from .topic import RemoteManager, Topic, TopicManager
+from .topic import SHARED_MEMORY, RemoteManager, Topic, TopicManager
 
 _send = lib.gf_send
 _NULL = ffi.NULL
@@ -512,6 +512,9 @@ class Producer(SendPath):
         manager over the slots (see :mod:`grafos.loan`). Not for idempotent
         producers (a loan's bytes are the caller's until commit: nothing to stamp
         or repeat)."""
+        if self._bound[0] is not mgr and not getattr(mgr, "capabilities", SHARED_MEMORY).loans:
+            raise Unsupported(f"producer of {self.topic!r}: loans write a message in place in shared memory, "
+                              f"which this bus ({type(mgr).__name__}) does not have; use send")
         if self.idempotent:
             raise Unsupported(f"producer of {self.topic!r} is idempotent: loans are not stamped; use send")
         if self._bound[0] is not mgr:
