@@ -45,7 +45,7 @@ from .message import Message
 from .mq.consumer import Consumer
 from .mq.offset import OffsetStore
 from .mq.producer import Producer
-from .mq.topic import TopicManager
+from .mq.topic import SHARED_MEMORY, BusHandles, TopicManager
 from .reader import Batch, Waiter
 
 __all__ = ["AsyncConsumer", "AsyncProducer"]
@@ -111,7 +111,7 @@ class AsyncConsumer:
             raise _validate.InvalidType(f"consumer must be a Consumer, not {type(consumer).__name__}")
         if mgr is None:
             mgr = getattr(consumer, "mgr", None)
-        if mgr is not None and not isinstance(mgr, TopicManager):
+        if mgr is not None and not isinstance(mgr, BusHandles):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         self.consumer = consumer
         self.mgr = mgr
@@ -131,7 +131,7 @@ class AsyncConsumer:
         return self._waiter.woken
 
     def _split(self, args: tuple) -> tuple[TopicManager, tuple]:
-        if args and isinstance(args[0], TopicManager):
+        if args and isinstance(args[0], BusHandles):
             return args[0], args[1:]
         if self.mgr is None:
             raise _validate.InvalidType("pass mgr first, or give AsyncConsumer a bound consumer or mgr=")
@@ -145,8 +145,10 @@ class AsyncConsumer:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
-            if left > 0:
+            if left > 0 and getattr(mgr, "capabilities", SHARED_MEMORY).shared_memory:
                 await self._waiter.wait(mgr, left)      # cancellable: nothing has been read
+            elif left > 0:      # a bus on a server: its wait is a network call, made in a thread
+                await asyncio.get_running_loop().run_in_executor(None, self.consumer.wait, mgr, left)
             out = once(0.0)
             if len(out) or (deadline is not None and time.monotonic() >= deadline):
                 return out
@@ -285,7 +287,7 @@ class AsyncProducer:
             raise _validate.InvalidType(f"producer must be a Producer, not {type(producer).__name__}")
         if mgr is None:
             mgr = getattr(producer, "mgr", None)
-        if mgr is not None and not isinstance(mgr, TopicManager):
+        if mgr is not None and not isinstance(mgr, BusHandles):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         self.producer = producer
         self.mgr = mgr
@@ -297,7 +299,7 @@ class AsyncProducer:
         return f"<AsyncProducer of {self.producer!r}>"
 
     def _args(self, args: tuple) -> tuple:
-        if args and isinstance(args[0], TopicManager):
+        if args and isinstance(args[0], BusHandles):
             return args
         if self.mgr is None:
             raise _validate.InvalidType("pass mgr first, or give AsyncProducer a bound producer or mgr=")

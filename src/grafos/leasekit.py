@@ -7,9 +7,11 @@ expire: that is how a topic's retention ends, with no cleanup job.
 
 What a registration id means:
 
-* a :class:`~grafos.fabric.MemLease`: the real lease in the fabric. Registering
-  moves its expiry to ``expires_at``; ticks renew it. Its id in the manager is
-  the lease object itself.
+* a lease: a :class:`~grafos.fabric.MemLease` (the real lease in the fabric), or
+  the lease of a partition on another bus (what ``mgr.partition_leases(topic)``
+  returns there; anything with the :class:`Lease` calls). Registering moves
+  its expiry to ``expires_at``; ticks renew it. Its id in the manager is the
+  lease object itself.
 * with ``RenewalManager(mgr)``: a ``(topic, partition)`` tuple is that
   partition's lease (looked up at every tick, so it follows
   :meth:`TopicManager.restart <grafos.mq.topic.TopicManager.restart>`), and
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Hashable
+from typing import TYPE_CHECKING, Hashable, Protocol, runtime_checkable
 
 from . import _validate
 from ._clock import now_s
@@ -46,7 +48,20 @@ from .fabric import MemLease
 if TYPE_CHECKING:
     from .mq.topic import TopicManager
 
-__all__ = ["RenewalPolicy", "RenewalManager", "Registration"]
+__all__ = ["RenewalPolicy", "RenewalManager", "Registration", "Lease"]
+
+
+@runtime_checkable
+class Lease(Protocol):
+    """What a renewable lease offers (a :class:`~grafos.fabric.MemLease`, or a
+    partition's lease on a remote bus), besides an ``expires_at`` attribute."""
+
+    def alive(self, now: float | None = None) -> bool: ...
+
+    def renew(self, expires_at: float | None = None, *, ttl: float | None = None,
+              now: float | None = None) -> float: ...
+
+    def ttl_remaining(self, now: float | None = None) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -93,7 +108,7 @@ class Registration:
     period: float              #: seconds each renewal extends to
     policy: RenewalPolicy
     renewals: int = 0
-    lease: MemLease | None = None            #: a registered MemLease
+    lease: Lease | None = None               #: a registered lease
     partition: tuple[str, int] | None = None  #: (topic, partition) with a manager
 
 
@@ -124,9 +139,9 @@ class RenewalManager:
         self._stop = threading.Event()
 
     # ---- registering -----------------------------------------------------------
-    def _resolve(self, lease_or_id: object) -> tuple[Hashable, MemLease | None, tuple[str, int] | None]:
+    def _resolve(self, lease_or_id: object) -> tuple[Hashable, Lease | None, tuple[str, int] | None]:
         """(id, lease, (topic, partition)) for what the caller registered."""
-        if isinstance(lease_or_id, MemLease):
+        if isinstance(lease_or_id, (MemLease, Lease)):
             return lease_or_id, lease_or_id, None
         if isinstance(lease_or_id, bool) or lease_or_id is None:
             raise _validate.InvalidType(f"cannot register {lease_or_id!r}: give a MemLease, "
@@ -150,7 +165,7 @@ class RenewalManager:
         raise _validate.InvalidType(f"cannot register a {type(lease_or_id).__name__}: give a MemLease, "
                                     "an int or str id, or a (topic, partition) tuple")
 
-    def _lease_of(self, reg: Registration) -> MemLease | None:
+    def _lease_of(self, reg: Registration) -> Lease | None:
         """The real lease behind a registration (None for a plain timer)."""
         if reg.lease is not None:
             return reg.lease
@@ -211,8 +226,8 @@ class RenewalManager:
             return self._regs.pop(key, None) is not None
 
     def _key_of(self, lease_or_id: object) -> Hashable:
-        """The id a registration is kept under: a MemLease is its own id."""
-        if isinstance(lease_or_id, MemLease):
+        """The id a registration is kept under: a lease is its own id."""
+        if isinstance(lease_or_id, (MemLease, Lease)):
             return lease_or_id
         try:
             hash(lease_or_id)
@@ -223,7 +238,7 @@ class RenewalManager:
 
     # ---- renewing ----------------------------------------------------------------
     @staticmethod
-    def _renew(reg: Registration, lease: MemLease | None, new: float, t: float) -> None:
+    def _renew(reg: Registration, lease: Lease | None, new: float, t: float) -> None:
         """Move a registration, and its real lease if it has one, to expire at ``new``."""
         if lease is not None:
             lease.renew(expires_at=new, now=t)

@@ -368,6 +368,28 @@ class Cursors:
             if deadline is not None and time.monotonic() >= deadline:
                 return []
 
+    @staticmethod
+    def _ready(st: _State) -> bool:
+        """A message at or past some cursor's position has arrived."""
+        return any(cur.feed is not None and cur.feed.buf and cur.feed.buf[-1][0] >= cur.pos
+                   for cur in st.cursors.values())
+
+    def wait(self, c: "Consumer", timeout: float | None) -> bool:
+        """Pull until a message is readable (True) or ``timeout`` passes (False),
+        taking none: the positions do not move."""
+        _validate.timeout(timeout)
+        st = self._sync(c)
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        while not self._ready(st):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            wait = _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - time.monotonic()))
+            broke = self.bus.run(self._pull(st, 1, wait), f"waiting on topic {c.topic!r}",
+                                 timeout=wait + self.bus.timeout + 1.0)
+            if broke and time.monotonic() >= st.next_look:
+                st = self._sync(c, refresh=True)
+        return True
+
     # ---- the Consumer's calls ------------------------------------------------------------------
     def poll(self, c: "Consumer", want: int, timeout: float | None) -> list:
         decode = _unpack_head

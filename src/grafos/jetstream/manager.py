@@ -648,6 +648,9 @@ class JetStreamManager(RemoteManager):
     def poll_batch(self, consumer: "Consumer", max_messages: int, timeout: float | None) -> Any:
         return self.cursors.poll_batch(consumer, max_messages, timeout)
 
+    def wait(self, consumer: "Consumer", timeout: float | None) -> bool:
+        return self.cursors.wait(consumer, timeout)
+
     def seek(self, consumer: "Consumer", store: Any, policy: Any) -> None:
         self.cursors.seek(consumer, store, policy)
 

@@ -31,7 +31,7 @@ import time
 from typing import TYPE_CHECKING, Mapping, NamedTuple, Protocol, runtime_checkable
 
 from .. import _validate
-from ..errors import CorruptFabric, InvalidArgument
+from ..errors import CorruptFabric, InvalidArgument, Unsupported
 from ..partition import MAX_OFFSET
 from . import _metakeys
 
@@ -325,6 +325,9 @@ class FabricOffsetStore(_CommitsMany):
             self._mgr = mgr
         elif isinstance(mgr, Fabric):
             self.fabric = mgr
+        elif not getattr(getattr(mgr, "capabilities", None), "shared_memory", True):
+            raise Unsupported(f"a {type(mgr).__name__} keeps no fabric: the offsets of a bus on a server go in "
+                              "its own store (grafos.jetstream.KvOffsetStore(mgr) on JetStream)")
         else:
             raise _validate.InvalidType(f"mgr must be a TopicManager or Fabric, not {type(mgr).__name__}")
 

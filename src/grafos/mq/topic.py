@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .. import _validate
 from .._check import raise_for
@@ -254,14 +254,40 @@ SHARED_MEMORY = Capabilities(transactions=True, loans=True, peeks=True, gating=T
                              abandoned_slots=True, shared_memory=True)
 
 
-class RemoteManager:
+class BusHandles:
+    """The handles every bus hands out, bound to it (:mod:`grafos.mq.bound`): the
+    shared-memory :class:`TopicManager` and the managers of remote buses alike."""
+
+    def producer(self, topic: str, partitioner: "Partitioner | None" = None, **options: Any) -> "BoundProducer":
+        """A :class:`~grafos.mq.producer.Producer` of ``topic`` bound to this bus:
+        ``mgr.producer("events").send_keyed(key, value)``. ``options`` are the
+        Producer's (``timeout``, ``idempotent``, ``transactional_id``,
+        ``transaction_ttl``)."""
+        from .bound import BoundProducer        # bound sits above this module
+        from .producer import Partitioner
+        return BoundProducer(self, topic, Partitioner.KeyHash if partitioner is None else partitioner, **options)
+
+    def consumer(self, topic: str, group: str = "default", *, partitions: "Iterable[int] | None" = None,
+                 **options: Any) -> "BoundConsumer":
+        """A :class:`~grafos.mq.consumer.Consumer` of ``topic`` in ``group`` bound to
+        this bus, reading ``partitions`` (default: all): ``mgr.consumer("events",
+        group="processors").poll(100)``. ``options`` are the Consumer's
+        (``max_batch``, ``gating``, ``gating_ttl``, ``check_crcs``, ``isolation``)."""
+        from .bound import BoundConsumer
+        c = BoundConsumer(self, topic, group, **options)
+        if partitions is not None:
+            c.assign(partitions)
+        return c
+
+
+class RemoteManager(BusHandles):
     """Base of the managers of buses that live on a server (the JetStream bus,
     :meth:`TopicManager.connect`). Producers, consumers, groups, DLQ routers
     and renewal managers accept one where they take a TopicManager and hand
     their work to its public methods; the shared-memory paths never see it."""
 
 
-class TopicManager:
+class TopicManager(BusHandles):
     """The bus. ``TopicManager()`` is in-process on its own fabric (no server,
     nothing to clean up); :meth:`open` creates or attaches to a named or
     file-backed bus shared with other processes."""
@@ -607,23 +633,3 @@ class TopicManager:
         d = self.describe(name, now)
         return {"produced": d.produced, "lost": d.lost,
                 "partitions_alive": sum(p.alive for p in d.partitions)}
-
-    # ---- handles bound to this bus -----------------------------------------------
-    def producer(self, topic: str, partitioner: "Partitioner | None" = None) -> "BoundProducer":
-        """A :class:`~grafos.mq.producer.Producer` of ``topic`` bound to this bus:
-        ``mgr.producer("events").send_keyed(key, value)``."""
-        from .bound import BoundProducer        # bound sits above this module
-        from .producer import Partitioner
-        return BoundProducer(self, topic, Partitioner.KeyHash if partitioner is None else partitioner)
-
-    def consumer(self, topic: str, group: str = "default", *, partitions: "Iterable[int] | None" = None,
-                 max_batch: int = 1024) -> "BoundConsumer":
-        """A :class:`~grafos.mq.consumer.Consumer` of ``topic`` in ``group`` bound to
-        this bus, reading ``partitions`` (default: all): ``mgr.consumer("events",
-        group="processors").poll(100)``."""
-        from .bound import BoundConsumer
-        c = BoundConsumer(self, topic, group, max_batch=max_batch)
-        if partitions is not None:
-            c.assign(partitions)
-        return c
-
