@@ -56,9 +56,9 @@ from .message import encode_headers
 _commit = lib.gf_loan_commit
 _check = lib.gf_loan_check
 _DONE = lib.GF_E_INVAL     # gf_loan_commit on a loan no longer open (nothing else returns it)
-#: loans whose view or arrays were handed out, while open: revoked when this
-#: process releases or reuses their lease's region
-_LENT: "weakref.WeakSet[Loan]" = weakref.WeakSet()
+#: id -> weak reference of the loans whose view or arrays were handed out, while
+#: open: revoked when this process releases or reuses their lease's region
+_LENT: "dict[int, weakref.ref[Loan]]" = {}
 
 
 class LoanArray(np.ndarray):
@@ -121,7 +121,7 @@ class Loan:
         s = self._span
         if s is None:
             s = self._span = span(int(ffi.cast("uintptr_t", self._l.value)), self.size)
-            _LENT.add(self)
+            _LENT[id(self)] = weakref.ref(self)
         return s
 
     @property
@@ -211,12 +211,14 @@ class Loan:
         """End the caller's access to the bytes: the view is released, every array
         (and view of one) made read-only, and the span refuses new buffers.
         Returns how many buffers of it are still held (by what cannot be revoked)."""
-        _LENT.discard(self)
-        for ref in self._views:
-            a = ref()
-            if a is not None:
-                a.flags.writeable = False
-        self._views.clear()
+        _LENT.pop(id(self), None)
+        views = self._views
+        if views:
+            for ref in views:
+                a = ref()
+                if a is not None:
+                    a.flags.writeable = False
+            views.clear()
         v = self._view
         if v is not None:
             try:
@@ -256,7 +258,10 @@ def revoke(fabric: object, lease_id: int | None, now_ns: int) -> None:
     ``lease_id`` (about to be released), or, with None, on every lease of it
     dead at ``now_ns`` (about to be reaped or reused): what they handed out
     stops being writable before the region can become another ring."""
-    for ln in list(_LENT):
+    for ref in list(_LENT.values()):
+        ln = ref()
+        if ln is None:
+            continue
         lease = getattr(ln._owner, "lease", None)
         if lease is None or not _same_bus(lease.fabric, fabric):
             continue

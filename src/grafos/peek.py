@@ -206,13 +206,9 @@ class Peek:
             return self.overwritten
         in_use = 0
         start = 0
-        for (ring, rows, base, limit, stride, pid), owner in zip(self._segments, self._owners):
+        for ring, rows, base, limit, stride, pid in self._segments:
             n = len(rows) // ROW
-            if _alive(owner.handle):
-                bad = peek_check(ring, rows, self._flags)
-            else:       # the lease ended: the region may be another ring's, nothing in it is ours
-                ffi_buffer(self._flags, n)[:] = bytes(n)
-                bad = n
+            bad = peek_check(ring, rows, self._flags)     # also false where the lease ended
             if bad:
                 self._bad.append((start, bytes(ffi_buffer(self._flags, n))))
                 if self._messages is None:
