@@ -498,10 +498,38 @@ static PyObject *slow_call(PyObject *self, PyObject *name, PyObject *const *args
     return r;
 }
 
+/* A bound handle is given its manager once (`own`, by _own(mgr)): a call whose
+ * first argument is that manager is the long spelling; any other call goes
+ * without it, and `own` is put first here, so the fast path and the slow one
+ * both see (mgr, ...). buf holds at least OWN_ARGS pointers. */
+#define OWN_ARGS 8
+static int with_own(PyObject *own, PyObject *const **args, Py_ssize_t *nargs, PyObject *kwnames, PyObject **buf)
+{
+    if (!own || (*nargs > 0 && (*args)[0] == own))
+        return 1;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (*nargs + nkw + 1 > OWN_ARGS) {
+        PyErr_SetString(PyExc_TypeError, "too many arguments");
+        return 0;
+    }
+    buf[0] = own;
+    memcpy(buf + 1, *args, sizeof(PyObject *) * (size_t)(*nargs + nkw));
+    *args = buf;
+    *nargs += 1;
+    return 1;
+}
+
+static PyObject *set_own(PyObject **slot, PyObject *mgr)
+{
+    Py_XSETREF(*slot, Py_NewRef(mgr));
+    Py_RETURN_NONE;
+}
+
 /* ---- SendPath: the base of grafos.mq.producer.Producer ---------------------------- */
 typedef struct {
     PyObject_HEAD
     PyObject *mgr;       /* the manager `s` belongs to; NULL while unbound */
+    PyObject *own;       /* a bound handle's manager (see with_own); NULL for a plain one */
     PyObject *binding;   /* the topic's Binding */
     PyObject *keep;      /* owns the memory `s` and its rings array live in */
     gf_sender *s;
@@ -512,6 +540,7 @@ typedef struct {
 static int sendpath_traverse(SendPath *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->mgr);
+    Py_VISIT(self->own);
     Py_VISIT(self->binding);
     Py_VISIT(self->keep);
     return 0;
@@ -521,6 +550,7 @@ static int sendpath_clear(SendPath *self)
 {
     self->s = NULL;
     Py_CLEAR(self->mgr);
+    Py_CLEAR(self->own);
     Py_CLEAR(self->binding);
     Py_CLEAR(self->keep);
     return 0;
@@ -555,6 +585,11 @@ static PyObject *sendpath_bind(SendPath *self, PyObject *const *args, Py_ssize_t
     Py_XDECREF(ob);
     Py_XDECREF(ok);
     Py_RETURN_NONE;
+}
+
+static PyObject *sendpath_own(SendPath *self, PyObject *mgr)
+{
+    return set_own(&self->own, mgr);
 }
 
 static PyObject *sendpath_unbind(SendPath *self, PyObject *unused)
@@ -621,7 +656,9 @@ static const char *const send_keyed_names[] = {"mgr", "key", "value", "headers"}
 /* send(mgr, value, headers=None) -> (partition, offset) */
 static PyObject *sendpath_send(SendPath *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *a[3];
+    PyObject *a[3], *buf[OWN_ARGS];
+    if (!with_own(self->own, &args, &nargs, kwnames, buf))
+        return NULL;
     if (self->s && parse(args, nargs, kwnames, send_names, 3, 3, a) && a[0] == self->mgr && a[1] &&
         binding_ok(self->binding)) {
         PyObject *r = send_one(self, NULL, a[1], a[2]);
@@ -635,7 +672,9 @@ static PyObject *sendpath_send(SendPath *self, PyObject *const *args, Py_ssize_t
 static PyObject *sendpath_send_keyed(SendPath *self, PyObject *const *args, Py_ssize_t nargs,
                                      PyObject *kwnames)
 {
-    PyObject *a[4];
+    PyObject *a[4], *buf[OWN_ARGS];
+    if (!with_own(self->own, &args, &nargs, kwnames, buf))
+        return NULL;
     if (self->s && parse(args, nargs, kwnames, send_keyed_names, 4, 4, a) && a[0] == self->mgr &&
         a[1] && a[2] && binding_ok(self->binding)) {
         PyObject *r = send_one(self, a[1], a[2], a[3]);
@@ -788,6 +827,7 @@ static PyMethodDef sendpath_methods[] = {
      "Append value under key (Kafka's partitioner; key None: round robin)."},
     {"_bind_fast", (PyCFunction)(void (*)(void))sendpath_bind, METH_FASTCALL, NULL},
     {"_unbind_fast", (PyCFunction)sendpath_unbind, METH_NOARGS, NULL},
+    {"_own", (PyCFunction)sendpath_own, METH_O, "_own(mgr): a bound handle's manager (see with_own)"},
     {"_send_lists", (PyCFunction)(void (*)(void))sendpath_send_lists, METH_FASTCALL, NULL},
     {"_send_rows", (PyCFunction)(void (*)(void))sendpath_send_rows, METH_FASTCALL, NULL},
     {NULL},
@@ -810,6 +850,7 @@ static PyTypeObject SendPathType = {
 typedef struct {
     PyObject_HEAD
     PyObject *mgr;       /* the manager `p` reads from; NULL while unbound */
+    PyObject *own;       /* a bound handle's manager (see with_own); NULL for a plain one */
     PyObject *binding;   /* the topic's Binding */
     PyObject *keep;      /* owns the poller and everything it points to (a Reader) */
     gf_poller *p;
@@ -820,6 +861,7 @@ typedef struct {
 static int pollpath_traverse(PollPath *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->mgr);
+    Py_VISIT(self->own);
     Py_VISIT(self->binding);
     Py_VISIT(self->keep);
     return 0;
@@ -829,6 +871,7 @@ static int pollpath_clear(PollPath *self)
 {
     self->p = NULL;
     Py_CLEAR(self->mgr);
+    Py_CLEAR(self->own);
     Py_CLEAR(self->binding);
     Py_CLEAR(self->keep);
     return 0;
@@ -862,6 +905,11 @@ static PyObject *pollpath_bind(PollPath *self, PyObject *const *args, Py_ssize_t
     Py_XDECREF(ob);
     Py_XDECREF(ok);
     Py_RETURN_NONE;
+}
+
+static PyObject *pollpath_own(PollPath *self, PyObject *mgr)
+{
+    return set_own(&self->own, mgr);
 }
 
 static PyObject *pollpath_unbind(PollPath *self, PyObject *unused)
@@ -918,7 +966,9 @@ static const char *const poll_names[] = {"mgr", "max_messages", "timeout", "spin
  * spin None: adaptive (GF_SPIN_ADAPTIVE); seconds: that long, every wait */
 static PyObject *pollpath_poll(PollPath *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *a[4];
+    PyObject *a[4], *buf[OWN_ARGS];
+    if (!with_own(self->own, &args, &nargs, kwnames, buf))
+        return NULL;
     long max = 100;
     int64_t timeout_ns = 0, spin_ns = GF_SPIN_ADAPTIVE;
     int forever = 0, spin_forever;
@@ -1005,6 +1055,7 @@ static PyMethodDef pollpath_methods[] = {
      "(None: adaptive, at most 200 us, none on a consumer that waits long; 0: never)."},
     {"_bind_fast", (PyCFunction)(void (*)(void))pollpath_bind, METH_FASTCALL, NULL},
     {"_unbind_fast", (PyCFunction)pollpath_unbind, METH_NOARGS, NULL},
+    {"_own", (PyCFunction)pollpath_own, METH_O, "_own(mgr): a bound handle's manager (see with_own)"},
     {NULL},
 };
 

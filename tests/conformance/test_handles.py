@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from grafos.errors import Unsupported
+from grafos.errors import InvalidArgument, Unsupported
 from grafos.mq import Partitioner, SeekPolicy
-from grafos.mq.topic import TopicConfig
+from grafos.mq.topic import TopicConfig, TopicManager
 
 CFG = TopicConfig(num_partitions=2, partition_capacity=16, partition_stride=256)
 
@@ -89,3 +89,19 @@ def test_loans_peeks_and_transactions_should_work_bound_or_be_refused_clearly(bu
     else:
         with pytest.raises(Unsupported, match="transactions"):
             tx.begin()
+
+
+def test_a_bound_handle_should_refuse_another_buses_manager_and_write_nothing(bus):
+    bus.mgr.create("ob", CFG)
+    other = TopicManager(size=16 << 20)
+    other.create("ob", CFG)
+    prod = bus.mgr.producer("ob")
+    con = bus.mgr.consumer("ob", group="g")
+    calls = [lambda: prod.send(other, b"x"), lambda: prod.send_keyed(other, b"k", b"x"),
+             lambda: prod.send_batch(other, [b"x"]), lambda: con.poll(other, 10),
+             lambda: con.seek(other, SeekPolicy.Earliest), lambda: con.lag(other)]
+    for call in calls:
+        with pytest.raises(InvalidArgument, match="is bound to"):
+            call()
+    assert bus.mgr.describe("ob").produced == 0 and other.describe("ob").produced == 0
+    other.close()

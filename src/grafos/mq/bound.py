@@ -13,25 +13,28 @@ every call that takes the manager first also works without it::
     for partition, msg in con.poll(100, timeout=1.0):
         ...
 
-The spellings with a manager first (``prod.send(mgr, value)``) keep working on
-bound handles too, so code written for the plain classes runs unchanged: a
-call's first argument is taken as the manager when it is one (any bus's:
-:class:`~grafos.mq.topic.BusHandles`), and the handle's own is used otherwise.
+The manager is given once, when the handle is made: a call whose first
+argument is that manager is the long spelling (``prod.send(mgr, value)``), so
+code written for the plain classes runs unchanged; any other call goes without
+it. ``send``, ``send_keyed`` and ``poll`` take that rule in the crossing (C),
+at the cost of one pointer comparison; a handle of one bus called with another
+bus's manager raises :class:`~grafos.errors.InvalidArgument`.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 from .. import _validate
+from ..errors import InvalidArgument
 from .consumer import Consumer
 from .producer import Partitioner, Producer
 from .topic import BusHandles
 
 __all__ = ["BoundProducer", "BoundConsumer"]
 
-#: the calls that take the manager first
-PRODUCER_CALLS = ("send", "send_keyed", "send_batch", "loan", "begin", "register")
-CONSUMER_CALLS = ("poll", "poll_batch", "seek", "seek_partition", "lag", "wait", "peek")
+#: the calls that take the manager first, besides send, send_keyed and poll (the crossing's)
+PRODUCER_CALLS = ("send_batch", "loan", "begin", "register")
+CONSUMER_CALLS = ("poll_batch", "seek", "seek_partition", "lag", "wait", "peek")
 
 
 def _check_mgr(mgr: object) -> BusHandles:
@@ -41,11 +44,18 @@ def _check_mgr(mgr: object) -> BusHandles:
     return mgr
 
 
+def _other_bus(handle: Any, mgr: object) -> InvalidArgument:
+    return InvalidArgument(f"{handle!r} is bound to {handle.mgr!r}, not {mgr!r}: "
+                           "call it without a manager (or with its own)")
+
+
 def _with_mgr(base: Callable[..., Any]) -> Callable[..., Any]:
     """``base(self, mgr, ...)`` callable as ``(...)`` with the handle's manager."""
     def call(self: Any, *args: Any, **kw: Any) -> Any:
-        if args and isinstance(args[0], BusHandles):
+        if args and args[0] is self.mgr:
             return base(self, *args, **kw)
+        if args and isinstance(args[0], BusHandles):
+            raise _other_bus(self, args[0])
         return base(self, self.mgr, *args, **kw)
     call.__name__ = base.__name__
     call.__qualname__ = base.__qualname__
@@ -60,6 +70,18 @@ class BoundProducer(Producer):
                  **options: Any) -> None:
         super().__init__(topic, partitioner, **options)
         self.mgr = _check_mgr(mgr)
+        self._own(mgr)
+
+    # the crossing put this handle's manager first; another bus's lands here
+    def _send_fallback(self, mgr: Any, value: Any, *args: Any, **kw: Any) -> tuple[int, int]:
+        if isinstance(value, BusHandles):
+            raise _other_bus(self, value)
+        return Producer._send_fallback(self, mgr, value, *args, **kw)
+
+    def _send_keyed_fallback(self, mgr: Any, key: Any, *args: Any, **kw: Any) -> tuple[int, int]:
+        if isinstance(key, BusHandles):
+            raise _other_bus(self, key)
+        return Producer._send_keyed_fallback(self, mgr, key, *args, **kw)
 
     def __repr__(self) -> str:
         return f"<BoundProducer {self.topic!r} ({self.partitioner.name})>"
@@ -71,11 +93,19 @@ class BoundConsumer(Consumer):
     def __init__(self, mgr: BusHandles, topic: str, group: str = "default", **options: Any) -> None:
         super().__init__(topic, group, **options)
         self.mgr = _check_mgr(mgr)
+        self._own(mgr)
+
+    def _poll_fallback(self, mgr: Any, *args: Any, **kw: Any) -> Any:
+        if args and isinstance(args[0], BusHandles):
+            raise _other_bus(self, args[0])
+        return Consumer._poll_fallback(self, mgr, *args, **kw)
 
     def wait_request(self, waiter: Any, *args: Any, **kw: Any) -> int:  # type: ignore[override]
         """``wait_request(waiter, timeout=None)`` (or ``(waiter, mgr, timeout)``)."""
-        if args and isinstance(args[0], BusHandles):
+        if args and args[0] is self.mgr:
             return Consumer.wait_request(self, waiter, *args, **kw)
+        if args and isinstance(args[0], BusHandles):
+            raise _other_bus(self, args[0])
         return Consumer.wait_request(self, waiter, self.mgr, *args, **kw)
 
     def __repr__(self) -> str:
