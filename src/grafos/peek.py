@@ -90,7 +90,7 @@ class Peek:
     """Messages read in place from one or more rings; see the module doc."""
 
     __slots__ = ("_segments", "_messages", "_views", "_count", "_owners", "overwritten", "released",
-                 "_flags", "_bad")
+                 "_flags", "_bad", "_keep")
 
     def __init__(self, segments: list[tuple[int, bytes, int, int, int, int]], owners: list[object],
                  messages: list[PeekedMessage] | None, count: int, flags: int = 0) -> None:
@@ -103,16 +103,18 @@ class Peek:
         self.released = False
         self._flags = flags            # the address of the reader's scratch for the release check
         self._bad: list[tuple[int, bytes]] = []   # (first message, flags) of segments with overwrites
+        self._keep: object = None      # owns the memory at _flags (the reader) until release
 
     @classmethod
     def take(cls, sources: Sequence[tuple[int, int, int, object, int, int, int]], max_messages: int,
-             meta: int, flags: int) -> "Peek":
+             meta: int, flags: int, keep: object = None) -> "Peek":
         """``sources``: (partition id, ring address, cursor address, Partition, the
         address of the ring's first slot byte, how many bytes a message may span
         from there, the ring's stride) per ring; ``meta``: the address of a
         ``gf_msg_meta[]`` and ``flags`` of a ``uint8_t[]``, both of at least
         ``max_messages``, the reader's to reuse (``meta``'s rows are copied before
-        this returns, ``flags`` is used only inside :meth:`release`)."""
+        this returns, ``flags`` is used only inside :meth:`release`, so ``keep``,
+        which owns it, is held until then: a peek may outlive its consumer)."""
         segments: list[tuple[int, bytes, int, int, int, int]] = []
         owners: list[object] = []
         count = 0
@@ -133,6 +135,7 @@ class Peek:
         if not count:
             return cls(_NONE, _NONE, [], 0)
         pk = cls(segments, owners, None, count, flags)
+        pk._keep = keep
         # keys and headers are copied out now, while they are surely the message's
         # own; a few messages are built now too (a small peek is taken to be iterated)
         if count <= _EAGER or not plain:
@@ -225,6 +228,7 @@ class Peek:
                 in_use += 1
         self._views = []
         self._flags = 0
+        self._keep = None
         self._owners = []
         if in_use:
             raise ViewsInUse(f"{in_use} peeked value(s) are still held by other objects (numpy arrays or "
