@@ -19,11 +19,14 @@ abandon revoke them: ``view`` and :meth:`array` raise, the view handed out is
 released, and every array :meth:`array` returned -- with every slice, reshape
 or ``.view(dtype)`` of it -- becomes read-only, so a late write raises
 ``ValueError`` instead of changing a published message (or a later one). A
-buffer taken from the view or an array by other means (a slice of ``view``
-still held, ``np.frombuffer(ln.view)``, ``np.asarray(arr)``) cannot be
-revoked: one still held at commit makes the commit abandon the loan and raise
-:class:`~grafos.errors.ViewsInUse` (a ``BufferError``), so nothing is
-published while the caller can still write into it.
+buffer taken from the view (a slice of ``view`` still held,
+``np.frombuffer(ln.view)``) cannot be revoked: one still held at commit makes
+the commit abandon the loan and raise :class:`~grafos.errors.ViewsInUse` (a
+``BufferError``), so nothing is published while the caller can still write
+into it. What numpy makes from an array outside its own views -- a plain
+``ndarray`` over it (``np.asarray(arr)``, ``arr.view(np.ndarray)``) or a buffer
+of it (``memoryview(arr)``) -- is neither revoked nor counted: do not keep one
+past the block.
 
 A loan is bound to its partition's lease: once the lease has expired, or the
 partition was deleted or restarted, ``view``, :meth:`array` and :meth:`write`
