@@ -56,8 +56,9 @@ def test_bound_handles_should_take_every_option_of_their_classes(bus):
     bus.mgr.create("bo", CFG)
     p = bus.mgr.producer("bo", transactional_id="bo-1", transaction_ttl=30.0)
     assert (p.transactional_id, p.idempotent, p.transaction_ttl) == ("bo-1", True, 30.0)
-    c = bus.mgr.consumer("bo", group="g", isolation="read_committed", gating=True, gating_ttl=5.0)
-    assert (c.isolation, c.gating, c.gating_ttl) == ("read_committed", True, 5.0)
+    c = bus.mgr.consumer("bo", group="g", isolation="read_committed", gating=True, gating_ttl=5.0,
+                         on_lost="latest")
+    assert (c.isolation, c.gating, c.gating_ttl, c.on_lost) == ("read_committed", True, 5.0, "latest")
     with pytest.raises(TypeError):
         bus.mgr.producer("bo", no_such_option=1)
 

@@ -262,7 +262,7 @@ class BusHandles:
         """A :class:`~grafos.mq.producer.Producer` of ``topic`` bound to this bus:
         ``mgr.producer("events").send_keyed(key, value)``. ``options`` are the
         Producer's (``timeout``, ``idempotent``, ``transactional_id``,
-        ``transaction_ttl``)."""
+        ``transaction_ttl``, ...)."""
         from .bound import BoundProducer        # bound sits above this module
         from .producer import Partitioner
         return BoundProducer(self, topic, Partitioner.KeyHash if partitioner is None else partitioner, **options)
@@ -272,7 +272,8 @@ class BusHandles:
         """A :class:`~grafos.mq.consumer.Consumer` of ``topic`` in ``group`` bound to
         this bus, reading ``partitions`` (default: all): ``mgr.consumer("events",
         group="processors").poll(100)``. ``options`` are the Consumer's
-        (``max_batch``, ``gating``, ``gating_ttl``, ``check_crcs``, ``isolation``)."""
+        (``max_batch``, ``gating``, ``gating_ttl``, ``check_crcs``, ``isolation``,
+        ``on_lost``, ...)."""
         from .bound import BoundConsumer
         c = BoundConsumer(self, topic, group, **options)
         if partitions is not None:
