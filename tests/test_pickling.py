@@ -12,7 +12,7 @@ import threading
 import pytest
 
 from grafos.errors import NotPortable
-from grafos.mq.consumer import Consumer
+from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.group import ConsumerGroup
 from grafos.mq.offset import FabricOffsetStore
 from grafos.mq.producer import Partitioner, Producer
@@ -104,3 +104,29 @@ def test_should_raise_not_deadlock_when_a_fork_child_uses_the_parents_in_process
     assert res[0] == "error" and res[1] == "NotPortable", res
     assert "TopicManager.open(name)" in res[2]
     mgr.create("from-parent", CFG)          # the parent's manager is untouched
+
+
+@pytest.mark.parametrize("kind", ["named", "file"])
+def test_bound_handles_should_cross_with_their_bus_and_stay_bound(kind, shm_name, tmp_path):
+    mgr = _bus(kind, shm_name, tmp_path)
+    try:
+        mgr.create("t", CFG)
+        prod = pickle.loads(pickle.dumps(mgr.producer("t", partitioner=Partitioner.RoundRobin, timeout=2.0)))
+        con = pickle.loads(pickle.dumps(mgr.consumer("t", group="g", isolation="read_committed")))
+        assert (prod.partitioner, prod.timeout, con.isolation) == (Partitioner.RoundRobin, 2.0, "read_committed")
+        prod.send(b"sent without a manager")
+        con.seek(SeekPolicy.Earliest)
+        assert [m.value for _, m in con.poll(10)] == [b"sent without a manager"]
+        assert mgr.describe("t").produced == 1          # the same bus, attached again
+        prod.mgr.close()
+        con.mgr.close()
+    finally:
+        mgr.close()
+
+
+def test_bound_handles_of_an_in_process_bus_should_refuse_to_cross():
+    with TopicManager() as mgr:
+        mgr.create("t", CFG)
+        for handle in (mgr.producer("t"), mgr.consumer("t")):
+            with pytest.raises(NotPortable):
+                pickle.dumps(handle)

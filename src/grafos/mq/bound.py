@@ -72,6 +72,12 @@ class BoundProducer(Producer):
         self.mgr = _check_mgr(mgr)
         self._own(mgr)
 
+    def __reduce__(self):  # noqa: ANN204 - crosses processes with its manager when the bus does
+        fn, args = Producer.__reduce__(self)
+        if not self.mgr.capabilities.shared_memory:
+            return fn, args     # a server bus's connection stays here: the child gets a plain Producer
+        return _bound_producer, (self.mgr, *args)
+
     # the crossing put this handle's manager first; another bus's lands here
     def _send_fallback(self, mgr: Any, value: Any, *args: Any, **kw: Any) -> tuple[int, int]:
         if isinstance(value, BusHandles):
@@ -95,6 +101,12 @@ class BoundConsumer(Consumer):
         self.mgr = _check_mgr(mgr)
         self._own(mgr)
 
+    def __reduce__(self):  # noqa: ANN204 - crosses processes with its manager when the bus does
+        fn, args, state = Consumer.__reduce__(self)
+        if not self.mgr.capabilities.shared_memory:
+            return fn, args, state
+        return _bound_consumer, (self.mgr, *args), state
+
     def _poll_fallback(self, mgr: Any, *args: Any, **kw: Any) -> Any:
         if args and isinstance(args[0], BusHandles):
             raise _other_bus(self, args[0])
@@ -110,6 +122,16 @@ class BoundConsumer(Consumer):
 
     def __repr__(self) -> str:
         return f"<BoundConsumer {self.topic!r} group {self.group!r}>"
+
+
+def _bound_producer(mgr: BusHandles, topic: str, partitioner: Partitioner, timeout: float | None,
+                    idempotent: bool, transactional_id: str | None, transaction_ttl: float) -> BoundProducer:
+    return BoundProducer(mgr, topic, partitioner, timeout=timeout, idempotent=idempotent,
+                         transactional_id=transactional_id, transaction_ttl=transaction_ttl)
+
+
+def _bound_consumer(mgr: BusHandles, topic: str, group: str, isolation: str, on_lost: str) -> BoundConsumer:
+    return BoundConsumer(mgr, topic, group, isolation=isolation, on_lost=on_lost)
 
 
 for _name in PRODUCER_CALLS:
