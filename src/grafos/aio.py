@@ -118,6 +118,7 @@ class AsyncConsumer:
         self._waiter = _Waiter(consumer)
         self._pending: collections.deque[tuple[int, Message]] = collections.deque()
         self._pending_mgr: TopicManager | None = None
+        self._remote_wait: asyncio.Future | None = None     # a server bus's wait, running in a thread
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.consumer, name)     # seek, assign, position, lag, ...: synchronous
@@ -138,6 +139,9 @@ class AsyncConsumer:
         return self.mgr, args
 
     async def _poll(self, once, mgr: TopicManager, timeout: float | None):  # noqa: ANN001, ANN202
+        if self._remote_wait is not None and not self._remote_wait.done():
+            # a cancelled await left its wait running in a thread: the consumer is one thread's at a time
+            await asyncio.wait([self._remote_wait])
         self._give_back()
         out = once(0.0)
         if len(out) or (timeout is not None and timeout <= 0):
@@ -148,7 +152,8 @@ class AsyncConsumer:
             if left > 0 and getattr(mgr, "capabilities", SHARED_MEMORY).shared_memory:
                 await self._waiter.wait(mgr, left)      # cancellable: nothing has been read
             elif left > 0:      # a bus on a server: its wait is a network call, made in a thread
-                await asyncio.get_running_loop().run_in_executor(None, self.consumer.wait, mgr, left)
+                self._remote_wait = asyncio.get_running_loop().run_in_executor(None, self.consumer.wait, mgr, left)
+                await self._remote_wait
             out = once(0.0)
             if len(out) or (deadline is not None and time.monotonic() >= deadline):
                 return out

@@ -106,3 +106,25 @@ def test_a_bound_handle_should_refuse_another_buses_manager_and_write_nothing(bu
             call()
     assert bus.mgr.describe("ob").produced == 0 and other.describe("ob").produced == 0
     other.close()
+
+
+def test_async_bound_handles_should_await_messages_and_survive_a_cancelled_poll(bus):
+    import asyncio
+
+    from grafos.aio import AsyncConsumer, AsyncProducer
+    bus.mgr.create("ah", CFG)
+
+    async def go() -> list[bytes]:
+        async with AsyncProducer(bus.mgr.producer("ah")) as prod, \
+                   AsyncConsumer(bus.mgr.consumer("ah", group="g")) as con:
+            con.seek(SeekPolicy.Earliest)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(con.poll(10, timeout=None), 0.05)     # nothing yet: cancelled
+            await prod.send(b"after the cancelled poll")
+            got = []
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                got = await con.poll(10, timeout=1.0)
+            return [m.value for _, m in got]
+
+    assert asyncio.run(go()) == [b"after the cancelled poll"]
