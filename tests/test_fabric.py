@@ -177,8 +177,8 @@ def test_two_handles_in_one_process_wait_for_each_other(shm_name):
 
 
 def test_in_the_core_a_second_handle_of_the_process_waits_for_the_lock(shm_name):
-    # the C contract under the Python layer: the lock word says only the pid, so
-    # the core must not mistake another handle's hold for its own
+    # the C contract under the Python layer: each handle is an owner of its own,
+    # so the core never mistakes another handle's hold for its own
     with Fabric.open(shm_name, size=4 * MiB) as a, Fabric.open(shm_name, create=False) as b:
         assert lib.gf_lock(a.handle, 0) == 0
         assert lib.gf_lock(b.handle, 0) == lib.GF_E_TIMEOUT

@@ -12,6 +12,8 @@ import time
 import pytest
 from click.testing import CliRunner
 
+import owner_helpers
+
 from grafos import Fabric, fabric
 from grafos.cli import main
 from grafos.mq.topic import TopicConfig, TopicManager
@@ -69,11 +71,15 @@ def test_should_keep_a_bus_when_a_lease_is_alive(shm_name):
 def test_should_keep_a_bus_when_a_live_process_holds_its_metadata_lock(shm_name):
     _bus(shm_name, SHORT)
     time.sleep(0.3)
-    with open(fabric.shm_path(shm_name), "r+b") as f:      # as a holder that is alive would leave it
-        f.seek(64)
-        f.write(struct.pack("<I", os.getpid()))
-    row = gc(shm_name, "--yes")[shm_name]
-    assert not row["removed"] and row["state"] == f"locked by live pid {os.getpid()}"
+    path = fabric.shm_path(shm_name)
+    fd = owner_helpers.hold(path, 777)                 # a live holder, not attached (no file lock)
+    try:
+        owner_helpers.write_holder(path, 777, 4321)
+        row = gc(shm_name, "--yes")[shm_name]
+        assert not row["removed"] and row["state"] == "locked by live pid 4321"
+    finally:
+        os.close(fd)
+    assert gc(shm_name, "--yes")[shm_name]["removed"]   # its holder gone, the bus is idle
 
 
 def test_should_remove_a_bus_when_its_creator_died_before_finishing(shm_name):

@@ -436,8 +436,9 @@ _FORK_GENERATION = 0
 def _after_fork_in_child() -> None:
     """A fork child has one thread: locks other threads of the parent held are
     held for ever. Start the child's in-process side of every lock afresh (the
-    shared metadata lock holds a pid, which is not the child's), and make the
-    parent's in-process fabrics foreign to it."""
+    core gives the child's handles owner tokens of their own, so a lock the
+    parent holds is not the child's), and make the parent's in-process fabrics
+    foreign to it."""
     global _FILE_LOCKS_GUARD, _FORK_GENERATION
     _FORK_GENERATION += 1
     _FILE_LOCKS_GUARD = threading.Lock()
