@@ -24,6 +24,9 @@ struct gf_fabric {
     uint32_t lock_as;           /* the token the lock word holds while `held`: ours, or that of
                                  * the handle of this process we joined (gf_lock_join) */
     uint32_t token;             /* this handle's owner token (layout.h, "owners"); 0: none */
+    int owner_fd;               /* the file again, open only to hold the token's lock: never
+                                 * mapped, so a fork child's copy of the mapping keeps no
+                                 * reference to it (and a dead holder's token dies with it) */
     int token_err;              /* errno of a fork child's failed attempt to get its own token */
     uint32_t pid;               /* getpid() when the token was taken (for messages) */
     uint64_t pidns;             /* inode of /proc/self/ns/pid then (for messages) */

@@ -181,14 +181,40 @@ static uint32_t hdr_crc(const struct gf_fabric_hdr *h)
 
 /* ---- owners (layout.h): who holds a word, alive or dead ---------------------
  * A handle takes its token when it opens and keeps the OFD lock on the token's
- * byte until its file is closed. An OFD lock belongs to the open file
- * description, which a fork child shares: so every handle is registered, and a
- * fork child gives each one a description and a token of its own (otherwise a
- * child would pass for its parent, and a parent that died holding the lock
- * would look alive for as long as the child lives). */
+ * byte until its file is closed. The lock sits on a second open file description
+ * of the fabric's file that is never mapped: a mapping holds a reference to the
+ * description it was made from, and a fork child inherits the mapping. A fork
+ * child shares the descriptions of its parent's descriptors too: so every
+ * handle is registered, and a fork child gives each one a description and a
+ * token of its own (otherwise a child would pass for its parent, and a parent
+ * that died holding the lock would look alive for as long as the child lives). */
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_once_t reg_once = PTHREAD_ONCE_INIT;
 static gf_fabric *reg_head;
+
+/* A new open file description of the file open as fd (through /proc/self/fd,
+ * which works for an unlinked file too, or else through path if it still names
+ * that file). -1 if neither works. Async-signal-safe (it runs in fork children). */
+static int reopen(int fd, const char *path)
+{
+    char proc[40] = "/proc/self/fd/", digits[16];
+    int n = 0, at = 14;
+    for (unsigned v = (unsigned)fd; n == 0 || v; v /= 10)
+        digits[n++] = (char)('0' + v % 10);
+    while (n)
+        proc[at++] = digits[--n];
+    proc[at] = 0;
+    int nfd = open(proc, O_RDWR | O_CLOEXEC);
+    if (nfd >= 0 || !path)
+        return nfd;
+    struct stat a, b;
+    nfd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (nfd >= 0 && (fstat(fd, &a) < 0 || fstat(nfd, &b) < 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino)) {
+        close(nfd);
+        nfd = -1;
+    }
+    return nfd;
+}
 
 static struct flock owner_range(short type, uint32_t token)
 {
@@ -241,7 +267,7 @@ static int owner_take(gf_fabric *f, const struct gf_fabric_hdr *h)
         if (t == 0 || (h && t == ld_acq(&h->lock)))
             continue;
         struct flock fl = owner_range(F_WRLCK, t);
-        if (fcntl(f->fd, F_OFD_SETLK, &fl) == 0) {
+        if (fcntl(f->owner_fd, F_OFD_SETLK, &fl) == 0) {
             f->token = t;
             f->pid = (uint32_t)getpid();
             f->pidns = my_pidns();
@@ -255,29 +281,15 @@ static int owner_take(gf_fabric *f, const struct gf_fabric_hdr *h)
 
 static void reg_child_token(gf_fabric *f)
 {
-    /* a description of our own for the same file (even if unlinked), in place of the shared one */
-    char path[40] = "/proc/self/fd/", digits[16];
-    int n = 0, at = 14;
-    for (unsigned v = (unsigned)f->fd; n == 0 || v; v /= 10)
-        digits[n++] = (char)('0' + v % 10);
-    while (n)
-        path[at++] = digits[--n];
-    path[at] = 0;
     f->held = 0;        /* a lock the parent holds is the parent's */
     f->token = 0;
-    int nfd = open(path, O_RDWR | O_CLOEXEC);
+    int nfd = reopen(f->owner_fd, NULL);
     if (nfd < 0) {
         f->token_err = errno ? errno : EBADF;
         return;
     }
-    if (dup3(nfd, f->fd, O_CLOEXEC) < 0) {
-        f->token_err = errno;
-        close(nfd);
-        return;
-    }
-    close(nfd);
-    if (f->where != GF_WHERE_MEMFD)
-        (void)flock(f->fd, LOCK_SH | LOCK_NB);   /* in use by this process too (grafos gc) */
+    close(f->owner_fd);     /* the parent's description: its token stays the parent's alone */
+    f->owner_fd = nfd;
     f->token_err = owner_take(f, f->hdr);
 }
 
@@ -610,13 +622,16 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
     }
     if (path)   /* held for the handle's life: converts the creator's exclusive lock */
         flock(fd, LOCK_SH);
+    f->owner_fd = reopen(fd, path);
     {
-        int e = owner_take(f, f->hdr);
+        int e = f->owner_fd < 0 ? (errno ? errno : ENOENT) : owner_take(f, f->hdr);
         if (e) {
+            if (f->owner_fd >= 0)
+                close(f->owner_fd);
             munmap(base, size);
             free(f);
             f = NULL;
-            rc = gf_fail(GF_E_IO, "cannot take an owner token on the fabric's file (fcntl F_OFD_SETLK: %s): "
+            rc = gf_fail(GF_E_IO, "cannot take an owner token on the fabric's file (reopen and F_OFD_SETLK: %s): "
                          "grafos tells a live lock holder from a dead one by its file lock, so the file "
                          "must be on a filesystem with POSIX file locks (tmpfs /dev/shm, ext4, xfs, ...)",
                          strerror(e));
@@ -711,6 +726,7 @@ void gf_fabric_unref(gf_fabric *f)
     if (atomic_fetch_sub(&f->refs, 1) == 1) {
         reg_del(f);
         munmap(f->base, f->size);
+        close(f->owner_fd);     /* lets the token go */
         close(f->fd);
         free(f);
     }
