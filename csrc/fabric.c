@@ -500,8 +500,23 @@ static int check_owner(int fd, uint32_t flags)
 
 static int no_token(gf_fabric *f);
 
-gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32_t flags,
-                          uint32_t lease_slots, uint32_t meta_slots, int *err)
+/* open_once's error when the file it attached is no longer the one at its path
+ * (grafos gc, or anyone, removed it before our shared file lock was in place) */
+#define OPEN_MOVED 100
+
+/* 1 if `path` no longer names the file open as fd (removed, or another file in its place) */
+static int path_moved(int fd, const char *path)
+{
+    struct stat mine, now;
+    if (fstat(fd, &mine) < 0)
+        return 0;
+    if (lstat(path, &now) < 0)
+        return errno == ENOENT;
+    return now.st_dev != mine.st_dev || now.st_ino != mine.st_ino;
+}
+
+static gf_fabric *open_once(const char *path, uint64_t size, uint32_t mode, uint32_t flags,
+                            uint32_t lease_slots, uint32_t meta_slots, int *err)
 {
     int rc = GF_OK, fd = -1, created = 0;
     gf_fabric *f = NULL;
@@ -620,8 +635,20 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
         f = NULL;
         goto out;
     }
-    if (path)   /* held for the handle's life: converts the creator's exclusive lock */
+    if (path) {
+        /* held for the handle's life: converts the creator's exclusive lock */
         flock(fd, LOCK_SH);
+        /* gc removes a file only under LOCK_EX, which it cannot take from here on:
+         * if the path still names our file, no removal can come between us and it.
+         * If not, we opened (or made) a file on its way out: open again by path. */
+        if (path_moved(fd, path)) {
+            munmap(base, size);
+            free(f);
+            f = NULL;
+            rc = OPEN_MOVED;
+            goto out;
+        }
+    }
     f->owner_fd = reopen(fd, path);
     {
         int e = f->owner_fd < 0 ? (errno ? errno : ENOENT) : owner_take(f, f->hdr);
@@ -661,6 +688,22 @@ out:
         close(fd);
     *err = rc;
     return NULL;
+}
+
+gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32_t flags,
+                          uint32_t lease_slots, uint32_t meta_slots, int *err)
+{
+    int64_t deadline = gf_mono_ns() + ATTACH_WAIT_NS;
+    for (;;) {
+        gf_fabric *f = open_once(path, size, mode, flags, lease_slots, meta_slots, err);
+        if (f || *err != OPEN_MOVED)
+            return f;
+        if (gf_mono_ns() > deadline) {
+            *err = gf_fail(GF_E_IO, "fabric %s was removed or replaced every time it was opened for 2 s "
+                           "(grafos gc or Fabric.unlink racing this open)", path);
+            return NULL;
+        }
+    }
 }
 
 int gf_fabric_probe(const char *path, int64_t now_ns, uint32_t remove_if_idle, gf_probe *out)

@@ -3,6 +3,7 @@ has open, no live process holds the lock of, and whose every lease expired."""
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import struct
 import subprocess
@@ -12,6 +13,8 @@ import time
 import pytest
 from click.testing import CliRunner
 
+import gc_procs
+import mp_helpers
 import owner_helpers
 
 from grafos import Fabric, fabric
@@ -116,3 +119,29 @@ def test_should_print_a_table_when_not_json(shm_name, flag):
     _bus(shm_name, LONG)
     out = CliRunner().invoke(main, ["gc", shm_name, *flag])
     assert out.exit_code == 0 and shm_name[:10] in out.output and "live lease" in out.output
+
+
+@pytest.mark.stress
+def test_should_never_remove_a_bus_under_a_process_that_is_attaching_it(shm_name, procs):
+    """gc --yes racing processes that make and attach the bus in a loop: every handle
+    is on the file at the bus's path, so what it writes a fresh opener sees."""
+    ctx = mp.get_context("spawn")
+    go, out = ctx.Event(), ctx.Queue()
+    seconds = max(1.0, 4.0 * mp_helpers.stress_scale())
+    workers = 3
+    for i in range(workers):
+        procs.append(ctx.Process(target=gc_procs.attach_loop, args=(shm_name, i, seconds, go, out), daemon=True))
+    procs.append(ctx.Process(target=gc_procs.gc_loop, args=(shm_name, seconds, go, out), daemon=True))
+    for p in procs:
+        p.start()
+    go.set()
+    reports = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    (_, removed, probes), = [r for r in reports if r[0] == "gc"]
+    attaches = [r for r in reports if r[0] == "attach"]
+    opens = sum(r[2] for r in attaches)
+    assert removed > 10 and opens > 100, f"no race to speak of: {removed} removals in {probes} probes, {opens} opens"
+    assert [r[3] for r in attaches] == [0] * workers, f"handles on a removed file: {attaches}"
+    assert [r[5] for r in attaches] == [0] * workers, attaches
