@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 import weakref
 from contextlib import contextmanager
@@ -25,7 +26,8 @@ from . import _validate
 from ._check import check, raise_for
 from ._clock import now_ns, to_ns
 from ._native import ffi, lib
-from .errors import FabricIOError, InvalidArgument, LeaseExpired, NotFound, NotPortable, SpaceWarning
+from .errors import (FabricIOError, InvalidArgument, LeaseExpired, LockTimeout, NotFound, NotPortable,
+                     SpaceWarning)
 
 DEFAULT_SIZE = 256 << 20          #: default arena size: sparse, untouched pages cost nothing
 SHM_DIR = "/dev/shm"
@@ -257,12 +259,20 @@ class Fabric:
         ``timeout`` defaults to :attr:`lock_timeout` seconds."""
         if timeout is None:
             timeout = self.lock_timeout
+        to_ns(timeout, "timeout")
         self.check_process()      # before the thread lock: a forked child must not wait on it
         fl = self._flock
-        with fl.rlock:        # one thread of this process at a time, whichever handle it uses
+        t0 = time.monotonic()
+        # one thread of this process at a time, whichever handle it uses; bounded like the
+        # wait for another process (a negative timeout waits for as long as it takes)
+        if not fl.rlock.acquire(timeout=-1 if timeout < 0 else timeout):
+            raise LockTimeout(f"metadata lock held by another thread of this process for longer than "
+                              f"{timeout * 1000:.0f} ms")
+        try:
             first = fl.depth == 0
             if first:
-                check(lib.gf_lock(self.handle, to_ns(timeout, "timeout")))
+                left = timeout if timeout < 0 else max(0.0, timeout - (time.monotonic() - t0))
+                check(lib.gf_lock(self.handle, to_ns(left, "timeout")))
                 fl.owner = self
             guest = fl.owner is not self   # nested through another handle of the same file
             if guest:
@@ -281,6 +291,8 @@ class Fabric:
                 if first:
                     fl.owner = None
                     lib.gf_unlock(self._h)
+        finally:
+            fl.rlock.release()
 
     # ---- leases -------------------------------------------------------------
     def acquire(self, size: int, *, ttl: float | None = None, expires_at: float | None = None,
