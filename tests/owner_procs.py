@@ -61,6 +61,7 @@ def try_lock(arg: str, timeout: str) -> None:
 def topics(arg: str, prefix: str, n: str) -> None:
     fab = where(arg)
     mgr = TopicManager(fab)
+    say(ready=True)
     sys.stdin.readline()             # start together
     made, errors = 0, []
     for i in range(int(n)):

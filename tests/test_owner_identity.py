@@ -81,7 +81,9 @@ def test_a_holder_in_another_pid_namespace_is_waited_for_not_taken_over(pid_name
 def test_two_pid_namespaces_creating_topics_at_once_lose_nothing(pid_namespaces, shm_name):
     n = 150
     with TopicManager.open(shm_name, size=64 << 20) as mgr:
-        makers = [start("topics", f"name:{shm_name}", prefix, str(n)) for prefix in ("a", "b")]
+        # one on the host, one as PID 1 of a new namespace (two PID 1s would share a PID)
+        makers = [start("topics", f"name:{shm_name}", prefix, str(n), new_ns=prefix == "b") for prefix in ("a", "b")]
+        assert all(first_line(p)["ready"] for p in makers)
         for p in makers:             # both at once
             p.stdin.write(b"go\n")
             p.stdin.flush()
