@@ -389,8 +389,8 @@ class FabricUsage:
     size: int
     in_use: bool          #: some process has it open
     ready: bool           #: its creator finished it (False and not in use: abandoned)
-    lock_pid: int         #: holder of the metadata lock (0: free)
-    lock_alive: bool      #: ... and that process is alive
+    lock_pid: int         #: pid of the metadata lock's holder, as its own PID namespace numbers it (0: free)
+    lock_alive: bool      #: ... and that holder is alive (its owner token's file lock is held)
     leases_live: int      #: leases not yet expired
     leases_total: int
     last_expiry: float    #: latest expiry among its leases, seconds since the epoch (0.0: none)
