@@ -284,13 +284,10 @@ static void reg_child_token(gf_fabric *f)
     f->held = 0;        /* a lock the parent holds is the parent's */
     f->token = 0;
     int nfd = reopen(f->owner_fd, NULL);
-    if (nfd < 0) {
-        f->token_err = errno ? errno : EBADF;
-        return;
-    }
+    int e = nfd < 0 ? (errno ? errno : EBADF) : 0;
     close(f->owner_fd);     /* the parent's description: its token stays the parent's alone */
     f->owner_fd = nfd;
-    f->token_err = owner_take(f, f->hdr);
+    f->token_err = e ? e : owner_take(f, f->hdr);
 }
 
 static void reg_prepare(void) { pthread_mutex_lock(&reg_mu); }
@@ -769,7 +766,8 @@ void gf_fabric_unref(gf_fabric *f)
     if (atomic_fetch_sub(&f->refs, 1) == 1) {
         reg_del(f);
         munmap(f->base, f->size);
-        close(f->owner_fd);     /* lets the token go */
+        if (f->owner_fd >= 0)
+            close(f->owner_fd);     /* lets the token go */
         close(f->fd);
         free(f);
     }
