@@ -7,6 +7,7 @@ a new PID namespace, under ``unshare --pid --fork --mount-proc``):
     python owner_procs.py reuse WHERE           as PID 1 of a namespace: a holder dies, its PID goes to another
                                                 process, then try the lock
     python owner_procs.py forkhold WHERE        fork a child that sleeps (and never uses the bus), then hold the lock
+    python owner_procs.py leases WHERE          attach (which reaps what it may), reap, list the leases left
 
 WHERE is ``name:NAME`` (a named bus) or ``path:PATH`` (a file bus). Each
 prints one JSON line last.
@@ -115,6 +116,12 @@ def fork_hold(arg: str) -> None:
         sys.stdin.readline()
 
 
+def leases(arg: str) -> None:
+    fab = where(arg)
+    reaped = fab.reap()
+    say(reaped=reaped, left=[lease.id for lease in fab.leases()])
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
-    {"hold": hold, "try": try_lock, "topics": topics, "reuse": reuse, "forkhold": fork_hold}[cmd](*args)
+    {"hold": hold, "try": try_lock, "topics": topics, "reuse": reuse, "forkhold": fork_hold, "leases": leases}[cmd](*args)

@@ -12,10 +12,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
 from grafos import Fabric
+from grafos._native import lib
 from grafos.errors import LockTimeout
 from grafos.mq.topic import TopicManager
 
@@ -76,6 +78,32 @@ def test_a_holder_in_another_pid_namespace_is_waited_for_not_taken_over(pid_name
         with fab.locked(timeout=5):
             pass
         assert fab.info().lock_recoveries == 0
+
+
+def test_a_paused_holder_is_waited_for_not_taken_over(shm_name):
+    with Fabric.open(shm_name, size=8 << 20) as fab:
+        holder = start("hold", f"name:{shm_name}", new_ns=False)
+        try:
+            assert first_line(holder)["held"]
+            os.kill(holder.pid, signal.SIGSTOP)     # a debugger, the cgroup freezer, a long swap-in
+            with pytest.raises(LockTimeout):
+                with fab.locked(timeout=0.5):
+                    pass
+            assert fab.info().lock_recoveries == 0
+        finally:
+            os.kill(holder.pid, signal.SIGCONT)
+            finish(holder)
+
+
+def test_a_pin_held_in_another_pid_namespace_keeps_its_region(pid_namespaces, shm_name):
+    with Fabric.open(shm_name, size=8 << 20) as fab:
+        lease = fab.acquire(4096, ttl=0.2)
+        assert lib.gf_test_pin(fab.handle, lease.index, lease.id) == 1   # as a reader mid-abandon
+        time.sleep(0.3)
+        out = result(start("leases", f"name:{shm_name}"))   # expired: reclaim it, from another namespace
+        assert lease.id in out["left"], out                 # pinned by a live owner: not handed on
+        lib.gf_test_unpin(fab.handle, lease.index)
+        assert fab.reap() == 1 and lease.id not in [le.id for le in fab.leases()]
 
 
 def test_two_pid_namespaces_creating_topics_at_once_lose_nothing(pid_namespaces, shm_name):
