@@ -10,10 +10,11 @@ from grafos.errors import GrafosError, NotFound
 from grafos.fabric import probe, shm_path
 
 
-def attach_loop(name: str, worker: int, seconds: float, go, out) -> None:
+def attach_loop(name: str, worker: int, seconds: float, ready, go, out) -> None:
     """Open the bus (making it when missing), write a key, and look for it through a
     fresh open by name while the first handle is still open: a handle on a file gc
     removed writes where no later opener looks."""
+    ready.put(True)
     go.wait(60)
     opens = split = 0
     errors: list[str] = []
@@ -37,8 +38,9 @@ def attach_loop(name: str, worker: int, seconds: float, go, out) -> None:
     out.put(("attach", worker, opens, split, errors[:3], len(errors)))
 
 
-def gc_loop(name: str, seconds: float, go, out) -> None:
+def gc_loop(name: str, seconds: float, ready, go, out) -> None:
     """``grafos gc NAME --yes`` as fast as it goes."""
+    ready.put(True)
     go.wait(60)
     removed = probes = 0
     end = time.monotonic() + seconds
