@@ -240,6 +240,8 @@ static int owner_alive(int fd, uint32_t token)
     return fl.l_type != F_UNLCK;
 }
 
+int gf_owner_alive(gf_fabric *f, uint32_t token) { return owner_alive(f->fd, token); }
+
 static uint32_t random_token(void)
 {
     uint32_t t = 0;
