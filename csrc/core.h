@@ -66,8 +66,8 @@ int gf_lease_alive(struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_lease_alive_query(const struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_dsync(gf_fabric *f, const void *p, uint64_t len);
 /* Is the owner named by `token` (layout.h, "owners") alive? 1 yes, 0 no (gone, or
- * garbage), -1 the kernel did not answer (treat as alive). f->token is the caller's
- * own, which this reports as 0: compare with it first. */
+ * garbage), -1 the kernel did not answer (treat as alive). f->token is the
+ * caller's own (alive, as long as f is open). */
 int gf_owner_alive(gf_fabric *f, uint32_t token);
 /* Pin lease (entry l, id) against reclaim while writing outside the slot protocol:
  * 1 if pinned (the region is that lease's until gf_lease_unpin), 0 if not. */

@@ -230,8 +230,8 @@ static struct flock owner_range(short type, uint32_t token)
 /* 1: a live handle holds `token`; 0: nobody does (its handle is closed: the
  * process exited or was killed, or the word is garbage); -1: the kernel did not
  * answer, which callers treat as alive (nothing is taken over on a guess; their
- * wait stays bounded by its timeout). A handle's own token reads 0 through its
- * own descriptor: callers compare with their own token first. */
+ * wait stays bounded by its timeout). Asked through the mapped descriptor, so
+ * the caller's own token (locked on its other description) reads alive too. */
 static int owner_alive(int fd, uint32_t token)
 {
     struct flock fl = owner_range(F_WRLCK, token);
