@@ -500,7 +500,8 @@ static int check_owner(int fd, uint32_t flags)
 static int no_token(gf_fabric *f);
 
 /* open_once's error when the file it attached is no longer the one at its path
- * (grafos gc, or anyone, removed it before our shared file lock was in place) */
+ * (grafos gc, or anyone, removed it before our shared file lock was in place),
+ * or when a file it may make vanished between its create and its attach */
 #define OPEN_MOVED 100
 
 /* 1 if `path` no longer names the file open as fd (removed, or another file in its place) */
@@ -557,6 +558,10 @@ static gf_fabric *open_once(const char *path, uint64_t size, uint32_t mode, uint
         }
         if (fd < 0) {
             fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+            if (fd < 0 && errno == ENOENT && (flags & GF_OPEN_CREATE)) {
+                rc = OPEN_MOVED;    /* it was there a moment ago (O_EXCL said so): make it */
+                goto out;
+            }
             if (fd < 0) {
                 rc = errno == ENOENT ? gf_fail(GF_E_NOTFOUND, "no fabric at %s", path) : fail_errno(path);
                 goto out;
