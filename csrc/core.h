@@ -20,8 +20,17 @@ struct gf_fabric {
     int durable;                /* msync(MS_SYNC) acknowledged appends and metadata changes
                                  * before returning (process-local: each handle opts in) */
     _Atomic uint64_t syncs;     /* msync calls made for durability (observability, tests) */
-    int held;                   /* this handle holds the metadata lock (another handle of
-                                 * this process may hold it too: the word only says the pid) */
+    int held;                   /* this handle holds the metadata lock, as lock_as */
+    uint32_t lock_as;           /* the token the lock word holds while `held`: ours, or that of
+                                 * the handle of this process we joined (gf_lock_join) */
+    uint32_t token;             /* this handle's owner token (layout.h, "owners"); 0: none */
+    int owner_fd;               /* the file again, open only to hold the token's lock: never
+                                 * mapped, so a fork child's copy of the mapping keeps no
+                                 * reference to it (and a dead holder's token dies with it) */
+    int token_err;              /* errno of a fork child's failed attempt to get its own token */
+    uint32_t pid;               /* getpid() when the token was taken (for messages) */
+    uint64_t pidns;             /* inode of /proc/self/ns/pid then (for messages) */
+    struct gf_fabric *reg_next, *reg_prev;   /* every open handle of the process (fork) */
     int where;                  /* GF_WHERE_*: what backs the mapping (for error advice) */
 };
 #define GF_WHERE_MEMFD 0
@@ -56,9 +65,13 @@ uint32_t gf_slot_crc_seed(uint64_t n, const uint8_t *hdr28);
 int gf_lease_alive(struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_lease_alive_query(const struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_dsync(gf_fabric *f, const void *p, uint64_t len);
+/* Is the owner named by `token` (layout.h, "owners") alive? 1 yes, 0 no (gone, or
+ * garbage), -1 the kernel did not answer (treat as alive). f->token is the
+ * caller's own (alive, as long as f is open). */
+int gf_owner_alive(gf_fabric *f, uint32_t token);
 /* Pin lease (entry l, id) against reclaim while writing outside the slot protocol:
  * 1 if pinned (the region is that lease's until gf_lease_unpin), 0 if not. */
-int gf_lease_pin(struct gf_lease *l, uint64_t id);
+int gf_lease_pin(gf_fabric *f, struct gf_lease *l, uint64_t id);
 void gf_lease_unpin(struct gf_lease *l);
 
 /* Fault injection for tests (gf_test_fault): stop or exit at a numbered point. */

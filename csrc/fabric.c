@@ -11,9 +11,11 @@
 #include <time.h>
 #include <unistd.h>
 #include <sched.h>
+#include <pthread.h>
 #include <linux/futex.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
@@ -26,6 +28,8 @@
 #define MAX_FABRIC_SIZE     (1ULL << 44)
 #define ATTACH_WAIT_NS      2000000000LL   /* how long to wait for a creator to finish */
 #define DEFAULT_STALL_NS    100000000LL    /* bounded wait on an abandoned slot: 100 ms */
+#define OWNER_TRIES         64             /* random tokens tried before giving up (each collides
+                                            * with a live one at odds of live handles / 2^31) */
 
 /* ---- fault injection (tests) ------------------------------------------------ */
 int gf_fault_armed;
@@ -173,6 +177,153 @@ static void populate(uint8_t *p, uint64_t len)
 static uint32_t hdr_crc(const struct gf_fabric_hdr *h)
 {
     return gf_crc32c(~0u, (const uint8_t *)h, offsetof(struct gf_fabric_hdr, hdr_crc)) ^ ~0u;
+}
+
+/* ---- owners (layout.h): who holds a word, alive or dead ---------------------
+ * A handle takes its token when it opens and keeps the OFD lock on the token's
+ * byte until its file is closed. The lock sits on a second open file description
+ * of the fabric's file that is never mapped: a mapping holds a reference to the
+ * description it was made from, and a fork child inherits the mapping. A fork
+ * child shares the descriptions of its parent's descriptors too: so every
+ * handle is registered, and a fork child gives each one a description and a
+ * token of its own (otherwise a child would pass for its parent, and a parent
+ * that died holding the lock would look alive for as long as the child lives). */
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t reg_once = PTHREAD_ONCE_INIT;
+static gf_fabric *reg_head;
+
+/* A new open file description of the file open as fd (through /proc/self/fd,
+ * which works for an unlinked file too, or else through path if it still names
+ * that file). -1 if neither works. Async-signal-safe (it runs in fork children). */
+static int reopen(int fd, const char *path)
+{
+    char proc[40] = "/proc/self/fd/", digits[16];
+    int n = 0, at = 14;
+    for (unsigned v = (unsigned)fd; n == 0 || v; v /= 10)
+        digits[n++] = (char)('0' + v % 10);
+    while (n)
+        proc[at++] = digits[--n];
+    proc[at] = 0;
+    int nfd = open(proc, O_RDWR | O_CLOEXEC);
+    if (nfd >= 0 || !path)
+        return nfd;
+    struct stat a, b;
+    nfd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+    if (nfd >= 0 && (fstat(fd, &a) < 0 || fstat(nfd, &b) < 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino)) {
+        close(nfd);
+        nfd = -1;
+    }
+    return nfd;
+}
+
+static struct flock owner_range(short type, uint32_t token)
+{
+    struct flock fl;
+    memset(&fl, 0, sizeof fl);
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = (off_t)(GF_OWNER_LOCK_BASE + token);
+    fl.l_len = 1;
+    return fl;
+}
+
+/* 1: a live handle holds `token`; 0: nobody does (its handle is closed: the
+ * process exited or was killed, or the word is garbage); -1: the kernel did not
+ * answer, which callers treat as alive (nothing is taken over on a guess; their
+ * wait stays bounded by its timeout). Asked through the mapped descriptor, so
+ * the caller's own token (locked on its other description) reads alive too. */
+static int owner_alive(int fd, uint32_t token)
+{
+    struct flock fl = owner_range(F_WRLCK, token);
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return -1;
+    return fl.l_type != F_UNLCK;
+}
+
+int gf_owner_alive(gf_fabric *f, uint32_t token) { return owner_alive(f->fd, token); }
+
+static uint32_t random_token(void)
+{
+    uint32_t t = 0;
+    if (getrandom(&t, sizeof t, GRND_NONBLOCK) != (ssize_t)sizeof t) {
+        /* no entropy yet: the clock and the pid still differ between takers */
+        uint64_t x = (uint64_t)gf_mono_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&t;
+        x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33;
+        t = (uint32_t)x;
+    }
+    return t & GF_OWNER_TOKEN_MASK;
+}
+
+static uint64_t my_pidns(void)
+{
+    struct stat st;
+    return stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
+
+/* Take a token for handle f on its descriptor: 0, or an errno. Avoids the one a
+ * dead holder may have left in the lock word (it would make that holder look alive). */
+static int owner_take(gf_fabric *f, const struct gf_fabric_hdr *h)
+{
+    for (int i = 0; i < OWNER_TRIES; i++) {
+        uint32_t t = random_token();
+        if (t == 0 || (h && t == ld_acq(&h->lock)))
+            continue;
+        struct flock fl = owner_range(F_WRLCK, t);
+        if (fcntl(f->owner_fd, F_OFD_SETLK, &fl) == 0) {
+            f->token = t;
+            f->pid = (uint32_t)getpid();
+            f->pidns = my_pidns();
+            return 0;
+        }
+        if (errno != EAGAIN && errno != EACCES)
+            return errno;
+    }
+    return EAGAIN;
+}
+
+static void reg_child_token(gf_fabric *f)
+{
+    f->held = 0;        /* a lock the parent holds is the parent's */
+    f->token = 0;
+    int nfd = reopen(f->owner_fd, NULL);
+    int e = nfd < 0 ? (errno ? errno : EBADF) : 0;
+    close(f->owner_fd);     /* the parent's description: its token stays the parent's alone */
+    f->owner_fd = nfd;
+    f->token_err = e ? e : owner_take(f, f->hdr);
+}
+
+static void reg_prepare(void) { pthread_mutex_lock(&reg_mu); }
+static void reg_parent(void) { pthread_mutex_unlock(&reg_mu); }
+static void reg_child(void)
+{
+    for (gf_fabric *f = reg_head; f; f = f->reg_next)
+        reg_child_token(f);
+    pthread_mutex_unlock(&reg_mu);
+}
+static void reg_init(void) { pthread_atfork(reg_prepare, reg_parent, reg_child); }
+
+static void reg_add(gf_fabric *f)
+{
+    pthread_once(&reg_once, reg_init);
+    pthread_mutex_lock(&reg_mu);
+    f->reg_prev = NULL;
+    f->reg_next = reg_head;
+    if (reg_head)
+        reg_head->reg_prev = f;
+    reg_head = f;
+    pthread_mutex_unlock(&reg_mu);
+}
+
+static void reg_del(gf_fabric *f)
+{
+    pthread_mutex_lock(&reg_mu);
+    if (f->reg_prev)
+        f->reg_prev->reg_next = f->reg_next;
+    else if (reg_head == f)
+        reg_head = f->reg_next;
+    if (f->reg_next)
+        f->reg_next->reg_prev = f->reg_prev;
+    pthread_mutex_unlock(&reg_mu);
 }
 
 /* ---- open / create / attach ---------------------------------------------- */
@@ -346,8 +497,26 @@ static int check_owner(int fd, uint32_t flags)
     return GF_OK;
 }
 
-gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32_t flags,
-                          uint32_t lease_slots, uint32_t meta_slots, int *err)
+static int no_token(gf_fabric *f);
+
+/* open_once's error when the file it attached is no longer the one at its path
+ * (grafos gc, or anyone, removed it before our shared file lock was in place),
+ * or when a file it may make vanished between its create and its attach */
+#define OPEN_MOVED 100
+
+/* 1 if `path` no longer names the file open as fd (removed, or another file in its place) */
+static int path_moved(int fd, const char *path)
+{
+    struct stat mine, now;
+    if (fstat(fd, &mine) < 0)
+        return 0;
+    if (lstat(path, &now) < 0)
+        return errno == ENOENT;
+    return now.st_dev != mine.st_dev || now.st_ino != mine.st_ino;
+}
+
+static gf_fabric *open_once(const char *path, uint64_t size, uint32_t mode, uint32_t flags,
+                            uint32_t lease_slots, uint32_t meta_slots, int *err)
 {
     int rc = GF_OK, fd = -1, created = 0;
     gf_fabric *f = NULL;
@@ -389,6 +558,10 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
         }
         if (fd < 0) {
             fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+            if (fd < 0 && errno == ENOENT && (flags & GF_OPEN_CREATE)) {
+                rc = OPEN_MOVED;    /* it was there a moment ago (O_EXCL said so): make it */
+                goto out;
+            }
             if (fd < 0) {
                 rc = errno == ENOENT ? gf_fail(GF_E_NOTFOUND, "no fabric at %s", path) : fail_errno(path);
                 goto out;
@@ -466,14 +639,43 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
         f = NULL;
         goto out;
     }
-    if (path)   /* held for the handle's life: converts the creator's exclusive lock */
+    if (path) {
+        /* held for the handle's life: converts the creator's exclusive lock */
         flock(fd, LOCK_SH);
+        /* gc removes a file only under LOCK_EX, which it cannot take from here on:
+         * if the path still names our file, no removal can come between us and it.
+         * If not, we opened (or made) a file on its way out: open again by path. */
+        if (path_moved(fd, path)) {
+            munmap(base, size);
+            free(f);
+            f = NULL;
+            rc = OPEN_MOVED;
+            goto out;
+        }
+    }
+    f->owner_fd = reopen(fd, path);
+    {
+        int e = f->owner_fd < 0 ? (errno ? errno : ENOENT) : owner_take(f, f->hdr);
+        if (e) {
+            if (f->owner_fd >= 0)
+                close(f->owner_fd);
+            munmap(base, size);
+            free(f);
+            f = NULL;
+            rc = gf_fail(GF_E_IO, "cannot take an owner token on the fabric's file (reopen and F_OFD_SETLK: %s): "
+                         "grafos tells a live lock holder from a dead one by its file lock, so the file "
+                         "must be on a filesystem with POSIX file locks (tmpfs /dev/shm, ext4, xfs, ...)",
+                         strerror(e));
+            goto out_unlink;
+        }
+    }
     /* from here on only the validated copies are used */
     f->leases = (struct gf_lease *)(base + f->hdr->lease_off);
     f->lease_slots = f->hdr->lease_slots;
     f->meta = (struct gf_meta_entry *)(base + f->hdr->meta_off);
     f->meta_slots = f->hdr->meta_slots;
     f->data_off = f->hdr->data_off;
+    reg_add(f);
     /* whoever attaches reaps, if the lock is free right now (never waits for it) */
     if (!created && gf_lock(f, 0) >= 0) {
         gf_reap(f, gf_now_ns(), NULL);
@@ -492,7 +694,21 @@ out:
     return NULL;
 }
 
-static int pid_dead(uint32_t pid);
+gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32_t flags,
+                          uint32_t lease_slots, uint32_t meta_slots, int *err)
+{
+    int64_t deadline = gf_mono_ns() + ATTACH_WAIT_NS;
+    for (;;) {
+        gf_fabric *f = open_once(path, size, mode, flags, lease_slots, meta_slots, err);
+        if (f || *err != OPEN_MOVED)
+            return f;
+        if (gf_mono_ns() > deadline) {
+            *err = gf_fail(GF_E_IO, "fabric %s was removed or replaced every time it was opened for 2 s "
+                           "(grafos gc or Fabric.unlink racing this open)", path);
+            return NULL;
+        }
+    }
+}
 
 int gf_fabric_probe(const char *path, int64_t now_ns, uint32_t remove_if_idle, gf_probe *out)
 {
@@ -519,8 +735,8 @@ int gf_fabric_probe(const char *path, int64_t now_ns, uint32_t remove_if_idle, g
         if ((rc = validate(&h, (uint64_t)st.st_size)) < 0)
             goto done;
         out->ready = 1;
-        out->lock_pid = h.lock;
-        out->lock_alive = h.lock != 0 && !pid_dead(h.lock);
+        out->lock_pid = h.lock ? h.lock_pid : 0;
+        out->lock_alive = h.lock != 0 && owner_alive(fd, h.lock) != 0;
         struct gf_lease l;
         for (uint32_t i = 0; i < h.lease_slots; i++) {
             if (pread(fd, &l, sizeof l, (off_t)(h.lease_off + (uint64_t)i * sizeof l)) != (ssize_t)sizeof l) {
@@ -555,7 +771,10 @@ done:
 void gf_fabric_unref(gf_fabric *f)
 {
     if (atomic_fetch_sub(&f->refs, 1) == 1) {
+        reg_del(f);
         munmap(f->base, f->size);
+        if (f->owner_fd >= 0)
+            close(f->owner_fd);     /* lets the token go */
         close(f->fd);
         free(f);
     }
@@ -565,9 +784,8 @@ void gf_fabric_close(gf_fabric *f)
 {
     if (!f)
         return;
-    /* a lock held by this process dies with the handle, as it would with the process */
-    uint32_t me = (uint32_t)getpid();
-    if (f->held && ld_acq(&f->hdr->lock) == me) {
+    /* a lock held by this handle dies with it, as it would with the process */
+    if (f->held && f->token && ld_acq(&f->hdr->lock) == f->token) {
         f->held = 0;
         st_rel(&f->hdr->lock, 0);
         gf_futex_wake_all(&f->hdr->lock);
@@ -581,45 +799,58 @@ void gf_fabric_set_stall(gf_fabric *f, int64_t stall_ns)
 }
 
 /* ---- the metadata lock --------------------------------------------------------
- * The lock word holds the holder's pid. A waiter that finds the holder gone
- * (no such process, or a zombie) takes the lock over, so a SIGKILLed holder
- * never leaves the bus locked. The data path never takes this lock. */
-static int pid_dead(uint32_t pid)
+ * The lock word holds the holder's owner token. A waiter whose kernel says
+ * nobody holds that token any more (its handle was closed: the holder exited or
+ * was killed) takes the lock over, so a SIGKILLed holder never leaves the bus
+ * locked, whichever PID namespace it ran in and whatever its PID names now. A
+ * holder that is alive, paused (SIGSTOP, a debugger, a frozen cgroup) or that
+ * the kernel cannot answer for is waited for, up to the caller's timeout. The
+ * data path never takes this lock. */
+static void repair(gf_fabric *f);
+
+static int no_token(gf_fabric *f)
 {
-    if ((int32_t)pid <= 0)
-        return 1;       /* garbage: no process can hold it */
-    if (kill((pid_t)pid, 0) < 0 && errno == ESRCH)
-        return 1;
-    char p[64], buf[512];
-    snprintf(p, sizeof p, "/proc/%u/stat", pid);
-    FILE *fp = fopen(p, "re");
-    if (!fp)
-        return 0;
-    size_t n = fread(buf, 1, sizeof buf - 1, fp);
-    fclose(fp);
-    buf[n] = 0;
-    char *rp = strrchr(buf, ')');
-    return rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X');
+    return gf_fail(GF_E_IO, "this handle was inherited through fork and could not get an owner token of "
+                   "its own (%s): open the bus again in this process", strerror(f->token_err));
 }
 
-static void repair(gf_fabric *f);
+/* Who holds it, for a LockTimeout message: pid and namespace as the holder wrote them. */
+static int lock_timeout(gf_fabric *f, int64_t timeout_ns)
+{
+    uint32_t pid = ld_acq(&f->hdr->lock_pid);
+    uint64_t ns = ld_acq(&f->hdr->lock_pidns);
+    long long ms = (long long)(timeout_ns / 1000000);
+    if (ns == f->pidns || ns == 0)
+        return gf_fail(GF_E_TIMEOUT, "metadata lock held by live pid %u for longer than %lld ms", pid, ms);
+    return gf_fail(GF_E_TIMEOUT, "metadata lock held by a live process of another PID namespace "
+                   "(pid %u in pid:[%llu]) for longer than %lld ms", pid, (unsigned long long)ns, ms);
+}
+
+static int lock_taken(gf_fabric *f)
+{
+    f->held = 1;
+    f->lock_as = f->token;
+    st_rlx(&f->hdr->lock_pid, f->pid);
+    st_rlx(&f->hdr->lock_pidns, f->pidns);
+    return GF_OK;
+}
 
 int gf_lock(gf_fabric *f, int64_t timeout_ns)
 {
-    uint32_t me = (uint32_t)getpid();
+    uint32_t me = f->token;
+    if (!me)
+        return no_token(f);
     int64_t deadline = gf_mono_ns() + (timeout_ns < 0 ? (int64_t)1 << 62 : timeout_ns);
     for (int spins = 0;; spins++) {
         uint32_t cur = 0;
-        if (cas(&f->hdr->lock, &cur, me)) {
-            f->held = 1;
-            return GF_OK;
-        }
-        if (cur == me && f->held)
+        if (cas(&f->hdr->lock, &cur, me))
+            return lock_taken(f);
+        if (cur == me)
             return gf_fail(GF_E_INVAL, "metadata lock is already held by this handle");
-        /* cur == me without `held`: another handle of this process has it; wait as for any live holder */
-        if (cur != me && pid_dead(cur)) {
+        /* another handle (of this process or any other) has it: wait unless it is gone */
+        if (owner_alive(f->fd, cur) == 0) {
             if (cas(&f->hdr->lock, &cur, me)) {
-                f->held = 1;
+                lock_taken(f);
                 faa(&f->hdr->lock_recoveries, 1);
                 repair(f);
                 return GF_RECOVERED;
@@ -627,8 +858,7 @@ int gf_lock(gf_fabric *f, int64_t timeout_ns)
             continue;
         }
         if (gf_mono_ns() > deadline)
-            return gf_fail(GF_E_TIMEOUT, "metadata lock held by live pid %u for longer than %lld ms",
-                           cur, (long long)(timeout_ns / 1000000));
+            return lock_timeout(f, timeout_ns);
         if (spins < 64)
             sched_yield();
         else
@@ -638,8 +868,7 @@ int gf_lock(gf_fabric *f, int64_t timeout_ns)
 
 int gf_unlock(gf_fabric *f)
 {
-    uint32_t me = (uint32_t)getpid();
-    if (!f->held || ld_acq(&f->hdr->lock) != me)
+    if (!f->held || !f->token || ld_acq(&f->hdr->lock) != f->token)
         return gf_fail(GF_E_NOLOCK, "metadata lock is not held by this handle");
     f->held = 0;
     st_rel(&f->hdr->lock, 0);
@@ -649,9 +878,16 @@ int gf_unlock(gf_fabric *f)
 
 int gf_lock_join(gf_fabric *f)
 {
-    if (ld_acq(&f->hdr->lock) != (uint32_t)getpid())
+    uint32_t cur = ld_acq(&f->hdr->lock);
+    int ours = 0;
+    pthread_mutex_lock(&reg_mu);
+    for (gf_fabric *g = reg_head; g && !ours; g = g->reg_next)
+        ours = g != f && g->held && g->token && g->token == cur && g->lock_as == cur;
+    pthread_mutex_unlock(&reg_mu);
+    if (!cur || !ours)
         return gf_fail(GF_E_NOLOCK, "no handle of this process holds the metadata lock");
     f->held = 1;
+    f->lock_as = cur;
     return GF_OK;
 }
 
@@ -661,7 +897,7 @@ int gf_lock_leave(gf_fabric *f)
     return GF_OK;
 }
 
-int gf_lock_held(gf_fabric *f) { return f->held && ld_acq(&f->hdr->lock) == (uint32_t)getpid(); }
+int gf_lock_held(gf_fabric *f) { return f->held && f->lock_as && ld_acq(&f->hdr->lock) == f->lock_as; }
 
 #define REQUIRE_LOCK(f) \
     do { if (!gf_lock_held(f)) return gf_fail(GF_E_NOLOCK, "%s needs the metadata lock", __func__); } while (0)
@@ -741,13 +977,15 @@ static void punch(gf_fabric *f, uint64_t off, uint64_t len)
     memset(f->base + off, 0, len);
 }
 
-int gf_lease_pin(struct gf_lease *l, uint64_t id)
+int gf_lease_pin(gf_fabric *f, struct gf_lease *l, uint64_t id)
 {
-    uint32_t cur = 0, me = (uint32_t)getpid();
+    uint32_t cur = 0, me = f->token;
+    if (!me)
+        return 0;
     while (!atomic_compare_exchange_strong(&l->pin, &cur, me))
-        if (cur == GF_PIN_CLOSED || cur == me || !pid_dead(cur))
+        if (cur == GF_PIN_CLOSED || cur == me || owner_alive(f->fd, cur) != 0)
             return 0;   /* reclaim has begun, or someone else is writing: not now */
-        /* else its holder died mid-write: cur holds that pid, take it over */
+        /* else its holder died mid-write: cur holds that token, take it over */
     if (atomic_load(&l->id) == id)
         return 1;
     atomic_store(&l->pin, 0);   /* the entry has a new tenant: leave its pin as we found it */
@@ -758,7 +996,7 @@ void gf_lease_unpin(struct gf_lease *l) { atomic_store(&l->pin, 0); }
 
 int gf_test_pin(gf_fabric *f, uint32_t index, uint64_t id)
 {
-    return index < f->lease_slots ? gf_lease_pin(&f->leases[index], id) : GF_E_INVAL;
+    return index < f->lease_slots ? gf_lease_pin(f, &f->leases[index], id) : GF_E_INVAL;
 }
 
 int gf_test_unpin(gf_fabric *f, uint32_t index)
@@ -771,15 +1009,15 @@ int gf_test_unpin(gf_fabric *f, uint32_t index)
 
 /* Take the pin word for reclaim. 0 if a live process holds it: the region stays
  * where it is (dead to readers) until a later reap. */
-static int lease_close(struct gf_lease *l)
+static int lease_close(gf_fabric *f, struct gf_lease *l)
 {
     uint32_t cur = 0;
     for (;;) {
         if (atomic_compare_exchange_strong(&l->pin, &cur, GF_PIN_CLOSED) || cur == GF_PIN_CLOSED)
             return 1;
-        if (!pid_dead(cur))
+        if (cur == f->token || owner_alive(f->fd, cur) != 0)
             return 0;
-        /* its holder died mid-write: cur still holds that pid, take it over */
+        /* its holder died mid-write: cur still holds that token, take it over */
     }
 }
 
@@ -792,7 +1030,7 @@ static int lease_free(gf_fabric *f, struct gf_lease *l)
     /* dead to readers first, then the memory goes */
     st_rel(&l->dead_tag, (uint32_t)id);
     st_rel(&l->expires_ns, 0);
-    if (!lease_close(l))
+    if (!lease_close(f, l))
         return 0;
     st_rel(&l->id, 0);
     if (lease_bounds_ok(f, off, size))
@@ -1046,16 +1284,18 @@ int gf_lease_write(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, cons
 {
     struct gf_lease *l = NULL;
     uint64_t at = 0;
+    if (!f->token)
+        return no_token(f);
     int rc = lease_io(f, index, id, off, len, now_ns, &l, &at);
     if (rc < 0)
         return rc;
     /* another write holds the pin for one copy: wait for it, boundedly */
-    for (int64_t t0 = gf_mono_ns(); !gf_lease_pin(l, id);) {
+    for (int64_t t0 = gf_mono_ns(); !gf_lease_pin(f, l, id);) {
         uint32_t p = ld_acq(&l->pin);
         if (p == GF_PIN_CLOSED || ld_acq(&l->id) != id)
             return gf_fail(GF_E_EXPIRED, "lease %llu is being reclaimed", (unsigned long long)id);
         if (gf_mono_ns() - t0 > ATTACH_WAIT_NS)
-            return gf_fail(GF_E_TIMEOUT, "lease %llu: pid %u has held its write pin for over 2 s",
+            return gf_fail(GF_E_TIMEOUT, "lease %llu: owner %u has held its write pin for over 2 s",
                            (unsigned long long)id, p);
         sched_yield();
     }

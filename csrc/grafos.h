@@ -153,8 +153,8 @@ typedef struct {
     int64_t last_expiry_ns;   /* latest expiry among the leases (0 if none) */
     uint32_t in_use;          /* a process has it open (holds its file lock) */
     uint32_t ready;           /* its creator finished it (0: abandoned if not in use) */
-    uint32_t lock_pid;        /* holder of the metadata lock, 0 if free */
-    uint32_t lock_alive;      /* ... and that process is alive */
+    uint32_t lock_pid;        /* pid of the metadata lock's holder (in its PID namespace), 0 if free */
+    uint32_t lock_alive;      /* ... and that holder is alive (or the kernel cannot tell) */
     uint32_t removed;         /* it was idle and remove_if_idle removed it */
     uint32_t reserved;
 } gf_probe;

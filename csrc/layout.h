@@ -16,7 +16,7 @@
 #include <stdatomic.h>
 
 #define GF_MAGIC          0x314f4641524721ULL  /* "!GRAFO1\0" little-endian */
-#define GF_LAYOUT_VERSION 2u
+#define GF_LAYOUT_VERSION 3u
 #define GF_READY          0x52454459u          /* "YDER": written last at creation */
 #define GF_HDR_SIZE       4096u
 #define GF_PAGE           4096u
@@ -36,11 +36,14 @@ struct gf_fabric_hdr {
     uint64_t data_off;         /* 48 */
     uint32_t hdr_crc;          /* 56: crc32c of bytes [0, 56) */
     _Atomic uint32_t ready;    /* 60: GF_READY, stored with release after all else */
-    /* line 1: the metadata lock. Holder's pid, 0 when free. */
+    /* line 1: the metadata lock. The holder's owner token (below), 0 when free.
+     * lock_pid and lock_pidns say who that is, for messages only: they are
+     * written after the lock is taken and never decide anything. */
     _Atomic uint32_t lock;     /* 64 */
-    uint32_t pad1;
+    _Atomic uint32_t lock_pid; /* 68: the holder's pid, as its own PID namespace numbers it */
     _Atomic uint64_t lock_recoveries;  /* 72 */
-    uint8_t pad1b[GF_LINE - 16];
+    _Atomic uint64_t lock_pidns;       /* 80: inode of the holder's /proc/self/ns/pid */
+    uint8_t pad1b[GF_LINE - 24];
     /* line 2: counters changed under the lock */
     uint64_t next_lease_id;    /* 128 */
     _Atomic uint64_t meta_epoch;  /* 136: bumped by every metadata change */
@@ -61,6 +64,7 @@ struct gf_fabric_hdr {
 };
 _Static_assert(offsetof(struct gf_fabric_hdr, hdr_crc) == 56, "hdr_crc");
 _Static_assert(offsetof(struct gf_fabric_hdr, lock) == 64, "lock line");
+_Static_assert(offsetof(struct gf_fabric_hdr, lock_pidns) == 80, "lock pidns");
 _Static_assert(offsetof(struct gf_fabric_hdr, next_lease_id) == 128, "counter line");
 _Static_assert(offsetof(struct gf_fabric_hdr, wake) == 192, "wake line");
 _Static_assert(offsetof(struct gf_fabric_hdr, wait_until) == 200, "wait_until");
@@ -87,9 +91,9 @@ struct gf_lease {
     _Atomic uint32_t dead_tag;
     /* 56: who may write into the region outside the slot protocol (a reader
      * marking a dead writer's slot abandoned, a MemLease.write): 0 nobody, else
-     * the pid of the process doing it, GF_PIN_CLOSED once reclaim has begun.
+     * the owner token of the handle doing it, GF_PIN_CLOSED once reclaim has begun.
      * A pin is taken by CAS from 0 and then the id checked, and reclaim takes
-     * the word by CAS from 0 (or from a dead pid) before it frees the region,
+     * the word by CAS from 0 (or from a dead owner) before it frees the region,
      * so nobody writes into a region after it has been handed to another lease. */
     _Atomic uint32_t pin;
     uint32_t pad2;
@@ -97,6 +101,18 @@ struct gf_lease {
 #define GF_PIN_CLOSED 0xFFFFFFFFu
 _Static_assert(offsetof(struct gf_lease, pin) == 56, "lease pin");
 _Static_assert(sizeof(struct gf_lease) == 64, "lease entry");
+
+/* ---- owners ---------------------------------------------------------------
+ * Whatever a word in the mapping says is held (the metadata lock, a lease's
+ * pin) names its holder by an owner token: a number in [1, 2^31) that one open
+ * handle chose at random and that it keeps an OFD write lock on, byte
+ * GF_OWNER_LOCK_BASE + token of the fabric's file, for the handle's life. The
+ * kernel lets that lock go when the handle's file is closed, whoever closes it
+ * (exit, SIGKILL), so "is the owner alive" is a question the kernel answers
+ * (F_OFD_GETLK) the same way in every PID namespace that shares the file, and a
+ * reused PID never answers it. The range lies past any fabric's end. */
+#define GF_OWNER_LOCK_BASE (1ULL << 48)
+#define GF_OWNER_TOKEN_MASK 0x7FFFFFFFu
 
 /* ---- metadata table entry ----------------------------------------------
  * Open addressing on hash(key), linear probing, tombstones. Small values

@@ -1098,7 +1098,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             GF_FAULT(GF_FAULT_ABANDON);
             /* the region may have been reclaimed and handed on since we looked:
              * write into it only while pinned to our lease */
-            if (!gf_lease_pin(r->lease, r->lease_id))
+            if (!gf_lease_pin(r->f, r->lease, r->lease_id))
                 break;
             if (atomic_compare_exchange_strong(q, &seq, want | GF_SEQ_ABANDONED)) {
                 faa(&r->hdr->abandoned, 1);

@@ -176,9 +176,35 @@ def test_two_handles_in_one_process_wait_for_each_other(shm_name):
         assert events == ["a in", "a out", "b in"]
 
 
+def test_a_thread_waits_for_another_threads_hold_only_up_to_its_timeout(shm_name):
+    with Fabric.open(shm_name, size=4 * MiB) as a, Fabric.open(shm_name, create=False) as b:
+        holding, done = threading.Event(), threading.Event()
+
+        def hold():
+            with a.locked():
+                holding.set()
+                done.wait(10)
+
+        t = threading.Thread(target=hold)
+        t.start()
+        try:
+            assert holding.wait(10)
+            for fab in (a, b):           # through the holder's handle or another one
+                t0 = time.monotonic()
+                with pytest.raises(LockTimeout, match="another thread of this process"):
+                    with fab.locked(timeout=0.1):
+                        pass
+                assert time.monotonic() - t0 < 5
+        finally:
+            done.set()
+            t.join()
+        with b.locked(timeout=0):        # free again
+            pass
+
+
 def test_in_the_core_a_second_handle_of_the_process_waits_for_the_lock(shm_name):
-    # the C contract under the Python layer: the lock word says only the pid, so
-    # the core must not mistake another handle's hold for its own
+    # the C contract under the Python layer: each handle is an owner of its own,
+    # so the core never mistakes another handle's hold for its own
     with Fabric.open(shm_name, size=4 * MiB) as a, Fabric.open(shm_name, create=False) as b:
         assert lib.gf_lock(a.handle, 0) == 0
         assert lib.gf_lock(b.handle, 0) == lib.GF_E_TIMEOUT

@@ -3,6 +3,7 @@ has open, no live process holds the lock of, and whose every lease expired."""
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import struct
 import subprocess
@@ -11,6 +12,10 @@ import time
 
 import pytest
 from click.testing import CliRunner
+
+import gc_procs
+import mp_helpers
+import owner_helpers
 
 from grafos import Fabric, fabric
 from grafos.cli import main
@@ -69,11 +74,15 @@ def test_should_keep_a_bus_when_a_lease_is_alive(shm_name):
 def test_should_keep_a_bus_when_a_live_process_holds_its_metadata_lock(shm_name):
     _bus(shm_name, SHORT)
     time.sleep(0.3)
-    with open(fabric.shm_path(shm_name), "r+b") as f:      # as a holder that is alive would leave it
-        f.seek(64)
-        f.write(struct.pack("<I", os.getpid()))
-    row = gc(shm_name, "--yes")[shm_name]
-    assert not row["removed"] and row["state"] == f"locked by live pid {os.getpid()}"
+    path = fabric.shm_path(shm_name)
+    fd = owner_helpers.hold(path, 777)                 # a live holder, not attached (no file lock)
+    try:
+        owner_helpers.write_holder(path, 777, 4321)
+        row = gc(shm_name, "--yes")[shm_name]
+        assert not row["removed"] and row["state"] == "locked by live pid 4321"
+    finally:
+        os.close(fd)
+    assert gc(shm_name, "--yes")[shm_name]["removed"]   # its holder gone, the bus is idle
 
 
 def test_should_remove_a_bus_when_its_creator_died_before_finishing(shm_name):
@@ -110,3 +119,31 @@ def test_should_print_a_table_when_not_json(shm_name, flag):
     _bus(shm_name, LONG)
     out = CliRunner().invoke(main, ["gc", shm_name, *flag])
     assert out.exit_code == 0 and shm_name[:10] in out.output and "live lease" in out.output
+
+
+@pytest.mark.stress
+def test_should_never_remove_a_bus_under_a_process_that_is_attaching_it(shm_name, procs):
+    """gc --yes racing processes that make and attach the bus in a loop: every handle
+    is on the file at the bus's path, so what it writes a fresh opener sees."""
+    ctx = mp.get_context("spawn")
+    ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+    seconds = max(1.0, 4.0 * mp_helpers.stress_scale())
+    workers = 3
+    for i in range(workers):
+        procs.append(ctx.Process(target=gc_procs.attach_loop, args=(shm_name, i, seconds, ready, go, out), daemon=True))
+    procs.append(ctx.Process(target=gc_procs.gc_loop, args=(shm_name, seconds, ready, go, out), daemon=True))
+    for p in procs:
+        p.start()
+    for _ in procs:                  # all loops run at once, however slowly each started
+        ready.get(timeout=120)
+    go.set()
+    reports = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    (_, removed, probes), = [r for r in reports if r[0] == "gc"]
+    attaches = [r for r in reports if r[0] == "attach"]
+    opens = sum(r[2] for r in attaches)
+    assert removed >= 5 and opens >= 50, f"no race to speak of: {removed} removals in {probes} probes, {opens} opens"
+    assert [r[3] for r in attaches] == [0] * workers, f"handles on a removed file: {attaches}"
+    assert [r[5] for r in attaches] == [0] * workers, attaches

@@ -7,12 +7,14 @@ import asyncio
 import multiprocessing as mp
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 import mp_helpers
-from grafos.errors import Fenced, InvalidArgument
+from grafos.errors import Fenced, InvalidArgument, LockTimeout
 from grafos.mq.group import ConsumerGroup
 from grafos.mq.offset import FabricOffsetStore
 from grafos.mq.topic import TopicConfig, TopicManager
@@ -111,3 +113,82 @@ def test_keep_alive_should_refuse_an_interval_not_below_the_threshold():
     g = ConsumerGroup("workers", "events", 2, STALE)
     with pytest.raises(InvalidArgument, match="shorter than the stale threshold"):
         g.keep_alive("w1", interval=STALE)
+
+
+# another process inside the metadata lock for longer than the lock timeout ----------------
+HOLD = """
+import sys, time
+from grafos.mq.group import ConsumerGroup
+from grafos.mq.topic import TopicManager
+name, seconds, take = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "take"
+mgr = TopicManager.open(name, create=False)
+g = ConsumerGroup.attach(mgr, "workers", "events")
+with mgr.fabric.locked():
+    print("held", flush=True)
+    time.sleep(seconds)              # paused inside the lock
+    if take:
+        print(g.claim("w2"), flush=True)
+"""
+
+
+def hold_the_lock(name: str, seconds: float, take: bool = False) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", HOLD, name, str(seconds), "take" if take else "-"],
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == "held\n"
+    return p
+
+
+def test_a_slow_lock_should_not_stop_keep_alive(bus):
+    name, mgr = bus
+    stale = 2.0
+    mgr.fabric.lock_timeout = 0.1            # every heartbeat during the hold times out
+    g = ConsumerGroup("workers", "events", 4, stale, mgr=mgr)
+    assert g.claim("w1") == [0, 1, 2, 3]
+    before = epochs(g)
+    with g.keep_alive("w1", interval=0.2) as ka:
+        holder = hold_the_lock(name, 1.0)    # more than the lock timeout, less than the threshold
+        holder.communicate(timeout=60)
+        assert holder.returncode == 0
+        time.sleep(stale + 0.5)              # past the threshold since the last beat before the hold
+        assert ka.running and ka.retries >= 1
+        assert "w1" not in g.stale_members()
+        assert g.claim("w2") == []           # nothing stale to take over
+    assert ka.owned == [0, 1, 2, 3] and epochs(g) == before
+    assert g.commit(FabricOffsetStore(mgr), "w1", "events", {p: 0 for p in range(4)})
+
+
+def test_keep_alive_should_report_partitions_taken_while_a_lock_outlasted_the_threshold(bus):
+    name, mgr = bus
+    stale = 0.4
+    mgr.fabric.lock_timeout = 0.1
+    g = ConsumerGroup("workers", "events", 4, stale, mgr=mgr)
+    assert g.claim("w1") == [0, 1, 2, 3]
+    with pytest.raises(Fenced) as e:
+        with g.keep_alive("w1", interval=0.1) as ka:
+            holder = hold_the_lock(name, 3 * stale, take=True)    # w1 goes stale; w2 takes it all
+            out, _ = holder.communicate(timeout=60)
+            assert out.strip() == "[0, 1, 2, 3]"
+            deadline = time.monotonic() + 10
+            while ka.running and time.monotonic() < deadline:
+                time.sleep(0.05)
+    assert e.value.partitions == [0, 1, 2, 3] and set(e.value.owners.values()) == {"w2"}
+    assert ka.retries >= 1
+
+
+def test_keep_alive_should_report_a_member_left_unable_to_beat_for_the_threshold(bus):
+    name, mgr = bus
+    stale = 0.4
+    mgr.fabric.lock_timeout = 0.1
+    g = ConsumerGroup("workers", "events", 4, stale, mgr=mgr)
+    g.claim("w1")
+    holder = None
+    try:
+        with pytest.raises(LockTimeout):
+            with g.keep_alive("w1", interval=0.1) as ka:
+                holder = hold_the_lock(name, 30)
+                time.sleep(3 * stale)        # the block ends while the lock is still held
+        assert ka.retries >= 1
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import warnings
 import weakref
 from contextlib import contextmanager
@@ -25,7 +26,8 @@ from . import _validate
 from ._check import check, raise_for
 from ._clock import now_ns, to_ns
 from ._native import ffi, lib
-from .errors import FabricIOError, InvalidArgument, LeaseExpired, NotFound, NotPortable, SpaceWarning
+from .errors import (FabricIOError, InvalidArgument, LeaseExpired, LockTimeout, NotFound, NotPortable,
+                     SpaceWarning)
 
 DEFAULT_SIZE = 256 << 20          #: default arena size: sparse, untouched pages cost nothing
 SHM_DIR = "/dev/shm"
@@ -269,12 +271,20 @@ class Fabric:
         ``timeout`` defaults to :attr:`lock_timeout` seconds."""
         if timeout is None:
             timeout = self.lock_timeout
+        to_ns(timeout, "timeout")
         self.check_process()      # before the thread lock: a forked child must not wait on it
         fl = self._flock
-        with fl.rlock:        # one thread of this process at a time, whichever handle it uses
+        t0 = time.monotonic()
+        # one thread of this process at a time, whichever handle it uses; bounded like the
+        # wait for another process (a negative timeout waits for as long as it takes)
+        if not fl.rlock.acquire(timeout=-1 if timeout < 0 else timeout):
+            raise LockTimeout(f"metadata lock held by another thread of this process for longer than "
+                              f"{timeout * 1000:.0f} ms")
+        try:
             first = fl.depth == 0
             if first:
-                check(lib.gf_lock(self.handle, to_ns(timeout, "timeout")))
+                left = timeout if timeout < 0 else max(0.0, timeout - (time.monotonic() - t0))
+                check(lib.gf_lock(self.handle, to_ns(left, "timeout")))
                 fl.owner = self
             guest = fl.owner is not self   # nested through another handle of the same file
             if guest:
@@ -293,6 +303,8 @@ class Fabric:
                 if first:
                     fl.owner = None
                     lib.gf_unlock(self._h)
+        finally:
+            fl.rlock.release()
 
     # ---- leases -------------------------------------------------------------
     def acquire(self, size: int, *, ttl: float | None = None, expires_at: float | None = None,
@@ -391,8 +403,8 @@ class FabricUsage:
     size: int
     in_use: bool          #: some process has it open
     ready: bool           #: its creator finished it (False and not in use: abandoned)
-    lock_pid: int         #: holder of the metadata lock (0: free)
-    lock_alive: bool      #: ... and that process is alive
+    lock_pid: int         #: pid of the metadata lock's holder, as its own PID namespace numbers it (0: free)
+    lock_alive: bool      #: ... and that holder is alive (its owner token's file lock is held)
     leases_live: int      #: leases not yet expired
     leases_total: int
     last_expiry: float    #: latest expiry among its leases, seconds since the epoch (0.0: none)
@@ -450,8 +462,9 @@ _FORK_GENERATION = 0
 def _after_fork_in_child() -> None:
     """A fork child has one thread: locks other threads of the parent held are
     held for ever. Start the child's in-process side of every lock afresh (the
-    shared metadata lock holds a pid, which is not the child's), and make the
-    parent's in-process fabrics foreign to it."""
+    core gives the child's handles owner tokens of their own, so a lock the
+    parent holds is not the child's), and make the parent's in-process fabrics
+    foreign to it."""
     global _FILE_LOCKS_GUARD, _FORK_GENERATION
     _FORK_GENERATION += 1
     _FILE_LOCKS_GUARD = threading.Lock()

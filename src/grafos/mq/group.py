@@ -60,13 +60,14 @@ from __future__ import annotations
 
 import struct
 import threading
+import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, NamedTuple
 
 from .. import _validate
 from .._clock import now_ns
-from ..errors import CorruptFabric, Fenced, InvalidArgument
+from ..errors import CorruptFabric, Fenced, InvalidArgument, LockTimeout, Unavailable
 from . import _metakeys, gate
 from .offset import MAX_OFFSET, Incarnations, OffsetStore, bus_store, commit_many, committed_entry
 
@@ -639,13 +640,28 @@ class ConsumerGroup:
         return KeepAlive(self, member, interval)
 
 
+#: errors a heartbeat can meet while the member has lost nothing: the metadata
+#: lock held past its timeout by a slow or paused process, a remote bus that did
+#: not answer in time. Retried until the member is stale.
+TRANSIENT = (LockTimeout, Unavailable)
+#: seconds between retries of a heartbeat that met a transient error (shorter
+#: when the interval is)
+RETRY_PAUSE = 0.05
+
+
 class KeepAlive:
     """Heartbeats for one member from a daemon thread; see :meth:`ConsumerGroup.keep_alive`.
 
     ``owned`` is the partitions the member owned at the last heartbeat (it may
-    shrink when others join and the member gives back above its share, or when
-    it was fenced); ``beats`` counts heartbeats. An error in the thread stops
-    it and is raised when the block ends.
+    shrink when others join and the member gives back above its share); ``beats``
+    counts heartbeats. A heartbeat that meets a transient error (:data:`TRANSIENT`:
+    another process slow or paused inside the metadata lock, a server not
+    answering) is retried; ``retries`` counts those. The thread stops with an
+    error, raised when the block ends, only when the member lost its partitions:
+    a heartbeat after a silence of the stale threshold or more finds some taken
+    by another member (:class:`~grafos.errors.Fenced`), the block ends while the
+    member has been unable to beat for the stale threshold (the transient error),
+    or any other error.
     """
 
     def __init__(self, group: ConsumerGroup, member: str, interval: float | None = None) -> None:
@@ -659,7 +675,10 @@ class KeepAlive:
                                   f"stale threshold ({group.stale_threshold_secs} s)")
         self.owned: list[int] = []
         self.beats = 0
+        self.retries = 0
         self.error: BaseException | None = None
+        self._failing: BaseException | None = None   # the transient error of the last attempt, if it failed
+        self._last_ok = 0.0                          # monotonic time the last good heartbeat started
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -667,28 +686,62 @@ class KeepAlive:
         if self._thread is not None:
             raise InvalidArgument(f"keep-alive of member {self.member!r} is already running")
         self._stop.clear()
+        self._last_ok = time.monotonic()
         self.owned = self.group.heartbeat(self.member)     # at once: the block may start with slow work
         self.beats = 1
+        self._failing = None
         self._thread = threading.Thread(target=self._run, name=f"grafos-keepalive-{self.member}",
                                         daemon=True)
         self._thread.start()
         return self
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        pause = self.interval
+        while not self._stop.wait(pause):
+            started = time.monotonic()     # the heartbeat's time is taken before it waits for the lock
             try:
-                self.owned = self.group.heartbeat(self.member)
-                self.beats += 1
+                owned = self.group.heartbeat(self.member)
+            except TRANSIENT as e:
+                self._failing = e
+                self.retries += 1
+                pause = min(self.interval, RETRY_PAUSE)
+                continue
             except BaseException as e:  # noqa: BLE001 - handed to the block's owner at stop()
                 self.error = e
                 return
+            silent = started - self._last_ok >= self.group.stale_threshold_secs
+            before, self.owned = self.owned, owned
+            self._last_ok, self._failing = started, None
+            self.beats += 1
+            pause = self.interval
+            lost = sorted(set(before) - set(owned))
+            if silent and lost and self._taken(lost):
+                return
+
+    def _taken(self, lost: list[int]) -> bool:
+        """After a silence past the threshold: were some of ``lost`` taken by another member?"""
+        try:
+            claims = self.group.claims()
+        except TRANSIENT:
+            claims = {}
+        owners = {p: claims[p].owner if p in claims else None for p in lost}
+        taken = [p for p in lost if owners[p] not in (None, self.member)] if claims else lost
+        if taken:
+            self.error = Fenced(group=self.group.name, topic=self.group.topic, member=self.member,
+                                partitions=taken, owners={p: owners[p] for p in taken})
+        return bool(taken)
 
     def stop(self) -> None:
-        """Stop the thread (waits for a heartbeat in progress); raises its error if it had one."""
+        """Stop the thread (waits for a heartbeat in progress); raises its error if it had one,
+        or the transient error that has kept the member from beating for the stale threshold."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self.error is None and self._failing is not None and \
+                time.monotonic() - self._last_ok >= self.group.stale_threshold_secs:
+            self.error = self._failing
+        self._failing = None
         if self.error is not None:
             err, self.error = self.error, None
             raise err
