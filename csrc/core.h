@@ -56,6 +56,9 @@ uint32_t gf_slot_crc_seed(uint64_t n, const uint8_t *hdr28);
 int gf_lease_alive(struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_lease_alive_query(const struct gf_lease *l, uint64_t id, int64_t now_ns);
 int gf_dsync(gf_fabric *f, const void *p, uint64_t len);
+/* Where lease (index, id) starts in the mapping, after checking it is live
+ * there and has at least `need` bytes; NULL and *rc on failure. */
+uint8_t *gf_lease_addr(gf_fabric *f, uint32_t index, uint64_t id, uint64_t need, int *rc);
 /* Pin lease (entry l, id) against reclaim while writing outside the slot protocol:
  * 1 if pinned (the region is that lease's until gf_lease_unpin), 0 if not. */
 int gf_lease_pin(struct gf_lease *l, uint64_t id);
