@@ -178,17 +178,18 @@ int64_t gf_queue_put(gf_queue *q, uint32_t n, uint8_t **bufs, const uint64_t *le
         return gf_fail(GF_E_TOOBIG, "an item of %llu bytes does not fit the queue's ring (at most %llu bytes)",
                        (unsigned long long)total, (unsigned long long)r->max_msg);
     int64_t deadline = deadline_of(timeout_ns);
-    int rc = reserve(q, deadline);
-    if (rc < 0)
-        return rc;
     int joinable = q->flags & QFLAG_JOINABLE;
+    int rc;
+again:
+    if ((rc = reserve(q, deadline)) < 0)
+        return rc;
     for (;;) {
         gf_loan l;
         rc = gf_loan_begin(r, NULL, 0, 0, NULL, 0, (uint32_t)total, 0, &l);
         if (rc == GF_OK) {
             /* From here the item is counted: a getter that steps over its slot,
              * abandoned by our death or by a stall past the bounded wait,
-             * uncounts it (and the commit then fails). */
+             * uncounts it, and the commit then fails: put it again. */
             if (joinable)
                 atomic_fetch_add(&st(q)->unfinished, 1);
             uint64_t at = 0;
@@ -198,7 +199,10 @@ int64_t gf_queue_put(gf_queue *q, uint32_t n, uint8_t **bufs, const uint64_t *le
                 gf_copy(l.value + at, bufs[i], lens[i]);
                 at += lens[i];
             }
-            return gf_loan_commit(&l);
+            int64_t off = gf_loan_commit(&l);
+            if (off == GF_E_ABANDONED)
+                goto again;
+            return off;
         }
         if (rc != GF_E_FULL_RING)
             break;

@@ -80,3 +80,12 @@ def die_mid_put(q: Any) -> None:
     from grafos._native import lib
     lib.gf_test_fault(lib.GF_FAULT_QUEUE_LOANED, lib.GF_FAULT_EXIT)
     q.put("never published")
+
+
+def stall_mid_put(q: Any) -> None:
+    """Stop (SIGSTOP) inside a put, the item half copied; once continued, the
+    put goes on and returns."""
+    from grafos._native import lib
+    lib.gf_test_fault(lib.GF_FAULT_QUEUE_LOANED, lib.GF_FAULT_STOP)
+    q.put("slow")
+    lib.gf_test_fault(0, 0)

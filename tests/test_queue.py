@@ -319,6 +319,41 @@ def test_a_producer_killed_mid_write_is_stepped_over_and_uncounted(make, cls):
             q.task_done()
 
 
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_producer_stalled_mid_write_is_stepped_over_then_puts_again(make):
+    ctx = mp.get_context("fork")
+    q = make(Queue)
+    p = ctx.Process(target=w.stall_mid_put, args=(q,))
+    p.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not _stopped(p.pid):
+            assert time.monotonic() < deadline, "the producer never reached its fault point"
+            time.sleep(0.01)
+        q.put("other")
+        assert q.get(timeout=30) == "other"      # past the stalled slot after the bounded wait
+        assert q.qsize() == 0
+        os.kill(p.pid, signal.SIGCONT)
+        # its commit finds the slot taken back, and the put starts again: at the
+        # fault point once more, where it stops again (nobody reads meanwhile)
+        deadline = time.monotonic() + 30
+        while not _stopped(p.pid):
+            assert time.monotonic() < deadline, "the put did not start again"
+            time.sleep(0.01)
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+    assert q.get(timeout=30) == "slow"           # the item came, once
+    p.join(30)
+    assert p.exitcode == 0
+    assert q.qsize() == 0
+    with pytest.raises(queue.Empty):
+        q.get(timeout=0.3)
+
+
 def test_a_killed_consumer_loses_only_what_it_took_and_wedges_nobody(make):
     ctx = mp.get_context("fork")
     q = make(Queue)

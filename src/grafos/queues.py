@@ -56,6 +56,7 @@ QUEUE_PREFIX = "queue-"
 DEFAULT_RING_BYTES = 8 << 20
 _SLOT_BYTES = 256
 _TTL = 10 * 365 * 86400.0       # a queue lives as long as its users, not a retention period
+_CHECKSUM = True
 _SLICE = 0.1                    # blocking calls wait in slices, so Ctrl-C gets through
 _LOCAL_BUF = 64 << 10           # a thread's buffer for small items; larger ones get their own
 _ALIGN = 64
@@ -125,7 +126,7 @@ class Queue:
         size = region_size(capacity, slot_bytes) + (1 << 20)
         fabric = Fabric.open(name, size=size, exclusive=True, lease_slots=8, meta_slots=8)
         try:
-            ring = Partition.create(fabric, capacity, slot_bytes, ttl=_TTL, checksum=True)
+            ring = Partition.create(fabric, capacity, slot_bytes, ttl=_TTL, checksum=_CHECKSUM)
             state = fabric.acquire(lib.gf_queue_state_size(), ttl=_TTL)
             check(lib.gf_queue_init(fabric.handle, state.index, state.id, ring.handle, max(maxsize, 0),
                                     1 if self._joinable else 0), "queue")
