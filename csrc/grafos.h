@@ -446,6 +446,7 @@ typedef struct {
     uint64_t capacity;
     uint32_t flags;           /* 1: joinable (put counts an unfinished task) */
     uint32_t reserved;
+    int64_t spin_learnt;      /* how long a get spins before it sleeps (gf_poller's adaptive spin) */
 } gf_queue;
 
 typedef struct {

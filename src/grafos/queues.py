@@ -41,6 +41,8 @@ import time
 import weakref
 from typing import Any
 
+import numpy as np
+
 from . import _validate
 from ._check import check, last_error, raise_for
 from ._native import ffi, lib
@@ -247,7 +249,7 @@ class Queue:
                 # an item larger than the thread's buffer gets a buffer of its own,
                 # which its out-of-band buffers then share without another copy
                 size = loc.item.len
-                own = bytearray(size)
+                own = np.empty(size, np.uint8)     # not zeroed: the item overwrites it all
                 buf, view = ffi.from_buffer("uint8_t[]", own), memoryview(own)
             elif rc < 0:
                 raise_for(rc, "queue get")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import pickle
 import queue
+import threading
 import time
 from typing import Any, Callable
 
@@ -23,7 +24,6 @@ SYSTEMS = (GRAFOS, "mp.Queue", "faster-fifo")
 PAYLOADS = ("int", "str", "dict", "1 MiB array")
 _BIG = 64 << 20
 _PUT_TIMEOUT = 0.05
-_GET_TIMEOUT = 0.01
 
 
 def payload(kind: str) -> Any:
@@ -78,20 +78,28 @@ def measure(system: str, kind: str, duration: float) -> Result:
         warm = 3 if kind == "1 MiB array" else 1000
         for _ in range(warm):
             get(True, 60)
+        # get() as programs call it, without a timeout (multiprocessing's timeout
+        # path costs more); a watchdog puts None should the producer die
+        done = threading.Event()
+
+        def watchdog() -> None:
+            while not done.wait(0.05):
+                if not crew.alive():
+                    q.put(None)
+                    return
+        threading.Thread(target=watchdog, daemon=True).start()
         n = 0
         t0 = time.perf_counter()
         deadline = t0 + duration
-        while True:
-            try:
-                get(True, _GET_TIMEOUT)
+        try:
+            while True:
+                if get() is None:
+                    break
                 n += 1
-            except queue.Empty:
-                if not crew.alive():
+                if n % 64 == 0 and time.perf_counter() >= deadline:
                     break
-            if n % 64 == 0:
-                t = time.perf_counter()
-                if t >= deadline:
-                    break
+        finally:
+            done.set()
         res.messages, res.seconds = n, time.perf_counter() - t0
 
         def drain() -> None:
