@@ -248,9 +248,12 @@ int64_t gf_queue_get(gf_queue *q, uint8_t *buf, uint64_t buf_size, int64_t timeo
         if (got == GF_E_BUFFER) {
             memset(&c, 0, sizeof c);
             c.pos = h;
+            out->pos = out->len = 0;           /* 0: taken meanwhile, look again */
             if (gf_ring_peek(r, &c, 1, &m, 0) == 1) {
-                out->pos = 0;
                 out->len = (uint64_t)m.key_len + m.hdr_len + m.val_len;
+                if (out->len > r->max_msg)
+                    return gf_fail(GF_E_CORRUPT, "queue item of %llu bytes in a ring that takes %llu",
+                                   (unsigned long long)out->len, (unsigned long long)r->max_msg);
             }
             return GF_E_BUFFER;
         }

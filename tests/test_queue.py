@@ -4,6 +4,7 @@ every start method, killed producers and consumers, what put refuses, and
 where the queue's memory goes."""
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import queue
@@ -398,7 +399,9 @@ def test_the_last_user_to_close_removes_the_memory():
     assert out.get(timeout=60) == "hello"
     join_all([p])
     assert os.path.exists(path)          # the child left; this process still uses it
-    q.close()
+    q.close()                            # (with other threads about: when q goes, below)
+    del q
+    gc.collect()
     assert not os.path.exists(path)
 
 

@@ -46,7 +46,7 @@ import numpy as np
 from . import _validate
 from ._check import check, last_error, raise_for
 from ._native import ffi, lib
-from .errors import GrafosError, MessageTooLarge, QueueClosed, QueueEmpty, QueueFull
+from .errors import GrafosError, InvalidArgument, MessageTooLarge, QueueClosed, QueueEmpty, QueueFull
 from .fabric import Fabric, MemLease, probe, shm_path
 from .partition import Partition, region_size
 
@@ -121,7 +121,7 @@ class Queue:
         _validate.integer(maxsize, "maxsize", -(1 << 62), 1 << 62)
         _validate.integer(slot_bytes, "slot_bytes", 64, 1 << 20)
         if slot_bytes % 8:
-            raise _validate.InvalidArgument(f"slot_bytes must be a multiple of 8, got {slot_bytes}")
+            raise InvalidArgument(f"slot_bytes must be a multiple of 8, got {slot_bytes}")
         _validate.integer(ring_bytes, "ring_bytes", 2 * slot_bytes, 1 << 40)
         capacity = ring_bytes // slot_bytes
         name = f"{QUEUE_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
@@ -132,11 +132,11 @@ class Queue:
             state = fabric.acquire(lib.gf_queue_state_size(), ttl=_TTL)
             check(lib.gf_queue_init(fabric.handle, state.index, state.id, ring.handle, max(maxsize, 0),
                                     1 if self._joinable else 0), "queue")
+            self._attach(fabric, ring, state)
         except BaseException:
             fabric.close()
             Fabric.unlink(name)
             raise
-        self._attach(fabric, ring, state)
 
     def _attach(self, fabric: Fabric, ring: Partition, state: MemLease) -> None:
         self._name: str = fabric.name  # type: ignore[assignment]
@@ -248,9 +248,10 @@ class Queue:
             if rc == lib.GF_E_BUFFER:
                 # an item larger than the thread's buffer gets a buffer of its own,
                 # which its out-of-band buffers then share without another copy
-                size = loc.item.len
-                own = np.empty(size, np.uint8)     # not zeroed: the item overwrites it all
-                buf, view = ffi.from_buffer("uint8_t[]", own), memoryview(own)
+                if loc.item.len > size:
+                    size = loc.item.len
+                    own = np.empty(size, np.uint8)     # not zeroed: the item overwrites it all
+                    buf, view = ffi.from_buffer("uint8_t[]", own), memoryview(own)
             elif rc < 0:
                 raise_for(rc, "queue get")
             elif deadline is not None and time.monotonic() >= deadline:
@@ -285,7 +286,10 @@ class Queue:
         ``ValueError``. Its memory goes when no process has it open any more."""
         if not self._closed:
             self._closed = True
-            self._finalizer()
+            # another thread may be inside a call that uses the ring: then the
+            # handles go with this object (garbage collection or exit), not now
+            if threading.active_count() == 1:
+                self._finalizer()
 
     def join_thread(self) -> None:
         """multiprocessing's: wait for the feeder thread. ``put`` has written
@@ -295,9 +299,6 @@ class Queue:
 
     def cancel_join_thread(self) -> None:
         """multiprocessing's: do not wait for the feeder thread at exit. There is none."""
-
-    def __getstate__(self) -> None:
-        raise TypeError("a grafos.Queue pickles through __reduce__")
 
 
 class JoinableQueue(Queue):
