@@ -18,7 +18,7 @@ import pytest
 
 import queue_procs as w
 from grafos import JoinableQueue, Queue, SimpleQueue
-from grafos.errors import GrafosError, MessageTooLarge, QueueClosed, QueueEmpty, QueueFull
+from grafos.errors import CorruptFabric, GrafosError, MessageTooLarge, QueueClosed, QueueEmpty, QueueFull
 from grafos.fabric import Fabric, probe, shm_path
 
 METHODS = ["fork", "spawn", "forkserver"]
@@ -425,3 +425,17 @@ def test_gc_removes_a_queue_whose_users_were_all_killed(tmp_path):
         assert not os.path.exists(shm_path(name))
     finally:
         Fabric.unlink(name)
+
+
+def test_a_scribbled_read_position_is_a_clear_error_not_a_crash(make):
+    q = make(Queue)
+    q.put("x")
+    fabric, _, state = q._parts
+    head_at = state.offset + 24            # the state block's read position (queue.c, struct gf_qstate)
+    with open(shm_path(q.name), "r+b") as f:
+        f.seek(head_at)
+        f.write((1 << 40).to_bytes(8, "little"))
+    with pytest.raises(CorruptFabric, match="head"):
+        q.get(timeout=1)
+    with pytest.raises(CorruptFabric):
+        q.get_nowait()
