@@ -89,3 +89,11 @@ def stall_mid_put(q: Any) -> None:
     lib.gf_test_fault(lib.GF_FAULT_QUEUE_LOANED, lib.GF_FAULT_STOP)
     q.put("slow")
     lib.gf_test_fault(0, 0)
+
+
+def attached_then_get(q: Any, out: Any, go: Any) -> None:
+    """Say it has the queue (unpickling attached it); when told to, get one
+    item and send it back."""
+    out.put("attached")
+    go.wait(60)
+    out.put(q.get(timeout=30))

@@ -439,3 +439,26 @@ def test_a_scribbled_read_position_is_a_clear_error_not_a_crash(make):
         q.get(timeout=1)
     with pytest.raises(CorruptFabric):
         q.get_nowait()
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_children_that_outlive_the_creator_remove_the_memory(method):
+    ctx = mp.get_context(method)
+    q, out = Queue(), ctx.Queue()
+    path = shm_path(q.name)
+    go = ctx.Event()
+    p = ctx.Process(target=w.attached_then_get, args=(q, out, go))
+    p.start()
+    try:
+        assert out.get(timeout=60) == "attached"
+        q.put("hello")
+        q.close()
+        q._finalizer()                  # this process lets go first, whatever its other threads
+        assert os.path.exists(path)     # the child still has it
+        go.set()
+        assert out.get(timeout=60) == "hello"
+        join_all([p])
+        assert p.exitcode == 0
+        assert not os.path.exists(path)  # the last one out (through multiprocessing's exit) removed it
+    finally:
+        Fabric.unlink(q.name)

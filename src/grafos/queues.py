@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from multiprocessing import util as mp_util
 import secrets
 import struct
 import threading
@@ -107,6 +108,12 @@ def _release(parts: list, name: str) -> None:
         pass
 
 
+def _exit_hook(q: "Queue") -> None:
+    """multiprocessing's children leave through os._exit, past atexit: its own
+    exit hook lets go there too, so the last process out removes the memory."""
+    mp_util.Finalize(q, q._finalizer, exitpriority=0)
+
+
 class Queue:
     """``multiprocessing.Queue`` over shared memory; see the module doc."""
 
@@ -149,6 +156,8 @@ class Queue:
         self._closed = False
         self._parts = [fabric, ring, state]
         self._finalizer = weakref.finalize(self, _release, self._parts, self._name)
+        _exit_hook(self)
+        mp_util.register_after_fork(self, _exit_hook)    # a child starts with no exit hooks
 
     def __reduce__(self):  # noqa: ANN204 - pickles to the bus name; the child attaches
         self._check_closed()
