@@ -603,6 +603,8 @@ static int pid_dead(uint32_t pid)
     return rp && rp[1] == ' ' && (rp[2] == 'Z' || rp[2] == 'X');
 }
 
+int gf_pid_dead(uint32_t pid) { return pid_dead(pid); }
+
 static void repair(gf_fabric *f);
 
 int gf_lock(gf_fabric *f, int64_t timeout_ns)

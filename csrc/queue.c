@@ -14,10 +14,12 @@
  * slot that getters step over after the fabric's bounded wait.
  */
 #include <string.h>
+#include <unistd.h>
 #include "core.h"
 
 #define QSTATE_MAGIC 0x31657565757146ULL   /* "Fquueue1" */
 #define QFLAG_JOINABLE 1u
+#define QRESV 64                  /* places being put at once that a death can be undone for */
 
 struct gf_qstate {
     uint64_t magic;
@@ -30,6 +32,11 @@ struct gf_qstate {
     _Atomic uint32_t putters;      /* producers asleep on `got` */
     _Atomic uint32_t done;         /* futex: bumped when unfinished reaches 0 */
     uint32_t reserved;
+    /* Who holds a counted place with no slots taken yet: pid << 1 | 1 (pid << 1
+     * while not yet counted). A putter that finds the queue full gives back the
+     * places of dead holders; once a put has its slots, a dead writer's item is
+     * uncounted by the getter that steps over them instead. */
+    _Atomic uint64_t resv[QRESV];
 };
 
 static inline struct gf_qstate *st(const gf_queue *q) { return (struct gf_qstate *)q->state; }
@@ -128,28 +135,64 @@ static uint64_t offsets_needed(const gf_ring *r, uint64_t total)
     return span + (idx + span > r->capacity ? r->capacity - idx : 0);
 }
 
-/* Reserve one item of maxsize, waiting up to the deadline. */
-static int reserve(gf_queue *q, int64_t deadline)
+static void unreserve(gf_queue *q);
+
+/* Give back the counted places of holders that died before taking their slots. */
+static void reclaim_dead(gf_queue *q)
 {
     struct gf_qstate *s = st(q);
-    if (q->maxsize == 0) {
-        atomic_fetch_add(&s->count, 1);
-        return GF_OK;
+    for (int i = 0; i < QRESV; i++) {
+        uint64_t e = atomic_load(&s->resv[i]);
+        if ((e & 1) && gf_pid_dead((uint32_t)(e >> 1)) && atomic_compare_exchange_strong(&s->resv[i], &e, 0))
+            unreserve(q);
     }
-    for (;;) {
+}
+
+/* Count one place (maxsize bounds them), waiting up to the deadline. *slot:
+ * the entry of resv recording it (-1 when all are in use: then unrecorded). */
+static int reserve(gf_queue *q, int64_t deadline, int *slot)
+{
+    struct gf_qstate *s = st(q);
+    const uint64_t me = (uint64_t)(uint32_t)getpid() << 1;
+    *slot = -1;
+    for (int i = 0; i < QRESV; i++) {
+        uint64_t z = 0;
+        if (atomic_compare_exchange_strong(&s->resv[i], &z, me)) {
+            *slot = i;
+            break;
+        }
+    }
+    for (int reclaimed = 0;;) {
         uint64_t c = atomic_load(&s->count);
-        while (c < q->maxsize)
-            if (atomic_compare_exchange_weak(&s->count, &c, c + 1))
+        while (q->maxsize == 0 || c < q->maxsize)
+            if (atomic_compare_exchange_weak(&s->count, &c, c + 1)) {
+                if (*slot >= 0)
+                    atomic_store(&s->resv[*slot], me | 1);
                 return GF_OK;
+            }
+        if (!reclaimed++) {            /* once per reserve: a full queue may hold places of the dead */
+            reclaim_dead(q);
+            continue;
+        }
         atomic_fetch_add(&s->putters, 1);         /* seq_cst: before the look at count */
         uint32_t w = atomic_load(&s->got);
         int64_t left = left_ns(deadline);
         if (atomic_load(&s->count) >= q->maxsize && left != 0)
             gf_futex_wait(&s->got, w, left);
         atomic_fetch_sub(&s->putters, 1);
-        if (left == 0 && atomic_load(&s->count) >= q->maxsize)
+        if (left == 0 && atomic_load(&s->count) >= q->maxsize) {
+            if (*slot >= 0)
+                atomic_store(&s->resv[*slot], 0);
             return gf_fail(GF_E_FULL, "queue is full (maxsize %llu)", (unsigned long long)q->maxsize);
+        }
     }
+}
+
+/* The place is no longer only counted: its slots record the item from here, or it is given back. */
+static void unrecord(gf_queue *q, int slot)
+{
+    if (slot >= 0)
+        atomic_store(&st(q)->resv[slot], 0);
 }
 
 static void uncount(gf_queue *q);
@@ -180,13 +223,16 @@ int64_t gf_queue_put(gf_queue *q, uint32_t n, uint8_t **bufs, const uint64_t *le
     int64_t deadline = deadline_of(timeout_ns);
     int joinable = q->flags & QFLAG_JOINABLE;
     int rc;
+    int slot;
 again:
-    if ((rc = reserve(q, deadline)) < 0)
+    if ((rc = reserve(q, deadline, &slot)) < 0)
         return rc;
+    GF_FAULT(GF_FAULT_QUEUE_RESERVED);
     for (;;) {
         gf_loan l;
         rc = gf_loan_begin(r, NULL, 0, 0, NULL, 0, (uint32_t)total, 0, &l);
         if (rc == GF_OK) {
+            unrecord(q, slot);
             /* From here the item is counted: a getter that steps over its slot,
              * abandoned by our death or by a stall past the bounded wait,
              * uncounts it, and the commit then fails: put it again. */
@@ -213,6 +259,7 @@ again:
         if (rc < 0 && rc != GF_E_FULL_RING)
             break;
     }
+    unrecord(q, slot);
     unreserve(q);
     if (rc == GF_E_FULL_RING)
         return gf_fail(GF_E_FULL, "queue is full: its ring has no room for an item of %llu bytes",

@@ -97,3 +97,10 @@ def attached_then_get(q: Any, out: Any, go: Any) -> None:
     out.put("attached")
     go.wait(60)
     out.put(q.get(timeout=30))
+
+
+def die_after_reserving(q: Any) -> None:
+    """Die (_exit) inside a put: its place in the queue counted, no slots taken yet."""
+    from grafos._native import lib
+    lib.gf_test_fault(lib.GF_FAULT_QUEUE_RESERVED, lib.GF_FAULT_EXIT)
+    q.put("never written")

@@ -320,6 +320,18 @@ def test_a_producer_killed_mid_write_is_stepped_over_and_uncounted(make, cls):
             q.task_done()
 
 
+def test_a_producer_killed_holding_a_counted_place_does_not_wedge_a_full_queue(make):
+    ctx = mp.get_context("fork")
+    q = make(Queue, 1)
+    p = ctx.Process(target=w.die_after_reserving, args=(q,))
+    p.start()
+    p.join(10)
+    assert p.exitcode == 77                     # the fault point's _exit, inside put
+    assert q.qsize() == 1 and q.full()          # its place is counted, and no item will come ...
+    q.put("next", timeout=5)                    # ... so a put into the full queue gives it back
+    assert q.qsize() == 1 and q.get(timeout=5) == "next" and q.empty()
+
+
 def _stopped(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] == "T"
