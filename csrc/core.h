@@ -69,6 +69,9 @@ int gf_dsync(gf_fabric *f, const void *p, uint64_t len);
  * garbage), -1 the kernel did not answer (treat as alive). f->token is the
  * caller's own (alive, as long as f is open). */
 int gf_owner_alive(gf_fabric *f, uint32_t token);
+/* Where lease (index, id) starts in the mapping, after checking it is live
+ * there and has at least `need` bytes; NULL and *rc on failure. */
+uint8_t *gf_lease_addr(gf_fabric *f, uint32_t index, uint64_t id, uint64_t need, int *rc);
 /* Pin lease (entry l, id) against reclaim while writing outside the slot protocol:
  * 1 if pinned (the region is that lease's until gf_lease_unpin), 0 if not. */
 int gf_lease_pin(gf_fabric *f, struct gf_lease *l, uint64_t id);

@@ -759,7 +759,8 @@ int gf_fabric_probe(const char *path, int64_t now_ns, uint32_t remove_if_idle, g
                      h.version, GF_LAYOUT_VERSION);
         goto done;
     }
-    if (remove_if_idle && !out->in_use && !out->lock_alive && out->leases_live == 0) {
+    if (remove_if_idle && !out->in_use && !out->lock_alive &&
+        (out->leases_live == 0 || remove_if_idle == GF_PROBE_REMOVE_UNUSED)) {
         if (unlink(path) < 0) { rc = fail_errno("unlink"); goto done; }
         out->removed = 1;
     }
@@ -1183,6 +1184,19 @@ static struct gf_lease *lease_at(gf_fabric *f, uint32_t index, uint64_t id, int 
     }
     *rc = GF_OK;
     return l;
+}
+
+uint8_t *gf_lease_addr(gf_fabric *f, uint32_t index, uint64_t id, uint64_t need, int *rc)
+{
+    uint64_t off, size;
+    if (!lease_at(f, index, id, rc, &off, &size))
+        return NULL;
+    if (size < need) {
+        *rc = gf_fail(GF_E_CORRUPT, "lease %llu has %llu bytes, not the %llu expected",
+                      (unsigned long long)id, (unsigned long long)size, (unsigned long long)need);
+        return NULL;
+    }
+    return f->base + off;
 }
 
 int gf_lease_renew(gf_fabric *f, uint32_t index, uint64_t id, int64_t expires_ns, int64_t now_ns)

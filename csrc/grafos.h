@@ -170,6 +170,9 @@ void gf_fabric_close(gf_fabric *f);
  * live at now_ns. With remove_if_idle, unlink it (under its file lock) if nobody
  * has it open, no live process holds its metadata lock, and every lease has
  * expired (or it was abandoned before it was ready). */
+/* remove_if_idle: 1 removes an idle fabric (unused, every lease expired),
+ * GF_PROBE_REMOVE_UNUSED one nobody has open whatever its leases (a queue's) */
+#define GF_PROBE_REMOVE_UNUSED 2
 int gf_fabric_probe(const char *path, int64_t now_ns, uint32_t remove_if_idle, gf_probe *out);
 int gf_fabric_info_get(gf_fabric *f, gf_fabric_info *out);
 void gf_fabric_set_stall(gf_fabric *f, int64_t stall_ns);
@@ -432,10 +435,42 @@ int gf_test_unpin(gf_fabric *f, uint32_t index);
 #define GF_FAULT_CREATE_MAPPED  12  /* ... tables reserved and mapped */
 #define GF_FAULT_CREATE_HALF    13  /* ... header half written, not ready */
 #define GF_FAULT_IDEM_WRITTEN   20  /* an idempotent send: the message is written, the call not returned */
+#define GF_FAULT_QUEUE_RESERVED 31  /* a queue put: its place counted, no slots taken yet */
+#define GF_FAULT_QUEUE_LOANED   30  /* a queue put: slots taken, the item half copied, not published */
 
 /* as gf_test_claim_slot for a message of `span` slots: claimed (with any padding), every slot taken */
 int64_t gf_test_claim_span(gf_ring *r, uint32_t span);
 int gf_test_publish(gf_ring *r, uint64_t n, const uint8_t *val, uint32_t vlen);
+
+/* A multi-producer, multi-consumer queue over one ring (queue.c): the process-
+ * local handle, its state block in a lease of its own. */
+typedef struct {
+    gf_fabric *f;
+    gf_ring *ring;
+    void *state;
+    uint64_t maxsize;
+    uint64_t capacity;
+    uint32_t flags;           /* 1: joinable (put counts an unfinished task) */
+    uint32_t reserved;
+    int64_t spin_learnt;      /* how long a get spins before it sleeps (gf_poller's adaptive spin) */
+} gf_queue;
+
+typedef struct {
+    uint64_t pos;
+    uint64_t len;             /* GF_E_BUFFER: the buffer size the item needs */
+} gf_queue_item;
+
+uint64_t gf_queue_state_size(void);
+int gf_queue_init(gf_fabric *f, uint32_t index, uint64_t id, gf_ring *ring, uint64_t maxsize,
+                  uint32_t flags);
+int gf_queue_open(gf_fabric *f, uint32_t index, uint64_t id, gf_ring *ring, gf_queue *out);
+int64_t gf_queue_put(gf_queue *q, uint32_t n, uint8_t **bufs, const uint64_t *lens, int64_t timeout_ns);
+int64_t gf_queue_put1(gf_queue *q, const uint8_t *buf, uint64_t len, int64_t timeout_ns);
+int64_t gf_queue_get(gf_queue *q, uint8_t *buf, uint64_t buf_size, int64_t timeout_ns, gf_queue_item *out);
+uint64_t gf_queue_size(gf_queue *q);
+uint64_t gf_queue_unfinished(gf_queue *q);
+int64_t gf_queue_task_done(gf_queue *q);
+int gf_queue_join(gf_queue *q, int64_t timeout_ns);
 
 /* cdef-end */
 

@@ -15,6 +15,7 @@ if not sys.platform.startswith("linux"):
 
 from .errors import GrafosError  # noqa: E402
 from .fabric import Fabric, MemLease  # noqa: E402
+from .queues import JoinableQueue, Queue, SimpleQueue  # noqa: E402
 
-__all__ = ["Fabric", "MemLease", "GrafosError"]
+__all__ = ["Fabric", "MemLease", "GrafosError", "Queue", "JoinableQueue", "SimpleQueue"]
 __version__ = "0.1.0"

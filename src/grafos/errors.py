@@ -102,6 +102,19 @@ class BufferFull(GrafosError, queue.Full):
     timeout passed). Nothing was written."""
 
 
+class QueueFull(GrafosError, queue.Full):
+    """A put to a grafos.Queue found no room (maxsize reached, or its ring full)
+    within its timeout (also a queue.Full). Nothing was put."""
+
+
+class QueueEmpty(GrafosError, queue.Empty):
+    """A get from a grafos.Queue found nothing within its timeout (also a queue.Empty)."""
+
+
+class QueueClosed(GrafosError, ValueError):
+    """A put or get on a grafos.Queue this process has closed (also a ValueError)."""
+
+
 class Fenced(GrafosError):
     """A consumer-group member lost partitions to another member: its commit for
     them was refused. ``partitions`` are the fenced ones, ``owners`` who owns

@@ -416,12 +416,16 @@ class FabricUsage:
         return not self.in_use and not self.lock_alive and self.leases_live == 0
 
 
-def probe(path: str, *, now: float | None = None, remove_if_idle: bool = False) -> FabricUsage:
+def probe(path: str, *, now: float | None = None, remove_if_idle: bool = False,
+          leases_matter: bool = True) -> FabricUsage:
     """Look at the fabric file ``path`` without attaching to it; with
     ``remove_if_idle`` remove it if it is :attr:`~FabricUsage.idle` (the check
-    and the removal under the file's lock, so no process attaches in between)."""
+    and the removal under the file's lock, so no process attaches in between).
+    ``leases_matter=False``: idle means nobody has it open, whatever its leases
+    (a queue's memory lives as long as its users)."""
     out = ffi.new("gf_probe *")
-    check(lib.gf_fabric_probe(os.fsencode(path), now_ns(now), bool(remove_if_idle), out), path)
+    mode = 0 if not remove_if_idle else 1 if leases_matter else lib.GF_PROBE_REMOVE_UNUSED
+    check(lib.gf_fabric_probe(os.fsencode(path), now_ns(now), mode, out), path)
     return FabricUsage(path, out.size, bool(out.in_use), bool(out.ready), out.lock_pid, bool(out.lock_alive),
                        out.leases_live, out.leases_total, out.last_expiry_ns / 1e9, bool(out.removed))
 

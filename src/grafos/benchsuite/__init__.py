@@ -10,13 +10,15 @@ Scenarios (:data:`SCENARIOS`): ``inproc`` and ``cross`` run grafos and every
 peer (single and batch) at each message size, with memcpy as the physical
 limit; ``partitions`` and ``topics`` measure how grafos' cost per message
 changes with the number of partitions and topics; ``producers`` runs 1..4
-producer processes into one consumer.
+producer processes into one consumer; ``queue`` puts and gets Python objects
+through ``grafos.Queue`` beside ``multiprocessing.Queue`` and faster-fifo.
 """
 from __future__ import annotations
 
 from typing import Callable
 
 from . import calls, grafos_runs, peers
+from . import queues as queue_runs
 from .harness import (DEFAULT_SIZES, GOAL_METRICS, GRAFOS, PEERS, QUICK_SIZES, SCENARIO_HELP, SCENARIOS,
                       Goal, Job, Options, Result, Target, batch_for, derive, judge, load_goals,
                       quick_options)
@@ -109,6 +111,11 @@ def plan(opt: Options) -> list[Job]:
                                  lambda n=n, p=p, b=b: peers.cross(p, 64, b, "batch", d, producers=n,
                                                                    group="producers"),
                                  Result("producers", p, "batch", "cross-process", 64, batch=b, producers=n)))
+    if "queue" in opt.scenarios:
+        for kind in queue_runs.PAYLOADS:
+            for system in queue_runs.SYSTEMS:
+                jobs.append(_job(f"queue {system} {kind}", lambda s=system, k=kind: queue_runs.measure(s, k, d),
+                                 Result("queue", system, kind, "cross-process", 0)))
     for size in sorted(memcpy_sizes):
         b = batch_for(size)
         jobs.append(_job(f"memcpy {size} B x {b}", lambda s=size, b=b: peers.memcpy(s, b, d / 2),
@@ -128,4 +135,5 @@ def run_jobs(jobs: list[Job], progress: Callable[[Job, Result | None], None] | N
             progress(job, r)
     derive(out)
     calls.derive(out)
+    queue_runs.derive(out)
     return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 #: scenario groups, in the order they run
-SCENARIOS = ("calls", "inproc", "cross", "partitions", "topics", "producers")
+SCENARIOS = ("calls", "inproc", "cross", "partitions", "topics", "producers", "queue")
 SCENARIO_HELP = {
     "calls": "one process: send_keyed, send, poll(1000), send_batch of a list beside queue.Queue put/get",
     "inproc": "one process, one thread: produce a batch, consume it; every size; grafos and peers",
@@ -24,6 +24,8 @@ SCENARIO_HELP = {
     "partitions": "grafos in-process batch, 64 B, one topic of 1..64 partitions: cost per message",
     "topics": "grafos in-process batch, 64 B, 1..1000 topics of one partition: cost per message",
     "producers": "1..4 producer processes -> one consumer process, batch, 64 B; grafos and peers",
+    "queue": "grafos.Queue beside mp.Queue and faster-fifo: Python objects (int, str, dict, 1 MiB array), "
+             "producer process -> consumer process, put/get",
 }
 DEFAULT_SIZES = (16, 64, 256, 1024, 4096, 16384, 65536)
 QUICK_SIZES = (64, 4096)

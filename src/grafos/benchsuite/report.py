@@ -22,6 +22,7 @@ GROUP_TITLES = {
     "partitions": "grafos cost per message vs partitions (in-process batch, 64 B)",
     "topics": "grafos cost per message vs topics (in-process batch of 256 per topic, 64 B)",
     "producers": "Producer processes -> one consumer process (batch, 64 B)",
+    "queue": "Queues of Python objects, producer process -> consumer process, put/get (size: pickled)",
     "memcpy": "memcpy of one batch's bytes out of a ring-sized buffer (the physical limit)",
 }
 

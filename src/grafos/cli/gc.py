@@ -2,7 +2,9 @@
 
 A bus is idle when no process has it open (every attached handle holds the
 file's lock), no live process holds its metadata lock, and every lease in it
-has expired (or its creator died before finishing it). ``gc`` lists what it
+has expired (or its creator died before finishing it). A queue's bus
+(``grafos.Queue``, named ``queue-...``) is idle once no process has it open:
+its leases live as long as its users. ``gc`` lists what it
 finds; ``--yes`` removes the idle ones (checked again, under the file's
 lock, at the moment of removal).
 """
@@ -20,16 +22,19 @@ from rich.table import Table
 from .. import _validate
 from ..errors import GrafosError
 from ..fabric import named_fabrics, probe, shm_path
+from ..queues import QUEUE_PREFIX
 from . import main
 
 
-def _verdict(u: Any) -> str:
+def _verdict(u: Any, queue: bool) -> str:
     if u.removed:
         return "removed"
     if u.in_use:
         return "in use"
     if u.lock_alive:
         return f"locked by live pid {u.lock_pid}"
+    if queue:
+        return "idle (a queue no process has open)"
     if u.leases_live:
         return f"{u.leases_live} live lease(s)"
     return "idle" if u.ready else "idle (abandoned before it was ready)"
@@ -55,8 +60,9 @@ def gc(name: str | None, all_: bool, yes: bool, as_json: bool) -> None:
     now = time.time()
     failed = False
     for n in names:
+        queue = n.startswith(QUEUE_PREFIX)     # a queue lives as long as some process has it open
         try:
-            u = probe(shm_path(n), now=now, remove_if_idle=yes)
+            u = probe(shm_path(n), now=now, remove_if_idle=yes, leases_matter=not queue)
         except GrafosError as e:
             if name is not None:
                 click.echo(f"error: {e}", err=True)
@@ -66,7 +72,8 @@ def gc(name: str | None, all_: bool, yes: bool, as_json: bool) -> None:
             continue
         rows.append({"bus": n, "size": u.size, "in_use": u.in_use, "ready": u.ready,
                      "lock_pid": u.lock_pid, "leases_live": u.leases_live, "leases": u.leases_total,
-                     "idle": u.idle, "removed": u.removed, "state": _verdict(u)})
+                     "idle": u.idle or queue and not u.in_use and not u.lock_alive,
+                     "removed": u.removed, "state": _verdict(u, queue)})
     if as_json:
         click.echo(json.dumps({"buses": rows, "removed": sum(r["removed"] for r in rows)}, indent=2))
         return
