@@ -37,12 +37,13 @@ def _expect(msgs, size: int = SIZE) -> None:
 
 
 @pytest.mark.parametrize("checksum", [False, True])
-def test_polls_of_large_values_reuse_what_the_caller_let_go(checksum):
+@pytest.mark.parametrize("timeout", [0.0, 5.0])     # 5.0: the read runs without the GIL
+def test_polls_of_large_values_reuse_what_the_caller_let_go(checksum, timeout):
     mgr, prod, cons = _bus(checksum)
     with mgr:
         for r in range(3):       # the pool fills, then serves
             prod.send_batch(_values(r * BATCH, BATCH))
-            _expect(cons.poll(BATCH))
+            _expect(cons.poll(BATCH, timeout=timeout))
         batches = [_values(r * BATCH, BATCH) for r in range(3, 13)]
         gc.collect()
         tracemalloc.start()
@@ -51,7 +52,7 @@ def test_polls_of_large_values_reuse_what_the_caller_let_go(checksum):
             tracemalloc.reset_peak()
             for values in batches:
                 prod.send_batch(values)
-                msgs = cons.poll(BATCH)
+                msgs = cons.poll(BATCH, timeout=timeout)
                 assert len(msgs) == BATCH
                 _expect(msgs)
                 del msgs
@@ -119,3 +120,25 @@ def test_overwritten_large_values_are_counted_lost():
         assert [m.offset for _, m in msgs] == list(range(40, 56))
         _expect(msgs)
         assert cons.lost() == {0: 24}
+
+
+def test_a_consumer_thread_reads_large_values_while_a_producer_thread_sends():
+    import threading
+    size, n = 16 << 10, 400
+    mgr, prod, cons = _bus(True, capacity=512, size=size)     # room for all: nothing overwritten
+    with mgr:
+        cons.poll(1, timeout=0.0)
+        batches = [_values(r * 8, 8, size) for r in range(n // 8)]
+        t = threading.Thread(target=lambda: [prod.send_batch(v) for v in batches])
+        t.start()
+        got, kept = [], []
+        while len(got) < n:
+            msgs = cons.poll(8, timeout=5.0)
+            assert msgs, "no message within 5 s"
+            got += [m.offset for _, m in msgs]
+            _expect(msgs, size)
+            kept += msgs[:1]        # some held across polls, the rest let go
+        t.join(10)
+        assert got == list(range(n))
+        _expect(kept, size)
+        assert cons.lost() == {}
