@@ -8,7 +8,9 @@ plain socket, in the calling thread, under a lock. It only takes the happy
 path: anything else (no answer in time, no responders, an error from the
 server, a closed socket, a server that wants TLS or credentials) returns
 ``None`` and the caller publishes through the loop, with the same
-``Nats-Msg-Id``, so a message the server did take is deduplicated.
+``Nats-Msg-Id``, so a message the server did take is deduplicated. One
+thread at a time uses the connection; a send of another thread meanwhile
+goes through the loop.
 """
 from __future__ import annotations
 
@@ -41,17 +43,21 @@ class DirectPublisher:
 
     def publish(self, subject: str, payload: bytes, msg_id: str) -> int | None:
         """The stream sequence of the acknowledged message, or None (publish
-        through the loop instead)."""
-        with self._lock:
+        through the loop instead). A send while another thread's is in flight
+        here goes through the loop too, so threads' sends still overlap."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
             if self._closed or (self._sock is None and time.monotonic() < self._down_until):
                 return None
-            try:
-                if self._sock is None or self._pid != os.getpid():
-                    self._connect()
-                return self._publish(subject, payload, msg_id)
-            except (OSError, ValueError, KeyError, TypeError):
-                self._drop()
-                return None
+            if self._sock is None or self._pid != os.getpid():
+                self._connect()
+            return self._publish(subject, payload, msg_id)
+        except (OSError, ValueError, KeyError, TypeError):
+            self._drop()
+            return None
+        finally:
+            self._lock.release()
 
     def close(self) -> None:
         with self._lock:
