@@ -71,3 +71,20 @@ def test_the_direct_connection_closes_with_the_manager(nats_url):
     assert sock is not None and sock.fileno() >= 0
     m.close()
     assert sock.fileno() == -1
+
+
+def test_threads_sending_at_once_each_get_their_own_offsets(js):
+    import threading
+    js.create("d", TopicConfig(num_partitions=1))
+    prod = Producer("d")
+    got: list = []
+
+    def send(t: int) -> None:
+        for i in range(25):
+            got.append(prod.send(js, b"%d-%d" % (t, i)))
+    threads = [threading.Thread(target=send, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(o for _, o in got) == list(range(100))
