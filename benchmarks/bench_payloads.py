@@ -24,6 +24,12 @@
   value, or ``Peek.arrays``: one array per run of equal values), against a
   memcpy of the same working set (write + read is two copies: the ratio is to
   one; a peek reads in place, after one copy).
+* **in-process 64 KiB polls**: ``poll(64)`` (a ``Message`` and its ``bytes``
+  per value) and ``poll_batch(64)`` out of a ring of 256 x 64 KiB slots that a
+  ``send_batch(64)`` filled just before (only the poll is timed), with and
+  without checksums, against memcpy of 64 x 64 KiB walking a ring-sized
+  buffer into 64 distinct 64 KiB destinations (the same working set).
+  ``--only inproc-poll`` runs these rows alone.
 
 Topics on the named fabric carry checksums by default (``TopicConfig(checksum=None)``);
 the cross-process rows run with them and, marked "no checksums", without.
@@ -269,7 +275,67 @@ def inproc_4k(how: str, seconds: float, batch: int = 64, size: int = 4 * KiB) ->
     return n / dt
 
 
-def one_round(s: float) -> list[tuple[str, str, float, float | None, str]]:
+def inproc_poll(how: str, seconds: float, checksum: bool, size: int = 64 * KiB, batch: int = 64,
+                capacity: int = 256) -> float:
+    """Messages/s of ``poll(batch)`` (how="poll") or ``poll_batch(batch)``
+    (how="batch") of ``size``-byte values; each poll reads what one untimed
+    ``send_batch`` just wrote, and the caller drops each poll's messages before
+    the next."""
+    from grafos.mq import SeekPolicy, TopicConfig, TopicManager
+    mgr = TopicManager()
+    mgr.create("big", TopicConfig(num_partitions=1, partition_capacity=capacity,
+                                  partition_stride=_stride(size), checksum=checksum))
+    prod, cons = mgr.producer("big"), mgr.consumer("big")
+    cons.seek(SeekPolicy.Earliest)
+    values = np.full((batch, size), 0x5A, dtype=np.uint8)
+    poll = cons.poll if how == "poll" else cons.poll_batch
+    for _ in range(2 * capacity // batch):      # every slot written once, the consumer warm
+        prod.send_batch(values)
+        poll(batch)
+    n, spent, t_end = 0, 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        prod.send_batch(values)
+        t0 = time.perf_counter()
+        got = poll(batch)
+        spent += time.perf_counter() - t0
+        n += len(got)
+        del got
+    mgr.close()
+    return n / spent
+
+
+def memcpy_walk(size: int, seconds: float, batch: int = 64, capacity: int = 256) -> float:
+    """Messages/s of memcpy of ``batch`` messages at a time out of a ring of
+    ``capacity`` slots into ``batch`` distinct destinations: a poll's copies."""
+    from grafos._native import ffi, lib
+    stride = _stride(size)
+    ring = ffi.new("uint8_t[]", capacity * stride)
+    dst = ffi.new("uint8_t[]", batch * size + 4096)
+    ffi.memmove(ring, b"\x5a" * (capacity * stride), capacity * stride)
+    ffi.memmove(dst, b"\x5a" * (batch * size), batch * size)
+    copy = lib.gf_memcpy_bench
+    n, spent, pos, t_end = 0, 0.0, 0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        for i in range(batch):
+            copy(dst + i * size, ring + pos * stride + 40, size, 1)
+            pos = (pos + 1) % capacity
+        spent += time.perf_counter() - t0
+        n += batch
+    return n / spent
+
+
+def poll_rows(s: float, rate) -> None:   # noqa: ANN001
+    size = 64 * KiB
+    mc = memcpy_walk(size, s)
+    rate("memcpy 64 x 64 KiB out of a 256-slot ring", mc, size)
+    for crc, tag in [(False, "no checksums"), (True, "checksums verified")]:
+        rate(f"grafos in-process poll(64) of 64 KiB, {tag}", inproc_poll("poll", s, crc), size, mc, "memcpy")
+        rate(f"grafos in-process poll_batch(64) of 64 KiB, {tag}", inproc_poll("batch", s, crc), size, mc,
+             "memcpy")
+
+
+def one_round(s: float, only: str = "all") -> list[tuple[str, str, float, float | None, str]]:
     """Every row once, each next to what it is compared with: (group, name, value,
     ratio or None, unit) per row. value: messages/s, or p50 microseconds for
     latency rows (unit "us"), whose ratio is to the 64 B p50."""
@@ -281,6 +347,9 @@ def one_round(s: float) -> list[tuple[str, str, float, float | None, str]]:
         print(f"  {name:<62} {r / 1e3:9.1f} k/s {gbs:6.2f} GB/s"
               + (f"  {r / peer:5.2f}x {peer_name}" if peer else ""), flush=True)
 
+    poll_rows(s, rate)
+    if only == "inproc-poll":
+        return out
     size = 64 * KiB
     ff1 = ff_cross(size, "single", 2 * MiB, s)
     rate("faster-fifo 64 KiB put/get_many, 2 MiB buffer", ff1, size)
@@ -333,11 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3,
                     help="run every row this many times; a ratio is taken within each round (each row "
                          "next to its peer), and the median round is reported with the range")
+    ap.add_argument("--only", choices=["all", "inproc-poll"], default="all", help="the rows to run")
     a = ap.parse_args(argv)
     rounds: list[list[tuple[str, str, float, float | None, str]]] = []
     for i in range(a.rounds):
         print(f"round {i + 1} of {a.rounds}", flush=True)
-        rounds.append(one_round(a.seconds))
+        rounds.append(one_round(a.seconds, a.only))
     print(f"\nmedian of {a.rounds} rounds (ratios taken within each round; the range in brackets)")
     for j, (kind, name, _, ratio, unit) in enumerate(rounds[0]):
         vals = sorted(r[j][2] for r in rounds)

@@ -10,7 +10,7 @@
 #define GRAFOS_CROSSING_H
 #include "grafos.h"
 
-#define GF_CROSSING_VERSION 3u
+#define GF_CROSSING_VERSION 4u
 
 typedef struct gf_crossing {
     uint32_t size;          /* sizeof(gf_crossing) as the core was built */

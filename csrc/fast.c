@@ -272,6 +272,102 @@ bad:
  * (offset, key, value, timestamp, headers); its items are ints, bytes, None and
  * tuples of str and bytes, which can never form a cycle, so it is untracked by
  * the garbage collector at once, as CPython does with such tuples itself. */
+/* ---- a consumer's pool of large values ----------------------------------------
+ * A poll of large messages would allocate a fresh bytes object per value, and
+ * glibc hands freed large blocks back to the kernel, so every poll paid page
+ * faults and zeroing on top of its copies. The pool keeps the values a
+ * consumer returned; one that only the pool still references (the caller let
+ * it go) is unobservable, so the next poll copies a value of the same length
+ * straight from the ring into it (without the GIL: no other thread can reach
+ * an object only the pool holds), and its hash cache is reset. */
+#define POOL_ITEMS 256
+#define POOL_BYTES (64ULL << 20)
+
+typedef struct {
+    PyObject **items;   /* bytes objects of at least GF_DIRECT_MIN bytes, owned */
+    uint8_t *taken;     /* handed out by the poll in progress */
+    uint32_t n, next;
+    uint64_t bytes;     /* their sizes summed */
+} value_pool;
+
+static inline int pool_free_item(const value_pool *pool, uint32_t i)
+{
+    return !pool->taken[i] && Py_REFCNT(pool->items[i]) == 1;
+}
+
+/* gf_poller.value_dest: a free value of exactly len bytes, NULL if none */
+static uint8_t *pool_dest(void *ctx, uint64_t len, uint32_t *token)
+{
+    value_pool *pool = ctx;
+    for (uint32_t k = 0; k < pool->n; k++) {
+        uint32_t i = pool->next + k < pool->n ? pool->next + k : pool->next + k - pool->n;
+        PyObject *o = pool->items[i];
+        if ((uint64_t)Py_SIZE(o) == len && pool_free_item(pool, i)) {
+            pool->taken[i] = 1;
+            pool->next = i + 1 < pool->n ? i + 1 : 0;
+            _Py_COMP_DIAG_PUSH
+            _Py_COMP_DIAG_IGNORE_DEPR_DECLS
+            ((PyBytesObject *)o)->ob_shash = -1;   /* its bytes change: forget the hash */
+            _Py_COMP_DIAG_POP
+            *token = i;
+            return (uint8_t *)PyBytes_AS_STRING(o);
+        }
+    }
+    return NULL;
+}
+
+/* a value the poll had to allocate: keep it for later polls while room lasts,
+ * else in place of a free value (the sizes a consumer sees may change) */
+static void pool_admit(value_pool *pool, PyObject *v)
+{
+    uint64_t size = (uint64_t)PyBytes_GET_SIZE(v);
+    if (!pool->items) {
+        pool->items = PyMem_Calloc(POOL_ITEMS, sizeof(PyObject *));
+        pool->taken = PyMem_Calloc(POOL_ITEMS, 1);
+        if (!pool->items || !pool->taken) {
+            PyMem_Free(pool->items);
+            PyMem_Free(pool->taken);
+            pool->items = NULL;
+            pool->taken = NULL;
+            return;     /* no pool: values are allocated per poll */
+        }
+    }
+    if (pool->n < POOL_ITEMS && pool->bytes + size <= POOL_BYTES) {
+        pool->items[pool->n++] = Py_NewRef(v);
+        pool->bytes += size;
+        return;
+    }
+    for (uint32_t i = 0; i < pool->n; i++) {
+        PyObject *old = pool->items[i];
+        if (pool_free_item(pool, i) && pool->bytes - (uint64_t)Py_SIZE(old) + size <= POOL_BYTES) {
+            pool->bytes = pool->bytes - (uint64_t)Py_SIZE(old) + size;
+            pool->items[i] = Py_NewRef(v);
+            Py_DECREF(old);
+            return;
+        }
+    }
+}
+
+/* the end of a poll: nothing is handed out any more */
+static void pool_done(gf_poller *p, value_pool *pool)
+{
+    p->value_dest = NULL;
+    p->dest_ctx = NULL;
+    if (pool->n)
+        memset(pool->taken, 0, pool->n);
+}
+
+static void pool_clear(value_pool *pool)
+{
+    PyObject **items = pool->items;
+    uint32_t n = pool->n;
+    PyMem_Free(pool->taken);
+    *pool = (value_pool){0};
+    for (uint32_t i = 0; i < n; i++)
+        Py_DECREF(items[i]);
+    PyMem_Free(items);
+}
+
 /* The timestamp int of the last message made, shared with the next one when
  * they were sent in one batch (same timestamp). */
 typedef struct {
@@ -279,7 +375,8 @@ typedef struct {
     int64_t ns;
 } shared_ts;
 
-static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *headers, shared_ts *last)
+static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *headers, shared_ts *last,
+                              value_pool *pool)
 {
     PyObject *msg = message_type->tp_alloc(message_type, 5);
     if (!msg) {
@@ -289,7 +386,15 @@ static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *
     PyObject *off = PyLong_FromLongLong((int64_t)m->offset);   /* < 2^48: the medium-int fast path */
     PyObject *key = (m->flags & GF_MSG_HAS_KEY) ? PyBytes_FromStringAndSize((const char *)b, m->key_len)
                                                 : Py_NewRef(Py_None);
-    PyObject *val = PyBytes_FromStringAndSize((const char *)b + m->key_len + m->hdr_len, m->val_len);
+    PyObject *val;
+    uint32_t t = m->reserved - 1;
+    if (pool && m->reserved && t < pool->n && pool->taken[t] && (uint64_t)Py_SIZE(pool->items[t]) == m->val_len)
+        val = Py_NewRef(pool->items[t]);     /* copied there by the read */
+    else {
+        val = PyBytes_FromStringAndSize((const char *)b + m->key_len + m->hdr_len, m->val_len);
+        if (val && pool && m->val_len >= GF_DIRECT_MIN)
+            pool_admit(pool, val);
+    }
     PyObject *ts;
     if (last->obj && last->ns == m->ts_ns)
         ts = Py_NewRef(last->obj);
@@ -315,7 +420,7 @@ static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *
  * dropped and counted in cursors[i].corrupt when cursors are given; without
  * cursors (a Batch being iterated) they raise CorruptFabric. */
 static PyObject *build(const gf_msg_meta *meta, int64_t n, const uint8_t *buf, uint64_t buf_size,
-                       PyObject *ids, gf_cursor *cursors, uint32_t nrings)
+                       PyObject *ids, gf_cursor *cursors, uint32_t nrings, value_pool *pool)
 {
     PyObject *list = PyList_New(n);
     if (!list)
@@ -352,7 +457,7 @@ static PyObject *build(const gf_msg_meta *meta, int64_t n, const uint8_t *buf, u
                 continue;
             }
         }
-        PyObject *msg = make_message(m, b, headers, &ts_last);
+        PyObject *msg = make_message(m, b, headers, &ts_last, pool);
         if (!msg)
             goto fail;
         PyObject *part;
@@ -856,6 +961,7 @@ typedef struct {
     gf_poller *p;
     int holes;           /* an assigned partition was already reclaimed when opened */
     unsigned long long consumed;
+    value_pool pool;     /* large values returned before, reused once let go */
 } PollPath;
 
 static int pollpath_traverse(PollPath *self, visitproc visit, void *arg)
@@ -870,6 +976,7 @@ static int pollpath_traverse(PollPath *self, visitproc visit, void *arg)
 static int pollpath_clear(PollPath *self)
 {
     self->p = NULL;
+    pool_clear(&self->pool);
     Py_CLEAR(self->mgr);
     Py_CLEAR(self->own);
     Py_CLEAR(self->binding);
@@ -992,6 +1099,12 @@ static PyObject *pollpath_poll(PollPath *self, PyObject *const *args, Py_ssize_t
         goto slow;
     gf_poller *p = self->p;
     int64_t rc;
+    /* large values go straight from the ring into pooled bytes objects (set for
+     * this call only: the reader's own poll keeps every value in its buffer) */
+    if (self->pool.n) {
+        p->value_dest = pool_dest;
+        p->dest_ctx = &self->pool;
+    }
     if (!forever && timeout_ns == 0) {
         rc = core->poller_poll(p, (uint32_t)max, 0, 0, 0);   /* never blocks: keep the GIL */
     } else {
@@ -1012,6 +1125,7 @@ static PyObject *pollpath_poll(PollPath *self, PyObject *const *args, Py_ssize_t
                 break;
             if (p->expired || self->holes) {
                 /* the rest of the wait, in the slow path: it re-reads the directory */
+                pool_done(p, &self->pool);
                 Py_DECREF(keep);
                 PyObject *mx = PyLong_FromLong(max);
                 PyObject *t = !mx ? NULL : forever ? Py_NewRef(Py_None)
@@ -1026,6 +1140,7 @@ static PyObject *pollpath_poll(PollPath *self, PyObject *const *args, Py_ssize_t
                 return r;
             }
             if (PyErr_CheckSignals() < 0) {
+                pool_done(p, &self->pool);
                 Py_DECREF(keep);
                 return NULL;
             }
@@ -1033,13 +1148,17 @@ static PyObject *pollpath_poll(PollPath *self, PyObject *const *args, Py_ssize_t
         Py_DECREF(keep);
     }
     if (rc < 0) {
+        pool_done(p, &self->pool);
         PyObject *r = PyObject_CallFunction(raise_for, "LO", (long long)rc, str_poll_ctx);
         Py_XDECREF(r);
         return NULL;
     }
-    if (rc == 0 && (p->expired || self->holes))
+    if (rc == 0 && (p->expired || self->holes)) {
+        pool_done(p, &self->pool);
         goto slow;     /* nothing, and a partition is gone: the directory may have news */
-    PyObject *list = build(p->meta, rc, p->buf, p->buf_size, NULL, p->cursors, p->n);
+    }
+    PyObject *list = build(p->meta, rc, p->buf, p->buf_size, NULL, p->cursors, p->n, &self->pool);
+    pool_done(p, &self->pool);
     if (list)
         self->consumed += (unsigned long long)PyList_GET_SIZE(list);
     return list;
@@ -1123,7 +1242,7 @@ static PyObject *mod_messages(PyObject *m, PyObject *const *args, Py_ssize_t nar
             PyErr_SetString(PyExc_ValueError, "count out of range");
         return NULL;
     }
-    return build(p->meta, n, p->buf, p->buf_size, args[2] == Py_None ? NULL : args[2], p->cursors, p->n);
+    return build(p->meta, n, p->buf, p->buf_size, args[2] == Py_None ? NULL : args[2], p->cursors, p->n, NULL);
 }
 
 /* decode(meta, data, ids) -> [(partition, Message)] over a copy of poll rows and
@@ -1154,7 +1273,7 @@ static PyObject *mod_decode(PyObject *m, PyObject *const *args, Py_ssize_t nargs
             PyErr_NoMemory();
         else {
             memcpy(rows, mb.buf, (size_t)mb.len);
-            r = build(rows, n, db.buf, (uint64_t)db.len, args[2] == Py_None ? NULL : args[2], NULL, 0);
+            r = build(rows, n, db.buf, (uint64_t)db.len, args[2] == Py_None ? NULL : args[2], NULL, 0, NULL);
             PyMem_Free(rows);
         }
     }

@@ -256,7 +256,15 @@ typedef struct {
     uint32_t max_batch;
     uint32_t expired;
     int64_t spin_learnt;   /* GF_SPIN_ADAPTIVE: how long the next wait spins before it sleeps, ns */
+    /* Where a value of at least GF_DIRECT_MIN bytes is copied instead of buf
+     * (NULL: always buf): returns exactly len writable bytes, or NULL for buf,
+     * and names them in *token; a kept row carries token + 1 in `reserved`
+     * (0: its value is in buf). Called without the GIL. */
+    uint8_t *(*value_dest)(void *ctx, uint64_t len, uint32_t *token);
+    void *dest_ctx;
 } gf_poller;
+
+#define GF_DIRECT_MIN 4096
 
 /* spin_ns for gf_poller_poll: spin before sleeping for as long as recent waits
  * suggest, at most GF_SPIN_MAX_NS, and not at all on a reader that waits long */

@@ -965,8 +965,8 @@ int gf_test_publish(gf_ring *r, uint64_t n, const uint8_t *val, uint32_t vlen)
 /* Read up to `max` messages of one ring from cursor c. *stalled is set to the
  * monotonic deadline of a slot we are waiting on (an unfinished write). */
 static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max, gf_msg_meta *meta,
-                          uint8_t *buf, uint64_t buf_size, uint64_t *used, int64_t now,
-                          int64_t *stalled, int *err)
+                          uint8_t *buf, uint64_t buf_size, uint64_t *used, const gf_poller *dest,
+                          int64_t now, int64_t *stalled, int *err)
 {
     if (!gf_lease_alive(r->lease, r->lease_id, now)) {
         c->expired = 1;
@@ -1009,8 +1009,30 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
                                    (unsigned long long)buf_size, (unsigned long long)total);
                 break;
             }
-            uint32_t crc = 0;
-            if (fits && !buf) {   /* read in place (gf_ring_peek): nothing to copy */
+            uint32_t crc = 0, token = 0;
+            uint8_t *vd = NULL;
+            if (fits && buf && dest && h.val_len >= GF_DIRECT_MIN)
+                vd = dest->value_dest(dest->dest_ctx, h.val_len, &token);
+            if (vd) {
+                /* the value straight into its final place; key, headers and stamp
+                 * into buf where they would have been, so rows read the same */
+                const uint8_t *src = (uint8_t *)s + GF_SLOT_HDR_SIZE;
+                uint8_t *d = buf + *used;
+                uint64_t pre = (uint64_t)h.key_len + h.hdr_len, post = total - pre - h.val_len;
+                if (!verify) {
+                    memcpy(d, src, pre);
+                    gf_copy(vd, src + pre, h.val_len);
+                    memcpy(d + pre + h.val_len, src + pre + h.val_len, post);
+                } else {
+                    uint32_t k = gf_slot_crc_seed(pos, (const uint8_t *)&h + 8);
+                    if (pre)
+                        k = gf_copy_crc(d, src, pre, k);
+                    k = gf_copy_crc(vd, src + pre, h.val_len, k);
+                    if (post)
+                        k = gf_copy_crc(d + pre + h.val_len, src + pre + h.val_len, post, k);
+                    crc = k ^ ~0u;
+                }
+            } else if (fits && !buf) {   /* read in place (gf_ring_peek): nothing to copy */
                 if (verify)
                     crc = gf_slot_crc(pos, (const uint8_t *)&h + 8, (uint8_t *)s + GF_SLOT_HDR_SIZE, total);
             } else if (fits && !verify)
@@ -1051,7 +1073,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             m->key_hash = h.key_hash;
             m->flags = h.flags;
             m->partition = part;
-            m->reserved = 0;
+            m->reserved = vd ? token + 1 : 0;
             if (buf)
                 *used += total;
             got++;
@@ -1126,8 +1148,8 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
 }
 
 static uint32_t poll_once(gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start, uint32_t max,
-                          gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size, int64_t now,
-                          int64_t *stalled, int *err)
+                          gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size, const gf_poller *dest,
+                          int64_t now, int64_t *stalled, int *err)
 {
     uint64_t used = 0;
     uint32_t got = 0;
@@ -1137,7 +1159,7 @@ static uint32_t poll_once(gf_ring **rings, gf_cursor *cursors, uint32_t n, uint3
         uint32_t i = (start + k) % n;
         if (rings[i])
             got += ring_read(rings[i], &cursors[i], i, max - got, meta + got, buf, buf_size, &used,
-                             now, stalled, err);
+                             dest, now, stalled, err);
     }
     return got;
 }
@@ -1191,6 +1213,7 @@ struct poll_look {
     gf_msg_meta *meta;
     uint8_t *buf;
     uint64_t buf_size;
+    const gf_poller *dest;
     int64_t now;
 };
 
@@ -1199,7 +1222,7 @@ static int64_t poll_look(void *ctx, int64_t *stalled)
     struct poll_look *a = ctx;
     int err = GF_OK;
     uint32_t got = poll_once(a->rings, a->cursors, a->n, a->start, a->max, a->meta, a->buf, a->buf_size,
-                             a->now, stalled, &err);
+                             a->dest, a->now, stalled, &err);
     return err ? (int64_t)err : (int64_t)got;
 }
 
@@ -1207,7 +1230,8 @@ static int64_t poll_look(void *ctx, int64_t *stalled)
  * error, at the first look) */
 static int64_t poll_wait(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start,
                          uint32_t max_msgs, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
-                         int64_t now_ns, int64_t timeout_ns, int64_t spin_ns, int64_t *waited_from)
+                         const gf_poller *dest, int64_t now_ns, int64_t timeout_ns, int64_t spin_ns,
+                         int64_t *waited_from)
 {
     if (n == 0 || max_msgs == 0)
         return 0;
@@ -1215,7 +1239,7 @@ static int64_t poll_wait(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint
         buf_size = UINT32_MAX;
     int err = GF_OK;
     int64_t stalled = 0;
-    uint32_t got = poll_once(rings, cursors, n, start, max_msgs, meta, buf, buf_size, now_ns, &stalled, &err);
+    uint32_t got = poll_once(rings, cursors, n, start, max_msgs, meta, buf, buf_size, dest, now_ns, &stalled, &err);
     if (got || err || timeout_ns == 0)
         return err ? (int64_t)err : (int64_t)got;
     const int64_t t0 = *waited_from = gf_mono_ns();
@@ -1230,11 +1254,11 @@ static int64_t poll_wait(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint
         for (int i = 0; i < 4; i++)
             cpu_relax();
         stalled = 0;
-        got = poll_once(rings, cursors, n, start, max_msgs, meta, buf, buf_size, now_ns, &stalled, &err);
+        got = poll_once(rings, cursors, n, start, max_msgs, meta, buf, buf_size, dest, now_ns, &stalled, &err);
         if (got || err)
             return err ? (int64_t)err : (int64_t)got;
     }
-    struct poll_look a = {rings, cursors, n, start, max_msgs, meta, buf, buf_size, now_ns};
+    struct poll_look a = {rings, cursors, n, start, max_msgs, meta, buf, buf_size, dest, now_ns};
     return sleep_for(f, deadline, poll_look, &a);
 }
 
@@ -1243,7 +1267,7 @@ int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, u
                 int64_t now_ns, int64_t timeout_ns, int64_t spin_ns)
 {
     int64_t t0 = 0;
-    return poll_wait(f, rings, cursors, n, start, max_msgs, meta, buf, buf_size, now_ns, timeout_ns,
+    return poll_wait(f, rings, cursors, n, start, max_msgs, meta, buf, buf_size, NULL, now_ns, timeout_ns,
                      spin_ns < 0 ? 0 : spin_ns, &t0);
 }
 
@@ -1276,7 +1300,7 @@ int64_t gf_poller_poll(gf_poller *p, uint32_t max_msgs, int64_t now_ns, int64_t 
     int adaptive = spin_ns == GF_SPIN_ADAPTIVE;
     int64_t t0 = 0;
     int64_t rc = poll_wait(p->f, p->rings, p->cursors, p->n, p->start, max_msgs, p->meta, p->buf,
-                           p->buf_size, now_ns, timeout_ns, adaptive ? p->spin_learnt : spin_ns < 0 ? 0 : spin_ns,
+                           p->buf_size, p->value_dest ? p : NULL, now_ns, timeout_ns, adaptive ? p->spin_learnt : spin_ns < 0 ? 0 : spin_ns,
                            &t0);
     if (adaptive && t0)     /* it waited: learn from how long */
         spin_learn(p, gf_mono_ns() - t0, rc);
@@ -1540,7 +1564,7 @@ int64_t gf_ring_peek(gf_ring *r, gf_cursor *c, uint32_t max, gf_msg_meta *meta, 
     int err = GF_OK;
     int64_t stalled = 0;
     uint64_t used = 0;
-    uint32_t got = ring_read(r, c, 0, max, meta, NULL, 0, &used, now_ns ? now_ns : gf_now_ns(),
+    uint32_t got = ring_read(r, c, 0, max, meta, NULL, 0, &used, NULL, now_ns ? now_ns : gf_now_ns(),
                              &stalled, &err);
     return err ? (int64_t)err : (int64_t)got;
 }

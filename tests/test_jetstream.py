@@ -351,6 +351,18 @@ def lose_acks(monkeypatch: pytest.MonkeyPatch, mgr: Any, count: int) -> list[str
 
     monkeypatch.setattr(mgr.js, "publish", publish)
     monkeypatch.setattr(mgr.js, "publish_async", publish_async)
+    if mgr._direct is not None:     # single sends go out on the caller's own connection
+        real_direct = mgr._direct._publish
+
+        def direct(subject: str, payload: bytes, msg_id: str) -> Any:
+            seq = real_direct(subject, payload, msg_id)
+            if subject.startswith("gf."):
+                ids.append(msg_id)
+                if left[0] > 0:
+                    left[0] -= 1
+                    raise TimeoutError("the acknowledgement was lost")
+            return seq
+        monkeypatch.setattr(mgr._direct, "_publish", direct)
     return ids
 
 

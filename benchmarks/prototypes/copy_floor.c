@@ -5,7 +5,11 @@
  * 0 and 1. Each repeat prints its rate, so the spread shows as well.
  *
  *   cc -O2 -pthread -o /tmp/copy_floor benchmarks/prototypes/copy_floor.c
- *   /tmp/copy_floor [MSG_BYTES=65536] [RING_BYTES=2097152] [REPEATS=8]
+ *   /tmp/copy_floor [MSG_BYTES=65536] [RING_BYTES=2097152] [REPEATS=8] [THREADS=2]
+ *
+ * THREADS=1: one thread does both copies, half a ring in, then half a ring
+ * out (what one Python thread doing send_batch then poll_batch can reach):
+ * the reference for a producer thread beside a consumer thread.
  *
  * A 64 KiB message through a 2 MiB ring is what bench_payloads.py's 64 KiB
  * rows do, 1 MiB through 4 MiB its 1 MiB rows: grafos cannot move them faster
@@ -60,6 +64,7 @@ int main(int argc, char **argv)
     msg = argc > 1 ? strtoul(argv[1], NULL, 0) : 65536;
     size_t ring_bytes = argc > 2 ? strtoul(argv[2], NULL, 0) : 2u << 20;
     int reps = argc > 3 ? atoi(argv[3]) : 8;
+    int threads = argc > 4 ? atoi(argv[4]) : 2;
     slots = ring_bytes / msg;
     if (msg == 0 || slots < 2) {
         fprintf(stderr, "the ring must hold at least two messages\n");
@@ -78,6 +83,19 @@ int main(int argc, char **argv)
         atomic_store(&done, 0);
         pthread_t t;
         double t0 = now();
+        if (threads == 1) {
+            long half = (long)(slots / 2 > 0 ? slots / 2 : 1);
+            for (long i = 0; i < total; i += half) {
+                for (long j = i; j < i + half && j < total; j++)
+                    memcpy(ring + (j % slots) * msg, src, msg);
+                for (long j = i; j < i + half && j < total; j++)
+                    memcpy(dst, ring + (j % slots) * msg, msg);
+            }
+            double dt = now() - t0;
+            printf("%zu B messages, %zu-slot ring, one thread: %8.1f k/s %6.2f GB/s\n", msg, slots,
+                   total / dt / 1e3, total * (double)msg / dt / 1e9);
+            continue;
+        }
         pthread_create(&t, NULL, producer, NULL);
         pin(1);
         for (long i = 0; i < total; i++) {

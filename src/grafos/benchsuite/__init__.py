@@ -64,9 +64,13 @@ def plan(opt: Options) -> list[Job]:
                                  lambda s=size, b=b, m=mode: grafos_runs.inproc(s, b, m, d),
                                  Result("inproc", GRAFOS, mode, "in-process", size, batch=b)))
                 if mode == "batch":
-                    jobs.append(_job(f"in-process {GRAFOS} batch, 2 threads, {size} B",
-                                     lambda s=size, b=b: grafos_runs.inproc_threads(s, b, d),
+                    jobs.append(_job(f"in-process {GRAFOS} batch, 2 threads, block topic, {size} B",
+                                     lambda s=size, b=b: grafos_runs.inproc_threads(s, b, d, "block"),
                                      Result("inproc", GRAFOS, "batch-threads", "in-process", size, batch=b)))
+                    jobs.append(_job(f"in-process {GRAFOS} batch, 2 threads, producer window, {size} B",
+                                     lambda s=size, b=b: grafos_runs.inproc_threads(s, b, d, "window"),
+                                     Result("inproc", GRAFOS, "batch-threads-window", "in-process", size,
+                                            batch=b)))
                 for p in PEERS:
                     jobs.append(_job(f"in-process {p} {mode} {size} B",
                                      lambda p=p, s=size, b=b, m=mode: peers.inproc(p, s, b, m, d),

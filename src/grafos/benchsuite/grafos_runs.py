@@ -18,6 +18,7 @@ import uuid
 
 import numpy as np
 
+from ..errors import BufferFull
 from .harness import GRAFOS, WARMUP_ROUNDS, Result, timed_rounds
 from .procs import CONSUMED, STOP, Crew
 
@@ -103,23 +104,33 @@ def inproc(size: int, batch: int, mode: str, duration: float, *, partitions: int
     return res
 
 
-def inproc_threads(size: int, batch: int, duration: float) -> Result:
-    """In-process with a producer thread and a consumer thread: the C calls drop
-    the GIL, so both sides run at once on two cores, as across processes."""
+def inproc_threads(size: int, batch: int, duration: float, flow: str = "block") -> Result:
+    """In-process with a producer thread and a consumer thread: the batch calls
+    drop the GIL, so both sides can run at once on two cores, as across
+    processes. ``flow="block"`` is the user's way: an ``on_full="block"`` topic
+    gated by the consumer (``gating=True``), whose ``send_batch`` sleeps while
+    the ring is full and whose ``poll_batch`` sleeps while it is empty.
+    ``flow="window"``: an overwrite topic and a producer that yields while it is
+    half a ring ahead of the consumer's count."""
     import threading
 
     from ..mq.consumer import Consumer
     from ..mq.producer import Partitioner, Producer
     from ..mq.topic import TopicConfig
 
+    if flow not in ("block", "window"):
+        raise ValueError(f"flow must be 'block' or 'window', not {flow!r}")
     capacity, stride = geometry(size, batch)
     mgr = _manager(capacity * stride)
-    res = Result("inproc", GRAFOS, "batch-threads", "in-process", size, batch=batch,
-                 note="producer thread + consumer thread")
+    mode = "batch-threads" if flow == "block" else "batch-threads-window"
+    res = Result("inproc", GRAFOS, mode, "in-process", size, batch=batch,
+                 note="producer thread + consumer thread, " +
+                      ("a block topic" if flow == "block" else "the producer half a ring ahead at most"))
     try:
-        mgr.create("bench", TopicConfig(1, capacity, stride, 3600.0))
+        mgr.create("bench", TopicConfig(1, capacity, stride, 3600.0,
+                                        on_full="block" if flow == "block" else "overwrite"))
         prod = Producer("bench", Partitioner.RoundRobin)
-        cons = Consumer("bench", max_batch=batch)
+        cons = Consumer("bench", max_batch=batch, gating=flow == "block")
         cons.poll_batch(mgr, 1)
         values = np.full((batch, size), 0x5A, dtype=np.uint8)
         limit = capacity // 2
@@ -127,10 +138,13 @@ def inproc_threads(size: int, batch: int, duration: float) -> Result:
 
         def produce() -> None:
             while not state["stop"]:
-                if state["sent"] - state["consumed"] > limit:
+                if flow == "window" and state["sent"] - state["consumed"] > limit:
                     time.sleep(0)
                     continue
-                prod.send_batch(mgr, values)
+                try:
+                    prod.send_batch(mgr, values, timeout=0.05)
+                except BufferFull:
+                    continue    # the consumer stopped reading: look at stop again
                 state["sent"] += batch
 
         t = threading.Thread(target=produce, name="grafos-bench-producer", daemon=True)
@@ -151,6 +165,7 @@ def inproc_threads(size: int, batch: int, duration: float) -> Result:
                     break
         finally:
             state["stop"] = True
+            cons.close()     # a gating reader no more: a blocked send returns
             t.join(10)
         res.messages, res.seconds = n - n0, now - t0
         res.lost = sum(cons.lost().values())

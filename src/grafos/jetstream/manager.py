@@ -38,6 +38,7 @@ from ..mq.producer import Partitioner, kafka_partition
 from ..mq.topic import MAX_TOPIC_NAME, Capabilities, PartitionInfo, RemoteManager, TopicConfig, TopicDescription
 from . import envelope, kv, names
 from .cursors import Cursors
+from .direct import DirectPublisher
 from .loop import UNAVAILABLE, Loop
 from .producers import Registration
 from .topics import JsPartition, JsTopic, LeaseRecord, config_json, parse_config, server_ttl
@@ -136,6 +137,8 @@ class JetStreamManager(RemoteManager):
             self.loop.stop()
             raise
         self.js = self.nc.jetstream(timeout=self.timeout)
+        # acknowledged single publishes on a socket of the caller's (plain nats:// only)
+        self._direct = DirectPublisher(self._direct_server, min(self.timeout / 2, 1.0)) if not options else None
         try:
             self.loop.run(self._buckets(), "creating the bus's KV buckets", timeout=self.timeout * 3)
             self.reap()
@@ -150,6 +153,13 @@ class JetStreamManager(RemoteManager):
         except (asyncio.TimeoutError, nats.errors.NoServersError, OSError) as e:
             raise Unavailable(f"cannot connect to the JetStream server(s) {self.servers}: "
                               f"{type(e).__name__} {e}") from None
+
+    def _direct_server(self) -> tuple[str, int] | None:
+        """Where the loop's connection is, when a plain connection may follow it."""
+        u = getattr(self.nc, "connected_url", None)
+        if u is None or u.scheme != "nats" or u.username or u.password or not u.hostname:
+            return None
+        return u.hostname, u.port or 4222
 
     @staticmethod
     async def _quiet(e: Exception) -> None:
@@ -181,6 +191,8 @@ class JetStreamManager(RemoteManager):
         if self._closed:
             return
         self._closed = True
+        if getattr(self, "_direct", None) is not None:
+            self._direct.close()
         try:
             self.cursors.close_all()
             self.loop.run(self.loop.settle(), "closing feeds", timeout=3.0)
@@ -537,6 +549,10 @@ class JetStreamManager(RemoteManager):
         payload = envelope.encode(time.time_ns(), key, hdrs, value)
         msg_id = f"{s.pid}-{next(s.seq)}" if not s.idempotent else s.msg_id(i)
         reg = s.reg
+        if reg is None and self._direct is not None:
+            seq = self._direct.publish(p.subject, payload, msg_id)
+            if seq is not None:
+                return i, seq - 1
         for attempt in range(2):
             try:
                 coro = (self._publish(p.subject, payload, msg_id) if reg is None else

@@ -1,0 +1,90 @@
+"""An acknowledged single send on JetStream goes out on a connection of the
+caller's own, in the calling thread, without a hop to the event-loop thread;
+whatever that connection cannot settle goes through the loop's connection with
+the same message id."""
+from __future__ import annotations
+
+import pytest
+
+from grafos.errors import NotFound
+from grafos.mq.consumer import Consumer, SeekPolicy
+from grafos.mq.producer import Producer
+from grafos.mq.topic import TopicConfig, TopicManager
+
+
+@pytest.fixture
+def js(nats_url):
+    m = TopicManager.connect(nats_url)
+    yield m
+    m.close()
+
+
+def _count_hops(mgr, monkeypatch) -> list[str]:
+    hops: list[str] = []
+    run = mgr.loop.run
+
+    def counted(coro, what, timeout=-1.0):
+        hops.append(what)
+        return run(coro, what, timeout)
+    monkeypatch.setattr(mgr.loop, "run", counted)
+    return hops
+
+
+def test_a_send_makes_no_hop_to_the_event_loop(js, monkeypatch):
+    js.create("d", TopicConfig(num_partitions=2))
+    prod = Producer("d")
+    prod.send(js, b"warm")          # the topic's routing is looked up once
+    hops = _count_hops(js, monkeypatch)
+    got = [prod.send_keyed(js, b"k%d" % i, b"v%d" % i) for i in range(20)]
+    assert hops == []
+    # offsets are dense per partition, as the loop's path gives them
+    for part in (0, 1):
+        offs = [o for p, o in got if p == part]
+        assert offs == sorted(offs) and len(set(offs)) == len(offs)
+    c = Consumer("d", "g")
+    c.seek(js, None, SeekPolicy.Earliest)
+    msgs: list = []
+    for _ in range(50):             # a server bus hands them out over several polls
+        msgs += c.poll(js, 100, timeout=0.2)
+        if len(msgs) >= 21:
+            break
+    assert sorted(m.value for _, m in msgs) == sorted([b"warm"] + [b"v%d" % i for i in range(20)])
+    c.close()
+
+
+def test_a_send_the_direct_connection_cannot_settle_goes_through_the_loop(js, monkeypatch):
+    js.create("d", TopicConfig(num_partitions=1))
+    prod = Producer("d")
+    prod.send(js, b"a")
+    js.delete("d")                  # no stream on the subject any more: no responders
+    hops = _count_hops(js, monkeypatch)
+    with pytest.raises(NotFound):
+        prod.send(js, b"b")
+    assert hops                     # the loop's path said why
+
+
+def test_the_direct_connection_closes_with_the_manager(nats_url):
+    m = TopicManager.connect(nats_url)
+    m.create("d", TopicConfig(num_partitions=1))
+    Producer("d").send(m, b"x")
+    sock = m._direct._sock
+    assert sock is not None and sock.fileno() >= 0
+    m.close()
+    assert sock.fileno() == -1
+
+
+def test_threads_sending_at_once_each_get_their_own_offsets(js):
+    import threading
+    js.create("d", TopicConfig(num_partitions=1))
+    prod = Producer("d")
+    got: list = []
+
+    def send(t: int) -> None:
+        for i in range(25):
+            got.append(prod.send(js, b"%d-%d" % (t, i)))
+    threads = [threading.Thread(target=send, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(o for _, o in got) == list(range(100))
