@@ -568,11 +568,16 @@ class ShareConsumer:
     def _dead_letter_records(self, recs: list[ShareRecord], now: float | None, op: str = "archive") -> int:
         if not recs:
             return 0
-        self._renew_quietly(recs, now)      # the lock covers the copy
+        refused: list[ShareRecord] = []
+        try:
+            self._settle("renew", recs, now)     # the lock must cover the copy: no copy of a lost one
+        except LockLost as e:
+            refused = list(e.records)
+            lost = {(r[0], r[1]) for r in refused}
+            recs = [r for r in recs if (r[0], r[1]) not in lost]
         t = self._bind(now)
         tn = now_ns(now)
         done = 0
-        refused = []
         for r in recs:
             sp = self._parts[r[0]] if 0 <= r[0] < t.n else None
             if sp is None:
@@ -587,12 +592,6 @@ class ShareConsumer:
                            f"holds the lock of {len(refused)} record(s); nothing was applied to them ({op})",
                            group=self.group, topic=self.topic, member=self.member, records=refused)
         return done
-
-    def _renew_quietly(self, recs: list[ShareRecord], now: float | None) -> None:
-        try:
-            self._settle("renew", list(recs), now)
-        except LockLost:
-            pass    # the archive below refuses them with the same error
 
     def _dead_letter(self, sp: _Part, rec: object, word: int, count: int, last: int, tn: int,
                      op: str) -> bool:
