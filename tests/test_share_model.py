@@ -249,6 +249,6 @@ class ShareVsModel(RuleBasedStateMachine):
         assert seen == self.dead_letters
 
 
-ShareVsModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None,
+ShareVsModel.TestCase.settings = settings(max_examples=150, stateful_step_count=50, deadline=None,
                                           suppress_health_check=[HealthCheck.too_slow])
 test_share_model = ShareVsModel.TestCase

@@ -448,12 +448,24 @@ class ShareConsumer:
         """Make records available again at once (their delivery count stays); a
         record at the delivery limit goes to the DLQ instead."""
         recs = self._records(records)
-        last = [r for r in recs if r.delivery_count >= self.max_deliveries]
-        if last:
-            done = self._dead_letter_records(last, now)
-            rest = [r for r in recs if r.delivery_count < self.max_deliveries]
-            return done + (self._settle("release", rest, now) if rest else 0)
-        return self._settle("release", recs, now)
+        last = [r for r in recs if r[6] >= self.max_deliveries]
+        if not last:
+            return self._settle("release", recs, now)
+        rest = [r for r in recs if r[6] < self.max_deliveries]
+        return self._both(lambda: self._dead_letter_records(last, now),
+                          lambda: self._settle("release", rest, now), "release")
+
+    def _both(self, first, second, op: str) -> int:  # noqa: ANN001
+        """Run two settles; one LockLost for the records either refused."""
+        done, refused = 0, []
+        for call in (first, second):
+            try:
+                done += call()
+            except LockLost as e:
+                refused += e.records
+        if refused:
+            raise self._lock_lost(refused, op)
+        return done
 
     def reject(self, records: "ShareRecord | Iterable[ShareRecord]", *, now: float | None = None) -> int:
         """Never deliver these records again; copy them to the DLQ first if one is set."""
@@ -543,26 +555,25 @@ class ShareConsumer:
             check(rc, f"share {op} on {self.topic!r} partition {p}")
             done += rc
             held = self._held
-            if rc == k:
-                if op != "renew":
-                    for r in rs:
-                        held.pop((p, r[1]), None)
-                continue
-            for r, good in zip(rs, ok.tolist()):
+            for r, good in zip(rs, ok.tolist()) if rc != k else ((r, 1) for r in rs):
                 if good and op == "renew":
                     continue
-                held.pop((p, r[1]), None)
+                if held.get((p, r[1])) == r[8]:     # a stale record leaves a newer acquisition alone
+                    del held[(p, r[1])]
                 if not good:
                     refused.append(r)
         if refused:
-            where = ", ".join(f"{r[0]}/{r[1]}" for r in refused[:10])
-            more = f" and {len(refused) - 10} more" if len(refused) > 10 else ""
-            raise LockLost(f"share group {self.group!r} of {self.topic!r}: member {self.member!r} no longer "
-                           f"holds the lock of {len(refused)} record(s) (partition/offset {where}{more}): it ran "
-                           f"out after lock_secs={self.lock_secs:g} and the record may have gone to another "
-                           f"member; nothing was applied to them ({op})",
-                           group=self.group, topic=self.topic, member=self.member, records=refused)
+            raise self._lock_lost(refused, op)
         return done
+
+    def _lock_lost(self, refused: list[ShareRecord], op: str) -> LockLost:
+        where = ", ".join(f"{r[0]}/{r[1]}" for r in refused[:10])
+        more = f" and {len(refused) - 10} more" if len(refused) > 10 else ""
+        return LockLost(f"share group {self.group!r} of {self.topic!r}: member {self.member!r} no longer "
+                        f"holds the lock of {len(refused)} record(s) (partition/offset {where}{more}): it ran "
+                        f"out after lock_secs={self.lock_secs:g} and the record may have gone to another "
+                        f"member; nothing was applied to them ({op})",
+                        group=self.group, topic=self.topic, member=self.member, records=refused)
 
     # ---- dead letters -----------------------------------------------------------------
     def _dead_letter_records(self, recs: list[ShareRecord], now: float | None, op: str = "archive") -> int:
@@ -573,8 +584,8 @@ class ShareConsumer:
             self._settle("renew", recs, now)     # the lock must cover the copy: no copy of a lost one
         except LockLost as e:
             refused = list(e.records)
-            lost = {(r[0], r[1]) for r in refused}
-            recs = [r for r in recs if (r[0], r[1]) not in lost]
+            lost = {(r[0], r[1], r[8]) for r in refused}
+            recs = [r for r in recs if (r[0], r[1], r[8]) not in lost]
         t = self._bind(now)
         tn = now_ns(now)
         done = 0
@@ -588,9 +599,7 @@ class ShareConsumer:
             else:
                 refused.append(r)
         if refused:
-            raise LockLost(f"share group {self.group!r} of {self.topic!r}: member {self.member!r} no longer "
-                           f"holds the lock of {len(refused)} record(s); nothing was applied to them ({op})",
-                           group=self.group, topic=self.topic, member=self.member, records=refused)
+            raise self._lock_lost(refused, op)
         return done
 
     def _dead_letter(self, sp: _Part, rec: object, word: int, count: int, last: int, tn: int,
@@ -622,7 +631,8 @@ class ShareConsumer:
                                  ffi.from_buffer("uint64_t[]", words), 1, tn, ffi.from_buffer("uint8_t[]", ok))
         if rc < 0 and rc != lib.GF_E_EXPIRED:
             raise_for(rc, f"share {op} on {self.topic!r} partition {p}")
-        self._held.pop((p, off), None)
+        if self._held.get((p, off)) == word:
+            del self._held[(p, off)]
         return rc == 1
 
     # ---- observability ------------------------------------------------------------------
