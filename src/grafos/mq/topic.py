@@ -248,11 +248,12 @@ class Capabilities:
     gating: bool              #: ``TopicConfig(on_full="block" | "raise")``: readers hold producers back
     abandoned_slots: bool     #: a writer can die mid-append and leave a slot readers step over
     shared_memory: bool       #: the bus lives in this machine's memory (``Fabric``)
+    share_groups: bool = False    #: ``mgr.share_consumer``: many members per partition, a lock per record
 
 
 #: the shared-memory bus (in-process, named or file): everything
 SHARED_MEMORY = Capabilities(transactions=True, loans=True, peeks=True, gating=True,
-                             abandoned_slots=True, shared_memory=True)
+                             abandoned_slots=True, shared_memory=True, share_groups=True)
 
 
 class BusHandles:
