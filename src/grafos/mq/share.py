@@ -49,10 +49,11 @@ last one), so the ring never overwrites a record the group has not finished.
 On an "overwrite" topic a lap past unfinished records counts them ``lost``.
 
 **Retention stays the lease.** A share group never keeps a partition alive.
-Its state lease lives as long as the partition's, and at least the topic's
-retention past the group's last poll; when a partition expires, its records
-the group had not finished expire with it and are counted (``expired``); after
-a restart the group starts again at the new partition's first record.
+Its state lease lives as long as the partition's plus the topic's retention
+(renewed by polls); when a partition expires, the records the group had handed
+out and not finished expire with it and are counted (``expired()``, and
+``grafos_share_expired_total``) when the topic is restarted; the group then
+starts again at the new partition's first record.
 """
 from __future__ import annotations
 
@@ -122,6 +123,7 @@ class ShareRecord(tuple):
     delivery_count: int = property(itemgetter(6))  # type: ignore[assignment]
     deadline: float = property(lambda self: self[7] / 1e9)  # type: ignore[assignment]
     _word: int = property(itemgetter(8))  # type: ignore[assignment]
+    _region: int = property(itemgetter(9))  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return (f"ShareRecord(partition={self[0]}, offset={self[1]}, key={self[2]!r}, value={self[3]!r}, "
@@ -207,6 +209,7 @@ class ShareConsumer:
         self.member = member
         self._lock_ns = int(self.lock_secs * 1e9)
         self._t: Topic | None = None
+        self._gated = False
         self._parts: list[_Part | None] = []
         self._held: dict[tuple[int, int], int] = {}     # (partition, offset) -> the word this member holds
         self._start = 0
@@ -240,6 +243,12 @@ class ShareConsumer:
         old = {sp.p: sp.region.id for sp in self._parts if sp is not None}
         self._t = t
         self._parts = parts
+        self._gated = t.config.on_full != "overwrite"
+        if self._gated:     # a member gates from the moment it joins
+            mono = time.monotonic()
+            for sp in parts:
+                if sp is not None:
+                    self._gate(t, sp, tn, mono)
         self._reader = None
         # locks held in a partition whose state was made again are gone with the old state
         self._held = {k: w for k, w in self._held.items()
@@ -277,9 +286,11 @@ class ShareConsumer:
         fab.meta_put(key, _CFG.pack(lock_ns, maxd, pad, expired + n) + raw[_CFG.size:])
 
     def _region_expiry(self, part: object, tn: int) -> int:
-        """A region lives as long as its partition, and the topic's retention past now."""
+        """A region outlives its partition by the topic's retention (so what was
+        unfinished can be counted when the partition is made again), and lives
+        at least that long past now."""
         ret = int(self._t_config_retention() * 1e9)
-        return max(int(part.lease.info().expires_ns), tn + ret)
+        return max(int(part.lease.info().expires_ns), tn) + ret
 
     def _t_config_retention(self) -> float:
         return self.mgr.topic(self.topic).config.retention_secs
@@ -302,11 +313,9 @@ class ShareConsumer:
                 # the partition was made again: what the group had not finished expired with it
                 old = MemLease(fab, idx, lid)
                 try:
-                    fl, nx = struct.unpack("<Q56xQ", old.read(64, 72))
-                    if nx >= fl and nx - fl <= (1 << 30):
-                        self._count_expired(scope, nx - fl)
+                    self._count_expired(scope, _unfinished(old))
                     old.release()
-                except (LeaseExpired, NotFound, struct.error):
+                except (LeaseExpired, NotFound, struct.error, ValueError):
                     pass
         size = lib.gf_share_region_size(part.capacity)
         out = ffi.new("gf_lease_info *")
@@ -382,6 +391,7 @@ class ShareConsumer:
             flags = r["flags"]
             held = self._held
             p = sp.p
+            region = sp.region.id
             if flags.any():
                 dead = [j for j in flags.nonzero()[0].tolist()]
                 lasts = r["last"].tolist()
@@ -393,22 +403,29 @@ class ShareConsumer:
             for j, (_, m) in enumerate(pairs):
                 if keep is not None and j not in keep:
                     continue
-                out.append(_make(ShareRecord, (p, offs[j], m[1], m[2], m[3], m[4], counts[j], dls[j], words[j])))
+                out.append(_make(ShareRecord, (p, offs[j], m[1], m[2], m[3], m[4], counts[j], dls[j], words[j],
+                                                region)))
                 held[(p, offs[j])] = words[j]
             if len(out) >= n:
                 break
         self._start = (self._start + 1) % max(1, k)
         return out
 
+    def _gate(self, t: "Topic", sp: _Part, tn: int, mono: float) -> None:
+        """Hold the topic's gate at the group's floor: again once it moved a quarter
+        of the ring, or a third of gating_ttl passed (a lower gate only holds
+        producers back a little more; a lapsed one stops gating)."""
+        floor = lib.gf_share_floor(sp.handle)
+        if floor - sp.published >= max(1, t.config.partition_capacity // 4) or \
+                mono - sp.published_at >= self.gating_ttl / 3:
+            self._publish_gate(sp.p, floor, tn)
+            sp.published, sp.published_at = floor, mono
+
     def _maintain(self, t: "Topic", sp: _Part, tn: int) -> None:
         """Keep the gate and the state's lease up to date (cheap unless due)."""
         mono = time.monotonic()
         if t.config.on_full != "overwrite":
-            floor = lib.gf_share_floor(sp.handle)
-            step = max(1, t.config.partition_capacity // 4)
-            if floor - sp.published >= step or mono - sp.published_at >= self.gating_ttl / 3:
-                self._publish_gate(sp.p, floor, tn)
-                sp.published, sp.published_at = floor, mono
+            self._gate(t, sp, tn, mono)
         if mono >= sp.renew_at:
             ttl = t.config.retention_secs
             sp.renew_at = mono + min(ttl / 4, 60.0)
@@ -506,7 +523,10 @@ class ShareConsumer:
         if b < a:
             raise InvalidArgument(f"range [{a}, {b}) is empty the wrong way round")
         keys = sorted(k for k in self._held if k[0] == p and a <= k[1] < b)
-        recs = [_make(ShareRecord, (p, off, None, b"", 0, (), 0, 0, self._held[(p, off)])) for _, off in keys]
+        sp = self._parts[p] if p < len(self._parts) else None
+        region = sp.region.id if sp is not None else 0
+        recs = [_make(ShareRecord, (p, off, None, b"", 0, (), 0, 0, self._held[(p, off)], region))
+                for _, off in keys]
         if op == "release" or op == "reject":
             return getattr(self, op)(recs, now=now)
         return self._settle(op, recs, now)
@@ -543,6 +563,12 @@ class ShareConsumer:
                     raise InvalidArgument(f"topic {self.topic!r} has partitions 0..{len(parts) - 1}, not {p}")
                 refused += rs
                 continue
+            region = sp.region.id
+            if any(r[9] != region for r in rs):     # polled from state that expired with its partition
+                refused += [r for r in rs if r[9] != region]
+                rs = [r for r in rs if r[9] == region]
+                if not rs:
+                    continue
             k = len(rs)
             offs = np.fromiter((r[1] for r in rs), dtype=np.uint64, count=k)
             words = np.fromiter((r[8] for r in rs), dtype=np.uint64, count=k)
@@ -554,6 +580,8 @@ class ShareConsumer:
                 continue
             check(rc, f"share {op} on {self.topic!r} partition {p}")
             done += rc
+            if self._gated and op != "renew":
+                self._gate(self._t, sp, tn, time.monotonic())
             held = self._held
             for r, good in zip(rs, ok.tolist()) if rc != k else ((r, 1) for r in rs):
                 if good and op == "renew":
@@ -654,7 +682,9 @@ class ShareConsumer:
         if release and self._held:
             by_part: dict[int, list[ShareRecord]] = {}
             for (p, off), w in self._held.items():
-                by_part.setdefault(p, []).append(_make(ShareRecord, (p, off, None, b"", 0, (), 0, 0, w)))
+                sp = self._parts[p] if p < len(self._parts) else None
+                region = sp.region.id if sp is not None else 0
+                by_part.setdefault(p, []).append(_make(ShareRecord, (p, off, None, b"", 0, (), 0, 0, w, region)))
             for rs in by_part.values():
                 try:
                     self._settle("release", rs, None)
@@ -713,6 +743,24 @@ class ShareConsumer:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+def _unfinished(region: MemLease) -> int:
+    """Records a region's group had handed out and not finished (acked or
+    archived): read from the region as bytes, every field checked."""
+    head = region.read(0, 136)
+    cap = struct.unpack_from("<I", head, 24)[0]
+    fl, nx = struct.unpack_from("<Q", head, 64)[0], struct.unpack_from("<Q", head, 128)[0]
+    if not 0 < cap <= (1 << 30) or nx < fl or nx - fl > cap:
+        raise ValueError("share state header out of range")
+    if nx == fl:
+        return 0
+    words = np.frombuffer(region.read(lib.GF_SHARE_ENTRIES_OFF, cap * 16), dtype="<u8")[0::2]
+    offs = np.arange(fl, nx, dtype=np.uint64)
+    a = words[(offs % np.uint64(cap)).astype(np.int64)]
+    laps = (offs // np.uint64(cap) + np.uint64(1)) & np.uint64((1 << 38) - 1)
+    done = ((a >> np.uint64(26)) == laps) & ((a & np.uint64(3)) >= np.uint64(lib.GF_SH_ACKED))
+    return int((~done).sum())
 
 
 def describe_parts(parts: Sequence[_Part | None], now: float | None = None) -> list[ShareState]:
