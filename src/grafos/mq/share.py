@@ -304,6 +304,9 @@ class ShareConsumer:
         if raw is not None and len(raw) == _REF.size:
             idx, _, lid, ring_lid = _REF.unpack(raw)
             if ring_lid == part.lease.id:
+                prev = self._parts[p] if p < len(self._parts) else None
+                if prev is not None and prev.region.id == lid and prev.part.lease.id == ring_lid:
+                    return prev         # the same state: this member keeps its token and its locks
                 h = lib.gf_share_open(fab.handle, idx, lid, part.handle, err)
                 if h != ffi.NULL:
                     return self._joined(p, part, MemLease(fab, idx, lid), ffi.gc(h, lib.gf_share_close))
