@@ -130,3 +130,20 @@ def test_damaged_share_state_is_refused_not_trusted(mgr):
     region.write(0, b"\0" * 8)                              # the magic
     with pytest.raises(CorruptFabric):
         mgr.share_consumer("jobs", group="g")
+
+
+def test_a_poll_batch_changed_after_the_poll_settles_what_it_holds_now(mgr):
+    mgr.create("jobs", TopicConfig(num_partitions=2, partition_capacity=16))
+    prod = Producer("jobs")
+    for i in range(6):
+        prod.send_keyed(mgr, b"k%d" % i, b"v%d" % i)
+    c = mgr.share_consumer("jobs", group="g")
+    batch = c.poll(6)
+    first = batch.pop(0)
+    assert c.ack(batch) == 5                    # the five left, not the one taken out
+    assert c.held() == [(first.partition, first.offset)]
+    again = c.poll(6)
+    assert again == []
+    c.release([first])
+    (r,) = c.poll(6)
+    assert (r.partition, r.offset, r.delivery_count) == (first.partition, first.offset, 2)

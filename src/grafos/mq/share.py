@@ -58,13 +58,16 @@ starts again at the new partition's first record.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
+from collections import deque
+from itertools import repeat
 import os
 import socket
 import struct
 import time
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import is_, itemgetter
 from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -84,7 +87,7 @@ from .producer import Partitioner, Producer
 if TYPE_CHECKING:
     from .topic import Topic, TopicManager
 
-__all__ = ["ShareConsumer", "ShareRecord", "ShareState", "DELIVERY_COUNT", "LAST_MEMBER", "SHARE_GROUP"]
+__all__ = ["ShareConsumer", "ShareRecord", "ShareBatch", "ShareState", "DELIVERY_COUNT", "LAST_MEMBER", "SHARE_GROUP"]
 
 #: dead-letter headers added by a share group (beside the source topic, partition and offset)
 DELIVERY_COUNT = "x-delivery-count"
@@ -130,7 +133,21 @@ class ShareRecord(tuple):
                 f"delivery_count={self[6]})")
 
 
+class ShareBatch(list):
+    """The records of one poll: a list. Settling the batch as it came (``ack(batch)``)
+    takes its offsets and lock words from arrays kept with it, with no work per
+    record in Python; a batch changed since is settled record by record."""
+
+    __slots__ = ("_runs", "_snap")
+
+    def _intact(self) -> bool:
+        snap = self._snap
+        return len(self) == len(snap) and all(map(is_, self, snap))
+
+
 _make = tuple.__new__
+_P, _OFF, _WORD, _REGION = itemgetter(0), itemgetter(1), itemgetter(8), itemgetter(9)
+_RECORD_TYPES = {ShareRecord}
 
 
 @dataclass(frozen=True)
@@ -211,7 +228,7 @@ class ShareConsumer:
         self._t: Topic | None = None
         self._gated = False
         self._parts: list[_Part | None] = []
-        self._held: dict[tuple[int, int], int] = {}     # (partition, offset) -> the word this member holds
+        self._held: dict[int, dict[int, int]] = {}      # partition -> offset -> the word this member holds
         self._start = 0
         self._buf_size = buf_size
         self._bufs: tuple | None = None
@@ -251,8 +268,8 @@ class ShareConsumer:
                     self._gate(t, sp, tn, mono)
         self._reader = None
         # locks held in a partition whose state was made again are gone with the old state
-        self._held = {k: w for k, w in self._held.items()
-                      if k[0] < len(parts) and parts[k[0]] is not None and old.get(k[0]) == parts[k[0]].region.id}
+        self._held = {p: h for p, h in self._held.items()
+                      if p < len(parts) and parts[p] is not None and old.get(p) == parts[p].region.id}
         self._bufs = None
         return t
 
@@ -373,6 +390,7 @@ class ShareConsumer:
         rows, meta, buf, size = self._buffers()
         tn = now_ns(now)
         out: list[ShareRecord] = []
+        runs: list[tuple] = []      # per partition: (partition, first, end, offsets, words) of `out`
         parts = self._parts
         k = len(parts)
         for i in range(k):
@@ -392,27 +410,37 @@ class ShareConsumer:
             offs, words, dls, counts = (r["offset"].tolist(), r["word"].tolist(), r["deadline"].tolist(),
                                         r["count"].tolist())
             flags = r["flags"]
-            held = self._held
             p = sp.p
             region = sp.region.id
+            hp = self._held.get(p)
+            if hp is None:
+                hp = self._held[p] = {}
             if flags.any():
-                dead = [j for j in flags.nonzero()[0].tolist()]
+                dead = set(flags.nonzero()[0].tolist())
                 lasts = r["last"].tolist()
-                for j in dead:
+                for j in sorted(dead):
                     self._dead_letter(sp, pairs[j][1], words[j], counts[j], lasts[j], tn, "archive")
-                keep = set(range(got)) - set(dead)
-            else:
-                keep = None
-            for j, (_, m) in enumerate(pairs):
-                if keep is not None and j not in keep:
-                    continue
-                out.append(_make(ShareRecord, (p, offs[j], m[1], m[2], m[3], m[4], counts[j], dls[j], words[j],
-                                                region)))
-                held[(p, offs[j])] = words[j]
+                keep = [j for j in range(got) if j not in dead]
+                pairs, offs, counts, dls, words = ([seq[j] for j in keep] for seq in (pairs, offs, counts, dls, words))
+            # collections would run several times over a batch of records that only hold
+            # bytes and ints; the decode in C holds them off the same way
+            gc_was = gc.isenabled()
+            gc.disable()
+            try:
+                out += [_make(ShareRecord, (p, o, m[1], m[2], m[3], m[4], c, d, w, region))
+                        for (_, m), o, c, d, w in zip(pairs, offs, counts, dls, words)]
+            finally:
+                if gc_was:
+                    gc.enable()
+            hp.update(zip(offs, words))
+            runs.append((p, len(out) - len(offs), len(out), offs, words))
             if len(out) >= n:
                 break
         self._start = (self._start + 1) % max(1, k)
-        return out
+        batch = ShareBatch(out)
+        batch._runs = runs
+        batch._snap = tuple(out)
+        return batch
 
     def _gate(self, t: "Topic", sp: _Part, tn: int, mono: float) -> None:
         """Hold the topic's gate at the group's floor: again once it moved a quarter
@@ -517,7 +545,7 @@ class ShareConsumer:
     def held(self) -> list[tuple[int, int]]:
         """(partition, offset) of the records this consumer holds (as far as it knows:
         a lock that ran out shows here until a settle call finds out)."""
-        return sorted(self._held)
+        return sorted((p, o) for p, h in self._held.items() for o in h)
 
     def _settle_range(self, op: str, partition: int, start: int, stop: int, now: float | None) -> int:
         p = _validate.integer(partition, "partition", 0, 1 << 20)
@@ -525,16 +553,20 @@ class ShareConsumer:
         b = _validate.integer(stop, "stop", 0, 1 << 48)
         if b < a:
             raise InvalidArgument(f"range [{a}, {b}) is empty the wrong way round")
-        keys = sorted(k for k in self._held if k[0] == p and a <= k[1] < b)
+        hp = self._held.get(p, {})
         sp = self._parts[p] if p < len(self._parts) else None
         region = sp.region.id if sp is not None else 0
-        recs = [_make(ShareRecord, (p, off, None, b"", 0, (), 0, 0, self._held[(p, off)], region))
-                for _, off in keys]
+        recs = [_make(ShareRecord, (p, off, None, b"", 0, (), 0, 0, hp[off], region))
+                for off in sorted(o for o in hp if a <= o < b)]
         if op == "release" or op == "reject":
             return getattr(self, op)(recs, now=now)
         return self._settle(op, recs, now)
 
     def _records(self, records: object) -> list[ShareRecord]:
+        if type(records) is ShareBatch and records._intact():
+            return records
+        if type(records) is list and set(map(type, records)) <= _RECORD_TYPES:
+            return records      # the common case, checked at C speed
         if isinstance(records, ShareRecord):
             return [records]
         if isinstance(records, (str, bytes)) or not hasattr(records, "__iter__"):
@@ -553,13 +585,10 @@ class ShareConsumer:
         self._bind(now)
         tn = now_ns(now)
         parts = self._parts
-        by_part: dict[int, list[ShareRecord]] = {}
-        for r in recs:
-            by_part.setdefault(r[0], []).append(r)
         done = 0
         refused: list[ShareRecord] = []
         code = _OPS[op]
-        for p, rs in by_part.items():
+        for p, rs, offl, wl in _groups(recs):
             sp = parts[p] if 0 <= p < len(parts) else None
             if sp is None:
                 if not 0 <= p < len(parts):
@@ -567,14 +596,15 @@ class ShareConsumer:
                 refused += rs
                 continue
             region = sp.region.id
-            if any(r[9] != region for r in rs):     # polled from state that expired with its partition
+            if set(map(_REGION, rs)) != {region}:   # polled from state that expired with its partition
                 refused += [r for r in rs if r[9] != region]
                 rs = [r for r in rs if r[9] == region]
                 if not rs:
                     continue
+                offl, wl = list(map(_OFF, rs)), list(map(_WORD, rs))
             k = len(rs)
-            offs = np.fromiter((r[1] for r in rs), dtype=np.uint64, count=k)
-            words = np.fromiter((r[8] for r in rs), dtype=np.uint64, count=k)
+            offs = np.array(offl, dtype=np.uint64)
+            words = np.array(wl, dtype=np.uint64)
             ok = np.zeros(k, dtype=np.uint8)
             rc = lib.gf_share_settle(sp.handle, code, ffi.from_buffer("uint64_t[]", offs),
                                      ffi.from_buffer("uint64_t[]", words), k, tn, ffi.from_buffer("uint8_t[]", ok))
@@ -585,12 +615,16 @@ class ShareConsumer:
             done += rc
             if self._gated and op != "renew":
                 self._gate(self._t, sp, tn, time.monotonic())
-            held = self._held
-            for r, good in zip(rs, ok.tolist()) if rc != k else ((r, 1) for r in rs):
+            hp = self._held.get(p, {})
+            if rc == k:     # each was the current acquisition: whatever is held for its offset is it
+                if op != "renew":
+                    deque(map(hp.pop, offl, repeat(None)), maxlen=0)
+                continue
+            for r, o, w, good in zip(rs, offl, wl, ok.tolist()):
                 if good and op == "renew":
                     continue
-                if held.get((p, r[1])) == r[8]:     # a stale record leaves a newer acquisition alone
-                    del held[(p, r[1])]
+                if hp.get(o) == w:      # a stale record leaves a newer acquisition alone
+                    del hp[o]
                 if not good:
                     refused.append(r)
         if refused:
@@ -662,8 +696,9 @@ class ShareConsumer:
                                  ffi.from_buffer("uint64_t[]", words), 1, tn, ffi.from_buffer("uint8_t[]", ok))
         if rc < 0 and rc != lib.GF_E_EXPIRED:
             raise_for(rc, f"share {op} on {self.topic!r} partition {p}")
-        if self._held.get((p, off)) == word:
-            del self._held[(p, off)]
+        hp = self._held.get(p, {})
+        if hp.get(off) == word:
+            del hp[off]
         return rc == 1
 
     # ---- observability ------------------------------------------------------------------
@@ -684,11 +719,14 @@ class ShareConsumer:
             return
         if release and self._held:
             by_part: dict[int, list[ShareRecord]] = {}
-            for (p, off), w in self._held.items():
+            for p, hp in self._held.items():
                 sp = self._parts[p] if p < len(self._parts) else None
                 region = sp.region.id if sp is not None else 0
-                by_part.setdefault(p, []).append(_make(ShareRecord, (p, off, None, b"", 0, (), 0, 0, w, region)))
+                by_part[p] = [_make(ShareRecord, (p, off, None, b"", 0, (), 0, 0, w, region))
+                              for off, w in hp.items()]
             for rs in by_part.values():
+                if not rs:
+                    continue
                 try:
                     self._settle("release", rs, None)
                 except (LockLost, LeaseExpired):
@@ -764,6 +802,20 @@ def _unfinished(region: MemLease) -> int:
     laps = (offs // np.uint64(cap) + np.uint64(1)) & np.uint64((1 << 38) - 1)
     done = ((a >> np.uint64(26)) == laps) & ((a & np.uint64(3)) >= np.uint64(lib.GF_SH_ACKED))
     return int((~done).sum())
+
+
+def _groups(recs: list[ShareRecord]) -> list[tuple[int, list[ShareRecord], list[int], list[int]]]:
+    """(partition, its records, their offsets, their lock words) per partition."""
+    if type(recs) is ShareBatch and recs._intact():
+        return [(p, recs[a:b], offs, words) for p, a, b, offs, words in recs._runs]
+    ps = list(map(_P, recs))
+    if ps.count(ps[0]) == len(ps):
+        by_part: dict[int, list[ShareRecord]] = {ps[0]: recs}
+    else:
+        by_part = {}
+        for q, r in zip(ps, recs):
+            by_part.setdefault(q, []).append(r)
+    return [(p, rs, list(map(_OFF, rs)), list(map(_WORD, rs))) for p, rs in by_part.items()]
 
 
 def describe_parts(parts: Sequence[_Part | None], now: float | None = None) -> list[ShareState]:
