@@ -19,6 +19,8 @@ struct gf_share {
     struct gf_lease *lease;
     uint64_t lease_id;
     uint64_t cap;
+    uint64_t mask;              /* cap - 1 when a power of two (then shift = log2 cap), else 0 */
+    uint32_t shift;
     int64_t lock_ns;
     uint32_t max_deliveries;
     /* process-local */
@@ -39,8 +41,15 @@ static inline uint64_t mkword(uint32_t state, uint32_t count, uint32_t member, u
            ((lap & LAP_MASK) << 26);
 }
 
-static inline uint64_t lap_of(const gf_share *s, uint64_t n) { return (n / s->cap + 1) & LAP_MASK; }
-static inline struct gf_share_entry *entry(const gf_share *s, uint64_t n) { return &s->e[n % s->cap]; }
+/* a shift and a mask where the capacity allows: a 64-bit division costs ~10 ns per record */
+static inline uint64_t lap_of(const gf_share *s, uint64_t n)
+{
+    return ((s->mask ? n >> s->shift : n / s->cap) + 1) & LAP_MASK;
+}
+static inline struct gf_share_entry *entry(const gf_share *s, uint64_t n)
+{
+    return &s->e[s->mask ? n & s->mask : n % s->cap];
+}
 static inline uint64_t tag_of(uint64_t a) { return ((W_LAP(a) & 0xffu) << 8) | W_COUNT(a); }
 static inline uint64_t mkdeadline(int64_t deadline_ms, uint64_t a)
 {
@@ -133,6 +142,10 @@ gf_share *gf_share_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, g
     s->lease = &f->leases[lease_index];
     s->lease_id = lease_id;
     s->cap = c.capacity;
+    if (c.capacity > 1 && (c.capacity & (c.capacity - 1)) == 0) {
+        s->mask = c.capacity - 1;
+        s->shift = (uint32_t)__builtin_ctzll(c.capacity);
+    }
     s->lock_ns = c.lock_ns;
     s->max_deliveries = c.max_deliveries;
     atomic_fetch_add(&f->refs, 1);
@@ -307,8 +320,27 @@ static int read_one(gf_share *s, uint64_t n, uint32_t part, gf_msg_meta *meta, u
 }
 
 /* ---- acquire ------------------------------------------------------------------------ */
+struct tally { uint64_t delivered, redelivered; };
+
+static int64_t acquire(gf_share *s, uint32_t member, uint32_t max, int64_t now, uint32_t part,
+                       gf_share_row *rows, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
+                       struct tally *t);
+
 int64_t gf_share_acquire(gf_share *s, uint32_t member, uint32_t max, int64_t now, uint32_t part,
                          gf_share_row *rows, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size)
+{
+    struct tally t = {0, 0};    /* the shared counters move once per call, not once per record */
+    int64_t rc = acquire(s, member, max, now, part, rows, meta, buf, buf_size, &t);
+    if (t.delivered)
+        faa(&s->h->delivered, t.delivered);
+    if (t.redelivered)
+        faa(&s->h->redelivered, t.redelivered);
+    return rc;
+}
+
+static int64_t acquire(gf_share *s, uint32_t member, uint32_t max, int64_t now, uint32_t part,
+                       gf_share_row *rows, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
+                       struct tally *t)
 {
     if (member == 0 || member > 0xffffu)
         return gf_fail(GF_E_INVAL, "member token %u out of range", member);
@@ -380,9 +412,8 @@ int64_t gf_share_acquire(gf_share *s, uint32_t member, uint32_t max, int64_t now
             if (expired)
                 faa(&s->h->expired_locks, 1);
             if (!dead) {
-                faa(&s->h->delivered, 1);
-                if (count)
-                    faa(&s->h->redelivered, 1);
+                t->delivered++;
+                t->redelivered += count != 0;
             }
             rows[got] = (gf_share_row){o, w, dl * 1000000LL, dead ? count : nc, dead ? GF_SHARE_DEAD : 0,
                                        last, 0};
@@ -453,7 +484,7 @@ int64_t gf_share_acquire(gf_share *s, uint32_t member, uint32_t max, int64_t now
             if (!cas(&en->a, &a, w))
                 continue;
             set_lock(en, w, dl);
-            faa(&s->h->delivered, 1);
+            t->delivered++;
             meta[got + keep] = meta[got + mi - 1];
             rows[got + keep] = (gf_share_row){o, w, dl * 1000000LL, 1, 0, 0, 0};
             keep++;
@@ -481,6 +512,8 @@ int64_t gf_share_settle(gf_share *s, uint32_t op, const uint64_t *offsets, const
         return rc;
     int64_t done = 0;
     const int64_t dl = deadline_ms(s, now);
+    _Atomic uint64_t *counter = op == GF_SHARE_ACK ? &s->h->acked : op == GF_SHARE_RELEASE ? &s->h->released
+                              : op == GF_SHARE_REJECT ? &s->h->rejected : &s->h->dead;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t o = offsets[i], w = words[i];
         ok[i] = 0;
@@ -509,20 +542,16 @@ int64_t gf_share_settle(gf_share *s, uint32_t op, const uint64_t *offsets, const
             }
         }
         uint32_t c = W_COUNT(w), m = W_MEMBER(w);
-        uint64_t L = W_LAP(w), to;
-        _Atomic uint64_t *counter;
-        switch (op) {
-        case GF_SHARE_ACK: to = mkword(GF_SH_ACKED, c, m, L); counter = &s->h->acked; break;
-        case GF_SHARE_RELEASE: to = mkword(GF_SH_AVAIL, c, m, L); counter = &s->h->released; break;
-        case GF_SHARE_REJECT: to = mkword(GF_SH_ARCHIVED, c, m, L); counter = &s->h->rejected; break;
-        default: to = mkword(GF_SH_ARCHIVED, c, m, L); counter = &s->h->dead; break;
-        }
+        uint64_t L = W_LAP(w);
+        uint64_t to = mkword(op == GF_SHARE_ACK ? GF_SH_ACKED : op == GF_SHARE_RELEASE ? GF_SH_AVAIL
+                             : GF_SH_ARCHIVED, c, m, L);
         if (cas(&en->a, &w, to)) {
-            faa(counter, 1);
             ok[i] = 1;
             done++;
         }
     }
+    if (done && op != GF_SHARE_RENEW)
+        faa(counter, (uint64_t)done);
     if (op != GF_SHARE_RENEW && op != GF_SHARE_RELEASE && (rc = advance(s)) < 0)
         return rc;
     return done;
