@@ -5,6 +5,7 @@ damaged state in the fabric."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -147,3 +148,27 @@ def test_a_poll_batch_changed_after_the_poll_settles_what_it_holds_now(mgr):
     c.release([first])
     (r,) = c.poll(6)
     assert (r.partition, r.offset, r.delivery_count) == (first.partition, first.offset, 2)
+
+
+def test_a_topic_restarted_by_another_process_is_followed(shm_name):
+    mgr = TopicManager.open(shm_name, size=32 << 20)
+    other = TopicManager.open(shm_name)
+    try:
+        mgr.create("jobs", TopicConfig(num_partitions=1, partition_capacity=16, retention_secs=60))
+        Producer("jobs").send(mgr, b"old")
+        c = mgr.share_consumer("jobs", group="g")
+        assert [r.value for r in c.poll(10)] == [b"old"]
+        later = mgr.topic("jobs").partitions[0].lease.expires_at + 1
+        other.restart("jobs", now=later)
+        Producer("jobs").send(other, b"new")
+        got = []
+        for _ in range(5):
+            got += c.poll(10, now=later)
+            if got:
+                break
+            time.sleep(0.06)
+        assert [(r.offset, r.value) for r in got] == [(0, b"new")]
+        assert c.expired() == 1
+    finally:
+        other.close()
+        mgr.close()

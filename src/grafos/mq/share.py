@@ -103,6 +103,7 @@ _ROW_SIZE = ffi.sizeof("gf_share_row")
 _META_SIZE = ffi.sizeof("gf_msg_meta")
 _IDS = itertools.count(1)
 _WAIT_SLICE = 0.02      # seconds between looks for released and expired records while waiting
+_REFRESH_GAP = 0.05     # at most one directory re-read per this many seconds while a partition reads expired
 _OPS = {"ack": lib.GF_SHARE_ACK, "release": lib.GF_SHARE_RELEASE, "reject": lib.GF_SHARE_REJECT,
         "archive": lib.GF_SHARE_ARCHIVE, "renew": lib.GF_SHARE_RENEW}
 assert _ROW.itemsize == _ROW_SIZE
@@ -235,6 +236,7 @@ class ShareConsumer:
         self._reader: Reader | None = None
         self._dlq_producer = Producer(dlq, Partitioner.KeyHash) if dlq is not None else None
         self._closed = False
+        self._next_look = 0.0     # monotonic time before which an expired partition is not looked up again
         self.dead_lettered = 0      #: records this consumer sent to the DLQ
         self._bind()
 
@@ -391,6 +393,7 @@ class ShareConsumer:
         tn = now_ns(now)
         out: list[ShareRecord] = []
         runs: list[tuple] = []      # per partition: (partition, first, end, offsets, words) of `out`
+        expired = False
         parts = self._parts
         k = len(parts)
         for i in range(k):
@@ -400,7 +403,8 @@ class ShareConsumer:
             got = lib.gf_share_acquire(sp.handle, sp.member, n - len(out), tn, 0, rows, meta, buf, size)
             if got < 0:
                 if got == lib.GF_E_EXPIRED:
-                    continue        # the partition (or its state) expired: the next bind sees it
+                    expired = True  # the partition (or its state) expired: another process may restart it
+                    continue
                 raise_for(got, f"share poll of {self.topic!r} partition {sp.p}")
             self._maintain(t, sp, tn)
             if got == 0:
@@ -437,6 +441,9 @@ class ShareConsumer:
             if len(out) >= n:
                 break
         self._start = (self._start + 1) % max(1, k)
+        if expired and not out and time.monotonic() >= self._next_look:
+            self._next_look = time.monotonic() + _REFRESH_GAP
+            self.mgr.refresh(self.topic)        # the next poll binds to what the directory says now
         batch = ShareBatch(out)
         batch._runs = runs
         batch._snap = tuple(out)
