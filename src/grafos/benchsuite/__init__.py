@@ -119,15 +119,21 @@ def plan(opt: Options) -> list[Job]:
                 jobs.append(_job(f"queue {system} {kind}", lambda s=system, k=kind: queue_runs.measure(s, k, d),
                                  Result("queue", system, kind, "cross-process", 0)))
     if "share" in opt.scenarios:
-        for mode, g_rate, r_rate in (("batch", 800_000, 200_000), ("single", 100_000, 20_000)):
+        # records to drain, sized so each system takes about the same time
+        for mode, g_rate, r_rate, j_rate in (("batch", 800_000, 200_000, 20_000),
+                                             ("single", 100_000, 20_000, 3_000)):
             b = share.BATCH if mode == "batch" else 1
             n_g = max(2_000, min(1_000_000, int(g_rate * d)))
             n_r = max(1_000, min(400_000, int(r_rate * d)))
+            n_j = max(500, min(100_000, int(j_rate * d)))
             jobs.append(_job(f"share group, 2 workers, {mode} 100 B", lambda m=mode, n=n_g: share.grafos(m, n),
                              Result("share", GRAFOS, mode, "cross-process", share.SIZE, batch=b)))
             jobs.append(_job(f"Redis Streams, 2 workers, {mode} 100 B",
                              lambda m=mode, n=n_r: share.redis_streams(m, n),
                              Result("share", share.REDIS, mode, "cross-process", share.SIZE, batch=b)))
+            jobs.append(_job(f"JetStream work queue, 2 workers, {mode} 100 B",
+                             lambda m=mode, n=n_j: share.jetstream(m, n),
+                             Result("share", share.JETSTREAM, mode, "cross-process", share.SIZE, batch=b)))
     for size in sorted(memcpy_sizes):
         b = batch_for(size)
         jobs.append(_job(f"memcpy {size} B x {b}", lambda s=size, b=b: peers.memcpy(s, b, d / 2),

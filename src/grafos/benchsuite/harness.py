@@ -27,7 +27,7 @@ SCENARIO_HELP = {
     "queue": "grafos.Queue beside mp.Queue and faster-fifo: Python objects (int, str, dict, 1 MiB array), "
              "producer process -> consumer process, put/get",
     "share": "work queue: two worker processes take and acknowledge 100 B records (batches of 200, or one "
-             "by one); a grafos share group beside Redis Streams XREADGROUP + XACK",
+             "by one); a grafos share group beside Redis Streams XREADGROUP + XACK and a JetStream work queue",
 }
 DEFAULT_SIZES = (16, 64, 256, 1024, 4096, 16384, 65536)
 QUICK_SIZES = (64, 4096)

