@@ -260,7 +260,7 @@ class ShareConsumer:
         with mgr.fabric.locked():
             self._config(scope)
             for p, part in enumerate(t.partitions):
-                parts.append(None if part is None else self._attach(scope, p, part, tn))
+                parts.append(None if part is None else self._attach(t, scope, p, part, tn))
         old = {sp.p: sp.region.id for sp in self._parts if sp is not None}
         self._t = t
         self._parts = parts
@@ -306,17 +306,14 @@ class ShareConsumer:
         lock_ns, maxd, pad, expired = _CFG.unpack_from(raw)
         fab.meta_put(key, _CFG.pack(lock_ns, maxd, pad, expired + n) + raw[_CFG.size:])
 
-    def _region_expiry(self, part: object, tn: int) -> int:
+    @staticmethod
+    def _region_expiry(t: "Topic", part: object, tn: int) -> int:
         """A region outlives its partition by the topic's retention (so what was
         unfinished can be counted when the partition is made again), and lives
         at least that long past now."""
-        ret = int(self._t_config_retention() * 1e9)
-        return max(int(part.lease.info().expires_ns), tn) + ret
+        return max(int(part.lease.info().expires_ns), tn) + int(t.config.retention_secs * 1e9)
 
-    def _t_config_retention(self) -> float:
-        return self.mgr.topic(self.topic).config.retention_secs
-
-    def _attach(self, scope: str, p: int, part: object, tn: int) -> _Part:
+    def _attach(self, t: "Topic", scope: str, p: int, part: object, tn: int) -> _Part:
         """Open (or make) partition p's share state. Needs the fabric lock."""
         fab = self.mgr.fabric
         key = f"{scope}p/{p}"
@@ -343,7 +340,7 @@ class ShareConsumer:
                     pass
         size = lib.gf_share_region_size(part.capacity)
         out = ffi.new("gf_lease_info *")
-        check(lib.gf_lease_acquire(fab.handle, size, self._region_expiry(part, tn), 0, tn, out))
+        check(lib.gf_lease_acquire(fab.handle, size, self._region_expiry(t, part, tn), 0, tn, out))
         start = part.state().earliest
         rc = lib.gf_share_init(fab.handle, out.index, out.id, part.handle, self._lock_ns,
                                self.max_deliveries, start, tn)
@@ -478,7 +475,7 @@ class ShareConsumer:
             ttl = t.config.retention_secs
             sp.renew_at = mono + min(ttl / 4, 60.0)
             try:
-                want = self._region_expiry(sp.part, tn)
+                want = self._region_expiry(t, sp.part, tn)
                 if want > sp.region.info().expires_ns:
                     with self.mgr.fabric.locked():
                         check(lib.gf_lease_renew(self.mgr.fabric.handle, sp.region.index, sp.region.id, want, tn))
