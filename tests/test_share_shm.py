@@ -172,3 +172,21 @@ def test_a_topic_restarted_by_another_process_is_followed(shm_name):
     finally:
         other.close()
         mgr.close()
+
+
+def test_a_producer_blocked_by_the_group_goes_on_once_the_floor_moves(mgr):
+    import threading
+    mgr.create("jobs", TopicConfig(num_partitions=1, partition_capacity=4, on_full="block"))
+    c = mgr.share_consumer("jobs", group="g")
+    prod = Producer("jobs")
+    for i in range(4):
+        prod.send(mgr, b"v%d" % i)
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (prod.send(mgr, b"late", timeout=10), done.set()))
+    t.start()
+    assert not done.wait(0.3)                   # record 0 holds the floor
+    recs = c.poll(4)
+    c.ack(recs[0])
+    assert done.wait(5)
+    t.join(5)
+    assert [r.value for r in c.poll(4)] == [b"late"]
