@@ -76,8 +76,6 @@ uint8_t *gf_lease_addr(gf_fabric *f, uint32_t index, uint64_t id, uint64_t need,
 uint32_t gf_ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max, gf_msg_meta *meta,
                       uint8_t *buf, uint64_t buf_size, uint64_t *used, int64_t now,
                       int64_t *stalled, int *err);
-/* Wake sleeping readers (ring.c): something became readable */
-void gf_wake_readers(gf_fabric *f);
 /* Pin lease (entry l, id) against reclaim while writing outside the slot protocol:
  * 1 if pinned (the region is that lease's until gf_lease_unpin), 0 if not. */
 int gf_lease_pin(gf_fabric *f, struct gf_lease *l, uint64_t id);

@@ -1132,8 +1132,6 @@ uint32_t gf_ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max, gf_
     return ring_read(r, c, part, max, meta, buf, buf_size, used, now, stalled, err);
 }
 
-void gf_wake_readers(gf_fabric *f) { wake_readers(f); }
-
 static uint32_t poll_once(gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start, uint32_t max,
                           gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size, int64_t now,
                           int64_t *stalled, int *err)
