@@ -14,9 +14,10 @@ from cffi import FFI
 
 HERE = pathlib.Path(__file__).resolve().parent
 CSRC = HERE / "csrc"
-SOURCES = ["fabric.c", "ring.c", "hash.c", "producer.c", "crossing.c", "queue.c"]
+SOURCES = ["fabric.c", "ring.c", "hash.c", "producer.c", "crossing.c", "queue.c", "share.c"]
 LAYOUT_CONSTANTS = ["GF_META_KEY_MAX", "GF_META_VAL_MAX", "GF_SLOT_HDR_SIZE", "GF_OWNER_LOCK_BASE",
-                    "GF_RING_HDR_SIZE", "GF_LAYOUT_VERSION", "GF_HDR_SIZE"]
+                    "GF_RING_HDR_SIZE", "GF_LAYOUT_VERSION", "GF_HDR_SIZE",
+                    "GF_SHARE_ENTRIES_OFF", "GF_SH_ACKED"]
 
 
 def _cdef() -> str:

@@ -480,6 +480,72 @@ uint64_t gf_queue_unfinished(gf_queue *q);
 int64_t gf_queue_task_done(gf_queue *q);
 int gf_queue_join(gf_queue *q, int64_t timeout_ns);
 
+/* Share groups (share.c): the per-record state of one (group, partition) in a
+ * lease of its own (layout.h). Acquire and settle are one call per batch and
+ * take no lock a dead process could leave held. */
+typedef struct gf_share gf_share;
+
+/* One acquired record. `word` is the state word this acquisition holds: settle
+ * names it, and refuses it once the lock is lost. */
+typedef struct {
+    uint64_t offset;
+    uint64_t word;
+    int64_t deadline_ns;    /* the lock's end */
+    uint32_t count;         /* deliveries, this one included */
+    uint32_t flags;         /* GF_SHARE_DEAD: at the delivery limit: dead-letter it, do not process */
+    uint32_t last_member;   /* the token of the member that held it before (0: none) */
+    uint32_t reserved;
+} gf_share_row;
+#define GF_SHARE_DEAD 1
+
+/* settle ops */
+#define GF_SHARE_ACK     1   /* processed: never delivered again */
+#define GF_SHARE_RELEASE 2   /* available again at once, count kept */
+#define GF_SHARE_REJECT  3   /* archived: never delivered again */
+#define GF_SHARE_ARCHIVE 4   /* archived at the delivery limit (dead-lettered) */
+#define GF_SHARE_RENEW   5   /* the lock runs for the group's lock time from now */
+
+typedef struct {
+    uint64_t floor;
+    uint64_t next;
+    uint64_t tail;          /* the ring's */
+    uint64_t in_flight;     /* locked now */
+    uint64_t available;     /* may be acquired now (released, expired, never handed out) */
+    uint64_t finished;      /* acked or archived, still in the window */
+    uint64_t delivered, redelivered, acked, released, rejected, dead, lost, expired_locks;
+    int64_t oldest_lock_ns; /* acquisition time of the oldest lock held now (0: none) */
+    int64_t lock_ns;
+    uint32_t max_deliveries;
+    uint32_t members;
+    uint32_t capacity;
+    uint32_t alive;         /* the region's lease */
+} gf_share_state;
+
+uint64_t gf_share_region_size(uint32_t capacity);
+/* Format a fresh region (needs the metadata lock) for ring r, starting at `start`. */
+int gf_share_init(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, gf_ring *r, int64_t lock_ns,
+                  uint32_t max_deliveries, uint64_t start, int64_t now_ns);
+gf_share *gf_share_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, gf_ring *r, int *err);
+void gf_share_close(gf_share *s);
+/* A member token (> 0) for a new member; its name is kept for provenance. */
+int64_t gf_share_join(gf_share *s, uint32_t pid, const uint8_t *name, uint32_t nlen);
+/* The name of member `token`, if still known: its length, 0 if not. */
+int gf_share_member_name(gf_share *s, uint32_t token, uint8_t *out, uint32_t cap);
+/* Lock up to `max` records for `member` until now + the lock time: first those
+ * released or whose lock expired, then new ones from the ring. Each record's
+ * bytes are copied to buf as gf_poll does (meta[i] for rows[i], partition `part`);
+ * records at the delivery limit come back flagged GF_SHARE_DEAD. */
+int64_t gf_share_acquire(gf_share *s, uint32_t member, uint32_t max, int64_t now_ns, uint32_t part,
+                         gf_share_row *rows, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size);
+/* Apply `op` to n held records (offsets[i], words[i]): ok[i] = 1 if applied, 0
+ * if the lock was lost (expired, or the record taken by another member or the
+ * ring). Returns how many were applied. */
+int64_t gf_share_settle(gf_share *s, uint32_t op, const uint64_t *offsets, const uint64_t *words,
+                        uint32_t n, int64_t now_ns, uint8_t *ok);
+int gf_share_state_get(gf_share *s, int64_t now_ns, gf_share_state *out);
+/* The lowest unfinished offset (the gate position of the group). */
+uint64_t gf_share_floor(gf_share *s);
+
 /* cdef-end */
 
 #endif

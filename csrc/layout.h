@@ -253,6 +253,89 @@ _Static_assert(sizeof(struct gf_producer_hdr) == 128, "producer hdr");
 /* gf_idem.seqs[p]: bit 63 marks a send to partition p in flight */
 #define GF_IDEM_BUSY (1ULL << 63)
 
+/* ---- share group state ---------------------------------------------------------
+ * A share group (many members per partition, a lock and a delivery count per
+ * record) keeps the state of one partition's records in a lease of its own:
+ *
+ *   | share hdr (512) | entry 0 | entry 1 | ... | entry cap-1 |      (16 B each)
+ *
+ * Offset n's state lives in entry n % capacity (the ring's capacity) while n is
+ * in the window [floor, next): every offset below `floor` is finished (acked,
+ * archived, or lost to the ring), every offset at or past `next` was never
+ * handed out. The window never spans more than the ring, so an entry has one
+ * tenant at a time; on "block"/"raise" topics the group gates producers at
+ * floor + capacity, on "overwrite" topics a lap past an unfinished record moves
+ * the floor past it and counts it lost.
+ *
+ * Entry word `a` (changed by compare-and-swap only, never under the metadata lock):
+ *   bits  0-1   state: GF_SH_AVAIL, GF_SH_ACQUIRED, GF_SH_ACKED, GF_SH_ARCHIVED
+ *   bits  2-9   deliveries so far (saturating at 255)
+ *   bits 10-25  the member token of the last holder
+ *   bits 26-63  lap: n / capacity + 1 (truncated), so a word left by an earlier
+ *               tenant of the entry (or a fresh zero word) never reads as n's.
+ * An entry in the window whose lap is not n's is one its claimer has not yet
+ * written (or never will: it died): anyone may take it, from the ring.
+ * Entry word `b`: the lock's deadline, (deadline_ms << 16) | tag, where tag is
+ * the low byte of the lap and the delivery count of the acquisition it belongs
+ * to. An acquirer writes it after winning `a`; a reader that finds a tag from
+ * another acquisition (the acquirer is between its two stores, or died there)
+ * writes now + the group's lock time itself, so no record is locked forever. */
+#define GF_SHARE_MAGIC 0x4552414853475221ULL  /* "!RGSHARE" */
+#define GF_SHARE_HDR_SIZE 512u
+#define GF_SHARE_MEMBERS 64u        /* member names kept for provenance (by token % 64) */
+#define GF_SH_AVAIL    0u
+#define GF_SH_ACQUIRED 1u
+#define GF_SH_ACKED    2u
+#define GF_SH_ARCHIVED 3u
+struct gf_share_member {
+    _Atomic uint32_t token;     /* 0: empty; stored last */
+    uint32_t pid;
+    uint8_t name[56];
+};
+_Static_assert(sizeof(struct gf_share_member) == 64, "share member");
+struct gf_share_hdr {
+    /* line 0: immutable after init */
+    uint64_t magic;             /*  0 */
+    uint64_t lease_id;          /*  8: the lease this region was formatted for */
+    uint64_t ring_lease_id;     /* 16: the partition incarnation it tracks */
+    uint32_t capacity;          /* 24: the ring's */
+    uint32_t max_deliveries;    /* 28 */
+    int64_t lock_ns;            /* 32 */
+    int64_t created_ns;         /* 40 */
+    uint32_t crc;               /* 48: crc32c of bytes [0, 48) */
+    uint32_t pad0;
+    uint8_t pad0b[GF_LINE - 56];
+    _Atomic uint64_t floor;     /* 64: every offset below is finished */
+    uint8_t pad1[GF_LINE - 8];
+    _Atomic uint64_t next;      /* 128: the first offset never handed out */
+    uint8_t pad2[GF_LINE - 8];
+    /* line 3: counters, changed with atomics by whoever makes the change */
+    _Atomic uint64_t delivered;     /* 192: acquisitions handed to members */
+    _Atomic uint64_t redelivered;   /* 200: ... of which were not the first */
+    _Atomic uint64_t acked;         /* 208 */
+    _Atomic uint64_t released;      /* 216 */
+    _Atomic uint64_t rejected;      /* 224 */
+    _Atomic uint64_t dead;          /* 232: archived at the delivery limit */
+    _Atomic uint64_t lost;          /* 240: unfinished offsets the ring overwrote */
+    _Atomic uint64_t expired_locks; /* 248: locks found expired and taken again */
+    _Atomic uint32_t members;       /* 256: tokens handed out */
+    uint8_t pad4[GF_LINE - 4];
+    uint8_t pad5[GF_SHARE_HDR_SIZE - 320];
+};
+_Static_assert(offsetof(struct gf_share_hdr, crc) == 48, "share crc");
+_Static_assert(offsetof(struct gf_share_hdr, floor) == 64, "share floor line");
+_Static_assert(offsetof(struct gf_share_hdr, next) == 128, "share next line");
+_Static_assert(offsetof(struct gf_share_hdr, delivered) == 192, "share counters");
+_Static_assert(offsetof(struct gf_share_hdr, members) == 256, "share members");
+_Static_assert(sizeof(struct gf_share_hdr) == GF_SHARE_HDR_SIZE, "share hdr");
+struct gf_share_entry {
+    _Atomic uint64_t a;         /* 0: state word */
+    _Atomic uint64_t b;         /* 8: lock deadline and tag */
+};
+_Static_assert(sizeof(struct gf_share_entry) == 16, "share entry");
+/* region: header, member names, entries */
+#define GF_SHARE_ENTRIES_OFF (GF_SHARE_HDR_SIZE + GF_SHARE_MEMBERS * 64u)
+
 /* ---- memory ordering helpers ---------------------------------------------- */
 #define ld_acq(p)        atomic_load_explicit((p), memory_order_acquire)
 #define ld_rlx(p)        atomic_load_explicit((p), memory_order_relaxed)

@@ -1147,6 +1147,13 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
     return got;
 }
 
+uint32_t gf_ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max, gf_msg_meta *meta,
+                      uint8_t *buf, uint64_t buf_size, uint64_t *used, int64_t now,
+                      int64_t *stalled, int *err)
+{
+    return ring_read(r, c, part, max, meta, buf, buf_size, used, NULL, now, stalled, err);
+}
+
 static uint32_t poll_once(gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start, uint32_t max,
                           gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size, const gf_poller *dest,
                           int64_t now, int64_t *stalled, int *err)

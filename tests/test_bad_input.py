@@ -75,6 +75,8 @@ class Env:
         for t, n in (("held", 2), ("waits", 1)):
             ConsumerGroup("gate", t, n, 3600.0, mgr=self.mgr).claim("m")
             Producer(t, Partitioner.RoundRobin).send_batch(self.mgr, [b"full%d" % i for i in range(4 * n)])
+        self.share = self.mgr.share_consumer("orders", group="sq", lock_secs=3600.0, dlq="dlq")
+        self.held = self.share.poll(2)
         self.tmp_path = tmp_path
 
     def close(self) -> None:
@@ -111,6 +113,7 @@ def snapshot(env: Env) -> dict:
         "renewals": [(r.id, r.expires_at, r.period) for r in env.renewals.registrations()],
         "dlq": env.router.nack_counts(),
         "group": (env.group.assignments(), env.group.members()),
+        "share": (env.share.held(), env.share.describe(now=FROZEN)),
     }
 
 
@@ -499,6 +502,44 @@ ROWS: list[tuple[str, object, type[GrafosError], str]] = [
     ("append gated full", lambda e: e.mgr.topic("held").partition(0).append(b"x"), BufferFull, "no room"),
     ("append_batch gated full", lambda e: e.mgr.topic("held").partition(1).append_batch([b"x"]), BufferFull,
      "no room"),
+    # ---- share consumers ----------------------------------------------------------------------------
+    ("share lock_secs zero", lambda e: e.mgr.share_consumer("orders", group="sx", lock_secs=0), InvalidArgument,
+     "lock_secs"),
+    ("share lock_secs str", lambda e: e.mgr.share_consumer("orders", group="sx", lock_secs="1"), InvalidType,
+     "lock_secs"),
+    ("share lock_secs nan", lambda e: e.mgr.share_consumer("orders", group="sx", lock_secs=NAN), InvalidArgument,
+     "lock_secs"),
+    ("share lock_secs huge", lambda e: e.mgr.share_consumer("orders", group="sx", lock_secs=1e9), InvalidArgument,
+     "lock_secs"),
+    ("share max_deliveries zero", lambda e: e.mgr.share_consumer("orders", group="sx", max_deliveries=0),
+     InvalidArgument, "max_deliveries"),
+    ("share max_deliveries huge", lambda e: e.mgr.share_consumer("orders", group="sx", max_deliveries=255),
+     InvalidArgument, "max_deliveries"),
+    ("share max_deliveries float", lambda e: e.mgr.share_consumer("orders", group="sx", max_deliveries=2.0),
+     InvalidType, "max_deliveries"),
+    ("share dlq is the topic", lambda e: e.mgr.share_consumer("orders", group="sx", dlq="orders"),
+     InvalidArgument, "DLQ topic"),
+    ("share dlq missing", lambda e: e.mgr.share_consumer("orders", group="sx", dlq="nowhere"), NotFound, "DLQ"),
+    ("share group slash", lambda e: e.mgr.share_consumer("orders", group="a/b"), InvalidArgument, "group"),
+    ("share member long", lambda e: e.mgr.share_consumer("orders", group="sx", member="m" * 57), InvalidArgument,
+     "member"),
+    ("share topic missing", lambda e: e.mgr.share_consumer("nope", group="sx"), NotFound, "nope"),
+    ("share settings differ", lambda e: e.mgr.share_consumer("orders", group="sq", lock_secs=5.0, dlq="dlq"),
+     InvalidArgument, "lock_secs"),
+    ("share poll zero", lambda e: e.share.poll(0), InvalidArgument, "max_records"),
+    ("share poll str", lambda e: e.share.poll("5"), InvalidType, "max_records"),
+    ("share poll over max_batch", lambda e: e.share.poll(1 << 21), InvalidArgument, "max_records"),
+    ("share poll timeout str", lambda e: e.share.poll(1, timeout="1"), InvalidType, "timeout"),
+    ("share poll now str", lambda e: e.share.poll(1, now="x"), InvalidType, "now"),
+    ("share ack str", lambda e: e.share.ack("record"), InvalidType, "records"),
+    ("share ack int in list", lambda e: e.share.ack([e.held[0], 1]), InvalidType, "ShareRecord"),
+    ("share release bytes", lambda e: e.share.release(b"x"), InvalidType, "records"),
+    ("share reject none", lambda e: e.share.reject(None), InvalidType, "records"),
+    ("share renew tuple", lambda e: e.share.renew((1, 2)), InvalidType, "ShareRecord"),
+    ("share ack_range backwards", lambda e: e.share.ack_range(0, 5, 1), InvalidArgument, "range"),
+    ("share ack_range partition negative", lambda e: e.share.ack_range(-1, 0, 1), InvalidArgument, "partition"),
+    ("share renew_range start str", lambda e: e.share.renew_range(0, "0", 1), InvalidType, "start"),
+
 ]
 
 

@@ -185,6 +185,22 @@ class OffsetOutOfRange(GrafosError, LookupError):
                                        self.earliest))
 
 
+class LockLost(Fenced):
+    """A share consumer settled (acked, released, rejected, renewed) records whose
+    lock it no longer holds: the lock ran out, and the record may have gone to
+    another member. Nothing was applied to them; the others in the call were.
+    ``records`` are the refused ones."""
+
+    def __init__(self, message: str = "", *, group: str = "", topic: str = "", member: str = "",
+                 records: Sequence[object] = ()) -> None:
+        self.records = list(records)
+        super().__init__(message, group=group, topic=topic, member=member,
+                         partitions=sorted({getattr(r, "partition", 0) for r in self.records}))
+
+    def __reduce__(self):  # noqa: ANN204 - the message survives pickling; the records stay behind
+        return (_lock_lost, (str(self), self.group, self.topic, self.member))
+
+
 class TransactionError(GrafosError, RuntimeError):
     """A transaction call out of order (begin while one is open, send or commit
     with none open), or a transaction that can no longer commit (it was aborted
@@ -232,3 +248,7 @@ def _offset_out_of_range(message: str, topic: str, group: str, partition: int, c
                          earliest: int) -> OffsetOutOfRange:
     return OffsetOutOfRange(message, topic=topic, group=group, partition=partition, committed=committed,
                             earliest=earliest)
+
+
+def _lock_lost(message: str, group: str, topic: str, member: str) -> LockLost:
+    return LockLost(message, group=group, topic=topic, member=member)

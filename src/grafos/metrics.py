@@ -35,6 +35,11 @@ metric                                     type    labels
 ``grafos_group_stale_members``             gauge   group, topic
 ``grafos_group_member_heartbeat_age_seconds`` gauge group, topic, member
 ``grafos_group_partition_owner``           gauge   group, topic, partition, member (1 = owns)
+``grafos_share_in_flight``                 gauge   group, topic, partition (records locked now)
+``grafos_share_available``                 gauge   group, topic, partition (may be acquired now)
+``grafos_share_oldest_lock_age_seconds``   gauge   group, topic, partition
+``grafos_share_acked_total``               counter group, topic, partition (also ``_redelivered``,
+                                                   ``_dead_lettered``, ``_lost``, ``_expired``)
 ``grafos_fabric_size_bytes``               gauge
 ``grafos_fabric_reserved_bytes``           gauge   (bytes held by live leases)
 ``grafos_fabric_resident_bytes``           gauge   (blocks of the backing file)
@@ -198,7 +203,39 @@ class BusCollector(Collector):
         ]
         yield from (produced, lost, abandoned, earliest, ttl, alive, reserved, gate_off, blocked, blocked_s,
                     full, consumed, lag, behind,
-                    members, stale, hb_age, owner, *fab, *self._producers(mgr))
+                    members, stale, hb_age, owner, *fab, *self._producers(mgr), *self._shares(mgr))
+
+    @staticmethod
+    def _shares(mgr) -> list[Metric]:  # noqa: ANN001
+        """Share groups, per group, topic and partition: records in flight and
+        available, the oldest lock's age, and what happened to records so far."""
+        from .mq import share
+        lb = ["group", "topic", "partition"]
+        in_flight = GaugeMetricFamily("grafos_share_in_flight", "Records locked to a member now.", labels=lb)
+        avail = GaugeMetricFamily("grafos_share_available", "Records (offsets) that may be acquired now.",
+                                  labels=lb)
+        age = GaugeMetricFamily("grafos_share_oldest_lock_age_seconds", "Seconds since the oldest lock "
+                                "held now was taken.", labels=lb)
+        counters = {f: CounterMetricFamily(f"grafos_share_{f}", doc, labels=lb) for f, doc in (
+            ("acked", "Records acknowledged."), ("redelivered", "Deliveries after the first."),
+            ("dead_lettered", "Records archived at the delivery limit."),
+            ("lost", "Unfinished records the ring overwrote."),
+            ("expired", "Unfinished records that expired with their partition."))}
+        for topic in mgr.topics():
+            for grp in share.groups(mgr, topic):
+                try:
+                    states = share.describe(mgr, topic, grp)
+                except Exception:   # noqa: BLE001 - a topic deleted or expired while scraped
+                    continue
+                for st in states:
+                    key = [grp, topic, str(st.partition)]
+                    in_flight.add_metric(key, st.in_flight)
+                    avail.add_metric(key, st.available)
+                    age.add_metric(key, st.oldest_lock_age)
+                    for f in ("acked", "redelivered", "dead_lettered", "lost"):
+                        counters[f].add_metric(key, getattr(st, f))
+                counters["expired"].add_metric([grp, topic, ""], share.expired_count(mgr, topic, grp))
+        return [in_flight, avail, age, *counters.values()]
 
     @staticmethod
     def _producers(mgr) -> list[Metric]:  # noqa: ANN001

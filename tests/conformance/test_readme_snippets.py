@@ -1,7 +1,7 @@
 """Every Python example of the README runs as written on every backend: the
 manager construction (``TopicManager()``) is replaced by the backend's, and
 nothing else changes. A block that needs a capability the backend lacks
-(transactions on JetStream) stops at a clear ``Unsupported``."""
+(transactions or share groups on JetStream) stops at a clear ``Unsupported``."""
 from __future__ import annotations
 
 import contextlib
@@ -67,6 +67,10 @@ def test_every_readme_python_block_should_run_unchanged_on_every_backend(bus, in
     if "begin(" in code and not bus.caps.transactions:
         # the block's offsets store and its transaction both need what the bus lacks
         with pytest.raises(Unsupported, match="KvOffsetStore|transactions are not available"):
+            _run(code, bus)
+        return
+    if "share_consumer(" in code and not bus.caps.share_groups:
+        with pytest.raises(Unsupported, match="share groups"):
             _run(code, bus)
         return
     scope, printed = _run(code, bus)

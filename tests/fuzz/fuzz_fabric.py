@@ -67,12 +67,14 @@ from grafos.mq.topic import TopicConfig, TopicManager
 from grafos.reader import Reader
 
 YEARS = 10 * 365 * 86400.0    # retention of the template's topics: the real clock never ends it
+SHARE_LOCK = 7 * 86400.0      # the template's share locks outlive a fuzzing run
 LEASE_SLOTS, META_SLOTS = 16, 128
-EXTRA = 8 * 4096              # free arena room, so drives can create a topic
+EXTRA = 12 * 4096             # free arena room, so drives can create a topic and share state
 PER_INPUT_TIMEOUT = 10.0      # seconds: an input that takes longer is a hang
 RSS_LIMIT_MB = 1024           # an input that needs more is an unbounded allocation
 
 _U64 = struct.Struct("<Q")
+SHARE_MAGIC = 0x4552414853475221
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 
@@ -112,6 +114,11 @@ class Template:
         router.nack(1, 0)
         router.nack(1, 0)
         self._route(router, mgr)
+        # a share group with records locked, acked and released in its state regions
+        sc = mgr.share_consumer("orders", group="sh", lock_secs=SHARE_LOCK, max_deliveries=2, dlq="dlq")
+        recs = sc.poll(5)
+        sc.ack(recs[:2])
+        sc.release(recs[2:3])
         fab.close()
         with open(path, "rb") as f:
             self.data = f.read()
@@ -151,6 +158,12 @@ class Template:
             regs.append(("lease", start, 64, [0, 8, 16, 24, 32, 40, 48, 52, 56]))
             lid, off, size = struct.unpack_from("<QQQ", d, start + 8)
             if lid == 0:
+                continue
+            if _U64.unpack_from(d, off)[0] == SHARE_MAGIC:     # a share group's state, not a ring
+                cap, = _U32.unpack_from(d, off + 24)
+                regs.append(("share", off, 512, [0, 8, 16, 24, 28, 32, 40, 48, 64, 128, 192, 240, 256]))
+                regs.append(("share-entries", off + lib.GF_SHARE_ENTRIES_OFF, cap * 16,
+                             [16 * k for k in range(cap)] + [16 * k + 8 for k in range(cap)]))
                 continue
             regs.append(("ring", off, 256, [0, 8, 16, 20, 24, 32, 64, 128]))
             cap, stride = struct.unpack_from("<II", d, off + 16)
@@ -479,6 +492,20 @@ def drive(t: Template, d: bytes, strict: bool, p: Provider) -> None:
             if info.size:
                 lease.read(0, min(64, info.size))
 
+    def op_share() -> None:
+        # the share state of a damaged fabric: what a poll hands out was written by us
+        sc = mgr.share_consumer("orders", group="sh", lock_secs=SHARE_LOCK, max_deliveries=2, dlq="dlq")
+        recs = sc.poll(p.int(1, 8))
+        _check_messages([(r.partition, Message.make(r.offset, r.key, r.value, r.timestamp, r.headers))
+                         for r in recs], t, strict and checksummed("orders"), made)
+        STATS["shared"] += len(recs)
+        sc.describe()
+        which = p.int(0, 3)
+        try:
+            (sc.ack, sc.release, sc.reject, sc.renew)[which](recs)
+        finally:
+            sc.close()
+
     def op_admin() -> None:
         which = p.int(0, 2)
         if which == 0:
@@ -491,7 +518,7 @@ def drive(t: Template, d: bytes, strict: bool, p: Provider) -> None:
 
     ops = [op_topics, op_describe, op_consume, op_batch_read, op_send, op_send_batch,
            op_append_headers, op_send_big, op_reap, op_offsets, op_group, op_dlq, op_fabric, op_admin,
-           op_peek, op_loan]
+           op_peek, op_loan, op_share]
     try:
         # always look first (what a reader does on attach), then a sequence the input picks
         for op in [op_topics, op_describe, op_consume] + [p.pick(ops) for _ in range(p.int(2, 10))]:

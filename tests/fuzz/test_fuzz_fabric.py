@@ -48,6 +48,7 @@ def test_harness_mutations_reach_every_layer_and_end_cleanly(tmp_path):
     assert _stat(out, "refused:CorruptFabric") > 0          # header damage is refused at attach
     assert _stat(out, "err:CorruptFabric") > 0              # deeper damage is refused at use
     assert _stat(out, "delivered") > 0
+    assert _stat(out, "shared") > 0                         # share groups polled on damaged state
     assert _stat(out, "forged") > 0 and _stat(out, "strict") > 0
 
 

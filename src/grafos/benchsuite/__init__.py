@@ -11,13 +11,15 @@ peer (single and batch) at each message size, with memcpy as the physical
 limit; ``partitions`` and ``topics`` measure how grafos' cost per message
 changes with the number of partitions and topics; ``producers`` runs 1..4
 producer processes into one consumer; ``queue`` puts and gets Python objects
-through ``grafos.Queue`` beside ``multiprocessing.Queue`` and faster-fifo.
+through ``grafos.Queue`` beside ``multiprocessing.Queue`` and faster-fifo;
+``share`` runs a work queue (two workers acknowledging each record) beside
+Redis Streams.
 """
 from __future__ import annotations
 
 from typing import Callable
 
-from . import calls, grafos_runs, peers
+from . import calls, grafos_runs, peers, share
 from . import queues as queue_runs
 from .harness import (DEFAULT_SIZES, GOAL_METRICS, GRAFOS, PEERS, QUICK_SIZES, SCENARIO_HELP, SCENARIOS,
                       Goal, Job, Options, Result, Target, batch_for, derive, judge, load_goals,
@@ -120,6 +122,22 @@ def plan(opt: Options) -> list[Job]:
             for system in queue_runs.SYSTEMS:
                 jobs.append(_job(f"queue {system} {kind}", lambda s=system, k=kind: queue_runs.measure(s, k, d),
                                  Result("queue", system, kind, "cross-process", 0)))
+    if "share" in opt.scenarios:
+        # records to drain, sized so each system takes about the same time
+        for mode, g_rate, r_rate, j_rate in (("batch", 800_000, 200_000, 20_000),
+                                             ("single", 100_000, 20_000, 3_000)):
+            b = share.BATCH if mode == "batch" else 1
+            n_g = max(2_000, min(1_000_000, int(g_rate * d)))
+            n_r = max(1_000, min(400_000, int(r_rate * d)))
+            n_j = max(500, min(100_000, int(j_rate * d)))
+            jobs.append(_job(f"share group, 2 workers, {mode} 100 B", lambda m=mode, n=n_g: share.grafos(m, n),
+                             Result("share", GRAFOS, mode, "cross-process", share.SIZE, batch=b)))
+            jobs.append(_job(f"Redis Streams, 2 workers, {mode} 100 B",
+                             lambda m=mode, n=n_r: share.redis_streams(m, n),
+                             Result("share", share.REDIS, mode, "cross-process", share.SIZE, batch=b)))
+            jobs.append(_job(f"JetStream work queue, 2 workers, {mode} 100 B",
+                             lambda m=mode, n=n_j: share.jetstream(m, n),
+                             Result("share", share.JETSTREAM, mode, "cross-process", share.SIZE, batch=b)))
     for size in sorted(memcpy_sizes):
         b = batch_for(size)
         jobs.append(_job(f"memcpy {size} B x {b}", lambda s=size, b=b: peers.memcpy(s, b, d / 2),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 #: scenario groups, in the order they run
-SCENARIOS = ("calls", "inproc", "cross", "partitions", "topics", "producers", "queue")
+SCENARIOS = ("calls", "inproc", "cross", "partitions", "topics", "producers", "queue", "share")
 SCENARIO_HELP = {
     "calls": "one process: send_keyed, send, poll(1000), send_batch of a list beside queue.Queue put/get",
     "inproc": "one process, one thread: produce a batch, consume it; every size; grafos and peers",
@@ -26,6 +26,8 @@ SCENARIO_HELP = {
     "producers": "1..4 producer processes -> one consumer process, batch, 64 B; grafos and peers",
     "queue": "grafos.Queue beside mp.Queue and faster-fifo: Python objects (int, str, dict, 1 MiB array), "
              "producer process -> consumer process, put/get",
+    "share": "work queue: two worker processes take and acknowledge 100 B records (batches of 200, or one "
+             "by one); a grafos share group beside Redis Streams XREADGROUP + XACK and a JetStream work queue",
 }
 DEFAULT_SIZES = (16, 64, 256, 1024, 4096, 16384, 65536)
 QUICK_SIZES = (64, 4096)
@@ -158,6 +160,12 @@ def derive(results: list[Result]) -> None:
         m = memcpy.get(r.size)
         if m is not None and r.system != MEMCPY and m.mb_per_s > 0:
             r.vs_memcpy = r.mb_per_s / m.mb_per_s
+        if r.system == GRAFOS and r.group == "share":
+            peers = [p for p in ok if p.group == "share" and p.system != GRAFOS and p.mode == r.mode]
+            if peers:
+                best = max(peers, key=lambda p: p.msg_per_s)
+                r.vs_peer = r.msg_per_s / best.msg_per_s
+                r.best_peer = best.label
     for group, key in (("partitions", "partitions"), ("topics", "topics")):
         sweep = sorted((r for r in ok if r.group == group), key=lambda r: getattr(r, key))
         if sweep:

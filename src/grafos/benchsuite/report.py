@@ -23,6 +23,7 @@ GROUP_TITLES = {
     "topics": "grafos cost per message vs topics (in-process batch of 256 per topic, 64 B)",
     "producers": "Producer processes -> one consumer process (batch, 64 B)",
     "queue": "Queues of Python objects, producer process -> consumer process, put/get (size: pickled)",
+    "share": "Work queue: two worker processes, each record acknowledged (100 B; acknowledged msg/s)",
     "memcpy": "memcpy of one batch's bytes out of a ring-sized buffer (the physical limit)",
 }
 

@@ -149,11 +149,13 @@ def describe(name: str, topic: str, as_json: bool) -> None:
     with _bus(name) as mgr:
         d = mgr.describe(topic)
         txns = _producers(mgr, topic)
+        shares = _shares(mgr, topic)
         if as_json:
             _dump({"bus": name, "topic": topic, "config": asdict(d.config),
                    "produced": d.produced, "lost": d.lost,
                    "partitions": [asdict(p) for p in d.partitions],
-                   "producers": [asdict(t) for t in txns]})
+                   "producers": [asdict(t) for t in txns],
+                   "share_groups": {g: [asdict(s) for s in st] for g, st in shares.items()}})
             return
         c = d.config
         table = Table(title=f"{topic} on {name}: {c.num_partitions} partition(s) of "
@@ -193,6 +195,24 @@ def describe(name: str, topic: str, as_json: bool) -> None:
                            f"{t.age_s:.1f}s" if t.state != "idle" else "-", "alive" if t.alive else "expired",
                            str(t.aborted), str(t.fenced))
             _console().print(pt)
+        for g, states in shares.items():
+            st = Table(title=f"share group {g} on {topic}")
+            for col in ("part", "floor", "next", "in flight", "available", "acked", "redelivered",
+                        "released", "rejected", "dead-lettered", "lost", "oldest lock"):
+                st.add_column(col, justify="right")
+            for s in states:
+                st.add_row(str(s.partition), str(s.floor), str(s.next), str(s.in_flight), str(s.available),
+                           str(s.acked), str(s.redelivered), str(s.released), str(s.rejected),
+                           str(s.dead_lettered), str(s.lost), f"{s.oldest_lock_age:.1f}s")
+            _console().print(st)
+
+
+def _shares(mgr: Any, topic: str) -> dict[str, list]:
+    """Share groups of topic and their state per partition (a server bus has none)."""
+    if not getattr(mgr.capabilities, "share_groups", False):
+        return {}
+    from ..mq import share
+    return {g: share.describe(mgr, topic, g) for g in share.groups(mgr, topic)}
 
 
 def _producers(mgr: Any, topic: str) -> list:

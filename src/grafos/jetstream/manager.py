@@ -110,6 +110,12 @@ class JetStreamManager(RemoteManager):
     capabilities = Capabilities(transactions=False, loans=False, peeks=False, gating=False,
                                 abandoned_slots=False, shared_memory=False)
 
+    def share_consumer(self, topic: str, group: str = "default", **kw: Any) -> Any:
+        """Share groups are not offered on this bus (``capabilities.share_groups``)."""
+        raise Unsupported(
+            "share groups (per-record locks, acks and redelivery) are not available on the JetStream bus "
+            "yet; use a ConsumerGroup with a DlqRouter, or a shared-memory bus (docs/jetstream.md)")
+
     def __init__(self, servers: str | Sequence[str], *, replicas: int = 1, timeout: float = 5.0,
                  age_limit: bool = False, **options: Any) -> None:
         self.servers = _urls(servers)

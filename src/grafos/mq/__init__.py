@@ -12,9 +12,11 @@ from .group import ConsumerGroup, GroupDescription
 from .dlq import DlqRouter
 from .bound import BoundConsumer, BoundProducer
 from .subscribe import Subscriber
+from .share import ShareConsumer, ShareRecord, ShareState
 
 __all__ = ["TopicManager", "TopicConfig", "Topic", "TopicDescription", "PartitionInfo",
            "Producer", "Transaction", "Partitioner", "kafka_partition", "murmur2",
            "Consumer", "SeekPolicy", "Message", "ConsumerGroup", "GroupDescription", "DlqRouter",
            "OffsetStore", "MemOffsetStore", "SqliteOffsetStore", "FabricOffsetStore",
-           "BoundProducer", "BoundConsumer", "Subscriber"]
+           "BoundProducer", "BoundConsumer", "Subscriber",
+           "ShareConsumer", "ShareRecord", "ShareState"]

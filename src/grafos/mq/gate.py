@@ -52,20 +52,26 @@ if TYPE_CHECKING:
     from .topic import Topic, TopicManager
 
 __all__ = ["GateReader", "PartitionGate", "hold", "release", "recompute", "describe", "group_reader",
-           "consumer_reader", "topic_of", "forget", "wait_room", "note_full", "follow_commit", "check_store",
-           "GROUP", "CONSUMER", "COLLECT_AFTER"]
+           "consumer_reader", "share_reader", "topic_of", "forget", "wait_room", "note_full", "follow_commit",
+           "check_store", "GROUP", "CONSUMER", "SHARE", "COLLECT_AFTER"]
 
 _REC = struct.Struct("<QqB")      # position, lease expiry (ns), kind; then the reader's name
 #: seconds a released reader's records stay after their lease expired (then they are deleted)
 COLLECT_AFTER = 60.0
 _COLLECT_NS = int(COLLECT_AFTER * 1e9)
-_KINDS = {0: "group", 1: "consumer"}
-GROUP, CONSUMER = 0, 1
+_KINDS = {0: "group", 1: "consumer", 2: "share"}
+GROUP, CONSUMER, SHARE = 0, 1, 2
 
 
 def group_reader(group: str) -> str:
     """The gating-reader name of a consumer group."""
     return f"g:{group}"
+
+
+def share_reader(group: str) -> str:
+    """The gating-reader name of a share group (its position: the lowest
+    unfinished record)."""
+    return f"s:{group}"
 
 
 def consumer_reader(name: str) -> str:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .offset import OffsetStore
     from .producer import Partitioner
     from .subscribe import Subscriber
+    from .share import ShareConsumer
 
 #: documented defaults of :class:`TopicConfig`
 DEFAULT_PARTITIONS = 4
@@ -247,11 +248,12 @@ class Capabilities:
     gating: bool              #: ``TopicConfig(on_full="block" | "raise")``: readers hold producers back
     abandoned_slots: bool     #: a writer can die mid-append and leave a slot readers step over
     shared_memory: bool       #: the bus lives in this machine's memory (``Fabric``)
+    share_groups: bool = False    #: ``mgr.share_consumer``: many members per partition, a lock per record
 
 
 #: the shared-memory bus (in-process, named or file): everything
 SHARED_MEMORY = Capabilities(transactions=True, loans=True, peeks=True, gating=True,
-                             abandoned_slots=True, shared_memory=True)
+                             abandoned_slots=True, shared_memory=True, share_groups=True)
 
 
 class BusHandles:
@@ -634,3 +636,12 @@ class TopicManager(BusHandles):
         d = self.describe(name, now)
         return {"produced": d.produced, "lost": d.lost,
                 "partitions_alive": sum(p.alive for p in d.partitions)}
+
+    def share_consumer(self, topic: str, group: str = "default", *, lock_secs: float = 30.0,
+                       max_deliveries: int = 5, dlq: str | None = None, **kw) -> "ShareConsumer":
+        """A member of share group ``group`` on every partition of ``topic``: the queue
+        model (records locked one by one, acknowledged, redelivered, dead-lettered
+        after ``max_deliveries``); see :mod:`grafos.mq.share`."""
+        from .share import ShareConsumer
+        return ShareConsumer(self, topic, group, lock_secs=lock_secs, max_deliveries=max_deliveries,
+                             dlq=dlq, **kw)
