@@ -29,7 +29,7 @@ from rich.text import Text
 
 from ..errors import GrafosError, NotFound
 from . import main
-from .inspect import JSON, NAME, _bus, _dump, _group_rows, _ttl
+from .inspect import JSON, NAME, _bus, _console, _dump, _group_rows, _ttl
 
 SORTS = ("name", "rate", "lag", "lost")
 BAR = 10      # characters of a lease TTL bar
@@ -276,8 +276,7 @@ def top(name: str, once: bool, interval: float, sort: str, filt: str, as_json: b
             if as_json:
                 _dump(_frame_json(frame))
             else:
-                Console(highlight=False, soft_wrap=False,
-                        width=None if sys.stdout.isatty() else 4096).print(render(frame, sort, filt))
+                _console().print(render(frame, sort, filt))
             return
         _live(sampler, interval, sort, filt)
 
