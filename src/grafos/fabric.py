@@ -26,7 +26,7 @@ from . import _validate
 from ._check import check, raise_for
 from ._clock import now_ns, to_ns
 from ._native import ffi, lib
-from .errors import (FabricIOError, InvalidArgument, LeaseExpired, LockTimeout, NotFound, NotPortable,
+from .errors import (Closed, FabricIOError, InvalidArgument, LeaseExpired, LockTimeout, NotFound, NotPortable,
                      SpaceWarning)
 
 DEFAULT_SIZE = 256 << 20          #: default arena size: sparse, untouched pages cost nothing
@@ -222,7 +222,9 @@ class Fabric:
     @property
     def handle(self):  # noqa: ANN201 - cffi pointer
         if self._closed:
-            raise InvalidArgument("fabric is closed")
+            where = f" {self.name or self.path!r}" if self.name or self.path else ""
+            raise Closed(f"the {self.kind} bus{where} is closed (TopicManager.close or Fabric.close "
+                         "was called): open it again to use it")
         if self._generation != _FORK_GENERATION:
             self.check_process()
         return self._h

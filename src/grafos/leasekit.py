@@ -138,6 +138,10 @@ class RenewalManager:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
 
+    def __repr__(self) -> str:
+        on = f" on topic {self.topic!r}" if self.topic is not None else ""
+        return f"<RenewalManager{on}: {len(self._regs)} registration(s)>"
+
     # ---- registering -----------------------------------------------------------
     def _resolve(self, lease_or_id: object) -> tuple[Hashable, Lease | None, tuple[str, int] | None]:
         """(id, lease, (topic, partition)) for what the caller registered."""

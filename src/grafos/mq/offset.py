@@ -147,6 +147,9 @@ class MemOffsetStore(_CommitsMany):
         self._inc: dict[tuple[str, str, int], int | None] = {}
         self._lock = threading.Lock()
 
+    def __repr__(self) -> str:
+        return f"<MemOffsetStore: {len(self._d)} committed partition(s)>"
+
     def committed(self, group: str, topic: str, partition: int) -> int | None:
         _check(group, topic, partition)
         return self._d.get((group, topic, partition))
@@ -348,6 +351,11 @@ class FabricOffsetStore(_CommitsMany):
             raise ValueError("unknown format")
         inc = int.from_bytes(raw[_OFF.size:_OFF.size + _INC], "little")
         return off, inc or None, _OFF.size + _INC
+
+    def __repr__(self) -> str:
+        f = self.fabric
+        where = f" {f.name or f.path!r}" if f.name or f.path else ""
+        return f"<FabricOffsetStore on {f.kind} bus{where}>"
 
     def committed(self, group: str, topic: str, partition: int) -> int | None:
         e = self.committed_entry(group, topic, partition)

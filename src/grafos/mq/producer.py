@@ -114,6 +114,11 @@ class Producer(SendPath):
         return (_remake, (self.topic, self.partitioner, self.timeout, self.idempotent and self.transactional_id is None,
                           self.transactional_id, self.transaction_ttl))
 
+    def __repr__(self) -> str:
+        kind = " transactional " + repr(self.transactional_id) if self.transactional_id is not None else \
+            " idempotent" if self.idempotent else ""
+        return f"<Producer {self.topic!r} ({self.partitioner.name}){kind}>"
+
     def with_partitioner(self, partitioner: Partitioner) -> "Producer":
         if not isinstance(partitioner, Partitioner):
             raise _validate.InvalidType(f"partitioner must be a Partitioner, not {type(partitioner).__name__}")

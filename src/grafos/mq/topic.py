@@ -27,9 +27,9 @@ from .._check import raise_for
 from .._clock import now_ns, now_s
 from .._crossing import Binding
 from .._native import ffi, lib
-from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, NotFound, NotPortable
+from ..errors import AlreadyExists, FabricFull, InvalidArgument, LeaseExpired, NotFound, NotPortable
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
-from ..partition import Partition, PartitionState
+from ..partition import Partition, PartitionState, region_size
 from . import gate
 
 if TYPE_CHECKING:
@@ -288,6 +288,20 @@ class RemoteManager(BusHandles):
     their work to its public methods; the shared-memory paths never see it."""
 
 
+def _check_room(fab: Fabric, name: str, config: TopicConfig) -> None:
+    """Refuse a topic the bus has no room for, naming the topic, its size and the room."""
+    each = region_size(config.partition_capacity, config.partition_stride)
+    need = each * config.num_partitions
+    info = fab.info()
+    room = max(0, info.data_size - info.bytes_leased)
+    if need > room:
+        raise FabricFull(
+            f"the bus is too full for topic {name!r}: it needs {need} bytes ({config.num_partitions} "
+            f"partition(s) of {each}: {config.partition_capacity} slots x {config.partition_stride} B), the bus "
+            f"has {room} bytes free of {info.data_size}; open the bus with a larger size= or give the topic "
+            "fewer or smaller slots")
+
+
 class TopicManager(BusHandles):
     """The bus. ``TopicManager()`` is in-process on its own fabric (no server,
     nothing to clean up); :meth:`open` creates or attaches to a named or
@@ -355,6 +369,11 @@ class TopicManager(BusHandles):
             self._topics.clear()
         self.fabric.close()
 
+    def __repr__(self) -> str:
+        f = self.fabric
+        where = f" {f.name or f.path!r}" if f.name or f.path else ""
+        return f"<TopicManager {f.kind}{where}{' closed' if f._closed else ''}>"
+
     def __enter__(self) -> "TopicManager":
         return self
 
@@ -403,6 +422,7 @@ class TopicManager(BusHandles):
         """Acquire and format one lease per partition; all or nothing."""
         fab = self.fabric
         made: list[Partition] = []
+        _check_room(fab, name, config)
         try:
             for i in range(config.num_partitions):
                 p = Partition.create(fab, config.partition_capacity, config.partition_stride,
