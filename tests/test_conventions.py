@@ -70,3 +70,34 @@ def test_a_topic_larger_than_the_bus_names_the_topic_its_size_and_the_room():
         assert f"the bus has {room} bytes free" in msg
     assert mgr.topics() == ["small"]          # nothing left behind
     mgr.create("fits", TopicConfig(1, 64, 256))
+
+
+def test_describe_counts_as_lost_on_a_gated_topic_only_what_no_reader_read():
+    import time
+
+    from grafos.mq.consumer import SeekPolicy
+    from grafos.mq.group import ConsumerGroup
+
+    mgr = TopicManager(size=8 << 20)
+    mgr.create("t", TopicConfig(1, 8, 128, 3600.0, on_full="block"))
+    group = ConsumerGroup("g", "t", 1, 30.0, mgr=mgr)
+    group.claim("w")
+    store = FabricOffsetStore(mgr)
+    c = group.consumer("w")
+    c.assign([0])
+    c.seek(mgr, store, SeekPolicy.Committed)
+    prod = Producer("t")
+    for _ in range(5):             # 20 messages through a ring of 8, each read and committed
+        for _ in range(4):
+            prod.send(mgr, b"m", timeout=1.0)
+        assert len(c.poll(mgr, 10)) == 4
+        c.commit(store)
+    p = mgr.describe("t").partitions[0]
+    assert (p.earliest, p.latest, p.lost) == (12, 20, 0)
+    # the member goes stale: its gate is released and the ring overwrites 8 it never read
+    group.heartbeat("w", now=time.time() - 60)
+    for _ in range(16):
+        prod.send(mgr, b"m", timeout=1.0)
+    p = mgr.describe("t").partitions[0]
+    assert (p.earliest, p.latest, p.lost) == (28, 36, 8)
+    assert mgr.describe("t").lost == 8

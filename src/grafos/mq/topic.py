@@ -629,7 +629,8 @@ class TopicManager(BusHandles):
 
     def describe(self, name: str, now: float | None = None) -> TopicDescription:
         """Per partition: earliest and latest offset, lease TTL remaining, messages
-        lost to overwrite; on a gated topic also the gate, the reader that sets
+        lost to overwrite (on a gated topic: overwritten before a gating reader on
+        record read them); on a gated topic also the gate, the reader that sets
         it, producers blocked now, time blocked and BufferFull raised."""
         t = self.refresh(name)
         infos = []
@@ -645,8 +646,12 @@ class TopicManager(BusHandles):
         if t.config.on_full != "overwrite":
             gate.recompute(self, t, now)    # release readers that went stale before reporting
             for pg in gate.describe(self, t, now):
+                info = infos[pg.partition]
+                # a gated ring overwrites what its readers have read: lost is what one
+                # of them had not read yet (everything overwritten when none is on record)
+                lost = max(0, info.earliest - min(r.position for r in pg.readers)) if pg.readers else info.lost
                 infos[pg.partition] = dataclasses.replace(
-                    infos[pg.partition], gate=pg.gate, gate_held_by=pg.held_by, blocked=pg.blocked,
+                    info, lost=lost, gate=pg.gate, gate_held_by=pg.held_by, blocked=pg.blocked,
                     blocked_secs=pg.blocked_secs, full_raised=pg.full_raised, gating=tuple(pg.readers))
         return TopicDescription(name, t.config, infos)
 
