@@ -22,6 +22,7 @@ from .._crossing import SendPath, address
 from .._native import ffi, lib
 from ..errors import (BufferFull, GrafosError, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound,
                       ProducerFenced, TransactionError, Unsupported)
+from .._log import get as _logger
 from ..loan import Loan
 from ..message import encode_headers
 from ..partition import MAX_OFFSET, OFFSET_BITS, pack
@@ -35,6 +36,10 @@ _SEQUENCES = (list, tuple)
 _SLICE = 0.05          # seconds a blocked send sleeps before it checks signals and stale readers
 _DEFAULT = object()    # timeout not given: the producer's
 
+
+_log = _logger("producer")
+#: a send that waits this long for room is logged (once per call)
+BLOCKED_LOG_SECS = 1.0
 
 class Partitioner(enum.IntEnum):
     """``KeyHash`` is Kafka's default: ``murmur2(key) & 0x7fffffff % partitions``,
@@ -367,7 +372,13 @@ class Producer(SendPath):
             raise BufferFull(f"topic {self.topic!r} partition {p} is full: a gating reader has not read "
                              f"the oldest message (on_full='raise'); nothing was written")
         if not deadline:
-            deadline.append(None if timeout is None else time.monotonic() + max(timeout, 0.0))
+            start = time.monotonic()
+            deadline += [None if timeout is None else start + max(timeout, 0.0), start, False]
+        elif not deadline[2] and time.monotonic() - deadline[1] > BLOCKED_LOG_SECS:
+            deadline[2] = True         # once per call
+            _log.warning("producer of %r blocked for more than %g s: partition %d is full and its gating "
+                         "reader %s has not read the oldest message", self.topic, BLOCKED_LOG_SECS, p,
+                         gate.describe(mgr, t)[p].held_by)
         end = deadline[0]
         left = _SLICE if end is None else min(_SLICE, end - time.monotonic())
         if left <= 0:
