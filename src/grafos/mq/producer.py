@@ -34,7 +34,19 @@ _NULL = ffi.NULL
 _RETRIES = 3
 _SEQUENCES = (list, tuple)
 _SLICE = 0.05          # seconds a blocked send sleeps before it checks signals and stale readers
-_DEFAULT = object()    # timeout not given: the producer's
+
+
+class _ProducerTimeout:
+    """The default of a send's ``timeout=``: the producer's own ``timeout``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "self.timeout"
+
+
+#: timeout not given: the producer's (its repr is what help() shows for the default)
+_DEFAULT = _ProducerTimeout()
 
 
 _log = _logger("producer")
