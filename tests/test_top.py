@@ -120,3 +120,21 @@ def test_top_should_sort_filter_and_quit_on_keys_in_a_real_terminal(live_bus):
             time.sleep(0.1)
     finally:
         t("kill-server")
+
+
+def test_top_once_should_read_a_jetstream_bus_by_its_url(nats_url):
+    from grafos.mq.producer import Producer
+    from grafos.mq.topic import TopicConfig, TopicManager
+    mgr = TopicManager.connect(nats_url)
+    try:
+        mgr.create("js-top", TopicConfig(2, 64, 256))
+        prod = Producer("js-top")
+        for i in range(6):
+            prod.send_keyed(mgr, b"k%d" % i, b"v")
+        r = subprocess.run([*GRAFOS, "top", nats_url, "--once", "--json", "--interval", "0.1"],
+                           capture_output=True, text=True, timeout=60)
+    finally:
+        mgr.close()
+    assert r.returncode == 0, r.stderr
+    topics = {t["topic"]: t for t in json.loads(r.stdout)["topics"]}
+    assert topics["js-top"]["produced"] == 6 and len(topics["js-top"]["partitions"]) == 2

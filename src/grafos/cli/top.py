@@ -2,7 +2,8 @@
 
 Per topic and partition: produce rate, offsets held, lost to overwrite and
 abandoned slots, a lease TTL bar, the gate and blocked producers of a gated
-topic, and the depth of dead-letter topics; per consumer group: lag and the
+topic, and the depth of dead-letter topics (on shared memory: a topic whose
+newest message carries the DLQ's source-topic header); per consumer group: lag and the
 owner of each partition. It reads the bus the way ``describe`` and ``groups``
 do (metadata under the bus's lock, ring headers without one) and holds no
 reader lease or gate, so it never holds a producer back.
