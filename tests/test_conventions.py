@@ -57,6 +57,15 @@ def test_a_closed_manager_names_the_bus_in_a_grafos_error(shm_name):
         mgr.topics()
 
 
+def test_a_closed_jetstream_bus_raises_closed(nats_url):
+    mgr = TopicManager.connect(nats_url)
+    mgr.create("events", TopicConfig(1, 16, 256))
+    mgr.close()
+    for use in (mgr.topics, lambda: Producer("events").send(mgr, b"x")):
+        with pytest.raises(Closed, match="the JetStream bus is closed"):
+            use()
+
+
 def test_a_topic_larger_than_the_bus_names_the_topic_its_size_and_the_room():
     mgr = TopicManager(size=16 << 20)
     mgr.create("small", TopicConfig(1, 64, 256))

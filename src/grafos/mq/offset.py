@@ -31,7 +31,7 @@ import time
 from typing import TYPE_CHECKING, Mapping, NamedTuple, Protocol, runtime_checkable
 
 from .. import _validate
-from ..errors import CorruptFabric, InvalidArgument, Unsupported
+from ..errors import Closed, CorruptFabric, InvalidArgument, Unsupported
 from ..partition import MAX_OFFSET
 from . import _metakeys
 
@@ -239,7 +239,7 @@ class SqliteOffsetStore(_CommitsMany):
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            raise InvalidArgument(f"offset store {self.path!r} is closed")
+            raise Closed(f"offset store {self.path!r} is closed")
         return self._db
 
     def committed(self, group: str, topic: str, partition: int) -> int | None:
