@@ -388,9 +388,9 @@ class Producer(SendPath):
             deadline += [None if timeout is None else start + max(timeout, 0.0), start, False]
         elif not deadline[2] and time.monotonic() - deadline[1] > BLOCKED_LOG_SECS:
             deadline[2] = True         # once per call
-            _log.warning("producer of %r blocked for more than %g s: partition %d is full and its gating "
-                         "reader %s has not read the oldest message", self.topic, BLOCKED_LOG_SECS, p,
-                         gate.describe(mgr, t)[p].held_by)
+            # only what is at hand: looking up the gating reader would take the lock mid-wait
+            _log.warning("producer of %r blocked for more than %g s: partition %d is full and a live gating "
+                         "reader has not read its oldest message", self.topic, BLOCKED_LOG_SECS, p)
         end = deadline[0]
         left = _SLICE if end is None else min(_SLICE, end - time.monotonic())
         if left <= 0:
