@@ -925,11 +925,15 @@ static PyObject *sendpath_send_rows(SendPath *self, PyObject *const *args, Py_ss
 
 static PyMethodDef sendpath_methods[] = {
     {"send", (PyCFunction)(void (*)(void))sendpath_send, METH_FASTCALL | METH_KEYWORDS,
-     "send(mgr, value, headers=None) -> (partition, offset)\n\n"
-     "Append value without a key (round robin). value: bytes, bytearray or memoryview."},
+     "send($self, mgr, value, headers=None, *, timeout=...)\n--\n\n"
+     "Append value without a key (round robin); returns (partition, offset).\n"
+     "value: bytes, bytearray or memoryview. timeout: seconds a send to a full\n"
+     "on_full=\"block\" topic waits for room (None: for ever; not given: the\n"
+     "producer's timeout)."},
     {"send_keyed", (PyCFunction)(void (*)(void))sendpath_send_keyed, METH_FASTCALL | METH_KEYWORDS,
-     "send_keyed(mgr, key, value, headers=None) -> (partition, offset)\n\n"
-     "Append value under key (Kafka's partitioner; key None: round robin)."},
+     "send_keyed($self, mgr, key, value, headers=None, *, timeout=...)\n--\n\n"
+     "Append value under key (Kafka's partitioner; key None: round robin); returns\n"
+     "(partition, offset). timeout: as for send (not given: the producer's timeout)."},
     {"_bind_fast", (PyCFunction)(void (*)(void))sendpath_bind, METH_FASTCALL, NULL},
     {"_unbind_fast", (PyCFunction)sendpath_unbind, METH_NOARGS, NULL},
     {"_own", (PyCFunction)sendpath_own, METH_O, "_own(mgr): a bound handle's manager (see with_own)"},
@@ -1168,7 +1172,8 @@ slow:
 
 static PyMethodDef pollpath_methods[] = {
     {"poll", (PyCFunction)(void (*)(void))pollpath_poll, METH_FASTCALL | METH_KEYWORDS,
-     "poll(mgr, max_messages=100, timeout=0.0, *, spin=None) -> list of (partition, Message)\n\n"
+     "poll($self, mgr, max_messages=100, timeout=0.0, *, spin=None)\n--\n\n"
+     "Up to max_messages as a list of (partition, Message).\n"
      "timeout: 0 returns at once; seconds blocks until a message arrives or the time\n"
      "passes; None blocks until a message arrives. spin: seconds of polling before sleeping\n"
      "(None: adaptive, at most 200 us, none on a consumer that waits long; 0: never)."},

@@ -19,6 +19,11 @@ class InvalidArgument(GrafosError, ValueError):
     """An argument was out of range or of the wrong kind."""
 
 
+class Closed(InvalidArgument):
+    """The handle (a manager, its fabric, a consumer) was closed; as with Python's
+    closed files, using it is a ValueError."""
+
+
 class InvalidType(GrafosError, TypeError):
     """An argument had the wrong type."""
 

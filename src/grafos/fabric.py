@@ -25,10 +25,12 @@ from typing import Callable, Iterator
 from . import _validate
 from ._check import check, raise_for
 from ._clock import now_ns, to_ns
+from ._log import get as _logger
 from ._native import ffi, lib
-from .errors import (FabricIOError, InvalidArgument, LeaseExpired, LockTimeout, NotFound, NotPortable,
+from .errors import (Closed, FabricIOError, InvalidArgument, LeaseExpired, LockTimeout, NotFound, NotPortable,
                      SpaceWarning)
 
+_log = _logger("fabric")
 DEFAULT_SIZE = 256 << 20          #: default arena size: sparse, untouched pages cost nothing
 SHM_DIR = "/dev/shm"
 SHM_PREFIX = "grafos."
@@ -222,7 +224,9 @@ class Fabric:
     @property
     def handle(self):  # noqa: ANN201 - cffi pointer
         if self._closed:
-            raise InvalidArgument("fabric is closed")
+            where = f" {self.name or self.path!r}" if self.name or self.path else ""
+            raise Closed(f"the {self.kind} bus{where} is closed (TopicManager.close or Fabric.close "
+                         "was called): open it again to use it")
         if self._generation != _FORK_GENERATION:
             self.check_process()
         return self._h
@@ -284,7 +288,8 @@ class Fabric:
             first = fl.depth == 0
             if first:
                 left = timeout if timeout < 0 else max(0.0, timeout - (time.monotonic() - t0))
-                check(lib.gf_lock(self.handle, to_ns(left, "timeout")))
+                if check(lib.gf_lock(self.handle, to_ns(left, "timeout"))) == lib.GF_RECOVERED:
+                    _log.warning("took the metadata lock of %r over from a holder that died", self)
                 fl.owner = self
             guest = fl.owner is not self   # nested through another handle of the same file
             if guest:
@@ -341,7 +346,10 @@ class Fabric:
         t = now_ns(now)
         reusing(self, None, t)
         with self.locked():
-            return check(lib.gf_reap(self.handle, t, ffi.NULL))
+            n = check(lib.gf_reap(self.handle, t, ffi.NULL))
+        if n:
+            _log.info("reaped %d expired lease(s) of %r", n, self)
+        return n
 
     # ---- metadata table (small values, under the lock) ---------------------
     def meta_get(self, key: str) -> bytes | None:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Hashable, Protocol, runtime_checkable
 
 from . import _validate
 from ._clock import now_s
+from ._log import get as _logger
 from .errors import InvalidArgument, LeaseExpired, NotFound
 from .fabric import MemLease
 
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from .mq.topic import TopicManager
 
 __all__ = ["RenewalPolicy", "RenewalManager", "Registration", "Lease"]
+_log = _logger("leasekit")
 
 
 @runtime_checkable
@@ -137,6 +139,10 @@ class RenewalManager:
         self.expired: list[Hashable] = []
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+
+    def __repr__(self) -> str:
+        on = f" on topic {self.topic!r}" if self.topic is not None else ""
+        return f"<RenewalManager{on}: {len(self._regs)} registration(s)>"
 
     # ---- registering -----------------------------------------------------------
     def _resolve(self, lease_or_id: object) -> tuple[Hashable, Lease | None, tuple[str, int] | None]:
@@ -273,6 +279,7 @@ class RenewalManager:
                     self._renew(reg, lease, t + reg.period, t)
                 except (LeaseExpired, NotFound):
                     self._drop(key)
+                    _log.warning("lease %r expired before it was renewed: dropped", key)
                     continue
                 renewed.append(key)
         return renewed

@@ -50,9 +50,12 @@ def _ratio(x: float | None) -> str:
 
 
 def tables(results: list[Result]) -> list[Table]:
+    """One table per group; a peer that is not installed has no rows (see
+    :func:`missing_peers`), and a grafos call measured against another grafos
+    call shows that ratio in its note, never as a peer."""
     out = []
     for group in GROUP_TITLES:
-        rows = [r for r in results if r.group == group]
+        rows = [r for r in results if r.group == group and r.status != "missing"]
         if not rows:
             continue
         t = Table(title=GROUP_TITLES[group], title_justify="left", show_lines=False)
@@ -70,7 +73,7 @@ def tables(results: list[Result]) -> list[Table]:
         if sweep:
             t.add_column(f"vs {getattr(rows[0], group)} {group}", justify="right")
         elif group != "memcpy":
-            t.add_column("vs best peer", justify="right")
+            t.add_column("vs queue.Queue" if group == "calls" else "vs best peer", justify="right")
             t.add_column("vs memcpy", justify="right")
         t.add_column("note")
         for r in rows:
@@ -89,7 +92,8 @@ def tables(results: list[Result]) -> list[Table]:
             if sweep:
                 cells.append(_ratio(r.vs_first))
             elif group != "memcpy":
-                peer = f"{_ratio(r.vs_peer)} ({r.best_peer})" if r.vs_peer is not None else ""
+                peer = f"{_ratio(r.vs_peer)} ({r.best_peer})" \
+                    if r.vs_peer is not None and not r.best_peer.startswith(GRAFOS) else ""
                 cells += [peer, f"{r.vs_memcpy * 100:.1f} %" if r.vs_memcpy is not None else ""]
             note = r.note if r.status == "ok" else f"{r.status}: {r.note}"
             if r.lost and r.status == "ok" and not r.note:
@@ -97,6 +101,15 @@ def tables(results: list[Result]) -> list[Table]:
             cells.append(escape(note))   # notes hold brackets (pip install "grafos[peers]")
             t.add_row(*cells, style=style)
         out.append(t)
+    return out
+
+
+def missing_peers(results: list[Result]) -> dict[str, str]:
+    """Each peer that could not be measured, once, with why (e.g. the extra to install)."""
+    out: dict[str, str] = {}
+    for r in results:
+        if r.status == "missing":
+            out.setdefault(r.system, r.note)
     return out
 
 
@@ -116,6 +129,8 @@ def print_report(console: Console, results: list[Result], ts: list[Target],
                  goals_source: str | None = None) -> None:
     for t in tables(results):
         console.print(t)
+    for peer, why in missing_peers(results).items():
+        console.print(f"[yellow]{escape(peer)}: not measured, {escape(why)}[/]")
     if goals_source is not None:
         console.print(goals_table(ts, goals_source))
 

@@ -1,7 +1,8 @@
 """The ``grafos`` command. One module per concern registers its commands on
 :data:`main`: ``demo`` (walkthrough), ``inspect`` (topics, describe, groups,
 tail, produce on a live named bus), ``bench`` (benchmarks against peers),
-``gc`` (remove named buses nobody uses any more), ``metrics`` (a Prometheus endpoint for a live bus).
+``gc`` (remove named buses nobody uses any more), ``metrics`` (a Prometheus endpoint for a live bus),
+``top`` (a live view of a bus).
 
 Exit codes: 0 ok, 1 error reported by grafos, 2 usage error (click).
 """
@@ -18,7 +19,7 @@ def main() -> None:
     """grafos: a message bus that forgets on a schedule."""
 
 
-COMMAND_MODULES = ("demo", "inspect", "bench", "gc", "metrics")
+COMMAND_MODULES = ("demo", "inspect", "bench", "gc", "metrics", "top")
 
 
 class CommandModuleError(ImportError):

@@ -17,7 +17,6 @@ from ..benchsuite import SCENARIO_HELP, SCENARIOS, Options, judge, load_goals, p
 from ..benchsuite import report
 from . import main
 
-_PEERS_HINT = 'pip install "grafos[peers]"'
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
           "mib": 1 << 20}
 
@@ -128,10 +127,6 @@ def bench(quick: bool, scenarios: tuple[str, ...], sizes: str | None, duration: 
         results = run_jobs(jobs, step)
     ts = judge(goals, results)
     report.print_report(console, results, ts, goals_path)
-    missing = sorted({r.system for r in results if r.status == "missing"})
-    if missing:
-        console.print(f"[yellow]missing peers (not installed, not measured): {', '.join(missing)}; "
-                      f"{escape(_PEERS_HINT)}[/]")
     errors = [r for r in results if r.status == "error"]
     for r in errors:
         console.print(f"[red]error[/] {r.placement} {r.label} {r.size} B: {escape(r.note)}")

@@ -11,12 +11,10 @@ lock, at the moment of removal).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from .. import _validate
@@ -24,6 +22,7 @@ from ..errors import GrafosError
 from ..fabric import named_fabrics, probe, shm_path
 from ..queues import QUEUE_PREFIX
 from . import main
+from .inspect import _console, fail
 
 
 def _verdict(u: Any, queue: bool) -> str:
@@ -40,13 +39,25 @@ def _verdict(u: Any, queue: bool) -> str:
     return "idle" if u.ready else "idle (abandoned before it was ready)"
 
 
+def human_size(n: int) -> str:
+    """Bytes in binary units for people (``--json`` keeps the byte count)."""
+    if n < 1024:
+        return f"{n} B"
+    size = n / 1024
+    for unit in ("KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
 @main.command()
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Every named bus on this machine.")
 @click.option("--yes", is_flag=True, help="Remove the idle ones (default: only list them).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def gc(name: str | None, all_: bool, yes: bool, as_json: bool) -> None:
-    """List named buses that no live process holds and whose every lease has
+    """List named buses (their size in binary units; --json: in bytes) that no live process holds and whose every lease has
     expired; with --yes, remove them."""
     if (name is None) == (not all_):
         raise click.UsageError("give a bus NAME or --all")
@@ -65,8 +76,7 @@ def gc(name: str | None, all_: bool, yes: bool, as_json: bool) -> None:
             u = probe(shm_path(n), now=now, remove_if_idle=yes, leases_matter=not queue)
         except GrafosError as e:
             if name is not None:
-                click.echo(f"error: {e}", err=True)
-                sys.exit(1)
+                fail(e)
             rows.append({"bus": n, "state": f"skipped: {e}", "idle": False, "removed": False})
             failed = True
             continue
@@ -77,7 +87,7 @@ def gc(name: str | None, all_: bool, yes: bool, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"buses": rows, "removed": sum(r["removed"] for r in rows)}, indent=2))
         return
-    con = Console(highlight=False, soft_wrap=False)
+    con = _console()
     if not rows:
         con.print("no named buses")
         return
@@ -85,7 +95,7 @@ def gc(name: str | None, all_: bool, yes: bool, as_json: bool) -> None:
     for col in ("bus", "size", "leases live/all", "state"):
         table.add_column(col, justify="left" if col in ("bus", "state") else "right")
     for r in rows:
-        table.add_row(r["bus"], str(r.get("size", "-")), f"{r.get('leases_live', '-')}/{r.get('leases', '-')}",
+        table.add_row(r["bus"], human_size(r["size"]) if "size" in r else "-", f"{r.get('leases_live', '-')}/{r.get('leases', '-')}",
                       r["state"])
     con.print(table)
     idle = [r for r in rows if r["idle"] and not r["removed"]]

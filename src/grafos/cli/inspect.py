@@ -9,7 +9,8 @@ URL (several, comma-separated, for a cluster). Inspecting attaches with ``create
 never creates a bus. (Attaching reaps leases that have already expired, as
 every attach does; it changes nothing that is alive.)
 
-Every command takes ``--json`` for scripts. Exit codes: 0 ok, 1 an error
+Every command takes ``--json`` for scripts; under it an error is a JSON
+object ``{"error": ..., "type": ...}`` on standard output. Exit codes: 0 ok, 1 an error
 reported by grafos (no such bus or topic, a damaged bus, a message too
 large), 2 a usage error.
 """
@@ -21,7 +22,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Any, Iterator
+from typing import Any, Iterator, NoReturn
 
 import click
 from rich.console import Console
@@ -74,13 +75,28 @@ def _bus(name: str) -> Iterator[Any]:
         finally:
             mgr.close()
     except GrafosError as e:
+        fail(e)
+
+
+def fail(e: GrafosError) -> NoReturn:
+    """Report a grafos error and exit 1: under ``--json`` as a JSON object on
+    standard output (``{"error": ..., "type": ...}``), else as a line on standard error."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.params.get("as_json"):
+        click.echo(json.dumps({"error": str(e), "type": type(e).__name__}))
+    else:
         click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+    sys.exit(1)
 
 
 def _console() -> Console:
-    # made per call, so it writes to whatever sys.stdout is now (tests swap it)
-    return Console(highlight=False, soft_wrap=False)
+    """A console on whatever sys.stdout is now (tests swap it). Into a pipe or a
+    file it is as wide as the widest table, so no number is ever cut short."""
+    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else PIPE_WIDTH)
+
+
+#: the width of output that goes to no terminal: wider than any table the commands print
+PIPE_WIDTH = 4096
 
 
 def _dump(obj: Any) -> None:

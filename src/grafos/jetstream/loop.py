@@ -16,7 +16,7 @@ from typing import Any, Coroutine, TypeVar
 import nats.errors
 import nats.js.errors
 
-from ..errors import GrafosError, InvalidArgument, NotFound, Unavailable
+from ..errors import Closed, GrafosError, InvalidArgument, NotFound, Unavailable
 
 T = TypeVar("T")
 
@@ -60,6 +60,10 @@ class Loop:
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("a synchronous grafos call was made from the JetStream loop thread")
+        if self.loop.is_closed():
+            coro.close()
+            raise Closed(f"{what}: the JetStream bus is closed (TopicManager.close was called): connect again "
+                         "to use it")
         wait = self.timeout if timeout == -1.0 else timeout
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:

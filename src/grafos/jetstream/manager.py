@@ -32,6 +32,7 @@ from nats.js import api
 
 from .. import _validate
 from .._clock import now_s
+from .._log import get as _logger
 from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound, Unavailable, Unsupported
 from ..message import encode_headers
 from ..mq.producer import Partitioner, kafka_partition
@@ -64,6 +65,9 @@ def _urls(servers: str | Sequence[str]) -> list[str]:
         if not u.startswith(_SCHEMES):
             raise InvalidArgument(f"{u!r} is not a NATS server URL (nats://host:port)")
     return urls
+
+
+_log = _logger("jetstream")
 
 
 @dataclass
@@ -133,8 +137,8 @@ class JetStreamManager(RemoteManager):
         # buffered and delivered after the call already reported Unavailable
         opts = dict(connect_timeout=self.timeout, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
                     pending_size=0,
-                    allow_reconnect=True, error_cb=self._quiet, disconnected_cb=self._quiet_event,
-                    reconnected_cb=self._quiet_event, closed_cb=self._quiet_event)
+                    allow_reconnect=True, error_cb=self._quiet, disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected, closed_cb=self._quiet_event)
         opts.update(options)
         try:
             self.nc = self.loop.run(self._connect(opts), f"connecting to {self.servers}",
@@ -174,6 +178,14 @@ class JetStreamManager(RemoteManager):
     @staticmethod
     async def _quiet_event() -> None:
         pass
+
+    async def _disconnected(self) -> None:
+        if not self._closed:
+            _log.warning("bus %s: disconnected from the JetStream server; reconnecting", self.ident)
+
+    async def _reconnected(self) -> None:
+        _log.warning("bus %s: reconnected to the JetStream server %s", self.ident,
+                     getattr(getattr(self, "nc", None), "connected_url", None))
 
     async def _buckets(self) -> None:
         info = await self.js.account_info()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from .. import _validate
 from .._crossing import PollPath
-from ..errors import Fenced, InvalidArgument, OffsetOutOfRange, Unsupported
+from ..errors import Closed, Fenced, InvalidArgument, OffsetOutOfRange, Unsupported
 from ..message import Message
 from ..partition import MAX_OFFSET
 from ..reader import Batch, Reader, Waiter
@@ -51,6 +51,19 @@ class SeekPolicy(enum.Enum):
     COMMITTED = "committed"
     EARLIEST = "earliest"
     LATEST = "latest"
+
+    @classmethod
+    def of(cls, policy: "SeekPolicy | str") -> "SeekPolicy":
+        """``policy`` itself, or the policy a name spells (``"earliest"``, any case)."""
+        if isinstance(policy, SeekPolicy):
+            return policy
+        if isinstance(policy, str):
+            try:
+                return cls(policy.lower())
+            except ValueError:
+                raise InvalidArgument(f"no seek policy {policy!r}: use 'committed', 'earliest' or 'latest' "
+                                      "(or SeekPolicy.Committed, .Earliest, .Latest)") from None
+        raise _validate.InvalidType(f"policy must be a SeekPolicy or its name, not {type(policy).__name__}")
 
 
 class Consumer(PollPath):
@@ -116,6 +129,7 @@ class Consumer(PollPath):
         self._gate_pos: dict[int, int] = {}     # positions last published to the gate
         self._gate_at = 0.0                     # monotonic time of that publication
         self._assigned: list[int] | None = None
+        self._closed = False
         self._mgr: TopicManager | None = None
         self._t: Topic | None = None
         self._reader: Reader | None = None
@@ -150,6 +164,10 @@ class Consumer(PollPath):
         self._member = state["member"]
 
     # ---- assignment -----------------------------------------------------------
+    def __repr__(self) -> str:
+        parts = "all partitions" if self._assigned is None else f"partitions {list(self._assigned)}"
+        return f"<{type(self).__name__} {self.topic!r} group {self.group!r}, {parts}>"
+
     def assign(self, partitions: Iterable[int]) -> None:
         try:
             parts = list(partitions)
@@ -199,6 +217,8 @@ class Consumer(PollPath):
     def _ensure(self, mgr: TopicManager, start: bool = True) -> Reader:
         t = self._t
         if mgr is not self._mgr or t is None or not t.binding.valid or self._reader is None:
+            if self._closed:
+                raise self._closed_error()
             if not isinstance(mgr, TopicManager):
                 raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
             t = mgr.topic(self.topic)
@@ -247,12 +267,17 @@ class Consumer(PollPath):
             self._gate_pos = {}
 
     # ---- positions ---------------------------------------------------------------
-    def seek(self, mgr: TopicManager, store_or_partition=None, policy: SeekPolicy | int | None = None) -> None:
+    def seek(self, mgr: TopicManager, store_or_partition=None, policy: SeekPolicy | str | int | None = None) -> None:
         """``seek(mgr, store, SeekPolicy.Committed|Earliest|Latest)`` for every assigned
-        partition; ``seek(mgr, SeekPolicy.Earliest|Latest)`` needs no store. One
+        partition; ``seek(mgr, SeekPolicy.Earliest|Latest)`` needs no store. A policy
+        may be given by name (``seek(mgr, "earliest")``). One
         partition: :meth:`seek_partition` (``seek(mgr, partition, offset)`` also works)."""
-        if isinstance(store_or_partition, SeekPolicy) and policy is None:
+        if self._closed:
+            raise self._closed_error()
+        if isinstance(store_or_partition, (SeekPolicy, str)) and policy is None:
             store_or_partition, policy = None, store_or_partition
+        if isinstance(policy, str):
+            policy = SeekPolicy.of(policy)
         if isinstance(mgr, RemoteManager) and not (isinstance(store_or_partition, int)
                                                    and not isinstance(store_or_partition, bool)):
             self._mgr = mgr
@@ -314,6 +339,8 @@ class Consumer(PollPath):
 
     def seek_partition(self, mgr: TopicManager, partition: int, offset: int) -> None:
         """Put one assigned partition at ``offset`` (at most its end)."""
+        if self._closed:
+            raise self._closed_error()
         if isinstance(mgr, RemoteManager):
             self._mgr = mgr
             mgr.seek_partition(self, partition, offset)
@@ -398,6 +425,8 @@ class Consumer(PollPath):
                        *, spin: float | None = None) -> list[tuple[int, Message]]:
         rd = self._reader
         if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
+            if self._closed:
+                raise self._closed_error()
             if isinstance(mgr, RemoteManager):      # a bus on a server: it polls
                 self._mgr = mgr
                 msgs = mgr.poll(self, max_messages, timeout)
@@ -486,6 +515,8 @@ class Consumer(PollPath):
         one buffer (valid until the next poll)."""
         rd = self._reader
         if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
+            if self._closed:
+                raise self._closed_error()
             if isinstance(mgr, RemoteManager):      # a bus on a server: it polls
                 self._mgr = mgr
                 b = mgr.poll_batch(self, max_messages, timeout)
@@ -662,6 +693,10 @@ class Consumer(PollPath):
         self._reader = None
         self._t = None
         self._mgr = None
+        self._closed = True
+
+    def _closed_error(self) -> Closed:
+        return Closed(f"consumer of {self.topic!r} in group {self.group!r} is closed: make a new one")
 
     def __enter__(self) -> "Consumer":
         return self

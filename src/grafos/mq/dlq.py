@@ -120,6 +120,11 @@ class ProcessResult:
     deferred: int            #: after a rewind in their partition: delivered again later
 
 
+    def __str__(self) -> str:
+        return (f"processed {self.processed}, retried {self.retried}, dead {self.dead}, "
+                f"deferred {self.deferred}")
+
+
 class DlqRouter:
     """``DlqRouter("events", "events-dlq", 3)``; see the module docs."""
 

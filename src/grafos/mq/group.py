@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Mapping, NamedTuple
 
 from .. import _validate
 from .._clock import now_ns
+from .._log import get as _logger
 from ..errors import CorruptFabric, Fenced, InvalidArgument, LockTimeout, Unavailable
 from . import _metakeys, gate
 from .offset import MAX_OFFSET, Incarnations, OffsetStore, bus_store, commit_many, committed_entry
@@ -80,6 +81,7 @@ __all__ = ["ConsumerGroup", "KeepAlive", "Claim", "Share", "GroupDescription", "
            "GroupConfig", "list_groups", "group_lag"]
 
 MAX_PARTITIONS = 4096
+_log = _logger("group")
 
 
 class Claim(NamedTuple):
@@ -407,8 +409,10 @@ class ConsumerGroup:
             quota = self._quota(member, live)
             claims = st.claims()
             mine = sorted(p for p, c in claims.items() if c.owner == member and p < self.num_partitions)
+            gave, took = [], []
             while give_back and len(mine) > quota:
                 p = mine.pop()                 # give back the highest-numbered ones
+                gave.append(p)
                 c = claims[p]
                 claims[p] = Claim(None, c.epoch, c.since_ns)
                 st.put_claim(p, claims[p])
@@ -421,6 +425,7 @@ class ConsumerGroup:
                         claims[p] = Claim(member, (c.epoch if c else 0) + 1, t)
                         st.put_claim(p, claims[p])
                         mine.append(p)
+                        took.append(p)
             # forget stale members that no longer hold anything
             holders = {c.owner for c in claims.values()}
             for m in members:
@@ -437,7 +442,10 @@ class ConsumerGroup:
                 newest = max(hb for m, hb in members.items() if m in live)
                 gate.hold(self.mgr, gt, gate.group_reader(self.name), gate.GROUP,
                           {p: None for p in range(self.num_partitions)}, self._stale_ns, now=newest / 1e9)
-            return Share(mine, quota, free)
+        if gave or took:
+            _log.info("group %r on %r rebalanced: member %r took %s, gave back %s, owns %s (%d live member(s))",
+                      self.name, self.topic, member, took, sorted(gave), mine, len(live))
+        return Share(mine, quota, free)
 
     # ---- membership -------------------------------------------------------------------
     def claim(self, member: str, now: float | None = None) -> list[int]:
@@ -482,6 +490,9 @@ class ConsumerGroup:
                               {p: None for p in range(self.num_partitions)}, self._stale_ns, now=max(live) / 1e9)
         with self._elock:
             self._epochs.pop(member, None)
+        if released:
+            _log.info("group %r on %r rebalanced: member %r left, gave back %s", self.name, self.topic, member,
+                      released)
         return released
 
     def members(self) -> list[str]:
@@ -570,6 +581,8 @@ class ConsumerGroup:
                             None if incarnations is None else {p: incarnations[p] for p in ok if p in incarnations})
         if fenced:
             owners = {p: (claims[p].owner if p in claims else None) for p in fenced}
+            _log.warning("group %r on %r: member %r fenced on partition(s) %s (owners now %s)",
+                         self.name, topic, member, fenced, owners)
             raise Fenced(group=self.name, topic=topic, member=member, partitions=fenced,
                          owners=owners, committed=ok)
         return ok

@@ -31,7 +31,7 @@ import time
 from typing import TYPE_CHECKING, Mapping, NamedTuple, Protocol, runtime_checkable
 
 from .. import _validate
-from ..errors import CorruptFabric, InvalidArgument, Unsupported
+from ..errors import Closed, CorruptFabric, InvalidArgument, Unsupported
 from ..partition import MAX_OFFSET
 from . import _metakeys
 
@@ -147,6 +147,9 @@ class MemOffsetStore(_CommitsMany):
         self._inc: dict[tuple[str, str, int], int | None] = {}
         self._lock = threading.Lock()
 
+    def __repr__(self) -> str:
+        return f"<MemOffsetStore: {len(self._d)} committed partition(s)>"
+
     def committed(self, group: str, topic: str, partition: int) -> int | None:
         _check(group, topic, partition)
         return self._d.get((group, topic, partition))
@@ -236,7 +239,7 @@ class SqliteOffsetStore(_CommitsMany):
 
     def _conn(self) -> sqlite3.Connection:
         if self._db is None:
-            raise InvalidArgument(f"offset store {self.path!r} is closed")
+            raise Closed(f"offset store {self.path!r} is closed")
         return self._db
 
     def committed(self, group: str, topic: str, partition: int) -> int | None:
@@ -348,6 +351,11 @@ class FabricOffsetStore(_CommitsMany):
             raise ValueError("unknown format")
         inc = int.from_bytes(raw[_OFF.size:_OFF.size + _INC], "little")
         return off, inc or None, _OFF.size + _INC
+
+    def __repr__(self) -> str:
+        f = self.fabric
+        where = f" {f.name or f.path!r}" if f.name or f.path else ""
+        return f"<FabricOffsetStore on {f.kind} bus{where}>"
 
     def committed(self, group: str, topic: str, partition: int) -> int | None:
         e = self.committed_entry(group, topic, partition)

@@ -22,6 +22,7 @@ from .._crossing import SendPath, address
 from .._native import ffi, lib
 from ..errors import (BufferFull, GrafosError, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound,
                       ProducerFenced, TransactionError, Unsupported)
+from .._log import get as _logger
 from ..loan import Loan
 from ..message import encode_headers
 from ..partition import MAX_OFFSET, OFFSET_BITS, pack
@@ -33,8 +34,24 @@ _NULL = ffi.NULL
 _RETRIES = 3
 _SEQUENCES = (list, tuple)
 _SLICE = 0.05          # seconds a blocked send sleeps before it checks signals and stale readers
-_DEFAULT = object()    # timeout not given: the producer's
 
+
+class _ProducerTimeout:
+    """The default of a send's ``timeout=``: the producer's own ``timeout``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "self.timeout"
+
+
+#: timeout not given: the producer's (its repr is what help() shows for the default)
+_DEFAULT = _ProducerTimeout()
+
+
+_log = _logger("producer")
+#: a send that waits this long for room is logged (once per call)
+BLOCKED_LOG_SECS = 1.0
 
 class Partitioner(enum.IntEnum):
     """``KeyHash`` is Kafka's default: ``murmur2(key) & 0x7fffffff % partitions``,
@@ -113,6 +130,11 @@ class Producer(SendPath):
     def __reduce__(self):  # noqa: ANN204 - crosses processes as its settings; binds to the child's manager
         return (_remake, (self.topic, self.partitioner, self.timeout, self.idempotent and self.transactional_id is None,
                           self.transactional_id, self.transaction_ttl))
+
+    def __repr__(self) -> str:
+        kind = " transactional " + repr(self.transactional_id) if self.transactional_id is not None else \
+            " idempotent" if self.idempotent else ""
+        return f"<Producer {self.topic!r} ({self.partitioner.name}){kind}>"
 
     def with_partitioner(self, partitioner: Partitioner) -> "Producer":
         if not isinstance(partitioner, Partitioner):
@@ -362,7 +384,13 @@ class Producer(SendPath):
             raise BufferFull(f"topic {self.topic!r} partition {p} is full: a gating reader has not read "
                              f"the oldest message (on_full='raise'); nothing was written")
         if not deadline:
-            deadline.append(None if timeout is None else time.monotonic() + max(timeout, 0.0))
+            start = time.monotonic()
+            deadline += [None if timeout is None else start + max(timeout, 0.0), start, False]
+        elif not deadline[2] and time.monotonic() - deadline[1] > BLOCKED_LOG_SECS:
+            deadline[2] = True         # once per call
+            # only what is at hand: looking up the gating reader would take the lock mid-wait
+            _log.warning("producer of %r blocked for more than %g s: partition %d is full and a live gating "
+                         "reader has not read its oldest message", self.topic, BLOCKED_LOG_SECS, p)
         end = deadline[0]
         left = _SLICE if end is None else min(_SLICE, end - time.monotonic())
         if left <= 0:

@@ -61,7 +61,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .. import _validate
-from ..errors import Fenced, InvalidArgument, LockTimeout, NotPortable, Unavailable
+from ..errors import Closed, Fenced, InvalidArgument, LockTimeout, NotPortable, Unavailable
 from ..message import Message
 from ..reader import META_DTYPE, Batch
 from .consumer import Consumer, SeekPolicy
@@ -235,7 +235,7 @@ class Subscriber:
         """Before reading: join, commit what the previous poll returned, rebalance
         if the heartbeat thread asked for it."""
         if self._closed:
-            raise InvalidArgument(f"subscriber {self.member!r} of {self.topic!r} is closed")
+            raise Closed(f"subscriber {self.member!r} of {self.topic!r} is closed")
         if self._in_callback:
             raise InvalidArgument("poll from inside on_assign/on_revoke: the rebalance is not finished")
         self._polled_at = time.monotonic()
@@ -356,7 +356,7 @@ class Subscriber:
         are committed). Returns what was committed."""
         self._give_back()
         if self._closed:
-            raise InvalidArgument(f"subscriber {self.member!r} of {self.topic!r} is closed")
+            raise Closed(f"subscriber {self.member!r} of {self.topic!r} is closed")
         return self._commit(offsets)
 
     # ---- reading ---------------------------------------------------------------------------

@@ -27,9 +27,9 @@ from .._check import raise_for
 from .._clock import now_ns, now_s
 from .._crossing import Binding
 from .._native import ffi, lib
-from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, NotFound, NotPortable
+from ..errors import AlreadyExists, FabricFull, InvalidArgument, LeaseExpired, NotFound, NotPortable
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
-from ..partition import Partition, PartitionState
+from ..partition import Partition, PartitionState, region_size
 from . import gate
 
 if TYPE_CHECKING:
@@ -290,6 +290,20 @@ class RemoteManager(BusHandles):
     their work to its public methods; the shared-memory paths never see it."""
 
 
+def _check_room(fab: Fabric, name: str, config: TopicConfig) -> None:
+    """Refuse a topic the bus has no room for, naming the topic, its size and the room."""
+    each = region_size(config.partition_capacity, config.partition_stride)
+    need = each * config.num_partitions
+    info = fab.info()
+    room = max(0, info.data_size - info.bytes_leased)
+    if need > room:
+        raise FabricFull(
+            f"the bus is too full for topic {name!r}: it needs {need} bytes ({config.num_partitions} "
+            f"partition(s) of {each}: {config.partition_capacity} slots x {config.partition_stride} B), the bus "
+            f"has {room} bytes free of {info.data_size}; open the bus with a larger size= or give the topic "
+            "fewer or smaller slots")
+
+
 class TopicManager(BusHandles):
     """The bus. ``TopicManager()`` is in-process on its own fabric (no server,
     nothing to clean up); :meth:`open` creates or attaches to a named or
@@ -357,6 +371,11 @@ class TopicManager(BusHandles):
             self._topics.clear()
         self.fabric.close()
 
+    def __repr__(self) -> str:
+        f = self.fabric
+        where = f" {f.name or f.path!r}" if f.name or f.path else ""
+        return f"<TopicManager {f.kind}{where}{' closed' if f._closed else ''}>"
+
     def __enter__(self) -> "TopicManager":
         return self
 
@@ -405,6 +424,7 @@ class TopicManager(BusHandles):
         """Acquire and format one lease per partition; all or nothing."""
         fab = self.fabric
         made: list[Partition] = []
+        _check_room(fab, name, config)
         try:
             for i in range(config.num_partitions):
                 p = Partition.create(fab, config.partition_capacity, config.partition_stride,
@@ -611,7 +631,8 @@ class TopicManager(BusHandles):
 
     def describe(self, name: str, now: float | None = None) -> TopicDescription:
         """Per partition: earliest and latest offset, lease TTL remaining, messages
-        lost to overwrite; on a gated topic also the gate, the reader that sets
+        lost to overwrite (on a gated topic: overwritten before a gating reader on
+        record read them); on a gated topic also the gate, the reader that sets
         it, producers blocked now, time blocked and BufferFull raised."""
         t = self.refresh(name)
         infos = []
@@ -627,8 +648,12 @@ class TopicManager(BusHandles):
         if t.config.on_full != "overwrite":
             gate.recompute(self, t, now)    # release readers that went stale before reporting
             for pg in gate.describe(self, t, now):
+                info = infos[pg.partition]
+                # a gated ring overwrites what its readers have read: lost is what one
+                # of them had not read yet (everything overwritten when none is on record)
+                lost = max(0, info.earliest - min(r.position for r in pg.readers)) if pg.readers else info.lost
                 infos[pg.partition] = dataclasses.replace(
-                    infos[pg.partition], gate=pg.gate, gate_held_by=pg.held_by, blocked=pg.blocked,
+                    info, lost=lost, gate=pg.gate, gate_held_by=pg.held_by, blocked=pg.blocked,
                     blocked_secs=pg.blocked_secs, full_raised=pg.full_raised, gating=tuple(pg.readers))
         return TopicDescription(name, t.config, infos)
 

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from .._check import check
 from .._clock import now_ns
+from .._log import get as _logger
 from .._native import ffi, lib
 from ..errors import (CorruptFabric, InvalidArgument, NotFound, ProducerFenced, TransactionError,
                       Unsupported)
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["TxnState", "Registration", "TransactionInfo", "new_id", "register", "unregister", "renew",
            "current_epoch", "begin", "check_store", "staged_writes", "commit", "abort", "resolve",
            "finished", "transactions", "write_markers", "parse_stamp", "STAMP", "COMMIT", "ABORT"]
+_log = _logger("transaction")
 
 #: stamp after a stamped message's value: producer, epoch, sequence, transaction
 STAMP = struct.Struct("<IIQQ")
@@ -448,6 +450,8 @@ def resolve(mgr: "TopicManager", number: int | None = None, now: float | None = 
             if reg.state is TxnState.Open:
                 reg.state = TxnState.Aborting
                 _put(fabric, reg)
+                _log.warning("transaction %d of producer %r aborted: its registration expired before it "
+                             "committed", reg.txn, reg.transactional_id)
             todo.append(reg)
     for reg in todo:
         _finish(mgr, reg, now)
