@@ -112,13 +112,16 @@ class JetStreamManager(RemoteManager):
 
     #: what this backend can do: no transactions, loans, peeks or gating (docs/jetstream.md)
     capabilities = Capabilities(transactions=False, loans=False, peeks=False, gating=False,
-                                abandoned_slots=False, shared_memory=False)
+                                abandoned_slots=False, shared_memory=False, share_groups=True,
+                                share_fenced=False)
 
-    def share_consumer(self, topic: str, group: str = "default", **kw: Any) -> Any:
-        """Share groups are not offered on this bus (``capabilities.share_groups``)."""
-        raise Unsupported(
-            "share groups (per-record locks, acks and redelivery) are not available on the JetStream bus "
-            "yet; use a ConsumerGroup with a DlqRouter, or a shared-memory bus (docs/jetstream.md)")
+    def share_consumer(self, topic: str, group: str = "default", *, lock_secs: float = 30.0,
+                       max_deliveries: int = 5, dlq: str | None = None, **kw: Any) -> Any:
+        """A member of share group ``group`` on every partition of ``topic``: a durable
+        explicit-ack pull consumer per partition stream (:mod:`grafos.jetstream.share`)."""
+        from .share import JsShareConsumer
+        return JsShareConsumer(self, topic, group, lock_secs=lock_secs, max_deliveries=max_deliveries,
+                               dlq=dlq, **kw)
 
     def __init__(self, servers: str | Sequence[str], *, replicas: int = 1, timeout: float = 5.0,
                  age_limit: bool = False, **options: Any) -> None:

@@ -249,11 +249,16 @@ class Capabilities:
     abandoned_slots: bool     #: a writer can die mid-append and leave a slot readers step over
     shared_memory: bool       #: the bus lives in this machine's memory (``Fabric``)
     share_groups: bool = False    #: ``mgr.share_consumer``: many members per partition, a lock per record
+    #: a share consumer's settle after its lock ran out is refused by the shared record state itself;
+    #: False: by the member's own clock only, so a settle sent as the lock runs out can reach the
+    #: record's next delivery
+    share_fenced: bool = False
 
 
 #: the shared-memory bus (in-process, named or file): everything
 SHARED_MEMORY = Capabilities(transactions=True, loans=True, peeks=True, gating=True,
-                             abandoned_slots=True, shared_memory=True, share_groups=True)
+                             abandoned_slots=True, shared_memory=True, share_groups=True,
+                             share_fenced=True)
 
 
 class BusHandles:
