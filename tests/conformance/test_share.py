@@ -86,6 +86,45 @@ def test_lock_runs_out_the_record_comes_again_and_the_late_ack_is_refused(bus):
     assert b.ack(again) == 2
 
 
+def test_a_settle_whose_own_clock_says_the_lock_holds_is_fenced_where_the_state_fences_it(bus):
+    setup(bus, n=1, partitions=1)
+    a = share(bus, member="a", lock_secs=LOCK)
+    if a is None:
+        return
+    b = share(bus, member="b", lock_secs=LOCK)
+    polled_at = time.time()
+    held = a.poll(10)
+    time.sleep(LOCK + 0.1)
+    again = b.poll(10, timeout=5)
+    assert [r.delivery_count for r in again] == [2]
+    if bus.caps.share_fenced:       # the record's state knows b holds it now
+        with pytest.raises(LockLost):
+            a.ack(held, now=polled_at)
+        assert b.ack(again) == 1
+    else:                           # only a's clock guards it: the server applies a's ack
+        assert a.ack(held, now=polled_at) == 1
+        assert b.poll(10, timeout=LOCK + 0.5) == []
+    assert a.describe()[0].floor == 1
+
+
+def test_a_lock_that_runs_out_at_the_limit_sends_the_record_to_the_dlq_with_its_last_member(bus):
+    setup(bus, n=1, partitions=1, dlq=True)
+    a = share(bus, member="a", lock_secs=LOCK, max_deliveries=2, dlq="jobs-dlq")
+    if a is None:
+        return
+    b = share(bus, member="b", lock_secs=LOCK, max_deliveries=2, dlq="jobs-dlq")
+    assert [r.delivery_count for r in a.poll(10)] == [1]
+    time.sleep(LOCK + 0.1)
+    assert [r.delivery_count for r in b.poll(10, timeout=5)] == [2]
+    time.sleep(LOCK + 0.1)
+    assert a.poll(10, timeout=LOCK) == []
+    (m,) = _read_all(bus, "jobs-dlq")
+    h = dict(m.headers)
+    assert (m.value, h["x-delivery-count"], h["x-last-member"], h["x-source-offset"]) == (b"v0", b"2", b"b", b"0")
+    (s,) = a.describe()
+    assert (s.dead_lettered, s.expired_locks, s.floor) == (1, 2, 1)
+
+
 def test_renewed_lock_outlives_its_first_term(bus):
     setup(bus, n=1, partitions=1)
     a = share(bus, member="a", lock_secs=LOCK)
