@@ -224,8 +224,9 @@ def describe(name: str, topic: str, as_json: bool) -> None:
 
 
 def _shares(mgr: Any, topic: str) -> dict[str, list]:
-    """Share groups of topic and their state per partition (a server bus has none)."""
-    if not getattr(mgr.capabilities, "share_groups", False):
+    """Share groups of topic and their state per partition (on a shared-memory bus;
+    a JetStream group's state is its members' ``describe()``)."""
+    if not getattr(mgr.capabilities, "share_groups", False) or not mgr.capabilities.shared_memory:
         return {}
     from ..mq import share
     return {g: share.describe(mgr, topic, g) for g in share.groups(mgr, topic)}
