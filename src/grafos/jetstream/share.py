@@ -44,7 +44,7 @@ import nats.js.errors
 from nats.js import api
 
 from .. import _validate
-from ..errors import InvalidArgument, LockLost, NotFound, Unavailable
+from ..errors import CorruptFabric, InvalidArgument, LockLost, NotFound, Unavailable
 from ..mq.dlq import SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
 from ..mq.producer import Partitioner, Producer
 from ..mq.share import DELIVERY_COUNT, LAST_MEMBER, MAX_DELIVERIES, SHARE_GROUP, ShareRecord, ShareState
@@ -132,7 +132,6 @@ class JsShareConsumer:
         try:
             lock, maxd = float(cfg[0]), int(cfg[1])
         except (TypeError, ValueError, IndexError):
-            from ..errors import CorruptFabric
             raise CorruptFabric(f"share group record of {self.group!r} on {self.topic!r} is damaged") from None
         if lock != self.lock_secs or maxd != self.max_deliveries:
             raise InvalidArgument(
