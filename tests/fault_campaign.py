@@ -42,6 +42,7 @@ one; a damaged bus file ends every read in a result or a ``GrafosError``.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import multiprocessing as mp
 import os
@@ -71,7 +72,7 @@ TOPICS = {              # name: (partitions, capacity, stride, on_full)
     "ow": (2, 256, 256, "overwrite"),
     "blk": (2, 64, 256, "block"),
     "rz": (1, 64, 256, "raise"),
-    "tx": (1, 8192, 256, "overwrite"),
+    "tx": (1, 65536, 256, "overwrite"),
 }
 GROUPS = {"ow": "g-ow", "blk": "g-blk", "rz": "g-rz"}
 
@@ -358,6 +359,32 @@ FULL_TMPFS = textwrap.dedent("""
 """)
 
 
+# ---- grafos.Queue under faults (multiprocessing children: picklable arguments only) -------------
+def queue_producer(q: Any, ident: int, log: str, stop: Any) -> None:
+    """Put ident * 10**6 + i for i = 0, 1, ...; log ``A n`` once each put returned."""
+    fd = _log(log)
+    i = 0
+    while not stop.is_set():
+        n = ident * 10**6 + i
+        try:
+            q.put(n, timeout=0.2)
+        except Exception:  # noqa: BLE001 - queue.Full: the consumers are paused or dead; try again
+            continue
+        os.write(fd, f"A {n}\n".encode())
+        i += 1
+
+
+def queue_consumer(q: Any, log: str, stop: Any) -> None:
+    """Get and log ``G n`` per item until asked to stop."""
+    fd = _log(log)
+    while not stop.is_set():
+        try:
+            n = q.get(timeout=0.2)
+        except Exception:  # noqa: BLE001 - queue.Empty
+            continue
+        os.write(fd, f"G {n}\n".encode())
+
+
 # ---- judging a history (pure functions: tests/test_fault_campaign.py feeds them bad histories) -----
 def judge(h: dict, member_faults: int, stats: dict | None = None) -> list[str]:
     """What the history of the consumer groups breaks: ``h`` as :meth:`Campaign._read_logs`
@@ -399,14 +426,16 @@ def judge(h: dict, member_faults: int, stats: dict | None = None) -> list[str]:
     return problems
 
 
-def judge_txn(h: dict, seen: dict) -> list[str]:
+def judge_txn(h: dict, seen: dict, start: dict | None = None) -> list[str]:
     """What a read_committed reader's view ``seen`` ((partition, offset) -> digest)
     breaks: ``h["sends"]`` (transaction -> its logged sends), ``committed`` and
     ``aborted`` (transactions whose commit or abort returned). A transaction
     whose outcome the log does not say (its producer died or was fenced) shows
-    all of its logged sends or none."""
+    all of its logged sends or none. Sends below ``start`` (partition -> the
+    first offset the reader found) were lapped by the ring before it read."""
     problems = []
     for name, sends in h["sends"].items():
+        sends = [s for s in sends if s[1] >= (start or {}).get(s[0], 0)]
         shown = [(p, o) in seen for p, o, _ in sends]
         if name in h["aborted"] and any(shown):
             problems.append(f"read_committed showed {sum(shown)} messages of aborted transaction {name}")
@@ -456,7 +485,9 @@ class Result:
                  f"  faults: {dict(sorted(self.faults.items()))}",
                  f"  stats: {json.dumps(self.stats, sort_keys=True)}"]
         lines += [f"  skipped: {s}" for s in self.skipped]
-        lines += [f"  PROBLEM: {p}" for p in self.problems]
+        lines += [f"  PROBLEM: {p}" for p in self.problems[:25]]
+        if len(self.problems) > 25:
+            lines.append(f"  ... and {len(self.problems) - 25} more problems")
         if not self.ok:
             lines.append(f"  replay: python tests/fault_campaign.py --seed {self.seed} --seconds {self.seconds}")
         return "\n".join(lines)
@@ -523,8 +554,11 @@ class Campaign:
             self._start_workers(mgr)
             time.sleep(1.0)
             self.meta_baseline = len(mgr.fabric.meta_items())
+            self._phase("workload and faults", t0)
             self._inject(mgr, t0 + self.seconds * 0.7)
+            self._phase("stopping", t0)
             self._stop()
+            self._phase("checking the history", t0)
             self._check(mgr)
         except Exception:  # noqa: BLE001 - a crash of the driver is a finding, with its seed
             self.res.problems.append("driver raised:\n" + traceback.format_exc())
@@ -536,10 +570,15 @@ class Campaign:
                     w.proc.wait()
             mgr.close()
         try:
+            self._phase("damaged copies", t0)
             self._damage()
         finally:
             TopicManager.unlink(self.bus)
+        self._phase("full tmpfs", t0)
         self._full_tmpfs()
+        self._phase("grafos.Queue", t0)
+        self._queue(min(8.0, max(2.0, self.seconds * 0.15)))
+        self._phase("gc racing attaches", t0)
         self._gc_race(min(3.0, max(1.0, self.seconds * 0.05)))
         self.res.stats["elapsed"] = round(time.monotonic() - t0, 1)
         return self.res
@@ -610,6 +649,9 @@ class Campaign:
                 time.sleep(pause)
                 self._signal(w, signal.SIGCONT)
                 self._note(f"pause {w.role}")
+
+    def _phase(self, what: str, t0: float) -> None:
+        self.say(f"[seed {self.seed} +{time.monotonic() - t0:.1f}s] {what}")
 
     def _note(self, what: str) -> None:
         self.res.faults[what] += 1
@@ -766,6 +808,7 @@ class Campaign:
         from grafos.mq.consumer import Consumer, SeekPolicy
         c = Consumer("tx", "audit", isolation="read_committed")
         c.seek(mgr, None, SeekPolicy.Earliest)
+        start = c.positions()
         seen: dict[tuple[int, int], str] = {}
         end = time.monotonic() + STOP_BOUND
         idle = 0
@@ -774,8 +817,87 @@ class Campaign:
             idle = 0 if msgs else idle + 1
             for p, m in msgs:
                 seen[(p, m.offset)] = digest_of(m.value)
-        self.res.problems += judge_txn(h, seen)
+        self.res.problems += judge_txn(h, seen, start)
+        self.res.stats["txn_lapped"] = sum(start.values())
         self.res.stats["txn_seen"] = len(seen)
+
+    # -- grafos.Queue
+    def _queue(self, seconds: float) -> None:
+        """Two producers and two consumers of one grafos.Queue, killed and paused:
+        no item is got twice, and every acknowledged put is got, but for the one
+        a consumer killed between its get and its log may take with it."""
+        import queue as stdlib_queue
+
+        from grafos import Queue
+        ctx = mp.get_context("spawn")
+        q = Queue(maxsize=64)
+        stop = ctx.Event()
+        qdir = os.path.join(self.workdir, "queue")
+        os.makedirs(qdir, exist_ok=True)
+        gens = Counter()
+
+        def start(kind: str, slot: int) -> Any:
+            gens[(kind, slot)] += 1
+            log = os.path.join(qdir, f"{kind}-{slot}-{gens[(kind, slot)]}.log")
+            ident = (slot + 1) * 1000 + gens[(kind, slot)]       # a new instance numbers afresh
+            args = (q, ident, log, stop) if kind == "p" else (q, log, stop)
+            proc = ctx.Process(target=queue_producer if kind == "p" else queue_consumer, args=args, daemon=True)
+            proc.start()
+            return proc
+
+        procs = {(k, i): start(k, i) for k in ("p", "c") for i in range(2)}
+        killed_consumers = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(self.rng.uniform(0.05, 0.4))
+            key = self.rng.choice(sorted(procs))
+            proc = procs[key]
+            if self.rng.random() < 0.5:
+                proc.kill()
+                proc.join()
+                killed_consumers += key[0] == "c"
+                procs[key] = start(*key)
+                self._note(f"kill queue-{'producer' if key[0] == 'p' else 'consumer'}")
+            elif not proc.is_alive():
+                self.res.problems.append(f"grafos.Queue: {key} ended by itself (exit code {proc.exitcode})")
+                procs[key] = start(*key)
+            else:
+                os.kill(proc.pid, signal.SIGSTOP)
+                time.sleep(self.rng.uniform(0.01, 0.5))
+                os.kill(proc.pid, signal.SIGCONT)
+                self._note(f"pause queue-{'producer' if key[0] == 'p' else 'consumer'}")
+        stop.set()
+        for key, proc in procs.items():
+            proc.join(STOP_BOUND)
+            if proc.is_alive():
+                self.res.problems.append(f"stuck: queue process {key} did not end within {STOP_BOUND} s")
+                proc.kill()
+                proc.join()
+        got: list[int] = []
+        drain_end = time.monotonic() + STOP_BOUND
+        while time.monotonic() < drain_end:
+            try:
+                got.append(q.get(timeout=0.5))
+            except stdlib_queue.Empty:
+                break
+        q.close()
+        acked: set[int] = set()
+        for fn in os.listdir(qdir):
+            with open(os.path.join(qdir, fn)) as f:
+                for line in f:
+                    if line.endswith("\n"):
+                        kind, n = line.split()
+                        (acked.add if kind == "A" else got.append)(int(n))
+        twice = [n for n, k in Counter(got).items() if k > 1]
+        if twice:
+            self.res.problems.append(f"grafos.Queue: {len(twice)} items got twice, e.g. {twice[:5]}")
+        missing = acked - set(got)
+        if len(missing) > killed_consumers:
+            self.res.problems.append(f"grafos.Queue: {len(missing)} acknowledged puts never got, with "
+                                     f"{killed_consumers} consumers killed: e.g. {sorted(missing)[:5]}")
+        if not acked:
+            self.res.problems.append("grafos.Queue: no put returned")
+        self.res.stats.update(queue_acked=len(acked), queue_got=len(got), queue_missing=len(missing))
 
     # -- damaged bytes in a bus file
     def _damage(self) -> None:
@@ -908,6 +1030,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default=None, help="where the logs go (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory and print its path")
     a = ap.parse_args(argv)
+    faulthandler.dump_traceback_later(a.seconds * 3 + 300, exit=True)     # a hang of the driver shows where
     workdir = a.workdir or tempfile.mkdtemp(prefix=f"grafos-faults-{a.seed}-")
     res = run(a.seed, a.seconds, workdir)
     print(res.summary())

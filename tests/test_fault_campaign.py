@@ -93,3 +93,10 @@ def test_judge_txn_finds_aborted_shown_committed_hidden_and_half_shown():
     assert any("committed transaction b" in p for p in fc.judge_txn(h, {}))
     assert any("part of transaction c" in p for p in fc.judge_txn(h, {(0, 2): "x2", (0, 4): "x4"}))
     assert any("another message" in p for p in fc.judge_txn(h, {(0, 2): "zz"}))
+
+
+def test_judge_txn_leaves_out_what_the_ring_lapped_before_the_reader_came():
+    h = _history(sends=defaultdict(list, {"a": [(0, 0, "x0"), (0, 1, "x1")], "b": [(0, 2, "x2")]}),
+                 committed={"a", "b"})
+    assert fc.judge_txn(h, {(0, 2): "x2"}, start={0: 2}) == []
+    assert any("committed transaction a" in p for p in fc.judge_txn(h, {(0, 2): "x2"}, start={0: 1}))
