@@ -18,6 +18,8 @@ The workload (one named bus):
   consumer group ``g-rz``.
 * ``tx``: a transactional producer that commits or aborts each batch; read
   back by a ``read_committed`` consumer.
+* ``sh`` (on_full block): a plain producer; share group ``g-sh`` (two members
+  that log each record handed to them, then acknowledge it).
 
 Every worker writes what it did to its own log with one ``write`` per step
 (``A`` acknowledged, ``P`` polled, ``L`` lost as the consumer was told, ``X`` a
@@ -73,7 +75,9 @@ TOPICS = {              # name: (partitions, capacity, stride, on_full)
     "blk": (2, 64, 256, "block"),
     "rz": (1, 64, 256, "raise"),
     "tx": (1, 65536, 256, "overwrite"),
+    "sh": (2, 128, 256, "block"),
 }
+SHARE_LOCK = 1.0        #: the share group's lock, seconds
 GROUPS = {"ow": "g-ow", "blk": "g-blk", "rz": "g-rz"}
 
 
@@ -94,7 +98,7 @@ def worker(role: str, bus: str, workdir: str, ident: int, seed: int, *rest: str)
     fd = _log(os.path.join(workdir, f"{role}-{ident}.log"))
     try:
         {"plain": _plain, "idem": _idem, "raise": _raise, "txn": _txn, "member": _member,
-         "peek": _peek}[role](mgr, fd, workdir, ident, rng, *rest)
+         "peek": _peek, "shprod": _shprod, "share": _share}[role](mgr, fd, workdir, ident, rng, *rest)
     finally:
         os.close(fd)
         mgr.close()
@@ -158,6 +162,38 @@ def _raise(mgr: Any, fd: int, workdir: str, ident: int, rng: random.Random) -> N
         _ack(fd, "rz", part, off, v)
         seq += 1
         time.sleep(rng.uniform(0, 0.002))
+
+
+def _shprod(mgr: Any, fd: int, workdir: str, ident: int, rng: random.Random) -> None:
+    from grafos.errors import BufferFull
+    from grafos.mq.producer import Producer
+    prod = Producer("sh", timeout=2.0)
+    seq = 0
+    while not _stopping(workdir, "producers"):
+        v = payload(ident, seq)
+        try:
+            part, off = prod.send_keyed(mgr, b"k%d" % (seq % 8), v)
+        except BufferFull:
+            continue            # the share group holds the ring: nothing written, the same message again
+        _ack(fd, "sh", part, off, v)
+        seq += 1
+        time.sleep(rng.uniform(0, 0.002))
+
+
+def _share(mgr: Any, fd: int, workdir: str, ident: int, rng: random.Random) -> None:
+    """A share-group member: log what it was handed, then acknowledge it."""
+    from grafos.errors import LockLost
+    sc = mgr.share_consumer("sh", group="g-sh", lock_secs=SHARE_LOCK, max_deliveries=254)
+    while not _stopping(workdir, "members"):
+        recs = sc.poll(rng.randint(1, POLL), timeout=0.05)
+        if not recs:
+            continue
+        _polled(fd, "sh", [(r.partition, r) for r in recs])
+        try:
+            sc.ack(recs)
+        except LockLost:
+            pass                # paused past the lock: another member has them now (at least once)
+    sc.close()
 
 
 def _txn(mgr: Any, fd: int, workdir: str, ident: int, rng: random.Random) -> None:
@@ -592,8 +628,9 @@ class Campaign:
         for t, g in GROUPS.items():
             for p in range(TOPICS[t][0]):
                 store.commit(g, t, p, 0)
-        readers = [("member", (t,)) for t in GROUPS for _ in range(2)] + [("peek", ())]
-        writers = [("plain", ()), ("plain", ()), ("idem", ()), ("raise", ()), ("txn", ())]
+        readers = [("member", (t,)) for t in GROUPS for _ in range(2)] + [("share", ()), ("share", ())]
+        readers += [("peek", ())]
+        writers = [("plain", ()), ("plain", ()), ("idem", ()), ("raise", ()), ("txn", ()), ("shprod", ())]
         for slot, (role, args) in enumerate(readers + writers, start=1):
             w = Worker(role, args, slot)
             self.workers.append(w)
@@ -695,10 +732,10 @@ class Campaign:
         for w in self.workers:
             self._signal(w, signal.SIGCONT)
         open(os.path.join(self.workdir, "stop-producers"), "w").close()
-        self._wait_for([w for w in self.workers if w.role in ("plain", "idem", "raise", "txn")])
+        self._wait_for([w for w in self.workers if w.role in ("plain", "idem", "raise", "txn", "shprod")])
         self._wait_drained()
         open(os.path.join(self.workdir, "stop-members"), "w").close()
-        self._wait_for([w for w in self.workers if w.role in ("member", "peek")])
+        self._wait_for([w for w in self.workers if w.role in ("member", "peek", "share")])
 
     def _wait_for(self, ws: list[Worker]) -> None:
         end = time.monotonic() + STOP_BOUND
@@ -788,12 +825,27 @@ class Campaign:
                     break
             for p, n in c.lost().items():
                 h["lost"][(t, p)] += n
+        sc = mgr.share_consumer("sh", group="g-sh", lock_secs=SHARE_LOCK, max_deliveries=254)
+        quiet = time.monotonic()
+        while time.monotonic() - quiet < 2.5 * SHARE_LOCK:    # the dead members' locks run out
+            recs = sc.poll(500, timeout=0.1)
+            if recs:
+                quiet = time.monotonic()
+                for r in recs:
+                    h["polled"][("sh", r.partition, r.offset)].append(digest_of(r.value))
+                sc.ack(recs)
+            if time.monotonic() > end + STOP_BOUND:
+                self.res.problems.append(f"stuck: draining sh took more than {STOP_BOUND} s")
+                break
+        for st in sc.describe():
+            h["lost"][("sh", st.partition)] += st.lost
+        sc.close()
 
     def _check(self, mgr: Any) -> None:
         h = self._read_logs()
         self._drain(mgr, h)
         res = self.res
-        member_faults = sum(n for f, n in res.faults.items() if f.endswith("member")) + len(GROUPS) * 2
+        member_faults = sum(n for f, n in res.faults.items() if f.endswith(("member", "share"))) + len(GROUPS) * 2 + 2
         res.problems += judge(h, member_faults, res.stats)
         self._check_txn(mgr, h)
         entries = len(mgr.fabric.meta_items())
