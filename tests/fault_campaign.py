@@ -525,6 +525,7 @@ class Result:
         if len(self.problems) > 25:
             lines.append(f"  ... and {len(self.problems) - 25} more problems")
         if not self.ok:
+            lines.append(f"  plan: {', '.join(self.plan[:80])}{' ...' if len(self.plan) > 80 else ''}")
             lines.append(f"  replay: python tests/fault_campaign.py --seed {self.seed} --seconds {self.seconds}")
         return "\n".join(lines)
 
