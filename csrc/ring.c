@@ -1340,9 +1340,16 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
         }
         if ((seq & 1) && (seq & GF_SEQ_ABANDONED)) {
             /* a writer already stepped over, still in the slot: pos is its
-             * message, or a later lap's offset that gives way to it */
-            if ((seq & GF_SEQ_VALUE) + 1 == want || seq_skipped(r, pos, seq)) {
+             * message (abandoned), or a later lap's offset that gives way to it
+             * (no message: its writer claims again; the ring counts it) */
+            if ((seq & GF_SEQ_VALUE) + 1 == want) {
                 c->abandoned++;
+                pos++;
+                c->stall_since = 0;
+                continue;
+            }
+            if (seq_skipped(r, pos, seq)) {
+                c->gaps++;
                 pos++;
                 c->stall_since = 0;
                 continue;
@@ -1351,7 +1358,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
                 break;
             if (atomic_compare_exchange_strong(q, &seq, seq_skip_word(r, pos, seq))) {
                 faa(&r->hdr->abandoned, 1);
-                c->abandoned++;
+                c->gaps++;
                 pos++;
                 c->stall_since = 0;
             }
@@ -1376,7 +1383,10 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             /* a writer in the slot keeps it (seq_skip_word): it may only be paused */
             if (atomic_compare_exchange_strong(q, &seq, seq_skip_word(r, pos, seq))) {
                 faa(&r->hdr->abandoned, seq_skip_count(pos, seq));
-                c->abandoned++;
+                if ((seq & 1) && (seq & GF_SEQ_VALUE) + 1 != want)
+                    c->gaps++;          /* pos gave way to an older writer still in the slot */
+                else
+                    c->abandoned++;
                 pos++;
             }
             gf_lease_unpin(r->lease);
