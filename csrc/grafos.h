@@ -462,6 +462,10 @@ typedef struct {
     uint32_t flags;           /* 1: joinable (put counts an unfinished task) */
     uint32_t reserved;
     int64_t spin_learnt;      /* how long a get spins before it sleeps (gf_poller's adaptive spin) */
+    /* a get's bounded wait on an unfinished slot, kept across its looks (a get waits in slices) */
+    uint64_t stall_pos;
+    uint64_t stall_tail;
+    int64_t stall_since;
 } gf_queue;
 
 typedef struct {

@@ -203,7 +203,7 @@ _Static_assert(sizeof(struct gf_ring_hdr) == GF_RING_HDR_SIZE, "ring hdr");
  *                      its own, and the offsets m + k * capacity for 1 <= k <= s
  *                      (every k once s is GF_SEQ_SKIP_MAX) gave way to it and
  *                      hold nothing. The writer leaves by storing the last of
- *                      them, abandoned; only then does a later lap take the slot.
+ *                      them as a gap; only then does a later lap take the slot.
  * Offsets are below 2^48, so bits 49 to 63 are free. */
 #define GF_SEQ_ABANDONED (1ULL << 63)
 #define GF_SEQ_GAP       (1ULL << 62)

@@ -81,7 +81,7 @@ static inline uint64_t seq_skip_count(uint64_t n, uint64_t w)
 
 /* The writer of offset n leaves its slot: from "being written" (2n + 1) to
  * `to`, 1 if so. If it was stepped over meanwhile, the slot is handed on as the
- * last offset that gave way to it, abandoned (0: the message is not published);
+ * last offset that gave way to it, a gap (0: the message is not published);
  * a slot whose skips ran out stays out of use until its ring is restarted. */
 static int seq_leave_stepped(gf_ring *r, uint64_t n, _Atomic uint64_t *q, uint64_t cur);
 
@@ -102,7 +102,8 @@ static __attribute__((noinline, cold)) int seq_leave_stepped(gf_ring *r, uint64_
         uint64_t s = seq_skips(cur);
         if (s == GF_SEQ_SKIP_MAX || s > (MAX_OFFSET - 1 - n) / r->capacity)
             return 0;
-        if (cas(q, &cur, (2 * (n + s * r->capacity) + 2) | GF_SEQ_ABANDONED))
+        /* the last offset that gave way holds no message: a gap (its own, if none did: abandoned) */
+        if (cas(q, &cur, (2 * (n + s * r->capacity) + 2) | (s ? GF_SEQ_GAP : GF_SEQ_ABANDONED)))
             return 0;
     }
 }
@@ -384,6 +385,8 @@ static int slot_take_slow(gf_ring *r, uint64_t n, int64_t *t0, int plain)
             /* a reader gave up on n before we even started: n is skipped, say so */
             return gf_fail(GF_E_ABANDONED, "offset %llu was reclaimed by a reader after the bounded wait",
                            (unsigned long long)n);
+        if (c == writing + 1 && (cur & GF_SEQ_GAP))
+            return TAKE_GAVE_WAY;   /* n gave way to a stalled writer, which has left since */
         if (c == writing) {
             /* already ours (a test hook's claim), unless stepped over since */
             if (!(cur & GF_SEQ_ABANDONED))
