@@ -27,7 +27,7 @@
 #define MAX_META_SLOTS      (1u << 22)
 #define MAX_FABRIC_SIZE     (1ULL << 44)
 #define ATTACH_WAIT_NS      2000000000LL   /* how long to wait for a creator to finish */
-#define DEFAULT_STALL_NS    100000000LL    /* bounded wait on an abandoned slot: 100 ms */
+#define DEFAULT_STALL_NS    500000000LL    /* bounded wait on an unfinished slot: 500 ms (docs/hardening.md) */
 #define OWNER_TRIES         64             /* random tokens tried before giving up (each collides
                                             * with a live one at odds of live handles / 2^31) */
 

@@ -445,6 +445,7 @@ int gf_test_unpin(gf_fabric *f, uint32_t index);
 #define GF_FAULT_IDEM_WRITTEN   20  /* an idempotent send: the message is written, the call not returned */
 #define GF_FAULT_QUEUE_RESERVED 31  /* a queue put: its place counted, no slots taken yet */
 #define GF_FAULT_QUEUE_LOANED   30  /* a queue put: slots taken, the item half copied, not published */
+#define GF_FAULT_COPY           32  /* a write: its slots taken, its header written, its value not yet copied */
 
 /* as gf_test_claim_slot for a message of `span` slots: claimed (with any padding), every slot taken */
 int64_t gf_test_claim_span(gf_ring *r, uint32_t span);
@@ -461,6 +462,10 @@ typedef struct {
     uint32_t flags;           /* 1: joinable (put counts an unfinished task) */
     uint32_t reserved;
     int64_t spin_learnt;      /* how long a get spins before it sleeps (gf_poller's adaptive spin) */
+    /* a get's bounded wait on an unfinished slot, kept across its looks (a get waits in slices) */
+    uint64_t stall_pos;
+    uint64_t stall_tail;
+    int64_t stall_since;
 } gf_queue;
 
 typedef struct {

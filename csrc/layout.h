@@ -16,7 +16,7 @@
 #include <stdatomic.h>
 
 #define GF_MAGIC          0x314f4641524721ULL  /* "!GRAFO1\0" little-endian */
-#define GF_LAYOUT_VERSION 3u
+#define GF_LAYOUT_VERSION 4u
 #define GF_READY          0x52454459u          /* "YDER": written last at creation */
 #define GF_HDR_SIZE       4096u
 #define GF_PAGE           4096u
@@ -191,35 +191,50 @@ _Static_assert(sizeof(struct gf_ring_hdr) == GF_RING_HDR_SIZE, "ring hdr");
  * seq[n % capacity] is offset n's publication word (per slot, as in the
  * Disruptor: there is no shared "published" cursor a dead producer could wedge):
  *   0                  never written
- *   2n + 1             offset n is being written
+ *   2n + 1             offset n is being written (| GAP: as a continuation or padding)
  *   2n + 2             offset n is published: a message starts in its slot
  *   2n + 2 | GAP       offset n holds no message: it continues the message of an
  *                      earlier offset, or pads the ring's end so that a message
  *                      which would straddle it starts at slot 0 instead
  *   bit 63 set         offset n was abandoned by its writer; readers skip it
- * Offsets are below 2^48, so bits 62 and 63 are free. */
+ *   2m + 1 | ABANDONED | s << 49
+ *                      the writer of offset m was stepped over (readers skip m)
+ *                      but may still be copying into the slot: the slot stays
+ *                      its own, and the offsets m + k * capacity for 1 <= k <= s
+ *                      (every k once s is GF_SEQ_SKIP_MAX) gave way to it and
+ *                      hold nothing. The writer leaves by storing the last of
+ *                      them as a gap; only then does a later lap take the slot.
+ * Offsets are below 2^48, so bits 49 to 63 are free. */
 #define GF_SEQ_ABANDONED (1ULL << 63)
 #define GF_SEQ_GAP       (1ULL << 62)
 #define GF_SEQ_FLAGS     (GF_SEQ_ABANDONED | GF_SEQ_GAP)
+#define GF_SEQ_SKIP_SHIFT 49
+#define GF_SEQ_SKIP_MAX  0x1FFFULL
+#define GF_SEQ_VALUE     ((1ULL << GF_SEQ_SKIP_SHIFT) - 1)
 
 /* ---- slot ----------------------------------------------------------------
  *
  *   0               8               16      20      24      28      32      36      40
  *   +---------------+---------------+-------+-------+-------+-------+-------+-------+--- - -
- *   | offset        | ts_ns         |key_len|val_len|hdr_len|keyhash| flags | crc   | key | headers | value
+ *   | owner         | ts_ns         |key_len|val_len|hdr_len|keyhash| flags | crc   | key | headers | value
  *   +---------------+---------------+-------+-------+-------+-------+-------+-------+--- - -
  *
  * A message of key + headers + value bytes needs span = ceil((40 + bytes) /
  * stride) slots; the slots after the first carry no header, only the rest of
  * the payload, and their offsets are GAPs. A span never wraps past the ring's
  * end (the writer pads to it), so a message is one contiguous range.
- * `offset` is informational (tools); crc is crc32c over the offset n, bytes
+ * `owner` is token << 32 | (n & (2^32 - 1)): the owner token ("owners"
+ * above) of the handle that writes the message, stored with the header (0:
+ * none, cannot tell): a later lap that finds the
+ * slot still being written tells a paused writer (alive: the slot stays its
+ * own) from a dead one (the slot is free). Readers never use it, so it is not
+ * summed. crc is crc32c over the offset n, bytes
  * [8, 36) and the payload, so a slot that holds another offset's bytes, or a
  * torn write, never passes. In a ring flagged GF_RING_NO_CRC it is 0 and
  * unchecked: the sequence words alone guard publication. */
 #define GF_SLOT_HDR_SIZE 40u
 struct gf_slot {
-    uint64_t offset;            /*  0 */
+    uint64_t owner;             /*  0 */
     int64_t ts_ns;              /*  8 */
     uint32_t key_len;           /* 16 */
     uint32_t val_len;           /* 20 */

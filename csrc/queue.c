@@ -284,6 +284,10 @@ int64_t gf_queue_get(gf_queue *q, uint8_t *buf, uint64_t buf_size, int64_t timeo
         gf_cursor c;
         memset(&c, 0, sizeof c);
         c.pos = h;
+        if (q->stall_since && q->stall_pos == h) {     /* the wait on this slot goes on */
+            c.stall_since = q->stall_since;
+            c.stall_tail = q->stall_tail;
+        }
         gf_msg_meta m;
         int64_t wait = left_ns(deadline);
         /* a poller of our own for this look, with the handle's adaptive spin: a
@@ -293,6 +297,9 @@ int64_t gf_queue_get(gf_queue *q, uint8_t *buf, uint64_t buf_size, int64_t timeo
                        .n = 1, .max_batch = 1, .spin_learnt = q->spin_learnt};
         int64_t got = gf_poller_poll(&p, 1, 0, wait < 0 ? 100000000 : wait, wait == 0 ? 0 : GF_SPIN_ADAPTIVE);
         q->spin_learnt = p.spin_learnt;
+        q->stall_since = c.stall_since;
+        q->stall_pos = c.pos;
+        q->stall_tail = c.stall_tail;
         if (got == GF_E_BUFFER) {
             memset(&c, 0, sizeof c);
             c.pos = h;

@@ -35,6 +35,163 @@ static inline _Atomic uint64_t *seq_at(const gf_ring *r, uint64_t n)
     return &r->seqs[slot_index(r, n)];
 }
 
+/* ---- a slot whose writer was stepped over ---------------------------------------
+ * A writer paused mid-copy (SIGSTOP, a debugger, a frozen cgroup, swap) is
+ * stepped over by readers after the bounded wait, but it may resume and copy on
+ * at any time, so its slot is never handed to another writer while its word
+ * says it is in (an odd value). Later laps that reach the slot give way instead:
+ * their offsets are recorded in the word as skipped (layout.h), readers step
+ * over them, and their writers claim again. */
+
+static inline uint64_t seq_skips(uint64_t w) { return (w >> GF_SEQ_SKIP_SHIFT) & GF_SEQ_SKIP_MAX; }
+
+/* 1 if w is a stepped-over writer's word that already says offset n gave way */
+static int seq_skipped(const gf_ring *r, uint64_t n, uint64_t w)
+{
+    uint64_t v = w & GF_SEQ_VALUE, m = v >> 1, s = seq_skips(w);
+    if (!(v & 1) || !(w & GF_SEQ_ABANDONED) || m >= n || (n - m) % r->capacity)
+        return 0;
+    return s == GF_SEQ_SKIP_MAX || (n - m) / r->capacity <= s;
+}
+
+/* The word that makes offset n skipped, from the slot's word w (a value below
+ * n's publication): a slot a writer may still be copying into stays that
+ * writer's, flagged abandoned, with n's lap among those that gave way;
+ * otherwise n's own word, abandoned. */
+static uint64_t seq_skip_word(const gf_ring *r, uint64_t n, uint64_t w)
+{
+    uint64_t v = w & GF_SEQ_VALUE, m = v >> 1;
+    if (!(v & 1) || m > n || (n - m) % r->capacity)     /* nobody in it (or a damaged word) */
+        return (2 * n + 2) | GF_SEQ_ABANDONED;
+    uint64_t k = (n - m) / r->capacity, s = seq_skips(w);
+    if (k > GF_SEQ_SKIP_MAX)
+        k = GF_SEQ_SKIP_MAX;
+    if (k < s)
+        k = s;
+    return (w & GF_SEQ_GAP) | v | GF_SEQ_ABANDONED | (k << GF_SEQ_SKIP_SHIFT);
+}
+
+/* Offsets newly abandoned by replacing w with seq_skip_word(n, w): n, and the
+ * writer in the slot when it had not been stepped over yet. */
+static inline uint64_t seq_skip_count(uint64_t n, uint64_t w)
+{
+    uint64_t v = w & GF_SEQ_VALUE;
+    return 1 + ((v & 1) && !(w & GF_SEQ_ABANDONED) && (v >> 1) != n);
+}
+
+/* The writer of offset n leaves its slot: from "being written" (2n + 1) to
+ * `to`, 1 if so. If it was stepped over meanwhile, the slot is handed on as the
+ * last offset that gave way to it, a gap (0: the message is not published);
+ * a slot whose skips ran out stays out of use until its ring is restarted. */
+static int seq_leave_stepped(gf_ring *r, uint64_t n, _Atomic uint64_t *q, uint64_t cur);
+
+static inline int seq_leave(gf_ring *r, uint64_t n, uint64_t to)
+{
+    _Atomic uint64_t *q = seq_at(r, n);
+    uint64_t cur = (2 * n + 1) | (to & GF_SEQ_GAP);   /* a continuation is written as one */
+    if (__builtin_expect(cas(q, &cur, to), 1))
+        return 1;
+    return seq_leave_stepped(r, n, q, cur);
+}
+
+static __attribute__((noinline, cold)) int seq_leave_stepped(gf_ring *r, uint64_t n, _Atomic uint64_t *q, uint64_t cur)
+{
+    for (;;) {
+        if ((cur & GF_SEQ_VALUE) != 2 * n + 1)
+            return 0;                   /* not ours (a damaged word) */
+        uint64_t s = seq_skips(cur);
+        if (s == GF_SEQ_SKIP_MAX || s > (MAX_OFFSET - 1 - n) / r->capacity)
+            return 0;
+        /* the last offset that gave way holds no message: a gap (its own, if none did: abandoned) */
+        if (cas(q, &cur, (2 * (n + s * r->capacity) + 2) | (s ? GF_SEQ_GAP : GF_SEQ_ABANDONED)))
+            return 0;
+    }
+}
+
+/* Who writes a slot: a message's writer stores its handle's owner token
+ * (layout.h, "owners") and the message's offset in the owner word of its first
+ * slot (the slot header's first 8 bytes, which readers never use) with the
+ * header, so a later lap can tell a paused writer (alive: give way) from a dead
+ * one (its slot is free). An owner word that does not name the offset (a writer
+ * stopped between its take and its header), or names no token, cannot tell:
+ * alive. Stored after the take rather than before it, so that the
+ * compare-and-swap does not wait for the slot's line. */
+#define OWNER_OFF_BITS 32
+#define OWNER_OFF_MASK ((1ULL << OWNER_OFF_BITS) - 1)
+#define OWNER_NOBODY (GF_OWNER_TOKEN_MASK + 1ULL)    /* a token no handle has: dead (test hooks) */
+static inline _Atomic uint64_t *owner_at(const gf_ring *r, uint64_t n)
+{
+    return (_Atomic uint64_t *)&slot_at(r, n)->owner;
+}
+
+static inline uint64_t owner_word(const gf_ring *r, uint64_t n)
+{
+    return ((uint64_t)r->f->token << OWNER_OFF_BITS) | (n & OWNER_OFF_MASK);
+}
+
+/* 1 if the writer of offset m, whose slot holds the word w (being written), is
+ * known to be dead. A continuation's writer is its message's: the first slot
+ * before it not being written as a continuation. 0 when it cannot tell. */
+static __attribute__((cold)) int holder_dead(const gf_ring *r, uint64_t m, uint64_t w, uint64_t *head)
+{
+    uint64_t h = m;
+    for (uint32_t i = 0; (w & GF_SEQ_GAP) && i < r->capacity; i++) {
+        if (h == 0)
+            return 0;
+        h--;
+        w = ld_acq(seq_at(r, h));
+        if ((w & GF_SEQ_VALUE) != 2 * h + 1)
+            return 0;
+    }
+    if (w & GF_SEQ_GAP)
+        return 0;
+    uint64_t o = ld_acq(owner_at(r, h)), token = o >> OWNER_OFF_BITS;
+    if ((o & OWNER_OFF_MASK) != (h & OWNER_OFF_MASK) || token == 0)
+        return 0;
+    *head = h;
+    return token > GF_OWNER_TOKEN_MASK || gf_owner_alive(r->f, (uint32_t)token) == 0;
+}
+
+/* The writer of the message at offset h died in it: its slots are free, and
+ * read as abandoned (as the offsets that gave way to it, if any). */
+static __attribute__((cold)) void release_dead(gf_ring *r, uint64_t h)
+{
+    uint64_t fresh = 0;
+    for (uint32_t k = 1; k < r->capacity; k++) {
+        uint64_t i = h + k, w = ld_acq(seq_at(r, i));
+        if ((w & GF_SEQ_VALUE) != 2 * i + 1 || !(w & GF_SEQ_GAP))
+            break;
+        fresh += !(w & GF_SEQ_ABANDONED);
+        seq_leave(r, i, (2 * i + 2) | GF_SEQ_ABANDONED);
+    }
+    uint64_t w = ld_acq(seq_at(r, h));
+    if ((w & GF_SEQ_VALUE) == 2 * h + 1) {
+        fresh += !(w & GF_SEQ_ABANDONED);
+        seq_leave(r, h, (2 * h + 2) | GF_SEQ_ABANDONED);
+    }
+    if (fresh)
+        faa(&r->hdr->abandoned, fresh);
+}
+
+static int gave_way(uint64_t n)
+{
+    return gf_fail(GF_E_ABANDONED, "offset %llu gave way: its slot is held by a writer stalled past "
+                   "the bounded wait", (unsigned long long)n);
+}
+
+/* The message whose writer we step over runs on in the slots after m: step
+ * over those too, so that the next claims give way at once instead of each
+ * waiting out the bounded wait again. */
+static __attribute__((cold)) void step_over_rest(gf_ring *r, uint64_t m)
+{
+    for (uint32_t i = 1; i < r->capacity; i++) {
+        uint64_t o = m + i, want = (2 * o + 1) | GF_SEQ_GAP;
+        if (!cas(seq_at(r, o), &want, want | GF_SEQ_ABANDONED))
+            return;
+        faa(&r->hdr->abandoned, 1);
+    }
+}
+
 /* slots a message of `total` payload bytes occupies (its header is in the first) */
 static inline uint64_t span_of(const gf_ring *r, uint64_t total)
 {
@@ -188,35 +345,94 @@ static inline void wake_readers(gf_fabric *f)
  * A message's first slot is taken with a compare-and-swap; the slots after it
  * (`plain`) with a load and a store: a 1 MiB message in 512-byte slots has
  * 2,048 of them, and a locked instruction each cost 11 us. The one race the
- * store can lose is to a lap writer, and then the tail already marks this
- * message lapped (gap_finish below). */
+ * store can lose is to an earlier lap's writer that loaded the word before us
+ * and stores after us, a whole lap late; the tail then already marks its
+ * message lapped (gap_finish below).
+ * A slot whose earlier writer is still in it (an odd word) is taken only once
+ * that writer is known dead: after the bounded wait the offset gives way
+ * (TAKE_GAVE_WAY: nothing written, readers step over it; the caller claims
+ * again). */
 #define TAKE_LAPPED 1
-static int slot_take_as(gf_ring *r, uint64_t n, int64_t *t0, int plain)
+#define TAKE_GAVE_WAY 2
+static __attribute__((noinline, cold)) int slot_take_slow(gf_ring *r, uint64_t n, int64_t *t0, int plain);
+
+static inline int slot_take_as(gf_ring *r, uint64_t n, int64_t *t0, int plain)
 {
+    /* the common case inline: the slot's last tenant finished (an even word of an earlier offset) */
     _Atomic uint64_t *q = seq_at(r, n);
     const uint64_t writing = 2 * n + 1;
+    uint64_t cur = ld_acq(q), c = cur & GF_SEQ_VALUE;
+    if (__builtin_expect(!(c & 1) && c < writing, 1)) {
+        if (plain) {
+            st_rlx(q, writing | GF_SEQ_GAP);   /* ordered before the bytes by slot_header's release fence */
+            return GF_OK;
+        }
+        if (cas(q, &cur, writing))
+            return GF_OK;
+    }
+    return slot_take_slow(r, n, t0, plain);
+}
+
+static int slot_take_slow(gf_ring *r, uint64_t n, int64_t *t0, int plain)
+{
+    _Atomic uint64_t *q = seq_at(r, n);
+    const uint64_t writing = 2 * n + 1, mine = plain ? writing | GF_SEQ_GAP : writing;
     uint64_t cur = ld_acq(q);
+    int released = 0;
     for (;;) {
-        uint64_t c = cur & ~GF_SEQ_FLAGS;
+        uint64_t c = cur & GF_SEQ_VALUE;
         if (c == writing + 1 && (cur & GF_SEQ_ABANDONED))
             /* a reader gave up on n before we even started: n is skipped, say so */
             return gf_fail(GF_E_ABANDONED, "offset %llu was reclaimed by a reader after the bounded wait",
                            (unsigned long long)n);
-        if (c >= writing)
+        if (c == writing + 1 && (cur & GF_SEQ_GAP))
+            return TAKE_GAVE_WAY;   /* n gave way to a stalled writer, which has left since */
+        if (c == writing) {
+            /* already ours (a test hook's claim), unless stepped over since */
+            if (!(cur & GF_SEQ_ABANDONED))
+                return GF_OK;
+            seq_leave(r, n, (2 * n + 2) | ((cur & GF_SEQ_GAP) ? GF_SEQ_GAP : GF_SEQ_ABANDONED));
+            return gf_fail(GF_E_ABANDONED, "offset %llu was reclaimed by a reader after the bounded wait",
+                           (unsigned long long)n);
+        }
+        if (c > writing)
             return TAKE_LAPPED;   /* lapped before we started: the ring already overwrote n */
-        if ((c & 1) && !(cur & GF_SEQ_ABANDONED)) {
-            /* the previous lap's writer is still in this slot: wait, boundedly */
-            int64_t now = gf_mono_ns();
-            if (!*t0)
-                *t0 = now;
-            if (now - *t0 < r->f->stall_ns) {
-                sched_yield();
+        if (c & 1) {
+            /* an earlier lap's writer is in this slot: wait for it, boundedly */
+            if (!(cur & GF_SEQ_ABANDONED)) {
+                int64_t now = gf_mono_ns();
+                if (!*t0)
+                    *t0 = now;
+                if (now - *t0 < r->f->stall_ns) {
+                    sched_yield();
+                    cur = ld_acq(q);
+                    continue;
+                }
+            }
+            if (seq_skipped(r, n, cur))
+                return TAKE_GAVE_WAY;
+            uint64_t head;
+            if (!released && holder_dead(r, c >> 1, cur, &head)) {
+                released = 1;
+                /* its writer died: its message's slots are free (this one among them) */
+                release_dead(r, head);
                 cur = ld_acq(q);
                 continue;
             }
+            /* it may only be paused, and copy on when it resumes: give way */
+            uint64_t to = seq_skip_word(r, n, cur);
+            if (to & 1) {
+                if (!cas(q, &cur, to))
+                    continue;
+                faa(&r->hdr->abandoned, seq_skip_count(n, cur));
+                if (!(cur & GF_SEQ_ABANDONED))
+                    step_over_rest(r, c >> 1);
+                return TAKE_GAVE_WAY;
+            }
+            /* a damaged word names no writer: take it */
         }
         if (plain) {
-            st_rlx(q, writing);   /* ordered before the bytes by slot_header's release fence */
+            st_rlx(q, mine);   /* ordered before the bytes by slot_header's release fence */
             return GF_OK;
         }
         if (cas(q, &cur, writing))
@@ -226,11 +442,10 @@ static int slot_take_as(gf_ring *r, uint64_t n, int64_t *t0, int plain)
 
 static int slot_take(gf_ring *r, uint64_t n, int64_t *t0) { return slot_take_as(r, n, t0, 0); }
 
-/* From "being written" to `to`; 0 if a reader abandoned it meanwhile. */
+/* From "being written" to `to`; 0 if it was stepped over meanwhile (seq_leave). */
 static inline int seq_finish(gf_ring *r, uint64_t n, uint64_t to)
 {
-    uint64_t expect = 2 * n + 1;
-    return atomic_compare_exchange_strong(seq_at(r, n), &expect, to);
+    return seq_leave(r, n, to);
 }
 
 static inline int gap_finish(gf_ring *r, uint64_t m);
@@ -248,7 +463,8 @@ static void pad_publish(gf_ring *r, uint64_t from, uint64_t to)
 /* Take the `span` slots of a message at offset n. GF_OK: all ours, the caller
  * writes and publishes. Otherwise every slot we did take is already released
  * (head abandoned, the rest gaps) and the result says why: TAKE_LAPPED (the
- * ring overwrote the message before it was written) or GF_E_ABANDONED. */
+ * ring overwrote the message before it was written), TAKE_GAVE_WAY (a slot is
+ * held by a stalled writer) or GF_E_ABANDONED. */
 static int span_take(gf_ring *r, uint64_t n, uint64_t span)
 {
     int64_t t0 = 0;
@@ -266,27 +482,27 @@ static int span_take(gf_ring *r, uint64_t n, uint64_t span)
     /* undo: the slots we hold must not keep readers waiting, nor hold a message */
     for (uint64_t i = 0; i < j; i++)
         seq_finish(r, n + i, (2 * (n + i) + 2) | (i ? GF_SEQ_GAP : GF_SEQ_ABANDONED));
-    for (uint64_t i = j + 1; i < span; i++) {
-        int64_t t1 = 0;
-        if (slot_take(r, n + i, &t1) == GF_OK)
+    for (uint64_t i = j + 1; i < span; i++)     /* one bounded wait, already spent, covers them */
+        if (slot_take_as(r, n + i, &t0, 1) == GF_OK)
             seq_finish(r, n + i, (2 * (n + i) + 2) | GF_SEQ_GAP);
-    }
     return bad;
 }
 
 /* A continuation slot from "being written" to a gap, 0 if it is no longer ours.
  * A load and a plain store instead of a compare-and-swap: a 1 MiB message in
  * 512-byte slots has 2,048 of them, and a locked instruction each cost as much
- * as copying the message. The one race, a slot taken over between the load and
- * the store, is a lap writer that waited out the bounded wait on it: the tail
- * is then past n + capacity, so readers drop this message as lapped; the store
- * leaves that writer's word behind, so it finds its message abandoned and its
- * readers step over the slot after the bounded wait. */
+ * as copying the message. A slot stepped over meanwhile (flags in its word) is
+ * left through seq_leave. The one race, a step-over between the load and the
+ * store, is undone by the store: the slot is free again at once, which is all
+ * a step-over waits for; only a later lap that gave way within those few
+ * instructions, and whose writer has not looked yet, may then write an offset
+ * its readers already stepped over. */
 static inline int gap_finish(gf_ring *r, uint64_t m)
 {
     _Atomic uint64_t *q = seq_at(r, m);
-    if (ld_rlx(q) != 2 * m + 1)
-        return 0;
+    uint64_t cur = ld_rlx(q);
+    if (__builtin_expect(cur != ((2 * m + 1) | GF_SEQ_GAP), 0))
+        return (cur & GF_SEQ_VALUE) == 2 * m + 1 ? seq_leave(r, m, (2 * m + 2) | GF_SEQ_GAP) : 0;
     st_rel(q, (2 * m + 2) | GF_SEQ_GAP);
     return 1;
 }
@@ -314,7 +530,7 @@ static inline uint8_t *slot_header(gf_ring *r, uint64_t n, uint32_t klen, uint32
 {
     struct gf_slot *s = slot_at(r, n);
     fence_rel();   /* seqlock: the odd seq is visible before any byte below */
-    s->offset = n;
+    s->owner = owner_word(r, n);
     s->ts_ns = ts;
     s->key_len = klen;
     s->val_len = vlen;
@@ -330,9 +546,10 @@ static inline void slot_seal(gf_ring *r, uint64_t n, uint64_t total)
     s->crc = !r->crc ? 0u : gf_slot_crc(n, (const uint8_t *)s + 8, (const uint8_t *)s + GF_SLOT_HDR_SIZE, total);
 }
 
-/* Write the message at offset n (its span claimed). Returns GF_OK, or
+/* Write the message at offset n (its span claimed). Returns GF_OK,
  * GF_E_ABANDONED if a reader gave up on us (we took longer than the bounded
- * wait) and the message is not delivered. */
+ * wait) and the message is not delivered, or TAKE_GAVE_WAY if a slot of it is
+ * held by a stalled writer (nothing written: the message needs another claim). */
 static int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t klen, uint32_t flags,
                         uint32_t key_hash, const uint8_t *hdrs, uint32_t hlen,
                         const uint8_t *val, uint32_t vlen, int64_t ts, const gf_stamp *st)
@@ -340,12 +557,13 @@ static int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t kle
     uint64_t total = (uint64_t)klen + hlen + vlen + (st ? GF_STAMP_SIZE : 0), span = span_of(r, total);
     int rc = span_take(r, n, span);
     if (rc != GF_OK)
-        return rc == TAKE_LAPPED ? GF_OK : rc;
+        return rc == TAKE_LAPPED ? GF_OK : rc;     /* TAKE_GAVE_WAY: claim again */
     uint8_t *p = slot_header(r, n, klen, flags, key_hash, hlen, vlen, ts);
     struct gf_slot *s = slot_at(r, n);
     if (!r->crc) {
         if (klen) memcpy(p, key, klen);
         if (hlen) memcpy(p + klen, hdrs, hlen);
+        GF_FAULT(GF_FAULT_COPY);    /* a test stops here: a writer paused mid-copy */
         if (vlen) gf_copy(p + klen + hlen, val, vlen);
         if (st) memcpy(p + klen + hlen + vlen, st, GF_STAMP_SIZE);
         s->crc = 0;
@@ -355,6 +573,7 @@ static int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t kle
     uint32_t c = gf_slot_crc_seed(n, (const uint8_t *)s + 8);
     if (klen) c = gf_copy_crc(p, key, klen, c);
     if (hlen) c = gf_copy_crc(p + klen, hdrs, hlen, c);
+    GF_FAULT(GF_FAULT_COPY);
     if (vlen) c = gf_copy_crc(p + klen + hlen, val, vlen, c);
     if (st) c = gf_copy_crc(p + klen + hlen + vlen, (const uint8_t *)st, GF_STAMP_SIZE, c);
     s->crc = c ^ ~0u;
@@ -502,10 +721,19 @@ static int64_t append_one(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_
     if ((rc = check_total(r, total, klen, hlen, vlen)) < 0 || (rc = check_alive(r, now)) < 0)
         return rc;
     uint64_t span = span_of(r, total), first;
-    int64_t n = claim_one(r, span, &first);
-    if (n < 0)
-        return n;
-    rc = slot_publish(r, (uint64_t)n, key, klen, flags, key_hash, hdrs, hlen, val, vlen, ts, st);
+    int64_t n;
+    for (uint32_t tries = 0;; tries++) {
+        n = claim_one(r, span, &first);
+        if (n < 0)
+            return n;
+        rc = slot_publish(r, (uint64_t)n, key, klen, flags, key_hash, hdrs, hlen, val, vlen, ts, st);
+        if (__builtin_expect(rc != TAKE_GAVE_WAY, 1))
+            break;
+        if (tries >= r->capacity) {     /* every slot held: say so */
+            rc = gave_way((uint64_t)n);
+            break;
+        }
+    }
     wake_readers(r->f);
     if (written)
         *written = rc == GF_OK;
@@ -720,7 +948,7 @@ int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
         uint64_t off = multi ? offs[i] : (uint64_t)first + i;
         if (multi)
             pad_publish(r, end, off);
-        if (slot_publish(r, off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns, NULL) < 0)
+        if (slot_publish(r, off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns, NULL) != GF_OK)
             abandoned++;
         end = off + (multi ? spans[i] : 1);
         kp += kl;
@@ -753,7 +981,8 @@ static void unclaim(gf_ring **rings, const uint64_t *next, const uint64_t *took,
         for (uint64_t o = next[q]; o < next[q] + took[q]; o++) {
             _Atomic uint64_t *sq = seq_at(r, o);
             uint64_t cur = ld_acq(sq);
-            while ((cur & ~GF_SEQ_FLAGS) < 2 * o + 1 && !cas(sq, &cur, (2 * o + 2) | GF_SEQ_ABANDONED))
+            while ((cur & GF_SEQ_VALUE) < 2 * o + 1 && !seq_skipped(r, o, cur) &&
+                   !cas(sq, &cur, seq_skip_word(r, o, cur)))
                 ;
             faa(&r->hdr->abandoned, 1);
         }
@@ -897,7 +1126,7 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
             pad_publish(rings[p], next[p] - 1, off);
             next[p] = off + mspan[i];
         }
-        if (slot_publish(rings[p], off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns, NULL) < 0)
+        if (slot_publish(rings[p], off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns, NULL) != GF_OK)
             abandoned++;
         out_offsets[i] = off;
         kp += kl;
@@ -933,6 +1162,8 @@ int64_t gf_test_claim_slot(gf_ring *r)
     int64_t n = claim(r, 1);
     if (n < 0)
         return n;
+    /* its owner word names a token no handle has: a writer that died */
+    st_rlx(owner_at(r, (uint64_t)n), (OWNER_NOBODY << OWNER_OFF_BITS) | ((uint64_t)n & OWNER_OFF_MASK));
     st_rel(seq_at(r, (uint64_t)n), 2 * (uint64_t)n + 1);
     return n;
 }
@@ -948,7 +1179,9 @@ int64_t gf_test_claim_span(gf_ring *r, uint32_t span)
     pad_publish(r, (uint64_t)t, off);
     int rc = span_take(r, off, k);
     if (rc != GF_OK)
-        return rc < 0 ? rc : gf_fail(GF_E_ABANDONED, "offset %llu was overwritten at once", (unsigned long long)off);
+        return rc < 0 ? rc : rc == TAKE_GAVE_WAY ? gave_way(off)
+                           : gf_fail(GF_E_ABANDONED, "offset %llu was overwritten at once", (unsigned long long)off);
+    st_rlx(owner_at(r, off), (OWNER_NOBODY << OWNER_OFF_BITS) | (off & OWNER_OFF_MASK));   /* as a writer that died */
     return (int64_t)off;   /* every slot left "being written" */
 }
 
@@ -957,7 +1190,8 @@ int gf_test_publish(gf_ring *r, uint64_t n, const uint8_t *val, uint32_t vlen)
     int rc = check_msg(r, 0, 0, vlen);
     if (rc < 0)
         return rc;
-    return slot_publish(r, n, NULL, 0, 0u, 0u, NULL, 0, val, vlen, gf_now_ns(), NULL);
+    rc = slot_publish(r, n, NULL, 0, 0u, 0u, NULL, 0, val, vlen, gf_now_ns(), NULL);
+    return rc == TAKE_GAVE_WAY ? gave_way(n) : rc;
 }
 
 /* ---- reading ------------------------------------------------------------------- */
@@ -1093,7 +1327,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             c->stall_since = 0;
             continue;
         }
-        if ((seq & ~GF_SEQ_FLAGS) > want) {
+        if ((seq & GF_SEQ_VALUE) > want) {
         lapped:
             /* overwritten before or while we read it: the reader learns how many it lost */
             tail = ld_acq(&r->hdr->tail);
@@ -1105,6 +1339,33 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             c->stall_since = 0;
             if (tail >= MAX_OFFSET)
                 break;
+            continue;
+        }
+        if ((seq & 1) && (seq & GF_SEQ_ABANDONED)) {
+            /* a writer already stepped over, still in the slot: pos is its
+             * message (abandoned), or a later lap's offset that gives way to it
+             * (no message: its writer claims again; the ring counts it) */
+            if ((seq & GF_SEQ_VALUE) + 1 == want) {
+                c->abandoned++;
+                pos++;
+                c->stall_since = 0;
+                continue;
+            }
+            if (seq_skipped(r, pos, seq)) {
+                c->gaps++;
+                pos++;
+                c->stall_since = 0;
+                continue;
+            }
+            if (!gf_lease_pin(r->f, r->lease, r->lease_id))
+                break;
+            if (atomic_compare_exchange_strong(q, &seq, seq_skip_word(r, pos, seq))) {
+                faa(&r->hdr->abandoned, 1);
+                c->gaps++;
+                pos++;
+                c->stall_since = 0;
+            }
+            gf_lease_unpin(r->lease);
             continue;
         }
         /* claimed but not yet published: a writer is busy, or died. Every offset
@@ -1122,9 +1383,13 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
              * write into it only while pinned to our lease */
             if (!gf_lease_pin(r->f, r->lease, r->lease_id))
                 break;
-            if (atomic_compare_exchange_strong(q, &seq, want | GF_SEQ_ABANDONED)) {
-                faa(&r->hdr->abandoned, 1);
-                c->abandoned++;
+            /* a writer in the slot keeps it (seq_skip_word): it may only be paused */
+            if (atomic_compare_exchange_strong(q, &seq, seq_skip_word(r, pos, seq))) {
+                faa(&r->hdr->abandoned, seq_skip_count(pos, seq));
+                if ((seq & 1) && (seq & GF_SEQ_VALUE) + 1 != want)
+                    c->gaps++;          /* pos gave way to an older writer still in the slot */
+                else
+                    c->abandoned++;
                 pos++;
             }
             gf_lease_unpin(r->lease);
@@ -1350,9 +1615,11 @@ static int ring_readable(gf_ring *r, const gf_cursor *c, int64_t now, int64_t mo
         return 0;
     if (tail > r->capacity && pos < tail - r->capacity)
         return 1;                       /* fell behind the ring: the read counts the loss */
-    uint64_t seq = ld_acq(seq_at(r, pos)) & ~GF_SEQ_FLAGS;
+    uint64_t w = ld_acq(seq_at(r, pos)), seq = w & GF_SEQ_VALUE;
     if (seq >= 2 * pos + 2)
         return 1;                       /* published, abandoned or overwritten */
+    if ((seq & 1) && (w & GF_SEQ_ABANDONED))
+        return 1;                       /* its writer was stepped over: the read steps on */
     /* claimed, not yet published: the read starts the bounded wait, then steps over it */
     if (!c->stall_since || pos >= c->stall_tail)
         return 1;
@@ -1613,12 +1880,18 @@ int gf_loan_begin(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_ke
     if ((rc = check_msg(r, klen, hlen, vlen)) < 0 || (rc = check_alive(r, now)) < 0)
         return rc;
     uint64_t total = (uint64_t)klen + hlen + vlen, span = span_of(r, total), first;
-    int64_t n = claim_one(r, span, &first);
-    if (n < 0)
-        return (int)n;
-    rc = span_take(r, (uint64_t)n, span);
+    int64_t n;
+    for (uint32_t tries = 0;; tries++) {
+        n = claim_one(r, span, &first);
+        if (n < 0)
+            return (int)n;
+        rc = span_take(r, (uint64_t)n, span);
+        if (rc != TAKE_GAVE_WAY || tries >= r->capacity)
+            break;
+    }
     if (rc != GF_OK)
-        return rc < 0 ? rc : gf_fail(GF_E_ABANDONED, "offset %llu was overwritten before it could be loaned",
+        return rc < 0 ? rc : rc == TAKE_GAVE_WAY ? gave_way((uint64_t)n)
+                           : gf_fail(GF_E_ABANDONED, "offset %llu was overwritten before it could be loaned",
                                      (unsigned long long)n);
     uint32_t h = has_key ? gf_murmur2(key, klen) : 0;
     uint8_t *p = slot_header(r, (uint64_t)n, klen, has_key ? GF_MSG_HAS_KEY : 0u, h, hlen, vlen,

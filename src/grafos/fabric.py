@@ -265,7 +265,8 @@ class Fabric:
         return self.info().blocks
 
     def set_bounded_wait(self, seconds: float) -> None:
-        """How long readers wait on a claimed-but-unpublished slot before skipping it."""
+        """How long readers wait on a claimed-but-unpublished slot before skipping it,
+        and a later lap's writer before giving way to it (docs/hardening.md)."""
         lib.gf_fabric_set_stall(self.handle, to_ns(_validate.number(seconds, "bounded wait", 0, True)))
 
     # ---- the metadata lock ------------------------------------------------

@@ -638,8 +638,11 @@ class TopicManager(BusHandles):
         """Per partition: earliest and latest offset, lease TTL remaining, messages
         lost to overwrite (on a gated topic: overwritten before a gating reader on
         record read them); on a gated topic also the gate, the reader that sets
-        it, producers blocked now, time blocked and BufferFull raised."""
+        it, producers blocked now, time blocked and BufferFull raised. Records of
+        dead producers are collected on the way (whoever looks)."""
+        from . import transaction
         t = self.refresh(name)
+        transaction.collect(self, now)
         infos = []
         for i, p in enumerate(t.partitions):
             inc = t.partition_incarnation(i) if t.lease_ids[i] else 0

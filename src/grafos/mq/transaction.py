@@ -27,6 +27,14 @@ between those steps is finished by **whoever looks next** (a new instance
 with the same id, a ``read_committed`` reader held up by the transaction, a
 listing): ``committing`` is rolled forward (staged writes re-applied, markers
 written again: both idempotent), ``open`` with a dead registration is aborted.
+
+Records of the dead are collected by whoever looks (a registration, a
+listing, a topic's ``describe``): a registration whose lease is dead has its
+transaction resolved first, then its records (``x/``, ``xn/``, ``xs/``) are
+dropped: at once for a made-up id (nobody can take it over), after
+:data:`ID_EXPIRATION_SECS` for a named one, whose record keeps the id's epoch
+and counters for its next instance meanwhile (Kafka's
+``transactional.id.expiration.ms``). So the metadata table holds the living.
 """
 from __future__ import annotations
 
@@ -52,7 +60,8 @@ if TYPE_CHECKING:
 
 __all__ = ["TxnState", "Registration", "TransactionInfo", "new_id", "register", "unregister", "renew",
            "current_epoch", "begin", "check_store", "staged_writes", "commit", "abort", "resolve",
-           "finished", "transactions", "write_markers", "parse_stamp", "STAMP", "COMMIT", "ABORT"]
+           "finished", "transactions", "collect", "write_markers", "parse_stamp", "STAMP", "COMMIT", "ABORT",
+           "ID_EXPIRATION_SECS"]
 _log = _logger("transaction")
 
 #: stamp after a stamped message's value: producer, epoch, sequence, transaction
@@ -60,11 +69,17 @@ STAMP = struct.Struct("<IIQQ")
 assert STAMP.size == lib.GF_STAMP_SIZE
 COMMIT, ABORT = b"C", b"A"      # marker values
 
-_RECORD = struct.Struct("<IIIIQQIIqII")   # number, epoch, state, lease index, lease id, txn,
-#                                          txn epoch, staged, begin ns, aborted, fenced
+_RECORD = struct.Struct("<IIIIQQIIqIIq")  # number, epoch, state, lease index, lease id, txn,
+#                                          txn epoch, staged, begin ns, aborted, fenced, dead ns
 _COUNTER = "xc"                 # the next producer number
 _REGION = 4096                  # a registration's lease: one page
 _OWNER_TAG = 0x5052_4F44        # "PROD" in a registration lease's owner tag
+
+#: how long the record of a named producer (a ``transactional_id``) stays once its
+#: registration is dead: the id's next instance takes it over meanwhile (epoch,
+#: counters). Kafka keeps a transactional id for 7 days; a bus's metadata table
+#: holds 4,096 records (two per producer), so one hour here.
+ID_EXPIRATION_SECS = 3600.0
 
 
 class TxnState(enum.IntEnum):
@@ -93,11 +108,12 @@ class Registration:
     begin_ns: int       # when the current transaction began
     aborted: int        # transactions aborted so far (by the producer or a resolver)
     fenced: int         # times an instance of this id was fenced by a newer one
+    dead_ns: int = 0    # when a collector first found its registration dead (0: alive since)
 
     def encode(self) -> bytes:
         return _RECORD.pack(self.number, self.epoch, int(self.state), self.lease_index, self.lease_id,
                             self.txn, self.txn_epoch, self.staged, self.begin_ns, self.aborted,
-                            self.fenced) + _metakeys.pack_names(self.topic)
+                            self.fenced, self.dead_ns) + _metakeys.pack_names(self.topic)
 
     @classmethod
     def decode(cls, tid: str, raw: bytes) -> "Registration":
@@ -108,7 +124,8 @@ class Registration:
         if f[2] not in TxnState._value2member_map_:
             raise ValueError(f"unknown transaction state {f[2]}")
         (topic,), _ = _metakeys.unpack_names(raw[_RECORD.size:], 1)
-        return cls(tid, topic, f[0], f[1], TxnState(f[2]), f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10])
+        return cls(tid, topic, f[0], f[1], TxnState(f[2]), f[3], f[4], f[5], f[6], f[7], f[8], f[9], f[10],
+                   f[11])
 
 
 @dataclass(frozen=True)
@@ -179,6 +196,7 @@ def register(mgr: "TopicManager", tid: str, topic: str, ttl: float, now: float |
     fences every older instance. A transaction the previous instance left open
     is aborted, one it decided to commit is finished, before this returns."""
     fabric = mgr.fabric
+    collect(mgr, now)
     t = now_ns(now)
     exp = t + int(ttl * 1e9)
     info = ffi.new("gf_lease_info *")
@@ -198,6 +216,7 @@ def register(mgr: "TopicManager", tid: str, topic: str, ttl: float, now: float |
         if reg.state is TxnState.Open:              # the old instance's transaction dies with it
             reg.state = TxnState.Aborting
         reg.epoch += 1
+        reg.dead_ns = 0
         if alive:
             check(lib.gf_lease_renew(fabric.handle, reg.lease_index, reg.lease_id, exp, t))
             check(lib.gf_producer_fence(fabric.handle, reg.lease_index, reg.lease_id, reg.epoch),
@@ -237,7 +256,7 @@ def _current(fabric: Any, reg: Registration, t: int, cur: Registration | None = 
     still owns it; else ProducerFenced (a newer epoch, or the registration expired)."""
     if cur is None:
         cur = _get(fabric, reg.transactional_id)
-    if cur is None or cur.epoch != reg.epoch:
+    if cur is None or cur.epoch != reg.epoch or cur.number != reg.number:   # a record made again
         raise ProducerFenced(transactional_id=reg.transactional_id, topic=reg.topic, epoch=reg.epoch,
                              current_epoch=cur.epoch if cur is not None else -1)
     if not _alive(fabric, cur, t):
@@ -470,7 +489,9 @@ def finished(mgr: "TopicManager", number: int, epoch: int, txn: int) -> bool:
         tids = _ids(fabric, number)
         reg = _get(fabric, tids[0]) if tids else None
     if reg is None:
-        return False
+        # collected: only a registration whose transactions were all resolved is
+        # dropped (a number is never given out again)
+        return _given_out(fabric, number)
     if reg.state in (TxnState.Committing, TxnState.Aborting) and (reg.txn_epoch, reg.txn) == (epoch, txn):
         return False
     if reg.epoch > epoch:
@@ -485,11 +506,63 @@ def _ids(fabric: Any, number: int | None) -> list[str]:
     return [k[2:] for k, _ in fabric.meta_items("x/")]
 
 
+def _given_out(fabric: Any, number: int) -> bool:
+    """True if producer ``number`` was given out (numbers only grow)."""
+    raw = fabric.meta_get(_COUNTER)
+    return bool(raw) and 0 < number < int.from_bytes(raw, "little")
+
+
+def _drop(fabric: Any, reg: Registration) -> None:
+    """Under the lock: remove a dead, idle registration's records."""
+    tid = reg.transactional_id
+    for key, _ in list(fabric.meta_items(_staged_key(tid, 0)[:-1])):
+        fabric.meta_del(key)
+    if fabric.meta_get(_number_key(reg.number)) == tid.encode():
+        fabric.meta_del(_number_key(reg.number))
+    fabric.meta_del(_key(tid))
+
+
+def collect(mgr: "TopicManager", now: float | None = None) -> int:
+    """Drop the records of producers whose registration is dead (see the module's
+    docstring); a transaction such a producer left open is aborted, a decided
+    one finished, first. Returns how many registrations were dropped."""
+    fabric = mgr.fabric
+    t = now_ns(now)
+    keep = int(ID_EXPIRATION_SECS * 1e9)
+    todo = []
+    dropped = 0
+    with fabric.locked():
+        for key, raw in list(fabric.meta_items("x/")):
+            try:
+                reg = Registration.decode(key[2:], raw)
+            except (ValueError, struct.error):
+                continue            # damaged: whoever reads it says so
+            if reg.lease_id and _alive(fabric, reg, t):
+                continue
+            if reg.state is not TxnState.Idle:      # resolved first, dropped by a later look
+                if reg.state is TxnState.Open:
+                    reg.state = TxnState.Aborting
+                    _put(fabric, reg)
+                todo.append(reg)
+                continue
+            if reg.transactional_id.startswith("~") or (reg.dead_ns and t - reg.dead_ns >= keep):
+                _drop(fabric, reg)
+                dropped += 1
+            elif not reg.dead_ns:
+                reg.dead_ns = t
+                _put(fabric, reg)
+    for reg in todo:
+        _finish(mgr, reg, now)
+    return dropped
+
+
 def transactions(mgr: "TopicManager", topic: str | None = None, now: float | None = None
                  ) -> list[TransactionInfo]:
     """Every producer registration (of ``topic``): its epoch, its transaction's
-    state and age, whether it is alive, how often it aborted and was fenced."""
+    state and age, whether it is alive, how often it aborted and was fenced.
+    Registrations of dead producers are collected first (:func:`collect`)."""
     fabric = mgr.fabric
+    collect(mgr, now)
     t = now_ns(now)
     out = []
     with fabric.locked():
