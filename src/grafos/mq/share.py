@@ -148,6 +148,7 @@ class ShareBatch(list):
 
 
 _make = tuple.__new__
+_share_records = _crossing.share_records
 _P, _OFF, _WORD, _REGION = itemgetter(0), itemgetter(1), itemgetter(8), itemgetter(9)
 _RECORD_TYPES = {ShareRecord}
 
@@ -234,6 +235,7 @@ class ShareConsumer:
         self._start = 0
         self._buf_size = buf_size
         self._bufs: tuple | None = None
+        self._addrs: tuple = ()        # the addresses of the first three of _bufs, for the crossing
         self._reader: Reader | None = None
         self._dlq_producer = Producer(dlq, Partitioner.KeyHash) if dlq is not None else None
         self._closed = False
@@ -365,6 +367,7 @@ class ShareConsumer:
             size = self._buf_size or max(1 << 16, min(64 << 20, self.max_batch * stride))
             self._bufs = (ffi.new("gf_share_row[]", self.max_batch), ffi.new("gf_msg_meta[]", self.max_batch),
                           ffi.new("uint8_t[]", size), size)
+            self._addrs = tuple(map(_crossing.address, self._bufs[:3]))
         return self._bufs
 
     # ---- polling ----------------------------------------------------------------------
@@ -389,6 +392,7 @@ class ShareConsumer:
     def _poll_once(self, n: int, now: float | None) -> list[ShareRecord]:
         t = self._bind(now)
         rows, meta, buf, size = self._buffers()
+        addrs = self._addrs
         tn = now_ns(now)
         out: list[ShareRecord] = []
         runs: list[tuple] = []      # per partition: (partition, first, end, offsets, words) of `out`
@@ -408,7 +412,20 @@ class ShareConsumer:
             self._maintain(t, sp, tn)
             if got == 0:
                 continue
-            pairs = _crossing.decode(ffi.buffer(meta, got * _META_SIZE), ffi.buffer(buf, size), [sp.p])
+            p = sp.p
+            region = sp.region.id
+            hp = self._held.get(p)
+            if hp is None:
+                hp = self._held[p] = {}
+            start = len(out)
+            built = _share_records(addrs[0], addrs[1], addrs[2], size, got, p, region, ShareRecord, out, hp)
+            if built is not None:       # no row at the delivery limit: records, held and lists built in C
+                offs, words = built
+                runs.append((p, start, len(out), offs, words))
+                if len(out) >= n:
+                    break
+                continue
+            pairs = _crossing.decode(ffi.buffer(meta, got * _META_SIZE), ffi.buffer(buf, size), [p])
             if got <= _FEW:     # a few rows: their fields cost less than an array over them
                 few = [rows[j] for j in range(got)]
                 offs, words = [x.offset for x in few], [x.word for x in few]
@@ -421,11 +438,6 @@ class ShareConsumer:
                                             r["count"].tolist())
                 flagged = bool(r["flags"].any())
                 lasts_of = lambda: r["last"].tolist()               # noqa: E731
-            p = sp.p
-            region = sp.region.id
-            hp = self._held.get(p)
-            if hp is None:
-                hp = self._held[p] = {}
             if flagged:
                 dead = {j for j in range(got) if rows[j].flags & lib.GF_SHARE_DEAD}
                 lasts = lasts_of()
