@@ -1778,7 +1778,9 @@ static PyObject *mod_encode_headers(PyObject *m, PyObject *h)
  * addresses; rows[i] and meta[i] describe one record): appends to `out` a
  * `cls` tuple (partition, offset, key, value, timestamp, headers,
  * delivery_count, deadline_ns, word, region) per row, sets held[offset] = word,
- * and returns (offsets, words) as lists. Returns None and builds nothing when a
+ * and returns (offsets, words, packed): the offsets and words as lists, and as
+ * one bytes object of n native uint64 offsets then n words (the arrays
+ * gf_share_settle takes, so settling the batch builds no array). Returns None and builds nothing when a
  * row is flagged (the caller dead-letters those). Malformed headers, or a row
  * pointing outside buf, raise CorruptFabric; nothing is appended then. */
 static PyObject *share_record(const gf_share_row *r, const gf_msg_meta *m, const uint8_t *b,
@@ -1911,15 +1913,23 @@ static PyObject *mod_share_records(PyObject *m, PyObject *const *args, Py_ssize_
             return NULL;
         }
     }
-    PyObject *pair = PyTuple_New(2);
-    if (!pair) {
+    PyObject *packed = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n * 16);
+    PyObject *triple = packed ? PyTuple_New(3) : NULL;
+    if (!triple) {
+        Py_XDECREF(packed);
         Py_DECREF(offs);
         Py_DECREF(words);
         return NULL;
     }
-    PyTuple_SET_ITEM(pair, 0, offs);
-    PyTuple_SET_ITEM(pair, 1, words);
-    return pair;
+    uint8_t *pk = (uint8_t *)PyBytes_AS_STRING(packed);
+    for (i = 0; i < n; i++) {
+        memcpy(pk + (size_t)i * 8, &rows[i].offset, 8);
+        memcpy(pk + ((size_t)n + (size_t)i) * 8, &rows[i].word, 8);
+    }
+    PyTuple_SET_ITEM(triple, 0, offs);
+    PyTuple_SET_ITEM(triple, 1, words);
+    PyTuple_SET_ITEM(triple, 2, packed);
+    return triple;
 }
 
 static PyMethodDef module_methods[] = {
@@ -1938,7 +1948,7 @@ static PyMethodDef module_methods[] = {
     {"peek_release", (PyCFunction)(void (*)(void))mod_peek_release, METH_FASTCALL,
      "peek_release(messages, start, count, flags, overwritten) -> values still in use"},
     {"share_records", (PyCFunction)(void (*)(void))mod_share_records, METH_FASTCALL,
-     "share_records(rows, meta, buf, buf_size, n, partition, region, cls, out, held) -> (offsets, words) | None"},
+     "share_records(rows, meta, buf, buf_size, n, partition, region, cls, out, held) -> (offsets, words, packed) | None"},
     {"span", (PyCFunction)(void (*)(void))mod_span, METH_FASTCALL, "span(address, length) -> a writable Span"},
     {NULL},
 };

@@ -241,6 +241,7 @@ class ShareConsumer:
         self._closed = False
         self._next_look = 0.0     # monotonic time before which an expired partition is not looked up again
         self._one = (ffi.new("uint64_t[1]"), ffi.new("uint64_t[1]"), ffi.new("uint8_t[1]"))
+        self._oks = ffi.new("uint8_t[]", self.max_batch)   # settle's per-record results for a polled batch
         self.dead_lettered = 0      #: records this consumer sent to the DLQ
         self._bind()
 
@@ -420,8 +421,8 @@ class ShareConsumer:
             start = len(out)
             built = _share_records(addrs[0], addrs[1], addrs[2], size, got, p, region, ShareRecord, out, hp)
             if built is not None:       # no row at the delivery limit: records, held and lists built in C
-                offs, words = built
-                runs.append((p, start, len(out), offs, words))
+                offs, words, packed = built
+                runs.append((p, start, len(out), offs, words, packed))
                 if len(out) >= n:
                     break
                 continue
@@ -456,7 +457,7 @@ class ShareConsumer:
                 if gc_was:
                     gc.enable()
             hp.update(zip(offs, words))
-            runs.append((p, len(out) - len(offs), len(out), offs, words))
+            runs.append((p, len(out) - len(offs), len(out), offs, words, None))
             if len(out) >= n:
                 break
         self._start = (self._start + 1) % max(1, k)
@@ -614,7 +615,7 @@ class ShareConsumer:
         done = 0
         refused: list[ShareRecord] = []
         code = _OPS[op]
-        for p, rs, offl, wl in _groups(recs):
+        for p, rs, offl, wl, packed in _groups(recs):
             sp = parts[p] if 0 <= p < len(parts) else None
             if sp is None:
                 if not 0 <= p < len(parts):
@@ -628,11 +629,16 @@ class ShareConsumer:
                 if not rs:
                     continue
                 offl, wl = list(map(_OFF, rs)), list(map(_WORD, rs))
+                packed = None
             k = len(rs)
             if k == 1:      # one record: preallocated arrays, no numpy
                 one_o, one_w, ok = self._one
                 one_o[0], one_w[0] = offl[0], wl[0]
                 rc = lib.gf_share_settle(sp.handle, code, one_o, one_w, 1, tn, ok)
+            elif packed is not None:    # a batch as polled: its arrays came with it
+                ok = self._oks
+                arr = ffi.from_buffer("uint64_t[]", packed)
+                rc = lib.gf_share_settle(sp.handle, code, arr, arr + k, k, tn, ok)
             else:
                 offs = np.array(offl, dtype=np.uint64)
                 words = np.array(wl, dtype=np.uint64)
@@ -836,10 +842,11 @@ def _unfinished(region: MemLease) -> int:
     return int((~done).sum())
 
 
-def _groups(recs: list[ShareRecord]) -> list[tuple[int, list[ShareRecord], list[int], list[int]]]:
-    """(partition, its records, their offsets, their lock words) per partition."""
+def _groups(recs: list[ShareRecord]) -> list[tuple[int, list[ShareRecord], list[int], list[int], bytes | None]]:
+    """(partition, its records, their offsets, their lock words, the offsets then the
+    words as native uint64 when the poll packed them) per partition."""
     if type(recs) is ShareBatch and recs._intact():
-        return [(p, recs[a:b], offs, words) for p, a, b, offs, words in recs._runs]
+        return [(p, recs[a:b], offs, words, packed) for p, a, b, offs, words, packed in recs._runs]
     ps = list(map(_P, recs))
     if ps.count(ps[0]) == len(ps):
         by_part: dict[int, list[ShareRecord]] = {ps[0]: recs}
@@ -847,7 +854,7 @@ def _groups(recs: list[ShareRecord]) -> list[tuple[int, list[ShareRecord], list[
         by_part = {}
         for q, r in zip(ps, recs):
             by_part.setdefault(q, []).append(r)
-    return [(p, rs, list(map(_OFF, rs)), list(map(_WORD, rs))) for p, rs in by_part.items()]
+    return [(p, rs, list(map(_OFF, rs)), list(map(_WORD, rs)), None) for p, rs in by_part.items()]
 
 
 def describe_parts(parts: Sequence[_Part | None], now: float | None = None) -> list[ShareState]:
