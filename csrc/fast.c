@@ -1772,6 +1772,166 @@ static PyObject *mod_encode_headers(PyObject *m, PyObject *h)
     return r;
 }
 
+/* ---- share groups: the records of one acquisition --------------------------------
+ * share_records(rows, meta, buf, buf_size, n, partition, region, cls, out, held)
+ * builds the records of gf_share_acquire's n rows (rows, meta and buf are
+ * addresses; rows[i] and meta[i] describe one record): appends to `out` a
+ * `cls` tuple (partition, offset, key, value, timestamp, headers,
+ * delivery_count, deadline_ns, word, region) per row, sets held[offset] = word,
+ * and returns (offsets, words, packed): the offsets and words as lists, and as
+ * one bytes object of n native uint64 offsets then n words (the arrays
+ * gf_share_settle takes, so settling the batch builds no array). Returns None and builds nothing when a
+ * row is flagged (the caller dead-letters those). Malformed headers, or a row
+ * pointing outside buf, raise CorruptFabric; nothing is appended then. */
+static PyObject *share_record(const gf_share_row *r, const gf_msg_meta *m, const uint8_t *b,
+                              PyObject *part, PyObject *region, PyTypeObject *cls, shared_ts *last,
+                              PyObject **off_out, PyObject **word_out)
+{
+    PyObject *headers;
+    if (m->hdr_len == 0)
+        headers = Py_NewRef(empty_tuple);
+    else {
+        const char *why;
+        headers = decode_headers(b + m->key_len, m->hdr_len, &why);
+        if (!headers) {
+            if (why)
+                PyErr_SetString(corrupt_error, why);
+            return NULL;
+        }
+    }
+    PyObject *rec = cls->tp_alloc(cls, 10);
+    if (!rec) {
+        Py_DECREF(headers);
+        return NULL;
+    }
+    PyObject *off = PyLong_FromUnsignedLongLong(r->offset);
+    PyObject *key = (m->flags & GF_MSG_HAS_KEY) ? PyBytes_FromStringAndSize((const char *)b, m->key_len)
+                                                : Py_NewRef(Py_None);
+    PyObject *val = PyBytes_FromStringAndSize((const char *)b + m->key_len + m->hdr_len, m->val_len);
+    PyObject *ts;
+    if (last->obj && last->ns == m->ts_ns)
+        ts = Py_NewRef(last->obj);
+    else if ((ts = PyLong_FromLongLong(m->ts_ns)) != NULL) {
+        Py_XSETREF(last->obj, Py_NewRef(ts));
+        last->ns = m->ts_ns;
+    }
+    PyObject *count = PyLong_FromUnsignedLong(r->count);
+    PyObject *deadline = PyLong_FromLongLong(r->deadline_ns);
+    PyObject *word = PyLong_FromUnsignedLongLong(r->word);
+    PyTuple_SET_ITEM(rec, 0, Py_NewRef(part));
+    PyTuple_SET_ITEM(rec, 1, off);
+    PyTuple_SET_ITEM(rec, 2, key);
+    PyTuple_SET_ITEM(rec, 3, val);
+    PyTuple_SET_ITEM(rec, 4, ts);
+    PyTuple_SET_ITEM(rec, 5, headers);
+    PyTuple_SET_ITEM(rec, 6, count);
+    PyTuple_SET_ITEM(rec, 7, deadline);
+    PyTuple_SET_ITEM(rec, 8, word);
+    PyTuple_SET_ITEM(rec, 9, Py_NewRef(region));
+    if (!off || !key || !val || !ts || !count || !deadline || !word) {
+        Py_DECREF(rec);     /* tuple dealloc takes NULL items */
+        return NULL;
+    }
+    PyObject_GC_UnTrack(rec);
+    *off_out = off;
+    *word_out = word;
+    return rec;
+}
+
+static PyObject *mod_share_records(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (!bound())
+        return NULL;
+    if (nargs != 10 || !PyType_Check(args[7]) || !PyType_IsSubtype((PyTypeObject *)args[7], &PyTuple_Type) ||
+        !PyList_CheckExact(args[8]) || !PyDict_CheckExact(args[9])) {
+        PyErr_SetString(PyExc_TypeError, "share_records(rows, meta, buf, buf_size, n, partition, region, "
+                                         "cls: tuple type, out: list, held: dict)");
+        return NULL;
+    }
+    const gf_share_row *rows = as_pointer(args[0]);
+    const gf_msg_meta *meta = rows ? as_pointer(args[1]) : NULL;
+    const uint8_t *buf = meta ? as_pointer(args[2]) : NULL;
+    if (!buf)
+        return NULL;
+    unsigned long long buf_size = PyLong_AsUnsignedLongLong(args[3]);
+    Py_ssize_t n = buf_size == (unsigned long long)-1 && PyErr_Occurred() ? -1 : PyLong_AsSsize_t(args[4]);
+    if (n < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_ValueError, "share_records: a negative row count");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (rows[i].flags)
+            Py_RETURN_NONE;
+        const gf_msg_meta *mm = &meta[i];
+        uint64_t end = (uint64_t)mm->pos + mm->key_len + mm->hdr_len + mm->val_len;
+        if (end > buf_size || mm->offset != rows[i].offset) {
+            PyErr_Format(corrupt_error, "share poll row %zd points outside the read buffer", i);
+            return NULL;
+        }
+    }
+    PyObject *out = args[8], *held = args[9];
+    Py_ssize_t base = PyList_GET_SIZE(out);
+    PyObject *offs = PyList_New(n), *words = offs ? PyList_New(n) : NULL;
+    if (!words) {
+        Py_XDECREF(offs);
+        return NULL;
+    }
+    int gc_was = PyGC_Disable();    /* as build(): the records are untracked */
+    shared_ts ts_last = {NULL, 0};
+    Py_ssize_t i = 0;
+    for (; i < n; i++) {
+        PyObject *off, *word;
+        PyObject *rec = share_record(&rows[i], &meta[i], buf + meta[i].pos, args[5], args[6],
+                                     (PyTypeObject *)args[7], &ts_last, &off, &word);
+        if (!rec)
+            break;
+        PyList_SET_ITEM(offs, i, Py_NewRef(off));
+        PyList_SET_ITEM(words, i, Py_NewRef(word));
+        int rc = PyList_Append(out, rec);
+        Py_DECREF(rec);
+        if (rc < 0)
+            break;
+    }
+    Py_XDECREF(ts_last.obj);
+    if (gc_was)
+        PyGC_Enable();
+    if (i < n) {        /* leave `out` and `held` as they were */
+        PyList_SetSlice(out, base, PyList_GET_SIZE(out), NULL);
+        for (Py_ssize_t j = i; j < n; j++) {    /* fill the lists' holes so they free cleanly */
+            PyList_SET_ITEM(offs, j, Py_NewRef(Py_None));
+            PyList_SET_ITEM(words, j, Py_NewRef(Py_None));
+        }
+        Py_DECREF(offs);
+        Py_DECREF(words);
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        if (PyDict_SetItem(held, PyList_GET_ITEM(offs, i), PyList_GET_ITEM(words, i)) < 0) {
+            Py_DECREF(offs);
+            Py_DECREF(words);
+            return NULL;
+        }
+    }
+    PyObject *packed = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n * 16);
+    PyObject *triple = packed ? PyTuple_New(3) : NULL;
+    if (!triple) {
+        Py_XDECREF(packed);
+        Py_DECREF(offs);
+        Py_DECREF(words);
+        return NULL;
+    }
+    uint8_t *pk = (uint8_t *)PyBytes_AS_STRING(packed);
+    for (i = 0; i < n; i++) {
+        memcpy(pk + (size_t)i * 8, &rows[i].offset, 8);
+        memcpy(pk + ((size_t)n + (size_t)i) * 8, &rows[i].word, 8);
+    }
+    PyTuple_SET_ITEM(triple, 0, offs);
+    PyTuple_SET_ITEM(triple, 1, words);
+    PyTuple_SET_ITEM(triple, 2, packed);
+    return triple;
+}
+
 static PyMethodDef module_methods[] = {
     {"bind", (PyCFunction)(void (*)(void))mod_bind, METH_FASTCALL, "bind(table_address, raise_for, CorruptFabric, Message)"},
     {"messages", (PyCFunction)(void (*)(void))mod_messages, METH_FASTCALL, "messages(poller_address, count, ids)"},
@@ -1787,6 +1947,8 @@ static PyMethodDef module_methods[] = {
      "peek_check(ring, rows, flags) -> how many are not intact"},
     {"peek_release", (PyCFunction)(void (*)(void))mod_peek_release, METH_FASTCALL,
      "peek_release(messages, start, count, flags, overwritten) -> values still in use"},
+    {"share_records", (PyCFunction)(void (*)(void))mod_share_records, METH_FASTCALL,
+     "share_records(rows, meta, buf, buf_size, n, partition, region, cls, out, held) -> (offsets, words, packed) | None"},
     {"span", (PyCFunction)(void (*)(void))mod_span, METH_FASTCALL, "span(address, length) -> a writable Span"},
     {NULL},
 };

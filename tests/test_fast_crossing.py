@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from grafos import _crossing, _fast
 from grafos.errors import CorruptFabric, InvalidArgument, NotFound
 from grafos.message import Message, decode_headers, encode_headers
+from grafos.mq import share
 from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.producer import Producer
 from grafos.mq.topic import TopicConfig, TopicManager
@@ -452,3 +453,103 @@ def test_numpy_batches_should_not_change_reference_counts():
         prod.send_batch(mgr, rows)
     assert [sys.getrefcount(o) for o in (rows, mgr)] == before
     mgr.close()
+
+
+# ---- share groups: the records of an acquisition, built in C -------------------------
+def _share_bus() -> TopicManager:
+    mgr = TopicManager(size=16 << 20)
+    mgr.create("jobs", TopicConfig(num_partitions=1, partition_capacity=64))
+    prod = Producer("jobs")
+    prod.send_keyed(mgr, b"k0", b"v0", headers=[("h", b"1")])
+    prod.send(mgr, b"v1")
+    prod.send_keyed(mgr, b"", b"")
+    return mgr
+
+
+def test_share_poll_records_should_carry_each_field_the_ring_holds():
+    mgr = _share_bus()
+    try:
+        c = mgr.share_consumer("jobs", group="g", lock_secs=30.0)
+        t0 = time.time_ns()
+        recs = c.poll(10)
+        assert [(r.partition, r.offset, r.key, r.value, r.headers) for r in recs] == [
+            (0, 0, b"k0", b"v0", (("h", b"1"),)), (0, 1, None, b"v1", ()), (0, 2, b"", b"", ())]
+        assert all(r.delivery_count == 1 and t0 / 1e9 + 29 < r.deadline < time.time() + 31 for r in recs)
+        assert all(type(r) is share.ShareRecord and type(r.timestamp) is int and r.timestamp > 0 for r in recs)
+        assert c.held() == [(0, 0), (0, 1), (0, 2)]
+        assert c.ack(recs) == 3 and c.held() == []
+        c.close()
+    finally:
+        mgr.close()
+
+
+def _acquire(c, n: int):
+    """One raw gf_share_acquire into the consumer's buffers: (got, rows, addresses, size)."""
+    from grafos._native import lib
+    rows, meta, buf, size = c._buffers()
+    sp = c._parts[0]
+    got = lib.gf_share_acquire(sp.handle, sp.member, n, time.time_ns(), 0, rows, meta, buf, size)
+    return got, rows, meta, c._addrs, size
+
+
+def test_share_records_should_refuse_a_row_outside_the_buffer_and_build_nothing():
+    mgr = _share_bus()
+    try:
+        c = mgr.share_consumer("jobs", group="g")
+        got, rows, meta, (ra, ma, ba), size = _acquire(c, 3)
+        assert got == 3
+        out, held = ["earlier"], {}
+        pos = meta[0].pos
+        meta[0].pos = size - 1          # forged: its bytes would run past the buffer
+        with pytest.raises(CorruptFabric, match="outside the read buffer"):
+            _crossing.share_records(ra, ma, ba, size, got, 0, 7, share.ShareRecord, out, held)
+        assert out == ["earlier"] and held == {}
+        meta[0].pos = pos
+        meta[1].hdr_len, meta[1].key_len = 3, 0     # forged: headers too short to parse
+        with pytest.raises(CorruptFabric, match="headers"):
+            _crossing.share_records(ra, ma, ba, size, got, 0, 7, share.ShareRecord, out, held)
+        assert out == ["earlier"] and held == {}
+        c.close(release=False)
+    finally:
+        mgr.close()
+
+
+def test_share_records_should_leave_rows_at_the_delivery_limit_to_the_caller():
+    mgr = _share_bus()
+    try:
+        c = mgr.share_consumer("jobs", group="g")
+        got, rows, meta, (ra, ma, ba), size = _acquire(c, 3)
+        out, held = [], {}
+        rows[1].flags = 1   # GF_SHARE_DEAD
+        assert _crossing.share_records(ra, ma, ba, size, got, 0, 7, share.ShareRecord, out, held) is None
+        assert out == [] and held == {}
+        rows[1].flags = 0
+        offs, words, packed = _crossing.share_records(ra, ma, ba, size, got, 0, 7, share.ShareRecord, out, held)
+        assert offs == [0, 1, 2] and words == [rows[j].word for j in range(3)]
+        assert np.frombuffer(packed, dtype=np.uint64).tolist() == offs + words
+        assert held == dict(zip(offs, words)) and [r[9] for r in out] == [7, 7, 7]
+        c.close(release=False)
+    finally:
+        mgr.close()
+
+
+def test_share_polls_and_acks_should_not_change_reference_counts():
+    mgr = TopicManager(size=16 << 20)
+    try:
+        mgr.create("jobs", TopicConfig(num_partitions=2, partition_capacity=256))
+        prod = Producer("jobs")
+        c = mgr.share_consumer("jobs", group="g")
+        region = c._parts[0].region.id
+        before = [sys.getrefcount(o) for o in (share.ShareRecord, c, region)]
+        for _ in range(300):
+            for i in range(8):
+                prod.send_keyed(mgr, b"k%d" % i, b"v", headers=[("a", b"b")])
+            batch = c.poll(8)
+            assert len(batch) == 8
+            assert c.ack(batch) == 8
+        del batch
+        after = [sys.getrefcount(o) for o in (share.ShareRecord, c, region)]
+        assert after == before
+        c.close()
+    finally:
+        mgr.close()

@@ -190,3 +190,20 @@ def test_a_producer_blocked_by_the_group_goes_on_once_the_floor_moves(mgr):
     assert done.wait(5)
     t.join(5)
     assert [r.value for r in c.poll(4)] == [b"late"]
+
+
+def test_a_polled_batch_acked_after_some_locks_ran_out_applies_the_rest_and_names_the_lost(mgr):
+    mgr.create("jobs", TopicConfig(num_partitions=1, partition_capacity=16))
+    prod = Producer("jobs")
+    for i in range(3):
+        prod.send(mgr, b"v%d" % i)
+    a = mgr.share_consumer("jobs", group="g", lock_secs=30.0)
+    b = mgr.share_consumer("jobs", group="g", lock_secs=30.0)
+    batch = a.poll(3, now=T)
+    assert a.renew(batch[0], now=T + 20) == 1       # its lock runs to T + 50, the others' to T + 30
+    assert [r.offset for r in b.poll(3, now=T + 31)] == [1, 2]
+    with pytest.raises(LockLost) as e:
+        a.ack(batch, now=T + 32)
+    assert [(r.partition, r.offset) for r in e.value.records] == [(0, 1), (0, 2)]
+    assert a.held() == []
+    assert [r.offset for r in b.poll(3, now=T + 33)] == []      # the first is acked, not available

@@ -29,6 +29,7 @@ peek_build = _fast.peek_build
 peek_runs = _fast.peek_runs
 peek_check = _fast.peek_check
 peek_release = _fast.peek_release
+share_records = _fast.share_records
 #: bytes per row of a peek (``gf_msg_meta``)
 ROW = ffi.sizeof("gf_msg_meta")
 

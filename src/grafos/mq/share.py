@@ -148,6 +148,7 @@ class ShareBatch(list):
 
 
 _make = tuple.__new__
+_share_records = _crossing.share_records
 _P, _OFF, _WORD, _REGION = itemgetter(0), itemgetter(1), itemgetter(8), itemgetter(9)
 _RECORD_TYPES = {ShareRecord}
 
@@ -234,11 +235,13 @@ class ShareConsumer:
         self._start = 0
         self._buf_size = buf_size
         self._bufs: tuple | None = None
+        self._addrs: tuple = ()        # the addresses of the first three of _bufs, for the crossing
         self._reader: Reader | None = None
         self._dlq_producer = Producer(dlq, Partitioner.KeyHash) if dlq is not None else None
         self._closed = False
         self._next_look = 0.0     # monotonic time before which an expired partition is not looked up again
         self._one = (ffi.new("uint64_t[1]"), ffi.new("uint64_t[1]"), ffi.new("uint8_t[1]"))
+        self._oks = ffi.new("uint8_t[]", self.max_batch)   # settle's per-record results for a polled batch
         self.dead_lettered = 0      #: records this consumer sent to the DLQ
         self._bind()
 
@@ -365,6 +368,7 @@ class ShareConsumer:
             size = self._buf_size or max(1 << 16, min(64 << 20, self.max_batch * stride))
             self._bufs = (ffi.new("gf_share_row[]", self.max_batch), ffi.new("gf_msg_meta[]", self.max_batch),
                           ffi.new("uint8_t[]", size), size)
+            self._addrs = tuple(map(_crossing.address, self._bufs[:3]))
         return self._bufs
 
     # ---- polling ----------------------------------------------------------------------
@@ -389,6 +393,7 @@ class ShareConsumer:
     def _poll_once(self, n: int, now: float | None) -> list[ShareRecord]:
         t = self._bind(now)
         rows, meta, buf, size = self._buffers()
+        addrs = self._addrs
         tn = now_ns(now)
         out: list[ShareRecord] = []
         runs: list[tuple] = []      # per partition: (partition, first, end, offsets, words) of `out`
@@ -408,7 +413,20 @@ class ShareConsumer:
             self._maintain(t, sp, tn)
             if got == 0:
                 continue
-            pairs = _crossing.decode(ffi.buffer(meta, got * _META_SIZE), ffi.buffer(buf, size), [sp.p])
+            p = sp.p
+            region = sp.region.id
+            hp = self._held.get(p)
+            if hp is None:
+                hp = self._held[p] = {}
+            start = len(out)
+            built = _share_records(addrs[0], addrs[1], addrs[2], size, got, p, region, ShareRecord, out, hp)
+            if built is not None:       # no row at the delivery limit: records, held and lists built in C
+                offs, words, packed = built
+                runs.append((p, start, len(out), offs, words, packed))
+                if len(out) >= n:
+                    break
+                continue
+            pairs = _crossing.decode(ffi.buffer(meta, got * _META_SIZE), ffi.buffer(buf, size), [p])
             if got <= _FEW:     # a few rows: their fields cost less than an array over them
                 few = [rows[j] for j in range(got)]
                 offs, words = [x.offset for x in few], [x.word for x in few]
@@ -421,11 +439,6 @@ class ShareConsumer:
                                             r["count"].tolist())
                 flagged = bool(r["flags"].any())
                 lasts_of = lambda: r["last"].tolist()               # noqa: E731
-            p = sp.p
-            region = sp.region.id
-            hp = self._held.get(p)
-            if hp is None:
-                hp = self._held[p] = {}
             if flagged:
                 dead = {j for j in range(got) if rows[j].flags & lib.GF_SHARE_DEAD}
                 lasts = lasts_of()
@@ -444,7 +457,7 @@ class ShareConsumer:
                 if gc_was:
                     gc.enable()
             hp.update(zip(offs, words))
-            runs.append((p, len(out) - len(offs), len(out), offs, words))
+            runs.append((p, len(out) - len(offs), len(out), offs, words, None))
             if len(out) >= n:
                 break
         self._start = (self._start + 1) % max(1, k)
@@ -602,7 +615,7 @@ class ShareConsumer:
         done = 0
         refused: list[ShareRecord] = []
         code = _OPS[op]
-        for p, rs, offl, wl in _groups(recs):
+        for p, rs, offl, wl, packed in _groups(recs):
             sp = parts[p] if 0 <= p < len(parts) else None
             if sp is None:
                 if not 0 <= p < len(parts):
@@ -616,11 +629,16 @@ class ShareConsumer:
                 if not rs:
                     continue
                 offl, wl = list(map(_OFF, rs)), list(map(_WORD, rs))
+                packed = None
             k = len(rs)
             if k == 1:      # one record: preallocated arrays, no numpy
                 one_o, one_w, ok = self._one
                 one_o[0], one_w[0] = offl[0], wl[0]
                 rc = lib.gf_share_settle(sp.handle, code, one_o, one_w, 1, tn, ok)
+            elif packed is not None:    # a batch as polled: its arrays came with it
+                ok = self._oks
+                arr = ffi.from_buffer("uint64_t[]", packed)
+                rc = lib.gf_share_settle(sp.handle, code, arr, arr + k, k, tn, ok)
             else:
                 offs = np.array(offl, dtype=np.uint64)
                 words = np.array(wl, dtype=np.uint64)
@@ -824,10 +842,11 @@ def _unfinished(region: MemLease) -> int:
     return int((~done).sum())
 
 
-def _groups(recs: list[ShareRecord]) -> list[tuple[int, list[ShareRecord], list[int], list[int]]]:
-    """(partition, its records, their offsets, their lock words) per partition."""
+def _groups(recs: list[ShareRecord]) -> list[tuple[int, list[ShareRecord], list[int], list[int], bytes | None]]:
+    """(partition, its records, their offsets, their lock words, the offsets then the
+    words as native uint64 when the poll packed them) per partition."""
     if type(recs) is ShareBatch and recs._intact():
-        return [(p, recs[a:b], offs, words) for p, a, b, offs, words in recs._runs]
+        return [(p, recs[a:b], offs, words, packed) for p, a, b, offs, words, packed in recs._runs]
     ps = list(map(_P, recs))
     if ps.count(ps[0]) == len(ps):
         by_part: dict[int, list[ShareRecord]] = {ps[0]: recs}
@@ -835,7 +854,7 @@ def _groups(recs: list[ShareRecord]) -> list[tuple[int, list[ShareRecord], list[
         by_part = {}
         for q, r in zip(ps, recs):
             by_part.setdefault(q, []).append(r)
-    return [(p, rs, list(map(_OFF, rs)), list(map(_WORD, rs))) for p, rs in by_part.items()]
+    return [(p, rs, list(map(_OFF, rs)), list(map(_WORD, rs)), None) for p, rs in by_part.items()]
 
 
 def describe_parts(parts: Sequence[_Part | None], now: float | None = None) -> list[ShareState]:
