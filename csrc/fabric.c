@@ -245,7 +245,8 @@ int gf_owner_alive(gf_fabric *f, uint32_t token) { return owner_alive(f->fd, tok
 static uint32_t random_token(void)
 {
     uint32_t t = 0;
-    if (getrandom(&t, sizeof t, GRND_NONBLOCK) != (ssize_t)sizeof t) {
+    /* the system call, not glibc's wrapper (2.25+): the wheels target glibc 2.17 */
+    if (syscall(SYS_getrandom, &t, sizeof t, GRND_NONBLOCK) != (long)sizeof t) {
         /* no entropy yet: the clock and the pid still differ between takers */
         uint64_t x = (uint64_t)gf_mono_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&t;
         x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33;
