@@ -245,7 +245,8 @@ int gf_owner_alive(gf_fabric *f, uint32_t token) { return owner_alive(f->fd, tok
 static uint32_t random_token(void)
 {
     uint32_t t = 0;
-    if (getrandom(&t, sizeof t, GRND_NONBLOCK) != (ssize_t)sizeof t) {
+    /* the system call, not glibc's wrapper (2.25+): the wheels target glibc 2.17 */
+    if (syscall(SYS_getrandom, &t, sizeof t, GRND_NONBLOCK) != (long)sizeof t) {
         /* no entropy yet: the clock and the pid still differ between takers */
         uint64_t x = (uint64_t)gf_mono_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)&t;
         x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33;
@@ -541,7 +542,8 @@ static gf_fabric *open_once(const char *path, uint64_t size, uint32_t mode, uint
 
     if (!path) {
         if (!size) { rc = gf_fail(GF_E_INVAL, "an in-process fabric needs a size"); goto out; }
-        fd = memfd_create("grafos", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        /* the system call, not glibc's wrapper (2.27+): the wheels target glibc 2.17 */
+        fd = (int)syscall(SYS_memfd_create, "grafos", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         if (fd < 0) { rc = fail_errno("memfd_create"); goto out; }
         created = 1;
     } else {

@@ -152,7 +152,7 @@ static uint32_t crc_sw(uint32_t c, const uint8_t *p, uint64_t n)
 }
 
 #if defined(__x86_64__)
-__attribute__((target("sse4.2")))
+__attribute__((target("sse4.2,crc32")))
 static uint32_t crc_hw_run(uint32_t c, const uint8_t *p, uint64_t n)
 {
     uint64_t c0 = c;
@@ -197,7 +197,7 @@ static uint32_t crc_hw_run(uint32_t c, const uint8_t *p, uint64_t n)
 /* The raw (not inverted) crc of a slot's offset and 28 header bytes: the value
  * the payload's gf_copy_crc calls chain from; gf_slot_crc = chain ^ ~0. */
 #if defined(__x86_64__)
-__attribute__((target("sse4.2")))
+__attribute__((target("sse4.2,crc32")))
 static uint32_t slot_crc_seed_hw(uint64_t n, const uint8_t *hdr28)
 {
     uint64_t a, b, d;
@@ -222,7 +222,7 @@ static uint32_t slot_crc_seed_hw(uint64_t n, const uint8_t *hdr28)
 #if defined(__x86_64__)
 static uint32_t crc_fold_run(uint32_t c, const uint8_t *p, uint64_t n);
 
-__attribute__((target("sse4.2")))
+__attribute__((target("sse4.2,crc32")))
 static uint32_t slot_crc_hw(uint64_t n, const uint8_t *hdr28, const uint8_t *payload, uint64_t len)
 {
     uint64_t a, c = slot_crc_seed_hw(n, hdr28);
@@ -253,7 +253,7 @@ static uint32_t slot_crc_hw(uint64_t n, const uint8_t *hdr28, const uint8_t *pay
  * fed to crc32, three streams at a time as in crc_hw_run. A message larger than
  * the caches is read from memory once instead of twice. */
 #if defined(__x86_64__)
-__attribute__((target("sse4.2")))
+__attribute__((target("sse4.2,crc32")))
 static uint32_t copy_crc_hw(uint8_t *dst, const uint8_t *p, uint64_t n, uint32_t c)
 {
     uint64_t c0 = c;
@@ -307,7 +307,7 @@ static uint32_t copy_crc_hw(uint8_t *dst, const uint8_t *p, uint64_t n, uint32_t
 
 #if defined(__x86_64__)
 #include <immintrin.h>
-#define FOLD_TARGET __attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2"), always_inline)) inline
+#define FOLD_TARGET __attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2,crc32"), always_inline)) inline
 
 static FOLD_TARGET __m512i fold512(__m512i x, __m512i k, __m512i data)
 {
@@ -369,7 +369,7 @@ static FOLD_TARGET uint32_t fold_run(uint8_t *dst, const uint8_t *p, uint64_t n,
     return (uint32_t)__builtin_ia32_crc32di(r, (uint64_t)_mm_extract_epi64(f, 1));
 }
 
-__attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2")))
+__attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2,crc32")))
 static uint32_t crc_fold_run(uint32_t c, const uint8_t *p, uint64_t n)
 {
     uint64_t whole = n & ~(uint64_t)255;
@@ -377,7 +377,7 @@ static uint32_t crc_fold_run(uint32_t c, const uint8_t *p, uint64_t n)
     return crc_hw_run(c, p + whole, n - whole);
 }
 
-__attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2")))
+__attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2,crc32")))
 static uint32_t copy_crc_fold(uint8_t *dst, const uint8_t *p, uint64_t n, uint32_t c)
 {
     uint64_t whole = n & ~(uint64_t)255;

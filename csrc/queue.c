@@ -22,7 +22,7 @@
 #define QRESV 64                  /* places being put at once that a death can be undone for */
 
 struct gf_qstate {
-    uint64_t magic;
+    _Atomic uint64_t magic;        /* written last: the state is ready once it reads QSTATE_MAGIC */
     uint64_t maxsize;              /* 0: only the ring bounds the queue */
     uint64_t flags;
     _Atomic uint64_t head;         /* next offset to hand out */
