@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from grafos.benchsuite import peers as peer_runs
@@ -12,6 +13,7 @@ from grafos.benchsuite.queues import PAYLOADS, SYSTEMS
 from grafos.cli import main
 
 
+@pytest.mark.timeout(300)     # a stuck peer process fails the test instead of the run
 def test_queue_scenario_measures_every_system_and_payload(tmp_path):
     out = tmp_path / "out.json"
     res = CliRunner().invoke(main, ["bench", "-s", "queue", "--duration", "0.05", "--json", str(out)])

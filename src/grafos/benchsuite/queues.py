@@ -24,6 +24,7 @@ SYSTEMS = (GRAFOS, "mp.Queue", "faster-fifo")
 PAYLOADS = ("int", "str", "dict", "1 MiB array")
 _BIG = 64 << 20
 _PUT_TIMEOUT = 0.05
+_STUCK_SECS = 30.0       # past the measured time: the watchdog ends a get that waits on a stuck peer
 
 
 def payload(kind: str) -> Any:
@@ -79,12 +80,15 @@ def measure(system: str, kind: str, duration: float) -> Result:
         for _ in range(warm):
             get(True, 60)
         # get() as programs call it, without a timeout (multiprocessing's timeout
-        # path costs more); a watchdog puts None should the producer die
+        # path costs more); a watchdog puts None should the producer die or the
+        # gets stall well past the measured time
         done = threading.Event()
+
+        give_up = time.monotonic() + duration + _STUCK_SECS
 
         def watchdog() -> None:
             while not done.wait(0.05):
-                if not crew.alive():
+                if not crew.alive() or time.monotonic() > give_up:
                     q.put(None)
                     return
         threading.Thread(target=watchdog, daemon=True).start()
