@@ -34,7 +34,8 @@ def test_docs_should_have_their_python_examples():
     pages = {name.split(":")[0] for name, _ in BLOCKS}
     # the walkthrough, each concept with an example, both backends
     for page in ["getting-started.md", "concepts/fabric.md", "concepts/rings.md", "concepts/groups.md",
-                 "concepts/gates.md", "concepts/transactions.md", "backends/shared-memory.md", "jetstream.md"]:
+                 "concepts/gates.md", "concepts/transactions.md", "concepts/share-groups.md",
+                 "backends/shared-memory.md", "jetstream.md"]:
         assert page in pages, f"docs/{page} has no python example"
 
 
