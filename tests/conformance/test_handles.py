@@ -92,6 +92,15 @@ def test_loans_peeks_and_transactions_should_work_bound_or_be_refused_clearly(bu
             tx.begin()
 
 
+def test_the_fabric_should_be_the_shared_memory_buses_or_refused_clearly(bus):
+    if bus.caps.shared_memory:
+        from grafos.fabric import Fabric
+        assert isinstance(bus.mgr.fabric, Fabric)
+    else:
+        with pytest.raises(Unsupported, match="has no fabric"):
+            bus.mgr.fabric
+
+
 def test_a_bound_handle_should_refuse_another_buses_manager_and_write_nothing(bus):
     bus.mgr.create("ob", CFG)
     other = TopicManager(size=16 << 20)

@@ -27,7 +27,7 @@ from .._check import raise_for
 from .._clock import now_ns, now_s
 from .._crossing import Binding
 from .._native import ffi, lib
-from ..errors import AlreadyExists, FabricFull, InvalidArgument, LeaseExpired, NotFound, NotPortable
+from ..errors import AlreadyExists, FabricFull, InvalidArgument, LeaseExpired, NotFound, NotPortable, Unsupported
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
 from ..partition import Partition, PartitionState, region_size
 from . import gate
@@ -293,6 +293,14 @@ class RemoteManager(BusHandles):
     :meth:`TopicManager.connect`). Producers, consumers, groups, DLQ routers
     and renewal managers accept one where they take a TopicManager and hand
     their work to its public methods; the shared-memory paths never see it."""
+
+    @property
+    def fabric(self) -> Any:
+        """Refused: the bus lives on a server, so it has no fabric to inspect or
+        reap in this process (``capabilities.shared_memory`` is false)."""
+        raise Unsupported(f"{type(self).__name__} has no fabric: the bus lives on a server, not in shared "
+                          "memory (capabilities.shared_memory is false); mgr.reap() deletes the partitions of "
+                          "expired leases")
 
 
 def _check_room(fab: Fabric, name: str, config: TopicConfig) -> None:
