@@ -1,7 +1,8 @@
-"""Every Python example of the README runs as written on every backend: the
-manager construction (``TopicManager()``) is replaced by the backend's, and
-nothing else changes. A block that needs a capability the backend lacks
-(transactions or share groups on JetStream) stops at a clear ``Unsupported``."""
+"""Every Python example of the README and of the documentation site (docs/)
+that makes a bus runs as written on every backend: the manager construction
+(``TopicManager()``) is replaced by the backend's, and nothing else changes.
+A block that needs a capability the backend lacks (transactions or share
+groups on JetStream) stops at a clear ``Unsupported``."""
 from __future__ import annotations
 
 import contextlib
@@ -15,12 +16,29 @@ from grafos.errors import Unsupported
 from grafos.mq.producer import kafka_partition
 from grafos.mq.topic import TopicManager
 
-README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+_FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
+BLOCKS = _FENCE.findall(README.read_text())
 _MAKE = "TopicManager()"
-#: the blocks that use a bus (the others, such as the Queue's, have no backend to vary:
-#: tests/test_readme.py runs every block as a script)
-BUS_BLOCKS = [b for b in BLOCKS if _MAKE in b]
+
+
+def _bus_blocks() -> list[tuple[str, str]]:
+    """(where, code) of every block that makes a bus, README first, then the site's pages.
+
+    The others (the Queue's, the ones that open a named bus or connect to a
+    server) have no backend to vary: tests/test_readme.py and
+    tests/test_docs_snippets.py run every block as a script."""
+    pages = [README] + sorted((ROOT / "docs").rglob("*.md"))
+    found = []
+    for page in pages:
+        for i, code in enumerate(_FENCE.findall(page.read_text())):
+            if _MAKE in code:
+                found.append((f"{page.relative_to(ROOT)}:{i}", code))
+    return found
+
+
+BUS_BLOCKS = _bus_blocks()
 
 
 def _opener(bus, opened: list):
@@ -39,13 +57,13 @@ def _opener(bus, opened: list):
     return open_bus
 
 
-def _run(code: str, bus) -> tuple[dict, str]:
+def _run(code: str, bus, where: str = str(README)) -> tuple[dict, str]:
     opened: list = []
     scope: dict = {"__open_bus__": _opener(bus, opened), "__name__": "__readme__"}
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
-            exec(compile(code.replace(_MAKE, "__open_bus__()"), str(README), "exec"), scope)  # noqa: S102
+            exec(compile(code.replace(_MAKE, "__open_bus__()"), where, "exec"), scope)  # noqa: S102
         if "mgr" in scope:
             scope["topics"] = scope["mgr"].topics()
     finally:
@@ -54,29 +72,41 @@ def _run(code: str, bus) -> tuple[dict, str]:
     return scope, out.getvalue()
 
 
-def test_the_readme_should_make_its_managers_in_one_spelling_the_suite_can_replace():
+def test_the_readme_and_the_site_should_make_their_managers_in_one_spelling_the_suite_can_replace():
     # a block that made its manager another way would run in process only here
-    assert len(BUS_BLOCKS) >= 5
-    for code in BLOCKS:
-        assert "TopicManager(" not in code.replace(_MAKE, "")
+    where = {w.split(":")[0] for w, _ in BUS_BLOCKS}
+    assert "README.md" in where and len(where) >= 5      # the README, the getting started page, the concepts
+    for w, code in BUS_BLOCKS + [("README.md", b) for b in BLOCKS]:
+        assert "TopicManager(" not in code.replace(_MAKE, ""), w
+    # a block run only under `if __name__ == "__main__":` would run nothing here
+    assert not [w for w, code in BUS_BLOCKS if "__main__" in code]
 
 
-@pytest.mark.parametrize("index", range(len(BUS_BLOCKS)), ids=[f"block{i}" for i in range(len(BUS_BLOCKS))])
-def test_every_readme_python_block_should_run_unchanged_on_every_backend(bus, index):
-    code = BUS_BLOCKS[index]
+@pytest.mark.parametrize("index", range(len(BUS_BLOCKS)), ids=[w for w, _ in BUS_BLOCKS])
+def test_every_readme_and_docs_python_block_should_run_unchanged_on_every_backend(bus, index):
+    where, code = BUS_BLOCKS[index]
     if "begin(" in code and not bus.caps.transactions:
         # the block's offsets store and its transaction both need what the bus lacks
         with pytest.raises(Unsupported, match="KvOffsetStore|transactions are not available"):
-            _run(code, bus)
+            _run(code, bus, where)
+        return
+    needs = [("loan(", bus.caps.loans, "loans write a message in place"),
+             ("on_full=\"raise\"", bus.caps.gating, "gating"),
+             ("on_full=\"block\"", bus.caps.gating, "gating"),
+             ("mgr.fabric", bus.caps.shared_memory, "has no fabric")]
+    lacking = [why for spelling, has, why in needs if spelling in code and not has]
+    if lacking:
+        with pytest.raises(Unsupported, match="|".join(lacking)):
+            _run(code, bus, where)
         return
     if "share_consumer(" in code and not bus.caps.share_groups:
         with pytest.raises(Unsupported, match="share groups"):
-            _run(code, bus)
+            _run(code, bus, where)
         return
-    scope, printed = _run(code, bus)
-    # what a block says it prints, it prints
+    scope, printed = _run(code, bus, where)
+    # what a block says it prints, it prints (a comment after the value says why: "# 8: every one")
     for expected in re.findall(r"print\(.*?\)\s+# (.+)", code):
-        assert expected.strip() in printed
+        assert expected.split(": ")[0].strip() in printed
 
 
 def test_the_walkthrough_should_do_what_it_says_on_every_backend(bus):
