@@ -36,8 +36,12 @@ def test_readme_walkthrough_should_run_and_do_what_it_says():
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
-def test_readme_should_have_its_python_examples():
-    assert len(BLOCKS) >= 5       # subscribe, walkthrough, shorter spellings, keep_alive, asyncio
+def test_readme_should_have_its_walkthrough_and_link_only_to_pages_that_exist():
+    assert _walkthrough_snippet() in BLOCKS and len(BLOCKS) >= 2     # subscribe, the walkthrough
+    links = re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", README.read_text())
+    assert any(link.startswith("docs/") for link in links), "README does not link to the documentation"
+    missing = [link for link in links if "://" not in link and not (README.parent / link).is_file()]
+    assert not missing, f"README links to files that do not exist: {missing}"
 
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
