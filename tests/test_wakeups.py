@@ -25,7 +25,8 @@ def _waiters(path: str) -> int:
         return struct.unpack("<I", os.pread(f.fileno(), 4, WAKE_OFFSET + 4))[0]
 
 
-def test_appends_while_a_consumer_sleeps_should_not_each_pay_a_wake():
+def _wakes_for_appends(n: int) -> int:
+    """Futex wakes paid by ``n`` appends while a consumer of another topic sleeps."""
     name = "test-wake-" + uuid.uuid4().hex[:10]
     try:
         mgr = TopicManager.open(name, size=32 << 20)
@@ -48,20 +49,32 @@ def test_appends_while_a_consumer_sleeps_should_not_each_pay_a_wake():
                 time.sleep(0.001)                     # until the sleeper is asleep
             before = _wake_count(shm_path(name))
             prod = Producer("busy")
-            n = 2000
             for i in range(n):
                 prod.send(mgr, b"x")
             wakes = _wake_count(shm_path(name)) - before
         finally:
             stop.set()
             t.join(5)
-        # each wake is followed by the sleeper re-arming (microseconds) while the producer
-        # keeps appending; with one wake per append this would be ~n
-        # measured here: 100-760 wakes per 2000 appends armed, ~1990 without arming
-        assert 0 < wakes < n * 3 // 4, wakes
         mgr.close()
+        return wakes
     finally:
         Fabric.unlink(name)
+
+
+def test_appends_while_a_consumer_sleeps_should_not_each_pay_a_wake():
+    # each wake is followed by the sleeper re-arming (microseconds) while the producer
+    # keeps appending; with one wake per append this would be ~n. Measured here:
+    # 100-760 wakes per 2000 appends armed, ~1990 without arming. A starved machine
+    # can delay the producer between appends long enough for the sleeper to re-arm
+    # after each one, so up to three tries are made: without arming
+    # every try pays ~n.
+    n = 2000
+    tries = []
+    for _ in range(3):
+        tries.append(_wakes_for_appends(n))
+        if 0 < tries[-1] < n * 3 // 4:
+            break
+    assert any(0 < w < n * 3 // 4 for w in tries), tries
 
 
 # ---- adaptive spin ------------------------------------------------------------------------------
