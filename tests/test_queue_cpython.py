@@ -86,5 +86,10 @@ class TestCPythonQueueModule(tq.BaseQueueTestMixin, unittest.TestCase):
         super().setUp()
 
 
+# queue.Queue.shutdown (Python 3.13) is queue.Queue's alone: multiprocessing's queues have no
+# shutdown, and neither has grafos.Queue, so the mixin's shutdown tests would wait for ever
+LEFT_OUT_QUEUE.update({_name: "queue.Queue.shutdown is not part of multiprocessing.Queue's interface"
+                       for _name in dir(tq.BaseQueueTestMixin) if _name.startswith("test_shutdown")})
+
 for _name in LEFT_OUT_QUEUE:
     setattr(TestCPythonQueueModule, _name, None)
