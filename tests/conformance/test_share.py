@@ -202,7 +202,7 @@ def test_group_settings_belong_to_the_group(bus):
     (dict(lock_secs=0), InvalidArgument), (dict(lock_secs="1"), InvalidType),
     (dict(max_deliveries=0), InvalidArgument), (dict(max_deliveries=255), InvalidArgument),
     (dict(dlq="jobs"), InvalidArgument), (dict(dlq="nope"), NotFound), (dict(group="a/b"), InvalidArgument),
-    (dict(member=""), InvalidArgument),
+    (dict(member=""), InvalidArgument), (dict(buf_size="x"), InvalidType), (dict(buf_size=0), InvalidArgument),
 ])
 def test_bad_settings_are_refused_and_name_what_was_wrong(bus, kw, err):
     setup(bus, n=0)

@@ -222,6 +222,8 @@ class ShareConsumer:
         self.dlq = dlq
         self.max_batch = _validate.integer(max_batch, "max_batch", 1, 1 << 20)
         self.gating_ttl = _validate.number(gating_ttl, "gating_ttl", 0, lo_open=True)
+        if buf_size is not None:
+            _validate.integer(buf_size, "buf_size", 1, 1 << 40)
         if member is None:
             member = f"{socket.gethostname()}:{os.getpid()}:{next(_IDS)}"
         elif not isinstance(member, str) or not member or len(member.encode()) > 56:
