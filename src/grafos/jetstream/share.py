@@ -34,20 +34,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable
 
 import nats.js.errors
 from nats.js import api
 
-from .. import _validate
 from ..errors import CorruptFabric, InvalidArgument, LockLost, NotFound, Unavailable
-from ..mq.dlq import SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
-from ..mq.producer import Partitioner, Producer
-from ..mq.share import DELIVERY_COUNT, LAST_MEMBER, MAX_DELIVERIES, SHARE_GROUP, ShareRecord, ShareState
+from ..mq.share import ShareRecord, ShareState, _ShareMember
 from . import envelope, names
 from .records import Record
 
@@ -57,10 +52,8 @@ if TYPE_CHECKING:
 
 __all__ = ["JsShareConsumer"]
 
-_WAIT_SLICE = 0.05      # seconds between no-wait pulls while a poll waits
 _OPS = {"ack": b"+ACK", "release": b"-NAK", "reject": b"+TERM", "archive": b"+TERM", "renew": b"+WPI"}
 _COUNTERS = ("delivered", "redelivered", "acked", "released", "rejected", "dead", "expired_locks")
-_IDS = iter(range(1, 1 << 62))
 _make = tuple.__new__
 
 
@@ -72,53 +65,29 @@ def _key(group: str, topic: str) -> str:
     return f"s.{names.token(group)}.{names.token(topic)}"
 
 
-class JsShareConsumer:
+class JsShareConsumer(_ShareMember):
     """``mgr.share_consumer(topic, group=..., lock_secs=30, max_deliveries=5, dlq=None)``
     on a :class:`~grafos.jetstream.JetStreamManager` (see the module doc and
     :mod:`grafos.mq.share`). One thread at a time; use one per thread."""
 
+    _WAIT_SLICE = 0.05      # seconds between no-wait pulls while a poll waits
+    _LOST_WHY = ("it ran out after lock_secs={lock:g}, or the record was settled, and it may have gone to "
+                 "another member")
+
     def __init__(self, mgr: "JetStreamManager", topic: str, group: str = "default", *, lock_secs: float = 30.0,
                  max_deliveries: int = 5, dlq: str | None = None, member: str | None = None,
                  max_batch: int = 1024, gating_ttl: float = 30.0, buf_size: int | None = None) -> None:
-        self.mgr = mgr
-        self.topic = _validate.name(topic, "topic", 64)
-        self.group = _validate.name(group, "group", 64)
-        self.lock_secs = _validate.number(lock_secs, "lock_secs", 0, lo_open=True)
-        if self.lock_secs > 7 * 86400:
-            raise InvalidArgument(f"lock_secs must be at most a week (604800), got {lock_secs}")
-        self.max_deliveries = _validate.integer(max_deliveries, "max_deliveries", 1, MAX_DELIVERIES)
-        if dlq is not None:
-            dlq = _validate.name(dlq, "dlq", 64)
-            if dlq == self.topic:
-                raise InvalidArgument(f"the DLQ topic must differ from the source topic ({topic!r})")
-            if not mgr.exists(dlq):
-                raise NotFound(f"no DLQ topic {dlq!r}: create it before the share consumer")
-        self.dlq = dlq
-        self.max_batch = _validate.integer(max_batch, "max_batch", 1, 1 << 20)
-        self.gating_ttl = _validate.number(gating_ttl, "gating_ttl", 0, lo_open=True)
-        if buf_size is not None:
-            _validate.integer(buf_size, "buf_size", 1, 1 << 40)
-        if member is None:
-            member = f"{socket.gethostname()}:{os.getpid()}:{next(_IDS)}"
-        elif not isinstance(member, str) or not member or len(member.encode()) > 56:
-            raise InvalidArgument(f"member must be a non-empty str of at most 56 bytes, got {member!r}")
-        self.member = member
+        self._settings(mgr, topic, group, lock_secs, max_deliveries, dlq, member, max_batch, gating_ttl, buf_size)
         self._durable = _durable(self.group)
         self._record = Record(mgr, names.GROUPS, _key(self.group, self.topic))
         self._t: JsTopic | None = None
         self._held: dict[tuple[int, int], tuple[str, float]] = {}   # (partition, offset) -> (ack subject, deadline)
         self._start = 0
-        self._closed = False
         self._inbox = "_INBOX." + uuid.uuid4().hex
-        self._dlq_producer = Producer(dlq, Partitioner.KeyHash) if dlq is not None else None
-        self.dead_lettered = 0      #: records this consumer sent to the DLQ
         with self._record.locked() as rec:
             self._config(rec.data)
             rec.data["members"] = int(rec.data.get("members", 0)) + 1
         self._bind()
-
-    def __repr__(self) -> str:
-        return f"<JsShareConsumer {self.topic!r} group {self.group!r} member {self.member!r}>"
 
     # ---- binding ----------------------------------------------------------------------
     def _config(self, data: dict) -> None:
@@ -134,10 +103,7 @@ class JsShareConsumer:
         except (TypeError, ValueError, IndexError):
             raise CorruptFabric(f"share group record of {self.group!r} on {self.topic!r} is damaged") from None
         if lock != self.lock_secs or maxd != self.max_deliveries:
-            raise InvalidArgument(
-                f"share group {self.group!r} of {self.topic!r} has lock_secs={lock:g} and "
-                f"max_deliveries={maxd}; this member asked for lock_secs={self.lock_secs:g} and "
-                f"max_deliveries={self.max_deliveries}")
+            raise self._other_settings(lock, maxd)
 
     def _bind(self, refresh: bool = False) -> "JsTopic":
         t = self._t
@@ -170,18 +136,14 @@ class JsShareConsumer:
         """Lock up to ``max_records`` records to this member and return them.
         ``timeout``: 0 returns at once, a number of seconds waits that long for
         one, None waits until there is one. ``now`` (seconds) is for tests."""
-        n = _validate.integer(max_records, "max_records", 1, self.max_batch)
-        timeout = _validate.timeout(timeout)
-        if self._closed:
-            raise InvalidArgument("this share consumer is closed")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        n, deadline = self._poll_deadline(max_records, timeout)
         refresh = False
         while True:
             out, expired = self._poll_once(n, now, refresh)
             refresh = expired
             if out or (deadline is not None and time.monotonic() >= deadline):
                 return out
-            left = _WAIT_SLICE if deadline is None else min(_WAIT_SLICE, deadline - time.monotonic())
+            left = self._WAIT_SLICE if deadline is None else min(self._WAIT_SLICE, deadline - time.monotonic())
             if left > 0:
                 time.sleep(left)
 
@@ -319,47 +281,14 @@ class JsShareConsumer:
         """Extend the locks of records: they run for ``lock_secs`` from now."""
         return self._settle("renew", self._records(records), now)
 
-    def ack_range(self, partition: int, start: int, stop: int, *, now: float | None = None) -> int:
-        """Accept every record this consumer holds of ``partition`` with an offset in [start, stop)."""
-        return self._settle("ack", self._range(partition, start, stop), now)
-
-    def release_range(self, partition: int, start: int, stop: int, *, now: float | None = None) -> int:
-        """:meth:`release` for the held records of ``partition`` in [start, stop)."""
-        return self._settle("release", self._range(partition, start, stop), now)
-
-    def reject_range(self, partition: int, start: int, stop: int, *, now: float | None = None) -> int:
-        """:meth:`reject` for the held records of ``partition`` in [start, stop)."""
-        return self._settle("reject", self._range(partition, start, stop), now)
-
-    def renew_range(self, partition: int, start: int, stop: int, *, now: float | None = None) -> int:
-        """:meth:`renew` for the held records of ``partition`` in [start, stop)."""
-        return self._settle("renew", self._range(partition, start, stop), now)
-
     def held(self) -> list[tuple[int, int]]:
         """(partition, offset) of the records this consumer holds (as far as it knows)."""
         return sorted(self._held)
 
-    def _range(self, partition: int, start: int, stop: int) -> list[ShareRecord]:
-        p = _validate.integer(partition, "partition", 0, 1 << 20)
-        a = _validate.integer(start, "start", 0, 1 << 48)
-        b = _validate.integer(stop, "stop", 0, 1 << 48)
-        if b < a:
-            raise InvalidArgument(f"range [{a}, {b}) is empty the wrong way round")
+    def _held_between(self, p: int, a: int, b: int) -> list[ShareRecord]:
         t = self._bind()
         return [_make(ShareRecord, (p, off, None, b"", 0, (), 0, int(dl * 1e9), subj, _stream(t, p)))
                 for (q, off), (subj, dl) in sorted(self._held.items()) if q == p and a <= off < b]
-
-    def _records(self, records: object) -> list[ShareRecord]:
-        if isinstance(records, ShareRecord):
-            return [records]
-        if isinstance(records, (str, bytes)) or not hasattr(records, "__iter__"):
-            raise _validate.InvalidType(f"records must be a ShareRecord or an iterable of them, "
-                                        f"not {type(records).__name__}")
-        out = list(records)     # type: ignore[call-overload]
-        for r in out:
-            if not isinstance(r, ShareRecord):
-                raise _validate.InvalidType(f"records must be ShareRecords, not {type(r).__name__}")
-        return out
 
     def _settle(self, op: str, recs: list[ShareRecord], now: float | None) -> int:
         if not recs:
@@ -450,22 +379,8 @@ class JsShareConsumer:
 
     def _copy(self, p: int, off: int, key: bytes | None, value: bytes, headers: Any, count: int,
               last: str) -> None:
-        if self._dlq_producer is None:
-            return
-        hdrs = [(SOURCE_TOPIC, self.topic.encode()), (SOURCE_PARTITION, str(p).encode()),
-                (SOURCE_OFFSET, str(off).encode()), (DELIVERY_COUNT, str(count).encode()),
-                (LAST_MEMBER, last.encode()), (SHARE_GROUP, self.group.encode())]
-        self._dlq_producer.send_keyed(self.mgr, key, value, hdrs + list(headers))
-        self.dead_lettered += 1
-
-    def _lock_lost(self, refused: list[ShareRecord], op: str) -> LockLost:
-        where = ", ".join(f"{r[0]}/{r[1]}" for r in refused[:10])
-        more = f" and {len(refused) - 10} more" if len(refused) > 10 else ""
-        return LockLost(f"share group {self.group!r} of {self.topic!r}: member {self.member!r} no longer "
-                        f"holds the lock of {len(refused)} record(s) (partition/offset {where}{more}): it ran "
-                        f"out after lock_secs={self.lock_secs:g}, or the record was settled, and it may have "
-                        f"gone to another member; nothing was applied to them ({op})",
-                        group=self.group, topic=self.topic, member=self.member, records=refused)
+        if self._dlq_producer is not None:
+            self._send_dead_letter(p, off, key, value, headers, count, last.encode())
 
     # ---- observability ------------------------------------------------------------------
     def describe(self, now: float | None = None) -> list[ShareState]:
@@ -528,17 +443,6 @@ class JsShareConsumer:
         self._closed = True
         self._t = None
 
-    def __enter__(self) -> "JsShareConsumer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __iter__(self) -> Iterator[ShareRecord]:
-        """Records as they come, one at a time (blocking); settle each."""
-        while not self._closed:
-            yield from self.poll(self.max_batch, timeout=None)
-
     # ---- asyncio ------------------------------------------------------------------------
     async def apoll(self, max_records: int = 100, timeout: float | None = 0.0) -> list[ShareRecord]:
         """:meth:`poll` for asyncio, in a worker thread (the bus's calls wait on its own loop)."""
@@ -555,21 +459,6 @@ class JsShareConsumer:
 
     async def arenew(self, records: "ShareRecord | Iterable[ShareRecord]") -> int:
         return await asyncio.to_thread(self.renew, records)
-
-    def __aiter__(self) -> "JsShareConsumer":
-        self._pending: list[ShareRecord] = []
-        return self
-
-    async def __anext__(self) -> ShareRecord:
-        while not self._pending:
-            if self._closed:
-                raise StopAsyncIteration
-            self._pending = await self.apoll(self.max_batch, timeout=_WAIT_SLICE * 10)
-            self._pending.reverse()
-        return self._pending.pop()
-
-    async def __aenter__(self) -> "JsShareConsumer":
-        return self
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.close)

@@ -68,7 +68,7 @@ import struct
 import time
 from dataclasses import dataclass
 from operator import is_, itemgetter
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -102,7 +102,6 @@ _ROW = np.dtype([("offset", "<u8"), ("word", "<u8"), ("deadline", "<i8"), ("coun
 _ROW_SIZE = ffi.sizeof("gf_share_row")
 _META_SIZE = ffi.sizeof("gf_msg_meta")
 _IDS = itertools.count(1)
-_WAIT_SLICE = 0.02      # seconds between looks for released and expired records while waiting
 _FEW = 8                # rows read field by field rather than through an array
 _REFRESH_GAP = 0.05     # at most one directory re-read per this many seconds while a partition reads expired
 _OPS = {"ack": lib.GF_SHARE_ACK, "release": lib.GF_SHARE_RELEASE, "reject": lib.GF_SHARE_REJECT,
@@ -175,6 +174,160 @@ class ShareState:
     members: int            #: members that joined (over the state's life)
 
 
+class _ShareMember:
+    """What a share consumer is on every backend: the group's settings, checked
+    the same way; the refusal of a lost lock; the dead-letter copy with its
+    provenance headers; the checks of records and ranges; and the forms built on
+    poll, settle and close. A backend adds polling, settling and the state."""
+
+    _WAIT_SLICE: float      # seconds between looks while a poll waits (set by each backend)
+    mgr: Any                # the backend's manager
+    _LOST_WHY = "it ran out after lock_secs={lock:g} and the record may have gone to another member"
+
+    def _settings(self, mgr: object, topic: str, group: str, lock_secs: float, max_deliveries: int,
+                  dlq: str | None, member: str | None, max_batch: int, gating_ttl: float,
+                  buf_size: int | None) -> None:
+        self.mgr = mgr
+        self.topic = _validate.name(topic, "topic", 64)
+        self.group = _validate.name(group, "group", 64)
+        self.lock_secs = _validate.number(lock_secs, "lock_secs", 0, lo_open=True)
+        if self.lock_secs > 7 * 86400:
+            raise InvalidArgument(f"lock_secs must be at most a week (604800), got {lock_secs}")
+        self.max_deliveries = _validate.integer(max_deliveries, "max_deliveries", 1, MAX_DELIVERIES)
+        if dlq is not None:
+            dlq = _validate.name(dlq, "dlq", 64)
+            if dlq == self.topic:
+                raise InvalidArgument(f"the DLQ topic must differ from the source topic ({topic!r})")
+            if not mgr.exists(dlq):     # type: ignore[attr-defined]
+                raise NotFound(f"no DLQ topic {dlq!r}: create it before the share consumer")
+        self.dlq = dlq
+        self.max_batch = _validate.integer(max_batch, "max_batch", 1, 1 << 20)
+        self.gating_ttl = _validate.number(gating_ttl, "gating_ttl", 0, lo_open=True)
+        if buf_size is not None:
+            _validate.integer(buf_size, "buf_size", 1, 1 << 40)
+        if member is None:
+            member = f"{socket.gethostname()}:{os.getpid()}:{next(_IDS)}"
+        elif not isinstance(member, str) or not member or len(member.encode()) > 56:
+            raise InvalidArgument(f"member must be a non-empty str of at most 56 bytes, got {member!r}")
+        self.member = member
+        self._dlq_producer = Producer(dlq, Partitioner.KeyHash) if dlq is not None else None
+        self._closed = False
+        self.dead_lettered = 0      #: records this consumer sent to the DLQ
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.topic!r} group {self.group!r} member {self.member!r}>"
+
+    def _other_settings(self, lock_secs: float, max_deliveries: int) -> InvalidArgument:
+        """The refusal of a member whose settings are not the group's."""
+        return InvalidArgument(
+            f"share group {self.group!r} of {self.topic!r} has lock_secs={lock_secs:g} and "
+            f"max_deliveries={max_deliveries}; this member asked for lock_secs={self.lock_secs:g} and "
+            f"max_deliveries={self.max_deliveries}")
+
+    def _lock_lost(self, refused: list[ShareRecord], op: str) -> LockLost:
+        where = ", ".join(f"{r[0]}/{r[1]}" for r in refused[:10])
+        more = f" and {len(refused) - 10} more" if len(refused) > 10 else ""
+        why = self._LOST_WHY.format(lock=self.lock_secs)
+        return LockLost(f"share group {self.group!r} of {self.topic!r}: member {self.member!r} no longer "
+                        f"holds the lock of {len(refused)} record(s) (partition/offset {where}{more}): {why}; "
+                        f"nothing was applied to them ({op})",
+                        group=self.group, topic=self.topic, member=self.member, records=refused)
+
+    def _send_dead_letter(self, p: int, off: int, key: bytes | None, value: bytes, headers: Iterable,
+                          count: int, last: bytes) -> None:
+        """Copy a record to the DLQ with where it came from (the DLQ is set)."""
+        hdrs = [(SOURCE_TOPIC, self.topic.encode()), (SOURCE_PARTITION, str(p).encode()),
+                (SOURCE_OFFSET, str(off).encode()), (DELIVERY_COUNT, str(count).encode()),
+                (LAST_MEMBER, last), (SHARE_GROUP, self.group.encode())]
+        self._dlq_producer.send_keyed(self.mgr, key, value, hdrs + list(headers))   # type: ignore[union-attr]
+        self.dead_lettered += 1
+
+    # ---- arguments ----------------------------------------------------------------------
+    def _poll_deadline(self, max_records: int, timeout: float | None) -> tuple[int, float | None]:
+        """A poll's batch size, checked, and the monotonic time it waits until (None: for ever)."""
+        n = _validate.integer(max_records, "max_records", 1, self.max_batch)
+        timeout = _validate.timeout(timeout)
+        if self._closed:
+            raise InvalidArgument("this share consumer is closed")
+        return n, None if timeout is None else time.monotonic() + timeout
+
+    def _records(self, records: object) -> list[ShareRecord]:
+        if type(records) is ShareBatch and records._intact():
+            return records
+        if type(records) is list and set(map(type, records)) <= _RECORD_TYPES:
+            return records      # the common case, checked at C speed
+        if isinstance(records, ShareRecord):
+            return [records]
+        if isinstance(records, (str, bytes)) or not hasattr(records, "__iter__"):
+            raise _validate.InvalidType(f"records must be a ShareRecord or an iterable of them, "
+                                        f"not {type(records).__name__}")
+        out = list(records)     # type: ignore[call-overload]
+        for r in out:
+            if not isinstance(r, ShareRecord):
+                raise _validate.InvalidType(f"records must be ShareRecords, not {type(r).__name__}")
+        return out
+
+    # ---- ranges -------------------------------------------------------------------------
+    def ack_range(self, partition: int, start: int, stop: int, *, now: float | None = None) -> int:
+        """Accept every record this consumer holds of ``partition`` with an offset in [start, stop)."""
+        return self._settle_range("ack", partition, start, stop, now)
+
+    def release_range(self, partition: int, start: int, stop: int, *, now: float | None = None) -> int:
+        """:meth:`release` for the held records of ``partition`` in [start, stop)."""
+        return self._settle_range("release", partition, start, stop, now)
+
+    def reject_range(self, partition: int, start: int, stop: int, *, now: float | None = None) -> int:
+        """:meth:`reject` for the held records of ``partition`` in [start, stop)."""
+        return self._settle_range("reject", partition, start, stop, now)
+
+    def renew_range(self, partition: int, start: int, stop: int, *, now: float | None = None) -> int:
+        """:meth:`renew` for the held records of ``partition`` in [start, stop)."""
+        return self._settle_range("renew", partition, start, stop, now)
+
+    def _settle_range(self, op: str, partition: int, start: int, stop: int, now: float | None) -> int:
+        p = _validate.integer(partition, "partition", 0, 1 << 20)
+        a = _validate.integer(start, "start", 0, 1 << 48)
+        b = _validate.integer(stop, "stop", 0, 1 << 48)
+        if b < a:
+            raise InvalidArgument(f"range [{a}, {b}) is empty the wrong way round")
+        return getattr(self, op)(self._held_between(p, a, b), now=now)
+
+    def _held_between(self, p: int, a: int, b: int) -> list[ShareRecord]:
+        """The records held of partition p with an offset in [a, b), in offset order:
+        placeholders (no key, value or timestamp) that settle like the polled ones."""
+        raise NotImplementedError
+
+    # ---- life ---------------------------------------------------------------------------
+    def __enter__(self):  # noqa: ANN204 - the backend's consumer
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()        # type: ignore[attr-defined]
+
+    def __iter__(self) -> Iterator[ShareRecord]:
+        """Records as they come, one at a time (blocking); settle each."""
+        while not self._closed:
+            yield from self.poll(self.max_batch, timeout=None)     # type: ignore[attr-defined]
+
+    def __aiter__(self):  # noqa: ANN204 - the backend's consumer
+        self._pending: list[ShareRecord] = []
+        return self
+
+    async def __anext__(self) -> ShareRecord:
+        while not self._pending:
+            if self._closed:
+                raise StopAsyncIteration
+            self._pending = await self.apoll(self.max_batch, timeout=self._WAIT_SLICE * 10)  # type: ignore[attr-defined]
+            self._pending.reverse()
+        return self._pending.pop()
+
+    async def __aenter__(self):  # noqa: ANN204 - the backend's consumer
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()        # type: ignore[attr-defined]
+
+
 def _scope(topic: str, group: str) -> str:
     return _metakeys.prefix("S", topic, group)
 
@@ -195,10 +348,12 @@ class _Part:
         self.renew_at = 0.0         # monotonic time the region's lease is looked at again
 
 
-class ShareConsumer:
+class ShareConsumer(_ShareMember):
     """``mgr.share_consumer(topic, group=..., lock_secs=30, max_deliveries=5, dlq=None)``:
     a member of a share group on every partition of ``topic`` (see the module
     doc). One thread at a time; use one per thread."""
+
+    _WAIT_SLICE = 0.02      # seconds between looks for released and expired records while waiting
 
     def __init__(self, mgr: "TopicManager", topic: str, group: str = "default", *, lock_secs: float = 30.0,
                  max_deliveries: int = 5, dlq: str | None = None, member: str | None = None,
@@ -206,29 +361,7 @@ class ShareConsumer:
         from .topic import TopicManager
         if not isinstance(mgr, TopicManager):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
-        self.mgr = mgr
-        self.topic = _validate.name(topic, "topic", 64)
-        self.group = _validate.name(group, "group", 64)
-        self.lock_secs = _validate.number(lock_secs, "lock_secs", 0, lo_open=True)
-        if self.lock_secs > 7 * 86400:
-            raise InvalidArgument(f"lock_secs must be at most a week (604800), got {lock_secs}")
-        self.max_deliveries = _validate.integer(max_deliveries, "max_deliveries", 1, MAX_DELIVERIES)
-        if dlq is not None:
-            dlq = _validate.name(dlq, "dlq", 64)
-            if dlq == self.topic:
-                raise InvalidArgument(f"the DLQ topic must differ from the source topic ({topic!r})")
-            if not mgr.exists(dlq):
-                raise NotFound(f"no DLQ topic {dlq!r}: create it before the share consumer")
-        self.dlq = dlq
-        self.max_batch = _validate.integer(max_batch, "max_batch", 1, 1 << 20)
-        self.gating_ttl = _validate.number(gating_ttl, "gating_ttl", 0, lo_open=True)
-        if buf_size is not None:
-            _validate.integer(buf_size, "buf_size", 1, 1 << 40)
-        if member is None:
-            member = f"{socket.gethostname()}:{os.getpid()}:{next(_IDS)}"
-        elif not isinstance(member, str) or not member or len(member.encode()) > 56:
-            raise InvalidArgument(f"member must be a non-empty str of at most 56 bytes, got {member!r}")
-        self.member = member
+        self._settings(mgr, topic, group, lock_secs, max_deliveries, dlq, member, max_batch, gating_ttl, buf_size)
         self._lock_ns = int(self.lock_secs * 1e9)
         self._t: Topic | None = None
         self._gated = False
@@ -239,16 +372,10 @@ class ShareConsumer:
         self._bufs: tuple | None = None
         self._addrs: tuple = ()        # the addresses of the first three of _bufs, for the crossing
         self._reader: Reader | None = None
-        self._dlq_producer = Producer(dlq, Partitioner.KeyHash) if dlq is not None else None
-        self._closed = False
         self._next_look = 0.0     # monotonic time before which an expired partition is not looked up again
         self._one = (ffi.new("uint64_t[1]"), ffi.new("uint64_t[1]"), ffi.new("uint8_t[1]"))
         self._oks = ffi.new("uint8_t[]", self.max_batch)   # settle's per-record results for a polled batch
-        self.dead_lettered = 0      #: records this consumer sent to the DLQ
         self._bind()
-
-    def __repr__(self) -> str:
-        return f"<ShareConsumer {self.topic!r} group {self.group!r} member {self.member!r}>"
 
     # ---- binding ----------------------------------------------------------------------
     def _bind(self, now: float | None = None) -> "Topic":
@@ -297,10 +424,7 @@ class ShareConsumer:
         except struct.error:
             raise CorruptFabric(f"share group record {key!r} is damaged") from None
         if lock_ns != self._lock_ns or maxd != self.max_deliveries:
-            raise InvalidArgument(
-                f"share group {self.group!r} of {self.topic!r} has lock_secs={lock_ns / 1e9:g} and "
-                f"max_deliveries={maxd}; this member asked for lock_secs={self.lock_secs:g} and "
-                f"max_deliveries={self.max_deliveries}")
+            raise self._other_settings(lock_ns / 1e9, maxd)
 
     def _count_expired(self, scope: str, n: int) -> None:
         fab = self.mgr.fabric
@@ -379,16 +503,12 @@ class ShareConsumer:
         """Lock up to ``max_records`` records to this member and return them.
         ``timeout``: 0 returns at once, a number of seconds waits that long for
         one, None waits until there is one. ``now`` (seconds) is for tests."""
-        n = _validate.integer(max_records, "max_records", 1, self.max_batch)
-        timeout = _validate.timeout(timeout)
-        if self._closed:
-            raise InvalidArgument("this share consumer is closed")
-        deadline = None if timeout is None else time.monotonic() + timeout
+        n, deadline = self._poll_deadline(max_records, timeout)
         while True:
             out = self._poll_once(n, now)
             if out or (deadline is not None and time.monotonic() >= deadline):
                 return out
-            left = _WAIT_SLICE if deadline is None else min(_WAIT_SLICE, deadline - time.monotonic())
+            left = self._WAIT_SLICE if deadline is None else min(self._WAIT_SLICE, deadline - time.monotonic())
             if left > 0:
                 self._wait(left)
 
@@ -555,57 +675,17 @@ class ShareConsumer:
         """Extend the locks of records: they run for ``lock_secs`` from now."""
         return self._settle("renew", records, now)
 
-    def ack_range(self, partition: int, start: int, stop: int, *, now: float | None = None) -> int:
-        """Accept every record this consumer holds of ``partition`` with an offset in [start, stop)."""
-        return self._settle_range("ack", partition, start, stop, now)
-
-    def release_range(self, partition: int, start: int, stop: int, *, now: float | None = None) -> int:
-        """:meth:`release` for the held records of ``partition`` in [start, stop)."""
-        return self._settle_range("release", partition, start, stop, now)
-
-    def reject_range(self, partition: int, start: int, stop: int, *, now: float | None = None) -> int:
-        """:meth:`reject` for the held records of ``partition`` in [start, stop)."""
-        return self._settle_range("reject", partition, start, stop, now)
-
-    def renew_range(self, partition: int, start: int, stop: int, *, now: float | None = None) -> int:
-        """:meth:`renew` for the held records of ``partition`` in [start, stop)."""
-        return self._settle_range("renew", partition, start, stop, now)
-
     def held(self) -> list[tuple[int, int]]:
         """(partition, offset) of the records this consumer holds (as far as it knows:
         a lock that ran out shows here until a settle call finds out)."""
         return sorted((p, o) for p, h in self._held.items() for o in h)
 
-    def _settle_range(self, op: str, partition: int, start: int, stop: int, now: float | None) -> int:
-        p = _validate.integer(partition, "partition", 0, 1 << 20)
-        a = _validate.integer(start, "start", 0, 1 << 48)
-        b = _validate.integer(stop, "stop", 0, 1 << 48)
-        if b < a:
-            raise InvalidArgument(f"range [{a}, {b}) is empty the wrong way round")
+    def _held_between(self, p: int, a: int, b: int) -> list[ShareRecord]:
         hp = self._held.get(p, {})
         sp = self._parts[p] if p < len(self._parts) else None
         region = sp.region.id if sp is not None else 0
-        recs = [_make(ShareRecord, (p, off, None, b"", 0, (), 0, 0, hp[off], region))
+        return [_make(ShareRecord, (p, off, None, b"", 0, (), 0, 0, hp[off], region))
                 for off in sorted(o for o in hp if a <= o < b)]
-        if op == "release" or op == "reject":
-            return getattr(self, op)(recs, now=now)
-        return self._settle(op, recs, now)
-
-    def _records(self, records: object) -> list[ShareRecord]:
-        if type(records) is ShareBatch and records._intact():
-            return records
-        if type(records) is list and set(map(type, records)) <= _RECORD_TYPES:
-            return records      # the common case, checked at C speed
-        if isinstance(records, ShareRecord):
-            return [records]
-        if isinstance(records, (str, bytes)) or not hasattr(records, "__iter__"):
-            raise _validate.InvalidType(f"records must be a ShareRecord or an iterable of them, "
-                                        f"not {type(records).__name__}")
-        out = list(records)     # type: ignore[call-overload]
-        for r in out:
-            if not isinstance(r, ShareRecord):
-                raise _validate.InvalidType(f"records must be ShareRecords, not {type(r).__name__}")
-        return out
 
     def _settle(self, op: str, records: object, now: float | None) -> int:
         recs = self._records(records)
@@ -671,15 +751,6 @@ class ShareConsumer:
             raise self._lock_lost(refused, op)
         return done
 
-    def _lock_lost(self, refused: list[ShareRecord], op: str) -> LockLost:
-        where = ", ".join(f"{r[0]}/{r[1]}" for r in refused[:10])
-        more = f" and {len(refused) - 10} more" if len(refused) > 10 else ""
-        return LockLost(f"share group {self.group!r} of {self.topic!r}: member {self.member!r} no longer "
-                        f"holds the lock of {len(refused)} record(s) (partition/offset {where}{more}): it ran "
-                        f"out after lock_secs={self.lock_secs:g} and the record may have gone to another "
-                        f"member; nothing was applied to them ({op})",
-                        group=self.group, topic=self.topic, member=self.member, records=refused)
-
     # ---- dead letters -----------------------------------------------------------------
     def _dead_letter_records(self, recs: list[ShareRecord], now: float | None, op: str = "archive") -> int:
         if not recs:
@@ -724,11 +795,7 @@ class ShareConsumer:
             name = ffi.new("uint8_t[64]")
             nlen = lib.gf_share_member_name(sp.handle, last, name, 64) if last else 0
             last_name = ffi.buffer(name, nlen)[:] if nlen > 0 else (str(last).encode() if last else b"")
-            hdrs = [(SOURCE_TOPIC, self.topic.encode()), (SOURCE_PARTITION, str(p).encode()),
-                    (SOURCE_OFFSET, str(off).encode()), (DELIVERY_COUNT, str(count).encode()),
-                    (LAST_MEMBER, last_name), (SHARE_GROUP, self.group.encode())]
-            self._dlq_producer.send_keyed(self.mgr, key, value, hdrs + list(headers))
-            self.dead_lettered += 1
+            self._send_dead_letter(p, off, key, value, headers, count, last_name)
         offs = np.array([off], dtype=np.uint64)
         words = np.array([word], dtype=np.uint64)
         ok = np.zeros(1, dtype=np.uint8)
@@ -776,17 +843,6 @@ class ShareConsumer:
         self._parts = []
         self._t = None
 
-    def __enter__(self) -> "ShareConsumer":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __iter__(self) -> Iterator[ShareRecord]:
-        """Records as they come, one at a time (blocking); settle each."""
-        while not self._closed:
-            yield from self.poll(self.max_batch, timeout=None)
-
     # ---- asyncio ------------------------------------------------------------------------
     async def apoll(self, max_records: int = 100, timeout: float | None = 0.0) -> list[ShareRecord]:
         """:meth:`poll` for asyncio: a wait runs in a worker thread, the loop stays free."""
@@ -806,24 +862,6 @@ class ShareConsumer:
 
     async def arenew(self, records: "ShareRecord | Iterable[ShareRecord]") -> int:
         return self.renew(records)
-
-    def __aiter__(self) -> "ShareConsumer":
-        self._pending: list[ShareRecord] = []
-        return self
-
-    async def __anext__(self) -> ShareRecord:
-        while not self._pending:
-            if self._closed:
-                raise StopAsyncIteration
-            self._pending = await self.apoll(self.max_batch, timeout=_WAIT_SLICE * 10)
-            self._pending.reverse()
-        return self._pending.pop()
-
-    async def __aenter__(self) -> "ShareConsumer":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _unfinished(region: MemLease) -> int:
