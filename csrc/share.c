@@ -9,6 +9,7 @@
 #define MAX_OFFSET (1ULL << GF_OFFSET_BITS)
 #define LAP_BITS 38
 #define LAP_MASK ((1ULL << LAP_BITS) - 1)
+#define MAX_DELIVERIES 254u     /* a count of deliveries is 8 bits and saturates at 255 */
 
 struct gf_share {
     gf_fabric *f;
@@ -51,6 +52,8 @@ static inline struct gf_share_entry *entry(const gf_share *s, uint64_t n)
     return &s->e[s->mask ? n & s->mask : n % s->cap];
 }
 static inline uint64_t tag_of(uint64_t a) { return ((W_LAP(a) & 0xffu) << 8) | W_COUNT(a); }
+/* whether deadline word b was written for acquisition a */
+static inline int tagged(uint64_t b, uint64_t a) { return (b & 0xffffu) == tag_of(a); }
 static inline uint64_t mkdeadline(int64_t deadline_ms, uint64_t a)
 {
     return ((uint64_t)deadline_ms << 16) | tag_of(a);
@@ -79,8 +82,8 @@ int gf_share_init(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, gf_ring
         return gf_fail(GF_E_NOLOCK, "%s needs the metadata lock", __func__);
     if (lock_ns <= 0)
         return gf_fail(GF_E_INVAL, "lock time must be positive, got %lld ns", (long long)lock_ns);
-    if (max_deliveries < 1 || max_deliveries > 254)
-        return gf_fail(GF_E_INVAL, "max_deliveries must be 1 to 254, got %u", max_deliveries);
+    if (max_deliveries < 1 || max_deliveries > MAX_DELIVERIES)
+        return gf_fail(GF_E_INVAL, "max_deliveries must be 1 to %u, got %u", MAX_DELIVERIES, max_deliveries);
     if (start >= MAX_OFFSET)
         return gf_fail(GF_E_INVAL, "start offset %llu out of range", (unsigned long long)start);
     gf_lease_info li;
@@ -127,7 +130,7 @@ gf_share *gf_share_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, g
                        (unsigned long long)lease_id, (unsigned long long)c.ring_lease_id, c.capacity);
         return NULL;
     }
-    if (c.max_deliveries < 1 || c.max_deliveries > 254 || c.lock_ns <= 0 ||
+    if (c.max_deliveries < 1 || c.max_deliveries > MAX_DELIVERIES || c.lock_ns <= 0 ||
         gf_share_region_size(c.capacity) > li.size) {
         *err = gf_fail(GF_E_CORRUPT, "share state in lease %llu has impossible settings", (unsigned long long)lease_id);
         return NULL;
@@ -161,10 +164,18 @@ void gf_share_close(gf_share *s)
     free(s);
 }
 
+static int alive(gf_share *s, int64_t now)
+{
+    if (!gf_lease_alive(s->lease, s->lease_id, now))
+        return gf_fail(GF_E_EXPIRED, "share state lease %llu has expired", (unsigned long long)s->lease_id);
+    return GF_OK;
+}
+
 int64_t gf_share_join(gf_share *s, uint32_t pid, const uint8_t *name, uint32_t nlen)
 {
-    if (!gf_lease_alive(s->lease, s->lease_id, gf_now_ns()))
-        return gf_fail(GF_E_EXPIRED, "share state lease %llu has expired", (unsigned long long)s->lease_id);
+    int rc = alive(s, gf_now_ns());
+    if (rc < 0)
+        return rc;
     uint32_t token = atomic_fetch_add(&s->h->members, 1) % 65535u + 1u;
     struct gf_share_member *m = &s->members[token % GF_SHARE_MEMBERS];
     st_rel(&m->token, 0);
@@ -223,19 +234,26 @@ static inline int finished(const gf_share *s, uint64_t a, uint64_t n)
     return W_LAP(a) == lap_of(s, n) && W_STATE(a) >= GF_SH_ACKED;
 }
 
+/* The ring's end, checked: it comes from shared memory. */
+static int ring_tail(const gf_share *s, uint64_t *tail)
+{
+    uint64_t t = ld_acq(&s->r->hdr->tail);
+    if (t >= MAX_OFFSET)
+        return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)t);
+    *tail = t;
+    return GF_OK;
+}
+
 /* Move the floor past finished records, and past records the ring overwrote
  * (counted lost). Anyone may: the floor only rises, by compare-and-swap. */
 static int advance(gf_share *s)
 {
     const uint64_t cap = s->cap;
     for (int i = 0; i < (1 << 22); i++) {
-        uint64_t fl, nx;
+        uint64_t fl, nx, tail;
         int rc = window(s, &fl, &nx);
-        if (rc < 0)
+        if (rc < 0 || (rc = ring_tail(s, &tail)) < 0)
             return rc;
-        uint64_t tail = ld_acq(&s->r->hdr->tail);
-        if (tail >= MAX_OFFSET)
-            return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)tail);
         if (tail > cap && fl < tail - cap) {
             uint64_t nf = tail - cap, upto = nx < nf ? nx : nf, lost = 0;
             for (uint64_t o = fl; o < upto; o++)
@@ -268,7 +286,7 @@ static inline uint64_t span_of_meta(const gf_ring *r, const gf_msg_meta *m)
 static uint64_t lock_word(gf_share *s, struct gf_share_entry *en, uint64_t a, int64_t now)
 {
     uint64_t b = ld_acq(&en->b);
-    while ((b & 0xffffu) != tag_of(a)) {
+    while (!tagged(b, a)) {
         uint64_t nb = mkdeadline(deadline_ms(s, now), a);
         if (cas(&en->b, &b, nb))
             return nb;
@@ -281,15 +299,8 @@ static uint64_t lock_word(gf_share *s, struct gf_share_entry *en, uint64_t a, in
 static void set_lock(struct gf_share_entry *en, uint64_t a, int64_t dl_ms)
 {
     uint64_t b = ld_acq(&en->b), nb = mkdeadline(dl_ms, a);
-    while ((b & 0xffffu) != tag_of(a) && !cas(&en->b, &b, nb))
+    while (!tagged(b, a) && !cas(&en->b, &b, nb))
         ;
-}
-
-static int alive(gf_share *s, int64_t now)
-{
-    if (!gf_lease_alive(s->lease, s->lease_id, now))
-        return gf_fail(GF_E_EXPIRED, "share state lease %llu has expired", (unsigned long long)s->lease_id);
-    return GF_OK;
 }
 
 /* Read offset n alone into buf at *used: 1 with meta filled if a message starts
@@ -531,7 +542,7 @@ int64_t gf_share_settle(gf_share *s, uint32_t op, const uint64_t *offsets, const
             continue;
         if (op != GF_SHARE_RELEASE) {
             uint64_t b = ld_acq(&en->b);
-            if ((b & 0xffffu) != tag_of(w) || b_deadline_ns(b) <= now)
+            if (!tagged(b, w) || b_deadline_ns(b) <= now)
                 continue;   /* the lock has run out */
             if (op == GF_SHARE_RENEW) {
                 if (cas(&en->b, &b, mkdeadline(dl, w)) && ld_acq(&en->a) == w) {
@@ -569,13 +580,10 @@ int gf_share_state_get(gf_share *s, int64_t now, gf_share_state *out)
     out->capacity = (uint32_t)s->cap;
     if (ld_acq(&s->lease->id) != s->lease_id)
         return GF_OK;
-    uint64_t fl, nx;
+    uint64_t fl, nx, tail;
     int rc = window(s, &fl, &nx);
-    if (rc < 0)
+    if (rc < 0 || (rc = ring_tail(s, &tail)) < 0)
         return rc;
-    uint64_t tail = ld_acq(&s->r->hdr->tail);
-    if (tail >= MAX_OFFSET)
-        return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)tail);
     out->floor = fl;
     out->next = nx;
     out->tail = tail;
@@ -592,13 +600,14 @@ int gf_share_state_get(gf_share *s, int64_t now, gf_share_state *out)
         case GF_SH_ACQUIRED: {
             uint64_t b = ld_acq(&en->b);
             int64_t d = b_deadline_ns(b);
-            if ((b & 0xffffu) == tag_of(a) && d <= now) {
+            int tag_ok = tagged(b, a);
+            if (tag_ok && d <= now) {
                 out->available++;
                 break;
             }
             out->in_flight++;
             int64_t since = d - s->lock_ns;
-            if ((b & 0xffffu) == tag_of(a) && (!oldest || since < oldest))
+            if (tag_ok && (!oldest || since < oldest))
                 oldest = since;
             break;
         }
