@@ -25,7 +25,7 @@ import time
 import uuid
 
 from .harness import GRAFOS, Result
-from .procs import GO, READY, STOP, Crew
+from .procs import STOP, Crew
 
 REDIS = "Redis Streams"
 SIZE = 100
@@ -34,11 +34,22 @@ WORKERS = 2
 _DONE_TIMEOUT = 120.0
 
 
-def _counts(crew: Crew):  # noqa: ANN202 - RawArray: acked per worker, then each one's end (monotonic ns)
-    return crew.array("q", 2 * WORKERS)
+def _batch(mode: str) -> int:
+    return BATCH if mode == "batch" else 1
 
 
-def _finish(crew: Crew, counts, n: int, t0: int) -> tuple[int, float]:
+def _missing(system: str, mode: str, why: str) -> Result:
+    return Result("share", system, mode, "cross-process", SIZE, batch=_batch(mode), status="missing", note=why,
+                  producers=WORKERS)
+
+
+def _measure(crew: Crew, system: str, mode: str, n: int, worker, args) -> Result:  # noqa: ANN001
+    """Start the workers (``worker(*args, mode, n, flags, counts, i)``), let them go
+    together, and time them from then until the last acknowledgement."""
+    counts = crew.array("q", 2 * WORKERS)     # acked per worker, then each one's end (monotonic ns)
+    crew.start(worker, lambda i: (*args, mode, n, crew.flags, counts, i))
+    crew.go()
+    t0 = time.monotonic_ns()
     deadline = time.monotonic() + _DONE_TIMEOUT
     while sum(counts[:WORKERS]) < n:
         if not crew.alive():
@@ -48,7 +59,8 @@ def _finish(crew: Crew, counts, n: int, t0: int) -> tuple[int, float]:
         time.sleep(0.001)
     _stop(crew)
     end = max(counts[WORKERS:])
-    return sum(counts[:WORKERS]), (end - t0) / 1e9
+    return Result("share", system, mode, "cross-process", SIZE, batch=_batch(mode), messages=sum(counts[:WORKERS]),
+                  seconds=(end - t0) / 1e9, producers=WORKERS)
 
 
 # ---- grafos ---------------------------------------------------------------------------
@@ -56,11 +68,10 @@ def _grafos_worker(name: str, mode: str, n: int, flags, counts, idx: int) -> Non
     from ..mq.topic import TopicManager
     mgr = TopicManager.open(name)
     c = mgr.share_consumer("jobs", group="bench", lock_secs=60.0, member=f"w{idx}")
-    want = BATCH if mode == "batch" else 1
     Crew.ready_and_wait(flags, idx)
     done = 0
     while not flags[STOP]:
-        recs = c.poll(want)
+        recs = c.poll(_batch(mode))
         if not recs:
             if sum(counts[:WORKERS]) >= n:
                 break
@@ -90,14 +101,7 @@ def grafos(mode: str, n: int) -> Result:
         for at in range(0, n, 1024):
             prod.send_batch(mgr, values[:min(1024, n - at)])
         mgr.share_consumer("jobs", group="bench", lock_secs=60.0).close()    # the group's state, made once
-        counts = _counts(crew)
-        crew.start(_grafos_worker, lambda i: (name, mode, n, crew.flags, counts, i))
-        _ready(crew)
-        t0 = time.monotonic_ns()
-        crew.flags[GO] = 1
-        got, secs = _finish(crew, counts, n, t0)
-        return Result("share", GRAFOS, mode, "cross-process", SIZE, batch=BATCH if mode == "batch" else 1,
-                      messages=got, seconds=secs, producers=WORKERS)
+        return _measure(crew, GRAFOS, mode, n, _grafos_worker, (name,))
     finally:
         _stop(crew)
         mgr.close()
@@ -109,14 +113,15 @@ def _stop(crew: Crew) -> None:
     crew.kill()
 
 
-def _ready(crew: Crew) -> None:
-    deadline = time.monotonic() + 60
-    while not all(crew.flags[READY + i] for i in range(crew.n)):
-        if not crew.alive():
-            raise RuntimeError(f"a worker exited before it was ready: {crew.failed()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError("workers not ready after 60 s")
-        time.sleep(0.002)
+def _end(proc: subprocess.Popen) -> None:
+    """Stop a server this benchmark started, by its PID: SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        os.kill(proc.pid, 15)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, 9)
+            proc.wait(10)
 
 
 # ---- Redis Streams --------------------------------------------------------------------
@@ -157,23 +162,16 @@ class RedisServer:
                 time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, 15)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, 9)
-                self.proc.wait(10)
+        _end(self.proc)
 
 
 def _redis_worker(port: int, mode: str, n: int, flags, counts, idx: int) -> None:
     import redis
     r = redis.Redis(port=port)
-    count = BATCH if mode == "batch" else 1
     Crew.ready_and_wait(flags, idx)
     done = 0
     while not flags[STOP]:
-        resp = r.xreadgroup("g", f"w{idx}", {"jobs": ">"}, count=count)
+        resp = r.xreadgroup("g", f"w{idx}", {"jobs": ">"}, count=_batch(mode))
         ids = [i for _, entries in resp for i, _ in entries] if resp else []
         if not ids:
             if sum(counts[:WORKERS]) >= n:
@@ -187,8 +185,7 @@ def _redis_worker(port: int, mode: str, n: int, flags, counts, idx: int) -> None
 def redis_streams(mode: str, n: int) -> Result:
     why = redis_missing()
     if why:
-        return Result("share", REDIS, mode, "cross-process", SIZE, batch=BATCH if mode == "batch" else 1,
-                      status="missing", note=why, producers=WORKERS)
+        return _missing(REDIS, mode, why)
     import redis
     srv = RedisServer()
     crew = Crew(WORKERS)
@@ -202,14 +199,7 @@ def redis_streams(mode: str, n: int) -> Result:
                 pipe.execute()
         pipe.execute()
         r.xgroup_create("jobs", "g", id="0")
-        counts = _counts(crew)
-        crew.start(_redis_worker, lambda i: (srv.port, mode, n, crew.flags, counts, i))
-        _ready(crew)
-        t0 = time.monotonic_ns()
-        crew.flags[GO] = 1
-        got, secs = _finish(crew, counts, n, t0)
-        return Result("share", REDIS, mode, "cross-process", SIZE, batch=BATCH if mode == "batch" else 1,
-                      messages=got, seconds=secs, producers=WORKERS)
+        return _measure(crew, REDIS, mode, n, _redis_worker, (srv.port,))
     finally:
         _stop(crew)
         srv.stop()
@@ -263,13 +253,7 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, 15)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, 9)
-                self.proc.wait(10)
+        _end(self.proc)
         self.dir.cleanup()
 
 
@@ -282,7 +266,7 @@ def _nats_worker(url: str, mode: str, n: int, flags, counts, idx: int) -> None:
         nc = await nats.connect(url)
         js = nc.jetstream()
         sub = await js.pull_subscribe("jobs", durable="work", stream="JOBS")
-        want = BATCH if mode == "batch" else 1
+        want = _batch(mode)
         Crew.ready_and_wait(flags, idx)
         done = 0
         while not flags[STOP]:
@@ -309,10 +293,8 @@ def jetstream(mode: str, n: int) -> Result:
     """Two workers on one durable pull consumer of a work-queue stream, explicit
     acks (``fetch(200)`` or ``fetch(1)``, ``ack`` per message)."""
     why = nats_missing()
-    b = BATCH if mode == "batch" else 1
     if why:
-        return Result("share", JETSTREAM, mode, "cross-process", SIZE, batch=b, status="missing", note=why,
-                      producers=WORKERS)
+        return _missing(JETSTREAM, mode, why)
     import asyncio
     srv = NatsServer()
     crew = Crew(WORKERS)
@@ -333,14 +315,7 @@ def jetstream(mode: str, n: int) -> Result:
                                                              max_ack_pending=-1))
             await nc.close()
         asyncio.run(fill())
-        counts = _counts(crew)
-        crew.start(_nats_worker, lambda i: (srv.url, mode, n, crew.flags, counts, i))
-        _ready(crew)
-        t0 = time.monotonic_ns()
-        crew.flags[GO] = 1
-        got, secs = _finish(crew, counts, n, t0)
-        return Result("share", JETSTREAM, mode, "cross-process", SIZE, batch=b, messages=got, seconds=secs,
-                      producers=WORKERS)
+        return _measure(crew, JETSTREAM, mode, n, _nats_worker, (srv.url,))
     finally:
         _stop(crew)
         srv.stop()
