@@ -796,11 +796,9 @@ class ShareConsumer(_ShareMember):
             nlen = lib.gf_share_member_name(sp.handle, last, name, 64) if last else 0
             last_name = ffi.buffer(name, nlen)[:] if nlen > 0 else (str(last).encode() if last else b"")
             self._send_dead_letter(p, off, key, value, headers, count, last_name)
-        offs = np.array([off], dtype=np.uint64)
-        words = np.array([word], dtype=np.uint64)
-        ok = np.zeros(1, dtype=np.uint8)
-        rc = lib.gf_share_settle(sp.handle, _OPS[op], ffi.from_buffer("uint64_t[]", offs),
-                                 ffi.from_buffer("uint64_t[]", words), 1, tn, ffi.from_buffer("uint8_t[]", ok))
+        one_o, one_w, ok = self._one
+        one_o[0], one_w[0] = off, word
+        rc = lib.gf_share_settle(sp.handle, _OPS[op], one_o, one_w, 1, tn, ok)
         if rc < 0 and rc != lib.GF_E_EXPIRED:
             raise_for(rc, f"share {op} on {self.topic!r} partition {p}")
         hp = self._held.get(p, {})
