@@ -822,18 +822,10 @@ class ShareConsumer(_ShareMember):
         ``release=False`` their locks run out instead)."""
         if self._closed:
             return
-        if release and self._held:
-            by_part: dict[int, list[ShareRecord]] = {}
-            for p, hp in self._held.items():
-                sp = self._parts[p] if p < len(self._parts) else None
-                region = sp.region.id if sp is not None else 0
-                by_part[p] = [_make(ShareRecord, (p, off, None, b"", 0, (), 0, 0, w, region))
-                              for off, w in hp.items()]
-            for rs in by_part.values():
-                if not rs:
-                    continue
+        if release:
+            for p in list(self._held):
                 try:
-                    self._settle("release", rs, None)
+                    self._settle("release", self._held_between(p, 0, 1 << 64), None)
                 except (LockLost, LeaseExpired):
                     pass
         self._held.clear()
