@@ -375,17 +375,23 @@ typedef struct {
     int64_t ns;
 } shared_ts;
 
-static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *headers, shared_ts *last,
-                              value_pool *pool)
+/* A record's headers: () when it has none; NULL when they do not parse, with
+ * *why saying how (NULL with *why NULL: out of memory). */
+static PyObject *record_headers(const gf_msg_meta *m, const uint8_t *b, const char **why)
 {
-    PyObject *msg = message_type->tp_alloc(message_type, 5);
-    if (!msg) {
-        Py_DECREF(headers);
-        return NULL;
-    }
-    PyObject *off = PyLong_FromLongLong((int64_t)m->offset);   /* < 2^48: the medium-int fast path */
-    PyObject *key = (m->flags & GF_MSG_HAS_KEY) ? PyBytes_FromStringAndSize((const char *)b, m->key_len)
-                                                : Py_NewRef(Py_None);
+    *why = NULL;
+    if (m->hdr_len == 0)
+        return Py_NewRef(empty_tuple);
+    return decode_headers(b + m->key_len, m->hdr_len, why);
+}
+
+/* A record's key, value and timestamp, as new references (NULL where one could
+ * not be made). A value the read copied into the pool is that pooled object. */
+static inline void record_fields(const gf_msg_meta *m, const uint8_t *b, shared_ts *last, value_pool *pool,
+                                 PyObject **key_out, PyObject **val_out, PyObject **ts_out)
+{
+    *key_out = (m->flags & GF_MSG_HAS_KEY) ? PyBytes_FromStringAndSize((const char *)b, m->key_len)
+                                           : Py_NewRef(Py_None);
     PyObject *val;
     uint32_t t = m->reserved - 1;
     if (pool && m->reserved && t < pool->n && pool->taken[t] && (uint64_t)Py_SIZE(pool->items[t]) == m->val_len)
@@ -395,6 +401,7 @@ static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *
         if (val && pool && m->val_len >= GF_DIRECT_MIN)
             pool_admit(pool, val);
     }
+    *val_out = val;
     PyObject *ts;
     if (last->obj && last->ns == m->ts_ns)
         ts = Py_NewRef(last->obj);
@@ -402,6 +409,20 @@ static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *
         Py_XSETREF(last->obj, Py_NewRef(ts));
         last->ns = m->ts_ns;
     }
+    *ts_out = ts;
+}
+
+static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *headers, shared_ts *last,
+                              value_pool *pool)
+{
+    PyObject *msg = message_type->tp_alloc(message_type, 5);
+    if (!msg) {
+        Py_DECREF(headers);
+        return NULL;
+    }
+    PyObject *off = PyLong_FromLongLong((int64_t)m->offset);   /* < 2^48: the medium-int fast path */
+    PyObject *key, *val, *ts;
+    record_fields(m, b, last, pool, &key, &val, &ts);
     PyTuple_SET_ITEM(msg, 0, off);
     PyTuple_SET_ITEM(msg, 1, key);
     PyTuple_SET_ITEM(msg, 2, val);
@@ -440,22 +461,17 @@ static PyObject *build(const gf_msg_meta *meta, int64_t n, const uint8_t *buf, u
             goto fail;
         }
         const uint8_t *b = buf + m->pos;
-        PyObject *headers;
-        if (m->hdr_len == 0)
-            headers = Py_NewRef(empty_tuple);
-        else {
-            const char *why;
-            headers = decode_headers(b + m->key_len, m->hdr_len, &why);
-            if (!headers) {
-                if (!why)
-                    goto fail;
-                if (!cursors) {
-                    PyErr_SetString(corrupt_error, why);
-                    goto fail;
-                }
-                cursors[m->partition].corrupt++;   /* the checksum only proves it is what was written */
-                continue;
+        const char *why;
+        PyObject *headers = record_headers(m, b, &why);
+        if (!headers) {
+            if (!why)
+                goto fail;
+            if (!cursors) {
+                PyErr_SetString(corrupt_error, why);
+                goto fail;
             }
+            cursors[m->partition].corrupt++;   /* the checksum only proves it is what was written */
+            continue;
         }
         PyObject *msg = make_message(m, b, headers, &ts_last, pool);
         if (!msg)
@@ -1787,17 +1803,12 @@ static PyObject *share_record(const gf_share_row *r, const gf_msg_meta *m, const
                               PyObject *part, PyObject *region, PyTypeObject *cls, shared_ts *last,
                               PyObject **off_out, PyObject **word_out)
 {
-    PyObject *headers;
-    if (m->hdr_len == 0)
-        headers = Py_NewRef(empty_tuple);
-    else {
-        const char *why;
-        headers = decode_headers(b + m->key_len, m->hdr_len, &why);
-        if (!headers) {
-            if (why)
-                PyErr_SetString(corrupt_error, why);
-            return NULL;
-        }
+    const char *why;
+    PyObject *headers = record_headers(m, b, &why);
+    if (!headers) {
+        if (why)
+            PyErr_SetString(corrupt_error, why);
+        return NULL;
     }
     PyObject *rec = cls->tp_alloc(cls, 10);
     if (!rec) {
@@ -1805,16 +1816,8 @@ static PyObject *share_record(const gf_share_row *r, const gf_msg_meta *m, const
         return NULL;
     }
     PyObject *off = PyLong_FromUnsignedLongLong(r->offset);
-    PyObject *key = (m->flags & GF_MSG_HAS_KEY) ? PyBytes_FromStringAndSize((const char *)b, m->key_len)
-                                                : Py_NewRef(Py_None);
-    PyObject *val = PyBytes_FromStringAndSize((const char *)b + m->key_len + m->hdr_len, m->val_len);
-    PyObject *ts;
-    if (last->obj && last->ns == m->ts_ns)
-        ts = Py_NewRef(last->obj);
-    else if ((ts = PyLong_FromLongLong(m->ts_ns)) != NULL) {
-        Py_XSETREF(last->obj, Py_NewRef(ts));
-        last->ns = m->ts_ns;
-    }
+    PyObject *key, *val, *ts;
+    record_fields(m, b, last, NULL, &key, &val, &ts);
     PyObject *count = PyLong_FromUnsignedLong(r->count);
     PyObject *deadline = PyLong_FromLongLong(r->deadline_ns);
     PyObject *word = PyLong_FromUnsignedLongLong(r->word);
