@@ -71,8 +71,8 @@ int gf_queue_init(gf_fabric *f, uint32_t index, uint64_t id, gf_ring *ring, uint
     if ((rc = gf_ring_set_on_full(ring, GF_FULL_RAISE)) < 0 ||
         (rc = gf_ring_set_gate(ring, ld_acq(&ring->hdr->tail) + ring->capacity)) < 0)
         return rc;
-    atomic_store(&s->head, ld_acq(&ring->hdr->tail));
-    atomic_store(&s->magic, QSTATE_MAGIC);
+    st_rlx(&s->head, ld_acq(&ring->hdr->tail));
+    st_rel(&s->magic, QSTATE_MAGIC);
     return GF_OK;
 }
 
@@ -115,18 +115,18 @@ static void move_gate(gf_queue *q)
     for (;;) {
         uint64_t h = ld_acq(&st(q)->head);
         gf_ring_set_gate(q->ring, h + q->capacity);
-        if (atomic_load(&st(q)->head) == h)
+        if (ld_acq(&st(q)->head) == h)
             return;
     }
 }
 
 uint64_t gf_queue_size(gf_queue *q)
 {
-    uint64_t c = atomic_load(&st(q)->count);
+    uint64_t c = ld_acq(&st(q)->count);
     return c > (uint64_t)1 << 62 ? 0 : c;
 }
 
-uint64_t gf_queue_unfinished(gf_queue *q) { return atomic_load(&st(q)->unfinished); }
+uint64_t gf_queue_unfinished(gf_queue *q) { return ld_acq(&st(q)->unfinished); }
 
 /* offsets a message of `total` bytes needs at the ring's current tail (padding included) */
 static uint64_t offsets_needed(const gf_ring *r, uint64_t total)
@@ -143,8 +143,8 @@ static void reclaim_dead(gf_queue *q)
 {
     struct gf_qstate *s = st(q);
     for (int i = 0; i < QRESV; i++) {
-        uint64_t e = atomic_load(&s->resv[i]);
-        if ((e & 1) && gf_owner_alive(q->f, (uint32_t)(e >> 1)) == 0 && atomic_compare_exchange_strong(&s->resv[i], &e, 0))
+        uint64_t e = ld_acq(&s->resv[i]);
+        if ((e & 1) && gf_owner_alive(q->f, (uint32_t)(e >> 1)) == 0 && cas(&s->resv[i], &e, 0))
             unreserve(q);
     }
 }
@@ -158,17 +158,17 @@ static int reserve(gf_queue *q, int64_t deadline, int *slot)
     *slot = -1;
     for (int i = 0; me && i < QRESV; i++) {      /* no token (a failed fork child): unrecorded */
         uint64_t z = 0;
-        if (atomic_compare_exchange_strong(&s->resv[i], &z, me)) {
+        if (cas(&s->resv[i], &z, me)) {
             *slot = i;
             break;
         }
     }
     for (int reclaimed = 0;;) {
-        uint64_t c = atomic_load(&s->count);
+        uint64_t c = ld_acq(&s->count);
         while (q->maxsize == 0 || c < q->maxsize)
-            if (atomic_compare_exchange_weak(&s->count, &c, c + 1)) {
+            if (cas(&s->count, &c, c + 1)) {
                 if (*slot >= 0)
-                    atomic_store(&s->resv[*slot], me | 1);
+                    st_rel(&s->resv[*slot], me | 1);
                 return GF_OK;
             }
         if (!reclaimed++) {            /* once per reserve: a full queue may hold places of the dead */
@@ -183,7 +183,7 @@ static int reserve(gf_queue *q, int64_t deadline, int *slot)
         atomic_fetch_sub(&s->putters, 1);
         if (left == 0 && atomic_load(&s->count) >= q->maxsize) {
             if (*slot >= 0)
-                atomic_store(&s->resv[*slot], 0);
+                st_rel(&s->resv[*slot], 0);
             return gf_fail(GF_E_FULL, "queue is full (maxsize %llu)", (unsigned long long)q->maxsize);
         }
     }
@@ -193,7 +193,7 @@ static int reserve(gf_queue *q, int64_t deadline, int *slot)
 static void unrecord(gf_queue *q, int slot)
 {
     if (slot >= 0)
-        atomic_store(&st(q)->resv[slot], 0);
+        st_rel(&st(q)->resv[slot], 0);
 }
 
 static void uncount(gf_queue *q);
@@ -201,10 +201,10 @@ static void uncount(gf_queue *q);
 static void unreserve(gf_queue *q)
 {
     struct gf_qstate *s = st(q);
-    uint64_t c = atomic_load(&s->count);
-    while (c > 0 && !atomic_compare_exchange_weak(&s->count, &c, c - 1))
+    uint64_t c = ld_acq(&s->count);
+    while (c > 0 && !cas(&s->count, &c, c - 1))
         ;
-    atomic_fetch_add(&s->got, 1);
+    atomic_fetch_add(&s->got, 1);      /* seq_cst: before the look at putters (reserve's sleep) */
     if (atomic_load(&s->putters))
         gf_futex_wake_all(&s->got);
 }
@@ -238,7 +238,7 @@ again:
              * abandoned by our death or by a stall past the bounded wait,
              * uncounts it, and the commit then fails: put it again. */
             if (joinable)
-                atomic_fetch_add(&st(q)->unfinished, 1);
+                faa(&st(q)->unfinished, 1);
             uint64_t at = 0;
             for (uint32_t i = 0; i < n; i++) {
                 if (i == n / 2)
@@ -322,7 +322,7 @@ int64_t gf_queue_get(gf_queue *q, uint8_t *buf, uint64_t buf_size, int64_t timeo
         if (c.pos <= h || c.pos - h > q->capacity)
             return gf_fail(GF_E_CORRUPT, "queue read moved from %llu to %llu",
                            (unsigned long long)h, (unsigned long long)c.pos);
-        if (!atomic_compare_exchange_strong(&s->head, &h, c.pos))
+        if (!cas(&s->head, &h, c.pos))
             continue;                          /* another getter took it: look again */
         move_gate(q);
         /* slots stepped over: a producer's that died or stalled mid-write, or one
@@ -349,11 +349,11 @@ static void uncount(gf_queue *q)
     if (!(q->flags & QFLAG_JOINABLE))
         return;
     struct gf_qstate *s = st(q);
-    uint64_t u = atomic_load(&s->unfinished);
-    while (u > 0 && !atomic_compare_exchange_weak(&s->unfinished, &u, u - 1))
+    uint64_t u = ld_acq(&s->unfinished);
+    while (u > 0 && !cas(&s->unfinished, &u, u - 1))
         ;
     if (u == 1) {
-        atomic_fetch_add(&s->done, 1);
+        faa(&s->done, 1);
         gf_futex_wake_all(&s->done);
     }
 }
@@ -361,13 +361,13 @@ static void uncount(gf_queue *q)
 int64_t gf_queue_task_done(gf_queue *q)
 {
     struct gf_qstate *s = st(q);
-    uint64_t u = atomic_load(&s->unfinished);
+    uint64_t u = ld_acq(&s->unfinished);
     do {
         if (u == 0)
             return gf_fail(GF_E_INVAL, "task_done() called too many times");
-    } while (!atomic_compare_exchange_weak(&s->unfinished, &u, u - 1));
+    } while (!cas(&s->unfinished, &u, u - 1));
     if (u == 1) {
-        atomic_fetch_add(&s->done, 1);
+        faa(&s->done, 1);
         gf_futex_wake_all(&s->done);
     }
     return (int64_t)(u - 1);
@@ -379,8 +379,8 @@ int gf_queue_join(gf_queue *q, int64_t timeout_ns)
     struct gf_qstate *s = st(q);
     int64_t deadline = deadline_of(timeout_ns);
     for (;;) {
-        uint32_t w = atomic_load(&s->done);
-        if (atomic_load(&s->unfinished) == 0)
+        uint32_t w = ld_acq(&s->done);
+        if (ld_acq(&s->unfinished) == 0)
             return 1;
         int64_t left = left_ns(deadline);
         if (left == 0)

@@ -1359,7 +1359,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             }
             if (!gf_lease_pin(r->f, r->lease, r->lease_id))
                 break;
-            if (atomic_compare_exchange_strong(q, &seq, seq_skip_word(r, pos, seq))) {
+            if (cas(q, &seq, seq_skip_word(r, pos, seq))) {
                 faa(&r->hdr->abandoned, 1);
                 c->gaps++;
                 pos++;
@@ -1384,7 +1384,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             if (!gf_lease_pin(r->f, r->lease, r->lease_id))
                 break;
             /* a writer in the slot keeps it (seq_skip_word): it may only be paused */
-            if (atomic_compare_exchange_strong(q, &seq, seq_skip_word(r, pos, seq))) {
+            if (cas(q, &seq, seq_skip_word(r, pos, seq))) {
                 faa(&r->hdr->abandoned, seq_skip_count(pos, seq));
                 if ((seq & 1) && (seq & GF_SEQ_VALUE) + 1 != want)
                     c->gaps++;          /* pos gave way to an older writer still in the slot */
