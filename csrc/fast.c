@@ -267,15 +267,10 @@ bad:
     return NULL;
 }
 
-/* ---- building what poll returns ---------------------------------------------------
- * One (partition, Message) pair per meta row. A Message is a tuple subclass of
- * (offset, key, value, timestamp, headers); its items are ints, bytes, None and
- * tuples of str and bytes, which can never form a cycle, so it is untracked by
- * the garbage collector at once, as CPython does with such tuples itself. */
 /* ---- a consumer's pool of large values ----------------------------------------
  * A poll of large messages would allocate a fresh bytes object per value, and
- * glibc hands freed large blocks back to the kernel, so every poll paid page
- * faults and zeroing on top of its copies. The pool keeps the values a
+ * glibc hands freed large blocks back to the kernel, so every poll would pay
+ * page faults and zeroing on top of its copies. The pool keeps the values a
  * consumer returned; one that only the pool still references (the caller let
  * it go) is unobservable, so the next poll copies a value of the same length
  * straight from the ring into it (without the GIL: no other thread can reach
@@ -367,6 +362,12 @@ static void pool_clear(value_pool *pool)
         Py_DECREF(items[i]);
     PyMem_Free(items);
 }
+
+/* ---- building what poll returns ---------------------------------------------------
+ * One (partition, Message) pair per meta row. A Message is a tuple subclass of
+ * (offset, key, value, timestamp, headers); its items are ints, bytes, None and
+ * tuples of str and bytes, which can never form a cycle, so it is untracked by
+ * the garbage collector at once, as CPython does with such tuples itself. */
 
 /* The timestamp int of the last message made, shared with the next one when
  * they were sent in one batch (same timestamp). */
