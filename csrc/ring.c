@@ -1964,7 +1964,7 @@ int gf_loan_abandon(gf_loan *l)
     if (l->state != 0)
         return GF_OK;
     l->state = 2;
-    if (!gf_lease_alive(l->ring->lease, l->ring->lease_id, gf_now_ns()))
+    if (!gf_ring_alive(l->ring))
         return GF_OK;       /* a dead lease's region may already be another ring's */
     /* readers step over it at once: no bounded wait for a write that will not come */
     loan_release_slots(l->ring, l);
