@@ -1196,6 +1196,29 @@ int gf_test_publish(gf_ring *r, uint64_t n, const uint8_t *val, uint32_t vlen)
 
 /* ---- reading ------------------------------------------------------------------- */
 
+/* A reader steps over offset pos, whose word seq says it is not published:
+ * the word becomes seq_skip_word's (a writer in the slot keeps it: it may only
+ * be paused), counted as abandoned, or as a gap when pos gave way to an older
+ * writer still in the slot. 1 if stepped over, 0 if the word changed meanwhile
+ * (look again), -1 if the lease could not be pinned: the region may have been
+ * reclaimed and handed on since we looked, and is written only while pinned. */
+static __attribute__((noinline, cold)) int read_step_over(gf_ring *r, gf_cursor *c, _Atomic uint64_t *q,
+                                                         uint64_t pos, uint64_t seq)
+{
+    if (!gf_lease_pin(r->f, r->lease, r->lease_id))
+        return -1;
+    int stepped = cas(q, &seq, seq_skip_word(r, pos, seq));
+    if (stepped) {
+        faa(&r->hdr->abandoned, seq_skip_count(pos, seq));
+        if ((seq & 1) && (seq & GF_SEQ_VALUE) + 1 != 2 * pos + 2)
+            c->gaps++;
+        else
+            c->abandoned++;
+    }
+    gf_lease_unpin(r->lease);
+    return stepped;
+}
+
 /* Read up to `max` messages of one ring from cursor c. *stalled is set to the
  * monotonic deadline of a slot we are waiting on (an unfinished write). */
 static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max, gf_msg_meta *meta,
@@ -1357,15 +1380,13 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
                 c->stall_since = 0;
                 continue;
             }
-            if (!gf_lease_pin(r->f, r->lease, r->lease_id))
+            int stepped = read_step_over(r, c, q, pos, seq);
+            if (stepped < 0)
                 break;
-            if (cas(q, &seq, seq_skip_word(r, pos, seq))) {
-                faa(&r->hdr->abandoned, 1);
-                c->gaps++;
+            if (stepped) {
                 pos++;
                 c->stall_since = 0;
             }
-            gf_lease_unpin(r->lease);
             continue;
         }
         /* claimed but not yet published: a writer is busy, or died. Every offset
@@ -1379,20 +1400,10 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
         }
         if (mono - c->stall_since >= r->f->stall_ns) {
             GF_FAULT(GF_FAULT_ABANDON);
-            /* the region may have been reclaimed and handed on since we looked:
-             * write into it only while pinned to our lease */
-            if (!gf_lease_pin(r->f, r->lease, r->lease_id))
+            int stepped = read_step_over(r, c, q, pos, seq);
+            if (stepped < 0)
                 break;
-            /* a writer in the slot keeps it (seq_skip_word): it may only be paused */
-            if (cas(q, &seq, seq_skip_word(r, pos, seq))) {
-                faa(&r->hdr->abandoned, seq_skip_count(pos, seq));
-                if ((seq & 1) && (seq & GF_SEQ_VALUE) + 1 != want)
-                    c->gaps++;          /* pos gave way to an older writer still in the slot */
-                else
-                    c->abandoned++;
-                pos++;
-            }
-            gf_lease_unpin(r->lease);
+            pos += (uint64_t)stepped;
             continue;
         }
         int64_t deadline = c->stall_since + r->f->stall_ns;
