@@ -2,7 +2,7 @@
 from the ring into a bytes object it keeps in a pool, and reuses that object
 once the caller let it go. Nothing of this is visible: a value still held is
 never written, a reused value hashes as its new bytes, and damaged or
-overwritten messages are dropped and counted as before."""
+overwritten messages are dropped and counted as any other message is."""
 from __future__ import annotations
 
 import gc
