@@ -124,10 +124,12 @@ static inline _Atomic uint64_t *owner_at(const gf_ring *r, uint64_t n)
     return (_Atomic uint64_t *)&slot_at(r, n)->owner;
 }
 
-static inline uint64_t owner_word(const gf_ring *r, uint64_t n)
+static inline uint64_t owner_word_as(uint64_t token, uint64_t n)
 {
-    return ((uint64_t)r->f->token << OWNER_OFF_BITS) | (n & OWNER_OFF_MASK);
+    return (token << OWNER_OFF_BITS) | (n & OWNER_OFF_MASK);
 }
+
+static inline uint64_t owner_word(const gf_ring *r, uint64_t n) { return owner_word_as(r->f->token, n); }
 
 /* 1 if the writer of offset m, whose slot holds the word w (being written), is
  * known to be dead. A continuation's writer is its message's: the first slot
@@ -1163,7 +1165,7 @@ int64_t gf_test_claim_slot(gf_ring *r)
     if (n < 0)
         return n;
     /* its owner word names a token no handle has: a writer that died */
-    st_rlx(owner_at(r, (uint64_t)n), (OWNER_NOBODY << OWNER_OFF_BITS) | ((uint64_t)n & OWNER_OFF_MASK));
+    st_rlx(owner_at(r, (uint64_t)n), owner_word_as(OWNER_NOBODY, (uint64_t)n));
     st_rel(seq_at(r, (uint64_t)n), 2 * (uint64_t)n + 1);
     return n;
 }
@@ -1181,7 +1183,7 @@ int64_t gf_test_claim_span(gf_ring *r, uint32_t span)
     if (rc != GF_OK)
         return rc < 0 ? rc : rc == TAKE_GAVE_WAY ? gave_way(off)
                            : gf_fail(GF_E_ABANDONED, "offset %llu was overwritten at once", (unsigned long long)off);
-    st_rlx(owner_at(r, off), (OWNER_NOBODY << OWNER_OFF_BITS) | (off & OWNER_OFF_MASK));   /* as a writer that died */
+    st_rlx(owner_at(r, off), owner_word_as(OWNER_NOBODY, off));   /* as a writer that died */
     return (int64_t)off;   /* every slot left "being written" */
 }
 
