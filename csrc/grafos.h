@@ -168,10 +168,9 @@ gf_fabric *gf_fabric_open(const char *path, uint64_t size, uint32_t mode, uint32
 void gf_fabric_close(gf_fabric *f);
 /* Look at the fabric file at `path` without attaching: who holds it, which leases
  * live at now_ns. With remove_if_idle, unlink it (under its file lock) if nobody
- * has it open, no live process holds its metadata lock, and every lease has
- * expired (or it was abandoned before it was ready). */
-/* remove_if_idle: 1 removes an idle fabric (unused, every lease expired),
- * GF_PROBE_REMOVE_UNUSED one nobody has open whatever its leases (a queue's) */
+ * has it open and no live process holds its metadata lock, and then: 1, if every
+ * lease has expired (or it was abandoned before it was ready);
+ * GF_PROBE_REMOVE_UNUSED, whatever its leases (a queue's). */
 #define GF_PROBE_REMOVE_UNUSED 2
 int gf_fabric_probe(const char *path, int64_t now_ns, uint32_t remove_if_idle, gf_probe *out);
 int gf_fabric_info_get(gf_fabric *f, gf_fabric_info *out);
