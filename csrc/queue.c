@@ -149,6 +149,13 @@ static void reclaim_dead(gf_queue *q)
     }
 }
 
+/* The place is no longer only counted: its slots record the item from here, or it is given back. */
+static void unrecord(gf_queue *q, int slot)
+{
+    if (slot >= 0)
+        st_rel(&st(q)->resv[slot], 0);
+}
+
 /* Count one place (maxsize bounds them), waiting up to the deadline. *slot:
  * the entry of resv recording it (-1 when all are in use: then unrecorded). */
 static int reserve(gf_queue *q, int64_t deadline, int *slot)
@@ -182,18 +189,10 @@ static int reserve(gf_queue *q, int64_t deadline, int *slot)
             gf_futex_wait(&s->got, w, left);
         atomic_fetch_sub(&s->putters, 1);
         if (left == 0 && atomic_load(&s->count) >= q->maxsize) {
-            if (*slot >= 0)
-                st_rel(&s->resv[*slot], 0);
+            unrecord(q, *slot);
             return gf_fail(GF_E_FULL, "queue is full (maxsize %llu)", (unsigned long long)q->maxsize);
         }
     }
-}
-
-/* The place is no longer only counted: its slots record the item from here, or it is given back. */
-static void unrecord(gf_queue *q, int slot)
-{
-    if (slot >= 0)
-        st_rel(&st(q)->resv[slot], 0);
 }
 
 static void uncount(gf_queue *q);
@@ -341,6 +340,13 @@ int64_t gf_queue_get(gf_queue *q, uint8_t *buf, uint64_t buf_size, int64_t timeo
     }
 }
 
+/* The last unfinished task is done: wake join(). */
+static void all_done(struct gf_qstate *s)
+{
+    faa(&s->done, 1);
+    gf_futex_wake_all(&s->done);
+}
+
 /* One item that will never be got: out of the count and, in a joinable
  * queue, out of the unfinished tasks. */
 static void uncount(gf_queue *q)
@@ -352,10 +358,8 @@ static void uncount(gf_queue *q)
     uint64_t u = ld_acq(&s->unfinished);
     while (u > 0 && !cas(&s->unfinished, &u, u - 1))
         ;
-    if (u == 1) {
-        faa(&s->done, 1);
-        gf_futex_wake_all(&s->done);
-    }
+    if (u == 1)
+        all_done(s);
 }
 
 int64_t gf_queue_task_done(gf_queue *q)
@@ -366,10 +370,8 @@ int64_t gf_queue_task_done(gf_queue *q)
         if (u == 0)
             return gf_fail(GF_E_INVAL, "task_done() called too many times");
     } while (!cas(&s->unfinished, &u, u - 1));
-    if (u == 1) {
-        faa(&s->done, 1);
-        gf_futex_wake_all(&s->done);
-    }
+    if (u == 1)
+        all_done(s);
     return (int64_t)(u - 1);
 }
 
