@@ -498,8 +498,6 @@ static int check_owner(int fd, uint32_t flags)
     return GF_OK;
 }
 
-static int no_token(gf_fabric *f);
-
 /* open_once's error when the file it attached is no longer the one at its path
  * (grafos gc, or anyone, removed it before our shared file lock was in place),
  * or when a file it may make vanished between its create and its attach */
