@@ -480,7 +480,6 @@ int64_t gf_queue_put(gf_queue *q, uint32_t n, uint8_t **bufs, const uint64_t *le
 int64_t gf_queue_put1(gf_queue *q, const uint8_t *buf, uint64_t len, int64_t timeout_ns);
 int64_t gf_queue_get(gf_queue *q, uint8_t *buf, uint64_t buf_size, int64_t timeout_ns, gf_queue_item *out);
 uint64_t gf_queue_size(gf_queue *q);
-uint64_t gf_queue_unfinished(gf_queue *q);
 int64_t gf_queue_task_done(gf_queue *q);
 int gf_queue_join(gf_queue *q, int64_t timeout_ns);
 

@@ -126,8 +126,6 @@ uint64_t gf_queue_size(gf_queue *q)
     return c > (uint64_t)1 << 62 ? 0 : c;
 }
 
-uint64_t gf_queue_unfinished(gf_queue *q) { return ld_acq(&st(q)->unfinished); }
-
 /* offsets a message of `total` bytes needs at the ring's current tail (padding included) */
 static uint64_t offsets_needed(const gf_ring *r, uint64_t total)
 {
