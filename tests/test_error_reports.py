@@ -7,7 +7,7 @@ import pickle
 import pytest
 
 from grafos import Fabric
-from grafos.errors import Fenced, GrafosError, MessageTooLarge
+from grafos.errors import Fenced, GrafosError, LockLost, MessageTooLarge, OffsetOutOfRange, ProducerFenced
 from grafos.mq.group import ConsumerGroup
 from grafos.mq.offset import MemOffsetStore
 from grafos.mq.producer import Producer
@@ -59,3 +59,16 @@ def test_should_carry_group_topic_member_and_partitions_when_fenced():
 def test_should_build_its_own_message_when_fenced_is_made_from_fields():
     e = Fenced(group="g", topic="t", member="m", partitions=[3, 1], owners={1: None, 3: "x"})
     assert e.partitions == [1, 3] and "no longer owns partition(s) [1, 3]" in str(e)
+
+
+@pytest.mark.parametrize("err, fields", [
+    (ProducerFenced(transactional_id="tx", topic="t", epoch=2, current_epoch=3),
+     ("transactional_id", "topic", "epoch", "current_epoch")),
+    (OffsetOutOfRange(topic="t", group="g", partition=1, committed=5, earliest=9),
+     ("topic", "group", "partition", "committed", "earliest")),
+    (LockLost("settled too late", group="g", topic="t", member="m"), ("group", "topic", "member")),
+])
+def test_should_keep_class_message_and_fields_when_an_error_with_fields_is_pickled(err, fields):
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is type(err) and str(back) == str(err)
+    assert [getattr(back, f) for f in fields] == [getattr(err, f) for f in fields]

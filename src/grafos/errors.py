@@ -15,6 +15,17 @@ class GrafosError(Exception):
     """Base of every grafos error."""
 
 
+class _Fields:
+    """Mixin of an error made from a message and keyword fields: ``_pickled``
+    names the fields that survive pickling (multiprocessing hands errors
+    between processes), rebuilt through the class's own ``__init__``."""
+
+    _pickled: tuple[str, ...] = ()
+
+    def __reduce__(self):  # noqa: ANN204
+        return (_rebuild, (type(self), str(self), {f: getattr(self, f) for f in self._pickled}))
+
+
 class InvalidArgument(GrafosError, ValueError):
     """An argument was out of range or of the wrong kind."""
 
@@ -120,10 +131,12 @@ class QueueClosed(GrafosError, ValueError):
     """A put or get on a grafos.Queue this process has closed (also a ValueError)."""
 
 
-class Fenced(GrafosError):
+class Fenced(_Fields, GrafosError):
     """A consumer-group member lost partitions to another member: its commit for
     them was refused. ``partitions`` are the fenced ones, ``owners`` who owns
     each now (None: nobody), ``committed`` what was committed for the others."""
+
+    _pickled = ("group", "topic", "member", "partitions", "owners", "committed")
 
     def __init__(self, message: str = "", *, group: str = "", topic: str = "", member: str = "",
                  partitions: Sequence[int] = (), owners: Mapping[int, str | None] | None = None,
@@ -140,16 +153,14 @@ class Fenced(GrafosError):
                        f"committed only {sorted(self.committed)}")
         super().__init__(message)
 
-    def __reduce__(self):  # noqa: ANN204 - keyword fields survive pickling (multiprocessing)
-        return (_fenced, (str(self), self.group, self.topic, self.member, self.partitions,
-                          self.owners, self.committed))
-
 
 class ProducerFenced(Fenced):
     """An idempotent or transactional producer was fenced: another instance
     registered with the same ``transactional_id`` (a higher epoch), or its
     registration expired. The call wrote nothing; the producer is unusable and
     a new one must be made (which fences in turn)."""
+
+    _pickled = ("transactional_id", "topic", "epoch", "current_epoch")
 
     def __init__(self, message: str = "", *, transactional_id: str = "", topic: str = "",
                  epoch: int = -1, current_epoch: int = -1) -> None:
@@ -161,16 +172,14 @@ class ProducerFenced(Fenced):
                        f"the registration's is now {current_epoch}; nothing was written")
         super().__init__(message, topic=topic)
 
-    def __reduce__(self):  # noqa: ANN204 - keyword fields survive pickling (multiprocessing)
-        return (_producer_fenced, (str(self), self.transactional_id, self.topic, self.epoch,
-                                   self.current_epoch))
 
-
-class OffsetOutOfRange(GrafosError, LookupError):
+class OffsetOutOfRange(_Fields, GrafosError, LookupError):
     """A committed offset the ring no longer holds (overwritten before the group
     read it), met by a ``Committed`` seek of a consumer made with
     ``on_lost="raise"`` (Kafka's ``auto.offset.reset=none``). ``partition``,
     ``committed`` and ``earliest`` (the oldest offset still held) say where."""
+
+    _pickled = ("topic", "group", "partition", "committed", "earliest")
 
     def __init__(self, message: str = "", *, topic: str = "", group: str = "", partition: int = -1,
                  committed: int = -1, earliest: int = -1) -> None:
@@ -185,10 +194,6 @@ class OffsetOutOfRange(GrafosError, LookupError):
                        f"{earliest - committed} message(s) were overwritten unread (on_lost='raise')")
         super().__init__(message)
 
-    def __reduce__(self):  # noqa: ANN204 - keyword fields survive pickling (multiprocessing)
-        return (_offset_out_of_range, (str(self), self.topic, self.group, self.partition, self.committed,
-                                       self.earliest))
-
 
 class LockLost(Fenced):
     """A share consumer settled (acked, released, rejected, renewed) records whose
@@ -196,14 +201,13 @@ class LockLost(Fenced):
     another member. Nothing was applied to them; the others in the call were.
     ``records`` are the refused ones."""
 
+    _pickled = ("group", "topic", "member")      # the records stay behind
+
     def __init__(self, message: str = "", *, group: str = "", topic: str = "", member: str = "",
                  records: Sequence[object] = ()) -> None:
         self.records = list(records)
         super().__init__(message, group=group, topic=topic, member=member,
                          partitions=sorted({getattr(r, "partition", 0) for r in self.records}))
-
-    def __reduce__(self):  # noqa: ANN204 - the message survives pickling; the records stay behind
-        return (_lock_lost, (str(self), self.group, self.topic, self.member))
 
 
 class TransactionError(GrafosError, RuntimeError):
@@ -237,23 +241,5 @@ class NotPortable(GrafosError, TypeError):
     state kept in this process) pickled, or used in a child after ``fork``."""
 
 
-def _fenced(message: str, group: str, topic: str, member: str, partitions: Sequence[int],
-            owners: Mapping[int, str | None], committed: Mapping[int, int]) -> Fenced:
-    return Fenced(message, group=group, topic=topic, member=member, partitions=partitions,
-                  owners=owners, committed=committed)
-
-
-def _producer_fenced(message: str, transactional_id: str, topic: str, epoch: int,
-                     current_epoch: int) -> ProducerFenced:
-    return ProducerFenced(message, transactional_id=transactional_id, topic=topic, epoch=epoch,
-                          current_epoch=current_epoch)
-
-
-def _offset_out_of_range(message: str, topic: str, group: str, partition: int, committed: int,
-                         earliest: int) -> OffsetOutOfRange:
-    return OffsetOutOfRange(message, topic=topic, group=group, partition=partition, committed=committed,
-                            earliest=earliest)
-
-
-def _lock_lost(message: str, group: str, topic: str, member: str) -> LockLost:
-    return LockLost(message, group=group, topic=topic, member=member)
+def _rebuild(cls: type, message: str, fields: dict) -> Exception:
+    return cls(message, **fields)
