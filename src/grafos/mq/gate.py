@@ -81,8 +81,8 @@ def consumer_reader(name: str) -> str:
 
 @dataclass(frozen=True)
 class GateReader:
-    reader: str           #: ``g:<group>`` or ``c:<consumer>``
-    kind: str             #: "group" or "consumer"
+    reader: str           #: ``g:<group>``, ``c:<consumer>`` or ``s:<share group>``
+    kind: str             #: "group", "consumer" or "share"
     position: int         #: the next offset it needs
     expires_ns: int       #: its lease: it gates while this is in the future
     live: bool            #: False: released (stale), it no longer holds producers back
@@ -252,7 +252,7 @@ def follow_commit(mgr: "TopicManager", topic: str, now: float | None = None) -> 
     opening it is not allowed: lock order). Needs the fabric lock. A commit
     whose gates are not stored here is found by the next producer that finds
     the partition full."""
-    t = mgr._topics.get(topic)
+    t = mgr.opened(topic)
     if t is None or not t.binding.valid or not _gated(t):
         return
     tn = now_ns(now)

@@ -611,6 +611,11 @@ class TopicManager(BusHandles):
             t = self._topics.get(name)
             return t if t is not None else self._load(name)
 
+    def opened(self, name: str) -> Topic | None:
+        """The topic if this manager has it open, else None; never reads the
+        directory (so it may be called under the fabric lock)."""
+        return self._topics.get(name)
+
     def refresh(self, name: str) -> Topic:
         """Re-read a topic from the directory (after another process restarted or
         deleted it)."""
