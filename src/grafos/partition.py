@@ -140,6 +140,11 @@ class Partition:
     def handle(self):  # noqa: ANN201
         return self._r
 
+    def alive(self) -> bool:
+        """True while the partition's lease is alive: its region is surely this
+        ring's (a dead lease's region may already hold another topic's ring)."""
+        return bool(lib.gf_ring_alive(self._r))
+
     def __repr__(self) -> str:
         return f"<Partition lease={self.lease.id} {self.capacity}x{self.stride}>"
 

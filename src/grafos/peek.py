@@ -55,13 +55,10 @@ import numpy as np
 
 from ._check import raise_for
 from ._crossing import ROW, Span, ffi_buffer, peek_build, peek_check, peek_release, peek_runs, peek_take
-from ._native import lib
 from .errors import InvalidArgument, LeaseExpired, ViewsInUse
 from .message import Headers
 
 
-
-_alive = lib.gf_ring_alive
 _NONE: list = []     # an empty peek's segments and owners (never appended to)
 _EAGER = 4           # peeks of up to this many messages build them at the take
 
@@ -168,7 +165,7 @@ class Peek:
         if self.released:
             raise InvalidArgument("this peek was released: its values are no longer readable")
         for owner in self._owners:
-            if not _alive(owner.handle):
+            if not owner.alive():
                 raise LeaseExpired(f"a partition of this peek was deleted, restarted or expired: its region "
                                    f"may be another topic's now ({owner!r})")
         out = []
