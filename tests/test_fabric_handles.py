@@ -64,3 +64,19 @@ def test_should_commit_through_store_on_another_handle(bus_name):
     assert FabricOffsetStore(m1).committed("g", "t", 1) == 0
     m1.close()
     m2.close()
+
+
+def test_should_tell_handles_of_one_bus_from_handles_of_another(bus_name, tmp_path):
+    a = Fabric.open(bus_name, size=8 << 20)
+    b = Fabric.open(bus_name, create=False)
+    f = Fabric.open(path=str(tmp_path / "bus"), size=8 << 20)
+    g = Fabric.open(path=str(tmp_path / "bus"), create=False)
+    here, there = Fabric(8 << 20), Fabric(8 << 20)
+    try:
+        assert a.same_bus(b) and b.same_bus(a) and a.same_bus(a) and f.same_bus(g)
+        assert not a.same_bus(f) and not f.same_bus(a)
+        assert here.same_bus(here) and not here.same_bus(there) and not here.same_bus(a)
+        assert not a.same_bus(here)
+    finally:
+        for h in (a, b, f, g, here, there):
+            h.close()

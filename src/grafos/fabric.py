@@ -217,6 +217,11 @@ class Fabric:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def same_bus(self, other: "Fabric") -> bool:
+        """True if ``other`` is a handle of this bus: itself, or another
+        attachment of the same named or file bus (an in-process bus has one)."""
+        return other is self or (self.path is not None and other.path == self.path)
+
     def __repr__(self) -> str:
         where = self.name or self.path or "in-process"
         return f"<Fabric {self.kind} {where}{' closed' if self._closed else ''}>"

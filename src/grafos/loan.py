@@ -266,7 +266,7 @@ def revoke(fabric: object, lease_id: int | None, now_ns: int) -> None:
         if ln is None:
             continue
         lease = getattr(ln._owner, "lease", None)
-        if lease is None or not _same_bus(lease.fabric, fabric):
+        if lease is None or not lease.fabric.same_bus(fabric):
             continue
         if lease_id is not None and lease.id != lease_id:
             continue
@@ -274,11 +274,6 @@ def revoke(fabric: object, lease_id: int | None, now_ns: int) -> None:
             continue
         ln._gone = "its partition was deleted, restarted or expired, and its region may be another topic's"
         ln.abandon()
-
-
-def _same_bus(a: Any, b: Any) -> bool:
-    """Two Fabric handles of one bus (a named or file bus may be attached twice)."""
-    return a is b or (a.kind != "in-process" and (a.name, a.path) == (b.name, b.path))
 
 
 before_reuse.append(revoke)

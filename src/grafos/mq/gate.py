@@ -264,8 +264,7 @@ def check_store(mgr: "TopicManager", topic: "str | Topic", group: str, store: Of
     ``topic`` and the store is not the bus's own (FabricOffsetStore): the gate
     follows only the bus's offset records, so such a commit would leave
     producers blocked behind offsets the group has passed."""
-    if isinstance(store, FabricOffsetStore) and (store.fabric is mgr.fabric or (
-            store.fabric.path is not None and store.fabric.path == mgr.fabric.path)):
+    if isinstance(store, FabricOffsetStore) and mgr.fabric.same_bus(store.fabric):
         return
     t = _topic(mgr, topic)
     if t is None or not _gated(t):

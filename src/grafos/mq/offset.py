@@ -123,8 +123,7 @@ def bus_store(store: OffsetStore, mgr: "TopicManager") -> OffsetStore:
     if not isinstance(store, FabricOffsetStore):
         return store
     fabric, other = mgr.fabric, store.fabric
-    same = other is fabric or ((other.path or None) is not None and other.path == fabric.path)
-    if same and (other is not fabric or store._mgr is not mgr):
+    if fabric.same_bus(other) and (other is not fabric or store._mgr is not mgr):
         return FabricOffsetStore(mgr)
     return store
 

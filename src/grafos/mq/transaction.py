@@ -350,7 +350,7 @@ def check_store(fabric: Any, store: Any) -> None:
     """A transaction commits offsets atomically with its messages to a
     FabricOffsetStore of the same bus, or a MemOffsetStore (in-process)."""
     if isinstance(store, FabricOffsetStore):
-        if store.fabric is not fabric and (store.fabric.path is None or store.fabric.path != fabric.path):
+        if not fabric.same_bus(store.fabric):
             raise InvalidArgument("the FabricOffsetStore belongs to another bus than the transaction's topic")
         return
     if isinstance(store, MemOffsetStore):
