@@ -198,19 +198,21 @@ def hold(mgr: "TopicManager", topic: "str | Topic", reader: str, kind: int, posi
             if not 0 <= p < t.n:
                 continue
             old = recs.get(p, {}).get(reader)
+            exp = tn + ttl_ns
             if kind == GROUP:
-                exp = tn + ttl_ns
+                # its committed offset, which _records read for a group already on record;
+                # the record itself keeps no position
+                pos = old[0] if old is not None and old[2] == GROUP else _committed(mgr, t, p, reader)
                 _put(mgr, topic, p, reader, 0, exp, kind)
-                recs.setdefault(p, {})[reader] = (_committed(mgr, t, p, reader), exp, kind)
-                continue
-            if pos is None:
-                if old is not None:
-                    pos = old[0]
-                else:
-                    b = _bounds(t, p)
-                    pos = b[0] if b is not None else 0
-            _put(mgr, topic, p, reader, pos, tn + ttl_ns, kind)
-            recs.setdefault(p, {})[reader] = (pos, tn + ttl_ns, kind)
+            else:
+                if pos is None:
+                    if old is not None:
+                        pos = old[0]
+                    else:
+                        b = _bounds(t, p)
+                        pos = b[0] if b is not None else 0
+                _put(mgr, topic, p, reader, pos, exp, kind)
+            recs.setdefault(p, {})[reader] = (pos, exp, kind)
         _apply(t, recs, tn)
 
 
