@@ -395,6 +395,12 @@ class ConsumerGroup:
         resolved before the fabric lock is taken."""
         return gate.topic_of(self.mgr, self.topic) if isinstance(self._state, _FabricState) else None
 
+    def _hold_gate(self, gt, newest_ns: int) -> None:  # noqa: ANN001 - gt: Topic
+        """A live member keeps the group gating every partition, owned or not,
+        until ``newest_ns``, the newest live heartbeat, goes stale."""
+        gate.hold(self.mgr, gt, gate.group_reader(self.name), gate.GROUP,
+                  {p: None for p in range(self.num_partitions)}, self._stale_ns, now=newest_ns / 1e9)
+
     def _sync(self, member: str, now: float | None, acquire: bool, give_back: bool = True) -> Share:
         """Heartbeat, optionally give back above the quota and take up to it."""
         member = self._member(member)
@@ -437,11 +443,7 @@ class ConsumerGroup:
             with self._elock:
                 self._epochs[member] = {p: claims[p].epoch for p in mine}
             if gt is not None:
-                # a live member keeps the group gating every partition, owned or not,
-                # until the newest heartbeat goes stale
-                newest = max(hb for m, hb in members.items() if m in live)
-                gate.hold(self.mgr, gt, gate.group_reader(self.name), gate.GROUP,
-                          {p: None for p in range(self.num_partitions)}, self._stale_ns, now=newest / 1e9)
+                self._hold_gate(gt, max(hb for m, hb in members.items() if m in live))
         if gave or took:
             _log.info("group %r on %r rebalanced: member %r took %s, gave back %s, owns %s (%d live member(s))",
                       self.name, self.topic, member, took, sorted(gave), mine, len(live))
@@ -485,9 +487,8 @@ class ConsumerGroup:
                 live = [hb for hb in st.members().values() if self._is_live(hb, t)]
                 if not live:
                     gate.release(self.mgr, gt, gate.group_reader(self.name))   # the last one out
-                else:       # the group gates as long as its newest remaining heartbeat is live
-                    gate.hold(self.mgr, gt, gate.group_reader(self.name), gate.GROUP,
-                              {p: None for p in range(self.num_partitions)}, self._stale_ns, now=max(live) / 1e9)
+                else:
+                    self._hold_gate(gt, max(live))
         with self._elock:
             self._epochs.pop(member, None)
         if released:
