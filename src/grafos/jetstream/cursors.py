@@ -28,7 +28,7 @@ import numpy as np
 from nats.js import api
 
 from .. import _validate
-from ..errors import InvalidArgument, NotFound, OffsetOutOfRange, Unavailable
+from ..errors import InvalidArgument, NotFound, Unavailable
 from ..mq.consumer import SeekPolicy
 from ..mq.offset import MAX_OFFSET, OffsetStore
 from ..reader import META_DTYPE, Batch
@@ -446,15 +446,12 @@ class Cursors:
         holds counts the messages dropped before it (in ``gaps``, else the
         cursor's own) and follows the consumer's ``on_lost``."""
         got = store.committed(c.group, c.topic, cur.partition)
-        if got is None or got > latest:
+        if got is None:
             return earliest
-        if got >= earliest:
-            return got
-        if c.on_lost == "raise":
-            raise OffsetOutOfRange(topic=c.topic, group=c.group, partition=cur.partition, committed=got,
-                                   earliest=earliest)
-        (cur.gaps if gaps is None else gaps)[got] = earliest - got
-        return latest if c.on_lost == "latest" else earliest
+        pos, lost = c._start_of(cur.partition, got, earliest, latest)
+        if lost:
+            (cur.gaps if gaps is None else gaps)[got] = lost
+        return pos
 
     def _move(self, cur: _Cursor, off: int) -> None:
         if cur.pos != off or (cur.feed is not None and cur.feed.buf and cur.feed.buf[0][0] != off):

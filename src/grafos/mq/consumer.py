@@ -326,16 +326,25 @@ class Consumer(PollPath):
         if entry.incarnation is not None and entry.incarnation != t.partition_incarnation(p):
             self.reset_by_incarnation += 1
             return earliest
-        if entry.offset > latest:
-            # no incarnation recorded: a commit beyond the end can only predate a restart
-            return earliest
-        if entry.offset >= earliest:
-            return entry.offset
+        # no incarnation recorded: a commit beyond the end can only predate a restart
+        pos, lost = self._start_of(p, entry.offset, earliest, latest)
+        if lost:
+            (self._gaps if gaps is None else gaps).setdefault(p, {})[entry.offset] = lost
+        return pos
+
+    def _start_of(self, p: int, committed: int, earliest: int, latest: int) -> tuple[int, int]:
+        """Where committed offset ``committed`` puts partition ``p``, whose ring
+        holds ``earliest`` to ``latest``, and how many messages it lost behind
+        that commit (on every backend): the commit itself, ``earliest`` for a
+        commit beyond the end, else ``on_lost`` decides."""
+        if committed > latest:
+            return earliest, 0
+        if committed >= earliest:
+            return committed, 0
         if self.on_lost == "raise":
-            raise OffsetOutOfRange(topic=self.topic, group=self.group, partition=p, committed=entry.offset,
+            raise OffsetOutOfRange(topic=self.topic, group=self.group, partition=p, committed=committed,
                                    earliest=earliest)
-        (self._gaps if gaps is None else gaps).setdefault(p, {})[entry.offset] = earliest - entry.offset
-        return latest if self.on_lost == "latest" else earliest
+        return latest if self.on_lost == "latest" else earliest, earliest - committed
 
     def seek_partition(self, mgr: TopicManager, partition: int, offset: int) -> None:
         """Put one assigned partition at ``offset`` (at most its end)."""
