@@ -49,7 +49,7 @@ import numpy as np
 
 from . import _validate
 from ._check import last_error, raise_for
-from ._crossing import span
+from ._crossing import address, span
 from ._native import ffi, lib
 from .errors import InvalidArgument, InvalidType, LeaseExpired, MessageTooLarge, ViewsInUse
 from .fabric import before_reuse
@@ -123,7 +123,7 @@ class Loan:
             self._refuse(rc)
         s = self._span
         if s is None:
-            s = self._span = span(int(ffi.cast("uintptr_t", self._l.value)), self.size)
+            s = self._span = span(address(self._l.value), self.size)
             _LENT[id(self)] = weakref.ref(self)
         return s
 
