@@ -1,11 +1,11 @@
 """A blocking connection of the caller's own for acknowledged publishes.
 
 A synchronous ``send`` through the event-loop thread pays two thread hand-overs
-per call (to the loop, and the answer back), which doubled the time of an
-acknowledged publish. :class:`DirectPublisher` speaks the NATS protocol's few
-lines a publish needs (``CONNECT``, ``SUB``, ``HPUB``, the reply ``MSG``) on a
-plain socket, in the calling thread, under a lock. It only takes the happy
-path: anything else (no answer in time, no responders, an error from the
+per call (to the loop, and the answer back), which take about as long as the
+acknowledged publish itself. :class:`DirectPublisher` speaks the NATS
+protocol's few lines a publish needs (``CONNECT``, ``SUB``, ``HPUB``, the
+reply ``MSG``) on a plain socket, in the calling thread, under a lock. It
+only takes the happy path: anything else (no answer in time, no responders, an error from the
 server, a closed socket, a server that wants TLS or credentials) returns
 ``None`` and the caller publishes through the loop, with the same
 ``Nats-Msg-Id``, so a message the server did take is deduplicated. One

@@ -119,7 +119,6 @@ class ProcessResult:
     dead: int                #: failed the last time: sent to the DLQ
     deferred: int            #: after a rewind in their partition: delivered again later
 
-
     def __str__(self) -> str:
         return (f"processed {self.processed}, retried {self.retried}, dead {self.dead}, "
                 f"deferred {self.deferred}")

@@ -53,6 +53,7 @@ _log = _logger("producer")
 #: a send that waits this long for room is logged (once per call)
 BLOCKED_LOG_SECS = 1.0
 
+
 class Partitioner(enum.IntEnum):
     """``KeyHash`` is Kafka's default: ``murmur2(key) & 0x7fffffff % partitions``,
     so a key lands on the same partition number as in Kafka. Messages without a
