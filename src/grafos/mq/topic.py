@@ -387,7 +387,7 @@ class TopicManager(BusHandles):
     def __repr__(self) -> str:
         f = self.fabric
         where = f" {f.name or f.path!r}" if f.name or f.path else ""
-        return f"<TopicManager {f.kind}{where}{' closed' if f._closed else ''}>"
+        return f"<TopicManager {f.kind}{where}{' closed' if f.closed else ''}>"
 
     def __enter__(self) -> "TopicManager":
         return self
