@@ -136,16 +136,10 @@ def _committed(mgr: "TopicManager", t: "Topic", p: int, reader: str) -> int:
     oldest message still in the ring)."""
     if not reader.startswith("g:") or not 0 <= p < t.n:
         return 0
-    raw = mgr.fabric.meta_get(FabricOffsetStore._key(reader[2:], t.name, p))
-    if raw is None:
+    e = FabricOffsetStore.entry(mgr.fabric, reader[2:], t.name, p)
+    if e is None or (e.incarnation is not None and t.lease_ids[p] and e.incarnation != t.partition_incarnation(p)):
         return 0
-    try:
-        off, inc, _ = FabricOffsetStore._decode(raw)
-    except ValueError:
-        raise CorruptFabric(f"committed offset of {reader[2:]}/{t.name}/{p} in the fabric is damaged") from None
-    if inc is not None and t.lease_ids[p] and inc != t.partition_incarnation(p):
-        return 0
-    return off
+    return e.offset
 
 
 def _put(mgr: "TopicManager", topic: str, p: int, reader: str, pos: int, exp: int, kind: int) -> None:

@@ -362,11 +362,17 @@ class FabricOffsetStore(_CommitsMany):
 
     def committed_entry(self, group: str, topic: str, partition: int) -> CommittedOffset | None:
         _check(group, topic, partition)
-        raw = self.fabric.meta_get(self._key(group, topic, partition))
+        return self.entry(self.fabric, group, topic, partition)
+
+    @classmethod
+    def entry(cls, fabric: "Fabric", group: str, topic: str, partition: int) -> CommittedOffset | None:
+        """The committed offset of ``group`` in ``fabric``'s offset records, with
+        the names unchecked (the gate reads a group's name from the fabric)."""
+        raw = fabric.meta_get(cls._key(group, topic, partition))
         if raw is None:
             return None
         try:
-            off, inc, _ = self._decode(raw)
+            off, inc, _ = cls._decode(raw)
         except ValueError:
             raise CorruptFabric(f"committed offset of {group}/{topic}/{partition} in the fabric is damaged") from None
         return CommittedOffset(off, inc)
