@@ -61,11 +61,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .. import _validate
-from ..errors import Closed, Fenced, InvalidArgument, LockTimeout, NotPortable, Unavailable
+from ..errors import Closed, Fenced, InvalidArgument, NotPortable
 from ..message import Message
 from ..reader import META_DTYPE, Batch
 from .consumer import Consumer, SeekPolicy
-from .group import ConsumerGroup, Share
+from .group import TRANSIENT, ConsumerGroup, Share
 from .offset import OffsetStore
 from .topic import BusHandles, RemoteManager, TopicManager
 
@@ -210,7 +210,7 @@ class Subscriber:
             try:
                 with self._glock:
                     share = self.consumer_group.beat(self.member)
-            except (LockTimeout, Unavailable):
+            except TRANSIENT:
                 # the group's lock held elsewhere, or a server failing over: beat again
                 # soon, so that a beat lands before the session times out
                 self.beat_retries += 1
