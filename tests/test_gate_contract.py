@@ -176,6 +176,25 @@ def test_a_gating_group_cannot_commit_where_its_gate_cannot_follow(kind, tmp_pat
     assert store.committed("g", "t", 0) == 1
 
 
+def test_a_gating_group_gone_stale_refuses_another_store_until_its_records_are_collected():
+    from grafos.mq import gate
+    mgr = _bus("block", partitions=2)
+    store = MemOffsetStore()
+    Producer("t").send(mgr, b"x")
+    for group, ago in (("stale", 5.0), ("gone", gate.COLLECT_AFTER + 5.0)):
+        ConsumerGroup(group, "t", 2, 1.0, mgr=mgr).claim("m", now=time.time() - ago)
+    c = Consumer("t", "stale")
+    c.seek(mgr, store, SeekPolicy.Earliest)
+    c.poll(mgr, 10)
+    with pytest.raises(Unsupported, match="FabricOffsetStore"):    # released, still on record
+        c.commit(store)
+    d = Consumer("t", "gone")
+    d.seek(mgr, store, SeekPolicy.Earliest)
+    d.poll(mgr, 10)
+    assert d.commit(store) == {0: d.position(0), 1: d.position(1)}    # its records are due for collection
+    assert store.committed("stale", "t", 0) is None
+
+
 def test_the_walkthrough_consumer_delivers_everything_on_a_block_topic():
     """Consumer + assign(group.claim) + seek Committed + poll + commit(FabricOffsetStore)
     + heartbeat: a producer of 3,000 messages into 64-slot rings neither hangs

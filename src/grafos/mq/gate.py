@@ -265,14 +265,31 @@ def check_store(mgr: "TopicManager", topic: "str | Topic", group: str, store: Of
     t = _topic(mgr, topic)
     if t is None or not _gated(t):
         return
-    me = group_reader(group)
-    with mgr.fabric.locked():
-        recs = _records(mgr, t, now_ns(None))
-    if any(me in readers for readers in recs.values()):
+    if _on_record(mgr, t, group_reader(group), now_ns(None)):
         raise Unsupported(
             f"group {group!r} gates topic {t.name!r} (on_full={t.config.on_full!r}): its gate is its "
             f"committed offsets on the bus, so they must be committed to a FabricOffsetStore of this bus, "
             f"not a {type(store).__name__}")
+
+
+def _on_record(mgr: "TopicManager", t: "Topic", reader: str, tn: int) -> bool:
+    """Does ``reader`` have a record on a partition of ``t`` (live or released,
+    not yet due for collection at ``tn``)? Reads its own records only: a
+    commit asks this, and reading every reader's would cost it a scan."""
+    scope = _scope(t.name)
+    with mgr.fabric.locked():
+        for p in range(t.n):
+            key = _metakeys.child(scope, str(p), reader)
+            raw = mgr.fabric.meta_get(key)
+            if raw is None:
+                continue
+            try:
+                _, exp, _ = _REC.unpack_from(raw)
+            except struct.error:
+                raise CorruptFabric(f"gating record {key!r} is damaged") from None
+            if exp + _COLLECT_NS > tn:
+                return True
+    return False
 
 
 def _gate_of(t: "Topic", p: int, readers: Mapping[str, tuple[int, int, int]], tn: int
