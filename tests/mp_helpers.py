@@ -71,16 +71,17 @@ def digest_of(value: bytes) -> str:
     return hashlib.blake2b(value, digest_size=8).hexdigest()
 
 
-def log_polled(fd: int, msgs) -> None:
-    """One write to ``fd``: ``P partition offset digest`` per polled message, ``X
-    partition offset`` for a value that fails its checksum."""
+def log_polled(fd: int, msgs, topic: str = "") -> None:
+    """One write to ``fd``: ``P [topic] partition offset digest`` per polled message,
+    ``X [topic] partition offset`` for a value that fails its checksum."""
+    where = f"{topic} " if topic else ""
     lines = []
     for p, m in msgs:
         try:
             check(m.value)
-            lines.append(f"P {p} {m.offset} {digest_of(m.value)}\n")
+            lines.append(f"P {where}{p} {m.offset} {digest_of(m.value)}\n")
         except ValueError:
-            lines.append(f"X {p} {m.offset}\n")
+            lines.append(f"X {where}{p} {m.offset}\n")
     os.write(fd, "".join(lines).encode())
 
 
