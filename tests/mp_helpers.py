@@ -36,6 +36,16 @@ def scaled(n: int, minimum: int = 1) -> int:
     return max(minimum, int(n * stress_scale()))
 
 
+def stopped(pid: int) -> bool:
+    """Process ``pid`` is stopped (SIGSTOP, or a fault point that stopped it); one
+    that is gone is not."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+    except OSError:
+        return False
+
+
 # ---- starting processes (test side) ---------------------------------------------
 def start(procs: list, target, *args):
     """Start ``target(*args)`` in a spawned daemon process and add it to ``procs``
