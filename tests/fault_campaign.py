@@ -64,7 +64,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from mp_helpers import check, digest_of, payload  # noqa: E402
+from mp_helpers import check, digest_of, log_polled, payload  # noqa: E402
 
 HERE = os.path.abspath(__file__)
 STALE = 1.5             #: the groups' stale threshold, seconds
@@ -188,7 +188,7 @@ def _share(mgr: Any, fd: int, workdir: str, ident: int, rng: random.Random) -> N
         recs = sc.poll(rng.randint(1, POLL), timeout=0.05)
         if not recs:
             continue
-        _polled(fd, "sh", [(r.partition, r) for r in recs])
+        log_polled(fd, [(r.partition, r) for r in recs], "sh")
         try:
             sc.ack(recs)
         except LockLost:
@@ -225,17 +225,6 @@ def _txn(mgr: Any, fd: int, workdir: str, ident: int, rng: random.Random) -> Non
             seq += 1
             prod = Producer("tx", transactional_id="tx-0", transaction_ttl=2.0)
             prod.register(mgr)
-
-
-def _polled(fd: int, topic: str, msgs: list) -> None:
-    lines = []
-    for p, m in msgs:
-        try:
-            check(m.value)
-            lines.append(f"P {topic} {p} {m.offset} {digest_of(m.value)}\n")
-        except ValueError:
-            lines.append(f"X {topic} {p} {m.offset}\n")
-    os.write(fd, "".join(lines).encode())
 
 
 def _lost(fd: int, topic: str, consumer: Any, told: dict) -> None:
@@ -275,7 +264,7 @@ def _member(mgr: Any, fd: int, workdir: str, ident: int, rng: random.Random, top
         msgs = c.poll(mgr, rng.randint(1, POLL), timeout=0.05)
         _lost(fd, topic, c, told)
         if msgs:
-            _polled(fd, topic, msgs)
+            log_polled(fd, msgs, topic)
         try:
             c.commit(store)
         except Fenced:

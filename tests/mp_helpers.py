@@ -36,6 +36,16 @@ def scaled(n: int, minimum: int = 1) -> int:
     return max(minimum, int(n * stress_scale()))
 
 
+def stopped(pid: int) -> bool:
+    """Process ``pid`` is stopped (SIGSTOP, or a fault point that stopped it); one
+    that is gone is not."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+    except OSError:
+        return False
+
+
 # ---- starting processes (test side) ---------------------------------------------
 def start(procs: list, target, *args):
     """Start ``target(*args)`` in a spawned daemon process and add it to ``procs``
@@ -71,16 +81,17 @@ def digest_of(value: bytes) -> str:
     return hashlib.blake2b(value, digest_size=8).hexdigest()
 
 
-def log_polled(fd: int, msgs) -> None:
-    """One write to ``fd``: ``P partition offset digest`` per polled message, ``X
-    partition offset`` for a value that fails its checksum."""
+def log_polled(fd: int, msgs, topic: str = "") -> None:
+    """One write to ``fd``: ``P [topic] partition offset digest`` per polled message,
+    ``X [topic] partition offset`` for a value that fails its checksum."""
+    where = f"{topic} " if topic else ""
     lines = []
     for p, m in msgs:
         try:
             check(m.value)
-            lines.append(f"P {p} {m.offset} {digest_of(m.value)}\n")
+            lines.append(f"P {where}{p} {m.offset} {digest_of(m.value)}\n")
         except ValueError:
-            lines.append(f"X {p} {m.offset}\n")
+            lines.append(f"X {where}{p} {m.offset}\n")
     os.write(fd, "".join(lines).encode())
 
 

@@ -23,6 +23,8 @@ from grafos.mq.producer import Producer
 from grafos.mq.topic import TopicConfig, TopicManager
 from grafos.partition import Partition
 
+from mp_helpers import stopped
+
 CAPACITY, STRIDE = 256, 256
 BIG = 9000                          # 36 slots of 256 bytes
 OTHERS = CAPACITY                    # one lap of the ring: they run over the paused writer's slots
@@ -43,14 +45,9 @@ PAUSED = textwrap.dedent("""
 """)
 
 
-def _stopped(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "T"
-
-
 def _wait_stopped(child: subprocess.Popen) -> None:
     deadline = time.monotonic() + 30
-    while not _stopped(child.pid):
+    while not stopped(child.pid):
         assert child.poll() is None, "the paused producer exited before its copy"
         assert time.monotonic() < deadline, "the paused producer never reached its copy"
         time.sleep(0.005)
@@ -62,7 +59,7 @@ def _resume_until_done(child: subprocess.Popen, keep_reading) -> str:
     deadline = time.monotonic() + 60
     while child.poll() is None:
         assert time.monotonic() < deadline, "the paused producer never finished"
-        if _stopped(child.pid):
+        if stopped(child.pid):
             os.kill(child.pid, signal.SIGCONT)
         keep_reading()
         time.sleep(0.005)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import queue_procs as w
+from mp_helpers import stopped
 from grafos import JoinableQueue, Queue, SimpleQueue
 from grafos.errors import CorruptFabric, GrafosError, MessageTooLarge, QueueClosed, QueueEmpty, QueueFull
 from grafos.fabric import Fabric, probe, shm_path
@@ -332,11 +333,6 @@ def test_a_producer_killed_holding_a_counted_place_does_not_wedge_a_full_queue(m
     assert q.qsize() == 1 and q.get(timeout=5) == "next" and q.empty()
 
 
-def _stopped(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "T"
-
-
 def test_a_producer_stalled_mid_write_is_stepped_over_then_puts_again(make):
     ctx = mp.get_context("fork")
     q = make(Queue)
@@ -344,7 +340,7 @@ def test_a_producer_stalled_mid_write_is_stepped_over_then_puts_again(make):
     p.start()
     try:
         deadline = time.monotonic() + 30
-        while not _stopped(p.pid):
+        while not stopped(p.pid):
             assert time.monotonic() < deadline, "the producer never reached its fault point"
             time.sleep(0.01)
         q.put("other")
@@ -354,7 +350,7 @@ def test_a_producer_stalled_mid_write_is_stepped_over_then_puts_again(make):
         # its commit finds the slot taken back, and the put starts again: at the
         # fault point once more, where it stops again (nobody reads meanwhile)
         deadline = time.monotonic() + 30
-        while not _stopped(p.pid):
+        while not stopped(p.pid):
             assert time.monotonic() < deadline, "the put did not start again"
             time.sleep(0.01)
     finally:

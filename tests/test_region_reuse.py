@@ -14,6 +14,8 @@ from grafos import Fabric
 from grafos._native import lib
 from grafos.partition import Partition
 
+from mp_helpers import stopped
+
 READER = textwrap.dedent("""
     import sys
     from grafos import Fabric
@@ -30,11 +32,6 @@ READER = textwrap.dedent("""
 """)
 
 
-def _stopped(pid: int) -> bool:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0] == "T"
-
-
 def test_should_never_change_the_new_tenant_when_a_reader_stalls_across_reclaim_and_reuse(tmp_path):
     path = str(tmp_path / "bus.grafos")
     fab = Fabric.open(path=path, size=8 << 20)
@@ -44,7 +41,7 @@ def test_should_never_change_the_new_tenant_when_a_reader_stalls_across_reclaim_
                              stdout=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
-        while not _stopped(child.pid):
+        while not stopped(child.pid):
             assert child.poll() is None, "reader exited before reaching the abandon step"
             assert time.monotonic() < deadline, "reader never reached the abandon step"
             time.sleep(0.01)

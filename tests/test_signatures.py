@@ -33,7 +33,7 @@ def test_the_crossings_methods_have_real_signatures():
 def test_help_mentions_the_per_call_timeout():
     text = pydoc.render_doc(Producer.send, renderer=pydoc.plaintext)
     assert "send(self, /, mgr, value, headers=None, *, timeout=Ellipsis)" in text
-    assert "the\nproducer's timeout" in text or "producer's timeout" in text.replace("\n", " ")
+    assert "producer's timeout" in text.replace("\n", " ")     # wherever the docstring wraps
 
 
 @pytest.mark.parametrize("module", MODULES)

@@ -28,19 +28,11 @@ from grafos.mq.group import ConsumerGroup
 from grafos.mq.topic import TopicConfig, TopicManager
 
 from stall_campaign_procs import value
-from mp_helpers import stress_scale
+from mp_helpers import stopped, stress_scale
 
 SEED = int(os.environ.get("GRAFOS_CAMPAIGN_SEED", "20261207"))
 PROCS = str(Path(__file__).with_name("stall_campaign_procs.py"))
 PRODUCERS, CONSUMERS = 3, 2
-
-
-def _stopped(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "T"
-    except OSError:
-        return False
 
 
 class Proc:
@@ -114,7 +106,7 @@ def test_every_acknowledged_message_survives_kills_and_pauses(shm_name, on_full)
                 if pr.stopped_until and now >= pr.stopped_until:
                     pr.signal(signal.SIGCONT)
                     pr.stopped_until = 0.0
-                elif not pr.stopped_until and _stopped(pr.p.pid):    # it stopped itself mid-write
+                elif not pr.stopped_until and stopped(pr.p.pid):    # it stopped itself mid-write
                     pr.stopped_until = now + rnd.uniform(0.01, 1.0)
                     faults["stop"] += 1
             i = rnd.randrange(len(procs))

@@ -55,11 +55,9 @@ def test_top_once_should_show_rates_groups_and_dlq_depth_of_a_bus_another_proces
 
 
 def test_top_once_should_filter_by_topic(live_bus):
-    r = subprocess.run([*GRAFOS, "top", live_bus, "--once", "--json", "--interval", "0.1"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0
     text = subprocess.run([*GRAFOS, "top", live_bus, "--once", "--topic", "aud", "--interval", "0.1"],
                           capture_output=True, text=True, timeout=60)
+    assert text.returncode == 0, text.stderr
     assert "audit" in text.stdout and "orders" not in text.stdout and "billing" not in text.stdout
 
 

@@ -145,27 +145,27 @@ def quick_options() -> Options:
 
 
 # ---- derived numbers ----------------------------------------------------------------
+def vs_best_peer(r: Result, peers: list[Result]) -> None:
+    """Set ``r``'s ratio over the fastest of ``peers`` (none: left unset)."""
+    if peers:
+        best = max(peers, key=lambda p: p.msg_per_s)
+        r.vs_peer = r.msg_per_s / best.msg_per_s
+        r.best_peer = best.label
+
+
 def derive(results: list[Result]) -> None:
     """Fill the ratio fields in place."""
     ok = [r for r in results if r.status == "ok" and r.messages]
     memcpy = {r.size: r for r in ok if r.system == MEMCPY}
     for r in ok:
         if r.system == GRAFOS and r.group in ("inproc", "cross", "producers"):
-            peers = [p for p in ok if p.system in PEERS and p.group == r.group and p.size == r.size
-                     and p.mode == r.mode and p.producers == r.producers]
-            if peers:
-                best = max(peers, key=lambda p: p.msg_per_s)
-                r.vs_peer = r.msg_per_s / best.msg_per_s
-                r.best_peer = best.label
+            vs_best_peer(r, [p for p in ok if p.system in PEERS and p.group == r.group and p.size == r.size
+                             and p.mode == r.mode and p.producers == r.producers])
         m = memcpy.get(r.size)
         if m is not None and r.system != MEMCPY and m.mb_per_s > 0:
             r.vs_memcpy = r.mb_per_s / m.mb_per_s
         if r.system == GRAFOS and r.group == "share":
-            peers = [p for p in ok if p.group == "share" and p.system != GRAFOS and p.mode == r.mode]
-            if peers:
-                best = max(peers, key=lambda p: p.msg_per_s)
-                r.vs_peer = r.msg_per_s / best.msg_per_s
-                r.best_peer = best.label
+            vs_best_peer(r, [p for p in ok if p.group == "share" and p.system != GRAFOS and p.mode == r.mode])
     for group, key in (("partitions", "partitions"), ("topics", "topics")):
         sweep = sorted((r for r in ok if r.group == group), key=lambda r: getattr(r, key))
         if sweep:

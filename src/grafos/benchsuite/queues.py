@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from .harness import GRAFOS, Result
+from .harness import GRAFOS, Result, vs_best_peer
 from .peers import missing
 from .procs import STOP, Crew
 
@@ -130,8 +130,5 @@ def derive(results: list[Result]) -> None:
             continue
         ratios = [f"{r.msg_per_s / p.msg_per_s:.1f}x {p.system}" for p in rows
                   if p.system != GRAFOS and p.mode == r.mode and p.msg_per_s > 0]
-        peers = [p for p in rows if p.system != GRAFOS and p.mode == r.mode]
-        if peers:
-            best = max(peers, key=lambda p: p.msg_per_s)
-            r.vs_peer, r.best_peer = r.msg_per_s / best.msg_per_s, best.label
+        vs_best_peer(r, [p for p in rows if p.system != GRAFOS and p.mode == r.mode])
         r.note = ", ".join(ratios)
