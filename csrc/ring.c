@@ -1069,9 +1069,10 @@ int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
 }
 
 /* A batch found partition `upto` full after claiming its share of partitions
- * below it (next[q] holds their first offsets): give each share back when no
- * one claimed after us, else mark its slots abandoned so readers skip them at
- * once. Either way no message of the batch becomes readable. */
+ * below it (next[q] holds their first offsets, end[q] where they end): give
+ * each share back when no one claimed after us, else mark its slots abandoned
+ * so readers skip them at once. Either way no message of the batch becomes
+ * readable. */
 static void unclaim(gf_ring **rings, const uint64_t *next, const uint64_t *end, uint32_t upto)
 {
     for (uint32_t q = 0; q < upto; q++) {
