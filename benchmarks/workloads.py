@@ -114,9 +114,10 @@ class Rig:
     def _pack(values: list[bytes], keys: list[bytes]) -> tuple:
         vb, vl = pack(values, "values")
         kb, kl = pack(keys, "keys")
+        offs = ffi.new("uint64_t[]", len(values))
         keep = (vb, vl, kb, kl)
         return (len(values), ffi.from_buffer("uint8_t[]", kb), ffi.from_buffer("uint32_t[]", kl),
-                ffi.from_buffer("uint8_t[]", vb), ffi.from_buffer("uint32_t[]", vl), keep)
+                ffi.from_buffer("uint8_t[]", vb), ffi.from_buffer("uint32_t[]", vl), offs, keep)
 
     def close(self) -> None:
         self.small.close()
@@ -180,14 +181,14 @@ class Rig:
         ]
         # ---- batches of 100-byte messages ----
         values, keys, rd = self.values, self.keys, self.small_reader
-        cnt, ckb, ckl, cvb, cvl, _ = self.packed
+        cnt, ckb, ckl, cvb, cvl, coffs, _ = self.packed
         r = p.handle
         w += [
             Workload("append_batch_api", "batch-100B", BATCH, BATCH * one,
                      lambda: p.append_batch(values, keys=keys),
                      doc="Partition.append_batch(values, keys=keys) from lists of bytes"),
             Workload("append_batch_cffi_raw", "batch-100B", BATCH, BATCH * one,
-                     lambda: lib.gf_ring_append_batch(r, cnt, ckb, ckl, cvb, cvl, 0),
+                     lambda: lib.gf_ring_append_batch(r, cnt, ckb, ckl, cvb, cvl, 0, coffs),
                      doc="lib.gf_ring_append_batch on pre-packed buffers: the C floor"),
             Workload("poll_raw", "batch-100B", BATCH, BATCH * one, lambda: rd.poll_raw(BATCH),
                      setup=lambda: self.seek_next(p, rd, BATCH), check=_expect(BATCH),
@@ -202,7 +203,7 @@ class Rig:
         # ---- batches of 4 KiB messages ----
         big, big_rd = self.big, self.big_reader
         bvalues, bkeys = self.big_values, self.big_keys
-        bcnt, bkb, bkl, bvb, bvl, _ = self.big_packed
+        bcnt, bkb, bkl, bvb, bvl, boffs, _ = self.big_packed
         bvalues_arr = np.frombuffer(b"".join(bvalues), dtype=np.uint8).reshape(len(bvalues), -1)
         bkeys_arr = np.frombuffer(b"".join(bkeys), dtype=np.uint8).reshape(len(bkeys), -1)
         br = big.handle
@@ -221,7 +222,7 @@ class Rig:
                      lambda: big.append_batch(bvalues_arr, keys=bkeys_arr),
                      doc="Partition.append_batch of 256 x 4 KiB given as 2-D uint8 arrays (no join)"),
             Workload("append_batch_4k_cffi_raw", "batch-4KiB", BIG_BATCH, nbytes,
-                     lambda: lib.gf_ring_append_batch(br, bcnt, bkb, bkl, bvb, bvl, 0),
+                     lambda: lib.gf_ring_append_batch(br, bcnt, bkb, bkl, bvb, bvl, 0, boffs),
                      doc="lib.gf_ring_append_batch on pre-packed buffers"),
             Workload("poll_raw_4k", "batch-4KiB", BIG_BATCH, nbytes, lambda: big_rd.poll_raw(BIG_BATCH),
                      setup=lambda: self.seek_next(big, big_rd, BIG_BATCH), check=_expect(BIG_BATCH),

@@ -228,9 +228,13 @@ int gf_ring_checksum(gf_ring *r);
 int64_t gf_ring_append(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t has_key,
                        const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
                        int64_t ts_ns);
+/* count messages in order; out_offsets[i] gets message i's offset (offsets
+ * rise with i, with gaps where a message spans several slots, where padding
+ * keeps one contiguous, or where its claimed slot gave way to a stalled
+ * writer). Returns count. */
 int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
                              const uint32_t *key_lens, const uint8_t *vals,
-                             const uint32_t *val_lens, int64_t ts_ns);
+                             const uint32_t *val_lens, int64_t ts_ns, uint64_t *out_offsets);
 int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
                 const uint8_t *key, uint32_t klen, uint32_t has_key,
                 const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,

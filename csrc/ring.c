@@ -903,9 +903,98 @@ int64_t gf_sender_send_nokey(gf_sender *s, const uint8_t *val, uint32_t vlen)
     return gf_send(s->rings, s->n, s->mode, &s->rr, NULL, 0, 0, NULL, 0, val, vlen, 0);
 }
 
+/* A message of a batch whose claimed slot gave way to a stalled writer is
+ * written as a send is: claimed again, at the ring's tail. A gated ring may
+ * have no room for it yet (the batch's own unwritten slots, handed on as gaps,
+ * free room as its readers pass them): wait boundedly for room. */
+static __attribute__((noinline, cold)) int64_t batch_again(gf_ring *r, const uint8_t *key, uint32_t klen,
+                                                          uint32_t flags, uint32_t h, const uint8_t *val,
+                                                          uint32_t vlen, int64_t ts, int64_t now)
+{
+    int64_t t0 = gf_mono_ns();
+    for (;;) {
+        int64_t n = append_one(r, key, klen, flags, h, NULL, 0, val, vlen, ts, now, NULL, NULL);
+        if (n != GF_E_FULL_RING)
+            return n;
+        if (gf_mono_ns() - t0 >= r->f->stall_ns)
+            return gf_fail(GF_E_ABANDONED, "a batch message whose slot gave way to a stalled writer found no "
+                           "room to be claimed again: a gating reader has not read far enough");
+        sched_yield();
+    }
+}
+
+/* The rest of a batch, from message i, once message i's claimed slot gave way
+ * to a stalled writer (nothing of it written). Kafka's partition order holds:
+ * a partition whose message gave way writes it and every later message of the
+ * batch at fresh offsets, in order, and hands the offsets it had claimed for
+ * them on as gaps; the other partitions write theirs where claimed. parts:
+ * each message's partition (NULL: all in rings[0]); next[p]: where partition
+ * p's claim has got to, end[p]: where it ends; offs/spans: each message's
+ * claimed offset and span when some span several slots (else NULL); the key
+ * hashes are in out_offsets when parts is given. Returns the messages a reader
+ * gave up on, or an error (the messages from the failing one on not written). */
+static __attribute__((noinline, cold)) int64_t batch_rest(gf_ring **rings, uint32_t n, const uint32_t *parts,
+                                                         uint32_t i, uint32_t count, const uint8_t *kp,
+                                                         const uint32_t *key_lens, const uint8_t *vp,
+                                                         const uint32_t *val_lens, uint64_t *next,
+                                                         const uint64_t *end, const uint64_t *offs,
+                                                         const uint64_t *spans, int64_t ts, int64_t now,
+                                                         uint64_t *out_offsets)
+{
+    uint8_t small[64] = {0}, *moved = n <= sizeof small ? small : calloc(n, 1);
+    if (!moved)
+        return gf_fail(GF_E_FULL, "out of memory");
+    int64_t abandoned = 0, err = 0;
+    const uint32_t flags = kp ? GF_MSG_HAS_KEY : 0u;
+    uint32_t p = parts ? parts[i] : 0;
+    moved[p] = 1;
+    pad_publish(rings[p], next[p], end[p]);
+    for (int first = 1; i < count; i++, first = 0) {
+        uint32_t kl = kp ? key_lens[i] : 0u, vl = val_lens[i];
+        uint32_t h = !kp ? 0 : parts ? (uint32_t)out_offsets[i] : gf_murmur2(kp, kl);
+        p = parts ? parts[i] : 0;
+        gf_ring *r = rings[p];
+        int64_t rc = TAKE_GAVE_WAY, off = 0;
+        if (!first && !moved[p]) {
+            off = (int64_t)next[p]++;
+            if (offs) {
+                off = (int64_t)offs[i];
+                pad_publish(r, next[p] - 1, (uint64_t)off);
+                next[p] = (uint64_t)off + spans[i];
+            }
+            rc = slot_publish(r, (uint64_t)off, kp, kl, flags, h, NULL, 0, vp, vl, ts, NULL);
+            if (rc == TAKE_GAVE_WAY) {
+                moved[p] = 1;
+                pad_publish(r, next[p], end[p]);
+            }
+        }
+        if (rc == TAKE_GAVE_WAY) {
+            rc = batch_again(r, kp, kl, flags, h, vp, vl, ts, now);
+            if (rc < 0 && rc != GF_E_ABANDONED) {
+                err = rc;
+                break;
+            }
+            if (rc >= 0) {
+                off = rc;
+                rc = GF_OK;
+            }
+        }
+        abandoned += rc != GF_OK;
+        out_offsets[i] = (uint64_t)off;
+        if (kp)
+            kp += kl;
+        vp += vl;
+    }
+    if (moved != small)
+        free(moved);
+    return err ? gf_fail_prefix((int)err, "batch messages %u to %u were not written (those before them were)",
+                                i, count - 1)
+               : abandoned;
+}
+
 int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
                              const uint32_t *key_lens, const uint8_t *vals,
-                             const uint32_t *val_lens, int64_t ts_ns)
+                             const uint32_t *val_lens, int64_t ts_ns, uint64_t *out_offsets)
 {
     int rc;
     if (count == 0)
@@ -941,7 +1030,7 @@ int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
         free(spans);
         return first;
     }
-    uint32_t abandoned = 0;
+    int64_t abandoned = 0;
     uint64_t end = (uint64_t)first;
     const uint8_t *kp = keys, *vp = vals;
     for (uint32_t i = 0; i < count; i++) {
@@ -950,37 +1039,50 @@ int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
         uint64_t off = multi ? offs[i] : (uint64_t)first + i;
         if (multi)
             pad_publish(r, end, off);
-        if (slot_publish(r, off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns, NULL) != GF_OK)
-            abandoned++;
         end = off + (multi ? spans[i] : 1);
+        rc = slot_publish(r, off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns, NULL);
+        if (__builtin_expect(rc != GF_OK, 0)) {
+            if (rc == TAKE_GAVE_WAY) {
+                uint64_t last = multi ? offs[count - 1] + spans[count - 1] : (uint64_t)first + count;
+                int64_t more = batch_rest(&r, 1, NULL, i, count, kp, key_lens, vp, val_lens, &end, &last,
+                                          offs, spans, ts_ns, now, out_offsets);
+                abandoned = more < 0 ? more : abandoned + more;
+                end = last;
+                break;
+            }
+            abandoned++;
+        }
+        out_offsets[i] = off;
         kp += kl;
         vp += vl;
     }
-    int64_t head = multi ? (int64_t)offs[0] : first;
     free(spans);
     wake_readers(r->f);
     if (__builtin_expect(r->f->durable, 0) && (rc = ring_sync(r, (uint64_t)first, end - (uint64_t)first)) < 0)
         return rc;
+    if (abandoned < 0)
+        return abandoned;
     if (abandoned)
         return gf_fail(GF_E_ABANDONED, "%u of %u batch messages were reclaimed by readers after the bounded wait",
-                       abandoned, count);
-    return head;
+                       (uint32_t)abandoned, count);
+    return count;
 }
 
 /* A batch found partition `upto` full after claiming its share of partitions
- * below it (next[q] holds their first offsets): give each share back when no
- * one claimed after us, else mark its slots abandoned so readers skip them at
- * once. Either way no message of the batch becomes readable. */
-static void unclaim(gf_ring **rings, const uint64_t *next, const uint64_t *took, uint32_t upto)
+ * below it (next[q] holds their first offsets, end[q] where they end): give
+ * each share back when no one claimed after us, else mark its slots abandoned
+ * so readers skip them at once. Either way no message of the batch becomes
+ * readable. */
+static void unclaim(gf_ring **rings, const uint64_t *next, const uint64_t *end, uint32_t upto)
 {
     for (uint32_t q = 0; q < upto; q++) {
-        if (!took[q])
+        if (!end[q])
             continue;
         gf_ring *r = rings[q];
-        uint64_t end = next[q] + took[q];
-        if (cas(&r->hdr->tail, &end, next[q]))
+        uint64_t e = end[q];
+        if (cas(&r->hdr->tail, &e, next[q]))
             continue;
-        for (uint64_t o = next[q]; o < next[q] + took[q]; o++) {
+        for (uint64_t o = next[q]; o < end[q]; o++) {
             _Atomic uint64_t *sq = seq_at(r, o);
             uint64_t cur = ld_acq(sq);
             while ((cur & GF_SEQ_VALUE) < 2 * o + 1 && !seq_skipped(r, o, cur) &&
@@ -1050,7 +1152,7 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
         }
     }
     /* next[p]: messages, then first offset, then next offset of partition p's
-     * share; took[p]: offsets its claim took (padding included) */
+     * share; took[p]: offsets its claim took (padding included), then where it ends */
     uint64_t small[128];
     uint64_t *next = n <= 64 ? small : calloc(2 * (size_t)n, sizeof *next);
     if (!next)
@@ -1115,10 +1217,11 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
             return first;
         }
         next[p] = (uint64_t)first;
+        took[p] += (uint64_t)first;     /* from here on: where the claim ends */
     }
     kp = keys;
     const uint8_t *vp = vals;
-    uint32_t abandoned = 0;
+    int64_t abandoned = 0;
     for (uint32_t i = 0; i < count; i++) {
         uint32_t kl = keys ? key_lens[i] : 0u, vl = val_lens[i], p = out_parts[i];
         uint32_t h = keys ? (uint32_t)out_offsets[i] : 0;
@@ -1128,8 +1231,16 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
             pad_publish(rings[p], next[p] - 1, off);
             next[p] = off + mspan[i];
         }
-        if (slot_publish(rings[p], off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns, NULL) != GF_OK)
+        int rc = slot_publish(rings[p], off, kp, kl, keys ? GF_MSG_HAS_KEY : 0u, h, NULL, 0, vp, vl, ts_ns, NULL);
+        if (__builtin_expect(rc != GF_OK, 0)) {
+            if (rc == TAKE_GAVE_WAY) {
+                int64_t more = batch_rest(rings, n, out_parts, i, count, kp, key_lens, vp, val_lens, next, took,
+                                          moff, mspan, ts_ns, now, out_offsets);
+                abandoned = more < 0 ? more : abandoned + more;
+                break;
+            }
             abandoned++;
+        }
         out_offsets[i] = off;
         kp += kl;
         vp += vl;
@@ -1153,9 +1264,11 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
         if (rc < 0)
             return rc;
     }
+    if (abandoned < 0)
+        return abandoned;
     if (abandoned)
         return gf_fail(GF_E_ABANDONED, "%u of %u batch messages were reclaimed by readers after the bounded wait",
-                       abandoned, count);
+                       (uint32_t)abandoned, count);
     return count;
 }
 

@@ -115,8 +115,8 @@ def test_a_batch_is_all_or_nothing(fab):
     with pytest.raises(MessageTooLarge, match="batch message 2"):
         part.append_batch([b"a", b"b", b"c" * (8 * 64 - 39), b"d"])
     assert part.state().latest == 0
-    assert part.append_batch([b"a", b"b"], keys=[b"1", b"2"]) == 0
-    assert part.append_batch([b"c"]) == 2
+    assert part.append_batch([b"a", b"b"], keys=[b"1", b"2"]).tolist() == [0, 1]
+    assert part.append_batch([b"c"]).tolist() == [2]
     msgs = [m for _, m in part.reader(0).poll(10)]
     assert [(m.offset, m.key, m.value) for m in msgs] == [(0, b"1", b"a"), (1, b"2", b"b"), (2, None, b"c")]
 

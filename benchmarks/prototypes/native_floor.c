@@ -110,6 +110,7 @@ int main(int argc, char **argv)
     gf_ring *r = gf_ring_open(f, li.index, li.id, &err);
     uint8_t *keys = malloc(16 * (size_t)B), *vals = malloc((size_t)vlen * B);
     uint32_t *kl = malloc(4 * (size_t)B), *vl = malloc(4 * (size_t)B);
+    uint64_t *offs = malloc(8 * (size_t)B);
     for (uint32_t i = 0; i < B; i++) {
         kl[i] = 16;
         vl[i] = vlen;
@@ -117,7 +118,7 @@ int main(int argc, char **argv)
         memset(vals + (size_t)vlen * i, (int)i, vlen);
     }
     for (uint32_t i = 0; i < cap / B + 2; i++)
-        gf_ring_append_batch(r, B, keys, kl, vals, vl, 0);
+        gf_ring_append_batch(r, B, keys, kl, vals, vl, 0, offs);
     gf_cursor cur;
     memset(&cur, 0, sizeof cur);
     gf_msg_meta *meta = malloc(sizeof(gf_msg_meta) * B);
@@ -130,7 +131,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < rounds; i++) {
         double t0 = now();
         if (mode[0] == 'a') {
-            if (gf_ring_append_batch(r, B, keys, kl, vals, vl, 0) < 0) { fprintf(stderr, "%s\n", gf_last_error()); return 1; }
+            if (gf_ring_append_batch(r, B, keys, kl, vals, vl, 0, offs) < 0) { fprintf(stderr, "%s\n", gf_last_error()); return 1; }
         } else {
             memset(&cur, 0, sizeof cur);
             cur.pos = pos;

@@ -175,10 +175,12 @@ class Partition:
 
     def append_batch(self, values: Sequence[bytes] | np.ndarray,
                      keys: Sequence[bytes] | np.ndarray | None = None,
-                     timestamp: int | None = None) -> int:
-        """Append many messages with one crossing into C; returns the first message's
-        offset (the others follow it in order: at first + i while every message fits
-        one slot, further apart when some span several).
+                     timestamp: int | None = None) -> np.ndarray:
+        """Append many messages with one crossing into C, in order; returns each
+        message's offset (uint64 array). Offsets rise with the messages but may
+        have gaps: a message spanning several slots, padding that keeps one
+        contiguous, or a slot that gave way to a stalled writer (the message is
+        then claimed again, and the batch's later messages after it).
         ``values``/``keys``: a list of bytes (joined into one buffer) or a 2-D uint8
         array, one row per message (used in place: no copy). All or nothing: if
         any message is too large, none is written."""
@@ -191,14 +193,16 @@ class Partition:
         n = len(vlens)
         if n == 0:
             raise InvalidArgument("empty batch")
+        offs = np.empty(n, dtype=np.uint64)
         rc = lib.gf_ring_append_batch(
             self._r, n,
             ffi.from_buffer("uint8_t[]", ks) if keys is not None else ffi.NULL,
             ffi.from_buffer("uint32_t[]", klens) if keys is not None else ffi.NULL,
-            ffi.from_buffer("uint8_t[]", vals), ffi.from_buffer("uint32_t[]", vlens), ts)
+            ffi.from_buffer("uint8_t[]", vals), ffi.from_buffer("uint32_t[]", vlens), ts,
+            ffi.from_buffer("uint64_t[]", offs))
         if rc < 0:
             self._raise(rc, self._batch_size(rc, vlens, klens if keys is not None else None))
-        return rc
+        return offs
 
     def _batch_size(self, rc: int, vlens: np.ndarray, klens: np.ndarray | None) -> int:
         """The size of the first message of a refused batch that does not fit (-1 if none)."""

@@ -422,8 +422,10 @@ class Producer(SendPath):
                    keys: Sequence[bytes] | None = None, *, timeout=_DEFAULT) -> tuple[np.ndarray, np.ndarray]:
         """Append many messages with one crossing into C. ``values`` is a list or
         tuple of bytes (walked in C, no join) or a 2-D uint8 numpy array (one row
-        per message, used in place). Returns (partitions, offsets) as numpy arrays.
-        All or nothing: if any message is too large, or a partition of an
+        per message, used in place). Returns (partitions, offsets) as numpy arrays:
+        each message's own offset, rising with the batch's order within a
+        partition, with gaps (docs/hardening.md, "A paused writer"). All or
+        nothing: if any message is too large, or a partition of an
         ``on_full`` "raise" topic has no room (BufferFull), none is written; on a
         "block" topic the whole batch waits for room (up to ``timeout``)."""
         if isinstance(mgr, RemoteManager):      # a bus on a server: pipelined publishes
