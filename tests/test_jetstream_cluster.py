@@ -25,6 +25,16 @@ WORKER = os.path.join(os.path.dirname(__file__), "js_cluster_worker.py")
 BATCH = 50
 
 
+def _wait_running(procs: list[subprocess.Popen], logs: list[str], wait: float = 90.0) -> None:
+    """Until every worker has connected and logged its first line: the leader
+    is killed mid-run, not while a loaded machine is still starting a worker."""
+    deadline = time.monotonic() + wait
+    while not all(os.path.exists(f) and os.path.getsize(f) > 0 for f in logs):
+        assert all(p.poll() is None for p in procs), [p.returncode for p in procs]
+        assert time.monotonic() < deadline, "a worker logged nothing before the deadline"
+        time.sleep(0.1)
+
+
 def _read(path: str) -> list[list[str]]:
     with open(path) as f:
         return [line.split() for line in f if line.strip()]
@@ -46,7 +56,8 @@ def test_should_lose_no_acknowledged_message_or_commit_when_the_leader_is_killed
             servers = ",".join(urls[k:] + urls[:k])
             procs.append(subprocess.Popen([sys.executable, WORKER, role, servers, name,
                                            str(tmp_path / f"{name}.log"), stop], env=env))
-        time.sleep(3.0)
+        _wait_running(procs, [str(tmp_path / f"{n}.log") for n in ("p1", "p2", "c1", "c2")])
+        time.sleep(1.0)
         leader = mgr.leaders("orders")[0]
         victim = next(n for n in nodes if n.name == leader)
         victim.kill()
