@@ -53,6 +53,21 @@ def _wait_stopped(child: subprocess.Popen) -> None:
         time.sleep(0.005)
 
 
+def _gated_topic_and_paused_writer(shm_name: str, on_full: str):  # noqa: ANN202 - five handles
+    """A one-partition topic of `on_full`, gated by member "m" of group "g" (the
+    returned reader reads for it from the earliest offset), and a child producer
+    that takes the slots of a BIG message and stops before copying it."""
+    mgr = TopicManager.open(shm_name, size=32 << 20)
+    mgr.create("t", TopicConfig(1, CAPACITY, STRIDE, 3600.0, on_full=on_full))
+    store = FabricOffsetStore(mgr)
+    group = ConsumerGroup("g", "t", 1, 3600.0, mgr=mgr)
+    group.claim("m")                    # gates a "block" or "raise" topic
+    reader = Consumer("t", "g")
+    reader.seek(mgr, store, SeekPolicy.Earliest)
+    child = subprocess.Popen([sys.executable, "-c", PAUSED, shm_name, str(BIG)], stdout=subprocess.PIPE)
+    return mgr, store, group, reader, child
+
+
 def _resume_until_done(child: subprocess.Popen, keep_reading) -> str:
     """SIGCONT the child each time it stops (a retried send stops again at the same
     point), reading meanwhile so that a retry into a gated ring finds room."""
@@ -69,14 +84,7 @@ def _resume_until_done(child: subprocess.Popen, keep_reading) -> str:
 
 @pytest.mark.parametrize("on_full", ["overwrite", "block", "raise"])
 def test_a_paused_writer_never_destroys_another_writers_acknowledged_message(shm_name, on_full):
-    mgr = TopicManager.open(shm_name, size=32 << 20)
-    mgr.create("t", TopicConfig(1, CAPACITY, STRIDE, 3600.0, on_full=on_full))
-    store = FabricOffsetStore(mgr)
-    group = ConsumerGroup("g", "t", 1, 3600.0, mgr=mgr)
-    group.claim("m")                    # gates a "block" or "raise" topic
-    reader = Consumer("t", "g")
-    reader.seek(mgr, store, SeekPolicy.Earliest)
-    child = subprocess.Popen([sys.executable, "-c", PAUSED, shm_name, str(BIG)], stdout=subprocess.PIPE)
+    mgr, store, group, reader, child = _gated_topic_and_paused_writer(shm_name, on_full)
     try:
         _wait_stopped(child)            # its 36 slots (offsets 0..35) taken, its value not copied yet
         # the reader waits out the bounded wait, steps over the paused message and commits past it
@@ -193,14 +201,7 @@ def test_a_batch_over_a_paused_writers_slots_lands_whole_and_in_order(shm_name, 
     """A batch message whose slot gives way to a paused writer is claimed again,
     as a send's is, and so are the batch's later messages: every message lands
     once, in the batch's order, at the offset the call reports."""
-    mgr = TopicManager.open(shm_name, size=32 << 20)
-    mgr.create("t", TopicConfig(1, CAPACITY, STRIDE, 3600.0, on_full=on_full))
-    store = FabricOffsetStore(mgr)
-    group = ConsumerGroup("g", "t", 1, 3600.0, mgr=mgr)
-    group.claim("m")                    # gates a "block" or "raise" topic
-    reader = Consumer("t", "g")
-    reader.seek(mgr, store, SeekPolicy.Earliest)
-    child = subprocess.Popen([sys.executable, "-c", PAUSED, shm_name, str(BIG)], stdout=subprocess.PIPE)
+    mgr, store, group, reader, child = _gated_topic_and_paused_writer(shm_name, on_full)
     got: list[tuple[int, bytes]] = []
 
     def read():
