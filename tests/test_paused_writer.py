@@ -164,16 +164,23 @@ def test_a_killed_writers_slots_are_taken_by_the_next_lap(shm_name):
     mgr.close()
 
 
+def _ring_with_a_stalled_loan():  # noqa: ANN202 - four handles
+    """A 16-slot ring (24 value bytes a slot) whose first 4 slots a loan holds
+    past the bounded wait, and a reader that has stepped over them."""
+    fab = Fabric(16 << 20)
+    fab.set_bounded_wait(0.05)
+    part = Partition.create(fab, 16, 64, ttl=600)
+    loan = part.loan(200)                               # offsets 0..3
+    rd = part.reader(0)
+    assert rd.poll(10, timeout=1.0) == []               # stepped over after the bounded wait
+    return fab, part, loan, rd
+
+
 def test_a_loan_held_past_the_bounded_wait_keeps_its_slots_from_the_next_lap():
     """A loan is a writer that may copy at any time until it is committed: the
     ring's next lap gives way to it, so filling it late lands in no one else's
     message, and its commit is refused."""
-    fab = Fabric(16 << 20)
-    fab.set_bounded_wait(0.05)
-    part = Partition.create(fab, 16, 64, ttl=600)       # 24 value bytes a slot
-    loan = part.loan(200)                               # offsets 0..3
-    rd = part.reader(0)
-    assert rd.poll(10, timeout=1.0) == []               # stepped over after the bounded wait
+    fab, part, loan, rd = _ring_with_a_stalled_loan()
     acked = {part.append(b"m%02d" % i): b"m%02d" % i for i in range(16)}   # a whole lap
     loan.write(b"L" * 200)                              # the late writer fills its slots
     with pytest.raises(SlotAbandoned):
@@ -246,12 +253,7 @@ def test_append_batch_over_a_loans_slots_lands_whole_and_in_order():
     """Partition.append_batch reports each message's offset: a message whose slot
     gives way to a loan held past the bounded wait, and the batch's messages
     after it, are written at fresh offsets, in order."""
-    fab = Fabric(16 << 20)
-    fab.set_bounded_wait(0.05)
-    part = Partition.create(fab, 16, 64, ttl=600)       # 24 value bytes a slot
-    loan = part.loan(200)                               # offsets 0..3
-    rd = part.reader(0)
-    assert rd.poll(10, timeout=1.0) == []               # stepped over after the bounded wait
+    fab, part, loan, rd = _ring_with_a_stalled_loan()
     sent: list[tuple[int, bytes]] = []
     got: list[tuple[int, bytes]] = []
     for b in range(10):                                 # two laps, 3 at a time
