@@ -33,7 +33,7 @@ def procs():
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory):
     """One ``nats-server -js`` for the run (started on first use, stopped by PID)."""
-    from nats_helpers import NatsServer
+    from helpers.nats_helpers import NatsServer
     srv = NatsServer(str(tmp_path_factory.mktemp("nats"))).start()
     yield srv
     srv.stop()
@@ -42,6 +42,6 @@ def nats_server(tmp_path_factory):
 @pytest.fixture
 def nats_url(nats_server):
     """The server's URL; every stream and bucket a test made is deleted after it."""
-    from nats_helpers import wipe
+    from helpers.nats_helpers import wipe
     yield nats_server.url
     wipe(nats_server.url)

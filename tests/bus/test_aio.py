@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-import mp_helpers
+from helpers import mp_helpers
 from grafos.aio import AsyncConsumer, AsyncProducer
 from grafos.errors import InvalidType
 from grafos.mq import Consumer, MemOffsetStore, Partitioner, SeekPolicy, TopicConfig, TopicManager

@@ -19,8 +19,8 @@ from grafos.mq.offset import FabricOffsetStore
 from grafos.mq.producer import Partitioner, Producer, kafka_partition
 from grafos.mq.topic import TopicConfig, TopicManager
 
-import backpressure_procs as bp
-from mp_helpers import scaled, start
+from helpers import backpressure_procs as bp
+from helpers.mp_helpers import scaled, start
 
 MiB = 1 << 20
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bus_helpers import make_mgr, read_all, snapshot
+from helpers.bus_helpers import make_mgr, read_all, snapshot
 from grafos.errors import (AlreadyExists, GrafosError, InvalidArgument, InvalidType, MessageTooLarge,
                            NotFound)
 from grafos.mq.consumer import Consumer, Message, SeekPolicy

@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-import mp_helpers as h
-from mp_helpers import start
+from helpers import mp_helpers as h
+from helpers.mp_helpers import start
 from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.group import ConsumerGroup
 from grafos.mq.offset import FabricOffsetStore

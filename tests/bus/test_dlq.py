@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus_helpers import make_mgr, read_all, snapshot
+from helpers.bus_helpers import make_mgr, read_all, snapshot
 from grafos.errors import InvalidArgument, InvalidType, MessageTooLarge, NotFound
 from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.dlq import DlqRouter

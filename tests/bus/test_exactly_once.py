@@ -15,8 +15,8 @@ from grafos.mq.offset import FabricOffsetStore, MemOffsetStore, SqliteOffsetStor
 from grafos.mq.producer import Producer
 from grafos.mq.topic import TopicConfig, TopicManager
 
-import eos_procs
-from mp_helpers import scaled, start
+from helpers import eos_procs
+from helpers.mp_helpers import scaled, start
 
 
 @pytest.fixture

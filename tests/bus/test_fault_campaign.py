@@ -1,4 +1,4 @@
-"""The fault campaign (tests/fault_campaign.py): a mixed workload across
+"""The fault campaign (tests/helpers/fault_campaign.py): a mixed workload across
 processes under SIGKILL, SIGSTOP/SIGCONT, PID namespaces, gc, lease expiry,
 a full tmpfs and damaged bytes, then a check of the whole history. CI runs
 one fixed seed for 60 s x GRAFOS_STRESS_SCALE (at least 15 s of workload);
@@ -11,8 +11,8 @@ from collections import Counter, defaultdict
 
 import pytest
 
-import fault_campaign as fc
-from mp_helpers import stress_scale
+from helpers import fault_campaign as fc
+from helpers.mp_helpers import stress_scale
 
 SEED = 20261207
 

@@ -286,8 +286,8 @@ def _failover(shm_name: str, procs: list, tmp_path, kills: int, total: int, seed
     import random
     import signal
 
-    import gate_procs
-    from mp_helpers import start
+    from helpers import gate_procs
+    from helpers.mp_helpers import start
 
     rnd = random.Random(seed)
     parts, stale = 2, 0.6
@@ -351,7 +351,7 @@ def test_failover_on_a_block_topic_loses_nothing(shm_name, procs, tmp_path):
 
 @pytest.mark.stress
 def test_failover_at_random_kill_points_loses_nothing(shm_name, procs, tmp_path):
-    from mp_helpers import scaled
+    from helpers.mp_helpers import scaled
     _failover(shm_name, procs, tmp_path, kills=scaled(5, 2), total=scaled(12_000, 4000), seed=int(time.time()))
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bus_helpers import bus_store, make_mgr, snapshot
+from helpers.bus_helpers import bus_store, make_mgr, snapshot
 from grafos.errors import Fenced, InvalidArgument, InvalidType, NotFound
 from grafos.mq.consumer import SeekPolicy
 from grafos.mq.group import ConsumerGroup, group_lag, list_groups

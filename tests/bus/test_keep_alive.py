@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-import mp_helpers
+from helpers import mp_helpers
 from grafos.errors import Fenced, InvalidArgument, LockTimeout
 from grafos.mq.group import ConsumerGroup
 from grafos.mq.offset import FabricOffsetStore

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-import mp_helpers as h
-from mp_helpers import start
+from helpers import mp_helpers as h
+from helpers.mp_helpers import start
 from grafos.errors import BufferFull, Fenced
 from grafos.leasekit import RenewalManager
 from grafos.mq import transaction
@@ -136,7 +136,7 @@ def test_a_transaction_aborted_by_expiry_is_logged(caplog):
 
 
 def test_a_jetstream_reconnect_is_logged(caplog, tmp_path):
-    from nats_helpers import NatsServer
+    from helpers.nats_helpers import NatsServer
     caplog.set_level(logging.INFO, logger="grafos")
     srv = NatsServer(str(tmp_path)).start()
     try:

@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-import mp_helpers as h
-from mp_helpers import start
+from helpers import mp_helpers as h
+from helpers.mp_helpers import start
 from grafos.errors import LeaseExpired, NotFound
 from grafos.fabric import Fabric, shm_path
 from grafos.mq.consumer import Consumer
@@ -353,7 +353,7 @@ def test_two_groups_in_different_processes_should_each_see_every_message(bus, pr
 
 
 # ---- the example pair ------------------------------------------------------------------------
-EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "examples")
 
 
 def test_example_producer_service_and_workers_should_run_side_by_side(shm_name, tmp_path):

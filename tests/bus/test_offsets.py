@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from bus_helpers import make_mgr, snapshot
+from helpers.bus_helpers import make_mgr, snapshot
 from grafos.errors import InvalidArgument, InvalidType
 from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.offset import FabricOffsetStore, MemOffsetStore, OffsetStore, SqliteOffsetStore

@@ -18,7 +18,7 @@ from grafos.mq.offset import FabricOffsetStore
 from grafos.mq.producer import Partitioner, Producer
 from grafos.mq.topic import TopicConfig, TopicManager
 
-from pickle_helpers import produce_and_consume, use_parents_manager
+from helpers.pickle_helpers import produce_and_consume, use_parents_manager
 
 CFG = TopicConfig(num_partitions=2, partition_capacity=64, partition_stride=128)
 METHODS = ["spawn", "forkserver", "fork"]

@@ -16,8 +16,8 @@ import traceback
 import numpy as np
 import pytest
 
-import queue_procs as w
-from mp_helpers import stopped
+from helpers import queue_procs as w
+from helpers.mp_helpers import stopped
 from grafos import JoinableQueue, Queue, SimpleQueue
 from grafos.errors import CorruptFabric, GrafosError, MessageTooLarge, QueueClosed, QueueEmpty, QueueFull
 from grafos.fabric import Fabric, probe, shm_path

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from bus_helpers import make_mgr, read_all
+from helpers.bus_helpers import make_mgr, read_all
 from grafos.errors import LeaseExpired
 from grafos.leasekit import RenewalManager, RenewalPolicy
 from grafos.mq.consumer import Consumer, SeekPolicy

@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-import share_procs as sp
-from mp_helpers import scaled, start
+from helpers import share_procs as sp
+from helpers.mp_helpers import scaled, start
 from grafos.mq import share
 from grafos.mq.topic import TopicConfig, TopicManager
 

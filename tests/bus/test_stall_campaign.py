@@ -3,13 +3,13 @@ each ``on_full`` policy, SIGKILLed and SIGSTOPped/SIGCONTed at random moments
 (producers also stop themselves now and then between taking their slots and
 copying their value); afterwards every acknowledged message is delivered intact
 or counted lost. It aims at one window the wider campaign
-(``tests/fault_campaign.py``) reaches only by chance: a writer paused between
+(``tests/helpers/fault_campaign.py``) reaches only by chance: a writer paused between
 taking its slots and copying into them while the ring laps it.
 
 The seed is fixed (``GRAFOS_CAMPAIGN_SEED``, default below) and printed in
 every failure, so a run can be replayed; ``GRAFOS_STRESS_SCALE`` sets its length:
 
-    GRAFOS_CAMPAIGN_SEED=7 GRAFOS_STRESS_SCALE=10 python -m pytest -m stress tests/test_stall_campaign.py
+    GRAFOS_CAMPAIGN_SEED=7 GRAFOS_STRESS_SCALE=10 python -m pytest -m stress tests/bus/test_stall_campaign.py
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ import pytest
 from grafos.mq.group import ConsumerGroup
 from grafos.mq.topic import TopicConfig, TopicManager
 
-from stall_campaign_procs import value
-from mp_helpers import stopped, stress_scale
+from helpers.stall_campaign_procs import value
+from helpers.mp_helpers import stopped, stress_scale
 
 SEED = int(os.environ.get("GRAFOS_CAMPAIGN_SEED", "20261207"))
-PROCS = str(Path(__file__).with_name("stall_campaign_procs.py"))
+PROCS = str(Path(__file__).parents[1] / "helpers" / "stall_campaign_procs.py")
 PRODUCERS, CONSUMERS = 3, 2
 
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-import mp_helpers
-import subscribe_procs
+from helpers import mp_helpers
+from helpers import subscribe_procs
 from grafos.mq.group import ConsumerGroup, Share
 from grafos.mq.producer import Producer, kafka_partition
 from grafos.mq.topic import TopicConfig, TopicManager

@@ -15,7 +15,7 @@ from grafos.benchsuite import peers as peer_runs
 from grafos.benchsuite.harness import PEERS, Result
 from grafos.cli import main
 
-GOALS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "goals.json"
+GOALS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "goals.json"
 
 
 @pytest.fixture(scope="module")

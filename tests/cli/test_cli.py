@@ -17,7 +17,7 @@ from grafos.fabric import Fabric
 from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.group import ConsumerGroup
 from grafos.mq.offset import FabricOffsetStore
-from bus_helpers import bus_store
+from helpers.bus_helpers import bus_store
 from grafos.mq.producer import Partitioner, Producer, kafka_partition
 from grafos.mq.topic import TopicConfig, TopicManager
 

@@ -13,9 +13,9 @@ import time
 import pytest
 from click.testing import CliRunner
 
-import gc_procs
-import mp_helpers
-import owner_helpers
+from helpers import gc_procs
+from helpers import mp_helpers
+from helpers import owner_helpers
 
 from grafos import Fabric, fabric
 from grafos.cli import main

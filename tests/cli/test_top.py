@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).parent
+HELPERS = Path(__file__).parents[1] / "helpers"
 GRAFOS = [sys.executable, "-c", "from grafos.cli import main; main()"]
 
 
 @pytest.fixture
 def live_bus(shm_name):
-    """A named bus owned and written to by another process (tests/top_procs.py)."""
-    proc = subprocess.Popen([sys.executable, str(HERE / "top_procs.py"), shm_name],
+    """A named bus owned and written to by another process (tests/helpers/top_procs.py)."""
+    proc = subprocess.Popen([sys.executable, str(HELPERS / "top_procs.py"), shm_name],
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"

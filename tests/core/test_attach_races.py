@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
-import mp_helpers as h
+from helpers import mp_helpers as h
 from grafos.fabric import Fabric
 from grafos.mq.topic import TopicManager
 

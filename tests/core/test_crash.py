@@ -20,7 +20,7 @@ from grafos import Fabric
 from grafos._native import ffi, lib
 from grafos.partition import Partition
 
-from core_procs import produce_spans_until_killed, produce_until_killed, stress_scale, unseal
+from helpers.core_procs import produce_spans_until_killed, produce_until_killed, stress_scale, unseal
 
 SLACK = 2.0   # seconds on top of the bounded wait: a shared 2-core machine is noisy
 

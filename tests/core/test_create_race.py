@@ -9,7 +9,7 @@ import pytest
 
 from grafos import Fabric
 
-from core_procs import open_in_race
+from helpers.core_procs import open_in_race
 
 PROCS = 4
 ROUNDS = 8

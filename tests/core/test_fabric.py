@@ -15,7 +15,7 @@ from grafos._native import ffi, lib
 from grafos.errors import InvalidArgument, LockTimeout, NotFound
 from grafos.fabric import shm_path
 
-from core_procs import die_holding_the_lock, hold_the_lock
+from helpers.core_procs import die_holding_the_lock, hold_the_lock
 
 MiB = 1 << 20
 

@@ -265,8 +265,8 @@ def test_copy_is_exact_at_every_distance_and_writes_nothing_around():
 @pytest.mark.parametrize("choice", ["avx2", "0"])
 def test_copy_is_exact_with_each_loop(choice):
     """The AVX2 loop (where the CPU has AVX-512 it is otherwise never taken) and plain memcpy."""
-    code = "import tests.test_hash as t; print(len(t._copies_exactly()))"
+    code = "import tests.core.test_hash as t; print(len(t._copies_exactly()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=os.path.dirname(os.path.dirname(__file__)),
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                          env={**os.environ, "GRAFOS_WIDE_COPY": choice}).stdout.split()
     assert out == ["0"]

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-import owner_helpers
+from helpers import owner_helpers
 
 from grafos import Fabric
 from grafos._native import lib

@@ -23,7 +23,7 @@ from grafos.partition import Partition
 from grafos.peek import ViewsInUse
 from grafos.reader import Reader
 
-from core_procs import loan_until_killed, produce_spans_until_killed, replace_topic, stress_scale, unseal
+from helpers.core_procs import loan_until_killed, produce_spans_until_killed, replace_topic, stress_scale, unseal
 
 SLACK = 2.0
 

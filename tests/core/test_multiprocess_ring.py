@@ -11,7 +11,7 @@ import pytest
 from grafos import Fabric
 from grafos.partition import Partition
 
-from core_procs import SEQ, produce_numbered, stress_scale, unseal
+from helpers.core_procs import SEQ, produce_numbered, stress_scale, unseal
 
 PER_PRODUCER = 6000
 PRODUCERS = 2

@@ -21,7 +21,7 @@ from grafos._native import lib
 from grafos.errors import LockTimeout
 from grafos.mq.topic import TopicManager
 
-PROCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "owner_procs.py")
+PROCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "helpers", "owner_procs.py")
 NEW_PID_NS = ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"]
 
 

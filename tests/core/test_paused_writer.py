@@ -23,7 +23,7 @@ from grafos.mq.producer import Producer
 from grafos.mq.topic import TopicConfig, TopicManager
 from grafos.partition import Partition
 
-from mp_helpers import stopped
+from helpers.mp_helpers import stopped
 
 CAPACITY, STRIDE = 256, 256
 BIG = 9000                          # 36 slots of 256 bytes

@@ -14,7 +14,7 @@ from grafos import Fabric
 from grafos._native import lib
 from grafos.partition import Partition
 
-from mp_helpers import stopped
+from helpers.mp_helpers import stopped
 
 READER = textwrap.dedent("""
     import sys

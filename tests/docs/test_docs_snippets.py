@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
+DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
 NATS_URL = "nats://127.0.0.1:4222"
 
 

@@ -15,7 +15,7 @@ from rich.console import Console
 from grafos.cli import main as cli
 from grafos.demo import run
 
-EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "examples", "walkthrough.py")
+EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "walkthrough.py")
 
 
 @pytest.mark.parametrize("backend", ["shm", "jetstream"])

@@ -1,8 +1,8 @@
 """A seeded fault campaign: a mixed workload across processes, faults injected at
 random points, then a check of the whole history.
 
-    python tests/fault_campaign.py --seed 7 --seconds 300      # a long run
-    python tests/fault_campaign.py --seed 7 --seconds 20 --keep  # keep the logs
+    python tests/helpers/fault_campaign.py --seed 7 --seconds 300      # a long run
+    python tests/helpers/fault_campaign.py --seed 7 --seconds 20 --keep  # keep the logs
 
 Everything random comes from one ``random.Random(seed)``: the faults, their
 moments and targets, what each worker does. Process scheduling is not seeded,
@@ -62,9 +62,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, home of the helpers package
 
-from mp_helpers import check, digest_of, log_polled, payload  # noqa: E402
+from helpers.mp_helpers import check, digest_of, log_polled, payload  # noqa: E402
 
 HERE = os.path.abspath(__file__)
 STALE = 1.5             #: the groups' stale threshold, seconds
@@ -410,7 +410,7 @@ def queue_consumer(q: Any, log: str, stop: Any) -> None:
         os.write(fd, f"G {n}\n".encode())
 
 
-# ---- judging a history (pure functions: tests/test_fault_campaign.py feeds them bad histories) -----
+# ---- judging a history (pure functions: tests/bus/test_fault_campaign.py feeds them bad histories) -----
 def judge(h: dict, member_faults: int, stats: dict | None = None) -> list[str]:
     """What the history of the consumer groups breaks: ``h`` as :meth:`Campaign._read_logs`
     returns it (``acked``: (topic, partition, offset) -> digest; ``polled``: the same key
@@ -515,7 +515,7 @@ class Result:
             lines.append(f"  ... and {len(self.problems) - 25} more problems")
         if not self.ok:
             lines.append(f"  plan: {', '.join(self.plan[:80])}{' ...' if len(self.plan) > 80 else ''}")
-            lines.append(f"  replay: python tests/fault_campaign.py --seed {self.seed} --seconds {self.seconds}")
+            lines.append(f"  replay: python tests/helpers/fault_campaign.py --seed {self.seed} --seconds {self.seconds}")
         return "\n".join(lines)
 
 
@@ -1017,7 +1017,7 @@ class Campaign:
 
     # -- gc racing attaches
     def _gc_race(self, seconds: float) -> None:
-        import gc_procs
+        from helpers import gc_procs
         from grafos.errors import NotFound
         from grafos.fabric import probe, shm_path
         from grafos import Fabric

@@ -1,4 +1,4 @@
-"""Worker functions for the failover tests of tests/test_gate_contract.py
+"""Worker functions for the failover tests of tests/bus/test_gate_contract.py
 (spawned processes import them)."""
 from __future__ import annotations
 

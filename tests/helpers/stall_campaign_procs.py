@@ -1,4 +1,4 @@
-"""Processes of the stall campaign (tests/test_stall_campaign.py): a producer that
+"""Processes of the stall campaign (tests/bus/test_stall_campaign.py): a producer that
 reports every acknowledged send, and a consumer of the campaign's group.
 
 Both print one line per event on stdout, flushed; a line cut short by a SIGKILL

@@ -20,7 +20,7 @@ import nats.errors
 import numpy as np
 import pytest
 
-from bus_helpers import read_all
+from helpers.bus_helpers import read_all
 from grafos.errors import (Fenced, GrafosError, InvalidArgument, InvalidType, LeaseExpired, NotFound, ProducerFenced,
                            Unavailable, Unsupported)
 from grafos.jetstream import KvOffsetStore
@@ -30,7 +30,7 @@ from grafos.mq.offset import MemOffsetStore, SqliteOffsetStore
 from grafos.mq.producer import Partitioner, Producer, kafka_partition
 from grafos.mq.topic import TopicConfig, TopicManager
 
-from nats_helpers import NatsServer
+from helpers.nats_helpers import NatsServer
 
 
 @pytest.fixture
@@ -206,7 +206,7 @@ def test_should_refuse_bad_connection_input(nats_url):
 
 
 def test_should_say_unavailable_when_no_server_answers():
-    from nats_helpers import free_ports
+    from helpers.nats_helpers import free_ports
     port = free_ports(1)[0]
     t = time.monotonic()
     with pytest.raises(Unavailable, match=str(port)):

@@ -19,9 +19,9 @@ from grafos.jetstream import KvOffsetStore
 from grafos.mq.producer import kafka_partition
 from grafos.mq.topic import TopicConfig, TopicManager
 
-from nats_helpers import start_cluster
+from helpers.nats_helpers import start_cluster
 
-WORKER = os.path.join(os.path.dirname(__file__), "js_cluster_worker.py")
+WORKER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "helpers", "js_cluster_worker.py")
 BATCH = 50
 
 
