@@ -1,0 +1,76 @@
+"""``tools/structure.py`` on a small tree made for it: a cycle through imports
+inside functions, a module importing the compiled core, atomics and a
+thread-local in C, a test file at the top of tests/; each is reported."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "structure.py"
+
+TREE = {
+    "src/grafos/__init__.py": "from grafos.c import lib\n",
+    "src/grafos/a.py": "def f():\n    from grafos import b\n    return b\n",
+    "src/grafos/b.py": "def g():\n    from . import a\n    return a\n",
+    "src/grafos/c.py": textwrap.dedent("""\
+        from typing import TYPE_CHECKING
+        from grafos._native import lib
+        if TYPE_CHECKING:
+            import grafos
+        """),
+    "src/grafos/d.py": "from . import _native\n",
+    "csrc/gf_atomics.h": "#define GF_LOAD(p) atomic_load(p)\n",
+    "csrc/ring.c": textwrap.dedent("""\
+        /* atomic_store( in a comment is not a call */
+        static _Thread_local int last;
+        int f(_Atomic int *p) { return atomic_load(p) + __atomic_load_n((int *)p, 0); }
+        int g(int *p) { return atomic_load((_Atomic int *)p); }
+        """),
+    "tests/test_flat.py": "",
+    "tests/core/test_ring.py": "",
+    "tests/helpers/__init__.py": "",
+    "tests/helpers/mp_helpers.py": "",
+    "benchmarks/run.py": "",
+}
+
+
+def report(tmp_path: Path, *args: str) -> str:
+    for rel, text in TREE.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    r = subprocess.run([sys.executable, str(SCRIPT), "--root", str(tmp_path), *args],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_should_report_a_cycle_through_function_level_imports_and_who_imports_native(tmp_path):
+    m = json.loads(report(tmp_path, "--json"))
+    assert m["import_cycles"] == [["grafos.a", "grafos.b"]]
+    assert m["native_importers"] == ["grafos.c", "grafos.d"]
+
+
+def test_should_count_atomics_outside_their_header_and_thread_locals(tmp_path):
+    m = json.loads(report(tmp_path, "--json"))
+    assert m["bare_atomics"] == {"csrc/ring.c": {"atomic_*(": 2, "__atomic_*(": 1, "(_Atomic *)": 1}}
+    assert m["thread_locals"] == ["csrc/ring.c:2: static _Thread_local int last;"]
+    assert m["c_file_lines"] == [["csrc/ring.c", 4]]
+
+
+def test_should_count_tests_and_helpers_by_folder(tmp_path):
+    m = json.loads(report(tmp_path, "--json"))
+    assert m["tests_by_folder"] == {".": {"tests": 1, "helpers": 0}, "core": {"tests": 1, "helpers": 0},
+                                    "helpers": {"tests": 0, "helpers": 1}}
+    assert m["benchmark_homes"] == ["benchmarks"]
+
+
+def test_should_print_the_table_with_each_cycle_and_importer_named(tmp_path):
+    out = report(tmp_path)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in out.splitlines() if line.startswith("| ")}
+    assert rows["import cycles among modules (runtime, function-level included)"].endswith("| 0 | no |")
+    assert rows["modules that import `_native`"] == "| modules that import `_native` | 2 | at most 3 | yes |"
+    assert "- grafos.a, grafos.b" in out.splitlines()
+    assert "- grafos.c" in out.splitlines() and "- grafos.d" in out.splitlines()
