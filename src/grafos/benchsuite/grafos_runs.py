@@ -25,14 +25,19 @@ from .procs import CONSUMED, STOP, Crew
 RING_BYTES = 2 << 20
 
 
+def slot_stride(size: int) -> int:
+    """A slot that holds ``size`` bytes after its 40-byte header, 8-aligned."""
+    return (40 + size + 7) // 8 * 8
+
+
 def geometry(size: int, batch: int, partitions: int = 1) -> tuple[int, int]:
     """(capacity, stride) of each partition: room for ``size`` bytes, at least
     four batches per ring, about 2 MiB of slots per topic where that allows (the
     order of the peers' buffers: faster-fifo's is 1-2 MiB here)."""
-    stride = max(48, (40 + size + 7) // 8 * 8)
+    slot = max(48, slot_stride(size))
     per_part = -(-batch // partitions)
-    capacity = max(4 * per_part, 16, min(16384, RING_BYTES // (stride * partitions)))
-    return capacity, stride
+    capacity = max(4 * per_part, 16, min(16384, RING_BYTES // (slot * partitions)))
+    return capacity, slot
 
 
 def _fabric_bytes(total_bytes: int) -> int:
