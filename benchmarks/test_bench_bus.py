@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from grafos.benchsuite import calls
+from grafos.benchsuite import calls, grafos_runs
 from grafos.mq.consumer import Consumer
 from grafos.mq.producer import Partitioner, Producer
 from grafos.mq.topic import TopicConfig, TopicManager
@@ -128,10 +128,7 @@ def test_send_then_poll_batch(benchmark, bus):
     cons = Consumer("b64", max_batch=BATCH)
     cur = _Cursor(bus, "b64", BATCH)
     cur.next(cons)
-
-    def run() -> int:
-        prod.send_batch(bus, ROWS)
-        return len(cons.poll_batch(bus, BATCH))
+    run = grafos_runs.round_trip(bus, [(prod, cons)], "batch", BATCH, 64)
 
     def setup() -> None:       # start at the end: each round reads what it sent
         cons.seek_partition(bus, 0, bus.describe("b64").partitions[0].latest)
