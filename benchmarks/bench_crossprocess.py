@@ -41,6 +41,8 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
+from grafos.benchsuite import peers
+
 SIZE = 100                  #: value bytes
 KEY = b"bench-key"          #: one key: one partition, as a single stream
 CTX = mp.get_context("spawn")
@@ -66,23 +68,8 @@ class Row:
         return statistics.median(self.rates) if self.rates else 0.0
 
 
-def _identity(b):  # noqa: ANN001, ANN202 - faster-fifo (de)serializer: bytes in, bytes out
-    return b
-
-
-def _value(i: int) -> bytes:
-    return i.to_bytes(8, "little") * (SIZE // 8) + b"\x5a" * (SIZE % 8)
-
-
 def _missing(system: str) -> str | None:
-    mod = {"pyzmq": "zmq", "faster-fifo": "faster_fifo"}.get(system)
-    if mod is None:
-        return None
-    try:
-        __import__(mod)
-        return None
-    except ImportError:
-        return f"{mod} is not installed (pip install pyzmq faster-fifo)"
+    return peers.missing(system) if system in peers.MODULE_OF else None
 
 
 # ---- channels ------------------------------------------------------------------------------------
@@ -96,9 +83,7 @@ def _make_channels(system: str, count: int, bus: str | None) -> list:
     if system == "mp.Queue":
         return [CTX.Queue(10_000) for _ in range(count)]
     if system == "faster-fifo":
-        import faster_fifo
-        return [faster_fifo.Queue(max_size_bytes=8 << 20, loads=_identity, dumps=_identity)
-                for _ in range(count)]
+        return [peers.FasterFifo.queue(8 << 20) for _ in range(count)]
     raise ValueError(system)
 
 
@@ -212,7 +197,7 @@ class _Receiver:
 # ---- throughput ---------------------------------------------------------------------------------
 def _tp_producer(system: str, ch, n: int, rounds: int, warm: int, sync, out) -> None:
     s = _Sender(system, ch, peer_binds=True)
-    values = [_value(i) for i in range(256)]
+    values = peers.payloads(SIZE, 256)
     send = s.send
     for r in range(rounds + 1):
         count = warm if r == 0 else n
@@ -301,7 +286,7 @@ def _pinger(system: str, ping, pong, mode: str, n: int, warm: int, sync, out) ->
         tx = _Sender(system, ping, peer_binds=None)
         send = tx.send
     recv = rx.recv
-    v = _value(1)
+    v = peers.payloads(SIZE, 2)[1]
     sync.wait()
     rts = []
     clock = time.perf_counter_ns
@@ -331,7 +316,7 @@ def _ponger(system: str, ping, pong, mode: str, n: int, sync) -> None:
         rx = _Receiver(system, ping, mode, pair=True)
         tx = _Sender(system, pong, peer_binds=None)
         recv, send = rx.recv, tx.send
-    v = _value(2)
+    v = peers.payloads(SIZE, 3)[2]
     sync.wait()
     for _ in range(n):
         recv(1)

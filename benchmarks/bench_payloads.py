@@ -55,13 +55,11 @@ import uuid
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
+from grafos.benchsuite import peers  # noqa: E402
+from grafos.benchsuite.grafos_runs import slot_stride  # noqa: E402
+
 CTX = mp.get_context("spawn")
 KiB, MiB, GB = 1 << 10, 1 << 20, 1 << 30
-
-
-def _stride(size: int) -> int:
-    """A slot that holds `size` bytes after its 40-byte header, 8-aligned."""
-    return (40 + size + 7) // 8 * 8
 
 
 # ---- producers (child processes) -------------------------------------------------------
@@ -100,10 +98,6 @@ def _ff_producer(q, size: int, batch: int, mode: str, n: int, go) -> None:
         else:
             q.put(value, timeout=60)
             sent += 1
-
-
-def _identity(b):  # noqa: ANN001, ANN202
-    return b
 
 
 # ---- runs ------------------------------------------------------------------------------
@@ -209,8 +203,7 @@ def grafos_latency(size: int, capacity: int, stride: int, n: int, checksum: bool
 
 
 def ff_cross(size: int, mode: str, buf: int, seconds: float, batch: int = 8) -> float:
-    import faster_fifo
-    q = faster_fifo.Queue(max_size_bytes=buf, loads=_identity, dumps=_identity)
+    q = peers.FasterFifo.queue(buf)
     n = max(64, int(seconds * (1 * GB // size)))
     go = CTX.Event()
     p = CTX.Process(target=_ff_producer, args=(q, size, batch, mode, n, go))
@@ -254,7 +247,7 @@ def inproc_4k(how: str, seconds: float, batch: int = 64, size: int = 4 * KiB) ->
     from grafos.partition import Partition
     from grafos.reader import Reader
     fab = Fabric(64 * MiB)
-    part = Partition.create(fab, 4 * batch, _stride(size), ttl=600, checksum=how in ("crc", "noverify"))
+    part = Partition.create(fab, 4 * batch, slot_stride(size), ttl=600, checksum=how in ("crc", "noverify"))
     rd = Reader(fab, [part], max_batch=batch, check_crcs=(how != "noverify"))
     values = np.full((batch, size), 0x5A, dtype=np.uint8)
     n = 0
@@ -284,7 +277,7 @@ def inproc_poll(how: str, seconds: float, checksum: bool, size: int = 64 * KiB, 
     from grafos.mq import SeekPolicy, TopicConfig, TopicManager
     mgr = TopicManager()
     mgr.create("big", TopicConfig(num_partitions=1, partition_capacity=capacity,
-                                  partition_stride=_stride(size), checksum=checksum))
+                                  partition_stride=slot_stride(size), checksum=checksum))
     prod, cons = mgr.producer("big"), mgr.consumer("big")
     cons.seek(SeekPolicy.Earliest)
     values = np.full((batch, size), 0x5A, dtype=np.uint8)
@@ -308,7 +301,7 @@ def memcpy_walk(size: int, seconds: float, batch: int = 64, capacity: int = 256)
     """Messages/s of memcpy of ``batch`` messages at a time out of a ring of
     ``capacity`` slots into ``batch`` distinct destinations: a poll's copies."""
     from grafos._native import ffi, lib
-    stride = _stride(size)
+    stride = slot_stride(size)
     ring = ffi.new("uint8_t[]", capacity * stride)
     dst = ffi.new("uint8_t[]", batch * size + 4096)
     ffi.memmove(ring, b"\x5a" * (capacity * stride), capacity * stride)
@@ -357,9 +350,9 @@ def one_round(s: float, only: str = "all") -> list[tuple[str, str, float, float 
     rate("faster-fifo 64 KiB put_many(8)/get_many, 2 MiB buffer", ffb, size)
     for crc, tag in [(True, ""), (False, ", no checksums")]:
         rate(f"grafos 64 KiB send_keyed, 32 x 64 KiB slots{tag}",
-             grafos_cross(size, "single", 32, _stride(size + 1), s, checksum=crc), size, ff1, "faster-fifo single")
+             grafos_cross(size, "single", 32, slot_stride(size + 1), s, checksum=crc), size, ff1, "faster-fifo single")
         rate(f"grafos 64 KiB send_batch(8), 32 x 64 KiB slots{tag}",
-             grafos_cross(size, "batch", 32, _stride(size + 1), s, checksum=crc), size, ffb, "faster-fifo put_many")
+             grafos_cross(size, "batch", 32, slot_stride(size + 1), s, checksum=crc), size, ffb, "faster-fifo put_many")
         rate(f"grafos 64 KiB send_keyed, 4096 x 512 B slots{tag}",
              grafos_cross(size, "single", 4096, 512, s, checksum=crc), size, ff1, "faster-fifo single")
         rate(f"grafos 64 KiB send_batch(8), 4096 x 512 B slots{tag}",
@@ -381,13 +374,13 @@ def one_round(s: float, only: str = "all") -> list[tuple[str, str, float, float 
     print(f"  {out[-1][1]:<62} p50 {small[0]:7.1f} us  p99 {small[1]:7.1f} us", flush=True)
     for cap, stride, crc, tag in [(8192, 512, True, "8192 x 512 B slots"),
                                   (8192, 512, False, "8192 x 512 B slots, no checksums"),
-                                  (4, _stride(big), True, "4 x 1 MiB slots"),
-                                  (4, _stride(big), False, "4 x 1 MiB slots, no checksums")]:
+                                  (4, slot_stride(big), True, "4 x 1 MiB slots"),
+                                  (4, slot_stride(big), False, "4 x 1 MiB slots, no checksums")]:
         lat = grafos_latency(big, cap, stride, n // 2, checksum=crc)
         out.append(("latency", "grafos 1 MiB loan -> peek, " + tag, lat[0], lat[0] / small[0], "us"))
         print(f"  {out[-1][1]:<62} p50 {lat[0]:7.1f} us  p99 {lat[1]:7.1f} us  {lat[0] / small[0]:5.2f}x the 64 B p50",
               flush=True)
-    mc4 = memcpy_rate(4 * KiB, s, 256 * _stride(4 * KiB)) / (4 * KiB)
+    mc4 = memcpy_rate(4 * KiB, s, 256 * slot_stride(4 * KiB)) / (4 * KiB)
     rate("memcpy 4 KiB (ring-sized working set, 1 MiB)", mc4, 4 * KiB)
     for how, name in [("crc", "checksums verified"), ("noverify", "checksums not verified"),
                       ("nocrc", "no checksums"), ("peek", "no checksums, peek by message"),

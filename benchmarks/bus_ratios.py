@@ -20,9 +20,11 @@
   and one offset commit to the same FabricOffsetStore (goal: >= 0.5x, i.e.
   less than twice the time).
 
-Each round times every workload once, in a rotated order, so a ratio is taken
-between measurements milliseconds apart; printed are the medians of the
-per-round ratios and each workload's median and best. Nothing is asserted.
+The workloads are ``grafos.benchsuite.calls`` (the ones ``grafos bench``
+runs in its ``calls`` scenario), all on one bus. Each round times every
+workload once, in a rotated order, so a ratio is taken between measurements
+milliseconds apart; printed are the medians of the per-round ratios and each
+workload's median and best. Nothing is asserted.
 
     python benchmarks/bus_ratios.py [--rounds 200] [--json FILE]
 """
@@ -30,30 +32,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import queue
 import statistics
-import time
 
-import numpy as np
+from grafos.benchsuite import calls
 
-from grafos.mq.consumer import Consumer, SeekPolicy
-from grafos.mq.group import ConsumerGroup
-from grafos.mq.offset import FabricOffsetStore
-from grafos.mq.producer import Producer
-from grafos.mq.topic import TopicConfig, TopicManager
-
-N = 1000
-BATCH = 1024
-KEY = b"k" * 16
-VALUE = b"v" * 100
-
+#: the label printed for each call (the calls' own names but for the queue's and the transaction's)
+LABEL = {"put": "queue.put", "get": "queue.get", "transaction of 100": "transactions of 100"}
+#: the calls in the order they are printed
+ORDER = ("send_keyed", "send", "put", "poll(1000)", "get", "send_batch list", "send_batch 2-D",
+         "send overwrite", "send block", "send_keyed overwrite", "send_keyed block",
+         "send_keyed idempotent", "send idempotent", "transaction of 100", "100 sends + commit")
 #: (numerator, denominator, goal) of each ratio printed
 GOALS = [("send_keyed", "queue.put", 4.0), ("send", "queue.put", 5.0), ("poll(1000)", "queue.get", 4.0),
          ("send_batch list", "send_batch 2-D", 0.7), ("send_batch list", "queue.put", 15.0),
          ("send block", "send overwrite", 0.9), ("send_keyed block", "send_keyed overwrite", 0.9),
          ("send_keyed idempotent", "send_keyed", 1 / 1.2), ("send idempotent", "send", 1 / 1.2),
          ("transactions of 100", "100 sends + commit", 0.5)]
-TXN = 100
 
 
 def main() -> None:
@@ -63,147 +57,19 @@ def main() -> None:
     args = ap.parse_args()
     rounds = args.rounds
 
-    mgr = TopicManager(size=256 << 20)
-    # rings that fit the caches, as a consumer that keeps up sees them
-    mgr.create("t", TopicConfig(num_partitions=4, partition_capacity=2048, partition_stride=256))
-    mgr.create("b", TopicConfig(num_partitions=4, partition_capacity=2048, partition_stride=128))
-    prod, bprod = Producer("t"), Producer("b")
-    cons = Consumer("t", "g", max_batch=N)
-    keys = [b"user-%011d" % i for i in range(64)]      # 16-byte keys spread over the partitions
-    q: queue.Queue = queue.Queue()
-    blist = [bytes([i & 0xFF]) * 64 for i in range(BATCH)]
-    barr = np.frombuffer(b"".join(blist), dtype=np.uint8).reshape(BATCH, 64)
-
-    def send_keyed() -> float:
-        s = prod.send_keyed
-        t = time.perf_counter()
-        for i in range(N):
-            s(mgr, keys[i & 63], VALUE)
-        return time.perf_counter() - t
-
-    def send() -> float:
-        s = prod.send
-        t = time.perf_counter()
-        for _ in range(N):
-            s(mgr, VALUE)
-        return time.perf_counter() - t
-
-    def queue_put() -> float:
-        put = q.put
-        t = time.perf_counter()
-        for _ in range(N):
-            put(VALUE)
-        d = time.perf_counter() - t
-        q.queue.clear()
-        return d
-
-    def poll() -> float:
-        cons.seek(mgr, None, SeekPolicy.Latest)
-        for _ in range(N // 250):              # refill untimed: about N messages over 4 partitions
-            prod.send_batch(mgr, [VALUE] * 250, keys=[keys[i & 63] for i in range(250)])
-        got = 0
-        t = time.perf_counter()
-        while got < N:
-            got += len(cons.poll(mgr, N))
-        return (time.perf_counter() - t) * N / got
-
-    def queue_get() -> float:
-        q.queue.extend([VALUE] * N)
-        get = q.get
-        t = time.perf_counter()
-        for _ in range(N):
-            get()
-        return time.perf_counter() - t
-
-    # the gate: identical topics but for on_full, and a group that keeps up with the blocking one
-    for name, on_full in (("ow", "overwrite"), ("blk", "block")):
-        mgr.create(name, TopicConfig(num_partitions=4, partition_capacity=2048, partition_stride=256,
-                                     on_full=on_full))
-    group = ConsumerGroup("keeps-up", "blk", 4, 3600.0, mgr=mgr)
-    group.claim("m")
-    store = FabricOffsetStore(mgr)
-    gated = {"ow": Producer("ow"), "blk": Producer("blk")}
-
-    def keep_up() -> None:
-        t = mgr.topic("blk")
-        group.commit(store, "m", "blk", {p: t.partition(p).latest() for p in range(t.n)})
-
-    def timed_sends(p: Producer, keyed: bool) -> float:
-        if keyed:
-            s = p.send_keyed
-            t = time.perf_counter()
-            for i in range(N):
-                s(mgr, keys[i & 63], VALUE)
-        else:
-            s = p.send
-            t = time.perf_counter()
-            for _ in range(N):
-                s(mgr, VALUE)
-        return time.perf_counter() - t
-
-    def sends(name: str, keyed: bool):  # noqa: ANN202
-        def run() -> float:
-            d = timed_sends(gated[name], keyed)
-            keep_up()
-            return d
-        return run
-
-    def batch_list() -> float:
-        t = time.perf_counter()
-        bprod.send_batch(mgr, blist)
-        return (time.perf_counter() - t) * N / BATCH
-
-    def batch_array() -> float:
-        t = time.perf_counter()
-        bprod.send_batch(mgr, barr)
-        return (time.perf_counter() - t) * N / BATCH
-
-    iprod = Producer("t", idempotent=True)
-
-    def idem(keyed: bool):  # noqa: ANN202
-        return lambda: timed_sends(iprod, keyed)
-
-    tprod = Producer("t", transactional_id="bench")
-    tcons = Consumer("t", "ctp")
-    tcons.seek(mgr, SeekPolicy.Earliest)
-
-    def transactions() -> float:
-        s = tprod.send_keyed
-        t = time.perf_counter()
-        for _ in range(N // TXN):
-            txn = tprod.begin(mgr)
-            for i in range(TXN):
-                s(mgr, keys[i & 63], VALUE)
-            txn.commit_offsets(tcons, store)
-            txn.commit()
-        return time.perf_counter() - t
-
-    def plain_commits() -> float:
-        s = prod.send_keyed
-        t = time.perf_counter()
-        for _ in range(N // TXN):
-            for i in range(TXN):
-                s(mgr, keys[i & 63], VALUE)
-            tcons.commit(store)
-        return time.perf_counter() - t
-
-    work = {"send_keyed": send_keyed, "send": send, "queue.put": queue_put, "poll(1000)": poll,
-            "queue.get": queue_get, "send_batch list": batch_list, "send_batch 2-D": batch_array,
-            "send overwrite": sends("ow", False), "send block": sends("blk", False),
-            "send_keyed overwrite": sends("ow", True), "send_keyed block": sends("blk", True),
-            "send_keyed idempotent": idem(True), "send idempotent": idem(False),
-            "transactions of 100": transactions, "100 sends + commit": plain_commits}
+    mgr = calls.bus()
+    work = {LABEL.get(n, n): w for n, w in calls.workloads(mgr, ORDER).items()}
     for _ in range(3):               # warm up, bind, first-touch the rings
-        for f in work.values():
-            f()
-    times: dict[str, list[float]] = {k: [] for k in work}
+        for w in work.values():
+            w.once()
+    rate: dict[str, list[float]] = {k: [] for k in work}
     names = list(work)
     for r in range(rounds):
         k0 = r % len(names)
         for k in names[k0:] + names[:k0]:
-            times[k].append(work[k]())
-    rate = {k: [N / t for t in v] for k, v in times.items()}
-    print(f"bus hot paths, {rounds} interleaved rounds of {N} messages (M msg/s: median, best)")
+            n, dt = work[k].once()
+            rate[k].append(n / dt)
+    print(f"bus hot paths, {rounds} interleaved rounds of {calls.N} messages (M msg/s: median, best)")
     for k, v in rate.items():
         print(f"  {k:22s} {statistics.median(v) / 1e6:7.2f} {max(v) / 1e6:7.2f}")
 
@@ -219,6 +85,7 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)
+    mgr.close()
 
 
 if __name__ == "__main__":

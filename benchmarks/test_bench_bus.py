@@ -1,8 +1,11 @@
-"""Bus hot paths for regression tracking: ``Producer.send_keyed``,
-``Consumer.poll``, ``Producer.send_batch`` and ``Consumer.poll_batch``, in
-process, through the public API. Each timed call moves a known number of
-messages; ``extra_info["messages_per_s"]`` is computed from the median round.
-Speeds are reported, never asserted (``grafos bench`` puts them beside peers).
+"""Bus hot paths for regression tracking, in process, through the public API:
+the per-message calls of ``grafos.benchsuite.calls`` (``send_keyed``, ``send``,
+``poll(1000)``, the list and 2-D batches, and their ``queue.Queue`` references,
+the workloads ``bus_ratios.py`` and ``grafos bench -s calls`` time), and
+``Producer.send_batch`` / ``Consumer.poll_batch`` of 4096 messages on rings of
+65536 slots. Each timed call moves a known number of messages;
+``extra_info["messages_per_s"]`` is computed from the median round. Speeds are
+reported, never asserted (``grafos bench`` puts them beside peers).
 
     python -m pytest benchmarks/test_bench_bus.py -q
     python -m pytest benchmarks/test_bench_bus.py --benchmark-compare   # against a saved run
@@ -12,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from grafos.benchsuite import calls, grafos_runs
 from grafos.mq.consumer import Consumer
 from grafos.mq.producer import Partitioner, Producer
 from grafos.mq.topic import TopicConfig, TopicManager
 
 CAPACITY = 1 << 16
-SINGLE = 1000          # messages per timed call on the single-message paths
 BATCH = 4096           # messages per timed call on the batch paths
 KEY = b"k" * 16
 VALUE = b"v" * 100
@@ -62,30 +65,31 @@ class _Cursor:
         self.pos += self.step
 
 
-def test_send_keyed(benchmark, bus):
-    benchmark.group = "bus single"
-    prod = Producer("b100")
-    send = prod.send_keyed
-
-    def run() -> None:
-        for _ in range(SINGLE):
-            send(bus, KEY, VALUE)
-
-    benchmark.pedantic(run, rounds=200, iterations=1, warmup_rounds=5)
-    _report(benchmark, SINGLE)
+@pytest.fixture(scope="module")
+def calls_bus():
+    """The bus of ``grafos.benchsuite.calls``: rings that fit the caches."""
+    mgr = calls.bus()
+    yield mgr
+    mgr.close()
 
 
-def test_poll(benchmark, bus):
-    benchmark.group = "bus single"
-    cons = Consumer("b100", max_batch=SINGLE)
-    cur = _Cursor(bus, "b100", SINGLE)
+@pytest.mark.parametrize("name", calls.CALLS[:7])
+def test_call(benchmark, calls_bus, name: str):
+    """One of the calls beside ``queue.Queue``; its untimed ``after`` runs
+    before the next round's ``setup``."""
+    benchmark.group = "bus calls"
+    w = calls.workload(name, calls_bus)
 
-    def run() -> int:
-        return len(cons.poll(bus, SINGLE))
+    def setup() -> None:
+        if w.after is not None:
+            w.after()
+        if w.setup is not None:
+            w.setup()
 
-    got = benchmark.pedantic(run, setup=lambda: cur.next(cons), rounds=200, iterations=1, warmup_rounds=5)
-    assert got == SINGLE
-    _report(benchmark, SINGLE)
+    messages = calls.BATCH if name.startswith("send_batch") else calls.N
+    got = benchmark.pedantic(w.run, setup=setup, rounds=200, iterations=1, warmup_rounds=5)
+    assert got >= messages
+    _report(benchmark, messages)
 
 
 def test_send_batch(benchmark, bus):
@@ -124,10 +128,7 @@ def test_send_then_poll_batch(benchmark, bus):
     cons = Consumer("b64", max_batch=BATCH)
     cur = _Cursor(bus, "b64", BATCH)
     cur.next(cons)
-
-    def run() -> int:
-        prod.send_batch(bus, ROWS)
-        return len(cons.poll_batch(bus, BATCH))
+    run = grafos_runs.round_trip(bus, [(prod, cons)], "batch", BATCH, 64)
 
     def setup() -> None:       # start at the end: each round reads what it sent
         cons.seek_partition(bus, 0, bus.describe("b64").partitions[0].latest)
@@ -135,38 +136,3 @@ def test_send_then_poll_batch(benchmark, bus):
     got = benchmark.pedantic(run, setup=setup, rounds=300, iterations=1, warmup_rounds=5)
     assert got == BATCH
     _report(benchmark, BATCH)
-
-
-# ---- the references of the single-message goals, in the same session -------------------
-def test_queue_put_reference(benchmark):
-    """``queue.Queue().put`` of the same 100-byte value, SINGLE per call (send_keyed's bar)."""
-    import queue
-
-    q: queue.Queue = queue.Queue()
-
-    def run() -> None:
-        put = q.put
-        for _ in range(SINGLE):
-            put(VALUE)
-        q.queue.clear()
-
-    benchmark(run)
-    _report(benchmark, SINGLE)
-
-
-def test_queue_get_reference(benchmark):
-    """``queue.Queue().get`` of SINGLE items per call (poll's bar); the refill is untimed."""
-    import queue
-
-    q: queue.Queue = queue.Queue()
-
-    def setup() -> None:
-        q.queue.extend([VALUE] * SINGLE)
-
-    def run() -> None:
-        get = q.get
-        for _ in range(SINGLE):
-            get()
-
-    benchmark.pedantic(run, setup=setup, rounds=200, iterations=1)
-    _report(benchmark, SINGLE)

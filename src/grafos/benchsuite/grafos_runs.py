@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from typing import Callable
 
 import numpy as np
 
@@ -25,14 +26,19 @@ from .procs import CONSUMED, STOP, Crew
 RING_BYTES = 2 << 20
 
 
+def slot_stride(size: int) -> int:
+    """A slot that holds ``size`` bytes after its 40-byte header, 8-aligned."""
+    return (40 + size + 7) // 8 * 8
+
+
 def geometry(size: int, batch: int, partitions: int = 1) -> tuple[int, int]:
     """(capacity, stride) of each partition: room for ``size`` bytes, at least
     four batches per ring, about 2 MiB of slots per topic where that allows (the
     order of the peers' buffers: faster-fifo's is 1-2 MiB here)."""
-    stride = max(48, (40 + size + 7) // 8 * 8)
+    slot = max(48, slot_stride(size))
     per_part = -(-batch // partitions)
-    capacity = max(4 * per_part, 16, min(16384, RING_BYTES // (stride * partitions)))
-    return capacity, stride
+    capacity = max(4 * per_part, 16, min(16384, RING_BYTES // (slot * partitions)))
+    return capacity, slot
 
 
 def _fabric_bytes(total_bytes: int) -> int:
@@ -47,6 +53,39 @@ def _manager(total_bytes: int, leases: int = 0):
 
 
 # ---- in-process ------------------------------------------------------------------------
+def round_trip(mgr, pairs: list, mode: str, batch: int, size: int) -> Callable[[], int]:  # noqa: ANN001
+    """One in-process round: each (producer, consumer) pair sends ``batch``
+    messages of ``size`` bytes (one ``send_batch`` in mode "batch", else
+    single sends) and its consumer reads them back; returns how many it read."""
+    if mode == "batch":
+        values = np.full((batch, size), 0x5A, dtype=np.uint8)
+
+        def batch_round() -> int:
+            got = 0
+            for p, c in pairs:
+                p.send_batch(mgr, values)
+                got += len(c.poll_batch(mgr, batch))
+            return got
+        return batch_round
+    value = b"\x5a" * size
+
+    def single_round() -> int:
+        got = 0
+        for p, c in pairs:
+            send = p.send
+            for _ in range(batch):
+                send(mgr, value)
+            want = batch
+            while want > 0:
+                n = len(c.poll(mgr, want))
+                if n == 0:
+                    break
+                got += n
+                want -= n
+        return got
+    return single_round
+
+
 def inproc(size: int, batch: int, mode: str, duration: float, *, partitions: int = 1,
            topics: int = 1, group: str = "inproc") -> Result:
     """Produce then consume a round per iteration in one thread, on ``topics``
@@ -66,35 +105,9 @@ def inproc(size: int, batch: int, mode: str, duration: float, *, partitions: int
             mgr.create(n, cfg)
         prods = [Producer(n, Partitioner.RoundRobin) for n in names]
         cons = [Consumer(n, max_batch=batch) for n in names]
-        pairs = list(zip(prods, cons))
-        if mode == "batch":
-            values = np.full((batch, size), 0x5A, dtype=np.uint8)
-
-            def one_round() -> int:
-                got = 0
-                for p, c in pairs:
-                    p.send_batch(mgr, values)
-                    got += len(c.poll_batch(mgr, batch))
-                return got
-        else:
-            value = b"\x5a" * size
-
-            def one_round() -> int:
-                got = 0
-                for p, c in pairs:
-                    send = p.send
-                    for _ in range(batch):
-                        send(mgr, value)
-                    want = batch
-                    while want > 0:
-                        n = len(c.poll(mgr, want))
-                        if n == 0:
-                            break
-                        got += n
-                        want -= n
-                return got
         # warm the rings, then time whole rounds
-        res.messages, res.seconds = timed_rounds(one_round, duration)
+        res.messages, res.seconds = timed_rounds(round_trip(mgr, list(zip(prods, cons)), mode, batch, size),
+                                                 duration)
         res.lost = sum(sum(c.lost().values()) for c in cons)
         expected = 0  # every round consumes what it produced
         if res.lost != expected:

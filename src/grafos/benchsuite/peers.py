@@ -113,10 +113,14 @@ class FasterFifo:
     name = "faster-fifo"
 
     @staticmethod
-    def make(ctx, size: int, batch: int, mode: str, producers: int):
+    def queue(nbytes: int):
+        """A faster-fifo queue of ``nbytes`` that passes bytes through unpickled."""
         import faster_fifo
-        nbytes = max(1 << 20, 4 * batch * (size + 64) * producers)
         return faster_fifo.Queue(max_size_bytes=nbytes, loads=_identity, dumps=_identity)
+
+    @staticmethod
+    def make(ctx, size: int, batch: int, mode: str, producers: int):
+        return FasterFifo.queue(max(1 << 20, 4 * batch * (size + 64) * producers))
 
     class Producer(_QueueProducer):
         def put_batch(self, values, flags) -> bool:
