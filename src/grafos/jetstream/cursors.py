@@ -29,8 +29,7 @@ from nats.js import api
 
 from .. import _validate
 from ..errors import InvalidArgument, NotFound, Unavailable
-from ..mq.consumer import SeekPolicy
-from ..mq.offset import MAX_OFFSET, OffsetStore
+from ..mq.model import MAX_OFFSET, OffsetStore, SeekPolicy
 from ..reader import META_DTYPE, Batch
 from . import envelope
 

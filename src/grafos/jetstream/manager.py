@@ -35,8 +35,9 @@ from .._clock import now_s
 from .._log import get as _logger
 from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound, Unavailable, Unsupported
 from ..message import encode_headers
-from ..mq.producer import Partitioner, kafka_partition
-from ..mq.topic import MAX_TOPIC_NAME, Capabilities, PartitionInfo, RemoteManager, TopicConfig, TopicDescription
+from ..mq.model import (MAX_TOPIC_NAME, Capabilities, GroupConfig, PartitionInfo, Partitioner, TopicConfig,
+                        TopicDescription, kafka_partition)
+from ..mq.topic import RemoteManager
 from . import envelope, kv, names
 from .cursors import Cursors
 from .direct import DirectPublisher
@@ -46,7 +47,6 @@ from .topics import JsPartition, JsTopic, LeaseRecord, config_json, parse_config
 
 if TYPE_CHECKING:
     from ..mq.consumer import Consumer
-    from ..mq.group import GroupConfig
     from ..mq.producer import Producer
 
 #: JetStream topics: each partition is a stream (a Raft group on a cluster)
@@ -746,7 +746,6 @@ class JetStreamManager(RemoteManager):
         return self.run(listing(), "listing groups")
 
     def list_groups(self) -> list["GroupConfig"]:
-        from ..mq.group import GroupConfig
         out = []
         for r in self.group_records():
             try:

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from .. import _validate
 from ..errors import CorruptFabric
-from ..mq.group import Claim, GroupConfig
-from ..mq.offset import MAX_OFFSET
+from ..mq.model import MAX_OFFSET, Claim, GroupConfig
 from . import kv, names
 from .records import Record, open_in_thread
 

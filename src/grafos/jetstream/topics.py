@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from .._clock import now_s
 from ..errors import InvalidArgument, InvalidType, LeaseExpired
-from ..mq.topic import TopicConfig
+from ..mq.model import TopicConfig
 from ..partition import PartitionState
 from . import kv, names
 

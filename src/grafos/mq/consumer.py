@@ -10,7 +10,6 @@ A Consumer belongs to one thread at a time; use one per thread.
 """
 from __future__ import annotations
 
-import enum
 import itertools
 import os
 import time
@@ -25,6 +24,7 @@ from ..reader import Batch, Reader, Waiter
 from . import gate, transaction
 from .isolation import Holding
 from .offset import FabricOffsetStore, OffsetStore, bus_store, commit_many, committed_entry
+from .model import SeekPolicy
 from .topic import SHARED_MEMORY, RemoteManager, Topic, TopicManager
 
 if TYPE_CHECKING:
@@ -39,31 +39,6 @@ _IDS = itertools.count(1)
 _RESOLVE_EVERY = 0.5    # seconds a transaction may hold a read_committed partition before we look at it
 ISOLATIONS = ("read_uncommitted", "read_committed")
 ON_LOST = ("earliest", "latest", "raise")
-
-
-class SeekPolicy(enum.Enum):
-    """Where :meth:`Consumer.seek` puts each assigned partition."""
-
-    Committed = "committed"   #: the group's committed offset (Earliest if none)
-    Earliest = "earliest"     #: the oldest message still in the ring
-    Latest = "latest"         #: the end: only messages produced from now on
-    # PEP 8 spellings
-    COMMITTED = "committed"
-    EARLIEST = "earliest"
-    LATEST = "latest"
-
-    @classmethod
-    def of(cls, policy: "SeekPolicy | str") -> "SeekPolicy":
-        """``policy`` itself, or the policy a name spells (``"earliest"``, any case)."""
-        if isinstance(policy, SeekPolicy):
-            return policy
-        if isinstance(policy, str):
-            try:
-                return cls(policy.lower())
-            except ValueError:
-                raise InvalidArgument(f"no seek policy {policy!r}: use 'committed', 'earliest' or 'latest' "
-                                      "(or SeekPolicy.Committed, .Earliest, .Latest)") from None
-        raise _validate.InvalidType(f"policy must be a SeekPolicy or its name, not {type(policy).__name__}")
 
 
 class Consumer(PollPath):

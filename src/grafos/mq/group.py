@@ -70,6 +70,7 @@ from .._clock import now_ns
 from .._log import get as _logger
 from ..errors import CorruptFabric, Fenced, InvalidArgument, LockTimeout, Unavailable
 from . import _metakeys, gate
+from .model import MAX_PARTITIONS, Claim, GroupConfig
 from .offset import MAX_OFFSET, Incarnations, OffsetStore, bus_store, commit_many, committed_entry
 
 if TYPE_CHECKING:
@@ -80,14 +81,7 @@ if TYPE_CHECKING:
 __all__ = ["ConsumerGroup", "KeepAlive", "Claim", "Share", "GroupDescription", "GroupPartition", "MemberInfo",
            "GroupConfig", "list_groups", "group_lag"]
 
-MAX_PARTITIONS = 4096
 _log = _logger("group")
-
-
-class Claim(NamedTuple):
-    owner: str | None     #: None once given back (or its member left)
-    epoch: int            #: incremented on every change of owner
-    since_ns: int         #: when the current owner took it
 
 
 class Share(NamedTuple):
@@ -155,14 +149,6 @@ class GroupDescription:
 
     def assignments(self) -> dict[int, str]:
         return {p.partition: p.owner for p in self.partitions if p.owner is not None}
-
-
-@dataclass(frozen=True)
-class GroupConfig:
-    name: str
-    topic: str
-    num_partitions: int
-    stale_threshold_secs: float
 
 
 # ---- state backends -----------------------------------------------------------------

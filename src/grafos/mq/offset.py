@@ -28,23 +28,18 @@ import sqlite3
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Mapping, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Mapping, NamedTuple
 
 from .. import _validate
 from ..errors import Closed, CorruptFabric, InvalidArgument, Unsupported
 from ..partition import MAX_OFFSET
 from . import _metakeys
+from .model import OffsetStore
 
 if TYPE_CHECKING:
     from ..fabric import Fabric
     from .topic import TopicManager
 
-
-
-@runtime_checkable
-class OffsetStore(Protocol):
-    def committed(self, group: str, topic: str, partition: int) -> int | None: ...
-    def commit(self, group: str, topic: str, partition: int, offset: int) -> None: ...
 
 
 class CommittedOffset(NamedTuple):

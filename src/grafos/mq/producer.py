@@ -8,7 +8,6 @@ this module's slow path, which checks and raises. A Producer may be shared
 by threads."""
 from __future__ import annotations
 
-import enum
 import threading
 import time
 from typing import NoReturn, Sequence
@@ -27,6 +26,7 @@ from ..loan import Loan
 from ..message import encode_headers
 from ..partition import MAX_OFFSET, OFFSET_BITS, pack
 from . import gate, transaction
+from .model import Partitioner, kafka_partition, murmur2  # noqa: F401 - the producer's vocabulary, importable here
 from .topic import SHARED_MEMORY, RemoteManager, Topic, TopicManager
 
 _send = lib.gf_send
@@ -52,32 +52,6 @@ _DEFAULT = _ProducerTimeout()
 _log = _logger("producer")
 #: a send that waits this long for room is logged (once per call)
 BLOCKED_LOG_SECS = 1.0
-
-
-class Partitioner(enum.IntEnum):
-    """``KeyHash`` is Kafka's default: ``murmur2(key) & 0x7fffffff % partitions``,
-    so a key lands on the same partition number as in Kafka. Messages without a
-    key go round robin. ``RoundRobin`` ignores keys."""
-
-    KeyHash = lib.GF_PART_KEYHASH
-    RoundRobin = lib.GF_PART_ROUNDROBIN
-    # PEP 8 spellings
-    KEY_HASH = lib.GF_PART_KEYHASH
-    ROUND_ROBIN = lib.GF_PART_ROUNDROBIN
-
-
-def kafka_partition(key: bytes, num_partitions: int) -> int:
-    """The partition Kafka's default partitioner picks for ``key``."""
-    key = _validate.as_bytes(key, "key")
-    _validate.integer(num_partitions, "num_partitions", 1)
-    return lib.gf_kafka_partition(key, len(key), num_partitions)
-
-
-def murmur2(key: bytes) -> int:
-    """Kafka's murmur2 of ``key`` as a signed 32-bit int (as Java returns it)."""
-    key = _validate.as_bytes(key, "key")
-    h = lib.gf_murmur2(key, len(key))
-    return h - (1 << 32) if h >= 1 << 31 else h
 
 
 class Producer(SendPath):

@@ -19,7 +19,7 @@ import os
 import struct
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .. import _validate
@@ -31,30 +31,20 @@ from ..errors import AlreadyExists, FabricFull, InvalidArgument, LeaseExpired, N
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
 from ..partition import Partition, PartitionState, region_size
 from . import gate
+from .model import (DEFAULT_CAPACITY, DEFAULT_PARTITIONS, DEFAULT_RETENTION_SECS, DEFAULT_STRIDE,  # noqa: F401
+                    MAX_PARTITIONS, MAX_TOPIC_NAME, ON_FULL, SHARED_MEMORY, Capabilities, PartitionInfo,
+                    TopicConfig, TopicDescription)
 
 if TYPE_CHECKING:
     from .bound import BoundConsumer, BoundProducer
-    from .offset import OffsetStore
-    from .producer import Partitioner
+    from .model import OffsetStore, Partitioner
     from .subscribe import Subscriber
     from .share import ShareConsumer
-
-#: documented defaults of :class:`TopicConfig`
-DEFAULT_PARTITIONS = 4
-DEFAULT_CAPACITY = 4096
-DEFAULT_STRIDE = 512
-DEFAULT_RETENTION_SECS = 3600.0
-MAX_PARTITIONS = 4096
-MAX_TOPIC_NAME = 64
 
 _CONFIG = struct.Struct("<IIIIdqQ")    # partitions, capacity, stride, flags, retention, created_ns, incarnation
 _FLAGS_ON_FULL = 0x3                   # flags bits 0-1: the on_full policy (lib.GF_FULL_*)
 _FLAGS_NO_CRC = 0x8                    # flags bit 3: slots carry no checksum (clear: they do)
 
-#: what a send does when the slot it would write still holds a message a gating
-#: reader has not read: overwrite it (the oldest message is lost to that reader),
-#: block until there is room, or raise BufferFull
-ON_FULL = {"overwrite": lib.GF_FULL_OVERWRITE, "block": lib.GF_FULL_BLOCK, "raise": lib.GF_FULL_RAISE}
 _ON_FULL_NAMES = {v: k for k, v in ON_FULL.items()}
 _PREF = struct.Struct("<IIQ")          # lease index, pad, lease id
 #: config flag: the topic is being made. Creation runs under the fabric's lock,
@@ -76,91 +66,6 @@ def _topic_tag(name: str, incarnation: int) -> int:
     owner tags, so leases of a create that died half-way can be found again."""
     d = hashlib.blake2b(name.encode() + struct.pack("<Q", incarnation & ((1 << 64) - 1)), digest_size=6)
     return int.from_bytes(d.digest(), "little")
-
-
-@dataclass(frozen=True)
-class TopicConfig:
-    """How a topic is laid out. Every partition is a ring of ``partition_capacity``
-    slots of ``partition_stride`` bytes (a slot holds a 40-byte header, then key,
-    headers and value), kept for ``retention_secs`` unless renewed."""
-
-    num_partitions: int = DEFAULT_PARTITIONS
-    partition_capacity: int = DEFAULT_CAPACITY
-    partition_stride: int = DEFAULT_STRIDE
-    retention_secs: float = DEFAULT_RETENTION_SECS
-    #: ``"overwrite"`` (default), ``"block"`` or ``"raise"``: what a send does when
-    #: a gating reader (a consumer group of the topic, or a consumer created with
-    #: ``gating=True``) has not yet read the slot it would overwrite
-    on_full: str = "overwrite"
-    #: slot checksums (CRC32C, summed with the copy on write, verified on read):
-    #: ``True``, ``False``, or ``None`` (default) for the fabric's kind: on for named
-    #: and file fabrics (other processes may die mid-write, a file may be reopened
-    #: after a crash), off for an in-process fabric. A created topic records what
-    #: was chosen: its config then says ``True`` or ``False``.
-    checksum: bool | None = None
-
-    def __post_init__(self) -> None:
-        if self.checksum is not None and not isinstance(self.checksum, bool):
-            raise _validate.InvalidType(f"checksum must be True, False or None, not {type(self.checksum).__name__}")
-        if not isinstance(self.on_full, str):
-            raise _validate.InvalidType(f"on_full must be a str, not {type(self.on_full).__name__}")
-        if self.on_full not in ON_FULL:
-            raise InvalidArgument(f"on_full must be 'overwrite', 'block' or 'raise', got {self.on_full!r}")
-        _validate.integer(self.num_partitions, "num_partitions", 1, MAX_PARTITIONS)
-        _validate.integer(self.partition_capacity, "partition_capacity", 1, 1 << 30)
-        _validate.integer(self.partition_stride, "partition_stride", lib.GF_SLOT_HDR_SIZE + 8, 16 << 20)
-        if self.partition_stride % 8:
-            raise InvalidArgument(f"partition_stride must be a multiple of 8, got {self.partition_stride}")
-        _validate.number(self.retention_secs, "retention_secs", 0, lo_open=True)
-
-    @property
-    def max_message_bytes(self) -> int:
-        """The largest key + encoded headers + value one message may have: the whole
-        ring less one slot header (a message larger than a slot spans several)."""
-        return self.partition_capacity * self.partition_stride - lib.GF_SLOT_HDR_SIZE
-
-    @property
-    def slot_room(self) -> int:
-        """Room for key + encoded headers + value in one slot: larger messages take
-        one offset per slot they span."""
-        return self.partition_stride - lib.GF_SLOT_HDR_SIZE
-
-
-@dataclass(frozen=True)
-class PartitionInfo:
-    partition: int
-    earliest: int
-    latest: int
-    lost: int                 #: offsets lost to overwrite
-    abandoned: int            #: slots skipped after a writer died mid-append
-    ttl_remaining: float      #: seconds until the lease expires (0 when expired)
-    alive: bool
-    lease_id: int
-    incarnation: int = 0      #: which life of the partition (changes on restart); 0 if never made
-    # back-pressure (topics with on_full "block" or "raise"; zeros elsewhere)
-    gate: int = 0             #: producers may write offsets below it (0: not gated)
-    gate_held_by: str | None = None   #: the live gating reader that sets the gate
-    blocked: int = 0          #: producers waiting for room now
-    blocked_secs: float = 0.0  #: total time producers waited for room
-    full_raised: int = 0      #: sends refused with BufferFull
-    gating: tuple = ()        #: the partition's gating readers (gate.GateReader), live or released
-
-
-@dataclass(frozen=True)
-class TopicDescription:
-    name: str
-    config: TopicConfig
-    partitions: list[PartitionInfo] = field(default_factory=list)
-
-    @property
-    def produced(self) -> int:
-        """Offsets used over the topic's life (since its last restart): one per
-        message, one per slot for a message larger than a slot, plus padding."""
-        return sum(p.latest for p in self.partitions)
-
-    @property
-    def lost(self) -> int:
-        return sum(p.lost for p in self.partitions)
 
 
 def partition_incarnation(topic_incarnation: int, lease_id: int) -> int:
@@ -234,31 +139,6 @@ def _lease_of_ref(fab: Fabric, ref: bytes) -> MemLease:
     names no lease: (0, 0), which the fabric refuses as NotFound."""
     idx, _, lid = _PREF.unpack(ref) if len(ref) == _PREF.size else (0, 0, 0)
     return MemLease(fab, idx, lid)
-
-
-@dataclass(frozen=True)
-class Capabilities:
-    """What a backend can do, in one place: a call that needs a capability the
-    bus lacks raises :class:`~grafos.errors.Unsupported` and says why
-    (``docs/jetstream.md`` lists each difference). ``mgr.capabilities``."""
-
-    transactions: bool        #: ``producer.begin``: atomic writes across partitions with offsets
-    loans: bool               #: ``producer.loan``: writing a message in place
-    peeks: bool               #: ``consumer.peek``: reading messages in place
-    gating: bool              #: ``TopicConfig(on_full="block" | "raise")``: readers hold producers back
-    abandoned_slots: bool     #: a writer can die mid-append and leave a slot readers step over
-    shared_memory: bool       #: the bus lives in this machine's memory (``Fabric``)
-    share_groups: bool = False    #: ``mgr.share_consumer``: many members per partition, a lock per record
-    #: a share consumer's settle after its lock ran out is refused by the shared record state itself;
-    #: False: by the member's own clock only, so a settle sent as the lock runs out can reach the
-    #: record's next delivery
-    share_fenced: bool = False
-
-
-#: the shared-memory bus (in-process, named or file): everything
-SHARED_MEMORY = Capabilities(transactions=True, loans=True, peeks=True, gating=True,
-                             abandoned_slots=True, shared_memory=True, share_groups=True,
-                             share_fenced=True)
 
 
 class BusHandles:
