@@ -46,7 +46,7 @@ from .mq.dlq import DlqRouter
 from .mq.group import ConsumerGroup
 from .mq.offset import MemOffsetStore
 from .mq.producer import Partitioner, Producer, kafka_partition
-from .mq.topic import RemoteManager, TopicConfig, TopicManager
+from .mq.topic import BusHandles, TopicConfig, TopicManager
 
 TOPICS = ("events", "events-dlq", "clicks")
 RETENTION_SECS = 3600.0
@@ -130,7 +130,7 @@ def _group_table(group: ConsumerGroup, mgr: TopicManager, store: MemOffsetStore,
     return t
 
 
-def _bus(nats: str | None, out: Console) -> TopicManager | RemoteManager:
+def _bus(nats: str | None, out: Console) -> BusHandles:
     if nats is None:
         return TopicManager()
     mgr = TopicManager.connect(nats)
@@ -161,7 +161,7 @@ def run(console: Console | None = None, nats: str | None = None) -> Summary:
 
 
 def _walk(mgr, out: Console, s: Summary, clock: float) -> None:   # noqa: ANN001 - either bus
-    remote = isinstance(mgr, RemoteManager)
+    remote = not mgr.capabilities.shared_memory     # a bus on a server: its own records and offset store
     # ---- 1. topics and retention -----------------------------------------------
     out.rule("[bold]1. Topics: retention is a lease")
     mgr.create("events", TopicConfig(num_partitions=4, partition_capacity=64,

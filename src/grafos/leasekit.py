@@ -124,8 +124,8 @@ class RenewalManager:
 
     def __init__(self, mgr: "TopicManager | None" = None, *, topic: str | None = None) -> None:
         if mgr is not None:
-            from .mq.topic import RemoteManager, TopicManager
-            if not isinstance(mgr, (TopicManager, RemoteManager)):
+            from .mq.topic import BusHandles
+            if not isinstance(mgr, BusHandles):
                 raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         if topic is not None:
             if mgr is None:

@@ -25,7 +25,7 @@ from . import gate, transaction
 from .isolation import Holding
 from .offset import FabricOffsetStore, OffsetStore, bus_store, commit_many, committed_entry
 from .model import SeekPolicy
-from .topic import SHARED_MEMORY, RemoteManager, Topic, TopicManager
+from .topic import SHARED_MEMORY, BusHandles, Topic, TopicManager
 
 if TYPE_CHECKING:
     from ..peek import Peek
@@ -174,10 +174,18 @@ class Consumer(PollPath):
         """The partitions given to :meth:`assign`; None if never assigned (all of them)."""
         return None if self._assigned is None else list(self._assigned)
 
-    def _remote(self) -> RemoteManager | None:
-        """The server bus this consumer last read through (None: shared memory)."""
+    def _remote(self) -> BusHandles | None:
+        """What serves this consumer's calls on the bus it last read through
+        (None: the consumer reads the fabric itself, or has not read yet)."""
         m = self._mgr
-        return m if isinstance(m, RemoteManager) else None
+        return None if m is None else m.session(self)
+
+    def _session(self, mgr: BusHandles) -> BusHandles | None:
+        """What serves this consumer's calls on ``mgr`` (None: the consumer reads
+        the fabric itself); asked while the consumer is not bound to ``mgr``."""
+        if not isinstance(mgr, BusHandles):
+            raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
+        return mgr.session(self)
 
     def bind(self, group: object, member: str) -> None:
         """Tie this consumer to a group member: commits for partitions the member
@@ -194,7 +202,7 @@ class Consumer(PollPath):
         if mgr is not self._mgr or t is None or not t.binding.valid or self._reader is None:
             if self._closed:
                 raise self._closed_error()
-            if not isinstance(mgr, TopicManager):
+            if not isinstance(mgr, BusHandles):
                 raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
             t = mgr.topic(self.topic)
             self._open(mgr, t, start)
@@ -253,11 +261,11 @@ class Consumer(PollPath):
             store_or_partition, policy = None, store_or_partition
         if isinstance(policy, str):
             policy = SeekPolicy.of(policy)
-        if isinstance(mgr, RemoteManager) and not (isinstance(store_or_partition, int)
-                                                   and not isinstance(store_or_partition, bool)):
+        if not (isinstance(store_or_partition, int) and not isinstance(store_or_partition, bool)) \
+                and (s := self._session(mgr)) is not None:
             self._mgr = mgr
-            mgr.seek(self, store_or_partition, policy)
-            self._positioned.update(mgr.positions(self))
+            s.seek(self, store_or_partition, policy)
+            self._positioned.update(s.positions(self))
             return
         if isinstance(store_or_partition, int) and not isinstance(store_or_partition, bool):
             self.seek_partition(mgr, store_or_partition, policy)   # type: ignore[arg-type]
@@ -325,9 +333,9 @@ class Consumer(PollPath):
         """Put one assigned partition at ``offset`` (at most its end)."""
         if self._closed:
             raise self._closed_error()
-        if isinstance(mgr, RemoteManager):
+        if (s := self._session(mgr)) is not None:
             self._mgr = mgr
-            mgr.seek_partition(self, partition, offset)
+            s.seek_partition(self, partition, offset)
             self._positioned.add(partition)
             return
         rd = self._ensure(mgr)
@@ -391,9 +399,9 @@ class Consumer(PollPath):
     def lag(self, mgr: TopicManager) -> dict[int, int]:
         """Per assigned partition: offsets between the position and the end (a message
         larger than a slot counts as one per slot it spans)."""
-        if isinstance(mgr, RemoteManager):
+        if (s := self._session(mgr)) is not None:
             self._mgr = mgr
-            return mgr.lag(self)
+            return s.lag(self)
         rd = self._ensure(mgr)
         out = {}
         for p in self._parts:
@@ -411,9 +419,9 @@ class Consumer(PollPath):
         if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
             if self._closed:
                 raise self._closed_error()
-            if isinstance(mgr, RemoteManager):      # a bus on a server: it polls
+            if (s := self._session(mgr)) is not None:
                 self._mgr = mgr
-                msgs = mgr.poll(self, max_messages, timeout)
+                msgs = s.poll(self, max_messages, timeout)
                 self.consumed += len(msgs)
                 return msgs
             rd = self._ensure(mgr)
@@ -501,9 +509,9 @@ class Consumer(PollPath):
         if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
             if self._closed:
                 raise self._closed_error()
-            if isinstance(mgr, RemoteManager):      # a bus on a server: it polls
+            if (s := self._session(mgr)) is not None:
                 self._mgr = mgr
-                b = mgr.poll_batch(self, max_messages, timeout)
+                b = s.poll_batch(self, max_messages, timeout)
                 self.consumed += len(b)
                 return b
             rd = self._ensure(mgr)
@@ -615,7 +623,7 @@ class Consumer(PollPath):
         if offsets is None:
             self._check_rewind(store, pos)
         mgr = self._mgr
-        if isinstance(mgr, TopicManager):
+        if mgr is not None and self._remote() is None:     # read from the fabric: its gate follows the commit
             store = bus_store(store, mgr)
             gate.check_store(mgr, self._t if self._t is not None else self.topic, self.group, store)
         commit_many(store, self.group, self.topic, pos, incs)

@@ -36,6 +36,7 @@ from ..message import Message
 from . import _metakeys
 from .offset import MAX_OFFSET
 from .producer import Partitioner, Producer
+from .topic import BusHandles
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -139,13 +140,9 @@ class DlqRouter:
         if mgr is None:
             self._counts = _MemCounts()
         else:
-            from .topic import RemoteManager, TopicManager
-            if isinstance(mgr, RemoteManager):      # counts in the server's records
-                self._counts = mgr.dlq_counts(self.source_topic, self.dlq_topic)
-            elif not isinstance(mgr, TopicManager):
+            if not isinstance(mgr, BusHandles):
                 raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
-            else:
-                self._counts = _FabricCounts(mgr, self.source_topic, self.dlq_topic)
+            self._counts = mgr.dlq_counts(self.source_topic, self.dlq_topic)      # in the bus's records
         self._producer = Producer(self.dlq_topic, Partitioner.KeyHash)
         self.routed = 0      #: dead letters this router appended
 

@@ -71,6 +71,7 @@ from .._log import get as _logger
 from ..errors import CorruptFabric, Fenced, InvalidArgument, LockTimeout, Unavailable
 from . import _metakeys, gate
 from .model import MAX_PARTITIONS, Claim, GroupConfig
+from .topic import BusHandles
 from .offset import MAX_OFFSET, Incarnations, OffsetStore, bus_store, commit_many, committed_entry
 
 if TYPE_CHECKING:
@@ -248,12 +249,14 @@ def _unpack_cfg(key: str, raw: bytes) -> GroupConfig:
 
 
 def list_groups(mgr: "TopicManager") -> list[GroupConfig]:
-    """Every fabric-backed group on the bus (for tools that look into a live bus)."""
-    from .topic import RemoteManager
-    if isinstance(mgr, RemoteManager):      # a bus on a server keeps its own records
-        return mgr.list_groups()
+    """Every group with records on the bus (for tools that look into a live bus)."""
+    return mgr.list_groups()
+
+
+def fabric_groups(fabric: "Fabric") -> list[GroupConfig]:
+    """Every group whose records live in ``fabric``."""
     out = []
-    for key, raw in mgr.fabric.meta_items("g/"):
+    for key, raw in fabric.meta_items("g/"):
         if key.endswith("/cfg"):
             try:
                 out.append(_unpack_cfg(key, raw))
@@ -319,15 +322,13 @@ class ConsumerGroup:
         if mgr is None:
             self._state = _MemState()
             return
-        from .topic import RemoteManager, TopicManager
-        if not isinstance(mgr, (TopicManager, RemoteManager)):
+        if not isinstance(mgr, BusHandles):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         if mgr.exists(self.topic):
             n = mgr.topic(self.topic).n
             if n != self.num_partitions:
                 raise InvalidArgument(f"topic {self.topic!r} has {n} partitions, not {self.num_partitions}")
-        st = mgr.group_state(self.name, self.topic) if isinstance(mgr, RemoteManager) \
-            else _FabricState(mgr.fabric, self.name, self.topic)
+        st = mgr.group_state(self.name, self.topic)
         with st.locked():
             cfg = st.config()
             if cfg is not None and cfg.num_partitions != self.num_partitions:
@@ -341,9 +342,10 @@ class ConsumerGroup:
     @classmethod
     def attach(cls, mgr: "TopicManager", name: str, topic: str) -> "ConsumerGroup":
         """The fabric-backed group ``name`` on ``topic`` as its creator configured it."""
-        from .topic import RemoteManager
         name, topic = _validate.name(name, "group name", 64), _validate.name(topic, "topic", 64)
-        st = mgr.group_state(name, topic) if isinstance(mgr, RemoteManager) else _FabricState(mgr.fabric, name, topic)
+        if not isinstance(mgr, BusHandles):
+            raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
+        st = mgr.group_state(name, topic)
         with st.locked():
             cfg = st.config()
         if cfg is None:

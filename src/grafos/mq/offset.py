@@ -315,14 +315,14 @@ class FabricOffsetStore(_CommitsMany):
 
     def __init__(self, mgr: "TopicManager | Fabric") -> None:
         from ..fabric import Fabric
-        from .topic import TopicManager
+        from .topic import BusHandles
         self._mgr: TopicManager | None = None
-        if isinstance(mgr, TopicManager):
+        if isinstance(mgr, Fabric):
+            self.fabric = mgr
+        elif isinstance(mgr, BusHandles) and mgr.capabilities.shared_memory:
             self.fabric = mgr.fabric
             self._mgr = mgr
-        elif isinstance(mgr, Fabric):
-            self.fabric = mgr
-        elif not getattr(getattr(mgr, "capabilities", None), "shared_memory", True):
+        elif isinstance(mgr, BusHandles):
             raise Unsupported(f"a {type(mgr).__name__} keeps no fabric: the offsets of a bus on a server go in "
                               "its own store (grafos.jetstream.KvOffsetStore(mgr) on JetStream)")
         else:

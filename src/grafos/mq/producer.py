@@ -27,7 +27,7 @@ from ..message import encode_headers
 from ..partition import MAX_OFFSET, OFFSET_BITS, pack
 from . import gate, transaction
 from .model import Partitioner, kafka_partition, murmur2  # noqa: F401 - the producer's vocabulary, importable here
-from .topic import SHARED_MEMORY, RemoteManager, Topic, TopicManager
+from .topic import SHARED_MEMORY, BusHandles, Topic, TopicManager
 
 _send = lib.gf_send
 _NULL = ffi.NULL
@@ -119,8 +119,15 @@ class Producer(SendPath):
         self._unbind_fast()
         return self
 
+    def _session(self, mgr: BusHandles) -> BusHandles | None:
+        """What serves this producer's calls on ``mgr`` (None: the producer writes
+        the fabric itself); asked while the producer is not bound to ``mgr``."""
+        if not isinstance(mgr, BusHandles):
+            raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
+        return mgr.session(self)
+
     def _bind(self, mgr: TopicManager, refresh: bool = False) -> Topic:
-        if not isinstance(mgr, TopicManager):
+        if not isinstance(mgr, BusHandles):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         t = mgr.refresh(self.topic) if refresh else mgr.topic(self.topic)
         s = ffi.new("gf_sender *")
@@ -176,8 +183,8 @@ class Producer(SendPath):
         """Register now rather than on the first send: older instances with the
         same ``transactional_id`` are fenced, and a transaction they left is
         finished (aborted if open, carried through if decided). Returns the epoch."""
-        if isinstance(mgr, RemoteManager):
-            return mgr.register(self)
+        if self._bound[0] is not mgr and (s := self._session(mgr)) is not None:
+            return s.register(self)
         if not self.idempotent:
             raise InvalidArgument(f"producer of {self.topic!r} is not idempotent: nothing to register")
         self._bind(mgr)
@@ -257,8 +264,8 @@ class Producer(SendPath):
         """Open a transaction: the sends that follow (until commit or abort) belong
         to it; ``read_committed`` consumers see them only once it commits, and
         never if it aborts. Needs a ``transactional_id``. One at a time."""
-        if isinstance(mgr, RemoteManager):
-            return mgr.begin(self)
+        if self._bound[0] is not mgr and (s := self._session(mgr)) is not None:
+            return s.begin(self)
         if self.transactional_id is None:
             raise TransactionError("transactions need a producer with a transactional_id "
                                    "(Producer(topic, transactional_id=...))")
@@ -289,8 +296,8 @@ class Producer(SendPath):
 
     def _send_slow(self, mgr: TopicManager, key, value, headers, timeout=_DEFAULT) -> tuple[int, int]:
         """Checks, headers, retries, waits for room; also where every error is raised."""
-        if isinstance(mgr, RemoteManager):      # a bus on a server: it sends
-            return mgr.send(self, key, value, headers)
+        if self._bound[0] is not mgr and (s := self._session(mgr)) is not None:
+            return s.send(self, key, value, headers)
         if self.idempotent:
             value = _validate.as_bytes(value, "value")
             if key is not None:
@@ -402,8 +409,8 @@ class Producer(SendPath):
         nothing: if any message is too large, or a partition of an
         ``on_full`` "raise" topic has no room (BufferFull), none is written; on a
         "block" topic the whole batch waits for room (up to ``timeout``)."""
-        if isinstance(mgr, RemoteManager):      # a bus on a server: pipelined publishes
-            return mgr.send_batch(self, values, keys)
+        if self._bound[0] is not mgr and (s := self._session(mgr)) is not None:
+            return s.send_batch(self, values, keys)
         if timeout is not _DEFAULT:
             _validate.timeout(timeout)
         if self.idempotent:         # message by message: each one stamped, each one idempotent

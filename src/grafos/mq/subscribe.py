@@ -67,7 +67,7 @@ from ..reader import META_DTYPE, Batch
 from .consumer import Consumer, SeekPolicy
 from .group import TRANSIENT, ConsumerGroup, Share
 from .offset import OffsetStore
-from .topic import BusHandles, RemoteManager, TopicManager
+from .topic import BusHandles
 
 __all__ = ["Subscriber", "member_name"]
 
@@ -105,7 +105,7 @@ class Subscriber:
     (default: the bus's own shared store).
     """
 
-    def __init__(self, mgr: TopicManager | RemoteManager, topic: str, group: str, member: str | None = None,
+    def __init__(self, mgr: BusHandles, topic: str, group: str, member: str | None = None,
                  *, on_assign: Callback | None = None, on_revoke: Callback | None = None,
                  auto_commit: bool = True, auto_commit_interval: float = 0.0, session_timeout: float = 30.0,
                  heartbeat_interval: float | None = None, max_poll_interval: float = 300.0,

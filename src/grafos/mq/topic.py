@@ -142,8 +142,19 @@ def _lease_of_ref(fab: Fabric, ref: bytes) -> MemLease:
 
 
 class BusHandles:
-    """The handles every bus hands out, bound to it (:mod:`grafos.mq.bound`): the
-    shared-memory :class:`TopicManager` and the managers of remote buses alike."""
+    """The base of every bus: the shared-memory :class:`TopicManager` and the
+    managers of remote buses alike. It hands out handles bound to it
+    (:mod:`grafos.mq.bound`), and says once, when a producer or consumer binds,
+    who serves that handle's calls (:meth:`session`): the facades never ask
+    which backend they are on."""
+
+    capabilities: Capabilities
+
+    def session(self, handle: Any) -> "BusHandles | None":
+        """What serves ``handle``'s calls (a Producer or Consumer) on this bus:
+        a bus on a server serves them itself; None on shared memory, where the
+        handle reads and writes the fabric through its own binding."""
+        raise NotImplementedError
 
     def producer(self, topic: str, partitioner: "Partitioner | None" = None, **options: Any) -> "BoundProducer":
         """A :class:`~grafos.mq.producer.Producer` of ``topic`` bound to this bus:
@@ -173,6 +184,9 @@ class RemoteManager(BusHandles):
     :meth:`TopicManager.connect`). Producers, consumers, groups, DLQ routers
     and renewal managers accept one where they take a TopicManager and hand
     their work to its public methods; the shared-memory paths never see it."""
+
+    def session(self, handle: Any) -> "RemoteManager":
+        return self
 
     @property
     def fabric(self) -> Any:
@@ -211,6 +225,24 @@ class TopicManager(BusHandles):
 
     #: what this backend can do (see :class:`Capabilities`)
     capabilities = SHARED_MEMORY
+
+    def session(self, handle: Any) -> None:
+        return None     # handles work on the fabric themselves, through the crossing
+
+    def group_state(self, group: str, topic: str) -> Any:
+        """The records of consumer group ``group`` on ``topic``, in the fabric."""
+        from .group import _FabricState
+        return _FabricState(self.fabric, group, topic)
+
+    def dlq_counts(self, source: str, dlq: str) -> Any:
+        """The nack counts of the dead-letter route ``source`` -> ``dlq``, in the fabric."""
+        from .dlq import _FabricCounts
+        return _FabricCounts(self, source, dlq)
+
+    def list_groups(self) -> list:
+        """Every fabric-backed group on the bus (:func:`grafos.mq.group.list_groups`)."""
+        from .group import fabric_groups
+        return fabric_groups(self.fabric)
 
     @classmethod
     def open(cls, name: str | None = None, *, path: str | None = None, size: int | None = None,
