@@ -16,6 +16,7 @@ if not sys.platform.startswith("linux"):
 from .errors import GrafosError  # noqa: E402
 from .fabric import Fabric, MemLease  # noqa: E402
 from .queues import JoinableQueue, Queue, SimpleQueue  # noqa: E402
+from ._connect import connect  # noqa: E402
 
-__all__ = ["Fabric", "MemLease", "GrafosError", "Queue", "JoinableQueue", "SimpleQueue"]
+__all__ = ["Fabric", "MemLease", "GrafosError", "Queue", "JoinableQueue", "SimpleQueue", "connect"]
 __version__ = "0.1.0"

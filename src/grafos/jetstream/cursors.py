@@ -155,8 +155,7 @@ class Cursors:
                 if saved is not None and part is not None and saved[0] == part.inc:
                     cur.pos, cur.lost, cur.gaps = saved[1], saved[2], saved[3]
                 elif start and part is not None and p not in c._positioned:
-                    from .state import KvOffsetStore
-                    cur.pos = self._committed(c, cur, KvOffsetStore(bus), *bounds[p])
+                    cur.pos = self._committed(c, cur, bus.offset_store(), *bounds[p])
                 st.cursors[p] = cur
         if list(st.cursors) != parts:
             st.cursors = {p: st.cursors[p] for p in parts}

@@ -35,9 +35,8 @@ from .._clock import now_s
 from .._log import get as _logger
 from ..errors import AlreadyExists, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound, Unavailable, Unsupported
 from ..message import encode_headers
-from ..mq.model import (MAX_TOPIC_NAME, Capabilities, GroupConfig, PartitionInfo, Partitioner, TopicConfig,
-                        TopicDescription, kafka_partition)
-from ..mq.topic import RemoteManager
+from ..mq.model import (MAX_TOPIC_NAME, Capabilities, GroupConfig, PartitionInfo, Partitioner, RemoteManager,
+                        TopicConfig, TopicDescription, kafka_partition)
 from . import envelope, kv, names
 from .cursors import Cursors
 from .direct import DirectPublisher
@@ -723,16 +722,10 @@ class JetStreamManager(RemoteManager):
         from .state import KvGroupState
         return KvGroupState(self, group, topic)
 
-    def subscribe(self, topic: str, group: str, member: str | None = None, *,
-                  store: Any = None, **options: Any) -> Any:
-        """A consumer of ``topic`` that joins ``group`` and manages its share of the
-        partitions, as :meth:`TopicManager.subscribe <grafos.mq.topic.TopicManager.subscribe>`;
-        the group's offsets live in a :class:`~grafos.jetstream.state.KvOffsetStore`
-        of this bus unless ``store`` is given."""
-        from ..mq.subscribe import Subscriber
+    def offset_store(self) -> Any:
+        """The bus's :class:`~grafos.jetstream.state.KvOffsetStore` (on the server, fenced for groups)."""
         from .state import KvOffsetStore
-        return Subscriber(self, topic, group, member, store=KvOffsetStore(self) if store is None else store,
-                          **options)
+        return KvOffsetStore(self)
 
     def dlq_counts(self, source: str, dlq: str) -> Any:
         from .state import KvCounts

@@ -28,7 +28,8 @@ from .. import _validate
 from ..errors import InvalidArgument
 from .consumer import Consumer
 from .producer import Partitioner, Producer
-from .topic import BusHandles
+from .model import Bus
+from .subscribe import Subscriber
 
 __all__ = ["BoundProducer", "BoundConsumer"]
 
@@ -37,8 +38,8 @@ PRODUCER_CALLS = ("send_batch", "loan", "begin", "register")
 CONSUMER_CALLS = ("poll_batch", "seek", "seek_partition", "lag", "wait", "peek")
 
 
-def _check_mgr(mgr: object) -> BusHandles:
-    if not isinstance(mgr, BusHandles):
+def _check_mgr(mgr: object) -> Bus:
+    if not isinstance(mgr, Bus):
         raise _validate.InvalidType(f"mgr must be a TopicManager (or a remote bus's manager), "
                                     f"not {type(mgr).__name__}")
     return mgr
@@ -54,7 +55,7 @@ def _with_mgr(base: Callable[..., Any]) -> Callable[..., Any]:
     def call(self: Any, *args: Any, **kw: Any) -> Any:
         if args and args[0] is self.mgr:
             return base(self, *args, **kw)
-        if args and isinstance(args[0], BusHandles):
+        if args and isinstance(args[0], Bus):
             raise _other_bus(self, args[0])
         return base(self, self.mgr, *args, **kw)
     call.__name__ = base.__name__
@@ -66,7 +67,7 @@ def _with_mgr(base: Callable[..., Any]) -> Callable[..., Any]:
 class BoundProducer(Producer):
     """A :class:`Producer` of ``topic`` on ``mgr``; ``options`` are the Producer's."""
 
-    def __init__(self, mgr: BusHandles, topic: str, partitioner: Partitioner = Partitioner.KeyHash,
+    def __init__(self, mgr: Bus, topic: str, partitioner: Partitioner = Partitioner.KeyHash,
                  **options: Any) -> None:
         super().__init__(topic, partitioner, **options)
         self.mgr = _check_mgr(mgr)
@@ -80,12 +81,12 @@ class BoundProducer(Producer):
 
     # the crossing put this handle's manager first; another bus's lands here
     def _send_fallback(self, mgr: Any, value: Any, *args: Any, **kw: Any) -> tuple[int, int]:
-        if isinstance(value, BusHandles):
+        if isinstance(value, Bus):
             raise _other_bus(self, value)
         return Producer._send_fallback(self, mgr, value, *args, **kw)
 
     def _send_keyed_fallback(self, mgr: Any, key: Any, *args: Any, **kw: Any) -> tuple[int, int]:
-        if isinstance(key, BusHandles):
+        if isinstance(key, Bus):
             raise _other_bus(self, key)
         return Producer._send_keyed_fallback(self, mgr, key, *args, **kw)
 
@@ -96,7 +97,7 @@ class BoundProducer(Producer):
 class BoundConsumer(Consumer):
     """A :class:`Consumer` of ``topic`` in ``group`` on ``mgr``; ``options`` are the Consumer's."""
 
-    def __init__(self, mgr: BusHandles, topic: str, group: str = "default", **options: Any) -> None:
+    def __init__(self, mgr: Bus, topic: str, group: str = "default", **options: Any) -> None:
         super().__init__(topic, group, **options)
         self.mgr = _check_mgr(mgr)
         self._own(mgr)
@@ -108,7 +109,7 @@ class BoundConsumer(Consumer):
         return _bound_consumer, (self.mgr, *args), state
 
     def _poll_fallback(self, mgr: Any, *args: Any, **kw: Any) -> Any:
-        if args and isinstance(args[0], BusHandles):
+        if args and isinstance(args[0], Bus):
             raise _other_bus(self, args[0])
         return Consumer._poll_fallback(self, mgr, *args, **kw)
 
@@ -116,7 +117,7 @@ class BoundConsumer(Consumer):
         """``wait_request(waiter, timeout=None)`` (or ``(waiter, mgr, timeout)``)."""
         if args and args[0] is self.mgr:
             return Consumer.wait_request(self, waiter, *args, **kw)
-        if args and isinstance(args[0], BusHandles):
+        if args and isinstance(args[0], Bus):
             raise _other_bus(self, args[0])
         return Consumer.wait_request(self, waiter, self.mgr, *args, **kw)
 
@@ -124,13 +125,13 @@ class BoundConsumer(Consumer):
         return f"<BoundConsumer {self.topic!r} group {self.group!r}>"
 
 
-def _bound_producer(mgr: BusHandles, topic: str, partitioner: Partitioner, timeout: float | None,
+def _bound_producer(mgr: Bus, topic: str, partitioner: Partitioner, timeout: float | None,
                     idempotent: bool, transactional_id: str | None, transaction_ttl: float) -> BoundProducer:
     return BoundProducer(mgr, topic, partitioner, timeout=timeout, idempotent=idempotent,
                          transactional_id=transactional_id, transaction_ttl=transaction_ttl)
 
 
-def _bound_consumer(mgr: BusHandles, topic: str, group: str, isolation: str, on_lost: str) -> BoundConsumer:
+def _bound_consumer(mgr: Bus, topic: str, group: str, isolation: str, on_lost: str) -> BoundConsumer:
     return BoundConsumer(mgr, topic, group, isolation=isolation, on_lost=on_lost)
 
 
@@ -139,3 +140,14 @@ for _name in PRODUCER_CALLS:
 for _name in CONSUMER_CALLS:
     setattr(BoundConsumer, _name, _with_mgr(getattr(Consumer, _name)))
 del _name
+
+
+class _Handles:
+    """What :class:`~grafos.mq.model.Bus` makes its bound handles with."""
+
+    producer = BoundProducer
+    consumer = BoundConsumer
+    subscribe = Subscriber
+
+
+Bus._handles = _Handles

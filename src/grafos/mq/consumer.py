@@ -24,10 +24,10 @@ from ..reader import Batch, Reader, Waiter
 from . import gate, transaction
 from .isolation import Holding
 from .offset import FabricOffsetStore, OffsetStore, bus_store, commit_many, committed_entry
-from .model import SeekPolicy
-from .topic import SHARED_MEMORY, BusHandles, Topic, TopicManager
+from .model import SHARED_MEMORY, Bus, SeekPolicy
 
 if TYPE_CHECKING:
+    from .topic import Topic, TopicManager
     from ..peek import Peek
 
 __all__ = ["Consumer", "SeekPolicy", "Message"]
@@ -174,16 +174,16 @@ class Consumer(PollPath):
         """The partitions given to :meth:`assign`; None if never assigned (all of them)."""
         return None if self._assigned is None else list(self._assigned)
 
-    def _remote(self) -> BusHandles | None:
+    def _remote(self) -> Bus | None:
         """What serves this consumer's calls on the bus it last read through
         (None: the consumer reads the fabric itself, or has not read yet)."""
         m = self._mgr
         return None if m is None else m.session(self)
 
-    def _session(self, mgr: BusHandles) -> BusHandles | None:
+    def _session(self, mgr: Bus) -> Bus | None:
         """What serves this consumer's calls on ``mgr`` (None: the consumer reads
         the fabric itself); asked while the consumer is not bound to ``mgr``."""
-        if not isinstance(mgr, BusHandles):
+        if not isinstance(mgr, Bus):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         return mgr.session(self)
 
@@ -202,7 +202,7 @@ class Consumer(PollPath):
         if mgr is not self._mgr or t is None or not t.binding.valid or self._reader is None:
             if self._closed:
                 raise self._closed_error()
-            if not isinstance(mgr, BusHandles):
+            if not isinstance(mgr, Bus):
                 raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
             t = mgr.topic(self.topic)
             self._open(mgr, t, start)

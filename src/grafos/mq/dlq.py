@@ -36,7 +36,7 @@ from ..message import Message
 from . import _metakeys
 from .offset import MAX_OFFSET
 from .producer import Partitioner, Producer
-from .topic import BusHandles
+from .model import Bus
 
 if TYPE_CHECKING:
     from .consumer import Consumer
@@ -140,7 +140,7 @@ class DlqRouter:
         if mgr is None:
             self._counts = _MemCounts()
         else:
-            if not isinstance(mgr, BusHandles):
+            if not isinstance(mgr, Bus):
                 raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
             self._counts = mgr.dlq_counts(self.source_topic, self.dlq_topic)      # in the bus's records
         self._producer = Producer(self.dlq_topic, Partitioner.KeyHash)

@@ -70,8 +70,7 @@ from .._clock import now_ns
 from .._log import get as _logger
 from ..errors import CorruptFabric, Fenced, InvalidArgument, LockTimeout, Unavailable
 from . import _metakeys, gate
-from .model import MAX_PARTITIONS, Claim, GroupConfig
-from .topic import BusHandles
+from .model import MAX_PARTITIONS, Bus, Claim, GroupConfig
 from .offset import MAX_OFFSET, Incarnations, OffsetStore, bus_store, commit_many, committed_entry
 
 if TYPE_CHECKING:
@@ -322,7 +321,7 @@ class ConsumerGroup:
         if mgr is None:
             self._state = _MemState()
             return
-        if not isinstance(mgr, BusHandles):
+        if not isinstance(mgr, Bus):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         if mgr.exists(self.topic):
             n = mgr.topic(self.topic).n
@@ -343,7 +342,7 @@ class ConsumerGroup:
     def attach(cls, mgr: "TopicManager", name: str, topic: str) -> "ConsumerGroup":
         """The fabric-backed group ``name`` on ``topic`` as its creator configured it."""
         name, topic = _validate.name(name, "group name", 64), _validate.name(topic, "topic", 64)
-        if not isinstance(mgr, BusHandles):
+        if not isinstance(mgr, Bus):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         st = mgr.group_state(name, topic)
         with st.locked():

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import Any, ClassVar, Iterable, NamedTuple, Protocol, runtime_checkable
 
 from .. import _validate
 from .._native import lib
-from ..errors import InvalidArgument
+from ..errors import InvalidArgument, Unsupported
 from ..partition import MAX_OFFSET, OFFSET_BITS
 
 __all__ = ["TopicConfig", "PartitionInfo", "TopicDescription", "Capabilities", "SHARED_MEMORY", "Partitioner",
            "kafka_partition", "murmur2", "SeekPolicy", "GroupConfig", "Claim", "OffsetStore", "MAX_OFFSET",
-           "OFFSET_BITS", "MAX_TOPIC_NAME", "MAX_PARTITIONS", "ON_FULL"]
+           "OFFSET_BITS", "MAX_TOPIC_NAME", "MAX_PARTITIONS", "ON_FULL", "Bus", "RemoteManager"]
 
 #: documented defaults of :class:`TopicConfig`
 DEFAULT_PARTITIONS = 4
@@ -211,3 +211,90 @@ class GroupConfig:
 class OffsetStore(Protocol):
     def committed(self, group: str, topic: str, partition: int) -> int | None: ...
     def commit(self, group: str, topic: str, partition: int, offset: int) -> None: ...
+
+
+class Bus:
+    """The base of every bus: the shared-memory
+    :class:`~grafos.mq.topic.TopicManager` and the managers of buses on a
+    server alike. A bus says once, when a producer or consumer binds, what
+    serves that handle's calls (:meth:`session`), and keeps its own group
+    records, dead-letter counts and offsets: the facades never ask which
+    backend they are on. It also hands out handles bound to it
+    (:mod:`grafos.mq.bound`)."""
+
+    capabilities: Capabilities
+    #: the makers of bound handles: :mod:`grafos.mq.bound` sets them, from the layer
+    #: above (this module imports no facade)
+    _handles: ClassVar[Any]
+
+    def session(self, handle: Any) -> "Bus | None":
+        """What serves ``handle``'s calls (a Producer or Consumer) on this bus:
+        a bus on a server serves them itself; None on shared memory, where the
+        handle reads and writes the fabric through its own binding."""
+        raise NotImplementedError
+
+    def offset_store(self) -> OffsetStore:
+        """The bus's own offset store, shared by every process of the bus."""
+        raise NotImplementedError
+
+    def group_state(self, group: str, topic: str) -> Any:
+        """The records of consumer group ``group`` on ``topic`` (see ``grafos.mq.group``)."""
+        raise NotImplementedError
+
+    def dlq_counts(self, source: str, dlq: str) -> Any:
+        """The nack counts of the dead-letter route ``source`` -> ``dlq`` (see ``grafos.mq.dlq``)."""
+        raise NotImplementedError
+
+    def list_groups(self) -> list[GroupConfig]:
+        """Every group with records on the bus."""
+        raise NotImplementedError
+
+    def producer(self, topic: str, partitioner: Partitioner | None = None, **options: Any) -> Any:
+        """A :class:`~grafos.mq.producer.Producer` of ``topic`` bound to this bus:
+        ``mgr.producer("events").send_keyed(key, value)``. ``options`` are the
+        Producer's (``timeout``, ``idempotent``, ``transactional_id``,
+        ``transaction_ttl``, ...)."""
+        return self._handles.producer(self, topic, Partitioner.KeyHash if partitioner is None else partitioner,
+                                      **options)
+
+    def consumer(self, topic: str, group: str = "default", *, partitions: Iterable[int] | None = None,
+                 **options: Any) -> Any:
+        """A :class:`~grafos.mq.consumer.Consumer` of ``topic`` in ``group`` bound to
+        this bus, reading ``partitions`` (default: all): ``mgr.consumer("events",
+        group="processors").poll(100)``. ``options`` are the Consumer's
+        (``max_batch``, ``gating``, ``gating_ttl``, ``check_crcs``, ``isolation``,
+        ``on_lost``, ...)."""
+        c = self._handles.consumer(self, topic, group, **options)
+        if partitions is not None:
+            c.assign(partitions)
+        return c
+
+    def subscribe(self, topic: str, group: str, member: str | None = None, *,
+                  store: OffsetStore | None = None, **options: Any) -> Any:
+        """A consumer of ``topic`` that joins ``group`` and manages its share of the
+        partitions (the recommended consumer, see :mod:`grafos.mq.subscribe`):
+        ``for partition, msg in mgr.subscribe("events", group="processors")``.
+        Options: ``on_assign``, ``on_revoke``, ``auto_commit`` (True),
+        ``auto_commit_interval`` (0: at every poll), ``session_timeout`` (30 s),
+        ``heartbeat_interval``, ``max_poll_interval`` (300 s), ``max_batch``.
+        The group's offsets live in ``store``, by default the bus's own
+        (:meth:`offset_store`: a :class:`~grafos.mq.offset.FabricOffsetStore` on
+        shared memory, a :class:`~grafos.jetstream.KvOffsetStore` on JetStream)."""
+        return self._handles.subscribe(self, topic, group, member,
+                                       store=self.offset_store() if store is None else store, **options)
+
+
+class RemoteManager(Bus):
+    """Base of the managers of buses that live on a server (the JetStream bus,
+    :func:`grafos.connect`): the bus serves its handles' calls itself."""
+
+    def session(self, handle: Any) -> "RemoteManager":
+        return self
+
+    @property
+    def fabric(self) -> Any:
+        """Refused: the bus lives on a server, so it has no fabric to inspect or
+        reap in this process (``capabilities.shared_memory`` is false)."""
+        raise Unsupported(f"{type(self).__name__} has no fabric: the bus lives on a server, not in shared "
+                          "memory (capabilities.shared_memory is false); mgr.reap() deletes the partitions of "
+                          "expired leases")

@@ -34,7 +34,7 @@ from .. import _validate
 from ..errors import Closed, CorruptFabric, InvalidArgument, Unsupported
 from ..partition import MAX_OFFSET
 from . import _metakeys
-from .model import OffsetStore
+from .model import Bus, OffsetStore
 
 if TYPE_CHECKING:
     from ..fabric import Fabric
@@ -315,14 +315,13 @@ class FabricOffsetStore(_CommitsMany):
 
     def __init__(self, mgr: "TopicManager | Fabric") -> None:
         from ..fabric import Fabric
-        from .topic import BusHandles
         self._mgr: TopicManager | None = None
         if isinstance(mgr, Fabric):
             self.fabric = mgr
-        elif isinstance(mgr, BusHandles) and mgr.capabilities.shared_memory:
+        elif isinstance(mgr, Bus) and mgr.capabilities.shared_memory:
             self.fabric = mgr.fabric
             self._mgr = mgr
-        elif isinstance(mgr, BusHandles):
+        elif isinstance(mgr, Bus):
             raise Unsupported(f"a {type(mgr).__name__} keeps no fabric: the offsets of a bus on a server go in "
                               "its own store (grafos.jetstream.KvOffsetStore(mgr) on JetStream)")
         else:
@@ -376,12 +375,11 @@ class FabricOffsetStore(_CommitsMany):
                     incarnations: Incarnations | None = None) -> None:
         """Commit several partitions under one hold of the metadata lock (which
         also stores the gates of a gated topic: see the class docs)."""
-        from . import gate
         with self.fabric.locked():
             for key, value in self.writes(group, topic, offsets, incarnations):
                 self.fabric.meta_put(key, value)
             if self._mgr is not None:
-                gate.follow_commit(self._mgr, topic)
+                self._mgr.follow_commit(topic)
 
     def writes(self, group: str, topic: str, offsets: Mapping[int, int],
                incarnations: Incarnations | None = None) -> list[tuple[str, bytes]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import NoReturn, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 import numpy as np
 
@@ -26,8 +26,10 @@ from ..loan import Loan
 from ..message import encode_headers
 from ..partition import MAX_OFFSET, OFFSET_BITS, pack
 from . import gate, transaction
-from .model import Partitioner, kafka_partition, murmur2  # noqa: F401 - the producer's vocabulary, importable here
-from .topic import SHARED_MEMORY, BusHandles, Topic, TopicManager
+from .model import SHARED_MEMORY, Bus, Partitioner, kafka_partition, murmur2  # noqa: F401 - importable here too
+
+if TYPE_CHECKING:
+    from .topic import Topic, TopicManager
 
 _send = lib.gf_send
 _NULL = ffi.NULL
@@ -119,15 +121,15 @@ class Producer(SendPath):
         self._unbind_fast()
         return self
 
-    def _session(self, mgr: BusHandles) -> BusHandles | None:
+    def _session(self, mgr: Bus) -> Bus | None:
         """What serves this producer's calls on ``mgr`` (None: the producer writes
         the fabric itself); asked while the producer is not bound to ``mgr``."""
-        if not isinstance(mgr, BusHandles):
+        if not isinstance(mgr, Bus):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         return mgr.session(self)
 
     def _bind(self, mgr: TopicManager, refresh: bool = False) -> Topic:
-        if not isinstance(mgr, BusHandles):
+        if not isinstance(mgr, Bus):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         t = mgr.refresh(self.topic) if refresh else mgr.topic(self.topic)
         s = ffi.new("gf_sender *")

@@ -82,6 +82,7 @@ from ..message import Headers
 from ..reader import Reader
 from . import _metakeys, gate
 from .dlq import SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
+from .model import Bus
 from .producer import Partitioner, Producer
 
 if TYPE_CHECKING:
@@ -358,8 +359,7 @@ class ShareConsumer(_ShareMember):
     def __init__(self, mgr: "TopicManager", topic: str, group: str = "default", *, lock_secs: float = 30.0,
                  max_deliveries: int = 5, dlq: str | None = None, member: str | None = None,
                  max_batch: int = 1024, gating_ttl: float = 30.0, buf_size: int | None = None) -> None:
-        from .topic import TopicManager
-        if not isinstance(mgr, TopicManager):
+        if not (isinstance(mgr, Bus) and mgr.capabilities.shared_memory):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         self._settings(mgr, topic, group, lock_secs, max_deliveries, dlq, member, max_batch, gating_ttl, buf_size)
         self._lock_ns = int(self.lock_secs * 1e9)
@@ -928,8 +928,7 @@ def expired_count(mgr: "TopicManager", topic: str, group: str) -> int:
 
 def describe(mgr: "TopicManager", topic: str, group: str, now: float | None = None) -> list[ShareState]:
     """A share group's state per partition, without joining it."""
-    from .topic import TopicManager
-    if not isinstance(mgr, TopicManager):
+    if not (isinstance(mgr, Bus) and mgr.capabilities.shared_memory):
         raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
     t = mgr.topic(topic)
     scope = _scope(topic, group)

@@ -67,7 +67,7 @@ from ..reader import META_DTYPE, Batch
 from .consumer import Consumer, SeekPolicy
 from .group import TRANSIENT, ConsumerGroup, Share
 from .offset import OffsetStore
-from .topic import BusHandles
+from .model import Bus
 
 __all__ = ["Subscriber", "member_name"]
 
@@ -105,12 +105,12 @@ class Subscriber:
     (default: the bus's own shared store).
     """
 
-    def __init__(self, mgr: BusHandles, topic: str, group: str, member: str | None = None,
+    def __init__(self, mgr: Bus, topic: str, group: str, member: str | None = None,
                  *, on_assign: Callback | None = None, on_revoke: Callback | None = None,
                  auto_commit: bool = True, auto_commit_interval: float = 0.0, session_timeout: float = 30.0,
                  heartbeat_interval: float | None = None, max_poll_interval: float = 300.0,
                  store: OffsetStore, max_batch: int = 1024) -> None:
-        if not isinstance(mgr, BusHandles):      # a bus: shared memory or a server
+        if not isinstance(mgr, Bus):      # a bus: shared memory or a server
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         for what, cb in (("on_assign", on_assign), ("on_revoke", on_revoke)):
             if cb is not None and not callable(cb):

@@ -20,25 +20,23 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from .. import _validate
 from .._check import raise_for
 from .._clock import now_ns, now_s
 from .._crossing import Binding
 from .._native import ffi, lib
-from ..errors import AlreadyExists, FabricFull, InvalidArgument, LeaseExpired, NotFound, NotPortable, Unsupported
+from ..errors import AlreadyExists, FabricFull, InvalidArgument, LeaseExpired, NotFound, NotPortable
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
 from ..partition import Partition, PartitionState, region_size
 from . import gate
 from .model import (DEFAULT_CAPACITY, DEFAULT_PARTITIONS, DEFAULT_RETENTION_SECS, DEFAULT_STRIDE,  # noqa: F401
-                    MAX_PARTITIONS, MAX_TOPIC_NAME, ON_FULL, SHARED_MEMORY, Capabilities, PartitionInfo,
-                    TopicConfig, TopicDescription)
+                    MAX_PARTITIONS, MAX_TOPIC_NAME, ON_FULL, SHARED_MEMORY, Bus, Capabilities, PartitionInfo,
+                    RemoteManager, TopicConfig, TopicDescription)
 
 if TYPE_CHECKING:
-    from .bound import BoundConsumer, BoundProducer
-    from .model import OffsetStore, Partitioner
-    from .subscribe import Subscriber
+    from .model import OffsetStore
     from .share import ShareConsumer
 
 _CONFIG = struct.Struct("<IIIIdqQ")    # partitions, capacity, stride, flags, retention, created_ns, incarnation
@@ -141,60 +139,8 @@ def _lease_of_ref(fab: Fabric, ref: bytes) -> MemLease:
     return MemLease(fab, idx, lid)
 
 
-class BusHandles:
-    """The base of every bus: the shared-memory :class:`TopicManager` and the
-    managers of remote buses alike. It hands out handles bound to it
-    (:mod:`grafos.mq.bound`), and says once, when a producer or consumer binds,
-    who serves that handle's calls (:meth:`session`): the facades never ask
-    which backend they are on."""
-
-    capabilities: Capabilities
-
-    def session(self, handle: Any) -> "BusHandles | None":
-        """What serves ``handle``'s calls (a Producer or Consumer) on this bus:
-        a bus on a server serves them itself; None on shared memory, where the
-        handle reads and writes the fabric through its own binding."""
-        raise NotImplementedError
-
-    def producer(self, topic: str, partitioner: "Partitioner | None" = None, **options: Any) -> "BoundProducer":
-        """A :class:`~grafos.mq.producer.Producer` of ``topic`` bound to this bus:
-        ``mgr.producer("events").send_keyed(key, value)``. ``options`` are the
-        Producer's (``timeout``, ``idempotent``, ``transactional_id``,
-        ``transaction_ttl``, ...)."""
-        from .bound import BoundProducer        # bound sits above this module
-        from .producer import Partitioner
-        return BoundProducer(self, topic, Partitioner.KeyHash if partitioner is None else partitioner, **options)
-
-    def consumer(self, topic: str, group: str = "default", *, partitions: "Iterable[int] | None" = None,
-                 **options: Any) -> "BoundConsumer":
-        """A :class:`~grafos.mq.consumer.Consumer` of ``topic`` in ``group`` bound to
-        this bus, reading ``partitions`` (default: all): ``mgr.consumer("events",
-        group="processors").poll(100)``. ``options`` are the Consumer's
-        (``max_batch``, ``gating``, ``gating_ttl``, ``check_crcs``, ``isolation``,
-        ``on_lost``, ...)."""
-        from .bound import BoundConsumer
-        c = BoundConsumer(self, topic, group, **options)
-        if partitions is not None:
-            c.assign(partitions)
-        return c
-
-
-class RemoteManager(BusHandles):
-    """Base of the managers of buses that live on a server (the JetStream bus,
-    :meth:`TopicManager.connect`). Producers, consumers, groups, DLQ routers
-    and renewal managers accept one where they take a TopicManager and hand
-    their work to its public methods; the shared-memory paths never see it."""
-
-    def session(self, handle: Any) -> "RemoteManager":
-        return self
-
-    @property
-    def fabric(self) -> Any:
-        """Refused: the bus lives on a server, so it has no fabric to inspect or
-        reap in this process (``capabilities.shared_memory`` is false)."""
-        raise Unsupported(f"{type(self).__name__} has no fabric: the bus lives on a server, not in shared "
-                          "memory (capabilities.shared_memory is false); mgr.reap() deletes the partitions of "
-                          "expired leases")
+#: the base of every bus (the name the handles of :mod:`grafos.mq.bound` use)
+BusHandles = Bus
 
 
 def _check_room(fab: Fabric, name: str, config: TopicConfig) -> None:
@@ -211,7 +157,7 @@ def _check_room(fab: Fabric, name: str, config: TopicConfig) -> None:
             "fewer or smaller slots")
 
 
-class TopicManager(BusHandles):
+class TopicManager(Bus):
     """The bus. ``TopicManager()`` is in-process on its own fabric (no server,
     nothing to clean up); :meth:`open` creates or attaches to a named or
     file-backed bus shared with other processes."""
@@ -256,22 +202,10 @@ class TopicManager(BusHandles):
         mgr.fabric.reap()       # lazy reclaim: attaching is one of the moments we reap
         return mgr
 
-    @classmethod
-    def connect(cls, servers: "str | list[str]", **options) -> RemoteManager:
-        """The same bus on NATS JetStream: ``TopicManager.connect("nats://127.0.0.1:4222")``
-        (a list of URLs for a cluster). Options: ``replicas=`` (3 on a 3-node
-        cluster), ``timeout=`` (seconds every call may wait, default 5),
-        ``age_limit=`` and the connection options of :func:`nats.connect`
-        (``user``, ``password``, ``token``, ``user_credentials``, ``tls``, ...).
-        Needs the ``nats`` extra: ``pip install "grafos[nats]"``."""
-        try:
-            from ..jetstream.manager import JetStreamManager
-        except ModuleNotFoundError as e:
-            if e.name is not None and e.name.split(".")[0] == "nats":
-                raise ModuleNotFoundError('the JetStream bus needs nats-py: pip install "grafos[nats]"',
-                                          name=e.name) from None
-            raise
-        return JetStreamManager(servers, **options)
+    #: ``TopicManager.connect("nats://127.0.0.1:4222")``: the same bus on a server,
+    #: :func:`grafos.connect` for server URLs (set by :mod:`grafos._connect`, the layer
+    #: above both backends)
+    connect: ClassVar[Callable[..., RemoteManager]]
 
     @staticmethod
     def unlink(name: str) -> bool:
@@ -538,20 +472,15 @@ class TopicManager(BusHandles):
             return self._load(name)
 
     # ---- a consumer that manages its group -----------------------------------------
-    def subscribe(self, topic: str, group: str, member: str | None = None, *,
-                  store: "OffsetStore | None" = None, **options) -> "Subscriber":
-        """A consumer of ``topic`` that joins ``group`` and manages its share of the
-        partitions (the recommended consumer, see :mod:`grafos.mq.subscribe`):
-        ``for partition, msg in mgr.subscribe("events", group="processors")``.
-        Options: ``on_assign``, ``on_revoke``, ``auto_commit`` (True),
-        ``auto_commit_interval`` (0: at every poll), ``session_timeout`` (30 s),
-        ``heartbeat_interval``, ``max_poll_interval`` (300 s), ``max_batch``.
-        The group's offsets live in ``store``, by default the bus's
-        :class:`~grafos.mq.offset.FabricOffsetStore` (shared by its processes)."""
+    def follow_commit(self, topic: str) -> None:
+        """Store the gates of ``topic`` after a commit of offsets to the bus's store
+        (:func:`grafos.mq.gate.follow_commit`). Needs the fabric lock."""
+        gate.follow_commit(self, topic)
+
+    def offset_store(self) -> "OffsetStore":
+        """The bus's :class:`~grafos.mq.offset.FabricOffsetStore` (shared by its processes)."""
         from .offset import FabricOffsetStore
-        from .subscribe import Subscriber
-        return Subscriber(self, topic, group, member, store=FabricOffsetStore(self) if store is None else store,
-                          **options)
+        return FabricOffsetStore(self)
 
     # ---- observability -----------------------------------------------------
     def partition_leases(self, name: str) -> list[MemLease | None]:
