@@ -3,8 +3,11 @@
 Every bus class is importable from here::
 
     from grafos.mq import TopicManager, TopicConfig, Producer, Partitioner, Consumer, SeekPolicy
+
+(and from :mod:`grafos` itself, with :func:`grafos.connect`).
 """
-from .topic import PartitionInfo, Topic, TopicConfig, TopicDescription, TopicManager   # noqa: I001
+from .model import Bus, Capabilities   # noqa: I001
+from .topic import PartitionInfo, Topic, TopicConfig, TopicDescription, TopicManager
 from .offset import FabricOffsetStore, MemOffsetStore, OffsetStore, SqliteOffsetStore
 from .producer import Partitioner, Producer, Transaction, kafka_partition, murmur2
 from .consumer import Consumer, Message, SeekPolicy
@@ -14,7 +17,7 @@ from .bound import BoundConsumer, BoundProducer
 from .subscribe import Subscriber
 from .share import ShareConsumer, ShareRecord, ShareState
 
-__all__ = ["TopicManager", "TopicConfig", "Topic", "TopicDescription", "PartitionInfo",
+__all__ = ["Bus", "Capabilities", "TopicManager", "TopicConfig", "Topic", "TopicDescription", "PartitionInfo",
            "Producer", "Transaction", "Partitioner", "kafka_partition", "murmur2",
            "Consumer", "SeekPolicy", "Message", "ConsumerGroup", "GroupDescription", "DlqRouter",
            "OffsetStore", "MemOffsetStore", "SqliteOffsetStore", "FabricOffsetStore",
