@@ -598,9 +598,9 @@ class Consumer(PollPath):
         that gives up leaves the consumer where it was. True if something is
         readable. A thread may wait for the consumer's owner while the owner
         waits for it (this is how :mod:`grafos.aio` awaits messages)."""
-        if not getattr(mgr, "capabilities", SHARED_MEMORY).shared_memory:    # a bus on a server waits
+        if (s := self._session(mgr)) is not None:
             self._mgr = mgr
-            return mgr.wait(self, timeout)
+            return s.wait(self, timeout)
         return self._ensure(mgr).wait(timeout)
 
     def wait_request(self, waiter: Waiter, mgr: TopicManager, timeout: float | None = None) -> int:
