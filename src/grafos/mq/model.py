@@ -1,7 +1,8 @@
 """The bus's vocabulary, shared by every backend (shared memory and JetStream):
 topic layout and description, capabilities, partitioners, seek policies, group
-configuration, the offset store protocol and the offset limit. It imports no
-backend and no facade, so both backends and the facades above them can import it.
+configuration, the offset store protocol, the offset limit, and :class:`Bus`,
+the base every backend's manager shares. It imports no backend and no facade,
+so both backends and the facades above them can import it.
 """
 from __future__ import annotations
 
