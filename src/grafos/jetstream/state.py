@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Mapping
 
 from .. import _validate
 from ..errors import CorruptFabric
-from ..mq.model import MAX_OFFSET, Claim, GroupConfig, RemoteManager
+from ..mq.model import MAX_OFFSET, Bus, Claim, GroupConfig
 from . import kv, names
 from .records import Record, open_in_thread
 
@@ -133,7 +133,7 @@ class KvOffsetStore:
     """
 
     def __init__(self, mgr: "JetStreamManager") -> None:
-        if not isinstance(mgr, RemoteManager):
+        if not (isinstance(mgr, Bus) and not mgr.capabilities.shared_memory):
             raise _validate.InvalidType(f"mgr must be a JetStream bus (TopicManager.connect), "
                                         f"not {type(mgr).__name__}")
         self.bus = mgr
