@@ -192,7 +192,7 @@ class Rig:
                      doc="lib.gf_ring_append_batch on pre-packed buffers: the C floor"),
             Workload("poll_raw", "batch-100B", BATCH, BATCH * one, lambda: rd.poll_raw(BATCH),
                      setup=lambda: self.seek_next(p, rd, BATCH), check=_expect(BATCH),
-                     doc="Reader.poll_raw(1024): one gf_poll into the reader's buffers"),
+                     doc="Reader.poll_raw(1024): one gf_poller_poll into the reader's buffers"),
             Workload("poll_batch", "batch-100B", BATCH, BATCH * one, lambda: rd.poll_batch(BATCH),
                      setup=lambda: self.seek_next(p, rd, BATCH), check=_expect(BATCH),
                      doc="Reader.poll_batch(1024): poll_raw + numpy views (Batch)"),

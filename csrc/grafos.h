@@ -113,7 +113,7 @@ typedef struct {
     uint32_t val_len;
     uint32_t key_hash;
     uint32_t flags;
-    uint32_t partition;   /* index into the rings array of gf_poll */
+    uint32_t partition;   /* index into the rings array of the gf_poller */
     uint32_t reserved;
 } gf_msg_meta;
 
@@ -243,9 +243,9 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
                       const uint8_t *keys, const uint32_t *key_lens,
                       const uint8_t *vals, const uint32_t *val_lens, int64_t ts_ns,
                       uint32_t *out_parts, uint64_t *out_offsets);
-/* A reader's process-local view for gf_poller_poll: what gf_poll takes, plus
- * what it reports back (bytes used in buf, partitions found expired) and what
- * its adaptive spin has learnt. */
+/* A reader's process-local view for gf_poller_poll: its rings and cursors,
+ * where the messages go, what it reports back (bytes used in buf, partitions
+ * found expired) and what its adaptive spin has learnt. */
 typedef struct {
     gf_fabric *f;
     gf_ring **rings;
@@ -275,9 +275,6 @@ typedef struct {
 #define GF_SPIN_MAX_NS 200000
 int64_t gf_poller_poll(gf_poller *p, uint32_t max_msgs, int64_t now_ns, int64_t timeout_ns,
                        int64_t spin_ns);
-int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start,
-                uint32_t max_msgs, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
-                int64_t now_ns, int64_t timeout_ns, int64_t spin_ns);
 /* Sleep (futex) until some ring of p has something to read past its cursor:
  * 1, or 0 when timeout_ns passes (< 0: no timeout). Reads nothing, moves no cursor. */
 int64_t gf_poller_wait(gf_poller *p, int64_t timeout_ns);
@@ -321,10 +318,6 @@ typedef struct {
     uint64_t rr;
     gf_idem *idem;          /* NULL: a plain producer */
 } gf_sender;
-
-int64_t gf_sender_send(gf_sender *s, const uint8_t *key, uint32_t klen,
-                       const uint8_t *val, uint32_t vlen);
-int64_t gf_sender_send_nokey(gf_sender *s, const uint8_t *val, uint32_t vlen);
 
 /* Back-pressure (ring.c): the per-ring gate and the wait for room. */
 typedef struct {
@@ -408,14 +401,14 @@ int gf_loan_check(const gf_loan *l);
 int64_t gf_loan_commit(gf_loan *l);
 int gf_loan_abandon(gf_loan *l);
 
-/* Zero-copy reads: like gf_poll on one ring without waiting, but each meta
+/* Zero-copy reads: like gf_poller_poll on one ring without waiting, but each meta
  * row's `pos` is the slot index the message's bytes start in (see
- * gf_ring_slot_data); nothing is copied. gf_ring_intact says afterwards whether
- * the message at `offset` was left alone by writers. */
+ * gf_ring_slot_data); nothing is copied. gf_ring_intact_many says afterwards
+ * which of the messages were left alone by writers. */
 int64_t gf_ring_peek(gf_ring *r, gf_cursor *c, uint32_t max, gf_msg_meta *meta, int64_t now_ns);
 uint8_t *gf_ring_slot_data(gf_ring *r, uint32_t index);
-int gf_ring_intact(gf_ring *r, uint64_t offset);
-/* gf_ring_intact for n offsets (intact[i] 1 or 0); returns how many are not */
+/* For n offsets read in place: intact[i] 1 if the message at offsets[i] was left
+ * alone by writers (and its region is still the ring's), else 0; returns how many are not */
 uint32_t gf_ring_intact_many(gf_ring *r, const uint64_t *offsets, uint32_t n, uint8_t *intact);
 
 /* Hashing */
@@ -540,7 +533,7 @@ int64_t gf_share_join(gf_share *s, uint32_t pid, const uint8_t *name, uint32_t n
 int gf_share_member_name(gf_share *s, uint32_t token, uint8_t *out, uint32_t cap);
 /* Lock up to `max` records for `member` until now + the lock time: first those
  * released or whose lock expired, then new ones from the ring. Each record's
- * bytes are copied to buf as gf_poll does (meta[i] for rows[i], partition `part`);
+ * bytes are copied to buf as gf_poller_poll does (meta[i] for rows[i], partition `part`);
  * records at the delivery limit come back flagged GF_SHARE_DEAD. */
 int64_t gf_share_acquire(gf_share *s, uint32_t member, uint32_t max, int64_t now_ns, uint32_t part,
                          gf_share_row *rows, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size);

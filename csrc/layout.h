@@ -361,6 +361,5 @@ _Static_assert(sizeof(struct gf_share_entry) == 16, "share entry");
 #define faa(p, v)        atomic_fetch_add_explicit((p), (v), memory_order_acq_rel)
 #define fence_acq()      atomic_thread_fence(memory_order_acquire)
 #define fence_rel()      atomic_thread_fence(memory_order_release)
-#define fence_full()     atomic_thread_fence(memory_order_seq_cst)
 
 #endif

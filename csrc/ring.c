@@ -330,7 +330,7 @@ int gf_ring_state_get(gf_ring *r, int64_t now_ns, gf_ring_state *out)
 
 static inline void wake_readers(gf_fabric *f)
 {
-    /* Dekker with gf_poll: our publish (a seq_cst CAS) is ordered before this
+    /* Dekker with sleep_for: our publish (a seq_cst CAS) is ordered before this
      * load; a sleeper bumps `waiters` before its last look at the slots. */
     if (__builtin_expect(atomic_load(&f->hdr->waiters) != 0, 0) &&
         gf_mono_ns() < atomic_load(&f->hdr->wait_until) &&   /* not a count left by a dead sleeper */
@@ -441,8 +441,6 @@ static int slot_take_slow(gf_ring *r, uint64_t n, int64_t *t0, int plain)
             return GF_OK;
     }
 }
-
-static int slot_take(gf_ring *r, uint64_t n, int64_t *t0) { return slot_take_as(r, n, t0, 0); }
 
 /* From "being written" to `to`; 0 if it was stepped over meanwhile (seq_leave). */
 static inline int seq_finish(gf_ring *r, uint64_t n, uint64_t to)
@@ -889,18 +887,6 @@ int64_t gf_send_idem_again(gf_sender *s, uint32_t part, uint64_t seq, const uint
                            const uint8_t *val, uint32_t vlen)
 {
     return send_idem(s, 1, part, seq, key, klen, has_key, hdrs, hlen, val, vlen);
-}
-
-/* Five arguments instead of twelve: each one cffi converts costs the hot path. */
-int64_t gf_sender_send(gf_sender *s, const uint8_t *key, uint32_t klen,
-                       const uint8_t *val, uint32_t vlen)
-{
-    return gf_send(s->rings, s->n, s->mode, &s->rr, key, klen, 1, NULL, 0, val, vlen, 0);
-}
-
-int64_t gf_sender_send_nokey(gf_sender *s, const uint8_t *val, uint32_t vlen)
-{
-    return gf_send(s->rings, s->n, s->mode, &s->rr, NULL, 0, 0, NULL, 0, val, vlen, 0);
 }
 
 /* A message of a batch whose claimed slot gave way to a stalled writer is
@@ -1603,7 +1589,7 @@ static int64_t sleep_for(gf_fabric *f, int64_t deadline, look_fn look, void *ctx
     }
 }
 
-/* gf_poll's look for sleep_for: its arguments, and the error it met */
+/* poll_wait's look for sleep_for: its arguments, and the error it met */
 struct poll_look {
     gf_ring **rings;
     gf_cursor *cursors;
@@ -1624,7 +1610,8 @@ static int64_t poll_look(void *ctx, int64_t *stalled)
     return err ? (int64_t)err : (int64_t)got;
 }
 
-/* gf_poll, telling *t0 when it began to wait (0: it found something, or an
+/* Read the rings from their cursors, waiting up to timeout_ns for a message,
+ * telling *t0 when it began to wait (0: it found something, or an
  * error, at the first look) */
 static int64_t poll_wait(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start,
                          uint32_t max_msgs, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
@@ -1658,15 +1645,6 @@ static int64_t poll_wait(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint
     }
     struct poll_look a = {rings, cursors, n, start, max_msgs, meta, buf, buf_size, dest, now_ns};
     return sleep_for(f, deadline, poll_look, &a);
-}
-
-int64_t gf_poll(gf_fabric *f, gf_ring **rings, gf_cursor *cursors, uint32_t n, uint32_t start,
-                uint32_t max_msgs, gf_msg_meta *meta, uint8_t *buf, uint64_t buf_size,
-                int64_t now_ns, int64_t timeout_ns, int64_t spin_ns)
-{
-    int64_t t0 = 0;
-    return poll_wait(f, rings, cursors, n, start, max_msgs, meta, buf, buf_size, NULL, now_ns, timeout_ns,
-                     spin_ns < 0 ? 0 : spin_ns, &t0);
 }
 
 /* Adaptive spin: a reader whose messages come a few tens of microseconds apart
@@ -1719,10 +1697,10 @@ int64_t gf_poller_poll(gf_poller *p, uint32_t max_msgs, int64_t now_ns, int64_t 
 }
 
 /* ---- waiting without reading ---------------------------------------------------
- * gf_poller_wait sleeps like gf_poll but never reads: the cursors do not move,
+ * gf_poller_wait sleeps like gf_poller_poll but never reads: the cursors do not move,
  * so a caller that gives up (an asyncio task cancelled while a helper thread
  * waits for it) leaves the reader exactly where it was. Same futex protocol as
- * gf_poll (waiters / wait_until / armed / wake in the fabric header). */
+ * gf_poller_poll (waiters / wait_until / armed / wake in the fabric header). */
 
 /* 1 if a read of r from c would do something: return a message, count a lost
  * gap, step over an abandoned or overwritten slot, or start the bounded wait on
@@ -1969,22 +1947,12 @@ int64_t gf_ring_peek(gf_ring *r, gf_cursor *c, uint32_t max, gf_msg_meta *meta, 
     return err ? (int64_t)err : (int64_t)got;
 }
 
-int gf_ring_intact(gf_ring *r, uint64_t offset)
-{
-    /* Read in place: the bytes of the message at `offset` were untouched while
-     * in use iff no writer has claimed an offset that maps onto its slots
-     * (offset + capacity or later), and the region is still this ring's. */
-    fence_acq();
-    if (ld_acq(&r->lease->id) != r->lease_id)
-        return 0;
-    if (ld_acq(&r->hdr->tail) > offset + r->capacity)
-        return 0;
-    return ld_acq(seq_at(r, offset)) == 2 * offset + 2;
-}
-
 uint32_t gf_ring_intact_many(gf_ring *r, const uint64_t *offsets, uint32_t n, uint8_t *intact)
 {
-    /* gf_ring_intact for a whole peek: one crossing, one look at the lease and tail */
+    /* Read in place: the bytes of the message at offsets[i] were untouched while
+     * in use iff no writer has claimed an offset that maps onto its slots
+     * (offset + capacity or later), and the region is still this ring's. One
+     * crossing for a whole peek, one look at the lease and tail. */
     fence_acq();
     int mine = ld_acq(&r->lease->id) == r->lease_id;
     uint64_t tail = ld_acq(&r->hdr->tail);

@@ -5,7 +5,7 @@
  *
  * append/poll: one in-process fabric, one ring (65536 slots, or 4096 when the
  * stride is above 1 KiB), filled once so no round faults pages in; then ROUNDS
- * calls of gf_ring_append_batch / gf_poll of BATCH messages (16-byte keys).
+ * calls of gf_ring_append_batch / gf_poller_poll of BATCH messages (16-byte keys).
  * Prints the best and the median round in ns per message and payload GB/s.
  * crc: gf_crc32c over 4096 bytes next to three independent crc32 chains over
  * the same bytes (what a 3-way interleaved CRC32C could reach; the combine step
@@ -135,7 +135,8 @@ int main(int argc, char **argv)
         } else {
             memset(&cur, 0, sizeof cur);
             cur.pos = pos;
-            if (gf_poll(f, &r, &cur, 1, 0, B, meta, buf, bs, 0, 0, 0) != (int64_t)B) { fprintf(stderr, "short poll\n"); return 1; }
+            gf_poller p = {.f = f, .rings = &r, .cursors = &cur, .meta = meta, .buf = buf, .buf_size = bs, .n = 1, .max_batch = B};
+            if (gf_poller_poll(&p, B, 0, 0, 0) != (int64_t)B) { fprintf(stderr, "short poll\n"); return 1; }
             pos += B;
             if (pos + B > st.tail)
                 pos = st.tail - cap;

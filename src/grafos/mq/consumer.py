@@ -1,7 +1,7 @@
 """Consumers: read assigned partitions from their positions, commit what was
 processed. One crossing into C per poll: ``poll`` is a method of the
 crossing's :class:`~grafos._crossing.PollPath`, which runs the core's
-``gf_poll`` (it reads every assigned partition and, with a timeout, sleeps on
+``gf_poller_poll`` (it reads every assigned partition and, with a timeout, sleeps on
 a futex in the shared mapping) and builds the ``(partition, Message)`` pairs
 in C. What it cannot take itself (an unbound consumer, a partition found
 expired, unusual arguments) comes back to this module's slow path.
