@@ -4,6 +4,10 @@
 #include "grafos.h"
 #include "layout.h"
 
+/* Entry points shared by the core's files and no one else: resolved inside
+ * the module, never through its symbol table (no PLT hop on a hot path). */
+#define GF_INTERNAL __attribute__((visibility("hidden")))
+
 struct gf_fabric {
     uint8_t *base;              /* the mapping */
     uint64_t size;              /* validated total size */

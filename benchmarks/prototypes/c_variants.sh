@@ -7,7 +7,7 @@
 #
 # Variants (the removals are for measuring only, none is a proposal as is):
 #   base      csrc/ as it is, built with build_ffi.py's flags
-#   lto       the same with -flto (gf_crc32c/gf_murmur2 inlined into ring.c)
+#   lto       the same with -flto (gf_crc32c/gf_murmur2 inlined into the write path)
 #   nocrc     gf_crc32c returns its input: the slot checksum costs nothing
 #   nomurmur  gf_murmur2 returns 0: the key hash costs nothing
 set -euo pipefail
@@ -22,8 +22,9 @@ variant() {  # name, extra cflags, python snippet editing hash.c in $dir
     local name=$1 extra=$2 edit=$3 dir=$tmp/$1
     mkdir -p "$dir" && cp "$csrc"/*.c "$csrc"/*.h "$dir"/
     [ -n "$edit" ] && (cd "$dir" && python3 -c "$edit")
-    cc $flags $extra -I"$dir" "$here/native_floor.c" "$dir"/fabric.c "$dir"/ring.c "$dir"/hash.c \
-        -o "$tmp/floor_$name" -lpthread
+    local core=()   # the core's sources: every file but the CPython crossing
+    for f in "$dir"/*.c; do [ "$(basename "$f")" = fast.c ] || core+=("$f"); done
+    cc $flags $extra -I"$dir" "$here/native_floor.c" "${core[@]}" -o "$tmp/floor_$name" -lpthread
 }
 stub() {  # python that turns the definition of function $1 into a stub body $2
     echo "import re; s=open('hash.c').read(); i=s.index('$1'); j=s.index('{', i);

@@ -1,0 +1,98 @@
+/* gate.c -- back-pressure: the gate a gating reader stores for its ring,
+ * the wait for room below it, and the counters of sends it held up. */
+#include <string.h>
+#include "ring_internal.h"
+
+_Thread_local uint32_t gf_full_part;
+
+/* ---- back-pressure ----------------------------------------------------------------
+ * A gating reader (a consumer group, or a consumer that opted in) needs every
+ * offset from its position on. Whoever moves a gating reader (a commit, a poll,
+ * a reader found stale) stores the ring's gate: the lowest live position plus
+ * the capacity, or 0 when nobody gates. Producers claim below the gate only
+ * (claim above); one without room sleeps on gate_wake. All of it touches the
+ * ring region only while the ring's lease is still the one it was opened for. */
+
+static int ours(const gf_ring *r)
+{
+    if (ld_acq(&r->lease->id) != r->lease_id)
+        return gf_fail(GF_E_EXPIRED, "partition lease %llu is gone", (unsigned long long)r->lease_id);
+    return GF_OK;
+}
+
+int gf_ring_set_on_full(gf_ring *r, uint32_t on_full)
+{
+    if (on_full > GF_FULL_RAISE)
+        return gf_fail(GF_E_INVAL, "on_full %u is not overwrite (0), block (1) or raise (2)", on_full);
+    int rc = ours(r);
+    if (rc == GF_OK)
+        r->hdr->on_full = on_full;
+    return rc;
+}
+
+int gf_ring_set_gate(gf_ring *r, uint64_t gate)
+{
+    int rc = ours(r);
+    if (rc < 0)
+        return rc;
+    /* Dekker with gf_ring_wait_room: our store (seq_cst) is ordered before the
+     * load of `blocked`; a waiter counts itself before its look at the gate. */
+    atomic_store(&r->hdr->gate, gate);
+    if (atomic_load(&r->hdr->blocked)) {
+        faa(&r->hdr->gate_wake, 1);
+        gf_futex_wake_all(&r->hdr->gate_wake);
+    }
+    return GF_OK;
+}
+
+int gf_ring_gate_get(gf_ring *r, gf_gate_state *out)
+{
+    memset(out, 0, sizeof *out);
+    out->capacity = r->capacity;
+    int rc = ours(r);
+    if (rc < 0)
+        return rc;
+    out->gate = ld_acq(&r->hdr->gate);
+    out->tail = ld_acq(&r->hdr->tail);
+    out->blocked_ns = ld_acq(&r->hdr->blocked_ns);
+    out->full_raised = ld_acq(&r->hdr->full_raised);
+    out->blocked = ld_acq(&r->hdr->blocked);
+    out->on_full = r->hdr->on_full;
+    return GF_OK;
+}
+
+int gf_ring_wait_room(gf_ring *r, uint64_t count, int64_t timeout_ns)
+{
+    int rc = ours(r);
+    if (rc < 0)
+        return rc;
+    struct gf_ring_hdr *h = r->hdr;
+    const int64_t t0 = gf_mono_ns();
+    const int64_t deadline = timeout_ns < 0 ? INT64_MAX : t0 + timeout_ns;
+    atomic_fetch_add(&h->blocked, 1);          /* seq_cst: before our look at the gate */
+    for (;;) {
+        uint32_t w = atomic_load(&h->gate_wake);
+        uint64_t gate = atomic_load(&h->gate), tail = atomic_load(&h->tail);
+        if (gate == 0 || tail + count <= gate)
+            break;
+        if (!gf_lease_alive_query(r->lease, r->lease_id, gf_now_ns()))
+            break;                             /* the send says why */
+        int64_t now = gf_mono_ns();
+        if (now >= deadline) {
+            rc = gf_full_ring(r, count, gate);
+            break;
+        }
+        gf_futex_wait(&h->gate_wake, w, deadline - now);
+    }
+    atomic_fetch_sub(&h->blocked, 1);
+    faa(&h->blocked_ns, (uint64_t)(gf_mono_ns() - t0));
+    return rc;
+}
+
+uint32_t gf_full_partition(void) { return gf_full_part; }
+
+void gf_ring_note_full(gf_ring *r)
+{
+    if (ours(r) == GF_OK)
+        faa(&r->hdr->full_raised, 1);
+}
