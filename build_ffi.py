@@ -1,8 +1,10 @@
 """Build the native core with cffi in API mode.
 
 The cdef is the part of ``csrc/grafos.h`` between the ``cdef-begin`` and
-``cdef-end`` markers; ``...`` constants are filled in by the compiler. The
-compiled module is private: ``grafos._native``.
+``cdef-end`` markers, then the same part of ``csrc/grafos_test.h`` (the test
+hooks, compiled in so that tests reach them through ``lib``); ``...``
+constants are filled in by the compiler. The compiled module is private:
+``grafos._native``.
 """
 from __future__ import annotations
 
@@ -22,13 +24,16 @@ LAYOUT_CONSTANTS = ["GF_META_KEY_MAX", "GF_META_VAL_MAX", "GF_SLOT_HDR_SIZE", "G
                     "GF_SHARE_ENTRIES_OFF", "GF_SH_ACKED"]
 
 
-def _cdef() -> str:
-    text = (CSRC / "grafos.h").read_text()
+def _cdef_part(header: str) -> str:
+    text = (CSRC / header).read_text()
     start = text.index("/* cdef-begin */") + len("/* cdef-begin */")
-    end = text.index("/* cdef-end */")
+    return text[start:text.index("/* cdef-end */")]
+
+
+def _cdef() -> str:
     # layout constants Python needs; the compiler fills in their values from layout.h
     consts = "".join(f"#define {c} ...\n" for c in LAYOUT_CONSTANTS)
-    return text[start:end] + consts
+    return _cdef_part("grafos.h") + _cdef_part("grafos_test.h") + consts
 
 
 def _cflags() -> list[str]:
@@ -44,7 +49,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(_cdef())
 ffibuilder.set_source(
     "grafos._native",
-    '#include "grafos.h"\n#include "layout.h"\n',
+    '#include "grafos.h"\n#include "grafos_test.h"\n#include "layout.h"\n',
     sources=[str((CSRC / s).relative_to(HERE)) for s in SOURCES],
     include_dirs=[str(CSRC.relative_to(HERE))],
     extra_compile_args=_cflags(),

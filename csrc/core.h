@@ -2,6 +2,7 @@
 #ifndef GRAFOS_CORE_H
 #define GRAFOS_CORE_H
 #include "grafos.h"
+#include "grafos_test.h"
 #include "layout.h"
 
 /* Entry points shared by the core's files and no one else: resolved inside

@@ -252,7 +252,7 @@ int64_t gf_ring_append_stamped(gf_ring *r, uint32_t flags, const gf_stamp *st, c
     return append_one(r, key, klen, flags, h, hdrs, hlen, val, vlen, ts_ns, now, st, NULL);
 }
 
-/* ---- test hooks (grafos.h) ------------------------------------------------------- */
+/* ---- test hooks (grafos_test.h) --------------------------------------------------- */
 
 int64_t gf_test_claim_slot(gf_ring *r)
 {
