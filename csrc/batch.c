@@ -184,15 +184,15 @@ static void unclaim(gf_ring **rings, const uint64_t *next, const uint64_t *end, 
             continue;
         gf_ring *r = rings[q];
         uint64_t e = end[q];
-        if (cas(&r->hdr->tail, &e, next[q]))
+        if (gf_cas(&r->hdr->tail, &e, next[q]))
             continue;
         for (uint64_t o = next[q]; o < end[q]; o++) {
             _Atomic uint64_t *sq = seq_at(r, o);
-            uint64_t cur = ld_acq(sq);
+            uint64_t cur = gf_load_acq(sq);
             while ((cur & GF_SEQ_VALUE) < 2 * o + 1 && !seq_skipped(r, o, cur) &&
-                   !cas(sq, &cur, seq_skip_word(r, o, cur)))
+                   !gf_cas(sq, &cur, seq_skip_word(r, o, cur)))
                 ;
-            faa(&r->hdr->abandoned, 1);
+            gf_faa(&r->hdr->abandoned, 1);
         }
     }
 }
@@ -248,7 +248,7 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
         }
     }
     if (!keyed) {
-        uint32_t p = (uint32_t)(__atomic_fetch_add(rr, count, __ATOMIC_RELAXED) % n);
+        uint32_t p = (uint32_t)(gf_plain_faa_rlx(rr, count) % n);
         for (uint32_t i = 0; i < count; i++) {   /* (base + i) % n without a division each */
             out_parts[i] = p;
             if (++p == n)

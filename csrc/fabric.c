@@ -52,7 +52,7 @@ static int format(gf_fabric *f, uint64_t size, uint32_t lease_slots, uint32_t me
     h->hdr_crc = hdr_crc(h);
     h->next_lease_id = 1;
     /* the flag a second process waits for, stored after everything else */
-    st_rel(&h->ready, GF_READY);
+    gf_store_rel(&h->ready, GF_READY);
     return GF_OK;
 }
 
@@ -326,7 +326,7 @@ static gf_fabric *open_once(const char *path, uint64_t size, uint32_t mode, uint
     f->created = created;
     f->where = where;
     f->stall_ns = DEFAULT_STALL_NS;
-    atomic_init(&f->refs, 1);
+    gf_init(&f->refs, 1);
     if (created) {
         gf_populate(base, dO);
         GF_FAULT(GF_FAULT_CREATE_MAPPED);
@@ -469,7 +469,7 @@ done:
 
 void gf_fabric_unref(gf_fabric *f)
 {
-    if (atomic_fetch_sub(&f->refs, 1) == 1) {
+    if (gf_fsub(&f->refs, 1) == 1) {
         gf_reg_del(f);
         munmap(f->base, f->size);
         if (f->owner_fd >= 0)
@@ -484,9 +484,9 @@ void gf_fabric_close(gf_fabric *f)
     if (!f)
         return;
     /* a lock held by this handle dies with it, as it would with the process */
-    if (f->held && f->token && ld_acq(&f->hdr->lock) == f->token) {
+    if (f->held && f->token && gf_load_acq(&f->hdr->lock) == f->token) {
         f->held = 0;
-        st_rel(&f->hdr->lock, 0);
+        gf_store_rel(&f->hdr->lock, 0);
         gf_futex_wake_all(&f->hdr->lock);
     }
     gf_fabric_unref(f);
@@ -508,16 +508,16 @@ int gf_fabric_info_get(gf_fabric *f, gf_fabric_info *out)
     out->meta_slots = f->meta_slots;
     out->version = GF_LAYOUT_VERSION;
     out->created = (uint32_t)f->created;
-    out->lock_recoveries = ld_acq(&f->hdr->lock_recoveries);
-    out->meta_epoch = ld_acq(&f->hdr->meta_epoch);
+    out->lock_recoveries = gf_load_acq(&f->hdr->lock_recoveries);
+    out->meta_epoch = gf_load_acq(&f->hdr->meta_epoch);
     out->stall_ns = f->stall_ns;
-    out->syncs = ld_acq(&f->syncs);
+    out->syncs = gf_load_acq(&f->syncs);
     out->durable = (uint32_t)f->durable;
     for (uint32_t i = 0; i < f->lease_slots; i++) {
         struct gf_lease *l = &f->leases[i];
         uint64_t off, size;
         lease_region(l, &off, &size);
-        if (ld_acq(&l->id) != 0 && lease_bounds_ok(f, off, size)) {
+        if (gf_load_acq(&l->id) != 0 && lease_bounds_ok(f, off, size)) {
             out->leases_live++;
             out->bytes_leased += size;
         }

@@ -49,8 +49,8 @@ static inline int lease_bounds_ok(const gf_fabric *f, uint64_t off, uint64_t siz
  * time: check the copy, then use only the copy (never re-read after the check). */
 static inline void lease_region(const struct gf_lease *l, uint64_t *off, uint64_t *size)
 {
-    *off = __atomic_load_n(&l->offset, __ATOMIC_RELAXED);
-    *size = __atomic_load_n(&l->size, __ATOMIC_RELAXED);
+    *off = gf_plain_load_rlx(&l->offset);
+    *size = gf_plain_load_rlx(&l->size);
 }
 
 #endif

@@ -15,7 +15,7 @@ _Thread_local uint32_t gf_full_part;
 
 static int ours(const gf_ring *r)
 {
-    if (ld_acq(&r->lease->id) != r->lease_id)
+    if (gf_load_acq(&r->lease->id) != r->lease_id)
         return gf_fail(GF_E_EXPIRED, "partition lease %llu is gone", (unsigned long long)r->lease_id);
     return GF_OK;
 }
@@ -35,11 +35,12 @@ int gf_ring_set_gate(gf_ring *r, uint64_t gate)
     int rc = ours(r);
     if (rc < 0)
         return rc;
-    /* Dekker with gf_ring_wait_room: our store (seq_cst) is ordered before the
-     * load of `blocked`; a waiter counts itself before its look at the gate. */
-    atomic_store(&r->hdr->gate, gate);
-    if (atomic_load(&r->hdr->blocked)) {
-        faa(&r->hdr->gate_wake, 1);
+    /* seq_cst, Dekker with gf_ring_wait_room: our store of the gate is ordered
+     * before the load of `blocked`; a waiter counts itself before its look at
+     * the gate. */
+    gf_store_sc(&r->hdr->gate, gate);
+    if (gf_load_sc(&r->hdr->blocked)) {
+        gf_faa(&r->hdr->gate_wake, 1);
         gf_futex_wake_all(&r->hdr->gate_wake);
     }
     return GF_OK;
@@ -52,11 +53,11 @@ int gf_ring_gate_get(gf_ring *r, gf_gate_state *out)
     int rc = ours(r);
     if (rc < 0)
         return rc;
-    out->gate = ld_acq(&r->hdr->gate);
-    out->tail = ld_acq(&r->hdr->tail);
-    out->blocked_ns = ld_acq(&r->hdr->blocked_ns);
-    out->full_raised = ld_acq(&r->hdr->full_raised);
-    out->blocked = ld_acq(&r->hdr->blocked);
+    out->gate = gf_load_acq(&r->hdr->gate);
+    out->tail = gf_load_acq(&r->hdr->tail);
+    out->blocked_ns = gf_load_acq(&r->hdr->blocked_ns);
+    out->full_raised = gf_load_acq(&r->hdr->full_raised);
+    out->blocked = gf_load_acq(&r->hdr->blocked);
     out->on_full = r->hdr->on_full;
     return GF_OK;
 }
@@ -69,10 +70,10 @@ int gf_ring_wait_room(gf_ring *r, uint64_t count, int64_t timeout_ns)
     struct gf_ring_hdr *h = r->hdr;
     const int64_t t0 = gf_mono_ns();
     const int64_t deadline = timeout_ns < 0 ? INT64_MAX : t0 + timeout_ns;
-    atomic_fetch_add(&h->blocked, 1);          /* seq_cst: before our look at the gate */
+    gf_faa_sc(&h->blocked, 1);     /* seq_cst, Dekker with gf_ring_set_gate: before our look at the gate */
     for (;;) {
-        uint32_t w = atomic_load(&h->gate_wake);
-        uint64_t gate = atomic_load(&h->gate), tail = atomic_load(&h->tail);
+        uint32_t w = gf_load_acq(&h->gate_wake);
+        uint64_t gate = gf_load_sc(&h->gate), tail = gf_load_acq(&h->tail);
         if (gate == 0 || tail + count <= gate)
             break;
         if (!gf_lease_alive_query(r->lease, r->lease_id, gf_now_ns()))
@@ -84,8 +85,8 @@ int gf_ring_wait_room(gf_ring *r, uint64_t count, int64_t timeout_ns)
         }
         gf_futex_wait(&h->gate_wake, w, deadline - now);
     }
-    atomic_fetch_sub(&h->blocked, 1);
-    faa(&h->blocked_ns, (uint64_t)(gf_mono_ns() - t0));
+    gf_fsub(&h->blocked, 1);
+    gf_faa(&h->blocked_ns, (uint64_t)(gf_mono_ns() - t0));
     return rc;
 }
 
@@ -94,5 +95,5 @@ uint32_t gf_full_partition(void) { return gf_full_part; }
 void gf_ring_note_full(gf_ring *r)
 {
     if (ours(r) == GF_OK)
-        faa(&r->hdr->full_raised, 1);
+        gf_faa(&r->hdr->full_raised, 1);
 }

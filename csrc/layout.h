@@ -13,7 +13,7 @@
 #define GRAFOS_LAYOUT_H
 #include <stdint.h>
 #include <stddef.h>
-#include <stdatomic.h>
+#include "gf_atomics.h"
 
 #define GF_MAGIC          0x314f4641524721ULL  /* "!GRAFO1\0" little-endian */
 #define GF_LAYOUT_VERSION 4u
@@ -350,16 +350,5 @@ struct gf_share_entry {
 _Static_assert(sizeof(struct gf_share_entry) == 16, "share entry");
 /* region: header, member names, entries */
 #define GF_SHARE_ENTRIES_OFF (GF_SHARE_HDR_SIZE + GF_SHARE_MEMBERS * 64u)
-
-/* ---- memory ordering helpers ---------------------------------------------- */
-#define ld_acq(p)        atomic_load_explicit((p), memory_order_acquire)
-#define ld_rlx(p)        atomic_load_explicit((p), memory_order_relaxed)
-#define st_rel(p, v)     atomic_store_explicit((p), (v), memory_order_release)
-#define st_rlx(p, v)     atomic_store_explicit((p), (v), memory_order_relaxed)
-#define cas(p, e, v)     atomic_compare_exchange_strong_explicit((p), (e), (v), \
-                             memory_order_acq_rel, memory_order_acquire)
-#define faa(p, v)        atomic_fetch_add_explicit((p), (v), memory_order_acq_rel)
-#define fence_acq()      atomic_thread_fence(memory_order_acquire)
-#define fence_rel()      atomic_thread_fence(memory_order_release)
 
 #endif

@@ -13,7 +13,7 @@
 /* ---- leases ------------------------------------------------------------------- */
 static inline int lease_dead(const struct gf_lease *l, uint64_t id)
 {
-    return ld_acq(&l->dead_tag) == (uint32_t)id;
+    return gf_load_acq(&l->dead_tag) == (uint32_t)id;
 }
 
 /* Alive: ours, not yet seen expired, and expiring after now. The first caller
@@ -21,11 +21,11 @@ static inline int lease_dead(const struct gf_lease *l, uint64_t id)
  * or in another process) cannot bring it back. */
 int gf_lease_alive(struct gf_lease *l, uint64_t id, int64_t now_ns)
 {
-    if (ld_acq(&l->id) != id || lease_dead(l, id))
+    if (gf_load_acq(&l->id) != id || lease_dead(l, id))
         return 0;
-    if (ld_acq(&l->expires_ns) > now_ns)
+    if (gf_load_acq(&l->expires_ns) > now_ns)
         return 1;
-    st_rel(&l->dead_tag, (uint32_t)id);
+    gf_store_rel(&l->dead_tag, (uint32_t)id);
     return 0;
 }
 
@@ -33,7 +33,7 @@ int gf_lease_alive(struct gf_lease *l, uint64_t id, int64_t now_ns)
  * may be asked about any time (what-if), as MemLease.expired() is. */
 int gf_lease_alive_query(const struct gf_lease *l, uint64_t id, int64_t now_ns)
 {
-    return ld_acq(&l->id) == id && !lease_dead(l, id) && ld_acq(&l->expires_ns) > now_ns;
+    return gf_load_acq(&l->id) == id && !lease_dead(l, id) && gf_load_acq(&l->expires_ns) > now_ns;
 }
 
 /* Durability: flush [p, p+len) of the mapping to the file before returning. */
@@ -47,7 +47,7 @@ int gf_dsync(gf_fabric *f, const void *p, uint64_t len)
         end = (uintptr_t)f->base + f->size;
     if (end <= start)
         return GF_OK;
-    faa(&f->syncs, 1);
+    gf_faa(&f->syncs, 1);
     if (msync((void *)start, end - start, MS_SYNC) < 0)
         return gf_fail_errno("msync");
     return GF_OK;
@@ -76,17 +76,17 @@ int gf_lease_pin(gf_fabric *f, struct gf_lease *l, uint64_t id)
     uint32_t cur = 0, me = f->token;
     if (!me)
         return 0;
-    while (!atomic_compare_exchange_strong(&l->pin, &cur, me))
+    while (!gf_cas(&l->pin, &cur, me))
         if (cur == GF_PIN_CLOSED || cur == me || gf_owner_alive_fd(f->fd, cur) != 0)
             return 0;   /* reclaim has begun, or someone else is writing: not now */
         /* else its holder died mid-write: cur holds that token, take it over */
-    if (atomic_load(&l->id) == id)
+    if (gf_load_acq(&l->id) == id)
         return 1;
-    atomic_store(&l->pin, 0);   /* the entry has a new tenant: leave its pin as we found it */
+    gf_store_rel(&l->pin, 0);   /* the entry has a new tenant: leave its pin as we found it */
     return 0;
 }
 
-void gf_lease_unpin(struct gf_lease *l) { atomic_store(&l->pin, 0); }
+void gf_lease_unpin(struct gf_lease *l) { gf_store_rel(&l->pin, 0); }
 
 int gf_test_pin(gf_fabric *f, uint32_t index, uint64_t id)
 {
@@ -107,7 +107,7 @@ static int lease_close(gf_fabric *f, struct gf_lease *l)
 {
     uint32_t cur = 0;
     for (;;) {
-        if (atomic_compare_exchange_strong(&l->pin, &cur, GF_PIN_CLOSED) || cur == GF_PIN_CLOSED)
+        if (gf_cas(&l->pin, &cur, GF_PIN_CLOSED) || cur == GF_PIN_CLOSED)
             return 1;
         if (cur == f->token || gf_owner_alive_fd(f->fd, cur) != 0)
             return 0;
@@ -119,14 +119,14 @@ static int lease_close(gf_fabric *f, struct gf_lease *l)
 static int lease_free(gf_fabric *f, struct gf_lease *l)
 {
     uint64_t off, size;
-    uint64_t id = ld_acq(&l->id);
+    uint64_t id = gf_load_acq(&l->id);
     lease_region(l, &off, &size);
     /* dead to readers first, then the memory goes */
-    st_rel(&l->dead_tag, (uint32_t)id);
-    st_rel(&l->expires_ns, 0);
+    gf_store_rel(&l->dead_tag, (uint32_t)id);
+    gf_store_rel(&l->expires_ns, 0);
     if (!lease_close(f, l))
         return 0;
-    st_rel(&l->id, 0);
+    gf_store_rel(&l->id, 0);
     if (lease_bounds_ok(f, off, size))
         punch(f, off, size);
     return 1;
@@ -141,7 +141,7 @@ static void fill_info(const gf_fabric *f, uint32_t i, const struct gf_lease *l, 
     out->generation = l->generation;
     out->offset = off;
     out->size = size;
-    out->expires_ns = ld_acq(&l->expires_ns);
+    out->expires_ns = gf_load_acq(&l->expires_ns);
     out->created_ns = l->created_ns;
     out->owner_tag = l->owner_tag;
     out->dead = (uint32_t)lease_dead(l, id);
@@ -156,8 +156,8 @@ int64_t gf_reap(gf_fabric *f, int64_t now_ns, uint64_t *bytes_out)
     uint64_t bytes = 0;
     for (uint32_t i = 0; i < f->lease_slots; i++) {
         struct gf_lease *l = &f->leases[i];
-        uint64_t id = ld_acq(&l->id);
-        if (id != 0 && (ld_acq(&l->expires_ns) <= now_ns || lease_dead(l, id))) {
+        uint64_t id = gf_load_acq(&l->id);
+        if (id != 0 && (gf_load_acq(&l->expires_ns) <= now_ns || lease_dead(l, id))) {
             uint64_t off, size;
             lease_region(l, &off, &size);
             if (lease_free(f, l)) {
@@ -197,7 +197,7 @@ int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t o
     uint32_t ns = 0, free_idx = UINT32_MAX;
     for (uint32_t i = 0; i < f->lease_slots; i++) {
         struct gf_lease *l = &f->leases[i];
-        if (ld_acq(&l->id) == 0) {
+        if (gf_load_acq(&l->id) == 0) {
             if (free_idx == UINT32_MAX)
                 free_idx = i;
             continue;
@@ -206,7 +206,7 @@ int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t o
         lease_region(l, &loff, &lsize);
         if (!lease_bounds_ok(f, loff, lsize)) {
             /* a damaged entry cannot be used by anyone (readers check the same bounds) */
-            st_rel(&l->id, 0);
+            gf_store_rel(&l->id, 0);
             if (free_idx == UINT32_MAX)
                 free_idx = i;
             continue;
@@ -245,12 +245,12 @@ int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t o
     l->owner_tag = owner_tag;
     l->created_ns = now_ns;
     l->generation++;
-    st_rel(&l->dead_tag, ~(uint32_t)id);   /* whatever tag the last tenant left, not ours */
-    st_rel(&l->expires_ns, expires_ns);
-    st_rel(&l->pin, 0);
-    st_rel(&l->id, id);
+    gf_store_rel(&l->dead_tag, ~(uint32_t)id);   /* whatever tag the last tenant left, not ours */
+    gf_store_rel(&l->expires_ns, expires_ns);
+    gf_store_rel(&l->pin, 0);
+    gf_store_rel(&l->id, id);
     fill_info(f, free_idx, l, id, at, need, out);
-    faa(&f->hdr->meta_epoch, 1);
+    gf_faa(&f->hdr->meta_epoch, 1);
     if (f->durable)
         return gf_dsync(f, f->hdr, GF_HDR_SIZE) < 0 ? GF_E_IO : gf_dsync(f, l, sizeof *l);
     return GF_OK;
@@ -265,7 +265,7 @@ static struct gf_lease *lease_at(gf_fabric *f, uint32_t index, uint64_t id, int 
         return NULL;
     }
     struct gf_lease *l = &f->leases[index];
-    if (ld_acq(&l->id) != id) {
+    if (gf_load_acq(&l->id) != id) {
         *rc = gf_fail(GF_E_EXPIRED, "lease %llu is gone (expired and reclaimed, or released)",
                       (unsigned long long)id);
         return NULL;
@@ -300,7 +300,7 @@ int gf_lease_renew(gf_fabric *f, uint32_t index, uint64_t id, int64_t expires_ns
     struct gf_lease *l = lease_at(f, index, id, &rc, &off, &size);
     if (!l)
         return rc;
-    int64_t cur = ld_acq(&l->expires_ns);
+    int64_t cur = gf_load_acq(&l->expires_ns);
     if (!gf_lease_alive(l, id, now_ns))   /* a dead lease stays dead: renewing cannot resurrect it */
         return cur <= now_ns
             ? gf_fail(GF_E_EXPIRED, "lease %llu expired %.3f s ago and cannot be renewed",
@@ -309,7 +309,7 @@ int gf_lease_renew(gf_fabric *f, uint32_t index, uint64_t id, int64_t expires_ns
                       (unsigned long long)id);
     if (expires_ns <= now_ns)
         return gf_fail(GF_E_INVAL, "new expiry is not in the future");
-    st_rel(&l->expires_ns, expires_ns);
+    gf_store_rel(&l->expires_ns, expires_ns);
     return f->durable ? gf_dsync(f, l, sizeof *l) : GF_OK;
 }
 
@@ -322,7 +322,7 @@ int gf_lease_release(gf_fabric *f, uint32_t index, uint64_t id)
     if (!l)
         return rc;
     lease_free(f, l);
-    faa(&f->hdr->meta_epoch, 1);
+    gf_faa(&f->hdr->meta_epoch, 1);
     return GF_OK;
 }
 
@@ -334,7 +334,7 @@ int gf_lease_get(gf_fabric *f, uint32_t index, uint64_t id, gf_lease_info *out)
     if (!l)
         return rc;
     fill_info(f, index, l, id, off, size, out);
-    if (ld_acq(&l->id) != id)
+    if (gf_load_acq(&l->id) != id)
         return gf_fail(GF_E_EXPIRED, "lease %llu was reclaimed while being read", (unsigned long long)id);
     return GF_OK;
 }
@@ -354,12 +354,12 @@ int gf_lease_list(gf_fabric *f, gf_lease_info *out, uint32_t max, uint32_t *coun
     uint32_t n = 0;
     for (uint32_t i = 0; i < f->lease_slots && n < max; i++) {
         struct gf_lease *l = &f->leases[i];
-        uint64_t id = ld_acq(&l->id), off, size;
+        uint64_t id = gf_load_acq(&l->id), off, size;
         lease_region(l, &off, &size);
         if (id == 0 || !lease_bounds_ok(f, off, size))
             continue;
         fill_info(f, i, l, id, off, size, &out[n]);
-        if (ld_acq(&l->id) == id)
+        if (gf_load_acq(&l->id) == id)
             n++;
     }
     *count = n;
@@ -398,8 +398,8 @@ int gf_lease_write(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, cons
         return rc;
     /* another write holds the pin for one copy: wait for it, boundedly */
     for (int64_t t0 = gf_mono_ns(); !gf_lease_pin(f, l, id);) {
-        uint32_t p = ld_acq(&l->pin);
-        if (p == GF_PIN_CLOSED || ld_acq(&l->id) != id)
+        uint32_t p = gf_load_acq(&l->pin);
+        if (p == GF_PIN_CLOSED || gf_load_acq(&l->id) != id)
             return gf_fail(GF_E_EXPIRED, "lease %llu is being reclaimed", (unsigned long long)id);
         if (gf_mono_ns() - t0 > ATTACH_WAIT_NS)
             return gf_fail(GF_E_TIMEOUT, "lease %llu: owner %u has held its write pin for over 2 s",

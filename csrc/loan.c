@@ -73,7 +73,7 @@ int64_t gf_loan_commit(gf_loan *l)
     /* a loan held past the bounded wait may have lost its first slot to a reader
      * or to the next lap's writer: then touch nothing, not even the checksum (a
      * lost later slot is found by span_publish, which then abandons the head) */
-    if (ld_acq(seq_at(r, l->offset)) != 2 * l->offset + 1) {
+    if (gf_load_acq(seq_at(r, l->offset)) != 2 * l->offset + 1) {
         loan_release_slots(r, l);
         return gf_fail(GF_E_ABANDONED, "loan of offset %llu was held past the bounded wait and reclaimed",
                        (unsigned long long)l->offset);

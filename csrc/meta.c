@@ -25,8 +25,8 @@ int gf_no_token(gf_fabric *f)
 /* Who holds it, for a LockTimeout message: pid and namespace as the holder wrote them. */
 static int lock_timeout(gf_fabric *f, int64_t timeout_ns)
 {
-    uint32_t pid = ld_acq(&f->hdr->lock_pid);
-    uint64_t ns = ld_acq(&f->hdr->lock_pidns);
+    uint32_t pid = gf_load_acq(&f->hdr->lock_pid);
+    uint64_t ns = gf_load_acq(&f->hdr->lock_pidns);
     long long ms = (long long)(timeout_ns / 1000000);
     if (ns == f->pidns || ns == 0)
         return gf_fail(GF_E_TIMEOUT, "metadata lock held by live pid %u for longer than %lld ms", pid, ms);
@@ -38,8 +38,8 @@ static int lock_taken(gf_fabric *f)
 {
     f->held = 1;
     f->lock_as = f->token;
-    st_rlx(&f->hdr->lock_pid, f->pid);
-    st_rlx(&f->hdr->lock_pidns, f->pidns);
+    gf_store_rlx(&f->hdr->lock_pid, f->pid);
+    gf_store_rlx(&f->hdr->lock_pidns, f->pidns);
     return GF_OK;
 }
 
@@ -51,15 +51,15 @@ int gf_lock(gf_fabric *f, int64_t timeout_ns)
     int64_t deadline = gf_mono_ns() + (timeout_ns < 0 ? (int64_t)1 << 62 : timeout_ns);
     for (int spins = 0;; spins++) {
         uint32_t cur = 0;
-        if (cas(&f->hdr->lock, &cur, me))
+        if (gf_cas(&f->hdr->lock, &cur, me))
             return lock_taken(f);
         if (cur == me)
             return gf_fail(GF_E_INVAL, "metadata lock is already held by this handle");
         /* another handle (of this process or any other) has it: wait unless it is gone */
         if (gf_owner_alive_fd(f->fd, cur) == 0) {
-            if (cas(&f->hdr->lock, &cur, me)) {
+            if (gf_cas(&f->hdr->lock, &cur, me)) {
                 lock_taken(f);
-                faa(&f->hdr->lock_recoveries, 1);
+                gf_faa(&f->hdr->lock_recoveries, 1);
                 repair(f);
                 return GF_RECOVERED;
             }
@@ -76,17 +76,17 @@ int gf_lock(gf_fabric *f, int64_t timeout_ns)
 
 int gf_unlock(gf_fabric *f)
 {
-    if (!f->held || !f->token || ld_acq(&f->hdr->lock) != f->token)
+    if (!f->held || !f->token || gf_load_acq(&f->hdr->lock) != f->token)
         return gf_fail(GF_E_NOLOCK, "metadata lock is not held by this handle");
     f->held = 0;
-    st_rel(&f->hdr->lock, 0);
+    gf_store_rel(&f->hdr->lock, 0);
     gf_futex_wake_all(&f->hdr->lock);
     return GF_OK;
 }
 
 int gf_lock_join(gf_fabric *f)
 {
-    uint32_t cur = ld_acq(&f->hdr->lock);
+    uint32_t cur = gf_load_acq(&f->hdr->lock);
     if (!cur || !gf_reg_holder(f, cur))
         return gf_fail(GF_E_NOLOCK, "no handle of this process holds the metadata lock");
     f->held = 1;
@@ -100,7 +100,7 @@ int gf_lock_leave(gf_fabric *f)
     return GF_OK;
 }
 
-int gf_lock_held(gf_fabric *f) { return f->held && f->lock_as && ld_acq(&f->hdr->lock) == f->lock_as; }
+int gf_lock_held(gf_fabric *f) { return f->held && f->lock_as && gf_load_acq(&f->hdr->lock) == f->lock_as; }
 
 /* ---- metadata table ------------------------------------------------------------ */
 static uint32_t entry_crc(const struct gf_meta_entry *e)
@@ -196,7 +196,7 @@ int gf_meta_put(gf_fabric *f, const char *key, uint32_t klen, const uint8_t *val
     memcpy(e->val, val, vlen);
     e->crc = entry_crc(e);
     e->state = GF_META_USED;
-    faa(&f->hdr->meta_epoch, 1);
+    gf_faa(&f->hdr->meta_epoch, 1);
     return f->durable ? gf_dsync(f, e, sizeof *e) : GF_OK;
 }
 
@@ -210,7 +210,7 @@ int gf_meta_del(gf_fabric *f, const char *key, uint32_t klen)
     if (!found)
         return GF_E_NOTFOUND;
     f->meta[i].state = GF_META_TOMB;
-    faa(&f->hdr->meta_epoch, 1);
+    gf_faa(&f->hdr->meta_epoch, 1);
     return f->durable ? gf_dsync(f, &f->meta[i], sizeof f->meta[i]) : GF_OK;
 }
 
@@ -239,7 +239,7 @@ int gf_meta_next(gf_fabric *f, uint32_t *cursor, const char *prefix, uint32_t pl
     return 0;
 }
 
-uint64_t gf_meta_epoch(gf_fabric *f) { return ld_acq(&f->hdr->meta_epoch); }
+uint64_t gf_meta_epoch(gf_fabric *f) { return gf_load_acq(&f->hdr->meta_epoch); }
 
 /* After taking the lock from a dead holder: whatever it was half-way through
  * must not be trusted. Entries that fail their checks become tombstones. */
@@ -257,8 +257,8 @@ static void repair(gf_fabric *f)
         struct gf_lease *l = &f->leases[i];
         uint64_t off, size;
         lease_region(l, &off, &size);
-        if (ld_acq(&l->id) != 0 && !lease_bounds_ok(f, off, size))
-            st_rel(&l->id, 0);
+        if (gf_load_acq(&l->id) != 0 && !lease_bounds_ok(f, off, size))
+            gf_store_rel(&l->id, 0);
     }
-    faa(&f->hdr->meta_epoch, 1);
+    gf_faa(&f->hdr->meta_epoch, 1);
 }

@@ -161,7 +161,7 @@ void gf_populate(uint8_t *p, uint64_t len)
     if (madvise(p, len, MADV_POPULATE_WRITE) == 0)
         return;
     for (uint64_t i = 0; i < len; i += GF_PAGE)   /* older kernels: touch each page */
-        __atomic_fetch_add(&p[i], 0, __ATOMIC_RELAXED);
+        gf_plain_faa_rlx(&p[i], 0);
 }
 
 /* ---- owners (layout.h): who holds a word, alive or dead ---------------------
@@ -252,7 +252,7 @@ int gf_owner_take(gf_fabric *f, const struct gf_fabric_hdr *h)
 {
     for (int i = 0; i < OWNER_TRIES; i++) {
         uint32_t t = random_token();
-        if (t == 0 || (h && t == ld_acq(&h->lock)))
+        if (t == 0 || (h && t == gf_load_acq(&h->lock)))
             continue;
         struct flock fl = owner_range(F_WRLCK, t);
         if (fcntl(f->owner_fd, F_OFD_SETLK, &fl) == 0) {

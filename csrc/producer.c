@@ -17,7 +17,7 @@ static struct gf_producer_hdr *registration(gf_fabric *f, uint32_t index, uint64
         return NULL;
     }
     struct gf_producer_hdr *h = (struct gf_producer_hdr *)(f->base + li.offset);
-    if (!fresh && (ld_acq((_Atomic uint64_t *)&h->magic) != GF_PRODUCER_MAGIC || h->lease_id != id)) {
+    if (!fresh && (gf_load_acq(gf_atomic64_at(&h->magic)) != GF_PRODUCER_MAGIC || h->lease_id != id)) {
         *rc = gf_fail(GF_E_CORRUPT, "lease %llu does not hold a producer registration", (unsigned long long)id);
         return NULL;
     }
@@ -35,8 +35,8 @@ int gf_producer_init(gf_fabric *f, uint32_t index, uint64_t id, uint32_t number,
     memset(h, 0, sizeof *h);
     h->lease_id = id;
     h->number = number;
-    st_rel(&h->epoch, epoch);
-    st_rel((_Atomic uint64_t *)&h->magic, GF_PRODUCER_MAGIC);   /* last: the header is whole */
+    gf_store_rel(&h->epoch, epoch);
+    gf_store_rel(gf_atomic64_at(&h->magic), GF_PRODUCER_MAGIC);   /* last: the header is whole */
     return gf_dsync(f, h, sizeof *h);
 }
 
@@ -48,7 +48,7 @@ int gf_producer_fence(gf_fabric *f, uint32_t index, uint64_t id, uint32_t epoch)
     struct gf_producer_hdr *h = registration(f, index, id, 0, &rc);
     if (!h)
         return rc;
-    st_rel(&h->epoch, epoch);
+    gf_store_rel(&h->epoch, epoch);
     return gf_dsync(f, h, sizeof *h);
 }
 
@@ -56,7 +56,7 @@ int64_t gf_producer_epoch(gf_fabric *f, uint32_t index, uint64_t id)
 {
     int rc;
     struct gf_producer_hdr *h = registration(f, index, id, 0, &rc);
-    return h ? (int64_t)ld_acq(&h->epoch) : rc;
+    return h ? (int64_t)gf_load_acq(&h->epoch) : rc;
 }
 
 int gf_idem_bind(gf_fabric *f, gf_idem *d, uint32_t index, uint64_t id)

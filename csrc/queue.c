@@ -69,10 +69,10 @@ int gf_queue_init(gf_fabric *f, uint32_t index, uint64_t id, gf_ring *ring, uint
     s->maxsize = maxsize;
     s->flags = flags;
     if ((rc = gf_ring_set_on_full(ring, GF_FULL_RAISE)) < 0 ||
-        (rc = gf_ring_set_gate(ring, ld_acq(&ring->hdr->tail) + ring->capacity)) < 0)
+        (rc = gf_ring_set_gate(ring, gf_load_acq(&ring->hdr->tail) + ring->capacity)) < 0)
         return rc;
-    st_rlx(&s->head, ld_acq(&ring->hdr->tail));
-    st_rel(&s->magic, QSTATE_MAGIC);
+    gf_store_rlx(&s->head, gf_load_acq(&ring->hdr->tail));
+    gf_store_rel(&s->magic, QSTATE_MAGIC);
     return GF_OK;
 }
 
@@ -84,7 +84,7 @@ int gf_queue_open(gf_fabric *f, uint32_t index, uint64_t id, gf_ring *ring, gf_q
     if (!p)
         return rc;
     struct gf_qstate *s = (struct gf_qstate *)p;
-    if (ld_acq(&s->magic) != QSTATE_MAGIC)
+    if (gf_load_acq(&s->magic) != QSTATE_MAGIC)
         return gf_fail(GF_E_CORRUPT, "lease %llu holds no queue state", (unsigned long long)id);
     out->f = f;
     out->ring = ring;
@@ -99,7 +99,7 @@ int gf_queue_open(gf_fabric *f, uint32_t index, uint64_t id, gf_ring *ring, gf_q
 static int load_head(const gf_queue *q, uint64_t *head)
 {
     struct gf_qstate *s = st(q);
-    uint64_t h = ld_acq(&s->head), t = ld_acq(&q->ring->hdr->tail);
+    uint64_t h = gf_load_acq(&s->head), t = gf_load_acq(&q->ring->hdr->tail);
     if (h > t || t - h > q->capacity)
         return gf_fail(GF_E_CORRUPT, "queue head %llu is impossible for a ring whose tail is %llu",
                        (unsigned long long)h, (unsigned long long)t);
@@ -113,16 +113,16 @@ static int load_head(const gf_queue *q, uint64_t *head)
 static void move_gate(gf_queue *q)
 {
     for (;;) {
-        uint64_t h = ld_acq(&st(q)->head);
+        uint64_t h = gf_load_acq(&st(q)->head);
         gf_ring_set_gate(q->ring, h + q->capacity);
-        if (ld_acq(&st(q)->head) == h)
+        if (gf_load_acq(&st(q)->head) == h)
             return;
     }
 }
 
 uint64_t gf_queue_size(gf_queue *q)
 {
-    uint64_t c = ld_acq(&st(q)->count);
+    uint64_t c = gf_load_acq(&st(q)->count);
     return c > (uint64_t)1 << 62 ? 0 : c;
 }
 
@@ -130,7 +130,7 @@ uint64_t gf_queue_size(gf_queue *q)
 static uint64_t offsets_needed(const gf_ring *r, uint64_t total)
 {
     uint64_t span = total <= r->room ? 1 : (GF_SLOT_HDR_SIZE + total + r->stride - 1) / r->stride;
-    uint64_t idx = ld_acq(&r->hdr->tail) % r->capacity;
+    uint64_t idx = gf_load_acq(&r->hdr->tail) % r->capacity;
     return span + (idx + span > r->capacity ? r->capacity - idx : 0);
 }
 
@@ -141,8 +141,8 @@ static void reclaim_dead(gf_queue *q)
 {
     struct gf_qstate *s = st(q);
     for (int i = 0; i < QRESV; i++) {
-        uint64_t e = ld_acq(&s->resv[i]);
-        if ((e & 1) && gf_owner_alive(q->f, (uint32_t)(e >> 1)) == 0 && cas(&s->resv[i], &e, 0))
+        uint64_t e = gf_load_acq(&s->resv[i]);
+        if ((e & 1) && gf_owner_alive(q->f, (uint32_t)(e >> 1)) == 0 && gf_cas(&s->resv[i], &e, 0))
             unreserve(q);
     }
 }
@@ -151,7 +151,7 @@ static void reclaim_dead(gf_queue *q)
 static void unrecord(gf_queue *q, int slot)
 {
     if (slot >= 0)
-        st_rel(&st(q)->resv[slot], 0);
+        gf_store_rel(&st(q)->resv[slot], 0);
 }
 
 /* Count one place (maxsize bounds them), waiting up to the deadline. *slot:
@@ -163,30 +163,30 @@ static int reserve(gf_queue *q, int64_t deadline, int *slot)
     *slot = -1;
     for (int i = 0; me && i < QRESV; i++) {      /* no token (a failed fork child): unrecorded */
         uint64_t z = 0;
-        if (cas(&s->resv[i], &z, me)) {
+        if (gf_cas(&s->resv[i], &z, me)) {
             *slot = i;
             break;
         }
     }
     for (int reclaimed = 0;;) {
-        uint64_t c = ld_acq(&s->count);
+        uint64_t c = gf_load_acq(&s->count);
         while (q->maxsize == 0 || c < q->maxsize)
-            if (cas(&s->count, &c, c + 1)) {
+            if (gf_cas(&s->count, &c, c + 1)) {
                 if (*slot >= 0)
-                    st_rel(&s->resv[*slot], me | 1);
+                    gf_store_rel(&s->resv[*slot], me | 1);
                 return GF_OK;
             }
         if (!reclaimed++) {            /* once per reserve: a full queue may hold places of the dead */
             reclaim_dead(q);
             continue;
         }
-        atomic_fetch_add(&s->putters, 1);         /* seq_cst: before the look at count */
-        uint32_t w = atomic_load(&s->got);
+        gf_faa_sc(&s->putters, 1);     /* seq_cst, Dekker with unreserve: before the look at count */
+        uint32_t w = gf_load_acq(&s->got);
         int64_t left = left_ns(deadline);
-        if (atomic_load(&s->count) >= q->maxsize && left != 0)
+        if (gf_load_sc(&s->count) >= q->maxsize && left != 0)
             gf_futex_wait(&s->got, w, left);
-        atomic_fetch_sub(&s->putters, 1);
-        if (left == 0 && atomic_load(&s->count) >= q->maxsize) {
+        gf_fsub(&s->putters, 1);
+        if (left == 0 && gf_load_acq(&s->count) >= q->maxsize) {
             unrecord(q, *slot);
             return gf_fail(GF_E_FULL, "queue is full (maxsize %llu)", (unsigned long long)q->maxsize);
         }
@@ -198,11 +198,11 @@ static void uncount(gf_queue *q);
 static void unreserve(gf_queue *q)
 {
     struct gf_qstate *s = st(q);
-    uint64_t c = ld_acq(&s->count);
-    while (c > 0 && !cas(&s->count, &c, c - 1))
+    uint64_t c = gf_load_acq(&s->count);
+    while (c > 0 && !gf_cas(&s->count, &c, c - 1))
         ;
-    atomic_fetch_add(&s->got, 1);      /* seq_cst: before the look at putters (reserve's sleep) */
-    if (atomic_load(&s->putters))
+    gf_faa_sc(&s->got, 1);     /* seq_cst, Dekker with reserve's sleep: before the look at putters */
+    if (gf_load_sc(&s->putters))
         gf_futex_wake_all(&s->got);
 }
 
@@ -235,7 +235,7 @@ again:
              * abandoned by our death or by a stall past the bounded wait,
              * uncounts it, and the commit then fails: put it again. */
             if (joinable)
-                faa(&st(q)->unfinished, 1);
+                gf_faa(&st(q)->unfinished, 1);
             uint64_t at = 0;
             for (uint32_t i = 0; i < n; i++) {
                 if (i == n / 2)
@@ -319,7 +319,7 @@ int64_t gf_queue_get(gf_queue *q, uint8_t *buf, uint64_t buf_size, int64_t timeo
         if (c.pos <= h || c.pos - h > q->capacity)
             return gf_fail(GF_E_CORRUPT, "queue read moved from %llu to %llu",
                            (unsigned long long)h, (unsigned long long)c.pos);
-        if (!cas(&s->head, &h, c.pos))
+        if (!gf_cas(&s->head, &h, c.pos))
             continue;                          /* another getter took it: look again */
         move_gate(q);
         /* slots stepped over: a producer's that died or stalled mid-write, or one
@@ -341,7 +341,7 @@ int64_t gf_queue_get(gf_queue *q, uint8_t *buf, uint64_t buf_size, int64_t timeo
 /* The last unfinished task is done: wake join(). */
 static void all_done(struct gf_qstate *s)
 {
-    faa(&s->done, 1);
+    gf_faa(&s->done, 1);
     gf_futex_wake_all(&s->done);
 }
 
@@ -353,8 +353,8 @@ static void uncount(gf_queue *q)
     if (!(q->flags & QFLAG_JOINABLE))
         return;
     struct gf_qstate *s = st(q);
-    uint64_t u = ld_acq(&s->unfinished);
-    while (u > 0 && !cas(&s->unfinished, &u, u - 1))
+    uint64_t u = gf_load_acq(&s->unfinished);
+    while (u > 0 && !gf_cas(&s->unfinished, &u, u - 1))
         ;
     if (u == 1)
         all_done(s);
@@ -363,11 +363,11 @@ static void uncount(gf_queue *q)
 int64_t gf_queue_task_done(gf_queue *q)
 {
     struct gf_qstate *s = st(q);
-    uint64_t u = ld_acq(&s->unfinished);
+    uint64_t u = gf_load_acq(&s->unfinished);
     do {
         if (u == 0)
             return gf_fail(GF_E_INVAL, "task_done() called too many times");
-    } while (!cas(&s->unfinished, &u, u - 1));
+    } while (!gf_cas(&s->unfinished, &u, u - 1));
     if (u == 1)
         all_done(s);
     return (int64_t)(u - 1);
@@ -379,8 +379,8 @@ int gf_queue_join(gf_queue *q, int64_t timeout_ns)
     struct gf_qstate *s = st(q);
     int64_t deadline = deadline_of(timeout_ns);
     for (;;) {
-        uint32_t w = ld_acq(&s->done);
-        if (ld_acq(&s->unfinished) == 0)
+        uint32_t w = gf_load_acq(&s->done);
+        if (gf_load_acq(&s->unfinished) == 0)
             return 1;
         int64_t left = left_ns(deadline);
         if (left == 0)

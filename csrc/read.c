@@ -15,9 +15,9 @@ static __attribute__((noinline, cold)) int read_step_over(gf_ring *r, gf_cursor 
 {
     if (!gf_lease_pin(r->f, r->lease, r->lease_id))
         return -1;
-    int stepped = cas(q, &seq, seq_skip_word(r, pos, seq));
+    int stepped = gf_cas(q, &seq, seq_skip_word(r, pos, seq));
     if (stepped) {
-        faa(&r->hdr->abandoned, seq_skip_count(pos, seq));
+        gf_faa(&r->hdr->abandoned, seq_skip_count(pos, seq));
         if ((seq & 1) && (seq & GF_SEQ_VALUE) + 1 != 2 * pos + 2)
             c->gaps++;
         else
@@ -40,7 +40,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
     c->expired = 0;
     const uint64_t cap = r->capacity;
     const int verify = r->crc && !c->no_verify;
-    uint64_t tail = ld_acq(&r->hdr->tail);
+    uint64_t tail = gf_load_acq(&r->hdr->tail);
     if (tail >= MAX_OFFSET) {
         *err = gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)tail);
         return 0;
@@ -56,7 +56,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
         struct gf_slot *s = slot_at(r, pos);
         _Atomic uint64_t *q = seq_at(r, pos);
         const uint64_t want = 2 * pos + 2;
-        uint64_t seq = ld_acq(q);
+        uint64_t seq = gf_load_acq(q);
         if (seq == want) {
             struct gf_slot h;
             memcpy((uint8_t *)&h + 8, (uint8_t *)s + 8, GF_SLOT_HDR_SIZE - 8);
@@ -105,12 +105,12 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             else if (fits)   /* verified: the checksum is summed as the bytes are copied */
                 crc = gf_copy_crc(buf + *used, (uint8_t *)s + GF_SLOT_HDR_SIZE, total,
                                   gf_slot_crc_seed(pos, (const uint8_t *)&h + 8)) ^ ~0u;
-            fence_acq();   /* seqlock: bytes copied above are validated by the re-reads below */
-            if (ld_rlx(q) != want)
+            gf_fence_acq();   /* seqlock: bytes copied above are validated by the re-reads below */
+            if (gf_load_rlx(q) != want)
                 goto lapped;
             /* the slots after the first have no word of this message's: a later
              * lap claims them only after the tail passes pos + capacity */
-            if (span > 1 && ld_rlx(&r->hdr->tail) > pos + cap)
+            if (span > 1 && gf_load_rlx(&r->hdr->tail) > pos + cap)
                 goto lapped;
             if (!fits) {     /* published with impossible lengths: hostile or damaged */
                 c->corrupt++;
@@ -161,7 +161,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
         if ((seq & GF_SEQ_VALUE) > want) {
         lapped:
             /* overwritten before or while we read it: the reader learns how many it lost */
-            tail = ld_acq(&r->hdr->tail);
+            tail = gf_load_acq(&r->hdr->tail);
             uint64_t np = tail > cap ? tail - cap : pos + 1;
             if (np <= pos)
                 np = pos + 1;
@@ -221,7 +221,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
     }
     /* The region was reclaimed and handed to someone else mid-read: nothing we
      * copied can be trusted. (Expiry alone leaves the bytes valid.) */
-    if (ld_acq(&r->lease->id) != r->lease_id) {
+    if (gf_load_acq(&r->lease->id) != r->lease_id) {
         *used = used0;
         c->pos = pos0;
         c->expired = 1;
@@ -389,13 +389,13 @@ uint32_t gf_ring_intact_many(gf_ring *r, const uint64_t *offsets, uint32_t n, ui
      * in use iff no writer has claimed an offset that maps onto its slots
      * (offset + capacity or later), and the region is still this ring's. One
      * crossing for a whole peek, one look at the lease and tail. */
-    fence_acq();
-    int mine = ld_acq(&r->lease->id) == r->lease_id;
-    uint64_t tail = ld_acq(&r->hdr->tail);
+    gf_fence_acq();
+    int mine = gf_load_acq(&r->lease->id) == r->lease_id;
+    uint64_t tail = gf_load_acq(&r->hdr->tail);
     uint32_t bad = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t o = offsets[i];
-        intact[i] = mine && o < MAX_OFFSET && tail <= o + r->capacity && ld_acq(seq_at(r, o)) == 2 * o + 2;
+        intact[i] = mine && o < MAX_OFFSET && tail <= o + r->capacity && gf_load_acq(seq_at(r, o)) == 2 * o + 2;
         bad += !intact[i];
     }
     return bad;

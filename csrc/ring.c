@@ -91,10 +91,10 @@ gf_ring *gf_ring_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, int
     r->mask = (c.capacity & (c.capacity - 1)) == 0 && c.capacity > 1 ? c.capacity - 1 : 0;
     r->stride = c.stride;
     r->room = c.stride - GF_SLOT_HDR_SIZE;
-    r->seqs = (_Atomic uint64_t *)(r->slots + (uint64_t)c.capacity * c.stride);
+    r->seqs = gf_atomic64_at(r->slots + (uint64_t)c.capacity * c.stride);
     r->max_msg = (uint64_t)c.capacity * c.stride - GF_SLOT_HDR_SIZE;
     r->crc = !(c.flags & GF_RING_NO_CRC);
-    atomic_fetch_add(&f->refs, 1);
+    gf_faa(&f->refs, 1);
     *err = GF_OK;
     return r;
 }
@@ -120,16 +120,16 @@ int gf_ring_state_get(gf_ring *r, int64_t now_ns, gf_ring_state *out)
     out->stride = r->stride;
     out->lease_id = r->lease_id;
     out->alive = (uint32_t)gf_lease_alive_query(r->lease, r->lease_id, now_ns);   /* a state query decides nothing */
-    out->expires_ns = out->alive ? ld_acq(&r->lease->expires_ns) : 0;
-    if (ld_acq(&r->lease->id) != r->lease_id)   /* reclaimed: the region is not ours to read */
+    out->expires_ns = out->alive ? gf_load_acq(&r->lease->expires_ns) : 0;
+    if (gf_load_acq(&r->lease->id) != r->lease_id)   /* reclaimed: the region is not ours to read */
         return GF_OK;
-    uint64_t tail = ld_acq(&r->hdr->tail);
+    uint64_t tail = gf_load_acq(&r->hdr->tail);
     if (tail >= MAX_OFFSET)
         return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)tail);
     out->tail = tail;
     out->lost = tail > r->capacity ? tail - r->capacity : 0;
     out->earliest = out->lost;
-    out->abandoned = ld_acq(&r->hdr->abandoned);
+    out->abandoned = gf_load_acq(&r->hdr->abandoned);
     return GF_OK;
 }
 

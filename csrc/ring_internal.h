@@ -93,7 +93,7 @@ static inline uint64_t seq_skip_count(uint64_t n, uint64_t w)
 #define OWNER_NOBODY (GF_OWNER_TOKEN_MASK + 1ULL)    /* a token no handle has: dead (test hooks) */
 static inline _Atomic uint64_t *owner_at(const gf_ring *r, uint64_t n)
 {
-    return (_Atomic uint64_t *)&slot_at(r, n)->owner;
+    return gf_atomic64_at(&slot_at(r, n)->owner);
 }
 
 static inline uint64_t owner_word_as(uint64_t token, uint64_t n)

@@ -17,7 +17,7 @@ __attribute__((noinline, cold)) int gf_seq_leave_stepped(gf_ring *r, uint64_t n,
         if (s == GF_SEQ_SKIP_MAX || s > (MAX_OFFSET - 1 - n) / r->capacity)
             return 0;
         /* the last offset that gave way holds no message: a gap (its own, if none did: abandoned) */
-        if (cas(q, &cur, (2 * (n + s * r->capacity) + 2) | (s ? GF_SEQ_GAP : GF_SEQ_ABANDONED)))
+        if (gf_cas(q, &cur, (2 * (n + s * r->capacity) + 2) | (s ? GF_SEQ_GAP : GF_SEQ_ABANDONED)))
             return 0;
     }
 }
@@ -32,13 +32,13 @@ static __attribute__((cold)) int holder_dead(const gf_ring *r, uint64_t m, uint6
         if (h == 0)
             return 0;
         h--;
-        w = ld_acq(seq_at(r, h));
+        w = gf_load_acq(seq_at(r, h));
         if ((w & GF_SEQ_VALUE) != 2 * h + 1)
             return 0;
     }
     if (w & GF_SEQ_GAP)
         return 0;
-    uint64_t o = ld_acq(owner_at(r, h)), token = o >> OWNER_OFF_BITS;
+    uint64_t o = gf_load_acq(owner_at(r, h)), token = o >> OWNER_OFF_BITS;
     if ((o & OWNER_OFF_MASK) != (h & OWNER_OFF_MASK) || token == 0)
         return 0;
     *head = h;
@@ -51,19 +51,19 @@ static __attribute__((cold)) void release_dead(gf_ring *r, uint64_t h)
 {
     uint64_t fresh = 0;
     for (uint32_t k = 1; k < r->capacity; k++) {
-        uint64_t i = h + k, w = ld_acq(seq_at(r, i));
+        uint64_t i = h + k, w = gf_load_acq(seq_at(r, i));
         if ((w & GF_SEQ_VALUE) != 2 * i + 1 || !(w & GF_SEQ_GAP))
             break;
         fresh += !(w & GF_SEQ_ABANDONED);
         seq_leave(r, i, (2 * i + 2) | GF_SEQ_ABANDONED);
     }
-    uint64_t w = ld_acq(seq_at(r, h));
+    uint64_t w = gf_load_acq(seq_at(r, h));
     if ((w & GF_SEQ_VALUE) == 2 * h + 1) {
         fresh += !(w & GF_SEQ_ABANDONED);
         seq_leave(r, h, (2 * h + 2) | GF_SEQ_ABANDONED);
     }
     if (fresh)
-        faa(&r->hdr->abandoned, fresh);
+        gf_faa(&r->hdr->abandoned, fresh);
 }
 
 int gf_gave_way(uint64_t n)
@@ -79,9 +79,9 @@ static __attribute__((cold)) void step_over_rest(gf_ring *r, uint64_t m)
 {
     for (uint32_t i = 1; i < r->capacity; i++) {
         uint64_t o = m + i, want = (2 * o + 1) | GF_SEQ_GAP;
-        if (!cas(seq_at(r, o), &want, want | GF_SEQ_ABANDONED))
+        if (!gf_cas(seq_at(r, o), &want, want | GF_SEQ_ABANDONED))
             return;
-        faa(&r->hdr->abandoned, 1);
+        gf_faa(&r->hdr->abandoned, 1);
     }
 }
 
@@ -89,7 +89,7 @@ __attribute__((noinline, cold)) int gf_slot_take_slow(gf_ring *r, uint64_t n, in
 {
     _Atomic uint64_t *q = seq_at(r, n);
     const uint64_t writing = 2 * n + 1, mine = plain ? writing | GF_SEQ_GAP : writing;
-    uint64_t cur = ld_acq(q);
+    uint64_t cur = gf_load_acq(q);
     int released = 0;
     for (;;) {
         uint64_t c = cur & GF_SEQ_VALUE;
@@ -117,7 +117,7 @@ __attribute__((noinline, cold)) int gf_slot_take_slow(gf_ring *r, uint64_t n, in
                     *t0 = now;
                 if (now - *t0 < r->f->stall_ns) {
                     sched_yield();
-                    cur = ld_acq(q);
+                    cur = gf_load_acq(q);
                     continue;
                 }
             }
@@ -128,15 +128,15 @@ __attribute__((noinline, cold)) int gf_slot_take_slow(gf_ring *r, uint64_t n, in
                 released = 1;
                 /* its writer died: its message's slots are free (this one among them) */
                 release_dead(r, head);
-                cur = ld_acq(q);
+                cur = gf_load_acq(q);
                 continue;
             }
             /* it may only be paused, and copy on when it resumes: give way */
             uint64_t to = seq_skip_word(r, n, cur);
             if (to & 1) {
-                if (!cas(q, &cur, to))
+                if (!gf_cas(q, &cur, to))
                     continue;
-                faa(&r->hdr->abandoned, seq_skip_count(n, cur));
+                gf_faa(&r->hdr->abandoned, seq_skip_count(n, cur));
                 if (!(cur & GF_SEQ_ABANDONED))
                     step_over_rest(r, c >> 1);
                 return TAKE_GAVE_WAY;
@@ -144,10 +144,10 @@ __attribute__((noinline, cold)) int gf_slot_take_slow(gf_ring *r, uint64_t n, in
             /* a damaged word names no writer: take it */
         }
         if (plain) {
-            st_rlx(q, mine);   /* ordered before the bytes by slot_header's release fence */
+            gf_store_rlx(q, mine);   /* ordered before the bytes by slot_header's release fence */
             return GF_OK;
         }
-        if (cas(q, &cur, writing))
+        if (gf_cas(q, &cur, writing))
             return GF_OK;
     }
 }
@@ -177,7 +177,7 @@ int gf_full_ring(const gf_ring *r, uint64_t count, uint64_t gate)
 int64_t gf_claim_spans(gf_ring *r, uint32_t count, const uint64_t *spans, uint64_t *offs)
 {
     const uint64_t cap = r->capacity;
-    uint64_t t = ld_acq(&r->hdr->tail);
+    uint64_t t = gf_load_acq(&r->hdr->tail);
     for (;;) {
         if (t >= MAX_OFFSET)
             return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)t);
@@ -191,12 +191,12 @@ int64_t gf_claim_spans(gf_ring *r, uint32_t count, const uint64_t *spans, uint64
         }
         if (pos > MAX_OFFSET)
             return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)t);
-        uint64_t gate = ld_acq(&r->hdr->gate);      /* back-pressure: never claim past a gating reader */
+        uint64_t gate = gf_load_acq(&r->hdr->gate);      /* back-pressure: never claim past a gating reader */
         if (gate != 0 && pos > gate)
             return pos - t > cap ? gf_fail(GF_E_INVAL, "%llu offsets for one partition of %u slots can never fit while a reader gates it",
                                            (unsigned long long)(pos - t), r->capacity)
                                  : gf_full_ring(r, pos - t, gate);
-        if (cas(&r->hdr->tail, &t, pos))
+        if (gf_cas(&r->hdr->tail, &t, pos))
             return (int64_t)t;
     }
 }
@@ -260,8 +260,8 @@ int64_t gf_test_claim_slot(gf_ring *r)
     if (n < 0)
         return n;
     /* its owner word names a token no handle has: a writer that died */
-    st_rlx(owner_at(r, (uint64_t)n), owner_word_as(OWNER_NOBODY, (uint64_t)n));
-    st_rel(seq_at(r, (uint64_t)n), 2 * (uint64_t)n + 1);
+    gf_store_rlx(owner_at(r, (uint64_t)n), owner_word_as(OWNER_NOBODY, (uint64_t)n));
+    gf_store_rel(seq_at(r, (uint64_t)n), 2 * (uint64_t)n + 1);
     return n;
 }
 
@@ -278,7 +278,7 @@ int64_t gf_test_claim_span(gf_ring *r, uint32_t span)
     if (rc != GF_OK)
         return rc < 0 ? rc : rc == TAKE_GAVE_WAY ? gf_gave_way(off)
                            : gf_fail(GF_E_ABANDONED, "offset %llu was overwritten at once", (unsigned long long)off);
-    st_rlx(owner_at(r, off), owner_word_as(OWNER_NOBODY, off));   /* as a writer that died */
+    gf_store_rlx(owner_at(r, off), owner_word_as(OWNER_NOBODY, off));   /* as a writer that died */
     return (int64_t)off;   /* every slot left "being written" */
 }
 

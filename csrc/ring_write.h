@@ -17,19 +17,21 @@ static inline int seq_leave(gf_ring *r, uint64_t n, uint64_t to)
 {
     _Atomic uint64_t *q = seq_at(r, n);
     uint64_t cur = (2 * n + 1) | (to & GF_SEQ_GAP);   /* a continuation is written as one */
-    if (__builtin_expect(cas(q, &cur, to), 1))
+    /* seq_cst: a publish is one side of the Dekker with gf_sleep_for (wake_readers) */
+    if (__builtin_expect(gf_cas_sc(q, &cur, to), 1))
         return 1;
     return gf_seq_leave_stepped(r, n, q, cur);
 }
 
 static inline void wake_readers(gf_fabric *f)
 {
-    /* Dekker with gf_sleep_for: our publish (a seq_cst CAS) is ordered before this
-     * load; a sleeper bumps `waiters` before its last look at the slots. */
-    if (__builtin_expect(atomic_load(&f->hdr->waiters) != 0, 0) &&
-        gf_mono_ns() < atomic_load(&f->hdr->wait_until) &&   /* not a count left by a dead sleeper */
-        atomic_exchange(&f->hdr->armed, 0)) {                 /* the first append since it armed */
-        faa(&f->hdr->wake, 1);
+    /* seq_cst, Dekker with gf_sleep_for: our publish (seq_leave's seq_cst CAS)
+     * is ordered before this load; a sleeper bumps `waiters` before its last
+     * look at the slots. */
+    if (__builtin_expect(gf_load_sc(&f->hdr->waiters) != 0, 0) &&
+        gf_mono_ns() < gf_load_acq(&f->hdr->wait_until) &&   /* not a count left by a dead sleeper */
+        gf_xchg_sc(&f->hdr->armed, 0)) {                      /* the first append since it armed */
+        gf_faa(&f->hdr->wake, 1);
         gf_futex_wake_all(&f->hdr->wake);
     }
 }
@@ -53,13 +55,13 @@ static inline int slot_take_as(gf_ring *r, uint64_t n, int64_t *t0, int plain)
     /* the common case inline: the slot's last tenant finished (an even word of an earlier offset) */
     _Atomic uint64_t *q = seq_at(r, n);
     const uint64_t writing = 2 * n + 1;
-    uint64_t cur = ld_acq(q), c = cur & GF_SEQ_VALUE;
+    uint64_t cur = gf_load_acq(q), c = cur & GF_SEQ_VALUE;
     if (__builtin_expect(!(c & 1) && c < writing, 1)) {
         if (plain) {
-            st_rlx(q, writing | GF_SEQ_GAP);   /* ordered before the bytes by slot_header's release fence */
+            gf_store_rlx(q, writing | GF_SEQ_GAP);   /* ordered before the bytes by slot_header's release fence */
             return GF_OK;
         }
-        if (cas(q, &cur, writing))
+        if (gf_cas(q, &cur, writing))
             return GF_OK;
     }
     return gf_slot_take_slow(r, n, t0, plain);
@@ -83,10 +85,10 @@ static inline int seq_finish(gf_ring *r, uint64_t n, uint64_t to)
 static inline int gap_finish(gf_ring *r, uint64_t m)
 {
     _Atomic uint64_t *q = seq_at(r, m);
-    uint64_t cur = ld_rlx(q);
+    uint64_t cur = gf_load_rlx(q);
     if (__builtin_expect(cur != ((2 * m + 1) | GF_SEQ_GAP), 0))
         return (cur & GF_SEQ_VALUE) == 2 * m + 1 ? seq_leave(r, m, (2 * m + 2) | GF_SEQ_GAP) : 0;
-    st_rel(q, (2 * m + 2) | GF_SEQ_GAP);
+    gf_store_rel(q, (2 * m + 2) | GF_SEQ_GAP);
     return 1;
 }
 
@@ -140,7 +142,7 @@ static inline uint8_t *slot_header(gf_ring *r, uint64_t n, uint32_t klen, uint32
                                    uint32_t key_hash, uint32_t hlen, uint32_t vlen, int64_t ts)
 {
     struct gf_slot *s = slot_at(r, n);
-    fence_rel();   /* seqlock: the odd seq is visible before any byte below */
+    gf_fence_rel();   /* seqlock: the odd seq is visible before any byte below */
     s->owner = owner_word(r, n);
     s->ts_ns = ts;
     s->key_len = klen;
@@ -218,18 +220,18 @@ static inline int64_t claim(gf_ring *r, uint64_t count)
 {
     /* Back-pressure costs one load when nobody gates the ring; a gated ring
      * claims with a CAS so that concurrent producers never pass the gate. */
-    uint64_t gate = ld_acq(&r->hdr->gate), n;
+    uint64_t gate = gf_load_acq(&r->hdr->gate), n;
     if (__builtin_expect(gate != 0, 0)) {
         if (count > r->capacity)
             return gf_fail(GF_E_INVAL, "%llu messages for one partition of %u slots can never fit while a reader gates it",
                            (unsigned long long)count, r->capacity);
-        n = ld_acq(&r->hdr->tail);
+        n = gf_load_acq(&r->hdr->tail);
         do {
             if (n + count > gate)
                 return gf_full_ring(r, count, gate);
-        } while (!cas(&r->hdr->tail, &n, n + count));
+        } while (!gf_cas(&r->hdr->tail, &n, n + count));
     } else
-        n = faa(&r->hdr->tail, count);
+        n = gf_faa(&r->hdr->tail, count);
     if (__builtin_expect(n >= MAX_OFFSET || count > MAX_OFFSET - n, 0))
         return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)n);
     return (int64_t)n;

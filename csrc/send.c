@@ -9,7 +9,7 @@ static inline uint32_t pick(uint32_t mode, uint32_t n, uint64_t *rr, uint32_t h,
 {
     if (mode == GF_PART_KEYHASH && has_key)
         return (h & 0x7fffffffu) % n;
-    return (uint32_t)(__atomic_fetch_add(rr, 1, __ATOMIC_RELAXED) % n);
+    return (uint32_t)(gf_plain_faa_rlx(rr, 1) % n);
 }
 
 int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
@@ -65,7 +65,7 @@ static int64_t send_idem(gf_sender *s, int again, uint32_t part, uint64_t want, 
     int64_t now = gf_now_ns();
     if (now >= d->renew_at_ns)
         return gf_fail(GF_E_RENEW, "producer registration is due for renewal");
-    uint32_t cur_epoch = ld_acq((_Atomic uint32_t *)d->word);
+    uint32_t cur_epoch = gf_load_acq(gf_atomic32_at(d->word));
     if (cur_epoch != d->epoch)
         return gf_fail(GF_E_FENCED, "producer %u was fenced: its epoch is %u, the registration's %u",
                        d->producer, d->epoch, cur_epoch);
@@ -74,8 +74,8 @@ static int64_t send_idem(gf_sender *s, int again, uint32_t part, uint64_t want, 
     gf_ring *r = p < s->n ? s->rings[p] : NULL;
     if (!r)
         return gf_fail(GF_E_INVAL, "partition %u is not open", p);
-    _Atomic uint64_t *w = (_Atomic uint64_t *)&d->seqs[p];
-    uint64_t seq = ld_acq(w);
+    _Atomic uint64_t *w = gf_atomic64_at(&d->seqs[p]);
+    uint64_t seq = gf_load_acq(w);
     if (seq & GF_IDEM_BUSY)
         return gf_fail(GF_E_BUSY, "another send to partition %u is in flight", p);
     if (again && want < seq) {      /* it landed: hand back where, write nothing */
@@ -86,7 +86,7 @@ static int64_t send_idem(gf_sender *s, int again, uint32_t part, uint64_t want, 
     }
     if (again && want > seq)
         return gf_fail(GF_E_INVAL, "sequence %llu of partition %u was never attempted", (unsigned long long)want, p);
-    if (!cas(w, &seq, seq | GF_IDEM_BUSY))
+    if (!gf_cas(w, &seq, seq | GF_IDEM_BUSY))
         return gf_fail(GF_E_BUSY, "another send to partition %u is in flight", p);
     unsure_of = NULL;
     gf_stamp st = {d->producer, d->epoch, seq, d->txn};
@@ -95,10 +95,10 @@ static int64_t send_idem(gf_sender *s, int again, uint32_t part, uint64_t want, 
     int64_t off = append_one(r, key, klen, flags, h, hdrs, hlen, val, vlen, now, now, &st, &written);
     if (written) {
         /* a write acknowledged late (a durable flush failed after it) still landed */
-        d->last[p] = off >= 0 ? off : (int64_t)(ld_acq(&r->hdr->tail) - 1);
-        st_rel(w, seq + 1);
+        d->last[p] = off >= 0 ? off : (int64_t)(gf_load_acq(&r->hdr->tail) - 1);
+        gf_store_rel(w, seq + 1);
     } else
-        st_rel(w, seq);
+        gf_store_rel(w, seq);
     if (__builtin_expect(off == GF_E_FULL_RING, 0))
         gf_full_part = p;
     if (off >= 0 && GF_FAULT_FAILS(GF_FAULT_IDEM_WRITTEN))

@@ -103,8 +103,8 @@ int gf_share_init(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, gf_ring
     h->max_deliveries = max_deliveries;
     h->lock_ns = lock_ns;
     h->created_ns = now_ns;
-    st_rel(&h->floor, start);
-    st_rel(&h->next, start);
+    gf_store_rel(&h->floor, start);
+    gf_store_rel(&h->next, start);
     h->crc = share_hdr_crc(h);     /* the region is found through a metadata entry written after this */
     return f->durable ? gf_dsync(f, h, GF_SHARE_HDR_SIZE) : GF_OK;
 }
@@ -151,7 +151,7 @@ gf_share *gf_share_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, g
     }
     s->lock_ns = c.lock_ns;
     s->max_deliveries = c.max_deliveries;
-    atomic_fetch_add(&f->refs, 1);
+    gf_faa(&f->refs, 1);
     *err = GF_OK;
     return s;
 }
@@ -176,13 +176,13 @@ int64_t gf_share_join(gf_share *s, uint32_t pid, const uint8_t *name, uint32_t n
     int rc = alive(s, gf_now_ns());
     if (rc < 0)
         return rc;
-    uint32_t token = atomic_fetch_add(&s->h->members, 1) % 65535u + 1u;
+    uint32_t token = gf_faa(&s->h->members, 1) % 65535u + 1u;
     struct gf_share_member *m = &s->members[token % GF_SHARE_MEMBERS];
-    st_rel(&m->token, 0);
+    gf_store_rel(&m->token, 0);
     m->pid = pid;
     memset(m->name, 0, sizeof m->name);
     memcpy(m->name, name, nlen < sizeof m->name ? nlen : sizeof m->name);
-    st_rel(&m->token, token);
+    gf_store_rel(&m->token, token);
     return token;
 }
 
@@ -192,11 +192,11 @@ int gf_share_member_name(gf_share *s, uint32_t token, uint8_t *out, uint32_t cap
         return 0;
     struct gf_share_member *m = &s->members[token % GF_SHARE_MEMBERS];
     uint8_t name[sizeof m->name];
-    if (ld_acq(&m->token) != token)
+    if (gf_load_acq(&m->token) != token)
         return 0;
     memcpy(name, m->name, sizeof name);
-    fence_acq();
-    if (ld_rlx(&m->token) != token)
+    gf_fence_acq();
+    if (gf_load_rlx(&m->token) != token)
         return 0;
     uint32_t n = (uint32_t)strnlen((const char *)name, sizeof name);
     if (n > cap)
@@ -205,7 +205,7 @@ int gf_share_member_name(gf_share *s, uint32_t token, uint8_t *out, uint32_t cap
     return (int)n;
 }
 
-uint64_t gf_share_floor(gf_share *s) { return ld_acq(&s->h->floor); }
+uint64_t gf_share_floor(gf_share *s) { return gf_load_acq(&s->h->floor); }
 
 /* ---- the window ---------------------------------------------------------------------
  * A consistent (floor, next): next never runs more than a ring ahead of the
@@ -215,7 +215,7 @@ uint64_t gf_share_floor(gf_share *s) { return ld_acq(&s->h->floor); }
 static int window(gf_share *s, uint64_t *fl, uint64_t *nx)
 {
     for (int i = 0; i < 1000; i++) {
-        uint64_t a = ld_acq(&s->h->floor), n = ld_acq(&s->h->next), b = ld_acq(&s->h->floor);
+        uint64_t a = gf_load_acq(&s->h->floor), n = gf_load_acq(&s->h->next), b = gf_load_acq(&s->h->floor);
         if (a != b)
             continue;
         if (a >= MAX_OFFSET || n >= MAX_OFFSET || (n > a && n - a > s->cap))
@@ -225,7 +225,7 @@ static int window(gf_share *s, uint64_t *fl, uint64_t *nx)
         return GF_OK;
     }
     return gf_fail(GF_E_CORRUPT, "share state window is impossible (floor %llu, next %llu, %llu slots)",
-                   (unsigned long long)ld_acq(&s->h->floor), (unsigned long long)ld_acq(&s->h->next),
+                   (unsigned long long)gf_load_acq(&s->h->floor), (unsigned long long)gf_load_acq(&s->h->next),
                    (unsigned long long)s->cap);
 }
 
@@ -237,7 +237,7 @@ static inline int finished(const gf_share *s, uint64_t a, uint64_t n)
 /* The ring's end, checked: it comes from shared memory. */
 static int ring_tail(const gf_share *s, uint64_t *tail)
 {
-    uint64_t t = ld_acq(&s->r->hdr->tail);
+    uint64_t t = gf_load_acq(&s->r->hdr->tail);
     if (t >= MAX_OFFSET)
         return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)t);
     *tail = t;
@@ -257,20 +257,20 @@ static int advance(gf_share *s)
         if (tail > cap && fl < tail - cap) {
             uint64_t nf = tail - cap, upto = nx < nf ? nx : nf, lost = 0;
             for (uint64_t o = fl; o < upto; o++)
-                lost += !finished(s, ld_acq(&entry(s, o)->a), o);
+                lost += !finished(s, gf_load_acq(&entry(s, o)->a), o);
             if (nf > nx)
                 lost += nf - nx;
-            if (cas(&s->h->floor, &fl, nf)) {
-                faa(&s->h->lost, lost);
-                uint64_t cur = ld_acq(&s->h->next);
-                while (cur < nf && !cas(&s->h->next, &cur, nf))
+            if (gf_cas(&s->h->floor, &fl, nf)) {
+                gf_faa(&s->h->lost, lost);
+                uint64_t cur = gf_load_acq(&s->h->next);
+                while (cur < nf && !gf_cas(&s->h->next, &cur, nf))
                     ;
             }
             continue;
         }
-        if (fl >= nx || !finished(s, ld_acq(&entry(s, fl)->a), fl))
+        if (fl >= nx || !finished(s, gf_load_acq(&entry(s, fl)->a), fl))
             return GF_OK;
-        cas(&s->h->floor, &fl, fl + 1);
+        gf_cas(&s->h->floor, &fl, fl + 1);
     }
     return GF_OK;
 }
@@ -285,12 +285,12 @@ static inline uint64_t span_of_meta(const gf_ring *r, const gf_msg_meta *m)
  * between its two stores, or died there) now + the lock time, written here. */
 static uint64_t lock_word(gf_share *s, struct gf_share_entry *en, uint64_t a, int64_t now)
 {
-    uint64_t b = ld_acq(&en->b);
+    uint64_t b = gf_load_acq(&en->b);
     while (!tagged(b, a)) {
         uint64_t nb = mkdeadline(deadline_ms(s, now), a);
-        if (cas(&en->b, &b, nb))
+        if (gf_cas(&en->b, &b, nb))
             return nb;
-        if (ld_acq(&en->a) != a)
+        if (gf_load_acq(&en->a) != a)
             return b;       /* the acquisition itself has moved on */
     }
     return b;
@@ -298,8 +298,8 @@ static uint64_t lock_word(gf_share *s, struct gf_share_entry *en, uint64_t a, in
 
 static void set_lock(struct gf_share_entry *en, uint64_t a, int64_t dl_ms)
 {
-    uint64_t b = ld_acq(&en->b), nb = mkdeadline(dl_ms, a);
-    while (!tagged(b, a) && !cas(&en->b, &b, nb))
+    uint64_t b = gf_load_acq(&en->b), nb = mkdeadline(dl_ms, a);
+    while (!tagged(b, a) && !gf_cas(&en->b, &b, nb))
         ;
 }
 
@@ -343,9 +343,9 @@ int64_t gf_share_acquire(gf_share *s, uint32_t member, uint32_t max, int64_t now
     struct tally t = {0, 0};    /* the shared counters move once per call, not once per record */
     int64_t rc = acquire(s, member, max, now, part, rows, meta, buf, buf_size, &t);
     if (t.delivered)
-        faa(&s->h->delivered, t.delivered);
+        gf_faa(&s->h->delivered, t.delivered);
     if (t.redelivered)
-        faa(&s->h->redelivered, t.redelivered);
+        gf_faa(&s->h->redelivered, t.redelivered);
     return rc;
 }
 
@@ -371,14 +371,14 @@ static int64_t acquire(gf_share *s, uint32_t member, uint32_t max, int64_t now, 
         return rc;
 
     /* 1. released records, expired locks, and entries their claimer never wrote */
-    uint64_t released = ld_acq(&s->h->released);
+    uint64_t released = gf_load_acq(&s->h->released);
     if (now >= s->scan_at || released != s->released_seen) {
         int64_t next_expiry = now + s->lock_ns;
         int whole = 1;
         for (uint64_t o = fl; o < nx; o++) {
             if (got == max) { whole = 0; break; }
             struct gf_share_entry *en = entry(s, o);
-            uint64_t a = ld_acq(&en->a), L = lap_of(s, o);
+            uint64_t a = gf_load_acq(&en->a), L = lap_of(s, o);
             uint32_t count = 0, last = 0, expired = 0;
             if (W_LAP(a) == L) {
                 uint32_t st = W_STATE(a);
@@ -408,20 +408,20 @@ static int64_t acquire(gf_share *s, uint32_t member, uint32_t max, int64_t now, 
                 break;
             }
             if (r1 == 0) {      /* holds no record (or the ring lost it): finished */
-                if (cas(&en->a, &a, mkword(gone ? GF_SH_ARCHIVED : GF_SH_ACKED, count, last, L)) && gone)
-                    faa(&s->h->lost, 1);
+                if (gf_cas(&en->a, &a, mkword(gone ? GF_SH_ARCHIVED : GF_SH_ACKED, count, last, L)) && gone)
+                    gf_faa(&s->h->lost, 1);
                 continue;
             }
             uint32_t dead = count >= s->max_deliveries;
             uint32_t nc = count < 255 ? count + 1 : 255;
             uint64_t w = mkword(GF_SH_ACQUIRED, nc, member, L);
-            if (!cas(&en->a, &a, w)) {
+            if (!gf_cas(&en->a, &a, w)) {
                 used = meta[got].pos;   /* someone else took it: give its bytes back */
                 continue;
             }
             set_lock(en, w, dl);
             if (expired)
-                faa(&s->h->expired_locks, 1);
+                gf_faa(&s->h->expired_locks, 1);
             if (!dead) {
                 t->delivered++;
                 t->redelivered += count != 0;
@@ -473,7 +473,7 @@ static int64_t acquire(gf_share *s, uint32_t member, uint32_t max, int64_t now, 
         }
         if (np > limit)
             np = limit;
-        if (!cas(&s->h->next, &nx, np)) {
+        if (!gf_cas(&s->h->next, &nx, np)) {
             used = used0;
             continue;
         }
@@ -481,18 +481,18 @@ static int64_t acquire(gf_share *s, uint32_t member, uint32_t max, int64_t now, 
         uint32_t mi = 0, keep = 0;
         for (uint64_t o = nx; o < np; o++) {
             struct gf_share_entry *en = entry(s, o);
-            uint64_t a = ld_acq(&en->a), L = lap_of(s, o);
+            uint64_t a = gf_load_acq(&en->a), L = lap_of(s, o);
             int mine = mi < k && meta[got + mi].offset == o;
             if (mine)
                 mi++;
             if (W_LAP(a) == L)
                 continue;       /* taken as an unwritten entry by someone else already */
             if (!mine) {
-                cas(&en->a, &a, mkword(GF_SH_ACKED, 0, 0, L));   /* no record starts here */
+                gf_cas(&en->a, &a, mkword(GF_SH_ACKED, 0, 0, L));   /* no record starts here */
                 continue;
             }
             uint64_t w = mkword(GF_SH_ACQUIRED, 1, member, L);
-            if (!cas(&en->a, &a, w))
+            if (!gf_cas(&en->a, &a, w))
                 continue;
             set_lock(en, w, dl);
             t->delivered++;
@@ -537,15 +537,15 @@ int64_t gf_share_settle(gf_share *s, uint32_t op, const uint64_t *offsets, const
         if (W_STATE(w) != GF_SH_ACQUIRED || W_LAP(w) != lap_of(s, o))
             continue;
         struct gf_share_entry *en = entry(s, o);
-        uint64_t a = ld_acq(&en->a);
+        uint64_t a = gf_load_acq(&en->a);
         if (a != w)
             continue;
         if (op != GF_SHARE_RELEASE) {
-            uint64_t b = ld_acq(&en->b);
+            uint64_t b = gf_load_acq(&en->b);
             if (!tagged(b, w) || b_deadline_ns(b) <= now)
                 continue;   /* the lock has run out */
             if (op == GF_SHARE_RENEW) {
-                if (cas(&en->b, &b, mkdeadline(dl, w)) && ld_acq(&en->a) == w) {
+                if (gf_cas(&en->b, &b, mkdeadline(dl, w)) && gf_load_acq(&en->a) == w) {
                     ok[i] = 1;
                     done++;
                 }
@@ -556,13 +556,13 @@ int64_t gf_share_settle(gf_share *s, uint32_t op, const uint64_t *offsets, const
         uint64_t L = W_LAP(w);
         uint64_t to = mkword(op == GF_SHARE_ACK ? GF_SH_ACKED : op == GF_SHARE_RELEASE ? GF_SH_AVAIL
                              : GF_SH_ARCHIVED, c, m, L);
-        if (cas(&en->a, &w, to)) {
+        if (gf_cas(&en->a, &w, to)) {
             ok[i] = 1;
             done++;
         }
     }
     if (done && op != GF_SHARE_RENEW)
-        faa(counter, (uint64_t)done);
+        gf_faa(counter, (uint64_t)done);
     if (op != GF_SHARE_RENEW && op != GF_SHARE_RELEASE && (rc = advance(s)) < 0)
         return rc;
     return done;
@@ -578,7 +578,7 @@ int gf_share_state_get(gf_share *s, int64_t now, gf_share_state *out)
     out->lock_ns = s->lock_ns;
     out->max_deliveries = s->max_deliveries;
     out->capacity = (uint32_t)s->cap;
-    if (ld_acq(&s->lease->id) != s->lease_id)
+    if (gf_load_acq(&s->lease->id) != s->lease_id)
         return GF_OK;
     uint64_t fl, nx, tail;
     int rc = window(s, &fl, &nx);
@@ -590,7 +590,7 @@ int gf_share_state_get(gf_share *s, int64_t now, gf_share_state *out)
     int64_t oldest = 0;
     for (uint64_t o = fl; o < nx; o++) {
         struct gf_share_entry *en = entry(s, o);
-        uint64_t a = ld_acq(&en->a);
+        uint64_t a = gf_load_acq(&en->a);
         if (W_LAP(a) != lap_of(s, o)) {
             out->available++;
             continue;
@@ -598,7 +598,7 @@ int gf_share_state_get(gf_share *s, int64_t now, gf_share_state *out)
         switch (W_STATE(a)) {
         case GF_SH_AVAIL: out->available++; break;
         case GF_SH_ACQUIRED: {
-            uint64_t b = ld_acq(&en->b);
+            uint64_t b = gf_load_acq(&en->b);
             int64_t d = b_deadline_ns(b);
             int tag_ok = tagged(b, a);
             if (tag_ok && d <= now) {
@@ -618,14 +618,14 @@ int gf_share_state_get(gf_share *s, int64_t now, gf_share_state *out)
     if (end > nx)
         out->available += end - nx;
     out->oldest_lock_ns = oldest;
-    out->delivered = ld_acq(&s->h->delivered);
-    out->redelivered = ld_acq(&s->h->redelivered);
-    out->acked = ld_acq(&s->h->acked);
-    out->released = ld_acq(&s->h->released);
-    out->rejected = ld_acq(&s->h->rejected);
-    out->dead = ld_acq(&s->h->dead);
-    out->lost = ld_acq(&s->h->lost);
-    out->expired_locks = ld_acq(&s->h->expired_locks);
-    out->members = ld_acq(&s->h->members);
+    out->delivered = gf_load_acq(&s->h->delivered);
+    out->redelivered = gf_load_acq(&s->h->redelivered);
+    out->acked = gf_load_acq(&s->h->acked);
+    out->released = gf_load_acq(&s->h->released);
+    out->rejected = gf_load_acq(&s->h->rejected);
+    out->dead = gf_load_acq(&s->h->dead);
+    out->lost = gf_load_acq(&s->h->lost);
+    out->expired_locks = gf_load_acq(&s->h->expired_locks);
+    out->members = gf_load_acq(&s->h->members);
     return GF_OK;
 }

@@ -15,23 +15,25 @@ int64_t gf_sleep_for(gf_fabric *f, int64_t deadline, gf_look_fn look, void *ctx)
     for (;;) {
         int64_t t = gf_mono_ns();
         int64_t until = deadline - t > 50000000 ? t + 50000000 : deadline;
-        int64_t cur = atomic_load(&f->hdr->wait_until);
-        while (cur < until && !atomic_compare_exchange_weak(&f->hdr->wait_until, &cur, until))
+        int64_t cur = gf_load_acq(&f->hdr->wait_until);
+        while (cur < until && !gf_cas(&f->hdr->wait_until, &cur, until))
             ;
-        atomic_fetch_add(&f->hdr->waiters, 1);   /* seq_cst: after wait_until, before our last look */
-        atomic_store(&f->hdr->armed, 1);
-        uint32_t w = atomic_load(&f->hdr->wake);
+        /* seq_cst, Dekker with wake_readers (ring_write.h): we count ourselves and
+         * arm, then look; a writer publishes, then looks for us */
+        gf_faa_sc(&f->hdr->waiters, 1);
+        gf_store_sc(&f->hdr->armed, 1);
+        uint32_t w = gf_load_acq(&f->hdr->wake);
         int64_t stalled = 0;
         int64_t r = look(ctx, &stalled);
         int64_t mono = gf_mono_ns();
         if (r || mono >= deadline) {
-            atomic_fetch_sub(&f->hdr->waiters, 1);
+            gf_fsub(&f->hdr->waiters, 1);
             return r;
         }
-        if (!atomic_load(&f->hdr->armed)) {
+        if (!gf_load_acq(&f->hdr->armed)) {
             /* a producer disarmed us after we armed: its message may have landed
              * after our look and its wake before our sleep; look again instead */
-            atomic_fetch_sub(&f->hdr->waiters, 1);
+            gf_fsub(&f->hdr->waiters, 1);
             continue;
         }
         int64_t sleep = until - mono;
@@ -39,7 +41,7 @@ int64_t gf_sleep_for(gf_fabric *f, int64_t deadline, gf_look_fn look, void *ctx)
             sleep = stalled - mono;
         if (sleep > 0)
             gf_futex_wait(&f->hdr->wake, w, sleep);
-        atomic_fetch_sub(&f->hdr->waiters, 1);
+        gf_fsub(&f->hdr->waiters, 1);
     }
 }
 
@@ -58,7 +60,7 @@ static int ring_readable(gf_ring *r, const gf_cursor *c, int64_t now, int64_t mo
 {
     if (!gf_lease_alive_query(r->lease, r->lease_id, now))
         return 0;
-    uint64_t tail = ld_acq(&r->hdr->tail);
+    uint64_t tail = gf_load_acq(&r->hdr->tail);
     uint64_t pos = c->pos;
     if (tail >= MAX_OFFSET)
         return 1;                       /* impossible: the read reports it */
@@ -66,7 +68,7 @@ static int ring_readable(gf_ring *r, const gf_cursor *c, int64_t now, int64_t mo
         return 0;
     if (tail > r->capacity && pos < tail - r->capacity)
         return 1;                       /* fell behind the ring: the read counts the loss */
-    uint64_t w = ld_acq(seq_at(r, pos)), seq = w & GF_SEQ_VALUE;
+    uint64_t w = gf_load_acq(seq_at(r, pos)), seq = w & GF_SEQ_VALUE;
     if (seq >= 2 * pos + 2)
         return 1;                       /* published, abandoned or overwritten */
     if ((seq & 1) && (w & GF_SEQ_ABANDONED))
@@ -120,19 +122,19 @@ int64_t gf_poller_wait(gf_poller *p, int64_t timeout_ns)
 
 int64_t gf_waiter_run(gf_waiter *w)
 {
-    uint32_t seen = __atomic_load_n(&w->done, __ATOMIC_ACQUIRE);
+    uint32_t seen = gf_plain_load_acq(&w->done);
     for (;;) {
-        if (__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
+        if (gf_plain_load_acq(&w->stop))
             return 0;
-        uint32_t req = __atomic_load_n(&w->req, __ATOMIC_ACQUIRE);
+        uint32_t req = gf_plain_load_acq(&w->req);
         if (req == seen) {
-            gf_futex_wait((_Atomic uint32_t *)&w->req, req, -1);
+            gf_futex_wait(gf_atomic32_at(&w->req), req, -1);
             continue;
         }
         /* a newer request may overwrite p/timeout while we read them: each value
          * is one the requester keeps valid, and req is re-read after the answer */
-        gf_poller *p = __atomic_load_n(&w->p, __ATOMIC_ACQUIRE);
-        int64_t timeout = __atomic_load_n(&w->timeout_ns, __ATOMIC_ACQUIRE);
+        gf_poller *p = gf_plain_load_acq(&w->p);
+        int64_t timeout = gf_plain_load_acq(&w->timeout_ns);
         const int64_t deadline = timeout < 0 ? INT64_MAX : gf_mono_ns() + timeout;
         int64_t r = 0;
         int superseded = 0;
@@ -146,36 +148,36 @@ int64_t gf_waiter_run(gf_waiter *w)
             r = gf_poller_wait(p, slice);
             if (r || slice == left)
                 break;
-            if (__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
+            if (gf_plain_load_acq(&w->stop))
                 return 0;
-            if (__atomic_load_n(&w->req, __ATOMIC_ACQUIRE) != req) {
+            if (gf_plain_load_acq(&w->req) != req) {
                 superseded = 1;     /* the newer request's answer covers this one */
                 break;
             }
         }
         if (superseded)
             continue;
-        __atomic_store_n(&w->result, r, __ATOMIC_RELEASE);
-        __atomic_store_n(&w->done, req, __ATOMIC_RELEASE);
+        gf_plain_store_rel(&w->result, r);
+        gf_plain_store_rel(&w->done, req);
         seen = req;
         uint64_t one = 1;
-        if (write(w->fd, &one, sizeof one) < 0 && !__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
+        if (write(w->fd, &one, sizeof one) < 0 && !gf_plain_load_acq(&w->stop))
             return gf_fail(GF_E_IO, "waiter: cannot write its eventfd");
     }
 }
 
 uint32_t gf_waiter_request(gf_waiter *w, gf_poller *p, int64_t timeout_ns)
 {
-    __atomic_store_n(&w->p, p, __ATOMIC_RELEASE);
-    __atomic_store_n(&w->timeout_ns, timeout_ns, __ATOMIC_RELEASE);
-    uint32_t req = __atomic_add_fetch(&w->req, 1, __ATOMIC_ACQ_REL);
-    gf_futex_wake_all((_Atomic uint32_t *)&w->req);
+    gf_plain_store_rel(&w->p, p);
+    gf_plain_store_rel(&w->timeout_ns, timeout_ns);
+    uint32_t req = gf_plain_add(&w->req, 1);
+    gf_futex_wake_all(gf_atomic32_at(&w->req));
     return req;
 }
 
 void gf_waiter_stop(gf_waiter *w)
 {
-    __atomic_store_n(&w->stop, 1, __ATOMIC_RELEASE);
-    __atomic_add_fetch(&w->req, 1, __ATOMIC_ACQ_REL);
-    gf_futex_wake_all((_Atomic uint32_t *)&w->req);
+    gf_plain_store_rel(&w->stop, 1);
+    gf_plain_add(&w->req, 1);
+    gf_futex_wake_all(gf_atomic32_at(&w->req));
 }
