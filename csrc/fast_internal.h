@@ -14,7 +14,6 @@
 #include "grafos.h"
 #include "crossing.h"
 
-#define MASK48      ((1ULL << GF_OFFSET_BITS) - 1)
 #define MAX_HEADERS 1024
 #define SLICE_NS    200000000LL   /* a blocking poll looks at signals (Ctrl-C) this often */
 

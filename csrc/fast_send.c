@@ -108,7 +108,7 @@ static PyObject *send_one(SendPath *self, PyObject *key, PyObject *value, PyObje
                          hp, (uint32_t)hl, v.p, (uint32_t)v.n, 0);
         if (rc >= 0) {
             PyObject *p = PyLong_FromLongLong(rc >> GF_OFFSET_BITS);
-            PyObject *o = PyLong_FromLongLong((int64_t)((uint64_t)rc & MASK48));   /* the medium-int fast path */
+            PyObject *o = PyLong_FromLongLong((int64_t)((uint64_t)rc & GF_MAX_OFFSET));   /* the medium-int fast path */
             r = p && o ? PyTuple_New(2) : NULL;
             if (r) {
                 PyTuple_SET_ITEM(r, 0, p);

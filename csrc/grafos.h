@@ -34,8 +34,11 @@
 #define GF_E_BUSY      -19    /* another thread's send to this partition is in flight (slow path) */
 #define GF_E_DUPLICATE -20    /* a retried sequence older than the last one written */
 
-/* Offsets are below 2^GF_OFFSET_BITS: gf_send packs (partition << 48 | offset). */
+/* A partition's offsets run from 0 to GF_MAX_OFFSET, 2^GF_OFFSET_BITS - 1 (the
+ * largest offset, inclusive; Python's MAX_OFFSET is this value): gf_send packs
+ * (partition << GF_OFFSET_BITS | offset) into its result. */
 #define GF_OFFSET_BITS  48
+#define GF_MAX_OFFSET   281474976710655
 
 /* gf_fabric_open flags */
 #define GF_OPEN_CREATE     1  /* create if missing */
@@ -362,7 +365,7 @@ int64_t gf_send_idem(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t h
                      const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen);
 /* The same message again, after an attempt whose outcome is unknown (the call
  * failed after the write, or never returned): to the same partition, with the
- * same sequence. If that sequence landed, its original (partition << 48 |
+ * same sequence. If that sequence landed, its original (partition << GF_OFFSET_BITS |
  * offset) comes back and nothing is written. */
 int64_t gf_send_idem_again(gf_sender *s, uint32_t part, uint64_t seq, const uint8_t *key, uint32_t klen,
                            uint32_t has_key, const uint8_t *hdrs, uint32_t hlen,

@@ -41,7 +41,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
     const uint64_t cap = r->capacity;
     const int verify = r->crc && !c->no_verify;
     uint64_t tail = gf_load_acq(&r->hdr->tail);
-    if (tail >= MAX_OFFSET) {
+    if (tail > GF_MAX_OFFSET) {
         *err = gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)tail);
         return 0;
     }
@@ -168,7 +168,7 @@ static uint32_t ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max,
             c->lost += np - pos;
             pos = np;
             c->stall_since = 0;
-            if (tail >= MAX_OFFSET)
+            if (tail > GF_MAX_OFFSET)
                 break;
             continue;
         }
@@ -395,7 +395,7 @@ uint32_t gf_ring_intact_many(gf_ring *r, const uint64_t *offsets, uint32_t n, ui
     uint32_t bad = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint64_t o = offsets[i];
-        intact[i] = mine && o < MAX_OFFSET && tail <= o + r->capacity && gf_load_acq(seq_at(r, o)) == 2 * o + 2;
+        intact[i] = mine && o <= GF_MAX_OFFSET && tail <= o + r->capacity && gf_load_acq(seq_at(r, o)) == 2 * o + 2;
         bad += !intact[i];
     }
     return bad;

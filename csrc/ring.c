@@ -124,7 +124,7 @@ int gf_ring_state_get(gf_ring *r, int64_t now_ns, gf_ring_state *out)
     if (gf_load_acq(&r->lease->id) != r->lease_id)   /* reclaimed: the region is not ours to read */
         return GF_OK;
     uint64_t tail = gf_load_acq(&r->hdr->tail);
-    if (tail >= MAX_OFFSET)
+    if (tail > GF_MAX_OFFSET)
         return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)tail);
     out->tail = tail;
     out->lost = tail > r->capacity ? tail - r->capacity : 0;

@@ -9,7 +9,6 @@
 
 #define MAX_STRIDE   (16u << 20)
 #define MAX_CAPACITY (1u << 30)
-#define MAX_OFFSET   (1ULL << GF_OFFSET_BITS)
 
 static inline void cpu_relax(void)
 {

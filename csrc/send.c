@@ -31,7 +31,7 @@ int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
                              now, NULL, NULL);
     if (__builtin_expect(off == GF_E_FULL_RING, 0))
         gf_full_part = p;
-    return off < 0 ? off : ((int64_t)p << 48) | off;
+    return off < 0 ? off : ((int64_t)p << GF_OFFSET_BITS) | off;
 }
 
 /* Idempotent send. The partition's sequence is marked busy for the length of
@@ -82,7 +82,7 @@ static int64_t send_idem(gf_sender *s, int again, uint32_t part, uint64_t want, 
         if (want + 1 != seq || d->last[p] < 0)
             return gf_fail(GF_E_DUPLICATE, "sequence %llu of partition %u is older than the last one written",
                            (unsigned long long)want, p);
-        return ((int64_t)p << 48) | d->last[p];
+        return ((int64_t)p << GF_OFFSET_BITS) | d->last[p];
     }
     if (again && want > seq)
         return gf_fail(GF_E_INVAL, "sequence %llu of partition %u was never attempted", (unsigned long long)want, p);
@@ -108,7 +108,7 @@ static int64_t send_idem(gf_sender *s, int again, uint32_t part, uint64_t want, 
         unsure_part = p;
         unsure_seq = seq;
     }
-    return off < 0 ? off : ((int64_t)p << 48) | off;
+    return off < 0 ? off : ((int64_t)p << GF_OFFSET_BITS) | off;
 }
 
 int64_t gf_send_idem(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t has_key,

@@ -6,7 +6,6 @@
 #include <string.h>
 #include "core.h"
 
-#define MAX_OFFSET (1ULL << GF_OFFSET_BITS)
 #define LAP_BITS 38
 #define LAP_MASK ((1ULL << LAP_BITS) - 1)
 #define MAX_DELIVERIES 254u     /* a count of deliveries is 8 bits and saturates at 255 */
@@ -84,7 +83,7 @@ int gf_share_init(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, gf_ring
         return gf_fail(GF_E_INVAL, "lock time must be positive, got %lld ns", (long long)lock_ns);
     if (max_deliveries < 1 || max_deliveries > MAX_DELIVERIES)
         return gf_fail(GF_E_INVAL, "max_deliveries must be 1 to %u, got %u", MAX_DELIVERIES, max_deliveries);
-    if (start >= MAX_OFFSET)
+    if (start > GF_MAX_OFFSET)
         return gf_fail(GF_E_INVAL, "start offset %llu out of range", (unsigned long long)start);
     gf_lease_info li;
     int rc = gf_lease_get(f, lease_index, lease_id, &li);
@@ -218,7 +217,7 @@ static int window(gf_share *s, uint64_t *fl, uint64_t *nx)
         uint64_t a = gf_load_acq(&s->h->floor), n = gf_load_acq(&s->h->next), b = gf_load_acq(&s->h->floor);
         if (a != b)
             continue;
-        if (a >= MAX_OFFSET || n >= MAX_OFFSET || (n > a && n - a > s->cap))
+        if (a > GF_MAX_OFFSET || n > GF_MAX_OFFSET || (n > a && n - a > s->cap))
             break;
         *fl = a;
         *nx = n < a ? a : n;
@@ -238,7 +237,7 @@ static inline int finished(const gf_share *s, uint64_t a, uint64_t n)
 static int ring_tail(const gf_share *s, uint64_t *tail)
 {
     uint64_t t = gf_load_acq(&s->r->hdr->tail);
-    if (t >= MAX_OFFSET)
+    if (t > GF_MAX_OFFSET)
         return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)t);
     *tail = t;
     return GF_OK;

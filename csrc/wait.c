@@ -62,7 +62,7 @@ static int ring_readable(gf_ring *r, const gf_cursor *c, int64_t now, int64_t mo
         return 0;
     uint64_t tail = gf_load_acq(&r->hdr->tail);
     uint64_t pos = c->pos;
-    if (tail >= MAX_OFFSET)
+    if (tail > GF_MAX_OFFSET)
         return 1;                       /* impossible: the read reports it */
     if (pos >= tail)
         return 0;

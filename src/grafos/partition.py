@@ -42,10 +42,11 @@ if TYPE_CHECKING:
     from .reader import Reader
 
 
-#: offsets in a partition are below 2**OFFSET_BITS (the core packs a partition
-#: and an offset into one 64-bit return value); MAX_OFFSET is the largest
+#: a partition's offsets run from 0 to MAX_OFFSET, 2**OFFSET_BITS - 1, the
+#: largest offset (inclusive), the core's GF_MAX_OFFSET (it packs a partition
+#: and an offset into one 64-bit return value)
 OFFSET_BITS: int = lib.GF_OFFSET_BITS
-MAX_OFFSET: int = (1 << OFFSET_BITS) - 1
+MAX_OFFSET: int = lib.GF_MAX_OFFSET
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,13 @@ import threading
 import pytest
 
 from helpers.bus_helpers import make_mgr, snapshot
+from grafos._native import lib
 from grafos.errors import InvalidArgument, InvalidType
 from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.offset import FabricOffsetStore, MemOffsetStore, OffsetStore, SqliteOffsetStore
 from grafos.mq.producer import Producer
 from grafos.mq.topic import TopicConfig, TopicManager
+from grafos.partition import MAX_OFFSET
 
 
 @pytest.fixture(params=["mem", "sqlite", "fabric"])
@@ -77,6 +79,16 @@ def test_should_refuse_bad_input_and_change_nothing(store):
         with pytest.raises(exc):
             call()
     assert store.items() == before
+
+
+def test_should_take_the_largest_offset_by_the_cores_one_bound(store):
+    # one bound, one meaning: the largest offset, inclusive, in C and in Python
+    assert MAX_OFFSET == lib.GF_MAX_OFFSET == (1 << lib.GF_OFFSET_BITS) - 1
+    store.commit("g", "t", 0, MAX_OFFSET)
+    assert store.committed("g", "t", 0) == MAX_OFFSET
+    with pytest.raises(InvalidArgument):
+        store.commit("g", "t", 0, MAX_OFFSET + 1)
+    assert store.committed("g", "t", 0) == MAX_OFFSET
 
 
 def test_should_keep_sqlite_offsets_across_restarts(tmp_path):

@@ -82,7 +82,7 @@ from ..message import Headers
 from ..reader import Reader
 from . import _metakeys, gate
 from .dlq import SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC
-from .model import Bus
+from .model import MAX_OFFSET, Bus
 from .producer import Partitioner, Producer
 
 if TYPE_CHECKING:
@@ -287,8 +287,9 @@ class _ShareMember:
 
     def _settle_range(self, op: str, partition: int, start: int, stop: int, now: float | None) -> int:
         p = _validate.integer(partition, "partition", 0, 1 << 20)
-        a = _validate.integer(start, "start", 0, 1 << 48)
-        b = _validate.integer(stop, "stop", 0, 1 << 48)
+        # a range [start, stop) ends one past the largest offset at most
+        a = _validate.integer(start, "start", 0, MAX_OFFSET + 1)
+        b = _validate.integer(stop, "stop", 0, MAX_OFFSET + 1)
         if b < a:
             raise InvalidArgument(f"range [{a}, {b}) is empty the wrong way round")
         return getattr(self, op)(self._held_between(p, a, b), now=now)
