@@ -77,7 +77,7 @@ int gf_owner_alive(gf_fabric *f, uint32_t token);
 /* Where lease (index, id) starts in the mapping, after checking it is live
  * there and has at least `need` bytes; NULL and *rc on failure. */
 uint8_t *gf_lease_addr(gf_fabric *f, uint32_t index, uint64_t id, uint64_t need, int *rc);
-/* One ring's read from cursor c (ring.c): what gf_poller_poll does per partition, for share.c */
+/* One ring's read from cursor c (read.c): what gf_poller_poll does per partition, for share.c */
 uint32_t gf_ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max, gf_msg_meta *meta,
                       uint8_t *buf, uint64_t buf_size, uint64_t *used, int64_t now,
                       int64_t *stalled, int *err);

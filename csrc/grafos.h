@@ -322,7 +322,7 @@ typedef struct {
     gf_idem *idem;          /* NULL: a plain producer */
 } gf_sender;
 
-/* Back-pressure (ring.c): the per-ring gate and the wait for room. */
+/* Back-pressure (gate.c): the per-ring gate and the wait for room. */
 typedef struct {
     uint64_t gate;          /* 0: ungated; else offsets below it may be claimed */
     uint64_t tail;
@@ -352,7 +352,7 @@ const gf_crossing *gf_crossing_table(void);
 /* The partition gf_send would pick (advances the round-robin counter). */
 uint32_t gf_sender_pick(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t has_key);
 
-/* Idempotent producers (producer.c, ring.c). A registration is a small lease
+/* Idempotent producers (producer.c, send.c). A registration is a small lease
  * holding the producer's number and its current epoch; a send whose epoch is
  * not the word's is fenced. init and fence need the metadata lock. */
 int gf_producer_init(gf_fabric *f, uint32_t index, uint64_t id, uint32_t number, uint32_t epoch);

@@ -1,6 +1,6 @@
 /* producer.c -- idempotent producers' registrations: a small lease whose
  * header holds the producer's number and its current epoch (layout.h). The
- * send path (ring.c, gf_send_idem) loads the epoch word once per message. */
+ * send path (send.c, gf_send_idem) loads the epoch word once per message. */
 #include <string.h>
 #include "core.h"
 
