@@ -9,6 +9,12 @@
 #include <string.h>
 #include "ring_internal.h"
 
+/* The steps of a write each file keeps one local copy of and calls (span_take,
+ * span_publish, slot_publish): out of line, so that append_one stays small
+ * enough for the compiler to inline into each send; `unused` because a file
+ * that writes no message (loans take and publish spans only) needs no copy. */
+#define WRITE_STEP static __attribute__((noinline, unused))
+
 /* The writer of offset n leaves its slot: from "being written" (2n + 1) to
  * `to`, 1 if so. If it was stepped over meanwhile, the slot is handed on as the
  * last offset that gave way to it, a gap (0: the message is not published);
@@ -97,7 +103,7 @@ static inline int gap_finish(gf_ring *r, uint64_t m)
  * (head abandoned, the rest gaps) and the result says why: TAKE_LAPPED (the
  * ring overwrote the message before it was written), TAKE_GAVE_WAY (a slot is
  * held by a stalled writer) or GF_E_ABANDONED. */
-static inline int span_take(gf_ring *r, uint64_t n, uint64_t span)
+WRITE_STEP int span_take(gf_ring *r, uint64_t n, uint64_t span)
 {
     int64_t t0 = 0;
     int bad = GF_OK;
@@ -125,7 +131,7 @@ static inline int span_take(gf_ring *r, uint64_t n, uint64_t span)
  * orders the continuations' bytes and words before it). GF_E_ABANDONED if
  * a reader or a lap writer took any of its slots meanwhile (the head is then
  * abandoned too). */
-static inline int span_publish(gf_ring *r, uint64_t n, uint64_t span)
+WRITE_STEP int span_publish(gf_ring *r, uint64_t n, uint64_t span)
 {
     int ok = 1;
     for (uint64_t j = 1; j < span; j++)
@@ -163,7 +169,7 @@ static inline void slot_seal(gf_ring *r, uint64_t n, uint64_t total)
  * GF_E_ABANDONED if a reader gave up on us (we took longer than the bounded
  * wait) and the message is not delivered, or TAKE_GAVE_WAY if a slot of it is
  * held by a stalled writer (nothing written: the message needs another claim). */
-static inline int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t klen, uint32_t flags,
+WRITE_STEP int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t klen, uint32_t flags,
                         uint32_t key_hash, const uint8_t *hdrs, uint32_t hlen,
                         const uint8_t *val, uint32_t vlen, int64_t ts, const gf_stamp *st)
 {
