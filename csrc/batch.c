@@ -310,7 +310,7 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
         if (first < 0) {   /* impossible tail: earlier partitions' claims are abandoned by readers */
             if (first == GF_E_FULL_RING) {
                 /* a gated partition has no room: the batch writes nothing */
-                gf_full_part = p;
+                gf_note_full_partition(p);
                 unclaim(rings, next, took, p);
                 gf_fail(GF_E_FULL_RING, "partition %u has no room for %llu message(s) of the batch: "
                         "a gating reader has not read far enough", p, (unsigned long long)share);

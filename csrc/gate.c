@@ -3,7 +3,10 @@
 #include <string.h>
 #include "ring_internal.h"
 
-_Thread_local uint32_t gf_full_part;
+/* Which partition the last send of this thread found without room. */
+static _Thread_local uint32_t full_part;
+
+void gf_note_full_partition(uint32_t p) { full_part = p; }
 
 /* ---- back-pressure ----------------------------------------------------------------
  * A gating reader (a consumer group, or a consumer that opted in) needs every
@@ -90,7 +93,7 @@ int gf_ring_wait_room(gf_ring *r, uint64_t count, int64_t timeout_ns)
     return rc;
 }
 
-uint32_t gf_full_partition(void) { return gf_full_part; }
+uint32_t gf_full_partition(void) { return full_part; }
 
 void gf_ring_note_full(gf_ring *r)
 {

@@ -125,9 +125,9 @@ GF_INTERNAL int gf_full_ring(const gf_ring *r, uint64_t count, uint64_t gate);
 GF_INTERNAL int64_t gf_claim_spans(gf_ring *r, uint32_t count, const uint64_t *spans, uint64_t *offs);
 GF_INTERNAL int gf_ring_sync(gf_ring *r, uint64_t first, uint64_t count);
 
-/* Which partition the last send of this thread found without room (gate.c,
- * read through gf_full_partition). */
-GF_INTERNAL extern _Thread_local uint32_t gf_full_part;
+/* A send of this thread found partition p without room: gf_full_partition
+ * says so until the next such send (gate.c). */
+GF_INTERNAL void gf_note_full_partition(uint32_t p);
 
 /* ---- waiting (wait.c) ----------------------------------------------------------- */
 /* Sleep on the fabric's wake word until look(ctx, &stalled) finds something

@@ -30,7 +30,7 @@ int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
     int64_t off = append_one(r, key, klen, has_key ? GF_MSG_HAS_KEY : 0u, h, hdrs, hlen, val, vlen, ts_ns,
                              now, NULL, NULL);
     if (__builtin_expect(off == GF_E_FULL_RING, 0))
-        gf_full_part = p;
+        gf_note_full_partition(p);
     return off < 0 ? off : ((int64_t)p << GF_OFFSET_BITS) | off;
 }
 
@@ -100,7 +100,7 @@ static int64_t send_idem(gf_sender *s, int again, uint32_t part, uint64_t want, 
     } else
         gf_store_rel(w, seq);
     if (__builtin_expect(off == GF_E_FULL_RING, 0))
-        gf_full_part = p;
+        gf_note_full_partition(p);
     if (off >= 0 && GF_FAULT_FAILS(GF_FAULT_IDEM_WRITTEN))
         off = gf_fail(GF_E_IO, "injected failure after the write of offset %lld", (long long)off);
     if (off < 0 && written) {       /* written, but the caller is told it failed: it may repeat it */
