@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import BufferFull
 from .harness import GRAFOS, WARMUP_ROUNDS, Result, timed_rounds
-from .procs import CONSUMED, STOP, Crew
+from .procs import BURST, CONSUMED, STOP, Crew
 
 RING_BYTES = 2 << 20
 
@@ -198,7 +198,7 @@ def producer_main(name: str, size: int, batch: int, mode: str, idx: int, flags, 
     prod = Producer("bench", Partitioner.RoundRobin)
     values = np.full((batch, size), 0x5A, dtype=np.uint8)
     value = b"\x5a" * size
-    burst = max(1, min(64, limit // (2 * len(sent))))   # single sends between flow-control looks
+    burst = max(1, min(BURST, limit // (2 * len(sent))))   # single sends between flow-control looks
     Crew.ready_and_wait(flags, idx)
     total = 0
     yield_ = os.sched_yield
@@ -243,6 +243,7 @@ def cross(size: int, batch: int, mode: str, duration: float, *, producers: int =
         crew.go()
         n = 0
         poll = cons.poll_batch if mode == "batch" else cons.poll
+        dead = crew.dead
         t0 = time.perf_counter()
         deadline = t0 + duration
         while True:
@@ -251,7 +252,7 @@ def cross(size: int, batch: int, mode: str, duration: float, *, producers: int =
             # message still frees its slot; not counting it would stall them)
             flags[CONSUMED] = n + sum(cons.lost().values())
             t = time.perf_counter()
-            if t >= deadline or not crew.alive():
+            if t >= deadline or dead(t):
                 break
         res.messages, res.seconds = n, t - t0
         res.lost = sum(cons.lost().values())

@@ -15,6 +15,10 @@ from typing import Callable
 STOP, CONSUMED, GO, READY = 0, 1, 2, 3
 START_TIMEOUT = 60.0    # seconds for a spawned producer to import and attach
 JOIN_TIMEOUT = 10.0
+#: single-message calls between looks at a flag or the clock, for every system
+BURST = 64
+#: seconds between looks at whether the producers still run (a syscall per process)
+ALIVE_EVERY = 0.05
 
 
 class Crew:
@@ -25,6 +29,7 @@ class Crew:
         self.n = n
         self.flags = self.array("q", READY + n)
         self.procs: list = []
+        self._next_look = 0.0
 
     def array(self, typecode: str, n: int):
         return self.ctx.RawArray(typecode, n)
@@ -55,6 +60,15 @@ class Crew:
 
     def alive(self) -> bool:
         return all(p.is_alive() for p in self.procs)
+
+    def dead(self, now: float) -> bool:
+        """Whether a producer has exited, looked at no more than once per
+        :data:`ALIVE_EVERY` seconds of ``now`` (``time.perf_counter()``), so a
+        consumer loop may ask after every call."""
+        if now < self._next_look:
+            return False
+        self._next_look = now + ALIVE_EVERY
+        return not self.alive()
 
     def stop(self) -> None:
         self.flags[STOP] = 1
