@@ -1,13 +1,106 @@
-"""The cross-process consumer loops of ``grafos bench`` (grafos' and the
-peers') ask whether the producers still run at most once per interval: a
-look is a syscall per process, which a look per call would charge to every
-message a single-message peer receives."""
+"""The peers of ``grafos bench`` are driven as grafos is: the library's own
+put and get called directly in bursts, with no Python layer of the harness
+per message (which grafos' rows do not pay either), and a blocking call with
+a timeout only when the channel is full or empty."""
 from __future__ import annotations
 
-from grafos.benchsuite import procs
+import os
+import queue
+import sys
+
+import pytest
+
+from grafos.benchsuite import peers
+from grafos.benchsuite.harness import PEERS
+from grafos.benchsuite.procs import STOP
+
+HARNESS = os.path.dirname(peers.__file__)
+
+
+def harness_calls(fn):
+    """(Python calls into grafos.benchsuite's code while ``fn`` runs, what it
+    returned). faster-fifo's identity (de)serializer is the peer's own hook,
+    one call per message its API requires, so it is not counted."""
+    n = 0
+
+    def profile(frame, event, arg) -> None:  # noqa: ANN001
+        nonlocal n
+        code = frame.f_code
+        if event == "call" and code.co_filename.startswith(HARNESS) and code.co_name != "_identity":
+            n += 1
+    sys.setprofile(profile)
+    try:
+        out = fn()
+    finally:
+        sys.setprofile(None)
+    return n, out
+
+
+@pytest.mark.parametrize("peer", PEERS)
+def test_single_puts_and_gets_should_not_pass_through_the_harness_per_message(peer):
+    calls, res = harness_calls(lambda: peers.inproc(peer, 64, 256, "single", 0.05))
+    if peers.missing(peer):
+        assert res.status == "missing"
+        return
+    assert res.status == "ok" and res.messages > 0, res
+    # a Python wrapper per put and per get would be 2 calls per message
+    assert calls / res.messages < 0.25, (calls, res.messages)
+
+
+class _Full(Exception):
+    pass
+
+
+def test_a_full_channel_should_block_only_for_the_message_that_found_it_full():
+    got: list[tuple] = []
+    refusals = iter([False, False, True, True, False, False, True])
+
+    def put(value, block, timeout):  # noqa: ANN001
+        if not block and next(refusals, False):
+            raise _Full
+        got.append((value, block))
+
+    s = peers.Sender(put, (False, 0.0), (True, 0.05), _Full)
+    assert s.put_burst("m", 7, [0] * (STOP + 1))
+    # every message put once, in order; the ones refused non-blocking went blocking
+    assert [v for v, _ in got] == ["m"] * 7
+    assert [b for _, b in got] == [False, False, True, True, False, False, True]
+
+
+def test_a_full_channel_should_give_up_when_told_to_stop():
+    flags = [0] * (STOP + 1)
+    tries = []
+
+    def put(value, block, timeout):  # noqa: ANN001
+        tries.append(block)
+        if block:
+            flags[STOP] = 1
+        raise _Full
+
+    assert not peers.Sender(put, (False, 0.0), (True, 0.05), _Full).put_burst("m", 3, flags)
+    assert tries == [False, True]
+
+
+def test_an_empty_channel_should_end_the_burst_with_one_waiting_get():
+    q: queue.Queue = queue.Queue()
+    for i in range(5):
+        q.put(i)
+    waits = []
+
+    def take_wait():
+        waits.append(1)
+        return q.get(True, 0.001)
+
+    r = peers.Receiver(q.get_nowait, take_wait, queue.Empty, batches=False)
+    assert r.take_burst(3) == 3            # three taken, no wait
+    assert r.take_burst(10) == 2 and waits == [1]     # two, then a wait that timed out
+    q.put(9)
+    assert r.take_burst(10) == 1 and len(waits) == 2 and q.empty()
 
 
 def test_a_consumer_loop_should_look_at_the_producers_once_per_interval():
+    from grafos.benchsuite import procs
+
     class Proc:
         looks = 0
         running = True

@@ -8,6 +8,10 @@ Each peer is used the way its documentation recommends for throughput: no
 pickling in faster-fifo (identity ``dumps``/``loads``, so ``get`` returns
 memoryviews), pyzmq zero-copy frames from its copy threshold (64 KiB) up.
 ``multiprocessing.Queue`` pickles; its "batch" mode puts one list per batch.
+
+Each peer is driven by the loops grafos' own runs use (:class:`Sender`,
+:class:`Receiver`): its bound put or get called directly, in bursts, with no
+Python layer per message that grafos' rows do not pay.
 """
 from __future__ import annotations
 
@@ -17,9 +21,11 @@ import queue
 import tempfile
 import time
 import uuid
+from functools import partial
+from typing import Callable
 
 from .harness import MEMCPY, Result, timed_rounds
-from .procs import Crew
+from .procs import BURST, STOP, Crew
 
 MODULE_OF = {"mp.Queue": "multiprocessing", "faster-fifo": "faster_fifo", "pyzmq": "zmq"}
 INSTALL = {"faster-fifo": "pip install faster-fifo", "pyzmq": "pip install pyzmq"}
@@ -44,73 +50,134 @@ def _identity(b):  # noqa: ANN001, ANN202 - faster-fifo (de)serializer: bytes in
     return b
 
 
-# ---- channels: make (in the consumer), producer end, consumer end ---------------------------
-class _QueueProducer:
-    """The producer end of a queue with ``put(value, block, timeout)`` (mp.Queue, faster-fifo)."""
+# ---- the ends every peer is driven through --------------------------------------------------
+class Sender:
+    """A peer's producer end as grafos' own producers are driven: ``burst``
+    direct calls of the peer's bound put method in a ``for`` loop, non-blocking
+    (``put(value, *nowait)``), with the stop flag looked at once per burst; only
+    a put that finds the channel full takes the slow path, a blocking put of
+    that message with a timeout (``put(value, *wait)``) until it goes or the
+    flag says stop. ``value`` is one message, or one batch for a batch put."""
 
-    def __init__(self, ch) -> None:
-        self.q = ch
+    def __init__(self, put: Callable, nowait: tuple, wait: tuple, full: type[BaseException]) -> None:
+        self.put, self.nowait, self.wait, self.full = put, nowait, wait, full
 
-    def put(self, value, flags) -> bool:
-        while not flags[0]:
+    def put_burst(self, value, count: int, flags) -> bool:
+        """Put ``value`` ``count`` times; False if ``flags`` said stop first."""
+        put, full = self.put, self.full
+        a, b = self.nowait
+        i = 0
+        while True:
             try:
-                self.q.put(value, True, _PUT_TIMEOUT)
+                for i in range(i, count):
+                    put(value, a, b)
                 return True
-            except queue.Full:
+            except full:
+                if not self._put_waiting(value, flags):
+                    return False
+                i += 1
+
+    def _put_waiting(self, value, flags) -> bool:
+        a, b = self.wait
+        while not flags[STOP]:
+            try:
+                self.put(value, a, b)
+                return True
+            except self.full:
                 pass
         return False
 
 
-class _QueueConsumer:
-    """The consumer end of a queue with ``get(block, timeout)``; ``drain`` is the queue's own."""
+class Receiver:
+    """A peer's consumer end, driven as grafos' consumers are: direct calls of
+    the peer's own get (``take``, non-blocking, its arguments bound once), in a
+    burst; an empty channel ends the burst with one blocking get with a timeout
+    (``take_wait``). ``batches``: each get returns a list of messages."""
 
-    def __init__(self, ch) -> None:
-        self.q = ch
+    def __init__(self, take: Callable, take_wait: Callable, empty: type[BaseException], batches: bool) -> None:
+        self.take, self.take_wait, self.empty, self.batches = take, take_wait, empty, batches
 
-    def get(self, max_messages: int) -> int:
+    def take_burst(self, count: int) -> int:
+        """Up to ``count`` messages (batch ends: one get); how many were taken."""
+        take = self.take
+        if self.batches:
+            try:
+                return len(take())
+            except self.empty:
+                pass
+            try:
+                return len(self.take_wait())
+            except self.empty:
+                return 0
+        i = 0
         try:
-            self.q.get(True, _GET_TIMEOUT)
-            return 1
-        except queue.Empty:
-            return 0
+            for i in range(count):
+                take()
+            return count
+        except self.empty:
+            pass
+        try:
+            self.take_wait()
+            return i + 1
+        except self.empty:
+            return i
 
-    def close(self) -> None:
-        self.drain()
 
-
+# ---- channels: make (in the consumer), producer end, consumer end ---------------------------
 class MpQueue:
     name = "mp.Queue"
+
+    @staticmethod
+    def open_producer(ch):
+        return ch
+
+    @staticmethod
+    def open_consumer(ch):
+        return ch
 
     @staticmethod
     def make(ctx, size: int, batch: int, mode: str, producers: int):
         return ctx.Queue(4 * batch * producers if mode == "single" else 4 * producers)
 
-    class Producer(_QueueProducer):
-        put_batch = _QueueProducer.put     # a batch is one list
+    @staticmethod
+    def sender(q, mode: str) -> Sender:
+        return Sender(q.put, (False, 0.0), (True, _PUT_TIMEOUT), queue.Full)     # a batch is one list
 
-        def close(self) -> None:
-            # no cancel_join_thread(): a feeder killed mid-write leaves half a
-            # message in the pipe and the consumer's next get() hangs on it. The
-            # queue is bounded, so flushing at exit is short (the consumer drains).
-            self.q.close()
+    @staticmethod
+    def receiver(q, mode: str, batch: int) -> Receiver:
+        return Receiver(partial(q.get, False, 0.0), partial(q.get, True, _GET_TIMEOUT), queue.Empty,
+                        mode == "batch")
 
-    class Consumer(_QueueConsumer):
-        def get_batch(self, max_messages: int) -> int:
-            try:
-                return len(self.q.get(True, _GET_TIMEOUT))
-            except queue.Empty:
-                return 0
+    @staticmethod
+    def close_producer(q) -> None:
+        # no cancel_join_thread(): a feeder killed mid-write leaves half a
+        # message in the pipe and the consumer's next get() hangs on it. The
+        # queue is bounded, so flushing at exit is short (the consumer drains).
+        q.close()
 
-        def drain(self) -> None:
-            try:
-                while True:
-                    self.q.get_nowait()
-            except queue.Empty:
-                pass
+    @staticmethod
+    def drain(q) -> None:
+        try:
+            while True:
+                q.get_nowait()
+        except queue.Empty:
+            pass
+
+    @staticmethod
+    def close_consumer(q) -> None:
+        MpQueue.drain(q)
 
 
 class FasterFifo:
     name = "faster-fifo"
+
+    @staticmethod
+    def open_producer(ch):
+        return ch
+
+    @staticmethod
+    def open_consumer(ch):
+        return ch
 
     @staticmethod
     def queue(nbytes: int):
@@ -122,36 +189,63 @@ class FasterFifo:
     def make(ctx, size: int, batch: int, mode: str, producers: int):
         return FasterFifo.queue(max(1 << 20, 4 * batch * (size + 64) * producers))
 
-    class Producer(_QueueProducer):
-        def put_batch(self, values, flags) -> bool:
-            while not flags[0]:
-                try:
-                    self.q.put_many(values, True, _PUT_TIMEOUT)
-                    return True
-                except queue.Full:
-                    pass
-            return False
+    @staticmethod
+    def sender(q, mode: str) -> Sender:
+        return Sender(q.put_many if mode == "batch" else q.put, (False, 0.0), (True, _PUT_TIMEOUT), queue.Full)
 
-        def close(self) -> None:
+    @staticmethod
+    def receiver(q, mode: str, batch: int) -> Receiver:
+        if mode == "batch":
+            return Receiver(partial(q.get_many, False, 0.0, batch), partial(q.get_many, True, _GET_TIMEOUT, batch),
+                            queue.Empty, True)
+        return Receiver(partial(q.get, False, 0.0), partial(q.get, True, _GET_TIMEOUT), queue.Empty, False)
+
+    @staticmethod
+    def close_producer(q) -> None:
+        pass
+
+    @staticmethod
+    def drain(q) -> None:
+        try:
+            while True:
+                q.get_many_nowait()
+        except queue.Empty:
             pass
 
-    class Consumer(_QueueConsumer):
-        def get_batch(self, max_messages: int) -> int:
-            try:
-                return len(self.q.get_many(True, _GET_TIMEOUT, max_messages_to_get=max_messages))
-            except queue.Empty:
-                return 0
+    @staticmethod
+    def close_consumer(q) -> None:
+        FasterFifo.drain(q)
 
-        def drain(self) -> None:
-            try:
-                while True:
-                    self.q.get_many_nowait()
-            except queue.Empty:
-                pass
+
+class _ZmqEnd:
+    """One pyzmq socket and its context."""
+
+    def __init__(self, kind: str, ch: dict) -> None:
+        import zmq
+        self.zmq = zmq
+        self.ch = ch
+        self.ctx = zmq.Context()
+        self.s = self.ctx.socket(getattr(zmq, kind))
+        self.s.setsockopt(zmq.LINGER, 0)
+        # a blocking call waits this long, then looks at the stop flag
+        if kind == "PUSH":
+            self.s.setsockopt(zmq.SNDHWM, ch["hwm"])
+            self.s.setsockopt(zmq.SNDTIMEO, int(_PUT_TIMEOUT * 1000))
+            self.s.connect(ch["endpoint"])
+        else:
+            self.s.setsockopt(zmq.RCVHWM, ch["hwm"])
+            self.s.setsockopt(zmq.RCVTIMEO, int(_GET_TIMEOUT * 1000))
+            self.s.bind(ch["endpoint"])
+
+    def close(self) -> None:
+        self.s.close(0)
+        self.ctx.term()
 
 
 class PyZmq:
-    """PUSH/PULL over ``ipc://``: the consumer binds, producers connect."""
+    """PUSH/PULL over ``ipc://``: the consumer binds, producers connect. A
+    channel is opened into a socket by :meth:`open_producer` /
+    :meth:`open_consumer`; the ends take those sockets."""
 
     name = "pyzmq"
 
@@ -161,80 +255,47 @@ class PyZmq:
         hwm = 4 * batch if mode == "single" else 8
         return {"endpoint": f"ipc://{path}", "path": path, "hwm": hwm, "copy": size < 65536}
 
-    class Producer:
-        def __init__(self, ch) -> None:
-            import zmq
-            self.zmq = zmq
-            self.ctx = zmq.Context()
-            self.s = self.ctx.socket(zmq.PUSH)
-            self.s.setsockopt(zmq.SNDHWM, ch["hwm"])
-            self.s.setsockopt(zmq.SNDTIMEO, int(_PUT_TIMEOUT * 1000))
-            self.s.setsockopt(zmq.LINGER, 0)
-            self.s.connect(ch["endpoint"])
-            self.copy = ch["copy"]
+    @staticmethod
+    def open_producer(ch) -> _ZmqEnd:
+        return _ZmqEnd("PUSH", ch)
 
-        def put(self, value, flags) -> bool:
-            while not flags[0]:
-                try:
-                    self.s.send(value, copy=self.copy)
-                    return True
-                except self.zmq.Again:
-                    pass
-            return False
+    @staticmethod
+    def open_consumer(ch) -> _ZmqEnd:
+        return _ZmqEnd("PULL", ch)
 
-        def put_batch(self, values, flags) -> bool:
-            while not flags[0]:
-                try:
-                    self.s.send_multipart(values, copy=self.copy)
-                    return True
-                except self.zmq.Again:
-                    pass
-            return False
+    @staticmethod
+    def sender(end: _ZmqEnd, mode: str) -> Sender:
+        zmq = end.zmq
+        send = end.s.send_multipart if mode == "batch" else end.s.send
+        copy = end.ch["copy"]
+        return Sender(send, (zmq.NOBLOCK, copy), (0, copy), zmq.Again)
 
-        def close(self) -> None:
-            self.s.close(0)
-            self.ctx.term()
+    @staticmethod
+    def receiver(end: _ZmqEnd, mode: str, batch: int) -> Receiver:
+        zmq = end.zmq
+        recv = end.s.recv_multipart if mode == "batch" else end.s.recv
+        copy = end.ch["copy"]
+        return Receiver(partial(recv, zmq.NOBLOCK, copy), partial(recv, 0, copy), zmq.Again, mode == "batch")
 
-    class Consumer:
-        def __init__(self, ch) -> None:
-            import zmq
-            self.zmq = zmq
-            self.ch = ch
-            self.ctx = zmq.Context()
-            self.s = self.ctx.socket(zmq.PULL)
-            self.s.setsockopt(zmq.RCVHWM, ch["hwm"])
-            self.s.setsockopt(zmq.RCVTIMEO, int(_GET_TIMEOUT * 1000))
-            self.s.setsockopt(zmq.LINGER, 0)
-            self.s.bind(ch["endpoint"])
-            self.copy = ch["copy"]
+    @staticmethod
+    def close_producer(end: _ZmqEnd) -> None:
+        end.close()
 
-        def get(self, max_messages: int) -> int:
-            try:
-                self.s.recv(copy=self.copy)
-                return 1
-            except self.zmq.Again:
-                return 0
+    @staticmethod
+    def drain(end: _ZmqEnd) -> None:
+        try:
+            while True:
+                end.s.recv(end.zmq.NOBLOCK)
+        except end.zmq.Again:
+            pass
 
-        def get_batch(self, max_messages: int) -> int:
-            try:
-                return len(self.s.recv_multipart(copy=self.copy))
-            except self.zmq.Again:
-                return 0
-
-        def drain(self) -> None:
-            try:
-                while True:
-                    self.s.recv(self.zmq.NOBLOCK)
-            except self.zmq.Again:
-                pass
-
-        def close(self) -> None:
-            self.s.close(0)
-            self.ctx.term()
-            try:
-                os.unlink(self.ch["path"])
-            except FileNotFoundError:
-                pass
+    @staticmethod
+    def close_consumer(end: _ZmqEnd) -> None:
+        end.close()
+        try:
+            os.unlink(end.ch["path"])
+        except FileNotFoundError:
+            pass
 
 
 PEER_CLASSES = {c.name: c for c in (MpQueue, FasterFifo, PyZmq)}
@@ -255,24 +316,22 @@ def inproc(peer: str, size: int, batch: int, mode: str, duration: float) -> Resu
     import multiprocessing as mp
     cls = PEER_CLASSES[peer]
     ch = cls.make(mp.get_context("spawn"), size, batch, mode, 1)
-    cons = cls.Consumer(ch)
-    prod = cls.Producer(ch)
-    flags = [0]
+    cons_end = cls.open_consumer(ch)
+    prod_end = cls.open_producer(ch)
+    sender = cls.sender(prod_end, mode)
+    receiver = cls.receiver(cons_end, mode, batch)
+    flags = [0] * (STOP + 1)
     values = payloads(size, batch)
-    value = values[0]
+    value, puts = (values, 1) if mode == "batch" else (values[0], batch)
+    put_burst, take_burst = sender.put_burst, receiver.take_burst
     res = Result("inproc", peer, mode, "in-process", size, batch=batch)
 
     def one_round() -> int:
-        if mode == "batch":
-            prod.put_batch(values, flags)
-        else:
-            for _ in range(batch):
-                prod.put(value, flags)
+        put_burst(value, puts, flags)
         got = 0
-        get = cons.get_batch if mode == "batch" else cons.get
         stall = time.perf_counter() + 5.0
         while got < batch:
-            n = get(batch - got)
+            n = take_burst(batch - got)
             got += n
             if not n and time.perf_counter() > stall:
                 raise RuntimeError(f"{peer}: a round of {batch} messages did not come back")
@@ -281,27 +340,25 @@ def inproc(peer: str, size: int, batch: int, mode: str, duration: float) -> Resu
     try:
         res.messages, res.seconds = timed_rounds(one_round, duration)
     finally:
-        cons.close()
-        prod.close()
+        cls.close_consumer(cons_end)
+        cls.close_producer(prod_end)
     return res
 
 
 def producer_main(peer: str, ch, size: int, batch: int, mode: str, idx: int, flags) -> None:
-    """Spawned producer for a peer: put until told to stop."""
-    prod = PEER_CLASSES[peer].Producer(ch)
+    """Spawned producer for a peer: put until told to stop, in bursts of
+    :data:`~.procs.BURST` single puts (or one batch) between looks at the flag."""
+    cls = PEER_CLASSES[peer]
+    end = cls.open_producer(ch)
     values = payloads(size, batch)
-    value = values[0]
+    value, burst = (values, 1) if mode == "batch" else (values[0], BURST)
+    put_burst = cls.sender(end, mode).put_burst
     Crew.ready_and_wait(flags, idx)
     try:
-        if mode == "batch":
-            while prod.put_batch(values, flags):
-                pass
-        else:
-            put = prod.put
-            while put(value, flags):
-                pass
+        while not flags[STOP] and put_burst(value, burst, flags):
+            pass
     finally:
-        prod.close()
+        cls.close_producer(end)
 
 
 def cross(peer: str, size: int, batch: int, mode: str, duration: float, *, producers: int = 1,
@@ -313,27 +370,29 @@ def cross(peer: str, size: int, batch: int, mode: str, duration: float, *, produ
     cls = PEER_CLASSES[peer]
     crew = Crew(producers)
     ch = cls.make(crew.ctx, size, batch, mode, producers)
-    cons = cls.Consumer(ch)
+    end = cls.open_consumer(ch)
     res = Result(group, peer, mode, "cross-process", size, batch=batch, producers=producers)
     try:
         crew.start(producer_main, lambda i: (peer, ch, size, batch, mode, i, crew.flags))
         crew.go()
-        get = cons.get_batch if mode == "batch" else cons.get
+        take_burst = cls.receiver(end, mode, batch).take_burst
+        burst = batch if mode == "batch" else BURST
+        dead = crew.dead
         n = 0
         t0 = time.perf_counter()
         deadline = t0 + duration
         while True:
-            n += get(batch)
+            n += take_burst(burst)
             t = time.perf_counter()
-            if t >= deadline or not crew.alive():
+            if t >= deadline or dead(t):
                 break
         res.messages, res.seconds = n, t - t0
-        crew.join(drain=cons.drain)
+        crew.join(drain=lambda: cls.drain(end))
         if crew.failed():
             res.status, res.note = "error", crew.failed()
     finally:
         crew.kill()
-        cons.close()
+        cls.close_consumer(end)
     return res
 
 
