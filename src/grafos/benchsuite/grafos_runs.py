@@ -244,13 +244,18 @@ def cross(size: int, batch: int, mode: str, duration: float, *, producers: int =
         n = 0
         poll = cons.poll_batch if mode == "batch" else cons.poll
         dead = crew.dead
+        lost = 0
         t0 = time.perf_counter()
         deadline = t0 + duration
         while True:
-            n += len(poll(mgr, batch, 0.01))
-            # read or overwritten so far, for the producers' flow control (a lost
-            # message still frees its slot; not counting it would stall them)
-            flags[CONSUMED] = n + sum(cons.lost().values())
+            got = len(poll(mgr, batch, 0.01))
+            n += got
+            if not got:
+                # overwritten messages free their slots too: counted when a poll
+                # comes back empty, where producers held back by them would wait
+                # (a look at them costs more than a poll of a few messages)
+                lost = sum(cons.lost().values())
+            flags[CONSUMED] = n + lost     # the producers' flow control
             t = time.perf_counter()
             if t >= deadline or dead(t):
                 break

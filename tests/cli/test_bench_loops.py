@@ -1,7 +1,8 @@
-"""The peers of ``grafos bench`` are driven as grafos is: the library's own
-put and get called directly in bursts, with no Python layer of the harness
-per message (which grafos' rows do not pay either), and a blocking call with
-a timeout only when the channel is full or empty."""
+"""The loops of ``grafos bench`` charge every system the same: the peers are
+driven as grafos is (the library's own put and get called directly in
+bursts, no Python layer of the harness per message, a blocking call with a
+timeout only when the channel is full or empty), and neither grafos' nor the
+peers' consumer pays a bookkeeping call per receive that the other does not."""
 from __future__ import annotations
 
 import os
@@ -117,3 +118,27 @@ def test_a_consumer_loop_should_look_at_the_producers_once_per_interval():
     Proc.running = False
     assert not crew.dead(every * 0.99)           # still within the interval: not looked at
     assert crew.dead(every * 1.01) and Proc.looks == 2
+
+
+def test_grafos_cross_consumer_should_not_count_lost_messages_after_every_poll():
+    """The producers' flow control needs the lost count only when the consumer
+    runs dry; a look at it costs more than a poll of a few messages."""
+    from grafos.benchsuite import grafos_runs
+    from grafos.mq import consumer
+
+    polls = lost = 0
+
+    def profile(frame, event, arg) -> None:  # noqa: ANN001
+        nonlocal polls, lost
+        if event == "c_call" and getattr(arg, "__name__", "") == "poll":    # the C crossing
+            polls += 1
+        elif event == "call" and frame.f_code.co_filename == consumer.__file__ and frame.f_code.co_name == "lost":
+            lost += 1
+    sys.setprofile(profile)
+    try:
+        res = grafos_runs.cross(64, 256, "single", 0.2)
+    finally:
+        sys.setprofile(None)
+    assert res.status == "ok" and res.messages > 0 and res.lost == 0, res
+    # a poll waits up to 10 ms for a message, so at most a few dozen come back empty
+    assert polls > 100 and lost < polls / 4, (polls, lost)
