@@ -52,9 +52,9 @@ class _Full(Exception):
     pass
 
 
-def test_a_full_channel_should_block_only_for_the_message_that_found_it_full():
+def test_a_full_channel_should_turn_the_rest_of_the_burst_into_blocking_puts():
     got: list[tuple] = []
-    refusals = iter([False, False, True, True, False, False, True])
+    refusals = iter([False, False, True])
 
     def put(value, block, timeout):  # noqa: ANN001
         if not block and next(refusals, False):
@@ -62,10 +62,10 @@ def test_a_full_channel_should_block_only_for_the_message_that_found_it_full():
         got.append((value, block))
 
     s = peers.Sender(put, (False, 0.0), (True, 0.05), _Full)
-    assert s.put_burst("m", 7, [0] * (STOP + 1))
-    # every message put once, in order; the ones refused non-blocking went blocking
-    assert [v for v, _ in got] == ["m"] * 7
-    assert [b for _, b in got] == [False, False, True, True, False, False, True]
+    assert s.put_burst("m", 6, [0] * (STOP + 1))
+    # every message put once; from the one refused on, each waits for room
+    assert got == [("m", False)] * 2 + [("m", True)] * 4
+    assert s.put_burst("m", 2, [0] * (STOP + 1)) and got[-2:] == [("m", False)] * 2
 
 
 def test_a_full_channel_should_give_up_when_told_to_stop():
@@ -82,21 +82,26 @@ def test_a_full_channel_should_give_up_when_told_to_stop():
     assert tries == [False, True]
 
 
-def test_an_empty_channel_should_end_the_burst_with_one_waiting_get():
-    q: queue.Queue = queue.Queue()
-    for i in range(5):
-        q.put(i)
-    waits = []
+def test_an_empty_channel_should_turn_the_rest_of_the_burst_into_waiting_gets():
+    ready = [1, 2]          # taken without waiting, then the channel is empty
+    arriving = [3, 4]       # come while the consumer waits; then a wait times out
+
+    def take():
+        if not ready:
+            raise queue.Empty
+        return ready.pop(0)
 
     def take_wait():
-        waits.append(1)
-        return q.get(True, 0.001)
+        if not arriving:
+            raise queue.Empty
+        return arriving.pop(0)
 
-    r = peers.Receiver(q.get_nowait, take_wait, queue.Empty, batches=False)
-    assert r.take_burst(3) == 3            # three taken, no wait
-    assert r.take_burst(10) == 2 and waits == [1]     # two, then a wait that timed out
-    q.put(9)
-    assert r.take_burst(10) == 1 and len(waits) == 2 and q.empty()
+    r = peers.Receiver(take, take_wait, queue.Empty, batches=False)
+    assert r.take_burst(10) == 4
+    ready[:] = [5, 6, 7]
+    assert r.take_burst(2) == 2 and ready == [7]       # a full burst never waits
+    arriving[:] = [8]
+    assert r.take_burst(10) == 2 and not arriving
 
 
 def test_a_consumer_loop_should_look_at_the_producers_once_per_interval():

@@ -54,10 +54,11 @@ def _identity(b):  # noqa: ANN001, ANN202 - faster-fifo (de)serializer: bytes in
 class Sender:
     """A peer's producer end as grafos' own producers are driven: ``burst``
     direct calls of the peer's bound put method in a ``for`` loop, non-blocking
-    (``put(value, *nowait)``), with the stop flag looked at once per burst; only
-    a put that finds the channel full takes the slow path, a blocking put of
-    that message with a timeout (``put(value, *wait)``) until it goes or the
-    flag says stop. ``value`` is one message, or one batch for a batch put."""
+    (``put(value, *nowait)``), with the stop flag looked at once per burst. A
+    put that finds the channel full switches the rest of the burst to blocking
+    puts with a timeout (``put(value, *wait)``), the flag looked at between
+    them, so a channel that stays full costs one refused call per burst, not
+    one per message. ``value`` is one message, or one batch for a batch put."""
 
     def __init__(self, put: Callable, nowait: tuple, wait: tuple, full: type[BaseException]) -> None:
         self.put, self.nowait, self.wait, self.full = put, nowait, wait, full
@@ -67,59 +68,60 @@ class Sender:
         put, full = self.put, self.full
         a, b = self.nowait
         i = 0
-        while True:
-            try:
-                for i in range(i, count):
-                    put(value, a, b)
-                return True
-            except full:
-                if not self._put_waiting(value, flags):
-                    return False
-                i += 1
-
-    def _put_waiting(self, value, flags) -> bool:
+        try:
+            for i in range(count):
+                put(value, a, b)
+            return True
+        except full:
+            pass
         a, b = self.wait
-        while not flags[STOP]:
-            try:
-                self.put(value, a, b)
-                return True
-            except self.full:
-                pass
-        return False
+        for i in range(i, count):
+            while True:
+                if flags[STOP]:
+                    return False
+                try:
+                    put(value, a, b)
+                    break
+                except full:
+                    pass
+        return True
 
 
 class Receiver:
     """A peer's consumer end, driven as grafos' consumers are: direct calls of
     the peer's own get (``take``, non-blocking, its arguments bound once), in a
-    burst; an empty channel ends the burst with one blocking get with a timeout
-    (``take_wait``). ``batches``: each get returns a list of messages."""
+    burst. A get that finds the channel empty switches the rest of the burst to
+    blocking gets with a timeout (``take_wait``); one that times out ends it.
+    ``batches``: each get returns a list of messages, one get a burst."""
 
     def __init__(self, take: Callable, take_wait: Callable, empty: type[BaseException], batches: bool) -> None:
         self.take, self.take_wait, self.empty, self.batches = take, take_wait, empty, batches
 
     def take_burst(self, count: int) -> int:
         """Up to ``count`` messages (batch ends: one get); how many were taken."""
-        take = self.take
+        take, empty = self.take, self.empty
         if self.batches:
             try:
                 return len(take())
-            except self.empty:
+            except empty:
                 pass
             try:
                 return len(self.take_wait())
-            except self.empty:
+            except empty:
                 return 0
         i = 0
         try:
             for i in range(count):
                 take()
             return count
-        except self.empty:
+        except empty:
             pass
+        take = self.take_wait
         try:
-            self.take_wait()
-            return i + 1
-        except self.empty:
+            for i in range(i, count):
+                take()
+            return count
+        except empty:
             return i
 
 
