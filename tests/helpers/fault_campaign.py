@@ -645,9 +645,17 @@ class Campaign:
     def _inject(self, mgr: Any, until: float) -> None:
         from grafos.fabric import probe, shm_path
         rng = self.rng
-        while time.monotonic() < until:
+        # the rare faults run at least once, however few draws a loaded machine allows:
+        # each is forced once its moment has come if no draw has picked it by then
+        start = time.monotonic()
+        due = {"gc": start + 0.3 * (until - start), "expire": start + 0.6 * (until - start)}
+        while time.monotonic() < until or due:
             time.sleep(rng.uniform(0.05, 0.5))
             fault = rng.choices(("kill", "pause", "gc", "expire"), weights=(5, 5, 1, 1))[0]
+            late = [f for f, at in due.items() if time.monotonic() >= at]
+            if fault not in due and late:
+                fault = late[0]
+            due.pop(fault, None)
             if fault == "gc":
                 if probe(shm_path(self.bus), remove_if_idle=True).removed:
                     self.res.problems.append("gc removed the bus while processes had it open")
