@@ -16,6 +16,7 @@ from grafos.mq.producer import Producer
 from grafos.mq.topic import TopicConfig, TopicManager
 
 from helpers import eos_procs
+from helpers.bus_helpers import observed_bus
 from helpers.mp_helpers import scaled, start
 
 
@@ -295,22 +296,6 @@ def test_consume_transform_produce_is_exactly_once_across_sigkills(shm_name, pro
 
 
 # ---- observability ---------------------------------------------------------------------------
-def observed_bus(shm_name):
-    """A producer fenced once, one aborted transaction, one left open."""
-    mgr = TopicManager.open(shm_name, size=32 << 20)
-    mgr.create("out", TopicConfig(num_partitions=2))
-    old = Producer("out", transactional_id="obs")
-    old.register(mgr)
-    new = Producer("out", transactional_id="obs")
-    new.register(mgr)                      # fences old
-    with new.begin(mgr) as txn:
-        new.send(mgr, b"a")
-        txn.abort()
-    new.begin(mgr)
-    new.send(mgr, b"b")                    # left open
-    return mgr, new
-
-
 def test_describe_shows_open_transactions_their_age_aborts_and_fencing(shm_name):
     import json
 

@@ -22,6 +22,8 @@ from grafos.cli import main  # noqa: E402
 from grafos.mq import (ConsumerGroup, FabricOffsetStore, Partitioner, SeekPolicy, TopicConfig,  # noqa: E402
                        TopicManager)
 
+from helpers.bus_helpers import observed_bus  # noqa: E402
+
 GRAFOS = [sys.executable, "-c", "from grafos.cli import main; main()"]
 
 
@@ -211,7 +213,6 @@ def test_collector_exports_producers_open_transactions_aborts_and_fencing(shm_na
     from prometheus_client import CollectorRegistry
 
     from grafos.metrics import BusCollector
-    from test_exactly_once import observed_bus
     mgr, prod = observed_bus(shm_name)
     reg = CollectorRegistry()
     reg.register(BusCollector(mgr))

@@ -7,7 +7,8 @@ import time
 from dataclasses import asdict
 
 from grafos.mq.consumer import Consumer, SeekPolicy
-from grafos.mq.topic import TopicManager
+from grafos.mq.producer import Producer
+from grafos.mq.topic import TopicConfig, TopicManager
 
 SMALL = 32 << 20        # bytes: an in-process fabric big enough for a few small topics
 
@@ -58,3 +59,20 @@ def read_all(mgr: TopicManager, topic: str, group: str = "reader") -> list:
         if not got:
             return out
         out += got
+
+
+def observed_bus(shm_name: str) -> tuple[TopicManager, Producer]:
+    """A named bus whose transactional producer "obs" of topic "out" has been
+    fenced once, aborted one transaction and holds one open."""
+    mgr = TopicManager.open(shm_name, size=32 << 20)
+    mgr.create("out", TopicConfig(num_partitions=2))
+    old = Producer("out", transactional_id="obs")
+    old.register(mgr)
+    new = Producer("out", transactional_id="obs")
+    new.register(mgr)                      # fences old
+    with new.begin(mgr) as txn:
+        new.send(mgr, b"a")
+        txn.abort()
+    new.begin(mgr)
+    new.send(mgr, b"b")                    # left open
+    return mgr, new
