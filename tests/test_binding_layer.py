@@ -1,0 +1,126 @@
+"""The layering of the Python package: one binding layer touches the compiled
+core, and the modules below the bus import one another without a cycle.
+
+Both checks read the source (an AST scan of ``src/grafos``), so a function-level
+import counts as much as a top-level one.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import grafos
+
+SRC = Path(grafos.__file__).parent
+
+#: the binding layer: the typed wrappers of the compiled core (``grafos._core``),
+#: the error table, the crossing, and the fabric, ring and reader handles
+BINDING = {"grafos._check", "grafos._crossing", "grafos.fabric", "grafos.partition", "grafos.reader"}
+BINDING_PACKAGE = "grafos._core"
+
+#: modules above the binding layer that still call the core directly, each to move
+#: to the wrappers in ``grafos._core`` (this set only shrinks)
+TO_MOVE = {
+    "grafos.mq.producer",
+    "grafos.mq.model",
+    "grafos.mq.gate",
+    "grafos.mq.isolation",
+    "grafos.mq._metakeys",
+    "grafos.mq.transaction",
+    "grafos.mq.share",
+    "grafos.mq.topic",
+    "grafos.queues",
+    "grafos.loan",
+    "grafos.benchsuite.peers",
+}
+
+#: names of the compiled core's cffi objects: nothing outside the binding layer
+#: imports them, from ``_native`` or from a module that re-exports them
+CFFI_NAMES = {"ffi", "lib"}
+
+
+def _modules() -> dict[str, ast.Module]:
+    out = {}
+    for path in sorted(SRC.rglob("*.py")):
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        out[".".join(parts)] = ast.parse(path.read_text(), str(path))
+    return out
+
+
+def _absolute(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    if node.level == 0:
+        return node.module or ""
+    base = module.split(".")
+    base = base if is_package else base[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(module: str, tree: ast.Module, is_package: bool) -> list[tuple[str, set[str]]]:
+    """(module imported, names taken from it) for every import in ``tree``, at any depth,
+    including ``importlib.import_module("...")`` with a literal name."""
+    found: list[tuple[str, set[str]]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(a.name, set()) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            target = _absolute(module, is_package, node)
+            names = {a.name for a in node.names}
+            found.append((target, names))
+            found += [(f"{target}.{n}", set()) for n in names]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+              and node.func.attr == "import_module" and node.args
+              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            name = node.args[0].value
+            if name.startswith("."):
+                pkg = node.args[1] if len(node.args) > 1 else None
+                base = pkg.value if isinstance(pkg, ast.Constant) else module
+                name = f"{base}{name}"
+            found.append((name, set()))
+    return found
+
+
+def _packages() -> set[str]:
+    return {".".join(p.relative_to(SRC.parent).parent.parts) for p in SRC.rglob("__init__.py")}
+
+
+def _in_binding(module: str) -> bool:
+    return module in BINDING or module == BINDING_PACKAGE or module.startswith(BINDING_PACKAGE + ".")
+
+
+def _native_users() -> set[str]:
+    pkgs = _packages()
+    users = set()
+    for module, tree in _modules().items():
+        for target, names in _imports(module, tree, module in pkgs):
+            if target == "grafos._native" or (target.startswith("grafos") and names & CFFI_NAMES):
+                users.add(module)
+    return users
+
+
+def test_only_the_binding_layer_imports_the_compiled_core():
+    outside = {m for m in _native_users() if not _in_binding(m)}
+    assert outside <= TO_MOVE, f"modules outside the binding layer using the compiled core: {sorted(outside - TO_MOVE)}"
+
+
+def test_the_list_of_modules_to_move_holds_only_modules_that_still_use_the_core():
+    moved = TO_MOVE - _native_users()
+    assert not moved, f"modules that no longer use the compiled core, to drop from TO_MOVE: {sorted(moved)}"
+
+
+def test_the_scan_sees_every_spelling_of_an_import_of_the_core():
+    spellings = {
+        "from .._native import ffi": ("grafos.mq.x", False),
+        "from grafos._native import lib": ("grafos.mq.x", False),
+        "import grafos._native": ("grafos.mq.x", False),
+        "def f():\n    from ._native import lib": ("grafos.x", False),
+        "from .. import _native": ("grafos.mq.x", False),
+        "import importlib\nimportlib.import_module('grafos._native')": ("grafos.mq.x", False),
+        "from ._native import ffi": ("grafos", True),
+    }
+    for source, (module, is_package) in spellings.items():
+        targets = {t for t, _ in _imports(module, ast.parse(source), is_package)}
+        assert "grafos._native" in targets, source
