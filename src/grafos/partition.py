@@ -50,6 +50,15 @@ MAX_OFFSET: int = lib.GF_MAX_OFFSET
 
 
 @dataclass(frozen=True)
+class GateState:
+    """What a ring's header says of its gate (see :mod:`grafos.mq.gate`)."""
+    gate: int            #: producers claim offsets below it only (0: nobody gates)
+    blocked: int         #: producers waiting for room now
+    blocked_ns: int      #: nanoseconds producers spent waiting for room
+    full_raised: int     #: BufferFull raised on the ring
+
+
+@dataclass(frozen=True)
 class PartitionState:
     earliest: int        #: oldest offset still in the ring
     latest: int          #: next offset to be written (the end)
@@ -145,6 +154,44 @@ class Partition:
         """True while the partition's lease is alive: its region is surely this
         ring's (a dead lease's region may already hold another topic's ring)."""
         return bool(lib.gf_ring_alive(self._r))
+
+    # ---- the gate (policy in grafos.mq.gate) ---------------------------------------------
+    def set_gate(self, gate: int, context: str = "gate") -> bool:
+        """Store the gate producers check; False if the ring's lease was reclaimed
+        (the ring is then not ours to write). ``context`` prefixes an error."""
+        rc = lib.gf_ring_set_gate(self._r, gate)
+        if rc == lib.GF_E_EXPIRED:
+            return False
+        check(rc, context)
+        return True
+
+    def gate_state(self, context: str = "gate") -> GateState | None:
+        """The gate and its counters, None if the ring's lease was reclaimed."""
+        st = ffi.new("gf_gate_state *")
+        rc = lib.gf_ring_gate_get(self._r, st)
+        if rc == lib.GF_E_EXPIRED:
+            return None
+        check(rc, context)
+        return GateState(st.gate, st.blocked, st.blocked_ns, st.full_raised)
+
+    def wait_room(self, count: int, slice_ns: int, context: str = "wait for room") -> bool:
+        """Sleep (without the GIL) up to ``slice_ns`` until ``count`` messages fit.
+        True if they do, or the lease was reclaimed (the next send says why)."""
+        rc = lib.gf_ring_wait_room(self._r, count, slice_ns)
+        if rc == lib.GF_E_EXPIRED:
+            return True
+        if rc < 0 and rc != lib.GF_E_FULL_RING:
+            raise_for(rc, context)
+        return rc == 0
+
+    def note_full(self) -> None:
+        """Count a BufferFull raised on this ring (:meth:`gate_state` shows it)."""
+        lib.gf_ring_note_full(self._r)
+
+    def set_on_full(self, policy: int) -> int:
+        """Record the topic's on_full policy (``ON_FULL``) in the ring's header;
+        the core's return code (negative on error)."""
+        return lib.gf_ring_set_on_full(self._r, policy)
 
     def __repr__(self) -> str:
         return f"<Partition lease={self.lease.id} {self.capacity}x{self.stride}>"

@@ -41,9 +41,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping
 
-from .._check import raise_for
 from .._clock import now_ns
-from .._native import ffi, lib
 from ..errors import CorruptFabric, NotFound, Unsupported
 from . import _metakeys
 from .offset import FabricOffsetStore, OffsetStore
@@ -316,11 +314,8 @@ def _apply(t: "Topic", recs: Mapping[int, Mapping[str, tuple[int, int, int]]], t
         if part is None:
             continue
         g, _ = _gate_of(t, p, recs.get(p, {}), tn)
-        rc = lib.gf_ring_set_gate(part.handle, g)
-        if rc == lib.GF_E_EXPIRED:
+        if not part.set_gate(g, f"gate of {t.name!r} partition {p}"):
             continue        # reclaimed under us: the ring is not ours to write
-        if rc < 0:
-            raise_for(rc, f"gate of {t.name!r} partition {p}")
         out[p] = g
     return out
 
@@ -336,17 +331,14 @@ def describe(mgr: "TopicManager", topic: "str | Topic", now: float | None = None
     with mgr.fabric.locked():
         recs = _records(mgr, t, tn)
     out = []
-    st = ffi.new("gf_gate_state *")
     for p, part in enumerate(t.partitions):
         readers = recs.get(p, {})
         _, held_by = _gate_of(t, p, readers, tn)
         blocked = blocked_ns = raised = gate = 0
         if part is not None:
-            rc = lib.gf_ring_gate_get(part.handle, st)
-            if rc == 0:
+            st = part.gate_state(f"gate of {topic!r} partition {p}")
+            if st is not None:
                 gate, blocked, blocked_ns, raised = st.gate, st.blocked, st.blocked_ns, st.full_raised
-            elif rc != lib.GF_E_EXPIRED:
-                raise_for(rc, f"gate of {topic!r} partition {p}")
         infos = [GateReader(name, _KINDS.get(kind, "?"), pos, exp, exp > tn)
                  for name, (pos, exp, kind) in sorted(readers.items())]
         out.append(PartitionGate(p, t.config.on_full, gate, held_by, blocked, blocked_ns / 1e9, raised, infos))
@@ -359,17 +351,12 @@ def wait_room(t: "Topic", p: int, count: int, slice_ns: int) -> bool:
     part = t.partitions[p] if 0 <= p < t.n else None
     if part is None:
         return True
-    rc = lib.gf_ring_wait_room(part.handle, count, slice_ns)
-    if rc == lib.GF_E_EXPIRED:
-        return True
-    if rc < 0 and rc != lib.GF_E_FULL_RING:
-        raise_for(rc, f"partition {p}")
-    return rc == 0
+    return part.wait_room(count, slice_ns, f"partition {p}")
 
 
 def note_full(t: "Topic", p: int) -> None:
     """Count a BufferFull raised on partition p (describe shows it)."""
     part = t.partitions[p] if 0 <= p < t.n else None
     if part is not None:
-        lib.gf_ring_note_full(part.handle)
+        part.note_full()
 
