@@ -13,13 +13,13 @@ import time
 from collections import deque
 from typing import Iterator
 
-from .._native import lib
+from .._core import layout
 from ..errors import CorruptFabric
 from ..message import Message, decode_headers
 from ..reader import Batch
 from .transaction import COMMIT, STAMP
 
-_CONTROL, _TXN, _STAMP, _KEY = lib.GF_MSG_CONTROL, lib.GF_MSG_TXN, lib.GF_MSG_STAMP, lib.GF_MSG_HAS_KEY
+_CONTROL, _TXN, _STAMP, _KEY = layout.MSG_CONTROL, layout.MSG_TXN, layout.MSG_STAMP, layout.MSG_HAS_KEY
 _DECIDED_MAX = 65536      # outcomes remembered (a marker may reach a partition late)
 
 Ref = tuple[int, int, int]    # (producer, epoch, transaction)
