@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 
-from .._native import lib
+from .._core import layout
 
-KEY_MAX: int = lib.GF_META_KEY_MAX
+KEY_MAX: int = layout.META_KEY_MAX
 _PREFIX_MAX = 40     # leaves 56 bytes of tail under every prefix
 
 
