@@ -252,6 +252,20 @@ class Partition:
             self._raise(rc, self._batch_size(rc, vlens, klens if keys is not None else None))
         return offs
 
+    def append_marker(self, producer: int, epoch: int, txn: int, kind: bytes, context: str) -> int | None:
+        """Append the marker ``kind`` of transaction (producer, epoch, txn): a control
+        message, stamped, never handed to the application. Its offset, or None if the
+        ring's lease was reclaimed (an expired partition reads as empty)."""
+        stamp = ffi.new("gf_stamp *", {"producer": producer, "epoch": epoch, "seq": 0, "txn": txn})
+        flags = lib.GF_MSG_CONTROL | lib.GF_MSG_TXN
+        for _ in range(3):
+            rc = lib.gf_ring_append_stamped(self._r, flags, stamp, ffi.NULL, 0, 0, ffi.NULL, 0, kind, 1, 0)
+            if rc != lib.GF_E_ABANDONED:
+                break
+        if rc == lib.GF_E_EXPIRED:
+            return None
+        return check(rc, context)
+
     def _batch_size(self, rc: int, vlens: np.ndarray, klens: np.ndarray | None) -> int:
         """The size of the first message of a refused batch that does not fit (-1 if none)."""
         if rc != lib.GF_E_TOOBIG:

@@ -46,10 +46,9 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .._check import check
 from .._clock import now_ns
+from .._core import layout, lease, registration
 from .._log import get as _logger
-from .._native import ffi, lib
 from ..errors import (CorruptFabric, InvalidArgument, NotFound, ProducerFenced, TransactionError,
                       Unsupported)
 from . import _metakeys, gate
@@ -66,7 +65,7 @@ _log = _logger("transaction")
 
 #: stamp after a stamped message's value: producer, epoch, sequence, transaction
 STAMP = struct.Struct("<IIQQ")
-assert STAMP.size == lib.GF_STAMP_SIZE
+assert STAMP.size == layout.STAMP_SIZE
 COMMIT, ABORT = b"C", b"A"      # marker values
 
 _RECORD = struct.Struct("<IIIIQQIIqIIq")  # number, epoch, state, lease index, lease id, txn,
@@ -160,7 +159,7 @@ def _stage(key: str, value: bytes) -> list[bytes]:
     """A metadata write as staged records' values: one (key length, key, value)
     when it fits, else the key and the value in two records."""
     k = key.encode()
-    if 1 + len(k) + len(value) <= lib.GF_META_VAL_MAX:
+    if 1 + len(k) + len(value) <= layout.META_VAL_MAX:
         return [bytes([len(k)]) + k + value]
     return [b"\0" + k, value]
 
@@ -185,8 +184,7 @@ def _put(fabric: Any, reg: Registration) -> None:
 
 
 def _alive(fabric: Any, reg: Registration, now: int) -> bool:
-    rc = lib.gf_lease_check(fabric.handle, reg.lease_index, reg.lease_id, now)
-    return rc == 1
+    return lease.alive(fabric, reg.lease_index, reg.lease_id, now)
 
 
 # ---- registering ---------------------------------------------------------------------
@@ -199,7 +197,6 @@ def register(mgr: "TopicManager", tid: str, topic: str, ttl: float, now: float |
     collect(mgr, now)
     t = now_ns(now)
     exp = t + int(ttl * 1e9)
-    info = ffi.new("gf_lease_info *")
     with fabric.locked():
         reg = _get(fabric, tid)
         if reg is not None and reg.topic != topic:
@@ -218,15 +215,12 @@ def register(mgr: "TopicManager", tid: str, topic: str, ttl: float, now: float |
         reg.epoch += 1
         reg.dead_ns = 0
         if alive:
-            check(lib.gf_lease_renew(fabric.handle, reg.lease_index, reg.lease_id, exp, t))
-            check(lib.gf_producer_fence(fabric.handle, reg.lease_index, reg.lease_id, reg.epoch),
-                  f"producer {tid!r}")
+            lease.renew(fabric, reg.lease_index, reg.lease_id, exp, t)
+            registration.fence(fabric, reg.lease_index, reg.lease_id, reg.epoch, f"producer {tid!r}")
         else:
-            check(lib.gf_lease_acquire(fabric.handle, _REGION, exp, _OWNER_TAG, t, info),
-                  f"registering producer {tid!r}")
-            reg.lease_index, reg.lease_id = info.index, info.id
-            check(lib.gf_producer_init(fabric.handle, reg.lease_index, reg.lease_id, reg.number, reg.epoch),
-                  f"producer {tid!r}")
+            reg.lease_index, reg.lease_id = lease.acquire(fabric, _REGION, exp, _OWNER_TAG, t,
+                                                          f"registering producer {tid!r}")
+            registration.init(fabric, reg.lease_index, reg.lease_id, reg.number, reg.epoch, f"producer {tid!r}")
         _put(fabric, reg)
     if reg.state in (TxnState.Committing, TxnState.Aborting):
         reg = _finish(mgr, reg, now)
@@ -240,7 +234,7 @@ def unregister(mgr: "TopicManager", reg: Registration) -> None:
         cur = _get(fabric, reg.transactional_id)
         if cur is None or cur.epoch != reg.epoch or cur.state is not TxnState.Idle:
             return
-        lib.gf_lease_release(fabric.handle, cur.lease_index, cur.lease_id)
+        lease.release(fabric, cur.lease_index, cur.lease_id)
         for key, _ in fabric.meta_items(_staged_key(cur.transactional_id, 0)[:-1]):
             fabric.meta_del(key)
         if cur.transactional_id.startswith("~"):     # a made-up id: nobody takes it over
@@ -271,7 +265,7 @@ def _mine(fabric: Any, reg: Registration, t: int) -> Registration | None:
     """Under the lock: a copy of ``reg`` when it is still this instance's record
     as last written by it (its epoch word unchanged, its lease alive: only the
     owner writes the record then), without reading the record; else None."""
-    if lib.gf_producer_epoch(fabric.handle, reg.lease_index, reg.lease_id) == reg.epoch and _alive(fabric, reg, t):
+    if registration.epoch(fabric, reg.lease_index, reg.lease_id) == reg.epoch and _alive(fabric, reg, t):
         return dataclasses.replace(reg)
     return None
 
@@ -279,7 +273,7 @@ def _mine(fabric: Any, reg: Registration, t: int) -> Registration | None:
 def current_epoch(mgr: "TopicManager", reg: Registration) -> int:
     """The epoch in reg's registration now (-1 once its lease is gone): what
     fenced an instance of epoch ``reg.epoch``. One load, no lock."""
-    e = lib.gf_producer_epoch(mgr.fabric.handle, reg.lease_index, reg.lease_id)
+    e = registration.epoch(mgr.fabric, reg.lease_index, reg.lease_id)
     return e if e >= 0 else -1
 
 
@@ -291,7 +285,7 @@ def renew(mgr: "TopicManager", reg: Registration, ttl: float, now: float | None 
     exp = t + int(ttl * 1e9)
     with fabric.locked():
         cur = _current(fabric, reg, t)
-        check(lib.gf_lease_renew(fabric.handle, cur.lease_index, cur.lease_id, exp, t))
+        lease.renew(fabric, cur.lease_index, cur.lease_id, exp, t)
     return exp
 
 
@@ -309,7 +303,7 @@ def begin(mgr: "TopicManager", reg: Registration, ttl: float, now: float | None 
         cur.state = TxnState.Open
         cur.begin_ns = t
         cur.staged = 0
-        check(lib.gf_lease_renew(fabric.handle, cur.lease_index, cur.lease_id, t + int(ttl * 1e9), t))
+        lease.renew(fabric, cur.lease_index, cur.lease_id, t + int(ttl * 1e9), t)
         _put(fabric, cur)
     return cur
 
@@ -438,19 +432,11 @@ def write_markers(mgr: "TopicManager", topic: str, number: int, epoch: int, txn:
     """One marker of ``kind`` for transaction (number, epoch, txn) in every live
     partition of ``topic``."""
     t: Topic = mgr.topic(topic)
-    stamp = ffi.new("gf_stamp *", {"producer": number, "epoch": epoch, "seq": 0, "txn": txn})
-    flags = lib.GF_MSG_CONTROL | lib.GF_MSG_TXN
-    for p in range(t.n):
-        ring = t.rings[p]
-        if ring == ffi.NULL:
-            continue
-        for _ in range(3):
-            rc = lib.gf_ring_append_stamped(ring, flags, stamp, ffi.NULL, 0, 0, ffi.NULL, 0, kind, 1, 0)
-            if rc != lib.GF_E_ABANDONED:
-                break
-        if rc == lib.GF_E_EXPIRED:
-            continue        # an expired partition reads as empty: nothing of the transaction is visible
-        check(rc, f"writing a transaction marker to {topic!r} partition {p}")
+    for p, part in enumerate(t.partitions):
+        # an expired partition (None, or reclaimed under us) reads as empty: nothing of
+        # the transaction is visible there
+        if part is not None:
+            part.append_marker(number, epoch, txn, kind, f"writing a transaction marker to {topic!r} partition {p}")
 
 
 # ---- whoever looks next --------------------------------------------------------------
