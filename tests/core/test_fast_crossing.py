@@ -484,12 +484,11 @@ def test_share_poll_records_should_carry_each_field_the_ring_holds():
 
 
 def _acquire(c, n: int):
-    """One raw gf_share_acquire into the consumer's buffers: (got, rows, addresses, size)."""
-    from grafos._native import lib
-    rows, meta, buf, size = c._buffers()
+    """One raw acquire into the consumer's buffers: (got, rows, meta, addresses, size)."""
+    bufs = c._buffers()
     sp = c._parts[0]
-    got = lib.gf_share_acquire(sp.handle, sp.member, n, time.time_ns(), 0, rows, meta, buf, size)
-    return got, rows, meta, c._addrs, size
+    got = sp.handle.acquire(sp.member, n, time.time_ns(), bufs)
+    return got, bufs.rows, bufs.meta, bufs.addrs, bufs.size
 
 
 def test_share_records_should_refuse_a_row_outside_the_buffer_and_build_nothing():

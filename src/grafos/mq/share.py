@@ -75,7 +75,9 @@ import numpy as np
 from .. import _crossing, _validate
 from .._check import check, raise_for
 from .._clock import now_ns
-from .._native import ffi, lib
+from .._core import codes
+from .._core import lease as _lease
+from .._core import share as _core
 from ..errors import CorruptFabric, InvalidArgument, LeaseExpired, LockLost, NotFound
 from ..fabric import MemLease
 from ..message import Headers
@@ -98,16 +100,9 @@ SHARE_GROUP = "x-share-group"
 MAX_DELIVERIES = 254
 _CFG = struct.Struct("<qIIq")       # lock ns, max deliveries, pad, expired (records lost with their partition)
 _REF = struct.Struct("<IIQQ")       # region lease index, pad, region lease id, ring lease id
-_ROW = np.dtype([("offset", "<u8"), ("word", "<u8"), ("deadline", "<i8"), ("count", "<u4"),
-                 ("flags", "<u4"), ("last", "<u4"), ("reserved", "<u4")])
-_ROW_SIZE = ffi.sizeof("gf_share_row")
-_META_SIZE = ffi.sizeof("gf_msg_meta")
 _IDS = itertools.count(1)
-_FEW = 8                # rows read field by field rather than through an array
 _REFRESH_GAP = 0.05     # at most one directory re-read per this many seconds while a partition reads expired
-_OPS = {"ack": lib.GF_SHARE_ACK, "release": lib.GF_SHARE_RELEASE, "reject": lib.GF_SHARE_REJECT,
-        "archive": lib.GF_SHARE_ARCHIVE, "renew": lib.GF_SHARE_RENEW}
-assert _ROW.itemsize == _ROW_SIZE
+_OPS = _core.OPS
 
 
 class ShareRecord(tuple):
@@ -339,7 +334,7 @@ class _Part:
 
     __slots__ = ("p", "part", "region", "handle", "member", "published", "published_at", "renew_at")
 
-    def __init__(self, p: int, part: object, region: MemLease, handle: object, member: int) -> None:
+    def __init__(self, p: int, part: object, region: MemLease, handle: _core.Region, member: int) -> None:
         self.p = p
         self.part = part
         self.region = region
@@ -370,12 +365,9 @@ class ShareConsumer(_ShareMember):
         self._held: dict[int, dict[int, int]] = {}      # partition -> offset -> the word this member holds
         self._start = 0
         self._buf_size = buf_size
-        self._bufs: tuple | None = None
-        self._addrs: tuple = ()        # the addresses of the first three of _bufs, for the crossing
+        self._bufs: _core.Buffers | None = None
         self._reader: Reader | None = None
         self._next_look = 0.0     # monotonic time before which an expired partition is not looked up again
-        self._one = (ffi.new("uint64_t[1]"), ffi.new("uint64_t[1]"), ffi.new("uint8_t[1]"))
-        self._oks = ffi.new("uint8_t[]", self.max_batch)   # settle's per-record results for a polled batch
         self._bind()
 
     # ---- binding ----------------------------------------------------------------------
@@ -448,18 +440,17 @@ class ShareConsumer(_ShareMember):
         fab = self.mgr.fabric
         key = f"{scope}p/{p}"
         raw = fab.meta_get(key)
-        err = ffi.new("int *")
         if raw is not None and len(raw) == _REF.size:
             idx, _, lid, ring_lid = _REF.unpack(raw)
             if ring_lid == part.lease.id:
                 prev = self._parts[p] if p < len(self._parts) else None
                 if prev is not None and prev.region.id == lid and prev.part.lease.id == ring_lid:
                     return prev         # the same state: this member keeps its token and its locks
-                h = lib.gf_share_open(fab.handle, idx, lid, part.handle, err)
-                if h != ffi.NULL:
-                    return self._joined(p, part, MemLease(fab, idx, lid), ffi.gc(h, lib.gf_share_close))
-                if err[0] not in (lib.GF_E_EXPIRED, lib.GF_E_NOTFOUND):
-                    raise_for(err[0], f"share state of {self.topic!r} partition {p}")
+                h, err = _core.Region.open(fab, idx, lid, part, self.max_batch)
+                if h is not None:
+                    return self._joined(p, part, MemLease(fab, idx, lid), h)
+                if err not in (codes.EXPIRED, codes.NOTFOUND):
+                    raise_for(err, f"share state of {self.topic!r} partition {p}")
             else:
                 # the partition was made again: what the group had not finished expired with it
                 old = MemLease(fab, idx, lid)
@@ -468,34 +459,28 @@ class ShareConsumer(_ShareMember):
                     old.release()
                 except (LeaseExpired, NotFound, struct.error, ValueError):
                     pass
-        size = lib.gf_share_region_size(part.capacity)
-        out = ffi.new("gf_lease_info *")
-        check(lib.gf_lease_acquire(fab.handle, size, self._region_expiry(t, part, tn), 0, tn, out))
+        index, lid = _lease.acquire(fab, _core.region_size(part.capacity), self._region_expiry(t, part, tn), 0, tn)
         start = part.state().earliest
-        rc = lib.gf_share_init(fab.handle, out.index, out.id, part.handle, self._lock_ns,
-                               self.max_deliveries, start, tn)
+        rc = _core.init(fab, index, lid, part, self._lock_ns, self.max_deliveries, start, tn)
         if rc < 0:
-            lib.gf_lease_release(fab.handle, out.index, out.id)
+            _lease.release(fab, index, lid)
             raise_for(rc, f"share state of {self.topic!r} partition {p}")
-        fab.meta_put(key, _REF.pack(out.index, 0, out.id, part.lease.id))
-        h = lib.gf_share_open(fab.handle, out.index, out.id, part.handle, err)
-        if h == ffi.NULL:
-            raise_for(err[0], f"share state of {self.topic!r} partition {p}")
-        return self._joined(p, part, MemLease(fab, out.index, out.id), ffi.gc(h, lib.gf_share_close))
+        fab.meta_put(key, _REF.pack(index, 0, lid, part.lease.id))
+        h, err = _core.Region.open(fab, index, lid, part, self.max_batch)
+        if h is None:
+            raise_for(err, f"share state of {self.topic!r} partition {p}")
+        return self._joined(p, part, MemLease(fab, index, lid), h)
 
-    def _joined(self, p: int, part: object, region: MemLease, h: object) -> _Part:
-        name = self.member.encode()
-        token = check(lib.gf_share_join(h, os.getpid(), name, len(name)))
+    def _joined(self, p: int, part: object, region: MemLease, h: _core.Region) -> _Part:
+        token = h.join(os.getpid(), self.member.encode())
         return _Part(p, part, region, h, token)
 
-    def _buffers(self) -> tuple:
+    def _buffers(self) -> _core.Buffers:
         if self._bufs is None:
             t = self._t
             stride = t.config.partition_stride if t is not None else 512
             size = self._buf_size or max(1 << 16, min(64 << 20, self.max_batch * stride))
-            self._bufs = (ffi.new("gf_share_row[]", self.max_batch), ffi.new("gf_msg_meta[]", self.max_batch),
-                          ffi.new("uint8_t[]", size), size)
-            self._addrs = tuple(map(_crossing.address, self._bufs[:3]))
+            self._bufs = _core.Buffers(self.max_batch, size)
         return self._bufs
 
     # ---- polling ----------------------------------------------------------------------
@@ -515,8 +500,8 @@ class ShareConsumer(_ShareMember):
 
     def _poll_once(self, n: int, now: float | None) -> list[ShareRecord]:
         t = self._bind(now)
-        rows, meta, buf, size = self._buffers()
-        addrs = self._addrs
+        bufs = self._buffers()
+        addrs, size = bufs.addrs, bufs.size
         tn = now_ns(now)
         out: list[ShareRecord] = []
         runs: list[tuple] = []      # per partition: (partition, first, end, offsets, words) of `out`
@@ -527,9 +512,9 @@ class ShareConsumer(_ShareMember):
             sp = parts[(self._start + i) % k]
             if sp is None:
                 continue
-            got = lib.gf_share_acquire(sp.handle, sp.member, n - len(out), tn, 0, rows, meta, buf, size)
+            got = sp.handle.acquire(sp.member, n - len(out), tn, bufs)
             if got < 0:
-                if got == lib.GF_E_EXPIRED:
+                if got == codes.EXPIRED:
                     expired = True  # the partition (or its state) expired: another process may restart it
                     continue
                 raise_for(got, f"share poll of {self.topic!r} partition {sp.p}")
@@ -549,22 +534,15 @@ class ShareConsumer(_ShareMember):
                 if len(out) >= n:
                     break
                 continue
-            pairs = _crossing.decode(ffi.buffer(meta, got * _META_SIZE), ffi.buffer(buf, size), [p])
-            if got <= _FEW:     # a few rows: their fields cost less than an array over them
-                few = [rows[j] for j in range(got)]
-                offs, words = [x.offset for x in few], [x.word for x in few]
-                dls, counts = [x.deadline_ns for x in few], [x.count for x in few]
-                flagged = any(x.flags for x in few)
-                lasts_of = lambda: [x.last_member for x in few]     # noqa: E731
-            else:
-                r = np.frombuffer(ffi.buffer(rows, got * _ROW_SIZE), dtype=_ROW)
-                offs, words, dls, counts = (r["offset"].tolist(), r["word"].tolist(), r["deadline"].tolist(),
-                                            r["count"].tolist())
-                flagged = bool(r["flags"].any())
-                lasts_of = lambda: r["last"].tolist()               # noqa: E731
-            if flagged:
-                dead = {j for j in range(got) if rows[j].flags & lib.GF_SHARE_DEAD}
-                lasts = lasts_of()
+            # a row at the delivery limit: the crossing left the batch to be built here
+            pairs = _crossing.decode(bufs.meta_bytes(got), bufs.buf_bytes(), [p])
+            r = bufs.row_array(got)
+            offs, words, dls, counts = (r["offset"].tolist(), r["word"].tolist(), r["deadline"].tolist(),
+                                        r["count"].tolist())
+            flags = r["flags"].tolist()
+            if any(flags):
+                dead = {j for j in range(got) if flags[j] & _core.DEAD}
+                lasts = r["last"].tolist()
                 for j in sorted(dead):
                     self._dead_letter(sp, pairs[j][1], words[j], counts[j], lasts[j], tn, "archive")
                 keep = [j for j in range(got) if j not in dead]
@@ -596,7 +574,7 @@ class ShareConsumer(_ShareMember):
         """Hold the topic's gate at the group's floor: again once it moved a quarter
         of the ring, or a third of gating_ttl passed (a lower gate only holds
         producers back a little more; a lapsed one stops gating)."""
-        floor = lib.gf_share_floor(sp.handle)
+        floor = sp.handle.floor()
         if floor - sp.published >= max(1, t.config.partition_capacity // 4) or \
                 mono - sp.published_at >= self.gating_ttl / 3:
             self._publish_gate(sp.p, floor, tn)
@@ -614,7 +592,7 @@ class ShareConsumer(_ShareMember):
                 want = self._region_expiry(t, sp.part, tn)
                 if want > sp.region.info().expires_ns:
                     with self.mgr.fabric.locked():
-                        check(lib.gf_lease_renew(self.mgr.fabric.handle, sp.region.index, sp.region.id, want, tn))
+                        _lease.renew(self.mgr.fabric, sp.region.index, sp.region.id, want, tn)
             except (LeaseExpired, NotFound):
                 pass
 
@@ -631,9 +609,9 @@ class ShareConsumer(_ShareMember):
             return
         if self._reader is None:
             self._reader = Reader(self.mgr.fabric, list(t.partitions), max_batch=1)
-        st = ffi.new("gf_share_state *")
         for sp in self._parts:
-            if sp is not None and lib.gf_share_state_get(sp.handle, 0, st) == 0:
+            st = sp.handle.try_state(0) if sp is not None else None
+            if st is not None:
                 self._reader.seek(sp.p, st.next)
         self._reader.wait(secs)
 
@@ -715,21 +693,12 @@ class ShareConsumer(_ShareMember):
                 packed = None
             k = len(rs)
             if k == 1:      # one record: preallocated arrays, no numpy
-                one_o, one_w, ok = self._one
-                one_o[0], one_w[0] = offl[0], wl[0]
-                rc = lib.gf_share_settle(sp.handle, code, one_o, one_w, 1, tn, ok)
+                rc, ok = sp.handle.settle_one(code, offl[0], wl[0], tn)
             elif packed is not None:    # a batch as polled: its arrays came with it
-                ok = self._oks
-                arr = ffi.from_buffer("uint64_t[]", packed)
-                rc = lib.gf_share_settle(sp.handle, code, arr, arr + k, k, tn, ok)
+                rc, ok = sp.handle.settle_packed(code, packed, k, tn)
             else:
-                offs = np.array(offl, dtype=np.uint64)
-                words = np.array(wl, dtype=np.uint64)
-                ok = np.zeros(k, dtype=np.uint8)
-                rc = lib.gf_share_settle(sp.handle, code, ffi.from_buffer("uint64_t[]", offs),
-                                         ffi.from_buffer("uint64_t[]", words), k, tn,
-                                         ffi.from_buffer("uint8_t[]", ok))
-            if rc == lib.GF_E_EXPIRED:
+                rc, ok = sp.handle.settle(code, np.array(offl, dtype=np.uint64), np.array(wl, dtype=np.uint64), tn)
+            if rc == codes.EXPIRED:
                 refused += rs
                 continue
             check(rc, f"share {op} on {self.topic!r} partition {p}")
@@ -793,14 +762,10 @@ class ShareConsumer(_ShareMember):
         else:
             off, key, value, headers = rec[0], rec[1], rec[2], rec[4]
         if self._dlq_producer is not None:
-            name = ffi.new("uint8_t[64]")
-            nlen = lib.gf_share_member_name(sp.handle, last, name, 64) if last else 0
-            last_name = ffi.buffer(name, nlen)[:] if nlen > 0 else (str(last).encode() if last else b"")
+            last_name = (sp.handle.member_name(last) or str(last).encode()) if last else b""
             self._send_dead_letter(p, off, key, value, headers, count, last_name)
-        one_o, one_w, ok = self._one
-        one_o[0], one_w[0] = off, word
-        rc = lib.gf_share_settle(sp.handle, _OPS[op], one_o, one_w, 1, tn, ok)
-        if rc < 0 and rc != lib.GF_E_EXPIRED:
+        rc, _ = sp.handle.settle_one(_OPS[op], off, word, tn)
+        if rc < 0 and rc != codes.EXPIRED:
             raise_for(rc, f"share {op} on {self.topic!r} partition {p}")
         hp = self._held.get(p, {})
         if hp.get(off) == word:
@@ -865,11 +830,11 @@ def _unfinished(region: MemLease) -> int:
         raise ValueError("share state header out of range")
     if nx == fl:
         return 0
-    words = np.frombuffer(region.read(lib.GF_SHARE_ENTRIES_OFF, cap * 16), dtype="<u8")[0::2]
+    words = np.frombuffer(region.read(_core.ENTRIES_OFF, cap * 16), dtype="<u8")[0::2]
     offs = np.arange(fl, nx, dtype=np.uint64)
     a = words[(offs % np.uint64(cap)).astype(np.int64)]
     laps = (offs // np.uint64(cap) + np.uint64(1)) & np.uint64((1 << 38) - 1)
-    done = ((a >> np.uint64(26)) == laps) & ((a & np.uint64(3)) >= np.uint64(lib.GF_SH_ACKED))
+    done = ((a >> np.uint64(26)) == laps) & ((a & np.uint64(3)) >= np.uint64(_core.ACKED))
     return int((~done).sum())
 
 
@@ -889,15 +854,12 @@ def _groups(recs: list[ShareRecord]) -> list[tuple[int, list[ShareRecord], list[
 
 
 def describe_parts(parts: Sequence[_Part | None], now: float | None = None) -> list[ShareState]:
-    st = ffi.new("gf_share_state *")
     tn = now_ns(now)
     out = []
     for sp in parts:
         if sp is None:
             continue
-        rc = lib.gf_share_state_get(sp.handle, tn, st)
-        if rc < 0:
-            raise_for(rc, f"share state of partition {sp.p}")
+        st = sp.handle.state(tn, f"share state of partition {sp.p}")
         age = (tn - st.oldest_lock_ns) / 1e9 if st.oldest_lock_ns else 0.0
         out.append(ShareState(sp.p, st.floor, st.next, st.tail, st.in_flight, st.available, st.delivered,
                               st.redelivered, st.acked, st.released, st.rejected, st.dead, st.lost,
@@ -935,7 +897,6 @@ def describe(mgr: "TopicManager", topic: str, group: str, now: float | None = No
     scope = _scope(topic, group)
     fab = mgr.fabric
     parts: list[_Part | None] = []
-    err = ffi.new("int *")
     with fab.locked():
         if fab.meta_get(scope + "cfg") is None:
             raise NotFound(f"no share group {group!r} on {topic!r}")
@@ -946,7 +907,7 @@ def describe(mgr: "TopicManager", topic: str, group: str, now: float | None = No
             idx, _, lid, ring_lid = _REF.unpack(raw)
             if ring_lid != part.lease.id:
                 continue
-            h = lib.gf_share_open(fab.handle, idx, lid, part.handle, err)
-            if h != ffi.NULL:
-                parts.append(_Part(p, part, MemLease(fab, idx, lid), ffi.gc(h, lib.gf_share_close), 0))
+            h, _ = _core.Region.open(fab, idx, lid, part)
+            if h is not None:
+                parts.append(_Part(p, part, MemLease(fab, idx, lid), h, 0))
     return describe_parts(parts, now)
