@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any, Callable, ClassVar
 from .. import _validate
 from .._check import raise_for
 from .._clock import now_ns, now_s
+from .._core import sender
 from .._crossing import Binding
-from .._native import ffi, lib
 from ..errors import AlreadyExists, FabricFull, InvalidArgument, LeaseExpired, NotFound, NotPortable
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
 from ..partition import Partition, PartitionState, region_size
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .share import ShareConsumer
 
 _CONFIG = struct.Struct("<IIIIdqQ")    # partitions, capacity, stride, flags, retention, created_ns, incarnation
-_FLAGS_ON_FULL = 0x3                   # flags bits 0-1: the on_full policy (lib.GF_FULL_*)
+_FLAGS_ON_FULL = 0x3                   # flags bits 0-1: the on_full policy (grafos._core.layout.FULL_*)
 _FLAGS_NO_CRC = 0x8                    # flags bit 3: slots carry no checksum (clear: they do)
 
 _ON_FULL_NAMES = {v: k for k, v in ON_FULL.items()}
@@ -92,11 +92,8 @@ class Topic:
         #: the lease id each partition's directory entry names (also for reclaimed ones)
         self.lease_ids = list(lease_ids) if lease_ids is not None else \
             [p.lease.id if p is not None else 0 for p in partitions]
-        self.rings = ffi.new("gf_ring *[]", self.n)
+        self.rings = sender.ring_table(partitions)
         self.binding = Binding()
-        for i, p in enumerate(partitions):
-            if p is not None:
-                self.rings[i] = p.handle
 
     def partition(self, i: int) -> Partition:
         if isinstance(i, bool) or not isinstance(i, int):
@@ -117,7 +114,7 @@ class Topic:
 
 def _set_on_full(p: Partition, config: TopicConfig) -> None:
     """Write the topic's policy into the ring header too, for tools that read rings."""
-    rc = lib.gf_ring_set_on_full(p.handle, ON_FULL[config.on_full])
+    rc = p.set_on_full(ON_FULL[config.on_full])
     if rc < 0:
         raise_for(rc, "on_full")
 
