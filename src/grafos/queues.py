@@ -45,8 +45,9 @@ from typing import Any
 import numpy as np
 
 from . import _validate
-from ._check import check, last_error, raise_for
-from ._native import ffi, lib
+from ._check import last_error, raise_for
+from ._core import codes
+from ._core import queue as _core
 from .errors import GrafosError, InvalidArgument, MessageTooLarge, QueueClosed, QueueEmpty, QueueFull
 from .fabric import Fabric, MemLease, probe, shm_path
 from .partition import Partition, region_size
@@ -68,9 +69,7 @@ _OOB_HEAD = struct.Struct("<cBHIQ")   # marker, version, 0, buffer count, pickle
 _LEN = struct.Struct("<Q")
 _PAD = bytes(_ALIGN)
 _OOB_BYTE = _OOB[0]
-_FULL: int = lib.GF_E_FULL
-_put1 = lib.gf_queue_put1
-_get = lib.gf_queue_get
+_FULL: int = codes.FULL
 _dumps = pickle.dumps
 _loads = pickle.loads
 
@@ -91,9 +90,7 @@ def _pad(n: int) -> int:
 
 class _Local(threading.local):
     def __init__(self) -> None:
-        self.buf = ffi.new("uint8_t[]", _LOCAL_BUF)
-        self.view = memoryview(ffi.buffer(self.buf))
-        self.item = ffi.new("gf_queue_item *")
+        self.b = _core.ItemBuffer(_LOCAL_BUF)
 
 
 def _release(parts: list, name: str) -> None:
@@ -136,9 +133,8 @@ class Queue:
         fabric = Fabric.open(name, size=size, exclusive=True, lease_slots=8, meta_slots=8)
         try:
             ring = Partition.create(fabric, capacity, slot_bytes, ttl=_TTL, checksum=_CHECKSUM)
-            state = fabric.acquire(lib.gf_queue_state_size(), ttl=_TTL)
-            check(lib.gf_queue_init(fabric.handle, state.index, state.id, ring.handle, max(maxsize, 0),
-                                    1 if self._joinable else 0), "queue")
+            state = fabric.acquire(_core.state_size(), ttl=_TTL)
+            _core.init(fabric, state, ring, max(maxsize, 0), self._joinable)
             self._attach(fabric, ring, state)
         except BaseException:
             fabric.close()
@@ -148,8 +144,9 @@ class Queue:
     def _attach(self, fabric: Fabric, ring: Partition, state: MemLease) -> None:
         self._name: str = fabric.name  # type: ignore[assignment]
         self._where = (ring.lease.index, ring.lease.id, state.index, state.id)
-        self._q = ffi.new("gf_queue *")
-        check(lib.gf_queue_open(fabric.handle, state.index, state.id, ring.handle, self._q), "queue")
+        self._q = _core.Handle(fabric, state, ring)
+        self._put1 = self._q.put1
+        self._get = self._q.get
         self._maxsize: int = self._q.maxsize
         self._max_item: int = ring.max_message
         self._local = _Local()
@@ -190,10 +187,10 @@ class Queue:
         data = _dumps(obj, 5, buffer_callback=bufs.append)
         if bufs:
             return self._put_buffers(data, bufs, block, timeout)
-        rc = _put1(self._q, data, len(data), 0)       # the common case: there is room
+        rc = self._put1(data, len(data), 0)       # the common case: there is room
         if rc < 0:
             if rc == _FULL and block and timeout != 0:
-                self._wait(block, timeout, lambda t: _put1(self._q, data, len(data), t), len(data))
+                self._wait(block, timeout, lambda t: self._put1(data, len(data), t), len(data))
             else:
                 self._put_failed(rc, len(data))
 
@@ -201,10 +198,7 @@ class Queue:
         """An item with out-of-band buffers: its pieces are copied into the ring
         by one call, each buffer straight from its owner's memory."""
         segs, lens = _segments(data, bufs)
-        n = len(segs)
-        ptrs = ffi.new("uint8_t *[]", [ffi.from_buffer(sg) for sg in segs])
-        clens = ffi.new("uint64_t[]", lens)
-        self._wait(block, timeout, lambda t: lib.gf_queue_put(self._q, n, ptrs, clens, t), sum(lens))
+        self._wait(block, timeout, self._q.put_segments(segs, lens), sum(lens))
 
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
@@ -224,7 +218,7 @@ class Queue:
     def _put_failed(self, rc: int, size: int) -> None:
         if rc == _FULL:
             raise QueueFull(last_error())
-        if rc == lib.GF_E_TOOBIG:
+        if rc == codes.TOOBIG:
             raise MessageTooLarge(
                 f"an item of {size} bytes (pickled) does not fit the queue's ring, which takes at most "
                 f"{self._max_item}: make the queue with a larger ring_bytes=", size, self._max_item)
@@ -236,8 +230,8 @@ class Queue:
         ``block`` (None: for ever); raises ``queue.Empty`` (a ``QueueEmpty``)."""
         if self._closed:
             self._check_closed()
-        loc = self._local
-        n = _get(self._q, loc.buf, _LOCAL_BUF, 0, loc.item)    # the common case: an item is there
+        loc = self._local.b
+        n = self._get(loc.buf, _LOCAL_BUF, 0, loc.item)    # the common case: an item is there
         if n > 0:
             # copied out of the thread's buffer first: unpickling may run code that gets again
             data = loc.view[:n].tobytes()
@@ -247,20 +241,20 @@ class Queue:
         return self._get_slow(block, timeout, n)
 
     def _get_slow(self, block: bool, timeout: float | None, rc: int) -> Any:
-        loc = self._local
+        loc = self._local.b
         deadline = _deadline(block, timeout)
         buf, view, size = loc.buf, loc.view, _LOCAL_BUF
         own = None
         while True:
             if rc > 0:
                 break
-            if rc == lib.GF_E_BUFFER:
+            if rc == codes.BUFFER:
                 # an item larger than the thread's buffer gets a buffer of its own,
                 # which its out-of-band buffers then share without another copy
-                if loc.item.len > size:
-                    size = loc.item.len
+                if loc.item_len() > size:
+                    size = loc.item_len()
                     own = np.empty(size, np.uint8)     # not zeroed: the item overwrites it all
-                    buf, view = ffi.from_buffer("uint8_t[]", own), memoryview(own)
+                    buf, view = _core.into(own), memoryview(own)
             elif rc < 0:
                 raise_for(rc, "queue get")
             elif deadline is not None and time.monotonic() >= deadline:
@@ -268,7 +262,7 @@ class Queue:
             else:
                 self._check_closed()
             left = _SLICE if deadline is None else min(_SLICE, max(deadline - time.monotonic(), 0.0))
-            rc = _get(self._q, buf, size, int(left * 1e9), loc.item)
+            rc = self._get(buf, size, int(left * 1e9), loc.item)
         data = view[:rc] if own is not None else memoryview(view[:rc].tobytes())
         if data[0] != _OOB_BYTE:
             return _loads(data)
@@ -281,7 +275,7 @@ class Queue:
     def qsize(self) -> int:
         """Items in the queue now, counted by every process's puts and gets."""
         self._check_closed()
-        return lib.gf_queue_size(self._q)
+        return self._q.size()
 
     def empty(self) -> bool:
         return self.qsize() == 0
@@ -319,14 +313,14 @@ class JoinableQueue(Queue):
         """One item taken by a get is processed; raises ``ValueError`` when called
         more times than items were put."""
         self._check_closed()
-        rc = lib.gf_queue_task_done(self._q)
+        rc = self._q.task_done()
         if rc < 0:
             raise_for(rc)
 
     def join(self) -> None:
         """Wait until every item put has been matched by a ``task_done``."""
         self._check_closed()
-        while lib.gf_queue_join(self._q, int(_SLICE * 1e9)) != 1:
+        while self._q.join(int(_SLICE * 1e9)) != 1:
             self._check_closed()
 
 
@@ -390,22 +384,22 @@ def _load_out_of_band(data: memoryview, owned: bool) -> Any:
     bytes come from shared memory: every length is checked."""
     n = len(data)
     if n < _OOB_HEAD.size:
-        raise_for(lib.GF_E_CORRUPT, "queue get: truncated item")
+        raise_for(codes.CORRUPT, "queue get: truncated item")
     _, version, _, nbuf, plen = _OOB_HEAD.unpack_from(data)
     at = _OOB_HEAD.size + nbuf * _LEN.size
     if version != 1 or at > n:
-        raise_for(lib.GF_E_CORRUPT, f"queue get: item of format {version} with {nbuf} buffers")
+        raise_for(codes.CORRUPT, f"queue get: item of format {version} with {nbuf} buffers")
     lens = [_LEN.unpack_from(data, _OOB_HEAD.size + i * _LEN.size)[0] for i in range(nbuf)]
     at += _pad(at)
     if plen > n - min(at, n):
-        raise_for(lib.GF_E_CORRUPT, "queue get: pickle past the item's end")
+        raise_for(codes.CORRUPT, "queue get: pickle past the item's end")
     payload = data[at:at + plen]
     at += plen
     buffers = []
     for ln in lens:
         at += _pad(at)
         if ln > n - min(at, n):
-            raise_for(lib.GF_E_CORRUPT, "queue get: buffer past the item's end")
+            raise_for(codes.CORRUPT, "queue get: buffer past the item's end")
         b = data[at:at + ln]
         buffers.append(b if owned else bytearray(b))
         at += ln
