@@ -23,7 +23,6 @@ BINDING_PACKAGE = "grafos._core"
 TO_MOVE = {
     "grafos.mq.producer",
     "grafos.mq.model",
-    "grafos.loan",
     "grafos.benchsuite.peers",
 }
 

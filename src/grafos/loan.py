@@ -49,16 +49,21 @@ import numpy as np
 
 from . import _validate
 from ._check import last_error, raise_for
-from ._crossing import address, span
-from ._native import ffi, lib
+from ._core import codes
+from ._core import lease as _lease
+from ._core import loan as _core
+from ._crossing import span
 from .errors import InvalidArgument, InvalidType, LeaseExpired, MessageTooLarge, ViewsInUse
 from .fabric import before_reuse
 from .message import encode_headers
 
 
-_commit = lib.gf_loan_commit
-_check = lib.gf_loan_check
-_DONE = lib.GF_E_INVAL     # gf_loan_commit on a loan no longer open (nothing else returns it)
+_commit = _core.commit
+_check = _core.check
+_abandon = _core.abandon
+_source = _core.source
+_copy = _core.copy
+_DONE = _core.DONE         # commit of a loan no longer open
 #: id -> weak reference of the loans whose view or arrays were handed out, while
 #: open: revoked when this process releases or reuses their lease's region
 _LENT: "dict[int, weakref.ref[Loan]]" = {}
@@ -97,19 +102,15 @@ class Loan:
             key = _validate.as_bytes(key, "key")
         hdrs = encode_headers(headers) if headers else b""
         ts = 0 if timestamp is None else _validate.integer(timestamp, "timestamp", 1, (1 << 62))
-        self._l = ffi.new("gf_loan *")
         self._owner = owner          # keeps the ring (and its mapping) alive while lent
         self._view: memoryview | None = None
         self._span: Any = None       # the bytes as a revocable exporter, once handed out
         self._views: list[weakref.ref] = []
         self._gone: str | None = None     # why the bytes were taken back, when it was not commit or abandon
-        rc = lib.gf_loan_begin(ring, key if key is not None else ffi.NULL,
-                               len(key) if key is not None else 0, key is not None,
-                               hdrs, len(hdrs), size, ts, self._l)
+        self._l, rc = _core.begin(ring, key, hdrs, size, ts)
         if rc < 0:
-            if rc == lib.GF_E_TOOBIG:
-                raise MessageTooLarge(last_error(), len(key or b"") + len(hdrs) + size,
-                                      lib.gf_ring_max_message(ring))
+            if rc == codes.TOOBIG:
+                raise MessageTooLarge(last_error(), len(key or b"") + len(hdrs) + size, _core.max_message(ring))
             raise_for(rc, "loan")
         self.offset: int = self._l.offset     #: the message's offset once committed
         self.partition = partition
@@ -123,7 +124,7 @@ class Loan:
             self._refuse(rc)
         s = self._span
         if s is None:
-            s = self._span = span(address(self._l.value), self.size)
+            s = self._span = span(_core.address(self._l), self.size)
             _LENT[id(self)] = weakref.ref(self)
         return s
 
@@ -169,13 +170,13 @@ class Loan:
             self._refuse(rc)
         _validate.integer(at, "at", 0, self.size)
         try:
-            src = ffi.from_buffer(data)
+            src = _source(data)
         except (TypeError, ValueError, BufferError):
             raise InvalidType(f"data must be bytes or a contiguous buffer, not {type(data).__name__}") from None
         n = len(src)
         if n > self.size - at:
             raise InvalidArgument(f"{n} bytes at {at} do not fit a {self.size}-byte loan")
-        lib.gf_copy(self._l.value + at, src, n)
+        _copy(self._l.value + at, src, n)
         return n
 
     def _refuse(self, rc: int, what: str = "loan") -> NoReturn:
@@ -198,7 +199,7 @@ class Loan:
         """Revoke the caller's access and commit: the offset, or the core's error code."""
         if self._span is not None and self._revoke():
             held = self._span.exports
-            lib.gf_loan_abandon(self._l)
+            _abandon(self._l)
             raise ViewsInUse(f"{held} buffer(s) of the loan of offset {self.offset} are still held by objects "
                              "that cannot be made read-only (a slice of its view, or a buffer taken from it or "
                              "from an array of it): the loan was abandoned, nothing was published")
@@ -208,7 +209,7 @@ class Loan:
         """Give the slots up: readers skip them at once. Idempotent."""
         if self._span is not None:
             self._revoke()
-        lib.gf_loan_abandon(self._l)
+        _abandon(self._l)
 
     def _revoke(self) -> int:
         """End the caller's access to the bytes: the view is released, every array
@@ -246,10 +247,10 @@ class Loan:
     def __del__(self) -> None:
         # a loan dropped without commit must not keep readers waiting
         lv = getattr(self, "_l", None)
-        if lv is not None and lv.state == 0 and lv.ring != ffi.NULL:
+        if lv is not None and lv.state == 0 and lv.ring:     # open, on a ring
             if self._span is not None:
                 self._revoke()
-            lib.gf_loan_abandon(lv)
+            _abandon(lv)
 
     def __repr__(self) -> str:
         state = ("open", "committed", "abandoned")[self._l.state]
@@ -270,7 +271,7 @@ def revoke(fabric: object, lease_id: int | None, now_ns: int) -> None:
             continue
         if lease_id is not None and lease.id != lease_id:
             continue
-        if lease_id is None and lib.gf_lease_check(lease.fabric.handle, lease.index, lease.id, now_ns) == 1:
+        if lease_id is None and _lease.alive(lease.fabric, lease.index, lease.id, now_ns):
             continue
         ln._gone = "its partition was deleted, restarted or expired, and its region may be another topic's"
         ln.abandon()
