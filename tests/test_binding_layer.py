@@ -23,7 +23,6 @@ BINDING_PACKAGE = "grafos._core"
 TO_MOVE = {
     "grafos.mq.producer",
     "grafos.mq.model",
-    "grafos.benchsuite.peers",
 }
 
 #: names of the compiled core's cffi objects: nothing outside the binding layer

@@ -399,25 +399,15 @@ def cross(peer: str, size: int, batch: int, mode: str, duration: float, *, produ
 
 
 def memcpy(size: int, batch: int, duration: float) -> Result:
-    """``lib.gf_memcpy_bench`` moving one batch's bytes (``size * batch``) at a
+    """The core's ``gf_memcpy_bench`` moving one batch's bytes (``size * batch``) at a
     time out of a ring-sized buffer (``RING_BYTES``, the bus's working set per
     topic), chunk after chunk, as a reader walks a ring: the physical limit for
     a copy at the memory level the bus works in. (Copying one batch between the
     same two buffers over and over measures the L2 cache instead.)"""
-    from .._native import ffi, lib
+    from .._core.bench import CopyWalk
     from .grafos_runs import RING_BYTES
     nbytes = size * batch
-    span = max(nbytes, RING_BYTES)
-    src = ffi.new("uint8_t[]", span)
-    dst = ffi.new("uint8_t[]", nbytes)
-    ffi.memmove(src, b"\x5a" * span, span)
-    starts = [src + off for off in range(0, span - nbytes + 1, nbytes)]
-
-    def one_pass() -> int:
-        for s in starts:
-            lib.gf_memcpy_bench(dst, s, nbytes, 1)
-        return len(starts) * nbytes
-
-    copied, seconds = timed_rounds(one_pass, duration, warmup=1)
+    walk = CopyWalk(max(nbytes, RING_BYTES), nbytes)
+    copied, seconds = timed_rounds(walk.one_pass, duration, warmup=1)
     return Result("memcpy", MEMCPY, "copy", "in-process", size, batch=batch,
                   messages=copied // size, seconds=seconds)
