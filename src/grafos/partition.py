@@ -31,6 +31,7 @@ import numpy as np
 from . import _validate
 from ._check import check, raise_for
 from ._clock import now_ns
+from ._core import layout
 from ._crossing import Binding, SendPath, address
 from ._native import ffi, lib
 from .errors import InvalidArgument, MessageTooLarge
@@ -42,11 +43,10 @@ if TYPE_CHECKING:
     from .reader import Reader
 
 
-#: a partition's offsets run from 0 to MAX_OFFSET, 2**OFFSET_BITS - 1, the
-#: largest offset (inclusive), the core's GF_MAX_OFFSET (it packs a partition
-#: and an offset into one 64-bit return value)
-OFFSET_BITS: int = lib.GF_OFFSET_BITS
-MAX_OFFSET: int = lib.GF_MAX_OFFSET
+#: a partition's offsets run from 0 to MAX_OFFSET, 2**OFFSET_BITS - 1 (the
+#: core's bound, grafos._core.layout, where the partitions are)
+OFFSET_BITS: int = layout.OFFSET_BITS
+MAX_OFFSET: int = layout.MAX_OFFSET
 
 
 @dataclass(frozen=True)

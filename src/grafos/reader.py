@@ -14,11 +14,11 @@ import numpy as np
 from . import _crossing, _validate
 from ._check import raise_for
 from ._clock import now_ns
+from ._core.layout import MAX_OFFSET
 from ._native import ffi, lib
 from .errors import InvalidArgument, InvalidType
 from .fabric import Fabric
 from .message import Message
-from .partition import MAX_OFFSET
 from .peek import Peek
 
 #: numpy view of ``gf_msg_meta`` (one row per message of a batch)

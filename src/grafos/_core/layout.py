@@ -3,6 +3,11 @@ from __future__ import annotations
 
 from .._native import lib
 
+#: a partition's offsets run from 0 to MAX_OFFSET, 2**OFFSET_BITS - 1, the largest
+#: offset (inclusive), the core's GF_MAX_OFFSET (it packs a partition and an
+#: offset into one 64-bit return value)
+OFFSET_BITS: int = lib.GF_OFFSET_BITS
+MAX_OFFSET: int = lib.GF_MAX_OFFSET
 #: a slot's header, before the key, headers and value
 SLOT_HDR_SIZE: int = lib.GF_SLOT_HDR_SIZE
 #: largest key and value of a metadata record
