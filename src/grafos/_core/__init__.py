@@ -7,6 +7,13 @@ handles of the fabric, its rings and their readers (:mod:`grafos.fabric`,
 Python functions and classes and never holds the core's ``ffi`` or ``lib``;
 ``tests/test_binding_layer.py`` keeps it so.
 
-One module per thing the core holds: :mod:`.layout` (its sizes, flags and
-policy numbers), :mod:`.codes` (its return codes).
+One module per thing the core holds: :mod:`.layout` (its sizes, flags, policy
+numbers and the offset bound), :mod:`.codes` (the return codes callers tell
+apart), :mod:`.lease` (leases by index and id, under the caller's lock),
+:mod:`.registration` (a producer's epoch word), :mod:`.sender` (a topic's ring
+table, the sender over it, an idempotent producer's sequences), :mod:`.share`
+(a share group's region), :mod:`.queue` (a process-shared queue's state),
+:mod:`.loan` (slots lent for a write in place) and :mod:`.bench` (the core's
+copy, for the benchmarks). The ring's own calls are
+:class:`grafos.partition.Partition`'s.
 """
