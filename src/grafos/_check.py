@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import NoReturn
 
 from . import errors
-from ._native import ffi, lib
+from ._core import ffi, lib
 
 _TABLE: dict[int, type[errors.GrafosError]] = {
     lib.GF_E_INVAL: errors.InvalidArgument,

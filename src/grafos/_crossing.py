@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from . import _fast
 from ._check import raise_for
-from ._native import ffi, lib
+from ._core import ffi, lib
 from .errors import CorruptFabric
 from .message import Message
 

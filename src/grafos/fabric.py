@@ -26,7 +26,7 @@ from . import _validate
 from ._check import check, raise_for
 from ._clock import now_ns, to_ns
 from ._log import get as _logger
-from ._native import ffi, lib
+from ._core import ffi, lib
 from .errors import (Closed, FabricIOError, InvalidArgument, LeaseExpired, LockTimeout, NotFound, NotPortable,
                      SpaceWarning)
 

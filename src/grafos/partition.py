@@ -31,9 +31,8 @@ import numpy as np
 from . import _validate
 from ._check import check, raise_for
 from ._clock import now_ns
-from ._core import layout
 from ._crossing import Binding, SendPath, address
-from ._native import ffi, lib
+from ._core import ffi, layout, lib
 from .errors import InvalidArgument, MessageTooLarge
 from .fabric import Fabric, MemLease, _expiry, reusing
 from .message import Message, encode_headers

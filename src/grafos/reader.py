@@ -15,7 +15,7 @@ from . import _crossing, _validate
 from ._check import raise_for
 from ._clock import now_ns
 from ._core.layout import MAX_OFFSET
-from ._native import ffi, lib
+from ._core import ffi, lib
 from .errors import InvalidArgument, InvalidType
 from .fabric import Fabric
 from .message import Message

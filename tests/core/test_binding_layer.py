@@ -13,13 +13,16 @@ import grafos
 
 SRC = Path(grafos.__file__).parent
 
-#: the binding layer: the typed wrappers of the compiled core (``grafos._core``),
-#: the error table, the crossing, and the fabric, ring and reader handles
+#: the one module that imports the compiled core (``grafos._native``): the binding
+#: package, whose modules and the binding's other modules take ``ffi`` and ``lib`` from it
+CORE_IMPORTER = "grafos._core"
+#: the binding layer: the typed wrappers (``grafos._core`` and its modules), the
+#: error table, the crossing, and the fabric, ring and reader handles
 BINDING = {"grafos._check", "grafos._crossing", "grafos.fabric", "grafos.partition", "grafos.reader"}
-BINDING_PACKAGE = "grafos._core"
 
 #: modules above the binding layer that still call the core directly, each to move
-#: to the wrappers in ``grafos._core`` (this set only shrinks)
+#: to the wrappers in ``grafos._core`` (this set only shrinks): producer.py's cold
+#: paths to ``grafos._core.sender``
 TO_MOVE = {
     "grafos.mq.producer",
     "grafos.mq.model",
@@ -79,26 +82,36 @@ def _packages() -> set[str]:
 
 
 def _in_binding(module: str) -> bool:
-    return module in BINDING or module == BINDING_PACKAGE or module.startswith(BINDING_PACKAGE + ".")
+    return module in BINDING or module == CORE_IMPORTER or module.startswith(CORE_IMPORTER + ".")
 
 
-def _native_users() -> set[str]:
+def _scan() -> tuple[set[str], set[str]]:
+    """(modules that import ``_native``, modules that take ``ffi`` or ``lib`` from a grafos module)."""
     pkgs = _packages()
-    users = set()
+    importers, users = set(), set()
     for module, tree in _modules().items():
         for target, names in _imports(module, tree, module in pkgs):
-            if target == "grafos._native" or (target.startswith("grafos") and names & CFFI_NAMES):
+            if target == "grafos._native" or target.startswith("grafos._native."):
+                importers.add(module)
+            if (target == "grafos" or target.startswith("grafos.")) and names & CFFI_NAMES:
                 users.add(module)
-    return users
+    return importers, users
 
 
-def test_only_the_binding_layer_imports_the_compiled_core():
-    outside = {m for m in _native_users() if not _in_binding(m)}
+def test_one_module_imports_the_compiled_core():
+    importers, _ = _scan()
+    assert importers - TO_MOVE == {CORE_IMPORTER}, f"modules importing grafos._native: {sorted(importers)}"
+
+
+def test_only_the_binding_layer_uses_the_core_s_ffi_and_lib():
+    importers, users = _scan()
+    outside = {m for m in importers | users if not _in_binding(m)}
     assert outside <= TO_MOVE, f"modules outside the binding layer using the compiled core: {sorted(outside - TO_MOVE)}"
 
 
 def test_the_list_of_modules_to_move_holds_only_modules_that_still_use_the_core():
-    moved = TO_MOVE - _native_users()
+    importers, users = _scan()
+    moved = TO_MOVE - importers - users
     assert not moved, f"modules that no longer use the compiled core, to drop from TO_MOVE: {sorted(moved)}"
 
 

@@ -7,6 +7,10 @@ handles of the fabric, its rings and their readers (:mod:`grafos.fabric`,
 Python functions and classes and never holds the core's ``ffi`` or ``lib``;
 ``tests/test_binding_layer.py`` keeps it so.
 
+This package's ``__init__`` is the one import of the compiled core: its
+modules, and the binding's modules beside it, take ``ffi`` and ``lib`` from
+here.
+
 One module per thing the core holds: :mod:`.layout` (its sizes, flags, policy
 numbers and the offset bound), :mod:`.codes` (the return codes callers tell
 apart), :mod:`.lease` (leases by index and id, under the caller's lock),
@@ -17,3 +21,8 @@ table, the sender over it, an idempotent producer's sequences), :mod:`.share`
 copy, for the benchmarks). The ring's own calls are
 :class:`grafos.partition.Partition`'s.
 """
+from __future__ import annotations
+
+from .._native import ffi, lib
+
+__all__ = ["ffi", "lib"]

@@ -1,7 +1,7 @@
 """The core's copy, alone, for the benchmarks' physical limit."""
 from __future__ import annotations
 
-from .._native import ffi, lib
+from . import ffi, lib
 
 
 class CopyWalk:

@@ -2,7 +2,7 @@
 :mod:`grafos._check`, maps every code to its exception)."""
 from __future__ import annotations
 
-from .._native import lib
+from . import lib
 
 INVAL: int = lib.GF_E_INVAL
 FULL: int = lib.GF_E_FULL

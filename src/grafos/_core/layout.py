@@ -1,7 +1,7 @@
 """Numbers of the core's shared-memory layout, as the core defines them."""
 from __future__ import annotations
 
-from .._native import lib
+from . import lib
 
 #: a partition's offsets run from 0 to MAX_OFFSET, 2**OFFSET_BITS - 1, the largest
 #: offset (inclusive), the core's GF_MAX_OFFSET (it packs a partition and an

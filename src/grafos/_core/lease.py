@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .._check import check
-from .._native import ffi, lib
+from . import ffi, lib
 
 if TYPE_CHECKING:
     from ..fabric import Fabric

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .._native import ffi, lib
+from . import ffi, lib
 
 #: 0 while the slots are the caller's, else the core's error code
 check: Callable[[Any], int] = lib.gf_loan_check

@@ -11,7 +11,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .._check import check
-from .._native import ffi, lib
+from . import ffi, lib
 
 if TYPE_CHECKING:
     from ..fabric import Fabric, MemLease

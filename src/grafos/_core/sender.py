@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .._check import check
-from .._native import ffi, lib
+from . import ffi, lib
 
 if TYPE_CHECKING:
     from ..fabric import Fabric

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._check import check, raise_for
-from .._native import ffi, lib
+from . import ffi, lib
 
 if TYPE_CHECKING:
     from ..fabric import Fabric
