@@ -1,5 +1,5 @@
 """The layering of the Python package: one binding layer touches the compiled
-core, and the modules below the bus import one another without a cycle.
+core, and no module of the package is on an import cycle.
 
 Both checks read the source (an AST scan of ``src/grafos``), so a function-level
 import counts as much as a top-level one.
@@ -163,17 +163,12 @@ def _reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
     return False
 
 
-#: packages whose modules still import one another in a cycle (the bus and its
-#: JetStream backend), to untangle; nothing else may be on a cycle
-CYCLES_TO_BREAK = ("grafos.mq.", "grafos.jetstream.")
-
-
 def _on_cycles(graph: dict[str, set[str]]) -> set[str]:
     return {m for m in graph if any(_reaches(graph, n, m) for n in graph[m])}
 
 
-def test_no_module_below_the_bus_is_on_an_import_cycle():
-    on = {m for m in _on_cycles(_runtime_graph()) if not m.startswith(CYCLES_TO_BREAK)}
+def test_no_module_is_on_an_import_cycle():
+    on = _on_cycles(_runtime_graph())
     assert not on, f"modules on an import cycle: {sorted(on)}"
 
 
