@@ -117,8 +117,8 @@ static PyObject *mod_bind(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef module_methods[] = {
     {"bind", (PyCFunction)(void (*)(void))mod_bind, METH_FASTCALL, "bind(table_address, raise_for, CorruptFabric, Message)"},
-    {"messages", (PyCFunction)(void (*)(void))mod_messages, METH_FASTCALL, "messages(poller_address, count, ids)"},
-    {"decode", (PyCFunction)(void (*)(void))mod_decode, METH_FASTCALL, "decode(meta, data, ids)"},
+    {"messages", (PyCFunction)(void (*)(void))mod_messages, METH_FASTCALL, "messages(poller_address, count, ids, topic)"},
+    {"decode", (PyCFunction)(void (*)(void))mod_decode, METH_FASTCALL, "decode(meta, data, ids, topic)"},
     {"encode_headers", (PyCFunction)mod_encode_headers, METH_O, "encode_headers(headers) -> bytes | None"},
     {"peek_take", (PyCFunction)(void (*)(void))mod_peek_take, METH_FASTCALL,
      "peek_take(ring, cursor, max, meta, base, limit, stride) -> (rows, plain) | int"},

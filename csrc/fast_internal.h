@@ -208,7 +208,8 @@ FAST_INTERNAL uint8_t *pool_dest(void *ctx, uint64_t len, uint32_t *token);
 FAST_INTERNAL void pool_done(gf_poller *p, value_pool *pool);
 FAST_INTERNAL void pool_clear(value_pool *pool);
 FAST_INTERNAL PyObject *build(const gf_msg_meta *meta, int64_t n, const uint8_t *buf, uint64_t buf_size,
-                              PyObject *ids, gf_cursor *cursors, uint32_t nrings, value_pool *pool);
+                              PyObject *ids, gf_cursor *cursors, uint32_t nrings, value_pool *pool,
+                              PyObject *topic);
 /* ---- the types and module functions each file defines, for the module (fast.c) ---- */
 FAST_INTERNAL extern PyTypeObject SendPathType, PollPathType, SpanType;
 FAST_INTERNAL PyObject *mod_messages(PyObject *m, PyObject *const *args, Py_ssize_t nargs);

@@ -9,6 +9,7 @@ typedef struct {
     PyObject *own;       /* a bound handle's manager (see with_own); NULL for a plain one */
     PyObject *binding;   /* the topic's Binding */
     PyObject *keep;      /* owns the poller and everything it points to (a Reader) */
+    PyObject *topic;     /* the topic's name, put in every Message */
     gf_poller *p;
     int holes;           /* an assigned partition was already reclaimed when opened */
     unsigned long long consumed;
@@ -32,6 +33,7 @@ static int pollpath_clear(PollPath *self)
     Py_CLEAR(self->own);
     Py_CLEAR(self->binding);
     Py_CLEAR(self->keep);
+    Py_CLEAR(self->topic);
     return 0;
 }
 
@@ -42,11 +44,11 @@ static void pollpath_dealloc(PollPath *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* _bind_fast(mgr, binding, poller_address, keep, holes) */
+/* _bind_fast(mgr, binding, poller_address, keep, holes, topic) */
 static PyObject *pollpath_bind(PollPath *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 5 || !PyObject_TypeCheck(args[1], &BindingType)) {
-        PyErr_SetString(PyExc_TypeError, "_bind_fast(mgr, binding, poller_address, keep, holes)");
+    if (nargs != 6 || !PyObject_TypeCheck(args[1], &BindingType) || !PyUnicode_CheckExact(args[5])) {
+        PyErr_SetString(PyExc_TypeError, "_bind_fast(mgr, binding, poller_address, keep, holes, topic: str)");
         return NULL;
     }
     gf_poller *p = as_pointer(args[2]);
@@ -57,6 +59,7 @@ static PyObject *pollpath_bind(PollPath *self, PyObject *const *args, Py_ssize_t
     self->mgr = Py_NewRef(args[0]);
     self->binding = Py_NewRef(args[1]);
     self->keep = Py_NewRef(args[3]);
+    Py_XSETREF(self->topic, Py_NewRef(args[5]));
     self->p = p;
     self->holes = holes;
     Py_XDECREF(om);
@@ -208,7 +211,7 @@ static PyObject *pollpath_poll(PollPath *self, PyObject *const *args, Py_ssize_t
         pool_done(p, &self->pool);
         goto slow;     /* nothing, and a partition is gone: the directory may have news */
     }
-    PyObject *list = build(p->meta, rc, p->buf, p->buf_size, NULL, p->cursors, p->n, &self->pool);
+    PyObject *list = build(p->meta, rc, p->buf, p->buf_size, NULL, p->cursors, p->n, &self->pool, self->topic);
     pool_done(p, &self->pool);
     if (list)
         self->consumed += (unsigned long long)PyList_GET_SIZE(list);

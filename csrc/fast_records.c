@@ -244,7 +244,8 @@ void pool_clear(value_pool *pool)
 
 /* ---- building what poll returns ---------------------------------------------------
  * One (partition, Message) pair per meta row. A Message is a tuple subclass of
- * (offset, key, value, timestamp, headers); its items are ints, bytes, None and
+ * (offset, key, value, timestamp, headers, topic, partition); the pair and the
+ * Message share the partition int and every Message of a call the topic str. Its items are ints, bytes, None and
  * tuples of str and bytes, which can never form a cycle, so it is untracked by
  * the garbage collector at once, as CPython does with such tuples itself. */
 
@@ -287,9 +288,9 @@ static inline void record_fields(const gf_msg_meta *m, const uint8_t *b, shared_
 }
 
 static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *headers, shared_ts *last,
-                              value_pool *pool)
+                              value_pool *pool, PyObject *topic, PyObject *part)
 {
-    PyObject *msg = message_type->tp_alloc(message_type, 5);
+    PyObject *msg = message_type->tp_alloc(message_type, 7);
     if (!msg) {
         Py_DECREF(headers);
         return NULL;
@@ -302,6 +303,8 @@ static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *
     PyTuple_SET_ITEM(msg, 2, val);
     PyTuple_SET_ITEM(msg, 3, ts);
     PyTuple_SET_ITEM(msg, 4, headers);
+    PyTuple_SET_ITEM(msg, 5, Py_NewRef(topic));
+    PyTuple_SET_ITEM(msg, 6, Py_NewRef(part));
     if (!off || !key || !val || !ts) {
         Py_DECREF(msg);     /* tuple dealloc takes NULL items */
         return NULL;
@@ -313,9 +316,10 @@ static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *
 /* rows -> list of pairs. `ids` maps a row's ring index to the partition id it
  * reports (NULL: the index is the id). Rows whose headers do not parse are
  * dropped and counted in cursors[i].corrupt when cursors are given; without
- * cursors (a Batch being iterated) they raise CorruptFabric. */
+ * cursors (a Batch being iterated) they raise CorruptFabric. `topic` (a str, or
+ * None for a reader of bare partitions) goes into every Message. */
 PyObject *build(const gf_msg_meta *meta, int64_t n, const uint8_t *buf, uint64_t buf_size,
-                       PyObject *ids, gf_cursor *cursors, uint32_t nrings, value_pool *pool)
+                PyObject *ids, gf_cursor *cursors, uint32_t nrings, value_pool *pool, PyObject *topic)
 {
     PyObject *list = PyList_New(n);
     if (!list)
@@ -347,23 +351,23 @@ PyObject *build(const gf_msg_meta *meta, int64_t n, const uint8_t *buf, uint64_t
             cursors[m->partition].corrupt++;   /* the checksum only proves it is what was written */
             continue;
         }
-        PyObject *msg = make_message(m, b, headers, &ts_last, pool);
-        if (!msg)
-            goto fail;
         PyObject *part;
         if (ids) {
             if ((Py_ssize_t)m->partition >= PyList_GET_SIZE(ids)) {
-                Py_DECREF(msg);
+                Py_DECREF(headers);
                 PyErr_SetString(corrupt_error, "poll row names a partition the reader does not have");
                 goto fail;
             }
             part = Py_NewRef(PyList_GET_ITEM(ids, m->partition));
-        } else
-            part = PyLong_FromUnsignedLong(m->partition);
-        PyObject *pair = part ? PyTuple_New(2) : NULL;
+        } else if (!(part = PyLong_FromUnsignedLong(m->partition))) {
+            Py_DECREF(headers);
+            goto fail;
+        }
+        PyObject *msg = make_message(m, b, headers, &ts_last, pool, topic, part);
+        PyObject *pair = msg ? PyTuple_New(2) : NULL;
         if (!pair) {
-            Py_XDECREF(part);
-            Py_DECREF(msg);
+            Py_DECREF(part);
+            Py_XDECREF(msg);
             goto fail;
         }
         PyTuple_SET_ITEM(pair, 0, part);
@@ -393,14 +397,16 @@ fail:
     return NULL;
 }
 
-/* messages(poller_address, count, ids) -> [(partition, Message)] for the rows a
- * poll left in the poller (Reader.poll's blocking path). ids: list or None. */
+/* messages(poller_address, count, ids, topic) -> [(partition, Message)] for the rows a
+ * poll left in the poller (Reader.poll's blocking path). ids: list or None;
+ * topic: str or None. */
 PyObject *mod_messages(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!bound())
         return NULL;
-    if (nargs != 3 || (args[2] != Py_None && !PyList_CheckExact(args[2]))) {
-        PyErr_SetString(PyExc_TypeError, "messages(poller_address, count, ids: list | None)");
+    if (nargs != 4 || (args[2] != Py_None && !PyList_CheckExact(args[2])) ||
+        (args[3] != Py_None && !PyUnicode_CheckExact(args[3]))) {
+        PyErr_SetString(PyExc_TypeError, "messages(poller_address, count, ids: list | None, topic: str | None)");
         return NULL;
     }
     gf_poller *p = as_pointer(args[0]);
@@ -410,17 +416,19 @@ PyObject *mod_messages(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
             PyErr_SetString(PyExc_ValueError, "count out of range");
         return NULL;
     }
-    return build(p->meta, n, p->buf, p->buf_size, args[2] == Py_None ? NULL : args[2], p->cursors, p->n, NULL);
+    return build(p->meta, n, p->buf, p->buf_size, args[2] == Py_None ? NULL : args[2], p->cursors, p->n, NULL,
+                 args[3]);
 }
 
-/* decode(meta, data, ids) -> [(partition, Message)] over a copy of poll rows and
- * their bytes (Batch iteration). Malformed headers raise CorruptFabric. */
+/* decode(meta, data, ids, topic) -> [(partition, Message)] over a copy of poll rows
+ * and their bytes (Batch iteration). Malformed headers raise CorruptFabric. */
 PyObject *mod_decode(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!bound())
         return NULL;
-    if (nargs != 3 || (args[2] != Py_None && !PyList_CheckExact(args[2]))) {
-        PyErr_SetString(PyExc_TypeError, "decode(meta, data, ids: list | None)");
+    if (nargs != 4 || (args[2] != Py_None && !PyList_CheckExact(args[2])) ||
+        (args[3] != Py_None && !PyUnicode_CheckExact(args[3]))) {
+        PyErr_SetString(PyExc_TypeError, "decode(meta, data, ids: list | None, topic: str | None)");
         return NULL;
     }
     Py_buffer mb, db;
@@ -441,7 +449,8 @@ PyObject *mod_decode(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
             PyErr_NoMemory();
         else {
             memcpy(rows, mb.buf, (size_t)mb.len);
-            r = build(rows, n, db.buf, (uint64_t)db.len, args[2] == Py_None ? NULL : args[2], NULL, 0, NULL);
+            r = build(rows, n, db.buf, (uint64_t)db.len, args[2] == Py_None ? NULL : args[2], NULL, 0, NULL,
+                      args[3]);
             PyMem_Free(rows);
         }
     }

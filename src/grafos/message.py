@@ -12,33 +12,56 @@ Headers = tuple[tuple[str, bytes], ...]
 
 class Message(tuple):
     """One record: ``offset``, ``key`` (None if sent without one), ``value``,
-    ``timestamp`` (nanoseconds since the epoch, the producer's clock) and
-    ``headers`` (a tuple of (str, bytes) pairs). Frozen.
+    ``timestamp`` (nanoseconds since the epoch, the producer's clock),
+    ``headers`` (a tuple of (str, bytes) pairs), and where it was read:
+    ``topic`` and ``partition``. Frozen.
 
-    A tuple subclass built from one 5-tuple, ``Message((offset, key, value,
-    timestamp, headers))``, because that is the cheapest object CPython can make
-    per message on the poll path; :meth:`make` takes keywords.
+    A tuple subclass, because that is the cheapest object CPython can make per
+    message on the poll path; :meth:`make` takes keywords. Every message a
+    consumer hands out (``poll``, a Batch's iteration, the JetStream backend,
+    ``read_committed`` reads) carries its topic and partition; a message read
+    from a bare :class:`~grafos.partition.Partition` has topic None and
+    partition 0. ``Message((offset, key, value, timestamp, headers))`` built
+    by hand has topic and partition None (give a 7-tuple to set them); a
+    pickled message keeps both. Equality is a tuple's: two messages are equal
+    when all seven fields are.
     """
 
     __slots__ = ()
-    _fields = ("offset", "key", "value", "timestamp", "headers")
+    _fields = ("offset", "key", "value", "timestamp", "headers", "topic", "partition")
 
     offset: int = property(itemgetter(0), doc="offset in the partition")  # type: ignore[assignment]
     key: bytes | None = property(itemgetter(1), doc="key, None if sent without one")  # type: ignore[assignment]
     value: bytes = property(itemgetter(2), doc="value bytes")  # type: ignore[assignment]
     timestamp: int = property(itemgetter(3), doc="producer time, ns since the epoch")  # type: ignore[assignment]
     headers: Headers = property(itemgetter(4), doc="(name, bytes) pairs")  # type: ignore[assignment]
+    topic: str | None = property(itemgetter(5), doc="topic it was read from (None: built by hand)")  # type: ignore[assignment]
+    partition: int | None = property(itemgetter(6), doc="partition it was read from (None: built by hand)")  # type: ignore[assignment]
+
+    def __new__(cls, fields: Sequence, /) -> "Message":
+        fields = tuple(fields)
+        if len(fields) == 5:
+            return tuple.__new__(cls, fields + (None, None))
+        if len(fields) != 7:
+            raise InvalidArgument(f"a Message is built from (offset, key, value, timestamp, headers"
+                                  f"[, topic, partition]), not {len(fields)} fields")
+        return tuple.__new__(cls, fields)
 
     @classmethod
     def make(cls, offset: int, key: bytes | None, value: bytes, timestamp: int,
-             headers: Headers = ()) -> "Message":
-        return cls((offset, key, value, timestamp, headers))
+             headers: Headers = (), topic: str | None = None, partition: int | None = None) -> "Message":
+        return tuple.__new__(cls, (offset, key, value, timestamp, headers, topic, partition))
+
+    def _replace_kv(self, key: object, value: object) -> "Message":
+        """This message with another key and value (what deserializers made)."""
+        return tuple.__new__(type(self), (self[0], key, value, self[3], self[4], self[5], self[6]))
 
     def _asdict(self) -> dict:
         return dict(zip(self._fields, self))
 
     def __repr__(self) -> str:
-        return ("Message(offset=%r, key=%r, value=%r, timestamp=%r, headers=%r)" % tuple(self))
+        return ("Message(topic=%r, partition=%r, offset=%r, key=%r, value=%r, timestamp=%r, headers=%r)"
+                % (self[5], self[6], self[0], self[1], self[2], self[3], self[4]))
 
     def __getnewargs__(self) -> tuple:
         return (tuple(self),)

@@ -38,15 +38,18 @@ class Batch:
     """Messages of one poll as numpy arrays over one buffer.
 
     The arrays are views of the reader's buffers, valid until its next poll;
-    call :meth:`copy` to keep them longer. Iterating yields ``(partition, Message)``.
+    call :meth:`copy` to keep them longer. Iterating yields ``(partition, Message)``;
+    each Message carries ``topic`` (None for a reader of bare partitions).
     """
 
-    __slots__ = ("meta", "data", "partition_ids")
+    __slots__ = ("meta", "data", "partition_ids", "topic")
 
-    def __init__(self, meta: np.ndarray, data: np.ndarray, partition_ids: Sequence[int]) -> None:
+    def __init__(self, meta: np.ndarray, data: np.ndarray, partition_ids: Sequence[int],
+                 topic: str | None = None) -> None:
         self.meta = meta
         self.data = data
         self.partition_ids = partition_ids
+        self.topic = topic
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -124,11 +127,12 @@ class Batch:
         return f"<Batch of {len(self.meta)} messages, {len(self.data)} bytes>"
 
     def copy(self) -> "Batch":
-        return Batch(self.meta.copy(), self.data.copy(), list(self.partition_ids))
+        return Batch(self.meta.copy(), self.data.copy(), list(self.partition_ids), self.topic)
 
     def __iter__(self) -> Iterator[tuple[int, Message]]:
         """Decoded in C, like :meth:`Reader.poll`; malformed headers raise CorruptFabric."""
-        return iter(_crossing.decode(self.meta.tobytes(), self.data.tobytes(), list(self.partition_ids)))
+        return iter(_crossing.decode(self.meta.tobytes(), self.data.tobytes(), list(self.partition_ids),
+                                    self.topic))
 
 
 assert META_DTYPE.itemsize == ffi.sizeof("gf_msg_meta")
@@ -165,14 +169,17 @@ class Reader:
 
     def __init__(self, fabric: Fabric, partitions: Sequence[object | None], *,
                  ids: Sequence[int] | None = None, max_batch: int = 1024,
-                 buf_size: int | None = None, check_crcs: bool = True, markers: bool = False) -> None:
+                 buf_size: int | None = None, check_crcs: bool = True, markers: bool = False,
+                 topic: str | None = None) -> None:
         """``markers``: hand transaction markers to this reader too (for
-        ``read_committed`` consumers); others never see them."""
+        ``read_committed`` consumers); others never see them. ``topic``: the
+        name the messages carry (None: bare partitions)."""
         _validate.integer(max_batch, "max_batch", 1, 1 << 20)
         if not isinstance(check_crcs, bool):
             raise InvalidType(f"check_crcs must be a bool, not {type(check_crcs).__name__}")
         n = len(partitions)
         self.fabric = fabric
+        self.topic = topic
         self._parts = list(partitions)
         self._peek_sources: list | None = None    # what Peek.take reads, per peekable ring
         self._peek_keep: tuple = ()               # the rows and flags peeks use (their addresses below)
@@ -317,12 +324,12 @@ class Reader:
         n = self.poll_raw(max_messages, timeout, now, spin)
         if n == 0:
             return []
-        return _crossing.messages(self._paddr, n, self._map)
+        return _crossing.messages(self._paddr, n, self._map, self.topic)
 
     def poll_batch(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
                    spin: float | None = None) -> Batch:
         n = self.poll_raw(max_messages, timeout, now, spin)
-        return Batch(self._meta_rows[:n], self._data[:self._p.used], self.ids)
+        return Batch(self._meta_rows[:n], self._data[:self._p.used], self.ids, self.topic)
 
     # ---- in place ----------------------------------------------------------------
     def peek(self, max_messages: int) -> Peek:

@@ -47,7 +47,7 @@ def test_polled_messages_should_be_the_records_the_python_api_makes():
     [(part, msg)] = Consumer("t").poll(mgr, 10)
     assert (part, msg.offset) == (p, off)
     assert type(msg) is Message
-    expected = Message.make(off, b"key", b"value", msg.timestamp, (("trace", b"abc"), ("n", b"")))
+    expected = Message.make(off, b"key", b"value", msg.timestamp, (("trace", b"abc"), ("n", b"")), "t", p)
     assert msg == expected and hash(msg) == hash(expected)
     assert repr(msg) == repr(expected)
     assert pickle.loads(pickle.dumps(msg)) == msg
@@ -113,10 +113,10 @@ def test_batch_iteration_should_refuse_malformed_headers():
     meta["val_len"] = 1
     data = b"\x02\x00\x01\x00xy"       # says two headers, holds part of one
     with pytest.raises(CorruptFabric, match="headers"):
-        _crossing.decode(meta.tobytes(), data, [0])
+        _crossing.decode(meta.tobytes(), data, [0], None)
     meta["val_len"] = 50               # and a row that points past the data
     with pytest.raises(CorruptFabric, match="outside"):
-        _crossing.decode(meta.tobytes(), data, [0])
+        _crossing.decode(meta.tobytes(), data, [0], None)
 
 
 # ---- the bus changing under a bound handle ---------------------------------------------------

@@ -390,8 +390,8 @@ class Cursors:
 
     # ---- the Consumer's calls ------------------------------------------------------------------
     def poll(self, c: "Consumer", want: int, timeout: float | None) -> list:
-        decode = _unpack_head
-        return [(p, decode(off, data)) for p, off, data in self._round(c, want, timeout)]
+        decode, topic = _unpack_head, c.topic
+        return [(p, decode(off, data, topic, p)) for p, off, data in self._round(c, want, timeout)]
 
     def poll_batch(self, c: "Consumer", want: int, timeout: float | None) -> Batch:
         got = self._round(c, want, timeout)
@@ -415,7 +415,7 @@ class Cursors:
         for name, v in cols.items():
             meta[name] = v
         data = np.frombuffer(b"".join(chunks), dtype=np.uint8) if chunks else np.zeros(0, dtype=np.uint8)
-        return Batch(meta, data, ids)
+        return Batch(meta, data, ids, c.topic)
 
     def seek(self, c: "Consumer", store: Any, policy: Any) -> None:
         if not isinstance(policy, SeekPolicy):

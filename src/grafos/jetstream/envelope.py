@@ -14,6 +14,8 @@ import struct
 from ..errors import CorruptFabric
 from ..message import Message, decode_headers
 
+_make = tuple.__new__
+
 _HEAD = struct.Struct("<qiI")
 SIZE = _HEAD.size
 _pack = _HEAD.pack
@@ -38,7 +40,7 @@ def head(offset: int, data: bytes) -> tuple[int, int, int]:
     return ts, kl, hl
 
 
-def decode(offset: int, data: bytes) -> Message:
+def decode(offset: int, data: bytes, topic: str | None = None, partition: int | None = None) -> Message:
     try:
         ts, kl, hl = _unpack(data)
     except struct.error:
@@ -53,4 +55,4 @@ def decode(offset: int, data: bytes) -> Message:
     if pos + hl > len(data) or kl < -1:
         raise CorruptFabric(f"message at offset {offset} is damaged (lengths run past its end)")
     hdrs = decode_headers(data[pos:pos + hl]) if hl else ()
-    return Message((offset, key, data[pos + hl:], ts, hdrs))
+    return _make(Message, (offset, key, data[pos + hl:], ts, hdrs, topic, partition))

@@ -221,7 +221,8 @@ class Consumer(PollPath):
         # reader slot i is partition i (unassigned ones are None), so no id mapping per message
         wanted = set(parts)
         rd = Reader(mgr.fabric, [t.partitions[p] if p in wanted else None for p in range(t.n)],
-                    max_batch=self.max_batch, check_crcs=self.check_crcs, markers=self._holding is not None)
+                    max_batch=self.max_batch, check_crcs=self.check_crcs, markers=self._holding is not None,
+                    topic=self.topic)
         if self._holding is not None:
             self._holding.forget(list(range(t.n)))
         bus = None
@@ -245,7 +246,7 @@ class Consumer(PollPath):
         self._mgr, self._t, self._reader = mgr, t, rd
         self._holes = any(t.partitions[p] is None for p in parts)
         if not self.gating and self._holding is None:   # these publish positions / hold messages: slow path
-            self._bind_fast(mgr, t.binding, rd.poller_address, rd, self._holes)
+            self._bind_fast(mgr, t.binding, rd.poller_address, rd, self._holes, self.topic)
         else:
             self._gate_pos = {}
 

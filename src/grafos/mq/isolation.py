@@ -19,6 +19,7 @@ from ..message import Message, decode_headers
 from ..reader import Batch
 from .transaction import COMMIT, STAMP
 
+_make = tuple.__new__
 _CONTROL, _TXN, _STAMP, _KEY = layout.MSG_CONTROL, layout.MSG_TXN, layout.MSG_STAMP, layout.MSG_HAS_KEY
 _DECIDED_MAX = 65536      # outcomes remembered (a marker may reach a partition late)
 
@@ -77,8 +78,8 @@ class Holding:
                 self.corrupt += 1
                 continue
             key = data[pos:pos + kl].tobytes() if flags & _KEY else None
-            msg = Message((int(m["offset"]), key, data[pos + kl + hl:pos + kl + hl + vl].tobytes(),
-                           int(m["timestamp"]), headers))
+            msg = _make(Message, (int(m["offset"]), key, data[pos + kl + hl:pos + kl + hl + vl].tobytes(),
+                                  int(m["timestamp"]), headers, batch.topic, p))
             held = self.held.setdefault(p, deque())
             if not held and (ref is None or ref in self.decided):
                 if ref is None or self.decided[ref]:

@@ -535,7 +535,7 @@ class ShareConsumer(_ShareMember):
                     break
                 continue
             # a row at the delivery limit: the crossing left the batch to be built here
-            pairs = _crossing.decode(bufs.meta_bytes(got), bufs.buf_bytes(), [p])
+            pairs = _crossing.decode(bufs.meta_bytes(got), bufs.buf_bytes(), [p], self.topic)
             r = bufs.row_array(got)
             offs, words, dls, counts = (r["offset"].tolist(), r["word"].tolist(), r["deadline"].tolist(),
                                         r["count"].tolist())
