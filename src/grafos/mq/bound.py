@@ -126,9 +126,11 @@ class BoundConsumer(Consumer):
 
 
 def _bound_producer(mgr: Bus, topic: str, partitioner: Partitioner, timeout: float | None,
-                    idempotent: bool, transactional_id: str | None, transaction_ttl: float) -> BoundProducer:
+                    idempotent: bool, transactional_id: str | None, transaction_ttl: float,
+                    key_serializer: Any = None, value_serializer: Any = None) -> BoundProducer:
     return BoundProducer(mgr, topic, partitioner, timeout=timeout, idempotent=idempotent,
-                         transactional_id=transactional_id, transaction_ttl=transaction_ttl)
+                         transactional_id=transactional_id, transaction_ttl=transaction_ttl,
+                         key_serializer=key_serializer, value_serializer=value_serializer)
 
 
 def _bound_consumer(mgr: Bus, topic: str, group: str, isolation: str, on_lost: str) -> BoundConsumer:

@@ -21,7 +21,7 @@ from ..errors import Closed, Fenced, InvalidArgument, OffsetOutOfRange, Unsuppor
 from ..message import Message
 from ..partition import MAX_OFFSET
 from ..reader import Batch, Reader, Waiter
-from . import gate, transaction
+from . import gate, serde, transaction
 from .isolation import Holding
 from .offset import FabricOffsetStore, OffsetStore, bus_store, commit_many, committed_entry
 from .model import SHARED_MEMORY, Bus, SeekPolicy
@@ -62,11 +62,25 @@ class Consumer(PollPath):
     and at most 200 us, dropping to none on a consumer whose waits are longer
     than that (an idle one never spins); a number of seconds spins that long
     before each first sleep; 0 never spins. ``consumed`` counts what polls returned.
+
+    ``key_deserializer`` and ``value_deserializer`` (callables ``bytes -> obj``,
+    e.g. ``lambda b: json.loads(b)``) turn each polled message's key (when it
+    has one) and value into objects; the message's other fields stay. They run
+    in Python after the read (a consumer with one polls through Python). A
+    deserializer that raises makes ``poll`` raise that error (with a note
+    naming the topic, partition and offset) when the message is the first the
+    poll would hand out; the messages before it in the same poll are handed
+    out first. Either way the consumer's position stays before the message
+    that failed, so nothing is skipped: seek past it to go on.
+    ``poll_batch`` and ``peek`` hand out raw bytes, so a consumer with a
+    deserializer refuses them (:class:`~grafos.errors.Unsupported`).
     """
 
     def __init__(self, topic: str, group: str = "default", *, max_batch: int = 1024,
                  gating: bool = False, gating_ttl: float = 30.0, check_crcs: bool = True,
-                 isolation: str = "read_uncommitted", on_lost: str = "earliest") -> None:
+                 isolation: str = "read_uncommitted", on_lost: str = "earliest",
+                 key_deserializer: serde.Deserializer | None = None,
+                 value_deserializer: serde.Deserializer | None = None) -> None:
         """``check_crcs``: verify each message's checksum on read (see
         :class:`~grafos.reader.Reader`); ``False`` skips it. ``isolation``:
         ``"read_uncommitted"`` (default) hands out every message as it is
@@ -86,6 +100,8 @@ class Consumer(PollPath):
             raise InvalidArgument(f"on_lost must be one of {ON_LOST}, not {on_lost!r}")
         self.on_lost = on_lost
         self.isolation = isolation
+        self.key_deserializer = serde.checked(key_deserializer, "key_deserializer")
+        self.value_deserializer = serde.checked(value_deserializer, "value_deserializer")
         self._holding = Holding() if isolation == "read_committed" else None
         self._resolved_at = 0.0
         if not isinstance(check_crcs, bool):
@@ -131,9 +147,12 @@ class Consumer(PollPath):
         and group binding. Positions stay behind (they belong to this process's
         reader): seek in the child, from the committed offsets."""
         return (_remake, (self.topic, self.group, self.isolation, self.on_lost),
-                {"max_batch": self.max_batch, "assigned": self._assigned, "member": self._member})
+                {"max_batch": self.max_batch, "assigned": self._assigned, "member": self._member,
+                 "key_deserializer": self.key_deserializer, "value_deserializer": self.value_deserializer})
 
     def __setstate__(self, state: dict) -> None:
+        self.key_deserializer = state.get("key_deserializer")
+        self.value_deserializer = state.get("value_deserializer")
         self.max_batch = state["max_batch"]
         self._assigned = state["assigned"]
         self._member = state["member"]
@@ -245,7 +264,8 @@ class Consumer(PollPath):
         self._parts = list(parts)
         self._mgr, self._t, self._reader = mgr, t, rd
         self._holes = any(t.partitions[p] is None for p in parts)
-        if not self.gating and self._holding is None:   # these publish positions / hold messages: slow path
+        # these publish positions, hold messages or deserialize them: the slow path
+        if not self.gating and self._holding is None and not self._deserializing:
             self._bind_fast(mgr, t.binding, rd.poller_address, rd, self._holes, self.topic)
         else:
             self._gate_pos = {}
@@ -412,10 +432,48 @@ class Consumer(PollPath):
         return out
 
     # ---- reading -------------------------------------------------------------------
+    @property
+    def _deserializing(self) -> bool:
+        return self.key_deserializer is not None or self.value_deserializer is not None
+
     # poll() is PollPath's (C); it comes here when it cannot take the call itself,
-    # with the arguments exactly as given.
+    # with the arguments exactly as given (always, on a consumer with a deserializer).
     def _poll_fallback(self, mgr: TopicManager, max_messages: int = 100, timeout: float | None = 0.0,
                        *, spin: float | None = None) -> list[tuple[int, Message]]:
+        msgs = self._poll_read(mgr, max_messages, timeout, spin=spin)
+        if msgs and self._deserializing:
+            return self._deserialize(mgr, msgs)
+        return msgs
+
+    def _deserialize(self, mgr: TopicManager, msgs: list[tuple[int, Message]]) -> list[tuple[int, Message]]:
+        """``msgs`` through the deserializers, up to the first that fails: from it
+        on, every partition is put back at its first message not handed out."""
+        kd, vd = self.key_deserializer, self.value_deserializer
+        out = []
+        for i, (p, m) in enumerate(msgs):
+            which = "key_deserializer"
+            try:
+                k = m[1] if kd is None or m[1] is None else kd(m[1])
+                which = "value_deserializer"
+                v = m[2] if vd is None else vd(m[2])
+            except Exception as e:
+                rest = msgs[i:]
+                back: dict[int, int] = {}
+                for q, r in rest:
+                    back[q] = min(back.get(q, r[0]), r[0])
+                for q, off in back.items():
+                    self.seek_partition(mgr, q, off)
+                self.consumed -= len(rest)
+                if out:
+                    return out
+                e.add_note(f"grafos: {which} failed on topic {self.topic!r} partition {p} offset {m[0]}; "
+                           "the consumer stays before it (seek past it to go on)")
+                raise
+            out.append((p, m._replace_kv(k, v)))
+        return out
+
+    def _poll_read(self, mgr: TopicManager, max_messages: int = 100, timeout: float | None = 0.0,
+                   *, spin: float | None = None) -> list[tuple[int, Message]]:
         rd = self._reader
         if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
             if self._closed:
@@ -506,6 +564,9 @@ class Consumer(PollPath):
                    *, spin: float | None = None) -> Batch:
         """Like :meth:`poll`, as a :class:`~grafos.reader.Batch` of numpy arrays over
         one buffer (valid until the next poll)."""
+        if self._deserializing:
+            raise Unsupported(f"consumer of {self.topic!r} has a deserializer: poll_batch hands out raw rows; "
+                              "use poll")
         rd = self._reader
         if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
             if self._closed:
@@ -659,6 +720,9 @@ class Consumer(PollPath):
         if (mgr is not self._mgr or self._reader is None) and not getattr(mgr, "capabilities", SHARED_MEMORY).peeks:
             raise Unsupported(f"consumer of {self.topic!r}: peeks read messages in place in shared memory, "
                               f"which this bus ({type(mgr).__name__}) does not have; use poll")
+        if self._deserializing:
+            raise Unsupported(f"consumer of {self.topic!r} has a deserializer: peek hands out raw bytes in "
+                              "place; use poll")
         rd = self._ensure(mgr)
         if max_messages.__class__ is not int or max_messages < 1:
             _validate.integer(max_messages, "max_messages", 1)

@@ -254,7 +254,7 @@ class Bus:
         """A :class:`~grafos.mq.producer.Producer` of ``topic`` bound to this bus:
         ``mgr.producer("events").send_keyed(key, value)``. ``options`` are the
         Producer's (``timeout``, ``idempotent``, ``transactional_id``,
-        ``transaction_ttl``, ...)."""
+        ``transaction_ttl``, ``key_serializer``, ``value_serializer``)."""
         return self._handles.producer(self, topic, Partitioner.KeyHash if partitioner is None else partitioner,
                                       **options)
 
@@ -264,7 +264,7 @@ class Bus:
         this bus, reading ``partitions`` (default: all): ``mgr.consumer("events",
         group="processors").poll(100)``. ``options`` are the Consumer's
         (``max_batch``, ``gating``, ``gating_ttl``, ``check_crcs``, ``isolation``,
-        ``on_lost``, ...)."""
+        ``on_lost``, ``key_deserializer``, ``value_deserializer``)."""
         c = self._handles.consumer(self, topic, group, **options)
         if partitions is not None:
             c.assign(partitions)
@@ -277,7 +277,8 @@ class Bus:
         ``for partition, msg in mgr.subscribe("events", group="processors")``.
         Options: ``on_assign``, ``on_revoke``, ``auto_commit`` (True),
         ``auto_commit_interval`` (0: at every poll), ``session_timeout`` (30 s),
-        ``heartbeat_interval``, ``max_poll_interval`` (300 s), ``max_batch``.
+        ``heartbeat_interval``, ``max_poll_interval`` (300 s), ``max_batch``,
+        ``key_deserializer``, ``value_deserializer``.
         The group's offsets live in ``store``, by default the bus's own
         (:meth:`offset_store`: a :class:`~grafos.mq.offset.FabricOffsetStore` on
         shared memory, a :class:`~grafos.jetstream.KvOffsetStore` on JetStream)."""

@@ -25,7 +25,7 @@ from .._log import get as _logger
 from ..loan import Loan
 from ..message import encode_headers
 from ..partition import MAX_OFFSET, OFFSET_BITS, pack
-from . import gate, transaction
+from . import gate, serde, transaction
 from .model import SHARED_MEMORY, Bus, Partitioner, kafka_partition, murmur2  # noqa: F401 - importable here too
 
 if TYPE_CHECKING:
@@ -46,6 +46,9 @@ class _ProducerTimeout:
     def __repr__(self) -> str:
         return "self.timeout"
 
+
+#: what a producer with a serializer binds its crossing to instead of its manager
+_SERIALIZING = object()
 
 #: timeout not given: the producer's (its repr is what help() shows for the default)
 _DEFAULT = _ProducerTimeout()
@@ -70,12 +73,24 @@ class Producer(SendPath):
     it up to ``timeout`` seconds (the producer's, or ``send(..., timeout=)``;
     None waits forever) and then raises BufferFull; with ``"raise"`` it raises
     at once. Either way nothing is written.
+
+    ``key_serializer`` and ``value_serializer`` (callables ``obj -> bytes``,
+    e.g. ``lambda o: json.dumps(o).encode()``) turn what ``send``,
+    ``send_keyed`` and ``send_batch`` are given into bytes first; a None key
+    stays None (no key). What a serializer raises reaches the caller with
+    nothing sent; a result that is not bytes-like raises InvalidArgument. A
+    producer with a serializer sends through Python (the crossing is for
+    bytes); one without keeps the C path.
     """
 
     def __init__(self, topic: str, partitioner: Partitioner = Partitioner.KeyHash, *,
                  timeout: float | None = None, idempotent: bool = False,
-                 transactional_id: str | None = None, transaction_ttl: float = 60.0) -> None:
+                 transactional_id: str | None = None, transaction_ttl: float = 60.0,
+                 key_serializer: serde.Serializer | None = None,
+                 value_serializer: serde.Serializer | None = None) -> None:
         self.topic = _validate.name(topic, "topic", 64)
+        self.key_serializer = serde.checked(key_serializer, "key_serializer")
+        self.value_serializer = serde.checked(value_serializer, "value_serializer")
         if not isinstance(idempotent, bool):
             raise _validate.InvalidType(f"idempotent must be a bool, not {type(idempotent).__name__}")
         #: a name that outlives this object: a new Producer with the same id takes
@@ -106,7 +121,7 @@ class Producer(SendPath):
 
     def __reduce__(self):  # noqa: ANN204 - crosses processes as its settings; binds to the child's manager
         return (_remake, (self.topic, self.partitioner, self.timeout, self.idempotent and self.transactional_id is None,
-                          self.transactional_id, self.transaction_ttl))
+                          self.transactional_id, self.transaction_ttl, self.key_serializer, self.value_serializer))
 
     def __repr__(self) -> str:
         kind = " transactional " + repr(self.transactional_id) if self.transactional_id is not None else \
@@ -141,7 +156,10 @@ class Producer(SendPath):
         if self.idempotent:
             s.idem = self._registered(mgr, t.n)
         self._bound = (mgr, s, t)
-        self._bind_fast(mgr, t.binding, address(s), self._bound)
+        # a producer with a serializer binds its batch calls but not send and
+        # send_keyed: no manager matches the stand-in, so they take the slow path
+        serializing = self.key_serializer is not None or self.value_serializer is not None
+        self._bind_fast(_SERIALIZING if serializing else mgr, t.binding, address(s), self._bound)
         return t
 
     # ---- one message ------------------------------------------------------------
@@ -149,12 +167,17 @@ class Producer(SendPath):
     # take the call themselves, with the arguments exactly as given.
     # A topic with on_full="block" waits for room here: the C path returns the
     # core's "no room" and the call lands in this slow path.
+    # Every send of a producer with a serializer comes here (see _bind) and is
+    # serialized once, before anything touches the bus.
     def _send_fallback(self, mgr: TopicManager, value: bytes, headers=None, *,
                        timeout=_DEFAULT) -> tuple[int, int]:
+        value = serde.serialize_value(self.value_serializer, value)
         return self._send_slow(mgr, None, value, headers, timeout)
 
     def _send_keyed_fallback(self, mgr: TopicManager, key: bytes | None, value: bytes,
                              headers=None, *, timeout=_DEFAULT) -> tuple[int, int]:
+        key = serde.serialize_key(self.key_serializer, key)
+        value = serde.serialize_value(self.value_serializer, value)
         return self._send_slow(mgr, key, value, headers, timeout)
 
     # ---- idempotence ---------------------------------------------------------------
@@ -410,7 +433,11 @@ class Producer(SendPath):
         partition, with gaps (docs/hardening.md, "A paused writer"). All or
         nothing: if any message is too large, or a partition of an
         ``on_full`` "raise" topic has no room (BufferFull), none is written; on a
-        "block" topic the whole batch waits for room (up to ``timeout``)."""
+        "block" topic the whole batch waits for room (up to ``timeout``).
+        With serializers, ``values`` (and ``keys``) are lists or tuples of
+        objects, all serialized before anything is sent."""
+        if self.key_serializer is not None or self.value_serializer is not None:
+            values, keys = self._serialize_batch(values, keys)
         if self._bound[0] is not mgr and (s := self._session(mgr)) is not None:
             return s.send_batch(self, values, keys)
         if timeout is not _DEFAULT:
@@ -464,6 +491,14 @@ class Producer(SendPath):
         return self._batch(mgr, packed, parts, offs, timeout,    # type: ignore[return-value]
                            lambda: int((vlens.astype(np.int64) + (klens if klens is not None else 0)).max()))
 
+    def _serialize_batch(self, values, keys) -> tuple[list, list | None]:
+        if not isinstance(values, _SEQUENCES) or (keys is not None and not isinstance(keys, _SEQUENCES)):
+            raise _validate.InvalidType("a batch through serializers takes a list or tuple of values (and keys), "
+                                        f"not {type(values).__name__}")
+        ks, vs = self.key_serializer, self.value_serializer
+        out = [serde.serialize_value(vs, v) for v in values]
+        return out, None if keys is None else [serde.serialize_key(ks, k) for k in keys]
+
     def _batch(self, mgr: TopicManager, call, parts: np.ndarray, offs: np.ndarray, timeout,
                largest, first: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """Run ``call(topic) -> rc`` until the batch lands: wait for room on a full
@@ -515,8 +550,11 @@ class Producer(SendPath):
             raise InvalidArgument(f"{len(keys)} keys for {len(values)} values")
         parts = np.empty(len(values), dtype=np.uint32)
         offs = np.empty(len(values), dtype=np.uint64)
+        serialized = self.key_serializer is not None or self.value_serializer is not None
         for i, v in enumerate(values):
-            parts[i], offs[i] = self.send_keyed(mgr, keys[i] if keys is not None else None, v)
+            k = keys[i] if keys is not None else None
+            # values already serialized by send_batch go past the serializers
+            parts[i], offs[i] = self._send_slow(mgr, k, v, None) if serialized else self.send_keyed(mgr, k, v)
         return parts, offs
 
     # ---- in place ------------------------------------------------------------------
@@ -534,6 +572,7 @@ class Producer(SendPath):
         if self._bound[0] is not mgr:
             self._bind(mgr)
         _, s, t = self._bound
+        key = serde.serialize_key(self.key_serializer, key)
         if key is not None:
             key = _validate.as_bytes(key, "key")
         p = lib.gf_sender_pick(s, key if key is not None else _NULL, len(key or b""), key is not None)
@@ -568,9 +607,12 @@ class Producer(SendPath):
 
 
 def _remake(topic: str, partitioner: Partitioner, timeout: float | None, idempotent: bool,
-            transactional_id: str | None, transaction_ttl: float) -> Producer:
+            transactional_id: str | None, transaction_ttl: float,
+            key_serializer: serde.Serializer | None = None,
+            value_serializer: serde.Serializer | None = None) -> Producer:
     return Producer(topic, partitioner, timeout=timeout, idempotent=idempotent,
-                    transactional_id=transactional_id, transaction_ttl=transaction_ttl)
+                    transactional_id=transactional_id, transaction_ttl=transaction_ttl,
+                    key_serializer=key_serializer, value_serializer=value_serializer)
 
 
 class Transaction:

@@ -102,14 +102,17 @@ class Subscriber:
     third of it, at most one second) how often the background thread beats
     and looks for a rebalance; ``max_poll_interval``: seconds without a poll
     after which the member leaves. ``store``: where the group's offsets live
-    (default: the bus's own shared store).
+    (default: the bus's own shared store). ``key_deserializer`` and
+    ``value_deserializer`` are the :class:`~grafos.mq.consumer.Consumer`'s.
     """
 
     def __init__(self, mgr: Bus, topic: str, group: str, member: str | None = None,
                  *, on_assign: Callback | None = None, on_revoke: Callback | None = None,
                  auto_commit: bool = True, auto_commit_interval: float = 0.0, session_timeout: float = 30.0,
                  heartbeat_interval: float | None = None, max_poll_interval: float = 300.0,
-                 store: OffsetStore, max_batch: int = 1024) -> None:
+                 store: OffsetStore, max_batch: int = 1024,
+                 key_deserializer: Callable[[bytes], Any] | None = None,
+                 value_deserializer: Callable[[bytes], Any] | None = None) -> None:
         if not isinstance(mgr, Bus):      # a bus: shared memory or a server
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         for what, cb in (("on_assign", on_assign), ("on_revoke", on_revoke)):
@@ -139,7 +142,8 @@ class Subscriber:
         n = mgr.topic(self.topic).n                 # NotFound for a topic that does not exist
         #: the group this consumer is a member of (``describe()`` shows the others)
         self.consumer_group = ConsumerGroup(self.group, self.topic, n, self.session_timeout, mgr=mgr)
-        self._consumer = Consumer(self.topic, self.group, max_batch=max_batch)
+        self._consumer = Consumer(self.topic, self.group, max_batch=max_batch, key_deserializer=key_deserializer,
+                                  value_deserializer=value_deserializer)
         self._consumer.bind(self.consumer_group, self.member)
         self._consumer.assign([])
         self._assigned: list[int] = []
