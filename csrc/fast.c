@@ -131,7 +131,8 @@ static PyMethodDef module_methods[] = {
     {"peek_release", (PyCFunction)(void (*)(void))mod_peek_release, METH_FASTCALL,
      "peek_release(messages, start, count, flags, overwritten) -> values still in use"},
     {"share_records", (PyCFunction)(void (*)(void))mod_share_records, METH_FASTCALL,
-     "share_records(rows, meta, buf, buf_size, n, partition, region, cls, out, held) -> (offsets, words, packed) | None"},
+     "share_records(rows, meta, buf, buf_size, n, partition, region, cls, out, held, topic) -> "
+     "(offsets, words, packed) | None"},
     {"span", (PyCFunction)(void (*)(void))mod_span, METH_FASTCALL, "span(address, length) -> a writable Span"},
     {NULL},
 };

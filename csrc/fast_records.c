@@ -470,19 +470,19 @@ PyObject *mod_encode_headers(PyObject *m, PyObject *h)
 }
 
 /* ---- share groups: the records of one acquisition --------------------------------
- * share_records(rows, meta, buf, buf_size, n, partition, region, cls, out, held)
+ * share_records(rows, meta, buf, buf_size, n, partition, region, cls, out, held, topic)
  * builds the records of gf_share_acquire's n rows (rows, meta and buf are
  * addresses; rows[i] and meta[i] describe one record): appends to `out` a
  * `cls` tuple (partition, offset, key, value, timestamp, headers,
- * delivery_count, deadline_ns, word, region) per row, sets held[offset] = word,
+ * delivery_count, deadline_ns, word, region, topic) per row, sets held[offset] = word,
  * and returns (offsets, words, packed): the offsets and words as lists, and as
  * one bytes object of n native uint64 offsets then n words (the arrays
  * gf_share_settle takes, so settling the batch builds no array). Returns None and builds nothing when a
  * row is flagged (the caller dead-letters those). Malformed headers, or a row
  * pointing outside buf, raise CorruptFabric; nothing is appended then. */
 static PyObject *share_record(const gf_share_row *r, const gf_msg_meta *m, const uint8_t *b,
-                              PyObject *part, PyObject *region, PyTypeObject *cls, shared_ts *last,
-                              PyObject **off_out, PyObject **word_out)
+                              PyObject *part, PyObject *region, PyTypeObject *cls, PyObject *topic,
+                              shared_ts *last, PyObject **off_out, PyObject **word_out)
 {
     const char *why;
     PyObject *headers = record_headers(m, b, &why);
@@ -491,7 +491,7 @@ static PyObject *share_record(const gf_share_row *r, const gf_msg_meta *m, const
             PyErr_SetString(corrupt_error, why);
         return NULL;
     }
-    PyObject *rec = cls->tp_alloc(cls, 10);
+    PyObject *rec = cls->tp_alloc(cls, 11);
     if (!rec) {
         Py_DECREF(headers);
         return NULL;
@@ -512,6 +512,7 @@ static PyObject *share_record(const gf_share_row *r, const gf_msg_meta *m, const
     PyTuple_SET_ITEM(rec, 7, deadline);
     PyTuple_SET_ITEM(rec, 8, word);
     PyTuple_SET_ITEM(rec, 9, Py_NewRef(region));
+    PyTuple_SET_ITEM(rec, 10, Py_NewRef(topic));
     if (!off || !key || !val || !ts || !count || !deadline || !word) {
         Py_DECREF(rec);     /* tuple dealloc takes NULL items */
         return NULL;
@@ -526,10 +527,10 @@ PyObject *mod_share_records(PyObject *m, PyObject *const *args, Py_ssize_t nargs
 {
     if (!bound())
         return NULL;
-    if (nargs != 10 || !PyType_Check(args[7]) || !PyType_IsSubtype((PyTypeObject *)args[7], &PyTuple_Type) ||
-        !PyList_CheckExact(args[8]) || !PyDict_CheckExact(args[9])) {
+    if (nargs != 11 || !PyType_Check(args[7]) || !PyType_IsSubtype((PyTypeObject *)args[7], &PyTuple_Type) ||
+        !PyList_CheckExact(args[8]) || !PyDict_CheckExact(args[9]) || !PyUnicode_CheckExact(args[10])) {
         PyErr_SetString(PyExc_TypeError, "share_records(rows, meta, buf, buf_size, n, partition, region, "
-                                         "cls: tuple type, out: list, held: dict)");
+                                         "cls: tuple type, out: list, held: dict, topic: str)");
         return NULL;
     }
     const gf_share_row *rows = as_pointer(args[0]);
@@ -567,7 +568,7 @@ PyObject *mod_share_records(PyObject *m, PyObject *const *args, Py_ssize_t nargs
     for (; i < n; i++) {
         PyObject *off, *word;
         PyObject *rec = share_record(&rows[i], &meta[i], buf + meta[i].pos, args[5], args[6],
-                                     (PyTypeObject *)args[7], &ts_last, &off, &word);
+                                     (PyTypeObject *)args[7], args[10], &ts_last, &off, &word);
         if (!rec)
             break;
         PyList_SET_ITEM(offs, i, Py_NewRef(off));

@@ -35,8 +35,8 @@ class Message(tuple):
     value: bytes = property(itemgetter(2), doc="value bytes")  # type: ignore[assignment]
     timestamp: int = property(itemgetter(3), doc="producer time, ns since the epoch")  # type: ignore[assignment]
     headers: Headers = property(itemgetter(4), doc="(name, bytes) pairs")  # type: ignore[assignment]
-    topic: str | None = property(itemgetter(5), doc="topic it was read from (None: built by hand)")  # type: ignore[assignment]
-    partition: int | None = property(itemgetter(6), doc="partition it was read from (None: built by hand)")  # type: ignore[assignment]
+    topic: str | None = property(itemgetter(5), doc="topic it was read from")  # type: ignore[assignment]
+    partition: int | None = property(itemgetter(6), doc="partition it was read from")  # type: ignore[assignment]
 
     def __new__(cls, fields: Sequence, /) -> "Message":
         fields = tuple(fields)

@@ -53,6 +53,18 @@ def test_polled_messages_should_be_the_records_the_python_api_makes():
     assert pickle.loads(pickle.dumps(msg)) == msg
     assert msg.key == b"key" and msg.value == b"value" and msg.headers == expected.headers
     assert abs(msg.timestamp - time.time_ns()) < 60 * 10**9
+    assert (msg.topic, msg.partition) == ("t", p)
+
+
+def test_a_message_built_by_hand_should_say_where_it_was_read_only_when_told():
+    m = Message((3, b"k", b"v", 10, ()))
+    assert (m.topic, m.partition, m.offset, m.value) == (None, None, 3, b"v")
+    full = Message((3, b"k", b"v", 10, (), "orders", 2))
+    assert (full.topic, full.partition) == ("orders", 2) and full != m
+    assert pickle.loads(pickle.dumps(full)) == full and pickle.loads(pickle.dumps(m)).topic is None
+    assert Message.make(3, b"k", b"v", 10, topic="orders", partition=2) == full
+    with pytest.raises(InvalidArgument, match="not 6 fields"):
+        Message((3, b"k", b"v", 10, (), "orders"))
 
 
 def test_bytearray_and_memoryview_should_send_what_bytes_would():
@@ -501,12 +513,12 @@ def test_share_records_should_refuse_a_row_outside_the_buffer_and_build_nothing(
         pos = meta[0].pos
         meta[0].pos = size - 1          # forged: its bytes would run past the buffer
         with pytest.raises(CorruptFabric, match="outside the read buffer"):
-            _crossing.share_records(ra, ma, ba, size, got, 0, 7, share.ShareRecord, out, held)
+            _crossing.share_records(ra, ma, ba, size, got, 0, 7, share.ShareRecord, out, held, "t")
         assert out == ["earlier"] and held == {}
         meta[0].pos = pos
         meta[1].hdr_len, meta[1].key_len = 3, 0     # forged: headers too short to parse
         with pytest.raises(CorruptFabric, match="headers"):
-            _crossing.share_records(ra, ma, ba, size, got, 0, 7, share.ShareRecord, out, held)
+            _crossing.share_records(ra, ma, ba, size, got, 0, 7, share.ShareRecord, out, held, "t")
         assert out == ["earlier"] and held == {}
         c.close(release=False)
     finally:
@@ -520,13 +532,14 @@ def test_share_records_should_leave_rows_at_the_delivery_limit_to_the_caller():
         got, rows, meta, (ra, ma, ba), size = _acquire(c, 3)
         out, held = [], {}
         rows[1].flags = 1   # GF_SHARE_DEAD
-        assert _crossing.share_records(ra, ma, ba, size, got, 0, 7, share.ShareRecord, out, held) is None
+        assert _crossing.share_records(ra, ma, ba, size, got, 0, 7, share.ShareRecord, out, held, "t") is None
         assert out == [] and held == {}
         rows[1].flags = 0
-        offs, words, packed = _crossing.share_records(ra, ma, ba, size, got, 0, 7, share.ShareRecord, out, held)
+        offs, words, packed = _crossing.share_records(ra, ma, ba, size, got, 0, 7, share.ShareRecord, out, held, "t")
         assert offs == [0, 1, 2] and words == [rows[j].word for j in range(3)]
         assert np.frombuffer(packed, dtype=np.uint64).tolist() == offs + words
         assert held == dict(zip(offs, words)) and [r[9] for r in out] == [7, 7, 7]
+        assert [r.topic for r in out] == ["t", "t", "t"]
         c.close(release=False)
     finally:
         mgr.close()

@@ -166,7 +166,7 @@ class JsShareConsumer(_ShareMember):
                 continue
             m = envelope.decode(off, msg.data)
             out.append(_make(ShareRecord, (p, off, m[1], m[2], m[3], m[4], count, int(lock_end * 1e9),
-                                           msg.reply, _stream(t, p))))
+                                           msg.reply, _stream(t, p), self.topic)))
             self._held[(p, off)] = (msg.reply, lock_end)
             if count == self.max_deliveries:
                 last_call.append((p, off))
@@ -287,7 +287,7 @@ class JsShareConsumer(_ShareMember):
 
     def _held_between(self, p: int, a: int, b: int) -> list[ShareRecord]:
         t = self._bind()
-        return [_make(ShareRecord, (p, off, None, b"", 0, (), 0, int(dl * 1e9), subj, _stream(t, p)))
+        return [_make(ShareRecord, (p, off, None, b"", 0, (), 0, int(dl * 1e9), subj, _stream(t, p), self.topic))
                 for (q, off), (subj, dl) in sorted(self._held.items()) if q == p and a <= off < b]
 
     def _settle(self, op: str, recs: list[ShareRecord], now: float | None) -> int:
@@ -433,7 +433,8 @@ class JsShareConsumer(_ShareMember):
             return
         if release and self._held and self._t is not None:
             t = self._t
-            recs = [_make(ShareRecord, (p, off, None, b"", 0, (), 0, int(dl * 1e9), subj, _stream(t, p)))
+            recs = [_make(ShareRecord, (p, off, None, b"", 0, (), 0, int(dl * 1e9), subj, _stream(t, p),
+                                        self.topic))
                     for (p, off), (subj, dl) in self._held.items()]
             try:
                 self._settle("release", recs, None)

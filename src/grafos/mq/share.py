@@ -108,11 +108,12 @@ _OPS = _core.OPS
 class ShareRecord(tuple):
     """One record locked to a share consumer: ``partition``, ``offset``, ``key``,
     ``value``, ``timestamp`` (ns), ``headers``, ``delivery_count`` (1 the first
-    time) and ``deadline`` (when the lock runs out, seconds since the epoch).
-    Settle it with the consumer that polled it."""
+    time), ``deadline`` (when the lock runs out, seconds since the epoch) and
+    ``topic``. Settle it with the consumer that polled it."""
 
     __slots__ = ()
-    _fields = ("partition", "offset", "key", "value", "timestamp", "headers", "delivery_count", "deadline")
+    _fields = ("partition", "offset", "key", "value", "timestamp", "headers", "delivery_count", "deadline",
+               "topic")
 
     partition: int = property(itemgetter(0))  # type: ignore[assignment]
     offset: int = property(itemgetter(1))  # type: ignore[assignment]
@@ -124,6 +125,7 @@ class ShareRecord(tuple):
     deadline: float = property(lambda self: self[7] / 1e9)  # type: ignore[assignment]
     _word: int = property(itemgetter(8))  # type: ignore[assignment]
     _region: int = property(itemgetter(9))  # type: ignore[assignment]
+    topic: str = property(itemgetter(10))  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return (f"ShareRecord(partition={self[0]}, offset={self[1]}, key={self[2]!r}, value={self[3]!r}, "
@@ -527,7 +529,8 @@ class ShareConsumer(_ShareMember):
             if hp is None:
                 hp = self._held[p] = {}
             start = len(out)
-            built = _share_records(addrs[0], addrs[1], addrs[2], size, got, p, region, ShareRecord, out, hp)
+            built = _share_records(addrs[0], addrs[1], addrs[2], size, got, p, region, ShareRecord, out, hp,
+                                   self.topic)
             if built is not None:       # no row at the delivery limit: records, held and lists built in C
                 offs, words, packed = built
                 runs.append((p, start, len(out), offs, words, packed))
@@ -552,7 +555,7 @@ class ShareConsumer(_ShareMember):
             gc_was = gc.isenabled()
             gc.disable()
             try:
-                out += [_make(ShareRecord, (p, o, m[1], m[2], m[3], m[4], c, d, w, region))
+                out += [_make(ShareRecord, (p, o, m[1], m[2], m[3], m[4], c, d, w, region, m[5]))
                         for (_, m), o, c, d, w in zip(pairs, offs, counts, dls, words)]
             finally:
                 if gc_was:
@@ -663,7 +666,7 @@ class ShareConsumer(_ShareMember):
         hp = self._held.get(p, {})
         sp = self._parts[p] if p < len(self._parts) else None
         region = sp.region.id if sp is not None else 0
-        return [_make(ShareRecord, (p, off, None, b"", 0, (), 0, 0, hp[off], region))
+        return [_make(ShareRecord, (p, off, None, b"", 0, (), 0, 0, hp[off], region, self.topic))
                 for off in sorted(o for o in hp if a <= o < b)]
 
     def _settle(self, op: str, records: object, now: float | None) -> int:
