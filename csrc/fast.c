@@ -123,7 +123,7 @@ static PyMethodDef module_methods[] = {
     {"peek_take", (PyCFunction)(void (*)(void))mod_peek_take, METH_FASTCALL,
      "peek_take(ring, cursor, max, meta, base, limit, stride) -> (rows, plain) | int"},
     {"peek_build", (PyCFunction)(void (*)(void))mod_peek_build, METH_FASTCALL,
-     "peek_build(rows, base, limit, stride, partition, cls) -> list"},
+     "peek_build(rows, base, limit, stride, partition, cls, topic) -> list"},
     {"peek_runs", (PyCFunction)(void (*)(void))mod_peek_runs, METH_FASTCALL,
      "peek_runs(rows, base, limit, stride) -> [(count, span, value_len, step)]"},
     {"peek_check", (PyCFunction)(void (*)(void))mod_peek_check, METH_FASTCALL,

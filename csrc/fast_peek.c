@@ -106,9 +106,10 @@ PyObject *mod_peek_take(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
  * (~200 ns). The class keeps its fields in __slots__: where each field is a
  * plain object slot, the objects are made here and the fields filled in place,
  * as __init__ would (intact starts None). Any other class is called. */
-static const char *const peek_fields[7] = {"partition", "offset", "timestamp", "key", "headers", "value", "intact"};
+static const char *const peek_fields[8] = {"partition", "offset", "timestamp", "key", "headers", "value", "intact",
+                                           "topic"};
 static PyTypeObject *peek_cls;
-static Py_ssize_t peek_slot[7];
+static Py_ssize_t peek_slot[8];
 
 static int peek_slots(PyTypeObject *cls)
 {
@@ -116,8 +117,8 @@ static int peek_slots(PyTypeObject *cls)
         return 1;
     if (cls->tp_dictoffset || cls->tp_base != &PyBaseObject_Type)   /* a subclass is called */
         return 0;
-    Py_ssize_t off[7];
-    for (int k = 0; k < 7; k++) {
+    Py_ssize_t off[8];
+    for (int k = 0; k < 8; k++) {
         PyObject *d = PyDict_GetItemString(cls->tp_dict, peek_fields[k]);    /* borrowed */
         if (!d || !Py_IS_TYPE(d, &PyMemberDescr_Type))
             return 0;
@@ -132,31 +133,31 @@ static int peek_slots(PyTypeObject *cls)
     return 1;
 }
 
-/* cls(*a[1..6]) with a[0] unused; steals nothing */
-static PyObject *peek_make(PyTypeObject *cls, int fast, PyObject *partition, PyObject *const *a)
+/* cls(partition, *a[0..4], topic); steals nothing */
+static PyObject *peek_make(PyTypeObject *cls, int fast, PyObject *partition, PyObject *const *a, PyObject *topic)
 {
     if (!fast) {
-        PyObject *args[6] = {partition, a[0], a[1], a[2], a[3], a[4]};
-        return PyObject_Vectorcall((PyObject *)cls, args, 6, NULL);
+        PyObject *args[7] = {partition, a[0], a[1], a[2], a[3], a[4], topic};
+        return PyObject_Vectorcall((PyObject *)cls, args, 7, NULL);
     }
     PyObject *o = cls->tp_alloc(cls, 0);
     if (!o)
         return NULL;
-    PyObject *vals[7] = {partition, a[0], a[1], a[2], a[3], a[4], Py_None};
-    for (int k = 0; k < 7; k++)
+    PyObject *vals[8] = {partition, a[0], a[1], a[2], a[3], a[4], Py_None, topic};
+    for (int k = 0; k < 8; k++)
         *(PyObject **)((char *)o + peek_slot[k]) = Py_NewRef(vals[k]);
     return o;
 }
 
-/* peek_build(rows, base, limit, stride, partition, cls) -> [cls(partition, offset,
- * timestamp, key, headers, value)], value a read-only memoryview of the slot
+/* peek_build(rows, base, limit, stride, partition, cls, topic) -> [cls(partition, offset,
+ * timestamp, key, headers, value, topic)], value a read-only memoryview of the slot
  * bytes. Headers that do not parse read as none, as grafos.peek documents. */
 PyObject *mod_peek_build(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!bound())
         return NULL;
-    if (nargs != 6 || !PyType_Check(args[5])) {
-        PyErr_SetString(PyExc_TypeError, "peek_build(rows, base, limit, stride, partition, cls)");
+    if (nargs != 7 || !PyType_Check(args[5]) || (args[6] != Py_None && !PyUnicode_CheckExact(args[6]))) {
+        PyErr_SetString(PyExc_TypeError, "peek_build(rows, base, limit, stride, partition, cls, topic: str | None)");
         return NULL;
     }
     PyTypeObject *cls = (PyTypeObject *)args[5];
@@ -192,7 +193,7 @@ PyObject *mod_peek_build(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
                                              : Py_NewRef(Py_None);
         a[3] = headers;
         a[4] = PyMemoryView_FromMemory((char *)(b + row.key_len + row.hdr_len), row.val_len, PyBUF_READ);
-        PyObject *msg = a[0] && a[1] && a[2] && a[4] ? peek_make(cls, fast, args[4], a) : NULL;
+        PyObject *msg = a[0] && a[1] && a[2] && a[4] ? peek_make(cls, fast, args[4], a, args[6]) : NULL;
         for (int k = 0; k < 5; k++)
             Py_XDECREF(a[k]);
         if (!msg)

@@ -64,12 +64,14 @@ _EAGER = 4           # peeks of up to this many messages build them at the take
 
 
 class PeekedMessage:
-    """One message read in place: ``value`` is a read-only memoryview into the ring."""
+    """One message read in place: ``value`` is a read-only memoryview into the ring;
+    ``topic`` and ``partition`` say where (topic None: a bare partition's reader)."""
 
-    __slots__ = ("partition", "offset", "timestamp", "key", "headers", "value", "intact")
+    __slots__ = ("partition", "offset", "timestamp", "key", "headers", "value", "intact", "topic")
 
     def __init__(self, partition: int, offset: int, timestamp: int, key: bytes | None,
-                 headers: Headers, value: memoryview) -> None:
+                 headers: Headers, value: memoryview, topic: str | None = None) -> None:
+        self.topic = topic
         self.partition = partition
         self.offset = offset
         self.timestamp = timestamp
@@ -87,7 +89,7 @@ class Peek:
     """Messages read in place from one or more rings; see the module doc."""
 
     __slots__ = ("_segments", "_messages", "_views", "_count", "_owners", "overwritten", "released",
-                 "_flags", "_bad", "_keep")
+                 "_flags", "_bad", "_keep", "_topic")
 
     def __init__(self, segments: list[tuple[int, bytes, int, int, int, int]], owners: list[object],
                  messages: list[PeekedMessage] | None, count: int, flags: int = 0) -> None:
@@ -101,10 +103,11 @@ class Peek:
         self._flags = flags            # the address of the reader's scratch for the release check
         self._bad: list[tuple[int, bytes]] = []   # (first message, flags) of segments with overwrites
         self._keep: object = None      # owns the memory at _flags (the reader) until release
+        self._topic: str | None = None  # what the messages say they were read from
 
     @classmethod
     def take(cls, sources: Sequence[tuple[int, int, int, object, int, int, int]], max_messages: int,
-             meta: int, flags: int, keep: object = None) -> "Peek":
+             meta: int, flags: int, keep: object = None, topic: str | None = None) -> "Peek":
         """``sources``: (partition id, ring address, cursor address, Partition, the
         address of the ring's first slot byte, how many bytes a message may span
         from there, the ring's stride) per ring; ``meta``: the address of a
@@ -133,6 +136,7 @@ class Peek:
             return cls(_NONE, _NONE, [], 0)
         pk = cls(segments, owners, None, count, flags)
         pk._keep = keep
+        pk._topic = topic
         # keys and headers are copied out now, while they are surely the message's
         # own; a few messages are built now too (a small peek is taken to be iterated)
         if count <= _EAGER or not plain:
@@ -142,7 +146,7 @@ class Peek:
     def _build(self) -> list[PeekedMessage]:
         out: list[PeekedMessage] = []
         for _, rows, base, limit, stride, pid in self._segments:
-            out += peek_build(rows, base, limit, stride, pid, PeekedMessage)
+            out += peek_build(rows, base, limit, stride, pid, PeekedMessage, self._topic)
         return out
 
     @property

@@ -350,7 +350,7 @@ class Reader:
             self._peek_keep = (ffi.new("gf_msg_meta[]", n), ffi.new("uint8_t[]", n))
             self._peek_meta, self._peek_flags = (_crossing.address(b) for b in self._peek_keep)
             self._peek_room = n
-        return Peek.take(src, n, self._peek_meta, self._peek_flags, self._peek_keep)
+        return Peek.take(src, n, self._peek_meta, self._peek_flags, self._peek_keep, self.topic)
 
     # ---- waiting without reading ------------------------------------------------
     def wait(self, timeout: float | None = None) -> bool:

@@ -97,6 +97,22 @@ def test_read_committed_messages_should_carry_their_topic_and_partition(bus):
     _check_where(got, "mt", where)
 
 
+def test_peeked_messages_should_carry_their_topic_and_partition(bus):
+    sent = _sent(bus)
+    c = Consumer("mt", "g")
+    c.seek(bus.mgr, SeekPolicy.Earliest)
+    if not bus.caps.peeks:
+        with pytest.raises(Unsupported, match="peek"):
+            c.peek(bus.mgr, 100)
+        return
+    for n in (2, 100):              # a small peek builds its messages at once, a larger one when asked
+        c.seek(bus.mgr, SeekPolicy.Earliest)
+        with c.peek(bus.mgr, n) as pk:
+            got = [(m.partition, m.topic, m.offset, bytes(m.value)) for m in pk]
+        assert len(got) == min(n, len(sent))
+        assert all(t == "mt" and sent[(p, off)] == v for p, t, off, v in got)
+
+
 def test_dead_letters_should_carry_the_dead_letter_topic_and_partition(bus):
     bus.mgr.create("src", CFG)
     bus.mgr.create("src-dlq", TopicConfig(num_partitions=2, partition_capacity=64, partition_stride=256))

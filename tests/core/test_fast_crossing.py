@@ -364,13 +364,13 @@ def test_a_peeked_message_class_of_another_shape_should_be_built_through_its_ini
         c.seek_partition(mgr, 0, 0)
         pid, ring, cursor, _, base, limit, stride = rd._peek_sources[0]
         rows, _ = _crossing.peek_take(ring, cursor, 4, rd._peek_meta, base, limit, stride)
-        plain = _crossing.peek_build(rows, base, limit, stride, pid, PeekedMessage)
-        tagged = _crossing.peek_build(rows, base, limit, stride, pid, Tagged)
+        plain = _crossing.peek_build(rows, base, limit, stride, pid, PeekedMessage, "t")
+        tagged = _crossing.peek_build(rows, base, limit, stride, pid, Tagged, "t")
         assert [type(m) for m in plain] == [PeekedMessage] * 4 and {m.tag for m in tagged} == {"made by __init__"}
-        fields = ("partition", "offset", "timestamp", "key", "headers", "intact")
+        fields = ("topic", "partition", "offset", "timestamp", "key", "headers", "intact")
         assert [[getattr(m, f) for f in fields] + [bytes(m.value)] for m in plain] == \
                [[getattr(m, f) for f in fields] + [bytes(m.value)] for m in tagged]
-        assert [m.offset for m in plain] == [0, 1, 2, 6] and plain[0].intact is None
+        assert [m.offset for m in plain] == [0, 1, 2, 6] and plain[0].intact is None and plain[0].topic == "t"
     finally:
         mgr.close()
 
@@ -412,7 +412,7 @@ def test_the_peek_calls_should_refuse_a_row_outside_the_span_they_are_given():
         assert len(rows) == 4 * _crossing.ROW and plain is False     # _peek_bus's messages have keys
         far = np.frombuffer(rows, dtype=META_DTYPE).copy()
         far["pos"][2] = limit // stride + 1
-        for call in (lambda: _crossing.peek_build(far.tobytes(), base, limit, stride, pid, PeekedMessage),
+        for call in (lambda: _crossing.peek_build(far.tobytes(), base, limit, stride, pid, PeekedMessage, None),
                      lambda: _crossing.peek_runs(far.tobytes(), base, limit, stride)):
             with pytest.raises(CorruptFabric, match="row 2 points outside the ring"):
                 call()
