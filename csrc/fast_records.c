@@ -287,10 +287,26 @@ static inline void record_fields(const gf_msg_meta *m, const uint8_t *b, shared_
     *ts_out = ts;
 }
 
+/* A Message is made untracked (PyObject_GC_NewVar), never tracked and then
+ * untracked as tp_alloc would have it: no zeroing and no collector list per
+ * message, since every item is set here. Python 3.14 gives tuples a hash cache
+ * that tp_alloc initialises: there, tp_alloc. */
+static inline PyObject *message_alloc(void)
+{
+#if PY_VERSION_HEX >= 0x030E0000
+    PyObject *msg = message_type->tp_alloc(message_type, 7);
+    if (msg)
+        PyObject_GC_UnTrack(msg);
+    return msg;
+#else
+    return (PyObject *)PyObject_GC_NewVar(PyTupleObject, message_type, 7);
+#endif
+}
+
 static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *headers, shared_ts *last,
                               value_pool *pool, PyObject *topic, PyObject *part)
 {
-    PyObject *msg = message_type->tp_alloc(message_type, 7);
+    PyObject *msg = message_alloc();
     if (!msg) {
         Py_DECREF(headers);
         return NULL;
@@ -309,7 +325,6 @@ static PyObject *make_message(const gf_msg_meta *m, const uint8_t *b, PyObject *
         Py_DECREF(msg);     /* tuple dealloc takes NULL items */
         return NULL;
     }
-    PyObject_GC_UnTrack(msg);
     return msg;
 }
 
