@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from grafos.errors import InvalidArgument, InvalidType, Unsupported
+from grafos.errors import BufferFull, InvalidArgument, InvalidType, Unsupported
 from grafos.mq import Consumer, DlqRouter, Partitioner, Producer, SeekPolicy, TopicConfig
 
 CFG = TopicConfig(num_partitions=3, partition_capacity=64, partition_stride=256)
@@ -251,3 +251,28 @@ def test_raw_reads_should_be_refused_to_a_consumer_with_a_deserializer(bus):
         c.poll_batch(10)
     with pytest.raises(Unsupported):
         c.peek(10)
+
+
+def test_a_gating_consumer_whose_deserializer_fails_should_hold_producers_before_that_message(bus):
+    cfg = TopicConfig(num_partitions=1, partition_capacity=8, partition_stride=256, on_full="raise")
+    if not bus.caps.gating:
+        with pytest.raises(Unsupported, match="on_full"):
+            bus.mgr.create("gdes", cfg)
+        return
+    bus.mgr.create("gdes", cfg)
+    c = Consumer("gdes", "g", gating=True, value_deserializer=json.loads)
+    c.seek(bus.mgr, SeekPolicy.Earliest)
+    prod = Producer("gdes")
+    for v in (b"1", b"2", b"oops", b"4"):
+        prod.send(bus.mgr, v)
+    assert [m.value for _, m in c.poll(bus.mgr, 10)] == [1, 2]
+    with pytest.raises(json.JSONDecodeError):
+        c.poll(bus.mgr, 10)
+    sent = 0
+    with pytest.raises(BufferFull):
+        while sent < 20:
+            prod.send(bus.mgr, b"5")
+            sent += 1
+    assert sent == 6        # the gate sits at offset 2, the message that failed: 2 + 8 slots - 4 written
+    c.seek_partition(bus.mgr, 0, 3)
+    assert [m.value for _, m in c.poll(bus.mgr, 10)][:2] == [4, 5] and c.lost() == {}

@@ -440,15 +440,42 @@ class Consumer(PollPath):
     # with the arguments exactly as given (always, on a consumer with a deserializer).
     def _poll_fallback(self, mgr: TopicManager, max_messages: int = 100, timeout: float | None = 0.0,
                        *, spin: float | None = None) -> list[tuple[int, Message]]:
-        msgs = self._poll_read(mgr, max_messages, timeout, spin=spin)
-        if msgs and self._deserializing:
-            return self._deserialize(mgr, msgs)
+        rd = self._reader
+        if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
+            if self._closed:
+                raise self._closed_error()
+            if (s := self._session(mgr)) is not None:
+                self._mgr = mgr
+                msgs = self._deserialize(mgr, s.poll(self, max_messages, timeout))
+                self.consumed += len(msgs)
+                return msgs
+            rd = self._ensure(mgr)
+        if type(max_messages) is not int or max_messages < 1:
+            _validate.integer(max_messages, "max_messages", 1)
+        if timeout.__class__ is not float or timeout != timeout:
+            _validate.timeout(timeout)
+        if self._holding is not None:
+            msgs = self._deserialize(mgr, self._poll_committed(mgr, max_messages, timeout, spin))
+            self.consumed += len(msgs)
+            return msgs
+        if timeout is not None and timeout <= 0:
+            msgs = rd.poll(max_messages, timeout, None, spin)
+            if not msgs and len(rd) and self._any_expired(rd) and self._maybe_refresh(mgr):
+                msgs = self._reader.poll(max_messages, 0.0, None, 0.0)  # type: ignore[union-attr]
+        else:
+            msgs = self._wait(mgr, lambda r, t: r.poll(max_messages, t, None, spin), timeout)
+        msgs = self._deserialize(mgr, msgs)     # before the gate hears of the positions
+        self.consumed += len(msgs)
+        if self.gating:
+            self._publish(mgr, len(msgs) < max_messages)
         return msgs
 
     def _deserialize(self, mgr: TopicManager, msgs: list[tuple[int, Message]]) -> list[tuple[int, Message]]:
-        """``msgs`` through the deserializers, up to the first that fails: from it
-        on, every partition is put back at its first message not handed out."""
+        """``msgs`` through the deserializers (if any), up to the first that fails:
+        from it on, every partition is put back at its first message not handed out."""
         kd, vd = self.key_deserializer, self.value_deserializer
+        if (kd is None and vd is None) or not msgs:
+            return msgs
         out = []
         for i, (p, m) in enumerate(msgs):
             which = "key_deserializer"
@@ -463,7 +490,6 @@ class Consumer(PollPath):
                     back[q] = min(back.get(q, r[0]), r[0])
                 for q, off in back.items():
                     self.seek_partition(mgr, q, off)
-                self.consumed -= len(rest)
                 if out:
                     return out
                 e.add_note(f"grafos: {which} failed on topic {self.topic!r} partition {p} offset {m[0]}; "
@@ -471,37 +497,6 @@ class Consumer(PollPath):
                 raise
             out.append((p, m._replace_kv(k, v)))
         return out
-
-    def _poll_read(self, mgr: TopicManager, max_messages: int = 100, timeout: float | None = 0.0,
-                   *, spin: float | None = None) -> list[tuple[int, Message]]:
-        rd = self._reader
-        if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
-            if self._closed:
-                raise self._closed_error()
-            if (s := self._session(mgr)) is not None:
-                self._mgr = mgr
-                msgs = s.poll(self, max_messages, timeout)
-                self.consumed += len(msgs)
-                return msgs
-            rd = self._ensure(mgr)
-        if type(max_messages) is not int or max_messages < 1:
-            _validate.integer(max_messages, "max_messages", 1)
-        if timeout.__class__ is not float or timeout != timeout:
-            _validate.timeout(timeout)
-        if self._holding is not None:
-            msgs = self._poll_committed(mgr, max_messages, timeout, spin)
-            self.consumed += len(msgs)
-            return msgs
-        if timeout is not None and timeout <= 0:
-            msgs = rd.poll(max_messages, timeout, None, spin)
-            if not msgs and len(rd) and self._any_expired(rd) and self._maybe_refresh(mgr):
-                msgs = self._reader.poll(max_messages, 0.0, None, 0.0)  # type: ignore[union-attr]
-        else:
-            msgs = self._wait(mgr, lambda r, t: r.poll(max_messages, t, None, spin), timeout)
-        self.consumed += len(msgs)
-        if self.gating:
-            self._publish(mgr, len(msgs) < max_messages)
-        return msgs
 
     def _poll_committed(self, mgr: TopicManager, max_messages: int, timeout: float | None,
                         spin: float | None) -> list[tuple[int, Message]]:
