@@ -896,6 +896,15 @@ class Campaign:
             return proc
 
         procs = {(k, i): start(k, i) for k in ("p", "c") for i in range(2)}
+        # the faults start once both producers have put something: a loaded machine
+        # can take longer to spawn them than the whole phase lasts
+        first = [os.path.join(qdir, f"p-{i}-1.log") for i in range(2)]
+        ready_end = time.monotonic() + STOP_BOUND
+        while not all(os.path.exists(f) and os.path.getsize(f) for f in first):
+            if time.monotonic() > ready_end:
+                self.res.problems.append(f"stuck: no queue producer put anything within {STOP_BOUND} s")
+                break
+            time.sleep(0.05)
         killed_consumers = 0
         end = time.monotonic() + seconds
         while time.monotonic() < end:
