@@ -2,13 +2,16 @@
 
 A synchronous ``send`` through the event-loop thread pays two thread hand-overs
 per call (to the loop, and the answer back), which take about as long as the
-acknowledged publish itself. :class:`DirectPublisher` speaks the NATS
+acknowledged publish itself; so does each compare-and-set write of a group's
+record (a publish with an expected last sequence). :class:`DirectPublisher` speaks the NATS
 protocol's few lines a publish needs (``CONNECT``, ``SUB``, ``HPUB``, the
 reply ``MSG``) on a plain socket, in the calling thread, under a lock. It
 only takes the happy path: anything else (no answer in time, no responders, an error from the
 server, a closed socket, a server that wants TLS or credentials) returns
 ``None`` and the caller publishes through the loop, with the same
-``Nats-Msg-Id``, so a message the server did take is deduplicated. One
+``Nats-Msg-Id``, so a message the server did take is deduplicated (a
+compare-and-set that the server took fails its expected sequence when sent
+again, so the record writer reads the record back and finds its own id). One
 thread at a time uses the connection; a send of another thread meanwhile
 goes through the loop.
 """
@@ -41,10 +44,14 @@ class DirectPublisher:
         self._down_until = 0.0
         self._closed = False
 
-    def publish(self, subject: str, payload: bytes, msg_id: str) -> int | None:
+    def publish(self, subject: str, payload: bytes, msg_id: str,
+                headers: dict[str, str] | None = None) -> int | None:
         """The stream sequence of the acknowledged message, or None (publish
-        through the loop instead). A send while another thread's is in flight
-        here goes through the loop too, so threads' sends still overlap."""
+        through the loop instead). ``headers`` go out beside ``Nats-Msg-Id``
+        (the server's checks, such as an expected last sequence: a refusal is
+        None too, and the loop's path says why). A send while another
+        thread's is in flight here goes through the loop too, so threads'
+        sends still overlap."""
         if not self._lock.acquire(blocking=False):
             return None
         try:
@@ -52,7 +59,7 @@ class DirectPublisher:
                 return None
             if self._sock is None or self._pid != os.getpid():
                 self._connect()
-            return self._publish(subject, payload, msg_id)
+            return self._publish(subject, payload, msg_id, headers)
         except (OSError, ValueError, KeyError, TypeError):
             self._drop()
             return None
@@ -100,11 +107,13 @@ class DirectPublisher:
                 raise ValueError(line.decode(errors="replace"))
         self._down_until = 0.0
 
-    def _publish(self, subject: str, payload: bytes, msg_id: str) -> int | None:
+    def _publish(self, subject: str, payload: bytes, msg_id: str,
+                 headers: dict[str, str] | None) -> int | None:
         assert self._sock is not None
         self._next += 1
         reply = self._inbox + b".%d" % self._next
-        hdr = b"NATS/1.0\r\nNats-Msg-Id: " + msg_id.encode() + b"\r\n\r\n"
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items()) if headers else ""
+        hdr = b"NATS/1.0\r\nNats-Msg-Id: " + msg_id.encode() + b"\r\n" + extra.encode() + b"\r\n"
         self._sock.settimeout(self.timeout)
         self._sock.sendall(b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
             subject.encode(), reply, len(hdr), len(hdr) + len(payload), hdr, payload))

@@ -166,6 +166,12 @@ class JetStreamManager(RemoteManager):
             raise Unavailable(f"cannot connect to the JetStream server(s) {self.servers}: "
                               f"{type(e).__name__} {e}") from None
 
+    @property
+    def direct(self) -> DirectPublisher | None:
+        """The blocking connection of the caller's thread for acknowledged
+        publishes and record writes (None: everything goes through the loop)."""
+        return self._direct
+
     def _direct_server(self) -> tuple[str, int] | None:
         """Where the loop's connection is, when a plain connection may follow it."""
         u = getattr(self.nc, "connected_url", None)
