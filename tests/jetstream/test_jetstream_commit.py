@@ -180,3 +180,29 @@ def test_a_server_that_goes_away_mid_commit_gives_unavailable_and_the_commit_lan
         mgr.close()
     finally:
         srv.stop()
+
+
+def test_threads_committing_through_one_group_object_each_land_every_commit(js):
+    import threading
+    js.create("rt", TopicConfig(num_partitions=2, partition_capacity=100, partition_stride=128))
+    group = ConsumerGroup("g", "rt", 2, STALE, mgr=js)
+    store = KvOffsetStore(js)
+    assert group.claim("a", now=T0) == [0, 1]
+    errors: list = []
+    seen: dict[int, list[int]] = {0: [], 1: []}
+
+    def commits(p: int) -> None:
+        try:
+            for off in range(1, 41):
+                group.commit(store, "a", "rt", {p: off}, now=T0)
+                seen[p].append(store.committed("g", "rt", p))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=commits, args=(p,)) for p in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert seen == {0: list(range(1, 41)), 1: list(range(1, 41))}   # no commit lost to the other's
+    assert _record(js, "g", "rt")[0]["offsets"] == {"0": 40, "1": 40}

@@ -66,6 +66,8 @@ class Record:
         self._depth = 0
         self._rev = 0
         self._known: tuple[int, dict[str, Any]] | None = None   # (revision, data) as this object last wrote it
+        # one thread at a time in this object's transactions (the state above is the object's)
+        self._threads = threading.RLock()
 
     @contextmanager
     def locked(self) -> Iterator["Record"]:
@@ -79,22 +81,23 @@ class Record:
             self.data = outer.data
             yield self
             return
-        if self._depth:
-            self._depth += 1
+        with self._threads:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self
+                finally:
+                    self._depth -= 1
+                return
+            self._acquire()
+            self._depth = 1
+            txns[slot] = self
             try:
                 yield self
             finally:
-                self._depth -= 1
-            return
-        self._acquire()
-        self._depth = 1
-        txns[slot] = self
-        try:
-            yield self
-        finally:
-            self._depth = 0
-            txns.pop(slot, None)
-            self._release()
+                self._depth = 0
+                txns.pop(slot, None)
+                self._release()
 
     def update(self, body: Callable[[], T]) -> T:
         """``body()`` as one transaction on the record, which may run it twice:
@@ -102,6 +105,10 @@ class Record:
         compare-and-set and no lock, if this object wrote the record last;
         then, if that copy was stale (or the body raised), again inside
         :meth:`locked`. ``body`` must change nothing but :attr:`data`."""
+        with self._threads:
+            return self._update(body)
+
+    def _update(self, body: Callable[[], T]) -> T:
         txns = getattr(_local, "txns", None)
         if txns is None:
             txns = _local.txns = {}
