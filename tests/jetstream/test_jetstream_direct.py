@@ -123,3 +123,38 @@ def test_a_batch_the_direct_connection_cannot_settle_goes_through_the_loop(js, m
     with pytest.raises(NotFound):
         prod.send_batch(js, [b"b", b"c"])
     assert hops                     # the loop's path said why
+
+
+def _send_later(js, topic: str, value: bytes, after: float):
+    import threading
+    t = threading.Timer(after, lambda: Producer(topic).send(js, value))
+    t.start()
+    return t
+
+
+def test_a_poll_waiting_on_a_pull_already_out_makes_no_hop(js, monkeypatch):
+    js.create("d", TopicConfig(num_partitions=2))
+    prod = Producer("d")
+    c = Consumer("d", "g")
+    c.seek(js, None, SeekPolicy.Latest)
+    prod.send(js, b"first")
+    assert [m.value for _, m in c.poll(js, 10, timeout=2.0)] == [b"first"]   # pulls are out now
+    hops = _count_hops(js, monkeypatch)
+    t = _send_later(js, "d", b"second", 0.1)
+    got = c.poll(js, 10, timeout=2.0)
+    t.join()
+    assert [m.value for _, m in got] == [b"second"]
+    assert hops == []
+    c.close()
+
+
+def test_a_poll_whose_pulls_run_out_while_it_waits_asks_again(js):
+    js.create("d", TopicConfig(num_partitions=1))
+    c = Consumer("d", "g")
+    c.seek(js, None, SeekPolicy.Latest)
+    assert c.poll(js, 10, timeout=0.3) == []       # a pull out for 0.3 s, which runs out
+    t = _send_later(js, "d", b"late", 1.5)          # after the next poll's first pull (1 s) ran out
+    got = c.poll(js, 10, timeout=5.0)
+    t.join()
+    assert [m.value for _, m in got] == [b"late"]
+    c.close()
