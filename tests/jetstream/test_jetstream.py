@@ -354,8 +354,8 @@ def lose_acks(monkeypatch: pytest.MonkeyPatch, mgr: Any, count: int) -> list[str
     if mgr._direct is not None:     # single sends go out on the caller's own connection
         real_direct = mgr._direct._publish
 
-        def direct(subject: str, payload: bytes, msg_id: str) -> Any:
-            seq = real_direct(subject, payload, msg_id)
+        def direct(subject: str, payload: bytes, msg_id: str, *rest: Any) -> Any:
+            seq = real_direct(subject, payload, msg_id, *rest)
             if subject.startswith("gf."):
                 ids.append(msg_id)
                 if left[0] > 0:
@@ -363,6 +363,17 @@ def lose_acks(monkeypatch: pytest.MonkeyPatch, mgr: Any, count: int) -> list[str
                     raise TimeoutError("the acknowledgement was lost")
             return seq
         monkeypatch.setattr(mgr._direct, "_publish", direct)
+        real_pipeline = mgr._direct._pipeline
+
+        def pipeline(items: list, out: list) -> None:       # a batch's answers, some lost
+            real_pipeline(items, out)
+            for j, (subject, _, msg_id) in enumerate(items):
+                if subject.startswith("gf."):
+                    ids.append(msg_id)
+                    if left[0] > 0 and out[j] is not None:
+                        left[0] -= 1
+                        out[j] = None
+        monkeypatch.setattr(mgr._direct, "_pipeline", pipeline)
     return ids
 
 

@@ -8,7 +8,9 @@ a feed can be dropped and made again at any time: after a seek, after its
 node died, after the server forgot it for inactivity. A poll sends pull
 requests (``no_wait`` for ``timeout=0``, else lingering ones that expire)
 and hands out what has arrived, fairly across partitions; messages that
-arrived beyond ``max_messages`` wait for the next poll.
+arrived beyond ``max_messages`` wait for the next poll. While every feed
+has a pull out, a poll waits for what it brings in the consumer's own
+thread, with no hop to the event loop.
 
 Offsets are stream sequences minus one, so they are dense, and a jump in the
 sequence is what capacity (or age) dropped before this consumer read it:
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 import uuid
 import weakref
@@ -50,7 +53,7 @@ class _Feed:
     """One pull consumer and its inbox. Touched by the loop thread (arrivals) and
     the consumer's thread (taking from ``buf``: deque operations are atomic)."""
 
-    def __init__(self, stream: str, start: int, wake: asyncio.Event) -> None:
+    def __init__(self, stream: str, start: int, wake: asyncio.Event, arrived: threading.Event) -> None:
         self.stream = stream
         self.name = "gf" + uuid.uuid4().hex[:20]
         self.inbox = "_INBOX." + uuid.uuid4().hex
@@ -62,7 +65,8 @@ class _Feed:
         self.until = 0.0
         self.broken = False
         self.gap = 0                 # messages skipped by the server (dropped before we read them)
-        self.wake = wake
+        self.wake = wake             # the loop's waiters
+        self.arrived = arrived       # the consumer's thread, waiting on a pull already sent
         self.sub: Any = None
 
     async def on_msg(self, msg: Any) -> None:
@@ -75,6 +79,7 @@ class _Feed:
             if code == "503" or (code == "409" and "Deleted" in str(hdrs.get("Description", ""))):
                 self.broken = True   # the feed (or its stream) is gone
             self.wake.set()
+            self.arrived.set()
             return
         tokens = msg.reply.split(".")
         seq = int(tokens[5] if len(tokens) == 9 else tokens[-5])
@@ -89,6 +94,7 @@ class _Feed:
         if self.left <= 0:
             self.pulling = False
         self.wake.set()
+        self.arrived.set()
 
 
 class _Cursor:
@@ -110,6 +116,7 @@ class _State:
         self.cursors: dict[int, _Cursor] = {}
         self.saved: dict[int, tuple[int, int, int, dict[int, int]]] = {}   # partition -> (incarnation, position, lost, gaps)
         self.wake = asyncio.Event()
+        self.arrived = threading.Event()
         self.next_look = 0.0
 
 
@@ -234,7 +241,7 @@ class Cursors:
     # ---- feeds -----------------------------------------------------------------------------
     async def _open_feed(self, st: _State, cur: _Cursor) -> _Feed:
         assert cur.part is not None
-        f = _Feed(cur.part.stream, cur.pos, st.wake)
+        f = _Feed(cur.part.stream, cur.pos, st.wake, st.arrived)
         f.sub = await self.bus.nc.subscribe(f.inbox, cb=f.on_msg)
         cfg = api.ConsumerConfig(
             name=f.name, deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=cur.pos + 1,
@@ -350,6 +357,20 @@ class Cursors:
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         while True:
             wait = _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - time.monotonic()))
+            if wait >= 0.01 and self._in_flight(st):
+                # every feed has a pull out: wait here for what it brings, no hop to the loop
+                st.arrived.clear()
+                out = self._take(st, want)
+                if out:
+                    return out
+                st.arrived.wait(wait)
+                out = self._take(st, want)
+                if out:
+                    return out
+                if deadline is not None and time.monotonic() >= deadline:
+                    return []
+                if self._in_flight(st):
+                    continue
             broke = self.bus.run(self._pull(st, want, wait), f"polling topic {c.topic!r}",
                                  timeout=wait + self.bus.timeout + 1.0)
             out = self._take(st, want)
@@ -365,6 +386,14 @@ class Cursors:
                     return out
             if deadline is not None and time.monotonic() >= deadline:
                 return []
+
+    @staticmethod
+    def _in_flight(st: _State) -> bool:
+        """Every live cursor's feed has a pull out that can still bring messages."""
+        now = time.monotonic()
+        live = [cur.feed for cur in st.cursors.values() if cur.part is not None]
+        return bool(live) and all(f is not None and f.pulling and not f.broken and now < f.until
+                                  for f in live)
 
     @staticmethod
     def _ready(st: _State) -> bool:

@@ -23,6 +23,7 @@ from nats.js.client import JetStreamContext
 # cluster may report it under its own code
 _WRONG_LAST = (10071, 10164)
 _OP = "KV-Operation"
+EXPECTED = "Nats-Expected-Last-Subject-Sequence"
 _NO_LEADER_WAIT = 10.0     # seconds a call waits for a bucket's stream to have a leader
 T = TypeVar("T")
 
@@ -71,21 +72,44 @@ async def get(js: JetStreamContext, bucket: str, key: str) -> tuple[dict | None,
     return (rec if isinstance(rec, dict) else None), raw.seq or 0
 
 
+def encode(rec: dict[str, Any]) -> bytes:
+    return json.dumps(rec, separators=(",", ":")).encode()
+
+
 async def put(js: JetStreamContext, bucket: str, key: str, rec: dict[str, Any], last: int,
-              ttl: float | None = None) -> int:
+              ttl: float | None = None, msg_id: str | None = None) -> int:
     """Write ``rec`` if the key's revision is still ``last``; returns the new revision.
-    Raises Conflict if it is not."""
-    hdrs = {"Nats-Expected-Last-Subject-Sequence": str(last)}
+    Raises Conflict if it is not. With ``msg_id`` (the id of an earlier try of
+    this very write whose answer was lost), a refusal is settled by reading the
+    key back: the earlier try's message there is this write's success."""
+    hdrs = {EXPECTED: str(last)}
     if ttl is not None:
         hdrs["Nats-TTL"] = ttl_header(ttl)
-    data = json.dumps(rec, separators=(",", ":")).encode()
+    if msg_id is not None:
+        hdrs["Nats-Msg-Id"] = msg_id
+    data = encode(rec)
     try:
         ack = await _led(lambda: js.publish(subject(bucket, key), data, headers=hdrs))
     except nats.js.errors.APIError as e:
         if e.err_code in _WRONG_LAST or "wrong last sequence" in (e.description or ""):
+            if msg_id is not None:
+                # the server checks the expected revision before the message id, so an
+                # earlier try that landed makes this one fail: look for it
+                mine = await _written(js, bucket, key, msg_id)
+                if mine:
+                    return mine
             raise Conflict(key) from None
         raise
     return ack.seq
+
+
+async def _written(js: JetStreamContext, bucket: str, key: str, msg_id: str) -> int:
+    """The revision of ``key`` if its newest message carries ``msg_id``, else 0."""
+    try:
+        raw = await _led(lambda: js.get_msg(f"KV_{bucket}", subject=subject(bucket, key)))
+    except nats.js.errors.NotFoundError:
+        return 0
+    return (raw.seq or 0) if (raw.headers or {}).get("Nats-Msg-Id") == msg_id else 0
 
 
 async def delete(js: JetStreamContext, bucket: str, key: str, last: int | None = None) -> None:
@@ -93,7 +117,7 @@ async def delete(js: JetStreamContext, bucket: str, key: str, last: int | None =
     marker that expires after a second. Raises Conflict on a changed record."""
     hdrs = {_OP: "PURGE", "Nats-Rollup": "sub", "Nats-TTL": "1s"}
     if last is not None:
-        hdrs["Nats-Expected-Last-Subject-Sequence"] = str(last)
+        hdrs[EXPECTED] = str(last)
     try:
         await _led(lambda: js.publish(subject(bucket, key), b"", headers=hdrs))
     except nats.js.errors.APIError as e:

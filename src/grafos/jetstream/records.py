@@ -14,6 +14,15 @@ A block is re-entrant in its thread, and :func:`open_in_thread` lets a store
 that keeps its data in the same record (the fenced offset store) write into
 the open transaction, so a commit lands atomically with the ownership check
 made in the same block.
+
+:meth:`Record.update` is the one-round-trip form for a body that may run
+twice: when this object wrote the record last, the body works on that copy
+and one compare-and-set writes it back without taking the lock; if anyone
+wrote since, the compare fails, nothing is written, and the body runs again
+inside :meth:`Record.locked`. Writes go out on the bus's blocking connection
+of the caller's thread when it can settle them (see ``direct.py``), else
+through the loop, as the same message: an answer lost after the server took
+a write is settled by reading the record back.
 """
 from __future__ import annotations
 
@@ -23,7 +32,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 from ..errors import LockTimeout, Unavailable
 from . import kv
@@ -36,6 +45,7 @@ WAIT_SECS = 10.0         #: how long to wait for a held lock before LockTimeout
 _POLL = 0.005
 
 _local = threading.local()
+T = TypeVar("T")
 
 
 def open_in_thread(bus: "JetStreamManager", bucket: str, key: str) -> "Record | None":
@@ -56,6 +66,8 @@ class Record:
         self._depth = 0
         self._rev = 0
         self._known: tuple[int, dict[str, Any]] | None = None   # (revision, data) as this object last wrote it
+        # one thread at a time in this object's transactions (the state above is the object's)
+        self._threads = threading.RLock()
 
     @contextmanager
     def locked(self) -> Iterator["Record"]:
@@ -69,22 +81,77 @@ class Record:
             self.data = outer.data
             yield self
             return
-        if self._depth:
-            self._depth += 1
+        with self._threads:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self
+                finally:
+                    self._depth -= 1
+                return
+            self._acquire()
+            self._depth = 1
+            txns[slot] = self
             try:
                 yield self
             finally:
-                self._depth -= 1
-            return
-        self._acquire()
-        self._depth = 1
-        txns[slot] = self
-        try:
-            yield self
-        finally:
-            self._depth = 0
-            txns.pop(slot, None)
-            self._release()
+                self._depth = 0
+                txns.pop(slot, None)
+                self._release()
+
+    def update(self, body: Callable[[], T]) -> T:
+        """``body()`` as one transaction on the record, which may run it twice:
+        first on this object's copy of the record, written back with one
+        compare-and-set and no lock, if this object wrote the record last;
+        then, if that copy was stale (or the body raised), again inside
+        :meth:`locked`. ``body`` must change nothing but :attr:`data`."""
+        with self._threads:
+            return self._update(body)
+
+    def _update(self, body: Callable[[], T]) -> T:
+        txns = getattr(_local, "txns", None)
+        if txns is None:
+            txns = _local.txns = {}
+        slot = (self.bus.ident, self.bucket, self.key)
+        if self._known is not None and not self._depth and slot not in txns:
+            rev, data = self._known
+            self._known = None
+            self.data = copy.deepcopy(data)
+            self._depth = 1
+            txns[slot] = self
+            try:
+                out = body()
+            except Exception:  # noqa: BLE001 - judged on a copy that may be stale: the locked run says
+                out = None
+                ok = False
+            else:
+                ok = True
+            finally:
+                self._depth = 0
+                txns.pop(slot, None)
+            if ok and self.data:
+                try:
+                    self._known = (self._write(self.data, rev, f"writing {self.key}"),
+                                   json.loads(kv.encode(self.data)))
+                    return out  # type: ignore[return-value]
+                except kv.Conflict:
+                    pass        # written by someone else since: run it again under the lock
+        with self.locked():
+            return body()
+
+    def _write(self, data: dict[str, Any], last: int, what: str) -> int:
+        """Compare-and-set ``data`` over revision ``last``: the new revision, or
+        kv.Conflict. Tried on the caller's blocking connection first; anything it
+        cannot settle goes through the loop as the same message."""
+        msg_id = uuid.uuid4().hex
+        direct = self.bus.direct
+        if direct is not None:
+            rev = direct.publish(kv.subject(self.bucket, self.key), kv.encode(data), msg_id,
+                                 {kv.EXPECTED: str(last)})
+            if rev is not None:
+                return rev
+        return self.bus.loop.run(kv.put(self.bus.js, self.bucket, self.key, data, last,
+                                        msg_id=msg_id if direct is not None else None), what)
 
     def _acquire(self) -> None:
         deadline = time.monotonic() + WAIT_SECS
@@ -96,7 +163,7 @@ class Record:
             self._known = None
             mine = dict(data, lock={"by": self._me, "until": time.time() + LOCK_SECS})
             try:
-                self._rev = run(kv.put(js, self.bucket, self.key, mine, rev), f"locking {self.key}")
+                self._rev = self._write(mine, rev, f"locking {self.key}")
                 self.data = copy.deepcopy(data)
                 return
             except kv.Conflict:
@@ -109,7 +176,7 @@ class Record:
                 data = {k: v for k, v in rec.items() if k != "lock"}
                 mine = dict(data, lock={"by": self._me, "until": time.time() + LOCK_SECS})
                 try:
-                    self._rev = run(kv.put(js, self.bucket, self.key, mine, rev), f"locking {self.key}")
+                    self._rev = self._write(mine, rev, f"locking {self.key}")
                 except kv.Conflict:
                     continue
                 self.data = data
@@ -122,9 +189,8 @@ class Record:
     def _release(self) -> None:
         try:
             if self.data:
-                rev = self.bus.loop.run(kv.put(self.bus.js, self.bucket, self.key, self.data, self._rev),
-                                        f"writing {self.key}")
-                self._known = (rev, json.loads(json.dumps(self.data)))   # as a fresh read would give it
+                rev = self._write(self.data, self._rev, f"writing {self.key}")
+                self._known = (rev, json.loads(kv.encode(self.data)))   # as a fresh read would give it
             else:       # nothing kept: no record (a look at a group that does not exist leaves none)
                 self.bus.loop.run(kv.delete(self.bus.js, self.bucket, self.key, self._rev),
                                   f"writing {self.key}")

@@ -14,11 +14,11 @@ keep the members' clocks in step (NTP) across machines.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping, TypeVar
 
 from .. import _validate
 from ..errors import CorruptFabric
-from ..mq.model import MAX_OFFSET, Bus, Claim, GroupConfig
+from ..mq.model import MAX_OFFSET, Bus, Claim, GroupConfig, OffsetStore
 from . import kv, names
 from .records import Record, open_in_thread
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .manager import JetStreamManager
 
 __all__ = ["KvGroupState", "KvCounts", "KvOffsetStore"]
+T = TypeVar("T")
 
 
 class KvGroupState:
@@ -37,6 +38,16 @@ class KvGroupState:
 
     def locked(self) -> AbstractContextManager:
         return self.record.locked()
+
+    def update(self, body: Callable[[], T], store: OffsetStore) -> T:
+        """``body()`` (which changes this state and commits to ``store``) atomically:
+        in one compare-and-set when ``store`` keeps its offsets in this record
+        (the bus's :class:`KvOffsetStore`), as the body may then run twice;
+        under the record's lock otherwise."""
+        if isinstance(store, KvOffsetStore) and store.bus is self.record.bus:
+            return self.record.update(body)
+        with self.record.locked():
+            return body()
 
     def _part(self, name: str) -> dict:
         d = self.record.data

@@ -19,7 +19,9 @@ by the member that calls, under one lock, from the group's state:
   a :meth:`Consumer.commit <grafos.mq.consumer.Consumer.commit>` bound with
   ``consumer.bind(group, member)`` calls) refuses its offsets for that
   partition with :class:`~grafos.errors.Fenced`. Ownership check and commit
-  happen under the group's lock, so a takeover cannot slip in between.
+  happen atomically (under the group's lock; on a server, in the
+  compare-and-set that writes the group's record), so a takeover cannot
+  slip in between.
 
 Where the state lives:
 
@@ -63,7 +65,7 @@ import threading
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple, TypeVar
 
 from .. import _validate
 from .._clock import now_ns
@@ -82,6 +84,7 @@ __all__ = ["ConsumerGroup", "KeepAlive", "Claim", "Share", "GroupDescription", "
            "GroupConfig", "list_groups", "group_lag"]
 
 _log = _logger("group")
+T = TypeVar("T")
 
 
 class Share(NamedTuple):
@@ -163,6 +166,11 @@ class _MemState:
     def locked(self) -> AbstractContextManager:
         return self._lock
 
+    def update(self, body: Callable[[], T], store: OffsetStore) -> T:
+        """``body()`` (which changes this state and commits to ``store``) atomically."""
+        with self._lock:
+            return body()
+
     def members(self) -> dict[str, int]:
         return dict(self._members)
 
@@ -194,6 +202,11 @@ class _FabricState:
 
     def locked(self) -> AbstractContextManager:
         return self.fabric.locked()
+
+    def update(self, body: Callable[[], T], store: OffsetStore) -> T:
+        """``body()`` (which changes this state and commits to ``store``) atomically."""
+        with self.fabric.locked():
+            return body()
 
     def members(self) -> dict[str, int]:
         out = {}
@@ -555,7 +568,8 @@ class ConsumerGroup:
             assert self.mgr is not None
             store = bus_store(store, self.mgr)
             gate.check_store(self.mgr, self.topic, self.name, store)
-        with st.locked():
+
+        def apply() -> tuple[dict[int, Claim], dict[int, int], list[int]]:
             claims = st.claims()
             ok, fenced = {}, []
             for p, off in offsets.items():
@@ -567,6 +581,8 @@ class ConsumerGroup:
             if ok:
                 commit_many(store, self.name, topic, ok,
                             None if incarnations is None else {p: incarnations[p] for p in ok if p in incarnations})
+            return claims, ok, fenced
+        claims, ok, fenced = st.update(apply, store)
         if fenced:
             owners = {p: (claims[p].owner if p in claims else None) for p in fenced}
             _log.warning("group %r on %r: member %r fenced on partition(s) %s (owners now %s)",
