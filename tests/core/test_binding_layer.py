@@ -22,11 +22,9 @@ BINDING = {"grafos._check", "grafos._crossing", "grafos.fabric", "grafos.partiti
 
 #: modules above the binding layer that still call the core directly, each to move
 #: to the wrappers in ``grafos._core`` (this set only shrinks): producer.py's cold
-#: paths to ``grafos._core.sender``; model.py's on_full numbers, slot header size
-#: and partitioner modes to ``grafos._core.layout``, its hashes to ``grafos._core.sender``
+#: paths to ``grafos._core.sender``
 TO_MOVE = {
     "grafos.mq.producer",
-    "grafos.mq.model",
 }
 
 #: names of the compiled core's cffi objects: nothing outside the binding layer

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Iterable, NamedTuple, Protocol, runtime_checkable
 
 from .. import _validate
-from .._native import lib
+from .._core import layout, sender
 from ..errors import InvalidArgument, Unsupported
 from ..partition import MAX_OFFSET, OFFSET_BITS
 
@@ -30,7 +30,7 @@ MAX_TOPIC_NAME = 64
 #: what a send does when the slot it would write still holds a message a gating
 #: reader has not read: overwrite it (the oldest message is lost to that reader),
 #: block until there is room, or raise BufferFull
-ON_FULL = {"overwrite": lib.GF_FULL_OVERWRITE, "block": lib.GF_FULL_BLOCK, "raise": lib.GF_FULL_RAISE}
+ON_FULL = {"overwrite": layout.FULL_OVERWRITE, "block": layout.FULL_BLOCK, "raise": layout.FULL_RAISE}
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class TopicConfig:
             raise InvalidArgument(f"on_full must be 'overwrite', 'block' or 'raise', got {self.on_full!r}")
         _validate.integer(self.num_partitions, "num_partitions", 1, MAX_PARTITIONS)
         _validate.integer(self.partition_capacity, "partition_capacity", 1, 1 << 30)
-        _validate.integer(self.partition_stride, "partition_stride", lib.GF_SLOT_HDR_SIZE + 8, 16 << 20)
+        _validate.integer(self.partition_stride, "partition_stride", layout.SLOT_HDR_SIZE + 8, 16 << 20)
         if self.partition_stride % 8:
             raise InvalidArgument(f"partition_stride must be a multiple of 8, got {self.partition_stride}")
         _validate.number(self.retention_secs, "retention_secs", 0, lo_open=True)
@@ -72,13 +72,13 @@ class TopicConfig:
     def max_message_bytes(self) -> int:
         """The largest key + encoded headers + value one message may have: the whole
         ring less one slot header (a message larger than a slot spans several)."""
-        return self.partition_capacity * self.partition_stride - lib.GF_SLOT_HDR_SIZE
+        return self.partition_capacity * self.partition_stride - layout.SLOT_HDR_SIZE
 
     @property
     def slot_room(self) -> int:
         """Room for key + encoded headers + value in one slot: larger messages take
         one offset per slot they span."""
-        return self.partition_stride - lib.GF_SLOT_HDR_SIZE
+        return self.partition_stride - layout.SLOT_HDR_SIZE
 
 
 @dataclass(frozen=True)
@@ -148,24 +148,24 @@ class Partitioner(enum.IntEnum):
     so a key lands on the same partition number as in Kafka. Messages without a
     key go round robin. ``RoundRobin`` ignores keys."""
 
-    KeyHash = lib.GF_PART_KEYHASH
-    RoundRobin = lib.GF_PART_ROUNDROBIN
+    KeyHash = layout.PART_KEYHASH
+    RoundRobin = layout.PART_ROUNDROBIN
     # PEP 8 spellings
-    KEY_HASH = lib.GF_PART_KEYHASH
-    ROUND_ROBIN = lib.GF_PART_ROUNDROBIN
+    KEY_HASH = layout.PART_KEYHASH
+    ROUND_ROBIN = layout.PART_ROUNDROBIN
 
 
 def kafka_partition(key: bytes, num_partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key``."""
     key = _validate.as_bytes(key, "key")
     _validate.integer(num_partitions, "num_partitions", 1)
-    return lib.gf_kafka_partition(key, len(key), num_partitions)
+    return sender.kafka_partition(key, num_partitions)
 
 
 def murmur2(key: bytes) -> int:
     """Kafka's murmur2 of ``key`` as a signed 32-bit int (as Java returns it)."""
     key = _validate.as_bytes(key, "key")
-    h = lib.gf_murmur2(key, len(key))
+    h = sender.murmur2(key)
     return h - (1 << 32) if h >= 1 << 31 else h
 
 
