@@ -20,13 +20,6 @@ CORE_IMPORTER = "grafos._core"
 #: error table, the crossing, and the fabric, ring and reader handles
 BINDING = {"grafos._check", "grafos._crossing", "grafos.fabric", "grafos.partition", "grafos.reader"}
 
-#: modules above the binding layer that still call the core directly, each to move
-#: to the wrappers in ``grafos._core`` (this set only shrinks): producer.py's cold
-#: paths to ``grafos._core.sender``
-TO_MOVE = {
-    "grafos.mq.producer",
-}
-
 #: names of the compiled core's cffi objects: nothing outside the binding layer
 #: imports them, from ``_native`` or from a module that re-exports them
 CFFI_NAMES = {"ffi", "lib"}
@@ -99,19 +92,13 @@ def _scan() -> tuple[set[str], set[str]]:
 
 def test_one_module_imports_the_compiled_core():
     importers, _ = _scan()
-    assert importers - TO_MOVE == {CORE_IMPORTER}, f"modules importing grafos._native: {sorted(importers)}"
+    assert importers == {CORE_IMPORTER}, f"modules importing grafos._native: {sorted(importers)}"
 
 
 def test_only_the_binding_layer_uses_the_core_s_ffi_and_lib():
     importers, users = _scan()
     outside = {m for m in importers | users if not _in_binding(m)}
-    assert outside <= TO_MOVE, f"modules outside the binding layer using the compiled core: {sorted(outside - TO_MOVE)}"
-
-
-def test_the_list_of_modules_to_move_holds_only_modules_that_still_use_the_core():
-    importers, users = _scan()
-    moved = TO_MOVE - importers - users
-    assert not moved, f"modules that no longer use the compiled core, to drop from TO_MOVE: {sorted(moved)}"
+    assert not outside, f"modules outside the binding layer using the compiled core: {sorted(outside)}"
 
 
 def test_the_scan_sees_every_spelling_of_an_import_of_the_core():

@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, NoReturn, Sequence
 import numpy as np
 
 from .. import _validate
-from .._check import check, last_error, raise_for
+from .._check import last_error, raise_for
 from .._clock import now_ns
-from .._crossing import SendPath, address
-from .._native import ffi, lib
+from .._core import codes
+from .._core.sender import Idem, Sender, full_partition
+from .._crossing import SendPath
 from ..errors import (BufferFull, GrafosError, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound,
                       ProducerFenced, TransactionError, Unsupported)
 from .._log import get as _logger
@@ -31,8 +32,6 @@ from .model import SHARED_MEMORY, Bus, Partitioner, kafka_partition, murmur2  # 
 if TYPE_CHECKING:
     from .topic import Topic, TopicManager
 
-_send = lib.gf_send
-_NULL = ffi.NULL
 _RETRIES = 3
 _SEQUENCES = (list, tuple)
 _SLICE = 0.05          # seconds a blocked send sleeps before it checks signals and stale readers
@@ -114,8 +113,8 @@ class Producer(SendPath):
         self.partitioner = Partitioner(partitioner)
         # (mgr, gf_sender*, Topic): replaced whole, never mutated, so threads see a consistent one
         self._bound: tuple = (None, None, None)
-        # idempotence: (mgr, Registration, gf_idem*, its arrays) once registered with mgr
-        self._idem: tuple = (None, None, None, None)
+        # idempotence: (mgr, Registration, Idem) once registered with mgr
+        self._idem: tuple = (None, None, None)
         self._idem_lock = threading.Lock()
         self._txn: "Transaction | None" = None
 
@@ -147,19 +146,14 @@ class Producer(SendPath):
         if not isinstance(mgr, Bus):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
         t = mgr.refresh(self.topic) if refresh else mgr.topic(self.topic)
-        s = ffi.new("gf_sender *")
-        s.rings = t.rings
-        s.n = t.n
-        s.mode = int(self.partitioner)
         old = self._bound[1]
-        s.rr = old.rr if old is not None else 0
-        if self.idempotent:
-            s.idem = self._registered(mgr, t.n)
+        s = Sender(t.rings, t.n, int(self.partitioner), rr=old.rr if old is not None else 0,
+                   idem=self._registered(mgr, t.n) if self.idempotent else None)
         self._bound = (mgr, s, t)
         # a producer with a serializer binds its batch calls but not send and
         # send_keyed: no manager matches the stand-in, so they take the slow path
         serializing = self.key_serializer is not None or self.value_serializer is not None
-        self._bind_fast(_SERIALIZING if serializing else mgr, t.binding, address(s), self._bound)
+        self._bind_fast(_SERIALIZING if serializing else mgr, t.binding, s.address, self._bound)
         return t
 
     # ---- one message ------------------------------------------------------------
@@ -181,28 +175,19 @@ class Producer(SendPath):
         return self._send_slow(mgr, key, value, headers, timeout)
 
     # ---- idempotence ---------------------------------------------------------------
-    def _registered(self, mgr: TopicManager, n: int):  # noqa: ANN202 - gf_idem cdata
+    def _registered(self, mgr: TopicManager, n: int) -> Idem:
         """This producer's registration with mgr (made on first use: a higher
         epoch, which fences older instances of the same transactional_id)."""
-        m, reg, d, keep = self._idem
+        m, reg, idem = self._idem
         if m is not mgr:
             tid = self.transactional_id or transaction.new_id()
             reg = transaction.register(mgr, tid, self.topic, self.transaction_ttl)
-            d = ffi.new("gf_idem *")
-            seqs, last = ffi.new("uint64_t[]", max(n, 1)), ffi.new("int64_t[]", [-1] * max(n, 1))
-            keep = [seqs, last]
-            d.seqs, d.last, d.n = seqs, last, n
-            d.producer, d.epoch = reg.number, reg.epoch
-            check(lib.gf_idem_bind(mgr.fabric.handle, d, reg.lease_index, reg.lease_id), f"producer {tid!r}")
-            d.renew_at_ns = now_ns() + int(self.transaction_ttl * 1e9) // 2
-            self._idem = (mgr, reg, d, keep)
-        elif d.n < n:       # the topic grew (recreated): sequences of new partitions start at 0
-            seqs, last = ffi.new("uint64_t[]", n), ffi.new("int64_t[]", [-1] * n)
-            ffi.memmove(seqs, d.seqs, 8 * d.n)
-            ffi.memmove(last, d.last, 8 * d.n)
-            keep[:] = [seqs, last]
-            d.seqs, d.last, d.n = seqs, last, n
-        return d
+            idem = Idem(mgr.fabric, n, reg.number, reg.epoch, reg.lease_index, reg.lease_id, f"producer {tid!r}")
+            idem.renew_at_ns = now_ns() + int(self.transaction_ttl * 1e9) // 2
+            self._idem = (mgr, reg, idem)
+        else:
+            idem.grow(n)        # the topic grew (recreated): sequences of new partitions start at 0
+        return idem
 
     def register(self, mgr: TopicManager) -> int:
         """Register now rather than on the first send: older instances with the
@@ -222,14 +207,14 @@ class Producer(SendPath):
         return reg.epoch if reg is not None else None
 
     def _renew(self, mgr: TopicManager) -> None:
-        _, reg, d, _ = self._idem
+        _, reg, idem = self._idem
         with self._idem_lock:
-            if d.renew_at_ns <= now_ns():
+            if idem.renew_at_ns <= now_ns():
                 exp = transaction.renew(mgr, reg, self.transaction_ttl)
-                d.renew_at_ns = exp - int(self.transaction_ttl * 1e9) // 2
+                idem.renew_at_ns = exp - int(self.transaction_ttl * 1e9) // 2
 
     def _fenced(self, mgr: TopicManager) -> ProducerFenced:
-        _, reg, _, _ = self._idem
+        _, reg, _ = self._idem
         return ProducerFenced(transactional_id=reg.transactional_id, topic=self.topic, epoch=reg.epoch,
                               current_epoch=transaction.current_epoch(mgr, reg))
 
@@ -238,46 +223,41 @@ class Producer(SendPath):
         path's included) is repeated with the same partition and sequence: a
         repeat of a sequence that landed returns where it landed, so the message
         is written once."""
-        part, seq = ffi.new("uint32_t *"), ffi.new("uint64_t *")
-        again = None
         deadline: list = []
-        if self._idem[0] is mgr and lib.gf_idem_unsure(self._idem[2], part, seq):
-            again = (part[0], seq[0])       # the crossing's attempt wrote, then failed
+        # the crossing's attempt wrote, then failed
+        again = self._idem[2].unsure() if self._idem[0] is mgr else None
         repeats = 0
         for _ in range(10_000):
             if self._bound[0] is not mgr or not self._bound[2].binding.valid:
                 self._bind(mgr)
             _, s, t = self._bound
-            k = key if key is not None else _NULL
-            kl = len(key) if key is not None else 0
             if again is None:
-                rc = lib.gf_send_idem(s, k, kl, key is not None, hdrs, len(hdrs), value, len(value))
+                rc = s.send_idem(key, hdrs, value)
             else:
-                rc = lib.gf_send_idem_again(s, again[0], again[1], k, kl, key is not None, hdrs, len(hdrs),
-                                            value, len(value))
+                rc = s.send_idem_again(again[0], again[1], key, hdrs, value)
             if rc >= 0:
                 return rc >> OFFSET_BITS, rc & MAX_OFFSET
-            if lib.gf_idem_unsure(s.idem, part, seq):
+            if (unsure := s.idem.unsure()) is not None:
                 repeats += 1
                 if repeats > _RETRIES:
                     self._raise_send(rc, t)
-                again = (part[0], seq[0])
-            elif rc == lib.GF_E_RENEW:
+                again = unsure
+            elif rc == codes.RENEW:
                 self._renew(mgr)
-            elif rc == lib.GF_E_FENCED:
+            elif rc == codes.FENCED:
                 raise self._fenced(mgr)
-            elif rc == lib.GF_E_BUSY:
+            elif rc == codes.BUSY:
                 time.sleep(0)       # another thread of ours is mid-write on that partition
-            elif rc == lib.GF_E_ABANDONED:
+            elif rc == codes.ABANDONED:
                 repeats += 1        # nothing landed (a reader gave up on our slot): the sequence did not move
                 if repeats > _RETRIES:
                     self._raise_send(rc, t)
-            elif rc == lib.GF_E_FULL_RING:
-                self._no_room(mgr, t, lib.gf_full_partition(), 1, _DEFAULT, deadline)
-            elif rc == lib.GF_E_TOOBIG:
+            elif rc == codes.FULL_RING:
+                self._no_room(mgr, t, full_partition(), 1, _DEFAULT, deadline)
+            elif rc == codes.TOOBIG:
                 size = len(value) + len(hdrs) + (len(key) if key else 0)
                 raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", size, t.config.max_message_bytes)
-            elif rc == lib.GF_E_EXPIRED and repeats == 0:
+            elif rc == codes.EXPIRED and repeats == 0:
                 repeats += 1
                 self._reread(mgr)
             else:
@@ -298,20 +278,20 @@ class Producer(SendPath):
             raise TransactionError(f"producer {self.transactional_id!r} already has an open transaction")
         if self._bound[0] is not mgr or self._idem[0] is not mgr:
             self._bind(mgr)
-        _, reg, d, keep = self._idem
+        _, reg, idem = self._idem
         reg = transaction.begin(mgr, reg, self.transaction_ttl)
-        d.renew_at_ns = now_ns() + int(self.transaction_ttl * 1e9) // 2
-        self._idem = (mgr, reg, d, keep)
-        d.txn = reg.txn
+        idem.renew_at_ns = now_ns() + int(self.transaction_ttl * 1e9) // 2
+        self._idem = (mgr, reg, idem)
+        idem.txn = reg.txn
         self._txn = Transaction(self, mgr, reg)
         return self._txn
 
     def _ended(self, reg: "transaction.Registration") -> None:
         """The open transaction was committed or aborted."""
-        m, _, d, keep = self._idem
-        if d is not None:
-            d.txn = 0
-            self._idem = (m, reg, d, keep)
+        m, _, idem = self._idem
+        if idem is not None:
+            idem.txn = 0
+            self._idem = (m, reg, idem)
         self._txn = None
 
     @property
@@ -345,26 +325,24 @@ class Producer(SendPath):
             if self._bound[0] is not mgr or not self._bound[2].binding.valid:
                 self._bind(mgr)
             _, s, t = self._bound
-            rc = _send(t.rings, t.n, s.mode, ffi.addressof(s, "rr"),
-                       key if key is not None else _NULL, len(key) if key is not None else 0,
-                       key is not None, hdrs, len(hdrs), value, len(value), 0)
+            rc = s.send(key, hdrs, value)
             if rc >= 0:
                 return rc >> OFFSET_BITS, rc & MAX_OFFSET
-            if rc == lib.GF_E_FULL_RING:
+            if rc == codes.FULL_RING:
                 if (key is None or s.mode == Partitioner.RoundRobin) and spread < t.n - 1:
                     spread += 1         # another partition may have room
                     continue
                 spread = 0
-                self._no_room(mgr, t, lib.gf_full_partition(), 1, timeout, deadline)
+                self._no_room(mgr, t, full_partition(), 1, timeout, deadline)
                 continue
             attempts += 1
-            if rc == lib.GF_E_TOOBIG:
+            if rc == codes.TOOBIG:
                 size = len(value) + len(hdrs) + (len(key) if key else 0)
                 raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", size,
                                       t.config.max_message_bytes)
-            if rc == lib.GF_E_ABANDONED:
+            if rc == codes.ABANDONED:
                 continue        # a reader gave up on our slot (we were descheduled): write again
-            if rc in (lib.GF_E_EXPIRED, lib.GF_E_INVAL) and not refreshed:
+            if rc in (codes.EXPIRED, codes.INVAL) and not refreshed:
                 refreshed = True
                 self._reread(mgr)
                 continue
@@ -418,7 +396,7 @@ class Producer(SendPath):
 
     def _raise_send(self, rc: int, t: Topic) -> NoReturn:
         gone = [i for i, p in enumerate(t.partitions) if p is None]
-        if rc == lib.GF_E_INVAL and gone:
+        if rc == codes.INVAL and gone:
             raise LeaseExpired(f"topic {self.topic!r}: partitions {gone} have expired and been "
                                "reclaimed; restart the topic")
         raise_for(rc, f"topic {self.topic!r}")
@@ -482,12 +460,7 @@ class Producer(SendPath):
         offs = np.empty(n, dtype=np.uint64)
 
         def packed(t: Topic) -> int:
-            return lib.gf_send_batch(
-                t.rings, t.n, self.partitioner, ffi.addressof(self._bound[1], "rr"), n,
-                ffi.from_buffer("uint8_t[]", kbuf) if kbuf is not None else _NULL,
-                ffi.from_buffer("uint32_t[]", klens) if klens is not None else _NULL,
-                ffi.from_buffer("uint8_t[]", vals), ffi.from_buffer("uint32_t[]", vlens), 0,
-                ffi.from_buffer("uint32_t[]", parts), ffi.from_buffer("uint64_t[]", offs))
+            return self._bound[1].send_batch(n, kbuf, klens, vals, vlens, parts, offs)
         return self._batch(mgr, packed, parts, offs, timeout,    # type: ignore[return-value]
                            lambda: int((vlens.astype(np.int64) + (klens if klens is not None else 0)).max()))
 
@@ -515,24 +488,24 @@ class Producer(SendPath):
                 return None
             if rc >= 0:
                 return parts, offs
-            if rc == lib.GF_E_FULL_RING:
+            if rc == codes.FULL_RING:
                 self._batch_no_room(mgr, t, parts, timeout, deadline)
                 continue
             self._batch_failed(mgr, rc, t, attempt, largest)     # raises once it has re-read
             attempt += 1
 
     def _batch_no_room(self, mgr: TopicManager, t: Topic, parts: np.ndarray, timeout, deadline: list) -> None:
-        p = lib.gf_full_partition()
+        p = full_partition()
         self._no_room(mgr, t, p, int((parts == p).sum()) or 1, timeout, deadline)
 
     def _batch_failed(self, mgr: TopicManager, rc: int, t: Topic, attempt: int, largest) -> None:
         """A batch came back with error rc: raise, or return to try once more after
         re-reading a topic whose partitions were found dead. ``largest()`` is the
         size of the batch's largest message, for MessageTooLarge."""
-        if rc == lib.GF_E_TOOBIG:
+        if rc == codes.TOOBIG:
             raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", int(largest()),
                                   t.config.max_message_bytes)
-        if rc in (lib.GF_E_EXPIRED, lib.GF_E_INVAL) and attempt == 0:
+        if rc in (codes.EXPIRED, codes.INVAL) and attempt == 0:
             self._reread(mgr)
             return
         self._raise_send(rc, t)
@@ -575,7 +548,7 @@ class Producer(SendPath):
         key = serde.serialize_key(self.key_serializer, key)
         if key is not None:
             key = _validate.as_bytes(key, "key")
-        p = lib.gf_sender_pick(s, key if key is not None else _NULL, len(key or b""), key is not None)
+        p = s.pick(key)
         part = t.partition(p)
         return Loan(part.handle, part, size, key, headers, p)
 
@@ -586,7 +559,7 @@ class Producer(SendPath):
     def close(self) -> None:
         """Forget the binding; an idempotent producer gives its registration back
         (an open transaction is aborted first)."""
-        mgr, reg, _, _ = self._idem
+        mgr, reg, _ = self._idem
         if self._txn is not None and mgr is not None and not mgr.fabric.closed:
             try:
                 self._txn.abort()
@@ -594,7 +567,7 @@ class Producer(SendPath):
                 pass        # fenced or expired: a resolver finishes it
         if reg is not None and mgr is not None and not mgr.fabric.closed:
             transaction.unregister(mgr, reg)
-        self._idem = (None, None, None, None)
+        self._idem = (None, None, None)
         self._txn = None
         self._bound = (None, None, None)
         self._unbind_fast()
