@@ -175,3 +175,16 @@ def wipe(url: str) -> None:
             await js.delete_stream(info.config.name)
         await nc.close()
     asyncio.run(go())
+
+
+def count_hops(mgr, monkeypatch) -> list[str]:  # noqa: ANN001 - a JetStreamManager, pytest's monkeypatch
+    """The calls ``mgr`` makes through its event-loop thread from now on, by what
+    each says it does: a test of a path that should not hop checks it stays empty."""
+    hops: list[str] = []
+    run = mgr.loop.run
+
+    def counted(coro, what, timeout=-1.0):  # noqa: ANN001, ANN202
+        hops.append(what)
+        return run(coro, what, timeout)
+    monkeypatch.setattr(mgr.loop, "run", counted)
+    return hops

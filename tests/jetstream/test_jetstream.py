@@ -33,13 +33,6 @@ from grafos.mq.topic import TopicConfig, TopicManager
 from helpers.nats_helpers import NatsServer
 
 
-@pytest.fixture
-def js(nats_url):
-    m = TopicManager.connect(nats_url)
-    yield m
-    m.close()
-
-
 def test_should_put_keys_on_the_partitions_kafka_and_the_shared_memory_bus_use(js):
     shm = TopicManager(size=16 << 20)
     keys = [b""] + [b"user-%d" % i for i in range(60)] + [bytes([i]) * 7 for i in range(20)]

@@ -15,28 +15,10 @@ from grafos.mq.consumer import SeekPolicy
 from grafos.mq.group import ConsumerGroup
 from grafos.mq.producer import Producer
 from grafos.mq.topic import TopicConfig, TopicManager
-from helpers.nats_helpers import NatsServer
+from helpers.nats_helpers import NatsServer, count_hops
 
 T0 = 1_000_000.0
 STALE = 30.0
-
-
-@pytest.fixture
-def js(nats_url):
-    m = TopicManager.connect(nats_url)
-    yield m
-    m.close()
-
-
-def _count_hops(mgr, monkeypatch) -> list[str]:
-    hops: list[str] = []
-    run = mgr.loop.run
-
-    def counted(coro, what, timeout=-1.0):
-        hops.append(what)
-        return run(coro, what, timeout)
-    monkeypatch.setattr(mgr.loop, "run", counted)
-    return hops
 
 
 def _record(mgr, group: str, topic: str) -> tuple[dict, int]:
@@ -84,7 +66,7 @@ def test_a_group_round_trip_commits_without_a_hop_to_the_event_loop(js, monkeypa
     prod.send(js, b"warm")
     _take_one(js, c)
     c.commit(store)                      # the member's first commit reads the record
-    hops = _count_hops(js, monkeypatch)
+    hops = count_hops(js, monkeypatch)
     for i in range(5):
         prod.send(js, b"m%d" % i)
         _take_one(js, c)
@@ -115,7 +97,7 @@ def test_a_commit_whose_answer_is_lost_is_found_on_the_server_and_not_written_ag
     assert rec["offsets"] == {"0": 2}
     assert rev2 == rev + 1               # one write: the one the server took
     monkeypatch.undo()
-    hops = _count_hops(js, monkeypatch)  # the member's copy is the server's: the next commit is one write
+    hops = count_hops(js, monkeypatch)  # the member's copy is the server's: the next commit is one write
     assert c.commit(store) == {0: 2}
     assert hops == []
     assert _record(js, "g", "rt")[1] == rev + 2

@@ -11,30 +11,14 @@ from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.producer import Producer
 from grafos.mq.topic import TopicConfig, TopicManager
 
-
-@pytest.fixture
-def js(nats_url):
-    m = TopicManager.connect(nats_url)
-    yield m
-    m.close()
-
-
-def _count_hops(mgr, monkeypatch) -> list[str]:
-    hops: list[str] = []
-    run = mgr.loop.run
-
-    def counted(coro, what, timeout=-1.0):
-        hops.append(what)
-        return run(coro, what, timeout)
-    monkeypatch.setattr(mgr.loop, "run", counted)
-    return hops
+from helpers.nats_helpers import count_hops
 
 
 def test_a_send_makes_no_hop_to_the_event_loop(js, monkeypatch):
     js.create("d", TopicConfig(num_partitions=2))
     prod = Producer("d")
     prod.send(js, b"warm")          # the topic's routing is looked up once
-    hops = _count_hops(js, monkeypatch)
+    hops = count_hops(js, monkeypatch)
     got = [prod.send_keyed(js, b"k%d" % i, b"v%d" % i) for i in range(20)]
     assert hops == []
     # offsets are dense per partition, as the loop's path gives them
@@ -57,7 +41,7 @@ def test_a_send_the_direct_connection_cannot_settle_goes_through_the_loop(js, mo
     prod = Producer("d")
     prod.send(js, b"a")
     js.delete("d")                  # no stream on the subject any more: no responders
-    hops = _count_hops(js, monkeypatch)
+    hops = count_hops(js, monkeypatch)
     with pytest.raises(NotFound):
         prod.send(js, b"b")
     assert hops                     # the loop's path said why
@@ -94,7 +78,7 @@ def test_a_batch_makes_no_hop_to_the_event_loop(js, monkeypatch):
     js.create("d", TopicConfig(num_partitions=2, partition_capacity=10_000))
     prod = Producer("d")
     prod.send(js, b"warm")          # the topic's routing is looked up once
-    hops = _count_hops(js, monkeypatch)
+    hops = count_hops(js, monkeypatch)
     values = [b"v%d" % i for i in range(3000)]       # more than the connection keeps unanswered
     parts, offs = prod.send_batch(js, values, keys=[b"k%d" % (i % 7) for i in range(3000)])
     assert hops == []
@@ -119,7 +103,7 @@ def test_a_batch_the_direct_connection_cannot_settle_goes_through_the_loop(js, m
     prod = Producer("d")
     prod.send(js, b"a")
     js.delete("d")                  # no stream on the subject any more: no responders
-    hops = _count_hops(js, monkeypatch)
+    hops = count_hops(js, monkeypatch)
     with pytest.raises(NotFound):
         prod.send_batch(js, [b"b", b"c"])
     assert hops                     # the loop's path said why
@@ -139,7 +123,7 @@ def test_a_poll_waiting_on_a_pull_already_out_makes_no_hop(js, monkeypatch):
     c.seek(js, None, SeekPolicy.Latest)
     prod.send(js, b"first")
     assert [m.value for _, m in c.poll(js, 10, timeout=2.0)] == [b"first"]   # pulls are out now
-    hops = _count_hops(js, monkeypatch)
+    hops = count_hops(js, monkeypatch)
     t = _send_later(js, "d", b"second", 0.1)
     got = c.poll(js, 10, timeout=2.0)
     t.join()
