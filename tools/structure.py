@@ -104,6 +104,13 @@ def import_graph(mods: dict[str, Path], trees: dict[str, ast.AST], leaves: set[s
     return graph
 
 
+def package_graph(src: Path, package: str = "grafos") -> dict[str, set[str]]:
+    """The runtime import graph of ``package`` under ``src`` (the folder that holds it)."""
+    mods = {n: p for n, p in modules(src).items() if n == package or n.startswith(package + ".")}
+    trees = {n: ast.parse(p.read_text(), str(p)) for n, p in mods.items()}
+    return import_graph(mods, trees, extensions(src, package))
+
+
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan), each sorted."""
     index: dict[str, int] = {}
@@ -210,7 +217,7 @@ def measure(root: Path, package: str = "grafos", atomics_header: str = "gf_atomi
     readme = root / "benchmarks" / "README.md"
 
     return {
-        "import_cycles": cycles(import_graph(mods, trees, extensions(src, package))),
+        "import_cycles": cycles(package_graph(src, package)),
         "native_importers": natives,
         "remote_isinstance": remote,
         "c_file_lines": sizes,

@@ -1,7 +1,8 @@
-"""The layering of the Python package: one binding layer touches the compiled
-core, and no module of the package is on an import cycle.
+"""The binding layer: one module imports the compiled core, and no module
+outside the layer touches its ``ffi`` or ``lib`` (import cycles are checked
+with the rest of the layering, in tests/cli/test_layers.py).
 
-Both checks read the source (an AST scan of ``src/grafos``), so a function-level
+The checks read the source (an AST scan of ``src/grafos``), so a function-level
 import counts as much as a top-level one.
 """
 from __future__ import annotations
@@ -114,50 +115,3 @@ def test_the_scan_sees_every_spelling_of_an_import_of_the_core():
     for source, (module, is_package) in spellings.items():
         targets = {t for t, _ in _imports(module, ast.parse(source), is_package)}
         assert "grafos._native" in targets, source
-def _runtime_graph() -> dict[str, set[str]]:
-    """Which grafos modules each grafos module imports when it runs (imports under
-    ``if TYPE_CHECKING:`` are for the type checker only and are left out)."""
-    mods = _modules()
-    pkgs = _packages()
-    graph: dict[str, set[str]] = {}
-    for module, tree in mods.items():
-        typing_only = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                typing_only |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
-        kept = ast.Module(body=[], type_ignores=[])
-        for node in ast.walk(tree):
-            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in typing_only:
-                kept.body.append(node)
-        # a package above the module is imported before it anyway: no edge of its own
-        above = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
-        graph[module] = {t for t, _ in _imports(module, kept, module in pkgs)
-                         if t in mods and t != module and t not in above}
-    return graph
-
-
-def _reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
-    seen, todo = set(), [start]
-    while todo:
-        m = todo.pop()
-        if m == goal:
-            return True
-        if m not in seen:
-            seen.add(m)
-            todo += graph.get(m, ())
-    return False
-
-
-def _on_cycles(graph: dict[str, set[str]]) -> set[str]:
-    return {m for m in graph if any(_reaches(graph, n, m) for n in graph[m])}
-
-
-def test_no_module_is_on_an_import_cycle():
-    on = _on_cycles(_runtime_graph())
-    assert not on, f"modules on an import cycle: {sorted(on)}"
-
-
-def test_partition_and_reader_do_not_import_each_other():
-    graph = _runtime_graph()
-    assert not (_reaches(graph, "grafos.partition", "grafos.reader")
-                and _reaches(graph, "grafos.reader", "grafos.partition"))
