@@ -96,6 +96,18 @@ static __attribute__((noinline, cold)) int64_t batch_rest(gf_ring **rings, uint3
                : abandoned;
 }
 
+/* What a batch returns: its count, the error that stopped it, or GF_E_ABANDONED
+ * when some of its messages' slots were reclaimed by readers (the rest landed). */
+static int64_t batch_result(int64_t abandoned, uint32_t count)
+{
+    if (abandoned < 0)
+        return abandoned;
+    if (abandoned)
+        return gf_fail(GF_E_ABANDONED, "%u of %u batch messages were reclaimed by readers after the bounded wait",
+                       (uint32_t)abandoned, count);
+    return count;
+}
+
 int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
                              const uint32_t *key_lens, const uint8_t *vals,
                              const uint32_t *val_lens, int64_t ts_ns, uint64_t *out_offsets)
@@ -164,12 +176,7 @@ int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
     wake_readers(r->f);
     if (__builtin_expect(r->f->durable, 0) && (rc = gf_ring_sync(r, (uint64_t)first, end - (uint64_t)first)) < 0)
         return rc;
-    if (abandoned < 0)
-        return abandoned;
-    if (abandoned)
-        return gf_fail(GF_E_ABANDONED, "%u of %u batch messages were reclaimed by readers after the bounded wait",
-                       (uint32_t)abandoned, count);
-    return count;
+    return batch_result(abandoned, count);
 }
 
 /* A batch found partition `upto` full after claiming its share of partitions
@@ -368,10 +375,5 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
         if (rc < 0)
             return rc;
     }
-    if (abandoned < 0)
-        return abandoned;
-    if (abandoned)
-        return gf_fail(GF_E_ABANDONED, "%u of %u batch messages were reclaimed by readers after the bounded wait",
-                       (uint32_t)abandoned, count);
-    return count;
+    return batch_result(abandoned, count);
 }
