@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import pathlib
 import re
 
 import pytest
@@ -15,11 +14,9 @@ import pytest
 from grafos.errors import Unsupported
 from grafos.mq.producer import kafka_partition
 from grafos.mq.topic import TopicManager
+from helpers.snippets import README, docs_blocks, readme_blocks
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-README = ROOT / "README.md"
-_FENCE = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
-BLOCKS = _FENCE.findall(README.read_text())
+BLOCKS = [code for _, code in readme_blocks()]
 _MAKE = "TopicManager()"
 
 
@@ -29,13 +26,7 @@ def _bus_blocks() -> list[tuple[str, str]]:
     The others (the Queue's, the ones that open a named bus or connect to a
     server) have no backend to vary: tests/test_readme.py and
     tests/test_docs_snippets.py run every block as a script."""
-    pages = [README] + sorted((ROOT / "docs").rglob("*.md"))
-    found = []
-    for page in pages:
-        for i, code in enumerate(_FENCE.findall(page.read_text())):
-            if _MAKE in code:
-                found.append((f"{page.relative_to(ROOT)}:{i}", code))
-    return found
+    return [(where, code) for where, code in readme_blocks() + docs_blocks() if _MAKE in code]
 
 
 BUS_BLOCKS = _bus_blocks()

@@ -4,25 +4,15 @@ to ``nats://127.0.0.1:4222`` run against the test NATS server instead."""
 from __future__ import annotations
 
 import pathlib
-import re
 import subprocess
 import sys
 
 import pytest
 
-DOCS = pathlib.Path(__file__).resolve().parents[2] / "docs"
+from helpers.snippets import docs_blocks
+
 NATS_URL = "nats://127.0.0.1:4222"
-
-
-def _blocks() -> list[tuple[str, str]]:
-    found = []
-    for page in sorted(DOCS.rglob("*.md")):
-        for i, code in enumerate(re.findall(r"^```python\n(.*?)^```", page.read_text(), re.S | re.M)):
-            found.append((f"{page.relative_to(DOCS)}:{i}", code))
-    return found
-
-
-BLOCKS = _blocks()
+BLOCKS = docs_blocks()
 
 
 def _run(code: str, cwd: pathlib.Path) -> None:
@@ -36,7 +26,7 @@ def test_docs_should_have_their_python_examples():
     for page in ["getting-started.md", "concepts/fabric.md", "concepts/rings.md", "concepts/groups.md",
                  "concepts/gates.md", "concepts/transactions.md", "concepts/share-groups.md",
                  "backends/shared-memory.md", "jetstream.md"]:
-        assert page in pages, f"docs/{page} has no python example"
+        assert f"docs/{page}" in pages, f"docs/{page} has no python example"
 
 
 @pytest.mark.parametrize("code", [c for _, c in BLOCKS if NATS_URL not in c],

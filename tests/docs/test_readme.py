@@ -2,21 +2,20 @@
 what it says it does) and every other block, each on its own."""
 from __future__ import annotations
 
-import pathlib
 import re
 import subprocess
 import sys
 
 import pytest
 
-README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
+from helpers.snippets import README, python_blocks
 
 
 def _walkthrough_snippet() -> str:
     text = README.read_text()
     section = text.split("## The walkthrough", 1)[1].split("\n## ", 1)[0]
     # the section opens with the recommended consumer; the walkthrough proper wires a group by hand
-    blocks = [b for b in re.findall(r"```python\n(.*?)```", section, re.S) if "ConsumerGroup(" in b]
+    blocks = [b for b in python_blocks(section) if "ConsumerGroup(" in b]
     assert blocks, "README has no walkthrough block (with a ConsumerGroup) under 'The walkthrough'"
     return blocks[0]
 
@@ -33,7 +32,7 @@ def test_readme_walkthrough_should_run_and_do_what_it_says():
     assert scope["group"].assignments()[p] == "worker-1"
 
 
-BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+BLOCKS = python_blocks(README.read_text())
 
 
 def test_readme_should_have_its_walkthrough_and_link_only_to_pages_that_exist():
