@@ -42,7 +42,7 @@ from .cursors import Cursors
 from .direct import DirectPublisher
 from .loop import UNAVAILABLE, Loop
 from .producers import Registration
-from .topics import JsPartition, JsTopic, LeaseRecord, config_json, parse_config, server_ttl
+from .topics import JsLease, JsPartition, JsTopic, LeaseRecord, config_json, parse_config, server_ttl
 
 if TYPE_CHECKING:
     from ..mq.consumer import Consumer
@@ -478,8 +478,11 @@ class JetStreamManager(RemoteManager):
             return list(await asyncio.gather(*(one(p) for p in t.partitions)))
         return dict(enumerate(self.run(lead(), f"reading the leaders of {name!r}")))
 
-    def partition_leases(self, name: str) -> list:
-        return [p.lease if p is not None else None for p in self.topic(name).partitions]
+    def partition_leases(self, name: str) -> list[JsLease]:
+        """Each partition's lease, in partition order; a dead partition has none:
+        :class:`LeaseExpired`, naming it (restart the topic)."""
+        t = self.topic(name)
+        return [t.partition(i).lease for i in range(t.n)]
 
     def describe(self, name: str, now: float | None = None) -> TopicDescription:
         """Per partition: earliest and latest offset, lease TTL remaining, messages

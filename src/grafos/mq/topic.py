@@ -480,10 +480,12 @@ class TopicManager(Bus):
         return FabricOffsetStore(self)
 
     # ---- observability -----------------------------------------------------
-    def partition_leases(self, name: str) -> list[MemLease | None]:
-        """The :class:`MemLease` of each partition (None where reclaimed)."""
+    def partition_leases(self, name: str) -> list[MemLease]:
+        """The :class:`MemLease` of each partition, in partition order. A partition
+        whose lease was reclaimed has none to renew: :class:`LeaseExpired`, naming
+        it (restart the topic)."""
         t = self.topic(name)
-        return [p.lease if p is not None else None for p in t.partitions]
+        return [t.partition(i).lease for i in range(t.n)]
 
     def describe(self, name: str, now: float | None = None) -> TopicDescription:
         """Per partition: earliest and latest offset, lease TTL remaining, messages
