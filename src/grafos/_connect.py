@@ -3,11 +3,14 @@ It sits above both backends (the shared-memory bus and the JetStream bus), so
 neither imports the other."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from . import _validate
-from .mq.model import Bus, RemoteManager
+from .mq.model import Bus
 from .mq.topic import TopicManager
+
+if TYPE_CHECKING:     # imported when called: the nats extra is optional
+    from .jetstream.manager import JetStreamManager
 
 __all__ = ["connect", "connect_servers"]
 
@@ -32,7 +35,7 @@ def connect(target: str | Sequence[str] | None = None, **options: Any) -> Bus:
     return TopicManager.open(target, **options)
 
 
-def connect_servers(servers: str | Sequence[str], **options: Any) -> RemoteManager:
+def connect_servers(servers: str | Sequence[str], **options: Any) -> JetStreamManager:
     """The bus on NATS JetStream: ``connect_servers("nats://127.0.0.1:4222")`` (a
     list of URLs for a cluster). Options: ``replicas=`` (3 on a 3-node
     cluster), ``timeout=`` (seconds every call may wait, default 5),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import struct
 from operator import itemgetter
-from typing import Sequence
+from typing import Sequence, Union
 
 from .errors import CorruptFabric, InvalidArgument, InvalidType
 
@@ -72,7 +72,11 @@ _U32 = struct.Struct("<I")
 _MAX_HEADERS = 1024
 
 
-def encode_headers(headers: Sequence[tuple[str | bytes, bytes]] | dict | None) -> bytes:
+#: what a send takes as headers: (key, value) pairs or a dict, keys str or bytes
+SendHeaders = Union[Sequence[tuple[Union[str, bytes], bytes]], dict[str, bytes], dict[bytes, bytes], None]
+
+
+def encode_headers(headers: SendHeaders) -> bytes:
     """Headers -> bytes: u16 count, then per header u16 key length, key (utf-8),
     u32 value length, value."""
     if not headers:

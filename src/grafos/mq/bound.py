@@ -22,7 +22,8 @@ bus's manager raises :class:`~grafos.errors.InvalidArgument`.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import inspect
+from typing import TYPE_CHECKING, Any, Callable, Concatenate, ParamSpec, TypeVar
 
 from .. import _validate
 from ..errors import InvalidArgument
@@ -31,11 +32,14 @@ from .producer import Partitioner, Producer
 from .model import Bus
 from .subscribe import Subscriber
 
+if TYPE_CHECKING:
+    from ..message import Message, SendHeaders
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
 __all__ = ["BoundProducer", "BoundConsumer"]
 
-#: the calls that take the manager first, besides send, send_keyed and poll (the crossing's)
-PRODUCER_CALLS = ("send_batch", "loan", "begin", "register")
-CONSUMER_CALLS = ("poll_batch", "seek", "seek_partition", "lag", "wait", "peek")
 
 
 def _check_mgr(mgr: object) -> Bus:
@@ -50,18 +54,35 @@ def _other_bus(handle: Any, mgr: object) -> InvalidArgument:
                            "call it without a manager (or with its own)")
 
 
-def _with_mgr(base: Callable[..., Any]) -> Callable[..., Any]:
-    """``base(self, mgr, ...)`` callable as ``(...)`` with the handle's manager."""
-    def call(self: Any, *args: Any, **kw: Any) -> Any:
+def _with_mgr(base: Callable[Concatenate[Any, Bus, P], R]) -> Callable[Concatenate[Any, P], R]:
+    """``base(self, mgr, ...)`` callable as ``(...)`` with the handle's manager;
+    typed and shown (``help()``, :func:`inspect.signature`) as that short form."""
+    def call(self: Any, /, *args: P.args, **kw: P.kwargs) -> R:
         if args and args[0] is self.mgr:
-            return base(self, *args, **kw)
+            return base(self, *args, **kw)       # type: ignore[arg-type]  # the long spelling: mgr given
         if args and isinstance(args[0], Bus):
             raise _other_bus(self, args[0])
         return base(self, self.mgr, *args, **kw)
     call.__name__ = base.__name__
     call.__qualname__ = base.__qualname__
     call.__doc__ = base.__doc__
+    sig = inspect.signature(base)
+    params = list(sig.parameters.values())
+    call.__signature__ = sig.replace(parameters=params[:1] + params[2:])  # type: ignore[attr-defined]
     return call
+
+
+# made out of the classes' bodies, so each is typed from the plain method rather than from the inherited name
+_send_batch = _with_mgr(Producer.send_batch)
+_loan = _with_mgr(Producer.loan)
+_begin = _with_mgr(Producer.begin)
+_register = _with_mgr(Producer.register)
+_poll_batch = _with_mgr(Consumer.poll_batch)
+_seek = _with_mgr(Consumer.seek)
+_seek_partition = _with_mgr(Consumer.seek_partition)
+_lag = _with_mgr(Consumer.lag)
+_wait = _with_mgr(Consumer.wait)
+_peek = _with_mgr(Consumer.peek)
 
 
 class BoundProducer(Producer):
@@ -72,6 +93,21 @@ class BoundProducer(Producer):
         super().__init__(topic, partitioner, **options)
         self.mgr = _check_mgr(mgr)
         self._own(mgr)
+
+    # the manager is given once, here: the calls that take it first are typed without it
+    send_batch = _send_batch        # type: ignore[assignment]
+    loan = _loan                    # type: ignore[assignment]
+    begin = _begin                  # type: ignore[assignment]
+    register = _register            # type: ignore[assignment]
+
+    if TYPE_CHECKING:
+        # SendPath's (C): the crossing takes the handle's manager as the first argument too
+        def send(self, value: bytes | bytearray | memoryview,  # type: ignore[override]
+                 headers: SendHeaders = None, *, timeout: float | None = ...) -> tuple[int, int]: ...
+
+        def send_keyed(self, key: bytes | bytearray | memoryview | None,  # type: ignore[override]
+                       value: bytes | bytearray | memoryview, headers: SendHeaders = None,
+                       *, timeout: float | None = ...) -> tuple[int, int]: ...
 
     def __reduce__(self):  # noqa: ANN204 - crosses processes with its manager when the bus does
         fn, args = Producer.__reduce__(self)
@@ -101,6 +137,19 @@ class BoundConsumer(Consumer):
         super().__init__(topic, group, **options)
         self.mgr = _check_mgr(mgr)
         self._own(mgr)
+
+    # the manager is given once, here: the calls that take it first are typed without it
+    poll_batch = _poll_batch        # type: ignore[assignment]
+    seek = _seek                    # type: ignore[assignment]
+    seek_partition = _seek_partition  # type: ignore[assignment]
+    lag = _lag                      # type: ignore[assignment]
+    wait = _wait                    # type: ignore[assignment]
+    peek = _peek                    # type: ignore[assignment]
+
+    if TYPE_CHECKING:
+        # PollPath's (C): the crossing takes the handle's manager as the first argument too
+        def poll(self, max_messages: int = 100, timeout: float | None = 0.0, *,  # type: ignore[override]
+                 spin: float | None = None) -> list[tuple[int, Message]]: ...
 
     def __reduce__(self):  # noqa: ANN204 - crosses processes with its manager when the bus does
         fn, args, state = Consumer.__reduce__(self)
@@ -136,12 +185,6 @@ def _bound_producer(mgr: Bus, topic: str, partitioner: Partitioner, timeout: flo
 def _bound_consumer(mgr: Bus, topic: str, group: str, isolation: str, on_lost: str) -> BoundConsumer:
     return BoundConsumer(mgr, topic, group, isolation=isolation, on_lost=on_lost)
 
-
-for _name in PRODUCER_CALLS:
-    setattr(BoundProducer, _name, _with_mgr(getattr(Producer, _name)))
-for _name in CONSUMER_CALLS:
-    setattr(BoundConsumer, _name, _with_mgr(getattr(Consumer, _name)))
-del _name
 
 
 class _Handles:

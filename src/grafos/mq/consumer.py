@@ -27,6 +27,8 @@ from .offset import FabricOffsetStore, OffsetStore, bus_store, commit_many, comm
 from .model import SHARED_MEMORY, Bus, SeekPolicy
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from .topic import Topic, TopicManager
     from ..peek import Peek
 
@@ -271,7 +273,7 @@ class Consumer(PollPath):
             self._gate_pos = {}
 
     # ---- positions ---------------------------------------------------------------
-    def seek(self, mgr: TopicManager, store_or_partition=None, policy: SeekPolicy | str | int | None = None) -> None:
+    def seek(self, mgr: Bus, /, store_or_partition=None, policy: SeekPolicy | str | int | None = None) -> None:
         """``seek(mgr, store, SeekPolicy.Committed|Earliest|Latest)`` for every assigned
         partition; ``seek(mgr, SeekPolicy.Earliest|Latest)`` needs no store. A policy
         may be given by name (``seek(mgr, "earliest")``). One
@@ -350,7 +352,7 @@ class Consumer(PollPath):
                                    earliest=earliest)
         return latest if self.on_lost == "latest" else earliest, earliest - committed
 
-    def seek_partition(self, mgr: TopicManager, partition: int, offset: int) -> None:
+    def seek_partition(self, mgr: Bus, /, partition: int, offset: int) -> None:
         """Put one assigned partition at ``offset`` (at most its end)."""
         if self._closed:
             raise self._closed_error()
@@ -417,7 +419,7 @@ class Consumer(PollPath):
                     out[p] = out.get(p, 0) + n
         return {p: n for p, n in sorted(out.items()) if n > 0}
 
-    def lag(self, mgr: TopicManager) -> dict[int, int]:
+    def lag(self, mgr: Bus, /) -> dict[int, int]:
         """Per assigned partition: offsets between the position and the end (a message
         larger than a slot counts as one per slot it spans)."""
         if (s := self._session(mgr)) is not None:
@@ -555,7 +557,7 @@ class Consumer(PollPath):
         incs = {p: t.partition_incarnation(p) for p in pos if t.lease_ids[p]} if t is not None else None
         return self.group, self.topic, pos, incs
 
-    def poll_batch(self, mgr: TopicManager, max_messages: int = 1024, timeout: float | None = 0.0,
+    def poll_batch(self, mgr: Bus, /, max_messages: int = 1024, timeout: float | None = 0.0,
                    *, spin: float | None = None) -> Batch:
         """Like :meth:`poll`, as a :class:`~grafos.reader.Batch` of numpy arrays over
         one buffer (valid until the next poll)."""
@@ -649,7 +651,7 @@ class Consumer(PollPath):
         self._open(mgr, t)
         return True
 
-    def wait(self, mgr: TopicManager, timeout: float | None = None) -> bool:
+    def wait(self, mgr: Bus, /, timeout: float | None = None) -> bool:
         """Block until :meth:`poll` would find a message (or ``timeout`` seconds pass;
         None: no limit) without reading one: positions do not move, so a caller
         that gives up leaves the consumer where it was. True if something is
@@ -660,7 +662,7 @@ class Consumer(PollPath):
             return s.wait(self, timeout)
         return self._ensure(mgr).wait(timeout)
 
-    def wait_request(self, waiter: Waiter, mgr: TopicManager, timeout: float | None = None) -> int:
+    def wait_request(self, waiter: Waiter, mgr: Bus, timeout: float | None = None) -> int:
         """Ask ``waiter`` (a :class:`~grafos.reader.Waiter`, which an event loop
         watches) to wait as :meth:`wait` does, in its own thread; returns the
         request's number. Reads nothing."""
@@ -707,7 +709,7 @@ class Consumer(PollPath):
                 f"seek(mgr, store, SeekPolicy.Committed) first (or seek to rewind on purpose)")
 
     # ---- in place ------------------------------------------------------------------
-    def peek(self, mgr: TopicManager, max_messages: int = 100) -> "Peek":
+    def peek(self, mgr: Bus, /, max_messages: int = 100) -> "Peek":
         """Up to ``max_messages`` from the assigned partitions, read in place without
         waiting: values are views into the rings, checked for overwrite when the
         block is left (see :mod:`grafos.peek`). Positions move past them as with
@@ -750,7 +752,7 @@ class Consumer(PollPath):
     def _closed_error(self) -> Closed:
         return Closed(f"consumer of {self.topic!r} in group {self.group!r} is closed: make a new one")
 
-    def __enter__(self) -> "Consumer":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -182,7 +182,7 @@ class DlqRouter:
         with self._counts.locked():
             return dict(sorted(self._counts.items().items()))
 
-    def prune(self, mgr: "TopicManager") -> int:
+    def prune(self, mgr: Bus) -> int:
         """Forget the counts of messages the source ring no longer holds
         (overwritten or expired). Returns how many were dropped."""
         t = mgr.topic(self.source_topic)
@@ -200,7 +200,7 @@ class DlqRouter:
         return dropped
 
     # ---- routing -----------------------------------------------------------------------
-    def route_to_dlq(self, mgr: "TopicManager", partition: int, offset: int, value: bytes,
+    def route_to_dlq(self, mgr: Bus, partition: int, offset: int, value: bytes,
                      key: bytes | None = None, headers: Iterable[tuple[str, bytes]] | None = None
                      ) -> tuple[int, int]:
         """Append the message to the DLQ topic with headers ``x-source-topic``,
@@ -224,7 +224,7 @@ class DlqRouter:
         self.routed += 1
         return where
 
-    def failed(self, mgr: "TopicManager", consumer: "Consumer", partition: int, message: Message) -> bool:
+    def failed(self, mgr: Bus, consumer: "Consumer", partition: int, message: Message) -> bool:
         """Record a failure of ``message`` (polled by ``consumer`` from ``partition``).
 
         Below the limit: rewind the consumer to the message so a later poll
@@ -239,7 +239,7 @@ class DlqRouter:
         consumer.seek_partition(mgr, partition, message.offset)
         return False
 
-    def process(self, mgr: "TopicManager", consumer: "Consumer",
+    def process(self, mgr: Bus, consumer: "Consumer",
                 messages: Iterable[tuple[int, Message]],
                 handler: Callable[[int, Message], object]) -> ProcessResult:
         """Run ``handler(partition, message)`` over one poll's messages. A handler

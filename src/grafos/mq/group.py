@@ -260,7 +260,7 @@ def _unpack_cfg(key: str, raw: bytes) -> GroupConfig:
     return GroupConfig(name, topic, n, stale)
 
 
-def list_groups(mgr: "TopicManager") -> list[GroupConfig]:
+def list_groups(mgr: Bus) -> list[GroupConfig]:
     """Every group with records on the bus (for tools that look into a live bus)."""
     return mgr.list_groups()
 
@@ -277,7 +277,7 @@ def fabric_groups(fabric: "Fabric") -> list[GroupConfig]:
     return sorted(out, key=lambda c: (c.name, c.topic))
 
 
-def group_lag(mgr: "TopicManager", store: OffsetStore, group: str, topic: str) -> dict[int, int]:
+def group_lag(mgr: Bus, store: OffsetStore, group: str, topic: str) -> dict[int, int]:
     """Per partition of ``topic``: messages the group ``group`` has not committed
     past yet (for any group, with or without a :class:`ConsumerGroup`)."""
     _validate.name(group, "group", 64)
@@ -319,7 +319,7 @@ class ConsumerGroup:
     """``ConsumerGroup("processors", "events", 4, 30)``; see the module docs."""
 
     def __init__(self, name: str, topic: str, num_partitions: int, stale_threshold_secs: float,
-                 mgr: "TopicManager | None" = None) -> None:
+                 mgr: "Bus | None" = None) -> None:
         self.name = _validate.name(name, "group name", 64)
         self.topic = _validate.name(topic, "topic", 64)
         self.num_partitions = _validate.integer(num_partitions, "num_partitions", 1, MAX_PARTITIONS)
@@ -352,7 +352,7 @@ class ConsumerGroup:
         self._state = st
 
     @classmethod
-    def attach(cls, mgr: "TopicManager", name: str, topic: str) -> "ConsumerGroup":
+    def attach(cls, mgr: Bus, name: str, topic: str) -> "ConsumerGroup":
         """The fabric-backed group ``name`` on ``topic`` as its creator configured it."""
         name, topic = _validate.name(name, "group name", 64), _validate.name(topic, "topic", 64)
         if not isinstance(mgr, Bus):
@@ -600,11 +600,11 @@ class ConsumerGroup:
         return c
 
     # ---- observability --------------------------------------------------------------------
-    def lag(self, mgr: "TopicManager", store: OffsetStore) -> dict[int, int]:
+    def lag(self, mgr: Bus, store: OffsetStore) -> dict[int, int]:
         """partition -> messages the group has not committed past."""
         return group_lag(mgr, store, self.name, self.topic)
 
-    def describe(self, mgr: "TopicManager | None" = None, store: OffsetStore | None = None,
+    def describe(self, mgr: "Bus | None" = None, store: OffsetStore | None = None,
                  now: float | None = None) -> GroupDescription:
         """Members (heartbeat age, stale, partitions) and partitions (owner, epoch,
         and with ``mgr`` and ``store`` committed offset, end and lag)."""

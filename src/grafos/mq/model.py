@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Iterable, NamedTuple, Protocol, runtime_checkable
 
 from .. import _validate
 from .._core import layout, sender
 from ..errors import InvalidArgument, Unsupported
 from ..partition import MAX_OFFSET, OFFSET_BITS
+
+if TYPE_CHECKING:     # the handles live above this module (grafos.mq.bound supplies them)
+    from .bound import BoundConsumer, BoundProducer
+    from .subscribe import Subscriber
 
 __all__ = ["TopicConfig", "PartitionInfo", "TopicDescription", "Capabilities", "SHARED_MEMORY", "Partitioner",
            "kafka_partition", "murmur2", "SeekPolicy", "GroupConfig", "Claim", "OffsetStore", "MAX_OFFSET",
@@ -250,7 +254,7 @@ class Bus:
         """Every group with records on the bus."""
         raise NotImplementedError
 
-    def producer(self, topic: str, partitioner: Partitioner | None = None, **options: Any) -> Any:
+    def producer(self, topic: str, partitioner: Partitioner | None = None, **options: Any) -> BoundProducer:
         """A :class:`~grafos.mq.producer.Producer` of ``topic`` bound to this bus:
         ``mgr.producer("events").send_keyed(key, value)``. ``options`` are the
         Producer's (``timeout``, ``idempotent``, ``transactional_id``,
@@ -259,7 +263,7 @@ class Bus:
                                       **options)
 
     def consumer(self, topic: str, group: str = "default", *, partitions: Iterable[int] | None = None,
-                 **options: Any) -> Any:
+                 **options: Any) -> BoundConsumer:
         """A :class:`~grafos.mq.consumer.Consumer` of ``topic`` in ``group`` bound to
         this bus, reading ``partitions`` (default: all): ``mgr.consumer("events",
         group="processors").poll(100)``. ``options`` are the Consumer's
@@ -271,7 +275,7 @@ class Bus:
         return c
 
     def subscribe(self, topic: str, group: str, member: str | None = None, *,
-                  store: OffsetStore | None = None, **options: Any) -> Any:
+                  store: OffsetStore | None = None, **options: Any) -> Subscriber:
         """A consumer of ``topic`` that joins ``group`` and manages its share of the
         partitions (the recommended consumer, see :mod:`grafos.mq.subscribe`):
         ``for partition, msg in mgr.subscribe("events", group="processors")``.

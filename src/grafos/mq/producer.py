@@ -27,9 +27,13 @@ from ..loan import Loan
 from ..message import encode_headers
 from ..partition import MAX_OFFSET, OFFSET_BITS, pack
 from . import gate, serde, transaction
-from .model import SHARED_MEMORY, Bus, Partitioner, kafka_partition, murmur2  # noqa: F401 - importable here too
+from .model import SHARED_MEMORY, Bus
+# importable from here too (the `X as X` form tells type checkers they are exported)
+from .model import Partitioner as Partitioner, kafka_partition as kafka_partition, murmur2 as murmur2
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from .topic import Topic, TopicManager
 
 _RETRIES = 3
@@ -189,7 +193,7 @@ class Producer(SendPath):
             idem.grow(n)        # the topic grew (recreated): sequences of new partitions start at 0
         return idem
 
-    def register(self, mgr: TopicManager) -> int:
+    def register(self, mgr: Bus, /) -> int:
         """Register now rather than on the first send: older instances with the
         same ``transactional_id`` are fenced, and a transaction they left is
         finished (aborted if open, carried through if decided). Returns the epoch."""
@@ -265,7 +269,7 @@ class Producer(SendPath):
         self._raise_send(rc, t)
 
     # ---- transactions ----------------------------------------------------------------
-    def begin(self, mgr: TopicManager) -> "Transaction":
+    def begin(self, mgr: Bus, /) -> "Transaction":
         """Open a transaction: the sends that follow (until commit or abort) belong
         to it; ``read_committed`` consumers see them only once it commits, and
         never if it aborts. Needs a ``transactional_id``. One at a time."""
@@ -402,7 +406,7 @@ class Producer(SendPath):
         raise_for(rc, f"topic {self.topic!r}")
 
     # ---- batches ------------------------------------------------------------------
-    def send_batch(self, mgr: TopicManager, values: Sequence[bytes] | np.ndarray,
+    def send_batch(self, mgr: Bus, /, values: Sequence[bytes] | np.ndarray,
                    keys: Sequence[bytes] | None = None, *, timeout=_DEFAULT) -> tuple[np.ndarray, np.ndarray]:
         """Append many messages with one crossing into C. ``values`` is a list or
         tuple of bytes (walked in C, no join) or a 2-D uint8 numpy array (one row
@@ -531,7 +535,7 @@ class Producer(SendPath):
         return parts, offs
 
     # ---- in place ------------------------------------------------------------------
-    def loan(self, mgr: TopicManager, size: int, key: bytes | None = None, headers=None) -> Loan:
+    def loan(self, mgr: Bus, /, size: int, key: bytes | None = None, headers=None) -> Loan:
         """A zero-copy write of one message of ``size`` value bytes on the partition
         :meth:`send_keyed` (or :meth:`send`, without a key) would pick: a context
         manager over the slots (see :mod:`grafos.loan`). Not for idempotent
@@ -572,7 +576,7 @@ class Producer(SendPath):
         self._bound = (None, None, None)
         self._unbind_fast()
 
-    def __enter__(self) -> "Producer":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -32,10 +32,13 @@ from ..fabric import DEFAULT_SIZE, Fabric, MemLease
 from ..partition import Partition, PartitionState, region_size
 from . import gate
 from .model import (DEFAULT_CAPACITY, DEFAULT_PARTITIONS, DEFAULT_RETENTION_SECS, DEFAULT_STRIDE,  # noqa: F401
-                    MAX_PARTITIONS, MAX_TOPIC_NAME, ON_FULL, SHARED_MEMORY, Bus, Capabilities, PartitionInfo,
-                    RemoteManager, TopicConfig, TopicDescription)
+                    MAX_PARTITIONS, MAX_TOPIC_NAME, ON_FULL, SHARED_MEMORY, Bus, RemoteManager)
+# importable from here too (the `X as X` form tells type checkers they are exported)
+from .model import (Capabilities as Capabilities, PartitionInfo as PartitionInfo, TopicConfig as TopicConfig,
+                    TopicDescription as TopicDescription)
 
 if TYPE_CHECKING:
+    from ..jetstream.manager import JetStreamManager
     from .model import OffsetStore
     from .share import ShareConsumer
 
@@ -202,7 +205,7 @@ class TopicManager(Bus):
     #: ``TopicManager.connect("nats://127.0.0.1:4222")``: the same bus on a server,
     #: :func:`grafos.connect` for server URLs (set by :mod:`grafos._connect`, the layer
     #: above both backends)
-    connect: ClassVar[Callable[..., RemoteManager]]
+    connect: ClassVar[Callable[..., JetStreamManager]]
 
     @staticmethod
     def unlink(name: str) -> bool:
