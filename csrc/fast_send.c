@@ -297,13 +297,13 @@ static PyObject *sendpath_send_rows(SendPath *self, PyObject *const *args, Py_ss
 
 static PyMethodDef sendpath_methods[] = {
     {"send", (PyCFunction)(void (*)(void))sendpath_send, METH_FASTCALL | METH_KEYWORDS,
-     "send($self, mgr, value, headers=None, *, timeout=...)\n--\n\n"
+     "send($self, mgr, value, headers=None, *, timeout=grafos._crossing.PRODUCER_TIMEOUT)\n--\n\n"
      "Append value without a key (round robin); returns (partition, offset).\n"
      "value: bytes, bytearray or memoryview. timeout: seconds a send to a full\n"
      "on_full=\"block\" topic waits for room (None: for ever; not given: the\n"
      "producer's timeout)."},
     {"send_keyed", (PyCFunction)(void (*)(void))sendpath_send_keyed, METH_FASTCALL | METH_KEYWORDS,
-     "send_keyed($self, mgr, key, value, headers=None, *, timeout=...)\n--\n\n"
+     "send_keyed($self, mgr, key, value, headers=None, *, timeout=grafos._crossing.PRODUCER_TIMEOUT)\n--\n\n"
      "Append value under key (Kafka's partitioner; key None: round robin); returns\n"
      "(partition, offset). timeout: as for send (not given: the producer's timeout)."},
     {"_bind_fast", (PyCFunction)(void (*)(void))sendpath_bind, METH_FASTCALL, NULL},

@@ -34,6 +34,27 @@ share_records = _fast.share_records
 ROW = ffi.sizeof("gf_msg_meta")
 
 
+class ProducerTimeout(float):
+    """The default of a send's ``timeout=``: the producer's own ``timeout``.
+
+    A float only so that the crossing's text signatures (csrc/fast.c) can name
+    it: :func:`inspect.signature` resolves a name there only to a str, int,
+    float, bytes, bool or None. Never used as a number: it is NaN, which every
+    timeout check refuses, and the send paths test for it by identity."""
+
+    __slots__ = ()
+
+    def __new__(cls) -> ProducerTimeout:
+        return super().__new__(cls, "nan")
+
+    def __repr__(self) -> str:
+        return "self.timeout"      # what help() and inspect.signature show for the default
+
+
+#: timeout not given: the producer's
+PRODUCER_TIMEOUT = ProducerTimeout()
+
+
 def ffi_buffer(address: int, size: int) -> object:
     """The ``size`` bytes at ``address`` as a buffer (copy them with ``bytes``)."""
     return ffi.buffer(ffi.cast("uint8_t *", address), size)

@@ -19,7 +19,7 @@ from .._check import last_error, raise_for
 from .._clock import now_ns
 from .._core import codes
 from .._core.sender import Idem, Sender, full_partition
-from .._crossing import SendPath
+from .._crossing import PRODUCER_TIMEOUT, SendPath
 from ..errors import (BufferFull, GrafosError, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound,
                       ProducerFenced, TransactionError, Unsupported)
 from .._log import get as _logger
@@ -41,20 +41,11 @@ _SEQUENCES = (list, tuple)
 _SLICE = 0.05          # seconds a blocked send sleeps before it checks signals and stale readers
 
 
-class _ProducerTimeout:
-    """The default of a send's ``timeout=``: the producer's own ``timeout``."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "self.timeout"
-
-
 #: what a producer with a serializer binds its crossing to instead of its manager
 _SERIALIZING = object()
 
-#: timeout not given: the producer's (its repr is what help() shows for the default)
-_DEFAULT = _ProducerTimeout()
+#: timeout not given: the producer's (help() shows it as ``timeout=self.timeout``)
+_DEFAULT = PRODUCER_TIMEOUT
 
 
 _log = _logger("producer")
