@@ -66,10 +66,14 @@ def _with_mgr(base: Callable[Concatenate[Any, Bus, P], R]) -> Callable[Concatena
     call.__name__ = base.__name__
     call.__qualname__ = base.__qualname__
     call.__doc__ = base.__doc__
-    sig = inspect.signature(base)
-    params = list(sig.parameters.values())
-    call.__signature__ = sig.replace(parameters=params[:1] + params[2:])  # type: ignore[attr-defined]
+    call.__signature__ = _without(base, "mgr")  # type: ignore[attr-defined]
     return call
+
+
+def _without(base: Callable[..., Any], name: str) -> inspect.Signature:
+    """``base``'s signature without its parameter ``name``: what a bound handle's call shows."""
+    sig = inspect.signature(base)
+    return sig.replace(parameters=[p for p in sig.parameters.values() if p.name != name])
 
 
 # made out of the classes' bodies, so each is typed from the plain method rather than from the inherited name
@@ -169,6 +173,8 @@ class BoundConsumer(Consumer):
         if args and isinstance(args[0], Bus):
             raise _other_bus(self, args[0])
         return Consumer.wait_request(self, waiter, self.mgr, *args, **kw)
+
+    wait_request.__signature__ = _without(Consumer.wait_request, "mgr")  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         return f"<BoundConsumer {self.topic!r} group {self.group!r}>"
