@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from . import _validate
-from .mq.model import Bus
 from .mq.topic import TopicManager
 
 if TYPE_CHECKING:     # imported when called: the nats extra is optional
@@ -16,7 +15,7 @@ __all__ = ["connect", "connect_servers"]
 
 
 
-def connect(target: str | Sequence[str] | None = None, **options: Any) -> Bus:
+def connect(target: str | Sequence[str] | None = None, **options: Any) -> TopicManager | JetStreamManager:
     """Open a bus: ``connect()`` an in-process one; ``connect("orders")`` the named
     shared-memory bus ``orders`` (created if missing); ``connect("/var/lib/bus.grafos")``
     (a path: it has a ``/``) a file-backed one; ``connect("nats://127.0.0.1:4222")``

@@ -1,17 +1,31 @@
 """``mypy --strict`` passes on the code a reader copies: every Python block of
 the README and of the documentation site, and ``examples/``, type-checked
-against the installed package (its ``py.typed`` and ``_fast.pyi``)."""
+against the installed package (its ``py.typed`` and ``_fast.pyi``); and what
+the bus hands out is typed as what it is, not ``Any``."""
 from __future__ import annotations
 
 import re
 import shutil
 
+import pytest
 from mypy import api
 
 from helpers.snippets import EXAMPLES, docs_blocks, readme_blocks
 
 
-def test_the_readme_the_docs_and_the_examples_should_pass_mypy_strict(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def mypy_cache(tmp_path_factory):
+    """One cache for the module's runs: the package is analysed once."""
+    return str(tmp_path_factory.mktemp("mypy-cache"))
+
+
+def _mypy(mypy_cache: str, *paths: str) -> tuple[int, str]:
+    out, err, status = api.run(["--strict", "--cache-dir", mypy_cache, "--no-color-output",
+                                "--no-error-summary", *paths])
+    return status, out + err
+
+
+def test_the_readme_the_docs_and_the_examples_should_pass_mypy_strict(tmp_path, monkeypatch, mypy_cache):
     monkeypatch.chdir(tmp_path)                 # mypy names files relative to here: blocks/README_md_1.py:12
     blocks = tmp_path / "blocks"
     blocks.mkdir()
@@ -19,5 +33,39 @@ def test_the_readme_the_docs_and_the_examples_should_pass_mypy_strict(tmp_path, 
         # one module per block, named after where it is: "docs/concepts/fabric.md:0" -> docs_concepts_fabric_md_0
         (blocks / (re.sub(r"\W", "_", where) + ".py")).write_text(code)
     shutil.copytree(EXAMPLES, tmp_path / "examples", ignore=shutil.ignore_patterns("__pycache__"))
-    out, err, status = api.run(["--strict", "--cache-dir", "mypy-cache", "--no-color-output", "blocks", "examples"])
-    assert status == 0, out + err
+    status, out = _mypy(mypy_cache, "blocks", "examples")
+    assert status == 0, out
+
+
+PROGRAM = """\
+import grafos
+from grafos.mq import TopicConfig
+
+mgr = grafos.connect()
+mgr.create("t", TopicConfig(num_partitions=2))
+with mgr.consumer("t", group="g") as c:
+    reveal_type(c)
+    reveal_type(c.seek_partition)
+    c.poll("ten")
+reveal_type(mgr.producer("t").send_keyed)
+reveal_type(mgr.partition_leases("t")[0].expires_at)
+"""
+
+
+def test_what_the_bus_hands_out_should_be_typed_as_what_it_is(tmp_path, monkeypatch, mypy_cache):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "program.py").write_text(PROGRAM)
+    status, out = _mypy(mypy_cache, "program.py")
+    # mypy before 2.0 spells builtins with their module ("builtins.int")
+    notes = re.findall(r'program\.py:(\d+): note: Revealed type is "(.*)"', out.replace("builtins.", ""))
+    errors = re.findall(r"program\.py:(\d+): error: (.*)", out)
+    assert status == 1, out
+    assert [n for n, _ in notes] == ["7", "8", "10", "11"], out
+    assert notes[0][1] == "grafos.mq.bound.BoundConsumer"
+    assert notes[1][1] == "def (partition: int, offset: int)"      # no mgr, no *args
+    send_keyed = notes[2][1]
+    assert re.findall(r"(\w+): ", send_keyed) == ["key", "value", "headers", "timeout"], send_keyed
+    assert send_keyed.endswith("*, timeout: float | None =) -> tuple[int, int]"), send_keyed
+    assert notes[3][1] == "float"
+    assert errors == [("9", 'Argument 1 to "poll" of "BoundConsumer" has incompatible type "str"; '
+                            'expected "int"  [arg-type]')], out
