@@ -37,16 +37,27 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, overload
 
 from . import _validate
 from .errors import GrafosError, InvalidArgument
 from .message import Message
+from .mq.bound import signature_without
 from .mq.consumer import Consumer
 from .mq.offset import OffsetStore
 from .mq.producer import Producer
 from .mq.topic import SHARED_MEMORY, BusHandles, TopicManager
 from .reader import Batch, Waiter
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import numpy as np
+
+    from .message import SendHeaders
+    from .mq.model import Bus, SeekPolicy
+
+    _Bytes = bytes | bytearray | memoryview
 
 __all__ = ["AsyncConsumer", "AsyncProducer"]
 
@@ -158,6 +169,12 @@ class AsyncConsumer:
             if len(out) or (deadline is not None and time.monotonic() >= deadline):
                 return out
 
+    @overload
+    async def poll(self, max_messages: int = 100, timeout: float | None = 0.0) -> list[tuple[int, Message]]: ...
+    @overload
+    async def poll(self, mgr: Bus, /, max_messages: int = 100,
+                   timeout: float | None = 0.0) -> list[tuple[int, Message]]: ...
+
     async def poll(self, *args: Any, max_messages: int | None = None,
                    timeout: float | None = 0.0) -> list[tuple[int, Message]]:
         """``await poll(mgr, max_messages=100, timeout=0.0)``: like
@@ -172,6 +189,13 @@ class AsyncConsumer:
         c = self.consumer
         return await self._poll(lambda t: c.poll(mgr, n, t), mgr, timeout)
 
+    poll.__signature__ = signature_without(Consumer.poll, "mgr", "spin")  # type: ignore[attr-defined]
+
+    @overload
+    async def poll_batch(self, max_messages: int = 1024, timeout: float | None = 0.0) -> Batch: ...
+    @overload
+    async def poll_batch(self, mgr: Bus, /, max_messages: int = 1024, timeout: float | None = 0.0) -> Batch: ...
+
     async def poll_batch(self, *args: Any, max_messages: int | None = None,
                          timeout: float | None = 0.0) -> Batch:
         """``await poll_batch(mgr, max_messages=1024, timeout=0.0)``, as :meth:`Consumer.poll_batch`."""
@@ -183,6 +207,8 @@ class AsyncConsumer:
         _validate.timeout(timeout)
         c = self.consumer
         return await self._poll(lambda t: c.poll_batch(mgr, n, t), mgr, timeout)
+
+    poll_batch.__signature__ = signature_without(Consumer.poll_batch, "mgr", "spin")  # type: ignore[attr-defined]
 
     def messages(self, mgr: TopicManager | None = None, *,
                  batch: int = 100) -> AsyncIterator[tuple[int, Message]]:
@@ -224,19 +250,42 @@ class AsyncConsumer:
         mgr, rest = self._split(args)
         return (mgr, *rest)
 
+    @overload
+    def seek(self, store_or_partition: Any = None, policy: SeekPolicy | str | int | None = None) -> None: ...
+    @overload
+    def seek(self, mgr: Bus, /, store_or_partition: Any = None,
+             policy: SeekPolicy | str | int | None = None) -> None: ...
+
     def seek(self, *args: Any, **kw: Any) -> None:
         """``seek(mgr, store, policy)``, ``seek(mgr, policy)`` (``mgr`` may be left out)."""
         self._pending.clear()
         self.consumer.seek(*self._with_mgr(args), **kw)
+
+    seek.__signature__ = signature_without(Consumer.seek, "mgr")  # type: ignore[attr-defined]
+
+    @overload
+    def seek_partition(self, partition: int, offset: int) -> None: ...
+    @overload
+    def seek_partition(self, mgr: Bus, /, partition: int, offset: int) -> None: ...
 
     def seek_partition(self, *args: Any, **kw: Any) -> None:
         """``seek_partition(mgr, partition, offset)`` (``mgr`` may be left out)."""
         self._give_back()
         self.consumer.seek_partition(*self._with_mgr(args), **kw)
 
+    seek_partition.__signature__ = signature_without(Consumer.seek_partition, "mgr")  # type: ignore[attr-defined]
+
+    @overload
+    def lag(self) -> dict[int, int]: ...
+    @overload
+    def lag(self, mgr: Bus, /) -> dict[int, int]: ...
+
     def lag(self, *args: Any) -> dict[int, int]:
+        """``lag(mgr)`` (``mgr`` may be left out): as :meth:`Consumer.lag`."""
         self._give_back()
         return self.consumer.lag(*self._with_mgr(args))
+
+    lag.__signature__ = signature_without(Consumer.lag, "mgr")  # type: ignore[attr-defined]
 
     def assign(self, partitions: Any) -> None:
         self._give_back()
@@ -310,17 +359,44 @@ class AsyncProducer:
             raise _validate.InvalidType("pass mgr first, or give AsyncProducer a bound producer or mgr=")
         return (self.mgr, *args)
 
+    @overload
+    async def send(self, value: _Bytes, headers: SendHeaders = None, *,
+                   timeout: float | None = ...) -> tuple[int, int]: ...
+    @overload
+    async def send(self, mgr: Bus, /, value: _Bytes, headers: SendHeaders = None, *,
+                   timeout: float | None = ...) -> tuple[int, int]: ...
+
     async def send(self, *args: Any, **kw: Any) -> tuple[int, int]:
         """``await send(mgr, value, headers=None)`` -> (partition, offset)."""
         return self.producer.send(*self._args(args), **kw)
+
+    send.__signature__ = signature_without(Producer.send, "mgr")  # type: ignore[attr-defined]
+
+    @overload
+    async def send_keyed(self, key: _Bytes | None, value: _Bytes, headers: SendHeaders = None, *,
+                         timeout: float | None = ...) -> tuple[int, int]: ...
+    @overload
+    async def send_keyed(self, mgr: Bus, /, key: _Bytes | None, value: _Bytes, headers: SendHeaders = None, *,
+                         timeout: float | None = ...) -> tuple[int, int]: ...
 
     async def send_keyed(self, *args: Any, **kw: Any) -> tuple[int, int]:
         """``await send_keyed(mgr, key, value, headers=None)`` -> (partition, offset)."""
         return self.producer.send_keyed(*self._args(args), **kw)
 
-    async def send_batch(self, *args: Any, **kw: Any):  # noqa: ANN201
+    send_keyed.__signature__ = signature_without(Producer.send_keyed, "mgr")  # type: ignore[attr-defined]
+
+    @overload
+    async def send_batch(self, values: Sequence[bytes] | np.ndarray, keys: Sequence[bytes] | None = None, *,
+                         timeout: float | None = ...) -> tuple[np.ndarray, np.ndarray]: ...
+    @overload
+    async def send_batch(self, mgr: Bus, /, values: Sequence[bytes] | np.ndarray, keys: Sequence[bytes] | None = None,
+                         *, timeout: float | None = ...) -> tuple[np.ndarray, np.ndarray]: ...
+
+    async def send_batch(self, *args: Any, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
         """``await send_batch(mgr, values, keys=None)`` -> (partitions, offsets)."""
         return self.producer.send_batch(*self._args(args), **kw)
+
+    send_batch.__signature__ = signature_without(Producer.send_batch, "mgr")  # type: ignore[attr-defined]
 
     async def flush(self, timeout: float | None = None) -> int:
         return self.producer.flush(timeout)

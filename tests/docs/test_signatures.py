@@ -9,6 +9,7 @@ import pydoc
 import pytest
 
 from grafos._crossing import PRODUCER_TIMEOUT
+from grafos.aio import AsyncConsumer, AsyncProducer
 from grafos.mq.bound import BoundConsumer, BoundProducer
 from grafos.mq.consumer import Consumer
 from grafos.mq.producer import Producer
@@ -79,3 +80,12 @@ def test_a_bound_handles_calls_should_show_their_parameters_without_the_manager(
             assert [p.name for p in inspect.signature(getattr(handle, name)).parameters.values()] == \
                 [n for n in plain if n not in ("self", "mgr")], name
     assert list(inspect.signature(BoundConsumer.wait_request).parameters) == ["self", "waiter", "timeout"]
+
+
+@pytest.mark.parametrize("cls", [AsyncProducer, AsyncConsumer])
+def test_the_async_adapters_calls_should_show_their_parameters(cls):
+    spread = {name: str(inspect.signature(f)) for name, f in _public_callables(cls)
+              if any(p.kind is p.VAR_POSITIONAL for p in inspect.signature(f).parameters.values())}
+    assert spread == {}
+    send = AsyncProducer.send_keyed if cls is AsyncProducer else AsyncConsumer.seek_partition
+    assert "mgr" not in inspect.signature(send).parameters        # the short form: mgr is optional

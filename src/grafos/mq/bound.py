@@ -66,14 +66,15 @@ def _with_mgr(base: Callable[Concatenate[Any, Bus, P], R]) -> Callable[Concatena
     call.__name__ = base.__name__
     call.__qualname__ = base.__qualname__
     call.__doc__ = base.__doc__
-    call.__signature__ = _without(base, "mgr")  # type: ignore[attr-defined]
+    call.__signature__ = signature_without(base, "mgr")  # type: ignore[attr-defined]
     return call
 
 
-def _without(base: Callable[..., Any], name: str) -> inspect.Signature:
-    """``base``'s signature without its parameter ``name``: what a bound handle's call shows."""
+def signature_without(base: Callable[..., Any], *names: str) -> inspect.Signature:
+    """``base``'s signature without the parameters ``names``: what a call that
+    has its manager already (a bound handle's, an async adapter's) shows."""
     sig = inspect.signature(base)
-    return sig.replace(parameters=[p for p in sig.parameters.values() if p.name != name])
+    return sig.replace(parameters=[p for p in sig.parameters.values() if p.name not in names])
 
 
 # made out of the classes' bodies, so each is typed from the plain method rather than from the inherited name
@@ -174,7 +175,7 @@ class BoundConsumer(Consumer):
             raise _other_bus(self, args[0])
         return Consumer.wait_request(self, waiter, self.mgr, *args, **kw)
 
-    wait_request.__signature__ = _without(Consumer.wait_request, "mgr")  # type: ignore[attr-defined]
+    wait_request.__signature__ = signature_without(Consumer.wait_request, "mgr")  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         return f"<BoundConsumer {self.topic!r} group {self.group!r}>"
