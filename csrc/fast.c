@@ -47,6 +47,7 @@ static PyObject *binding_valid(Binding *self, void *unused) { return PyBool_From
 
 static PyMethodDef binding_methods[] = {
     {"invalidate", (PyCFunction)binding_invalidate, METH_NOARGS,
+     "invalidate($self, /)\n--\n\n"
      "Make every handle bound through this binding take its slow path (re-bind) on its next call."},
     {NULL},
 };
@@ -116,24 +117,34 @@ static PyObject *mod_bind(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 
 
 static PyMethodDef module_methods[] = {
-    {"bind", (PyCFunction)(void (*)(void))mod_bind, METH_FASTCALL, "bind(table_address, raise_for, CorruptFabric, Message)"},
-    {"messages", (PyCFunction)(void (*)(void))mod_messages, METH_FASTCALL, "messages(poller_address, count, ids, topic)"},
-    {"decode", (PyCFunction)(void (*)(void))mod_decode, METH_FASTCALL, "decode(meta, data, ids, topic)"},
-    {"encode_headers", (PyCFunction)mod_encode_headers, METH_O, "encode_headers(headers) -> bytes | None"},
+    {"bind", (PyCFunction)(void (*)(void))mod_bind, METH_FASTCALL,
+     "bind($module, table_address, raise_for, corrupt, message, /)\n--\n\n"
+     "Hand over the core's entry points, the error mapper and the classes built here (once, at import)."},
+    {"messages", (PyCFunction)(void (*)(void))mod_messages, METH_FASTCALL,
+     "messages($module, poller_address, count, ids, topic, /)\n--\n\n"
+     "[(partition, Message)] for the rows a poll left in the poller (ids: list or None)."},
+    {"decode", (PyCFunction)(void (*)(void))mod_decode, METH_FASTCALL,
+     "decode($module, meta, data, ids, topic, /)\n--\n\n"
+     "[(partition, Message)] over a copy of poll rows and their bytes."},
+    {"encode_headers", (PyCFunction)mod_encode_headers, METH_O,
+     "encode_headers($module, headers, /)\n--\n\n"
+     "Headers as bytes, or None when the fast encoder does not take them."},
     {"peek_take", (PyCFunction)(void (*)(void))mod_peek_take, METH_FASTCALL,
-     "peek_take(ring, cursor, max, meta, base, limit, stride) -> (rows, plain) | int"},
+     "peek_take($module, ring, cursor, max, meta, base, limit, stride, /)\n--\n\n"
+     "-> (rows, plain) | int"},
     {"peek_build", (PyCFunction)(void (*)(void))mod_peek_build, METH_FASTCALL,
-     "peek_build(rows, base, limit, stride, partition, cls, topic) -> list"},
+     "peek_build($module, rows, base, limit, stride, partition, cls, topic, /)\n--\n\n-> list"},
     {"peek_runs", (PyCFunction)(void (*)(void))mod_peek_runs, METH_FASTCALL,
-     "peek_runs(rows, base, limit, stride) -> [(count, span, value_len, step)]"},
+     "peek_runs($module, rows, base, limit, stride, /)\n--\n\n-> [(count, span, value_len, step)]"},
     {"peek_check", (PyCFunction)(void (*)(void))mod_peek_check, METH_FASTCALL,
-     "peek_check(ring, rows, flags) -> how many are not intact"},
+     "peek_check($module, ring, rows, flags, /)\n--\n\n-> how many are not intact"},
     {"peek_release", (PyCFunction)(void (*)(void))mod_peek_release, METH_FASTCALL,
-     "peek_release(messages, start, count, flags, overwritten) -> values still in use"},
+     "peek_release($module, messages, start, count, flags, overwritten, /)\n--\n\n-> values still in use"},
     {"share_records", (PyCFunction)(void (*)(void))mod_share_records, METH_FASTCALL,
-     "share_records(rows, meta, buf, buf_size, n, partition, region, cls, out, held, topic) -> "
-     "(offsets, words, packed) | None"},
-    {"span", (PyCFunction)(void (*)(void))mod_span, METH_FASTCALL, "span(address, length) -> a writable Span"},
+     "share_records($module, rows, meta, buf, buf_size, n, partition, region, cls, out, held, topic, /)\n--\n\n"
+     "-> (offsets, words, packed) | None"},
+    {"span", (PyCFunction)(void (*)(void))mod_span, METH_FASTCALL,
+     "span($module, address, length, /)\n--\n\n-> a writable Span"},
     {NULL},
 };
 

@@ -269,8 +269,10 @@ static PyObject *span_get_exports(PyObject *o, void *unused)
 
 static PyBufferProcs span_as_buffer = {span_getbuffer, span_releasebuffer};
 static PyMethodDef span_methods[] = {
-    {"release", span_release, METH_NOARGS, "Refuse the bytes to anyone after this; BufferError while in use."},
-    {"revoke", span_revoke, METH_NOARGS, "Refuse the bytes to anyone after this; returns the exports still held."},
+    {"release", span_release, METH_NOARGS,
+     "release($self, /)\n--\n\nRefuse the bytes to anyone after this; BufferError while in use."},
+    {"revoke", span_revoke, METH_NOARGS,
+     "revoke($self, /)\n--\n\nRefuse the bytes to anyone after this; returns the exports still held."},
     {NULL},
 };
 static PyGetSetDef span_getset[] = {

@@ -229,7 +229,7 @@ static PyMethodDef pollpath_methods[] = {
      "(None: adaptive, at most 200 us, none on a consumer that waits long; 0: never)."},
     {"_bind_fast", (PyCFunction)(void (*)(void))pollpath_bind, METH_FASTCALL, NULL},
     {"_unbind_fast", (PyCFunction)pollpath_unbind, METH_NOARGS, NULL},
-    {"_own", (PyCFunction)pollpath_own, METH_O, "_own(mgr): a bound handle's manager (see with_own)"},
+    {"_own", (PyCFunction)pollpath_own, METH_O, "_own($self, mgr, /)\n--\n\nA bound handle's manager (see with_own)."},
     {NULL},
 };
 

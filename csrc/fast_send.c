@@ -308,7 +308,7 @@ static PyMethodDef sendpath_methods[] = {
      "(partition, offset). timeout: as for send (not given: the producer's timeout)."},
     {"_bind_fast", (PyCFunction)(void (*)(void))sendpath_bind, METH_FASTCALL, NULL},
     {"_unbind_fast", (PyCFunction)sendpath_unbind, METH_NOARGS, NULL},
-    {"_own", (PyCFunction)sendpath_own, METH_O, "_own(mgr): a bound handle's manager (see with_own)"},
+    {"_own", (PyCFunction)sendpath_own, METH_O, "_own($self, mgr, /)\n--\n\nA bound handle's manager (see with_own)."},
     {"_send_lists", (PyCFunction)(void (*)(void))sendpath_send_lists, METH_FASTCALL, NULL},
     {"_send_rows", (PyCFunction)(void (*)(void))sendpath_send_rows, METH_FASTCALL, NULL},
     {NULL},

@@ -89,3 +89,17 @@ def test_the_async_adapters_calls_should_show_their_parameters(cls):
     assert spread == {}
     send = AsyncProducer.send_keyed if cls is AsyncProducer else AsyncConsumer.seek_partition
     assert "mgr" not in inspect.signature(send).parameters        # the short form: mgr is optional
+
+
+def test_every_public_call_of_the_crossing_should_have_a_text_signature():
+    from grafos import _fast
+    missing = []
+    for owner in (_fast, _fast.SendPath, _fast.PollPath, _fast.Binding, _fast.Span):
+        for name, f in vars(owner).items():
+            if name.startswith("_") or not inspect.isroutine(f):
+                continue
+            try:
+                inspect.signature(f)
+            except ValueError:
+                missing.append(f"{getattr(owner, '__name__', owner)}.{name}")
+    assert missing == []
