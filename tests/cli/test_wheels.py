@@ -44,3 +44,5 @@ def test_build_wheels_should_leave_a_manylinux2014_wheel_with_both_native_module
     # the cffi core is built for the stable ABI; the crossing is per interpreter
     assert "grafos/_native.abi3.so" in names
     assert f"grafos/_fast{sysconfig.get_config_var('EXT_SUFFIX')}" in names
+    # type checkers read the package's annotations (PEP 561) and the crossing's stub
+    assert {"grafos/py.typed", "grafos/_fast.pyi"} <= set(names)
