@@ -41,7 +41,6 @@ R = TypeVar("R")
 __all__ = ["BoundProducer", "BoundConsumer"]
 
 
-
 def _check_mgr(mgr: object) -> Bus:
     if not isinstance(mgr, Bus):
         raise _validate.InvalidType(f"mgr must be a TopicManager (or a remote bus's manager), "
@@ -191,7 +190,6 @@ def _bound_producer(mgr: Bus, topic: str, partitioner: Partitioner, timeout: flo
 
 def _bound_consumer(mgr: Bus, topic: str, group: str, isolation: str, on_lost: str) -> BoundConsumer:
     return BoundConsumer(mgr, topic, group, isolation=isolation, on_lost=on_lost)
-
 
 
 class _Handles:
