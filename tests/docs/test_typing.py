@@ -59,7 +59,7 @@ def test_what_the_bus_hands_out_should_be_typed_as_what_it_is(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     (tmp_path / "program.py").write_text(PROGRAM)
     status, out = _mypy(mypy_cache, "program.py")
-    # mypy before 2.0 spells builtins with their module ("builtins.int")
+    # mypy 1.x spells builtins with their module ("builtins.int")
     notes = re.findall(r'program\.py:(\d+): note: Revealed type is "(.*)"', out.replace("builtins.", ""))
     errors = re.findall(r"program\.py:(\d+): error: (.*)", out)
     assert status == 1, out
