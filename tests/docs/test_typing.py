@@ -5,6 +5,7 @@ bus hands out is typed as what it is, not ``Any``; and the crossing's stub
 says what the C module has."""
 from __future__ import annotations
 
+import inspect
 import re
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import sys
 import pytest
 from mypy import api
 
+from grafos.mq.topic import TopicManager
 from helpers.snippets import EXAMPLES, docs_blocks, readme_blocks
 
 
@@ -48,30 +50,37 @@ mgr = grafos.connect()
 mgr.create("t", TopicConfig(num_partitions=2))
 with mgr.consumer("t", group="g") as c:
     reveal_type(c)
-    reveal_type(c.seek_partition)
     c.poll("ten")
-reveal_type(mgr.producer("t").send_keyed)
 reveal_type(mgr.partition_leases("t")[0].expires_at)
 """
+#: the calls a bound handle takes without its manager
+BOUND_CALLS = {"p": ["send", "send_keyed", "send_batch", "loan", "begin", "register"],
+               "c": ["poll", "poll_batch", "seek", "seek_partition", "lag", "wait", "peek"]}
 
 
 def test_what_the_bus_hands_out_should_be_typed_as_what_it_is(tmp_path, monkeypatch, mypy_cache):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "program.py").write_text(PROGRAM)
+    calls = [(var, name) for var, names in BOUND_CALLS.items() for name in names]
+    program = PROGRAM + 'p = mgr.producer("t")\nc = mgr.consumer("t")\n' + \
+        "".join(f"reveal_type({var}.{name})\n" for var, name in calls)
+    (tmp_path / "program.py").write_text(program)
     status, out = _mypy(mypy_cache, "program.py")
     # mypy 1.x spells builtins with their module ("builtins.int")
-    notes = re.findall(r'program\.py:(\d+): note: Revealed type is "(.*)"', out.replace("builtins.", ""))
+    notes = re.findall(r'program\.py:\d+: note: Revealed type is "(.*)"', out.replace("builtins.", ""))
     errors = re.findall(r"program\.py:(\d+): error: (.*)", out)
-    assert status == 1, out
-    assert [n for n, _ in notes] == ["7", "8", "10", "11"], out
-    assert notes[0][1] == "grafos.mq.bound.BoundConsumer"
-    assert notes[1][1] == "def (partition: int, offset: int)"      # no mgr, no *args
-    send_keyed = notes[2][1]
-    assert re.findall(r"(\w+): ", send_keyed) == ["key", "value", "headers", "timeout"], send_keyed
-    assert send_keyed.endswith("*, timeout: float | None =) -> tuple[int, int]"), send_keyed
-    assert notes[3][1] == "float"
-    assert errors == [("9", 'Argument 1 to "poll" of "BoundConsumer" has incompatible type "str"; '
+    assert status == 1 and len(notes) == 2 + len(calls), out
+    assert notes[0] == "grafos.mq.bound.BoundConsumer"
+    assert notes[1] == "float"
+    assert errors == [("8", 'Argument 1 to "poll" of "BoundConsumer" has incompatible type "str"; '
                             'expected "int"  [arg-type]')], out
+    # each call as type checkers read it takes what it takes at run time, without mgr
+    mgr = TopicManager()
+    mgr.create("t")
+    handles = {"p": mgr.producer("t"), "c": mgr.consumer("t")}
+    for (var, name), revealed in zip(calls, notes[2:]):
+        shown = [n for n in inspect.signature(getattr(handles[var], name)).parameters if n != "mgr"]
+        assert re.findall(r"(\w+): ", revealed) == shown, (name, revealed)
+        assert revealed.startswith("def ("), (name, revealed)
 
 
 def test_the_crossings_stub_should_say_what_the_c_module_has(tmp_path):

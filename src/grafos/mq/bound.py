@@ -23,7 +23,7 @@ bus's manager raises :class:`~grafos.errors.InvalidArgument`.
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import _validate
 from ..errors import InvalidArgument
@@ -33,10 +33,16 @@ from .model import Bus
 from .subscribe import Subscriber
 
 if TYPE_CHECKING:
-    from ..message import Message, SendHeaders
+    from collections.abc import Sequence
 
-P = ParamSpec("P")
-R = TypeVar("R")
+    import numpy as np
+
+    from ..loan import Loan
+    from ..message import Message, SendHeaders
+    from ..peek import Peek
+    from ..reader import Batch
+    from .model import SeekPolicy
+    from .producer import Transaction
 
 __all__ = ["BoundProducer", "BoundConsumer"]
 
@@ -53,12 +59,12 @@ def _other_bus(handle: Any, mgr: object) -> InvalidArgument:
                            "call it without a manager (or with its own)")
 
 
-def _with_mgr(base: Callable[Concatenate[Any, Bus, P], R]) -> Callable[Concatenate[Any, P], R]:
+def _with_mgr(base: Callable[..., Any]) -> Callable[..., Any]:
     """``base(self, mgr, ...)`` callable as ``(...)`` with the handle's manager;
-    typed and shown (``help()``, :func:`inspect.signature`) as that short form."""
-    def call(self: Any, /, *args: P.args, **kw: P.kwargs) -> R:
+    shown (``help()``, :func:`inspect.signature`) as that short form."""
+    def call(self: Any, /, *args: Any, **kw: Any) -> Any:
         if args and args[0] is self.mgr:
-            return base(self, *args, **kw)       # type: ignore[arg-type]  # the long spelling: mgr given
+            return base(self, *args, **kw)
         if args and isinstance(args[0], Bus):
             raise _other_bus(self, args[0])
         return base(self, self.mgr, *args, **kw)
@@ -76,18 +82,6 @@ def signature_without(base: Callable[..., Any], *names: str) -> inspect.Signatur
     return sig.replace(parameters=[p for p in sig.parameters.values() if p.name not in names])
 
 
-# made out of the classes' bodies, so each is typed from the plain method rather than from the inherited name
-_send_batch = _with_mgr(Producer.send_batch)
-_loan = _with_mgr(Producer.loan)
-_begin = _with_mgr(Producer.begin)
-_register = _with_mgr(Producer.register)
-_poll_batch = _with_mgr(Consumer.poll_batch)
-_seek = _with_mgr(Consumer.seek)
-_seek_partition = _with_mgr(Consumer.seek_partition)
-_lag = _with_mgr(Consumer.lag)
-_wait = _with_mgr(Consumer.wait)
-_peek = _with_mgr(Consumer.peek)
-
 
 class BoundProducer(Producer):
     """A :class:`Producer` of ``topic`` on ``mgr``; ``options`` are the Producer's."""
@@ -98,12 +92,9 @@ class BoundProducer(Producer):
         self.mgr = _check_mgr(mgr)
         self._own(mgr)
 
-    # the manager is given once, here: the calls that take it first are typed without it
-    send_batch = _send_batch        # type: ignore[assignment]
-    loan = _loan                    # type: ignore[assignment]
-    begin = _begin                  # type: ignore[assignment]
-    register = _register            # type: ignore[assignment]
-
+    # The manager is given once, here: the calls that take it first are typed
+    # without it (declared, as type checkers read them; tests/docs/test_typing.py
+    # holds them to the plain methods), and made from the plain methods.
     if TYPE_CHECKING:
         # SendPath's (C): the crossing takes the handle's manager as the first argument too
         def send(self, value: bytes | bytearray | memoryview,  # type: ignore[override]
@@ -112,6 +103,22 @@ class BoundProducer(Producer):
         def send_keyed(self, key: bytes | bytearray | memoryview | None,  # type: ignore[override]
                        value: bytes | bytearray | memoryview, headers: SendHeaders = None,
                        *, timeout: float | None = ...) -> tuple[int, int]: ...
+
+        def send_batch(self, values: Sequence[bytes] | np.ndarray,  # type: ignore[override]
+                       keys: Sequence[bytes] | None = None, *,
+                       timeout: float | None = ...) -> tuple[np.ndarray, np.ndarray]: ...
+
+        def loan(self, size: int, key: bytes | None = None,  # type: ignore[override]
+                 headers: SendHeaders = None) -> Loan: ...
+
+        def begin(self) -> Transaction: ...  # type: ignore[override]
+
+        def register(self) -> int: ...  # type: ignore[override]
+    else:
+        send_batch = _with_mgr(Producer.send_batch)
+        loan = _with_mgr(Producer.loan)
+        begin = _with_mgr(Producer.begin)
+        register = _with_mgr(Producer.register)
 
     def __reduce__(self):  # noqa: ANN204 - crosses processes with its manager when the bus does
         fn, args = Producer.__reduce__(self)
@@ -142,18 +149,32 @@ class BoundConsumer(Consumer):
         self.mgr = _check_mgr(mgr)
         self._own(mgr)
 
-    # the manager is given once, here: the calls that take it first are typed without it
-    poll_batch = _poll_batch        # type: ignore[assignment]
-    seek = _seek                    # type: ignore[assignment]
-    seek_partition = _seek_partition  # type: ignore[assignment]
-    lag = _lag                      # type: ignore[assignment]
-    wait = _wait                    # type: ignore[assignment]
-    peek = _peek                    # type: ignore[assignment]
-
+    # the manager is given once, here: as for BoundProducer
     if TYPE_CHECKING:
         # PollPath's (C): the crossing takes the handle's manager as the first argument too
         def poll(self, max_messages: int = 100, timeout: float | None = 0.0, *,  # type: ignore[override]
                  spin: float | None = None) -> list[tuple[int, Message]]: ...
+
+        def poll_batch(self, max_messages: int = 1024, timeout: float | None = 0.0, *,  # type: ignore[override]
+                       spin: float | None = None) -> Batch: ...
+
+        def seek(self, store_or_partition: Any = None,  # type: ignore[override]
+                 policy: SeekPolicy | str | int | None = None) -> None: ...
+
+        def seek_partition(self, partition: int, offset: int) -> None: ...  # type: ignore[override]
+
+        def lag(self) -> dict[int, int]: ...  # type: ignore[override]
+
+        def wait(self, timeout: float | None = None) -> bool: ...  # type: ignore[override]
+
+        def peek(self, max_messages: int = 100) -> Peek: ...  # type: ignore[override]
+    else:
+        poll_batch = _with_mgr(Consumer.poll_batch)
+        seek = _with_mgr(Consumer.seek)
+        seek_partition = _with_mgr(Consumer.seek_partition)
+        lag = _with_mgr(Consumer.lag)
+        wait = _with_mgr(Consumer.wait)
+        peek = _with_mgr(Consumer.peek)
 
     def __reduce__(self):  # noqa: ANN204 - crosses processes with its manager when the bus does
         fn, args, state = Consumer.__reduce__(self)
@@ -166,7 +187,7 @@ class BoundConsumer(Consumer):
             raise _other_bus(self, args[0])
         return Consumer._poll_fallback(self, mgr, *args, **kw)
 
-    def wait_request(self, waiter: Any, *args: Any, **kw: Any) -> int:  # type: ignore[override]
+    def wait_request(self, waiter: Any, *args: Any, **kw: Any) -> int:
         """``wait_request(waiter, timeout=None)`` (or ``(waiter, mgr, timeout)``)."""
         if args and args[0] is self.mgr:
             return Consumer.wait_request(self, waiter, *args, **kw)
