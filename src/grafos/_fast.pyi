@@ -5,7 +5,8 @@ from .message import Message, SendHeaders
 
 OFFSET_BITS: int
 
-_Bytes = bytes | bytearray | memoryview
+# a send's key and value: bytes (bytearray, memoryview), or what the producer's serializer takes
+_Value = Any
 
 @final
 class Binding:
@@ -14,9 +15,9 @@ class Binding:
     def invalidate(self, /) -> None: ...
 
 class SendPath:
-    def send(self, mgr: Any, value: _Bytes,
+    def send(self, mgr: Any, value: _Value,
              headers: SendHeaders = None, *, timeout: float | None = ...) -> tuple[int, int]: ...
-    def send_keyed(self, mgr: Any, key: _Bytes | None, value: _Bytes, headers: SendHeaders = None,
+    def send_keyed(self, mgr: Any, key: _Value | None, value: _Value, headers: SendHeaders = None,
                    *, timeout: float | None = ...) -> tuple[int, int]: ...
     def _bind_fast(self, mgr: Any, binding: Binding, sender_address: int, keep: object) -> None: ...
     def _unbind_fast(self) -> None: ...

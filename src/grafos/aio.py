@@ -57,7 +57,8 @@ if TYPE_CHECKING:
     from .message import SendHeaders
     from .mq.model import Bus, SeekPolicy
 
-    _Bytes = bytes | bytearray | memoryview
+    # a send's key and value: bytes (bytearray, memoryview), or what the producer's serializer takes
+    _Value = Any
 
 __all__ = ["AsyncConsumer", "AsyncProducer"]
 
@@ -360,10 +361,10 @@ class AsyncProducer:
         return (self.mgr, *args)
 
     @overload
-    async def send(self, value: _Bytes, headers: SendHeaders = None, *,
+    async def send(self, value: _Value, headers: SendHeaders = None, *,
                    timeout: float | None = ...) -> tuple[int, int]: ...
     @overload
-    async def send(self, mgr: Bus, /, value: _Bytes, headers: SendHeaders = None, *,
+    async def send(self, mgr: Bus, /, value: _Value, headers: SendHeaders = None, *,
                    timeout: float | None = ...) -> tuple[int, int]: ...
 
     async def send(self, *args: Any, **kw: Any) -> tuple[int, int]:
@@ -373,10 +374,10 @@ class AsyncProducer:
     send.__signature__ = signature_without(Producer.send, "mgr")  # type: ignore[attr-defined]
 
     @overload
-    async def send_keyed(self, key: _Bytes | None, value: _Bytes, headers: SendHeaders = None, *,
+    async def send_keyed(self, key: _Value | None, value: _Value, headers: SendHeaders = None, *,
                          timeout: float | None = ...) -> tuple[int, int]: ...
     @overload
-    async def send_keyed(self, mgr: Bus, /, key: _Bytes | None, value: _Bytes, headers: SendHeaders = None, *,
+    async def send_keyed(self, mgr: Bus, /, key: _Value | None, value: _Value, headers: SendHeaders = None, *,
                          timeout: float | None = ...) -> tuple[int, int]: ...
 
     async def send_keyed(self, *args: Any, **kw: Any) -> tuple[int, int]:

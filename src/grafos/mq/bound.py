@@ -96,13 +96,13 @@ class BoundProducer(Producer):
     # without it (declared, as type checkers read them; tests/docs/test_typing.py
     # holds them to the plain methods), and made from the plain methods.
     if TYPE_CHECKING:
-        # SendPath's (C): the crossing takes the handle's manager as the first argument too
-        def send(self, value: bytes | bytearray | memoryview,  # type: ignore[override]
+        # SendPath's (C): the crossing takes the handle's manager as the first argument too;
+        # key and value are bytes (bytearray, memoryview), or what the producer's serializer takes
+        def send(self, value: Any,  # type: ignore[override]
                  headers: SendHeaders = None, *, timeout: float | None = ...) -> tuple[int, int]: ...
 
-        def send_keyed(self, key: bytes | bytearray | memoryview | None,  # type: ignore[override]
-                       value: bytes | bytearray | memoryview, headers: SendHeaders = None,
-                       *, timeout: float | None = ...) -> tuple[int, int]: ...
+        def send_keyed(self, key: Any, value: Any,  # type: ignore[override]
+                       headers: SendHeaders = None, *, timeout: float | None = ...) -> tuple[int, int]: ...
 
         def send_batch(self, values: Sequence[bytes] | np.ndarray,  # type: ignore[override]
                        keys: Sequence[bytes] | None = None, *,
