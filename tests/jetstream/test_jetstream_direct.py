@@ -36,14 +36,15 @@ def test_a_send_makes_no_hop_to_the_event_loop(js, monkeypatch):
     c.close()
 
 
-def test_a_send_the_direct_connection_cannot_settle_goes_through_the_loop(js, monkeypatch):
+@pytest.mark.parametrize("call", ["send", "send_batch"])
+def test_what_the_direct_connection_cannot_settle_goes_through_the_loop(js, monkeypatch, call):
     js.create("d", TopicConfig(num_partitions=1))
     prod = Producer("d")
     prod.send(js, b"a")
     js.delete("d")                  # no stream on the subject any more: no responders
     hops = count_hops(js, monkeypatch)
     with pytest.raises(NotFound):
-        prod.send(js, b"b")
+        prod.send(js, b"b") if call == "send" else prod.send_batch(js, [b"b", b"c"])
     assert hops                     # the loop's path said why
 
 
@@ -96,18 +97,6 @@ def test_a_batch_makes_no_hop_to_the_event_loop(js, monkeypatch):
             break
     assert {(int(p), int(o)): v for p, o, v in zip(parts, offs, values)}.items() <= by_place.items()
     c.close()
-
-
-def test_a_batch_the_direct_connection_cannot_settle_goes_through_the_loop(js, monkeypatch):
-    js.create("d", TopicConfig(num_partitions=1))
-    prod = Producer("d")
-    prod.send(js, b"a")
-    js.delete("d")                  # no stream on the subject any more: no responders
-    hops = count_hops(js, monkeypatch)
-    with pytest.raises(NotFound):
-        prod.send_batch(js, [b"b", b"c"])
-    assert hops                     # the loop's path said why
-
 
 def _send_later(js, topic: str, value: bytes, after: float):
     import threading
