@@ -494,8 +494,8 @@ class Consumer(PollPath):
                     self.seek_partition(mgr, q, off)
                 if out:
                     return out
-                e.add_note(f"grafos: {which} failed on topic {self.topic!r} partition {p} offset {m[0]}; "
-                           "the consumer stays before it (seek past it to go on)")
+                serde.add_note(e, f"grafos: {which} failed on topic {self.topic!r} partition {p} offset {m[0]}; "
+                               "the consumer stays before it (seek past it to go on)")
                 raise
             out.append((p, m._replace_kv(k, v)))
         return out

@@ -43,3 +43,12 @@ def serialize_key(fn: Serializer | None, key: object) -> object:
 
 def serialize_value(fn: Serializer | None, value: object) -> object:
     return value if fn is None else serialize(fn, value, "value_serializer")
+
+
+def add_note(error: BaseException, note: str) -> None:
+    """Add ``note`` to a deserializer's own error before it propagates. Python 3.10
+    has no ``add_note``; its ``__notes__`` list is what 3.11 and later show."""
+    if hasattr(error, "add_note"):
+        error.add_note(note)
+    else:
+        error.__notes__ = [*getattr(error, "__notes__", ()), note]  # type: ignore[attr-defined]
