@@ -6,7 +6,7 @@ or counted lost. It aims at one window the wider campaign
 (``tests/helpers/fault_campaign.py``) reaches only by chance: a writer paused between
 taking its slots and copying into them while the ring laps it.
 
-The seed is fixed (``GRAFOS_CAMPAIGN_SEED``, default below) and printed in
+The seed is a constant (``GRAFOS_CAMPAIGN_SEED`` sets another; the default is below), printed in
 every failure, so a run can be replayed; ``GRAFOS_STRESS_SCALE`` sets its length:
 
     GRAFOS_CAMPAIGN_SEED=7 GRAFOS_STRESS_SCALE=10 python -m pytest -m stress tests/bus/test_stall_campaign.py
