@@ -311,6 +311,51 @@ def test_should_raise_not_found_for_a_deleted_topic(js):
         c.seek(js, None, SeekPolicy.Earliest)
 
 
+def refuse_placement(monkeypatch: pytest.MonkeyPatch, mgr: Any, times: int, reason: str) -> list[str]:
+    """The next ``times`` stream creations are refused as a cluster refuses a
+    stream it cannot place ("no suitable peers for placement, <reason>"), then
+    the server's own answer follows. Returns the name of every stream asked for."""
+    from nats.js.errors import APIError
+    asked: list[str] = []
+    left = [times]
+    real = mgr.js.add_stream
+
+    async def add_stream(config: Any = None, **kw: Any) -> Any:
+        asked.append(config.name)
+        if left[0] > 0:
+            left[0] -= 1
+            raise APIError(code=500, err_code=10005, description=f"no suitable peers for placement, {reason}")
+        return await real(config, **kw)
+    monkeypatch.setattr(mgr.js, "add_stream", add_stream)
+    return asked
+
+
+def test_should_create_a_topic_once_an_offline_peer_is_back(js, monkeypatch):
+    asked = refuse_placement(monkeypatch, js, 3, "peer offline")
+    js.create("events", TopicConfig(num_partitions=1))
+    assert len(asked) == 4 and len(set(asked)) == 1
+    assert js.topics() == ["events"] and len(js.streams("events")) == 1
+
+
+def test_should_refuse_at_once_a_topic_the_cluster_cannot_place(js, monkeypatch):
+    asked = refuse_placement(monkeypatch, js, 100, "insufficient resources")
+    with pytest.raises(InvalidArgument, match="insufficient resources"):
+        js.create("events", TopicConfig(num_partitions=1))
+    assert len(asked) == 1
+    assert js.topics() == [] and js.streams("events") == []
+
+
+def test_should_say_unavailable_while_a_peer_stays_offline(nats_url, monkeypatch):
+    mgr = TopicManager.connect(nats_url, timeout=0.5)
+    try:
+        refuse_placement(monkeypatch, mgr, 10**6, "peer offline")
+        with pytest.raises(Unavailable, match="creating topic 'events'"):
+            mgr.create("events", TopicConfig(num_partitions=1))
+        assert mgr.topics() == []
+    finally:
+        mgr.close()
+
+
 # ---- idempotent and fenced producers ---------------------------------------------------------
 def lose_acks(monkeypatch: pytest.MonkeyPatch, mgr: Any, count: int) -> list[str]:
     """The next ``count`` publishes to a partition land on the server, but their

@@ -28,6 +28,17 @@ UNAVAILABLE = (nats.errors.TimeoutError, nats.errors.NoRespondersError, nats.err
                nats.js.errors.ServiceUnavailableError, asyncio.TimeoutError, OSError)
 
 
+#: JetStream's "no suitable peers for placement" (the reason follows in the description)
+NO_PLACEMENT = 10005
+
+
+def placement_waits(e: BaseException) -> bool:
+    """``e`` refuses a stream only until an offline peer is back: the replicas
+    fit the cluster, one of its peers does not answer yet."""
+    return (isinstance(e, nats.js.errors.APIError) and e.err_code == NO_PLACEMENT
+            and "offline" in (e.description or ""))
+
+
 def translate(e: BaseException, what: str) -> BaseException:
     """The grafos error for a nats-py error raised while doing ``what``."""
     if isinstance(e, GrafosError):
@@ -37,7 +48,7 @@ def translate(e: BaseException, what: str) -> BaseException:
     if isinstance(e, nats.js.errors.NotFoundError):
         return NotFound(f"{what}: {e.description}")
     if isinstance(e, nats.js.errors.APIError):
-        if e.code == 503:
+        if e.code == 503 or placement_waits(e):
             return Unavailable(f"{what}: {e.description}")
         return InvalidArgument(f"{what}: the server refused it ({e.description}, error {e.err_code})")
     return e

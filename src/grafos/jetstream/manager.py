@@ -40,7 +40,7 @@ from ..mq.model import (MAX_TOPIC_NAME, Capabilities, GroupConfig, PartitionInfo
 from . import envelope, kv, names
 from .cursors import Cursors
 from .direct import DirectPublisher
-from .loop import UNAVAILABLE, Loop
+from .loop import UNAVAILABLE, Loop, placement_waits
 from .producers import Registration
 from .topics import JsLease, JsPartition, JsTopic, LeaseRecord, config_json, parse_config, server_ttl
 
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
 MAX_JS_PARTITIONS = 256
 _HEADER_ROOM = 256           # bytes of NATS headers allowed beside a message (Nats-Msg-Id)
 _DUPLICATE_WINDOW = 30.0     # seconds a Nats-Msg-Id dedupes a retried publish
+_PLACEMENT_RETRY = 0.25      # seconds between tries to place a stream while a peer is offline
 _WINDOW = 1000               # publishes in flight per send_batch
 _SCHEMES = ("nats://", "tls://", "ws://", "wss://")
 
@@ -281,7 +282,7 @@ class JetStreamManager(RemoteManager):
         await kv.put(self.js, names.LEASES, names.lease_key(tok, i), LeaseRecord(inc, exp).to_json(),
                      rev, server_ttl(exp))
         ret = config.retention_secs
-        await self.js.add_stream(api.StreamConfig(
+        await self._add_stream(api.StreamConfig(
             name=names.stream(tok, i, inc), subjects=[names.subject(tok, i, inc)],
             retention=api.RetentionPolicy.LIMITS, discard=api.DiscardPolicy.OLD,
             max_msgs=config.partition_capacity,
@@ -290,6 +291,26 @@ class JetStreamManager(RemoteManager):
             max_age=ret if self.age_limit else 0.0,
             duplicate_window=min(_DUPLICATE_WINDOW, ret) if self.age_limit else _DUPLICATE_WINDOW,
             metadata={"grafos-topic": name, "grafos-partition": str(i)}))
+
+    async def _add_stream(self, config: api.StreamConfig) -> None:
+        """Add a stream, trying again while the cluster cannot place its replicas
+        because a peer is offline (a peer that misses heartbeats under load is
+        marked offline for a moment), for up to twice the bus's timeout, so that
+        a topic that cannot be placed is refused (Unavailable) and cleaned up
+        within create's own bound; a cluster too small for the replicas is
+        refused at once."""
+        deadline = time.monotonic() + self.timeout * 2     # within create's bound: it cleans up after
+        for tries in itertools.count():
+            try:
+                await self.js.add_stream(config)
+                return
+            except nats.js.errors.APIError as e:
+                if not placement_waits(e) or time.monotonic() + _PLACEMENT_RETRY > deadline:
+                    raise
+                if tries == 0:
+                    _log.info("bus %s: stream %s cannot be placed yet (%s); trying again", self.ident,
+                              config.name, e.description)
+                await asyncio.sleep(_PLACEMENT_RETRY)
 
     async def _drop_topic(self, tok: str, n: int) -> None:
         """Delete every stream and lease of a topic, then its record."""
