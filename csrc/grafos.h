@@ -34,8 +34,9 @@
 #define GF_E_BUSY      -19    /* another thread's send to this partition is in flight (slow path) */
 #define GF_E_DUPLICATE -20    /* a retried sequence older than the last one written */
 
-/* A partition's offsets run from 0 to GF_MAX_OFFSET, 2^GF_OFFSET_BITS - 1 (the
- * largest offset, inclusive; Python's MAX_OFFSET is this value): gf_send packs
+/* A partition's positions run from 0 to GF_MAX_OFFSET, 2^GF_OFFSET_BITS - 1
+ * (inclusive; Python's MAX_OFFSET is this value): a committed offset or a ring's
+ * tail is at most GF_MAX_OFFSET, so a message's offset is below it. gf_send packs
  * (partition << GF_OFFSET_BITS | offset) into its result. */
 #define GF_OFFSET_BITS  48
 #define GF_MAX_OFFSET   281474976710655

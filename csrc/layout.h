@@ -204,7 +204,8 @@ _Static_assert(sizeof(struct gf_ring_hdr) == GF_RING_HDR_SIZE, "ring hdr");
  *                      (every k once s is GF_SEQ_SKIP_MAX) gave way to it and
  *                      hold nothing. The writer leaves by storing the last of
  *                      them as a gap; only then does a later lap take the slot.
- * Offsets are at most GF_MAX_OFFSET (2^48 - 1), so bits 49 to 63 are free. */
+ * A message's offset is below GF_MAX_OFFSET (2^48 - 1: the largest tail), so
+ * 2n + 2 < 2^49 and bits 49 to 63 are free. */
 #define GF_SEQ_ABANDONED (1ULL << 63)
 #define GF_SEQ_GAP       (1ULL << 62)
 #define GF_SEQ_FLAGS     (GF_SEQ_ABANDONED | GF_SEQ_GAP)
@@ -212,6 +213,7 @@ _Static_assert(sizeof(struct gf_ring_hdr) == GF_RING_HDR_SIZE, "ring hdr");
 #define GF_SEQ_SKIP_MAX  0x1FFFULL
 #define GF_SEQ_VALUE     ((1ULL << GF_SEQ_SKIP_SHIFT) - 1)
 _Static_assert(GF_MAX_OFFSET == (1ULL << GF_OFFSET_BITS) - 1, "the largest offset");
+_Static_assert(2 * (GF_MAX_OFFSET - 1) + 2 <= GF_SEQ_VALUE, "the last message's word stays below the skip count");
 
 /* ---- slot ----------------------------------------------------------------
  *

@@ -14,7 +14,7 @@ __attribute__((noinline, cold)) int gf_seq_leave_stepped(gf_ring *r, uint64_t n,
         if ((cur & GF_SEQ_VALUE) != 2 * n + 1)
             return 0;                   /* not ours (a damaged word) */
         uint64_t s = seq_skips(cur);
-        if (s == GF_SEQ_SKIP_MAX || s > (GF_MAX_OFFSET - n) / r->capacity)
+        if (s == GF_SEQ_SKIP_MAX || s > (GF_MAX_OFFSET - 1 - n) / r->capacity)    /* n + s * capacity: an offset */
             return 0;
         /* the last offset that gave way holds no message: a gap (its own, if none did: abandoned) */
         if (gf_cas(q, &cur, (2 * (n + s * r->capacity) + 2) | (s ? GF_SEQ_GAP : GF_SEQ_ABANDONED)))
@@ -189,7 +189,7 @@ int64_t gf_claim_spans(gf_ring *r, uint32_t count, const uint64_t *spans, uint64
             offs[i] = pos;
             pos += spans[i];
         }
-        if (pos - 1 > GF_MAX_OFFSET)      /* the claim's last offset */
+        if (pos > GF_MAX_OFFSET)          /* the tail after the claim */
             return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)t);
         uint64_t gate = gf_load_acq(&r->hdr->gate);      /* back-pressure: never claim past a gating reader */
         if (gate != 0 && pos > gate)

@@ -238,7 +238,7 @@ static inline int64_t claim(gf_ring *r, uint64_t count)
         } while (!gf_cas(&r->hdr->tail, &n, n + count));
     } else
         n = gf_faa(&r->hdr->tail, count);
-    if (__builtin_expect(n > GF_MAX_OFFSET || count - 1 > GF_MAX_OFFSET - n, 0))   /* n + count - 1: the last claimed */
+    if (__builtin_expect(n > GF_MAX_OFFSET || count > GF_MAX_OFFSET - n, 0))   /* n + count: the tail after us */
         return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)n);
     return (int64_t)n;
 }

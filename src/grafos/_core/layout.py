@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from . import lib
 
-#: a partition's offsets run from 0 to MAX_OFFSET, 2**OFFSET_BITS - 1, the largest
-#: offset (inclusive), the core's GF_MAX_OFFSET (it packs a partition and an
-#: offset into one 64-bit return value)
+#: a partition's positions run from 0 to MAX_OFFSET, 2**OFFSET_BITS - 1
+#: (inclusive), the core's GF_MAX_OFFSET: a committed offset or a ring's tail is
+#: at most MAX_OFFSET, so a message's offset is below it (the core packs a
+#: partition and an offset into one 64-bit return value)
 OFFSET_BITS: int = lib.GF_OFFSET_BITS
 MAX_OFFSET: int = lib.GF_MAX_OFFSET
 #: a slot's header, before the key, headers and value
