@@ -126,6 +126,15 @@ class Receiver:
 
 
 # ---- channels: make (in the consumer), producer end, consumer end ---------------------------
+def _drain(get_nowait: Callable[[], object]) -> None:
+    """Take what a queue holds until it says Empty."""
+    try:
+        while True:
+            get_nowait()
+    except queue.Empty:
+        pass
+
+
 class MpQueue:
     name = "mp.Queue"
 
@@ -159,15 +168,9 @@ class MpQueue:
 
     @staticmethod
     def drain(q) -> None:
-        try:
-            while True:
-                q.get_nowait()
-        except queue.Empty:
-            pass
+        _drain(q.get_nowait)
 
-    @staticmethod
-    def close_consumer(q) -> None:
-        MpQueue.drain(q)
+    close_consumer = drain
 
 
 class FasterFifo:
@@ -208,15 +211,9 @@ class FasterFifo:
 
     @staticmethod
     def drain(q) -> None:
-        try:
-            while True:
-                q.get_many_nowait()
-        except queue.Empty:
-            pass
+        _drain(q.get_many_nowait)
 
-    @staticmethod
-    def close_consumer(q) -> None:
-        FasterFifo.drain(q)
+    close_consumer = drain
 
 
 class _ZmqEnd:
