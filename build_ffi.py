@@ -20,7 +20,7 @@ SOURCES = ["platform.c", "fabric.c", "meta.c", "lease.c",
            "ring.c", "ring_write.c", "send.c", "batch.c", "read.c", "wait.c", "gate.c", "loan.c",
            "hash.c", "producer.c", "crossing.c", "queue.c", "share.c"]
 LAYOUT_CONSTANTS = ["GF_META_KEY_MAX", "GF_META_VAL_MAX", "GF_SLOT_HDR_SIZE", "GF_OWNER_LOCK_BASE",
-                    "GF_RING_HDR_SIZE", "GF_LAYOUT_VERSION", "GF_HDR_SIZE",
+                    "GF_RING_HDR_SIZE", "GF_RING_WAITERS", "GF_LAYOUT_VERSION", "GF_HDR_SIZE",
                     "GF_SHARE_ENTRIES_OFF", "GF_SH_ACKED"]
 
 

@@ -33,6 +33,54 @@ int gf_ring_set_on_full(gf_ring *r, uint32_t on_full)
     return rc;
 }
 
+/* ---- who waits -----------------------------------------------------------------------
+ * The count in `blocked` tells gate setters whether to wake anyone; what is
+ * reported as blocked comes from the waiter records (layout.h): the entries
+ * whose owner token is alive. A token out of range is no owner (ignored when
+ * counting, free to take). The kernel's "cannot tell" counts as alive here as
+ * everywhere: a record is taken over only from an owner known dead. */
+
+static int waiter_dead(const gf_ring *r, uint32_t token)
+{
+    return token > GF_OWNER_TOKEN_MASK || gf_owner_alive(r->f, token) == 0;
+}
+
+/* Record the caller as a waiter: the entry it took, or -1 (its handle has no
+ * token, or every entry is held by a live waiter: it waits unrecorded). */
+static int waiter_enter(const gf_ring *r, uint32_t me)
+{
+    _Atomic uint32_t *w = r->hdr->waiter_tokens;
+    if (!me)
+        return -1;
+    for (int i = 0; i < (int)GF_RING_WAITERS; i++) {
+        uint32_t cur = 0;
+        if (gf_load_rlx(&w[i]) == 0 && gf_cas(&w[i], &cur, me))
+            return i;
+    }
+    for (int i = 0; i < (int)GF_RING_WAITERS; i++) {     /* full: a dead waiter's entry */
+        uint32_t cur = gf_load_acq(&w[i]);
+        if (cur != 0 && waiter_dead(r, cur) && gf_cas(&w[i], &cur, me))
+            return i;
+    }
+    return -1;
+}
+
+static void waiter_leave(const gf_ring *r, int i, uint32_t me)
+{
+    if (i >= 0)     /* by CAS: an entry that is no longer ours (a scribble) stays as it is */
+        gf_cas(&r->hdr->waiter_tokens[i], &me, 0);
+}
+
+static uint32_t live_waiters(const gf_ring *r)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < GF_RING_WAITERS; i++) {
+        uint32_t t = gf_load_acq(&r->hdr->waiter_tokens[i]);
+        n += t != 0 && !waiter_dead(r, t);
+    }
+    return n;
+}
+
 int gf_ring_set_gate(gf_ring *r, uint64_t gate)
 {
     int rc = ours(r);
@@ -60,7 +108,7 @@ int gf_ring_gate_get(gf_ring *r, gf_gate_state *out)
     out->tail = gf_load_acq(&r->hdr->tail);
     out->blocked_ns = gf_load_acq(&r->hdr->blocked_ns);
     out->full_raised = gf_load_acq(&r->hdr->full_raised);
-    out->blocked = gf_load_acq(&r->hdr->blocked);
+    out->blocked = live_waiters(r);
     out->on_full = r->hdr->on_full;
     return GF_OK;
 }
@@ -73,8 +121,12 @@ int gf_ring_wait_room(gf_ring *r, uint64_t count, int64_t timeout_ns)
     struct gf_ring_hdr *h = r->hdr;
     const int64_t t0 = gf_mono_ns();
     const int64_t deadline = timeout_ns < 0 ? INT64_MAX : t0 + timeout_ns;
+    const uint32_t me = r->f->token;
+    int entry = -1;                /* our waiter record, once we have one */
     gf_faa_sc(&h->blocked, 1);     /* seq_cst, Dekker with gf_ring_set_gate: before our look at the gate */
     for (;;) {
+        if (entry < 0)             /* again after each wake: an entry may have come free */
+            entry = waiter_enter(r, me);
         uint32_t w = gf_load_acq(&h->gate_wake);
         uint64_t gate = gf_load_sc(&h->gate), tail = gf_load_acq(&h->tail);
         if (gate == 0 || tail + count <= gate)
@@ -88,6 +140,7 @@ int gf_ring_wait_room(gf_ring *r, uint64_t count, int64_t timeout_ns)
         }
         gf_futex_wait(&h->gate_wake, w, deadline - now);
     }
+    waiter_leave(r, entry, me);
     gf_fsub(&h->blocked, 1);
     gf_faa(&h->blocked_ns, (uint64_t)(gf_mono_ns() - t0));
     return rc;

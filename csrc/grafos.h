@@ -329,7 +329,8 @@ typedef struct {
     uint64_t tail;
     uint64_t blocked_ns;    /* total time producers waited for room */
     uint64_t full_raised;   /* sends refused for want of room */
-    uint32_t blocked;       /* producers waiting for room now */
+    uint32_t blocked;       /* live producers waiting for room now, as the ring records them:
+                             * at most GF_RING_WAITERS, which means at least that many */
     uint32_t on_full;       /* GF_FULL_* */
     uint32_t capacity;
     uint32_t reserved;

@@ -146,6 +146,7 @@ _Static_assert(sizeof(struct gf_meta_entry) == 256, "meta entry");
  * view out) while every offset keeps a publication word no payload can forge. */
 #define GF_RING_MAGIC 0x474e495246475221ULL  /* "!RGFRING" */
 #define GF_RING_HDR_SIZE 256u
+#define GF_RING_WAITERS 8u      /* waiters a ring records by owner (the rest of line 2) */
 struct gf_ring_hdr {
     /* line 0: immutable after init */
     uint64_t magic;             /*  0 */
@@ -164,10 +165,17 @@ struct gf_ring_hdr {
     /* back-pressure counters, written only by producers that found no room */
     _Atomic uint64_t blocked_ns;   /* 136: total time producers spent waiting for room */
     _Atomic uint64_t full_raised;  /* 144: sends refused for want of room (BufferFull) */
-    _Atomic uint32_t blocked;      /* 152: producers waiting for room now (a killed one never
-                                    * takes its count back; it only costs gate setters a wake) */
+    _Atomic uint32_t blocked;      /* 152: producers waiting for room now, for gate setters to
+                                    * decide whether to wake (a killed one never takes its count
+                                    * back: it costs them a spurious wake, and is never reported) */
     uint32_t pad2a;
-    uint8_t pad2[GF_LINE - 32];
+    /* 160: who waits for room: each waiter's owner token ("owners" above), 0 for a
+     * free entry. A waiter takes a free entry (or one whose owner is dead) by CAS
+     * and clears it when it stops waiting; what the ring reports as blocked is the
+     * entries whose owner is alive, so a killed waiter drops out of the count. A
+     * waiter that finds every entry held by a live one waits unrecorded: a count
+     * of GF_RING_WAITERS means at least that many. */
+    _Atomic uint32_t waiter_tokens[GF_RING_WAITERS];
     /* line 3: the gate, read by every append, written when a gating reader
      * commits. gate == 0: nobody gates this ring (the oldest slot is
      * overwritten). Otherwise producers may claim offsets below gate only:
@@ -183,6 +191,7 @@ _Static_assert(offsetof(struct gf_ring_hdr, flags) == 36, "ring flags");
 _Static_assert(offsetof(struct gf_ring_hdr, tail) == 64, "tail line");
 _Static_assert(offsetof(struct gf_ring_hdr, abandoned) == 128, "counter line");
 _Static_assert(offsetof(struct gf_ring_hdr, blocked) == 152, "blocked");
+_Static_assert(offsetof(struct gf_ring_hdr, waiter_tokens) == 160, "waiter tokens");
 _Static_assert(offsetof(struct gf_ring_hdr, gate) == 192, "gate line");
 _Static_assert(offsetof(struct gf_ring_hdr, on_full) == 204, "on_full");
 _Static_assert(sizeof(struct gf_ring_hdr) == GF_RING_HDR_SIZE, "ring hdr");

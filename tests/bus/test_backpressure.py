@@ -1,6 +1,7 @@
 """When a partition is full: overwrite, block or raise, gated by live readers."""
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import queue
@@ -11,6 +12,7 @@ import time
 
 import pytest
 
+from grafos._core import layout
 from grafos.errors import BufferFull, InvalidArgument
 from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq import gate
@@ -121,6 +123,43 @@ def test_block_waits_for_a_commit_without_spinning():
     assert [x.earliest for x in d.partitions] == [4, 4]   # only what the group committed past is gone
     assert sum(x.blocked_secs for x in d.partitions) > 0.3
     assert all(x.blocked == 0 for x in d.partitions)
+
+
+def test_more_blocked_producers_than_a_partition_records_show_as_its_count_and_all_are_woken():
+    mgr = _mgr("block")
+    g = _held(mgr)
+    store = FabricOffsetStore(mgr)
+    for i in range(8):
+        Producer("t").send(mgr, b"%d" % i)
+    n = layout.RING_WAITERS + 1
+    errors: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            Producer("t", timeout=60).send(mgr, b"waits")
+        except BaseException as e:      # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    senders = [threading.Thread(target=send) for _ in range(n)]
+    for t in senders:
+        t.start()
+
+    def blocked_becomes(want: int) -> None:
+        deadline = time.monotonic() + 30
+        while mgr.describe("t").partitions[0].blocked != want:
+            assert time.monotonic() < deadline, f"blocked stayed {mgr.describe('t').partitions[0].blocked}"
+            time.sleep(0.02)
+
+    blocked_becomes(layout.RING_WAITERS)      # the records' count: at least that many wait
+    g.commit(store, "m", "t", {0: n - 1})     # room for all but one
+    blocked_becomes(1)                        # the one left records itself in a freed entry
+    g.commit(store, "m", "t", {0: n})
+    for t in senders:
+        t.join(30)
+    assert not errors and not any(t.is_alive() for t in senders)
+    d = mgr.describe("t").partitions[0]
+    assert (d.latest, d.blocked) == (8 + n, 0)
+    mgr.close()
 
 
 def test_timeouts_are_honoured_and_the_call_overrides_the_producer():
@@ -290,6 +329,61 @@ def test_a_sigkilled_gating_member_releases_the_producer_within_the_stale_thresh
     gd = ConsumerGroup.attach(mgr, "g", "t").describe(mgr, FabricOffsetStore(mgr))
     assert gd.partitions[0].gating == "released"
     assert FabricOffsetStore(mgr).committed("g", "t", 0) == 3     # nothing committed is lost
+    mgr.close()
+
+
+def _blocked_everywhere(mgr: TopicManager, where: str) -> list[int]:
+    """Producers blocked on partition 0 of "t", as each view of the bus reports
+    them: describe, ``grafos describe --json``, ``grafos top --once --json`` and
+    the metrics' gauge."""
+    from click.testing import CliRunner
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from grafos.cli import main
+    from grafos.metrics import BusCollector
+
+    def cli(*args: str) -> dict:
+        r = CliRunner().invoke(main, [*args, "--json"], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return json.loads(r.output)
+
+    described = cli("describe", where, "t")["partitions"][0]["blocked"]
+    frame = cli("top", where, "--once", "--interval", "0.05")
+    shown = {t["topic"]: t for t in frame["topics"]}["t"]["partitions"][0]["blocked"]
+    reg = CollectorRegistry()
+    reg.register(BusCollector(mgr))
+    gauge = [s.value for f in text_string_to_metric_families(generate_latest(reg).decode()) for s in f.samples
+             if s.name == "grafos_partition_blocked_producers" and s.labels.get("topic") == "t"]
+    return [mgr.describe("t").partitions[0].blocked, described, shown, *gauge]
+
+
+@pytest.mark.parametrize("kind", ["named", "file"])
+def test_a_blocked_producer_killed_in_its_wait_is_no_longer_counted_blocked(kind, shm_name, tmp_path, procs):
+    # shared-memory buses only: the count is of waiters in other processes, which an
+    # in-process bus has none of, and a JetStream bus has no gate (capabilities.gating)
+    where = {"name": shm_name} if kind == "named" else {"path": str(tmp_path / "bus.grafos")}
+    mgr = TopicManager.open(**where, size=32 * MiB)
+    mgr.create("t", TopicConfig(1, 8, 128, 3600.0, on_full="block"))
+    _held(mgr)
+    p = Producer("t")
+    for i in range(8):
+        p.send(mgr, b"%d" % i)
+    out = mp.get_context("spawn").Queue()
+    child = start(procs, bp.blocked_sender_on, where, "t", out)
+    assert out.get(timeout=60)[0] == "sending"
+    address = where.get("name") or where["path"]
+    deadline = time.monotonic() + 30
+    # the send waits in slices and looks at the gating readers between them (under the
+    # bus's lock, which describe takes too): a view taken between two slices sees none
+    while (seen := _blocked_everywhere(mgr, address)) != [1, 1, 1, 1]:
+        assert time.monotonic() < deadline, seen
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    assert child.exitcode == -signal.SIGKILL
+    assert _blocked_everywhere(mgr, address) == [0, 0, 0, 0]
     mgr.close()
 
 

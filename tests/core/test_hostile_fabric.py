@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import time
 
 import pytest
@@ -376,6 +377,41 @@ def test_wakeup_words_garbage_costs_no_more_than_a_bounded_wait(bus):
         assert [m.value for _, m in rd.poll(10, timeout=0.3)] == [b"after"]
         assert rd.poll(10, timeout=0.3) == []
         assert time.monotonic() - t0 < 3
+
+
+def test_waiter_records_count_only_live_owners_and_a_waiter_takes_a_dead_ones_entry(checked_bus):
+    bus = checked_bus
+    dead = [20001 + i for i in range(5)]
+    for t in dead:
+        os.close(owner_helpers.hold(bus.path, t))        # owners that came and went
+    live = owner_helpers.hold(bus.path, 20000)
+    entries = [0x80000000, 0xFFFFFFFF, *dead, 20000]     # every entry taken: out of range, dead, live
+    bus.patch(bus.ring + 160, "8I", *entries)
+    try:
+        with bus.open() as fab:
+            part = TopicManager(fab).topic("orders").partition(0)
+            assert part.gate_state().blocked == 1
+            part.set_gate(len(MESSAGES))                 # no room for one more
+            woke: list[bool] = []
+            waiter = threading.Thread(target=lambda: woke.append(part.wait_room(1, 30 * 10**9)))
+            waiter.start()
+            deadline = time.monotonic() + 10
+            while part.gate_state().blocked < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            words = struct.unpack_from("<8I", bus.read(), bus.ring + 160)
+            assert words[0] not in (0, entries[0]) and list(words[1:]) == entries[1:]
+            os.close(live)
+            live = -1
+            assert part.gate_state().blocked == 1        # the waiter alone
+            part.set_gate(0)                             # room: the waiter is woken
+            waiter.join(10)
+            assert woke == [True]
+            assert part.gate_state().blocked == 0
+            assert struct.unpack_from("<8I", bus.read(), bus.ring + 160)[0] == 0
+    finally:
+        if live >= 0:
+            os.close(live)
 
 
 @pytest.mark.parametrize("next_id", [0, (1 << 64) - 1])

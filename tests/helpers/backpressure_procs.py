@@ -61,3 +61,13 @@ def blocked_sender(name: str, topic: str, out: Any) -> None:
         out.put(("interrupted", None))
     finally:
         mgr.close()
+
+
+def blocked_sender_on(where: dict[str, str], topic: str, out: Any) -> None:
+    """Open the bus ``TopicManager.open(**where)`` (a name or a path), report,
+    then send to its full "block" topic with no timeout (to be killed there)."""
+    mgr = TopicManager.open(**where)
+    p = Producer(topic)
+    out.put(("sending", os.getpid()))
+    p.send(mgr, b"waits")
+    out.put(("sent", None))

@@ -11,6 +11,9 @@ OFFSET_BITS: int = lib.GF_OFFSET_BITS
 MAX_OFFSET: int = lib.GF_MAX_OFFSET
 #: a slot's header, before the key, headers and value
 SLOT_HDR_SIZE: int = lib.GF_SLOT_HDR_SIZE
+#: producers waiting for room a partition records by owner: a partition's
+#: ``blocked`` count is at most this, which means at least this many
+RING_WAITERS: int = lib.GF_RING_WAITERS
 #: largest key and value of a metadata record
 META_KEY_MAX: int = lib.GF_META_KEY_MAX
 META_VAL_MAX: int = lib.GF_META_VAL_MAX
