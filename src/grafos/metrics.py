@@ -25,7 +25,7 @@ metric                                     type    labels
 ``grafos_partition_alive``                 gauge   topic, partition
 ``grafos_partition_reserved_bytes``        gauge   topic, partition (the lease's region)
 ``grafos_partition_gate_offset``           gauge   topic, partition (producers write below it; 0: not gated)
-``grafos_partition_blocked_producers``     gauge   topic, partition (waiting for room now)
+``grafos_partition_blocked_producers``     gauge   topic, partition (live producers waiting for room now, up to 8)
 ``grafos_partition_blocked_seconds_total`` counter topic, partition (time producers waited for room)
 ``grafos_partition_buffer_full_total``     counter topic, partition (sends refused with BufferFull)
 ``grafos_partition_consumed_total``        counter topic, partition, group (committed past)
@@ -112,8 +112,9 @@ class BusCollector(Collector):
         gate_off = GaugeMetricFamily("grafos_partition_gate_offset", "Producers may write offsets below "
                                      "this (the slowest live gating reader plus the ring); 0: not gated.",
                                      labels=_P)
-        blocked = GaugeMetricFamily("grafos_partition_blocked_producers", "Producers waiting for room "
-                                    "now (topics with on_full block).", labels=_P)
+        blocked = GaugeMetricFamily("grafos_partition_blocked_producers", "Live producers waiting for "
+                                    "room now (topics with on_full block; up to 8 per partition: 8 means "
+                                    "at least 8).", labels=_P)
         blocked_s = CounterMetricFamily("grafos_partition_blocked_seconds", "Time producers spent "
                                         "waiting for room.", labels=_P)
         full = CounterMetricFamily("grafos_partition_buffer_full", "Sends refused with BufferFull.",

@@ -52,7 +52,7 @@ MAX_OFFSET: int = layout.MAX_OFFSET
 class GateState:
     """What a ring's header says of its gate (see :mod:`grafos.mq.gate`)."""
     gate: int            #: producers claim offsets below it only (0: nobody gates)
-    blocked: int         #: producers waiting for room now
+    blocked: int         #: live producers waiting for room now (at most RING_WAITERS: at least that many)
     blocked_ns: int      #: nanoseconds producers spent waiting for room
     full_raised: int     #: BufferFull raised on the ring
 

@@ -92,7 +92,7 @@ class PartitionGate:
     on_full: str
     gate: int                       #: producers may claim offsets below it (0: not gated)
     held_by: str | None             #: the live reader with the lowest position (sets the gate)
-    blocked: int                    #: producers waiting for room now
+    blocked: int                    #: live producers waiting for room now (up to 8: at least 8)
     blocked_secs: float             #: total time producers waited for room
     full_raised: int                #: sends refused with BufferFull
     readers: list[GateReader] = field(default_factory=list)

@@ -99,7 +99,7 @@ class PartitionInfo:
     # back-pressure (topics with on_full "block" or "raise"; zeros elsewhere)
     gate: int = 0             #: producers may write offsets below it (0: not gated)
     gate_held_by: str | None = None   #: the live gating reader that sets the gate
-    blocked: int = 0          #: producers waiting for room now
+    blocked: int = 0          #: live producers waiting for room now (up to 8: 8 means at least 8)
     blocked_secs: float = 0.0  #: total time producers waited for room
     full_raised: int = 0      #: sends refused with BufferFull
     gating: tuple = ()        #: the partition's gating readers (gate.GateReader), live or released
