@@ -160,7 +160,7 @@ struct gf_ring_hdr {
     /* line 1: producers' claim cursor, alone on its line */
     _Atomic uint64_t tail;      /* 64 */
     uint8_t pad1[GF_LINE - 8];
-    /* line 2: rarely written counters */
+    /* line 2: rarely written: counters, and the producers waiting for room */
     _Atomic uint64_t abandoned; /* 128 */
     /* back-pressure counters, written only by producers that found no room */
     _Atomic uint64_t blocked_ns;   /* 136: total time producers spent waiting for room */
