@@ -121,7 +121,7 @@ static PyMethodDef module_methods[] = {
      "bind($module, table_address, raise_for, corrupt, message, /)\n--\n\n"
      "Hand over the core's entry points, the error mapper and the classes built here (once, at import)."},
     {"messages", (PyCFunction)(void (*)(void))mod_messages, METH_FASTCALL,
-     "messages($module, poller_address, count, ids, topic, /)\n--\n\n"
+     "messages($module, poller, count, ids, topic, /)\n--\n\n"
      "[(partition, Message)] for the rows a poll left in the poller (ids: list or None)."},
     {"decode", (PyCFunction)(void (*)(void))mod_decode, METH_FASTCALL,
      "decode($module, meta, data, ids, topic, /)\n--\n\n"
@@ -130,21 +130,21 @@ static PyMethodDef module_methods[] = {
      "encode_headers($module, headers, /)\n--\n\n"
      "Headers as bytes, or None when the fast encoder does not take them."},
     {"peek_take", (PyCFunction)(void (*)(void))mod_peek_take, METH_FASTCALL,
-     "peek_take($module, ring, cursor, max, meta, base, limit, stride, /)\n--\n\n"
-     "-> (rows, plain) | int"},
+     "peek_take($module, poller, index, max, slots, stride, owner, /)\n--\n\n"
+     "-> (segment, plain) | int"},
     {"peek_build", (PyCFunction)(void (*)(void))mod_peek_build, METH_FASTCALL,
-     "peek_build($module, rows, base, limit, stride, partition, cls, topic, /)\n--\n\n-> list"},
+     "peek_build($module, segment, partition, cls, topic, /)\n--\n\n-> list"},
     {"peek_runs", (PyCFunction)(void (*)(void))mod_peek_runs, METH_FASTCALL,
-     "peek_runs($module, rows, base, limit, stride, /)\n--\n\n-> [(count, span, value_len, step)]"},
+     "peek_runs($module, segment, /)\n--\n\n-> [(count, span, value_len, step)]"},
     {"peek_check", (PyCFunction)(void (*)(void))mod_peek_check, METH_FASTCALL,
-     "peek_check($module, ring, rows, flags, /)\n--\n\n-> how many are not intact"},
+     "peek_check($module, segment, /)\n--\n\n-> how many are not intact"},
     {"peek_release", (PyCFunction)(void (*)(void))mod_peek_release, METH_FASTCALL,
-     "peek_release($module, messages, start, count, flags, overwritten, /)\n--\n\n-> values still in use"},
+     "peek_release($module, messages, start, segment, overwritten, /)\n--\n\n-> values still in use"},
     {"share_records", (PyCFunction)(void (*)(void))mod_share_records, METH_FASTCALL,
      "share_records($module, rows, meta, buf, buf_size, n, partition, region, cls, out, held, topic, /)\n--\n\n"
      "-> (offsets, words, packed) | None"},
     {"span", (PyCFunction)(void (*)(void))mod_span, METH_FASTCALL,
-     "span($module, address, length, /)\n--\n\n-> a writable Span"},
+     "span($module, value, /)\n--\n\n-> a writable Span over a writable buffer"},
     {NULL},
 };
 
@@ -157,7 +157,7 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__fast(void)
 {
     if (PyType_Ready(&BindingType) < 0 || PyType_Ready(&SendPathType) < 0 || PyType_Ready(&PollPathType) < 0 ||
-        PyType_Ready(&SpanType) < 0)
+        PyType_Ready(&SpanType) < 0 || PyType_Ready(&PollerType) < 0 || PyType_Ready(&SegmentType) < 0)
         return NULL;
     empty_tuple = PyTuple_New(0);
     str_send_slow = PyUnicode_InternFromString("_send_fallback");
@@ -177,6 +177,8 @@ PyMODINIT_FUNC PyInit__fast(void)
         PyModule_AddObjectRef(m, "SendPath", (PyObject *)&SendPathType) < 0 ||
         PyModule_AddObjectRef(m, "PollPath", (PyObject *)&PollPathType) < 0 ||
         PyModule_AddObjectRef(m, "Span", (PyObject *)&SpanType) < 0 ||
+        PyModule_AddObjectRef(m, "Poller", (PyObject *)&PollerType) < 0 ||
+        PyModule_AddObjectRef(m, "Segment", (PyObject *)&SegmentType) < 0 ||
         PyModule_AddIntConstant(m, "OFFSET_BITS", GF_OFFSET_BITS) < 0) {
         Py_DECREF(m);
         return NULL;

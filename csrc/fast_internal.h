@@ -109,6 +109,29 @@ static inline void *as_pointer(PyObject *o)
     return p;
 }
 
+/* ---- Poller: a reader's gf_poller, owned here (fast_poll.c) -------------------------
+ * The struct lives inside the Python object, so the crossing never takes its
+ * address from Python: cffi views the same bytes through the buffer protocol
+ * (ffi.from_buffer("gf_poller *", poller)) to fill it in and to call the core.
+ * `keep` owns what its pointers point to (the reader's rings, cursors, rows and
+ * buffer); `rows` is where a peek's rows land before they are copied out. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *keep;
+    scratch rows;
+    gf_poller p;
+} Poller;
+FAST_INTERNAL extern PyTypeObject PollerType;
+
+/* The gf_poller of a Poller; NULL (TypeError set) for anything else. */
+static inline gf_poller *poller_of(PyObject *o)
+{
+    if (Py_IS_TYPE(o, &PollerType))
+        return &((Poller *)o)->p;
+    PyErr_Format(PyExc_TypeError, "expected a grafos._fast.Poller, not %.100s", Py_TYPE(o)->tp_name);
+    return NULL;
+}
+
 /* ---- Binding: a topic's validity, shared by the handles bound to it (fast.c) ------ */
 typedef struct {
     PyObject_HEAD
@@ -211,7 +234,7 @@ FAST_INTERNAL PyObject *build(const gf_msg_meta *meta, int64_t n, const uint8_t 
                               PyObject *ids, gf_cursor *cursors, uint32_t nrings, value_pool *pool,
                               PyObject *topic);
 /* ---- the types and module functions each file defines, for the module (fast.c) ---- */
-FAST_INTERNAL extern PyTypeObject SendPathType, PollPathType, SpanType;
+FAST_INTERNAL extern PyTypeObject SendPathType, PollPathType, SpanType, SegmentType;
 FAST_INTERNAL PyObject *mod_messages(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *mod_decode(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *mod_encode_headers(PyObject *m, PyObject *h);

@@ -3,52 +3,70 @@
 #include "fast_internal.h"
 
 /* ---- peek: messages read in place ----------------------------------------------------
- * A peek takes its rows once (peek_take) and keeps them as bytes; what is built
- * from them (message objects, arrays of values) is built from those rows, and
- * the release check reads offsets from them too. A row's bytes sit at
- * base + pos * stride: base is the ring's first slot byte and limit the bytes
- * after it a message may occupy. The core checked every row against the ring;
- * every builder here checks again against base and limit before it points at
- * memory (rows are plain bytes a caller could forge). */
+ * A peek takes its rows once per ring (peek_take) into a Segment, which keeps
+ * them with what they point into: the ring, and a buffer over its slot bytes
+ * (base: the first slot byte; limit: the bytes after it a message may occupy).
+ * What is built from a segment (message objects, arrays of values) and the
+ * release check read its rows, which Python cannot change. The core checked
+ * every row against the ring; the take checks again against the slot buffer,
+ * and every builder here before it points at memory. */
 #define ROW ((Py_ssize_t)sizeof(gf_msg_meta))
 
-static int peek_span(PyObject *rows_obj, Py_buffer *rows, const char *what)
+typedef struct {
+    PyObject_VAR_HEAD       /* ob_size: rows */
+    Py_buffer slots;        /* the ring's slot bytes: base and limit */
+    PyObject *owner;        /* what keeps `ring` open (its Partition) */
+    gf_ring *ring;          /* the ring the rows were read from */
+    uint64_t stride;
+    int checked;            /* flags hold peek_check's answer */
+    gf_msg_meta rows[];     /* then a flag byte per row: 1 intact, 0 not */
+} Segment;
+
+static uint8_t *seg_flags(Segment *s) { return (uint8_t *)&s->rows[Py_SIZE(s)]; }
+
+static void segment_dealloc(PyObject *o)
 {
-    if (PyObject_GetBuffer(rows_obj, rows, PyBUF_SIMPLE) < 0)
-        return -1;
-    if (rows->len % ROW) {
-        PyBuffer_Release(rows);
-        PyErr_Format(PyExc_ValueError, "%s: rows are not a whole number of gf_msg_meta", what);
-        return -1;
-    }
-    return 0;
+    PyBuffer_Release(&((Segment *)o)->slots);
+    Py_XDECREF(((Segment *)o)->owner);
+    PyObject_Free(o);
 }
 
-/* (rows, base, limit, stride) as the builders take them: the rows' buffer (to
- * release) and the ring's first slot byte, its span and its stride */
-typedef struct {
-    Py_buffer rows;
-    Py_ssize_t n;
-    const uint8_t *base;
-    uint64_t limit, stride;
-} peek_args;
+static Py_ssize_t segment_len(PyObject *o) { return Py_SIZE(o); }
 
-static int peek_parse(PyObject *const *args, const char *what, peek_args *pa)
+static PyObject *segment_get_flags(PyObject *o, void *unused)
 {
-    pa->base = as_pointer(args[1]);
-    unsigned long long limit = pa->base ? PyLong_AsUnsignedLongLong(args[2]) : 0;
-    long long stride = pa->base ? PyLong_AsLongLong(args[3]) : 0;
-    if (!pa->base || PyErr_Occurred() || stride <= 0) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_ValueError, "%s: argument out of range", what);
-        return -1;
+    Segment *s = (Segment *)o;
+    if (!s->checked) {
+        PyErr_SetString(PyExc_ValueError, "a segment's flags are known after peek_check");
+        return NULL;
     }
-    pa->limit = limit;
-    pa->stride = (uint64_t)stride;
-    if (peek_span(args[0], &pa->rows, what) < 0)
-        return -1;
-    pa->n = pa->rows.len / ROW;
-    return 0;
+    return PyBytes_FromStringAndSize((const char *)seg_flags(s), Py_SIZE(s));
+}
+
+static PySequenceMethods segment_as_sequence = {.sq_length = segment_len};
+static PyGetSetDef segment_getset[] = {
+    {"flags", segment_get_flags, NULL, "after peek_check: a byte per message, 1 intact, 0 not", NULL},
+    {NULL},
+};
+
+PyTypeObject SegmentType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "grafos._fast.Segment",
+    .tp_basicsize = sizeof(Segment),
+    .tp_itemsize = sizeof(gf_msg_meta) + 1,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The rows of one ring's messages in a peek, with the ring and its slot bytes (made by peek_take).",
+    .tp_dealloc = segment_dealloc,
+    .tp_as_sequence = &segment_as_sequence,
+    .tp_getset = segment_getset,
+};
+
+static Segment *segment_of(PyObject *o, const char *what)
+{
+    if (Py_IS_TYPE(o, &SegmentType))
+        return (Segment *)o;
+    PyErr_Format(PyExc_TypeError, "%s: expected a Segment, not %.100s", what, Py_TYPE(o)->tp_name);
+    return NULL;
 }
 
 /* the row's bytes, NULL (CorruptFabric set) when it points outside the ring */
@@ -64,42 +82,66 @@ static const uint8_t *row_bytes(const gf_msg_meta *row, const uint8_t *base, uin
     return base + at;
 }
 
-/* peek_take(ring, cursor, max, meta, base, limit, stride) -> (rows: bytes, plain: bool)
- * reads up to `max` messages of one ring in place (gf_ring_peek; meta: the
- * address of room for max rows) and returns their rows; plain: no row has a key
- * or headers (nothing to copy out at once). An int when the core refused: its
- * error code, for the caller to raise. */
+static const uint8_t *seg_row(Segment *s, Py_ssize_t i)
+{
+    return row_bytes(&s->rows[i], s->slots.buf, (uint64_t)s->slots.len, s->stride, i);
+}
+
+/* peek_take(poller, index, max, slots, stride, owner) -> (segment, plain: bool) reads
+ * up to `max` messages of the poller's ring `index` in place (gf_ring_peek, from
+ * its cursor there); slots: a buffer over the ring's slot bytes, stride: the
+ * ring's, owner: what keeps the ring open (the segment holds it).
+ * plain: no row has a key or headers (nothing to copy out at once). An int when
+ * the core refused: its error code, for the caller to raise. */
 PyObject *mod_peek_take(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!bound())
         return NULL;
-    if (nargs != 7) {
-        PyErr_SetString(PyExc_TypeError, "peek_take(ring, cursor, max, meta, base, limit, stride)");
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "peek_take(poller, index, max, slots, stride, owner)");
         return NULL;
     }
-    gf_ring *r = as_pointer(args[0]);
-    gf_cursor *c = r ? as_pointer(args[1]) : NULL;
-    long long max = c ? PyLong_AsLongLong(args[2]) : -1;
-    gf_msg_meta *meta = max >= 0 ? as_pointer(args[3]) : NULL;
-    const uint8_t *base = meta ? as_pointer(args[4]) : NULL;
-    unsigned long long limit = base ? PyLong_AsUnsignedLongLong(args[5]) : 0;
-    long long stride = base ? PyLong_AsLongLong(args[6]) : 0;
-    if (!base || PyErr_Occurred() || max > UINT32_MAX || stride <= 0) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "peek_take: argument out of range");
+    gf_poller *p = poller_of(args[0]);
+    if (!p)
+        return NULL;
+    Py_ssize_t i = PyLong_AsSsize_t(args[1]);
+    long long max = PyErr_Occurred() ? -1 : PyLong_AsLongLong(args[2]);
+    long long stride = PyErr_Occurred() ? 0 : PyLong_AsLongLong(args[4]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (i < 0 || (uint64_t)i >= p->n || !p->rings || !p->rings[i] || max < 0 || max > UINT32_MAX || stride <= 0) {
+        PyErr_SetString(PyExc_ValueError, "peek_take: argument out of range");
         return NULL;
     }
-    int64_t n = core->ring_peek(r, c, (uint32_t)max, meta, 0);
-    if (n < 0)
-        return PyLong_FromLongLong(n);
+    Py_buffer slots;
+    if (PyObject_GetBuffer(args[3], &slots, PyBUF_SIMPLE) < 0)
+        return NULL;
+    gf_msg_meta *meta = (gf_msg_meta *)grow(&((Poller *)args[0])->rows, (size_t)(max ? max : 1) * ROW);
+    int64_t n = meta ? core->ring_peek(p->rings[i], &p->cursors[i], (uint32_t)max, meta, 0) : 0;
+    if (!meta || n < 0) {
+        PyBuffer_Release(&slots);
+        return meta ? PyLong_FromLongLong(n) : NULL;
+    }
     int plain = 1;
-    for (int64_t i = 0; i < n; i++) {
-        if (!row_bytes(&meta[i], base, limit, (uint64_t)stride, (Py_ssize_t)i))
+    for (int64_t k = 0; k < n; k++) {
+        if (!row_bytes(&meta[k], slots.buf, (uint64_t)slots.len, (uint64_t)stride, (Py_ssize_t)k)) {
+            PyBuffer_Release(&slots);
             return NULL;
-        plain &= meta[i].key_len == 0 && meta[i].hdr_len == 0 && !(meta[i].flags & GF_MSG_HAS_KEY);
+        }
+        plain &= meta[k].key_len == 0 && meta[k].hdr_len == 0 && !(meta[k].flags & GF_MSG_HAS_KEY);
     }
-    PyObject *rows = PyBytes_FromStringAndSize((const char *)meta, (Py_ssize_t)n * ROW);
-    return rows ? Py_BuildValue("(NO)", rows, plain ? Py_True : Py_False) : NULL;
+    Segment *seg = PyObject_NewVar(Segment, &SegmentType, (Py_ssize_t)n);
+    if (!seg) {
+        PyBuffer_Release(&slots);
+        return NULL;
+    }
+    seg->slots = slots;     /* released with the segment */
+    seg->owner = Py_NewRef(args[5]);
+    seg->ring = p->rings[i];
+    seg->stride = (uint64_t)stride;
+    seg->checked = 0;
+    memcpy(seg->rows, meta, (size_t)n * ROW);
+    return Py_BuildValue("(NO)", (PyObject *)seg, plain ? Py_True : Py_False);
 }
 
 /* Building a peeked message through its class costs a Python __init__ each
@@ -149,32 +191,29 @@ static PyObject *peek_make(PyTypeObject *cls, int fast, PyObject *partition, PyO
     return o;
 }
 
-/* peek_build(rows, base, limit, stride, partition, cls, topic) -> [cls(partition, offset,
- * timestamp, key, headers, value, topic)], value a read-only memoryview of the slot
- * bytes. Headers that do not parse read as none, as grafos.peek documents. */
+/* peek_build(segment, partition, cls, topic) -> [cls(partition, offset, timestamp, key,
+ * headers, value, topic)], value a read-only memoryview of the slot bytes.
+ * Headers that do not parse read as none, as grafos.peek documents. */
 PyObject *mod_peek_build(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!bound())
         return NULL;
-    if (nargs != 7 || !PyType_Check(args[5]) || (args[6] != Py_None && !PyUnicode_CheckExact(args[6]))) {
-        PyErr_SetString(PyExc_TypeError, "peek_build(rows, base, limit, stride, partition, cls, topic: str | None)");
+    if (nargs != 4 || !PyType_Check(args[2]) || (args[3] != Py_None && !PyUnicode_CheckExact(args[3]))) {
+        PyErr_SetString(PyExc_TypeError, "peek_build(segment, partition, cls, topic: str | None)");
         return NULL;
     }
-    PyTypeObject *cls = (PyTypeObject *)args[5];
-    int fast = peek_slots(cls);
-    peek_args pa;
-    if (peek_parse(args, "peek_build", &pa) < 0)
+    Segment *seg = segment_of(args[0], "peek_build");
+    if (!seg)
         return NULL;
-    const uint8_t *base = pa.base;
-    uint64_t limit = pa.limit, stride = pa.stride;
-    Py_ssize_t n = pa.n;
+    PyTypeObject *cls = (PyTypeObject *)args[2];
+    int fast = peek_slots(cls);
+    Py_ssize_t n = Py_SIZE(seg);
     PyObject *list = PyList_New(n);
     if (!list)
-        goto done;
+        return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        gf_msg_meta row;
-        memcpy(&row, (const uint8_t *)pa.rows.buf + i * ROW, sizeof row);   /* bytes need not be aligned */
-        const uint8_t *b = row_bytes(&row, base, limit, stride, i);
+        const gf_msg_meta row = seg->rows[i];
+        const uint8_t *b = seg_row(seg, i);
         if (!b)
             goto fail;
         PyObject *headers;
@@ -193,19 +232,17 @@ PyObject *mod_peek_build(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
                                              : Py_NewRef(Py_None);
         a[3] = headers;
         a[4] = PyMemoryView_FromMemory((char *)(b + row.key_len + row.hdr_len), row.val_len, PyBUF_READ);
-        PyObject *msg = a[0] && a[1] && a[2] && a[4] ? peek_make(cls, fast, args[4], a, args[6]) : NULL;
+        PyObject *msg = a[0] && a[1] && a[2] && a[4] ? peek_make(cls, fast, args[1], a, args[3]) : NULL;
         for (int k = 0; k < 5; k++)
             Py_XDECREF(a[k]);
         if (!msg)
             goto fail;
         PyList_SET_ITEM(list, i, msg);
     }
-    goto done;
-fail:
-    Py_CLEAR(list);
-done:
-    PyBuffer_Release(&pa.rows);
     return list;
+fail:
+    Py_DECREF(list);
+    return NULL;
 }
 
 /* A span of ring bytes that counts its buffer exports: read-only under the arrays
@@ -222,6 +259,7 @@ typedef struct {
     Py_ssize_t exports;
     int released;
     int writable;         /* a loan's span: exported writable; else read-only */
+    Py_buffer base;       /* a loan's span: the buffer over its value it was made from */
 } Span;
 
 static int span_getbuffer(PyObject *o, Py_buffer *view, int flags)
@@ -280,11 +318,20 @@ static PyGetSetDef span_getset[] = {
     {NULL},
 };
 
+static void span_dealloc(PyObject *o)
+{
+    Span *self = (Span *)o;
+    if (self->base.obj)
+        PyBuffer_Release(&self->base);
+    PyObject_Free(o);
+}
+
 PyTypeObject SpanType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "grafos._fast.Span",
     .tp_basicsize = sizeof(Span),
     .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = span_dealloc,
     .tp_doc = "Ring bytes under peeked arrays or a loan's view; release() and revoke() end access.",
     .tp_as_buffer = &span_as_buffer,
     .tp_methods = span_methods,
@@ -300,51 +347,49 @@ static PyObject *span_new(const uint8_t *p, Py_ssize_t len)
         s->exports = 0;
         s->released = 0;
         s->writable = 0;
+        s->base.obj = NULL;
     }
     return (PyObject *)s;
 }
 
-/* span(address, length) -> a writable Span over a loan's value bytes. */
+/* span(value) -> a writable Span over a loan's value bytes: `value` is a writable
+ * buffer over them (held until the span goes). */
 PyObject *mod_span(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "span(address, length)");
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "span(value)");
         return NULL;
     }
-    void *p = PyLong_AsVoidPtr(args[0]);
-    Py_ssize_t len = PyLong_AsSsize_t(args[1]);
-    if (PyErr_Occurred())
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_WRITABLE) < 0)
         return NULL;
-    if (!p || len < 0) {
-        PyErr_SetString(PyExc_ValueError, "span: a null address or a negative length");
+    Span *s = (Span *)span_new((const uint8_t *)view.buf, view.len);
+    if (!s) {
+        PyBuffer_Release(&view);
         return NULL;
     }
-    Span *s = (Span *)span_new((const uint8_t *)p, len);
-    if (s)
-        s->writable = 1;
+    s->writable = 1;
+    s->base = view;
     return (PyObject *)s;
 }
 
-/* peek_runs(rows, base, limit, stride) -> [(count, span, value_len, step)]: the
- * rows cut into runs of messages whose values have one length and lie `step`
- * bytes apart in the ring, in order; span: a Span from the first value of the
- * run to the end of its last, for a (count, value_len) array with row stride
- * `step`. A run ends where the lengths change or the
- * ring wraps. */
+/* peek_runs(segment) -> [(count, span, value_len, step)]: the segment's rows cut into
+ * runs of messages whose values have one length and lie `step` bytes apart in
+ * the ring, in order; span: a Span from the first value of the run to the end of
+ * its last, for a (count, value_len) array with row stride `step`. A run ends
+ * where the lengths change or the ring wraps. */
 PyObject *mod_peek_runs(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!bound())
         return NULL;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "peek_runs(rows, base, limit, stride)");
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "peek_runs(segment)");
         return NULL;
     }
-    peek_args pa;
-    if (peek_parse(args, "peek_runs", &pa) < 0)
+    Segment *seg = segment_of(args[0], "peek_runs");
+    if (!seg)
         return NULL;
-    const uint8_t *base = pa.base;
-    uint64_t limit = pa.limit, stride = pa.stride;
-    Py_ssize_t n = pa.n;
+    Py_ssize_t n = Py_SIZE(seg);
     PyObject *out = PyList_New(0);
     const uint8_t *first = NULL;
     uint64_t len = 0, step = 0;
@@ -353,15 +398,14 @@ PyObject *mod_peek_runs(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         const uint8_t *v = NULL;
         uint32_t vlen = 0;
         if (i < n) {
-            gf_msg_meta row;
-            memcpy(&row, (const uint8_t *)pa.rows.buf + i * ROW, sizeof row);
-            const uint8_t *b = row_bytes(&row, base, limit, stride, i);
+            const gf_msg_meta *row = &seg->rows[i];
+            const uint8_t *b = seg_row(seg, i);
             if (!b) {
                 Py_CLEAR(out);
                 break;
             }
-            v = b + row.key_len + row.hdr_len;
-            vlen = row.val_len;
+            v = b + row->key_len + row->hdr_len;
+            vlen = row->val_len;
             if (count && vlen == len && v > first + (count - 1) * step &&
                 (count == 1 || (uint64_t)(v - first) == count * step)) {
                 if (count == 1)
@@ -381,70 +425,69 @@ PyObject *mod_peek_runs(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         }
         first = v, len = vlen, step = 0, count = 1;
     }
-    PyBuffer_Release(&pa.rows);
     return out;
 }
 
-/* peek_check(ring, rows, flags) -> how many of the rows' messages are not intact
- * (gf_ring_intact_many over their offsets); flags: the address of a byte per row,
- * set 1 intact, 0 not. */
+/* peek_check(segment) -> how many of the segment's messages are not intact
+ * (gf_ring_intact_many over their offsets); sets the segment's flags. */
 PyObject *mod_peek_check(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!bound())
         return NULL;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "peek_check(ring, rows, flags)");
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "peek_check(segment)");
         return NULL;
     }
-    gf_ring *r = as_pointer(args[0]);
-    uint8_t *flags = r ? as_pointer(args[2]) : NULL;
-    if (!flags)
+    Segment *seg = segment_of(args[0], "peek_check");
+    if (!seg)
         return NULL;
-    Py_buffer rb;
-    if (peek_span(args[1], &rb, "peek_check") < 0)
-        return NULL;
-    Py_ssize_t n = rb.len / ROW;
-    uint64_t stack[64], *offs = n <= 64 ? stack : PyMem_Malloc((size_t)n * sizeof(uint64_t));
-    PyObject *result = NULL;
-    if (!offs)
-        PyErr_NoMemory();
-    else if (n > UINT32_MAX)
+    Py_ssize_t n = Py_SIZE(seg);
+    if (n > UINT32_MAX) {
         PyErr_SetString(PyExc_ValueError, "peek_check: too many rows");
-    else {
-        for (Py_ssize_t i = 0; i < n; i++)
-            memcpy(&offs[i], (const uint8_t *)rb.buf + i * ROW + offsetof(gf_msg_meta, offset), 8);
-        result = PyLong_FromUnsignedLong(core->ring_intact_many(r, offs, (uint32_t)n, flags));
+        return NULL;
     }
-    if (offs && offs != stack)
+    uint64_t stack[64], *offs = n <= 64 ? stack : PyMem_Malloc((size_t)n * sizeof(uint64_t));
+    if (!offs)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < n; i++)
+        offs[i] = seg->rows[i].offset;
+    uint32_t bad = core->ring_intact_many(seg->ring, offs, (uint32_t)n, seg_flags(seg));
+    seg->checked = 1;
+    if (offs != stack)
         PyMem_Free(offs);
-    PyBuffer_Release(&rb);
-    return result;
+    return PyLong_FromUnsignedLong(bad);
 }
 
-/* peek_release(messages, start, count, flags, overwritten) settles messages
- * [start, start + count) after peek_check: sets each one's `intact` from
- * flags, appends those not intact to `overwritten`, and releases each value.
- * Returns how many values could not be released (another object still holds
- * their buffer). */
-
+/* peek_release(messages, start, segment, overwritten) settles the segment's messages,
+ * messages[start:start + len(segment)], after peek_check: sets each one's
+ * `intact` from the segment's flags, appends those not intact to
+ * `overwritten`, and releases each value. Returns how many values could not be
+ * released (another object still holds their buffer). */
 PyObject *mod_peek_release(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!bound())
         return NULL;
-    if (nargs != 5 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[4])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "peek_release(messages: list, start, count, flags, overwritten: list)");
+    if (nargs != 4 || !PyList_CheckExact(args[0]) || !PyList_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "peek_release(messages: list, start, segment, overwritten: list)");
         return NULL;
     }
     PyObject *msgs = args[0];
     Py_ssize_t start = PyLong_AsSsize_t(args[1]);
-    Py_ssize_t count = start >= 0 ? PyLong_AsSsize_t(args[2]) : -1;
-    uint8_t *flags = count >= 0 ? as_pointer(args[3]) : NULL;
-    if (!flags || start > PyList_GET_SIZE(msgs) || count > PyList_GET_SIZE(msgs) - start) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_ValueError, "peek_release: range out of the list");
+    if (start == -1 && PyErr_Occurred())
+        return NULL;
+    Segment *seg = segment_of(args[2], "peek_release");
+    if (!seg)
+        return NULL;
+    Py_ssize_t count = Py_SIZE(seg);
+    if (!seg->checked) {
+        PyErr_SetString(PyExc_ValueError, "peek_release: the segment was not checked (peek_check)");
         return NULL;
     }
+    if (start < 0 || start > PyList_GET_SIZE(msgs) || count > PyList_GET_SIZE(msgs) - start) {
+        PyErr_SetString(PyExc_ValueError, "peek_release: range out of the list");
+        return NULL;
+    }
+    const uint8_t *flags = seg_flags(seg);
     long in_use = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *msg = PyList_GET_ITEM(msgs, start + i);
@@ -462,7 +505,7 @@ PyObject *mod_peek_release(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         } else if (PyObject_SetAttr(msg, str_intact, ok ? Py_True : Py_False) < 0 ||
                    !(v = PyObject_GetAttr(msg, str_value)))
             return NULL;
-        if (!ok && PyList_Append(args[4], msg) < 0) {
+        if (!ok && PyList_Append(args[3], msg) < 0) {
             Py_DECREF(v);
             return NULL;
         }

@@ -2,13 +2,74 @@
  * crossing per poll, in slices that look at signals while it blocks. */
 #include "fast_internal.h"
 
+/* ---- Poller: a reader's gf_poller, inside a Python object -------------------------- */
+/* Poller(keep): a zeroed gf_poller; keep owns what the reader points it at. */
+static PyObject *poller_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *keep;
+    if (kw && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "Poller(keep) takes no keywords");
+        return NULL;
+    }
+    if (!PyArg_UnpackTuple(args, "Poller", 1, 1, &keep))
+        return NULL;
+    Poller *self = (Poller *)type->tp_alloc(type, 0);    /* zeroed: the struct too */
+    if (self)
+        self->keep = Py_NewRef(keep);
+    return (PyObject *)self;
+}
+
+static int poller_traverse(Poller *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->keep);
+    return 0;
+}
+
+static int poller_clear(Poller *self)
+{
+    Py_CLEAR(self->keep);
+    return 0;
+}
+
+static void poller_dealloc(Poller *self)
+{
+    PyObject_GC_UnTrack(self);
+    poller_clear(self);
+    PyMem_Free(self->rows.p);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* the struct's bytes, writable, for cffi (exactly sizeof(gf_poller)) */
+static int poller_getbuffer(PyObject *o, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, o, &((Poller *)o)->p, (Py_ssize_t)sizeof(gf_poller), 0, flags);
+}
+
+static PyBufferProcs poller_as_buffer = {poller_getbuffer, NULL};
+
+PyTypeObject PollerType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "grafos._fast.Poller",
+    .tp_basicsize = sizeof(Poller),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Poller(keep, /)\n--\n\n"
+              "A reader's gf_poller, held here and exported as its bytes (ffi.from_buffer); "
+              "keep owns what it points to.",
+    .tp_new = poller_new,
+    .tp_traverse = (traverseproc)poller_traverse,
+    .tp_clear = (inquiry)poller_clear,
+    .tp_dealloc = (destructor)poller_dealloc,
+    .tp_as_buffer = &poller_as_buffer,
+};
+
 /* ---- PollPath: the base of grafos.mq.consumer.Consumer ----------------------------- */
 typedef struct {
     PyObject_HEAD
     PyObject *mgr;       /* the manager `p` reads from; NULL while unbound */
     PyObject *own;       /* a bound handle's manager (see with_own); NULL for a plain one */
     PyObject *binding;   /* the topic's Binding */
-    PyObject *keep;      /* owns the poller and everything it points to (a Reader) */
+    PyObject *keep;      /* the reader `p` belongs to */
+    PyObject *poller;    /* the Poller `p` lives in */
     PyObject *topic;     /* the topic's name, put in every Message */
     gf_poller *p;
     int holes;           /* an assigned partition was already reclaimed when opened */
@@ -22,6 +83,7 @@ static int pollpath_traverse(PollPath *self, visitproc visit, void *arg)
     Py_VISIT(self->own);
     Py_VISIT(self->binding);
     Py_VISIT(self->keep);
+    Py_VISIT(self->poller);
     return 0;
 }
 
@@ -33,6 +95,7 @@ static int pollpath_clear(PollPath *self)
     Py_CLEAR(self->own);
     Py_CLEAR(self->binding);
     Py_CLEAR(self->keep);
+    Py_CLEAR(self->poller);
     Py_CLEAR(self->topic);
     return 0;
 }
@@ -44,27 +107,29 @@ static void pollpath_dealloc(PollPath *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* _bind_fast(mgr, binding, poller_address, keep, holes, topic) */
+/* _bind_fast(mgr, binding, poller, keep, holes, topic) */
 static PyObject *pollpath_bind(PollPath *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 6 || !PyObject_TypeCheck(args[1], &BindingType) || !PyUnicode_CheckExact(args[5])) {
-        PyErr_SetString(PyExc_TypeError, "_bind_fast(mgr, binding, poller_address, keep, holes, topic: str)");
+        PyErr_SetString(PyExc_TypeError, "_bind_fast(mgr, binding, poller: Poller, keep, holes, topic: str)");
         return NULL;
     }
-    gf_poller *p = as_pointer(args[2]);
+    gf_poller *p = poller_of(args[2]);
     int holes = p ? PyObject_IsTrue(args[4]) : -1;
     if (holes < 0)
         return NULL;
-    PyObject *om = self->mgr, *ob = self->binding, *ok = self->keep;
+    PyObject *om = self->mgr, *ob = self->binding, *ok = self->keep, *op = self->poller;
     self->mgr = Py_NewRef(args[0]);
     self->binding = Py_NewRef(args[1]);
     self->keep = Py_NewRef(args[3]);
+    self->poller = Py_NewRef(args[2]);
     Py_XSETREF(self->topic, Py_NewRef(args[5]));
     self->p = p;
     self->holes = holes;
     Py_XDECREF(om);
     Py_XDECREF(ob);
     Py_XDECREF(ok);
+    Py_XDECREF(op);
     Py_RETURN_NONE;
 }
 
@@ -75,12 +140,13 @@ static PyObject *pollpath_own(PollPath *self, PyObject *mgr)
 
 static PyObject *pollpath_unbind(PollPath *self, PyObject *unused)
 {
-    PyObject *om = self->mgr, *ob = self->binding, *ok = self->keep;
+    PyObject *om = self->mgr, *ob = self->binding, *ok = self->keep, *op = self->poller;
     self->p = NULL;
-    self->mgr = self->binding = self->keep = NULL;
+    self->mgr = self->binding = self->keep = self->poller = NULL;
     Py_XDECREF(om);
     Py_XDECREF(ob);
     Py_XDECREF(ok);
+    Py_XDECREF(op);
     Py_RETURN_NONE;
 }
 

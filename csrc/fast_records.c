@@ -412,8 +412,8 @@ fail:
     return NULL;
 }
 
-/* messages(poller_address, count, ids, topic) -> [(partition, Message)] for the rows a
- * poll left in the poller (Reader.poll's blocking path). ids: list or None;
+/* messages(poller, count, ids, topic) -> [(partition, Message)] for the rows a
+ * poll left in the Poller (Reader.poll's blocking path). ids: list or None;
  * topic: str or None. */
 PyObject *mod_messages(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -421,10 +421,10 @@ PyObject *mod_messages(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     if (nargs != 4 || (args[2] != Py_None && !PyList_CheckExact(args[2])) ||
         (args[3] != Py_None && !PyUnicode_CheckExact(args[3]))) {
-        PyErr_SetString(PyExc_TypeError, "messages(poller_address, count, ids: list | None, topic: str | None)");
+        PyErr_SetString(PyExc_TypeError, "messages(poller: Poller, count, ids: list | None, topic: str | None)");
         return NULL;
     }
-    gf_poller *p = as_pointer(args[0]);
+    gf_poller *p = poller_of(args[0]);
     long long n = p ? PyLong_AsLongLong(args[1]) : -1;
     if (n < 0 || (p && n > p->max_batch)) {
         if (!PyErr_Occurred())

@@ -21,6 +21,12 @@ Binding = _fast.Binding
 SendPath = _fast.SendPath
 PollPath = _fast.PollPath
 Span = _fast.Span
+Poller = _fast.Poller
+Segment = _fast.Segment
+# cffi takes a Poller's bytes as a gf_poller without checking their size: both builds must agree on it
+if memoryview(Poller(None)).nbytes != ffi.sizeof("gf_poller"):
+    raise ImportError("grafos._fast and grafos._native were built with different gf_poller layouts: "
+                      "reinstall grafos")
 span = _fast.span
 messages = _fast.messages
 decode = _fast.decode
@@ -53,11 +59,6 @@ class ProducerTimeout(float):
 
 #: timeout not given: the producer's
 PRODUCER_TIMEOUT = ProducerTimeout()
-
-
-def ffi_buffer(address: int, size: int) -> object:
-    """The ``size`` bytes at ``address`` as a buffer (copy them with ``bytes``)."""
-    return ffi.buffer(ffi.cast("uint8_t *", address), size)
 
 
 def address(cdata: object) -> int:

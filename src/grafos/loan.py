@@ -124,7 +124,7 @@ class Loan:
             self._refuse(rc)
         s = self._span
         if s is None:
-            s = self._span = span(_core.address(self._l), self.size)
+            s = self._span = span(_core.value(self._l, self.size))
             _LENT[id(self)] = weakref.ref(self)
         return s
 

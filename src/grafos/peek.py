@@ -54,7 +54,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ._check import raise_for
-from ._crossing import ROW, Span, ffi_buffer, peek_build, peek_check, peek_release, peek_runs, peek_take
+from ._crossing import Poller, Segment, Span, peek_build, peek_check, peek_release, peek_runs, peek_take
 from .errors import InvalidArgument, LeaseExpired, ViewsInUse
 from .message import Headers
 
@@ -89,53 +89,49 @@ class Peek:
     """Messages read in place from one or more rings; see the module doc."""
 
     __slots__ = ("_segments", "_messages", "_views", "_count", "_owners", "overwritten", "released",
-                 "_flags", "_bad", "_keep", "_topic")
+                 "_bad", "_topic")
 
-    def __init__(self, segments: list[tuple[int, bytes, int, int, int, int]], owners: list[object],
-                 messages: list[PeekedMessage] | None, count: int, flags: int = 0) -> None:
-        self._segments = segments      # (ring, rows, first slot byte, limit, stride, partition) per ring
+    def __init__(self, segments: list[tuple[Segment, int]], owners: list[object],
+                 messages: list[PeekedMessage] | None, count: int) -> None:
+        self._segments = segments      # (the crossing's rows of one ring, partition) per ring
         self._messages = messages      # built on first use when no message has a key or headers
         self._views: list[Span] = []   # under the arrays handed out
         self._count = count
         self._owners = owners          # the partitions: their rings outlive the views
         self.overwritten: list[PeekedMessage] = []
         self.released = False
-        self._flags = flags            # the address of the reader's scratch for the release check
         self._bad: list[tuple[int, bytes]] = []   # (first message, flags) of segments with overwrites
-        self._keep: object = None      # owns the memory at _flags (the reader) until release
         self._topic: str | None = None  # what the messages say they were read from
 
     @classmethod
-    def take(cls, sources: Sequence[tuple[int, int, int, object, int, int, int]], max_messages: int,
-             meta: int, flags: int, keep: object = None, topic: str | None = None) -> "Peek":
-        """``sources``: (partition id, ring address, cursor address, Partition, the
-        address of the ring's first slot byte, how many bytes a message may span
-        from there, the ring's stride) per ring; ``meta``: the address of a
-        ``gf_msg_meta[]`` and ``flags`` of a ``uint8_t[]``, both of at least
-        ``max_messages``, the reader's to reuse (``meta``'s rows are copied before
-        this returns, ``flags`` is used only inside :meth:`release`, so ``keep``,
-        which owns it, is held until then: a peek may outlive its consumer)."""
-        segments: list[tuple[int, bytes, int, int, int, int]] = []
+    def take(cls, sources: Sequence[tuple[int, int, object, object, int]], max_messages: int,
+             poller: Poller, topic: str | None = None) -> "Peek":
+        """``sources``: (partition id, the ring's index in ``poller``, the Partition
+        (each segment holds it: its ring stays open), a buffer over the ring's
+        slot bytes, the ring's stride) per ring; ``poller``:
+        the reader's, whose rings and cursors are read (the rows are copied out
+        of it before this returns: a peek may outlive its consumer)."""
+        segments: list[tuple[Segment, int]] = []
         owners: list[object] = []
         count = 0
         plain = True
-        for pid, ring, cursor, owner, base, limit, stride in sources:
+        for pid, index, owner, slots, stride in sources:
             left = max_messages - count
             if left <= 0:
                 break
-            got = peek_take(ring, cursor, left, meta, base, limit, stride)
+            got = peek_take(poller, index, left, slots, stride, owner)
             if got.__class__ is int:
                 raise_for(got, "peek")
-            rows, flat = got
-            if rows:
+            seg, flat = got
+            n = len(seg)
+            if n:
                 owners.append(owner)
-                segments.append((ring, rows, base, limit, stride, pid))
-                count += len(rows) // ROW
+                segments.append((seg, pid))
+                count += n
                 plain = plain and flat
         if not count:
             return cls(_NONE, _NONE, [], 0)
-        pk = cls(segments, owners, None, count, flags)
-        pk._keep = keep
+        pk = cls(segments, owners, None, count)
         pk._topic = topic
         # keys and headers are copied out now, while they are surely the message's
         # own; a few messages are built now too (a small peek is taken to be iterated)
@@ -145,8 +141,8 @@ class Peek:
 
     def _build(self) -> list[PeekedMessage]:
         out: list[PeekedMessage] = []
-        for _, rows, base, limit, stride, pid in self._segments:
-            out += peek_build(rows, base, limit, stride, pid, PeekedMessage, self._topic)
+        for seg, pid in self._segments:
+            out += peek_build(seg, pid, PeekedMessage, self._topic)
         return out
 
     @property
@@ -173,8 +169,8 @@ class Peek:
                 raise LeaseExpired(f"a partition of this peek was deleted, restarted or expired: its region "
                                    f"may be another topic's now ({owner!r})")
         out = []
-        for _, rows, base, limit, stride, _ in self._segments:
-            for count, view, length, step in peek_runs(rows, base, limit, stride):
+        for seg, _ in self._segments:
+            for count, view, length, step in peek_runs(seg):
                 self._views.append(view)       # a Span: it counts the arrays over it
                 # frombuffer holds the span's buffer for as long as any array over it
                 # lives (ndarray(buffer=span) would keep only a reference)
@@ -210,17 +206,17 @@ class Peek:
             return self.overwritten
         in_use = 0
         start = 0
-        for ring, rows, base, limit, stride, pid in self._segments:
-            n = len(rows) // ROW
-            bad = peek_check(ring, rows, self._flags)     # also false where the lease ended
+        for seg, _ in self._segments:
+            n = len(seg)
+            bad = peek_check(seg)     # also false where the lease ended
             if bad:
-                self._bad.append((start, bytes(ffi_buffer(self._flags, n))))
+                self._bad.append((start, seg.flags))
                 if self._messages is None:
                     # values read only through arrays: the overwritten are reported as
                     # messages too (no key or headers to read: the rows are enough)
                     self._messages = self._build()
             if self._messages is not None:
-                in_use += peek_release(self._messages, start, n, self._flags, self.overwritten)
+                in_use += peek_release(self._messages, start, seg, self.overwritten)
             start += n
         for view in self._views:
             try:
@@ -228,8 +224,6 @@ class Peek:
             except BufferError:
                 in_use += 1
         self._views = []
-        self._flags = 0
-        self._keep = None
         self._owners = []
         if in_use:
             raise ViewsInUse(f"{in_use} peeked value(s) are still held by other objects (numpy arrays or "

@@ -182,10 +182,6 @@ class Reader:
         self.topic = topic
         self._parts = list(partitions)
         self._peek_sources: list | None = None    # what Peek.take reads, per peekable ring
-        self._peek_keep: tuple = ()               # the rows and flags peeks use (their addresses below)
-        self._peek_meta = 0
-        self._peek_flags = 0
-        self._peek_room = 0
         self.ids = list(ids) if ids is not None else list(range(n))
         self._map = None if self.ids == list(range(n)) else self.ids   # None: index == id
         self._n = n
@@ -213,11 +209,19 @@ class Reader:
         # whole-buffer arrays, sliced per poll (a slice costs a third of a frombuffer)
         self._meta_rows = np.frombuffer(self._metabuf, dtype=META_DTYPE)
         self._data = np.frombuffer(self._bytes, dtype=np.uint8)
-        # the hot path's one argument (gf_poller_poll); the arrays above keep its pointers alive
-        self._p = ffi.new("gf_poller *", {
-            "f": fabric.handle, "rings": self._rings, "cursors": self._cursors, "meta": self._meta,
-            "buf": self._buf, "buf_size": self._buf_size, "n": n, "max_batch": max_batch})
-        self._paddr = _crossing.address(self._p)
+        # the hot path's one argument (gf_poller_poll): a struct inside the crossing's
+        # Poller, filled in here through its bytes; the Poller keeps what it points to alive
+        self._poller = _crossing.Poller((fabric, self._rings, self._cursors, self._meta, self._buf))
+        self._p = ffi.from_buffer("gf_poller *", self._poller, require_writable=True)
+        p = self._p
+        p.f = fabric.handle
+        p.rings = self._rings
+        p.cursors = self._cursors
+        p.meta = self._meta
+        p.buf = self._buf
+        p.buf_size = self._buf_size
+        p.n = n
+        p.max_batch = max_batch
 
     def __len__(self) -> int:
         """Partition slots of the reader (including ``None`` ones)."""
@@ -229,9 +233,9 @@ class Reader:
         return tuple(self._parts)
 
     @property
-    def poller_address(self) -> int:
-        """Address of the reader's ``gf_poller``, for the crossing (valid while the reader lives)."""
-        return self._paddr
+    def poller(self) -> _crossing.Poller:
+        """The crossing's :class:`~grafos._fast.Poller` that holds this reader's ``gf_poller``."""
+        return self._poller
 
     # ---- cursors ------------------------------------------------------------
     def seek(self, i: int, offset: int) -> None:
@@ -324,7 +328,7 @@ class Reader:
         n = self.poll_raw(max_messages, timeout, now, spin)
         if n == 0:
             return []
-        return _crossing.messages(self._paddr, n, self._map, self.topic)
+        return _crossing.messages(self._poller, n, self._map, self.topic)
 
     def poll_batch(self, max_messages: int, timeout: float | None = 0.0, now: float | None = None,
                    spin: float | None = None) -> Batch:
@@ -340,17 +344,14 @@ class Reader:
         self.fabric.handle      # noqa: B018 - raises if the fabric was closed
         src = self._peek_sources
         if src is None:
+            # per ring: its slot bytes as a buffer (a message may span up to max_message
+            # bytes from the first), which the crossing checks every row against
             src = self._peek_sources = [
-                (self.ids[i], _crossing.address(self._rings[i]), _crossing.address(self._cursors + i),
-                 self._parts[i], _crossing.address(lib.gf_ring_slot_data(self._rings[i], 0)),
-                 lib.gf_ring_max_message(self._rings[i]), self._parts[i].stride)   # type: ignore[attr-defined]
+                (self.ids[i], i, self._parts[i],
+                 ffi.buffer(lib.gf_ring_slot_data(self._rings[i], 0), lib.gf_ring_max_message(self._rings[i])),
+                 self._parts[i].stride)   # type: ignore[attr-defined]
                 for i in range(self._n) if self._parts[i] is not None]
-        if n > self._peek_room:
-            # its own rows: a Batch may still view _meta
-            self._peek_keep = (ffi.new("gf_msg_meta[]", n), ffi.new("uint8_t[]", n))
-            self._peek_meta, self._peek_flags = (_crossing.address(b) for b in self._peek_keep)
-            self._peek_room = n
-        return Peek.take(src, n, self._peek_meta, self._peek_flags, self._peek_keep, self.topic)
+        return Peek.take(src, n, self._poller, self.topic)
 
     # ---- waiting without reading ------------------------------------------------
     def wait(self, timeout: float | None = None) -> bool:

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from grafos import _crossing, _fast
+from grafos._core import ffi
 from grafos.errors import CorruptFabric, InvalidArgument, NotFound
 from grafos.message import Message, decode_headers, encode_headers
 from grafos.mq import share
@@ -362,10 +363,10 @@ def test_a_peeked_message_class_of_another_shape_should_be_built_through_its_ini
         rd = c._ensure(mgr)
         c.peek(mgr, 4).release()          # the reader's rows now hold four
         c.seek_partition(mgr, 0, 0)
-        pid, ring, cursor, _, base, limit, stride = rd._peek_sources[0]
-        rows, _ = _crossing.peek_take(ring, cursor, 4, rd._peek_meta, base, limit, stride)
-        plain = _crossing.peek_build(rows, base, limit, stride, pid, PeekedMessage, "t")
-        tagged = _crossing.peek_build(rows, base, limit, stride, pid, Tagged, "t")
+        pid, index, part, slots, stride = rd._peek_sources[0]
+        seg, _ = _crossing.peek_take(rd.poller, index, 4, slots, stride, part)
+        plain = _crossing.peek_build(seg, pid, PeekedMessage, "t")
+        tagged = _crossing.peek_build(seg, pid, Tagged, "t")
         assert [type(m) for m in plain] == [PeekedMessage] * 4 and {m.tag for m in tagged} == {"made by __init__"}
         fields = ("topic", "partition", "offset", "timestamp", "key", "headers", "intact")
         assert [[getattr(m, f) for f in fields] + [bytes(m.value)] for m in plain] == \
@@ -393,43 +394,46 @@ def test_peeks_should_not_change_reference_counts():
         mgr.close()
 
 
-def test_the_peek_calls_should_refuse_a_row_outside_the_span_they_are_given():
-    """The crossing checks each row against the bytes it was told the ring has (at
-    the take and again wherever it builds from rows, which are plain bytes), and
+def test_the_peek_calls_should_refuse_a_row_outside_the_slots_they_are_given():
+    """The crossing checks each row against the slot bytes it is given at the take,
+    takes the reader's Poller and its own Segments (never an address), and
     refuses bad arguments with an exception, never a crash."""
     mgr = _peek_bus()
     try:
         from grafos.peek import PeekedMessage
         c = Consumer("t")
         rd = c._ensure(mgr)
-        c.peek(mgr, 4).release()          # the reader's rows now hold four
+        c.peek(mgr, 4).release()
         c.seek_partition(mgr, 0, 0)
-        pid, ring, cursor, _, base, limit, stride = rd._peek_sources[0]
-        with pytest.raises(CorruptFabric, match="outside the ring"):
-            _crossing.peek_take(ring, cursor, 4, rd._peek_meta, base, 100, stride)
+        pid, index, part, slots, stride = rd._peek_sources[0]
+        with pytest.raises(CorruptFabric, match="row 2 points outside the ring"):
+            _crossing.peek_take(rd.poller, index, 4, memoryview(slots)[:2 * stride], stride, part)
         c.seek_partition(mgr, 0, 0)
-        rows, plain = _crossing.peek_take(ring, cursor, 4, rd._peek_meta, base, limit, stride)
-        assert len(rows) == 4 * _crossing.ROW and plain is False     # _peek_bus's messages have keys
-        far = np.frombuffer(rows, dtype=META_DTYPE).copy()
-        far["pos"][2] = limit // stride + 1
-        for call in (lambda: _crossing.peek_build(far.tobytes(), base, limit, stride, pid, PeekedMessage, None),
-                     lambda: _crossing.peek_runs(far.tobytes(), base, limit, stride)):
-            with pytest.raises(CorruptFabric, match="row 2 points outside the ring"):
-                call()
+        seg, plain = _crossing.peek_take(rd.poller, index, 4, slots, stride, part)
+        assert len(seg) == 4 and plain is False     # _peek_bus's messages have keys
         with pytest.raises(TypeError, match="peek_take"):
-            _crossing.peek_take(ring, cursor, 4)
-        with pytest.raises(ValueError, match="null pointer"):
-            _crossing.peek_take(0, cursor, 4, rd._peek_meta, base, limit, stride)
+            _crossing.peek_take(rd.poller, index, 4)
+        with pytest.raises(TypeError, match="Poller"):
+            _crossing.peek_take(0x7F0000001000, index, 4, slots, stride, part)     # an address is no Poller
         with pytest.raises(ValueError, match="out of range"):
-            _crossing.peek_take(ring, cursor, 4, rd._peek_meta, base, limit, 0)
+            _crossing.peek_take(rd.poller, index, 4, slots, 0, part)
         with pytest.raises(ValueError, match="out of range"):
-            _crossing.peek_runs(rows, base, limit, -1)
-        with pytest.raises(ValueError, match="whole number"):
-            _crossing.peek_check(ring, rows[:-1], rd._peek_flags)
+            _crossing.peek_take(rd.poller, len(rd), 4, slots, stride, part)
+        rows = bytes(len(seg) * _crossing.ROW)
+        for call in (lambda: _crossing.peek_build(rows, pid, PeekedMessage, None),
+                     lambda: _crossing.peek_runs(rows), lambda: _crossing.peek_check(rows),
+                     lambda: _crossing.peek_release([], 0, rows, [])):
+            with pytest.raises(TypeError, match="Segment"):
+                call()
+        with pytest.raises(ValueError, match="not checked"):
+            _crossing.peek_release([None] * 4, 0, seg, [])
+        with pytest.raises(ValueError, match="after peek_check"):
+            seg.flags
+        assert _crossing.peek_check(seg) == 0 and seg.flags == b"\x01" * 4
         with pytest.raises(ValueError, match="out of the list"):
-            _crossing.peek_release([], 0, 1, rd._peek_flags, [])
+            _crossing.peek_release([], 0, seg, [])
         with pytest.raises(TypeError, match="peek_release"):
-            _crossing.peek_release((), 0, 0, rd._peek_flags, [])
+            _crossing.peek_release((), 0, seg, [])
     finally:
         mgr.close()
 
@@ -563,5 +567,37 @@ def test_share_polls_and_acks_should_not_change_reference_counts():
         after = [sys.getrefcount(o) for o in (share.ShareRecord, c, region)]
         assert after == before
         c.close()
+    finally:
+        mgr.close()
+
+
+def test_the_poll_and_loan_calls_should_take_the_objects_that_own_their_memory_never_an_address():
+    """A reader's gf_poller lives in the crossing's Poller, whose bytes are exactly
+    the struct; messages() and a consumer's binding take that Poller, and a loan's
+    span a writable buffer over its value: an int, however it was made, is refused."""
+    mgr = _peek_bus()
+    try:
+        c = Consumer("t")
+        rd = c._ensure(mgr)
+        assert type(rd.poller) is _fast.Poller and memoryview(rd.poller).nbytes == ffi.sizeof("gf_poller")
+        rd._p.expired = 0xABCDEF01      # what cffi writes is the Poller's own bytes
+        assert (0xABCDEF01).to_bytes(4, sys.byteorder) in bytes(memoryview(rd.poller))
+        rd._p.expired = 0
+        assert rd.poll(10) and _fast.messages(rd.poller, 0, None, "t") == []
+        for bad in (0x7F0000001000, rd):
+            with pytest.raises(TypeError, match="Poller"):
+                _fast.messages(bad, 0, None, "t")
+            with pytest.raises(TypeError, match="Poller"):
+                c._bind_fast(mgr, _fast.Binding(), bad, rd, False, "t")
+        with pytest.raises(ValueError, match="count out of range"):
+            _fast.messages(rd.poller, rd.max_batch + 1, None, "t")
+        with pytest.raises(TypeError):
+            _fast.span(0x7F0000001000)
+        with pytest.raises((TypeError, BufferError)):
+            _fast.span(b"read-only bytes")
+        value = bytearray(b"abcd")
+        s = _fast.span(value)
+        memoryview(s)[:2] = b"xy"
+        assert value == bytearray(b"xycd") and s.revoke() == 0
     finally:
         mgr.close()

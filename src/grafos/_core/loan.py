@@ -35,9 +35,9 @@ def max_message(ring: Any) -> int:
     return lib.gf_ring_max_message(ring)
 
 
-def address(ln: Any) -> int:
-    """The address of the loan's value bytes, as the crossing takes it."""
-    return int(ffi.cast("uintptr_t", ln.value))
+def value(ln: Any, size: int) -> Any:
+    """The loan's ``size`` value bytes as a writable buffer, as the crossing's span takes them."""
+    return ffi.buffer(ln.value, size)
 
 
 #: ``source(data)``: ``data`` (bytes or a contiguous buffer) as ``copy`` takes it;

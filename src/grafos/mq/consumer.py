@@ -268,7 +268,7 @@ class Consumer(PollPath):
         self._holes = any(t.partitions[p] is None for p in parts)
         # these publish positions, hold messages or deserialize them: the slow path
         if not self.gating and self._holding is None and not self._deserializing:
-            self._bind_fast(mgr, t.binding, rd.poller_address, rd, self._holes, self.topic)
+            self._bind_fast(mgr, t.binding, rd.poller, rd, self._holes, self.topic)
         else:
             self._gate_pos = {}
 
