@@ -486,8 +486,9 @@ PyObject *mod_encode_headers(PyObject *m, PyObject *h)
 
 /* ---- share groups: the records of one acquisition --------------------------------
  * share_records(rows, meta, buf, buf_size, n, partition, region, cls, out, held, topic)
- * builds the records of gf_share_acquire's n rows (rows, meta and buf are
- * addresses; rows[i] and meta[i] describe one record): appends to `out` a
+ * builds the records of gf_share_acquire's n rows (rows, meta and buf are the
+ * buffers it filled, each checked to hold what n and buf_size say; rows[i] and
+ * meta[i] describe one record): appends to `out` a
  * `cls` tuple (partition, offset, key, value, timestamp, headers,
  * delivery_count, deadline_ns, word, region, topic) per row, sets held[offset] = word,
  * and returns (offsets, words, packed): the offsets and words as lists, and as
@@ -538,6 +539,9 @@ static PyObject *share_record(const gf_share_row *r, const gf_msg_meta *m, const
     return rec;
 }
 
+static PyObject *share_build(const gf_share_row *rows, const gf_msg_meta *meta, const uint8_t *buf,
+                             unsigned long long buf_size, Py_ssize_t n, PyObject *const *args);
+
 PyObject *mod_share_records(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     if (!bound())
@@ -548,11 +552,6 @@ PyObject *mod_share_records(PyObject *m, PyObject *const *args, Py_ssize_t nargs
                                          "cls: tuple type, out: list, held: dict, topic: str)");
         return NULL;
     }
-    const gf_share_row *rows = as_pointer(args[0]);
-    const gf_msg_meta *meta = rows ? as_pointer(args[1]) : NULL;
-    const uint8_t *buf = meta ? as_pointer(args[2]) : NULL;
-    if (!buf)
-        return NULL;
     unsigned long long buf_size = PyLong_AsUnsignedLongLong(args[3]);
     Py_ssize_t n = buf_size == (unsigned long long)-1 && PyErr_Occurred() ? -1 : PyLong_AsSsize_t(args[4]);
     if (n < 0) {
@@ -560,6 +559,30 @@ PyObject *mod_share_records(PyObject *m, PyObject *const *args, Py_ssize_t nargs
             PyErr_SetString(PyExc_ValueError, "share_records: a negative row count");
         return NULL;
     }
+    Py_buffer views[3];
+    int got = 0;
+    for (; got < 3; got++)
+        if (PyObject_GetBuffer(args[got], &views[got], PyBUF_SIMPLE) < 0)
+            break;
+    PyObject *r = NULL;
+    if (got < 3)
+        ;
+    else if ((uint64_t)views[0].len / sizeof(gf_share_row) < (uint64_t)n ||
+             (uint64_t)views[1].len / sizeof(gf_msg_meta) < (uint64_t)n || (uint64_t)views[2].len < buf_size)
+        PyErr_SetString(PyExc_ValueError, "share_records: rows, meta or buf is smaller than n and buf_size say");
+    else if (((uintptr_t)views[0].buf | (uintptr_t)views[1].buf) % _Alignof(uint64_t))
+        PyErr_SetString(PyExc_ValueError, "share_records: rows and meta must be aligned as their structs");
+    else
+        r = share_build(views[0].buf, views[1].buf, views[2].buf, buf_size, n, args);
+    while (got--)
+        PyBuffer_Release(&views[got]);
+    return r;
+}
+
+/* share_records' work, over its checked buffers */
+static PyObject *share_build(const gf_share_row *rows, const gf_msg_meta *meta, const uint8_t *buf,
+                             unsigned long long buf_size, Py_ssize_t n, PyObject *const *args)
+{
     for (Py_ssize_t i = 0; i < n; i++) {
         if (rows[i].flags)
             Py_RETURN_NONE;

@@ -500,11 +500,11 @@ def test_share_poll_records_should_carry_each_field_the_ring_holds():
 
 
 def _acquire(c, n: int):
-    """One raw acquire into the consumer's buffers: (got, rows, meta, addresses, size)."""
+    """One raw acquire into the consumer's buffers: (got, rows, meta, the buffers the crossing takes, size)."""
     bufs = c._buffers()
     sp = c._parts[0]
     got = sp.handle.acquire(sp.member, n, time.time_ns(), bufs)
-    return got, bufs.rows, bufs.meta, bufs.addrs, bufs.size
+    return got, bufs.rows, bufs.meta, bufs.views, bufs.size
 
 
 def test_share_records_should_refuse_a_row_outside_the_buffer_and_build_nothing():
@@ -524,6 +524,28 @@ def test_share_records_should_refuse_a_row_outside_the_buffer_and_build_nothing(
         with pytest.raises(CorruptFabric, match="headers"):
             _crossing.share_records(ra, ma, ba, size, got, 0, 7, share.ShareRecord, out, held, "t")
         assert out == ["earlier"] and held == {}
+        c.close(release=False)
+    finally:
+        mgr.close()
+
+
+def test_share_records_should_refuse_buffers_smaller_than_the_rows_and_size_it_is_told():
+    """The crossing takes the acquire's buffers, never addresses, and checks each
+    holds what the row count and buf_size say before it reads a row."""
+    mgr = _share_bus()
+    try:
+        c = mgr.share_consumer("jobs", group="g")
+        got, rows, meta, (ra, ma, ba), size = _acquire(c, 3)
+        assert got == 3
+        out, held = [], {}
+        short = memoryview(ra)[:2 * (len(ra) // len(rows))]      # two rows' bytes
+        for args in ((short, ma, ba, size), (ra, memoryview(ma)[:_crossing.ROW], ba, size),
+                     (ra, ma, memoryview(ba)[:size - 1], size)):
+            with pytest.raises(ValueError, match="smaller than n and buf_size say"):
+                _crossing.share_records(*args, got, 0, 7, share.ShareRecord, out, held, "t")
+        with pytest.raises(TypeError):
+            _crossing.share_records(0x7F0000001000, ma, ba, size, got, 0, 7, share.ShareRecord, out, held, "t")
+        assert out == [] and held == {}
         c.close(release=False)
     finally:
         mgr.close()

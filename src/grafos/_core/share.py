@@ -64,15 +64,15 @@ def init(fabric: "Fabric", index: int, lease_id: int, part: "Partition", lock_ns
 class Buffers:
     """Where an acquire copies up to ``max_batch`` rows and their records' bytes."""
 
-    __slots__ = ("rows", "meta", "buf", "size", "addrs")
+    __slots__ = ("rows", "meta", "buf", "size", "views")
 
     def __init__(self, max_batch: int, size: int) -> None:
         self.rows = ffi.new("gf_share_row[]", max_batch)
         self.meta = ffi.new("gf_msg_meta[]", max_batch)
         self.buf = ffi.new("uint8_t[]", size)
         self.size = size
-        #: the addresses of rows, meta and buf, as the crossing takes them
-        self.addrs = tuple(int(ffi.cast("uintptr_t", b)) for b in (self.rows, self.meta, self.buf))
+        #: rows, meta and buf as buffers, as the crossing takes them (it checks their sizes)
+        self.views = (ffi.buffer(self.rows), ffi.buffer(self.meta), ffi.buffer(self.buf))
 
     def row_array(self, got: int) -> np.ndarray:
         """The first ``got`` rows, as a structured array of :data:`ROW` (a view)."""

@@ -503,7 +503,7 @@ class ShareConsumer(_ShareMember):
     def _poll_once(self, n: int, now: float | None) -> list[ShareRecord]:
         t = self._bind(now)
         bufs = self._buffers()
-        addrs, size = bufs.addrs, bufs.size
+        views, size = bufs.views, bufs.size
         tn = now_ns(now)
         out: list[ShareRecord] = []
         runs: list[tuple] = []      # per partition: (partition, first, end, offsets, words) of `out`
@@ -529,7 +529,7 @@ class ShareConsumer(_ShareMember):
             if hp is None:
                 hp = self._held[p] = {}
             start = len(out)
-            built = _share_records(addrs[0], addrs[1], addrs[2], size, got, p, region, ShareRecord, out, hp,
+            built = _share_records(views[0], views[1], views[2], size, got, p, region, ShareRecord, out, hp,
                                    self.topic)
             if built is not None:       # no row at the delivery limit: records, held and lists built in C
                 offs, words, packed = built
