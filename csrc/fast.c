@@ -89,19 +89,30 @@ PyObject *slow_call(PyObject *self, PyObject *name, PyObject *const *args, Py_ss
 
 /* ---- module functions ------------------------------------------------------------ */
 
-/* bind(table_address, raise_for, CorruptFabric, Message): once, at import. */
+/* bind(table, raise_for, CorruptFabric, Message): once, at import. table: a
+ * buffer over the core's gf_crossing (static in grafos._native, which is never
+ * unloaded, so its address outlives the buffer). */
 static PyObject *mod_bind(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 4 || !PyType_Check(args[3]) || !PyType_IsSubtype((PyTypeObject *)args[3], &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "bind(table_address, raise_for, CorruptFabric, Message)");
+        PyErr_SetString(PyExc_TypeError, "bind(table, raise_for, CorruptFabric, Message)");
         return NULL;
     }
-    const gf_crossing *t = as_pointer(args[0]);
-    if (!t)
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
-    if (t->size < sizeof(gf_crossing) || t->version != GF_CROSSING_VERSION) {
-        PyErr_Format(PyExc_ImportError, "grafos._fast was built for crossing table version %u, "
-                     "the core has version %u: reinstall grafos", GF_CROSSING_VERSION, t->version);
+    const gf_crossing *t = view.buf;
+    Py_ssize_t len = view.len;
+    PyBuffer_Release(&view);
+    if (len < (Py_ssize_t)sizeof(uint32_t) * 2) {
+        PyErr_Format(PyExc_ImportError, "the core's crossing table is %zd bytes, too few for one: reinstall grafos",
+                     len);
+        return NULL;
+    }
+    if (t->size != (uint64_t)len || t->size < sizeof(gf_crossing) || t->version != GF_CROSSING_VERSION) {
+        PyErr_Format(PyExc_ImportError, "grafos._fast was built for crossing table version %u (%zu bytes), "
+                     "the core has version %u (%zd bytes): reinstall grafos", GF_CROSSING_VERSION,
+                     sizeof(gf_crossing), t->version, len);
         return NULL;
     }
     if (((PyTypeObject *)args[3])->tp_basicsize != PyTuple_Type.tp_basicsize) {
@@ -118,7 +129,7 @@ static PyObject *mod_bind(PyObject *m, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef module_methods[] = {
     {"bind", (PyCFunction)(void (*)(void))mod_bind, METH_FASTCALL,
-     "bind($module, table_address, raise_for, corrupt, message, /)\n--\n\n"
+     "bind($module, table, raise_for, corrupt, message, /)\n--\n\n"
      "Hand over the core's entry points, the error mapper and the classes built here (once, at import)."},
     {"messages", (PyCFunction)(void (*)(void))mod_messages, METH_FASTCALL,
      "messages($module, poller, count, ids, topic, /)\n--\n\n"

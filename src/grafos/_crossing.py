@@ -15,7 +15,9 @@ from ._core import ffi, lib
 from .errors import CorruptFabric
 from .message import Message
 
-_fast.bind(int(ffi.cast("uintptr_t", lib.gf_crossing_table())), raise_for, CorruptFabric, Message)
+_table = lib.gf_crossing_table()
+# the table's first field is its size (crossing.h): the crossing gets exactly its bytes
+_fast.bind(ffi.buffer(_table, ffi.cast("const uint32_t *", _table)[0]), raise_for, CorruptFabric, Message)
 
 Binding = _fast.Binding
 SendPath = _fast.SendPath

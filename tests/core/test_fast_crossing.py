@@ -623,3 +623,20 @@ def test_the_poll_and_loan_calls_should_take_the_objects_that_own_their_memory_n
         assert value == bytearray(b"xycd") and s.revoke() == 0
     finally:
         mgr.close()
+
+
+def test_the_crossing_should_take_the_core_s_table_as_its_bytes_and_refuse_anything_else():
+    """bind() takes a buffer over the entry-point table and checks its size and
+    version against its own build; an address or a wrong table is refused and
+    leaves the crossing bound as it was."""
+    from grafos._check import raise_for
+    for bad, err, what in ((0x7F0000001000, TypeError, "bytes-like"), (b"1234", ImportError, "too few"),
+                           (bytes(200), ImportError, "version 0 \\(200 bytes\\)")):
+        with pytest.raises(err, match=what):
+            _fast.bind(bad, raise_for, CorruptFabric, Message)
+    mgr = _bus(partitions=1)
+    try:
+        Producer("t").send(mgr, b"still bound")
+        assert [m.value for _, m in Consumer("t").poll(mgr, 10)] == [b"still bound"]
+    finally:
+        mgr.close()
