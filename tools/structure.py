@@ -1,6 +1,7 @@
 """The structure of the tree, measured: import cycles, who imports the compiled
-core, backend checks by class, C file sizes, atomics outside their header,
-thread-local side channels, tests by folder, benchmark homes.
+core, backend checks by class, pointers handed between the two native layers
+as Python ints, C file sizes, atomics outside their header, thread-local side
+channels, tests by folder, benchmark homes.
 
     python tools/structure.py            # a markdown table, then the details
     python tools/structure.py --json     # the same, for scripts
@@ -25,6 +26,8 @@ ATOMICS = {                     #: the spellings of atomics outside the one head
     "__atomic_*(": re.compile(r"(?<!\w)__atomic_\w+\s*\("),
     "(_Atomic *)": re.compile(r"\(\s*_Atomic\s+\w+\s*\*\s*\)"),      # a cast; a parameter is no call
 }
+POINTER_INT = re.compile(r"^\s*(const\s+)?u?intptr_t\s*$")     #: what ffi.cast makes of a pointer to get an int
+ADDRESS = re.compile(r"(^|_)address$")      #: a name that holds or returns a pointer as an int
 THREAD_LOCAL = re.compile(r"(?<!\w)(_Thread_local|__thread|thread_local)(?!\w)")
 C_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 
@@ -159,6 +162,25 @@ def isinstance_checks(tree: ast.AST, cls: str) -> int:
                and len(n.args) == 2 and names(n.args[1]))
 
 
+def pointer_ints(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, what) of each place that runs and makes a pointer a Python int for the
+    other native layer: ``ffi.cast("uintptr_t", p)``, and each use of an
+    ``address`` or ``*_address`` (a helper, property or variable that holds or
+    returns one: ``address(p)``, ``sender.address``, ``reader.poller_address``).
+    Definitions and imports are not uses."""
+    found = []
+    for n in _runtime_nodes(tree):
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "cast" and n.args \
+                and isinstance(n.args[0], ast.Constant) and isinstance(n.args[0].value, str) \
+                and POINTER_INT.match(n.args[0].value):
+            found.append((n.lineno, f'ffi.cast("{n.args[0].value}", ...)'))
+        elif isinstance(n, ast.Name) and ADDRESS.search(n.id) and isinstance(n.ctx, ast.Load):
+            found.append((n.lineno, n.id))
+        elif isinstance(n, ast.Attribute) and ADDRESS.search(n.attr) and isinstance(n.ctx, ast.Load):
+            found.append((n.lineno, "." + n.attr))
+    return sorted(found)
+
+
 # ---- C ------------------------------------------------------------------------------------
 
 def c_files(csrc: Path) -> list[Path]:
@@ -185,6 +207,8 @@ def measure(root: Path, package: str = "grafos", atomics_header: str = "gf_atomi
                      if any(i == native or i.startswith(native + ".")
                             for t, names in imports(n, p, trees[n]) for i in [t, *(f"{t}.{a}" for a in names)]))
     remote = {n: k for n in mods if (k := isinstance_checks(trees[n], "RemoteManager"))}
+    pointers = [f"{mods[n].relative_to(root)}:{line}: {what}"
+                for n in sorted(mods) for line, what in pointer_ints(trees[n])]
 
     cfiles = c_files(root / "csrc")
     rel = {p: str(p.relative_to(root)) for p in cfiles}
@@ -220,6 +244,7 @@ def measure(root: Path, package: str = "grafos", atomics_header: str = "gf_atomi
         "import_cycles": cycles(package_graph(src, package)),
         "native_importers": natives,
         "remote_isinstance": remote,
+        "pointer_ints": pointers,
         "c_file_lines": sizes,
         "bare_atomics": atomics,
         "thread_locals": thread_locals,
@@ -251,6 +276,8 @@ def rows(m: dict[str, Any]) -> list[dict[str, str]]:
             len(m["native_importers"]) <= NATIVE_LIMIT),
         row("`isinstance(..., RemoteManager)` checks", str(sum(m["remote_isinstance"].values())), "0",
             not m["remote_isinstance"]),
+        row("pointers handed between the native layers as Python ints (casts to `uintptr_t`, `address` uses)",
+            str(len(m["pointer_ints"])), "0", not m["pointer_ints"]),
         row("largest C files (lines)", top + f"; {len(big)} over {C_LIMIT}", f"none over {C_LIMIT}", not big),
         row(f"bare atomics calls in C outside `{m['atomics_header']}`",
             f"{atom} (" + ", ".join(f"`{k}` {n}" for k, n in kinds.items()) + ")", "0", atom == 0),
@@ -269,6 +296,7 @@ def markdown(m: dict[str, Any]) -> str:
     details = [("import cycles", [", ".join(c) for c in m["import_cycles"]]),
                ("modules that import _native", m["native_importers"]),
                ("isinstance(..., RemoteManager)", [f"{n}: {k}" for n, k in sorted(m["remote_isinstance"].items())]),
+               ("pointers as Python ints", m["pointer_ints"]),
                ("bare atomics", [f"{f}: " + ", ".join(f"{k} {n}" for k, n in c.items() if n)
                                  for f, c in m["bare_atomics"].items()]),
                ("thread-local side channels", m["thread_locals"])]

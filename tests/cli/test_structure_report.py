@@ -1,6 +1,7 @@
 """``tools/structure.py`` on a small tree made for it: a cycle through imports
-inside functions, a module importing the compiled core, atomics and a
-thread-local in C, a test file at the top of tests/; each is reported."""
+inside functions, a module importing the compiled core, pointers made Python
+ints, atomics and a thread-local in C, a test file at the top of tests/; each
+is reported."""
 from __future__ import annotations
 
 import json
@@ -22,6 +23,18 @@ TREE = {
             import grafos
         """),
     "src/grafos/d.py": "from . import _native\n",
+    "src/grafos/e.py": textwrap.dedent("""\
+        from typing import TYPE_CHECKING
+        def address(p):
+            return int(ffi.cast("uintptr_t", p))
+        def bind(path, reader, sender):
+            path._bind_fast(reader.poller_address, address(sender), sender.address)
+            ffi.addressof(sender, "rr")
+            ffi.cast("uint8_t *", sender)
+            # ffi.cast("uintptr_t", p) in a comment is not a call
+        if TYPE_CHECKING:
+            x = address(None)
+        """),
     "csrc/gf_atomics.h": "#define GF_LOAD(p) atomic_load(p)\n",
     "csrc/ring.c": textwrap.dedent("""\
         /* atomic_store( in a comment is not a call */
@@ -51,6 +64,19 @@ def test_should_report_a_cycle_through_function_level_imports_and_who_imports_na
     m = json.loads(report(tmp_path, "--json"))
     assert m["import_cycles"] == [["grafos.a", "grafos.b"]]
     assert m["native_importers"] == ["grafos.c", "grafos.d"]
+
+
+def test_should_list_each_pointer_made_a_python_int_and_each_address_used(tmp_path):
+    """A cast to uintptr_t and every use of an address name count; a definition,
+    a comment, a TYPE_CHECKING block, addressof and a cast to a pointer do not."""
+    m = json.loads(report(tmp_path, "--json"))
+    assert m["pointer_ints"] == ['src/grafos/e.py:3: ffi.cast("uintptr_t", ...)', "src/grafos/e.py:5: .address",
+                                 "src/grafos/e.py:5: .poller_address", "src/grafos/e.py:5: address"]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in report(tmp_path).splitlines()
+            if line.startswith("| ")}
+    assert [r for t, r in rows.items() if t.startswith("pointers handed")] == [
+        "| pointers handed between the native layers as Python ints (casts to `uintptr_t`, `address` uses) "
+        "| 4 | 0 | no |"]
 
 
 def test_should_count_atomics_outside_their_header_and_thread_locals(tmp_path):

@@ -8,11 +8,22 @@ import counts as much as a top-level one.
 from __future__ import annotations
 
 import ast
+import importlib.util
 from pathlib import Path
 
 import grafos
 
 SRC = Path(grafos.__file__).parent
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("structure", ROOT / "tools" / "structure.py")
+structure = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(structure)      # the pointers-as-ints count, as tools/structure.py reports it
+
+#: the modules through which the send path hands the crossing its sender as a
+#: pointer made an int (``Sender.address``, ``_crossing.address``); no other
+#: module may hand either native layer a pointer as an int
+SEND_SIDE = {"src/grafos/_core/sender.py", "src/grafos/_crossing.py", "src/grafos/mq/producer.py",
+             "src/grafos/partition.py"}
 
 #: the one module that imports the compiled core (``grafos._native``): the binding
 #: package, whose modules and the binding's other modules take ``ffi`` and ``lib`` from it
@@ -115,3 +126,11 @@ def test_the_scan_sees_every_spelling_of_an_import_of_the_core():
     for source, (module, is_package) in spellings.items():
         targets = {t for t, _ in _imports(module, ast.parse(source), is_package)}
         assert "grafos._native" in targets, source
+
+
+def test_the_read_side_should_hand_the_crossing_objects_never_pointers_as_ints():
+    """Polls, peeks, loans and share groups reach the crossing with the objects
+    that own their memory (its Poller and Segments, buffers): a pointer made a
+    Python int is checked by nothing and outlives what it points to."""
+    sites = structure.measure(ROOT)["pointer_ints"]
+    assert [s for s in sites if s.split(":")[0] not in SEND_SIDE] == []
