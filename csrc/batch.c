@@ -207,7 +207,7 @@ static void unclaim(gf_ring **rings, const uint64_t *next, const uint64_t *end, 
 int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, uint32_t count,
                       const uint8_t *keys, const uint32_t *key_lens,
                       const uint8_t *vals, const uint32_t *val_lens, int64_t ts_ns,
-                      uint32_t *out_parts, uint64_t *out_offsets)
+                      uint32_t *out_parts, uint64_t *out_offsets, gf_send_result *res)
 {
     if (n == 0 || count == 0)
         return gf_fail(GF_E_INVAL, n ? "empty batch" : "topic has no partitions");
@@ -317,7 +317,8 @@ int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, 
         if (first < 0) {   /* impossible tail: earlier partitions' claims are abandoned by readers */
             if (first == GF_E_FULL_RING) {
                 /* a gated partition has no room: the batch writes nothing */
-                gf_note_full_partition(p);
+                if (res)
+                    res->full_part = p;
                 unclaim(rings, next, took, p);
                 gf_fail(GF_E_FULL_RING, "partition %u has no room for %llu message(s) of the batch: "
                         "a gating reader has not read far enough", p, (unsigned long long)share);

@@ -81,8 +81,10 @@ static PyObject *sendpath_unbind(SendPath *self, PyObject *unused)
 }
 
 /* One send: key (NULL: none), value, headers (NULL or None: none). Returns the
- * pair, or NULL with no exception set when the slow path must take the call. */
-static PyObject *send_one(SendPath *self, PyObject *key, PyObject *value, PyObject *headers)
+ * pair, or NULL with no exception set when the slow path must take the call
+ * (what the core said of the failure is in res). */
+static PyObject *send_one(SendPath *self, PyObject *key, PyObject *value, PyObject *headers,
+                          gf_send_result *res)
 {
     gf_sender *s = self->s;
     bytes_arg k = {0}, v;
@@ -103,9 +105,9 @@ static PyObject *send_one(SendPath *self, PyObject *key, PyObject *value, PyObje
     PyObject *r = NULL;
     if (hl >= 0) {
         int64_t rc = s->idem
-            ? core->send_idem(s, k.p, (uint32_t)k.n, (uint32_t)has_key, hp, (uint32_t)hl, v.p, (uint32_t)v.n)
+            ? core->send_idem(s, k.p, (uint32_t)k.n, (uint32_t)has_key, hp, (uint32_t)hl, v.p, (uint32_t)v.n, res)
             : core->send(s->rings, s->n, s->mode, &s->rr, k.p, (uint32_t)k.n, (uint32_t)has_key,
-                         hp, (uint32_t)hl, v.p, (uint32_t)v.n, 0);
+                         hp, (uint32_t)hl, v.p, (uint32_t)v.n, 0, res);
         if (rc >= 0) {
             PyObject *p = PyLong_FromLongLong(rc >> GF_OFFSET_BITS);
             PyObject *o = PyLong_FromLongLong((int64_t)((uint64_t)rc & GF_MAX_OFFSET));   /* the medium-int fast path */
@@ -127,6 +129,28 @@ static PyObject *send_one(SendPath *self, PyObject *key, PyObject *value, PyObje
     return r;
 }
 
+/* An idempotent send of the fast path failed after its write: the slow path
+ * repeats it with the same partition and sequence, handed over here (they are
+ * this call's alone), as self._send_again(mgr, key, value, headers, part, seq). */
+static PyObject *send_again(SendPath *self, PyObject *mgr, PyObject *key, PyObject *value, PyObject *headers,
+                            const gf_send_result *res)
+{
+    static PyObject *name;      /* "_send_again", interned on first use */
+    if (!name && !(name = PyUnicode_InternFromString("_send_again")))
+        return NULL;
+    PyObject *part = PyLong_FromUnsignedLong(res->unsure_part);
+    PyObject *seq = PyLong_FromUnsignedLongLong(res->unsure_seq);
+    PyObject *r = NULL;
+    if (part && seq) {
+        PyObject *args[] = {(PyObject *)self, mgr, key ? key : Py_None, value, headers ? headers : Py_None,
+                            part, seq};
+        r = PyObject_VectorcallMethod(name, args, 7, NULL);
+    }
+    Py_XDECREF(part);
+    Py_XDECREF(seq);
+    return r;
+}
+
 static const char *const send_names[] = {"mgr", "value", "headers"};
 static const char *const send_keyed_names[] = {"mgr", "key", "value", "headers"};
 
@@ -138,9 +162,13 @@ static PyObject *sendpath_send(SendPath *self, PyObject *const *args, Py_ssize_t
         return NULL;
     if (self->s && parse(args, nargs, kwnames, send_names, 3, 3, a) && a[0] == self->mgr && a[1] &&
         binding_ok(self->binding)) {
-        PyObject *r = send_one(self, NULL, a[1], a[2]);
+        gf_send_result res;
+        res.unsure = 0;
+        PyObject *r = send_one(self, NULL, a[1], a[2], &res);
         if (r || PyErr_Occurred())
             return r;
+        if (res.unsure)
+            return send_again(self, a[0], NULL, a[1], a[2], &res);
     }
     return slow_call((PyObject *)self, str_send_slow, args, nargs, kwnames);
 }
@@ -154,18 +182,32 @@ static PyObject *sendpath_send_keyed(SendPath *self, PyObject *const *args, Py_s
         return NULL;
     if (self->s && parse(args, nargs, kwnames, send_keyed_names, 4, 4, a) && a[0] == self->mgr &&
         a[1] && a[2] && binding_ok(self->binding)) {
-        PyObject *r = send_one(self, a[1], a[2], a[3]);
+        gf_send_result res;
+        res.unsure = 0;
+        PyObject *r = send_one(self, a[1], a[2], a[3], &res);
         if (r || PyErr_Occurred())
             return r;
+        if (res.unsure)
+            return send_again(self, a[0], a[1], a[2], a[3], &res);
     }
     return slow_call((PyObject *)self, str_send_keyed_slow, args, nargs, kwnames);
 }
 
-/* _send_lists(values, keys, parts, offsets) -> rc, or None when the lists hold
- * something other than bytes / bytearray (the caller's packing path then checks
- * and says what). parts and offsets are writable uint32 / uint64 arrays of the
- * batch's length. Walks the lists into one scratch buffer and hands the batch
- * to the core's send_batch in one call. */
+/* A batch's outcome: the core's rc, or (rc, partition) when it found that
+ * partition without room (GF_E_FULL_RING), for the caller's wait. */
+static PyObject *batch_rc(int64_t rc, const gf_send_result *res)
+{
+    if (rc == GF_E_FULL_RING)
+        return Py_BuildValue("(LI)", (long long)rc, (unsigned int)res->full_part);
+    return PyLong_FromLongLong(rc);
+}
+
+/* _send_lists(values, keys, parts, offsets) -> rc or (rc, partition) (see
+ * batch_rc), or None when the lists hold something other than bytes /
+ * bytearray (the caller's packing path then checks and says what). parts and
+ * offsets are writable uint32 / uint64 arrays of the batch's length. Walks the
+ * lists into one scratch buffer and hands the batch to the core's send_batch
+ * in one call. */
 static PyObject *send_lists(SendPath *self, PyObject *vals, PyObject *keys, uint32_t *parts, uint64_t *offs,
                             Py_ssize_t n)
 {
@@ -214,9 +256,10 @@ static PyObject *send_lists(SendPath *self, PyObject *vals, PyObject *keys, uint
         }
     }
     gf_sender *s = self->s;
+    gf_send_result res;
     int64_t rc = core->send_batch(s->rings, s->n, s->mode, &s->rr, (uint32_t)n,
-                                  has_keys ? kp0 : NULL, kl, vp0, vl, 0, parts, offs);
-    return PyLong_FromLongLong(rc);
+                                  has_keys ? kp0 : NULL, kl, vp0, vl, 0, parts, offs, &res);
+    return batch_rc(rc, &res);
 }
 
 static PyObject *sendpath_send_lists(SendPath *self, PyObject *const *args, Py_ssize_t nargs)
@@ -250,9 +293,9 @@ static PyObject *sendpath_send_lists(SendPath *self, PyObject *const *args, Py_s
     return r;
 }
 
-/* _send_rows(values, parts, offsets) -> rc, or None for the packing path: values
- * is any object with a C-contiguous 2-D buffer (a numpy array), one message per
- * row, handed to the core in place: the ring's copy is the only one. */
+/* _send_rows(values, parts, offsets) -> as _send_lists, or None for the packing
+ * path: values is any object with a C-contiguous 2-D buffer (a numpy array), one
+ * message per row, handed to the core in place: the ring's copy is the only one. */
 static PyObject *sendpath_send_rows(SendPath *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 3 || !self->s) {
@@ -286,8 +329,9 @@ static PyObject *sendpath_send_rows(SendPath *self, PyObject *const *args, Py_ss
         for (uint64_t i = 0; i < n; i++)
             lens[i] = (uint32_t)width;
         gf_sender *s = self->s;
-        r = PyLong_FromLongLong(core->send_batch(s->rings, s->n, s->mode, &s->rr, (uint32_t)n, NULL, NULL,
-                                                 vb.buf, lens, 0, pb.buf, ob.buf));
+        gf_send_result res;
+        r = batch_rc(core->send_batch(s->rings, s->n, s->mode, &s->rr, (uint32_t)n, NULL, NULL,
+                                      vb.buf, lens, 0, pb.buf, ob.buf, &res), &res);
     }
     PyBuffer_Release(&vb);
     PyBuffer_Release(&pb);

@@ -3,11 +3,6 @@
 #include <string.h>
 #include "ring_internal.h"
 
-/* Which partition the last send of this thread found without room. */
-static _Thread_local uint32_t full_part;
-
-void gf_note_full_partition(uint32_t p) { full_part = p; }
-
 /* ---- back-pressure ----------------------------------------------------------------
  * A gating reader (a consumer group, or a consumer that opted in) needs every
  * offset from its position on. Whoever moves a gating reader (a commit, a poll,
@@ -145,8 +140,6 @@ int gf_ring_wait_room(gf_ring *r, uint64_t count, int64_t timeout_ns)
     gf_faa(&h->blocked_ns, (uint64_t)(gf_mono_ns() - t0));
     return rc;
 }
-
-uint32_t gf_full_partition(void) { return full_part; }
 
 void gf_ring_note_full(gf_ring *r)
 {

@@ -239,14 +239,28 @@ int64_t gf_ring_append(gf_ring *r, const uint8_t *key, uint32_t klen, uint32_t h
 int64_t gf_ring_append_batch(gf_ring *r, uint32_t count, const uint8_t *keys,
                              const uint32_t *key_lens, const uint8_t *vals,
                              const uint32_t *val_lens, int64_t ts_ns, uint64_t *out_offsets);
+/* What a failed send tells its caller beyond the return code, for the retry:
+ * the caller owns it (a stack variable, a cffi allocation), so two threads'
+ * or two producers' failures never mix. A send sets full_part when it
+ * returns GF_E_FULL_RING (gf_send and gf_send_batch take NULL: not asked); an
+ * idempotent send sets unsure on every call (1: it failed after its write, so
+ * repeat it with gf_send_idem_again(unsure_part, unsure_seq)). */
+typedef struct {
+    uint64_t unsure_seq;
+    uint32_t unsure_part;
+    uint32_t unsure;
+    uint32_t full_part;     /* GF_E_FULL_RING: the partition without room */
+    uint32_t reserved;
+} gf_send_result;
+
 int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
                 const uint8_t *key, uint32_t klen, uint32_t has_key,
                 const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
-                int64_t ts_ns);
+                int64_t ts_ns, gf_send_result *res);
 int64_t gf_send_batch(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr, uint32_t count,
                       const uint8_t *keys, const uint32_t *key_lens,
                       const uint8_t *vals, const uint32_t *val_lens, int64_t ts_ns,
-                      uint32_t *out_parts, uint64_t *out_offsets);
+                      uint32_t *out_parts, uint64_t *out_offsets, gf_send_result *res);
 /* A reader's process-local view for gf_poller_poll: its rings and cursors,
  * where the messages go, what it reports back (bytes used in buf, partitions
  * found expired) and what its adaptive spin has learnt. */
@@ -343,8 +357,6 @@ int gf_ring_gate_get(gf_ring *r, gf_gate_state *out);
  * timeout_ns (>= 0) passes: GF_OK, or GF_E_FULL_RING. Adds the time waited to
  * blocked_ns. Call without the GIL in slices (cffi releases it). */
 int gf_ring_wait_room(gf_ring *r, uint64_t count, int64_t timeout_ns);
-/* Which partition of rings[0..n) the last gf_send* of this thread found full. */
-uint32_t gf_full_partition(void);
 void gf_ring_note_full(gf_ring *r);
 
 /* The table of per-message entry points for the CPython crossing (crossing.h). */
@@ -364,18 +376,15 @@ int gf_idem_bind(gf_fabric *f, gf_idem *d, uint32_t index, uint64_t id);
 /* One idempotent send: like gf_send, stamped, checked against the epoch; the
  * sequence moves on only once the message is written. */
 int64_t gf_send_idem(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t has_key,
-                     const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen);
+                     const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
+                     gf_send_result *res);
 /* The same message again, after an attempt whose outcome is unknown (the call
  * failed after the write, or never returned): to the same partition, with the
  * same sequence. If that sequence landed, its original (partition << GF_OFFSET_BITS |
  * offset) comes back and nothing is written. */
 int64_t gf_send_idem_again(gf_sender *s, uint32_t part, uint64_t seq, const uint8_t *key, uint32_t klen,
                            uint32_t has_key, const uint8_t *hdrs, uint32_t hlen,
-                           const uint8_t *val, uint32_t vlen);
-/* 1 if this thread's last idempotent send with d failed after writing its
- * message (its outcome unknown to the caller), with the partition and sequence
- * to repeat it with (gf_send_idem_again); 0 otherwise. Reading clears it. */
-int gf_idem_unsure(const gf_idem *d, uint32_t *part, uint64_t *seq);
+                           const uint8_t *val, uint32_t vlen, gf_send_result *res);
 /* One stamped message with the given flags (markers, and sends outside the idempotent path) */
 int64_t gf_ring_append_stamped(gf_ring *r, uint32_t flags, const gf_stamp *st, const uint8_t *key,
                                uint32_t klen, uint32_t has_key, const uint8_t *hdrs, uint32_t hlen,

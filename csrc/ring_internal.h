@@ -125,10 +125,6 @@ GF_INTERNAL int gf_full_ring(const gf_ring *r, uint64_t count, uint64_t gate);
 GF_INTERNAL int64_t gf_claim_spans(gf_ring *r, uint32_t count, const uint64_t *spans, uint64_t *offs);
 GF_INTERNAL int gf_ring_sync(gf_ring *r, uint64_t first, uint64_t count);
 
-/* A send of this thread found partition p without room: gf_full_partition
- * says so until the next such send (gate.c). */
-GF_INTERNAL void gf_note_full_partition(uint32_t p);
-
 /* ---- waiting (wait.c) ----------------------------------------------------------- */
 /* Sleep on the fabric's wake word until look(ctx, &stalled) finds something
  * (returns nonzero, which is returned) or `deadline` (monotonic ns) passes

@@ -15,7 +15,7 @@ static inline uint32_t pick(uint32_t mode, uint32_t n, uint64_t *rr, uint32_t h,
 int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
                 const uint8_t *key, uint32_t klen, uint32_t has_key,
                 const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
-                int64_t ts_ns)
+                int64_t ts_ns, gf_send_result *res)
 {
     if (n == 0)
         return gf_fail(GF_E_INVAL, "topic has no partitions");
@@ -29,8 +29,8 @@ int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
         return gf_fail(GF_E_INVAL, "partition %u is not open", p);
     int64_t off = append_one(r, key, klen, has_key ? GF_MSG_HAS_KEY : 0u, h, hdrs, hlen, val, vlen, ts_ns,
                              now, NULL, NULL);
-    if (__builtin_expect(off == GF_E_FULL_RING, 0))
-        gf_note_full_partition(p);
+    if (__builtin_expect(off == GF_E_FULL_RING, 0) && res)
+        res->full_part = p;
     return off < 0 ? off : ((int64_t)p << GF_OFFSET_BITS) | off;
 }
 
@@ -40,26 +40,15 @@ int64_t gf_send(gf_ring **rings, uint32_t n, uint32_t mode, uint64_t *rr,
  * nothing (abandoned by readers, no room) is repeated with the same number.
  * The epoch word is loaded once, before the claim: a producer fenced before
  * that load writes nothing; one fenced during the write is a write in flight,
- * as in any system, and its transaction (if any) is aborted by the fencer. */
-static _Thread_local const gf_idem *unsure_of;     /* whose last send failed after its write */
-static _Thread_local uint32_t unsure_part;
-static _Thread_local uint64_t unsure_seq;
-
-int gf_idem_unsure(const gf_idem *d, uint32_t *part, uint64_t *seq)
-{
-    if (!d || unsure_of != d)
-        return 0;
-    unsure_of = NULL;
-    *part = unsure_part;
-    *seq = unsure_seq;
-    return 1;
-}
-
+ * as in any system, and its transaction (if any) is aborted by the fencer.
+ * One that fails after its write says so in res (unsure), for the caller to
+ * repeat it with the same partition and sequence. */
 static int64_t send_idem(gf_sender *s, int again, uint32_t part, uint64_t want, const uint8_t *key,
                          uint32_t klen, uint32_t has_key, const uint8_t *hdrs, uint32_t hlen,
-                         const uint8_t *val, uint32_t vlen)
+                         const uint8_t *val, uint32_t vlen, gf_send_result *res)
 {
     gf_idem *d = s->idem;
+    res->unsure = 0;
     if (!d || !d->word || s->n == 0 || d->n < s->n)
         return gf_fail(GF_E_INVAL, "producer is not bound for idempotent sends");
     int64_t now = gf_now_ns();
@@ -88,7 +77,6 @@ static int64_t send_idem(gf_sender *s, int again, uint32_t part, uint64_t want, 
         return gf_fail(GF_E_INVAL, "sequence %llu of partition %u was never attempted", (unsigned long long)want, p);
     if (!gf_cas(w, &seq, seq | GF_IDEM_BUSY))
         return gf_fail(GF_E_BUSY, "another send to partition %u is in flight", p);
-    unsure_of = NULL;
     gf_stamp st = {d->producer, d->epoch, seq, d->txn};
     uint32_t flags = GF_MSG_STAMP | (has_key ? GF_MSG_HAS_KEY : 0u) | (d->txn ? GF_MSG_TXN : 0u);
     int written = 0;
@@ -100,28 +88,29 @@ static int64_t send_idem(gf_sender *s, int again, uint32_t part, uint64_t want, 
     } else
         gf_store_rel(w, seq);
     if (__builtin_expect(off == GF_E_FULL_RING, 0))
-        gf_note_full_partition(p);
+        res->full_part = p;
     if (off >= 0 && GF_FAULT_FAILS(GF_FAULT_IDEM_WRITTEN))
         off = gf_fail(GF_E_IO, "injected failure after the write of offset %lld", (long long)off);
     if (off < 0 && written) {       /* written, but the caller is told it failed: it may repeat it */
-        unsure_of = d;
-        unsure_part = p;
-        unsure_seq = seq;
+        res->unsure = 1;
+        res->unsure_part = p;
+        res->unsure_seq = seq;
     }
     return off < 0 ? off : ((int64_t)p << GF_OFFSET_BITS) | off;
 }
 
 int64_t gf_send_idem(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t has_key,
-                     const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen)
+                     const uint8_t *hdrs, uint32_t hlen, const uint8_t *val, uint32_t vlen,
+                     gf_send_result *res)
 {
-    return send_idem(s, 0, 0, 0, key, klen, has_key, hdrs, hlen, val, vlen);
+    return send_idem(s, 0, 0, 0, key, klen, has_key, hdrs, hlen, val, vlen, res);
 }
 
 int64_t gf_send_idem_again(gf_sender *s, uint32_t part, uint64_t seq, const uint8_t *key, uint32_t klen,
                            uint32_t has_key, const uint8_t *hdrs, uint32_t hlen,
-                           const uint8_t *val, uint32_t vlen)
+                           const uint8_t *val, uint32_t vlen, gf_send_result *res)
 {
-    return send_idem(s, 1, part, seq, key, klen, has_key, hdrs, hlen, val, vlen);
+    return send_idem(s, 1, part, seq, key, klen, has_key, hdrs, hlen, val, vlen, res);
 }
 
 uint32_t gf_sender_pick(gf_sender *s, const uint8_t *key, uint32_t klen, uint32_t has_key)

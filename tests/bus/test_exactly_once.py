@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 
 import pytest
 
@@ -12,7 +13,7 @@ from grafos.errors import (InvalidArgument, InvalidType, ProducerFenced, Transac
 from grafos.mq import transaction
 from grafos.mq.consumer import Consumer, SeekPolicy
 from grafos.mq.offset import FabricOffsetStore, MemOffsetStore, SqliteOffsetStore
-from grafos.mq.producer import Producer
+from grafos.mq.producer import Producer, kafka_partition
 from grafos.mq.topic import TopicConfig, TopicManager
 
 from helpers import eos_procs
@@ -55,6 +56,40 @@ def test_send_retried_after_its_write_lands_once_and_returns_the_original_offset
     assert (second[0], second[1]) in {(p, off) for p, off, _, v in msgs if v == b"two"}
     if keyed:
         assert (first[1], second[1], third[1]) == (0, 1, 2)
+
+
+def test_threads_sharing_a_producer_each_repeat_their_own_failed_send(mgr):
+    """One thread's sends fail after their write (injected, again and again) while
+    another thread sends through the same producer: each failed send is repeated
+    as itself, so every call returns where its own message landed, written once.
+    The threads write to different partitions, so neither waits for the other's
+    send in flight."""
+    prod = Producer("out", idempotent=True)
+    keys = {p: [k for k in (b"k%d" % i for i in range(1000)) if kafka_partition(k, 2) == p][:50] for p in (0, 1)}
+    got: dict[bytes, tuple[int, int]] = {}
+    errors: list[BaseException] = []
+
+    def sends(part: int, fail: bool) -> None:
+        try:
+            for i, k in enumerate(keys[part]):
+                if fail:
+                    lib.gf_test_fault(lib.GF_FAULT_IDEM_WRITTEN, lib.GF_FAULT_FAIL)
+                got[b"%d:%d" % (part, i)] = prod.send_keyed(mgr, k, b"%d:%d" % (part, i))
+        except BaseException as e:      # noqa: BLE001 - the test reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=sends, args=(0, True)), threading.Thread(target=sends, args=(1, False))]
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        lib.gf_test_fault(0, 0)
+    assert errors == []
+    msgs, _ = everything(mgr)
+    assert sorted(v for *_, v in msgs) == sorted(got)           # each written once
+    assert {v: (p, off) for p, off, _, v in msgs} == got        # each call returned its own
 
 
 def test_every_idempotent_message_carries_its_stamp(mgr):

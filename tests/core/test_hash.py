@@ -155,7 +155,7 @@ def test_keyed_send_lands_on_kafka_partition_and_stores_key_hash():
         rr = ffi.new("uint64_t *")
         for k in keys:
             packed = lib.gf_send(rings, len(parts), lib.GF_PART_KEYHASH, rr, k, len(k), 1,
-                                 ffi.NULL, 0, b"v", 1, 0)
+                                 ffi.NULL, 0, b"v", 1, 0, ffi.new("gf_send_result *"))
             assert packed >= 0
             assert packed >> 48 == kafka_partition(k, len(parts))
         rd = Reader(fab, parts)

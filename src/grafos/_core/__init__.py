@@ -15,7 +15,8 @@ One module per thing the core holds: :mod:`.layout` (its sizes, flags, policy
 numbers and the offset bound), :mod:`.codes` (the return codes callers tell
 apart), :mod:`.lease` (leases by index and id, under the caller's lock),
 :mod:`.registration` (a producer's epoch word), :mod:`.sender` (a topic's ring
-table, the sender over it, an idempotent producer's sequences), :mod:`.share`
+table, the sender over it, an idempotent producer's sequences, a send's
+result), :mod:`.share`
 (a share group's region), :mod:`.queue` (a process-shared queue's state),
 :mod:`.loan` (slots lent for a write in place) and :mod:`.bench` (the core's
 copy, for the benchmarks). The ring's own calls are

@@ -32,11 +32,6 @@ def ring_table(partitions: "Sequence[Partition | None]") -> Any:
     return rings
 
 
-def full_partition() -> int:
-    """The partition this thread's last send found full (``codes.FULL_RING``)."""
-    return lib.gf_full_partition()
-
-
 def kafka_partition(key: bytes, num_partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key``."""
     return lib.gf_kafka_partition(key, len(key), num_partitions)
@@ -53,6 +48,32 @@ def _bytes(b: Any) -> Any:
 
 def _u32(a: np.ndarray | None) -> Any:
     return ffi.from_buffer("uint32_t[]", a) if a is not None else _NULL
+
+
+class SendResult:
+    """What a failed send says beyond its return code, for the retry: which
+    partition had no room, and whether an idempotent send failed after its
+    write. The caller's own (one per call that may retry), so two threads' or
+    two producers' failures never mix. A send sets :attr:`full_partition` when
+    it returns ``codes.FULL_RING``; an idempotent send sets :attr:`unsure` on
+    every call."""
+
+    __slots__ = ("_r",)
+
+    def __init__(self) -> None:
+        self._r = ffi.new("gf_send_result *")
+
+    @property
+    def full_partition(self) -> int:
+        """The partition a send that returned ``codes.FULL_RING`` found without room."""
+        return self._r.full_part
+
+    @property
+    def unsure(self) -> tuple[int, int] | None:
+        """(partition, sequence) of an idempotent send that wrote and then failed
+        (repeat it with :meth:`Sender.send_idem_again`), else None."""
+        r = self._r
+        return (r.unsure_part, r.unsure_seq) if r.unsure else None
 
 
 class Idem:
@@ -105,12 +126,6 @@ class Idem:
     def renew_at_ns(self, t: int) -> None:
         self._d.renew_at_ns = t
 
-    def unsure(self) -> tuple[int, int] | None:
-        """(partition, sequence) of this thread's last send if it wrote and then
-        failed (repeat it with :meth:`Sender.send_idem_again`), else None. Reading clears it."""
-        part, seq = ffi.new("uint32_t *"), ffi.new("uint64_t *")
-        return (part[0], seq[0]) if lib.gf_idem_unsure(self._d, part, seq) else None
-
 
 class Sender:
     """A producer's view of one topic: its ring table, the pick mode, the
@@ -147,31 +162,33 @@ class Sender:
         """The partition a send of ``key`` would pick (advances the round robin)."""
         return lib.gf_sender_pick(self._s, key if key is not None else _NULL, len(key or b""), key is not None)
 
-    def send(self, key: bytes | None, headers: bytes, value: bytes) -> int:
-        """One plain send: (partition << OFFSET_BITS | offset), or the core's error code."""
+    def send(self, key: bytes | None, headers: bytes, value: bytes, out: SendResult | None) -> int:
+        """One plain send: (partition << OFFSET_BITS | offset), or the core's error
+        code, with what the failure says in ``out`` (None: not asked)."""
         s = self._s
         return lib.gf_send(s.rings, s.n, s.mode, ffi.addressof(s, "rr"), key if key is not None else _NULL,
                            len(key) if key is not None else 0, key is not None, headers, len(headers),
-                           value, len(value), 0)
+                           value, len(value), 0, out._r if out is not None else _NULL)
 
-    def send_idem(self, key: bytes | None, headers: bytes, value: bytes) -> int:
+    def send_idem(self, key: bytes | None, headers: bytes, value: bytes, out: SendResult) -> int:
         """One idempotent send (stamped, checked against the epoch): as :meth:`send`."""
         return lib.gf_send_idem(self._s, key if key is not None else _NULL, len(key) if key is not None else 0,
-                                key is not None, headers, len(headers), value, len(value))
+                                key is not None, headers, len(headers), value, len(value), out._r)
 
-    def send_idem_again(self, part: int, seq: int, key: bytes | None, headers: bytes, value: bytes) -> int:
-        """Repeat the idempotent send that :meth:`Idem.unsure` named."""
+    def send_idem_again(self, part: int, seq: int, key: bytes | None, headers: bytes, value: bytes,
+                        out: SendResult) -> int:
+        """Repeat the idempotent send that :attr:`SendResult.unsure` named."""
         return lib.gf_send_idem_again(self._s, part, seq, key if key is not None else _NULL,
                                       len(key) if key is not None else 0, key is not None, headers, len(headers),
-                                      value, len(value))
+                                      value, len(value), out._r)
 
     def send_batch(self, count: int, keys: Any, key_lens: np.ndarray | None, values: Any, value_lens: np.ndarray,
-                   parts: np.ndarray, offsets: np.ndarray) -> int:
+                   parts: np.ndarray, offsets: np.ndarray, out: SendResult) -> int:
         """``count`` messages packed as :func:`grafos.partition.pack` packs them (keys
         None: no keys); each one's partition and offset into ``parts`` (uint32) and
         ``offsets`` (uint64). How many were written (all), or the core's error code
-        (then none was)."""
+        (then none was, and ``out`` says which partition had no room)."""
         s = self._s
         return lib.gf_send_batch(s.rings, s.n, s.mode, ffi.addressof(s, "rr"), count, _bytes(keys),
                                  _u32(key_lens), ffi.from_buffer("uint8_t[]", values), _u32(value_lens), 0,
-                                 _u32(parts), ffi.from_buffer("uint64_t[]", offsets))
+                                 _u32(parts), ffi.from_buffer("uint64_t[]", offsets), out._r)

@@ -18,7 +18,7 @@ from .. import _validate
 from .._check import last_error, raise_for
 from .._clock import now_ns
 from .._core import codes
-from .._core.sender import Idem, Sender, full_partition
+from .._core.sender import Idem, Sender, SendResult
 from .._crossing import PRODUCER_TIMEOUT, SendPath
 from ..errors import (BufferFull, GrafosError, InvalidArgument, LeaseExpired, MessageTooLarge, NotFound,
                       ProducerFenced, TransactionError, Unsupported)
@@ -163,6 +163,12 @@ class Producer(SendPath):
         value = serde.serialize_value(self.value_serializer, value)
         return self._send_slow(mgr, None, value, headers, timeout)
 
+    def _send_again(self, mgr: TopicManager, key: bytes | None, value: bytes, headers,
+                    part: int, seq: int) -> tuple[int, int]:
+        """The crossing's idempotent send wrote, then failed: repeat it with the same
+        partition and sequence (the arguments are those the crossing took)."""
+        return self._send_slow(mgr, key, value, headers, again=(part, seq))
+
     def _send_keyed_fallback(self, mgr: TopicManager, key: bytes | None, value: bytes,
                              headers=None, *, timeout=_DEFAULT) -> tuple[int, int]:
         key = serde.serialize_key(self.key_serializer, key)
@@ -213,26 +219,26 @@ class Producer(SendPath):
         return ProducerFenced(transactional_id=reg.transactional_id, topic=self.topic, epoch=reg.epoch,
                               current_epoch=transaction.current_epoch(mgr, reg))
 
-    def _send_idem(self, mgr: TopicManager, key, value: bytes, hdrs: bytes) -> tuple[int, int]:
-        """One idempotent send. An attempt that failed after its write (the fast
-        path's included) is repeated with the same partition and sequence: a
-        repeat of a sequence that landed returns where it landed, so the message
-        is written once."""
+    def _send_idem(self, mgr: TopicManager, key, value: bytes, hdrs: bytes,
+                   again: tuple[int, int] | None) -> tuple[int, int]:
+        """One idempotent send. An attempt that failed after its write (``again``:
+        the fast path's, as (partition, sequence)) is repeated with the same
+        partition and sequence: a repeat of a sequence that landed returns where
+        it landed, so the message is written once."""
         deadline: list = []
-        # the crossing's attempt wrote, then failed
-        again = self._idem[2].unsure() if self._idem[0] is mgr else None
+        res = SendResult()
         repeats = 0
         for _ in range(10_000):
             if self._bound[0] is not mgr or not self._bound[2].binding.valid:
                 self._bind(mgr)
             _, s, t = self._bound
             if again is None:
-                rc = s.send_idem(key, hdrs, value)
+                rc = s.send_idem(key, hdrs, value, res)
             else:
-                rc = s.send_idem_again(again[0], again[1], key, hdrs, value)
+                rc = s.send_idem_again(again[0], again[1], key, hdrs, value, res)
             if rc >= 0:
                 return rc >> OFFSET_BITS, rc & MAX_OFFSET
-            if (unsure := s.idem.unsure()) is not None:
+            if (unsure := res.unsure) is not None:
                 repeats += 1
                 if repeats > _RETRIES:
                     self._raise_send(rc, t)
@@ -248,7 +254,7 @@ class Producer(SendPath):
                 if repeats > _RETRIES:
                     self._raise_send(rc, t)
             elif rc == codes.FULL_RING:
-                self._no_room(mgr, t, full_partition(), 1, _DEFAULT, deadline)
+                self._no_room(mgr, t, res.full_partition, 1, _DEFAULT, deadline)
             elif rc == codes.TOOBIG:
                 size = len(value) + len(hdrs) + (len(key) if key else 0)
                 raise MessageTooLarge(f"topic {self.topic!r}: {last_error()}", size, t.config.max_message_bytes)
@@ -294,8 +300,10 @@ class Producer(SendPath):
         """The open transaction, if any."""
         return self._txn
 
-    def _send_slow(self, mgr: TopicManager, key, value, headers, timeout=_DEFAULT) -> tuple[int, int]:
-        """Checks, headers, retries, waits for room; also where every error is raised."""
+    def _send_slow(self, mgr: TopicManager, key, value, headers, timeout=_DEFAULT, *,
+                   again: tuple[int, int] | None = None) -> tuple[int, int]:
+        """Checks, headers, retries, waits for room; also where every error is raised.
+        ``again``: (partition, sequence) of an idempotent attempt that wrote, then failed."""
         if self._bound[0] is not mgr and (s := self._session(mgr)) is not None:
             return s.send(self, key, value, headers)
         if self.idempotent:
@@ -304,7 +312,7 @@ class Producer(SendPath):
                 key = _validate.as_bytes(key, "key")
             if timeout is not _DEFAULT:
                 _validate.timeout(timeout)
-            return self._send_idem(mgr, key, value, encode_headers(headers) if headers else b"")
+            return self._send_idem(mgr, key, value, encode_headers(headers) if headers else b"", again)
         value = _validate.as_bytes(value, "value")
         if key is not None:
             key = _validate.as_bytes(key, "key")
@@ -316,19 +324,23 @@ class Producer(SendPath):
         attempts = 0
         deadline: list = []
         spread = 0      # round-robin: other partitions tried since the last wait
+        res: SendResult | None = None       # asked for once a partition is found full
         while attempts < _RETRIES:
             if self._bound[0] is not mgr or not self._bound[2].binding.valid:
                 self._bind(mgr)
             _, s, t = self._bound
-            rc = s.send(key, hdrs, value)
+            rc = s.send(key, hdrs, value, res)
             if rc >= 0:
                 return rc >> OFFSET_BITS, rc & MAX_OFFSET
             if rc == codes.FULL_RING:
                 if (key is None or s.mode == Partitioner.RoundRobin) and spread < t.n - 1:
                     spread += 1         # another partition may have room
                     continue
+                if res is None:         # only a result names the partition: send again with one
+                    res = SendResult()
+                    continue
                 spread = 0
-                self._no_room(mgr, t, full_partition(), 1, timeout, deadline)
+                self._no_room(mgr, t, res.full_partition, 1, timeout, deadline)
                 continue
             attempts += 1
             if rc == codes.TOOBIG:
@@ -424,7 +436,7 @@ class Producer(SendPath):
             first = None
             if b[0] is mgr and b[2].binding.valid:        # bound: the first try without _batch's set-up
                 first = self._send_rows(rows, parts, offs)
-                if first is not None and first >= 0:
+                if first.__class__ is int and first >= 0:
                     return parts, offs
             done = self._batch(mgr, lambda t: self._send_rows(rows, parts, offs), parts, offs, timeout,
                                lambda: rows.shape[1] * rows.itemsize, first)
@@ -454,8 +466,11 @@ class Producer(SendPath):
         parts = np.empty(n, dtype=np.uint32)
         offs = np.empty(n, dtype=np.uint64)
 
-        def packed(t: Topic) -> int:
-            return self._bound[1].send_batch(n, kbuf, klens, vals, vlens, parts, offs)
+        res = SendResult()
+
+        def packed(t: Topic) -> int | tuple[int, int]:
+            rc = self._bound[1].send_batch(n, kbuf, klens, vals, vlens, parts, offs, res)
+            return (rc, res.full_partition) if rc == codes.FULL_RING else rc
         return self._batch(mgr, packed, parts, offs, timeout,    # type: ignore[return-value]
                            lambda: int((vlens.astype(np.int64) + (klens if klens is not None else 0)).max()))
 
@@ -468,11 +483,12 @@ class Producer(SendPath):
         return out, None if keys is None else [serde.serialize_key(ks, k) for k in keys]
 
     def _batch(self, mgr: TopicManager, call, parts: np.ndarray, offs: np.ndarray, timeout,
-               largest, first: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+               largest, first: int | tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """Run ``call(topic) -> rc`` until the batch lands: wait for room on a full
-        "block" partition, re-read a topic found dead once, raise the rest. None:
-        ``call`` could not take the batch (it returned None). ``first``: the
-        result of a call the caller already made on the bound topic."""
+        "block" partition (``call`` then returns (rc, that partition)), re-read a
+        topic found dead once, raise the rest. None: ``call`` could not take the
+        batch (it returned None). ``first``: the result of a call the caller
+        already made on the bound topic."""
         deadline: list = []
         attempt = 0
         while True:
@@ -481,16 +497,16 @@ class Producer(SendPath):
             rc, first = (call(t) if first is None else first), None
             if rc is None:
                 return None
+            if rc.__class__ is tuple:       # no room on partition rc[1]
+                self._batch_no_room(mgr, t, parts, rc[1], timeout, deadline)
+                continue
             if rc >= 0:
                 return parts, offs
-            if rc == codes.FULL_RING:
-                self._batch_no_room(mgr, t, parts, timeout, deadline)
-                continue
             self._batch_failed(mgr, rc, t, attempt, largest)     # raises once it has re-read
             attempt += 1
 
-    def _batch_no_room(self, mgr: TopicManager, t: Topic, parts: np.ndarray, timeout, deadline: list) -> None:
-        p = full_partition()
+    def _batch_no_room(self, mgr: TopicManager, t: Topic, parts: np.ndarray, p: int, timeout,
+                       deadline: list) -> None:
         self._no_room(mgr, t, p, int((parts == p).sum()) or 1, timeout, deadline)
 
     def _batch_failed(self, mgr: TopicManager, rc: int, t: Topic, attempt: int, largest) -> None:
