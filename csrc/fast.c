@@ -168,7 +168,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__fast(void)
 {
     if (PyType_Ready(&BindingType) < 0 || PyType_Ready(&SendPathType) < 0 || PyType_Ready(&PollPathType) < 0 ||
-        PyType_Ready(&SpanType) < 0 || PyType_Ready(&PollerType) < 0 || PyType_Ready(&SegmentType) < 0)
+        PyType_Ready(&SpanType) < 0 || PyType_Ready(&PollerType) < 0 || PyType_Ready(&SegmentType) < 0 ||
+        PyType_Ready(&SenderStateType) < 0)
         return NULL;
     empty_tuple = PyTuple_New(0);
     str_send_slow = PyUnicode_InternFromString("_send_fallback");
@@ -185,6 +186,7 @@ PyMODINIT_FUNC PyInit__fast(void)
     if (!m)
         return NULL;
     if (PyModule_AddObjectRef(m, "Binding", (PyObject *)&BindingType) < 0 ||
+        PyModule_AddObjectRef(m, "SenderState", (PyObject *)&SenderStateType) < 0 ||
         PyModule_AddObjectRef(m, "SendPath", (PyObject *)&SendPathType) < 0 ||
         PyModule_AddObjectRef(m, "PollPath", (PyObject *)&PollPathType) < 0 ||
         PyModule_AddObjectRef(m, "Span", (PyObject *)&SpanType) < 0 ||

@@ -234,7 +234,7 @@ FAST_INTERNAL PyObject *build(const gf_msg_meta *meta, int64_t n, const uint8_t 
                               PyObject *ids, gf_cursor *cursors, uint32_t nrings, value_pool *pool,
                               PyObject *topic);
 /* ---- the types and module functions each file defines, for the module (fast.c) ---- */
-FAST_INTERNAL extern PyTypeObject SendPathType, PollPathType, SpanType, SegmentType;
+FAST_INTERNAL extern PyTypeObject SenderStateType, SendPathType, PollPathType, SpanType, SegmentType;
 FAST_INTERNAL PyObject *mod_messages(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *mod_decode(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
 FAST_INTERNAL PyObject *mod_encode_headers(PyObject *m, PyObject *h);

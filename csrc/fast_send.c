@@ -2,13 +2,42 @@
  * send_keyed with their arguments taken in place, and the list batches. */
 #include "fast_internal.h"
 
+/* ---- SenderState: a gf_sender the crossing owns ------------------------------------
+ * The struct a producer's sends go through lives inside this object. The
+ * binding layer fills it in and makes its cold calls with it through the buffer
+ * protocol (ffi.from_buffer("gf_sender *", state)); a SendPath bound to it holds
+ * the object itself. So no address crosses between cffi and the crossing as an
+ * int, and the struct lives as long as anyone sends through it. */
+typedef struct {
+    PyObject_HEAD
+    gf_sender s;
+} SenderState;
+
+static int senderstate_getbuffer(SenderState *self, Py_buffer *view, int flags)
+{
+    return PyBuffer_FillInfo(view, (PyObject *)self, &self->s, (Py_ssize_t)sizeof self->s, 0, flags);
+}
+
+static PyBufferProcs senderstate_buffer = {.bf_getbuffer = (getbufferproc)senderstate_getbuffer};
+
+PyTypeObject SenderStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "grafos._fast.SenderState",
+    .tp_basicsize = sizeof(SenderState),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A producer's gf_sender, owned here: its bytes through the buffer protocol, zeroed when made.",
+    .tp_new = PyType_GenericNew,
+    .tp_as_buffer = &senderstate_buffer,
+};
+
 /* ---- SendPath: the base of grafos.mq.producer.Producer ---------------------------- */
 typedef struct {
     PyObject_HEAD
     PyObject *mgr;       /* the manager `s` belongs to; NULL while unbound */
     PyObject *own;       /* a bound handle's manager (see with_own); NULL for a plain one */
     PyObject *binding;   /* the topic's Binding */
-    PyObject *keep;      /* owns the memory `s` and its rings array live in */
+    PyObject *state;     /* the SenderState `s` lives in */
+    PyObject *keep;      /* owns the memory `s` points to (its rings array, an idempotent producer's state) */
     gf_sender *s;
     scratch hdrs;        /* encoded headers of one send */
     scratch batch;       /* keys, values and lengths of one list batch */
@@ -19,6 +48,7 @@ static int sendpath_traverse(SendPath *self, visitproc visit, void *arg)
     Py_VISIT(self->mgr);
     Py_VISIT(self->own);
     Py_VISIT(self->binding);
+    Py_VISIT(self->state);
     Py_VISIT(self->keep);
     return 0;
 }
@@ -29,6 +59,7 @@ static int sendpath_clear(SendPath *self)
     Py_CLEAR(self->mgr);
     Py_CLEAR(self->own);
     Py_CLEAR(self->binding);
+    Py_CLEAR(self->state);
     Py_CLEAR(self->keep);
     return 0;
 }
@@ -42,24 +73,23 @@ static void sendpath_dealloc(SendPath *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* _bind_fast(mgr, binding, sender_address, keep): route sends to mgr through the
- * gf_sender at sender_address (owned by keep) while binding is valid. */
+/* _bind_fast(mgr, binding, state, keep): route sends to mgr through the gf_sender
+ * in state (a SenderState; keep owns what it points to) while binding is valid. */
 static PyObject *sendpath_bind(SendPath *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4 || !PyObject_TypeCheck(args[1], &BindingType)) {
-        PyErr_SetString(PyExc_TypeError, "_bind_fast(mgr, binding, sender_address, keep)");
+    if (nargs != 4 || !PyObject_TypeCheck(args[1], &BindingType) || !PyObject_TypeCheck(args[2], &SenderStateType)) {
+        PyErr_SetString(PyExc_TypeError, "_bind_fast(mgr, binding, state, keep): a Binding and a SenderState");
         return NULL;
     }
-    gf_sender *s = as_pointer(args[2]);
-    if (!s)
-        return NULL;
-    PyObject *om = self->mgr, *ob = self->binding, *ok = self->keep;
+    PyObject *om = self->mgr, *ob = self->binding, *os = self->state, *ok = self->keep;
     self->mgr = Py_NewRef(args[0]);
     self->binding = Py_NewRef(args[1]);
+    self->state = Py_NewRef(args[2]);
     self->keep = Py_NewRef(args[3]);
-    self->s = s;
+    self->s = &((SenderState *)args[2])->s;
     Py_XDECREF(om);     /* after the new state is in place: a dealloc may run code */
     Py_XDECREF(ob);
+    Py_XDECREF(os);
     Py_XDECREF(ok);
     Py_RETURN_NONE;
 }
@@ -71,11 +101,12 @@ static PyObject *sendpath_own(SendPath *self, PyObject *mgr)
 
 static PyObject *sendpath_unbind(SendPath *self, PyObject *unused)
 {
-    PyObject *om = self->mgr, *ob = self->binding, *ok = self->keep;
+    PyObject *om = self->mgr, *ob = self->binding, *os = self->state, *ok = self->keep;
     self->s = NULL;
-    self->mgr = self->binding = self->keep = NULL;
+    self->mgr = self->binding = self->state = self->keep = NULL;
     Py_XDECREF(om);
     Py_XDECREF(ob);
+    Py_XDECREF(os);
     Py_XDECREF(ok);
     Py_RETURN_NONE;
 }

@@ -20,14 +20,19 @@ _table = lib.gf_crossing_table()
 _fast.bind(ffi.buffer(_table, ffi.cast("const uint32_t *", _table)[0]), raise_for, CorruptFabric, Message)
 
 Binding = _fast.Binding
+SenderState = _fast.SenderState
 SendPath = _fast.SendPath
 PollPath = _fast.PollPath
 Span = _fast.Span
 Poller = _fast.Poller
 Segment = _fast.Segment
-# cffi takes a Poller's bytes as a gf_poller without checking their size: both builds must agree on it
+# cffi takes a Poller's bytes as a gf_poller, and a SenderState's as a gf_sender, without
+# checking their size: both builds must agree on them
 if memoryview(Poller(None)).nbytes != ffi.sizeof("gf_poller"):
     raise ImportError("grafos._fast and grafos._native were built with different gf_poller layouts: "
+                      "reinstall grafos")
+if memoryview(SenderState()).nbytes != ffi.sizeof("gf_sender"):
+    raise ImportError("grafos._fast and grafos._native were built with different gf_sender layouts: "
                       "reinstall grafos")
 span = _fast.span
 messages = _fast.messages
@@ -61,8 +66,3 @@ class ProducerTimeout(float):
 
 #: timeout not given: the producer's
 PRODUCER_TIMEOUT = ProducerTimeout()
-
-
-def address(cdata: object) -> int:
-    """The address of a cffi pointer, as the crossing takes it."""
-    return int(ffi.cast("uintptr_t", cdata))

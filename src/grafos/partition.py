@@ -31,8 +31,9 @@ import numpy as np
 from . import _validate
 from ._check import check, raise_for
 from ._clock import now_ns
-from ._crossing import Binding, SendPath, address
+from ._crossing import Binding, SendPath
 from ._core import ffi, layout, lib
+from ._core.sender import Sender
 from .errors import InvalidArgument, MessageTooLarge
 from .fabric import Fabric, MemLease, _expiry, reusing
 from .message import Message, encode_headers
@@ -111,11 +112,9 @@ class Partition:
         #: slots carry CRC32C checksums (set at creation, see the module doc)
         self.checksum: bool = bool(lib.gf_ring_checksum(self._r))
         # a one-partition sender: the producer hot path, reused for append()
-        self._ring_arr = ffi.new("gf_ring *[1]", [self._r])
-        self._s = ffi.new("gf_sender *", {"rings": self._ring_arr, "n": 1,
-                                          "mode": lib.GF_PART_KEYHASH})
+        sender = Sender(ffi.new("gf_ring *[1]", [self._r]), 1, lib.GF_PART_KEYHASH)
         app = _Appender()
-        app._bind_fast(_RING, _FOREVER, address(self._s), (self._s, self._ring_arr))
+        app._bind_fast(_RING, _FOREVER, sender.state, sender)
         self._send_keyed = app.send_keyed
 
     @classmethod

@@ -19,12 +19,6 @@ _spec = importlib.util.spec_from_file_location("structure", ROOT / "tools" / "st
 structure = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(structure)      # the pointers-as-ints count, as tools/structure.py reports it
 
-#: the modules through which the send path hands the crossing its sender as a
-#: pointer made an int (``Sender.address``, ``_crossing.address``); no other
-#: module may hand either native layer a pointer as an int
-SEND_SIDE = {"src/grafos/_core/sender.py", "src/grafos/_crossing.py", "src/grafos/mq/producer.py",
-             "src/grafos/partition.py"}
-
 #: the one module that imports the compiled core (``grafos._native``): the binding
 #: package, whose modules and the binding's other modules take ``ffi`` and ``lib`` from it
 CORE_IMPORTER = "grafos._core"
@@ -128,9 +122,9 @@ def test_the_scan_sees_every_spelling_of_an_import_of_the_core():
         assert "grafos._native" in targets, source
 
 
-def test_the_read_side_should_hand_the_crossing_objects_never_pointers_as_ints():
-    """Polls, peeks, loans and share groups reach the crossing with the objects
-    that own their memory (its Poller and Segments, buffers): a pointer made a
-    Python int is checked by nothing and outlives what it points to."""
-    sites = structure.measure(ROOT)["pointer_ints"]
-    assert [s for s in sites if s.split(":")[0] not in SEND_SIDE] == []
+def test_the_crossing_should_be_handed_objects_never_pointers_as_ints():
+    """Sends, polls, peeks, loans and share groups reach the crossing with the
+    objects that own their memory (its SenderState, Poller and Segments,
+    buffers): a pointer made a Python int is checked by nothing and outlives
+    what it points to."""
+    assert structure.measure(ROOT)["pointer_ints"] == []

@@ -640,3 +640,24 @@ def test_the_crossing_should_take_the_core_s_table_as_its_bytes_and_refuse_anyth
         assert [m.value for _, m in Consumer("t").poll(mgr, 10)] == [b"still bound"]
     finally:
         mgr.close()
+
+
+def test_a_send_path_sends_through_the_crossing_s_own_sender_and_takes_no_address():
+    """The gf_sender a producer's sends go through lives in a crossing object that
+    the binding layer fills in through the buffer protocol: what one side writes
+    the other reads, and a SendPath binds to that object, never to an int."""
+    from grafos._core.sender import Sender
+    from grafos.mq.producer import Partitioner
+    mgr = _bus(partitions=3)
+    prod = Producer("t", Partitioner.RoundRobin)
+    assert [prod.send(mgr, b"x")[0] for _ in range(4)] == [0, 1, 2, 0]
+    s = prod._bound[1]
+    assert isinstance(s.state, _fast.SenderState) and memoryview(s.state).nbytes == ffi.sizeof("gf_sender")
+    assert s.rr == 4                        # the crossing's sends moved the counter cffi reads
+    t = mgr.topic("t")
+    other = Sender(t.rings, t.n, int(Partitioner.RoundRobin), rr=2)
+    prod._bind_fast(mgr, t.binding, other.state, other)
+    assert prod.send(mgr, b"y")[0] == 2     # and it starts where cffi set it
+    with pytest.raises(TypeError, match="SenderState"):
+        prod._bind_fast(mgr, t.binding, int(ffi.cast("uintptr_t", ffi.from_buffer(other.state))), other)
+    mgr.close()

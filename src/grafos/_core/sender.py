@@ -2,9 +2,11 @@
 sender over it (partition pick, round-robin counter), and an idempotent
 producer's sequences.
 
-The per-message send is the crossing's (:class:`grafos._crossing.SendPath`,
-bound to :attr:`Sender.address`); the methods here are the cold paths that
-retry, wait for room or repeat an idempotent send.
+The sender's C struct is the crossing's (a :class:`grafos._crossing.SenderState`,
+reached here through the buffer protocol), and so is the per-message send
+(:class:`grafos._crossing.SendPath`, bound to :attr:`Sender.state`); the
+methods here are the cold paths that retry, wait for room or repeat an
+idempotent send.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from .._check import check
+from .._crossing import SenderState
 from . import ffi, lib
 
 if TYPE_CHECKING:
@@ -131,23 +134,20 @@ class Sender:
     """A producer's view of one topic: its ring table, the pick mode, the
     round-robin counter, and its :class:`Idem` if idempotent."""
 
-    __slots__ = ("_s", "_rings", "idem")
+    __slots__ = ("_s", "_rings", "idem", "state")
 
     def __init__(self, rings: Any, n: int, mode: int, rr: int = 0, idem: Idem | None = None) -> None:
         """``rings``: a topic's :func:`ring_table` of ``n`` partitions; ``rr``: the
         round-robin counter to carry on from."""
-        s = ffi.new("gf_sender *")
+        #: the crossing's object that holds the C struct (what a SendPath binds to)
+        self.state = SenderState()
+        s = ffi.from_buffer("gf_sender *", self.state, require_writable=True)
         s.rings, s.n, s.mode, s.rr = rings, n, mode, rr
         if idem is not None:
             s.idem = idem._d
         self._s = s
         self._rings = rings         # the table outlives the sender that points into it
         self.idem = idem
-
-    @property
-    def address(self) -> int:
-        """The sender's address, as the crossing's SendPath binds to it."""
-        return int(ffi.cast("uintptr_t", self._s))
 
     @property
     def mode(self) -> int:

@@ -106,7 +106,7 @@ class Producer(SendPath):
         if partitioner not in Partitioner._value2member_map_:
             raise InvalidArgument(f"partitioner must be Partitioner.KeyHash or RoundRobin, got {partitioner!r}")
         self.partitioner = Partitioner(partitioner)
-        # (mgr, gf_sender*, Topic): replaced whole, never mutated, so threads see a consistent one
+        # (mgr, Sender, Topic): replaced whole, never mutated, so threads see a consistent one
         self._bound: tuple = (None, None, None)
         # idempotence: (mgr, Registration, Idem) once registered with mgr
         self._idem: tuple = (None, None, None)
@@ -148,7 +148,7 @@ class Producer(SendPath):
         # a producer with a serializer binds its batch calls but not send and
         # send_keyed: no manager matches the stand-in, so they take the slow path
         serializing = self.key_serializer is not None or self.value_serializer is not None
-        self._bind_fast(_SERIALIZING if serializing else mgr, t.binding, s.address, self._bound)
+        self._bind_fast(_SERIALIZING if serializing else mgr, t.binding, s.state, self._bound)
         return t
 
     # ---- one message ------------------------------------------------------------
