@@ -18,7 +18,7 @@ apart), :mod:`.lease` (leases by index and id, under the caller's lock),
 table, the sender over it, an idempotent producer's sequences), :mod:`.share`
 (a share group's region), :mod:`.queue` (a process-shared queue's state),
 :mod:`.loan` (slots lent for a write in place) and :mod:`.bench` (the core's
-copy, for the benchmarks). The ring's own calls are
+copy and its ring calls alone, the benchmarks' floors). The ring's own calls are
 :class:`grafos.partition.Partition`'s.
 """
 from __future__ import annotations
