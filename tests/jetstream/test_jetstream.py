@@ -610,3 +610,38 @@ def test_closing_the_bus_should_end_a_wait_without_a_deadline(nats_url):
     t.join(10)
     assert not t.is_alive(), "the wait outlived the bus"
     assert len(out) == 1 and isinstance(out[0], Closed), out
+
+
+def test_an_awaited_poll_should_wait_in_one_hop_and_end_when_its_task_is_cancelled(js):
+    import asyncio
+    import threading
+
+    from grafos.aio import AsyncConsumer
+    js.create("awaits", TopicConfig(num_partitions=2, partition_capacity=64, partition_stride=256))
+    c = Consumer("awaits", "g")
+    c.seek(js, None, SeekPolicy.Latest)
+    hops = _count_hops(js)
+    submit = js.loop.submit
+
+    def counting_submit(*args: Any, **kw: Any) -> Any:
+        hops[0] += 1
+        return submit(*args, **kw)
+    js.loop.submit = counting_submit
+
+    async def main() -> list:
+        ac = AsyncConsumer(c, js)
+        assert await ac.poll(10, timeout=1.3) == []         # six slices of the shared-memory wait
+        empty_hops = hops[0]
+        task = asyncio.ensure_future(ac.poll(10, timeout=None))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        threading.Timer(0.3, lambda: Producer("awaits").send_keyed(js, b"k", b"late")).start()
+        got = await asyncio.wait_for(ac.poll(10, timeout=None), 10.0)
+        return [empty_hops, [m.value for _, m in got]]
+
+    empty_hops, values = asyncio.run(main())
+    assert empty_hops <= 3          # a poll, one wait, a poll
+    assert values == [b"late"]      # the cancelled wait took nothing
+    c.close()

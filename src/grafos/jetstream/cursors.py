@@ -20,6 +20,7 @@ that is ``lost()``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import threading
 import time
@@ -436,6 +437,20 @@ class Cursors:
             bound = None if left is None else left + self.bus.timeout + 1.0
             if self.bus.run(self._wait(st, deadline), f"waiting on topic {c.topic!r}", timeout=bound):
                 st = self._sync(c, refresh=True)      # a feed broke: read the topic again
+
+    def wait_future(self, c: "Consumer", timeout: float | None) -> "concurrent.futures.Future[bool]":
+        """:meth:`wait` started on the loop, for an awaiting task: one hop for the
+        whole wait. The future ends True when a message is readable, False when
+        ``timeout`` passed or a feed broke (the next poll reads the topic again);
+        cancelling it ends the wait."""
+        _validate.timeout(timeout)
+        st = self._sync(c)
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+
+        async def readable() -> bool:
+            await self._wait(st, deadline)
+            return self._ready(st)
+        return self.bus.loop.submit(readable(), f"waiting on topic {c.topic!r}")
 
     async def _wait(self, st: _State, deadline: float | None) -> bool:
         """On the loop: pull, slice after slice, until a message is readable or
