@@ -8,7 +8,7 @@ time the task holds the message - send time (one clock, system-wide). Printed:
 p50, p90, p99 per event loop (asyncio's, and uvloop's when installed), beside
 a blocking synchronous ``Consumer.poll(timeout=...)`` in the same setup (the
 same futex, no event loop) as the reference. Goal: asyncio p50 below 100 us.
-Nothing is asserted.
+The runs are ``grafos.benchsuite.aio_wakeup``'s. Nothing is asserted.
 
     python benchmarks/bench_aio_wakeup.py                 # 2000 wake-ups per mode
     python benchmarks/bench_aio_wakeup.py -n 500 --json out.json
@@ -16,78 +16,11 @@ Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import multiprocessing as mp
 import os
-import statistics
 import sys
-import time
 
-from grafos.aio import AsyncConsumer
-from grafos.mq import Producer, SeekPolicy, TopicConfig, TopicManager
-
-CTX = mp.get_context("spawn")
-
-
-def producer(name: str, n: int, gap: float, go, done) -> None:
-    mgr = TopicManager.open(name)
-    prod = Producer("pings")
-    go.wait(60)
-    for _ in range(n):
-        time.sleep(gap)
-        prod.send(mgr, time.monotonic_ns().to_bytes(8, "little") * 2)
-    done.wait(60)
-    mgr.close()
-
-
-def _start(name: str, n: int, gap: float):
-    go, done = CTX.Event(), CTX.Event()
-    p = CTX.Process(target=producer, args=(name, n, gap, go, done), daemon=True)
-    p.start()
-    return p, go, done
-
-
-def run_async(mgr: TopicManager, name: str, n: int, gap: float, loop_run) -> list[int]:
-    p, go, done = _start(name, n, gap)
-
-    async def main() -> list[int]:
-        lat = []
-        async with AsyncConsumer(mgr.consumer("pings")) as c:
-            c.seek(SeekPolicy.Latest)
-            go.set()
-            while len(lat) < n:
-                for _, m in await c.poll(16, timeout=None):
-                    lat.append(time.monotonic_ns() - int.from_bytes(m.value[:8], "little"))
-        return lat
-
-    try:
-        return loop_run(main())
-    finally:
-        done.set()
-        p.join(30)
-
-
-def run_sync(mgr: TopicManager, name: str, n: int, gap: float) -> list[int]:
-    p, go, done = _start(name, n, gap)
-    lat = []
-    c = mgr.consumer("pings")
-    c.seek(SeekPolicy.Latest)
-    go.set()
-    try:
-        while len(lat) < n:
-            for _, m in c.poll(16, timeout=1.0):
-                lat.append(time.monotonic_ns() - int.from_bytes(m.value[:8], "little"))
-    finally:
-        done.set()
-        p.join(30)
-    return lat
-
-
-def summary(lat: list[int]) -> dict[str, float]:
-    q = statistics.quantiles(lat, n=100)
-    return {"n": len(lat), "p50_us": statistics.median(lat) / 1e3, "p90_us": q[89] / 1e3,
-            "p99_us": q[98] / 1e3}
+from grafos.benchsuite import aio_wakeup
 
 
 def main() -> None:
@@ -96,33 +29,22 @@ def main() -> None:
     ap.add_argument("--gap", type=float, default=0.002, help="seconds between messages")
     ap.add_argument("--json", help="write the results to this file")
     a = ap.parse_args()
-    name = f"bench-aio-{os.getpid()}"
-    mgr = TopicManager.open(name, size=16 << 20)
     try:
-        mgr.create("pings", TopicConfig(num_partitions=1, partition_capacity=4096, partition_stride=64))
-        modes = {"asyncio": lambda: run_async(mgr, name, a.n, a.gap, asyncio.run)}
-        try:
-            import uvloop
-            modes["uvloop"] = lambda: run_async(mgr, name, a.n, a.gap, uvloop.run)
-        except ImportError:
-            print("uvloop not installed: skipped (pip install uvloop)", file=sys.stderr)
-        modes["sync blocking poll"] = lambda: run_sync(mgr, name, a.n, a.gap)
-        out = {}
-        print(f"cross-process wake-up latency, {a.n} messages {a.gap * 1e3:g} ms apart "
-              f"({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
-        for mode, fn in modes.items():
-            s = summary(fn())
-            out[mode] = s
-            print(f"  {mode:<20} p50 {s['p50_us']:7.1f} us   p90 {s['p90_us']:7.1f} us   "
-                  f"p99 {s['p99_us']:8.1f} us")
-        s = out["asyncio"]
-        print(f"goal: asyncio p50 < 100 us: {'met' if s['p50_us'] < 100 else 'missed'}")
-        if a.json:
-            with open(a.json, "w") as f:
-                json.dump(out, f, indent=1)
-    finally:
-        mgr.close()
-        TopicManager.unlink(name)
+        import uvloop  # noqa: F401
+    except ImportError:
+        print("uvloop not installed: skipped (pip install uvloop)", file=sys.stderr)
+    print(f"cross-process wake-up latency, {a.n} messages {a.gap * 1e3:g} ms apart "
+          f"({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})")
+
+    def show(mode: str, s: dict[str, float]) -> None:
+        print(f"  {mode:<20} p50 {s['p50_us']:7.1f} us   p90 {s['p90_us']:7.1f} us   "
+              f"p99 {s['p99_us']:8.1f} us", flush=True)
+    out = aio_wakeup.measure(a.n, a.gap, show)
+    s = out["asyncio"]
+    print(f"goal: asyncio p50 < 100 us: {'met' if s['p50_us'] < 100 else 'missed'}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

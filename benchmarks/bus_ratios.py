@@ -21,10 +21,11 @@
   less than twice the time).
 
 The workloads are ``grafos.benchsuite.calls`` (the ones ``grafos bench``
-runs in its ``calls`` scenario), all on one bus. Each round times every
-workload once, in a rotated order, so a ratio is taken between measurements
-milliseconds apart; printed are the medians of the per-round ratios and each
-workload's median and best. Nothing is asserted.
+runs in its ``calls`` scenario), all on one bus, interleaved by
+``calls.interleave``: each round times every workload once, in a rotated
+order, so a ratio is taken between measurements milliseconds apart.
+Printed are the medians of the per-round ratios and each workload's median
+and best. Nothing is asserted.
 
     python benchmarks/bus_ratios.py [--rounds 200] [--json FILE]
 """
@@ -59,16 +60,7 @@ def main() -> None:
 
     mgr = calls.bus()
     work = {LABEL.get(n, n): w for n, w in calls.workloads(mgr, ORDER).items()}
-    for _ in range(3):               # warm up, bind, first-touch the rings
-        for w in work.values():
-            w.once()
-    rate: dict[str, list[float]] = {k: [] for k in work}
-    names = list(work)
-    for r in range(rounds):
-        k0 = r % len(names)
-        for k in names[k0:] + names[:k0]:
-            n, dt = work[k].once()
-            rate[k].append(n / dt)
+    rate = calls.interleave(work, rounds)
     print(f"bus hot paths, {rounds} interleaved rounds of {calls.N} messages (M msg/s: median, best)")
     for k, v in rate.items():
         print(f"  {k:22s} {statistics.median(v) / 1e6:7.2f} {max(v) / 1e6:7.2f}")

@@ -2,14 +2,9 @@
 the session. Nothing here asserts a speed: the numbers are reported only."""
 from __future__ import annotations
 
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from workloads import GROUPS, RATIOS, TARGETS, Rig  # noqa: E402
+from grafos.benchsuite.core import GROUPS, RATIOS, TARGETS, Rig
 
 #: name -> {"median": s, "min": s, "messages": n, "payload": bytes}, filled by the tests
 RESULTS: dict[str, dict[str, float]] = {}

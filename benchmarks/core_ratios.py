@@ -12,12 +12,12 @@ What it measures (all in one process, 16-byte keys):
   moving the same bytes between a batch-sized buffer and a ring-sized buffer
   (target: >= 50 % of that memcpy bandwidth).
 
-The workloads are interleaved: every round runs each of them twice in a row
-and times the second run (in a rotated order), so a ratio is taken between
-measurements a few milliseconds apart and the VM's noise hits both sides
-alike. Reported: the median over
-rounds of each per-round ratio, and each workload's median and best round.
-Nothing is asserted.
+The workloads are ``grafos.benchsuite.core``'s, interleaved
+(``core.interleave``): every round runs each of them twice in a row and times
+the second run (in a rotated order), so a ratio is taken between measurements
+a few milliseconds apart and the VM's noise hits both sides alike. Reported:
+the median over rounds of each per-round ratio, and each workload's median
+and best round. Nothing is asserted.
 
     python benchmarks/core_ratios.py [--rounds 200]
 """
@@ -28,12 +28,8 @@ import os
 import platform
 import statistics
 import subprocess
-import sys
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from workloads import GROUPS, RATIOS, TARGETS, Rig  # noqa: E402
+from grafos.benchsuite.core import GROUPS, RATIOS, TARGETS, interleave
 
 
 def _git(*args: str) -> str:
@@ -55,35 +51,12 @@ def _cpu() -> str:
     return platform.processor() or "?"
 
 
-def measure(rounds: int, warmup: int = 5) -> tuple[Rig, list, dict[str, list[float]]]:
-    rig = Rig()
-    ws = rig.workloads()
-    times: dict[str, list[float]] = {w.name: [] for w in ws}
-    clock = time.perf_counter
-    for r in range(-warmup, rounds):
-        k = r % len(ws)
-        for w in ws[k:] + ws[:k]:
-            # twice in a row, the second timed: code, Python objects and the
-            # reader's buffers are warm; the ring window is the next one (cold)
-            for _ in range(2):
-                if w.setup:
-                    w.setup()
-                t0 = clock()
-                out = w.run()
-                dt = clock() - t0
-            if w.check:
-                w.check(out)
-            if r >= 0:
-                times[w.name].append(dt)
-    return rig, ws, times
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=200)
     args = ap.parse_args()
 
-    rig, ws, times = measure(args.rounds)
+    rig, ws, times = interleave(args.rounds)
     by = {w.name: w for w in ws}
     med = {n: statistics.median(t) for n, t in times.items()}
     best = {n: min(t) for n, t in times.items()}

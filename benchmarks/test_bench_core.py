@@ -11,20 +11,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import RESULTS
-from workloads import Rig, Workload
+from grafos.benchsuite.core import NAMES, Rig, Workload
 
 ROUNDS = {"append-1": 300, "batch-100B": 600, "batch-4KiB": 300}
 WARMUP = 10
-
-# collected once, without building a rig: names only
-_NAMES = [
-    "append_api", "queue_put", "append_cffi_raw", "cffi_call_floor",
-    "append_batch_api", "append_batch_cffi_raw",
-    "poll_raw", "poll_batch", "poll_messages",
-    "append_batch_4k_api", "append_batch_4k_cffi_raw", "poll_raw_4k", "poll_batch_4k",
-    "memcpy_write_4k", "memcpy_read_4k", "memcpy_hot_4k",
-]
-
 
 def _find(rig: Rig, name: str) -> Workload:
     if not hasattr(rig, "_by_name"):
@@ -35,7 +25,7 @@ def _find(rig: Rig, name: str) -> Workload:
     return w
 
 
-@pytest.mark.parametrize("name", _NAMES)
+@pytest.mark.parametrize("name", NAMES)
 def test_core(benchmark, rig: Rig, name: str) -> None:
     w = _find(rig, name)
     benchmark.group = w.group

@@ -1,7 +1,7 @@
 """The structure of the tree, measured: import cycles, who imports the compiled
 core, backend checks by class, pointers handed between the two native layers
 as Python ints, C file sizes, atomics outside their header, thread-local side
-channels, tests by folder, benchmark homes.
+channels, tests by folder, the places that define benchmark workloads.
 
     python tools/structure.py            # a markdown table, then the details
     python tools/structure.py --json     # the same, for scripts
@@ -28,6 +28,12 @@ ATOMICS = {                     #: the spellings of atomics outside the one head
 }
 POINTER_INT = re.compile(r"^\s*(const\s+)?u?intptr_t\s*$")     #: what ffi.cast makes of a pointer to get an int
 ADDRESS = re.compile(r"(^|_)address$")      #: a name that holds or returns a pointer as an int
+BENCH_HOME = "benchsuite"       #: the package under src/<package>/ that holds every benchmark workload
+#: calls that move messages: a file outside the home that makes one defines a workload
+BUS_VERBS = {"send", "send_keyed", "send_batch", "poll", "poll_batch", "poll_raw", "peek", "loan",
+             "append_batch", "put_many", "get_many", "publish", "fetch"}
+#: clocks: a file outside the home that reads one inside a loop times a workload of its own
+CLOCKS = {"perf_counter", "perf_counter_ns", "monotonic", "monotonic_ns", "process_time", "thread_time"}
 THREAD_LOCAL = re.compile(r"(?<!\w)(_Thread_local|__thread|thread_local)(?!\w)")
 C_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 
@@ -181,6 +187,57 @@ def pointer_ints(tree: ast.AST) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def workload_signs(name: str, path: Path, tree: ast.AST, package: str) -> list[str]:
+    """Why a benchmark file outside the home defines a workload of its own: it
+    imports the compiled core or its binding (floors belong beside the
+    workloads), calls the bus or a peer to move messages, or reads a clock in
+    a loop (a timed loop). Empty for a driver that only runs and prints."""
+    signs = set()
+    core = (f"{package}._native", f"{package}._core")
+    for target, names in imports(name, path, tree):
+        if any(i == c or i.startswith(c + ".") for i in [target, *(f"{target}.{a}" for a in names)] for c in core):
+            signs.add("imports the core")
+    def named(node: ast.expr) -> str | None:
+        return node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+    # a clock under another name (``clock = time.perf_counter``) is still a clock
+    clocks = set(CLOCKS)
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Assign):
+            for t in n.targets:
+                pairs = zip(t.elts, n.value.elts) if isinstance(t, ast.Tuple) and isinstance(n.value, ast.Tuple) \
+                    else [(t, n.value)]
+                clocks |= {a.id for a, v in pairs if isinstance(a, ast.Name) and named(v) in CLOCKS}
+    loops = [n for n in ast.walk(tree) if isinstance(n, (ast.For, ast.AsyncFor, ast.While))]
+    in_loop = {id(c) for loop in loops for c in ast.walk(loop)}
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Call):
+            called = named(n.func)
+            if called in BUS_VERBS:
+                signs.add("calls the bus")
+            if called in clocks and id(n) in in_loop:
+                signs.add("reads a clock in a loop")
+    return sorted(signs)
+
+
+def workload_places(root: Path, package: str = "grafos") -> dict[str, list[str]]:
+    """Every place that defines benchmark workloads, each with why: the home
+    (``src/<package>/benchsuite``) and every Python file of a top-level
+    ``bench*`` folder that shows a :func:`workload_signs` sign."""
+    out: dict[str, list[str]] = {}
+    home = root / "src" / package / BENCH_HOME
+    if home.is_dir() and any(home.rglob("*.py")):
+        out[str(home.relative_to(root))] = ["the home"]
+    for d in sorted(root.glob("bench*")):
+        if not d.is_dir():
+            continue
+        for p in sorted(d.rglob("*.py")):
+            name = ".".join(p.relative_to(root).with_suffix("").parts)
+            signs = workload_signs(name, p, ast.parse(p.read_text(), str(p)), package)
+            if signs:
+                out[str(p.relative_to(root))] = signs
+    return out
+
+
 # ---- C ------------------------------------------------------------------------------------
 
 def c_files(csrc: Path) -> list[Path]:
@@ -235,9 +292,7 @@ def measure(root: Path, package: str = "grafos", atomics_header: str = "gf_atomi
         tests.setdefault(folder, {"tests": 0, "helpers": 0})[kind] += 1
     flat = tests.get(".", {"tests": 0, "helpers": 0})
 
-    homes = sorted(str(d.relative_to(root)) for d in [*root.glob("bench*"), *src.rglob("bench*")]
-                   if d.is_dir() and any(d.rglob("*.py"))
-                   and not any(parent.name.startswith("bench") for parent in d.relative_to(root).parents))
+    places = workload_places(root, package)
     readme = root / "benchmarks" / "README.md"
 
     return {
@@ -250,7 +305,8 @@ def measure(root: Path, package: str = "grafos", atomics_header: str = "gf_atomi
         "thread_locals": thread_locals,
         "tests_by_folder": tests,
         "tests_at_top_level": flat,
-        "benchmark_homes": homes,
+        "benchmark_homes": list(places),
+        "workload_signs": {p: why for p, why in places.items() if why != ["the home"]},
         "benchmarks_readme_lines": line_count(readme) if readme.is_file() else 0,
         "atomics_header": atomics_header,
     }
@@ -284,8 +340,9 @@ def rows(m: dict[str, Any]) -> list[dict[str, str]]:
         row("thread-local side channels in C", str(len(m["thread_locals"])), "0", not m["thread_locals"]),
         row("test files + helper modules by folder", folders or "none",
             "none at the top level of tests/", flat["tests"] + flat["helpers"] == 0),
-        row("benchmark homes", f"{len(m['benchmark_homes'])}: " + ", ".join(m["benchmark_homes"]), "1",
-            len(m["benchmark_homes"]) == 1),
+        row("places that define benchmark workloads", f"{len(m['benchmark_homes'])}: "
+            + ", ".join(m["benchmark_homes"]), f"1 (the `{BENCH_HOME}` package)",
+            len(m["benchmark_homes"]) == 1 and not m["workload_signs"]),
         row("lines of benchmarks/README.md", str(m["benchmarks_readme_lines"]), "method + current tables", None),
     ]
 
@@ -299,7 +356,9 @@ def markdown(m: dict[str, Any]) -> str:
                ("pointers as Python ints", m["pointer_ints"]),
                ("bare atomics", [f"{f}: " + ", ".join(f"{k} {n}" for k, n in c.items() if n)
                                  for f, c in m["bare_atomics"].items()]),
-               ("thread-local side channels", m["thread_locals"])]
+               ("thread-local side channels", m["thread_locals"]),
+               ("benchmark workloads outside the home", [f"{p}: " + ", ".join(why)
+                                                         for p, why in m["workload_signs"].items()])]
     for title, items in details:
         if items:
             out += ["", f"{title}:"] + [f"- {i}" for i in items]

@@ -130,7 +130,6 @@ class AsyncConsumer:
         self._waiter = _Waiter(consumer)
         self._pending: collections.deque[tuple[int, Message]] = collections.deque()
         self._pending_mgr: TopicManager | None = None
-        self._remote_wait: asyncio.Future | None = None     # a server bus's wait, running in a thread
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.consumer, name)     # seek, assign, position, lag, ...: synchronous
@@ -151,21 +150,22 @@ class AsyncConsumer:
         return self.mgr, args
 
     async def _poll(self, once, mgr: TopicManager, timeout: float | None):  # noqa: ANN001, ANN202
-        if self._remote_wait is not None and not self._remote_wait.done():
-            # a cancelled await left its wait running in a thread: the consumer is one thread's at a time
-            await asyncio.wait([self._remote_wait])
         self._give_back()
         out = once(0.0)
         if len(out) or (timeout is not None and timeout <= 0):
             return out
         deadline = None if timeout is None else time.monotonic() + timeout
+        # a bus on a server serves the wait on its own loop: one wait, cancelled with this task
+        server: Any = None if getattr(mgr, "capabilities", SHARED_MEMORY).shared_memory else mgr.session(self.consumer)
         while True:
-            left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
-            if left > 0 and getattr(mgr, "capabilities", SHARED_MEMORY).shared_memory:
-                await self._waiter.wait(mgr, left)      # cancellable: nothing has been read
-            elif left > 0:      # a bus on a server: its wait is a network call, made in a thread
-                self._remote_wait = asyncio.get_running_loop().run_in_executor(None, self.consumer.wait, mgr, left)
-                await self._remote_wait
+            if server is not None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is None or left > 0:
+                    await asyncio.wrap_future(server.wait_future(self.consumer, left))
+            else:
+                left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+                if left > 0:
+                    await self._waiter.wait(mgr, left)      # cancellable: nothing has been read
             out = once(0.0)
             if len(out) or (deadline is not None and time.monotonic() >= deadline):
                 return out

@@ -1,8 +1,9 @@
 """The package's layers, read from its source: the backend is chosen once, when
 a handle binds (no facade asks which manager class it was given), the JetStream
-backend imports the bus's vocabulary and not the shared-memory facades, and
-no two modules import each other, directly or round a loop (imports inside
-functions count: they run as surely as the ones at the top)."""
+backend imports the bus's vocabulary and not the shared-memory facades, no
+two modules import each other, directly or round a loop (imports inside
+functions count: they run as surely as the ones at the top), and the
+benchmarks' workloads have one home, ``grafos.benchsuite``."""
 from __future__ import annotations
 
 import ast
@@ -88,3 +89,22 @@ def test_the_jetstream_backend_should_import_the_vocabulary_not_the_shared_memor
 def test_the_vocabulary_should_import_no_backend_and_no_facade():
     imported = import_graph()["grafos.mq.model"]
     assert not {m for m in imported if m.startswith(("grafos.mq", "grafos.jetstream"))}, imported
+
+
+def test_benchmark_workloads_should_have_one_home():
+    places = structure.workload_places(ROOT)
+    outside = {p: why for p, why in places.items() if why != ["the home"]}
+    assert not outside, "benchmark files defining workloads of their own (move them into grafos.benchsuite " \
+                        f"and drive them from there): {outside}"
+    assert list(places) == ["src/grafos/benchsuite"]
+
+
+def test_the_workload_scan_should_see_a_timed_loop_in_a_driver(tmp_path):
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "drive.py").write_text(
+        "import time\nfrom grafos.benchsuite import calls\nfor w in calls.workloads(None).values():\n"
+        "    print(w.once())\n")
+    assert structure.workload_places(tmp_path) == {}
+    (tmp_path / "benchmarks" / "drive.py").write_text(
+        "import time\nwhile True:\n    t = time.perf_counter_ns()\n")
+    assert structure.workload_places(tmp_path) == {"benchmarks/drive.py": ["reads a clock in a loop"]}

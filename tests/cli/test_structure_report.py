@@ -1,7 +1,8 @@
 """``tools/structure.py`` on a small tree made for it: a cycle through imports
 inside functions, a module importing the compiled core, pointers made Python
-ints, atomics and a thread-local in C, a test file at the top of tests/; each
-is reported."""
+ints, atomics and a thread-local in C, a test file at the top of tests/,
+benchmark workloads defined outside the benchmark suite's package; each is
+reported."""
 from __future__ import annotations
 
 import json
@@ -46,7 +47,34 @@ TREE = {
     "tests/core/test_ring.py": "",
     "tests/helpers/__init__.py": "",
     "tests/helpers/mp_helpers.py": "",
-    "benchmarks/run.py": "",
+    "src/grafos/benchsuite/__init__.py": "",
+    "src/grafos/benchsuite/rates.py": textwrap.dedent("""\
+        import time
+        def rate(prod, mgr):
+            t = time.perf_counter()
+            for _ in range(10):
+                prod.send(mgr, b"x")
+            return 10 / (time.perf_counter() - t)
+        """),
+    "benchmarks/run.py": textwrap.dedent("""\
+        import time
+        from grafos.benchsuite import rates
+        t0 = time.monotonic()
+        for r in range(3):
+            print(rates.rate(None, None))
+        print(time.monotonic() - t0)
+        """),
+    "benchmarks/own.py": textwrap.dedent("""\
+        from time import perf_counter
+        def rate(cons, mgr):
+            clock, spent = perf_counter, 0.0
+            for _ in range(10):
+                t = clock()
+                cons.poll(mgr, 10)
+                spent += clock() - t
+            return 10 / spent
+        """),
+    "benchmarks/sub/floor.py": "from grafos._core.bench import CopyWalk\n",
 }
 
 
@@ -90,7 +118,16 @@ def test_should_count_tests_and_helpers_by_folder(tmp_path):
     m = json.loads(report(tmp_path, "--json"))
     assert m["tests_by_folder"] == {".": {"tests": 1, "helpers": 0}, "core": {"tests": 1, "helpers": 0},
                                     "helpers": {"tests": 0, "helpers": 1}}
-    assert m["benchmark_homes"] == ["benchmarks"]
+
+
+
+def test_should_count_each_file_that_defines_benchmark_workloads_outside_the_suite_as_a_place(tmp_path):
+    m = json.loads(report(tmp_path, "--json"))
+    assert m["benchmark_homes"] == ["src/grafos/benchsuite", "benchmarks/own.py", "benchmarks/sub/floor.py"]
+    assert m["workload_signs"] == {"benchmarks/own.py": ["calls the bus", "reads a clock in a loop"],
+                                   "benchmarks/sub/floor.py": ["imports the core"]}
+    row = next(r for r in m["table"] if r["trait"] == "places that define benchmark workloads")
+    assert (row["measured"].split(":")[0], row["holds"]) == ("3", "no")
 
 
 def test_should_print_the_table_with_each_cycle_and_importer_named(tmp_path):

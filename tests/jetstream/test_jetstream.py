@@ -554,7 +554,94 @@ def test_should_run_the_jetstream_benchmark_against_raw_nats_py(nats_url, tmp_pa
     assert r.exit_code == 0, r.output
     rows = json.loads(out.read_text())["results"]
     assert [row["scenario"].split(" (")[0] for row in rows] == ["publish", "pipelined publish", "fetch",
-                                                                 "group round trip"]
+                                                                 "group round trip", "wait then poll"]
     assert all(row["grafos_per_s"] > 0 and row["raw_per_s"] > 0 and row["messages"] > 0 for row in rows)
     with TopicManager.connect(nats_url) as m:      # it cleaned up after itself
         assert m.topics() == []
+
+
+def _count_hops(mgr: Any) -> list[int]:
+    """Counts the calls that run a coroutine on the bus's loop thread (a hop there and back)."""
+    hops = [0]
+    real = mgr.loop.run
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        hops[0] += 1
+        return real(*args, **kw)
+    mgr.loop.run = counting
+    return hops
+
+
+def test_a_wait_should_make_one_hop_to_the_loop_however_many_slices_it_lasts(js):
+    js.create("waits", TopicConfig(num_partitions=2, partition_capacity=64, partition_stride=256))
+    c = Consumer("waits", "g")
+    c.seek(js, None, SeekPolicy.Latest)
+    hops = _count_hops(js)
+    t0 = time.monotonic()
+    assert c.wait(js, 2.6) is False             # nothing sent: three slices of waiting
+    assert time.monotonic() - t0 >= 2.5
+    assert hops[0] == 1
+    hops[0] = 0
+    Producer("waits").send_keyed(js, b"k", b"v")
+    assert c.wait(js, 5.0) is True              # a pull is out on every partition: no hop at all
+    assert hops[0] <= 1
+    assert [m.value for _, m in c.poll(js, 10)] == [b"v"]
+    c.close()
+
+
+def test_closing_the_bus_should_end_a_wait_without_a_deadline(nats_url):
+    import threading
+    from grafos.errors import Closed
+    mgr = TopicManager.connect(nats_url)
+    mgr.create("closing", TopicConfig(num_partitions=1, partition_capacity=64, partition_stride=256))
+    c = Consumer("closing", "g")
+    c.seek(mgr, None, SeekPolicy.Latest)
+    out: list[BaseException | bool] = []
+
+    def wait() -> None:
+        try:
+            out.append(c.wait(mgr, None))
+        except BaseException as e:  # noqa: BLE001 - what the wait ended with is the result
+            out.append(e)
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(1.5)                             # into the second slice of the wait
+    mgr.close()
+    t.join(10)
+    assert not t.is_alive(), "the wait outlived the bus"
+    assert len(out) == 1 and isinstance(out[0], Closed), out
+
+
+def test_an_awaited_poll_should_wait_in_one_hop_and_end_when_its_task_is_cancelled(js):
+    import asyncio
+    import threading
+
+    from grafos.aio import AsyncConsumer
+    js.create("awaits", TopicConfig(num_partitions=2, partition_capacity=64, partition_stride=256))
+    c = Consumer("awaits", "g")
+    c.seek(js, None, SeekPolicy.Latest)
+    hops = _count_hops(js)
+    submit = js.loop.submit
+
+    def counting_submit(*args: Any, **kw: Any) -> Any:
+        hops[0] += 1
+        return submit(*args, **kw)
+    js.loop.submit = counting_submit
+
+    async def main() -> list:
+        ac = AsyncConsumer(c, js)
+        assert await ac.poll(10, timeout=1.3) == []         # six slices of the shared-memory wait
+        empty_hops = hops[0]
+        task = asyncio.ensure_future(ac.poll(10, timeout=None))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        threading.Timer(0.3, lambda: Producer("awaits").send_keyed(js, b"k", b"late")).start()
+        got = await asyncio.wait_for(ac.poll(10, timeout=None), 10.0)
+        return [empty_hops, [m.value for _, m in got]]
+
+    empty_hops, values = asyncio.run(main())
+    assert empty_hops <= 3          # a poll, one wait, a poll
+    assert values == [b"late"]      # the cancelled wait took nothing
+    c.close()

@@ -19,7 +19,7 @@ table, the sender over it, an idempotent producer's sequences, a send's
 result), :mod:`.share`
 (a share group's region), :mod:`.queue` (a process-shared queue's state),
 :mod:`.loan` (slots lent for a write in place) and :mod:`.bench` (the core's
-copy, for the benchmarks). The ring's own calls are
+copy and its ring calls alone, the benchmarks' floors). The ring's own calls are
 :class:`grafos.partition.Partition`'s.
 """
 from __future__ import annotations

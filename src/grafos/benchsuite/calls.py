@@ -296,3 +296,21 @@ def derive(results: list[Result]) -> None:
     lst, arr = ok.get("send_batch list"), ok.get("send_batch 2-D")
     if lst is not None and arr is not None:
         lst.note = f"{lst.msg_per_s / arr.msg_per_s:.2f}x the 2-D array batch"
+
+
+def interleave(work: dict[str, Call], rounds: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Messages/s of every call of ``work`` per round: each round times every
+    call once, in an order rotated each round, so a ratio is taken between
+    measurements milliseconds apart (``warmup`` untimed rounds first: they bind
+    the handles and first-touch the rings)."""
+    for _ in range(warmup):
+        for w in work.values():
+            w.once()
+    rate: dict[str, list[float]] = {k: [] for k in work}
+    names = list(work)
+    for r in range(rounds):
+        k0 = r % len(names)
+        for k in names[k0:] + names[:k0]:
+            n, dt = work[k].once()
+            rate[k].append(n / dt)
+    return rate

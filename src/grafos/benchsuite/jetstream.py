@@ -12,7 +12,9 @@ server is a cluster and ``replicas`` says otherwise):
   (``Consumer.poll`` against a pull consumer's ``fetch(1000)``);
 * ``group round trip``: publish one message, poll it, commit its offset
   (a fenced commit through the group's record) against publish, ``fetch(1)``
-  and one KV put of the offset.
+  and one KV put of the offset;
+* ``wait then poll``: publish one message, ``Consumer.wait`` until it is
+  readable, poll it, against publish and ``fetch(1)``.
 
 The raw side is written as a nats-py user writes it: coroutines in
 ``asyncio.run`` in the calling thread. The ratio is grafos's time over raw's
@@ -48,7 +50,7 @@ def _best(fn, rounds: int) -> float:   # noqa: ANN001
 
 def run(url: str, *, n: int = 2000, size: int = 100, rounds: int = 3, replicas: int = 1) -> list[JsResult]:
     from ..jetstream import KvOffsetStore
-    from ..mq.consumer import SeekPolicy
+    from ..mq.consumer import Consumer, SeekPolicy
     from ..mq.group import ConsumerGroup
     from ..mq.producer import Producer
     from ..mq.topic import TopicConfig, TopicManager
@@ -75,7 +77,6 @@ def run(url: str, *, n: int = 2000, size: int = 100, rounds: int = 3, replicas: 
             return time.perf_counter() - t
 
         def g_fetch() -> float:
-            from ..mq.consumer import Consumer
             c = Consumer(topic, f"bench-{uuid.uuid4().hex[:6]}")
             c.seek(mgr, None, SeekPolicy.Earliest)
             t = time.perf_counter()
@@ -101,13 +102,29 @@ def run(url: str, *, n: int = 2000, size: int = 100, rounds: int = 3, replicas: 
                 member.commit(store)
             return time.perf_counter() - t
 
+        waiter = Consumer(topic, f"bench-{uuid.uuid4().hex[:6]}")
+        waiter.seek(mgr, None, SeekPolicy.Latest)
+
+        def g_wait() -> float:
+            t = time.perf_counter()
+            for _ in range(n // 10):
+                prod.send(mgr, value)
+                if not waiter.wait(mgr, 5.0):
+                    raise RuntimeError("wait then poll: a sent message was not readable within 5 s")
+                while not waiter.poll(mgr, 10):
+                    pass
+            return time.perf_counter() - t
+
         grafos = {"publish": _best(g_publish, rounds), "pipelined": _best(g_pipelined, rounds),
-                  "fetch": _best(g_fetch, rounds), "round": _best(g_round, rounds)}
+                  "fetch": _best(g_fetch, rounds), "round": _best(g_round, rounds),
+                  "wait": _best(g_wait, rounds)}
+        waiter.close()
         raw = asyncio.run(_raw(url, n, value, rounds, replicas))
         for key, label, count in (("publish", "publish (one acked at a time)", n),
                                   ("pipelined", "pipelined publish", n * 10),
                                   ("fetch", "fetch (1000 per call)", n * 10),
-                                  ("round", "group round trip (send, poll, commit)", n // 10)):
+                                  ("round", "group round trip (send, poll, commit)", n // 10),
+                                  ("wait", "wait then poll (send, wait, poll)", n // 10)):
             out.append(JsResult(label, count, count / grafos[key], count / raw[key]))
     finally:
         try:
@@ -159,6 +176,18 @@ async def _raw(url: str, n: int, value: bytes, rounds: int, replicas: int) -> di
         await sub.unsubscribe()
         return dt
 
+    async def wait_poll() -> float:
+        sub = await js.pull_subscribe(subject, durable=f"w{uuid.uuid4().hex[:6]}", stream=name,
+                                      config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE,
+                                                                deliver_policy=api.DeliverPolicy.NEW))
+        t = time.perf_counter()
+        for _ in range(n // 10):
+            await js.publish(subject, value)
+            await sub.fetch(1, timeout=5)
+        dt = time.perf_counter() - t
+        await sub.unsubscribe()
+        return dt
+
     async def round_trip() -> float:
         sub = await js.pull_subscribe(subject, durable=f"r{uuid.uuid4().hex[:6]}", stream=name,
                                       config=api.ConsumerConfig(ack_policy=api.AckPolicy.NONE,
@@ -174,7 +203,8 @@ async def _raw(url: str, n: int, value: bytes, rounds: int, replicas: int) -> di
 
     try:
         return {"publish": await best(publish), "pipelined": await best(pipelined),
-                "fetch": await best(fetch), "round": await best(round_trip)}
+                "fetch": await best(fetch), "round": await best(round_trip),
+                "wait": await best(wait_poll)}
     finally:
         await js.delete_stream(name)
         await js.delete_key_value(f"{name}_KV")

@@ -9,8 +9,9 @@ node died, after the server forgot it for inactivity. A poll sends pull
 requests (``no_wait`` for ``timeout=0``, else lingering ones that expire)
 and hands out what has arrived, fairly across partitions; messages that
 arrived beyond ``max_messages`` wait for the next poll. While every feed
-has a pull out, a poll waits for what it brings in the consumer's own
-thread, with no hop to the event loop.
+has a pull out, a poll or a wait waits for what it brings in the consumer's
+own thread, with no hop to the event loop; otherwise a wait is one coroutine
+on the loop that pulls until something is readable or its time is up.
 
 Offsets are stream sequences minus one, so they are dense, and a jump in the
 sequence is what capacity (or age) dropped before this consumer read it:
@@ -19,6 +20,7 @@ that is ``lost()``.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import threading
 import time
@@ -31,7 +33,7 @@ import numpy as np
 from nats.js import api
 
 from .. import _validate
-from ..errors import InvalidArgument, NotFound, Unavailable
+from ..errors import Closed, InvalidArgument, NotFound, Unavailable
 from ..mq.model import MAX_OFFSET, OffsetStore, SeekPolicy
 from ..reader import META_DTYPE, Batch
 from . import envelope
@@ -118,6 +120,7 @@ class _State:
         self.wake = asyncio.Event()
         self.arrived = threading.Event()
         self.next_look = 0.0
+        self.closed = False         # set by Cursors.close: a wait in progress ends (Closed)
 
 
 class Cursors:
@@ -224,6 +227,10 @@ class Cursors:
     def close(self, c: "Consumer") -> None:
         st = self._states.pop(c, None)
         if st is not None:
+            st.closed = True
+            st.arrived.set()
+            if not self.bus.loop.loop.is_closed():
+                self.bus.loop.loop.call_soon_threadsafe(st.wake.set)
             for cur in st.cursors.values():
                 self._close_feed(cur)
 
@@ -306,6 +313,8 @@ class Cursors:
             wait = 0.0
         end = time.monotonic() + (bus.timeout if wait <= 0 else wait)
         while True:
+            if st.closed:
+                return False
             if any(f.broken for f in feeds):
                 return True
             if wait <= 0:
@@ -403,19 +412,60 @@ class Cursors:
 
     def wait(self, c: "Consumer", timeout: float | None) -> bool:
         """Pull until a message is readable (True) or ``timeout`` passes (False),
-        taking none: the positions do not move."""
+        taking none: the positions do not move. While every feed has a pull out
+        the wait is in this thread; else one coroutine on the loop pulls until
+        something is readable or the deadline passes (one hop for the whole
+        wait, not one per slice). Raises Closed if the consumer or the bus is
+        closed meanwhile."""
         _validate.timeout(timeout)
         st = self._sync(c)
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-        while not self._ready(st):
-            if deadline is not None and time.monotonic() >= deadline:
+        while True:
+            if st.closed:
+                raise Closed(f"waiting on topic {c.topic!r}: the consumer was closed")
+            if self._ready(st):
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
                 return False
-            wait = _SLICE if deadline is None else max(0.0, min(_SLICE, deadline - time.monotonic()))
-            broke = self.bus.run(self._pull(st, 1, wait), f"waiting on topic {c.topic!r}",
-                                 timeout=wait + self.bus.timeout + 1.0)
-            if broke and time.monotonic() >= st.next_look:
-                st = self._sync(c, refresh=True)
-        return True
+            if (left is None or left >= 0.01) and self._in_flight(st):
+                # every feed has a pull out: wait here for what it brings, no hop to the loop
+                st.arrived.clear()
+                if not self._ready(st) and not st.closed and self._in_flight(st):
+                    st.arrived.wait(_SLICE if left is None else min(left, _SLICE))
+                continue
+            bound = None if left is None else left + self.bus.timeout + 1.0
+            if self.bus.run(self._wait(st, deadline), f"waiting on topic {c.topic!r}", timeout=bound):
+                st = self._sync(c, refresh=True)      # a feed broke: read the topic again
+
+    def wait_future(self, c: "Consumer", timeout: float | None) -> "concurrent.futures.Future[bool]":
+        """:meth:`wait` started on the loop, for an awaiting task: one hop for the
+        whole wait. The future ends True when a message is readable, False when
+        ``timeout`` passed or a feed broke (the next poll reads the topic again);
+        cancelling it ends the wait."""
+        _validate.timeout(timeout)
+        st = self._sync(c)
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+
+        async def readable() -> bool:
+            await self._wait(st, deadline)
+            return self._ready(st)
+        return self.bus.loop.submit(readable(), f"waiting on topic {c.topic!r}")
+
+    async def _wait(self, st: _State, deadline: float | None) -> bool:
+        """On the loop: pull, slice after slice, until a message is readable or
+        ``deadline`` passes (False), or a feed broke (True: the caller reads the
+        topic again, at most once per refresh gap)."""
+        while not st.closed and not self._ready(st):
+            left = _SLICE if deadline is None else min(_SLICE, deadline - time.monotonic())
+            if left <= 0:
+                break
+            if await self._pull(st, 1, left):
+                gap = st.next_look - time.monotonic()
+                if gap > 0:
+                    await asyncio.sleep(gap if deadline is None else min(gap, max(0.0, deadline - time.monotonic())))
+                return True
+        return False
 
     # ---- the Consumer's calls ------------------------------------------------------------------
     def poll(self, c: "Consumer", want: int, timeout: float | None) -> list:

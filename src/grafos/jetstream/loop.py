@@ -92,6 +92,27 @@ class Loop:
                 raise
             raise err from None
 
+    def submit(self, coro: Coroutine[Any, Any, T], what: str) -> "concurrent.futures.Future[T]":
+        """Start ``coro`` on the loop and return its future, to be awaited from
+        another event loop (``asyncio.wrap_future``): cancelling it cancels the
+        coroutine; nats-py's errors come out as grafos errors, as from :meth:`run`."""
+        if self.loop.is_closed():
+            coro.close()
+            raise Closed(f"{what}: the JetStream bus is closed (TopicManager.close was called): connect again "
+                         "to use it")
+
+        async def translated() -> T:
+            try:
+                return await coro
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                err = translate(e, what)
+                if err is e:
+                    raise
+                raise err from None
+        return asyncio.run_coroutine_threadsafe(translated(), self.loop)
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` on the loop without waiting (best-effort cleanup; see :meth:`settle`)."""
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop)

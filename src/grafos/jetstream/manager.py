@@ -15,6 +15,7 @@ that does not answer gives :class:`~grafos.errors.Unavailable`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import json
 import threading
@@ -724,6 +725,9 @@ class JetStreamManager(RemoteManager):
 
     def wait(self, consumer: "Consumer", timeout: float | None) -> bool:
         return self.cursors.wait(consumer, timeout)
+
+    def wait_future(self, consumer: "Consumer", timeout: float | None) -> "concurrent.futures.Future[bool]":
+        return self.cursors.wait_future(consumer, timeout)
 
     def seek(self, consumer: "Consumer", store: Any, policy: Any) -> None:
         self.cursors.seek(consumer, store, policy)

@@ -16,6 +16,8 @@ from ..errors import InvalidArgument, Unsupported
 from ..partition import MAX_OFFSET, OFFSET_BITS
 
 if TYPE_CHECKING:     # the handles live above this module (grafos.mq.bound supplies them)
+    import concurrent.futures
+
     from .bound import BoundConsumer, BoundProducer
     from .subscribe import Subscriber
 
@@ -296,6 +298,13 @@ class RemoteManager(Bus):
 
     def session(self, handle: Any) -> "RemoteManager":
         return self
+
+    def wait_future(self, consumer: Any, timeout: float | None) -> "concurrent.futures.Future[bool]":
+        """A consumer's wait started on the bus's own event loop, for a task to
+        await (``asyncio.wrap_future``): True when a message is readable, False
+        when ``timeout`` passed or the next poll must look again; cancelling
+        the future ends the wait."""
+        raise NotImplementedError
 
     @property
     def fabric(self) -> Any:

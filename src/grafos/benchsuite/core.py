@@ -1,5 +1,7 @@
-"""The core benchmark workloads, shared by ``test_bench_core.py``
-(pytest-benchmark) and ``core_ratios.py`` (interleaved side-by-side ratios).
+"""The core's workloads: ``Partition`` and ``Reader`` calls beside
+``queue.Queue``, the core's own calls and memcpy, timed by
+``benchmarks/test_bench_core.py`` (pytest-benchmark) and
+``benchmarks/core_ratios.py`` (interleaved side-by-side ratios, :func:`interleave`).
 
 Every workload is one timed call that moves a known number of messages:
 
@@ -18,14 +20,15 @@ pays first-touch page faults.
 from __future__ import annotations
 
 import queue
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from grafos import Fabric
-from grafos._native import ffi, lib
-from grafos.partition import Partition, pack
+from .._core.bench import CopyRegions, RingCalls
+from ..fabric import Fabric
+from ..partition import Partition
 
 KEY_SIZE = 16
 VALUE_SIZE = 100
@@ -90,9 +93,10 @@ class Rig:
         self.values = _values(BATCH, VALUE_SIZE)
         self.big_keys = _keys(BIG_BATCH)
         self.big_values = _values(BIG_BATCH, BIG_VALUE)
-        # pre-packed cffi arguments: the C floor of a batch call
-        self.packed = self._pack(self.values, self.keys)
-        self.big_packed = self._pack(self.big_values, self.big_keys)
+        # the core's calls alone, batches packed once: the C floor of each call
+        self.small_core, self.big_core = RingCalls(self.small.handle), RingCalls(self.big.handle)
+        self.packed = self.small_core.packed(self.values, self.keys)
+        self.big_packed = self.big_core.packed(self.big_values, self.big_keys)
         for _ in range(SMALL_CAPACITY // BATCH + 1):       # touch every page of both rings
             self.small.append_batch(self.values, keys=self.keys)
         for _ in range(BIG_CAPACITY // BIG_BATCH + 1):
@@ -100,24 +104,11 @@ class Rig:
         self.small_reader = self.small.reader(0, max_batch=BATCH)
         self.big_reader = self.big.reader(0, max_batch=BIG_BATCH)
         self._read_step = {id(self.small): 0, id(self.big): 0}
-        # memcpy reference buffers: a batch-sized buffer and a ring-sized one
+        # memcpy reference: a batch-sized buffer and a ring-sized one
         self.ref_bytes = BIG_BATCH * (KEY_SIZE + BIG_VALUE)
-        self.ref_batch = ffi.new("uint8_t[]", self.ref_bytes)
-        self.ref_ring_size = BIG_CAPACITY * BIG_STRIDE
-        self.ref_ring = ffi.new("uint8_t[]", self.ref_ring_size)
+        self.ref = CopyRegions(self.ref_bytes, BIG_CAPACITY * BIG_STRIDE)
         self.ref_step = 0
-        lib.gf_memcpy_bench(self.ref_ring, self.ref_ring + self.ref_ring_size // 2,
-                            self.ref_ring_size // 2, 2)     # touch its pages
         self.queue: queue.Queue = queue.Queue()
-
-    @staticmethod
-    def _pack(values: list[bytes], keys: list[bytes]) -> tuple:
-        vb, vl = pack(values, "values")
-        kb, kl = pack(keys, "keys")
-        offs = ffi.new("uint64_t[]", len(values))
-        keep = (vb, vl, kb, kl)
-        return (len(values), ffi.from_buffer("uint8_t[]", kb), ffi.from_buffer("uint32_t[]", kl),
-                ffi.from_buffer("uint8_t[]", vb), ffi.from_buffer("uint32_t[]", vl), offs, keep)
 
     def close(self) -> None:
         self.small.close()
@@ -135,11 +126,10 @@ class Rig:
         reader.seek(0, latest - p.capacity + n + (k * n) % window)
 
     def next_ref_region(self) -> int:
-        """Byte offset of the next batch-sized region of the ring-sized buffer."""
-        regions = self.ref_ring_size // self.ref_bytes
-        off = (self.ref_step % regions) * self.ref_bytes
+        """The next batch-sized region of the ring-sized buffer."""
+        region = self.ref_step % self.ref.regions
         self.ref_step += 1
-        return off
+        return region
 
     # ---- the workloads --------------------------------------------------------
     def workloads(self) -> list[Workload]:
@@ -152,15 +142,13 @@ class Rig:
             for _ in range(n):
                 append(value, key=key)
 
+        core = self.small_core
+
         def append_cffi_raw() -> None:
-            app, r, null = lib.gf_ring_append, p.handle, ffi.NULL
-            for _ in range(n):
-                app(r, key, KEY_SIZE, 1, null, 0, value, VALUE_SIZE, 0)
+            core.appends(key, value, n)
 
         def cffi_call_floor() -> None:
-            room, r = lib.gf_ring_room, p.handle
-            for _ in range(n):
-                room(r)
+            core.empty_calls(n)
 
         q = self.queue
 
@@ -181,14 +169,13 @@ class Rig:
         ]
         # ---- batches of 100-byte messages ----
         values, keys, rd = self.values, self.keys, self.small_reader
-        cnt, ckb, ckl, cvb, cvl, coffs, _ = self.packed
-        r = p.handle
+        packed = self.packed
         w += [
             Workload("append_batch_api", "batch-100B", BATCH, BATCH * one,
                      lambda: p.append_batch(values, keys=keys),
                      doc="Partition.append_batch(values, keys=keys) from lists of bytes"),
             Workload("append_batch_cffi_raw", "batch-100B", BATCH, BATCH * one,
-                     lambda: lib.gf_ring_append_batch(r, cnt, ckb, ckl, cvb, cvl, 0, coffs),
+                     packed.append,
                      doc="lib.gf_ring_append_batch on pre-packed buffers: the C floor"),
             Workload("poll_raw", "batch-100B", BATCH, BATCH * one, lambda: rd.poll_raw(BATCH),
                      setup=lambda: self.seek_next(p, rd, BATCH), check=_expect(BATCH),
@@ -203,16 +190,15 @@ class Rig:
         # ---- batches of 4 KiB messages ----
         big, big_rd = self.big, self.big_reader
         bvalues, bkeys = self.big_values, self.big_keys
-        bcnt, bkb, bkl, bvb, bvl, boffs, _ = self.big_packed
+        big_packed = self.big_packed
         bvalues_arr = np.frombuffer(b"".join(bvalues), dtype=np.uint8).reshape(len(bvalues), -1)
         bkeys_arr = np.frombuffer(b"".join(bkeys), dtype=np.uint8).reshape(len(bkeys), -1)
-        br = big.handle
         nbytes = self.ref_bytes
-        ref_ring, ref_batch = self.ref_ring, self.ref_batch
-        ref_off = [0]
+        ref = self.ref
+        region = [0]
 
         def ref_setup() -> None:
-            ref_off[0] = self.next_ref_region()
+            region[0] = self.next_ref_region()
 
         w += [
             Workload("append_batch_4k_api", "batch-4KiB", BIG_BATCH, nbytes,
@@ -222,7 +208,7 @@ class Rig:
                      lambda: big.append_batch(bvalues_arr, keys=bkeys_arr),
                      doc="Partition.append_batch of 256 x 4 KiB given as 2-D uint8 arrays (no join)"),
             Workload("append_batch_4k_cffi_raw", "batch-4KiB", BIG_BATCH, nbytes,
-                     lambda: lib.gf_ring_append_batch(br, bcnt, bkb, bkl, bvb, bvl, 0, boffs),
+                     big_packed.append,
                      doc="lib.gf_ring_append_batch on pre-packed buffers"),
             Workload("poll_raw_4k", "batch-4KiB", BIG_BATCH, nbytes, lambda: big_rd.poll_raw(BIG_BATCH),
                      setup=lambda: self.seek_next(big, big_rd, BIG_BATCH), check=_expect(BIG_BATCH),
@@ -231,15 +217,15 @@ class Rig:
                      setup=lambda: self.seek_next(big, big_rd, BIG_BATCH), check=_expect(BIG_BATCH),
                      doc="Reader.poll_batch(256) of 4 KiB messages"),
             Workload("memcpy_write_4k", "batch-4KiB", BIG_BATCH, nbytes,
-                     lambda: lib.gf_memcpy_bench(ref_ring + ref_off[0], ref_batch, nbytes, 1),
+                     lambda: ref.write(region[0]),
                      setup=ref_setup,
                      doc="gf_memcpy_bench: 1 MiB batch buffer -> next region of a ring-sized (16 MiB) buffer"),
             Workload("memcpy_read_4k", "batch-4KiB", BIG_BATCH, nbytes,
-                     lambda: lib.gf_memcpy_bench(ref_batch, ref_ring + ref_off[0], nbytes, 1),
+                     lambda: ref.read(region[0]),
                      setup=ref_setup,
                      doc="gf_memcpy_bench: next region of a ring-sized (16 MiB) buffer -> 1 MiB batch buffer"),
             Workload("memcpy_hot_4k", "batch-4KiB", BIG_BATCH, nbytes,
-                     lambda: lib.gf_memcpy_bench(ref_ring, ref_batch, nbytes, 1),
+                     ref.hot,
                      doc="gf_memcpy_bench: 1 MiB -> the same 1 MiB every time (cache-hot peak, information)"),
         ]
         return w
@@ -266,3 +252,35 @@ TARGETS = {
     "poll_raw": 30e6,
     "poll_batch": 30e6,
 }
+
+#: the workloads' names, in :meth:`Rig.workloads` order (known without building a rig)
+NAMES = ("append_api", "queue_put", "append_cffi_raw", "cffi_call_floor",
+         "append_batch_api", "append_batch_cffi_raw", "poll_raw", "poll_batch", "poll_messages",
+         "append_batch_4k_api", "append_batch_4k_array", "append_batch_4k_cffi_raw", "poll_raw_4k",
+         "poll_batch_4k", "memcpy_write_4k", "memcpy_read_4k", "memcpy_hot_4k")
+
+
+def interleave(rounds: int, warmup: int = 5) -> tuple[Rig, list[Workload], dict[str, list[float]]]:
+    """Every workload once per round, twice in a row with the second timed (code,
+    Python objects and the reader's buffers warm; the ring window the next one,
+    cold), in an order rotated each round: a ratio is then taken between
+    measurements a few milliseconds apart. Returns the rig (close it), the
+    workloads and each one's seconds per round."""
+    rig = Rig()
+    ws = rig.workloads()
+    times: dict[str, list[float]] = {w.name: [] for w in ws}
+    clock = time.perf_counter
+    for r in range(-warmup, rounds):
+        k = r % len(ws)
+        for w in ws[k:] + ws[:k]:
+            for _ in range(2):
+                if w.setup:
+                    w.setup()
+                t0 = clock()
+                out = w.run()
+                dt = clock() - t0
+            if w.check:
+                w.check(out)
+            if r >= 0:
+                times[w.name].append(dt)
+    return rig, ws, times
