@@ -34,6 +34,10 @@ BUS_VERBS = {"send", "send_keyed", "send_batch", "poll", "poll_batch", "poll_raw
              "append_batch", "put_many", "get_many", "publish", "fetch"}
 #: clocks: a file outside the home that reads one inside a loop times a workload of its own
 CLOCKS = {"perf_counter", "perf_counter_ns", "monotonic", "monotonic_ns", "process_time", "thread_time"}
+#: the one thread-local that is no side channel: the text of the calling thread's
+#: last failure, read only after a call returned an error code (as errno, dlerror
+#: and sqlite3_errmsg are); every result travels in a return value or an out-struct
+ERROR_TEXT = re.compile(r"(?<!\w)last_error\s*\[")
 THREAD_LOCAL = re.compile(r"(?<!\w)(_Thread_local|__thread|thread_local)(?!\w)")
 C_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 
@@ -271,7 +275,7 @@ def measure(root: Path, package: str = "grafos", atomics_header: str = "gf_atomi
     rel = {p: str(p.relative_to(root)) for p in cfiles}
     sizes = sorted(((rel[p], line_count(p)) for p in cfiles if p.suffix == ".c"), key=lambda t: (-t[1], t[0]))
     atomics: dict[str, dict[str, int]] = {}
-    thread_locals = []
+    thread_locals, error_text = [], []
     for p in cfiles:
         code = code_of(p)
         if p.name != atomics_header:
@@ -280,7 +284,8 @@ def measure(root: Path, package: str = "grafos", atomics_header: str = "gf_atomi
                 atomics[rel[p]] = counts
         for i, line in enumerate(code.splitlines(), 1):
             if THREAD_LOCAL.search(line):
-                thread_locals.append(f"{rel[p]}:{i}: {' '.join(line.split())}")
+                (error_text if ERROR_TEXT.search(line) else thread_locals).append(
+                    f"{rel[p]}:{i}: {' '.join(line.split())}")
 
     tests: dict[str, dict[str, int]] = {}
     troot = root / "tests"
@@ -303,6 +308,7 @@ def measure(root: Path, package: str = "grafos", atomics_header: str = "gf_atomi
         "c_file_lines": sizes,
         "bare_atomics": atomics,
         "thread_locals": thread_locals,
+        "error_text": error_text,
         "tests_by_folder": tests,
         "tests_at_top_level": flat,
         "benchmark_homes": list(places),
@@ -337,7 +343,10 @@ def rows(m: dict[str, Any]) -> list[dict[str, str]]:
         row("largest C files (lines)", top + f"; {len(big)} over {C_LIMIT}", f"none over {C_LIMIT}", not big),
         row(f"bare atomics calls in C outside `{m['atomics_header']}`",
             f"{atom} (" + ", ".join(f"`{k}` {n}" for k, n in kinds.items()) + ")", "0", atom == 0),
-        row("thread-local side channels in C", str(len(m["thread_locals"])), "0", not m["thread_locals"]),
+        row("thread-local side channels in C (results outside a return value or an out-struct)",
+            str(len(m["thread_locals"])), "0", not m["thread_locals"]),
+        row("thread-local failure text in C (errno-like, read after an error code)",
+            str(len(m["error_text"])), "at most 1", len(m["error_text"]) <= 1),
         row("test files + helper modules by folder", folders or "none",
             "none at the top level of tests/", flat["tests"] + flat["helpers"] == 0),
         row("places that define benchmark workloads", f"{len(m['benchmark_homes'])}: "
@@ -357,6 +366,7 @@ def markdown(m: dict[str, Any]) -> str:
                ("bare atomics", [f"{f}: " + ", ".join(f"{k} {n}" for k, n in c.items() if n)
                                  for f, c in m["bare_atomics"].items()]),
                ("thread-local side channels", m["thread_locals"]),
+               ("thread-local failure text", m["error_text"]),
                ("benchmark workloads outside the home", [f"{p}: " + ", ".join(why)
                                                          for p, why in m["workload_signs"].items()])]
     for title, items in details:

@@ -37,6 +37,7 @@ TREE = {
             x = address(None)
         """),
     "csrc/gf_atomics.h": "#define GF_LOAD(p) atomic_load(p)\n",
+    "csrc/platform.c": "static __thread char last_error[64];\n",
     "csrc/ring.c": textwrap.dedent("""\
         /* atomic_store( in a comment is not a call */
         static _Thread_local int last;
@@ -111,7 +112,9 @@ def test_should_count_atomics_outside_their_header_and_thread_locals(tmp_path):
     m = json.loads(report(tmp_path, "--json"))
     assert m["bare_atomics"] == {"csrc/ring.c": {"atomic_*(": 2, "__atomic_*(": 1, "(_Atomic *)": 1}}
     assert m["thread_locals"] == ["csrc/ring.c:2: static _Thread_local int last;"]
-    assert m["c_file_lines"] == [["csrc/ring.c", 4]]
+    # the failure text (errno-like) is listed apart from the side channels
+    assert m["error_text"] == ["csrc/platform.c:1: static __thread char last_error[64];"]
+    assert m["c_file_lines"] == [["csrc/ring.c", 4], ["csrc/platform.c", 1]]
 
 
 def test_should_count_tests_and_helpers_by_folder(tmp_path):

@@ -128,3 +128,16 @@ def test_the_crossing_should_be_handed_objects_never_pointers_as_ints():
     buffers): a pointer made a Python int is checked by nothing and outlives
     what it points to."""
     assert structure.measure(ROOT)["pointer_ints"] == []
+
+
+def test_the_c_core_should_keep_its_shape():
+    """Every C file under the size a reader takes in at once, atomics spelled in
+    their one header only, and no result carried by a thread-local: a retry
+    learns what failed from an out-struct its caller owns, so threads sharing a
+    handle never read each other's results. The failure text is the one
+    thread-local, read as errno is, after a call returned an error code."""
+    m = structure.measure(ROOT)
+    assert [(f, n) for f, n in m["c_file_lines"] if n > structure.C_LIMIT] == []
+    assert m["bare_atomics"] == {}
+    assert m["thread_locals"] == []
+    assert [e.split(":")[0] for e in m["error_text"]] == ["csrc/platform.c"]

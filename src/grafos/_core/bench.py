@@ -4,6 +4,7 @@ nothing around them, the limit of any wrapper. :mod:`grafos.benchsuite` times
 these; nothing else calls them."""
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,8 @@ def _aligned(nbytes: int) -> tuple[Any, Any]:
     """(owner, page-aligned pointer) of ``nbytes`` zeroed bytes: glibc's memcpy can be
     20x slower at some distances between source and destination on AMD Zen (see
     gf_copy), so a reference copy takes its best case."""
-    mem = ffi.new("uint8_t[]", nbytes + _PAGE)
-    return mem, mem + (-int(ffi.cast("uintptr_t", mem))) % _PAGE
+    mem = mmap.mmap(-1, nbytes)     # anonymous: zeroed, and starts on a page
+    return mem, ffi.cast("uint8_t *", ffi.from_buffer(mem))
 
 
 class CopyWalk:
