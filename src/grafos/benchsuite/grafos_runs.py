@@ -219,14 +219,16 @@ def producer_main(name: str, size: int, batch: int, mode: str, idx: int, flags, 
 
 
 def cross(size: int, batch: int, mode: str, duration: float, *, producers: int = 1,
-          partitions: int = 1, group: str = "cross") -> Result:
-    """Producer processes -> this process. Counts messages consumed in ``duration``."""
+          partitions: int = 1, group: str = "cross", capacity: int | None = None) -> Result:
+    """Producer processes -> this process. Counts messages consumed in ``duration``.
+    ``capacity``: slots per partition, else :func:`geometry`'s (about 2 MiB)."""
     from ..mq.consumer import Consumer
     from ..mq.topic import TopicConfig, TopicManager
 
     res = Result(group, GRAFOS, mode, "cross-process", size, batch=batch, partitions=partitions,
                  producers=producers)
-    capacity, stride = geometry(size, batch * producers, partitions)
+    fit, stride = geometry(size, batch * producers, partitions)
+    capacity = capacity or fit
     name = f"grafos-bench-{uuid.uuid4().hex[:12]}"
     total = partitions * capacity * stride
     mgr = TopicManager.open(name, size=_fabric_bytes(total))
