@@ -94,6 +94,7 @@ gf_ring *gf_ring_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, int
     r->seqs = gf_atomic64_at(r->slots + (uint64_t)c.capacity * c.stride);
     r->max_msg = (uint64_t)c.capacity * c.stride - GF_SLOT_HDR_SIZE;
     r->crc = !(c.flags & GF_RING_NO_CRC);
+    gf_lease_map(f, lease_index, lease_id, li.offset, gf_ring_region_size(c.capacity, c.stride));
     gf_faa(&f->refs, 1);
     *err = GF_OK;
     return r;
