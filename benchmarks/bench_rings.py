@@ -11,6 +11,11 @@ ratio with the range. Beside them, the machine's floor for the same ring
 C compiler is here. Nothing here asserts a speed.
 
     python benchmarks/bench_rings.py [--seconds 1] [--rounds 3] [--only big] [--system grafos]
+                                     [--huge-dir DIR]
+
+``--huge-dir DIR`` keeps grafos' bus in a file in DIR opened with
+``huge_pages="on"``: DIR must be a tmpfs mounted with ``huge=advise`` (or
+``always``), e.g. ``mount -t tmpfs -o huge=advise,size=1g tmpfs DIR``.
 """
 from __future__ import annotations
 
@@ -38,10 +43,12 @@ def ring_bytes(ring: str) -> int:
     return (RINGS[ring] or capacity) * stride
 
 
-def run(system: str, ring: str, seconds: float) -> float:
+def run(system: str, ring: str, seconds: float, huge_dir: str | None = None) -> float:
     """Messages per second reaching the consumer."""
     if system == "grafos":
-        res = grafos_runs.cross(SIZE, BATCH, "single", seconds, capacity=RINGS[ring])
+        path = os.path.join(huge_dir, f"grafos-bench-{os.getpid()}.grafos") if huge_dir else None
+        res = grafos_runs.cross(SIZE, BATCH, "single", seconds, capacity=RINGS[ring], path=path,
+                                huge_pages="on" if huge_dir else "off")
         if res.lost:
             raise RuntimeError(f"grafos lost {res.lost} messages on the {ring} ring")
     else:
@@ -72,6 +79,8 @@ def main() -> None:
     ap.add_argument("--only", choices=sorted(RINGS), action="append", help="a ring (repeatable)")
     ap.add_argument("--system", choices=["grafos", "faster-fifo", "floor"], action="append",
                     help="a row (repeatable); the ratios need grafos and faster-fifo")
+    ap.add_argument("--huge-dir", help="grafos' bus as a file in this folder, with huge_pages='on' (a tmpfs "
+                    "mounted with huge=advise or always)")
     a = ap.parse_args()
     rings = a.only or list(RINGS)
     systems = a.system or ["grafos", "faster-fifo", "floor"]
@@ -80,7 +89,7 @@ def main() -> None:
         for ring in rings:
             order = systems if r % 2 == 0 else systems[::-1]
             for system in order:
-                rate = floor(ring) if system == "floor" else run(system, ring, a.seconds)
+                rate = floor(ring) if system == "floor" else run(system, ring, a.seconds, a.huge_dir)
                 if rate is not None:
                     got.setdefault((ring, system), []).append(rate)
                     print(f"round {r + 1} {ring:5} {system:11} {rate / 1e3:8.1f} k msg/s", flush=True)
