@@ -61,6 +61,7 @@ struct gf_ring {
     _Atomic uint64_t *seqs;     /* the sequence words, after the slots */
     uint64_t max_msg;           /* largest key + headers + value: the whole ring less one header */
     int crc;                    /* slots carry checksums (the header's GF_RING_NO_CRC clear) */
+    _Atomic int mapped;         /* this handle has written: the ring is in this process's page tables */
 };
 
 /* error reporting: a thread-local message for the last failure */
@@ -90,7 +91,7 @@ uint32_t gf_ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max, gf_
 int gf_lease_pin(gf_fabric *f, struct gf_lease *l, uint64_t id);
 void gf_lease_unpin(struct gf_lease *l);
 /* Fault the region [off, off+len) of lease entry `index` (lease `id`) into this
- * mapping, once per lease (platform.c). */
+ * mapping, once per lease and handle (platform.c). */
 void gf_lease_map(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, uint64_t len);
 
 /* Fault injection for tests (gf_test_fault): stop or exit at a numbered point. */

@@ -343,7 +343,7 @@ static gf_fabric *open_once(const char *path, uint64_t size, uint32_t mode, uint
         f->huge = 1;
     }
     if (created) {
-        gf_populate(base, dO);
+        gf_populate(f, base, dO);
         GF_FAULT(GF_FAULT_CREATE_MAPPED);
         format(f, size, lease_slots, meta_slots);
     } else if ((rc = validate(f->hdr, size)) < 0) {

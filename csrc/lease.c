@@ -240,7 +240,7 @@ int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t o
             punch(f, at, need);     /* what the populate took before the filesystem ran out */
         return rc;
     }
-    gf_populate(f->base + at, need);
+    gf_populate(f, f->base + at, need);
     struct gf_lease *l = &f->leases[free_idx];
     uint64_t id = f->hdr->next_lease_id++;
     if (id == 0)
