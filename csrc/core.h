@@ -37,7 +37,7 @@ struct gf_fabric {
     uint64_t pidns;             /* inode of /proc/self/ns/pid then (for messages) */
     struct gf_fabric *reg_next, *reg_prev;   /* every open handle of the process (fork) */
     int where;                  /* GF_WHERE_*: what backs the mapping (for error advice) */
-    int in_memory;              /* backed by memory (memfd, tmpfs): a region is worth faulting in at open */
+    int in_memory;              /* backed by memory (memfd, tmpfs): a ring is worth faulting in ahead */
     int huge;                   /* the mapping is advised for huge pages (GF_OPEN_HUGE) */
     _Atomic uint64_t *mapped;   /* per lease entry: the id of the lease whose region this mapping has
                                  * faulted in (gf_lease_map), so it is done once; NULL: not kept */

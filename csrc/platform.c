@@ -177,9 +177,9 @@ void gf_populate_huge(uint8_t *p, uint64_t len)
 }
 
 /* A second process attaching a ring that another populated has no page table
- * entries for it: a writer takes a fault per 4 KiB page on its first lap (about
- * 1.3 us each, 20 us per 64 KiB message). Memory-backed fabrics only: on a disk
- * file it would read the whole region from disk. */
+ * entries for it: a writer takes a fault per 4 KiB page on its first lap (1-5 us
+ * each here, up to 80 us per 64 KiB message). Memory-backed fabrics only: on a
+ * disk file it would read the whole region from disk. */
 void gf_lease_map(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, uint64_t len)
 {
     if (!f->mapped || !f->in_memory || index >= f->lease_slots || gf_load_rlx(&f->mapped[index]) == id)

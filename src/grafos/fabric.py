@@ -195,14 +195,15 @@ class Fabric:
         _validate.integer(meta_slots, "meta_slots", 0, 1 << 22)
         if not isinstance(huge_pages, str) or huge_pages not in HUGE_PAGES:
             raise InvalidArgument(f"huge_pages must be one of {HUGE_PAGES}, got {huge_pages!r}")
-        why = hugepages.refusal(path) if huge_pages != "off" else "not asked"
+        why = None if huge_pages == "off" else hugepages.refusal(path)
         if huge_pages == "on" and why:
             raise Unsupported(f"huge_pages='on': {why}; huge_pages='try' maps 4 KiB pages where the system "
                               "does not give huge ones")
-        if not why:
-            flags |= lib.GF_OPEN_HUGE
-        elif huge_pages == "try":
+        if why:
             _log.info("huge_pages='try' maps 4 KiB pages for %s: %s", path or "an in-process fabric", why)
+        huge = huge_pages != "off" and not why
+        if huge:
+            flags |= lib.GF_OPEN_HUGE
         err = ffi.new("int *")
         h = lib.gf_fabric_open(path.encode() if path is not None else ffi.NULL, size, mode, flags,
                                lease_slots, meta_slots, err)
@@ -218,7 +219,8 @@ class Fabric:
         self._trust_any = False
         self._generation = _FORK_GENERATION   # which side of a fork made this handle
         self.durability = "none"
-        self.huge_pages = "off" if why else huge_pages
+        #: what this handle's mapping asked for and got: "off", or the huge_pages it was opened with
+        self.huge_pages = huge_pages if huge else "off"
         #: default seconds :meth:`locked` waits for a live holder (lower it to bound every call)
         self.lock_timeout = LOCK_TIMEOUT
 
