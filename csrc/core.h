@@ -37,6 +37,10 @@ struct gf_fabric {
     uint64_t pidns;             /* inode of /proc/self/ns/pid then (for messages) */
     struct gf_fabric *reg_next, *reg_prev;   /* every open handle of the process (fork) */
     int where;                  /* GF_WHERE_*: what backs the mapping (for error advice) */
+    int in_memory;              /* backed by memory (memfd, tmpfs): a ring is worth faulting in ahead */
+    int huge;                   /* the mapping is advised for huge pages (GF_OPEN_HUGE) */
+    _Atomic uint64_t *mapped;   /* per lease entry: the id of the lease whose region this mapping has
+                                 * faulted in (gf_lease_map), so it is done once; NULL: not kept */
 };
 #define GF_WHERE_MEMFD 0
 #define GF_WHERE_SHM   1        /* under /dev/shm */
@@ -57,6 +61,7 @@ struct gf_ring {
     _Atomic uint64_t *seqs;     /* the sequence words, after the slots */
     uint64_t max_msg;           /* largest key + headers + value: the whole ring less one header */
     int crc;                    /* slots carry checksums (the header's GF_RING_NO_CRC clear) */
+    _Atomic int mapped;         /* this handle has written: the ring is in this process's page tables */
 };
 
 /* error reporting: a thread-local message for the last failure */
@@ -85,6 +90,9 @@ uint32_t gf_ring_read(gf_ring *r, gf_cursor *c, uint32_t part, uint32_t max, gf_
  * 1 if pinned (the region is that lease's until gf_lease_unpin), 0 if not. */
 int gf_lease_pin(gf_fabric *f, struct gf_lease *l, uint64_t id);
 void gf_lease_unpin(struct gf_lease *l);
+/* Fault the region [off, off+len) of lease entry `index` (lease `id`) into this
+ * mapping, once per lease and handle (platform.c). */
+void gf_lease_map(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, uint64_t len);
 
 /* Fault injection for tests (gf_test_fault): stop or exit at a numbered point. */
 extern int gf_fault_armed;

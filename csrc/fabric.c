@@ -12,6 +12,8 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
+#include <linux/magic.h>
 #include "fabric_internal.h"
 
 #define DEFAULT_LEASE_SLOTS 1024u
@@ -327,8 +329,21 @@ static gf_fabric *open_once(const char *path, uint64_t size, uint32_t mode, uint
     f->where = where;
     f->stall_ns = DEFAULT_STALL_NS;
     gf_init(&f->refs, 1);
+    struct statfs sfs;
+    f->in_memory = where != GF_WHERE_FILE || (fstatfs(fd, &sfs) == 0 && sfs.f_type == TMPFS_MAGIC);
+    if (flags & GF_OPEN_HUGE) {
+        /* before any page is faulted in, so the pages this mapping allocates can be huge */
+        if (madvise(base, size, MADV_HUGEPAGE) < 0) {
+            rc = gf_fail(GF_E_IO, "madvise(MADV_HUGEPAGE) on the fabric: %s", strerror(errno));
+            munmap(base, size);
+            free(f);
+            f = NULL;
+            goto out_unlink;
+        }
+        f->huge = 1;
+    }
     if (created) {
-        gf_populate(base, dO);
+        gf_populate(f, base, dO);
         GF_FAULT(GF_FAULT_CREATE_MAPPED);
         format(f, size, lease_slots, meta_slots);
     } else if ((rc = validate(f->hdr, size)) < 0) {
@@ -373,6 +388,7 @@ static gf_fabric *open_once(const char *path, uint64_t size, uint32_t mode, uint
     f->meta = (struct gf_meta_entry *)(base + f->hdr->meta_off);
     f->meta_slots = f->hdr->meta_slots;
     f->data_off = f->hdr->data_off;
+    f->mapped = calloc(f->lease_slots, sizeof *f->mapped);     /* NULL: regions fault in as touched */
     gf_reg_add(f);
     /* whoever attaches reaps, if the lock is free right now (never waits for it) */
     if (!created && gf_lock(f, 0) >= 0) {
@@ -475,6 +491,7 @@ void gf_fabric_unref(gf_fabric *f)
         if (f->owner_fd >= 0)
             close(f->owner_fd);     /* lets the token go */
         close(f->fd);
+        free((void *)f->mapped);
         free(f);
     }
 }

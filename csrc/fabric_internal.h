@@ -16,7 +16,11 @@ static inline uint64_t gf_round_page(uint64_t n) { return (n + GF_PAGE - 1) & ~(
 /* Allocate [off, off+len) in the backing file (GF_E_NOSPACE, saying where, if it cannot). */
 GF_INTERNAL int gf_reserve(int fd, int where, uint64_t off, uint64_t len, const char *what);
 /* Fault the pages in now, so the first lap of a fresh ring costs what later laps do. */
-GF_INTERNAL void gf_populate(uint8_t *p, uint64_t len);
+GF_INTERNAL void gf_populate(const gf_fabric *f, uint8_t *p, uint64_t len);
+/* Allocate the pages through the mapping, never touching one (a missing page
+ * stays missing): on a mapping advised for huge pages this takes huge pages
+ * where the filesystem only advises them, which fallocate does not. */
+GF_INTERNAL void gf_populate_huge(uint8_t *p, uint64_t len);
 
 /* ---- owners (platform.c; layout.h, "owners") ------------------------------------- */
 /* A new open file description of the file open as fd: its descriptor, or -1. */

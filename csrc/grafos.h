@@ -45,6 +45,7 @@
 #define GF_OPEN_CREATE     1  /* create if missing */
 #define GF_OPEN_EXCL       2  /* fail if it exists */
 #define GF_OPEN_TRUST_ANY  4  /* accept a fabric owned by another user / writable by others */
+#define GF_OPEN_HUGE       8  /* advise the mapping for transparent huge pages (MADV_HUGEPAGE) */
 
 /* Partitioners */
 #define GF_PART_KEYHASH    0

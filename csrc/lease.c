@@ -232,10 +232,15 @@ int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t o
         return gf_fail(GF_E_FULL, "fabric is full: no free region of %llu bytes in a %llu-byte arena",
                        (unsigned long long)need, (unsigned long long)(f->size - f->data_off));
     punch(f, at, need);     /* nothing of an old tenant reaches the new one */
+    if (f->huge)
+        gf_populate_huge(f->base + at, need);
     int rc = gf_reserve(f->fd, f->where, at, need, "a lease");
-    if (rc < 0)
+    if (rc < 0) {
+        if (f->huge)
+            punch(f, at, need);     /* what the populate took before the filesystem ran out */
         return rc;
-    gf_populate(f->base + at, need);
+    }
+    gf_populate(f, f->base + at, need);
     struct gf_lease *l = &f->leases[free_idx];
     uint64_t id = f->hdr->next_lease_id++;
     if (id == 0)
@@ -249,6 +254,8 @@ int gf_lease_acquire(gf_fabric *f, uint64_t size, int64_t expires_ns, uint64_t o
     gf_store_rel(&l->expires_ns, expires_ns);
     gf_store_rel(&l->pin, 0);
     gf_store_rel(&l->id, id);
+    if (f->mapped)      /* populated above, in this mapping */
+        gf_store_rlx(&f->mapped[free_idx], id);
     fill_info(f, free_idx, l, id, at, need, out);
     gf_faa(&f->hdr->meta_epoch, 1);
     if (f->durable)

@@ -123,6 +123,9 @@ void gf_futex_wake_all(_Atomic uint32_t *word)
  * page. So every page the fabric will write is allocated in the file when it
  * is handed out (the fixed tables at creation, a lease's region at acquire),
  * and a full filesystem is an error there instead. */
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23
 #endif
@@ -155,13 +158,34 @@ int gf_reserve(int fd, int where, uint64_t off, uint64_t len, const char *what)
     return gf_fail_errno("fallocate");
 }
 
-/* Fault the pages in now, so the first lap of a fresh ring costs what later laps do. */
-void gf_populate(uint8_t *p, uint64_t len)
+/* Fault the pages in now, so the first lap of a fresh ring costs what later laps do.
+ * In memory (shmem) a read fault maps up to 16 pages around it, writable, where a
+ * write fault maps one: 16 times fewer faults for the same page tables (35 ms
+ * against 320 ms for 256 MiB here). A disk file's pages fault in read-only until
+ * written, so there the faults are write faults. */
+void gf_populate(const gf_fabric *f, uint8_t *p, uint64_t len)
 {
-    if (madvise(p, len, MADV_POPULATE_WRITE) == 0)
+    if (madvise(p, len, f->in_memory ? MADV_POPULATE_READ : MADV_POPULATE_WRITE) == 0)
         return;
     for (uint64_t i = 0; i < len; i += GF_PAGE)   /* older kernels: touch each page */
         gf_plain_faa_rlx(&p[i], 0);
+}
+
+void gf_populate_huge(uint8_t *p, uint64_t len)
+{
+    (void)madvise(p, len, MADV_POPULATE_WRITE);     /* no fallback: a store to a page past a full tmpfs is a SIGBUS */
+}
+
+/* A second process attaching a ring that another populated has no page table
+ * entries for it: a writer takes a fault per 4 KiB page on its first lap (1-5 us
+ * each here, up to 80 us per 64 KiB message). Memory-backed fabrics only: on a
+ * disk file it would read the whole region from disk. */
+void gf_lease_map(gf_fabric *f, uint32_t index, uint64_t id, uint64_t off, uint64_t len)
+{
+    if (!f->mapped || !f->in_memory || index >= f->lease_slots || gf_load_rlx(&f->mapped[index]) == id)
+        return;
+    gf_populate(f, f->base + off, len);
+    gf_store_rlx(&f->mapped[index], id);
 }
 
 /* ---- owners (layout.h): who holds a word, alive or dead ---------------------
@@ -271,6 +295,8 @@ static void reg_child_token(gf_fabric *f)
 {
     f->held = 0;        /* a lock the parent holds is the parent's */
     f->token = 0;
+    if (f->mapped)      /* fork copies no page table entries of a shared mapping */
+        memset((void *)f->mapped, 0, (size_t)f->lease_slots * sizeof *f->mapped);
     int nfd = gf_reopen(f->owner_fd, NULL);
     int e = nfd < 0 ? (errno ? errno : EBADF) : 0;
     close(f->owner_fd);     /* the parent's description: its token stays the parent's alone */

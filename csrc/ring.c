@@ -99,6 +99,17 @@ gf_ring *gf_ring_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, int
     return r;
 }
 
+/* A writer's first claim: a write fault on a shared mapping maps one page (a
+ * read fault maps up to 16 around it), so a producer attaching a ring another
+ * process populated would take a fault per 4 KiB page on its first lap. */
+void gf_ring_map(gf_ring *r)
+{
+    gf_fabric *f = r->f;
+    gf_lease_map(f, (uint32_t)(r->lease - f->leases), r->lease_id, (uint64_t)((uint8_t *)r->hdr - f->base),
+                 gf_ring_region_size(r->capacity, r->stride));
+    gf_store_rlx(&r->mapped, 1);
+}
+
 void gf_ring_close(gf_ring *r)
 {
     if (!r)

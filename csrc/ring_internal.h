@@ -123,6 +123,8 @@ GF_INTERNAL int gf_gave_way(uint64_t n);
 /* GF_E_FULL_RING: no room below the gate for `count` offsets */
 GF_INTERNAL int gf_full_ring(const gf_ring *r, uint64_t count, uint64_t gate);
 GF_INTERNAL int64_t gf_claim_spans(gf_ring *r, uint32_t count, const uint64_t *spans, uint64_t *offs);
+/* Fault the ring into this process's mapping (a writer's first claim, once per handle) */
+GF_INTERNAL void gf_ring_map(gf_ring *r);
 GF_INTERNAL int gf_ring_sync(gf_ring *r, uint64_t first, uint64_t count);
 
 /* ---- waiting (wait.c) ----------------------------------------------------------- */

@@ -176,6 +176,8 @@ int gf_full_ring(const gf_ring *r, uint64_t count, uint64_t gate)
  * included). */
 int64_t gf_claim_spans(gf_ring *r, uint32_t count, const uint64_t *spans, uint64_t *offs)
 {
+    if (__builtin_expect(!gf_load_rlx(&r->mapped), 0))
+        gf_ring_map(r);
     const uint64_t cap = r->capacity;
     uint64_t t = gf_load_acq(&r->hdr->tail);
     for (;;) {

@@ -224,6 +224,8 @@ static inline int check_alive(const gf_ring *r, int64_t now)
 
 static inline int64_t claim(gf_ring *r, uint64_t count)
 {
+    if (__builtin_expect(!gf_load_rlx(&r->mapped), 0))
+        gf_ring_map(r);
     /* Back-pressure costs one load when nobody gates the ring; a gated ring
      * claims with a CAS so that concurrent producers never pass the gate. */
     uint64_t gate = gf_load_acq(&r->hdr->gate), n;

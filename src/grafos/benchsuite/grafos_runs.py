@@ -188,13 +188,13 @@ def inproc_threads(size: int, batch: int, duration: float, flow: str = "block") 
 
 
 # ---- cross-process ---------------------------------------------------------------------
-def producer_main(name: str, size: int, batch: int, mode: str, idx: int, flags, sent, limit: int) -> None:
-    """Spawned producer: append to ``name`` until told to stop, staying at most
+def producer_main(mgr, size: int, batch: int, mode: str, idx: int, flags, sent, limit: int) -> None:  # noqa: ANN001
+    """Spawned producer: append to ``mgr`` (a TopicManager, which crosses processes
+    as its bus's name or path) until told to stop, staying at most
     ``limit`` messages ahead of the consumer. ``flags``: see :class:`~.procs.Crew`."""
     from ..mq.producer import Partitioner, Producer
     from ..mq.topic import TopicManager
 
-    mgr = TopicManager.open(name)
     prod = Producer("bench", Partitioner.RoundRobin)
     values = np.full((batch, size), 0x5A, dtype=np.uint8)
     value = b"\x5a" * size
@@ -219,17 +219,21 @@ def producer_main(name: str, size: int, batch: int, mode: str, idx: int, flags, 
 
 
 def cross(size: int, batch: int, mode: str, duration: float, *, producers: int = 1,
-          partitions: int = 1, group: str = "cross") -> Result:
-    """Producer processes -> this process. Counts messages consumed in ``duration``."""
+          partitions: int = 1, group: str = "cross", capacity: int | None = None,
+          path: str | None = None, huge_pages: str = "off") -> Result:
+    """Producer processes -> this process. Counts messages consumed in ``duration``.
+    ``capacity``: slots per partition, else :func:`geometry`'s (about 2 MiB);
+    ``path``: a file for the bus (removed after), else a named bus; ``huge_pages``: the fabric's."""
     from ..mq.consumer import Consumer
     from ..mq.topic import TopicConfig, TopicManager
 
     res = Result(group, GRAFOS, mode, "cross-process", size, batch=batch, partitions=partitions,
                  producers=producers)
-    capacity, stride = geometry(size, batch * producers, partitions)
+    fit, stride = geometry(size, batch * producers, partitions)
+    capacity = capacity or fit
     name = f"grafos-bench-{uuid.uuid4().hex[:12]}"
     total = partitions * capacity * stride
-    mgr = TopicManager.open(name, size=_fabric_bytes(total))
+    mgr = TopicManager.open(None if path else name, path=path, size=_fabric_bytes(total), huge_pages=huge_pages)
     crew = None
     try:
         mgr.create("bench", TopicConfig(partitions, capacity, stride, 3600.0))
@@ -239,7 +243,7 @@ def cross(size: int, batch: int, mode: str, duration: float, *, producers: int =
         crew = Crew(producers)
         flags = crew.flags
         sent = crew.array("q", producers)
-        crew.start(producer_main, lambda i: (name, size, batch, mode, i, flags, sent, limit))
+        crew.start(producer_main, lambda i: (mgr, size, batch, mode, i, flags, sent, limit))
         crew.go()
         n = 0
         poll = cons.poll_batch if mode == "batch" else cons.poll
@@ -268,5 +272,8 @@ def cross(size: int, batch: int, mode: str, duration: float, *, producers: int =
         if crew is not None:
             crew.kill()
         mgr.close()
-        TopicManager.unlink(name)
+        if path:
+            os.unlink(path)
+        else:
+            TopicManager.unlink(name)
     return res

@@ -361,14 +361,17 @@ def producer_main(peer: str, ch, size: int, batch: int, mode: str, idx: int, fla
 
 
 def cross(peer: str, size: int, batch: int, mode: str, duration: float, *, producers: int = 1,
-          group: str = "cross") -> Result:
-    """Producer processes -> this process, counting messages received in ``duration``."""
+          group: str = "cross", ring_bytes: int | None = None) -> Result:
+    """Producer processes -> this process, counting messages received in ``duration``.
+    ``ring_bytes``: faster-fifo's buffer, else its default here (see :meth:`FasterFifo.make`)."""
     why = missing(peer)
     if why:
         return _missing_result(peer, group, mode, "cross-process", size, batch, producers, why)
     cls = PEER_CLASSES[peer]
+    if ring_bytes is not None and cls is not FasterFifo:
+        raise ValueError(f"ring_bytes sizes faster-fifo's buffer; {peer} is sized in messages")
     crew = Crew(producers)
-    ch = cls.make(crew.ctx, size, batch, mode, producers)
+    ch = FasterFifo.queue(ring_bytes) if ring_bytes else cls.make(crew.ctx, size, batch, mode, producers)
     end = cls.open_consumer(ch)
     res = Result(group, peer, mode, "cross-process", size, batch=batch, producers=producers)
     try:
