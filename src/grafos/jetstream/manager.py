@@ -545,6 +545,10 @@ class JetStreamManager(RemoteManager):
                     self._senders[producer] = s
         return s
 
+    def producer_session(self, producer: "Producer") -> "JetStreamManager":
+        """The bus serves its producers' calls itself (per producer state in ``_senders``)."""
+        return self
+
     def register(self, producer: "Producer") -> int:
         """Register ``producer`` now rather than at its first send; returns its epoch.
         With a ``transactional_id`` this bumps the epoch on the server and fences
@@ -586,9 +590,27 @@ class JetStreamManager(RemoteManager):
             raise LeaseExpired(f"topic {t.name!r}: partitions {gone} have expired; restart the topic")
         return t, i, p
 
-    def send(self, producer: "Producer", key: bytes | None, value: bytes, headers: Any = None
-             ) -> tuple[int, int]:
-        """One message, acknowledged by the server. Returns (partition, offset)."""
+    def producer_epoch(self, producer: "Producer") -> int | None:
+        """The epoch ``producer`` registered with (None: not registered yet)."""
+        s = self._senders.get(producer)
+        return s.epoch if s is not None and s.reg is not None else None
+
+    def open_transaction(self, producer: "Producer") -> None:
+        return None         # no transactions on this bus (begin says why)
+
+    def loan(self, producer: "Producer", size: int, key: Any = None, headers: Any = None) -> Any:
+        raise Unsupported(f"producer of {producer.topic!r}: loans write a message in place in shared memory, "
+                          f"which this bus ({type(self).__name__}) does not have; use send")
+
+    def close_producer(self, producer: "Producer") -> None:
+        self._senders.pop(producer, None)
+
+    def send(self, producer: "Producer", key: bytes | None, value: bytes, headers: Any = None,
+             timeout: Any = None) -> tuple[int, int]:
+        """One message, acknowledged by the server. Returns (partition, offset).
+        ``timeout`` (waiting for room on a full topic) has nothing to wait for:
+        no reader holds a producer back here (``capabilities.gating``); a
+        publish waits for its acknowledgement up to the bus's ``timeout``."""
         value = _validate.as_bytes(value, "value")
         if key is not None:
             key = _validate.as_bytes(key, "key")
@@ -651,7 +673,8 @@ class JetStreamManager(RemoteManager):
         except UNAVAILABLE:
             return True     # cannot tell: keep retrying until the bound
 
-    def send_batch(self, producer: "Producer", values: Any, keys: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def send_batch(self, producer: "Producer", values: Any, keys: Any = None,
+                   timeout: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Many messages, pipelined (up to 1000 publishes in flight), all
         acknowledged before it returns. Returns (partitions, offsets) arrays."""
         vals = _rows(values, "values")

@@ -17,11 +17,13 @@ from ..partition import MAX_OFFSET, OFFSET_BITS
 
 if TYPE_CHECKING:     # the handles live above this module (grafos.mq.bound supplies them)
     from .bound import BoundConsumer, BoundProducer
+    from .producer import Producer
     from .subscribe import Subscriber
 
 __all__ = ["TopicConfig", "PartitionInfo", "TopicDescription", "Capabilities", "SHARED_MEMORY", "Partitioner",
            "kafka_partition", "murmur2", "SeekPolicy", "GroupConfig", "Claim", "OffsetStore", "MAX_OFFSET",
-           "OFFSET_BITS", "MAX_TOPIC_NAME", "MAX_PARTITIONS", "ON_FULL", "Bus", "RemoteManager"]
+           "OFFSET_BITS", "MAX_TOPIC_NAME", "MAX_PARTITIONS", "ON_FULL", "ProducerSession", "Bus",
+           "RemoteManager"]
 
 #: documented defaults of :class:`TopicConfig`
 DEFAULT_PARTITIONS = 4
@@ -218,6 +220,23 @@ class OffsetStore(Protocol):
     def commit(self, group: str, topic: str, partition: int, offset: int) -> None: ...
 
 
+class ProducerSession(Protocol):
+    """What serves a :class:`~grafos.mq.producer.Producer`'s calls on one bus
+    (:meth:`Bus.producer_session`). Each call names the producer, whose settings
+    (topic, partitioner, idempotence, serializers) it follows; keys and values
+    arrive serialized, and ``timeout`` checked or the producer's own (the
+    crossing's sentinel, ``grafos._crossing.PRODUCER_TIMEOUT``)."""
+
+    def send(self, producer: Producer, key: Any, value: Any, headers: Any, timeout: Any) -> tuple[int, int]: ...
+    def send_batch(self, producer: Producer, values: Any, keys: Any, timeout: Any) -> tuple[Any, Any]: ...
+    def register(self, producer: Producer) -> int: ...
+    def producer_epoch(self, producer: Producer) -> int | None: ...
+    def begin(self, producer: Producer) -> Any: ...
+    def open_transaction(self, producer: Producer) -> Any: ...
+    def loan(self, producer: Producer, size: int, key: Any, headers: Any) -> Any: ...
+    def close_producer(self, producer: Producer) -> None: ...
+
+
 class Bus:
     """The base of every bus: the shared-memory
     :class:`~grafos.mq.topic.TopicManager` and the managers of buses on a
@@ -232,10 +251,16 @@ class Bus:
     #: above (this module imports no facade)
     _handles: ClassVar[Any]
 
+    def producer_session(self, producer: Producer) -> ProducerSession:
+        """What serves ``producer``'s calls on this bus, asked once, when the
+        producer first meets the bus: a session of its own on shared memory
+        (:mod:`grafos.mq.shm_send`), the bus itself on a server."""
+        raise NotImplementedError
+
     def session(self, handle: Any) -> "Bus | None":
-        """What serves ``handle``'s calls (a Producer or Consumer) on this bus:
-        a bus on a server serves them itself; None on shared memory, where the
-        handle reads and writes the fabric through its own binding."""
+        """What serves a Consumer's calls on this bus: a bus on a server serves
+        them itself; None on shared memory, where the consumer reads the
+        fabric through its own binding."""
         raise NotImplementedError
 
     def offset_store(self) -> OffsetStore:
