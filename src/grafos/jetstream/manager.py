@@ -739,11 +739,38 @@ class JetStreamManager(RemoteManager):
         return out
 
     # ---- consuming (the Consumer's calls for this bus) --------------------------------------
-    def poll(self, consumer: "Consumer", max_messages: int, timeout: float | None) -> list:
+    def consumer_session(self, consumer: "Consumer") -> "JetStreamManager":
+        """The bus serves its consumers' calls itself (their cursors are in ``cursors``)."""
+        return self
+
+    # spin: how long a shared-memory poll spins before it sleeps on a futex; nothing spins here
+    def poll(self, consumer: "Consumer", max_messages: int, timeout: float | None,
+             spin: float | None = None) -> list:
         return self.cursors.poll(consumer, max_messages, timeout)
 
-    def poll_batch(self, consumer: "Consumer", max_messages: int, timeout: float | None) -> Any:
+    def poll_batch(self, consumer: "Consumer", max_messages: int, timeout: float | None,
+                   spin: float | None = None) -> Any:
         return self.cursors.poll_batch(consumer, max_messages, timeout)
+
+    def polled(self, consumer: "Consumer", count: int, max_messages: int) -> None:
+        return None         # no reader holds a producer back here (capabilities.gating)
+
+    def wait_request(self, consumer: "Consumer", waiter: Any, timeout: float | None) -> int:
+        raise Unsupported(f"consumer of {consumer.topic!r}: a waiter thread sleeps on a futex in shared memory, "
+                          f"which this bus ({type(self).__name__}) does not have; use wait")
+
+    def peek(self, consumer: "Consumer", max_messages: int) -> Any:
+        raise Unsupported(f"consumer of {consumer.topic!r}: peeks read messages in place in shared memory, "
+                          f"which this bus ({type(self).__name__}) does not have; use poll")
+
+    def aborted(self, consumer: "Consumer") -> int:
+        return 0            # no transactions on this bus
+
+    def incarnations(self, consumer: "Consumer", partitions: list[int]) -> None:
+        return None         # the bus's offset records hold no incarnation
+
+    def commit_store(self, consumer: "Consumer", store: Any) -> Any:
+        return store
 
     def wait(self, consumer: "Consumer", timeout: float | None) -> bool:
         return self.cursors.wait(consumer, timeout)
@@ -769,7 +796,7 @@ class JetStreamManager(RemoteManager):
     def latest(self, consumer: "Consumer", partition: int) -> int:
         return self.cursors.latest(consumer, partition)
 
-    def check_assignment(self, consumer: "Consumer", partitions: list[int]) -> None:
+    def reassign(self, consumer: "Consumer", partitions: list[int]) -> None:
         n = self.topic(consumer.topic).n
         for p in partitions:
             if p >= n:

@@ -31,6 +31,7 @@ from ..errors import AlreadyExists, FabricFull, InvalidArgument, LeaseExpired, N
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
 from ..partition import Partition, PartitionState, region_size
 from . import gate
+from .shm_read import ShmReadSession
 from .shm_send import ShmSendSession
 from .model import (DEFAULT_CAPACITY, DEFAULT_PARTITIONS, DEFAULT_RETENTION_SECS, DEFAULT_STRIDE,  # noqa: F401
                     MAX_PARTITIONS, MAX_TOPIC_NAME, ON_FULL, SHARED_MEMORY, Bus, RemoteManager)
@@ -41,6 +42,7 @@ from .model import (Capabilities as Capabilities, PartitionInfo as PartitionInfo
 if TYPE_CHECKING:
     from ..jetstream.manager import JetStreamManager
     from .model import OffsetStore
+    from .consumer import Consumer
     from .producer import Producer
     from .share import ShareConsumer
 
@@ -177,8 +179,8 @@ class TopicManager(Bus):
     def producer_session(self, producer: Producer) -> ShmSendSession:
         return ShmSendSession(self)
 
-    def session(self, handle: Any) -> None:
-        return None     # consumers work on the fabric themselves, through the crossing
+    def consumer_session(self, consumer: Consumer) -> ShmReadSession:
+        return ShmReadSession(self, consumer)
 
     def group_state(self, group: str, topic: str) -> Any:
         """The records of consumer group ``group`` on ``topic``, in the fabric."""
