@@ -36,6 +36,41 @@ ISOLATIONS = ("read_uncommitted", "read_committed")
 ON_LOST = ("earliest", "latest", "raise")
 
 
+class _Unread:
+    """The session of a consumer that has read through no bus yet: no positions,
+    nothing lost, nothing to release; a commit goes to the store as given."""
+
+    def position(self, consumer: Consumer, partition: int) -> int:
+        raise InvalidArgument("consumer has not polled or sought yet")
+
+    def positions(self, consumer: Consumer) -> dict[int, int]:
+        return {}
+
+    def lost(self, consumer: Consumer) -> dict[int, int]:
+        return {}
+
+    def aborted(self, consumer: Consumer) -> int:
+        return 0
+
+    def latest(self, consumer: Consumer, partition: int) -> int:
+        return 0
+
+    def incarnations(self, consumer: Consumer, partitions: list[int]) -> None:
+        return None
+
+    def commit_store(self, consumer: Consumer, store: OffsetStore) -> OffsetStore:
+        return store
+
+    def reassign(self, consumer: Consumer, partitions: list[int]) -> None:
+        return None
+
+    def close_consumer(self, consumer: Consumer) -> None:
+        return None
+
+
+_UNREAD = _Unread()
+
+
 class Consumer(PollPath):
     """``Consumer("events", "processors")``: reads partitions given to :meth:`assign`
     (all partitions if never assigned).
@@ -114,7 +149,7 @@ class Consumer(PollPath):
         self._assigned: list[int] | None = None
         self._closed = False
         # (bus, its session for this consumer): the bus the consumer last read through
-        self._sess: tuple = (None, None)
+        self._sess: tuple = (None, _UNREAD)
         self._member: tuple[object, str] | None = None   # (ConsumerGroup, member) for fencing
         self.consumed = 0
         # partitions positioned by a seek, or whose commit was checked against the store
@@ -155,9 +190,7 @@ class Consumer(PollPath):
             _validate.integer(p, "partition", 0, 1 << 20)
         if len(set(parts)) != len(parts):
             raise InvalidArgument(f"duplicate partitions in {parts}")
-        s = self._sess[1]
-        if s is not None:
-            s.reassign(self, parts)
+        self._sess[1].reassign(self, parts)
         self._assigned = sorted(parts)
         self._positioned &= set(parts)
         self._unbind_fast()
@@ -230,27 +263,21 @@ class Consumer(PollPath):
 
     def position(self, partition: int) -> int:
         """The next offset this consumer will read from ``partition``."""
-        s = self._sess[1]
-        if s is None:
-            raise InvalidArgument("consumer has not polled or sought yet")
-        return s.position(self, partition)
+        return self._sess[1].position(self, partition)
 
     def positions(self) -> dict[int, int]:
-        s = self._sess[1]
-        return {} if s is None else s.positions(self)
+        return self._sess[1].positions(self)
 
     @property
     def aborted(self) -> int:
         """Messages a ``read_committed`` consumer skipped: their transaction aborted."""
-        s = self._sess[1]
-        return 0 if s is None else s.aborted(self)
+        return self._sess[1].aborted(self)
 
     def lost(self) -> dict[int, int]:
         """Per partition that lost something: messages overwritten before this
         consumer read them, while it polled or behind a committed offset it
         sought. ``{}``: nothing lost."""
-        s = self._sess[1]
-        return {} if s is None else s.lost(self)
+        return self._sess[1].lost(self)
 
     def lag(self, mgr: Bus, /) -> dict[int, int]:
         """Per assigned partition: offsets between the position and the end (a message
@@ -320,8 +347,7 @@ class Consumer(PollPath):
 
     def _incarnations(self, partitions: list[int]) -> dict[int, int] | None:
         """Which life of each partition a commit belongs to, where the bus tells."""
-        s = self._sess[1]
-        return None if s is None else s.incarnations(self, partitions)
+        return self._sess[1].incarnations(self, partitions)
 
     def poll_batch(self, mgr: Bus, /, max_messages: int = 1024, timeout: float | None = 0.0,
                    *, spin: float | None = None) -> Batch:
@@ -365,9 +391,7 @@ class Consumer(PollPath):
             return pos
         if offsets is None:
             self._check_rewind(store, pos)
-        s = self._sess[1]
-        if s is not None:
-            store = s.commit_store(self, store)
+        store = self._sess[1].commit_store(self, store)
         commit_many(store, self.group, self.topic, pos, incs)
         self._positioned.update(pos)        # from here on the store follows this consumer
         return pos
@@ -406,13 +430,12 @@ class Consumer(PollPath):
 
     def _latest(self, p: int) -> int:
         """The end of partition ``p`` (for checking a commit)."""
-        s = self._sess[1]
-        return 0 if s is None else s.latest(self, p)
+        return self._sess[1].latest(self, p)
 
     def close(self) -> None:
-        s = self._sess[1]
-        if s is not None:
-            s.close_consumer(self)
+        if self._closed:
+            return
+        self._sess[1].close_consumer(self)
         self._unbind_fast()
         self._closed = True
 

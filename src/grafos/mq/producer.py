@@ -34,6 +34,23 @@ _SEQUENCES = (list, tuple)
 _DEFAULT = PRODUCER_TIMEOUT
 
 
+class _Unsent:
+    """The session of a producer that has met no bus yet: no registration, no
+    transaction, nothing to give back."""
+
+    def producer_epoch(self, producer: Producer) -> None:
+        return None
+
+    def open_transaction(self, producer: Producer) -> None:
+        return None
+
+    def close_producer(self, producer: Producer) -> None:
+        return None
+
+
+_UNSENT = _Unsent()
+
+
 class Producer(SendPath):
     """``Producer("events").with_partitioner(Partitioner.KeyHash)``.
 
@@ -88,7 +105,7 @@ class Producer(SendPath):
             raise InvalidArgument(f"partitioner must be Partitioner.KeyHash or RoundRobin, got {partitioner!r}")
         self.partitioner = Partitioner(partitioner)
         # (bus, its session for this producer): replaced whole, so threads see a consistent one
-        self._sess: tuple = (None, None)
+        self._sess: tuple = (None, _UNSENT)
         self._sess_lock = threading.Lock()
 
     def __reduce__(self):  # noqa: ANN204 - crosses processes as its settings; binds to the child's manager
@@ -153,8 +170,7 @@ class Producer(SendPath):
     @property
     def epoch(self) -> int | None:
         """The epoch this producer registered with (None: not idempotent, or not yet used)."""
-        s = self._sess[1]
-        return None if s is None else s.producer_epoch(self)
+        return self._sess[1].producer_epoch(self)
 
     def begin(self, mgr: Bus, /) -> Transaction:
         """Open a transaction: the sends that follow (until commit or abort) belong
@@ -165,8 +181,7 @@ class Producer(SendPath):
     @property
     def transaction(self) -> Transaction | None:
         """The open transaction, if any."""
-        s = self._sess[1]
-        return None if s is None else s.open_transaction(self)
+        return self._sess[1].open_transaction(self)
 
     # ---- batches ------------------------------------------------------------------
     def send_batch(self, mgr: Bus, /, values: Sequence[bytes] | np.ndarray,
@@ -212,10 +227,8 @@ class Producer(SendPath):
     def close(self) -> None:
         """Forget the bus; an idempotent producer gives its registration back
         (an open transaction is aborted first)."""
-        s = self._sess[1]
-        if s is not None:
-            s.close_producer(self)
-        self._sess = (None, None)
+        self._sess[1].close_producer(self)
+        self._sess = (None, _UNSENT)
         self._unbind_fast()
 
     def __enter__(self) -> Self:
