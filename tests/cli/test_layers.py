@@ -57,6 +57,15 @@ def test_nothing_outside_the_backends_should_ask_which_manager_class_it_was_give
                       "sessions, its own methods, or a capability):\n" + "\n".join(found)
 
 
+def test_no_facade_method_should_branch_on_the_backend_it_is_on():
+    mods = structure.modules(SRC.parent)
+    found = [f"{n}: {f}" for n in structure.facades(mods, "grafos")
+             for f in structure.backend_branches(ast.parse(mods[n].read_text()))]
+    assert structure.facades(mods, "grafos") and "grafos.mq.topic" not in structure.facades(mods, "grafos")
+    assert not found, "facade methods that ask which backend they are on (delegate to the handle's " \
+                      "session instead):\n" + "\n".join(found)
+
+
 def test_the_class_scan_should_see_a_class_test(tmp_path):
     f = tmp_path / "probe.py"
     f.write_text("def send(mgr):\n    if isinstance(mgr, (int, RemoteManager)):\n        return 1\n"

@@ -1,6 +1,7 @@
 """``tools/structure.py`` on a small tree made for it: a cycle through imports
-inside functions, a module importing the compiled core, atomics and a
-thread-local in C, a test file at the top of tests/; each is reported."""
+inside functions, a module importing the compiled core, facade methods that
+branch on a backend, atomics and a thread-local in C, a test file at the top
+of tests/; each is reported."""
 from __future__ import annotations
 
 import json
@@ -22,6 +23,23 @@ TREE = {
             import grafos
         """),
     "src/grafos/d.py": "from . import _native\n",
+    "src/grafos/mq/__init__.py": "",
+    "src/grafos/mq/producer.py": textwrap.dedent("""\
+        class Producer:
+            def send(self, mgr):
+                if (s := self._session(mgr)) is not None:
+                    return s.send(self)
+                return 0
+
+            def close(self):
+                if isinstance(self.mgr, (int, topic.TopicManager)):
+                    return
+                self._sess.close(self)
+
+            def lag(self, mgr):
+                return self._session(mgr).lag(self) is None
+        """),
+    "src/grafos/mq/shm_send.py": "def send(s):\n    return s.session() is None or isinstance(s, TopicManager)\n",
     "csrc/gf_atomics.h": "#define GF_LOAD(p) atomic_load(p)\n",
     "csrc/ring.c": textwrap.dedent("""\
         /* atomic_store( in a comment is not a call */
@@ -51,6 +69,14 @@ def test_should_report_a_cycle_through_function_level_imports_and_who_imports_na
     m = json.loads(report(tmp_path, "--json"))
     assert m["import_cycles"] == [["grafos.a", "grafos.b"]]
     assert m["native_importers"] == ["grafos.c", "grafos.d"]
+
+
+def test_should_name_the_facade_methods_that_branch_on_a_backend_and_not_the_backends(tmp_path):
+    m = json.loads(report(tmp_path, "--json"))
+    assert m["backend_branches"] == ["grafos.mq.producer: Producer.send:2", "grafos.mq.producer: Producer.close:7"]
+    rows = {r["trait"].split(" (")[0]: r for r in m["table"]}
+    assert (rows["facade methods that branch on a backend"]["measured"],
+            rows["facade methods that branch on a backend"]["holds"]) == ("2", "no")
 
 
 def test_should_count_atomics_outside_their_header_and_thread_locals(tmp_path):
