@@ -359,7 +359,7 @@ def test_a_peeked_message_class_of_another_shape_should_be_built_through_its_ini
                 self.tag = "made by __init__"
 
         c = Consumer("t")
-        rd = c._ensure(mgr)
+        rd = c._session(mgr)._ensure(c)     # the reader of its shared-memory session
         c.peek(mgr, 4).release()          # the reader's rows now hold four
         c.seek_partition(mgr, 0, 0)
         pid, ring, cursor, _, base, limit, stride = rd._peek_sources[0]
@@ -401,7 +401,7 @@ def test_the_peek_calls_should_refuse_a_row_outside_the_span_they_are_given():
     try:
         from grafos.peek import PeekedMessage
         c = Consumer("t")
-        rd = c._ensure(mgr)
+        rd = c._session(mgr)._ensure(c)     # the reader of its shared-memory session
         c.peek(mgr, 4).release()          # the reader's rows now hold four
         c.seek_partition(mgr, 0, 0)
         pid, ring, cursor, _, base, limit, stride = rd._peek_sources[0]
