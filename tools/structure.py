@@ -1,7 +1,8 @@
 """The structure of the tree, measured: import cycles, who imports the compiled
-core, backend checks by class, pointers handed between the two native layers
-as Python ints, C file sizes, atomics outside their header, thread-local side
-channels, tests by folder, the places that define benchmark workloads.
+core, backend checks by class, facade methods that branch on a backend,
+pointers handed between the two native layers as Python ints, C file sizes,
+atomics outside their header, thread-local side channels, tests by folder,
+the places that define benchmark workloads.
 
     python tools/structure.py            # a markdown table, then the details
     python tools/structure.py --json     # the same, for scripts
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import fnmatch
 import json
 import re
 import sys
@@ -38,6 +40,11 @@ CLOCKS = {"perf_counter", "perf_counter_ns", "monotonic", "monotonic_ns", "proce
 #: last failure, read only after a call returned an error code (as errno, dlerror
 #: and sqlite3_errmsg are); every result travels in a return value or an out-struct
 ERROR_TEXT = re.compile(r"(?<!\w)last_error\s*\[")
+#: the facades: the modules of this subpackage, but for the shared-memory backend's among them
+FACADE_PACKAGE = "mq"
+BACKEND_MODULES = ("topic", "shm_*")
+#: the manager classes a facade would test to learn which backend it is on
+MANAGERS = {"TopicManager", "RemoteManager", "JetStreamManager"}
 THREAD_LOCAL = re.compile(r"(?<!\w)(_Thread_local|__thread|thread_local)(?!\w)")
 C_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
 
@@ -242,6 +249,56 @@ def workload_places(root: Path, package: str = "grafos") -> dict[str, list[str]]
     return out
 
 
+def _names(node: ast.expr) -> set[str]:
+    """The class names an isinstance's second argument spells (a name, an attribute, a tuple)."""
+    if isinstance(node, ast.Tuple):
+        return {n for e in node.elts for n in _names(e)}
+    if isinstance(node, ast.Name):
+        return {node.id}
+    return {node.attr} if isinstance(node, ast.Attribute) else set()
+
+
+def _asks_for_a_session(node: ast.expr) -> bool:
+    """``f(...)`` whose name says it looks up a session or a remote bus (a walrus unwrapped)."""
+    if isinstance(node, ast.NamedExpr):
+        node = node.value
+    if not isinstance(node, ast.Call):
+        return False
+    f = node.func
+    name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ""
+    return "session" in name or "remote" in name
+
+
+def _branches_on_backend(node: ast.AST) -> bool:
+    """A session (or remote bus) tested against None, or a manager's class tested."""
+    if isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], (ast.Is, ast.IsNot)) \
+            and isinstance(node.comparators[0], ast.Constant) and node.comparators[0].value is None:
+        return _asks_for_a_session(node.left)
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "isinstance" \
+        and len(node.args) == 2 and bool(_names(node.args[1]) & MANAGERS)
+
+
+def backend_branches(tree: ast.AST) -> list[str]:
+    """``Class.method:line`` of every function that branches on the backend it is on."""
+    out = []
+    todo: list[tuple[ast.AST, str]] = [(tree, "")]
+    while todo:
+        node, prefix = todo.pop()
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                todo.append((child, f"{prefix}{child.name}."))
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if any(_branches_on_backend(n) for n in _runtime_nodes(child)):
+                    out.append(f"{prefix}{child.name}:{child.lineno}")
+    return sorted(out, key=lambda s: int(s.rpartition(":")[2]))
+
+
+def facades(mods: dict[str, Path], package: str) -> list[str]:
+    base = f"{package}.{FACADE_PACKAGE}."
+    return sorted(n for n in mods if n.startswith(base)
+                  and not any(fnmatch.fnmatch(n[len(base):], pat) for pat in BACKEND_MODULES))
+
+
 # ---- C ------------------------------------------------------------------------------------
 
 def c_files(csrc: Path) -> list[Path]:
@@ -270,6 +327,7 @@ def measure(root: Path, package: str = "grafos", atomics_header: str = "gf_atomi
     remote = {n: k for n in mods if (k := isinstance_checks(trees[n], "RemoteManager"))}
     pointers = [f"{mods[n].relative_to(root)}:{line}: {what}"
                 for n in sorted(mods) for line, what in pointer_ints(trees[n])]
+    branches = [f"{n}: {f}" for n in facades(mods, package) for f in backend_branches(trees[n])]
 
     cfiles = c_files(root / "csrc")
     rel = {p: str(p.relative_to(root)) for p in cfiles}
@@ -305,6 +363,7 @@ def measure(root: Path, package: str = "grafos", atomics_header: str = "gf_atomi
         "native_importers": natives,
         "remote_isinstance": remote,
         "pointer_ints": pointers,
+        "backend_branches": branches,
         "c_file_lines": sizes,
         "bare_atomics": atomics,
         "thread_locals": thread_locals,
@@ -340,6 +399,8 @@ def rows(m: dict[str, Any]) -> list[dict[str, str]]:
             not m["remote_isinstance"]),
         row("pointers handed between the native layers as Python ints (casts to `uintptr_t`, `address` uses)",
             str(len(m["pointer_ints"])), "0", not m["pointer_ints"]),
+        row("facade methods that branch on a backend (a session tested for None, a manager class tested)",
+            str(len(m["backend_branches"])), "0", not m["backend_branches"]),
         row("largest C files (lines)", top + f"; {len(big)} over {C_LIMIT}", f"none over {C_LIMIT}", not big),
         row(f"bare atomics calls in C outside `{m['atomics_header']}`",
             f"{atom} (" + ", ".join(f"`{k}` {n}" for k, n in kinds.items()) + ")", "0", atom == 0),
@@ -363,6 +424,7 @@ def markdown(m: dict[str, Any]) -> str:
                ("modules that import _native", m["native_importers"]),
                ("isinstance(..., RemoteManager)", [f"{n}: {k}" for n, k in sorted(m["remote_isinstance"].items())]),
                ("pointers as Python ints", m["pointer_ints"]),
+               ("facade methods that branch on a backend", m["backend_branches"]),
                ("bare atomics", [f"{f}: " + ", ".join(f"{k} {n}" for k, n in c.items() if n)
                                  for f, c in m["bare_atomics"].items()]),
                ("thread-local side channels", m["thread_locals"]),

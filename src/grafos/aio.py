@@ -156,7 +156,7 @@ class AsyncConsumer:
             return out
         deadline = None if timeout is None else time.monotonic() + timeout
         # a bus on a server serves the wait on its own loop: one wait, cancelled with this task
-        server: Any = None if getattr(mgr, "capabilities", SHARED_MEMORY).shared_memory else mgr.session(self.consumer)
+        server: Any = None if getattr(mgr, "capabilities", SHARED_MEMORY).shared_memory else mgr
         while True:
             if server is not None:
                 left = None if deadline is None else deadline - time.monotonic()

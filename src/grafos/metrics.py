@@ -67,10 +67,11 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError('grafos.metrics needs prometheus-client: pip install "grafos[metrics]"') from e
 
-from .errors import GrafosError, NotFound
+from . import _validate
+from .errors import GrafosError, NotFound, Unsupported
 from .mq.group import ConsumerGroup, current_commit, group_lag, list_groups
-from .mq.offset import FabricOffsetStore, OffsetStore
-from .mq.topic import TopicManager
+from .mq.offset import OffsetStore
+from .mq.model import Bus
 
 __all__ = ["BusCollector"]
 
@@ -84,11 +85,14 @@ class BusCollector(Collector):
     the fabric. ``store`` is where groups commit (default: the bus's own
     :class:`FabricOffsetStore`)."""
 
-    def __init__(self, mgr: TopicManager, store: OffsetStore | None = None) -> None:
-        if not isinstance(mgr, TopicManager):
-            raise TypeError(f"mgr must be a TopicManager, not {type(mgr).__name__}")
+    def __init__(self, mgr: Bus, store: OffsetStore | None = None) -> None:
+        if not isinstance(mgr, Bus):
+            raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
+        if not mgr.capabilities.shared_memory:
+            raise Unsupported(f"the collector reads a bus's fabric, and {type(mgr).__name__} has none "
+                              "(capabilities.shared_memory is false)")
         self.mgr = mgr
-        self.store = store if store is not None else FabricOffsetStore(mgr)
+        self.store = store if store is not None else mgr.offset_store()
 
     def describe(self) -> list[Metric]:
         return []       # no scrape at registration time: the bus is read when scraped

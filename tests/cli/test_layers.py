@@ -1,5 +1,6 @@
 """The package's layers, read from its source: the backend is chosen once, when
-a handle binds (no facade asks which manager class it was given), the JetStream
+a handle binds (nothing outside the backends asks which manager class it was
+given: not the facades, not the tools above them), the JetStream
 backend imports the bus's vocabulary and not the shared-memory facades, no
 two modules import each other, directly or round a loop (imports inside
 functions count: they run as surely as the ones at the top), and the
@@ -26,8 +27,10 @@ def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
 
 #: the manager classes a facade must not test for: the bus says what serves a handle
 MANAGERS = {"RemoteManager", "JetStreamManager", "TopicManager"}
-#: the facades: every module of grafos.mq, the renewal manager and the demo
-FACADES = sorted(SRC.glob("mq/*.py")) + [SRC / "leasekit.py", SRC / "demo.py"]
+#: the backends, which may know their own managers: the shared-memory manager and its sessions, JetStream
+BACKENDS = {SRC / "mq" / "topic.py", *SRC.glob("mq/shm_*.py"), *SRC.glob("jetstream/*.py")}
+#: everything else: the facades, the edges (connect, asyncio, metrics, CLI, benchmarks, demo), the low layer
+OUTSIDE_BACKENDS = sorted(set(SRC.rglob("*.py")) - BACKENDS)
 #: what the JetStream backend must not import from grafos.mq: the shared-memory bus and its facades
 JETSTREAM_MAY_NOT_IMPORT = {"grafos.mq.topic", "grafos.mq.producer", "grafos.mq.consumer", "grafos.mq.group",
                             "grafos.mq.subscribe", "grafos.mq.bound", "grafos.mq.offset", "grafos.mq.dlq",
@@ -48,10 +51,20 @@ def _class_tests(path: pathlib.Path) -> list[str]:
     return found
 
 
-def test_no_facade_should_ask_which_manager_class_it_was_given():
-    found = [hit for f in FACADES for hit in _class_tests(f)]
-    assert not found, "facades testing the manager's class (ask the bus: session(), its own methods, " \
-                      "or a capability):\n" + "\n".join(found)
+def test_nothing_outside_the_backends_should_ask_which_manager_class_it_was_given():
+    assert SRC / "metrics.py" in OUTSIDE_BACKENDS and SRC / "cli" / "top.py" in OUTSIDE_BACKENDS
+    found = [hit for f in OUTSIDE_BACKENDS for hit in _class_tests(f)]
+    assert not found, "modules outside the backends testing the manager's class (ask the bus: its " \
+                      "sessions, its own methods, or a capability):\n" + "\n".join(found)
+
+
+def test_no_facade_method_should_branch_on_the_backend_it_is_on():
+    mods = structure.modules(SRC.parent)
+    found = [f"{n}: {f}" for n in structure.facades(mods, "grafos")
+             for f in structure.backend_branches(ast.parse(mods[n].read_text()))]
+    assert structure.facades(mods, "grafos") and "grafos.mq.topic" not in structure.facades(mods, "grafos")
+    assert not found, "facade methods that ask which backend they are on (delegate to the handle's " \
+                      "session instead):\n" + "\n".join(found)
 
 
 def test_the_class_scan_should_see_a_class_test(tmp_path):

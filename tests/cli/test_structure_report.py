@@ -1,8 +1,8 @@
 """``tools/structure.py`` on a small tree made for it: a cycle through imports
-inside functions, a module importing the compiled core, pointers made Python
-ints, atomics and a thread-local in C, a test file at the top of tests/,
-benchmark workloads defined outside the benchmark suite's package; each is
-reported."""
+inside functions, a module importing the compiled core, facade methods that
+branch on a backend, pointers made Python ints, atomics and a thread-local in
+C, a test file at the top of tests/, benchmark workloads defined outside the
+benchmark suite's package; each is reported."""
 from __future__ import annotations
 
 import json
@@ -36,6 +36,23 @@ TREE = {
         if TYPE_CHECKING:
             x = address(None)
         """),
+    "src/grafos/mq/__init__.py": "",
+    "src/grafos/mq/producer.py": textwrap.dedent("""\
+        class Producer:
+            def send(self, mgr):
+                if (s := self._session(mgr)) is not None:
+                    return s.send(self)
+                return 0
+
+            def close(self):
+                if isinstance(self.mgr, (int, topic.TopicManager)):
+                    return
+                self._sess.close(self)
+
+            def lag(self, mgr):
+                return self._session(mgr).lag(self) is None
+        """),
+    "src/grafos/mq/shm_send.py": "def send(s):\n    return s.session() is None or isinstance(s, TopicManager)\n",
     "csrc/gf_atomics.h": "#define GF_LOAD(p) atomic_load(p)\n",
     "csrc/platform.c": "static __thread char last_error[64];\n",
     "csrc/ring.c": textwrap.dedent("""\
@@ -106,6 +123,14 @@ def test_should_list_each_pointer_made_a_python_int_and_each_address_used(tmp_pa
     assert [r for t, r in rows.items() if t.startswith("pointers handed")] == [
         "| pointers handed between the native layers as Python ints (casts to `uintptr_t`, `address` uses) "
         "| 4 | 0 | no |"]
+
+
+def test_should_name_the_facade_methods_that_branch_on_a_backend_and_not_the_backends(tmp_path):
+    m = json.loads(report(tmp_path, "--json"))
+    assert m["backend_branches"] == ["grafos.mq.producer: Producer.send:2", "grafos.mq.producer: Producer.close:7"]
+    rows = {r["trait"].split(" (")[0]: r for r in m["table"]}
+    assert (rows["facade methods that branch on a backend"]["measured"],
+            rows["facade methods that branch on a backend"]["holds"]) == ("2", "no")
 
 
 def test_should_count_atomics_outside_their_header_and_thread_locals(tmp_path):

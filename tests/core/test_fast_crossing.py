@@ -360,7 +360,7 @@ def test_a_peeked_message_class_of_another_shape_should_be_built_through_its_ini
                 self.tag = "made by __init__"
 
         c = Consumer("t")
-        rd = c._ensure(mgr)
+        rd = c._session(mgr)._ensure(c)     # the reader of its shared-memory session
         c.peek(mgr, 4).release()          # the reader's rows now hold four
         c.seek_partition(mgr, 0, 0)
         pid, index, part, slots, stride = rd._peek_sources[0]
@@ -402,8 +402,8 @@ def test_the_peek_calls_should_refuse_a_row_outside_the_slots_they_are_given():
     try:
         from grafos.peek import PeekedMessage
         c = Consumer("t")
-        rd = c._ensure(mgr)
-        c.peek(mgr, 4).release()
+        rd = c._session(mgr)._ensure(c)     # the reader of its shared-memory session
+        c.peek(mgr, 4).release()          # the reader's rows now hold four
         c.seek_partition(mgr, 0, 0)
         pid, index, part, slots, stride = rd._peek_sources[0]
         with pytest.raises(CorruptFabric, match="row 2 points outside the ring"):

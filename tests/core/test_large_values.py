@@ -105,7 +105,7 @@ def test_a_damaged_large_value_is_dropped_and_counted():
         msgs = cons.poll(8)
         assert [m.offset for _, m in msgs] == [o for o in offs if o != offs[3]]
         _expect(msgs)
-        assert cons._reader.counters(0)["corrupt"] == 1
+        assert cons._sess[1]._reader.counters(0)["corrupt"] == 1
 
 
 def test_overwritten_large_values_are_counted_lost():

@@ -235,8 +235,7 @@ def _shares(mgr: Any, topic: str) -> dict[str, list]:
 def _producers(mgr: Any, topic: str) -> list:
     """Producer registrations of topic (a server bus keeps none in this form)."""
     from ..mq import transaction
-    from ..mq.topic import TopicManager
-    return transaction.transactions(mgr, topic) if isinstance(mgr, TopicManager) else []
+    return transaction.transactions(mgr, topic) if mgr.capabilities.shared_memory else []
 
 
 # ---- groups -----------------------------------------------------------------------------------
@@ -244,14 +243,8 @@ def _group_rows(mgr: Any) -> list[dict[str, Any]]:
     """Every group the bus knows: consumer groups with state in the fabric
     (members, claims) and plain offset commits in the fabric offset store."""
     from ..mq.group import ConsumerGroup, GroupPartition, _lag, current_commit, list_groups
-    from ..mq.offset import FabricOffsetStore
-    from ..mq.topic import TopicManager
 
-    if isinstance(mgr, TopicManager):
-        store = FabricOffsetStore(mgr)
-    else:       # a JetStream bus: the offsets the server keeps
-        from ..jetstream import KvOffsetStore
-        store = KvOffsetStore(mgr)
+    store = mgr.offset_store()      # the bus's own: in the fabric, or the offsets a server keeps
     committed: dict[tuple[str, str], dict[int, int]] = {}
     for (g, t, p), off in store.items().items():
         committed.setdefault((g, t), {})[p] = off

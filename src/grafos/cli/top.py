@@ -130,8 +130,7 @@ class Sampler:
         if topic in self._dlq:
             return self._dlq[topic]
         from ..mq.dlq import SOURCE_TOPIC
-        from ..mq.topic import TopicManager
-        if not isinstance(self.mgr, TopicManager):
+        if not self.mgr.capabilities.shared_memory:
             return False          # a server bus: its rings are not ours to read
         for p in d.partitions:
             if p.alive and p.latest > p.earliest:

@@ -546,6 +546,10 @@ class JetStreamManager(RemoteManager):
                     self._senders[producer] = s
         return s
 
+    def producer_session(self, producer: "Producer") -> "JetStreamManager":
+        """The bus serves its producers' calls itself (per producer state in ``_senders``)."""
+        return self
+
     def register(self, producer: "Producer") -> int:
         """Register ``producer`` now rather than at its first send; returns its epoch.
         With a ``transactional_id`` this bumps the epoch on the server and fences
@@ -587,9 +591,27 @@ class JetStreamManager(RemoteManager):
             raise LeaseExpired(f"topic {t.name!r}: partitions {gone} have expired; restart the topic")
         return t, i, p
 
-    def send(self, producer: "Producer", key: bytes | None, value: bytes, headers: Any = None
-             ) -> tuple[int, int]:
-        """One message, acknowledged by the server. Returns (partition, offset)."""
+    def producer_epoch(self, producer: "Producer") -> int | None:
+        """The epoch ``producer`` registered with (None: not registered yet)."""
+        s = self._senders.get(producer)
+        return s.epoch if s is not None and s.reg is not None else None
+
+    def open_transaction(self, producer: "Producer") -> None:
+        return None         # no transactions on this bus (begin says why)
+
+    def loan(self, producer: "Producer", size: int, key: Any = None, headers: Any = None) -> Any:
+        raise Unsupported(f"producer of {producer.topic!r}: loans write a message in place in shared memory, "
+                          f"which this bus ({type(self).__name__}) does not have; use send")
+
+    def close_producer(self, producer: "Producer") -> None:
+        self._senders.pop(producer, None)
+
+    def send(self, producer: "Producer", key: bytes | None, value: bytes, headers: Any = None,
+             timeout: Any = None) -> tuple[int, int]:
+        """One message, acknowledged by the server. Returns (partition, offset).
+        ``timeout`` (waiting for room on a full topic) has nothing to wait for:
+        no reader holds a producer back here (``capabilities.gating``); a
+        publish waits for its acknowledgement up to the bus's ``timeout``."""
         value = _validate.as_bytes(value, "value")
         if key is not None:
             key = _validate.as_bytes(key, "key")
@@ -652,7 +674,8 @@ class JetStreamManager(RemoteManager):
         except UNAVAILABLE:
             return True     # cannot tell: keep retrying until the bound
 
-    def send_batch(self, producer: "Producer", values: Any, keys: Any = None) -> tuple[np.ndarray, np.ndarray]:
+    def send_batch(self, producer: "Producer", values: Any, keys: Any = None,
+                   timeout: Any = None) -> tuple[np.ndarray, np.ndarray]:
         """Many messages, pipelined (up to 1000 publishes in flight), all
         acknowledged before it returns. Returns (partitions, offsets) arrays."""
         vals = _rows(values, "values")
@@ -717,11 +740,38 @@ class JetStreamManager(RemoteManager):
         return out
 
     # ---- consuming (the Consumer's calls for this bus) --------------------------------------
-    def poll(self, consumer: "Consumer", max_messages: int, timeout: float | None) -> list:
+    def consumer_session(self, consumer: "Consumer") -> "JetStreamManager":
+        """The bus serves its consumers' calls itself (their cursors are in ``cursors``)."""
+        return self
+
+    # spin: how long a shared-memory poll spins before it sleeps on a futex; nothing spins here
+    def poll(self, consumer: "Consumer", max_messages: int, timeout: float | None,
+             spin: float | None = None) -> list:
         return self.cursors.poll(consumer, max_messages, timeout)
 
-    def poll_batch(self, consumer: "Consumer", max_messages: int, timeout: float | None) -> Any:
+    def poll_batch(self, consumer: "Consumer", max_messages: int, timeout: float | None,
+                   spin: float | None = None) -> Any:
         return self.cursors.poll_batch(consumer, max_messages, timeout)
+
+    def polled(self, consumer: "Consumer", count: int, max_messages: int) -> None:
+        return None         # no reader holds a producer back here (capabilities.gating)
+
+    def wait_request(self, consumer: "Consumer", waiter: Any, timeout: float | None) -> int:
+        raise Unsupported(f"consumer of {consumer.topic!r}: a waiter thread sleeps on a futex in shared memory, "
+                          f"which this bus ({type(self).__name__}) does not have; use wait")
+
+    def peek(self, consumer: "Consumer", max_messages: int) -> Any:
+        raise Unsupported(f"consumer of {consumer.topic!r}: peeks read messages in place in shared memory, "
+                          f"which this bus ({type(self).__name__}) does not have; use poll")
+
+    def aborted(self, consumer: "Consumer") -> int:
+        return 0            # no transactions on this bus
+
+    def incarnations(self, consumer: "Consumer", partitions: list[int]) -> None:
+        return None         # the bus's offset records hold no incarnation
+
+    def commit_store(self, consumer: "Consumer", store: Any) -> Any:
+        return store
 
     def wait(self, consumer: "Consumer", timeout: float | None) -> bool:
         return self.cursors.wait(consumer, timeout)
@@ -750,7 +800,7 @@ class JetStreamManager(RemoteManager):
     def latest(self, consumer: "Consumer", partition: int) -> int:
         return self.cursors.latest(consumer, partition)
 
-    def check_assignment(self, consumer: "Consumer", partitions: list[int]) -> None:
+    def reassign(self, consumer: "Consumer", partitions: list[int]) -> None:
         n = self.topic(consumer.topic).n
         for p in partitions:
             if p >= n:

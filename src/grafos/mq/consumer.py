@@ -4,7 +4,8 @@ crossing's :class:`~grafos._crossing.PollPath`, which runs the core's
 ``gf_poller_poll`` (it reads every assigned partition and, with a timeout, sleeps on
 a futex in the shared mapping) and builds the ``(partition, Message)`` pairs
 in C. What it cannot take itself (an unbound consumer, a partition found
-expired, unusual arguments) comes back to this module's slow path.
+expired, unusual arguments) goes to the consumer's session on its bus
+(``Bus.consumer_session``: :mod:`grafos.mq.shm_read` on shared memory).
 
 A Consumer belongs to one thread at a time; use one per thread.
 """
@@ -12,35 +13,62 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from .. import _validate
 from .._crossing import PollPath
 from ..errors import Closed, Fenced, InvalidArgument, OffsetOutOfRange, Unsupported
 from ..message import Message
-from ..partition import MAX_OFFSET
-from ..reader import Batch, Reader, Waiter
-from . import gate, serde, transaction
-from .isolation import Holding
-from .offset import FabricOffsetStore, OffsetStore, bus_store, commit_many, committed_entry
-from .model import SHARED_MEMORY, Bus, SeekPolicy
+from ..reader import Batch, Waiter
+from . import gate, serde
+from .offset import OffsetStore, commit_many, committed_entry
+from .model import Bus, ConsumerSession, SeekPolicy
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-    from .topic import Topic, TopicManager
     from ..peek import Peek
 
 __all__ = ["Consumer", "SeekPolicy", "Message"]
 
-_SLICE = 0.2            # seconds a blocking poll sleeps before it looks at the directory again
-_EXPIRED_SLICE = 0.05   # ... when a partition reads as expired (a restart may be on its way)
-_REFRESH_GAP = 0.01     # at most one directory re-read per this many seconds while expired
 _IDS = itertools.count(1)
-_RESOLVE_EVERY = 0.5    # seconds a transaction may hold a read_committed partition before we look at it
 ISOLATIONS = ("read_uncommitted", "read_committed")
 ON_LOST = ("earliest", "latest", "raise")
+
+
+class _Unread:
+    """The session of a consumer that has read through no bus yet: no positions,
+    nothing lost, nothing to release; a commit goes to the store as given."""
+
+    def position(self, consumer: Consumer, partition: int) -> int:
+        raise InvalidArgument("consumer has not polled or sought yet")
+
+    def positions(self, consumer: Consumer) -> dict[int, int]:
+        return {}
+
+    def lost(self, consumer: Consumer) -> dict[int, int]:
+        return {}
+
+    def aborted(self, consumer: Consumer) -> int:
+        return 0
+
+    def latest(self, consumer: Consumer, partition: int) -> int:
+        return 0
+
+    def incarnations(self, consumer: Consumer, partitions: list[int]) -> None:
+        return None
+
+    def commit_store(self, consumer: Consumer, store: OffsetStore) -> OffsetStore:
+        return store
+
+    def reassign(self, consumer: Consumer, partitions: list[int]) -> None:
+        return None
+
+    def close_consumer(self, consumer: Consumer) -> None:
+        return None
+
+
+_UNREAD = _Unread()
 
 
 class Consumer(PollPath):
@@ -104,8 +132,6 @@ class Consumer(PollPath):
         self.isolation = isolation
         self.key_deserializer = serde.checked(key_deserializer, "key_deserializer")
         self.value_deserializer = serde.checked(value_deserializer, "value_deserializer")
-        self._holding = Holding() if isolation == "read_committed" else None
-        self._resolved_at = 0.0
         if not isinstance(check_crcs, bool):
             raise _validate.InvalidType(f"check_crcs must be a bool, not {type(check_crcs).__name__}")
         self.check_crcs = check_crcs
@@ -118,24 +144,14 @@ class Consumer(PollPath):
         #: consumer has not polled yet, while it polls at least every ``gating_ttl`` seconds
         self.gating = gating
         self.gating_ttl = _validate.number(gating_ttl, "gating_ttl", 0, lo_open=True)
+        #: the name this consumer's gate goes by, where it gates a topic
         self._gate_name = gate.consumer_reader(f"{self.group}.{os.getpid()}.{next(_IDS)}")
-        self._gate_pos: dict[int, int] = {}     # positions last published to the gate
-        self._gate_at = 0.0                     # monotonic time of that publication
         self._assigned: list[int] | None = None
         self._closed = False
-        self._mgr: TopicManager | None = None
-        self._t: Topic | None = None
-        self._reader: Reader | None = None
-        self._positions: dict[int, int] = {}
-        self._parts: list[int] = []
-        self._holes = False     # an assigned partition was already reclaimed when the reader opened
+        # (bus, its session for this consumer): the bus the consumer last read through
+        self._sess: tuple = (None, _UNREAD)
         self._member: tuple[object, str] | None = None   # (ConsumerGroup, member) for fencing
-        self._epoch = -1    # fabric metadata epoch when the topic was last re-read after an expiry
-        self._next_look = 0.0   # monotonic time before which we do not re-read it again
         self.consumed = 0
-        # partition -> {committed offset: messages the ring overwrote behind it}, per commit
-        # met (seeking to one commit again loses nothing more)
-        self._gaps: dict[int, dict[int, int]] = {}
         # partitions positioned by a seek, or whose commit was checked against the store
         # (a commit of a partition not in it must not move the store's offset back)
         self._positioned: set[int] = set()
@@ -174,103 +190,36 @@ class Consumer(PollPath):
             _validate.integer(p, "partition", 0, 1 << 20)
         if len(set(parts)) != len(parts):
             raise InvalidArgument(f"duplicate partitions in {parts}")
-        if self._t is not None:
-            for p in parts:
-                if p >= self._t.n:
-                    raise InvalidArgument(f"topic {self.topic!r} has partitions 0..{self._t.n - 1}, not {p}")
-        elif (remote := self._remote()) is not None:
-            remote.check_assignment(self, parts)
-        self._save_positions()
+        self._sess[1].reassign(self, parts)
         self._assigned = sorted(parts)
         self._positioned &= set(parts)
-        self._reader = None
         self._unbind_fast()
 
     def assignment(self) -> list[int]:
         if self._assigned is not None:
             return list(self._assigned)
-        return list(self._parts)
+        return list(self.positions())
 
     def assigned(self) -> list[int] | None:
         """The partitions given to :meth:`assign`; None if never assigned (all of them)."""
         return None if self._assigned is None else list(self._assigned)
 
-    def _remote(self) -> Bus | None:
-        """What serves this consumer's calls on the bus it last read through
-        (None: the consumer reads the fabric itself, or has not read yet)."""
-        m = self._mgr
-        return None if m is None else m.session(self)
-
-    def _session(self, mgr: Bus) -> Bus | None:
-        """What serves this consumer's calls on ``mgr`` (None: the consumer reads
-        the fabric itself); asked while the consumer is not bound to ``mgr``."""
+    def _session(self, mgr: Bus) -> ConsumerSession:
+        """What serves this consumer's calls on ``mgr``: asked once per bus, when
+        the consumer first reads through it."""
+        m, s = self._sess
+        if m is mgr:
+            return s
         if not isinstance(mgr, Bus):
             raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
-        return mgr.session(self)
+        s = mgr.consumer_session(self)
+        self._sess = (mgr, s)
+        return s
 
     def bind(self, group: object, member: str) -> None:
         """Tie this consumer to a group member: commits for partitions the member
         no longer owns raise :class:`~grafos.errors.Fenced`."""
         self._member = (group, member)
-
-    def _save_positions(self) -> None:
-        if self._reader is not None:
-            for p in self._parts:
-                self._positions[p] = self._reader.position(p)
-
-    def _ensure(self, mgr: TopicManager, start: bool = True) -> Reader:
-        t = self._t
-        if mgr is not self._mgr or t is None or not t.binding.valid or self._reader is None:
-            if self._closed:
-                raise self._closed_error()
-            if not isinstance(mgr, Bus):
-                raise _validate.InvalidType(f"mgr must be a TopicManager, not {type(mgr).__name__}")
-            t = mgr.topic(self.topic)
-            self._open(mgr, t, start)
-        return self._reader  # type: ignore[return-value]
-
-    def _open(self, mgr: TopicManager, t: Topic, start: bool = True) -> None:
-        """Open a reader on ``t``. ``start``: put partitions never positioned at
-        the group's committed offsets on the bus (False: a seek of every
-        partition follows at once)."""
-        self._save_positions()
-        parts = self._assigned if self._assigned is not None else list(range(t.n))
-        for p in parts:
-            if p >= t.n:
-                raise InvalidArgument(f"topic {self.topic!r} has partitions 0..{t.n - 1}, not {p}")
-        old = self._t
-        # reader slot i is partition i (unassigned ones are None), so no id mapping per message
-        wanted = set(parts)
-        rd = Reader(mgr.fabric, [t.partitions[p] if p in wanted else None for p in range(t.n)],
-                    max_batch=self.max_batch, check_crcs=self.check_crcs, markers=self._holding is not None,
-                    topic=self.topic)
-        if self._holding is not None:
-            self._holding.forget(list(range(t.n)))
-        bus = None
-        for p in parts:
-            pos = self._positions.get(p)
-            same = old is not None and old.incarnation == t.incarnation and \
-                old.partitions[p] is not None and t.partitions[p] is not None and \
-                old.partitions[p].lease.id == t.partitions[p].lease.id
-            if pos is None or not same:
-                part = t.partitions[p]
-                st = part.state() if part is not None else None
-                earliest, latest = (st.earliest, st.latest) if st is not None else (0, 0)
-                if pos is None and p not in self._positioned and start:
-                    # never positioned: where the group is on the bus
-                    bus = bus or FabricOffsetStore(mgr)
-                    pos = self._committed_start(bus, t, p, earliest, latest)
-                else:
-                    pos = earliest      # a fresh lease (restart): everything in it is new
-            rd.seek(p, pos)
-        self._parts = list(parts)
-        self._mgr, self._t, self._reader = mgr, t, rd
-        self._holes = any(t.partitions[p] is None for p in parts)
-        # these publish positions, hold messages or deserialize them: the slow path
-        if not self.gating and self._holding is None and not self._deserializing:
-            self._bind_fast(mgr, t.binding, rd.poller, rd, self._holes, self.topic)
-        else:
-            self._gate_pos = {}
 
     # ---- positions ---------------------------------------------------------------
     def seek(self, mgr: Bus, /, store_or_partition=None, policy: SeekPolicy | str | int | None = None) -> None:
@@ -284,59 +233,12 @@ class Consumer(PollPath):
             store_or_partition, policy = None, store_or_partition
         if isinstance(policy, str):
             policy = SeekPolicy.of(policy)
-        if not (isinstance(store_or_partition, int) and not isinstance(store_or_partition, bool)) \
-                and (s := self._session(mgr)) is not None:
-            self._mgr = mgr
-            s.seek(self, store_or_partition, policy)
-            self._positioned.update(s.positions(self))
-            return
         if isinstance(store_or_partition, int) and not isinstance(store_or_partition, bool):
             self.seek_partition(mgr, store_or_partition, policy)   # type: ignore[arg-type]
             return
-        if not isinstance(policy, SeekPolicy):
-            raise _validate.InvalidType(f"policy must be a SeekPolicy, not {type(policy).__name__}")
-        store = store_or_partition
-        if policy is SeekPolicy.Committed and not isinstance(store, OffsetStore):
-            raise _validate.InvalidType("SeekPolicy.Committed needs an offset store")
-        rd = self._ensure(mgr, start=False)
-        t = self._t
-        assert t is not None
-        offs, gaps = {}, {p: dict(g) for p, g in self._gaps.items()}
-        for p in self._parts:          # all first: on_lost="raise" moves nothing
-            part = t.partitions[p]
-            st = part.state() if part is not None else None
-            earliest, latest = (st.earliest, st.latest) if st is not None else (0, 0)
-            if policy is SeekPolicy.Earliest:
-                offs[p] = earliest
-            elif policy is SeekPolicy.Latest:
-                offs[p] = latest
-            else:
-                offs[p] = self._committed_start(store, t, p, earliest, latest, gaps)
-        self._gaps = gaps
-        for p, off in offs.items():
-            rd.seek(p, off)
-        self._positioned.update(offs)
-        if self._holding is not None:
-            self._holding.forget(list(self._parts))
-
-    def _committed_start(self, store: OffsetStore, t: Topic, p: int, earliest: int, latest: int,
-                         gaps: dict[int, dict[int, int]] | None = None) -> int:
-        """Where ``SeekPolicy.Committed`` puts partition ``p``: the commit, unless it
-        belongs to another incarnation of the partition (the topic was restarted
-        since): then everything in the fresh ring is new to the group. A commit
-        the ring has overwritten since is counted in ``gaps`` (the consumer's
-        own when None) and resolved by ``on_lost``."""
-        entry = committed_entry(store, self.group, self.topic, p)
-        if entry is None:
-            return earliest
-        if entry.incarnation is not None and entry.incarnation != t.partition_incarnation(p):
-            self.reset_by_incarnation += 1
-            return earliest
-        # no incarnation recorded: a commit beyond the end can only predate a restart
-        pos, lost = self._start_of(p, entry.offset, earliest, latest)
-        if lost:
-            (self._gaps if gaps is None else gaps).setdefault(p, {})[entry.offset] = lost
-        return pos
+        s = self._session(mgr)
+        s.seek(self, store_or_partition, policy)
+        self._positioned.update(s.positions(self))
 
     def _start_of(self, p: int, committed: int, earliest: int, latest: int) -> tuple[int, int]:
         """Where committed offset ``committed`` puts partition ``p``, whose ring
@@ -356,82 +258,31 @@ class Consumer(PollPath):
         """Put one assigned partition at ``offset`` (at most its end)."""
         if self._closed:
             raise self._closed_error()
-        if (s := self._session(mgr)) is not None:
-            self._mgr = mgr
-            s.seek_partition(self, partition, offset)
-            self._positioned.add(partition)
-            return
-        rd = self._ensure(mgr)
-        i = self._index(partition)
-        _validate.integer(offset, "offset", 0, MAX_OFFSET)
-        part = self._t.partitions[partition]  # type: ignore[union-attr]
-        latest = part.state().latest if part is not None else 0
-        if offset > latest:
-            raise InvalidArgument(f"offset {offset} is beyond the end ({latest}) of partition {partition}")
-        rd.seek(i, offset)
+        self._session(mgr).seek_partition(self, partition, offset)
         self._positioned.add(partition)
-        if self._holding is not None:
-            self._holding.forget([partition])
-
-    def _index(self, partition: int) -> int:
-        if partition not in self._parts:
-            raise InvalidArgument(f"partition {partition} is not assigned to this consumer "
-                                  f"(assigned: {self._parts})")
-        return partition
 
     def position(self, partition: int) -> int:
         """The next offset this consumer will read from ``partition``."""
-        if (remote := self._remote()) is not None:
-            return remote.position(self, partition)
-        if self._reader is None:
-            if partition in self._positions:
-                return self._positions[partition]
-            raise InvalidArgument("consumer has not polled or sought yet")
-        pos = self._reader.position(self._index(partition))
-        return pos if self._holding is None else self._holding.position(partition, pos)
+        return self._sess[1].position(self, partition)
 
     def positions(self) -> dict[int, int]:
-        if (remote := self._remote()) is not None:
-            return remote.positions(self)
-        if self._reader is None:
-            return dict(self._positions)
-        if self._holding is not None:
-            return {p: self._holding.position(p, self._reader.position(p)) for p in self._parts}
-        return {p: self._reader.position(p) for p in self._parts}
+        return self._sess[1].positions(self)
 
     @property
     def aborted(self) -> int:
         """Messages a ``read_committed`` consumer skipped: their transaction aborted."""
-        return self._holding.aborted if self._holding is not None else 0
+        return self._sess[1].aborted(self)
 
     def lost(self) -> dict[int, int]:
         """Per partition that lost something: messages overwritten before this
         consumer read them, while it polled or behind a committed offset it
         sought. ``{}``: nothing lost."""
-        if (remote := self._remote()) is not None:
-            return remote.lost(self)
-        rd = self._reader
-        out = {p: sum(g.values()) for p, g in self._gaps.items()}
-        if rd is not None:
-            for p in self._parts:
-                n = rd.counters(p)["lost"]
-                if n:
-                    out[p] = out.get(p, 0) + n
-        return {p: n for p, n in sorted(out.items()) if n > 0}
+        return self._sess[1].lost(self)
 
     def lag(self, mgr: Bus, /) -> dict[int, int]:
         """Per assigned partition: offsets between the position and the end (a message
         larger than a slot counts as one per slot it spans)."""
-        if (s := self._session(mgr)) is not None:
-            self._mgr = mgr
-            return s.lag(self)
-        rd = self._ensure(mgr)
-        out = {}
-        for p in self._parts:
-            part = self._t.partitions[p]  # type: ignore[union-attr]
-            latest = part.state().latest if part is not None else 0
-            out[p] = max(0, latest - rd.position(p))
-        return out
+        return self._session(mgr).lag(self)
 
     # ---- reading -------------------------------------------------------------------
     @property
@@ -440,39 +291,17 @@ class Consumer(PollPath):
 
     # poll() is PollPath's (C); it comes here when it cannot take the call itself,
     # with the arguments exactly as given (always, on a consumer with a deserializer).
-    def _poll_fallback(self, mgr: TopicManager, max_messages: int = 100, timeout: float | None = 0.0,
+    def _poll_fallback(self, mgr: Bus, max_messages: int = 100, timeout: float | None = 0.0,
                        *, spin: float | None = None) -> list[tuple[int, Message]]:
-        rd = self._reader
-        if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
-            if self._closed:
-                raise self._closed_error()
-            if (s := self._session(mgr)) is not None:
-                self._mgr = mgr
-                msgs = self._deserialize(mgr, s.poll(self, max_messages, timeout))
-                self.consumed += len(msgs)
-                return msgs
-            rd = self._ensure(mgr)
-        if type(max_messages) is not int or max_messages < 1:
-            _validate.integer(max_messages, "max_messages", 1)
-        if timeout.__class__ is not float or timeout != timeout:
-            _validate.timeout(timeout)
-        if self._holding is not None:
-            msgs = self._deserialize(mgr, self._poll_committed(mgr, max_messages, timeout, spin))
-            self.consumed += len(msgs)
-            return msgs
-        if timeout is not None and timeout <= 0:
-            msgs = rd.poll(max_messages, timeout, None, spin)
-            if not msgs and len(rd) and self._any_expired(rd) and self._maybe_refresh(mgr):
-                msgs = self._reader.poll(max_messages, 0.0, None, 0.0)  # type: ignore[union-attr]
-        else:
-            msgs = self._wait(mgr, lambda r, t: r.poll(max_messages, t, None, spin), timeout)
-        msgs = self._deserialize(mgr, msgs)     # before the gate hears of the positions
+        if self._closed:
+            raise self._closed_error()
+        s = self._session(mgr)
+        msgs = self._deserialize(mgr, s.poll(self, max_messages, timeout, spin))
         self.consumed += len(msgs)
-        if self.gating:
-            self._publish(mgr, len(msgs) < max_messages)
+        s.polled(self, len(msgs), max_messages)      # after the deserializers: they may seek back
         return msgs
 
-    def _deserialize(self, mgr: TopicManager, msgs: list[tuple[int, Message]]) -> list[tuple[int, Message]]:
+    def _deserialize(self, mgr: Bus, msgs: list[tuple[int, Message]]) -> list[tuple[int, Message]]:
         """``msgs`` through the deserializers (if any), up to the first that fails:
         from it on, every partition is put back at its first message not handed out."""
         kd, vd = self.key_deserializer, self.value_deserializer
@@ -500,45 +329,6 @@ class Consumer(PollPath):
             out.append((p, m._replace_kv(k, v)))
         return out
 
-    def _poll_committed(self, mgr: TopicManager, max_messages: int, timeout: float | None,
-                        spin: float | None) -> list[tuple[int, Message]]:
-        """read_committed: read raw batches (markers included) into the holding
-        buffers until something is released or the time passes. A transaction
-        that holds a partition up for long is looked at: if its producer's
-        registration expired, it is aborted here (whoever looks next)."""
-        h = self._holding
-        assert h is not None
-        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-
-        def once(r: Reader, t: float) -> Batch:
-            return r.poll_batch(self.max_batch, t, None, spin)
-        while True:
-            if h.ready:
-                return h.take(max_messages)
-            left = _SLICE if deadline is None else min(_SLICE, max(0.0, deadline - time.monotonic()))
-            b = once(self._reader, 0.0)  # type: ignore[arg-type]
-            if not len(b) and left > 0:
-                b = self._wait(mgr, once, left)  # type: ignore[assignment]
-            h.feed(b)
-            if not h.ready:
-                self._unstick(mgr)
-            if h.ready or (deadline is not None and time.monotonic() >= deadline):
-                return h.take(max_messages)
-
-    def _unstick(self, mgr: TopicManager) -> None:
-        h = self._holding
-        now = time.monotonic()
-        if now - self._resolved_at < _RESOLVE_EVERY:
-            return
-        self._resolved_at = now
-        waiting = list(h.waiting(_RESOLVE_EVERY))  # type: ignore[union-attr]
-        for producer in {ref[0] for _, ref in waiting}:
-            transaction.resolve(mgr, producer)
-        for p, ref in waiting:
-            # caught up with the partition, the transaction over, and still no marker: none will come
-            if self._reader.position(p) >= self._latest(p) and transaction.finished(mgr, *ref):  # type: ignore[union-attr]
-                h.abandon(p, ref)  # type: ignore[union-attr]
-
     def pending_commit(self, offsets: dict[int, int] | None = None
                        ) -> tuple[str, str, dict[int, int], dict[int, int] | None]:
         """(group, topic, offsets, incarnations) that :meth:`commit` would commit,
@@ -553,9 +343,11 @@ class Consumer(PollPath):
                 if off > latest:
                     raise InvalidArgument(f"cannot commit offset {off} for partition {p}: beyond its end ({latest})")
             pos = dict(offsets)
-        t = self._t
-        incs = {p: t.partition_incarnation(p) for p in pos if t.lease_ids[p]} if t is not None else None
-        return self.group, self.topic, pos, incs
+        return self.group, self.topic, pos, self._incarnations(list(pos))
+
+    def _incarnations(self, partitions: list[int]) -> dict[int, int] | None:
+        """Which life of each partition a commit belongs to, where the bus tells."""
+        return self._sess[1].incarnations(self, partitions)
 
     def poll_batch(self, mgr: Bus, /, max_messages: int = 1024, timeout: float | None = 0.0,
                    *, spin: float | None = None) -> Batch:
@@ -564,92 +356,13 @@ class Consumer(PollPath):
         if self._deserializing:
             raise Unsupported(f"consumer of {self.topic!r} has a deserializer: poll_batch hands out raw rows; "
                               "use poll")
-        rd = self._reader
-        if rd is None or mgr is not self._mgr or not self._t.binding.valid:  # type: ignore[union-attr]
-            if self._closed:
-                raise self._closed_error()
-            if (s := self._session(mgr)) is not None:
-                self._mgr = mgr
-                b = s.poll_batch(self, max_messages, timeout)
-                self.consumed += len(b)
-                return b
-            rd = self._ensure(mgr)
-        _validate.integer(max_messages, "max_messages", 1)
-        _validate.timeout(timeout)
-        if self._holding is not None:
-            raise Unsupported("poll_batch hands out raw rows, transactional or not: a read_committed consumer "
-                              "reads with poll")
-        if timeout is not None and timeout <= 0:
-            b = rd.poll_batch(max_messages, timeout, None, spin)
-            if not len(b) and len(rd) and self._any_expired(rd) and self._maybe_refresh(mgr):
-                b = self._reader.poll_batch(max_messages, 0.0, None, 0.0)  # type: ignore[union-attr]
-        else:
-            # a consumer that keeps up usually finds messages waiting: one look
-            # first, the waiting loop only when there are none
-            b = rd.poll_batch(max_messages, 0.0, None, 0.0)
-            if not len(b):
-                b = self._wait(mgr, lambda r, t: r.poll_batch(max_messages, t, None, spin), timeout)
+        if self._closed:
+            raise self._closed_error()
+        s = self._session(mgr)
+        b = s.poll_batch(self, max_messages, timeout, spin)
         self.consumed += len(b)
-        if self.gating:
-            self._publish(mgr, len(b) < max_messages)
+        s.polled(self, len(b), max_messages)
         return b
-
-    def _publish(self, mgr: TopicManager, caught_up: bool) -> None:
-        """Move this consumer's gate to its positions and renew its lease: when it
-        caught up, when a position moved a quarter of the ring, or when a third
-        of the lease has passed (not on every poll: it takes the fabric lock)."""
-        t = self._t
-        if t is None or t.config.on_full == "overwrite":
-            return
-        pos = self.positions()
-        mono = time.monotonic()
-        step = max(1, t.config.partition_capacity // 4)
-        moved = any(pos[p] - self._gate_pos.get(p, -step) >= step for p in pos)
-        if moved or (caught_up and pos != self._gate_pos) or mono - self._gate_at > self.gating_ttl / 3:
-            gate.hold(mgr, t, self._gate_name, gate.CONSUMER, pos, int(self.gating_ttl * 1e9))
-            self._gate_pos, self._gate_at = pos, mono
-
-    def _wait(self, mgr: TopicManager, once: Callable[[Reader, float], list | Batch],
-              timeout: float | None) -> list | Batch:
-        """Block in slices: a topic deleted or restarted by another process while we
-        sleep writes nothing to the rings we sleep on, so between slices we look at
-        the directory (only when a partition reads as expired and the metadata changed)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            rd = self._reader
-            assert rd is not None
-            expired = len(rd) > 0 and self._any_expired(rd)
-            if expired and self._maybe_refresh(mgr):
-                rd = self._reader
-                assert rd is not None
-            left = _EXPIRED_SLICE if expired else _SLICE
-            if self.gating:
-                self._publish(mgr, True)    # producers may be waiting for this consumer
-            if deadline is not None:
-                left = min(left, max(0.0, deadline - time.monotonic()))
-            out = once(rd, left)
-            if len(out) or (deadline is not None and time.monotonic() >= deadline):
-                return out
-
-    def _any_expired(self, rd: Reader) -> bool:
-        # C counted the expired rings during the poll; holes (partitions already
-        # reclaimed when the topic was opened) only change when the reader does
-        return rd.expired_seen > 0 or self._holes
-
-    def _maybe_refresh(self, mgr: TopicManager) -> bool:
-        """A partition read as expired: if the directory changed since we last looked
-        (the topic was restarted, deleted or recreated, here or by another process),
-        re-read it and pick up the fresh leases. Returns True if it re-read.
-        Raises NotFound if the topic was deleted."""
-        epoch = mgr.fabric.meta_epoch()
-        if self._t is not None and self._t.binding.valid and (
-                epoch == self._epoch or time.monotonic() < self._next_look):
-            return False
-        t = mgr.refresh(self.topic)
-        self._epoch = epoch
-        self._next_look = time.monotonic() + _REFRESH_GAP
-        self._open(mgr, t)
-        return True
 
     def wait(self, mgr: Bus, /, timeout: float | None = None) -> bool:
         """Block until :meth:`poll` would find a message (or ``timeout`` seconds pass;
@@ -657,16 +370,13 @@ class Consumer(PollPath):
         that gives up leaves the consumer where it was. True if something is
         readable. A thread may wait for the consumer's owner while the owner
         waits for it (this is how :mod:`grafos.aio` awaits messages)."""
-        if (s := self._session(mgr)) is not None:
-            self._mgr = mgr
-            return s.wait(self, timeout)
-        return self._ensure(mgr).wait(timeout)
+        return self._session(mgr).wait(self, timeout)
 
     def wait_request(self, waiter: Waiter, mgr: Bus, timeout: float | None = None) -> int:
         """Ask ``waiter`` (a :class:`~grafos.reader.Waiter`, which an event loop
         watches) to wait as :meth:`wait` does, in its own thread; returns the
         request's number. Reads nothing."""
-        return waiter.request(self._ensure(mgr), timeout)
+        return self._session(mgr).wait_request(self, waiter, timeout)
 
     # ---- committing -------------------------------------------------------------
     def commit(self, store: OffsetStore, offsets: dict[int, int] | None = None) -> dict[int, int]:
@@ -681,10 +391,7 @@ class Consumer(PollPath):
             return pos
         if offsets is None:
             self._check_rewind(store, pos)
-        mgr = self._mgr
-        if mgr is not None and self._remote() is None:     # read from the fabric: its gate follows the commit
-            store = bus_store(store, mgr)
-            gate.check_store(mgr, self._t if self._t is not None else self.topic, self.group, store)
+        store = self._sess[1].commit_store(self, store)
         commit_many(store, self.group, self.topic, pos, incs)
         self._positioned.update(pos)        # from here on the store follows this consumer
         return pos
@@ -693,15 +400,15 @@ class Consumer(PollPath):
         """A partition no seek positioned must not move the store's committed
         offset backwards (it started where the bus's records said, which need
         not be where this store is)."""
+        incs = None
         for p, off in pos.items():
             if p in self._positioned:
                 continue
             e = committed_entry(store, self.group, self.topic, p)
             if e is None or e.offset <= off:
                 continue
-            t = self._t
-            if e.incarnation is not None and t is not None and t.lease_ids[p] and \
-                    e.incarnation != t.partition_incarnation(p):
+            incs = self._incarnations(list(pos)) if incs is None else incs
+            if e.incarnation is not None and incs is not None and p in incs and e.incarnation != incs[p]:
                 continue        # a commit of an earlier life of the partition: nothing to rewind
             raise InvalidArgument(
                 f"commit would move group {self.group!r}'s committed offset of {self.topic!r} partition {p} "
@@ -714,39 +421,22 @@ class Consumer(PollPath):
         waiting: values are views into the rings, checked for overwrite when the
         block is left (see :mod:`grafos.peek`). Positions move past them as with
         :meth:`poll`."""
-        if (mgr is not self._mgr or self._reader is None) and not getattr(mgr, "capabilities", SHARED_MEMORY).peeks:
-            raise Unsupported(f"consumer of {self.topic!r}: peeks read messages in place in shared memory, "
-                              f"which this bus ({type(mgr).__name__}) does not have; use poll")
         if self._deserializing:
             raise Unsupported(f"consumer of {self.topic!r} has a deserializer: peek hands out raw bytes in "
                               "place; use poll")
-        rd = self._ensure(mgr)
-        if max_messages.__class__ is not int or max_messages < 1:
-            _validate.integer(max_messages, "max_messages", 1)
-        if self._holding is not None:
-            raise Unsupported("peek reads in place, before a transaction's outcome is known: a read_committed "
-                              "consumer reads with poll")
-        pk = rd.peek(max_messages)
+        pk = self._session(mgr).peek(self, max_messages)
         self.consumed += len(pk)
         return pk
 
     def _latest(self, p: int) -> int:
         """The end of partition ``p`` (for checking a commit)."""
-        if (remote := self._remote()) is not None:
-            return remote.latest(self, p)
-        part = self._t.partitions[p] if self._t is not None else None  # type: ignore[index]
-        return part.state().latest if part is not None else 0
+        return self._sess[1].latest(self, p)
 
     def close(self) -> None:
-        if (remote := self._remote()) is not None:
-            remote.close_consumer(self)
-        elif self.gating and self._mgr is not None and not self._mgr.fabric.closed:
-            gate.release(self._mgr, self.topic, self._gate_name)
-        self._save_positions()
+        if self._closed:
+            return
+        self._sess[1].close_consumer(self)
         self._unbind_fast()
-        self._reader = None
-        self._t = None
-        self._mgr = None
         self._closed = True
 
     def _closed_error(self) -> Closed:

@@ -19,11 +19,14 @@ if TYPE_CHECKING:     # the handles live above this module (grafos.mq.bound supp
     import concurrent.futures
 
     from .bound import BoundConsumer, BoundProducer
+    from .consumer import Consumer
+    from .producer import Producer
     from .subscribe import Subscriber
 
 __all__ = ["TopicConfig", "PartitionInfo", "TopicDescription", "Capabilities", "SHARED_MEMORY", "Partitioner",
            "kafka_partition", "murmur2", "SeekPolicy", "GroupConfig", "Claim", "OffsetStore", "MAX_OFFSET",
-           "OFFSET_BITS", "MAX_TOPIC_NAME", "MAX_PARTITIONS", "ON_FULL", "Bus", "RemoteManager"]
+           "OFFSET_BITS", "MAX_TOPIC_NAME", "MAX_PARTITIONS", "ON_FULL", "ProducerSession", "ConsumerSession", "Bus",
+           "RemoteManager"]
 
 #: documented defaults of :class:`TopicConfig`
 DEFAULT_PARTITIONS = 4
@@ -220,6 +223,50 @@ class OffsetStore(Protocol):
     def commit(self, group: str, topic: str, partition: int, offset: int) -> None: ...
 
 
+class ProducerSession(Protocol):
+    """What serves a :class:`~grafos.mq.producer.Producer`'s calls on one bus
+    (:meth:`Bus.producer_session`). Each call names the producer, whose settings
+    (topic, partitioner, idempotence, serializers) it follows; keys and values
+    arrive serialized, and ``timeout`` checked or the producer's own (the
+    crossing's sentinel, ``grafos._crossing.PRODUCER_TIMEOUT``)."""
+
+    def send(self, producer: Producer, key: Any, value: Any, headers: Any, timeout: Any) -> tuple[int, int]: ...
+    def send_batch(self, producer: Producer, values: Any, keys: Any, timeout: Any) -> tuple[Any, Any]: ...
+    def register(self, producer: Producer) -> int: ...
+    def producer_epoch(self, producer: Producer) -> int | None: ...
+    def begin(self, producer: Producer) -> Any: ...
+    def open_transaction(self, producer: Producer) -> Any: ...
+    def loan(self, producer: Producer, size: int, key: Any, headers: Any) -> Any: ...
+    def close_producer(self, producer: Producer) -> None: ...
+
+
+class ConsumerSession(Protocol):
+    """What serves a :class:`~grafos.mq.consumer.Consumer`'s calls on one bus
+    (:meth:`Bus.consumer_session`). Each call names the consumer, whose settings
+    (topic, group, assignment, ``on_lost``, ``gating``) it follows; polls hand
+    back raw messages (the consumer deserializes them)."""
+
+    def poll(self, consumer: Consumer, max_messages: int, timeout: float | None,
+             spin: float | None) -> list: ...
+    def poll_batch(self, consumer: Consumer, max_messages: int, timeout: float | None, spin: float | None) -> Any: ...
+    def polled(self, consumer: Consumer, count: int, max_messages: int) -> None: ...
+    def wait(self, consumer: Consumer, timeout: float | None) -> bool: ...
+    def wait_request(self, consumer: Consumer, waiter: Any, timeout: float | None) -> int: ...
+    def peek(self, consumer: Consumer, max_messages: int) -> Any: ...
+    def seek(self, consumer: Consumer, store: Any, policy: Any) -> None: ...
+    def seek_partition(self, consumer: Consumer, partition: int, offset: int) -> None: ...
+    def reassign(self, consumer: Consumer, partitions: list[int]) -> None: ...
+    def position(self, consumer: Consumer, partition: int) -> int: ...
+    def positions(self, consumer: Consumer) -> dict[int, int]: ...
+    def lost(self, consumer: Consumer) -> dict[int, int]: ...
+    def lag(self, consumer: Consumer) -> dict[int, int]: ...
+    def latest(self, consumer: Consumer, partition: int) -> int: ...
+    def aborted(self, consumer: Consumer) -> int: ...
+    def incarnations(self, consumer: Consumer, partitions: list[int]) -> dict[int, int] | None: ...
+    def commit_store(self, consumer: Consumer, store: OffsetStore) -> OffsetStore: ...
+    def close_consumer(self, consumer: Consumer) -> None: ...
+
+
 class Bus:
     """The base of every bus: the shared-memory
     :class:`~grafos.mq.topic.TopicManager` and the managers of buses on a
@@ -234,10 +281,16 @@ class Bus:
     #: above (this module imports no facade)
     _handles: ClassVar[Any]
 
-    def session(self, handle: Any) -> "Bus | None":
-        """What serves ``handle``'s calls (a Producer or Consumer) on this bus:
-        a bus on a server serves them itself; None on shared memory, where the
-        handle reads and writes the fabric through its own binding."""
+    def producer_session(self, producer: Producer) -> ProducerSession:
+        """What serves ``producer``'s calls on this bus, asked once, when the
+        producer first meets the bus: a session of its own on shared memory
+        (:mod:`grafos.mq.shm_send`), the bus itself on a server."""
+        raise NotImplementedError
+
+    def consumer_session(self, consumer: Consumer) -> ConsumerSession:
+        """What serves ``consumer``'s calls on this bus, asked once, when the
+        consumer first reads through the bus: a session of its own on shared
+        memory (:mod:`grafos.mq.shm_read`), the bus itself on a server."""
         raise NotImplementedError
 
     def offset_store(self) -> OffsetStore:
@@ -295,9 +348,6 @@ class Bus:
 class RemoteManager(Bus):
     """Base of the managers of buses that live on a server (the JetStream bus,
     :func:`grafos.connect`): the bus serves its handles' calls itself."""
-
-    def session(self, handle: Any) -> "RemoteManager":
-        return self
 
     def wait_future(self, consumer: Any, timeout: float | None) -> "concurrent.futures.Future[bool]":
         """A consumer's wait started on the bus's own event loop, for a task to

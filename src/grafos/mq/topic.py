@@ -31,6 +31,8 @@ from ..errors import AlreadyExists, FabricFull, InvalidArgument, LeaseExpired, N
 from ..fabric import DEFAULT_SIZE, Fabric, MemLease
 from ..partition import Partition, PartitionState, region_size
 from . import gate
+from .shm_read import ShmReadSession
+from .shm_send import ShmSendSession
 from .model import (DEFAULT_CAPACITY, DEFAULT_PARTITIONS, DEFAULT_RETENTION_SECS, DEFAULT_STRIDE,  # noqa: F401
                     MAX_PARTITIONS, MAX_TOPIC_NAME, ON_FULL, SHARED_MEMORY, Bus, RemoteManager)
 # importable from here too (the `X as X` form tells type checkers they are exported)
@@ -40,6 +42,8 @@ from .model import (Capabilities as Capabilities, PartitionInfo as PartitionInfo
 if TYPE_CHECKING:
     from ..jetstream.manager import JetStreamManager
     from .model import OffsetStore
+    from .consumer import Consumer
+    from .producer import Producer
     from .share import ShareConsumer
 
 _CONFIG = struct.Struct("<IIIIdqQ")    # partitions, capacity, stride, flags, retention, created_ns, incarnation
@@ -172,8 +176,11 @@ class TopicManager(Bus):
     #: what this backend can do (see :class:`Capabilities`)
     capabilities = SHARED_MEMORY
 
-    def session(self, handle: Any) -> None:
-        return None     # handles work on the fabric themselves, through the crossing
+    def producer_session(self, producer: Producer) -> ShmSendSession:
+        return ShmSendSession(self)
+
+    def consumer_session(self, consumer: Consumer) -> ShmReadSession:
+        return ShmReadSession(self, consumer)
 
     def group_state(self, group: str, topic: str) -> Any:
         """The records of consumer group ``group`` on ``topic``, in the fabric."""

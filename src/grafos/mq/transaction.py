@@ -44,23 +44,24 @@ import os
 import struct
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .._clock import now_ns
 from .._core import layout, lease, registration
 from .._log import get as _logger
-from ..errors import (CorruptFabric, InvalidArgument, NotFound, ProducerFenced, TransactionError,
-                      Unsupported)
+from ..errors import (CorruptFabric, GrafosError, InvalidArgument, NotFound, ProducerFenced,
+                      TransactionError, Unsupported)
 from . import _metakeys, gate
 from .offset import FabricOffsetStore, MemOffsetStore
 
 if TYPE_CHECKING:
+    from .producer import Producer
     from .topic import Topic, TopicManager
 
 __all__ = ["TxnState", "Registration", "TransactionInfo", "new_id", "register", "unregister", "renew",
            "current_epoch", "begin", "check_store", "staged_writes", "commit", "abort", "resolve",
            "finished", "transactions", "collect", "write_markers", "parse_stamp", "STAMP", "COMMIT", "ABORT",
-           "ID_EXPIRATION_SECS"]
+           "ID_EXPIRATION_SECS", "Transaction"]
 _log = _logger("transaction")
 
 #: stamp after a stamped message's value: producer, epoch, sequence, transaction
@@ -570,3 +571,86 @@ def transactions(mgr: "TopicManager", topic: str | None = None, now: float | Non
 def parse_stamp(blob: bytes | memoryview) -> tuple[int, int, int, int]:
     """(producer, epoch, sequence, transaction) of a stamp."""
     return STAMP.unpack(blob)
+
+
+class Transaction:
+    """An open transaction of a :class:`~grafos.mq.producer.Producer`
+    (``prod.begin(mgr)``): the producer's sends until :meth:`commit` or
+    :meth:`abort` belong to it. ``send``/``send_keyed`` here are the producer's.
+    As a context manager it commits when the block ends normally and aborts
+    when it raises."""
+
+    def __init__(self, producer: Producer, mgr: TopicManager, reg: Registration,
+                 ended: Callable[[Registration], None]) -> None:
+        self.producer = producer
+        self.mgr = mgr
+        self.number = reg.txn
+        self._reg = reg
+        self._ended = ended         # tells the producer's session the transaction is over
+        self._offsets: list = []
+        self.state = "open"
+
+    def send(self, value: bytes, headers=None) -> tuple[int, int]:
+        self._check_open()
+        return self.producer.send(self.mgr, value, headers)
+
+    def send_keyed(self, key: bytes | None, value: bytes, headers=None) -> tuple[int, int]:
+        self._check_open()
+        return self.producer.send_keyed(self.mgr, key, value, headers)
+
+    def commit_offsets(self, consumer, store, offsets: dict[int, int] | None = None) -> dict[int, int]:
+        """Commit ``consumer``'s positions (or ``offsets``) to ``store`` as part of
+        this transaction: they become committed if and only if it commits.
+        ``store``: a FabricOffsetStore of the same bus, or a MemOffsetStore
+        (not for a group that gates the topic: its gate follows the bus's
+        offsets). Returns what will be committed."""
+        self._check_open()
+        check_store(self.mgr.fabric, store)
+        group, topic, pos, incs = consumer.pending_commit(offsets)
+        gate.check_store(self.mgr, topic, group, store)
+        self._offsets.append((store, group, topic, pos, incs))
+        return dict(pos)
+
+    send_offsets_to_transaction = commit_offsets    #: Kafka's name
+
+    def commit(self) -> None:
+        """Make every message of the transaction and its offsets visible at once."""
+        self._check_open()
+        try:
+            reg = commit(self.mgr, self._reg, self._offsets)
+        except GrafosError:
+            self.state = "failed"
+            self._ended(self._reg)
+            raise
+        self.state = "committed"
+        self._ended(reg)
+
+    def abort(self) -> None:
+        """Make none of the transaction visible (its offsets are not committed)."""
+        if self.state != "open":
+            return
+        try:
+            reg = abort(self.mgr, self._reg)
+        finally:
+            self.state = "aborted"
+            self._ended(self._reg)
+        self._ended(reg)
+
+    def _check_open(self) -> None:
+        if self.state != "open":
+            raise TransactionError(f"transaction {self.number} of {self.producer.transactional_id!r} "
+                                   f"is {self.state}")
+
+    def __enter__(self) -> "Transaction":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.state != "open":
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def __repr__(self) -> str:
+        return f"<Transaction {self.number} of {self.producer.transactional_id!r}: {self.state}>"
