@@ -1,14 +1,8 @@
 """Cross-process wake-up latency of an awaiting asyncio task.
 
-A producer process sends one 16-byte message (its CLOCK_MONOTONIC send time)
-every ``--gap`` seconds, so the consumer is asleep when each one lands. The
-consumer process awaits ``grafos.aio.AsyncConsumer.poll(timeout=None)``: its
-helper thread sleeps on the fabric's futex and wakes the event loop. Latency =
-time the task holds the message - send time (one clock, system-wide). Printed:
-p50, p90, p99 per event loop (asyncio's, and uvloop's when installed), beside
-a blocking synchronous ``Consumer.poll(timeout=...)`` in the same setup (the
-same futex, no event loop) as the reference. Goal: asyncio p50 below 100 us.
-The runs are ``grafos.benchsuite.aio_wakeup``'s. Nothing is asserted.
+The rows and their method are :mod:`grafos.benchsuite.aio_wakeup`'s
+(``python -m pydoc grafos.benchsuite.aio_wakeup``); this script runs them and
+prints the summary.
 
     python benchmarks/bench_aio_wakeup.py                 # 2000 wake-ups per mode
     python benchmarks/bench_aio_wakeup.py -n 500 --json out.json

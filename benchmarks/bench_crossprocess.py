@@ -1,31 +1,14 @@
 """Producer process -> consumer process on one machine, 100-byte messages.
 
-What it measures, every system in the same run with the same harness:
-
-* **throughput** of single-message calls: grafos ``Producer.send_keyed`` into
-  one partition of a named bus, read by ``Consumer.poll`` in another process
-  (with a blocking consumer, and with one that spins before it sleeps);
-  pyzmq ``ipc://`` PUSH/PULL ``send``/``recv``; ``multiprocessing.Queue``
-  ``put``/``get``; faster-fifo ``put``/``get_many``. Rate = messages that
-  reached the consumer / (consumer's last receive - producer's first send),
-  both read from CLOCK_MONOTONIC. Median of 3 rounds after a warm-up round
-  (the warm-up also faults in the grafos ring's pages).
-* **one-way latency** = ping-pong round trip / 2, p50 and p99 over thousands
-  of round trips: grafos with a spinning consumer (``poll(spin=...)``, the
-  spin is in C; and a Python loop of ``poll(timeout=0)``) and with a blocking
-  one (``poll(timeout=...)``, a futex in the shared mapping); pyzmq PAIR
-  (blocking ``recv``, and a ``NOBLOCK`` spin); ``multiprocessing.Queue`` and
-  faster-fifo (blocking ``get``).
-
-Goals: grafos >= 2 M msg/s and >= 1.25x pyzmq; one-way
-p50 < 3 us spinning and < 25 us blocking.
+The rows and their method are :mod:`grafos.benchsuite.crossprocess`'s
+(``python -m pydoc grafos.benchsuite.crossprocess``); this script runs them and
+prints the summary.
 
     python benchmarks/bench_crossprocess.py            # about a minute
     python benchmarks/bench_crossprocess.py --quick    # about half that
     python benchmarks/bench_crossprocess.py --json results.json
 
-The measurements are ``grafos.benchsuite.crossprocess``'s. Peers missing from
-the environment (``pip install pyzmq faster-fifo``, the
+Peers missing from the environment (``pip install pyzmq faster-fifo``, the
 ``peers`` extra) are reported as missing. Nothing here asserts a speed.
 """
 from __future__ import annotations

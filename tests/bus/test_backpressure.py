@@ -359,20 +359,27 @@ def _blocked_everywhere(mgr: TopicManager, where: str) -> list[int]:
     return [mgr.describe("t").partitions[0].blocked, described, shown, *gauge]
 
 
-@pytest.mark.parametrize("kind", ["named", "file"])
-def test_a_blocked_producer_killed_in_its_wait_is_no_longer_counted_blocked(kind, shm_name, tmp_path, procs):
-    # shared-memory buses only: the count is of waiters in other processes, which an
-    # in-process bus has none of, and a JetStream bus has no gate (capabilities.gating)
-    where = {"name": shm_name} if kind == "named" else {"path": str(tmp_path / "bus.grafos")}
-    mgr = TopicManager.open(**where, size=32 * MiB)
+def _full_with_a_sender_waiting(mgr, procs, sender, where):
+    """A "block" topic of 8 slots filled behind a held gate, and a child process
+    whose send of a ninth is waiting for room (it says "sending" first)."""
     mgr.create("t", TopicConfig(1, 8, 128, 3600.0, on_full="block"))
     _held(mgr)
     p = Producer("t")
     for i in range(8):
         p.send(mgr, b"%d" % i)
     out = mp.get_context("spawn").Queue()
-    child = start(procs, bp.blocked_sender_on, where, "t", out)
+    child = start(procs, sender, where, "t", out)
     assert out.get(timeout=60)[0] == "sending"
+    return child, out
+
+
+@pytest.mark.parametrize("kind", ["named", "file"])
+def test_a_blocked_producer_killed_in_its_wait_is_no_longer_counted_blocked(kind, shm_name, tmp_path, procs):
+    # shared-memory buses only: the count is of waiters in other processes, which an
+    # in-process bus has none of, and a JetStream bus has no gate (capabilities.gating)
+    where = {"name": shm_name} if kind == "named" else {"path": str(tmp_path / "bus.grafos")}
+    mgr = TopicManager.open(**where, size=32 * MiB)
+    child, _ = _full_with_a_sender_waiting(mgr, procs, bp.blocked_sender_on, where)
     address = where.get("name") or where["path"]
     deadline = time.monotonic() + 30
     # the send waits in slices and looks at the gating readers between them (under the
@@ -389,14 +396,7 @@ def test_a_blocked_producer_killed_in_its_wait_is_no_longer_counted_blocked(kind
 
 def test_a_send_blocked_in_another_process_sleeps_and_takes_ctrl_c(shm_name, procs):
     mgr = TopicManager.open(shm_name, size=32 * MiB)
-    mgr.create("t", TopicConfig(1, 8, 128, 3600.0, on_full="block"))
-    _held(mgr)
-    p = Producer("t")
-    for i in range(8):
-        p.send(mgr, b"%d" % i)
-    out = mp.get_context("spawn").Queue()
-    child = start(procs, bp.blocked_sender, shm_name, "t", out)
-    assert out.get(timeout=60)[0] == "sending"
+    child, out = _full_with_a_sender_waiting(mgr, procs, bp.blocked_sender, shm_name)
     deadline = time.monotonic() + 30
     while mgr.describe("t").partitions[0].blocked == 0:
         assert time.monotonic() < deadline

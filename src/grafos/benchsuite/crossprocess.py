@@ -35,6 +35,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import peers
 
@@ -103,7 +104,23 @@ def _zmq_recv(sock, mode: str):  # noqa: ANN001, ANN202 - a pyzmq socket
     return recv_blocking
 
 
-class _Sender:
+class _End:
+    """What a sender and a receiver share: closing the system they were made on."""
+
+    system: str
+    mgr: Any
+    sock: Any
+    ctx: Any
+
+    def close(self) -> None:
+        if self.system == "grafos":
+            self.mgr.close()
+        elif self.system == "pyzmq":
+            self.sock.close(0)
+            self.ctx.term()
+
+
+class _Sender(_End):
     def __init__(self, system: str, ch, peer_binds: bool) -> None:
         self.system = system
         if system == "grafos":
@@ -124,15 +141,8 @@ class _Sender:
         else:
             self.send = ch.put
 
-    def close(self) -> None:
-        if self.system == "grafos":
-            self.mgr.close()
-        elif self.system == "pyzmq":
-            self.sock.close(0)
-            self.ctx.term()
 
-
-class _Receiver:
+class _Receiver(_End):
     """``recv(n)`` returns how many messages arrived (blocking, or spinning per ``mode``);
     ``lost()`` how many the ring overwrote before we read them (grafos only)."""
 
@@ -181,12 +191,6 @@ class _Receiver:
     def lost(self) -> int:
         return sum(self.c.lost().values()) if self.system == "grafos" else 0
 
-    def close(self) -> None:
-        if self.system == "grafos":
-            self.mgr.close()
-        elif self.system == "pyzmq":
-            self.sock.close(0)
-            self.ctx.term()
 
 
 # ---- throughput ---------------------------------------------------------------------------------
