@@ -45,6 +45,7 @@ class Proc:
         self.stopped_until = 0.0
         self.ready = threading.Event()      # attached and running: faults may hit it
         self.damage = 0                     # slots a consumer found corrupt, values not as sent
+        self.died: int | None = None        # its exit status, when it ended without our SIGKILL
         self._t = threading.Thread(target=self._read, args=(acked, lock), daemon=True)
         self._t.start()
 
@@ -65,6 +66,8 @@ class Proc:
             os.kill(self.p.pid, sig)
 
     def finish(self) -> None:
+        if self.died is None and (rc := self.p.poll()) is not None:
+            self.died = rc                  # a campaign process runs until killed: it failed
         self.signal(signal.SIGKILL)
         self.p.wait(30)
         self._t.join(30)
@@ -95,6 +98,7 @@ def test_every_acknowledged_message_survives_kills_and_pauses(shm_name, on_full)
     procs = [producer() for _ in range(PRODUCERS)] + [consumer() for _ in range(CONSUMERS)]
     faults = {"kill": 0, "stop": 0}
     damage = 0
+    died: list[int] = []
     try:
         for pr in procs:
             assert pr.ready.wait(60), f"a campaign process did not start {why}"
@@ -116,6 +120,7 @@ def test_every_acknowledged_message_survives_kills_and_pauses(shm_name, on_full)
             if rnd.random() < 0.2:          # SIGKILL, then a new process in its place
                 pr.finish()
                 damage += pr.damage
+                died += [pr.died] if pr.died is not None else []
                 procs[i] = producer() if pr.writer is not None else consumer()
                 faults["kill"] += 1
             elif not pr.stopped_until:      # SIGSTOP for up to a second: often past the bounded wait
@@ -129,7 +134,9 @@ def test_every_acknowledged_message_survives_kills_and_pauses(shm_name, on_full)
         for pr in procs:
             pr.finish()
             damage += pr.damage
+            died += [pr.died] if pr.died is not None else []
 
+    assert died == [], f"campaign processes ended on their own with status {died} {why}"
     assert acked, f"nothing was acknowledged {why}"
     assert damage == 0, f"consumers met {damage} destroyed messages {why}"
     mgr.fabric.set_bounded_wait(0.2)        # step over the slots of the writers killed mid-write

@@ -600,7 +600,7 @@ def test_the_poll_and_loan_calls_should_take_the_objects_that_own_their_memory_n
     mgr = _peek_bus()
     try:
         c = Consumer("t")
-        rd = c._ensure(mgr)
+        rd = c._session(mgr)._ensure(c)     # the reader of its shared-memory session
         assert type(rd.poller) is _fast.Poller and memoryview(rd.poller).nbytes == ffi.sizeof("gf_poller")
         rd._p.expired = 0xABCDEF01      # what cffi writes is the Poller's own bytes
         assert (0xABCDEF01).to_bytes(4, sys.byteorder) in bytes(memoryview(rd.poller))
@@ -651,7 +651,7 @@ def test_a_send_path_sends_through_the_crossing_s_own_sender_and_takes_no_addres
     mgr = _bus(partitions=3)
     prod = Producer("t", Partitioner.RoundRobin)
     assert [prod.send(mgr, b"x")[0] for _ in range(4)] == [0, 1, 2, 0]
-    s = prod._bound[1]
+    s = prod._session(mgr)._bound[0]       # the Sender of its shared-memory session
     assert isinstance(s.state, _fast.SenderState) and memoryview(s.state).nbytes == ffi.sizeof("gf_sender")
     assert s.rr == 4                        # the crossing's sends moved the counter cffi reads
     t = mgr.topic("t")

@@ -89,7 +89,8 @@ def consume(name: str, member: str) -> None:
         for _, m in c.poll(mgr, 200, timeout=0.05):
             if not intact(m.value):
                 bad += 1
-        corrupt = sum(c._reader.counters(p)["corrupt"] for p in mine)   # this reader's, since its seek
+        reader = c._session(mgr)._reader        # this reader's counts, since its seek
+        corrupt = sum(reader.counters(p)["corrupt"] for p in mine)
         if bad or corrupt:
             print(f"C {corrupt} {bad}", flush=True)
         try:
