@@ -321,7 +321,6 @@ class ShmReadSession:
             b = rd.poll_batch(max_messages, 0.0, None, 0.0)
             if not len(b):
                 b = self._wait(c, lambda r, t: r.poll_batch(max_messages, t, None, spin), timeout)  # type: ignore
-        self.polled(c, len(b), max_messages)
         return b
 
     def _publish(self, c: Consumer, caught_up: bool) -> None:
