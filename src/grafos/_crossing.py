@@ -28,12 +28,10 @@ Poller = _fast.Poller
 Segment = _fast.Segment
 # cffi takes a Poller's bytes as a gf_poller, and a SenderState's as a gf_sender, without
 # checking their size: both builds must agree on them
-if memoryview(Poller(None)).nbytes != ffi.sizeof("gf_poller"):
-    raise ImportError("grafos._fast and grafos._native were built with different gf_poller layouts: "
-                      "reinstall grafos")
-if memoryview(SenderState()).nbytes != ffi.sizeof("gf_sender"):
-    raise ImportError("grafos._fast and grafos._native were built with different gf_sender layouts: "
-                      "reinstall grafos")
+for _made, _struct in ((Poller(None), "gf_poller"), (SenderState(), "gf_sender")):
+    if memoryview(_made).nbytes != ffi.sizeof(_struct):
+        raise ImportError(f"the crossing (grafos._fast) and the core's binding were built with different "
+                          f"{_struct} layouts: reinstall grafos")
 span = _fast.span
 messages = _fast.messages
 decode = _fast.decode
