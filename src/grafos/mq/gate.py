@@ -49,7 +49,7 @@ from .offset import FabricOffsetStore, OffsetStore
 if TYPE_CHECKING:
     from .topic import Topic, TopicManager
 
-__all__ = ["GateReader", "PartitionGate", "hold", "release", "recompute", "describe", "group_reader",
+__all__ = ["GateReader", "PartitionGate", "GateView", "hold", "release", "recompute", "describe", "group_reader",
            "consumer_reader", "share_reader", "topic_of", "forget", "wait_room", "note_full", "follow_commit",
            "check_store", "GROUP", "CONSUMER", "SHARE", "COLLECT_AFTER"]
 
@@ -57,6 +57,9 @@ _REC = struct.Struct("<QqB")      # position, lease expiry (ns), kind; then the 
 #: seconds a released reader's records stay after their lease expired (then they are deleted)
 COLLECT_AFTER = 60.0
 _COLLECT_NS = int(COLLECT_AFTER * 1e9)
+#: seconds a :class:`GateView` serves holds without a scan of the metadata, at most
+RESCAN_AFTER = 1.0
+_RESCAN_NS = int(RESCAN_AFTER * 1e9)
 _KINDS = {0: "group", 1: "consumer", 2: "share"}
 GROUP, CONSUMER, SHARE = 0, 1, 2
 
@@ -96,6 +99,36 @@ class PartitionGate:
     blocked_secs: float             #: total time producers waited for room
     full_raised: int                #: sends refused with BufferFull
     readers: list[GateReader] = field(default_factory=list)
+
+
+class GateView:
+    """One reader's copy of its topic's gating records, kept between its holds.
+
+    A reader that holds often (a gating consumer, after its polls) would scan
+    the metadata table on every hold to learn the other readers' positions.
+    With a view, its next hold reuses the records of its last one when the
+    fabric's metadata epoch is the one that hold left: every put and delete of
+    a record or a committed offset, by any process, bumps that epoch under the
+    same lock, so an equal epoch means nobody else changed a record since.
+    A topic deleted and created again, or a partition restarted, moves the
+    epoch too (its leases changed). Liveness is judged again at every hold
+    (leases expire on the clock, not on a write). At least every :data:`RESCAN_AFTER` seconds a hold scans anyway,
+    which is when released readers' records are collected."""
+
+    __slots__ = ("topic", "epoch", "scanned_ns", "records")
+
+    def __init__(self) -> None:
+        self.topic = ""
+        self.epoch = -1
+        self.scanned_ns = 0
+        self.records: dict[int, dict[str, tuple[int, int, int]]] = {}
+
+    def _current(self, mgr: "TopicManager", t: "Topic", tn: int
+                 ) -> "dict[int, dict[str, tuple[int, int, int]]] | None":
+        if self.topic == t.name and t.binding.valid and 0 <= tn - self.scanned_ns < _RESCAN_NS and \
+                mgr.fabric.meta_epoch() == self.epoch:
+            return self.records
+        return None
 
 
 def _scope(topic: str) -> str:
@@ -171,21 +204,28 @@ def _bounds(t: "Topic", p: int) -> tuple[int, int] | None:
 
 
 def hold(mgr: "TopicManager", topic: "str | Topic", reader: str, kind: int, positions: Mapping[int, int | None],
-         ttl_ns: int, now: float | None = None) -> None:
+         ttl_ns: int, now: float | None = None, view: GateView | None = None) -> None:
     """Renew ``reader``'s lease on each partition of ``positions`` until now +
     ``ttl_ns``, at the position given (None: keep the recorded one, or the
     oldest message still in the ring for a reader new to the partition), then
     recompute the gates. A group's position is its committed offset, whatever
     is given (its lease is what its members' heartbeats say: the caller
     passes the newest live one as ``now``). Nothing happens on a topic that
-    overwrites."""
+    overwrites. ``view``: the caller's :class:`GateView`, which spares the
+    scan of the metadata while nobody else changed it."""
     t = _topic(mgr, topic)
     if t is None or not _gated(t) or not positions:
         return
     topic = t.name
     tn = now_ns(now)
     with mgr.fabric.locked():
-        recs = _records(mgr, t, tn)
+        recs = view._current(mgr, t, tn) if view is not None else None
+        if recs is None:
+            recs = _records(mgr, t, tn)
+            if view is not None:
+                view.topic, view.scanned_ns, view.records = topic, tn, recs
+        if view is not None:
+            view.epoch = -1     # until this hold is through: one that fails part-way is not reused
         for p, pos in positions.items():
             if not 0 <= p < t.n:
                 continue
@@ -206,6 +246,8 @@ def hold(mgr: "TopicManager", topic: "str | Topic", reader: str, kind: int, posi
                 _put(mgr, topic, p, reader, pos, exp, kind)
             recs.setdefault(p, {})[reader] = (pos, exp, kind)
         _apply(t, recs, tn)
+        if view is not None:
+            view.epoch = mgr.fabric.meta_epoch()     # our own puts are in the records kept
 
 
 def release(mgr: "TopicManager", topic: "str | Topic", reader: str, now: float | None = None) -> None:

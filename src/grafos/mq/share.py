@@ -362,6 +362,7 @@ class ShareConsumer(_ShareMember):
         self._settings(mgr, topic, group, lock_secs, max_deliveries, dlq, member, max_batch, gating_ttl, buf_size)
         self._lock_ns = int(self.lock_secs * 1e9)
         self._t: Topic | None = None
+        self._gate_view = gate.GateView()     # the other readers' records, between gate holds
         self._gated = False
         self._parts: list[_Part | None] = []
         self._held: dict[int, dict[int, int]] = {}      # partition -> offset -> the word this member holds
@@ -601,7 +602,7 @@ class ShareConsumer(_ShareMember):
 
     def _publish_gate(self, p: int, floor: int, tn: int) -> None:
         gate.hold(self.mgr, self._t, gate.share_reader(self.group), gate.SHARE, {p: floor},
-                  int(self.gating_ttl * 1e9), now=tn / 1e9)
+                  int(self.gating_ttl * 1e9), now=tn / 1e9, view=self._gate_view)
 
     def _wait(self, secs: float) -> None:
         """Sleep until a partition has records past the group's frontier, or ``secs``

@@ -59,6 +59,7 @@ class ShmReadSession:
         self._gaps: dict[int, dict[int, int]] = {}
         self._gate_pos: dict[int, int] = {}     # positions last published to the gate
         self._gate_at = 0.0                     # monotonic time of that publication
+        self._gate_view = gate.GateView()       # the other readers' records, between publications
 
     # ---- the reader ------------------------------------------------------------------
     def _save_positions(self) -> None:
@@ -325,17 +326,20 @@ class ShmReadSession:
 
     def _publish(self, c: Consumer, caught_up: bool) -> None:
         """Move the consumer's gate to its positions and renew its lease: when it
-        caught up, when a position moved a quarter of the ring, or when a third
-        of the lease has passed (not on every poll: it takes the fabric lock)."""
+        caught up, when a position moved half the ring, or when a third of the
+        lease has passed (not on every poll: it takes the fabric lock). Half the
+        ring is when a TCP receiver updates its window: a blocked producer gets
+        room in runs long enough to fill while this consumer reads the rest."""
         t = self._t
         if t is None or t.config.on_full == "overwrite":
             return
         pos = self.positions(c)
         mono = time.monotonic()
-        step = max(1, t.config.partition_capacity // 4)
+        step = max(1, t.config.partition_capacity // 2)
         moved = any(pos[p] - self._gate_pos.get(p, -step) >= step for p in pos)
         if moved or (caught_up and pos != self._gate_pos) or mono - self._gate_at > c.gating_ttl / 3:
-            gate.hold(self.mgr, t, c._gate_name, gate.CONSUMER, pos, int(c.gating_ttl * 1e9))
+            gate.hold(self.mgr, t, c._gate_name, gate.CONSUMER, pos, int(c.gating_ttl * 1e9),
+                      view=self._gate_view)
             self._gate_pos, self._gate_at = pos, mono
 
     def _wait(self, c: Consumer, once: Callable[[Reader, float], list | Batch],
