@@ -287,7 +287,7 @@ def _failover(shm_name: str, procs: list, tmp_path, kills: int, total: int, seed
     import signal
 
     from helpers import gate_procs
-    from helpers.mp_helpers import start
+    from helpers.mp_helpers import StopFlag, start
 
     rnd = random.Random(seed)
     parts, stale = 2, 0.6
@@ -295,7 +295,7 @@ def _failover(shm_name: str, procs: list, tmp_path, kills: int, total: int, seed
     mgr.create("t", TopicConfig(parts, 32, 128, 3600.0, on_full="block"))
     ConsumerGroup("g", "t", parts, stale, mgr=mgr)
     ctx = mp.get_context("spawn")
-    stop = ctx.Event()
+    stop = StopFlag(ctx)      # the workers are killed at random: no Event
     workers: dict[str, object] = {}
     logs: list[str] = []
 

@@ -64,7 +64,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, home of the helpers package
 
-from helpers.mp_helpers import check, digest_of, log_polled, payload  # noqa: E402
+from helpers.mp_helpers import StopFlag, check, digest_of, log_polled, payload  # noqa: E402
 
 HERE = os.path.abspath(__file__)
 STALE = 1.5             #: the groups' stale threshold, seconds
@@ -881,7 +881,7 @@ class Campaign:
         from grafos import Queue
         ctx = mp.get_context("spawn")
         q = Queue(maxsize=64)
-        stop = ctx.Event()
+        stop = StopFlag(ctx)      # the children are killed at random: no Event
         qdir = os.path.join(self.workdir, "queue")
         os.makedirs(qdir, exist_ok=True)
         gens = Counter()

@@ -27,6 +27,22 @@ _HEAD = struct.Struct("<IQ")     # producer id, sequence number
 _DIGEST = 16
 
 
+
+class StopFlag:
+    """``set()`` and ``is_set()`` across processes, without a lock: for children a
+    test may SIGKILL. A child killed inside an ``Event``'s ``is_set`` dies holding
+    the Event's lock, and one killed while waiting on it never answers the wake;
+    either way the parent's ``set()`` then waits forever."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._v = ctx.RawValue("b", 0)
+
+    def set(self) -> None:
+        self._v.value = 1
+
+    def is_set(self) -> bool:
+        return bool(self._v.value)
+
 def stress_scale() -> float:
     """GRAFOS_STRESS_SCALE (float, default 1.0) scales the length of stress loops."""
     return float(os.environ.get("GRAFOS_STRESS_SCALE", "1.0"))
