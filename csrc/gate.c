@@ -92,6 +92,40 @@ int gf_ring_set_gate(gf_ring *r, uint64_t gate)
     return GF_OK;
 }
 
+/* ---- a gating reader's publish from its copy of the records --------------------------
+ * The gating records change only under the fabric lock, and every change of
+ * the metadata (and of the lease table) bumps its epoch. A reader that kept a
+ * copy of its topic's records, and the epoch it read them at, publishes a move
+ * in one call: if the epoch is unchanged nobody else changed a record since,
+ * so the lowest live position of its copy (with its own move in it) sets the
+ * gate as a full recompute would: clamped into the ring, plus the capacity;
+ * 0 for a ring whose lease ran out or with no live reader. */
+int gf_gate_publish(gf_ring *r, uint64_t epoch, const char *key, uint32_t klen, const uint8_t *val,
+                    uint32_t vlen, uint64_t low, uint64_t *epoch_out)
+{
+    if (!gf_lock_held(r->f))
+        return gf_fail(GF_E_NOLOCK, "%s needs the metadata lock", __func__);
+    if (gf_meta_epoch(r->f) != epoch)
+        return GF_STALE;
+    int rc = ours(r);
+    if (rc < 0)
+        return rc;
+    uint64_t tail = gf_load_acq(&r->hdr->tail);
+    if (tail > GF_MAX_OFFSET)
+        return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)tail);
+    rc = gf_meta_put(r->f, key, klen, val, vlen);
+    if (rc < 0)
+        return rc;
+    uint64_t gate = 0;
+    if (low != GF_GATE_NOBODY && gf_lease_alive_query(r->lease, r->lease_id, gf_now_ns())) {
+        uint64_t earliest = tail > r->capacity ? tail - r->capacity : 0;
+        gate = (low < earliest ? earliest : low > tail ? tail : low) + r->capacity;
+    }
+    rc = gf_ring_set_gate(r, gate);
+    *epoch_out = gf_meta_epoch(r->f);
+    return rc;
+}
+
 int gf_ring_gate_get(gf_ring *r, gf_gate_state *out)
 {
     memset(out, 0, sizeof *out);

@@ -13,6 +13,7 @@
 /* Return codes. Python maps each to one exception class (grafos/_check.py). */
 #define GF_OK            0
 #define GF_RECOVERED     1    /* gf_lock: taken over from a dead holder */
+#define GF_STALE         2    /* gf_gate_publish: the metadata changed since the caller's copy; nothing done */
 #define GF_E_INVAL      -1    /* bad argument */
 #define GF_E_FULL       -2    /* no room: arena, lease table or metadata table */
 #define GF_E_EXPIRED    -3    /* lease expired or gone */
@@ -354,6 +355,13 @@ typedef struct {
 int gf_ring_set_on_full(gf_ring *r, uint32_t on_full);
 int gf_ring_set_gate(gf_ring *r, uint64_t gate);
 int gf_ring_gate_get(gf_ring *r, gf_gate_state *out);
+/* Under the fabric lock: if the metadata epoch is still `epoch`, put a gating
+ * reader's record and store the ring's gate from `low`, the lowest live
+ * position of the caller's copy of the records (GF_GATE_NOBODY: none); the
+ * epoch after it in *epoch_out. GF_STALE: the epoch moved, nothing done. */
+#define GF_GATE_NOBODY 0xFFFFFFFFFFFFFFFF
+int gf_gate_publish(gf_ring *r, uint64_t epoch, const char *key, uint32_t klen, const uint8_t *val,
+                    uint32_t vlen, uint64_t low, uint64_t *epoch_out);
 /* Sleep on the ring's gate futex until `count` offsets fit below the gate, or
  * timeout_ns (>= 0) passes: GF_OK, or GF_E_FULL_RING. Adds the time waited to
  * blocked_ns. Call without the GIL in slices (cffi releases it). */

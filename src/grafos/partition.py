@@ -163,6 +163,22 @@ class Partition:
         check(rc, context)
         return True
 
+    def publish_gate(self, epoch: int, key: str, value: bytes, low: int | None,
+                     context: str = "gate") -> int | None:
+        """Under the fabric lock: if the metadata epoch is still ``epoch``, put the
+        gating record ``key`` -> ``value`` and store the gate from ``low``, the
+        lowest live position of the caller's copy of the records (None: nobody
+        gates). Returns the epoch after it; None if the epoch had moved or the
+        ring's lease was reclaimed (then nothing is stored in the ring)."""
+        k = key.encode()
+        out = ffi.new("uint64_t *")
+        rc = lib.gf_gate_publish(self._r, epoch, k, len(k), value, len(value),
+                                 lib.GF_GATE_NOBODY if low is None else low, out)
+        if rc == lib.GF_STALE or rc == lib.GF_E_EXPIRED:
+            return None
+        check(rc, context)
+        return int(out[0])
+
     def gate_state(self, context: str = "gate") -> GateState | None:
         """The gate and its counters, None if the ring's lease was reclaimed."""
         st = ffi.new("gf_gate_state *")

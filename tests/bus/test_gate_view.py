@@ -62,12 +62,15 @@ def test_a_view_serves_the_next_hold_without_a_scan_until_someone_else_writes(sh
     a.close()
 
 
-def test_holds_through_views_store_the_gate_a_full_scan_stores(shm_name):
+def test_holds_through_views_store_the_gate_a_full_scan_stores(shm_name, monkeypatch):
     """A model run: readers with views of their own on two handles, others
     without, releases, commits, sends and a clock that lets leases lapse and
-    records be collected. After every step the gate a view's hold left is
+    records be collected, positions past the end and behind the ring. After every step the gate a view's hold left is
     recomputed from a full scan: they must agree."""
     rnd = random.Random(4321)
+    scans = []
+    real = gate._records
+    monkeypatch.setattr(gate, "_records", lambda *args: scans.append(args) or real(*args))
     a = TopicManager.open(shm_name, size=16 * MiB)
     b = TopicManager.open(shm_name)
     a.create("t", TopicConfig(1, CAP, 128, 3600.0, on_full="raise"))
@@ -82,16 +85,17 @@ def test_holds_through_views_store_the_gate_a_full_scan_stores(shm_name):
         now += rnd.choice([0.0, 0.0, 0.0, 0.0, 0.05, 0.1, 0.7, 2.5, 30.0])
         name = rnd.choice(list(readers))
         mgr, view = readers[name]
-        op = rnd.choice(["hold", "hold", "hold", "other", "release", "commit", "send", "send"])
+        op = rnd.choice(["hold", "hold", "hold", "other", "release", "commit", "rejoin", "send", "send"])
         earliest = max(0, tail - CAP)
         if op == "hold":
-            before = a.fabric.meta_epoch()
-            reused = view._current(mgr, mgr.topic("t"), int(now * 1e9)) is not None
+            n = len(scans)
             gate.hold(mgr, "t", name, gate.CONSUMER, {0: rnd.randint(earliest, tail)}, ttl, now=now, view=view)
-            seen["reused"] += reused and a.fabric.meta_epoch() == before + 1
-        elif op == "other":
-            gate.hold(rnd.choice([a, b]), "t", "c:other", gate.CONSUMER, {0: rnd.randint(earliest, tail)},
+            seen["reused"] += len(scans) == n
+        elif op == "other":     # at times past the end, as an offset from before a restart
+            gate.hold(rnd.choice([a, b]), "t", "c:other", gate.CONSUMER, {0: rnd.randint(earliest, tail + 3)},
                       ttl, now=now)
+        elif op == "rejoin":    # a group back at its old commit, which the ring may have passed
+            gate.hold(b, "t", "g:g", gate.GROUP, {0: None}, ttl, now=now)
         elif op == "release":
             gate.release(rnd.choice([a, b]), "t", name, now=now)
             seen["released"] += 1
@@ -113,5 +117,34 @@ def test_holds_through_views_store_the_gate_a_full_scan_stores(shm_name):
         seen["gated"] += held != 0
     # the run went through every case: holds served by a view, lapsed readers, releases
     assert min(seen.values()) >= 10, seen
+    b.close()
+    a.close()
+
+
+def test_a_view_clamps_positions_into_the_ring_as_a_scan_does(shm_name):
+    a = TopicManager.open(shm_name, size=16 * MiB)
+    b = TopicManager.open(shm_name)
+    a.create("t", TopicConfig(1, CAP, 128, 3600.0, on_full="raise"))
+    prod = Producer("t")
+    ttl = int(TTL * 1e9)
+    now = time.time()
+    view = gate.GateView()
+    for i in range(CAP):
+        prod.send(a, b"%d" % i)
+    # a position past the end (an offset from before a restart) gates from the end
+    gate.hold(a, "t", "c:x", gate.CONSUMER, {0: 100}, ttl, now=now, view=view)
+    gate.hold(a, "t", "c:x", gate.CONSUMER, {0: 101}, ttl, now=now, view=view)
+    assert _gate(a) == CAP + CAP
+    # a reader back at a position the ring has passed gates from the oldest slot
+    gate.hold(b, "t", "c:y", gate.CONSUMER, {0: 0}, ttl, now=now - 10)     # lapsed already
+    for i in range(3):
+        prod.send(a, b"%d" % i)                 # the ring moves on past y
+    gate.hold(b, "t", "c:y", gate.CONSUMER, {0: 0}, ttl, now=now)          # y is back, behind the ring
+    gate.hold(a, "t", "c:x", gate.CONSUMER, {0: 101}, ttl, now=now, view=view)   # scans: the epoch moved
+    gate.hold(a, "t", "c:x", gate.CONSUMER, {0: 102}, ttl, now=now, view=view)   # from the view
+    held = _gate(a)
+    assert held == 3 + CAP
+    gate.recompute(b, "t", now=now)
+    assert held == _gate(a)
     b.close()
     a.close()

@@ -106,14 +106,17 @@ class GateView:
 
     A reader that holds often (a gating consumer, after its polls) would scan
     the metadata table on every hold to learn the other readers' positions.
-    With a view, its next hold reuses the records of its last one when the
-    fabric's metadata epoch is the one that hold left: every put and delete of
-    a record or a committed offset, by any process, bumps that epoch under the
-    same lock, so an equal epoch means nobody else changed a record since.
-    A topic deleted and created again, or a partition restarted, moves the
-    epoch too (its leases changed). Liveness is judged again at every hold
-    (leases expire on the clock, not on a write). At least every :data:`RESCAN_AFTER` seconds a hold scans anyway,
-    which is when released readers' records are collected."""
+    With a view, its next hold publishes from the records of its last one, in
+    one call into the core per partition, which checks under the fabric lock
+    that the metadata epoch is the one that hold left: every put and delete of
+    a record or a committed offset, and every lease change (a partition
+    restarted, a topic deleted and created again), by any process, bumps that
+    epoch under the same lock, so an equal epoch means nobody else changed a
+    record since. When it moved, the hold scans. Liveness is judged again at
+    every hold (leases expire on the clock, not on a write). At least every
+    :data:`RESCAN_AFTER` seconds a hold scans anyway, which is when released
+    readers' records are collected and the gates of the topic's other
+    partitions recomputed."""
 
     __slots__ = ("topic", "epoch", "scanned_ns", "records")
 
@@ -123,12 +126,9 @@ class GateView:
         self.scanned_ns = 0
         self.records: dict[int, dict[str, tuple[int, int, int]]] = {}
 
-    def _current(self, mgr: "TopicManager", t: "Topic", tn: int
-                 ) -> "dict[int, dict[str, tuple[int, int, int]]] | None":
-        if self.topic == t.name and t.binding.valid and 0 <= tn - self.scanned_ns < _RESCAN_NS and \
-                mgr.fabric.meta_epoch() == self.epoch:
-            return self.records
-        return None
+    def _fresh(self, t: "Topic", tn: int) -> bool:
+        return self.epoch >= 0 and self.topic == t.name and t.binding.valid and \
+            0 <= tn - self.scanned_ns < _RESCAN_NS
 
 
 def _scope(topic: str) -> str:
@@ -219,13 +219,11 @@ def hold(mgr: "TopicManager", topic: "str | Topic", reader: str, kind: int, posi
     topic = t.name
     tn = now_ns(now)
     with mgr.fabric.locked():
-        recs = view._current(mgr, t, tn) if view is not None else None
-        if recs is None:
-            recs = _records(mgr, t, tn)
-            if view is not None:
-                view.topic, view.scanned_ns, view.records = topic, tn, recs
+        if view is not None and _publish(t, view, reader, kind, positions, ttl_ns, tn):
+            return
+        recs = _records(mgr, t, tn)
         if view is not None:
-            view.epoch = -1     # until this hold is through: one that fails part-way is not reused
+            view.topic, view.scanned_ns, view.records, view.epoch = topic, tn, recs, -1
         for p, pos in positions.items():
             if not 0 <= p < t.n:
                 continue
@@ -248,6 +246,31 @@ def hold(mgr: "TopicManager", topic: "str | Topic", reader: str, kind: int, posi
         _apply(t, recs, tn)
         if view is not None:
             view.epoch = mgr.fabric.meta_epoch()     # our own puts are in the records kept
+
+
+def _publish(t: "Topic", view: GateView, reader: str, kind: int, positions: Mapping[int, int | None],
+             ttl_ns: int, tn: int) -> bool:
+    """A hold from ``view``'s records (see :class:`GateView`): True if done, False
+    if the view is not current (then the hold scans). Needs the fabric lock."""
+    if kind == GROUP or not view._fresh(t, tn) or any(pos is None for pos in positions.values()):
+        return False
+    epoch, view.epoch = view.epoch, -1      # until this hold is through
+    exp = tn + ttl_ns
+    for p, pos in positions.items():
+        part = t.partitions[p] if 0 <= p < t.n else None
+        if part is None:
+            continue
+        readers = view.records.setdefault(p, {})
+        readers[reader] = (pos, exp, kind)
+        live = [at for at, until, _k in readers.values() if until > tn]
+        e = part.publish_gate(epoch, _metakeys.child(_scope(t.name), str(p), reader),
+                              _REC.pack(pos, exp, kind) + _metakeys.pack_names(reader),
+                              min(live) if live else None, f"gate of {t.name!r} partition {p}")
+        if e is None:
+            return False        # changed meanwhile, or reclaimed: the scan sorts it out
+        epoch = e
+    view.epoch = epoch
+    return True
 
 
 def release(mgr: "TopicManager", topic: "str | Topic", reader: str, now: float | None = None) -> None:
