@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GateReader", "PartitionGate", "GateView", "hold", "release", "recompute", "describe", "group_reader",
            "consumer_reader", "share_reader", "topic_of", "forget", "wait_room", "note_full", "follow_commit",
-           "check_store", "GROUP", "CONSUMER", "SHARE", "COLLECT_AFTER"]
+           "check_store", "GROUP", "CONSUMER", "SHARE", "COLLECT_AFTER", "RESCAN_AFTER"]
 
 _REC = struct.Struct("<QqB")      # position, lease expiry (ns), kind; then the reader's name
 #: seconds a released reader's records stay after their lease expired (then they are deleted)
@@ -219,7 +219,7 @@ def hold(mgr: "TopicManager", topic: "str | Topic", reader: str, kind: int, posi
     topic = t.name
     tn = now_ns(now)
     with mgr.fabric.locked():
-        if view is not None and _publish(t, view, reader, kind, positions, ttl_ns, tn):
+        if view is not None and _hold_from_view(t, view, reader, kind, positions, ttl_ns, tn):
             return
         recs = _records(mgr, t, tn)
         if view is not None:
@@ -248,18 +248,20 @@ def hold(mgr: "TopicManager", topic: "str | Topic", reader: str, kind: int, posi
             view.epoch = mgr.fabric.meta_epoch()     # our own puts are in the records kept
 
 
-def _publish(t: "Topic", view: GateView, reader: str, kind: int, positions: Mapping[int, int | None],
-             ttl_ns: int, tn: int) -> bool:
+def _hold_from_view(t: "Topic", view: GateView, reader: str, kind: int, positions: Mapping[int, int | None],
+                    ttl_ns: int, tn: int) -> bool:
     """A hold from ``view``'s records (see :class:`GateView`): True if done, False
-    if the view is not current (then the hold scans). Needs the fabric lock."""
-    if kind == GROUP or not view._fresh(t, tn) or any(pos is None for pos in positions.values()):
+    if the view is not current, or the hold is one only a scan does (a group's,
+    a position to look up, a partition out of range or reclaimed): then the
+    hold scans. Needs the fabric lock."""
+    if kind == GROUP or not view._fresh(t, tn) or \
+            any(pos is None or not 0 <= p < t.n or t.partitions[p] is None for p, pos in positions.items()):
         return False
     epoch, view.epoch = view.epoch, -1      # until this hold is through
     exp = tn + ttl_ns
     for p, pos in positions.items():
-        part = t.partitions[p] if 0 <= p < t.n else None
-        if part is None:
-            continue
+        part = t.partitions[p]
+        assert part is not None and pos is not None
         readers = view.records.setdefault(p, {})
         readers[reader] = (pos, exp, kind)
         live = [at for at, until, _k in readers.values() if until > tn]
