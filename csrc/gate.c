@@ -107,20 +107,13 @@ int gf_gate_publish(gf_ring *r, uint64_t epoch, const char *key, uint32_t klen, 
         return gf_fail(GF_E_NOLOCK, "%s needs the metadata lock", __func__);
     if (gf_meta_epoch(r->f) != epoch)
         return GF_STALE;
-    int rc = ours(r);
-    if (rc < 0)
-        return rc;
-    uint64_t tail = gf_load_acq(&r->hdr->tail);
-    if (tail > GF_MAX_OFFSET)
-        return gf_fail(GF_E_CORRUPT, "ring tail %llu is impossible", (unsigned long long)tail);
-    rc = gf_meta_put(r->f, key, klen, val, vlen);
-    if (rc < 0)
+    gf_ring_state st;       /* the bounds and liveness a full recompute reads */
+    int rc = gf_ring_state_get(r, 0, &st);
+    if (rc < 0 || (rc = ours(r)) < 0 || (rc = gf_meta_put(r->f, key, klen, val, vlen)) < 0)
         return rc;
     uint64_t gate = 0;
-    if (low != GF_GATE_NOBODY && gf_lease_alive_query(r->lease, r->lease_id, gf_now_ns())) {
-        uint64_t earliest = tail > r->capacity ? tail - r->capacity : 0;
-        gate = (low < earliest ? earliest : low > tail ? tail : low) + r->capacity;
-    }
+    if (low != GF_GATE_NOBODY && st.alive)
+        gate = (low < st.earliest ? st.earliest : low > st.tail ? st.tail : low) + r->capacity;
     rc = gf_ring_set_gate(r, gate);
     *epoch_out = gf_meta_epoch(r->f);
     return rc;

@@ -173,9 +173,13 @@ def _committed(mgr: "TopicManager", t: "Topic", p: int, reader: str) -> int:
     return e.offset
 
 
+def _record(topic: str, p: int, reader: str, pos: int, exp: int, kind: int) -> tuple[str, bytes]:
+    """The key and value of ``reader``'s gating record on partition p."""
+    return _metakeys.child(_scope(topic), str(p), reader), _REC.pack(pos, exp, kind) + _metakeys.pack_names(reader)
+
+
 def _put(mgr: "TopicManager", topic: str, p: int, reader: str, pos: int, exp: int, kind: int) -> None:
-    mgr.fabric.meta_put(_metakeys.child(_scope(topic), str(p), reader),
-                        _REC.pack(pos, exp, kind) + _metakeys.pack_names(reader))
+    mgr.fabric.meta_put(*_record(topic, p, reader, pos, exp, kind))
 
 
 def topic_of(mgr: "TopicManager", topic: "str | Topic") -> "Topic | None":
@@ -265,8 +269,7 @@ def _hold_from_view(t: "Topic", view: GateView, reader: str, kind: int, position
         readers = view.records.setdefault(p, {})
         readers[reader] = (pos, exp, kind)
         live = [at for at, until, _k in readers.values() if until > tn]
-        e = part.publish_gate(epoch, _metakeys.child(_scope(t.name), str(p), reader),
-                              _REC.pack(pos, exp, kind) + _metakeys.pack_names(reader),
+        e = part.publish_gate(epoch, *_record(t.name, p, reader, pos, exp, kind),
                               min(live) if live else None, f"gate of {t.name!r} partition {p}")
         if e is None:
             return False        # changed meanwhile, or reclaimed: the scan sorts it out
