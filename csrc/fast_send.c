@@ -41,6 +41,7 @@ typedef struct {
     gf_sender *s;
     scratch hdrs;        /* encoded headers of one send */
     scratch batch;       /* keys, values and lengths of one list batch */
+    int busy;            /* a batch of this handle runs without the GIL (see core_send_batch) */
 } SendPath;
 
 static int sendpath_traverse(SendPath *self, visitproc visit, void *arg)
@@ -233,6 +234,42 @@ static PyObject *batch_rc(int64_t rc, const gf_send_result *res)
     return PyLong_FromLongLong(rc);
 }
 
+/* A batch that writes at least this many bytes, counting each message as its
+ * bytes plus MESSAGE_COST_BYTES (its header and sequence words, about), is
+ * written without the GIL: its copies then overlap another thread's work (a
+ * consumer thread building its messages), while the release costs about 0.1 us.
+ * A smaller one keeps the GIL. */
+#define GIL_FREE_BATCH_BYTES (16u << 10)
+#define MESSAGE_COST_BYTES 64u
+
+/* The core's send_batch of n messages of `bytes` value and key bytes in all,
+ * from the caller's buffers (self->batch included), as batch_rc says. A large
+ * batch runs without the GIL, holding its own references to what self->s lives
+ * in (another thread may re-bind or unbind the handle meanwhile) and marking the
+ * handle busy: a second batch on it takes the packing path instead of writing
+ * into self->batch under this one (the callers return None while busy). */
+static PyObject *core_send_batch(SendPath *self, uint32_t n, uint64_t bytes, const uint8_t *keys,
+                                 const uint32_t *klens, const uint8_t *vals, const uint32_t *vlens,
+                                 uint32_t *parts, uint64_t *offs)
+{
+    gf_sender *s = self->s;
+    gf_send_result res;
+    int64_t rc;
+    if (bytes + (uint64_t)n * MESSAGE_COST_BYTES < GIL_FREE_BATCH_BYTES) {
+        rc = core->send_batch(s->rings, s->n, s->mode, &s->rr, n, keys, klens, vals, vlens, 0, parts, offs, &res);
+        return batch_rc(rc, &res);
+    }
+    PyObject *state = Py_NewRef(self->state), *keep = Py_NewRef(self->keep);
+    self->busy = 1;
+    Py_BEGIN_ALLOW_THREADS
+    rc = core->send_batch(s->rings, s->n, s->mode, &s->rr, n, keys, klens, vals, vlens, 0, parts, offs, &res);
+    Py_END_ALLOW_THREADS
+    self->busy = 0;
+    Py_DECREF(state);
+    Py_DECREF(keep);
+    return batch_rc(rc, &res);
+}
+
 /* _send_lists(values, keys, parts, offsets) -> rc or (rc, partition) (see
  * batch_rc), or None when the lists hold something other than bytes /
  * bytearray (the caller's packing path then checks and says what). parts and
@@ -286,11 +323,7 @@ static PyObject *send_lists(SendPath *self, PyObject *vals, PyObject *keys, uint
             kl[i] = (uint32_t)a;
         }
     }
-    gf_sender *s = self->s;
-    gf_send_result res;
-    int64_t rc = core->send_batch(s->rings, s->n, s->mode, &s->rr, (uint32_t)n,
-                                  has_keys ? kp0 : NULL, kl, vp0, vl, 0, parts, offs, &res);
-    return batch_rc(rc, &res);
+    return core_send_batch(self, (uint32_t)n, kbytes + vbytes, has_keys ? kp0 : NULL, kl, vp0, vl, parts, offs);
 }
 
 static PyObject *sendpath_send_lists(SendPath *self, PyObject *const *args, Py_ssize_t nargs)
@@ -299,6 +332,8 @@ static PyObject *sendpath_send_lists(SendPath *self, PyObject *const *args, Py_s
         PyErr_SetString(PyExc_TypeError, "_send_lists(values, keys, parts, offsets) on a bound sender");
         return NULL;
     }
+    if (self->busy)
+        Py_RETURN_NONE;     /* another thread's batch on this handle is under way */
     PyObject *vals = args[0], *keys = args[1];
     if (!(PyList_CheckExact(vals) || PyTuple_CheckExact(vals)) ||
         (keys != Py_None && !(PyList_CheckExact(keys) || PyTuple_CheckExact(keys))))
@@ -333,6 +368,8 @@ static PyObject *sendpath_send_rows(SendPath *self, PyObject *const *args, Py_ss
         PyErr_SetString(PyExc_TypeError, "_send_rows(values, parts, offsets) on a bound sender");
         return NULL;
     }
+    if (self->busy)
+        Py_RETURN_NONE;     /* another thread's batch on this handle is under way */
     Py_buffer vb, pb, ob;
     if (PyObject_GetBuffer(args[0], &vb, PyBUF_C_CONTIGUOUS) < 0) {
         PyErr_Clear();          /* not contiguous, or not a buffer: the packing path says why */
@@ -359,10 +396,7 @@ static PyObject *sendpath_send_rows(SendPath *self, PyObject *const *args, Py_ss
     else if ((lens = (uint32_t *)grow(&self->batch, n * sizeof(uint32_t))) != NULL) {
         for (uint64_t i = 0; i < n; i++)
             lens[i] = (uint32_t)width;
-        gf_sender *s = self->s;
-        gf_send_result res;
-        r = batch_rc(core->send_batch(s->rings, s->n, s->mode, &s->rr, (uint32_t)n, NULL, NULL,
-                                      vb.buf, lens, 0, pb.buf, ob.buf, &res), &res);
+        r = core_send_batch(self, (uint32_t)n, n * width, NULL, NULL, vb.buf, lens, pb.buf, ob.buf);
     }
     PyBuffer_Release(&vb);
     PyBuffer_Release(&pb);

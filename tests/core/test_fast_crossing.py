@@ -305,6 +305,47 @@ def test_four_threads_on_one_producer_and_two_consumers_should_deliver_each_mess
     assert all(sum(c.lost().values()) == 0 for c in consumers)
 
 
+def test_closing_a_producer_while_another_thread_sends_large_batches_should_lose_and_corrupt_nothing():
+    """A large batch is written without the GIL: a close (which unbinds the
+    handle and drops its sender state) from another thread meanwhile leaves the
+    batch whole, and the next batch binds again."""
+    mgr = _bus(partitions=2, capacity=1 << 14, stride=256)
+    prod = Producer("t")
+    rows = np.full((400, 128), 0x5A, dtype=np.uint8)        # 51 KiB: over the GIL-free size
+    listed = [b"y" * 100] * 300
+    sent, errors = [0], []
+    stop = threading.Event()
+
+    def send() -> None:
+        try:
+            while not stop.is_set():
+                parts, offs = prod.send_batch(mgr, rows if sent[0] % 2 else listed)
+                sent[0] += len(offs)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    th = threading.Thread(target=send)
+    th.start()
+    end = time.monotonic() + 0.5
+    closes = 0
+    while time.monotonic() < end:
+        prod.close()
+        closes += 1
+        time.sleep(0.0005)
+    stop.set()
+    th.join(10)
+    assert not errors, errors
+    assert closes > 100 and sent[0] > 0
+    cons = Consumer("t", max_batch=4096)      # the rings overwrote most: read what is left
+    cons.seek(mgr, None, SeekPolicy.Earliest)
+    last: dict[int, int] = {}
+    while batch := cons.poll(mgr, 4096):
+        for p, m in batch:
+            assert bytes(m.value) in (rows[0].tobytes(), listed[0])
+            last[p] = m.offset
+    assert sum(o + 1 for o in last.values()) == sent[0]    # every batch sent, and only those
+
+
 def test_poll_should_leave_the_garbage_collector_as_it_found_it():
     import gc
     mgr = _bus()
