@@ -8,7 +8,9 @@ bytes in each. Each round runs every row once, in turn, so the ratios are
 taken between measurements close in time; the summary is the median round's
 ratio with the range. Beside them, the machine's floor for the same ring
 (``prototypes/copy_floor.c``: two C threads, two memcpys, nothing else) when a
-C compiler is here. Nothing here asserts a speed.
+C compiler is here, and ``floor-stream``, the same with streaming stores into
+the ring (what grafos' writes into a ring of 16 MiB or more use). Nothing here
+asserts a speed.
 
     python benchmarks/bench_rings.py [--seconds 1] [--rounds 3] [--only big] [--system grafos]
                                      [--huge-dir DIR]
@@ -36,6 +38,7 @@ SIZE = 64 << 10
 BATCH = batch_for(SIZE)      # what grafos bench polls at a time, and sizes its ring by
 RINGS = {"small": None, "big": 4000}     # slots: None is the 2 MiB of grafos bench
 HERE = os.path.dirname(os.path.abspath(__file__))
+SYSTEMS = ["grafos", "faster-fifo", "floor", "floor-stream"]
 
 
 def ring_bytes(ring: str) -> int:
@@ -58,8 +61,9 @@ def run(system: str, ring: str, seconds: float, huge_dir: str | None = None) -> 
     return res.messages / res.seconds
 
 
-def floor(ring: str) -> float | None:
-    """copy_floor.c's k msg/s for 64 KiB through this ring (one repeat), or None without cc."""
+def floor(ring: str, stream: bool = False) -> float | None:
+    """copy_floor.c's msg/s for 64 KiB through this ring (one repeat; ``stream``:
+    streaming stores into the ring), or None without cc."""
     cc = shutil.which("cc")
     if not cc:
         return None
@@ -67,8 +71,8 @@ def floor(ring: str) -> float | None:
     src = os.path.join(HERE, "prototypes", "copy_floor.c")
     if not os.path.exists(exe) or os.path.getmtime(exe) < os.path.getmtime(src):
         subprocess.run([cc, "-O2", "-pthread", "-o", exe, src], check=True)
-    out = subprocess.run([exe, str(SIZE), str(ring_bytes(ring)), "1"], check=True, capture_output=True,
-                         text=True).stdout
+    out = subprocess.run([exe, str(SIZE), str(ring_bytes(ring)), "1", "2", str(int(stream))], check=True,
+                         capture_output=True, text=True).stdout
     return float(out.split(":")[1].split("k/s")[0]) * 1e3
 
 
@@ -77,19 +81,20 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.0, help="each row's timed run")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", choices=sorted(RINGS), action="append", help="a ring (repeatable)")
-    ap.add_argument("--system", choices=["grafos", "faster-fifo", "floor"], action="append",
+    ap.add_argument("--system", choices=SYSTEMS, action="append",
                     help="a row (repeatable); the ratios need grafos and faster-fifo")
     ap.add_argument("--huge-dir", help="grafos' bus as a file in this folder, with huge_pages='on' (a tmpfs "
                     "mounted with huge=advise or always)")
     a = ap.parse_args()
     rings = a.only or list(RINGS)
-    systems = a.system or ["grafos", "faster-fifo", "floor"]
+    systems = a.system or SYSTEMS
     got: dict[tuple[str, str], list[float]] = {}
     for r in range(a.rounds):
         for ring in rings:
             order = systems if r % 2 == 0 else systems[::-1]
             for system in order:
-                rate = floor(ring) if system == "floor" else run(system, ring, a.seconds, a.huge_dir)
+                rate = floor(ring, system == "floor-stream") if system.startswith("floor") else \
+                    run(system, ring, a.seconds, a.huge_dir)
                 if rate is not None:
                     got.setdefault((ring, system), []).append(rate)
                     print(f"round {r + 1} {ring:5} {system:11} {rate / 1e3:8.1f} k msg/s", flush=True)

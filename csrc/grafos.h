@@ -442,6 +442,10 @@ uint32_t gf_crc32c(uint32_t crc, const uint8_t *data, uint64_t len);
 uint32_t gf_copy_crc(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t crc);
 /* memcpy for payloads, without glibc's `rep movsb` slow case (hash.c) */
 void gf_copy(uint8_t *dst, const uint8_t *src, uint64_t len);
+/* gf_copy and gf_copy_crc with streaming stores where they pay (hash.c says
+ * when), fenced before they return: for a ring larger than the caches */
+void gf_copy_stream(uint8_t *dst, const uint8_t *src, uint64_t len);
+uint32_t gf_copy_crc_stream(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t crc);
 void gf_memcpy_bench(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t reps);
 
 /* A multi-producer, multi-consumer queue over one ring (queue.c): the process-

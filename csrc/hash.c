@@ -321,9 +321,19 @@ static FOLD_TARGET __m128i fold128(__m128i x, uint64_t klo, uint64_t khi, __m128
     return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11)), data);
 }
 
-/* Fold whole 256-byte blocks of p (copying them to dst when dst is set); returns
- * the raw CRC register after them. n >= 256, a multiple of 256. */
-static FOLD_TARGET uint32_t fold_run(uint8_t *dst, const uint8_t *p, uint64_t n, uint32_t c)
+/* One 64-byte store of the copy: streamed (dst 64-aligned) or cached. */
+static FOLD_TARGET void store64(uint8_t *dst, __m512i x, int stream)
+{
+    if (stream)
+        _mm512_stream_si512((void *)dst, x);
+    else
+        _mm512_storeu_si512(dst, x);
+}
+
+/* Fold whole 256-byte blocks of p (copying them to dst when dst is set, with
+ * streaming stores when `stream`: dst is then 64-aligned); returns the raw CRC
+ * register after them. n >= 256, a multiple of 256. */
+static FOLD_TARGET uint32_t fold_run(uint8_t *dst, const uint8_t *p, uint64_t n, uint32_t c, int stream)
 {
     const __m512i k2048 = _mm512_set_epi64(0xb9e02b86, 0xdcb17aa4, 0xb9e02b86, 0xdcb17aa4,
                                            0xb9e02b86, 0xdcb17aa4, 0xb9e02b86, 0xdcb17aa4);
@@ -332,10 +342,10 @@ static FOLD_TARGET uint32_t fold_run(uint8_t *dst, const uint8_t *p, uint64_t n,
     __m512i x0 = _mm512_loadu_si512(p), x1 = _mm512_loadu_si512(p + 64);
     __m512i x2 = _mm512_loadu_si512(p + 128), x3 = _mm512_loadu_si512(p + 192);
     if (dst) {
-        _mm512_storeu_si512(dst, x0);
-        _mm512_storeu_si512(dst + 64, x1);
-        _mm512_storeu_si512(dst + 128, x2);
-        _mm512_storeu_si512(dst + 192, x3);
+        store64(dst, x0, stream);
+        store64(dst + 64, x1, stream);
+        store64(dst + 128, x2, stream);
+        store64(dst + 192, x3, stream);
         dst += 256;
     }
     x0 = _mm512_xor_si512(x0, _mm512_zextsi128_si512(_mm_cvtsi32_si128((int)c)));   /* the register joins the first bytes */
@@ -345,10 +355,10 @@ static FOLD_TARGET uint32_t fold_run(uint8_t *dst, const uint8_t *p, uint64_t n,
         __m512i y0 = _mm512_loadu_si512(p), y1 = _mm512_loadu_si512(p + 64);
         __m512i y2 = _mm512_loadu_si512(p + 128), y3 = _mm512_loadu_si512(p + 192);
         if (dst) {
-            _mm512_storeu_si512(dst, y0);
-            _mm512_storeu_si512(dst + 64, y1);
-            _mm512_storeu_si512(dst + 128, y2);
-            _mm512_storeu_si512(dst + 192, y3);
+            store64(dst, y0, stream);
+            store64(dst + 64, y1, stream);
+            store64(dst + 128, y2, stream);
+            store64(dst + 192, y3, stream);
             dst += 256;
         }
         x0 = fold512(x0, k2048, y0);
@@ -373,7 +383,7 @@ __attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2,crc32")))
 static uint32_t crc_fold_run(uint32_t c, const uint8_t *p, uint64_t n)
 {
     uint64_t whole = n & ~(uint64_t)255;
-    c = fold_run(NULL, p, whole, c);
+    c = fold_run(NULL, p, whole, c, 0);
     return crc_hw_run(c, p + whole, n - whole);
 }
 
@@ -381,8 +391,24 @@ __attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2,crc32")))
 static uint32_t copy_crc_fold(uint8_t *dst, const uint8_t *p, uint64_t n, uint32_t c)
 {
     uint64_t whole = n & ~(uint64_t)255;
-    c = fold_run(dst, p, whole, c);
+    c = fold_run(dst, p, whole, c, 0);
     return copy_crc_hw(dst + whole, p + whole, n - whole, c);
+}
+
+/* copy_crc_fold with streaming stores: the bytes before dst's first cache line
+ * boundary go through copy_crc_hw, so that the folded blocks land aligned. */
+__attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2,crc32")))
+static uint32_t copy_crc_fold_stream(uint8_t *dst, const uint8_t *p, uint64_t n, uint32_t c)
+{
+    uint64_t head = (0 - (uintptr_t)dst) & 63;
+    c = copy_crc_hw(dst, p, head, c);
+    dst += head, p += head, n -= head;
+    uint64_t whole = n & ~(uint64_t)255;
+    if (whole)
+        c = fold_run(dst, p, whole, c, 1);
+    c = copy_crc_hw(dst + whole, p + whole, n - whole, c);
+    _mm_sfence();       /* streaming stores are weakly ordered: done before the slot is published */
+    return c;
 }
 #endif
 
@@ -425,6 +451,33 @@ static void copy_avx512(uint8_t *d, const uint8_t *s, uint64_t n)
     }
 }
 
+/* copy_avx512 with streaming stores for the cache lines dst covers whole */
+__attribute__((target("avx512f,avx512bw")))
+static void copy_avx512_stream(uint8_t *d, const uint8_t *s, uint64_t n)
+{
+    uint64_t head = (0 - (uintptr_t)d) & 63;
+    if (head) {
+        __mmask64 m = (__mmask64)((1ULL << head) - 1);
+        _mm512_mask_storeu_epi8(d, m, _mm512_maskz_loadu_epi8(m, s));
+        d += head, s += head, n -= head;
+    }
+    for (; n >= 256; n -= 256, s += 256, d += 256) {
+        __m512i a = _mm512_loadu_si512(s), b = _mm512_loadu_si512(s + 64);
+        __m512i c = _mm512_loadu_si512(s + 128), e = _mm512_loadu_si512(s + 192);
+        _mm512_stream_si512((void *)d, a);
+        _mm512_stream_si512((void *)(d + 64), b);
+        _mm512_stream_si512((void *)(d + 128), c);
+        _mm512_stream_si512((void *)(d + 192), e);
+    }
+    for (; n >= 64; n -= 64, s += 64, d += 64)
+        _mm512_stream_si512((void *)d, _mm512_loadu_si512(s));
+    if (n) {
+        __mmask64 m = (__mmask64)((1ULL << n) - 1);
+        _mm512_mask_storeu_epi8(d, m, _mm512_maskz_loadu_epi8(m, s));
+    }
+    _mm_sfence();       /* streaming stores are weakly ordered: done before the slot is published */
+}
+
 __attribute__((target("avx2")))
 static void copy_avx2(uint8_t *d, const uint8_t *s, uint64_t n)
 {
@@ -450,6 +503,33 @@ void gf_copy(uint8_t *dst, const uint8_t *src, uint64_t len)
         return copy_avx2(dst, src, len);
 #endif
     memcpy(dst, src, len);
+}
+
+/* Streaming stores write whole cache lines to memory without reading them
+ * first and without keeping them in the cache. Into a ring larger than the
+ * caches, whose slots were last touched a lap ago, that halves what a write
+ * moves through memory (no read for ownership) and leaves the cache to what is
+ * read next. Into a ring the caches hold, it is slower: each line is evicted. So
+ * only rings of GF_STREAM_RING_BYTES or more use it, for runs of STREAM_MIN
+ * bytes or more (a partial line gains nothing), and only with AVX-512. */
+#define STREAM_MIN 4096
+
+void gf_copy_stream(uint8_t *dst, const uint8_t *src, uint64_t len)
+{
+#if defined(__x86_64__)
+    if (len >= STREAM_MIN && copy_wide == 2)
+        return copy_avx512_stream(dst, src, len);
+#endif
+    gf_copy(dst, src, len);
+}
+
+uint32_t gf_copy_crc_stream(uint8_t *dst, const uint8_t *src, uint64_t len, uint32_t crc)
+{
+#if defined(__x86_64__)
+    if (crc_fold && copy_wide == 2 && len >= STREAM_MIN)
+        return copy_crc_fold_stream(dst, src, len, crc);
+#endif
+    return gf_copy_crc(dst, src, len, crc);
 }
 
 /* Raw update like gf_crc32c, copying src to dst on the way. */

@@ -94,6 +94,7 @@ gf_ring *gf_ring_open(gf_fabric *f, uint32_t lease_index, uint64_t lease_id, int
     r->seqs = gf_atomic64_at(r->slots + (uint64_t)c.capacity * c.stride);
     r->max_msg = (uint64_t)c.capacity * c.stride - GF_SLOT_HDR_SIZE;
     r->crc = !(c.flags & GF_RING_NO_CRC);
+    r->stream = (uint64_t)c.capacity * c.stride >= GF_STREAM_RING_BYTES;
     gf_faa(&f->refs, 1);
     *err = GF_OK;
     return r;

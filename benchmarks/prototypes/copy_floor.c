@@ -5,7 +5,10 @@
  * 0 and 1. Each repeat prints its rate, so the spread shows as well.
  *
  *   cc -O2 -pthread -o /tmp/copy_floor benchmarks/prototypes/copy_floor.c
- *   /tmp/copy_floor [MSG_BYTES=65536] [RING_BYTES=2097152] [REPEATS=8] [THREADS=2]
+ *   /tmp/copy_floor [MSG_BYTES=65536] [RING_BYTES=2097152] [REPEATS=8] [THREADS=2] [STREAM=0]
+ *
+ * STREAM=1: the copies into the ring use streaming stores (x86-64), as grafos'
+ * writes into a ring of 16 MiB or more do: the floor for a ring past the caches.
  *
  * THREADS=1: one thread does both copies, half a ring in, then half a ring
  * out (what one Python thread doing send_batch then poll_batch can reach):
@@ -27,6 +30,7 @@
 #include <time.h>
 
 static uint8_t *ring, *src, *dst;
+static int stream;
 static size_t msg, slots;
 static long total;
 static _Atomic long head, done;
@@ -46,6 +50,34 @@ static void pin(int cpu)
     pthread_setaffinity_np(pthread_self(), sizeof s, &s);
 }
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* streaming stores write whole lines to memory without reading them first (d 16-aligned) */
+static void copy_stream(uint8_t *d, const uint8_t *s, size_t n)
+{
+    for (; n >= 64; n -= 64, s += 64, d += 64) {
+        __m128i a = _mm_loadu_si128((const __m128i *)s), b = _mm_loadu_si128((const __m128i *)(s + 16));
+        __m128i c = _mm_loadu_si128((const __m128i *)(s + 32)), e = _mm_loadu_si128((const __m128i *)(s + 48));
+        _mm_stream_si128((__m128i *)d, a);
+        _mm_stream_si128((__m128i *)(d + 16), b);
+        _mm_stream_si128((__m128i *)(d + 32), c);
+        _mm_stream_si128((__m128i *)(d + 48), e);
+    }
+    memcpy(d, s, n);
+    _mm_sfence();       /* before the counter says the slot is written */
+}
+#else
+static void copy_stream(uint8_t *d, const uint8_t *s, size_t n) { memcpy(d, s, n); }
+#endif
+
+static void put(uint8_t *d, const uint8_t *s, size_t n)
+{
+    if (stream)
+        copy_stream(d, s, n);
+    else
+        memcpy(d, s, n);
+}
+
 static void *producer(void *arg)
 {
     (void)arg;
@@ -53,7 +85,7 @@ static void *producer(void *arg)
     for (long i = 0; i < total; i++) {
         while (i - atomic_load(&done) >= (long)slots - 1)   /* one slot stays with the reader */
             ;
-        memcpy(ring + (i % slots) * msg, src, msg);
+        put(ring + (i % slots) * msg, src, msg);
         atomic_store(&head, i + 1);
     }
     return NULL;
@@ -65,6 +97,7 @@ int main(int argc, char **argv)
     size_t ring_bytes = argc > 2 ? strtoul(argv[2], NULL, 0) : 2u << 20;
     int reps = argc > 3 ? atoi(argv[3]) : 8;
     int threads = argc > 4 ? atoi(argv[4]) : 2;
+    stream = argc > 5 ? atoi(argv[5]) : 0;
     slots = ring_bytes / msg;
     if (msg == 0 || slots < 2) {
         fprintf(stderr, "the ring must hold at least two messages\n");
@@ -87,7 +120,7 @@ int main(int argc, char **argv)
             long half = (long)(slots / 2 > 0 ? slots / 2 : 1);
             for (long i = 0; i < total; i += half) {
                 for (long j = i; j < i + half && j < total; j++)
-                    memcpy(ring + (j % slots) * msg, src, msg);
+                    put(ring + (j % slots) * msg, src, msg);
                 for (long j = i; j < i + half && j < total; j++)
                     memcpy(dst, ring + (j % slots) * msg, msg);
             }

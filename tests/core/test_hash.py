@@ -218,6 +218,33 @@ def test_long_runs_match_the_reference_crc32c(n):
     assert ffi.buffer(dst + 1, n)[:] == data
 
 
+# the streaming copies (into rings larger than the caches) take an unaligned
+# head up to the first cache line, then stream whole lines: every head, from 4 KiB
+STREAM_SIZES = [100, 4095, 4096, 4097, 4096 + 255, 65536 + 77, 200003]
+STREAM_HEADS = [0, 1, 8, 40, 63]
+
+
+@pytest.mark.parametrize("n", STREAM_SIZES)
+def test_streaming_copies_copy_exactly_and_sum_the_reference_crc32c(n):
+    data = bytes((i * 7919 + (i >> 5) * 13) & 0xFF for i in range(n))
+    seed = 0x9ABCDEF0
+    want = _table_crc32c(data, seed)
+    mem = ffi.new("uint8_t[]", n + 256)
+    line = (-int(ffi.cast("uintptr_t", mem))) % 64 + 64
+    for head in STREAM_HEADS:
+        for crc in (False, True):
+            ffi.memmove(mem, b"\xee" * (n + 256), n + 256)
+            dst = mem + line + head
+            if crc:
+                assert lib.gf_copy_crc_stream(dst, data, n, seed) == want, (head, n)
+            else:
+                lib.gf_copy_stream(dst, data, n)
+            got = ffi.buffer(mem, n + 256)[:]
+            at = line + head
+            assert got[at:at + n] == data, (head, n, crc)
+            assert got[:at] == b"\xee" * at and got[at + n:] == b"\xee" * (256 - at), (head, n, crc)
+
+
 def test_the_folded_and_the_instruction_paths_agree():
     """GRAFOS_NO_FOLD=1 keeps the crc32 instruction alone: both give the same sums."""
     code = ("from grafos._native import lib; import sys; "

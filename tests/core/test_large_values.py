@@ -142,3 +142,35 @@ def test_a_consumer_thread_reads_large_values_while_a_producer_thread_sends():
         assert got == list(range(n))
         _expect(kept, size)
         assert cons.lost() == {}
+
+
+@pytest.mark.parametrize("checksum", [False, True])
+def test_a_ring_larger_than_the_caches_reads_back_what_was_sent(checksum):
+    """A ring of 16 MiB or more is written with streaming stores: values of
+    every size around where they start, behind keys and headers of several
+    lengths (so values start at every alignment), sent one by one and in
+    batches, read back whole, their checksums verified."""
+    stride = 16 << 10
+    mgr = TopicManager(size=40 << 20)
+    with mgr:
+        mgr.create("huge", TopicConfig(num_partitions=1, partition_capacity=(20 << 20) // stride,
+                                       partition_stride=stride, checksum=checksum))
+        prod, cons = mgr.producer("huge"), mgr.consumer("huge")
+        cons.seek(SeekPolicy.Earliest)
+        sent = []
+        for i, size in enumerate([1, 100, 4095, 4096, 4097, 5000, 16000, 40000, 65536 + 77]):
+            for k in range(3):
+                key = b"k" * (i * 7 + k)
+                value = bytes((j * 31 + i + k) & 0xFF for j in range(size))
+                prod.send_keyed(key, value, headers={"h": b"x" * k} if k else None)
+                sent.append((key, value))
+        rows = np.array([np.full(20000, i % 251, dtype=np.uint8) for i in range(40)])
+        prod.send_batch(rows)
+        sent += [(None, r.tobytes()) for r in rows]
+        got = []
+        while len(got) < len(sent):
+            batch = cons.poll(100)
+            assert batch, f"{len(got)} of {len(sent)} read"
+            got += [(m.key, bytes(m.value)) for _, m in batch]
+        assert got == sent
+        assert cons._sess[1]._reader.counters(0)["corrupt"] == 0
