@@ -183,7 +183,10 @@ WRITE_STEP int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t
         if (klen) memcpy(p, key, klen);
         if (hlen) memcpy(p + klen, hdrs, hlen);
         GF_FAULT(GF_FAULT_COPY);    /* a test stops here: a writer paused mid-copy */
-        if (vlen) (r->stream ? gf_copy_stream : gf_copy)(p + klen + hlen, val, vlen);
+        if (__builtin_expect(r->stream, 0))
+            gf_copy_stream(p + klen + hlen, val, vlen);
+        else if (vlen)
+            gf_copy(p + klen + hlen, val, vlen);
         if (st) memcpy(p + klen + hlen + vlen, st, GF_STAMP_SIZE);
         s->crc = 0;
         return span_publish(r, n, span);
@@ -193,7 +196,10 @@ WRITE_STEP int slot_publish(gf_ring *r, uint64_t n, const uint8_t *key, uint32_t
     if (klen) c = gf_copy_crc(p, key, klen, c);
     if (hlen) c = gf_copy_crc(p + klen, hdrs, hlen, c);
     GF_FAULT(GF_FAULT_COPY);
-    if (vlen) c = (r->stream ? gf_copy_crc_stream : gf_copy_crc)(p + klen + hlen, val, vlen, c);
+    if (__builtin_expect(r->stream, 0))
+        c = gf_copy_crc_stream(p + klen + hlen, val, vlen, c);
+    else if (vlen)
+        c = gf_copy_crc(p + klen + hlen, val, vlen, c);
     if (st) c = gf_copy_crc(p + klen + hlen + vlen, (const uint8_t *)st, GF_STAMP_SIZE, c);
     s->crc = c ^ ~0u;
     return span_publish(r, n, span);
