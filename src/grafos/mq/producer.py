@@ -193,14 +193,16 @@ class Producer(SendPath):
     # ---- batches ------------------------------------------------------------------
     def send_batch(self, mgr: Bus, /, values: Sequence[bytes] | np.ndarray,
                    keys: Sequence[bytes] | None = None, *, timeout=_DEFAULT) -> tuple[np.ndarray, np.ndarray]:
-        """Append many messages with one crossing into C. ``values`` is a list or
-        tuple of bytes (walked in C, no join) or a 2-D uint8 numpy array (one row
-        per message, used in place). Returns (partitions, offsets) as numpy arrays:
-        each message's own offset, rising with the batch's order within a
-        partition, with gaps (docs/hardening.md, "A paused writer"). All or
-        nothing: if any message is too large, or a partition of an
-        ``on_full`` "raise" topic has no room (BufferFull), none is written; on a
-        "block" topic the whole batch waits for room (up to ``timeout``).
+        """Append many messages with one crossing into C (on a shared-memory bus, a
+        batch of 16 KiB or more copies without the GIL: other threads run
+        meanwhile). ``values`` is a list or tuple of bytes (walked in C, no join)
+        or a 2-D uint8 numpy array (one row per message, used in place). Returns
+        (partitions, offsets) as numpy arrays: each message's own offset, rising
+        with the batch's order within a partition, with gaps (docs/hardening.md,
+        "A paused writer"). All or nothing: if any message is too large, or a
+        partition of an ``on_full`` "raise" topic has no room (BufferFull), none
+        is written; on a "block" topic the whole batch waits for room (up to
+        ``timeout``).
         With serializers, ``values`` (and ``keys``) are lists or tuples of
         objects, all serialized before anything is sent."""
         if self.key_serializer is not None or self.value_serializer is not None:
