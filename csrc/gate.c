@@ -119,6 +119,20 @@ int gf_gate_publish(gf_ring *r, uint64_t epoch, const char *key, uint32_t klen, 
     return rc;
 }
 
+int gf_gate_publish_locking(gf_ring *r, int64_t lock_timeout_ns, uint64_t epoch, const char *key,
+                            uint32_t klen, const uint8_t *val, uint32_t vlen, uint64_t low,
+                            uint64_t *epoch_out, int *recovered)
+{
+    *recovered = 0;
+    int rc = gf_lock(r->f, lock_timeout_ns);
+    if (rc < 0)
+        return rc;
+    *recovered = rc == GF_RECOVERED;
+    rc = gf_gate_publish(r, epoch, key, klen, val, vlen, low, epoch_out);
+    gf_unlock(r->f);
+    return rc;
+}
+
 int gf_ring_gate_get(gf_ring *r, gf_gate_state *out)
 {
     memset(out, 0, sizeof *out);

@@ -362,6 +362,13 @@ int gf_ring_gate_get(gf_ring *r, gf_gate_state *out);
 #define GF_GATE_NOBODY 0xFFFFFFFFFFFFFFFF
 int gf_gate_publish(gf_ring *r, uint64_t epoch, const char *key, uint32_t klen, const uint8_t *val,
                     uint32_t vlen, uint64_t low, uint64_t *epoch_out);
+/* gf_gate_publish with the metadata lock taken (waiting up to lock_timeout_ns,
+ * as gf_lock) and given back around it, for a process that does not hold it:
+ * one call instead of three, each of which lets another thread take the GIL.
+ * *recovered: the lock was taken over from a dead holder. */
+int gf_gate_publish_locking(gf_ring *r, int64_t lock_timeout_ns, uint64_t epoch, const char *key,
+                            uint32_t klen, const uint8_t *val, uint32_t vlen, uint64_t low,
+                            uint64_t *epoch_out, int *recovered);
 /* Sleep on the ring's gate futex until `count` offsets fit below the gate, or
  * timeout_ns (>= 0) passes: GF_OK, or GF_E_FULL_RING. Adds the time waited to
  * blocked_ns. Call without the GIL in slices (cffi releases it). */

@@ -303,23 +303,13 @@ class Fabric:
     def locked(self, timeout: float | None = None) -> Iterator["Fabric"]:
         """Hold the process-shared metadata lock (re-entrant within a process).
         ``timeout`` defaults to :attr:`lock_timeout` seconds."""
-        if timeout is None:
-            timeout = self.lock_timeout
-        to_ns(timeout, "timeout")
-        self.check_process()      # before the thread lock: a forked child must not wait on it
         fl = self._flock
-        t0 = time.monotonic()
-        # one thread of this process at a time, whichever handle it uses; bounded like the
-        # wait for another process (a negative timeout waits for as long as it takes)
-        if not fl.rlock.acquire(timeout=-1 if timeout < 0 else timeout):
-            raise LockTimeout(f"metadata lock held by another thread of this process for longer than "
-                              f"{timeout * 1000:.0f} ms")
+        left = self._thread_lock(timeout)
         try:
             first = fl.depth == 0
             if first:
-                left = timeout if timeout < 0 else max(0.0, timeout - (time.monotonic() - t0))
-                if check(lib.gf_lock(self.handle, to_ns(left, "timeout"))) == lib.GF_RECOVERED:
-                    _log.warning("took the metadata lock of %r over from a holder that died", self)
+                if check(lib.gf_lock(self.handle, left)) == lib.GF_RECOVERED:
+                    self.lock_recovered()
                 fl.owner = self
             guest = fl.owner is not self   # nested through another handle of the same file
             if guest:
@@ -340,6 +330,40 @@ class Fabric:
                     lib.gf_unlock(self._h)
         finally:
             fl.rlock.release()
+
+    def _thread_lock(self, timeout: float | None) -> int:
+        """The metadata lock's part within this process: one thread at a time,
+        whichever handle it uses, bounded like the wait for another process (a
+        negative timeout waits for as long as it takes). Returns the ns left of
+        ``timeout`` (default :attr:`lock_timeout`) for the wait on other processes."""
+        if timeout is None:
+            timeout = self.lock_timeout
+        to_ns(timeout, "timeout")
+        self.check_process()      # before the thread lock: a forked child must not wait on it
+        t0 = time.monotonic()
+        if not self._flock.rlock.acquire(timeout=-1 if timeout < 0 else timeout):
+            raise LockTimeout(f"metadata lock held by another thread of this process for longer than "
+                              f"{timeout * 1000:.0f} ms")
+        return to_ns(timeout if timeout < 0 else max(0.0, timeout - (time.monotonic() - t0)), "timeout")
+
+    @contextmanager
+    def lock_in_core(self, timeout: float | None = None) -> Iterator[int | None]:
+        """For a core call that takes the metadata lock and gives it back itself,
+        in one call where :meth:`locked` makes three (each call into the core
+        lets another thread take the GIL): keeps this process's other threads
+        out as :meth:`locked` does and yields the ns the call may wait for
+        another process. Yields None when this thread holds the lock already:
+        the caller then works under that :meth:`locked`."""
+        fl = self._flock
+        left = self._thread_lock(timeout)
+        try:
+            yield None if fl.depth else left
+        finally:
+            fl.rlock.release()
+
+    def lock_recovered(self) -> None:
+        """Log that this handle took the metadata lock over from a holder that died."""
+        _log.warning("took the metadata lock of %r over from a holder that died", self)
 
     # ---- leases -------------------------------------------------------------
     def acquire(self, size: int, *, ttl: float | None = None, expires_at: float | None = None,

@@ -164,16 +164,25 @@ class Partition:
         return True
 
     def publish_gate(self, epoch: int, key: str, value: bytes, low: int | None,
-                     context: str = "gate") -> int | None:
+                     context: str = "gate", lock_ns: int | None = None) -> int | None:
         """Under the fabric lock: if the metadata epoch is still ``epoch``, put the
         gating record ``key`` -> ``value`` and store the gate from ``low``, the
         lowest live position of the caller's copy of the records (None: nobody
         gates). Returns the epoch after it; None if the epoch had moved or the
-        ring's lease was reclaimed (then nothing is stored in the ring)."""
+        ring's lease was reclaimed (then nothing is stored in the ring).
+        ``lock_ns``: the call takes the lock itself, waiting up to that long
+        (inside :meth:`Fabric.lock_in_core`)."""
         k = key.encode()
         out = ffi.new("uint64_t *")
-        rc = lib.gf_gate_publish(self._r, epoch, k, len(k), value, len(value),
-                                 lib.GF_GATE_NOBODY if low is None else low, out)
+        low_ = lib.GF_GATE_NOBODY if low is None else low
+        if lock_ns is None:
+            rc = lib.gf_gate_publish(self._r, epoch, k, len(k), value, len(value), low_, out)
+        else:
+            recovered = ffi.new("int *")
+            rc = lib.gf_gate_publish_locking(self._r, lock_ns, epoch, k, len(k), value, len(value), low_, out,
+                                             recovered)
+            if recovered[0]:
+                self.fabric.lock_recovered()
         if rc == lib.GF_STALE or rc == lib.GF_E_EXPIRED:
             return None
         check(rc, context)

@@ -3,14 +3,23 @@ the gates it stores are the ones a full scan would store, whoever else
 changes the records meanwhile, from whichever handle of the bus."""
 from __future__ import annotations
 
+import logging
+import multiprocessing as mp
 import random
+import signal
+import threading
 import time
 
-from grafos.errors import BufferFull
+import pytest
+
+from grafos._native import lib
+from grafos.errors import BufferFull, LockTimeout
 from grafos.mq import gate
 from grafos.mq.offset import FabricOffsetStore
 from grafos.mq.producer import Producer
 from grafos.mq.topic import TopicConfig, TopicManager
+
+from helpers.core_procs import die_holding_the_lock
 
 MiB = 1 << 20
 CAP = 8
@@ -147,5 +156,68 @@ def test_a_view_clamps_positions_into_the_ring_as_a_scan_does(shm_name):
     assert held == 3 + CAP
     gate.recompute(b, "t", now=now)
     assert held == _gate(a)
+    b.close()
+    a.close()
+
+
+def _held_view(shm_name: str):
+    """A bus, a second handle of it, and a reader's view after its first (scanning) hold."""
+    a = TopicManager.open(shm_name, size=16 * MiB)
+    b = TopicManager.open(shm_name)
+    a.create("t", TopicConfig(1, CAP, 128, 3600.0, on_full="block"))
+    prod = Producer("t")
+    for i in range(CAP):
+        prod.send(a, b"%d" % i)
+    view = gate.GateView()
+    gate.hold(a, "t", "c:x", gate.CONSUMER, {0: 1}, int(TTL * 1e9), view=view)
+    return a, b, view
+
+
+def test_a_hold_through_a_view_takes_the_lock_in_its_core_call_bounded_as_the_lock_is(shm_name, monkeypatch):
+    a, b, view = _held_view(shm_name)
+    ttl = int(TTL * 1e9)
+    scans = []
+    real = gate._records
+    monkeypatch.setattr(gate, "_records", lambda *args: scans.append(args) or real(*args))
+    assert lib.gf_lock(b.fabric.handle, 0) == 0      # as another process holds it
+    a.fabric.lock_timeout = 0.05
+    t0 = time.monotonic()
+    with pytest.raises(LockTimeout):
+        gate.hold(a, "t", "c:x", gate.CONSUMER, {0: 4}, ttl, view=view)
+    assert time.monotonic() - t0 < 5
+    assert _gate(a) == 1 + CAP, "nothing stored"
+    a.fabric.lock_timeout = 10.0
+    timer = threading.Timer(0.2, lib.gf_unlock, args=(b.fabric.handle,))
+    timer.start()
+    gate.hold(a, "t", "c:x", gate.CONSUMER, {0: 4}, ttl, view=view)      # waits, then publishes
+    timer.join()
+    assert _gate(a) == 4 + CAP
+    assert len(scans) == 1, "the failed hold left its view to the next scan"
+    gate.hold(a, "t", "c:x", gate.CONSUMER, {0: 5}, ttl, view=view)
+    assert _gate(a) == 5 + CAP and len(scans) == 1
+    assert not lib.gf_lock_held(a.fabric.handle) and lib.gf_lock(b.fabric.handle, 0) == 0, "given back"
+    assert lib.gf_unlock(b.fabric.handle) == 0
+    # inside the fabric lock the same hold publishes under it, without a scan either
+    with a.fabric.locked():
+        gate.hold(a, "t", "c:x", gate.CONSUMER, {0: 6}, ttl, view=view)
+        assert lib.gf_lock_held(a.fabric.handle)
+    assert _gate(a) == 6 + CAP and len(scans) == 1
+    b.close()
+    a.close()
+
+
+def test_a_hold_through_a_view_takes_the_lock_over_from_a_dead_holder(shm_name, caplog):
+    a, b, view = _held_view(shm_name)
+    child = mp.get_context("spawn").Process(target=die_holding_the_lock, args=(shm_name,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == -signal.SIGKILL
+    before = a.fabric.info().lock_recoveries
+    with caplog.at_level(logging.WARNING, logger="grafos"):
+        gate.hold(a, "t", "c:x", gate.CONSUMER, {0: 3}, int(TTL * 1e9), view=view)
+    assert _gate(a) == 3 + CAP
+    assert a.fabric.info().lock_recoveries == before + 1
+    assert any("over from a holder that died" in r.getMessage() for r in caplog.records)
+    assert lib.gf_lock(b.fabric.handle, 0) == 0 and lib.gf_unlock(b.fabric.handle) == 0
     b.close()
     a.close()

@@ -222,6 +222,10 @@ def hold(mgr: "TopicManager", topic: "str | Topic", reader: str, kind: int, posi
         return
     topic = t.name
     tn = now_ns(now)
+    if view is not None:
+        with mgr.fabric.lock_in_core() as lock_ns:
+            if lock_ns is not None and _hold_from_view(t, view, reader, kind, positions, ttl_ns, tn, lock_ns):
+                return
     with mgr.fabric.locked():
         if view is not None and _hold_from_view(t, view, reader, kind, positions, ttl_ns, tn):
             return
@@ -253,11 +257,12 @@ def hold(mgr: "TopicManager", topic: "str | Topic", reader: str, kind: int, posi
 
 
 def _hold_from_view(t: "Topic", view: GateView, reader: str, kind: int, positions: Mapping[int, int | None],
-                    ttl_ns: int, tn: int) -> bool:
+                    ttl_ns: int, tn: int, lock_ns: int | None = None) -> bool:
     """A hold from ``view``'s records (see :class:`GateView`): True if done, False
     if the view is not current, or the hold is one only a scan does (a group's,
     a position to look up, a partition out of range or reclaimed): then the
-    hold scans. Needs the fabric lock."""
+    hold scans. Needs the fabric lock, or ``lock_ns``: inside
+    ``Fabric.lock_in_core``, each partition's publish takes it."""
     if kind == GROUP or not view._fresh(t, tn) or \
             any(pos is None or not 0 <= p < t.n or t.partitions[p] is None for p, pos in positions.items()):
         return False
@@ -270,7 +275,7 @@ def _hold_from_view(t: "Topic", view: GateView, reader: str, kind: int, position
         readers[reader] = (pos, exp, kind)
         live = [at for at, until, _k in readers.values() if until > tn]
         e = part.publish_gate(epoch, *_record(t.name, p, reader, pos, exp, kind),
-                              min(live) if live else None, f"gate of {t.name!r} partition {p}")
+                              min(live) if live else None, f"gate of {t.name!r} partition {p}", lock_ns)
         if e is None:
             return False        # changed meanwhile, or reclaimed: the scan sorts it out
         epoch = e
