@@ -321,8 +321,9 @@ static FOLD_TARGET __m128i fold128(__m128i x, uint64_t klo, uint64_t khi, __m128
     return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11)), data);
 }
 
-/* One 64-byte store of the copy: streamed (dst 64-aligned) or cached. */
-static FOLD_TARGET void store64(uint8_t *dst, __m512i x, int stream)
+/* One 64-byte store of a copy: streamed (dst 64-aligned) or cached. */
+static __attribute__((target("avx512f,avx512bw"), always_inline)) inline void store64(uint8_t *dst, __m512i x,
+                                                                                      int stream)
 {
     if (stream)
         _mm512_stream_si512((void *)dst, x);
@@ -424,8 +425,10 @@ static uint32_t copy_crc_fold_stream(uint8_t *dst, const uint8_t *p, uint64_t n,
 #if defined(__x86_64__)
 #define COPY_MIN 256
 
-__attribute__((target("avx512f,avx512bw")))
-static void copy_avx512(uint8_t *d, const uint8_t *s, uint64_t n)
+/* The AVX-512 copy, its stores streamed or cached (stream is a constant in each
+ * caller below); streaming stores are fenced before it returns. */
+static __attribute__((target("avx512f,avx512bw"), always_inline)) inline void copy512(uint8_t *d, const uint8_t *s,
+                                                                                      uint64_t n, int stream)
 {
     /* stores aligned to the cache line: a slot's payload starts 40 bytes into it,
      * and unaligned 64-byte stores each touch two lines (~25 % slower into L2) */
@@ -438,45 +441,27 @@ static void copy_avx512(uint8_t *d, const uint8_t *s, uint64_t n)
     for (; n >= 256; n -= 256, s += 256, d += 256) {
         __m512i a = _mm512_loadu_si512(s), b = _mm512_loadu_si512(s + 64);
         __m512i c = _mm512_loadu_si512(s + 128), e = _mm512_loadu_si512(s + 192);
-        _mm512_store_si512(d, a);
-        _mm512_store_si512(d + 64, b);
-        _mm512_store_si512(d + 128, c);
-        _mm512_store_si512(d + 192, e);
+        store64(d, a, stream);
+        store64(d + 64, b, stream);
+        store64(d + 128, c, stream);
+        store64(d + 192, e, stream);
     }
     for (; n >= 64; n -= 64, s += 64, d += 64)
-        _mm512_store_si512(d, _mm512_loadu_si512(s));
+        store64(d, _mm512_loadu_si512(s), stream);
     if (n) {
         __mmask64 m = (__mmask64)((1ULL << n) - 1);
         _mm512_mask_storeu_epi8(d, m, _mm512_maskz_loadu_epi8(m, s));
     }
+    if (stream)
+        _mm_sfence();   /* streaming stores are weakly ordered: done before the slot is published */
 }
+
+__attribute__((target("avx512f,avx512bw")))
+static void copy_avx512(uint8_t *d, const uint8_t *s, uint64_t n) { copy512(d, s, n, 0); }
 
 /* copy_avx512 with streaming stores for the cache lines dst covers whole */
 __attribute__((target("avx512f,avx512bw")))
-static void copy_avx512_stream(uint8_t *d, const uint8_t *s, uint64_t n)
-{
-    uint64_t head = (0 - (uintptr_t)d) & 63;
-    if (head) {
-        __mmask64 m = (__mmask64)((1ULL << head) - 1);
-        _mm512_mask_storeu_epi8(d, m, _mm512_maskz_loadu_epi8(m, s));
-        d += head, s += head, n -= head;
-    }
-    for (; n >= 256; n -= 256, s += 256, d += 256) {
-        __m512i a = _mm512_loadu_si512(s), b = _mm512_loadu_si512(s + 64);
-        __m512i c = _mm512_loadu_si512(s + 128), e = _mm512_loadu_si512(s + 192);
-        _mm512_stream_si512((void *)d, a);
-        _mm512_stream_si512((void *)(d + 64), b);
-        _mm512_stream_si512((void *)(d + 128), c);
-        _mm512_stream_si512((void *)(d + 192), e);
-    }
-    for (; n >= 64; n -= 64, s += 64, d += 64)
-        _mm512_stream_si512((void *)d, _mm512_loadu_si512(s));
-    if (n) {
-        __mmask64 m = (__mmask64)((1ULL << n) - 1);
-        _mm512_mask_storeu_epi8(d, m, _mm512_maskz_loadu_epi8(m, s));
-    }
-    _mm_sfence();       /* streaming stores are weakly ordered: done before the slot is published */
-}
+static void copy_avx512_stream(uint8_t *d, const uint8_t *s, uint64_t n) { copy512(d, s, n, 1); }
 
 __attribute__((target("avx2")))
 static void copy_avx2(uint8_t *d, const uint8_t *s, uint64_t n)

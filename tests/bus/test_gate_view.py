@@ -33,13 +33,19 @@ def _gate(mgr: TopicManager) -> int:
     return st.gate
 
 
-def test_a_view_serves_the_next_hold_without_a_scan_until_someone_else_writes(shm_name, monkeypatch):
+def _filled(shm_name: str) -> tuple[TopicManager, TopicManager]:
+    """Two handles of a bus whose block topic "t" holds CAP messages."""
     a = TopicManager.open(shm_name, size=16 * MiB)
     b = TopicManager.open(shm_name)
     a.create("t", TopicConfig(1, CAP, 128, 3600.0, on_full="block"))
     prod = Producer("t")
     for i in range(CAP):
         prod.send(a, b"%d" % i)
+    return a, b
+
+
+def test_a_view_serves_the_next_hold_without_a_scan_until_someone_else_writes(shm_name, monkeypatch):
+    a, b = _filled(shm_name)
     scans = []
     real = gate._records
     monkeypatch.setattr(gate, "_records", lambda *args: scans.append(args) or real(*args))
@@ -162,12 +168,7 @@ def test_a_view_clamps_positions_into_the_ring_as_a_scan_does(shm_name):
 
 def _held_view(shm_name: str):
     """A bus, a second handle of it, and a reader's view after its first (scanning) hold."""
-    a = TopicManager.open(shm_name, size=16 * MiB)
-    b = TopicManager.open(shm_name)
-    a.create("t", TopicConfig(1, CAP, 128, 3600.0, on_full="block"))
-    prod = Producer("t")
-    for i in range(CAP):
-        prod.send(a, b"%d" % i)
+    a, b = _filled(shm_name)
     view = gate.GateView()
     gate.hold(a, "t", "c:x", gate.CONSUMER, {0: 1}, int(TTL * 1e9), view=view)
     return a, b, view

@@ -207,11 +207,19 @@ def _table_crc32c(data: bytes, c: int) -> int:
 FOLD_SIZES = [1023, 1024, 1025, 1279, 1280, 1281, 2048 + 255, 4096, 65536 + 77, 200003]
 
 
+SEED = 0x9ABCDEF0
+
+
+def _run(n: int) -> tuple[bytes, int]:
+    """n bytes of a pattern and their reference CRC32C from SEED."""
+    data = bytes((i * 7919 + (i >> 5) * 13) & 0xFF for i in range(n))
+    return data, _table_crc32c(data, SEED)
+
+
 @pytest.mark.parametrize("n", FOLD_SIZES)
 def test_long_runs_match_the_reference_crc32c(n):
-    data = bytes((i * 7919 + (i >> 5) * 13) & 0xFF for i in range(n))
-    seed = 0x9ABCDEF0
-    want = _table_crc32c(data, seed)
+    data, want = _run(n)
+    seed = SEED
     dst = ffi.new("uint8_t[]", n + 1)
     assert lib.gf_crc32c(seed, data, n) == want
     assert lib.gf_copy_crc(dst + 1, data, n, seed) == want
@@ -226,9 +234,8 @@ STREAM_HEADS = [0, 1, 8, 40, 63]
 
 @pytest.mark.parametrize("n", STREAM_SIZES)
 def test_streaming_copies_copy_exactly_and_sum_the_reference_crc32c(n):
-    data = bytes((i * 7919 + (i >> 5) * 13) & 0xFF for i in range(n))
-    seed = 0x9ABCDEF0
-    want = _table_crc32c(data, seed)
+    data, want = _run(n)
+    seed = SEED
     mem = ffi.new("uint8_t[]", n + 256)
     line = (-int(ffi.cast("uintptr_t", mem))) % 64 + 64
     for head in STREAM_HEADS:
