@@ -9,7 +9,7 @@ taken between measurements close in time; the summary is the median round's
 ratio with the range. Beside them, the machine's floor for the same ring
 (``prototypes/copy_floor.c``: two C threads, two memcpys, nothing else) when a
 C compiler is here, and ``floor-stream``, the same with streaming stores into
-the ring (what grafos' writes into a ring of 16 MiB or more use). Nothing here
+the ring (what grafos' writes into a ring of 64 MiB or more use). Nothing here
 asserts a speed.
 
     python benchmarks/bench_rings.py [--seconds 1] [--rounds 3] [--only big] [--system grafos]

@@ -65,10 +65,12 @@ struct gf_ring {
     _Atomic int mapped;         /* this handle has written: the ring is in this process's page tables */
 };
 
-/* A ring this large copies values in with gf_copy_stream / gf_copy_crc_stream:
- * 64 KiB values across processes ran a third faster streamed from 16 MiB up,
- * as fast at 8 MiB, and slower below (where the caches hold the ring). */
-#define GF_STREAM_RING_BYTES (16ULL << 20)
+/* A ring this large copies values in with gf_copy_stream / gf_copy_crc_stream.
+ * 64 KiB values streamed ran a third faster across processes from 16 MiB up,
+ * but one thread writing 64 of them and reading them back ran a fifth slower
+ * at 16-32 MiB (it read them from memory instead of the cache), as fast at 48
+ * MiB and faster from 64 MiB: from here neither way loses. */
+#define GF_STREAM_RING_BYTES (64ULL << 20)
 
 /* error reporting: a thread-local message for the last failure */
 int gf_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -8,7 +8,7 @@
  *   /tmp/copy_floor [MSG_BYTES=65536] [RING_BYTES=2097152] [REPEATS=8] [THREADS=2] [STREAM=0]
  *
  * STREAM=1: the copies into the ring use streaming stores (x86-64), as grafos'
- * writes into a ring of 16 MiB or more do: the floor for a ring past the caches.
+ * writes into a ring of 64 MiB or more do: the floor for a ring past the caches.
  *
  * THREADS=1: one thread does both copies, half a ring in, then half a ring
  * out (what one Python thread doing send_batch then poll_batch can reach):

@@ -146,14 +146,14 @@ def test_a_consumer_thread_reads_large_values_while_a_producer_thread_sends():
 
 @pytest.mark.parametrize("checksum", [False, True])
 def test_a_ring_larger_than_the_caches_reads_back_what_was_sent(checksum):
-    """A ring of 16 MiB or more is written with streaming stores: values of
+    """A ring of 64 MiB or more is written with streaming stores: values of
     every size around where they start, behind keys and headers of several
     lengths (so values start at every alignment), sent one by one and in
     batches, read back whole, their checksums verified."""
     stride = 16 << 10
-    mgr = TopicManager(size=40 << 20)
+    mgr = TopicManager(size=96 << 20)
     with mgr:
-        mgr.create("huge", TopicConfig(num_partitions=1, partition_capacity=(20 << 20) // stride,
+        mgr.create("huge", TopicConfig(num_partitions=1, partition_capacity=(68 << 20) // stride,
                                        partition_stride=stride, checksum=checksum))
         prod, cons = mgr.producer("huge"), mgr.consumer("huge")
         cons.seek(SeekPolicy.Earliest)
