@@ -388,28 +388,36 @@ static uint32_t crc_fold_run(uint32_t c, const uint8_t *p, uint64_t n)
     return crc_hw_run(c, p + whole, n - whole);
 }
 
+/* The copy with the CRC folded in, its stores streamed or cached (stream is a
+ * constant in each caller below). Streamed, the bytes before dst's first cache
+ * line boundary go through copy_crc_hw, so that the folded blocks land aligned,
+ * and the stores are fenced before it returns. */
+static __attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2,crc32"), always_inline)) inline uint32_t
+copy_crc_folded(uint8_t *dst, const uint8_t *p, uint64_t n, uint32_t c, int stream)
+{
+    if (stream) {
+        uint64_t head = (0 - (uintptr_t)dst) & 63;
+        c = copy_crc_hw(dst, p, head, c);
+        dst += head, p += head, n -= head;
+    }
+    uint64_t whole = n & ~(uint64_t)255;       /* >= 256: callers copy FOLD_MIN bytes or more */
+    c = fold_run(dst, p, whole, c, stream);
+    c = copy_crc_hw(dst + whole, p + whole, n - whole, c);
+    if (stream)
+        _mm_sfence();   /* streaming stores are weakly ordered: done before the slot is published */
+    return c;
+}
+
 __attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2,crc32")))
 static uint32_t copy_crc_fold(uint8_t *dst, const uint8_t *p, uint64_t n, uint32_t c)
 {
-    uint64_t whole = n & ~(uint64_t)255;
-    c = fold_run(dst, p, whole, c, 0);
-    return copy_crc_hw(dst + whole, p + whole, n - whole, c);
+    return copy_crc_folded(dst, p, n, c, 0);
 }
 
-/* copy_crc_fold with streaming stores: the bytes before dst's first cache line
- * boundary go through copy_crc_hw, so that the folded blocks land aligned. */
 __attribute__((target("avx512f,avx512bw,vpclmulqdq,pclmul,sse4.2,crc32")))
 static uint32_t copy_crc_fold_stream(uint8_t *dst, const uint8_t *p, uint64_t n, uint32_t c)
 {
-    uint64_t head = (0 - (uintptr_t)dst) & 63;
-    c = copy_crc_hw(dst, p, head, c);
-    dst += head, p += head, n -= head;
-    uint64_t whole = n & ~(uint64_t)255;
-    if (whole)
-        c = fold_run(dst, p, whole, c, 1);
-    c = copy_crc_hw(dst + whole, p + whole, n - whole, c);
-    _mm_sfence();       /* streaming stores are weakly ordered: done before the slot is published */
-    return c;
+    return copy_crc_folded(dst, p, n, c, 1);
 }
 #endif
 
